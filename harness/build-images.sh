@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Build the local images the tests and the offline quick start use. No registry is needed:
+# the base comes from debootstrap (Debian mirror), the rest from Dockerfiles that apt-get inside.
+# Real servers: PostgreSQL 15, Redis 7, Prometheus, MariaDB (Debian packages).
+# Stand-ins (named as such): Neo4j, Grafana, the MemStack API/worker; they honour the same health
+# and admin-CLI contracts as the official images (see harness/images/standin/).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+log() { printf 'build-images: %s\n' "$*"; }
+BASE=local/debian:bookworm
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+  log "bootstrapping $BASE with debootstrap (about 30 s)"
+  root=$(mktemp -d)
+  debootstrap --variant=minbase bookworm "$root" "$MIRROR" >/tmp/debootstrap.log 2>&1 || { tail -20 /tmp/debootstrap.log; exit 1; }
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' - "$BASE" >/dev/null
+  rm -rf "$root"
+fi
+
+build() {  # build TAG DIR [extra docker build args]
+  local tag=$1 dir=$2; shift 2
+  log "building $tag"
+  docker build -q -t "$tag" "$@" "$here/images/$dir" >/dev/null
+}
+only=${1:-all}
+want() { [ "$only" = all ] || [[ ",$only," == *",$1,"* ]]; }
+want postgres   && build local/postgres:15 postgres
+want redis      && build local/redis:7 redis
+want prometheus && build local/prometheus:2 prometheus
+want mariadb    && build local/mariadb:10.11 mariadb
+if want standin; then
+  build local/standin:latest standin
+  # One stand-in image, one thin image per role (only CMD differs), so compose files read like
+  # the official ones: the neo4j service needs no command of its own, as with neo4j:5.26.
+  for pair in neo4j-standin:5.26=neo4j grafana-standin:11=grafana memstack-api-standin:latest=api; do
+    printf 'FROM local/standin:latest\nCMD ["%s"]\n' "${pair#*=}" | docker build -q -t "local/${pair%%=*}" - >/dev/null
+  done
+fi
+log "done"

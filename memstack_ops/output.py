@@ -1,0 +1,61 @@
+"""Output: rich tables and live status on a terminal, plain lines otherwise (CI, pipes, logs).
+
+rich is imported lazily so `inv --list` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Iterable, Sequence
+
+
+def interactive(stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)()) and os.environ.get("CI", "").lower() not in ("1", "true")
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    rows = [[("" if v is None else str(v)) for v in r] for r in rows]
+    if interactive():
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left")
+        for col in columns:
+            t.add_column(col)
+        for r in rows:
+            t.add_row(*r)
+        Console().print(t)
+        return
+    widths = [max([len(col)] + [len(r[i]) for r in rows]) for i, col in enumerate(columns)]
+    if title:
+        say(title)
+    say("  ".join(col.ljust(w) for col, w in zip(columns, widths)).rstrip())
+    for r in rows:
+        say("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def confirm(prompt: str, expected: str, yes: bool = False) -> None:
+    """Ask the operator to type ``expected``. ``yes`` skips the question; with no terminal on
+    stdin and no ``yes`` it refuses rather than guessing."""
+    from .errors import Refused
+
+    if yes:
+        return
+    if not sys.stdin or not sys.stdin.isatty():
+        raise Refused(f"{prompt} Refusing: stdin is not a terminal, so nobody can confirm. "
+                      f"Re-run with --yes if this is really intended.")
+    sys.stdout.write(f"{prompt}\nType {expected!r} to confirm: ")
+    sys.stdout.flush()
+    answer = sys.stdin.readline().strip()
+    if answer != expected:
+        raise Refused(f"Not confirmed (typed {answer!r}, expected {expected!r}); nothing was changed.")

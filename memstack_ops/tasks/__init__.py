@@ -1,0 +1,14 @@
+"""The task collection: lifecycle tasks at the root, one namespace per concern.
+
+Used by the repo's `tasks.py` (`inv ...`) and by the `memstack-ops` console script.
+Importing it imports neither the docker SDK nor paramiko.
+"""
+
+from invoke import Collection
+
+from . import env, stack
+
+ns = Collection()
+for name in ("up", "down", "restart", "status", "logs", "pull", "build", "config_", "urls", "doctor", "stacks"):
+    ns.add_task(getattr(stack, name))
+ns.add_collection(Collection.from_module(env, name="env"))

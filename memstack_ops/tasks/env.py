@@ -1,0 +1,58 @@
+"""env.*: the stack's env file: create it with strong secrets, validate it, show it masked."""
+
+from __future__ import annotations
+
+from ._common import ops_task, settings
+
+
+@ops_task(help={"force": "replace an existing env file (the old one is kept as .env.bak-<time>)"})
+def init(c, force=False, stack=None, stage=None, overlay=None):
+    """Write env/<stack>/.env from its template (mode 0600) with strong generated secrets."""
+    from ..envfiles import init_env
+    from ..output import say, warn
+
+    st = settings(stack, stage, overlay).stack()
+    path, tpl = st.root / st.env_file, st.root / st.env_template
+    generated, backup = init_env(path, tpl, force=force)
+    say(f"Wrote {st.env_file} (mode 0600) from {st.env_template}; generated secrets: "
+        f"{', '.join(generated) or 'none'} (values not shown).")
+    if backup:
+        warn(f"The previous file is kept as {backup.relative_to(st.root)}. Databases initialised with the "
+             f"old passwords keep them until you change them there too.")
+
+
+@ops_task()
+def check(c, stack=None, stage=None, overlay=None):
+    """Validate the env file: required keys, weak or default passwords (errors in prod), mode."""
+    from ..envfiles import check_env
+    from ..errors import EnvFileError
+    from ..output import say, table
+
+    st = settings(stack, stage, overlay).stack()
+    _, findings = check_env(st.root / st.env_file, st.root / st.env_template, st.stage)
+    if findings:
+        table(f"{st.env_file} (stage {st.stage})", ["level", "key", "problem"],
+              [[f.level, f.key, f.message] for f in findings])
+    errors = [f for f in findings if f.level == "error"]
+    if errors:
+        raise EnvFileError(f"{len(errors)} problem(s) in {st.env_file}: {', '.join(f.key for f in errors)}. "
+                           f"Fix them as the table says, then run env.check again.")
+    say(f"{st.env_file} is valid for stage {st.stage}" + (f" ({len(findings)} warning(s))" if findings else "") + ".")
+
+
+@ops_task()
+def show(c, stack=None, stage=None, overlay=None):
+    """Show the resolved settings (with their source) and the env values, secrets masked."""
+    from ..envfiles import mask, read_env
+    from ..output import table
+
+    s = settings(stack, stage, overlay)
+    st = s.stack()
+    table("settings", ["setting", "value", "from"],
+          [[k, s[k], s.sources[k]] for k in sorted(s.values) if k != "stacks"])
+    rows = []
+    for f in st.env_files:
+        p = st.root / f
+        if p.is_file():
+            rows += [[k, mask(k, v), f] for k, v in read_env(p).items()]
+    table("env", ["key", "value", "from"], rows)

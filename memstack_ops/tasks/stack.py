@@ -1,0 +1,165 @@
+"""Root tasks: the compose lifecycle of one stack (`inv up`, `inv down`, `inv doctor`, ...)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ._common import ops_task, settings, target
+
+
+def _checks_or_exit(checks: list[Any], title: str) -> None:
+    from ..doctor import failed
+    from ..errors import MemstackError
+    from ..output import table
+
+    table(title, ["check", "result", "detail", "fix"],
+          [[c.name, c.result, c.detail, c.fix if c.result != "ok" else ""] for c in checks])
+    bad = failed(checks)
+    if bad:
+        raise MemstackError(f"{len(bad)} check(s) failed: " + "; ".join(f"{c.name}: {c.fix or c.detail}" for c in bad))
+
+
+@ops_task(iterable=["service"], help={
+    "service": "service to start (repeatable); default all. Dependencies start too",
+    "timeout": "seconds to wait for health before failing (default 300)",
+    "no_wait": "start and return without waiting for health",
+    "build": "build images that have a build section first",
+    "skip_checks": "skip the preflight checks (engine, env file, ports)",
+})
+def up(c, service=None, timeout=None, no_wait=False, build=False, skip_checks=False,
+       stack=None, stage=None, overlay=None):
+    """Start the stack and wait until every service is really healthy."""
+    from .. import lifecycle
+    from ..doctor import run_checks, failed
+    from ..output import say, table
+
+    t = target(c, stack, stage, overlay, timeout=timeout)
+    lifecycle.ensure_no_conflict(t)
+    if not skip_checks:
+        checks = run_checks(t, full=False)
+        if failed(checks):
+            _checks_or_exit(checks, "preflight")
+    if "local" in t.settings["overlays"]:
+        say("Using the local images (compose.local.yml): real PostgreSQL/Redis/Prometheus from Debian, "
+            "stand-ins for Neo4j, Grafana and the API/worker, because no registry is reachable.")
+    t0 = time.monotonic()
+    say(f"Starting stack {t.stack.name} (project {t.stack.project}, stage {t.stack.stage})")
+    lifecycle.up(t, service or (), wait=not no_wait, build=build)
+    say(f"{'Healthy' if not no_wait else 'Started'} in {time.monotonic() - t0:.1f} s.")
+    table("URLs", ["service", "url"], lifecycle.urls(t))
+
+
+@ops_task(help={
+    "volumes": "also delete the stack's named volumes (ALL DATA); asks for the stack name typed",
+    "yes": "do not ask; required for --volumes when stdin is not a terminal",
+})
+def down(c, volumes=False, yes=False, stack=None, stage=None, overlay=None):
+    """Stop and remove the stack's containers; data volumes are kept unless --volumes."""
+    from .. import lifecycle
+    from ..output import say
+
+    t = target(c, stack, stage, overlay)
+    lifecycle.down(t, volumes=volumes, yes=yes)
+    say(f"Stack {t.stack.name} is down; " + ("its volumes were deleted." if volumes else "its data volumes are kept."))
+
+
+@ops_task(iterable=["service"], help={"service": "service to restart (repeatable); default all",
+                                      "timeout": "seconds to wait for health"})
+def restart(c, service=None, timeout=None, stack=None, stage=None, overlay=None):
+    """Restart services and wait until they are healthy again."""
+    from .. import lifecycle
+    from ..output import say
+
+    t = target(c, stack, stage, overlay)
+    lifecycle.restart(t, service or (), timeout=timeout)
+    say("Restarted and healthy.")
+
+
+@ops_task(aliases=["ps"])
+def status(c, stack=None, stage=None, overlay=None):
+    """Table of services: state, health, ports, uptime, image."""
+    from .. import lifecycle
+    from ..output import table
+
+    t = target(c, stack, stage, overlay)
+    table(f"stack {t.stack.name} (project {t.stack.project})",
+          ["service", "state", "health", "ports", "uptime", "image"], lifecycle.status(t))
+
+
+@ops_task(help={"service": "one service; default all", "follow": "keep following (Ctrl-C to stop)",
+                "tail": "lines from the end of each log (default 100)"})
+def logs(c, service=None, follow=False, tail=100, stack=None, stage=None, overlay=None):
+    """Show service logs."""
+    t = target(c, stack, stage, overlay)
+    if service:
+        from ..compose import validate_services
+
+        validate_services(t.compose.model(c), [service], t.stack.name)
+    args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
+    t.compose.run(c, *args, hide=False)
+
+
+@ops_task(iterable=["service"], help={"service": "service to pull (repeatable); default all"})
+def pull(c, service=None, stack=None, stage=None, overlay=None):
+    """Pull the stack's images."""
+    from ..errors import ComposeError
+
+    t = target(c, stack, stage, overlay)
+    r = t.compose.run(c, "pull", *(service or []), hide=False)
+    if r.failed:
+        raise ComposeError("Pulling images failed (see compose's message above). Without registry access, "
+                           "build the local images (`bash harness/build-images.sh`) and use `--overlay local`, "
+                           "or configure a registry mirror on the engine.")
+
+
+@ops_task(iterable=["service"], help={"service": "service to build (repeatable); default all"})
+def build(c, service=None, stack=None, stage=None, overlay=None):
+    """Build images of services that have a build section."""
+    t = target(c, stack, stage, overlay)
+    t.compose.check(c, "build", *(service or []), what="Building images", hide=False)
+
+
+@ops_task(name="config")
+def config_(c, stack=None, stage=None, overlay=None):
+    """Print the rendered, validated compose config (secrets masked)."""
+    t = target(c, stack, stage, overlay)
+    r = t.compose.check(c, "config", what=f"Validating the {t.stack.name} compose files")
+    print(t.compose.scrub(r.stdout), end="")
+
+
+@ops_task()
+def urls(c, stack=None, stage=None, overlay=None):
+    """Where to reach the stack's services from this host."""
+    from .. import lifecycle
+    from ..output import table
+
+    table("URLs", ["service", "url"], lifecycle.urls(target(c, stack, stage, overlay)))
+
+
+@ops_task(help={"quick": "only the cheap checks that `up` runs"})
+def doctor(c, quick=False, stack=None, stage=None, overlay=None):
+    """Preflight: engine, compose v2, env file, ports, disk, memory, images; fixes for failures."""
+    from ..doctor import run_checks
+
+    t = target(c, stack, stage, overlay, require_env=False)
+    _checks_or_exit(run_checks(t, full=not quick), f"doctor: stack {t.stack.name}, stage {t.stack.stage}")
+
+
+@ops_task()
+def stacks(c, stack=None, stage=None, overlay=None):
+    """List the stacks this project defines and their services."""
+    from ..compose import run
+    from ..config import available_stacks
+    from ..output import table
+
+    s = settings(stack, stage, overlay)
+    rows = []
+    for name in available_stacks(s.root):
+        # --no-interpolate: listing services needs no env file
+        with c.cd(str(s.root)):
+            r = run(c, ["docker", "compose", "-f", f"compose/{name}/compose.yml", "config", "--services",
+                        "--no-interpolate"])
+        services = ", ".join(r.stdout.split()) if r.ok else f"(invalid compose file: {r.stderr.strip()[:200]})"
+        rows.append([name + (" (current)" if name == s["stack"] else ""), services])
+    table("stacks", ["stack", "services"], rows)
