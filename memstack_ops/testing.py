@@ -1,0 +1,89 @@
+"""Helpers for tests and benchmarks of memstack-ops stacks (public, like fabric.testing).
+
+``scratch_project`` copies a project's compose files and env template into a new folder with
+its own compose project name and free 127.0.0.1 host ports, so it never collides with a stack
+already running on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PORT_KEYS = ("NEO4J_HTTP_PORT", "NEO4J_BOLT_PORT", "POSTGRES_HOST_PORT", "REDIS_HOST_PORT",
+             "API_HOST_PORT", "PROMETHEUS_HOST_PORT", "GRAFANA_HOST_PORT")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Project:
+    root: Path
+    name: str
+    stack: str = "memstack"
+    ports: dict[str, int] = field(default_factory=dict)
+    overlays: tuple[str, ...] = ("local",)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTACK_")}
+        env.update(MEMSTACK_ROOT=str(self.root), COLUMNS="200", **extra)
+        return env
+
+    def run(self, *args: str, stdin: Any = subprocess.DEVNULL, timeout: float = 300, **extra: str):
+        """Run the console script as an operator would (no terminal on stdin)."""
+        return subprocess.run([sys.executable, "-m", "memstack_ops", *args], cwd=self.root, env=self.env(**extra),
+                              stdin=stdin, capture_output=True, text=True, timeout=timeout)
+
+    def compose_argv(self, *args: str) -> list[str]:
+        files = [f"compose/{self.stack}/compose.yml"] + [f"compose/{self.stack}/compose.{o}.yml" for o in self.overlays]
+        argv = ["docker", "compose", "--project-name", self.name]
+        for f in files:
+            argv += ["-f", f]
+        return argv + ["--env-file", f"env/{self.stack}/.env", *args]
+
+    def compose(self, *args: str, check: bool = True):
+        return subprocess.run(self.compose_argv(*args), cwd=self.root, capture_output=True, text=True,
+                              check=check, timeout=300)
+
+    def exec(self, service: str, *cmd: str) -> str:
+        return str(self.compose("exec", "-T", service, *cmd).stdout)
+
+    def overlay(self, name: str, text: str) -> None:
+        (self.root / "compose" / self.stack / f"compose.{name}.yml").write_text(text)
+
+    def destroy(self) -> None:
+        subprocess.run(["docker", "compose", "--project-name", self.name, "down", "--volumes", "--remove-orphans",
+                        "--timeout", "3"], cwd=self.root, capture_output=True, timeout=120)
+
+
+def scratch_project(dest: Path, source: Path, stack: str = "memstack", overlays: tuple[str, ...] = ("local",),
+                    prefix: str = "mstest") -> Project:
+    """Copy ``source``'s compose files and env template to ``dest``, init the env file and
+    move every host port to a free one."""
+    shutil.copytree(source / "compose", dest / "compose")
+    (dest / "env" / stack).mkdir(parents=True)
+    shutil.copy(source / "env" / stack / ".env.example", dest / "env" / stack / ".env.example")
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    ov = ", ".join(f'"{o}"' for o in overlays)
+    (dest / "memstack-ops.toml").write_text(
+        f'stack = "{stack}"\ntimeout = 180\noverlays = [{ov}]\n\n[stacks.{stack}]\nproject = "{name}"\n')
+    p = Project(dest, name, stack, {k: free_port() for k in PORT_KEYS}, overlays)
+    r = p.run("env.init")
+    if r.returncode != 0:
+        raise RuntimeError(f"env.init failed in {dest}: {r.stderr}")
+    env_file = dest / "env" / stack / ".env"
+    lines = [f"{ln.split('=', 1)[0]}={p.ports[ln.split('=', 1)[0]]}" if ln.split("=", 1)[0] in p.ports else ln
+             for ln in env_file.read_text().splitlines()]
+    env_file.write_text("\n".join(lines) + "\n")
+    return p

@@ -1,0 +1,110 @@
+"""Fakes and builders for the unit tests (imported by the tests; pytest does not collect it):
+fake project roots, a MockContext that also records the command line a real invoke Context
+would hand to the shell, a synchronous check pool, and compose argv builders. Nothing here
+talks to a Docker engine."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from invoke import MockContext, Result
+
+from memstack_ops.compose import Compose
+from memstack_ops.config import Stack
+
+
+def write(root: Path, rel: str, text: str = "", mode: int | None = None) -> Path:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    if mode is not None:
+        p.chmod(mode)
+    return p
+
+
+TEMPLATE = """\
+# Example stack template
+# `# generate` values get strong secrets.
+
+BIND_ADDRESS=127.0.0.1
+DB_PASSWORD=  # generate
+DB_USER=app
+API_TOKEN=  # generate
+LLM_API_KEY=  # optional
+EXTRA_OPTS=  # optional
+"""
+
+
+def make_project(root: Path, stacks: tuple[str, ...] = ("memstack",), overlays: tuple[str, ...] = (),
+                 template: str = TEMPLATE) -> Path:
+    """A minimal project root: compose/<stack>/compose.yml and env/<stack>/.env.example."""
+    for s in stacks:
+        write(root, f"compose/{s}/compose.yml", "services:\n  db:\n    image: postgres:16\n")
+        write(root, f"env/{s}/.env.example", template)
+        for ov in overlays:
+            write(root, f"compose/{s}/compose.{ov}.yml", "services: {}\n")
+    return root
+
+
+class RecordingContext(MockContext):
+    """A MockContext that also keeps each command as invoke's real Context would run it.
+
+    invoke 2.2's MockContext matches (and records in ``run.call_args``) the bare command;
+    the ``cd <dir> && `` prefix that ``Context.cd`` adds is applied by ``Context._run``, which
+    MockContext bypasses. ``shell_commands`` holds the prefixed form."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._set("shell_commands", [])
+        self._set("cwds", [])
+
+    def run(self, command: str, *args: Any, **kwargs: Any) -> Result:
+        self.shell_commands.append(self._prefix_commands(command))
+        self.cwds.append(self.cwd)
+        return super().run(command, *args, **kwargs)
+
+
+def commands(c: MockContext) -> list[str]:
+    """Every command line the code passed to ``c.run``, in order."""
+    return [call.args[0] for call in c.run.call_args_list]
+
+
+class SyncPool:
+    """Stands in for Watch's ThreadPoolExecutor: runs each check at once, so a poll sees the
+    check's result in the same round (deterministic tests)."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.shut_down = False
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Future:
+        self.submitted += 1
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - mirror the executor
+            f.set_exception(e)
+        return f
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self.shut_down = True
+
+
+def make_stack(root: Path, project: str = "proj", files: tuple[str, ...] = ("compose/memstack/compose.yml",),
+               env_files: tuple[str, ...] = ("env/memstack/.env",), stage: str = "dev",
+               options: dict | None = None) -> Stack:
+    return Stack(name="memstack", stage=stage, project=project, root=root, compose_files=files,
+                 env_files=env_files, env_template="env/memstack/.env.example", options=options or {})
+
+
+def ccmd(compose: Compose, *args: str) -> str:
+    """The exact command line Compose runs for ``args``."""
+    return shlex.join(compose.argv(*args))
+
+
+def ndjson(*rows: dict) -> str:
+    return "\n".join(json.dumps(r) for r in rows) + "\n"
