@@ -83,7 +83,8 @@ class Display:
         for s in self.services:
             st = self.statuses.get(s, Status(s))
             mark = "[green]ready[/]" if st.ready else "[red]failed[/]" if st.failed else st.health or "-"
-            t.add_row(s, st.state, mark, st.detail)
+            detail = f"{st.detail} after {st.ready_after:.1f} s" if st.ready and st.ready_after is not None else st.detail
+            t.add_row(s, st.state, mark, detail)
         return t
 
     def add(self, services: Iterable[str]) -> None:
