@@ -7,6 +7,7 @@ remote host unchanged. argv is built as a list and joined with ``shlex.join`` on
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -24,12 +25,28 @@ def sh(*argv: str) -> str:
     return shlex.join(argv)
 
 
-def run(c: Any, argv: Iterable[str], **kw: Any) -> Any:
-    """Run argv through the Context, quietly, never raising on a non-zero exit."""
+class Script(io.StringIO):
+    """Text to feed a command's stdin through ``c.run(in_stream=...)``.
+
+    invoke's stdin pump asks a non-terminal stream for one byte per loop and sleeps 10 ms
+    between loops (about 100 bytes/s: a 10 KB migration would take 100 s). Handing over up to
+    64 KB per read keeps the same stdin path (so it works over fabric too) at full speed."""
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read(-1 if size is None or size < 0 else max(size, 65536))
+
+
+def in_dir(root: Any, argv: Iterable[str]) -> str:
+    """``cd ROOT && argv`` with both sides quoted (invoke's own ``c.cd`` only escapes spaces)."""
+    return f"cd {shlex.quote(str(root))} && {sh(*argv)}"
+
+
+def run(c: Any, argv: Iterable[str], cwd: Any = None, **kw: Any) -> Any:
+    """Run argv through the Context (in ``cwd`` if given), quietly, never raising on a non-zero exit."""
     kw.setdefault("hide", True)
     kw.setdefault("warn", True)
     kw.setdefault("in_stream", False)
-    return c.run(sh(*argv), **kw)
+    return c.run(in_dir(cwd, argv) if cwd is not None else sh(*argv), **kw)
 
 
 def first_line(text: str) -> str:
@@ -78,8 +95,7 @@ class Compose:
         return out + list(args)
 
     def run(self, c: Any, *args: str, **kw: Any) -> Any:
-        with c.cd(str(self.stack.root)):
-            return run(c, self.argv(*args), **kw)
+        return run(c, self.argv(*args), cwd=self.stack.root, **kw)
 
     def check(self, c: Any, *args: str, what: str, **kw: Any) -> Any:
         """Run and raise ComposeError with compose's own message when it fails."""
@@ -146,6 +162,7 @@ def dependencies(model: dict[str, Any], names: Iterable[str]) -> dict[str, set[s
 
 def validate_services(model: dict[str, Any], names: Iterable[str], stack: str) -> list[str]:
     known = list(model.get("services", {}))
+    names = list(names)
     bad = [n for n in names if n not in known]
     if bad:
         raise ComposeError(f"Unknown service{'s' if len(bad) > 1 else ''} {', '.join(bad)} in stack "

@@ -17,6 +17,7 @@ overlays when present, env files ``env/<stack>/.env`` plus ``.env.<stage>`` when
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -201,7 +202,14 @@ def resolve(flags: Mapping[str, Any] | None = None, *, root: Path | None = None,
     layer({k: _parse(k, environ[f"MEMSTACK_{k.upper()}"], f"MEMSTACK_{k.upper()}")
            for k in _SCALARS if environ.get(f"MEMSTACK_{k.upper()}")}, "environment")
     layer(flags, "flag")
-    for k in ("timeout", "interval"):
-        if float(values[k]) <= 0:
-            raise ConfigError(f"{k} must be positive, got {values[k]} (from {sources[k]}).")
+    for k in ("timeout", "interval", "disk_min_gb", "disk_warn_gb"):
+        raw = values[k]
+        try:
+            num = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{k} must be a number of {'seconds' if k in ('timeout', 'interval') else 'GB'}, "
+                              f"got {raw!r} (from {sources[k]}).") from None
+        if not math.isfinite(num) or num <= 0 and k in ("timeout", "interval") or num < 0:
+            raise ConfigError(f"{k} must be positive, got {raw} (from {sources[k]}).")
+        values[k] = num
     return Settings(values=values, sources=sources, root=root)

@@ -8,15 +8,18 @@ Reading uses python-dotenv; line syntax is checked here so a bad line is named b
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EnvFileError
 
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _MARKER = re.compile(r"(?:^|\s+)#\s*(generate|optional)(?:\s*,\s*(generate|optional))?\s*$")
 SECRET_KEY = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|PRIVATE_KEY|_AUTH$|^AUTH", re.I)
@@ -56,20 +59,21 @@ class TemplateKey:
 
 
 def check_syntax(path: Path) -> list[str]:
-    """Return the lines of ``path`` (raises on a line that is not KEY=VALUE, naming it)."""
+    """Return the lines of ``path``; raise EnvFileError naming the first line python-dotenv
+    cannot parse (by number only: the line may hold a secret)."""
+    from dotenv.parser import parse_stream
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise
+        raise EnvFileError(f"{path} does not exist.") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise EnvFileError(f"Cannot read {path}: {e}. Check its permissions and encoding (UTF-8).") from e
-    for n, line in enumerate(lines, 1):
-        s = line.strip()
-        if s and not s.startswith("#") and not _LINE.match(s):
-            shown = s.split("=", 1)[0][:40]
-            raise EnvFileError(f"{path}:{n}: not a KEY=VALUE line (starts with {shown!r}). Fix or "
-                               f"comment out that line; keys are letters, digits and _.")
-    return lines
+        raise EnvFileError(f"Cannot read {path}: {type(e).__name__}. Check its permissions and encoding (UTF-8).") from None
+    for b in parse_stream(io.StringIO(text)):
+        if b.error or (b.key is not None and (b.value is None or not _KEY.fullmatch(b.key))):
+            raise EnvFileError(f"{path}:{b.original.line}: not a KEY=VALUE line. Fix or comment out that line "
+                               f"(keys are letters, digits and _; quote values that span lines).")
+    return text.splitlines()
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -127,8 +131,8 @@ def render(template: Path, overrides: dict[str, str] | None = None) -> tuple[str
 def write_private(path: Path, text: str) -> None:
     """Create ``path`` with mode 0600 atomically; never replaces an existing file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600, unique
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -147,15 +151,27 @@ def init_env(path: Path, template: Path, force: bool = False) -> tuple[list[str]
 
     Returns the generated keys and, with ``force``, where the previous file was kept."""
     backup = None
+    if not template.is_file():
+        raise EnvFileError(f"The env template {template} is missing: it is committed with the project; restore it "
+                           f"with `git checkout -- {template}` (or create it for a new stack).")
     text, generated = render(template)
     if path.exists():
         if not force:
             raise EnvFileError(f"{path} already exists and was left as it is: nothing to do. "
                                f"Use `env.init --force` to replace it (the old file is kept as a "
                                f"timestamped backup), or `env.check` to validate it.")
-        backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-        os.replace(path, backup)
+        stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+        for n in range(1000):  # never overwrite an earlier backup, even within the same second
+            backup = path.with_name(f"{path.name}.bak-{stamp}" + (f"-{n}" if n else ""))
+            try:
+                os.link(path, backup)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise EnvFileError(f"Too many backups of {path} this second; nothing was changed.")
         os.chmod(backup, 0o600)
+        path.unlink()
     write_private(path, text)
     return generated, backup
 

@@ -56,7 +56,8 @@ def probe_argv(probe: str) -> list[str]:
         return ["curl", "-fsS", "-o", "/dev/null", "--max-time", "3", probe]
     if probe.startswith("tcp:"):
         port, _, host = probe[4:].partition("@")
-        return ["bash", "-c", f"exec 3<>/dev/tcp/{host or '127.0.0.1'}/{int(port)}"]
+        if port.isdigit():
+            return ["bash", "-c", f"exec 3<>/dev/tcp/{host or '127.0.0.1'}/{int(port)}"]
     raise HealthError(f"Unknown probe {probe!r}: use tcp:PORT or an http(s):// URL in the stack's probes config.")
 
 
@@ -142,15 +143,21 @@ class Watch:
         out = (r.stdout + r.stderr).strip()
         return bool(r.ok), out or f"exit {r.return_code}"
 
-    def poll(self, services: Iterable[str]) -> bool:
+    def poll(self, services: Iterable[str], active: set[str] | None = None) -> bool:
         """One round: refresh every service's status; True when all are ready.
-        Raises HealthError at once for a service that exited, crash-loops or is unhealthy."""
+        Raises HealthError at once for a service that exited, crash-loops or is unhealthy.
+        With ``active``, only those services are judged: the others have not been (re)started
+        by this run yet, so an old container of theirs (stopped, or healthy with an old config)
+        says nothing about them."""
         services = list(services)
         rows = {r.get("Service"): r for r in self.compose.ps(self.c, services)}
         to_check: list[Status] = []
         for name in services:
             st = self.statuses.setdefault(name, Status(name))
             if st.ready:
+                continue
+            if active is not None and name not in active:
+                self._set(st, state="waiting", detail="waiting for its dependencies")
                 continue
             row = rows.get(name)
             if row is None:
@@ -210,13 +217,13 @@ class Watch:
             parts.append(f"Service {st.service!r} failed: {why}.\n"
                          f"--- last health-check output ---\n{out}\n"
                          f"--- last 50 log lines ---\n{logs}")
-        cmd = "memstack-ops logs " + " ".join(s.service for s in bad)
+        cmd = "`, `".join(f"memstack-ops logs --service {s.service}" for s in bad)
         return ("\n\n".join(parts) + f"\n\nThe stack was left as it is for inspection: see `{cmd}`, "
                 f"fix the cause, then run `up` again (or `down` to stop it).")
 
     def wait(self, services: Iterable[str], deadline: float, interval: float,
              sleep: Callable[[float], None] = time.sleep, max_polls: int | None = None,
-             before_poll: Callable[[], None] | None = None) -> None:
+             before_poll: Callable[[], None] | None = None, active: set[str] | None = None) -> None:
         """Poll until every service is ready, bounded by ``deadline`` (monotonic) and a poll count.
         ``before_poll`` runs at the start of each round (``up`` starts newly unblocked services there)."""
         import tenacity
@@ -228,7 +235,7 @@ class Watch:
         def round_() -> bool:
             if before_poll:
                 before_poll()
-            return self.poll(services)
+            return self.poll(services, active)
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_delay(budget) | tenacity.stop_after_attempt(max_polls),

@@ -126,14 +126,16 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
         t.compose.check(t.c, "up", "--detach", *extra, *order, what="Starting the stack")
         return {}
     watch = Watch(t.c, t.compose, model, probes=t.probes, one_shot=one_shot_services(model))
-    started: set[str] = set()
-    inflight: list[Future[Any]] = []
+    started: set[str] = set()  # compose up submitted
+    active: set[str] = set()  # compose up completed: only these are judged by the watch
+    inflight: dict[Future[Any], list[str]] = {}
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose-up")
 
     def start_unblocked() -> None:
         for f in [f for f in inflight if f.done()]:
-            inflight.remove(f)
+            batch = inflight.pop(f)
             f.result()  # a failed `compose up` surfaces here, with compose's own message
+            active.update(batch)
         ready = {s for s, st in watch.statuses.items() if st.ready}
         batch = [s for s in order if s not in started and deps[s] <= ready]
         if batch:
@@ -141,14 +143,14 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             # --no-deps: we order and gate the start ourselves; compose would otherwise wait for
             # the engine's next healthcheck tick (10 s in the seeds) before starting dependants.
             # In the background, so polling the services already started goes on meanwhile.
-            inflight.append(pool.submit(t.compose.check, t.c, "up", "--detach", "--no-deps", *extra, *batch,
-                                        what=f"Starting {', '.join(batch)}"))
+            inflight[pool.submit(t.compose.check, t.c, "up", "--detach", "--no-deps", *extra, *batch,
+                                 what=f"Starting {', '.join(batch)}")] = batch
 
     try:
         with Display(order) as display:
             watch.on_change = display
             watch.wait(order, time.monotonic() + timeout, float(t.settings["interval"]), sleep=sleep,
-                       before_poll=start_unblocked)
+                       before_poll=start_unblocked, active=active)
     finally:
         pool.shutdown(wait=True)
     for f in inflight:
@@ -228,7 +230,8 @@ def write_local_config(root: Path, overlays: list[str]) -> Path:
 
     path = root / LOCAL_CONFIG_FILE
     lines = [ln for ln in (path.read_text().splitlines() if path.exists() else []) if not ln.startswith("overlays")]
-    lines.append("overlays = [" + ", ".join(f'"{o}"' for o in overlays) + "]")
+    # top-level keys must come before the first [table] header
+    lines.insert(0, "overlays = [" + ", ".join(f'"{o}"' for o in overlays) + "]")
     path.write_text("\n".join(lines) + "\n")
     return path
 

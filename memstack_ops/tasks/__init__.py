@@ -6,9 +6,10 @@ Importing it imports neither the docker SDK nor paramiko.
 
 from invoke import Collection
 
-from . import env, stack
+from . import db, env, stack
 
 ns = Collection()
 for name in ("up", "down", "restart", "status", "logs", "pull", "build", "config_", "urls", "doctor", "stacks"):
     ns.add_task(getattr(stack, name))
 ns.add_collection(Collection.from_module(env, name="env"))
+ns.add_collection(Collection.from_module(db, name="db"))

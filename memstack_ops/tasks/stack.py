@@ -157,9 +157,8 @@ def stacks(c, stack=None, stage=None, overlay=None):
     rows = []
     for name in available_stacks(s.root):
         # --no-interpolate: listing services needs no env file
-        with c.cd(str(s.root)):
-            r = run(c, ["docker", "compose", "-f", f"compose/{name}/compose.yml", "config", "--services",
-                        "--no-interpolate"])
+        r = run(c, ["docker", "compose", "-f", f"compose/{name}/compose.yml", "config", "--services",
+                    "--no-interpolate"], cwd=s.root)
         services = ", ".join(r.stdout.split()) if r.ok else f"(invalid compose file: {r.stderr.strip()[:200]})"
         rows.append([name + (" (current)" if name == s["stack"] else ""), services])
     table("stacks", ["stack", "services"], rows)

@@ -2,8 +2,9 @@
 
 Roles (the container's command): neo4j, grafana, api, worker.
 - neo4j: HTTP 7474 (discovery JSON), bolt port 7687 with a line-JSON protocol spoken by the
-  stand-in cypher-shell; NEO4J_AUTH=neo4j/PASSWORD or none; statements are appended to
-  /data/standin/statements.jsonl; `RETURN <expr>` answers like cypher-shell's plain output.
+  stand-in cypher-shell; NEO4J_AUTH=neo4j/PASSWORD or none; a Cypher subset (see Graph) over a
+  store in /data/standin/graph.json; every statement is also logged to statements.jsonl; the
+  server holds an exclusive flock on /data/standin/store.lock while it runs.
   Start-up takes STANDIN_START_SECONDS (default 3) like a JVM warming up.
 - grafana: HTTP 3000 /api/health.   - api: HTTP 8000 /health, /docs.
 - worker: touches /tmp/worker.heartbeat every 2 s.
@@ -41,13 +42,189 @@ def http_server(port, routes):
     return srv
 
 
+class Graph:
+    """STAND-IN storage: nodes with labels and properties, schema statements; one JSON file.
+
+    Understands a Cypher *subset*, enough for the tool's contracts: RETURN literals,
+    CREATE/MERGE of node patterns with literal properties, MATCH (n[:L] [{k: v}]) with
+    RETURN count(n) | RETURN n.a, n.b [ORDER BY n.a] | SET n.k = v, ... | [DETACH] DELETE n,
+    CREATE CONSTRAINT/INDEX [IF NOT EXISTS] (uniqueness enforced for `REQUIRE n.k IS UNIQUE`),
+    SHOW CONSTRAINTS/INDEXES, RETURN apoc.version() when NEO4J_PLUGINS has apoc.
+    Anything else is an error, as a real server's syntax error would be."""
+
+    def __init__(self, path):
+        self.path = path
+        self.data = {"nodes": [], "schema": []}
+        if os.path.exists(path):
+            with open(path) as f:
+                self.data = json.load(f)
+
+    def save(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    @staticmethod
+    def literal(v):
+        v = v.strip()
+        if v[:1] in "'\"" and v[-1:] == v[:1]:
+            return v[1:-1].replace("\\'", "'").replace('\\"', '"')
+        if v in ("true", "false"):
+            return v == "true"
+        if v == "null":
+            return None
+        if re.fullmatch(r"(?i)datetime\(\)", v):
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return float(v)
+            except ValueError:
+                raise ValueError("Invalid input '%s': only literal values are supported (STAND-IN)" % v)
+
+    @classmethod
+    def props(cls, text):
+        out = {}
+        text = (text or "").strip()
+        if not text:
+            return out
+        for part in re.findall(r"""(\w+)\s*:\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^,]+)""", text):
+            out[part[0]] = cls.literal(part[1])
+        return out
+
+    @staticmethod
+    def fmt(v):
+        if isinstance(v, str):
+            return '"%s"' % v.replace('"', '\\"')
+        if v is None:
+            return "NULL"
+        if isinstance(v, bool):
+            return "TRUE" if v else "FALSE"
+        return str(v)
+
+    def match(self, label, props):
+        return [n for n in self.data["nodes"]
+                if (not label or label in n["labels"]) and all(n["props"].get(k) == v for k, v in props.items())]
+
+    def unique_violation(self, labels, props):
+        for st in self.data["schema"]:
+            m = re.search(r"(?i)FOR\s*\(\w+:(\w+)\)\s*REQUIRE\s*\w+\.(\w+)\s+IS\s+UNIQUE", st)
+            if m and m.group(1) in labels and m.group(2) in props:
+                if self.match(m.group(1), {m.group(2): props[m.group(2)]}):
+                    return "Node already exists with label `%s` and property `%s` = %s" % (
+                        m.group(1), m.group(2), self.fmt(props[m.group(2)]))
+        return None
+
+    def run(self, stmt):
+        """Execute one statement; returns output lines or raises ValueError (server error)."""
+        s = stmt.strip().rstrip(";").strip()
+        node = r"\(\s*(\w*)\s*((?::\w+)*)\s*(?:\{(.*?)\})?\s*\)"
+        if re.fullmatch(r"(?is)RETURN\s+apoc\.version\(\)(?:\s+AS\s+\w+)?", s):
+            if "apoc" not in os.environ.get("NEO4J_PLUGINS", ""):
+                raise ValueError("Unknown function 'apoc.version' (APOC is not installed)")
+            return ["apoc.version()", '"%s"' % VERSION]
+        m = re.fullmatch(r"(?is)RETURN\s+(.+?)\s*(?:AS\s+(\w+))?", s)
+        if m:
+            return [m.group(2) or m.group(1), m.group(1)]
+        m = re.fullmatch(r"(?is)CREATE\s+(CONSTRAINT|INDEX)\s+(\w+)?\s*(IF\s+NOT\s+EXISTS)?\s*(.*)", s)
+        if m:
+            name = m.group(2) or "unnamed"
+            have = [x for x in self.data["schema"] if x.split()[2:3] == [name] or x == s]
+            if have:
+                if not m.group(3):
+                    raise ValueError("An equivalent %s already exists, '%s'" % (m.group(1).lower(), name))
+                return []
+            self.data["schema"].append(s)
+            self.save()
+            return []
+        if re.fullmatch(r"(?is)SHOW\s+(CONSTRAINTS|INDEXES)", s):
+            kind = "CONSTRAINT" if "CONSTRAINT" in s.upper() else "INDEX"
+            rows = [x.split()[2] for x in self.data["schema"] if x.split()[1].upper() == kind]
+            return ["name"] + ['"%s"' % r for r in rows]
+        m = re.fullmatch(r"(?is)(CREATE|MERGE)\s+(.*)", s)
+        if m:
+            pats = re.findall(node, m.group(2))
+            if not pats or re.sub(node, "", m.group(2)).strip(" ,"):
+                raise ValueError("Invalid input '%s' (STAND-IN supports node patterns only)" % m.group(2)[:40])
+            for _, labels, props in pats:
+                labels = [l for l in labels.split(":") if l]
+                props = self.props(props)
+                if m.group(1).upper() == "MERGE" and self.match(labels[0] if labels else "", props):
+                    continue
+                err = self.unique_violation(labels, props)
+                if err:
+                    raise ValueError(err)
+                self.data["nodes"].append({"labels": labels, "props": props})
+            self.save()
+            return []
+        m = re.fullmatch(r"(?is)MATCH\s+" + node + r"\s+(.*)", s)
+        if m:
+            var, labels, props, rest = m.groups()
+            label = (labels.split(":") + [""])[1] if labels else ""
+            nodes = self.match(label, self.props(props))
+            r = re.fullmatch(r"(?is)RETURN\s+count\(\s*\w*\s*\)(?:\s+AS\s+(\w+))?", rest)
+            if r:
+                return [r.group(1) or "count(%s)" % var, str(len(nodes))]
+            r = re.fullmatch(r"(?is)(?:DETACH\s+)?DELETE\s+\w+", rest)
+            if r:
+                self.data["nodes"] = [n for n in self.data["nodes"] if n not in nodes]
+                self.save()
+                return []
+            r = re.fullmatch(r"(?is)SET\s+(.*)", rest)
+            if r:
+                for k, v in re.findall(r"""\w+\.(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^,]+)""", r.group(1)):
+                    for n in nodes:
+                        n["props"][k] = self.literal(v)
+                self.save()
+                return []
+            r = re.fullmatch(r"(?is)RETURN\s+(.+?)(?:\s+ORDER\s+BY\s+\w+\.(\w+))?", rest)
+            if r:
+                cols = [c.strip() for c in r.group(1).split(",")]
+                keys = [c.split(".", 1)[1] if "." in c else c for c in cols]
+                if r.group(2):
+                    nodes = sorted(nodes, key=lambda n: (n["props"].get(r.group(2)) is None, n["props"].get(r.group(2))))
+                return [", ".join(cols)] + [", ".join(self.fmt(n["props"].get(k)) for k in keys) for n in nodes]
+        if s.upper() in (":BEGIN", ":COMMIT", ":ROLLBACK", ""):
+            return []
+        raise ValueError("Invalid input '%s': not in the Cypher subset of this STAND-IN" % s[:60])
+
+
+def split_statements(text):
+    """Split a script on ';' at line ends, skipping // comments, like cypher-shell does."""
+    out, cur = [], []
+    for line in text.splitlines():
+        if line.strip().startswith("//"):
+            continue
+        cur.append(line)
+        if line.rstrip().endswith(";"):
+            out.append("\n".join(cur))
+            cur = []
+    if "".join(cur).strip():
+        out.append("\n".join(cur))
+    return [s for s in out if s.strip()]
+
+
 def neo4j():
+    import fcntl
+
     auth = os.environ.get("NEO4J_AUTH", "neo4j/neo4j")
     user, _, password = auth.partition("/") if auth != "none" else ("", "", "")
     store = "/data/standin"
     os.makedirs(store, exist_ok=True)
     log("Starting... (STAND-IN for Neo4j %s, not the real server)" % VERSION)
+    # Like a real server, hold the store lock while running: neo4j-admin dump refuses then.
+    lockf = open(os.path.join(store, "store.lock"), "w")
+    try:
+        fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        log("ERROR: the store is locked by another process (a running server or neo4j-admin)")
+        sys.exit(1)
     time.sleep(DELAY)
+    graph = Graph(os.path.join(store, "graph.json"))
     lock = threading.Lock()
 
     class Bolt(socketserver.StreamRequestHandler):
@@ -59,11 +236,17 @@ def neo4j():
             if auth != "none" and (req.get("user"), req.get("password")) != (user, password):
                 out = {"error": "The client is unauthorized due to authentication failure."}
             else:
-                stmt = req.get("statement", "").strip()
-                with lock, open(os.path.join(store, "statements.jsonl"), "a") as f:
-                    f.write(json.dumps({"database": req.get("database"), "statement": stmt}) + "\n")
-                m = re.fullmatch(r"(?is)RETURN\s+(.+?)\s*(?:AS\s+(\w+))?;?", stmt)
-                out = {"lines": [m.group(2) or m.group(1), m.group(1)]} if m else {"lines": []}
+                lines, error = [], None
+                with lock:
+                    with open(os.path.join(store, "statements.jsonl"), "a") as f:
+                        for stmt in split_statements(req.get("statement", "")):
+                            f.write(json.dumps({"database": req.get("database"), "statement": stmt.strip()}) + "\n")
+                            try:
+                                lines += graph.run(stmt)
+                            except ValueError as e:
+                                error = str(e)
+                                break
+                out = {"lines": lines, "error": error}
             self.wfile.write(json.dumps(out).encode() + b"\n")
 
     bolt = socketserver.ThreadingTCPServer(("0.0.0.0", 7687), Bolt)

@@ -1,0 +1,136 @@
+"""db.*: wait for the databases, create what is missing, migrate, seed, status, shell, reset."""
+
+from __future__ import annotations
+
+from ._common import ops_task, target
+
+ONLY_HELP = "only this database: a service name or a kind (postgres, mysql, neo4j, redis)"
+
+
+def _model_and_target(c, stack, stage, overlay):
+    t = target(c, stack, stage, overlay)
+    return t, t.compose.model(c)
+
+
+def _print_reports(reports, t0):
+    import time
+
+    from ..output import say
+
+    changed = False
+    for rep in reports:
+        for note in rep.notes:
+            say(f"  {rep.service}: {note}")
+        if rep.applied:
+            changed = True
+            say(f"  {rep.service}: applied {', '.join(rep.applied)}")
+        elif rep.kind != "redis":
+            say(f"  {rep.service}: migrations up to date")
+    say(("Done" if changed else "Everything is up to date") + f" in {time.monotonic() - t0:.1f} s.")
+
+
+@ops_task(help={"only": ONLY_HELP, "timeout": "seconds to wait for each database to accept queries (default 120)"})
+def init(c, only=None, timeout=120, stack=None, stage=None, overlay=None):
+    """Wait for each database, create what is missing, apply migrations and seed data (idempotent)."""
+    import time
+
+    from .. import db
+    from ..output import say
+
+    t0 = time.monotonic()
+    t, model = _model_and_target(c, stack, stage, overlay)
+    reports = db.init(t, model, [only] if only else (), timeout=float(timeout))
+    key_cfg = t.stack.options.get("api_key")
+    if key_cfg and (not only or only in (key_cfg.get("service"), "postgres")):
+        d = next(d for d in db.databases(t, model, [key_cfg["service"]]))
+        key, prefix = db.ensure_api_key(d, key_cfg.get("table", "memstack_api_keys"), key_cfg.get("prefix", "ms_sk_"))
+        if key:
+            say(f"Generated default API key: {key}\n  Shown once only: store it now (only its sha256 is kept).")
+        else:
+            say(f"  default API key exists ({prefix}...): not regenerated")
+    _print_reports(reports, t0)
+
+
+@ops_task(aliases=["schema"], help={"only": ONLY_HELP, "dry_run": "list what would run, change nothing"})
+def migrate(c, only=None, dry_run=False, stack=None, stage=None, overlay=None):
+    """Apply pending schema migrations (db/<stack>/<service>/NNNN_name.sql|cypher)."""
+    import time
+
+    from .. import db
+
+    t0 = time.monotonic()
+    t, model = _model_and_target(c, stack, stage, overlay)
+    dbs = db.databases(t, model, [only] if only else ())
+    missing = [d.service for d in dbs if d.kind != "redis" and not (t.stack.root / "db" / t.stack.name / d.service).is_dir()]
+    if only and missing:
+        raise db.DbError(f"No migration directory db/{t.stack.name}/{missing[0]}/: create it with files named "
+                         f"NNNN_name.sql (or .cypher for Neo4j).")
+    _print_reports(db.init(t, model, [only] if only else (), tracks=("schema",), dry_run=dry_run), t0)
+
+
+@ops_task(help={"only": ONLY_HELP, "dry_run": "list what would run, change nothing"})
+def seed(c, only=None, dry_run=False, stack=None, stage=None, overlay=None):
+    """Load initial data (db/<stack>/<service>/seed/NNNN_name.sql|cypher), each file once."""
+    import time
+
+    from .. import db
+
+    t0 = time.monotonic()
+    t, model = _model_and_target(c, stack, stage, overlay)
+    _print_reports(db.init(t, model, [only] if only else (), tracks=("seed",), dry_run=dry_run), t0)
+
+
+@ops_task(help={"only": ONLY_HELP})
+def status(c, only=None, stack=None, stage=None, overlay=None):
+    """One table per database: applied and pending migrations with checksums and times."""
+    from .. import db
+    from ..output import table
+
+    t, model = _model_and_target(c, stack, stage, overlay)
+    for d, rows in db.status(t, model, [only] if only else ()):
+        table(f"{d.service} ({d.kind})", ["track", "version", "name", "checksum", "applied_at", "duration", "state"],
+              rows or [["", "", "(no migrations)", "", "", "", ""]])
+
+
+@ops_task(positional=["service"], help={"service": "the database service (e.g. postgres, neo4j, redis)"})
+def shell(c, service, stack=None, stage=None, overlay=None):
+    """Open psql / cypher-shell / mysql / redis-cli inside the database's container."""
+    from .. import db
+
+    t, model = _model_and_target(c, stack, stage, overlay)
+    d = db.databases(t, model, [service])[0]
+    from ..compose import in_dir
+
+    c.run(in_dir(t.stack.root, t.compose.argv("exec", d.service, "sh", "-c", db.SHELLS[d.kind])), pty=True, warn=True)
+
+
+@ops_task(positional=["service"], help={
+    "service": "the database service to wipe",
+    "yes": "do not ask for the typed confirmation",
+    "force_prod": "allow this in stage prod",
+    "timeout": "seconds to wait for the database to come back",
+})
+def reset(c, service, yes=False, force_prod=False, timeout=180, stack=None, stage=None, overlay=None):
+    """DESTROY one database's data, start it empty and initialise it again (migrations, seeds)."""
+    from .. import db, lifecycle
+    from ..errors import Refused
+    from ..output import confirm, say
+
+    t, model = _model_and_target(c, stack, stage, overlay)
+    d = db.databases(t, model, [service])[0]
+    if t.stack.stage == "prod" and not force_prod:
+        raise Refused(f"db.reset {d.service} refused in stage prod: it deletes all of its data. Take a backup, then "
+                      f"add --force-prod if you really mean it.")
+    vols = db.volumes_of(model, d.service)
+    confirm(f"This deletes ALL data of {d.service} in stack {t.stack.name!r} (volumes {', '.join(vols) or 'none'}).",
+            t.stack.name, yes=yes)
+    t.compose.check(c, "rm", "--stop", "--force", d.service, what=f"Removing {d.service}")
+    for v in vols:
+        from ..compose import run
+
+        r = run(c, ["docker", "volume", "rm", v])
+        if r.failed and "No such volume" not in r.stderr:
+            raise db.DbError(f"Removing volume {v} failed: {r.stderr.strip()}")
+    lifecycle.up(t, [d.service], timeout=float(timeout))
+    reports = db.init(t, model, [d.service], timeout=float(timeout))
+    say(f"{d.service} was reset: " + ", ".join(reports[0].applied or ["no migrations"]) + " applied.")
