@@ -120,7 +120,7 @@ def drift(files: list[Migration], applied: dict[tuple[str, int], Applied], root:
 # environment (the same variables the official images use), so they never appear in argv.
 CLIENTS = {
     "postgres": 'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -h 127.0.0.1 -U "${POSTGRES_USER:-postgres}" '
-                '-d "%(db)s" -X -q -At -F "|" -v ON_ERROR_STOP=1',
+                '-d "%(db)s" -X -q -At -F "|" -v ON_ERROR_STOP=1 -f -',
     "mysql": 'f=$(mktemp) && trap \'rm -f "$f"\' EXIT && '
              'printf "[client]\\nuser=root\\npassword=%%s\\n" "${MYSQL_ROOT_PASSWORD:-$MARIADB_ROOT_PASSWORD}" >"$f" && '
              'cli=$(command -v mariadb || command -v mysql) && '

@@ -67,6 +67,16 @@ class Project:
                         "--timeout", "3"], cwd=self.root, capture_output=True, timeout=120)
 
 
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def scratch_project(dest: Path, source: Path, stack: str = "memstack", overlays: tuple[str, ...] = ("local",),
                     prefix: str = "mstest") -> Project:
     """Copy ``source``'s compose files and env template to ``dest``, init the env file and
@@ -74,10 +84,19 @@ def scratch_project(dest: Path, source: Path, stack: str = "memstack", overlays:
     shutil.copytree(source / "compose", dest / "compose")
     (dest / "env" / stack).mkdir(parents=True)
     shutil.copy(source / "env" / stack / ".env.example", dest / "env" / stack / ".env.example")
+    if (source / "db" / stack).is_dir():
+        shutil.copytree(source / "db" / stack, dest / "db" / stack)
     name = f"{prefix}{uuid.uuid4().hex[:8]}"
     ov = ", ".join(f'"{o}"' for o in overlays)
-    (dest / "memstack-ops.toml").write_text(
-        f'stack = "{stack}"\ntimeout = 180\noverlays = [{ov}]\n\n[stacks.{stack}]\nproject = "{name}"\n')
+    text = f'stack = "{stack}"\ntimeout = 180\noverlays = [{ov}]\n\n[stacks.{stack}]\nproject = "{name}"\n'
+    src_cfg = source / "memstack-ops.toml"
+    if src_cfg.is_file():  # keep the stack's own sub-tables (api_key, probes, ...)
+        import tomllib
+
+        for key, sub in (tomllib.loads(src_cfg.read_text()).get("stacks", {}).get(stack) or {}).items():
+            if isinstance(sub, dict):
+                text += f"\n[stacks.{stack}.{key}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in sub.items())
+    (dest / "memstack-ops.toml").write_text(text)
     p = Project(dest, name, stack, {k: free_port() for k in PORT_KEYS}, overlays)
     r = p.run("env.init")
     if r.returncode != 0:

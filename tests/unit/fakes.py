@@ -1,7 +1,6 @@
 """Fakes and builders for the unit tests (imported by the tests; pytest does not collect it):
-fake project roots, a MockContext that also records the command line a real invoke Context
-would hand to the shell, a synchronous check pool, and compose argv builders. Nothing here
-talks to a Docker engine."""
+fake project roots, a synchronous check pool, compose command-line builders and a splitter
+for them. Nothing here talks to a Docker engine."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from invoke import MockContext, Result
+from invoke import MockContext
 
 from memstack_ops.compose import Compose
 from memstack_ops.config import Stack
@@ -50,24 +49,6 @@ def make_project(root: Path, stacks: tuple[str, ...] = ("memstack",), overlays: 
     return root
 
 
-class RecordingContext(MockContext):
-    """A MockContext that also keeps each command as invoke's real Context would run it.
-
-    invoke 2.2's MockContext matches (and records in ``run.call_args``) the bare command;
-    the ``cd <dir> && `` prefix that ``Context.cd`` adds is applied by ``Context._run``, which
-    MockContext bypasses. ``shell_commands`` holds the prefixed form."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._set("shell_commands", [])
-        self._set("cwds", [])
-
-    def run(self, command: str, *args: Any, **kwargs: Any) -> Result:
-        self.shell_commands.append(self._prefix_commands(command))
-        self.cwds.append(self.cwd)
-        return super().run(command, *args, **kwargs)
-
-
 def commands(c: MockContext) -> list[str]:
     """Every command line the code passed to ``c.run``, in order."""
     return [call.args[0] for call in c.run.call_args_list]
@@ -102,9 +83,44 @@ def make_stack(root: Path, project: str = "proj", files: tuple[str, ...] = ("com
 
 
 def ccmd(compose: Compose, *args: str) -> str:
-    """The exact command line Compose runs for ``args``."""
-    return shlex.join(compose.argv(*args))
+    """The exact command line Compose runs for ``args`` (in the stack's root)."""
+    from memstack_ops.compose import in_dir
+
+    return in_dir(compose.stack.root, compose.argv(*args))
+
+
+def split_cd(command: str) -> tuple[str | None, list[str]]:
+    """Split a command line into (the directory of a leading ``cd DIR &&``, or None; the argv
+    after it). Compose commands run as ``cd <root> && docker compose ...``."""
+    argv = shlex.split(command)
+    if argv[:1] == ["cd"] and argv[2:3] == ["&&"]:
+        return argv[1], argv[3:]
+    return None, argv
 
 
 def ndjson(*rows: dict) -> str:
     return "\n".join(json.dumps(r) for r in rows) + "\n"
+
+
+def parse_cli(argv: list[str]) -> Any:
+    """Parse a command line the way the `memstack-ops` console script does, without running it.
+    Returns the Program (``.tasks`` holds the parsed calls); raises invoke's ParseError.
+
+    invoke pops each option's help text off the Task while building the parser, so the tasks'
+    ``help`` dicts are restored afterwards: other tests see the collection untouched."""
+    from invoke import Program
+
+    from memstack_ops.tasks import ns
+
+    saved = {name: dict(ns[name].help) for name in ns.task_names}
+    try:
+        program = Program(namespace=ns, name="memstack-ops", binary="memstack-ops")
+        program.create_config()
+        program.parse_core(argv)
+        program.parse_collection()
+        program.parse_tasks()
+        return program
+    finally:
+        for name, help_ in saved.items():
+            ns[name].help.clear()
+            ns[name].help.update(help_)

@@ -145,23 +145,18 @@ def test_a_zero_timeout_flag_is_rejected_as_coming_from_the_flag(project):
         resolve({"timeout": 0}, root=project, environ={})
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="BUG: resolve() does not parse flag/TOML values; a non-numeric "
-                                       "--timeout escapes as a bare ValueError (CLI traceback)")
 def test_a_non_numeric_timeout_flag_is_a_config_error(project):
     # invoke hands `--timeout abc` to the task as the string "abc" (the task's default is None)
     with pytest.raises(ConfigError):
         resolve({"timeout": "abc"}, root=project, environ={})
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="BUG: a string timeout in memstack-ops.toml escapes as a bare ValueError")
 def test_a_string_timeout_in_toml_is_a_config_error_naming_the_file(project):
     write(project, "memstack-ops.toml", 'timeout = "fast"\n')
     with pytest.raises(ConfigError):
         resolve({}, root=project, environ={})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: nan/inf pass the `<= 0` check; inf later crashes Watch.wait "
-                                       "with OverflowError (int(inf / interval))")
 @pytest.mark.parametrize("raw", ["nan", "inf"])
 def test_a_non_finite_timeout_is_rejected(project, raw):
     with pytest.raises(ConfigError):

@@ -133,9 +133,6 @@ def test_init_env_force_keeps_a_timestamped_0600_backup_with_the_old_content(tmp
     assert generated == ["DB_PASSWORD", "API_TOKEN"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: backup names have 1-second resolution and os.replace overwrites "
-                                       "an existing backup, so two --force runs in the same second lose the "
-                                       "original file")
 def test_two_forced_inits_in_the_same_second_keep_the_original_file_somewhere(tmp_path, tpl, monkeypatch):
     monkeypatch.setattr(envfiles.time, "strftime", lambda fmt, t=None: "20250101T000000Z")
     path = write(tmp_path, "env/memstack/.env", "DB_PASSWORD=the-original-secret\n", mode=0o600)
@@ -145,10 +142,6 @@ def test_two_forced_inits_in_the_same_second_keep_the_original_file_somewhere(tm
     assert "DB_PASSWORD=the-original-secret\n" in kept
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="BUG: render() -> check_syntax() re-raises FileNotFoundError, so init_env (and "
-                          "`env.init`) on a stack without .env.example crashes with a traceback instead of "
-                          "the EnvFileError read_template gives")
 def test_init_env_with_a_missing_template_raises_env_file_error(tmp_path):
     with pytest.raises(EnvFileError):
         init_env(tmp_path / ".env", tmp_path / ".env.example")
@@ -168,9 +161,6 @@ def test_write_private_creates_missing_parent_folders(tmp_path):
     assert p.read_text() == "X=1\n" and mode(p) == 0o600
 
 
-@pytest.mark.xfail(strict=True, raises=FileExistsError,
-                   reason="BUG: a stale .<name>.<pid>.tmp (left by a killed run; pids repeat in containers) "
-                          "makes os.open(O_EXCL) raise a bare FileExistsError outside the try block")
 def test_write_private_survives_a_stale_temp_file_from_a_killed_run(tmp_path):
     write(tmp_path, f"..env.{os.getpid()}.tmp", "partial")
     write_private(tmp_path / ".env", "X=1\n")
@@ -199,9 +189,6 @@ def test_an_unreadable_env_file_raises_env_file_error(tmp_path):
         read_env(p)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: check_syntax echoes up to 40 chars of a line without '=', e.g. "
-                                       "the continuation line of a multi-line quoted secret (valid for "
-                                       "python-dotenv), so part of the secret lands in the error message")
 def test_the_syntax_error_for_a_multiline_secret_does_not_echo_the_secret(tmp_path):
     body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSj"
     p = write(tmp_path, ".env", f'PRIVATE_KEY="-----BEGIN KEY-----\n{body}\n-----END KEY-----"\n')

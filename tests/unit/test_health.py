@@ -1,0 +1,404 @@
+"""health: healthcheck/probe argv, Go durations, Watch.poll and Watch.wait against a scripted
+MockContext (no engine). Checks run through a synchronous pool unless a test says otherwise."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+
+import pytest
+from invoke import MockContext, Result
+from invoke.exceptions import CommandTimedOut
+
+from fakes import SyncPool, ccmd, commands, make_stack, ndjson, parse_cli
+from memstack_ops.compose import Compose
+from memstack_ops.errors import HealthError
+from memstack_ops.health import Status, Watch, _seconds, check_argv, probe_argv
+
+# --- check_argv / probe_argv ------------------------------------------------------------------
+
+
+def test_cmd_shell_runs_through_sh_c_with_the_words_joined():
+    assert check_argv("p-db-1", ["CMD-SHELL", "pg_isready", "-q"]) == [
+        "docker", "exec", "p-db-1", "/bin/sh", "-c", "pg_isready -q"]
+
+
+def test_cmd_runs_the_words_directly():
+    assert check_argv("p-api-1", ["CMD", "curl", "-f", "http://localhost:8000/health"]) == [
+        "docker", "exec", "p-api-1", "curl", "-f", "http://localhost:8000/health"]
+
+
+@pytest.mark.parametrize("test", [["NONE"], []])
+def test_none_or_empty_test_means_no_check(test):
+    assert check_argv("c", test) is None
+
+
+def test_double_dollars_from_compose_config_become_single_dollars():
+    argv = check_argv("c", ["CMD-SHELL", 'NEO4J_PASSWORD="$${NEO4J_AUTH#*/}" cypher-shell \'RETURN 1\''])
+    assert argv[-1] == 'NEO4J_PASSWORD="${NEO4J_AUTH#*/}" cypher-shell \'RETURN 1\''
+    assert check_argv("c", ["CMD", "echo", "$$HOME", "$$$$"])[-2:] == ["$HOME", "$$"]
+
+
+def test_the_check_command_line_keeps_dollars_away_from_the_local_shell():
+    line = shlex.join(check_argv("c", ["CMD-SHELL", "test -n \"$${PGUSER}\""]))
+    assert line == "docker exec c /bin/sh -c 'test -n \"${PGUSER}\"'"
+
+
+def test_a_test_without_a_known_prefix_is_run_by_the_shell():
+    assert check_argv("c", ["redis-cli", "ping"]) == ["docker", "exec", "c", "/bin/sh", "-c", "redis-cli ping"]
+
+
+def test_tcp_probe_opens_a_bash_tcp_socket_on_localhost_by_default():
+    assert probe_argv("tcp:8080") == ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080"]
+    assert probe_argv("tcp:5432@10.0.0.5") == ["bash", "-c", "exec 3<>/dev/tcp/10.0.0.5/5432"]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/health", "https://example.test/ready"])
+def test_http_probe_uses_curl_with_a_short_timeout_that_fails_on_http_errors(url):
+    assert probe_argv(url) == ["curl", "-fsS", "-o", "/dev/null", "--max-time", "3", url]
+
+
+@pytest.mark.parametrize("probe", ["udp:53", "ftp://host/", "8080", ""])
+def test_unknown_probes_are_rejected_saying_what_is_allowed(probe):
+    with pytest.raises(HealthError, match=r"Unknown probe .*use tcp:PORT or an http\(s\):// URL"):
+        probe_argv(probe)
+
+
+def test_a_tcp_probe_with_a_non_numeric_port_is_rejected_as_a_health_error():
+    with pytest.raises(HealthError):
+        probe_argv("tcp:http")
+
+
+# --- durations --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, seconds", [
+    ("10s", 10.0), ("1m30s", 90.0), ("500ms", 0.5), ("1h", 3600.0), ("1h2m3s", 3723.0), ("1.5s", 1.5),
+    ("2m", 120.0), ("250us", 0.00025), ("0s", 0.0), ("45", 45.0),
+])
+def test_go_duration_strings_are_parsed_to_seconds(raw, seconds):
+    assert _seconds(raw, 99.0) == pytest.approx(seconds)
+
+
+def test_missing_duration_gives_the_default_and_numbers_are_seconds_or_nanoseconds():
+    assert _seconds(None, 30.0) == 30.0
+    assert _seconds(7, 30.0) == 7.0
+    assert _seconds(5_000_000_000, 30.0) == 5.0  # nanoseconds, as the engine API gives them
+
+
+# --- Watch.poll -------------------------------------------------------------------------------
+
+MODEL = {"services": {
+    "db": {"healthcheck": {"test": ["CMD-SHELL", 'pg_isready -U "$${POSTGRES_USER}"'], "timeout": "5s"}},
+    "api": {"healthcheck": {"test": ["CMD", "curl", "-f", "http://localhost:8000/health"], "timeout": "1m30s"}},
+    "web": {},  # no healthcheck: probe configured below
+    "plain": {},  # no healthcheck, no probe
+    "migrate": {},  # one-shot
+    "nocheck": {"healthcheck": {"disable": True, "test": ["CMD", "false"]}},
+    "strtest": {"healthcheck": {"test": "redis-cli ping"}},
+}}
+SECRETS = {"DB_PASSWORD": "Sup3rS3cretValue"}
+
+
+@pytest.fixture
+def comp(tmp_path):
+    return Compose(make_stack(tmp_path, project="p"), secrets=SECRETS)
+
+
+def row(service: str, state: str = "running", health: str = "", **kw) -> dict:
+    return {"Service": service, "State": state, "Health": health, "Name": f"p-{service}-1", **kw}
+
+
+def ps_cmd(comp, *services):
+    return ccmd(comp, "ps", "--all", "--format", "json", *services)
+
+
+def exec_cmd(service: str, test: list[str]) -> str:
+    return shlex.join(check_argv(f"p-{service}-1", test))
+
+
+DB_CHECK = exec_cmd("db", ["CMD-SHELL", 'pg_isready -U "${POSTGRES_USER}"'])
+
+
+def logs_cmd(comp, service):
+    return ccmd(comp, "logs", "--no-color", "--no-log-prefix", "--tail", "50", service)
+
+
+def inspect_cmd(service):
+    return shlex.join(["docker", "inspect", "--format", "{{json .State.Health}}", f"p-{service}-1"])
+
+
+def watch(c, comp, **kw) -> Watch:
+    kw.setdefault("pool", SyncPool())
+    return Watch(c, comp, MODEL, **kw)
+
+
+def test_a_service_goes_from_starting_to_ready_when_its_own_check_passes(comp):
+    changes = []
+    c = MockContext(run={
+        ps_cmd(comp, "db"): Result(ndjson(row("db", health="starting"))),
+        DB_CHECK: [Result(stderr="no response", exited=2), Result("accepting connections\n")],
+    })
+    w = watch(c, comp, on_change=lambda st: changes.append((st.state, st.health, st.ready)))
+    assert w.poll(["db"]) is False
+    st = w.statuses["db"]
+    assert (st.state, st.health, st.ready, st.failed) == ("running", "starting", False, False)
+    assert st.detail == "starting: check not passing yet" and st.output == "no response"
+    assert st.container == "p-db-1"
+    assert w.poll(["db"]) is True
+    assert st.ready and st.detail == "healthy (check passed)" and st.output == "accepting connections"
+    assert st.ready_after is not None and st.ready_after >= 0
+    assert changes == [("running", "starting", False), ("running", "starting", True)]
+    # the check ran with the healthcheck's own timeout
+    check_calls = [call for call in c.run.call_args_list if call.args[0] == DB_CHECK]
+    assert len(check_calls) == 2 and all(call.kwargs["timeout"] == 5.0 for call in check_calls)
+
+
+def test_a_ready_service_is_not_checked_again(comp):
+    c = MockContext(run={ps_cmd(comp, "db"): Result(ndjson(row("db", health="starting"))), DB_CHECK: Result("ok")})
+    w = watch(c, comp)
+    assert w.poll(["db"]) and w.poll(["db"])
+    assert commands(c).count(DB_CHECK) == 1
+
+
+def test_engine_healthy_counts_as_ready_without_running_the_check(comp):
+    c = MockContext(run={ps_cmd(comp, "db"): Result(ndjson(row("db", health="healthy")))})
+    w = watch(c, comp)
+    assert w.poll(["db"]) is True
+    assert w.statuses["db"].detail == "healthy (engine)"
+    assert commands(c) == [ps_cmd(comp, "db")]
+
+
+def test_a_service_without_a_container_is_pending(comp):
+    c = MockContext(run={ps_cmd(comp, "db", "api"): Result(ndjson(row("db", health="healthy")))})
+    w = watch(c, comp)
+    assert w.poll(["db", "api"]) is False
+    assert (w.statuses["api"].state, w.statuses["api"].detail) == ("pending", "no container yet")
+
+
+def test_a_created_container_waits_without_a_check(comp):
+    c = MockContext(run={ps_cmd(comp, "db"): Result(ndjson(row("db", state="created")))})
+    w = watch(c, comp)
+    assert w.poll(["db"]) is False
+    assert commands(c) == [ps_cmd(comp, "db")]
+
+
+def test_cmd_checks_run_directly_with_their_parsed_timeout(comp):
+    check = exec_cmd("api", ["CMD", "curl", "-f", "http://localhost:8000/health"])
+    c = MockContext(run={ps_cmd(comp, "api"): Result(ndjson(row("api"))), check: Result("")})
+    w = watch(c, comp)
+    assert w.poll(["api"]) is True
+    call = next(call for call in c.run.call_args_list if call.args[0] == check)
+    assert call.kwargs["timeout"] == 90.0
+    assert w.statuses["api"].output == "exit 0"  # no output: the exit code stands in
+
+
+def test_a_string_healthcheck_test_runs_through_the_shell(comp):
+    check = exec_cmd("strtest", ["CMD-SHELL", "redis-cli ping"])
+    c = MockContext(run={ps_cmd(comp, "strtest"): Result(ndjson(row("strtest"))), check: Result("PONG")})
+    assert watch(c, comp).poll(["strtest"]) is True
+
+
+def test_a_service_with_a_probe_is_ready_when_the_probe_passes(comp):
+    probe = shlex.join(probe_argv("tcp:8080"))
+    c = MockContext(run={ps_cmd(comp, "web"): Result(ndjson(row("web"))), probe: [Result(exited=1), Result("")]})
+    w = watch(c, comp, probes={"web": "tcp:8080"})
+    assert w.poll(["web"]) is False
+    assert w.poll(["web"]) is True
+    assert all(call.kwargs["timeout"] == 5.0 for call in c.run.call_args_list if call.args[0] == probe)
+
+
+@pytest.mark.parametrize("service", ["plain", "nocheck"])
+def test_a_running_service_without_a_check_or_probe_is_ready(comp, service):
+    c = MockContext(run={ps_cmd(comp, service): Result(ndjson(row(service)))})
+    w = watch(c, comp)
+    assert w.poll([service]) is True
+    assert w.statuses[service].output == "no healthcheck: running counts as ready"
+    assert commands(c) == [ps_cmd(comp, service)]
+
+
+def test_a_one_shot_service_that_exited_0_is_ready(comp):
+    c = MockContext(run={ps_cmd(comp, "migrate"): Result(ndjson(row("migrate", state="exited", ExitCode=0)))})
+    w = watch(c, comp, one_shot={"migrate"})
+    assert w.poll(["migrate"]) is True
+    assert w.statuses["migrate"].detail == "completed successfully"
+
+
+def test_a_check_that_times_out_is_not_passing_and_says_so(comp):
+    class TimingOut(MockContext):
+        def run(self, command, *a, **kw):
+            if command == DB_CHECK:
+                raise CommandTimedOut(Result(command=command), timeout=kw["timeout"])
+            return super().run(command, *a, **kw)
+
+    c = TimingOut(run={ps_cmd(comp, "db"): Result(ndjson(row("db", health="starting")))})
+    w = watch(c, comp)
+    assert w.poll(["db"]) is False
+    assert w.statuses["db"].output == "check timed out after 5 s"
+
+
+def _failing(comp, svc_row, logs="line one\nFATAL: password Sup3rS3cretValue rejected\n", health_log=None):
+    service = svc_row["Service"]
+    health = {"Status": "unhealthy", "Log": [{"Output": "old"}, {"Output": health_log}]} if health_log else None
+    return MockContext(run={
+        ps_cmd(comp, service): Result(ndjson(svc_row)),
+        logs_cmd(comp, service): Result(logs),
+        inspect_cmd(service): Result(json.dumps(health)),
+    })
+
+
+@pytest.mark.parametrize("svc_row, why", [
+    (row("db", state="exited", ExitCode=1), "container exited with code 1"),
+    (row("db", state="dead", ExitCode=137), "container dead with code 137"),
+    (row("db", state="restarting"), "container is restarting (crash loop)"),
+    (row("db", health="unhealthy"), "the engine marked it unhealthy"),
+], ids=["exited", "dead", "restarting", "unhealthy"])
+def test_a_failing_container_fails_the_poll_at_once_with_its_logs(comp, svc_row, why):
+    c = _failing(comp, svc_row)
+    w = watch(c, comp)
+    with pytest.raises(HealthError) as e:
+        w.poll(["db"])
+    msg = str(e.value)
+    assert f"Service 'db' failed: {why}." in msg
+    assert "--- last 50 log lines ---\nline one\nFATAL: password **** rejected" in msg
+    assert "Sup3rS3cretValue" not in msg
+    assert "left as it is for inspection: see `memstack-ops logs --service db`" in msg
+    assert w.statuses["db"].failed
+    assert DB_CHECK not in commands(c)  # a failed container is not checked
+
+
+def test_the_failure_report_shows_the_engines_last_health_check_output(comp):
+    c = _failing(comp, row("db", health="unhealthy"), health_log="pg: auth failed for Sup3rS3cretValue\n")
+    with pytest.raises(HealthError) as e:
+        watch(c, comp).poll(["db"])
+    assert "--- last health-check output ---\npg: auth failed for ****\n" in str(e.value)
+
+
+def test_the_failure_report_says_when_there_is_no_output_or_log(comp):
+    c = _failing(comp, row("db", state="exited", ExitCode=2), logs="")
+    with pytest.raises(HealthError) as e:
+        watch(c, comp).poll(["db"])
+    assert "--- last health-check output ---\n(no output)\n--- last 50 log lines ---\n(no log lines)" in str(e.value)
+
+
+def test_a_one_shot_service_that_exited_non_zero_fails(comp):
+    c = _failing(comp, row("migrate", state="exited", ExitCode=4), logs="migration 7 failed")
+    with pytest.raises(HealthError, match=r"Service 'migrate' failed: container exited with code 4"):
+        watch(c, comp, one_shot={"migrate"}).poll(["migrate"])
+
+
+def test_every_failed_service_is_reported_not_just_the_first(comp):
+    c = MockContext(run={
+        ps_cmd(comp, "db", "api"): Result(ndjson(row("db", state="exited", ExitCode=1), row("api", state="restarting"))),
+        logs_cmd(comp, "db"): Result("boom"),
+        logs_cmd(comp, "api"): Result("boom"),
+        inspect_cmd("db"): Result("null"),
+        inspect_cmd("api"): Result("null"),
+    })
+    with pytest.raises(HealthError) as e:
+        watch(c, comp).poll(["db", "api"])
+    msg = str(e.value)
+    assert "Service 'db' failed" in msg and "Service 'api' failed" in msg
+    assert "`memstack-ops logs --service db`, `memstack-ops logs --service api`" in msg
+
+
+def test_the_logs_command_suggested_after_a_failure_is_a_valid_invocation(comp):
+    from invoke.exceptions import ParseError
+
+    c = _failing(comp, row("db", state="exited", ExitCode=1))
+    with pytest.raises(HealthError) as e:
+        watch(c, comp).poll(["db"])
+    suggested = re.search(r"see `(memstack-ops [^`]*)`", str(e.value)).group(1)
+    try:
+        program = parse_cli(shlex.split(suggested))
+    except ParseError as err:
+        pytest.fail(f"{suggested!r} does not parse: {err}")
+    assert [t.name for t in program.tasks] == ["logs"]
+
+
+def test_checks_run_in_the_background_and_are_picked_up_by_a_later_poll(comp):
+    """With the real thread pool: a poll never blocks on a check; its result lands in a later poll."""
+    c = MockContext(run={ps_cmd(comp, "db"): Result(ndjson(row("db", health="starting"))), DB_CHECK: Result("ok")})
+    w = Watch(c, comp, MODEL)
+    try:
+        deadline = time.monotonic() + 5
+        polls = 0
+        while not w.poll(["db"]):
+            polls += 1
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert w.statuses["db"].ready and w.inflight == {}
+        assert commands(c).count(DB_CHECK) == 1  # one check in flight at a time
+    finally:
+        w.close()
+
+
+# --- Watch.wait -------------------------------------------------------------------------------
+
+def test_wait_returns_once_every_service_is_ready_sleeping_the_interval_between_rounds(comp):
+    slept, rounds = [], []
+    c = MockContext(run={
+        ps_cmd(comp, "db", "plain"): Result(ndjson(row("db", health="starting"), row("plain"))),
+        DB_CHECK: [Result(exited=1), Result(exited=1), Result("ok")],
+    })
+    pool = SyncPool()
+    w = watch(c, comp, pool=pool)
+    w.wait(["db", "plain"], time.monotonic() + 60, 2.5, sleep=slept.append, before_poll=lambda: rounds.append(1))
+    assert all(st.ready for st in w.statuses.values())
+    assert slept == [2.5, 2.5] and len(rounds) == 3
+    assert pool.shut_down  # wait always closes its pool
+
+
+def test_wait_times_out_deterministically_after_max_polls_naming_the_service(comp):
+    slept = []
+    c = MockContext(run={
+        ps_cmd(comp, "db"): Result(ndjson(row("db", health="starting"))),
+        DB_CHECK: Result(stdout="still warming up", exited=1),
+        logs_cmd(comp, "db"): Result("waiting for WAL"),
+    })
+    w = watch(c, comp)
+    with pytest.raises(HealthError) as e:
+        w.wait(["db"], time.monotonic() + 1000, 5.0, sleep=slept.append, max_polls=3)
+    msg = str(e.value)
+    assert re.search(r"Service 'db' failed: not ready after \d+ s \(starting: check not passing yet\)\.", msg)
+    assert "--- last health-check output ---\nstill warming up" in msg
+    assert "waiting for WAL" in msg
+    assert slept == [5.0, 5.0]
+    assert commands(c).count(ps_cmd(comp, "db")) == 3
+
+
+def test_wait_times_out_naming_only_the_services_not_ready(comp):
+    c = MockContext(run={
+        ps_cmd(comp, "db", "api"): Result(ndjson(row("db", health="healthy"))),
+        logs_cmd(comp, "api"): Result(""),
+    })
+    w = watch(c, comp)
+    with pytest.raises(HealthError) as e:
+        w.wait(["db", "api"], time.monotonic() + 1000, 1.0, sleep=lambda s: None, max_polls=2)
+    msg = str(e.value)
+    assert "Service 'api' failed: not ready after" in msg and "(no container yet)" in msg
+    assert "Service 'db'" not in msg
+
+
+def test_wait_with_a_deadline_already_passed_polls_once_then_times_out(comp):
+    slept = []
+    c = MockContext(run={ps_cmd(comp, "db"): Result(ndjson(row("db", state="created"))),
+                         logs_cmd(comp, "db"): Result(""), inspect_cmd("db"): Result("null")})
+    with pytest.raises(HealthError, match="not ready after"):
+        watch(c, comp).wait(["db"], time.monotonic() - 1, 1.0, sleep=slept.append)
+    assert slept == [] and commands(c).count(ps_cmd(comp, "db")) == 1
+
+
+def test_wait_fails_fast_on_a_crash_without_waiting_for_the_timeout(comp):
+    slept = []
+    c = _failing(comp, row("db", state="exited", ExitCode=1))
+    with pytest.raises(HealthError) as e:
+        watch(c, comp).wait(["db"], time.monotonic() + 1000, 1.0, sleep=slept.append, max_polls=50)
+    assert "container exited with code 1" in str(e.value) and "not ready after" not in str(e.value)
+    assert slept == []
+
+
+def test_status_defaults():
+    st = Status("db")
+    assert (st.state, st.health, st.ready, st.failed, st.ready_after) == ("pending", "", False, False, None)

@@ -1,0 +1,335 @@
+"""lifecycle: targets, health-gated up against a fake engine, down/restart/status/urls."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+import threading
+import time
+import tomllib
+
+import pytest
+from invoke import MockContext, Result
+
+from fakes import ccmd, commands, make_project, ndjson, split_cd, write
+from memstack_ops import lifecycle
+from memstack_ops.config import resolve
+from memstack_ops.errors import ComposeError, EnvFileError, HealthError, Refused
+
+SECRET = "Zx8Kq2Lm9Pw4Rt7Yv3Nb6Hc1"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    root = make_project(tmp_path / "proj", overlays=("local",))
+    write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\nDB_USER=app\nMEMSTACK_INTERVAL=0.01\n", mode=0o600)
+    return resolve({}, root=root, environ={})
+
+
+def tgt(settings, c=None, **kw):
+    return lifecycle.target(c or MockContext(run={}), settings, **kw)
+
+
+# --- target -----------------------------------------------------------------------------------
+
+def test_target_reads_the_env_files_so_their_secrets_can_be_scrubbed(settings):
+    t = tgt(settings)
+    assert t.env["DB_PASSWORD"] == SECRET
+    assert t.compose.secrets["DB_PASSWORD"] == SECRET
+    assert t.compose.scrub(f"bad password {SECRET}") == "bad password ****"
+    assert t.stack.name == "memstack" and t.probes == {}
+
+
+def test_the_stage_env_file_overrides_the_main_one(settings):
+    write(settings.root, "env/memstack/.env.prod", "DB_USER=prod-user\n")
+    t = tgt(resolve({"stage": "prod"}, root=settings.root, environ={}))
+    assert t.env["DB_USER"] == "prod-user" and t.env["DB_PASSWORD"] == SECRET
+
+
+def test_target_without_the_env_file_says_to_run_env_init(settings):
+    (settings.root / "env/memstack/.env").unlink()
+    with pytest.raises(EnvFileError, match=r"env/memstack/.env is missing: run `inv env.init --stack memstack`"):
+        tgt(settings)
+    assert tgt(settings, require_env=False).env == {}
+
+
+def test_target_probes_come_from_the_per_stack_options(settings):
+    write(settings.root, "memstack-ops.toml", '[stacks.memstack.probes]\napi = "tcp:8000"\n')
+    t = tgt(resolve({}, root=settings.root, environ={}))
+    assert t.probes == {"api": "tcp:8000"}
+
+
+def test_one_shot_services_are_those_waited_on_to_complete():
+    model = {"services": {
+        "api": {"depends_on": {"migrate": {"condition": "service_completed_successfully"},
+                               "db": {"condition": "service_healthy"}}},
+        "worker": {"depends_on": {"seed": {"condition": "service_completed_successfully"}, "db": None}},
+        "db": {}, "migrate": {}, "seed": {}}}
+    assert lifecycle.one_shot_services(model) == {"migrate", "seed"}
+
+
+# --- up ---------------------------------------------------------------------------------------
+
+UP_MODEL = {"services": {
+    "db": {"healthcheck": {"test": ["CMD-SHELL", "pg_isready"], "timeout": "5s"}},
+    "cache": {},
+    "api": {"depends_on": {"db": {"condition": "service_healthy"}, "cache": {"condition": "service_started"}}},
+    "grafana": {"depends_on": {"prometheus": {"condition": "service_healthy"}}},
+    "prometheus": {},
+}}
+
+
+class FakeEngine(MockContext):
+    """A scripted engine: `compose up` creates containers; ps shows them running; the db's own
+    check passes once it has run. Containers listed in ``existing`` are there from the start
+    with the given state."""
+
+    def __init__(self, compose, model, existing=None, up_fails=None):
+        super().__init__(run={})
+        self._set("compose", compose)
+        self._set("model_", model)
+        self._set("state", dict(existing or {}))
+        self._set("events", [])
+        self._set("lock", threading.Lock())
+        self._set("up_fails", up_fails)
+
+    def run(self, command, *a, **kw):
+        self.events.append(command)
+        cwd, argv = split_cd(command)
+        prefix = self.compose.argv()
+        if argv[:len(prefix)] == prefix:
+            # compose commands run in the stack's root: `cd <root> && docker compose ...`
+            assert cwd == str(self.compose.stack.root), f"compose ran outside the stack root: {command}"
+            args = argv[len(prefix):]
+            if args[:3] == ["config", "--format", "json"]:
+                return Result(json.dumps(self.model_))
+            if args[0] == "up":
+                names = [a for a in args[1:] if not a.startswith("--")]
+                if self.up_fails and self.up_fails in names:
+                    return Result(stderr=f"Error response from daemon: {self.up_fails} image not found", exited=1)
+                with self.lock:
+                    for n in names:
+                        self.state[n] = "running"
+                return Result("")
+            if args[0] == "ps":
+                services = [a for a in args[4:]] or list(self.model_["services"])
+                with self.lock:
+                    rows = [{"Service": s, "State": self.state[s], "Health": "", "Name": f"p-{s}-1",
+                             "ExitCode": 0} for s in services if s in self.state]
+                return Result(ndjson(*rows) if rows else "")
+            if args[0] == "restart":
+                return Result("")
+            if args[0] == "logs":
+                return Result("log line")
+        if argv[:2] == ["docker", "exec"]:
+            return Result("accepting connections")
+        if argv[:2] == ["docker", "inspect"]:
+            return Result("null")
+        raise NotImplementedError(command)
+
+    def ups(self):
+        """The arguments of each `docker compose ... up` run, in order."""
+        n = len(self.compose.argv())
+        return [argv[n:] for _, argv in map(split_cd, self.events)
+                if argv[:n] == self.compose.argv() and argv[n:n + 1] == ["up"]]
+
+
+def fast_sleep(_):
+    time.sleep(0.001)
+
+
+def test_up_starts_each_layer_once_its_dependencies_are_ready_and_waits_for_health(settings, capsys):
+    t = tgt(settings)
+    c = FakeEngine(t.compose, UP_MODEL)
+    t.c = c
+    statuses = lifecycle.up(t, ["api"], sleep=fast_sleep)
+    assert set(statuses) == {"api", "cache", "db"} and all(s.ready for s in statuses.values())
+    assert c.ups() == [["up", "--detach", "--no-deps", "cache", "db"], ["up", "--detach", "--no-deps", "api"]]
+    # api was started only after db's own check had passed
+    first_check = next(i for i, e in enumerate(c.events) if e.startswith("docker exec p-db-1"))
+    api_up = next(i for i, e in enumerate(c.events) if e.endswith("up --detach --no-deps api"))
+    assert first_check < api_up
+    out = capsys.readouterr().out
+    assert "  db: ready after" in out and "  api: ready after" in out
+    assert "grafana" not in out  # not asked for, not a dependency
+
+
+def test_up_without_wait_starts_everything_in_dependency_order_at_once(settings):
+    t = tgt(settings)
+    c = FakeEngine(t.compose, UP_MODEL)
+    t.c = c
+    assert lifecycle.up(t, wait=False, build=True) == {}
+    assert c.ups() == [["up", "--detach", "--build", "cache", "db", "prometheus", "api", "grafana"]]
+
+
+def test_up_rejects_an_unknown_service_before_starting_anything(settings):
+    t = tgt(settings)
+    c = FakeEngine(t.compose, UP_MODEL)
+    t.c = c
+    with pytest.raises(ComposeError, match="Unknown service nosuch in stack memstack"):
+        lifecycle.up(t, ["nosuch"], sleep=fast_sleep)
+    assert c.ups() == []
+
+
+def test_up_surfaces_a_failed_compose_up_with_composes_message(settings):
+    t = tgt(settings)
+    c = FakeEngine(t.compose, UP_MODEL, up_fails="cache")
+    t.c = c
+    with pytest.raises(ComposeError, match="(?s)Starting cache, db failed .*cache image not found"):
+        lifecycle.up(t, ["api"], timeout=5, sleep=fast_sleep)
+    assert ["up", "--detach", "--no-deps", "api"] not in c.ups()
+
+
+def test_up_fails_fast_when_a_started_service_crashes(settings):
+    t = tgt(settings)
+
+    class Crashing(FakeEngine):
+        def run(self, command, *a, **kw):
+            r = super().run(command, *a, **kw)
+            if " up " in command and "cache" in command:
+                with self.lock:
+                    self.state["cache"] = "exited"
+            return r
+
+    c = Crashing(t.compose, UP_MODEL)
+    t.c = c
+    with pytest.raises(HealthError, match="Service 'cache' failed: container exited with code 0"):
+        lifecycle.up(t, ["api"], timeout=30, sleep=fast_sleep)
+    assert ["up", "--detach", "--no-deps", "api"] not in c.ups()
+
+
+def test_up_starts_a_stopped_stack_again(settings):
+    t = tgt(settings)
+    c = FakeEngine(t.compose, UP_MODEL, existing={"db": "exited", "cache": "exited", "api": "exited"})
+    t.c = c
+    statuses = lifecycle.up(t, ["api"], timeout=30, sleep=fast_sleep)
+    assert all(s.ready for s in statuses.values())
+
+
+def test_up_on_a_running_stack_still_runs_compose_up_for_every_service(settings):
+    t = tgt(settings)
+    c = FakeEngine(t.compose, UP_MODEL, existing={"db": "running", "cache": "running", "api": "running"})
+    t.c = c
+    lifecycle.up(t, ["api"], timeout=30, sleep=fast_sleep)
+    assert ["up", "--detach", "--no-deps", "api"] in c.ups()
+
+
+# --- down / restart ---------------------------------------------------------------------------
+
+def test_down_keeps_volumes_by_default(settings):
+    t = tgt(settings)
+    c = MockContext(run={ccmd(t.compose, "down", "--remove-orphans"): Result("")})
+    t.c = c
+    lifecycle.down(t)
+    assert commands(c) == [ccmd(t.compose, "down", "--remove-orphans")]
+
+
+def test_down_volumes_refuses_without_a_terminal_and_deletes_nothing(settings, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    t = tgt(settings)
+    c = MockContext(run={ccmd(t.compose, "config", "--format", "json"):
+                         Result(json.dumps({"services": {}, "volumes": {"pg_data": {}, "neo4j_data": {}}}))})
+    t.c = c
+    with pytest.raises(Refused) as e:
+        lifecycle.down(t, volumes=True)
+    assert "deletes ALL data of stack 'memstack' (project memstack): volumes neo4j_data, pg_data." in str(e.value)
+    assert commands(c) == [ccmd(t.compose, "config", "--format", "json")]
+
+
+def test_down_volumes_with_yes_removes_the_volumes(settings):
+    t = tgt(settings)
+    down = ccmd(t.compose, "down", "--volumes", "--remove-orphans")
+    c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result('{"services": {}}'), down: Result("")})
+    t.c = c
+    lifecycle.down(t, volumes=True, yes=True)
+    assert commands(c)[-1] == down
+
+
+def test_restart_restarts_the_services_and_waits_for_them(settings, capsys):
+    t = tgt(settings)
+    c = FakeEngine(t.compose, UP_MODEL, existing={"db": "running"})
+    t.c = c
+    statuses = lifecycle.restart(t, ["db"], timeout=10, sleep=fast_sleep)
+    assert statuses["db"].ready
+    assert ccmd(t.compose, "restart", "db") in c.events
+    assert "db: ready after" in capsys.readouterr().out
+
+
+# --- status / urls / guards -------------------------------------------------------------------
+
+def test_status_lists_every_defined_service_including_those_not_created(settings):
+    t = tgt(settings)
+    model = {"services": {"db": {"image": "postgres:16"}, "api": {"image": "me/api:1"}, "old": {}}}
+    rows = [{"Service": "db", "State": "running", "Health": "healthy", "RunningFor": "2 minutes ago",
+             "Image": "postgres:16", "Publishers": [
+                 {"URL": "127.0.0.1", "TargetPort": 5432, "PublishedPort": 5433},
+                 {"URL": "::", "TargetPort": 5432, "PublishedPort": 5433},
+                 {"URL": "", "TargetPort": 9187, "PublishedPort": 0}]},
+            {"Service": "old", "State": "exited", "Health": "", "RunningFor": "1 hour ago", "Image": "x"}]
+    c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
+                         ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows))})
+    t.c = c
+    assert lifecycle.status(t) == [
+        ["db", "running", "healthy", "127.0.0.1:5433->5432, :::5433->5432", "2 minutes ago", "postgres:16"],
+        ["api", "not created", "", "", "", "me/api:1"],
+        ["old", "exited", "-", "", "", "x"],
+    ]
+
+
+def test_urls_pick_a_scheme_by_target_port_and_a_reachable_host(settings):
+    t = tgt(settings)
+    model = {"services": {
+        "neo4j": {"ports": [{"target": 7474, "published": "7474", "host_ip": "127.0.0.1"},
+                            {"target": 7687, "published": "7688", "host_ip": "0.0.0.0"}]},
+        "postgres": {"ports": [{"target": 5432, "published": "5433", "host_ip": "10.1.2.3"}]},
+        "api": {"ports": [{"target": 8000, "published": "8000"}]},
+        "grafana": {"ports": [{"target": 3000, "published": "3001", "host_ip": "::"}],
+                    "labels": {"memstack-ops.url": "http://grafana.local/"}},
+        "internal": {"ports": [{"target": 9000}]},
+    }}
+    t.c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model))})
+    assert lifecycle.urls(t) == [
+        ["neo4j", "http://127.0.0.1:7474"],
+        ["neo4j", "bolt://127.0.0.1:7688"],
+        ["postgres", "postgresql://10.1.2.3:5433"],
+        ["api", "http://127.0.0.1:8000/docs"],
+        ["grafana", "http://grafana.local/"],
+    ]
+
+
+def test_prod_with_the_local_stand_in_overlay_is_refused(settings):
+    prod_local = resolve({"stage": "prod", "overlays": ["local"]}, root=settings.root, environ={})
+    with pytest.raises(ComposeError, match="Stage prod with the local stand-in images overlay is refused"):
+        lifecycle.ensure_no_conflict(tgt(prod_local))
+    lifecycle.ensure_no_conflict(tgt(resolve({"overlays": ["local"]}, root=settings.root, environ={})))
+    lifecycle.ensure_no_conflict(tgt(resolve({"stage": "prod"}, root=settings.root, environ={})))
+
+
+def test_write_local_config_replaces_the_overlays_line(tmp_path):
+    write(tmp_path, "memstack-ops.local.toml", 'overlays = ["old"]\ntimeout = 60\n')
+    path = lifecycle.write_local_config(tmp_path, ["local", "gpu"])
+    assert tomllib.loads(path.read_text()) == {"timeout": 60, "overlays": ["local", "gpu"]}
+    assert resolve({}, root=make_project(tmp_path, overlays=("local", "gpu")), environ={})["overlays"] == ["local", "gpu"]
+
+
+def test_write_local_config_sets_top_level_overlays_even_after_a_table(tmp_path):
+    write(tmp_path, "memstack-ops.local.toml", '[stacks.memstack]\nproject = "mine"\n')
+    path = lifecycle.write_local_config(tmp_path, ["local"])
+    assert tomllib.loads(path.read_text()).get("overlays") == ["local"]
+
+
+def test_display_prints_one_plain_line_per_change_off_a_terminal(capsys):
+    from memstack_ops.health import Status
+
+    with lifecycle.Display(["db"]) as d:
+        d(Status("db", state="running", health="starting"))
+        d(Status("db", state="running", ready=True, ready_after=1.25, detail="healthy (engine)"))
+        d(Status("api", state="exited", failed=True, detail="container exited with code 1"))
+    assert capsys.readouterr().out.splitlines() == [
+        "  db: running / starting",
+        "  db: ready after 1.2 s (healthy (engine))",
+        "  api: FAILED (container exited with code 1)",
+    ]
+    assert d.live is None

@@ -1,0 +1,76 @@
+"""output: confirmation of destructive steps, plain tables off a terminal."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+
+from memstack_ops import output
+from memstack_ops.errors import Refused
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_confirm_refuses_when_stdin_is_not_a_terminal(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("memstack\n"))  # even the right answer is not read
+    with pytest.raises(Refused) as e:
+        output.confirm("This deletes ALL data.", "memstack")
+    assert "This deletes ALL data. Refusing: stdin is not a terminal" in str(e.value)
+    assert "--yes" in str(e.value)
+    assert e.value.exit_code == 2
+    assert sys.stdin.read() == "memstack\n"  # nothing was consumed
+    assert capsys.readouterr().out == ""  # and nobody was asked
+
+
+def test_confirm_refuses_without_any_stdin(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(Refused, match="stdin is not a terminal"):
+        output.confirm("Drop?", "memstack")
+
+
+def test_confirm_with_yes_skips_the_question(monkeypatch, capsys):
+    stdin = io.StringIO("")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert output.confirm("This deletes ALL data.", "memstack", yes=True) is None
+    assert capsys.readouterr().out == ""
+
+
+def test_confirm_accepts_the_expected_answer_typed_on_a_terminal(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", FakeTTY("  memstack \n"))
+    output.confirm("This deletes ALL data.", "memstack")
+    assert capsys.readouterr().out == "This deletes ALL data.\nType 'memstack' to confirm: "
+
+
+@pytest.mark.parametrize("answer", ["y", "yes", "MEMSTACK", "memstac", ""])
+def test_confirm_refuses_a_wrong_typed_answer(monkeypatch, answer):
+    monkeypatch.setattr(sys, "stdin", FakeTTY(answer + "\n"))
+    with pytest.raises(Refused) as e:
+        output.confirm("Drop?", "memstack")
+    assert str(e.value) == f"Not confirmed (typed {answer!r}, expected 'memstack'); nothing was changed."
+
+
+def test_interactive_is_false_off_a_terminal_and_in_ci(monkeypatch):
+    assert output.interactive(io.StringIO()) is False
+    assert output.interactive(FakeTTY()) is True
+    monkeypatch.setenv("CI", "true")
+    assert output.interactive(FakeTTY()) is False
+
+
+def test_table_off_a_terminal_prints_aligned_plain_columns(capsys):
+    output.table("URLs", ["service", "url"], [["api", "http://127.0.0.1:8000/docs"], ["db", None]])
+    assert capsys.readouterr().out.splitlines() == [
+        "URLs",
+        "service  url",
+        "api      http://127.0.0.1:8000/docs",
+        "db",
+    ]
+
+
+def test_warn_goes_to_stderr(capsys):
+    output.warn("careful")
+    assert capsys.readouterr() == ("", "careful\n")

@@ -1,0 +1,153 @@
+"""tasks: the invoke tasks resolve settings from MEMSTACK_ROOT, print, and turn every
+MemstackError into invoke's Exit (message on stderr, its exit code)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import sys
+
+import pytest
+from invoke import Exit, MockContext, Result
+
+from fakes import make_project, parse_cli, write
+from memstack_ops.tasks import env as env_tasks
+from memstack_ops.tasks import ns
+from memstack_ops.tasks import stack as stack_tasks
+
+SECRET = "Zx8Kq2Lm9Pw4Rt7Yv3Nb6Hc1"
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    r = make_project(tmp_path / "proj", stacks=("memstack", "other"), overlays=("local",))
+    monkeypatch.setenv("MEMSTACK_ROOT", str(r))
+    return r
+
+
+def test_env_init_writes_the_env_file_and_names_the_generated_keys_without_values(root, capsys):
+    env_tasks.init(MockContext())
+    out = capsys.readouterr().out
+    text = (root / "env/memstack/.env").read_text()
+    assert "Wrote env/memstack/.env (mode 0600)" in out and "generated secrets: DB_PASSWORD, API_TOKEN" in out
+    secret = re.search(r"^DB_PASSWORD=(.+)$", text, re.M).group(1)
+    assert secret not in out
+
+
+def test_env_init_for_another_stack_writes_that_stacks_file(root):
+    env_tasks.init(MockContext(), stack="other")
+    assert (root / "env/other/.env").is_file() and not (root / "env/memstack/.env").exists()
+
+
+def test_env_init_twice_exits_with_the_error_and_leaves_the_file(root):
+    env_tasks.init(MockContext())
+    before = (root / "env/memstack/.env").read_text()
+    with pytest.raises(Exit) as e:
+        env_tasks.init(MockContext())
+    assert e.value.code == 1 and e.value.message.startswith("error: ") and "already exists" in e.value.message
+    assert (root / "env/memstack/.env").read_text() == before
+
+
+def test_env_init_force_warns_where_the_old_file_is_kept(root, capsys):
+    env_tasks.init(MockContext())
+    env_tasks.init(MockContext(), force=True)
+    err = capsys.readouterr().err
+    assert re.search(r"The previous file is kept as env/memstack/\.env\.bak-\d{8}T\d{6}Z", err)
+
+
+def test_env_check_in_prod_fails_on_a_default_password_without_printing_it(root, capsys):
+    write(root, "env/memstack/.env", "BIND_ADDRESS=x\nDB_PASSWORD=neo4j123\nDB_USER=app\nAPI_TOKEN=" + SECRET + "\n",
+          mode=0o600)
+    with pytest.raises(Exit) as e:
+        env_tasks.check(MockContext(), stage="prod")
+    out = capsys.readouterr().out
+    assert e.value.code == 1 and "1 problem(s) in env/memstack/.env: DB_PASSWORD" in e.value.message
+    assert "known default password" in out and "neo4j123" not in out + e.value.message
+
+
+def test_env_check_in_dev_passes_with_warnings(root, capsys):
+    write(root, "env/memstack/.env", "BIND_ADDRESS=x\nDB_PASSWORD=neo4j123\nDB_USER=app\nAPI_TOKEN=" + SECRET + "\n",
+          mode=0o600)
+    env_tasks.check(MockContext())
+    assert "env/memstack/.env is valid for stage dev (1 warning(s))." in capsys.readouterr().out
+
+
+def test_env_show_gives_each_settings_source_and_masks_secrets(root, capsys, monkeypatch):
+    write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\nDB_USER=app\nMEMSTACK_TIMEOUT=42\n", mode=0o600)
+    monkeypatch.setenv("MEMSTACK_INTERVAL", "2")
+    env_tasks.show(MockContext(), stage="staging")
+    out = capsys.readouterr().out
+    assert SECRET not in out
+    assert re.search(r"^timeout\s+42\.0\s+env/memstack/\.env$", out, re.M)
+    assert re.search(r"^interval\s+2\.0\s+environment$", out, re.M)
+    assert re.search(r"^stage\s+staging\s+flag$", out, re.M)
+    assert re.search(r"^DB_PASSWORD\s+\*\*\*\*\s+env/memstack/\.env$", out, re.M)
+    assert re.search(r"^DB_USER\s+app\s+env/memstack/\.env$", out, re.M)
+
+
+def test_an_unknown_stack_flag_exits_with_the_list_of_stacks(root):
+    with pytest.raises(Exit) as e:
+        env_tasks.show(MockContext(), stack="nosuch")
+    assert "Unknown stack 'nosuch': this project has memstack, other" in e.value.message
+
+
+def test_an_overlay_flag_is_split_on_commas(root, capsys):
+    env_tasks.show(MockContext(), overlay="local, ")
+    assert re.search(r"^overlays\s+\['local'\]\s+flag$", capsys.readouterr().out, re.M)
+
+
+def test_up_with_a_zero_timeout_exits_before_touching_docker(root):
+    c = MockContext(run={})
+    write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\n", mode=0o600)
+    with pytest.raises(Exit) as e:
+        stack_tasks.up(c, timeout="0")
+    assert "timeout must be positive" in e.value.message
+    assert c.run.call_count == 0
+
+
+def test_up_in_prod_with_the_local_overlay_is_refused_before_touching_docker(root):
+    c = MockContext(run={})
+    write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\n", mode=0o600)
+    with pytest.raises(Exit) as e:
+        stack_tasks.up(c, stage="prod", overlay="local")
+    assert "Stage prod with the local stand-in images overlay is refused" in e.value.message
+    assert c.run.call_count == 0
+
+
+def test_down_volumes_without_a_terminal_exits_with_code_2(root, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\n", mode=0o600)
+    config = re.compile(re.escape(f"cd {shlex.quote(str(root))} && docker compose ") + r".* config --format json$")
+    c = MockContext(run={config: Result(json.dumps({"services": {}}))})
+    with pytest.raises(Exit) as e:
+        stack_tasks.down(c, volumes=True)
+    assert e.value.code == 2 and "Refusing: stdin is not a terminal" in e.value.message
+    assert not any(" down " in call.args[0] for call in c.run.call_args_list)
+
+
+def test_a_missing_env_file_makes_up_exit_saying_env_init(root):
+    with pytest.raises(Exit) as e:
+        stack_tasks.up(MockContext(run={}))
+    assert "env/memstack/.env is missing" in e.value.message and "env.init" in e.value.message
+
+
+def test_the_collection_has_the_lifecycle_tasks_at_the_root_and_env_tasks_in_a_namespace():
+    names = set(ns.task_names)
+    assert {"up", "down", "restart", "status", "logs", "pull", "build", "config", "urls", "doctor", "stacks",
+            "env.init", "env.check", "env.show"} <= names
+    assert "ps" in ns.task_names["status"]
+
+
+def test_logs_for_one_service_is_invoked_with_the_service_option():
+    program = parse_cli(["memstack-ops", "logs", "--service", "db", "--tail", "5"])
+    (call,) = program.tasks
+    assert call.name == "logs" and call.args["service"].value == "db" and call.args["tail"].value == 5
+
+
+def test_parsing_a_command_line_leaves_the_tasks_help_intact():
+    before = {name: dict(ns[name].help) for name in ns.task_names}
+    parse_cli(["memstack-ops", "up", "--timeout", "5"])
+    assert {name: dict(ns[name].help) for name in ns.task_names} == before
+    assert "timeout" in ns["up"].help
