@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build the local images the tests and the offline quick start use. No registry is needed:
 # the base comes from debootstrap (Debian mirror), the rest from Dockerfiles that apt-get inside.
-# Real servers: PostgreSQL 15, Redis 7, Prometheus, MariaDB (Debian packages).
-# Stand-ins (named as such): Neo4j, Grafana, the MemStack API/worker; they honour the same health
+# Real servers: PostgreSQL 15, Redis 7, Prometheus, MariaDB, nginx (Debian packages).
+# Stand-ins (named as such): Neo4j, Grafana, MinIO, Qdrant, etcd, Milvus, the stacks' own apps; they honour the same health
 # and admin-CLI contracts as the official images (see harness/images/standin/).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,11 +30,14 @@ want postgres   && build local/postgres:15 postgres
 want redis      && build local/redis:7 redis
 want prometheus && build local/prometheus:2 prometheus
 want mariadb    && build local/mariadb:10.11 mariadb
+want nginx      && build local/nginx:1 nginx
 if want standin; then
   build local/standin:latest standin
   # One stand-in image, one thin image per role (only CMD differs), so compose files read like
   # the official ones: the neo4j service needs no command of its own, as with neo4j:5.26.
-  for pair in neo4j-standin:5.26=neo4j grafana-standin:11=grafana memstack-api-standin:latest=api; do
+  for pair in neo4j-standin:5.26=neo4j grafana-standin:11=grafana memstack-api-standin:latest=api \
+              minio-standin:latest=minio qdrant-standin:1.15=qdrant etcd-standin:3.5=etcd \
+              milvus-standin:2.5=milvus web-standin:latest=web; do
     printf 'FROM local/standin:latest\nCMD ["%s"]\n' "${pair#*=}" | docker build -q -t "local/${pair%%=*}" - >/dev/null
   done
 fi

@@ -129,6 +129,30 @@ class Compose:
         return self.scrub((r.stdout + r.stderr).rstrip())
 
 
+def volumes_of(model: dict[str, Any], service: str) -> list[str]:
+    """Engine names of the named volumes mounted by ``service``."""
+    top = model.get("volumes") or {}
+    names = []
+    for v in model["services"][service].get("volumes") or []:
+        if v.get("type") == "volume" and v.get("source"):
+            names.append(str((top.get(v["source"]) or {}).get("name") or v["source"]))
+    return names
+
+
+def dependants(model: dict[str, Any], names: Iterable[str]) -> list[str]:
+    """Services that depend, directly or not, on any of ``names`` (not including them)."""
+    names = set(names)
+    out: list[str] = []
+    grew = True
+    while grew:
+        grew = False
+        for s, svc in (model.get("services") or {}).items():
+            if s not in names and s not in out and set((svc.get("depends_on") or {})) & (names | set(out)):
+                out.append(s)
+                grew = True
+    return out
+
+
 def topo_layers(deps: dict[str, set[str]]) -> list[list[str]]:
     """Group services into start layers: each layer depends only on earlier ones."""
     remaining = {s: set(d) & set(deps) for s, d in deps.items()}

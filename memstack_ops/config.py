@@ -38,7 +38,13 @@ DEFAULTS: dict[str, Any] = {
     "backups_dir": "backups",
     "disk_min_gb": 5.0,  # doctor fails below this much free space on the engine's data root
     "disk_warn_gb": 20.0,  # doctor warns below this
+    # alert thresholds (seed 003, AgentChat ops guide): status flags containers above them,
+    # doctor fails when the engine's data disk is fuller than disk_alert_pct
+    "cpu_alert_pct": 80.0,
+    "mem_alert_pct": 85.0,
+    "disk_alert_pct": 90.0,
     "stacks": {},  # per-stack overrides: project name, probes, extra ports ...
+    "hosts": {},  # remote hosts: [hosts] defaults and [hosts.NAME] tables (memstack_ops/remote/inventory.py)
 }
 
 # Settings that may come from env files / environment variables, with their parser.
@@ -51,6 +57,9 @@ _SCALARS = {
     "backups_dir": str,
     "disk_min_gb": float,
     "disk_warn_gb": float,
+    "cpu_alert_pct": float,
+    "mem_alert_pct": float,
+    "disk_alert_pct": float,
 }
 STAGES = ("dev", "staging", "prod")
 
@@ -123,7 +132,7 @@ class Stack:
     @property
     def env_file(self) -> str:
         """The stack's main env file (the one `env.init` writes)."""
-        return f"env/{self.name}/.env"
+        return self.env_files[0]
 
 
 @dataclass(frozen=True)
@@ -164,13 +173,22 @@ def make_stack(root: Path, name: str, stage: str, overlays: list[str] | tuple[st
             raise ConfigError(f"Unknown overlay {ov!r} for stack {name}: no {f}. Overlays here: "
                               f"{', '.join(have) or 'none'}.")
         files.append(f)
-    env_files = [f"env/{name}/.env"]
-    if (root / f"env/{name}/.env.{stage}").is_file():
-        env_files.append(f"env/{name}/.env.{stage}")
     opts = dict(options or {})
+    env_name = env_file_name(opts)
+    env_files = [f"env/{name}/{env_name}"]
+    if (root / f"env/{name}/{env_name}.{stage}").is_file():
+        env_files.append(f"env/{name}/{env_name}.{stage}")
     return Stack(name=name, stage=stage, project=str(opts.get("project", name)), root=root,
                  compose_files=tuple(files), env_files=tuple(env_files),
-                 env_template=f"env/{name}/.env.example", options=opts)
+                 env_template=f"env/{name}/{env_name}.example", options=opts)
+
+
+def env_file_name(options: Mapping[str, Any]) -> str:
+    """A stack's env file name: ``.env`` unless its config says otherwise (AgentChat: docker.env)."""
+    name = str(options.get("env_file", ".env"))
+    if "/" in name or not name:
+        raise ConfigError(f"env_file = {name!r}: give a file name (it lives in env/<stack>/), e.g. \".env\".")
+    return name
 
 
 def resolve(flags: Mapping[str, Any] | None = None, *, root: Path | None = None,
@@ -193,16 +211,17 @@ def resolve(flags: Mapping[str, Any] | None = None, *, root: Path | None = None,
     layer(_read_toml(root / LOCAL_CONFIG_FILE), LOCAL_CONFIG_FILE)
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     stack = flags.get("stack") or environ.get("MEMSTACK_STACK") or values["stack"]
-    env_path = root / "env" / str(stack) / ".env"
+    env_rel = f"env/{stack}/{env_file_name(values['stacks'].get(str(stack), {}))}"
+    env_path = root / env_rel
     if env_path.is_file():
         file_vals = read_env(env_path)
         layer({k: _parse(k, file_vals[f"MEMSTACK_{k.upper()}"], str(env_path))
                for k in _SCALARS if f"MEMSTACK_{k.upper()}" in file_vals and k != "stack"},
-              f"env/{stack}/.env")
+              env_rel)
     layer({k: _parse(k, environ[f"MEMSTACK_{k.upper()}"], f"MEMSTACK_{k.upper()}")
            for k in _SCALARS if environ.get(f"MEMSTACK_{k.upper()}")}, "environment")
     layer(flags, "flag")
-    for k in ("timeout", "interval", "disk_min_gb", "disk_warn_gb"):
+    for k in ("timeout", "interval", "disk_min_gb", "disk_warn_gb", "cpu_alert_pct", "mem_alert_pct", "disk_alert_pct"):
         raw = values[k]
         try:
             num = float(raw)

@@ -514,16 +514,6 @@ def status(t: Any, model: dict[str, Any], only: Iterable[str] = ()) -> list[tupl
     return out
 
 
-def volumes_of(model: dict[str, Any], service: str) -> list[str]:
-    """Engine names of the named volumes mounted by ``service``."""
-    top = model.get("volumes") or {}
-    names = []
-    for v in model["services"][service].get("volumes") or []:
-        if v.get("type") == "volume" and v.get("source"):
-            names.append(str((top.get(v["source"]) or {}).get("name") or v["source"]))
-    return names
-
-
 def ensure_api_key(db: Db, table: str, prefix: str) -> tuple[str | None, str]:
     """Create the stack's default API key once. Returns (key shown once or None, key prefix).
     Only its sha256 is stored; the key itself is never sent to the database or logged."""

@@ -137,9 +137,15 @@ def check_disk(t: Any) -> Check:
     d = run(t.c, ["df", "-Pk", root])
     if d.failed:
         return Check("disk", WARN, f"cannot read free space of {root}: {first_line(d.stderr)}")
-    avail_gb = int(d.stdout.splitlines()[-1].split()[3]) / 1024 ** 2
+    fields = d.stdout.splitlines()[-1].split()
+    avail_gb = int(fields[3]) / 1024 ** 2
+    used_pct = float(fields[4].rstrip("%")) if fields[4].rstrip("%").isdigit() else 0.0
     lo, warn = float(t.settings["disk_min_gb"]), float(t.settings["disk_warn_gb"])
-    detail = f"{avail_gb:.1f} GB free on {root}"
+    alert = float(t.settings["disk_alert_pct"])
+    detail = f"{avail_gb:.1f} GB free on {root} ({used_pct:.0f}% used)"
+    if used_pct >= alert:
+        return Check("disk", FAIL, f"{detail}: over the {alert:g}% alert threshold", "free space: `docker system "
+                                                                                     "prune`, old backups, or grow the disk")
     if avail_gb < lo:
         return Check("disk", FAIL, f"{detail} (minimum {lo:g} GB)", "free space: `docker system prune`, "
                                                                     "old backups, or grow the disk")

@@ -185,7 +185,8 @@ class Watch:
                 del self.inflight[st.service]
                 ok, out = fut.result()
                 st.output = out
-                self._set(st, ready=ok, detail="healthy (check passed)" if ok else "starting: check not passing yet")
+                detail = out if out.startswith("no healthcheck") else "healthy (check passed)"
+                self._set(st, ready=ok, detail=detail if ok else "starting: check not passing yet")
         failed = [self.statuses[s] for s in services if self.statuses[s].failed]
         if failed:
             raise HealthError(self.report(failed))

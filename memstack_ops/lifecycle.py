@@ -36,6 +36,8 @@ class Target:
 def target(c: Any, settings: Settings, require_env: bool = True) -> Target:
     """Build the Target for the settings' stack; reads (and validates the syntax of) its env
     files so their secret values can be masked in anything we print."""
+    if hasattr(c, "stack_target"):  # a remote host's Connection: the stack is its current release
+        return c.stack_target(settings, require_env)  # (memstack_ops/remote/target.py)
     from .envfiles import read_env
 
     stack = settings.stack()
@@ -121,6 +123,10 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     names = validate_services(model, services, t.stack.name)
     deps = dependencies(model, names)
     order = [s for layer in topo_layers(deps) for s in layer]  # also rejects cycles
+    # depends_on conditions: service_started needs the dependency started by this run; healthy
+    # and completed_successfully need it ready (healthy, or exited 0 for one-shot services).
+    cond = {s: {d: str((spec or {}).get("condition", "service_started"))
+                for d, spec in (model["services"][s].get("depends_on") or {}).items()} for s in deps}
     extra = ["--build"] if build else []
     if not wait:
         t.compose.check(t.c, "up", "--detach", *extra, *order, what="Starting the stack")
@@ -137,7 +143,8 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             f.result()  # a failed `compose up` surfaces here, with compose's own message
             active.update(batch)
         ready = {s for s, st in watch.statuses.items() if st.ready}
-        batch = [s for s in order if s not in started and deps[s] <= ready]
+        batch = [s for s in order if s not in started
+                 and all(d in (active if cond[s].get(d) == "service_started" else ready) for d in deps[s])]
         if batch:
             started.update(batch)
             # --no-deps: we order and gate the start ourselves; compose would otherwise wait for
@@ -168,6 +175,38 @@ def down(t: Target, volumes: bool = False, yes: bool = False) -> None:
         t.compose.check(t.c, "down", "--remove-orphans", what="Stopping the stack")
 
 
+def reset(t: Target, services: Iterable[str], yes: bool = False, force_prod: bool = False,
+          timeout: float | None = None) -> list[str]:
+    """Wipe the data of ``services`` (their named volumes) and bring them back empty and healthy,
+    with the services that depend on them stopped meanwhile and started again afterwards."""
+    from .compose import dependants, run, volumes_of
+    from .errors import Refused
+
+    model = t.compose.model(t.c)
+    names = validate_services(model, services, t.stack.name)
+    if not list(services):
+        raise Refused("Name the service(s) to reset, e.g. `reset milvus`: resetting a whole stack is "
+                      "`down --volumes`.")
+    if t.stack.stage == "prod" and not force_prod:
+        raise Refused(f"reset {', '.join(names)} refused in stage prod: it deletes all of their data. Take a "
+                      f"backup first, then add --force-prod if you really mean it.")
+    vols = sorted({v for s in names for v in volumes_of(model, s)})
+    deps = dependants(model, names)
+    confirm(f"This deletes ALL data of {', '.join(names)} in stack {t.stack.name!r} (volumes "
+            f"{', '.join(vols) or 'none'})" + (f"; {', '.join(deps)} will be stopped meanwhile." if deps else "."),
+            t.stack.name, yes=yes)
+    if deps:
+        t.compose.check(t.c, "stop", *deps, what=f"Stopping {', '.join(deps)}")
+    t.compose.check(t.c, "rm", "--stop", "--force", *names, what=f"Removing {', '.join(names)}")
+    for v in vols:
+        r = run(t.c, ["docker", "volume", "rm", v])
+        if r.failed and "No such volume" not in r.stderr:
+            raise ComposeError(f"Removing volume {v} failed: {r.stderr.strip()}. The services are stopped; "
+                               f"free the volume and run `reset` again, or `up` to start them as they are.")
+    up(t, [*names, *deps], timeout=timeout)
+    return vols
+
+
 def restart(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             sleep: Callable[[float], None] = time.sleep) -> dict[str, Status]:
     model = t.compose.model(t.c)
@@ -187,19 +226,49 @@ def _ports(row: Mapping[str, Any]) -> str:
                              for p in pubs if p.get("PublishedPort")}))
 
 
-def status(t: Target) -> list[list[str]]:
-    """Rows: service, state, health, ports, uptime, image (defined-but-absent services too)."""
+def usage(t: Target, containers: Iterable[str]) -> dict[str, tuple[float, float]]:
+    """CPU and memory use in percent per container (one `docker stats --no-stream` call)."""
+    import json
+
+    from .compose import run
+
+    containers = list(containers)
+    if not containers:
+        return {}
+    r = run(t.c, ["docker", "stats", "--no-stream", "--format", "{{json .}}", *containers], timeout=30)
+    out = {}
+    for line in r.stdout.splitlines() if r.ok else []:
+        try:
+            row = json.loads(line)
+            out[row["Name"]] = (float(row["CPUPerc"].rstrip("%")), float(row["MemPerc"].rstrip("%")))
+        except (ValueError, KeyError):
+            continue
+    return out
+
+
+def status(t: Target) -> tuple[list[list[str]], list[str]]:
+    """Rows: service, state, health, ports, uptime, cpu, mem, image (defined-but-absent services
+    too), and alert lines for containers above the CPU/memory thresholds."""
     model = t.compose.model(t.c)
     rows = {r.get("Service"): r for r in t.compose.ps(t.c)}
-    out = []
+    stats = usage(t, [r["Name"] for r in rows.values() if r.get("State") == "running" and r.get("Name")])
+    cpu_max, mem_max = float(t.settings["cpu_alert_pct"]), float(t.settings["mem_alert_pct"])
+    out, alerts = [], []
     for name, svc in model.get("services", {}).items():
         r = rows.get(name)
         if r is None:
-            out.append([name, "not created", "", "", "", svc.get("image", "")])
+            out.append([name, "not created", "", "", "", "", "", svc.get("image", "")])
             continue
         up_for = r.get("RunningFor", "") if r.get("State") == "running" else ""
-        out.append([name, r.get("State", ""), r.get("Health", "") or "-", _ports(r), up_for, r.get("Image", "")])
-    return out
+        cpu, mem = stats.get(r.get("Name", ""), (None, None))
+        if cpu is not None and cpu >= cpu_max:
+            alerts.append(f"{name}: CPU {cpu:.0f}% is over the {cpu_max:g}% alert threshold")
+        if mem is not None and mem >= mem_max:
+            alerts.append(f"{name}: memory {mem:.0f}% of its limit is over the {mem_max:g}% alert threshold")
+        out.append([name, r.get("State", ""), r.get("Health", "") or "-", _ports(r), up_for,
+                    "" if cpu is None else f"{cpu:.0f}%" + ("!" if cpu >= cpu_max else ""),
+                    "" if mem is None else f"{mem:.0f}%" + ("!" if mem >= mem_max else ""), r.get("Image", "")])
+    return out, alerts
 
 
 SCHEMES = {7687: "bolt", 5432: "postgresql", 6379: "redis", 3306: "mysql", 27017: "mongodb", 6333: "http", 19530: "grpc"}

@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PORT_KEYS = ("NEO4J_HTTP_PORT", "NEO4J_BOLT_PORT", "POSTGRES_HOST_PORT", "REDIS_HOST_PORT",
-             "API_HOST_PORT", "PROMETHEUS_HOST_PORT", "GRAFANA_HOST_PORT")
+# Host ports in env templates are the keys ending in _HOST_PORT (plus MemStack's Neo4j pair).
+LEGACY_PORT_KEYS = ("NEO4J_HTTP_PORT", "NEO4J_BOLT_PORT")
+
+
+def is_port_key(key: str) -> bool:
+    return key.endswith("_HOST_PORT") or key in LEGACY_PORT_KEYS
 
 
 def free_port() -> int:
@@ -34,6 +38,7 @@ class Project:
     stack: str = "memstack"
     ports: dict[str, int] = field(default_factory=dict)
     overlays: tuple[str, ...] = ("local",)
+    env_name: str = ".env"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTACK_")}
@@ -50,7 +55,7 @@ class Project:
         argv = ["docker", "compose", "--project-name", self.name]
         for f in files:
             argv += ["-f", f]
-        return argv + ["--env-file", f"env/{self.stack}/.env", *args]
+        return argv + ["--env-file", f"env/{self.stack}/{self.env_name}", *args]
 
     def compose(self, *args: str, check: bool = True):
         return subprocess.run(self.compose_argv(*args), cwd=self.root, capture_output=True, text=True,
@@ -83,25 +88,32 @@ def scratch_project(dest: Path, source: Path, stack: str = "memstack", overlays:
     move every host port to a free one."""
     shutil.copytree(source / "compose", dest / "compose")
     (dest / "env" / stack).mkdir(parents=True)
-    shutil.copy(source / "env" / stack / ".env.example", dest / "env" / stack / ".env.example")
+    for tpl in (source / "env" / stack).glob("*.example"):
+        shutil.copy(tpl, dest / "env" / stack / tpl.name)
     if (source / "db" / stack).is_dir():
         shutil.copytree(source / "db" / stack, dest / "db" / stack)
     name = f"{prefix}{uuid.uuid4().hex[:8]}"
     ov = ", ".join(f'"{o}"' for o in overlays)
     text = f'stack = "{stack}"\ntimeout = 180\noverlays = [{ov}]\n\n[stacks.{stack}]\nproject = "{name}"\n'
     src_cfg = source / "memstack-ops.toml"
-    if src_cfg.is_file():  # keep the stack's own sub-tables (api_key, probes, ...)
+    options: dict[str, Any] = {}
+    if src_cfg.is_file():  # keep the stack's own settings and sub-tables (api_key, probes, ...)
         import tomllib
 
-        for key, sub in (tomllib.loads(src_cfg.read_text()).get("stacks", {}).get(stack) or {}).items():
+        options = tomllib.loads(src_cfg.read_text()).get("stacks", {}).get(stack) or {}
+        text += "".join(f"{k} = {_toml(v)}\n" for k, v in options.items() if not isinstance(v, dict) and k != "project")
+        for key, sub in options.items():
             if isinstance(sub, dict):
                 text += f"\n[stacks.{stack}.{key}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in sub.items())
     (dest / "memstack-ops.toml").write_text(text)
-    p = Project(dest, name, stack, {k: free_port() for k in PORT_KEYS}, overlays)
+    env_name = str(options.get("env_file", ".env"))
+    template = (dest / "env" / stack / f"{env_name}.example").read_text()
+    keys = [ln.split("=", 1)[0].strip() for ln in template.splitlines() if "=" in ln and not ln.lstrip().startswith("#")]
+    p = Project(dest, name, stack, {k: free_port() for k in keys if is_port_key(k)}, overlays, env_name)
     r = p.run("env.init")
     if r.returncode != 0:
         raise RuntimeError(f"env.init failed in {dest}: {r.stderr}")
-    env_file = dest / "env" / stack / ".env"
+    env_file = dest / "env" / stack / env_name
     lines = [f"{ln.split('=', 1)[0]}={p.ports[ln.split('=', 1)[0]]}" if ln.split("=", 1)[0] in p.ports else ln
              for ln in env_file.read_text().splitlines()]
     env_file.write_text("\n".join(lines) + "\n")

@@ -113,24 +113,10 @@ def shell(c, service, stack=None, stage=None, overlay=None):
 def reset(c, service, yes=False, force_prod=False, timeout=180, stack=None, stage=None, overlay=None):
     """DESTROY one database's data, start it empty and initialise it again (migrations, seeds)."""
     from .. import db, lifecycle
-    from ..errors import Refused
-    from ..output import confirm, say
+    from ..output import say
 
     t, model = _model_and_target(c, stack, stage, overlay)
     d = db.databases(t, model, [service])[0]
-    if t.stack.stage == "prod" and not force_prod:
-        raise Refused(f"db.reset {d.service} refused in stage prod: it deletes all of its data. Take a backup, then "
-                      f"add --force-prod if you really mean it.")
-    vols = db.volumes_of(model, d.service)
-    confirm(f"This deletes ALL data of {d.service} in stack {t.stack.name!r} (volumes {', '.join(vols) or 'none'}).",
-            t.stack.name, yes=yes)
-    t.compose.check(c, "rm", "--stop", "--force", d.service, what=f"Removing {d.service}")
-    for v in vols:
-        from ..compose import run
-
-        r = run(c, ["docker", "volume", "rm", v])
-        if r.failed and "No such volume" not in r.stderr:
-            raise db.DbError(f"Removing volume {v} failed: {r.stderr.strip()}")
-    lifecycle.up(t, [d.service], timeout=float(timeout))
+    lifecycle.reset(t, [d.service], yes=yes, force_prod=force_prod, timeout=float(timeout))
     reports = db.init(t, model, [d.service], timeout=float(timeout))
     say(f"{d.service} was reset: " + ", ".join(reports[0].applied or ["no migrations"]) + " applied.")

@@ -64,6 +64,23 @@ def down(c, volumes=False, yes=False, stack=None, stage=None, overlay=None):
     say(f"Stack {t.stack.name} is down; " + ("its volumes were deleted." if volumes else "its data volumes are kept."))
 
 
+@ops_task(positional=["services"], help={
+    "services": "service(s) whose data to wipe, comma separated (e.g. milvus,etcd,minio)",
+    "yes": "do not ask for the typed confirmation",
+    "force_prod": "allow this in stage prod",
+    "timeout": "seconds to wait for health afterwards",
+})
+def reset(c, services, yes=False, force_prod=False, timeout=None, stack=None, stage=None, overlay=None):
+    """DESTROY the data of some services (their volumes), then start them again empty and healthy."""
+    from .. import lifecycle
+    from ..output import say
+
+    t = target(c, stack, stage, overlay, timeout=timeout)
+    names = [s.strip() for s in services.split(",") if s.strip()]
+    vols = lifecycle.reset(t, names, yes=yes, force_prod=force_prod)
+    say(f"Reset {', '.join(names)}: deleted {', '.join(vols) or 'no volumes'}; running again and healthy.")
+
+
 @ops_task(iterable=["service"], help={"service": "service to restart (repeatable); default all",
                                       "timeout": "seconds to wait for health"})
 def restart(c, service=None, timeout=None, stack=None, stage=None, overlay=None):
@@ -82,9 +99,14 @@ def status(c, stack=None, stage=None, overlay=None):
     from .. import lifecycle
     from ..output import table
 
+    from ..output import warn
+
     t = target(c, stack, stage, overlay)
+    rows, alerts = lifecycle.status(t)
     table(f"stack {t.stack.name} (project {t.stack.project})",
-          ["service", "state", "health", "ports", "uptime", "image"], lifecycle.status(t))
+          ["service", "state", "health", "ports", "uptime", "cpu", "mem", "image"], rows)
+    for a in alerts:
+        warn(f"ALERT {a}")
 
 
 @ops_task(help={"service": "one service; default all", "follow": "keep following (Ctrl-C to stop)",

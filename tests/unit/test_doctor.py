@@ -12,6 +12,7 @@ from invoke import MockContext, Result
 from fakes import ccmd, commands, make_stack, ndjson, write
 from memstack_ops import doctor
 from memstack_ops.compose import Compose
+from memstack_ops.config import DEFAULTS
 from memstack_ops.doctor import (
     FAIL, OK, WARN, _size_bytes, check_compose, check_disk, check_engine, check_images, check_memory,
     check_ports, listeners, run_checks,
@@ -23,7 +24,7 @@ GIB = 1024 ** 3
 def target(tmp_path, c, **settings):
     stack = make_stack(tmp_path, project="p")
     return SimpleNamespace(c=c, stack=stack, compose=Compose(stack),
-                           settings={"disk_min_gb": 5.0, "disk_warn_gb": 20.0, **settings})
+                           settings={**DEFAULTS, "disk_min_gb": 5.0, "disk_warn_gb": 20.0, **settings})
 
 
 def ps_all(t):
@@ -211,9 +212,9 @@ def test_check_disk_fails_below_the_minimum_and_warns_below_the_warning_level(tm
 def test_check_disk_messages_give_the_thresholds_and_a_fix(tmp_path):
     c = MockContext(run={ROOT_CMD: Result("/srv/docker"), "df -Pk /srv/docker": df(3 * 1024 ** 2)})
     chk = check_disk(target(tmp_path, c))
-    assert chk.detail == "3.0 GB free on /srv/docker (minimum 5 GB)" and "docker system prune" in chk.fix
+    assert chk.detail == "3.0 GB free on /srv/docker (50% used) (minimum 5 GB)" and "docker system prune" in chk.fix
     c = MockContext(run={ROOT_CMD: Result("/srv/docker"), "df -Pk /srv/docker": df(10 * 1024 ** 2)})
-    assert check_disk(target(tmp_path, c)).detail == "10.0 GB free on /srv/docker (below 20 GB)"
+    assert check_disk(target(tmp_path, c)).detail == "10.0 GB free on /srv/docker (50% used) (below 20 GB)"
 
 
 def test_check_disk_thresholds_come_from_the_settings(tmp_path):
@@ -224,7 +225,7 @@ def test_check_disk_thresholds_come_from_the_settings(tmp_path):
 def test_check_disk_defaults_to_var_lib_docker_when_the_engine_does_not_say(tmp_path):
     c = MockContext(run={ROOT_CMD: Result(exited=1), "df -Pk /var/lib/docker": df(100 * 1024 ** 2)})
     chk = check_disk(target(tmp_path, c))
-    assert (chk.result, chk.detail) == (OK, "100.0 GB free on /var/lib/docker")
+    assert (chk.result, chk.detail) == (OK, "100.0 GB free on /var/lib/docker (50% used)")
 
 
 def test_check_disk_warns_when_free_space_cannot_be_read(tmp_path):
@@ -317,3 +318,13 @@ def test_check_images_without_probing_lists_what_will_be_pulled(tmp_path):
     chk = check_images(target(tmp_path, c), {"services": {"db": {"image": "postgres:16"}}}, probe_registry=False)
     assert (chk.result, chk.detail) == (OK, "1 to pull: postgres:16")
     assert not any(re.match("docker manifest", cmd) for cmd in commands(c))
+
+
+def test_check_disk_fails_over_the_disk_alert_threshold_even_with_gigabytes_free(tmp_path):
+    full = Result("Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+                  "/dev/vda 1000000000 930000000 70000000 93% /\n")
+    c = MockContext(run={ROOT_CMD: Result("/srv/docker"), "df -Pk /srv/docker": full})
+    chk = check_disk(target(tmp_path, c))
+    assert chk.result == FAIL
+    assert chk.detail == "66.8 GB free on /srv/docker (93% used): over the 90% alert threshold"
+    assert check_disk(target(tmp_path, c, disk_alert_pct=95.0)).result == OK

@@ -271,11 +271,28 @@ def test_status_lists_every_defined_service_including_those_not_created(settings
     c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
                          ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows))})
     t.c = c
-    assert lifecycle.status(t) == [
-        ["db", "running", "healthy", "127.0.0.1:5433->5432, :::5433->5432", "2 minutes ago", "postgres:16"],
-        ["api", "not created", "", "", "", "me/api:1"],
-        ["old", "exited", "-", "", "", "x"],
-    ]
+    assert lifecycle.status(t) == ([
+        ["db", "running", "healthy", "127.0.0.1:5433->5432, :::5433->5432", "2 minutes ago", "", "", "postgres:16"],
+        ["api", "not created", "", "", "", "", "", "me/api:1"],
+        ["old", "exited", "-", "", "", "", "", "x"],
+    ], [])
+
+
+def test_status_flags_containers_over_the_cpu_and_memory_alert_thresholds(settings):
+    t = tgt(settings)
+    model = {"services": {"db": {"image": "postgres:16"}, "api": {"image": "me/api:1"}}}
+    rows = [{"Service": "db", "Name": "p-db-1", "State": "running", "Health": "healthy", "Image": "postgres:16"},
+            {"Service": "api", "Name": "p-api-1", "State": "running", "Health": "healthy", "Image": "me/api:1"}]
+    stats = ndjson({"Name": "p-db-1", "CPUPerc": "12.50%", "MemPerc": "91.00%"},
+                   {"Name": "p-api-1", "CPUPerc": "85.10%", "MemPerc": "10.00%"})
+    c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
+                         ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows)),
+                         "docker stats --no-stream --format '{{json .}}' p-db-1 p-api-1": Result(stats)})
+    t.c = c
+    table, alerts = lifecycle.status(t)
+    assert [r[5:7] for r in table] == [["12%", "91%!"], ["85%!", "10%"]]
+    assert alerts == ["db: memory 91% of its limit is over the 85% alert threshold",
+                      "api: CPU 85% is over the 80% alert threshold"]
 
 
 def test_urls_pick_a_scheme_by_target_port_and_a_reachable_host(settings):

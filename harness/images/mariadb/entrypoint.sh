@@ -4,6 +4,7 @@ root_pw=${MARIADB_ROOT_PASSWORD:-${MYSQL_ROOT_PASSWORD:-}}
 db=${MARIADB_DATABASE:-${MYSQL_DATABASE:-}}
 user=${MARIADB_USER:-${MYSQL_USER:-}}
 pw=${MARIADB_PASSWORD:-${MYSQL_PASSWORD:-}}
+case "${1:-}" in -*) set -- mariadbd "$@" ;; esac  # `--option` arguments, as the official images take
 case "${1:-}" in mysqld|mariadbd) ;; *) exec "$@" ;; esac
 shift
 chown -R mysql:mysql /var/lib/mysql /run/mysqld

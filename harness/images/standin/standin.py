@@ -1,6 +1,6 @@
 """STAND-IN servers for the local test images (not the real software).
 
-Roles (the container's command): neo4j, grafana, api, worker.
+Roles (the container's command): neo4j, grafana, api, worker, minio, qdrant, etcd, milvus, web.
 - neo4j: HTTP 7474 (discovery JSON), bolt port 7687 with a line-JSON protocol spoken by the
   stand-in cypher-shell; NEO4J_AUTH=neo4j/PASSWORD or none; a Cypher subset (see Graph) over a
   store in /data/standin/graph.json; every statement is also logged to statements.jsonl; the
@@ -13,7 +13,7 @@ import http.server, json, os, re, signal, socketserver, sys, threading, time
 
 ROLE = sys.argv[1] if len(sys.argv) > 1 else "neo4j"
 DELAY = float(os.environ.get("STANDIN_START_SECONDS", "3"))
-VERSION = {"neo4j": "5.26.0", "grafana": "11.0.0", "api": "0.0.0", "worker": "0.0.0"}.get(ROLE, "0")
+VERSION = {"neo4j": "5.26.0", "grafana": "11.0.0", "qdrant": "1.15.3", "etcd": "3.5.18", "milvus": "2.5.4"}.get(ROLE, "0.0.0")
 
 
 def log(msg):
@@ -259,6 +259,107 @@ def neo4j():
     log("Started.")
 
 
+def minio():
+    """MinIO contract: S3 port 9000 with /minio/health/live and /ready, console 9001, data dir."""
+    data = (sys.argv[3:4] or ["/data"])[0] if len(sys.argv) > 2 and sys.argv[2] == "server" else "/data"
+    os.makedirs(data, exist_ok=True)
+    time.sleep(DELAY)
+    http_server(9000, {"/minio/health/live": {}, "/minio/health/ready": {}})
+    http_server(9001, {"/": {"console": "standin"}})
+    log("MinIO Object Storage Server (STAND-IN), API: http://0.0.0.0:9000, data %s" % data)
+
+
+def qdrant():
+    """Qdrant contract: REST 6333 (/healthz, /readyz, POST /snapshots makes a full storage snapshot
+    in /qdrant/snapshots), gRPC port 6334 open, storage in /qdrant/storage."""
+    import tarfile
+
+    storage, snaps = "/qdrant/storage", "/qdrant/snapshots"
+    os.makedirs(storage, exist_ok=True)
+    os.makedirs(snaps, exist_ok=True)
+    time.sleep(DELAY)
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def reply(self, code, body):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path in ("/healthz", "/readyz", "/livez"):
+                return self.reply(200, {"title": "healthz check passed"})
+            if path == "/snapshots":
+                return self.reply(200, {"result": [{"name": n, "size": os.path.getsize(os.path.join(snaps, n))}
+                                                   for n in sorted(os.listdir(snaps))], "status": "ok"})
+            if path == "/":
+                return self.reply(200, {"title": "qdrant - vector search engine (STAND-IN)", "version": "1.15.3"})
+            self.reply(404, {"status": {"error": "Not found"}})
+
+        def do_POST(self):
+            if self.path.split("?")[0] == "/snapshots":
+                name = "full-snapshot-%s.snapshot" % time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
+                with tarfile.open(os.path.join(snaps, name), "w") as tar:
+                    tar.add(storage, arcname="storage")
+                return self.reply(200, {"result": {"name": name, "size": os.path.getsize(os.path.join(snaps, name))},
+                                        "status": "ok"})
+            self.reply(404, {"status": {"error": "Not found"}})
+
+        def log_message(self, *a):
+            pass
+
+    srv = socketserver.ThreadingTCPServer(("0.0.0.0", 6333), H)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    tcp_listen(6334)
+    log("Qdrant HTTP listening on 6333 (STAND-IN)")
+
+
+def etcd():
+    """etcd contract: client port 2379 with /health, data dir /etcd (or --data-dir)."""
+    data = "/etcd"
+    for a in sys.argv:
+        if a.startswith("--data-dir="):
+            data = a.split("=", 1)[1]
+    os.makedirs(data, exist_ok=True)
+    open(os.path.join(data, "member.standin"), "a").close()
+    time.sleep(min(DELAY, 1))
+    http_server(2379, {"/health": {"health": "true", "reason": ""}, "/version": {"etcdserver": "3.5.18"}})
+    log("ready to serve client requests (STAND-IN for etcd) on 2379")
+
+
+def milvus():
+    """Milvus standalone contract: SDK port 19530, /healthz on 9091, data /var/lib/milvus."""
+    os.makedirs("/var/lib/milvus", exist_ok=True)
+    time.sleep(DELAY)
+    http_server(9091, {"/healthz": {"status": "ok"}, "/metrics": {}})
+    tcp_listen(19530)
+    log("Milvus Proxy successfully started (STAND-IN)")
+
+
+def tcp_listen(port):
+    class Nop(socketserver.BaseRequestHandler):
+        def handle(self):
+            pass
+
+    srv = socketserver.ThreadingTCPServer(("0.0.0.0", port), Nop)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+
+def web():
+    """Any HTTP app: STANDIN_PORT (default 8000) answering STANDIN_PATHS (comma list, default
+    /,/health) with 200."""
+    port = int(os.environ.get("STANDIN_PORT", "8000"))
+    paths = [p.strip() for p in os.environ.get("STANDIN_PATHS", "/,/health").split(",") if p.strip()]
+    time.sleep(DELAY)
+    http_server(port, {p: {"status": "ok", "standin": os.environ.get("STANDIN_NAME", "web")} for p in paths})
+    log("%s listening on %d (STAND-IN)" % (os.environ.get("STANDIN_NAME", "web"), port))
+
+
 def main():
     if ROLE == "neo4j":
         neo4j()
@@ -276,8 +377,18 @@ def main():
         while True:
             open("/tmp/worker.heartbeat", "w").close()
             time.sleep(2)
+    elif ROLE in ("minio", "server"):
+        minio()
+    elif ROLE in ("qdrant", "./entrypoint.sh"):
+        qdrant()
+    elif ROLE in ("etcd", "/usr/local/bin/etcd"):
+        etcd()
+    elif ROLE in ("milvus",):
+        milvus()
+    elif ROLE == "web":
+        web()
     else:
-        sys.exit("unknown stand-in role %r: use neo4j, grafana, api or worker" % ROLE)
+        sys.exit("unknown stand-in role %r: use neo4j, grafana, api, worker, minio, qdrant, etcd, milvus or web" % ROLE)
     while True:
         time.sleep(3600)
 
