@@ -41,4 +41,16 @@ if want standin; then
     printf 'FROM local/standin:latest\nCMD ["%s"]\n' "${pair#*=}" | docker build -q -t "local/${pair%%=*}" - >/dev/null
   done
 fi
+if want host; then
+  # Remote deploy hosts for the tests of issue 6 (own sshd + own dockerd), and a bare one without
+  # Docker for `bootstrap`. The compose v2 plugin is this machine's own (no registry needed).
+  plugin=$(docker info --format '{{range .ClientInfo.Plugins}}{{if eq .Name "compose"}}{{.Path}}{{end}}{{end}}')
+  [ -n "$plugin" ] || { log "no docker compose plugin on this machine: run harness/setup-engine.sh"; exit 1; }
+  ctx=$(mktemp -d)
+  cp -r "$here/images/host/." "$ctx/" && cp "$plugin" "$ctx/docker-compose"
+  log "building local/host:bookworm"
+  docker build -q -t local/host:bookworm "$ctx" >/dev/null
+  rm -rf "$ctx"
+  build local/host-bare:bookworm host-bare
+fi
 log "done"

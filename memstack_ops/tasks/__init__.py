@@ -6,10 +6,13 @@ Importing it imports neither the docker SDK nor paramiko.
 
 from invoke import Collection
 
-from . import db, env, stack
+from . import db, env, remote, stack
 
 ns = Collection()
 for name in ("up", "down", "restart", "reset", "status", "logs", "pull", "build", "config_", "urls", "doctor", "stacks"):
     ns.add_task(getattr(stack, name))
 ns.add_collection(Collection.from_module(env, name="env"))
 ns.add_collection(Collection.from_module(db, name="db"))
+for name in ("deploy", "bootstrap", "rollback", "releases"):
+    ns.add_task(getattr(remote, name))
+ns.add_collection(remote.lock)

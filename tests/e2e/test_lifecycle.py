@@ -133,7 +133,7 @@ services:
 @pytest.mark.parametrize("args, expect", [
     (("up", "--service", "nosuch"), "Unknown service nosuch in stack memstack; its services are: api, grafana, neo4j"),
     (("logs", "--service", "nosuch"), "Unknown service nosuch"),
-    (("up", "--stack", "nosuch"), "Unknown stack 'nosuch': this project has memstack"),
+    (("up", "--stack", "nosuch"), "Unknown stack 'nosuch': this project has agentchat, memos, memstack, sanic-web"),
     (("up", "--overlay", "nosuch"), "Unknown overlay 'nosuch' for stack memstack"),
 ])
 def test_bad_names_get_a_clear_error(project, args, expect):

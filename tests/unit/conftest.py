@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from fakes import make_project
+sys.path.insert(0, str(Path(__file__).parent))  # helper modules (fakes) under --import-mode=importlib
+from fakes import make_project  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

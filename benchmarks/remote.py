@@ -1,0 +1,124 @@
+"""Remote hosts: (1) deploy to 4 hosts in parallel vs to 1 host (target <= 2x), (2) image shipping
+(`deploy --ship-images`: docker save | zstd | SSH | zstd -d | docker load, over the fabric
+Connection) vs a raw `docker save | ssh host docker load` of an image of the same size.
+
+Hosts are containers with their own sshd and dockerd (local/host:bookworm, as in the e2e tests),
+published on 127.0.0.1. (1) times a deploy of a new release of a tiny two-service stack whose
+images the hosts already hold (after a warm-up deploy that ships them): the steady-state deploy.
+(2) ships a fresh image ID each time (a label on local/redis:7, 212 MB uncompressed), alternating
+with the baseline. Everything is removed at the end. Run:
+    .venv/bin/python benchmarks/remote.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+from conftest_remote import cleanup_run, make_project, remove_hosts, start_host, unique_image  # noqa: E402
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=("deploy", "ship"), help="run one of the two measurements")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_p = Path(tmp)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_p / "id")], check=True)
+        pub = (tmp_p / "id.pub").read_text().strip()
+        boxes = []
+        try:
+            for n in ("h1", "h2", "h3", "h4"):
+                boxes.append(start_host(n, pub))
+            hosts = {b.name: b for b in boxes}
+            p = make_project(tmp_p / "proj", hosts, tmp_p / "id")
+
+            if args.only != "ship":
+                measure_deploys(p, args.rounds)
+            if args.only != "deploy":
+                measure_shipping(p, hosts["h1"], tmp_p, args.rounds)
+        finally:
+            remove_hosts(boxes)
+            cleanup_run()
+
+
+def measure_deploys(p, rounds: int) -> None:
+    def deploy(spec: str) -> None:
+        r = p.run("-H", spec, "deploy", "--parallel", "4", timeout=900)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    if True:
+        if True:
+            print("warm-up: first deploy to the 4 hosts (ships the images)", flush=True)
+            cold = timed(lambda: deploy("h1,h2,h3,h4"))
+            print(f"  cold deploy to 4 hosts with image shipping: {cold:.2f} s", flush=True)
+            one, four = [], []
+            for i in range(rounds):
+                one.append(timed(lambda: deploy("h1")))
+                four.append(timed(lambda: deploy("h1,h2,h3,h4")))
+                print(f"round {i + 1}: deploy 1 host {one[-1]:.2f} s, 4 hosts in parallel {four[-1]:.2f} s", flush=True)
+            m1, m4 = statistics.median(one), statistics.median(four)
+            print(f"median: 1 host {m1:.2f} s, 4 hosts {m4:.2f} s, ratio 4/1 {m4 / m1:.2f} (target <= 2.00)")
+
+
+def measure_shipping(p, h1, tmp_p: Path, rounds: int) -> None:
+    if True:
+        if True:
+
+            from memstack_ops.remote.images import ship
+            from memstack_ops.remote.inventory import resolve_hosts
+            from memstack_ops.remote.ssh import connect
+            from memstack_ops.config import resolve
+
+            s = resolve(root=p.root, environ={})
+            conn = connect(resolve_hosts(s, "h1")[0])
+            ssh = ["ssh", "-i", str(tmp_p / "id"), "-p", str(h1.port), "-o", "BatchMode=yes",
+                   "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={tmp_p / 'kh_raw'}",
+                   "root@127.0.0.1"]
+            subprocess.run([*ssh, "true"], check=True, timeout=60)
+            ours, raw, sizes = [], [], []
+            try:
+                for i in range(rounds):
+                    a, b = unique_image("bench"), unique_image("bench")
+                    got = None
+
+                    def ours_() -> None:
+                        nonlocal got
+                        got = ship(conn, [a])
+
+                    def raw_() -> None:
+                        subprocess.run(f"docker save {b} | {' '.join(ssh)} docker load", shell=True, check=True,
+                                       capture_output=True, timeout=600)
+
+                    if i % 2:  # alternate which goes first (page cache, other load on the machine)
+                        raw.append(timed(raw_)), ours.append(timed(ours_))
+                    else:
+                        ours.append(timed(ours_)), raw.append(timed(raw_))
+                    sizes.append(got.bytes)
+                    h1.sh(f"docker rmi {a} {b} >/dev/null")
+                    subprocess.run(["docker", "rmi", a, b], capture_output=True)
+                    print(f"round {i + 1}: ship {ours[-1]:.2f} s ({got.bytes / 2**20:.0f} MB on the wire), "
+                          f"raw docker save | ssh docker load {raw[-1]:.2f} s", flush=True)
+            finally:
+                conn.close()
+            mo, mr = statistics.median(ours), statistics.median(raw)
+            print(f"median: ship {mo:.2f} s, raw {mr:.2f} s, ratio ship/raw {mo / mr:.2f} (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Releases on a host: ``<root>/releases/<UTC time>-<git sha>/`` holding the stack's compose folder,
+its env files (0600), the env template, ``db/<stack>/`` (migrations and seed data) when the project has one, and
+``release.json`` (the manifest: stack, stage, overlays, files, services, image IDs, who, when).
+``<root>/current`` is a symlink to the running release, switched atomically (rename). A
+``STATUS`` file in each release says how its deploy ended. ``<root>/audit.log`` gets one line per
+deploy or rollback. An upload goes to ``releases/.partial-<id>`` and is renamed when complete, so
+a lost connection never leaves something that looks like a release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..config import Settings, Stack
+from ..errors import EnvFileError
+from . import RemoteError
+from .inventory import Host, operator
+
+MANIFEST = "release.json"
+
+
+@dataclass
+class Release:
+    id: str
+    stack: Stack  # root = the local staging folder (a faithful copy of what is uploaded)
+    manifest: dict[str, Any]
+    files: list[str] = field(default_factory=list)  # relative to stack.root
+    private: set[str] = field(default_factory=set)  # env files: uploaded 0600
+
+
+def git_sha(root: Path) -> tuple[str, bool]:
+    """(short sha, dirty) of the project checkout; ("nogit", False) outside git."""
+    try:
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                           text=True, timeout=10)
+        if r.returncode != 0:
+            return "nogit", False
+        d = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10)
+        return r.stdout.strip(), bool(d.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        return "nogit", False
+
+
+def new_id(root: Path, now: float | None = None) -> str:
+    sha, _ = git_sha(root)
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{sha}"
+
+
+def stage(settings: Settings, host: Host, dest: Path, services: Iterable[str] = ()) -> Release:
+    """Copy what a release holds from the local project into ``dest`` (nothing remote yet)."""
+    st = settings.stack()
+    src = settings.root
+    files: list[str] = []
+    private: set[str] = set()
+
+    def copy(rel: str, secret: bool = False) -> None:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, dest / rel)
+        os.chmod(dest / rel, 0o600 if secret else 0o644)
+        files.append(rel)
+        if secret:
+            private.add(rel)
+
+    for p in sorted((src / "compose" / st.name).rglob("*")):
+        if p.is_file():
+            copy(str(p.relative_to(src)))
+    mig = src / "db" / st.name  # migrations and seed data (memstack_ops/db.py)
+    if mig.is_dir():
+        for p in sorted(mig.rglob("*")):
+            if p.is_file():
+                copy(str(p.relative_to(src)))
+    if (src / st.env_template).is_file():
+        copy(st.env_template)
+    env_files = []
+    for f in list(st.env_files) + ([host.env_file] if host.env_file else []):
+        if (src / f).is_file():
+            copy(f, secret=True)
+            env_files.append(f)
+        elif f == st.env_file or f == host.env_file:
+            raise EnvFileError(f"The env file {f} is missing in {src}: create it (`memstack-ops env.init "
+                               f"--stack {st.name}`) before deploying; it is uploaded with the release.")
+    sha, dirty = git_sha(src)
+    rid = new_id(src)
+    stack = Stack(name=st.name, stage=st.stage, project=st.project, root=dest, compose_files=st.compose_files,
+                  env_files=tuple(env_files), env_template=st.env_template, options=st.options)
+    manifest = {
+        "release": rid, "stack": st.name, "stage": st.stage, "project": st.project,
+        "overlays": list(settings["overlays"]), "compose_files": list(st.compose_files),
+        "env_files": env_files, "env_template": st.env_template, "services": list(services),
+        "files": files, "git": sha, "dirty": dirty, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "by": operator(), "images": {},
+    }
+    return Release(rid, stack, manifest, files, private)
+
+
+def releases_dir(root: str) -> str:
+    return f"{root}/releases"
+
+
+def release_dir(root: str, rid: str) -> str:
+    return f"{root}/releases/{rid}"
+
+
+def current(c: Any, root: str) -> str | None:
+    """The release `current` points at, or None."""
+    r = c.run(f"readlink {shlex.quote(root + '/current')}", hide=True, warn=True, in_stream=False)
+    return os.path.basename(r.stdout.strip()) if r.ok and r.stdout.strip() else None
+
+
+def read_manifest(c: Any, root: str, rid: str) -> dict[str, Any]:
+    from .ssh import read_text
+
+    text = read_text(c, f"{release_dir(root, rid)}/{MANIFEST}")
+    if text is None:
+        raise RemoteError(f"Release {rid} has no {MANIFEST} under {root}/releases: it is not a complete "
+                          f"release (see `releases`).")
+    return dict(json.loads(text))
+
+
+def write_manifest(c: Any, root: str, rid: str, manifest: dict[str, Any], partial: bool = False) -> None:
+    from .ssh import put_text
+
+    d = f"{root}/releases/.partial-{rid}" if partial else release_dir(root, rid)
+    put_text(c, json.dumps(manifest, indent=2, sort_keys=True) + "\n", f"{d}/{MANIFEST}")
+
+
+def upload(c: Any, root: str, rel: Release) -> str:
+    """Upload the staged release over SFTP (env files 0600) into a partial folder, then rename it
+    into place. Returns the release folder."""
+    from .ssh import put_text
+
+    partial, final = f"{root}/releases/.partial-{rel.id}", release_dir(root, rel.id)
+    q = shlex.quote
+    r = c.run(f"set -e; mkdir -p {q(root + '/releases')}; test ! -e {q(final)}; rm -rf {q(partial)}; "
+              f"mkdir -m 755 {q(partial)}", hide=True, warn=True, in_stream=False)
+    if r.failed:
+        raise RemoteError(f"Cannot create {partial} on the host ({(r.stderr or r.stdout).strip() or 'exists?'}); "
+                          f"is {root} writable by this user? (`bootstrap` creates it).")
+    sftp = c.sftp()
+    made = {partial}
+    for f in rel.files:
+        parts = Path(f).parent.parts
+        for i in range(1, len(parts) + 1):
+            d = f"{partial}/{'/'.join(parts[:i])}"
+            if d not in made:
+                secret_dir = f in rel.private and i == len(parts)
+                sftp.mkdir(d, 0o700 if secret_dir else 0o755)
+                made.add(d)
+        if f in rel.private:
+            put_text(c, (rel.stack.root / f).read_bytes(), f"{partial}/{f}", mode=0o600)
+        else:
+            sftp.put(str(rel.stack.root / f), f"{partial}/{f}")
+    write_manifest(c, root, rel.id, rel.manifest, partial=True)
+    r = c.run(f"mv -T {q(partial)} {q(final)}", hide=True, warn=True, in_stream=False)
+    if r.failed:
+        raise RemoteError(f"Cannot move the uploaded release into place: {r.stderr.strip()}")
+    return final
+
+
+def set_status(c: Any, root: str, rid: str, status: str) -> None:
+    from .ssh import put_text
+
+    put_text(c, status.strip() + "\n", f"{release_dir(root, rid)}/STATUS")
+
+
+def switch(c: Any, root: str, rid: str) -> None:
+    """Point `current` at ``rid`` atomically (a new symlink renamed over the old one)."""
+    q = shlex.quote
+    tmp = f"{root}/.current.tmp"
+    r = c.run(f"ln -sfn {q('releases/' + rid)} {q(tmp)} && mv -T {q(tmp)} {q(root + '/current')}",
+              hide=True, warn=True, in_stream=False)
+    if r.failed:
+        raise RemoteError(f"Switching {root}/current to {rid} failed: {r.stderr.strip()}")
+
+
+def listing(c: Any, root: str) -> list[dict[str, Any]]:
+    """Every complete release, oldest first: id, status, created, by, git, current."""
+    from .ssh import read_text
+
+    r = c.run(f"ls -1 {shlex.quote(releases_dir(root))}", hide=True, warn=True, in_stream=False)
+    names = sorted(n for n in r.stdout.split() if not n.startswith(".")) if r.ok else []
+    cur = current(c, root)
+    out = []
+    for n in names:
+        text = read_text(c, f"{release_dir(root, n)}/{MANIFEST}")
+        m = json.loads(text) if text else {}
+        status = (read_text(c, f"{release_dir(root, n)}/STATUS") or "uploaded").strip()
+        out.append({"release": n, "status": status, "created": m.get("created", ""), "by": m.get("by", ""),
+                    "git": m.get("git", "") + ("-dirty" if m.get("dirty") else ""),
+                    "stage": m.get("stage", ""), "current": n == cur, "images": m.get("images", {})})
+    return out
+
+
+def prune(c: Any, root: str, keep: int, protect: Iterable[str]) -> list[str]:
+    """Delete releases beyond the newest ``keep`` (never a protected one) and leftovers of uploads
+    that never completed. Call with the lock held."""
+    r = c.run(f"ls -1a {shlex.quote(releases_dir(root))}", hide=True, warn=True, in_stream=False)
+    names = [n for n in r.stdout.split() if n not in (".", "..")] if r.ok else []
+    keep_set = set(protect) | set(sorted(n for n in names if not n.startswith("."))[-keep:])
+    doomed = [n for n in names if n not in keep_set]
+    if doomed:
+        c.run("rm -rf " + " ".join(shlex.quote(release_dir(root, n)) for n in doomed), hide=True, warn=True,
+              in_stream=False)
+    return [n for n in doomed if not n.startswith(".")]
+
+
+def audit(c: Any, root: str, action: str, release: str, result: str, detail: str = "") -> None:
+    """One line in ``<root>/audit.log``: when, who, what, which release, how it ended."""
+    from .ssh import append_text
+
+    line = (f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} by={operator()} action={action} "
+            f"release={release or '-'} result={result}")
+    if detail:
+        line += " detail=" + json.dumps(" ".join(detail.split())[:300])
+    append_text(c, f"{root}/audit.log", line + "\n")

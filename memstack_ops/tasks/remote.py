@@ -1,0 +1,88 @@
+"""Remote hosts: deploy, bootstrap, rollback, releases (root tasks) and lock.status/lock.release.
+
+They run on hosts given with -H (inventory names or user@host:port), or, without -H, on every
+inventory host of the stage. Every other task runs on a host with -H too (`memstack-ops -H web1
+ps`): the executor hands it a fabric Connection instead of the local Context (see
+memstack_ops/remote/program.py).
+"""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+from ._common import ops_task, settings
+
+FANOUT_HELP = {
+    "parallel": "how many hosts at once (default: the inventory's parallel, 4)",
+    "batch": "rolling: hosts in batches of N; a failed host stops the later batches",
+}
+LOCK_WAIT_HELP = "seconds to queue behind another deploy's lock on the host (default 0: fail at once, naming it)"
+
+
+def _remote_only(*tasks):
+    for t in tasks:
+        t.remote_only = True  # the executor runs these on hosts even without -H (the stage's hosts)
+
+
+@ops_task(iterable=["service"], auto_shortflags=False, help={
+    "service": "service to deploy (repeatable); default all",
+    "ship_images": "stream images from this machine (docker save | zstd | docker load over SSH) instead of "
+                   "pulling on the host; only images whose ID the host lacks are sent",
+    "backup": "back up the running release first (needs the backup module)",
+    "lock_wait": LOCK_WAIT_HELP,
+    "message": "a note recorded in the lock and the audit log",
+    "timeout": "seconds the health gate waits (default: timeout setting, 300)",
+    **FANOUT_HELP,
+})
+def deploy(c, service=None, ship_images=False, backup=False, lock_wait=0, message="", timeout=None,
+           parallel=None, batch=None, stack=None, stage=None, overlay=None):
+    """Deploy a release to hosts: lock, doctor, upload, images, health-gated up (rollback on failure), switch."""
+    from ..remote.deploy import deploy as run
+
+    run(c, settings(stack, stage, overlay, timeout=timeout), service or (), ship_images=ship_images,
+        backup=backup, lock_wait=float(lock_wait or 0), message=message)
+
+
+@ops_task(auto_shortflags=False, help=FANOUT_HELP)
+def bootstrap(c, parallel=None, batch=None, stack=None, stage=None, overlay=None):
+    """Make fresh Debian/Ubuntu hosts ready: Docker engine, compose v2, daemon config, deploy dir; idempotent."""
+    from ..remote.bootstrap import bootstrap as run
+
+    run(c, settings(stack, stage, overlay))
+
+
+@ops_task(auto_shortflags=False, help={"to": "release to go back to (default: the previous deployed one); see `releases`",
+                "lock_wait": LOCK_WAIT_HELP, **FANOUT_HELP})
+def rollback(c, to=None, lock_wait=0, parallel=None, batch=None, stack=None, stage=None, overlay=None):
+    """Bring an earlier release back (its files and image IDs), health-gated, and point current at it."""
+    from ..remote.deploy import rollback as run
+
+    run(c, settings(stack, stage, overlay), to=to, lock_wait=float(lock_wait or 0))
+
+
+@ops_task()
+def releases(c, stack=None, stage=None, overlay=None):
+    """Table of the releases on each host: status, when, who, git sha, which is current."""
+    from ..remote.deploy import releases as run
+
+    run(c, settings(stack, stage, overlay))
+
+
+@ops_task(name="status")
+def lock_status(c, stack=None, stage=None, overlay=None):
+    """Who holds the deploy lock on each host, since when, and whether it is stale."""
+    from ..remote.deploy import lock_status as run
+
+    run(c, settings(stack, stage, overlay))
+
+
+@ops_task(name="release", help={"force": "remove the lock even though its holder looks alive"})
+def lock_release(c, force=False, stack=None, stage=None, overlay=None):
+    """Remove a stale deploy lock (a live one only with --force)."""
+    from ..remote.deploy import lock_release as run
+
+    run(c, settings(stack, stage, overlay), force=force)
+
+
+_remote_only(deploy, bootstrap, rollback, releases, lock_status, lock_release)
+lock = Collection("lock", lock_status, lock_release)

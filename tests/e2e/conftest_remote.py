@@ -1,0 +1,257 @@
+"""Fixtures for the remote-host tests (imported by test_remote.py and benchmarks/remote.py):
+real hosts as containers with their own sshd and dockerd (local/host:bookworm) or sshd only
+(local/host-bare:bookworm), published on 127.0.0.1, an SSH key made with ssh-keygen per session,
+and tiny throwaway projects whose inventory points at them. Everything created is labelled
+``memstack-ops-test=<run id>`` and removed on teardown, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memstack_ops.testing import Project
+
+RUN_ID = uuid.uuid4().hex[:8]
+LABEL = f"memstack-ops-test={RUN_ID}"
+HOST_IMAGE, BARE_IMAGE = "local/host:bookworm", "local/host-bare:bookworm"
+# What works here instead of --privileged (see the issue's test-host notes).
+HOST_FLAGS = [
+    *[a for cap in ("SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP",
+                    "SYS_CHROOT", "DAC_READ_SEARCH", "IPC_LOCK", "SYS_NICE") for a in ("--cap-add", cap)],
+    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined", "--cgroupns=host",
+    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--init",
+]
+
+TINY_COMPOSE = """\
+# A tiny stack for remote tests: two services on the local Redis image, a secret in the env.
+services:
+  cache:
+    image: ${CACHE_IMAGE:-local/redis:7}
+    command: ["redis-server", "--save", "", "--appendonly", "no"]
+    environment:
+      APP_TOKEN: ${APP_TOKEN:?APP_TOKEN is not set}
+    healthcheck:
+      test: ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+      interval: 10s
+      timeout: 5s
+      retries: 5
+  app:
+    image: local/redis:7
+    command: ["redis-server", "--save", ""]
+    environment:
+      APP_TOKEN: ${APP_TOKEN}
+      APP_MODE: ${APP_MODE:-normal}
+    depends_on:
+      cache: {condition: service_healthy}
+    healthcheck:
+      test: ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+      interval: 10s
+      timeout: 5s
+      retries: 5
+"""
+TINY_TEMPLATE = "APP_TOKEN=  # generate\nAPP_MODE=normal\nCACHE_IMAGE=local/redis:7\n"
+BROKEN_APP = '["sh", "-c", "echo this release is broken; exit 3"]'
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout, **kw)
+
+
+@dataclass
+class HostBox:
+    """One test host: a container with its own sshd (and dockerd unless bare)."""
+
+    name: str
+    container: str
+    port: int
+    bare: bool = False
+
+    def sh(self, script: str, check: bool = True, timeout: float = 120) -> str:
+        return docker("exec", self.container, "sh", "-c", script, check=check, timeout=timeout).stdout
+
+    def kill_sshd(self) -> None:
+        self.sh("pkill -KILL -x sshd || true")
+
+    def start_sshd(self) -> None:
+        self.sh("/usr/sbin/sshd -E /var/log/sshd.log")
+        wait_ssh(self.port)
+
+
+def wait_ssh(port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    for _ in range(int(seconds * 4)):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.settimeout(2)
+                if s.recv(4).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    raise RuntimeError(f"sshd on 127.0.0.1:{port} did not answer within {seconds} s")
+
+
+def start_host(name: str, pubkey: str, bare: bool = False) -> HostBox:
+    container = f"mshost-{RUN_ID}-{name}"
+    args = ["run", "-d", "--name", container, "--hostname", name, "--label", LABEL, *HOST_FLAGS,
+            "-e", f"AUTHORIZED_KEY={pubkey}", "-p", "127.0.0.1::22"]
+    vol = f"{container}-docker"
+    docker("volume", "create", "--label", LABEL, vol)
+    args += ["-v", f"{vol}:/var/lib/docker"]
+    docker(*args, BARE_IMAGE if bare else HOST_IMAGE)
+    port = int(docker("port", container, "22").stdout.split(":")[-1])
+    box = HostBox(name, container, port, bare)
+    wait_ssh(port)
+    if not bare:
+        box.sh("for i in $(seq 1 120); do docker version >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1",
+               timeout=90)
+    return box
+
+
+def remove_hosts(boxes: list[HostBox]) -> None:
+    for b in boxes:
+        docker("rm", "-f", "-v", b.container, check=False)
+        docker("volume", "rm", "-f", f"{b.container}-docker", check=False)
+
+
+def cleanup_run() -> None:
+    """Everything labelled for this run (also what a crashed fixture left)."""
+    ids = docker("ps", "-aq", "--filter", f"label={LABEL}", check=False).stdout.split()
+    if ids:
+        docker("rm", "-f", "-v", *ids, check=False)
+    vols = docker("volume", "ls", "-q", "--filter", f"label={LABEL}", check=False).stdout.split()
+    if vols:
+        docker("volume", "rm", "-f", *vols, check=False)
+    imgs = docker("images", "-q", "--filter", f"label={LABEL}", check=False).stdout.split()
+    if imgs:
+        docker("rmi", "-f", *set(imgs), check=False)
+
+
+@dataclass
+class SshKey:
+    dir: Path
+    private: Path
+    public: str
+
+
+@pytest.fixture(scope="session")
+def ssh_key(tmp_path_factory) -> SshKey:
+    d = tmp_path_factory.mktemp("ssh")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "memstack-ops-test", "-f", str(d / "id")],
+                   check=True, timeout=30)
+    return SshKey(d, d / "id", (d / "id.pub").read_text().strip())
+
+
+def require_images() -> None:
+    missing = [i for i in (HOST_IMAGE, BARE_IMAGE, "local/redis:7")
+               if docker("image", "inspect", i, check=False).returncode != 0]
+    if missing:
+        pytest.fail(f"Images missing: {', '.join(missing)}. Run `bash harness/build-images.sh` "
+                    f"(README command 2 does).", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def hosts(ssh_key, docker_client):
+    """Three ready hosts (own sshd and dockerd), shared by a module's tests."""
+    require_images()
+    boxes: list[HostBox] = []
+    try:
+        for n in ("h1", "h2", "h3"):
+            boxes.append(start_host(n, ssh_key.public))
+        yield {b.name: b for b in boxes}
+    finally:
+        remove_hosts(boxes)
+        cleanup_run()
+
+
+@pytest.fixture
+def bare_host(ssh_key, docker_client):
+    """A fresh host with sshd only (no Docker): bootstrap's job."""
+    require_images()
+    boxes: list[HostBox] = []
+    try:
+        boxes.append(start_host("bare", ssh_key.public, bare=True))
+        yield boxes[0]
+    finally:
+        remove_hosts(boxes)
+
+
+@dataclass
+class RemoteProject(Project):
+    """A tiny project (stack `tiny`) whose inventory names the test hosts."""
+
+    stack_root: str = ""
+    known_hosts: Path = field(default_factory=Path)
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "env" / "tiny" / ".env"
+
+    def secret(self) -> str:
+        return next(ln.split("=", 1)[1] for ln in self.env_file.read_text().splitlines() if ln.startswith("APP_TOKEN="))
+
+    def compose_file(self) -> Path:
+        return self.root / "compose" / "tiny" / "compose.yml"
+
+    def break_app(self) -> None:
+        text = self.compose_file().read_text()
+        self.compose_file().write_text(text.replace('command: ["redis-server", "--save", ""]',
+                                                    f"command: {BROKEN_APP}"))
+
+    def set_env(self, key: str, value: str) -> None:
+        lines = [f"{key}={value}" if ln.startswith(f"{key}=") else ln for ln in self.env_file.read_text().splitlines()]
+        self.env_file.write_text("\n".join(lines) + "\n")
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "memstack_ops", *args], cwd=self.root, env=self.env(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def make_project(dest: Path, boxes: dict[str, HostBox], key: Path, extra_hosts: str = "",
+                 host_settings: str = "") -> RemoteProject:
+    """A throwaway project: stack tiny, its own compose project name and deploy root on the hosts
+    (tests share hosts), an inventory of ``boxes`` with accept-new host keys in its own file."""
+    (dest / "compose" / "tiny").mkdir(parents=True)
+    (dest / "env" / "tiny").mkdir(parents=True)
+    (dest / "compose" / "tiny" / "compose.yml").write_text(TINY_COMPOSE)
+    (dest / "env" / "tiny" / ".env.example").write_text(TINY_TEMPLATE)
+    name = f"tiny{uuid.uuid4().hex[:8]}"
+    known = dest / "known_hosts"
+    inv = "".join(f'[hosts.{b.name}]\naddress = "127.0.0.1"\nport = {b.port}\n{host_settings}\n'
+                  for b in boxes.values())
+    (dest / "memstack-ops.toml").write_text(
+        f'stack = "tiny"\ntimeout = 90\n\n[stacks.tiny]\nproject = "{name}"\n\n'
+        f'[hosts]\nuser = "root"\nkey = "{key}"\nknown_hosts = "{known}"\nhost_key_policy = "accept-new"\n'
+        f'root = "/srv/{name}"\nship_images = true\n\n{inv}{extra_hosts}')
+    p = RemoteProject(dest, name, stack="tiny", overlays=(), stack_root=f"/srv/{name}", known_hosts=known)
+    r = p.run("env.init")
+    assert r.returncode == 0, r.stderr
+    return p
+
+
+@pytest.fixture
+def remote_project(tmp_path, hosts, ssh_key):
+    p = make_project(tmp_path / "proj", hosts, ssh_key.private)
+    yield p
+    for b in hosts.values():  # this test's stack off the shared hosts
+        b.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 1 >/dev/null 2>&1; "
+             f"docker ps -aq --filter label=com.docker.compose.project={p.name} | xargs -r docker rm -f >/dev/null; "
+             f"rm -rf {p.stack_root}", check=False)
+
+
+def unique_image(tag_hint: str = "ship") -> str:
+    """A new image ID built on local/redis:7 (a label only): shipping it moves real bytes."""
+    tag = f"local/mstest-{tag_hint}:{RUN_ID}-{uuid.uuid4().hex[:6]}"
+    docker("build", "-q", "-t", tag, "--label", LABEL, "-", input=f"FROM local/redis:7\nLABEL run={tag}\n")
+    return tag

@@ -1,0 +1,287 @@
+"""Remote hosts end to end: real hosts (containers with their own sshd and dockerd, reached over
+SSH on 127.0.0.1), the real CLI (`python -m memstack_ops -H ...` and `inv -H ...`), a tiny stack
+on the local Redis image whose images are shipped over SSH (no registry)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest_remote import (  # noqa: F401 - fixtures
+    bare_host, docker, hosts, make_project, remote_project, ssh_key, unique_image,
+)
+from memstack_ops.testing import free_port
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ok(r) -> str:
+    assert r.returncode == 0, f"exit {r.returncode}\n--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def failed(r) -> str:
+    assert r.returncode != 0, f"expected a failure\n{r.stdout}\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def current(box, p) -> str:
+    return box.sh(f"readlink {p.stack_root}/current", check=False).strip().rsplit("/", 1)[-1]
+
+
+def running(box, p) -> dict[str, str]:
+    out = box.sh(f"docker ps --filter label=com.docker.compose.project={p.name} "
+                 f"--format '{{{{.Label \"com.docker.compose.service\"}}}} {{{{.Status}}}}'")
+    return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+
+
+def release_of(output: str) -> str:
+    return output.split(" release ", 1)[1].split()[0]
+
+
+def wait_for(box, script: str, seconds: float = 90) -> None:
+    """Poll the host until ``script`` succeeds (bounded in time and count)."""
+    box.sh(f"for i in $(seq 1 {int(seconds * 5)}); do {script} && exit 0; sleep 0.2; done; exit 1",
+           timeout=seconds + 30)
+
+
+def test_bootstrap_makes_a_bare_host_ready_and_a_second_run_changes_nothing(bare_host, tmp_path, ssh_key):
+    p = make_project(tmp_path / "proj", {"bare": bare_host}, ssh_key.private,
+                     host_settings='registry_mirrors = ["https://mirror.example.org"]')
+    assert bare_host.sh("command -v dockerd || echo none").strip() == "none"
+    # bad input first: a host without Docker is told to bootstrap, and nothing changes there
+    out = failed(p.run("-H", "bare", "deploy"))
+    assert "no Docker engine" in out and "bootstrap" in out
+    assert bare_host.sh(f"test -e {p.stack_root} && echo yes || echo no").strip() == "no"
+
+    out = ok(p.run("-H", "bare", "bootstrap", timeout=900))
+    assert "installed docker.io" in out, out
+    assert "changed" in out and "bootstrapped" in out
+    daemon = json.loads(bare_host.sh("cat /etc/docker/daemon.json"))
+    assert daemon["log-driver"] == "json-file"
+    assert daemon["log-opts"] == {"max-size": "10m", "max-file": "3"}
+    assert daemon["registry-mirrors"] == ["https://mirror.example.org"]
+    info = json.loads(bare_host.sh("docker info --format '{{json .}}'"))
+    assert info["LoggingDriver"] == "json-file"
+    assert any("mirror.example.org" in m for m in info["RegistryConfig"]["Mirrors"])
+    assert bare_host.sh("docker compose version --short").strip().startswith("2.")
+    assert bare_host.sh(f"test -d {p.stack_root}/releases && echo yes").strip() == "yes"
+    assert "Docker engine" in out and "compose v2" in out  # doctor ran at the end
+
+    again = ok(p.run("-H", "bare", "bootstrap", timeout=300))
+    assert "nothing changed" in again
+    steps = [ln.removeprefix("[bare] ").strip() for ln in again.splitlines()]
+    assert not [ln for ln in steps if ln.startswith("changed ")], again
+    assert len([ln for ln in steps if ln.startswith("ok ")]) >= 5  # every step checked, none done
+    # and the bootstrapped host takes a deploy
+    ok(p.run("-H", "bare", "deploy", timeout=600))
+    assert set(running(bare_host, p)) == {"cache", "app"}
+
+
+def test_deploy_to_three_hosts_in_parallel_and_every_task_runs_there(remote_project, hosts):
+    p = remote_project
+    out = ok(p.run("-H", "h1,h2,h3", "deploy", "--parallel", "3", timeout=600))
+    rid = release_of(out)
+    assert "deploy on 3 hosts (3 at a time)" in out
+    for name, box in hosts.items():
+        assert f"[{name}] Deployed: current -> {rid}" in out
+        assert current(box, p) == rid
+        assert set(running(box, p)) == {"cache", "app"}
+        assert all(s.startswith("Up") and "unhealthy" not in s for s in running(box, p).values())
+        mode = box.sh(f"stat -c %a {p.stack_root}/releases/{rid}/env/tiny/.env").strip()
+        assert mode == "600"
+        assert "action=deploy" in box.sh(f"cat {p.stack_root}/audit.log")
+    table = out[out.index("deploy: per host"):]
+    assert all(f"{n}  " in table for n in hosts) and table.count("deployed") == 3
+    # the other tasks on hosts, through the same code path (a Connection as the context)
+    st = ok(p.run("-H", "h1,h2", "ps"))
+    for name in ("h1", "h2"):
+        assert any(line.startswith(f"[{name}] cache") and "running" in line for line in st.splitlines()), st
+    doc = ok(p.run("-H", "h3", "doctor"))
+    assert "[h3] env file       ok" in doc and "[h3] disk" in doc
+    # `inv -H` as typed, with the repository's tasks.py
+    r = subprocess.run([str(REPO / ".venv" / "bin" / "inv"), "-H", "h1", "ps"], cwd=REPO, env=p.env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "[h1] cache" in r.stdout and rid in r.stdout
+    rel = ok(p.run("-H", "h2", "releases"))
+    assert rid in rel and "deployed" in rel
+
+
+def test_second_deploy_with_unchanged_images_ships_no_image_bytes(remote_project, hosts):
+    p, h1 = remote_project, hosts["h1"]
+    image = unique_image()
+    p.set_env("CACHE_IMAGE", image)
+    first = ok(p.run("-H", "h1", "deploy", timeout=600))
+    shipped = next(ln for ln in first.splitlines() if "Images: shipped" in ln)
+    assert image in shipped and "shipped 0" not in shipped
+    since = h1.sh("date +%s").strip()
+    second = ok(p.run("-H", "h1", "deploy", timeout=600))
+    until = h1.sh("date +%s").strip()
+    assert "Images: shipped 0 image(s) (0 B), 2 already present" in second
+    # the host's own engine saw no image load during the second deploy
+    events = h1.sh(f"docker events --since {since} --until {until} --filter type=image --format '{{{{.Action}}}}'")
+    assert "load" not in events.split(), events
+    assert release_of(first) != release_of(second) and current(h1, p) == release_of(second)
+
+
+def test_a_broken_release_rolls_back_by_itself(remote_project, hosts):
+    p, h2 = remote_project, hosts["h2"]
+    good = release_of(ok(p.run("-H", "h2", "deploy", timeout=600)))
+    p.break_app()
+    r = p.run("-H", "h2", "deploy", timeout=600)
+    out = failed(r)
+    bad = release_of(out)
+    assert "Service 'app' failed: container exited with code 3" in out
+    assert "this release is broken" in out  # its log lines, in the report
+    assert f"rolled back: {good} is running and healthy" in out
+    assert f"rolled back to {good}" in out[out.index("deploy: per host"):]
+    assert current(h2, p) == good
+    assert all(s.startswith("Up") and "unhealthy" not in s for s in running(h2, p).values())
+    cmd = h2.sh(f"docker inspect --format '{{{{json .Config.Cmd}}}}' {p.name}-app-1")
+    assert json.loads(cmd) == ["redis-server", "--save", ""]  # the good release's app
+    assert h2.sh(f"cat {p.stack_root}/releases/{bad}/STATUS").strip() == "failed: health gate"
+    assert f"release={bad} result=rolled back to {good}" in h2.sh(f"cat {p.stack_root}/audit.log")
+    # and by hand: rollback --to the good one is a no-op restart, releases shows the story
+    rel = ok(p.run("-H", "h2", "releases"))
+    assert "failed: health gate" in rel and good in rel
+
+
+def test_sshd_killed_mid_deploy_leaves_a_consistent_release_and_a_stale_lock(remote_project, hosts):
+    p, h3 = remote_project, hosts["h3"]
+    good = release_of(ok(p.run("-H", "h3", "deploy", timeout=600)))
+    p.set_env("CACHE_IMAGE", unique_image("cut"))  # the next deploy has 200 MB to ship
+    proc = p.popen("-H", "h3", "deploy")
+    try:
+        wait_for(h3, "pgrep -fx 'docker load' >/dev/null")
+        h3.kill_sshd()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        h3.start_sshd()
+    assert proc.returncode != 0
+    assert "connection lost" in (out + err).lower(), out + err
+    # the host: still on the good release, complete, running; the cut upload is no release
+    assert current(h3, p) == good
+    assert h3.sh(f"cat {p.stack_root}/releases/{good}/STATUS").strip() == "deployed"
+    assert set(running(h3, p)) == {"cache", "app"}
+    names = h3.sh(f"ls -1 {p.stack_root}/releases").split()
+    cut = [n for n in names if n != good]
+    assert len(cut) <= 1 and not [n for n in names if n.startswith(".")], names
+    rel = ok(p.run("-H", "h3", "releases"))
+    for n in cut:  # uploaded before the cut, never deployed: listed as such, never a rollback target
+        assert h3.sh(f"cat {p.stack_root}/releases/{n}/STATUS 2>/dev/null || echo none").strip() == "none"
+        assert any(line.split()[1:3] == [n, "uploaded"] for line in rel.splitlines() if n in line), rel
+    # the lock: its keeper died with the connection, so it is reported stale (or it is gone)
+    st = ok(p.run("-H", "h3", "lock.status"))
+    assert "STALE" in st or "unlocked" in st, st
+    # the next deploy takes the stale lock over and completes
+    again = ok(p.run("-H", "h3", "deploy", timeout=600))
+    if "STALE" in st:
+        assert "Found a stale deploy lock" in again
+    assert current(h3, p) == release_of(again)
+    assert "unlocked" in ok(p.run("-H", "h3", "lock.status"))
+
+
+def test_two_deploys_at_once_the_second_fails_naming_the_holder_or_waits(remote_project, hosts):
+    p, h1 = remote_project, hosts["h1"]
+    p.set_env("CACHE_IMAGE", unique_image("lock"))
+    first = p.popen("-H", "h1", "deploy", "--message", "first one")
+    try:
+        wait_for(h1, "pgrep -fx 'docker load' >/dev/null")  # first is mid-deploy, holding the lock
+        out = failed(p.run("-H", "h1", "deploy"))
+        assert "locked (held: by" in out and "'deploy " in out and "first one" in out
+        assert "--lock-wait" in out
+        queued = p.run("-H", "h1", "deploy", "--lock-wait", "300", timeout=600)
+        f_out, f_err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, f_out + f_err
+    q = ok(queued)
+    assert "Waiting up to 300 s for the deploy lock" in q
+    assert current(h1, p) == release_of(q)
+    log = h1.sh(f"cat {p.stack_root}/audit.log")
+    assert log.count("result=deployed") == 2
+
+
+def test_secrets_never_appear_in_the_remote_process_list_or_logs(remote_project, hosts):
+    p, h2 = remote_project, hosts["h2"]
+    secret = p.secret()
+    p.set_env("CACHE_IMAGE", unique_image("secret"))  # a longer deploy: more samples
+    samples: list[str] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        for _ in range(3000):  # bounded: at most ~10 minutes
+            if stop.is_set():
+                return
+            samples.append(h2.sh("ps -eo args", check=False))
+            time.sleep(0.1)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        r = p.run("-H", "h2", "deploy", timeout=600)
+    finally:
+        stop.set()
+        th.join(timeout=30)
+    out = ok(r)
+    assert len(samples) > 10
+    assert any("docker" in s for s in samples)  # the sampler saw the deploy's commands
+    assert not [s for s in samples if secret in s]
+    assert secret not in out
+    rid = release_of(out)
+    on_host = {
+        "audit log": h2.sh(f"cat {p.stack_root}/audit.log"),
+        "manifest": h2.sh(f"cat {p.stack_root}/releases/{rid}/release.json"),
+        "dockerd log": h2.sh("cat /var/log/dockerd.log", check=False),
+        "sshd log": h2.sh("cat /var/log/sshd.log", check=False),
+        "service logs": h2.sh(f"docker logs {p.name}-app-1 2>&1; docker logs {p.name}-cache-1 2>&1"),
+    }
+    assert {k for k, v in on_host.items() if secret in v} == set()
+    assert h2.sh(f"grep -c APP_TOKEN= {p.stack_root}/releases/{rid}/env/tiny/.env").strip() == "1"
+    assert h2.sh(f"stat -c %a {p.stack_root}/releases/{rid}/env/tiny/.env").strip() == "600"
+
+
+def test_bad_hosts_are_named_with_why_and_the_others_go_on(tmp_path, hosts, ssh_key):
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other / "id")], check=True, timeout=30)
+    dead = free_port()
+    extra = (f'[hosts.dead]\naddress = "127.0.0.1"\nport = {dead}\nconnect_timeout = 5\n\n'
+             f'[hosts.wrongkey]\naddress = "127.0.0.1"\nport = {hosts["h2"].port}\nkey = "{other / "id"}"\n\n'
+             f'[hosts.strict]\naddress = "127.0.0.1"\nport = {hosts["h3"].port}\nhost_key_policy = "strict"\n'
+             f'known_hosts = "{tmp_path / "empty_known_hosts"}"\n')
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private, extra_hosts=extra)
+    try:
+        # an unknown name lists the inventory, and nothing runs anywhere
+        out = failed(p.run("-H", "h1,nosuchhost", "deploy"))
+        assert "Unknown host 'nosuchhost'" in out and "h1 (root@127.0.0.1" in out and "dead (" in out
+        assert hosts["h1"].sh(f"test -e {p.stack_root} && echo yes || echo no").strip() == "no"
+        r = p.run("-H", "h1,dead,wrongkey,strict", "deploy", timeout=600)
+        out = failed(r)
+        assert f"dead (root@127.0.0.1:{dead}): unreachable (Connection refused)" in out
+        assert "wrongkey" in out and "authentication refused for user root with key" in out
+        assert "strict" in out and "host key unknown" in out and "ssh-keyscan" in out
+        table = out[out.index("deploy: per host"):]
+        assert "h1" in table and "deployed" in table
+        assert current(hosts["h1"], p) == release_of(out)
+        # a nearly full disk (disk_min_gb above the free space): doctor stops before any change
+        before = current(hosts["h1"], p)
+        r = p.run("-H", "h1", "deploy", MEMSTACK_DISK_MIN_GB="100000")
+        out = failed(r)
+        assert "disk" in out and "(minimum 100000 GB)" in out and "Nothing was changed on the host" in out
+        assert current(hosts["h1"], p) == before
+        assert hosts["h1"].sh(f"ls -1a {p.stack_root}/releases").split() == [".", "..", before]
+        assert "unlocked" in ok(p.run("-H", "h1", "lock.status"))
+    finally:
+        hosts["h1"].sh(f"docker ps -aq --filter label=com.docker.compose.project={p.name} | xargs -r docker rm -f; "
+                       f"rm -rf {p.stack_root}", check=False)
