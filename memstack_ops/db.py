@@ -68,6 +68,7 @@ class Report:
     kind: str
     applied: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    extra: Any = None
 
 
 # --------------------------------------------------------------------------- migration files
@@ -201,19 +202,19 @@ class Db:
         last: dict[str, Any] = {}
 
         def attempt() -> bool:
-            rows = {r.get("Service"): r for r in self.t.compose.ps(self.t.c, [self.service])}
-            row = rows.get(self.service)
-            if not row or row.get("State") not in ("running",):
-                logs = self.t.compose.logs(self.t.c, self.service, 50) if row else ""
-                raise DbError(f"Database service {self.service} is not running ({row.get('State') if row else 'no container'}): "
-                              f"start it with `inv up --service {self.service}`." + (f"\n--- last log lines ---\n{logs}" if logs else ""))
-            r = self.probe()
+            r = self.probe()  # the common case: it answers at once; no other call needed
             last["r"] = r
             out = r.stdout + r.stderr
             if r.ok and (self.kind != "redis" or "PONG" in out):
                 return True
             if AUTH_FAILED.search(out):
                 raise self.fail("Connecting", r)
+            rows = {r.get("Service"): r for r in self.t.compose.ps(self.t.c, [self.service])}
+            row = rows.get(self.service)
+            if not row or row.get("State") not in ("running",):
+                logs = self.t.compose.logs(self.t.c, self.service, 50) if row else ""
+                raise DbError(f"Database service {self.service} is not running ({row.get('State') if row else 'no container'}): "
+                              f"start it with `inv up --service {self.service}`." + (f"\n--- last log lines ---\n{logs}" if logs else ""))
             return False
 
         try:
@@ -450,7 +451,8 @@ def plan(db: Db, root: Path, tracks: Iterable[str] = ("schema", "seed")) -> tupl
 
 
 def init(t: Any, model: dict[str, Any], only: Iterable[str] = (), timeout: float = 120,
-         tracks: Iterable[str] = ("schema", "seed"), dry_run: bool = False) -> list[Report]:
+         tracks: Iterable[str] = ("schema", "seed"), dry_run: bool = False,
+         after: dict[str, Any] | None = None) -> list[Report]:
     """Wait, ensure, migrate, seed: idempotent; a second run changes nothing. The databases are
     independent, so they are handled in parallel; errors are raised after all have finished."""
     from concurrent.futures import ThreadPoolExecutor
@@ -471,6 +473,8 @@ def init(t: Any, model: dict[str, Any], only: Iterable[str] = (), timeout: float
         else:
             pending, _ = plan(db, t.stack.root, tracks)
             rep.applied = db.apply(pending, t.stack.root)
+        if after and db.service in after:  # a follow-up step for this database, in its own thread
+            rep.extra = after[db.service](db)
         return rep
 
     dbs = databases(t, model, only)

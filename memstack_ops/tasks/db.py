@@ -39,15 +39,19 @@ def init(c, only=None, timeout=120, stack=None, stage=None, overlay=None):
 
     t0 = time.monotonic()
     t, model = _model_and_target(c, stack, stage, overlay)
-    reports = db.init(t, model, [only] if only else (), timeout=float(timeout))
     key_cfg = t.stack.options.get("api_key")
-    if key_cfg and (not only or only in (key_cfg.get("service"), "postgres")):
-        d = next(d for d in db.databases(t, model, [key_cfg["service"]]))
-        key, prefix = db.ensure_api_key(d, key_cfg.get("table", "memstack_api_keys"), key_cfg.get("prefix", "ms_sk_"))
-        if key:
-            say(f"Generated default API key: {key}\n  Shown once only: store it now (only its sha256 is kept).")
-        else:
-            say(f"  default API key exists ({prefix}...): not regenerated")
+    after = {}
+    if key_cfg:  # the stack's default API key, made right after its database is initialised
+        after[key_cfg["service"]] = lambda d: db.ensure_api_key(d, key_cfg.get("table", "memstack_api_keys"),
+                                                                key_cfg.get("prefix", "ms_sk_"))
+    reports = db.init(t, model, [only] if only else (), timeout=float(timeout), after=after)
+    for rep in reports:
+        if rep.extra:
+            key, prefix = rep.extra
+            if key:
+                say(f"Generated default API key: {key}\n  Shown once only: store it now (only its sha256 is kept).")
+            else:
+                say(f"  default API key exists ({prefix}...): not regenerated")
     _print_reports(reports, t0)
 
 
