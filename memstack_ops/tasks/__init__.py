@@ -16,3 +16,8 @@ ns.add_collection(Collection.from_module(db, name="db"))
 for name in ("deploy", "bootstrap", "rollback", "releases"):
     ns.add_task(getattr(remote, name))
 ns.add_collection(remote.lock)
+
+from . import backup as _backup  # noqa: E402  (issue 5: backup.* and restore.*)
+
+ns.add_collection(_backup.backup_ns)
+ns.add_collection(_backup.restore_ns)

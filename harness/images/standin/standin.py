@@ -16,6 +16,9 @@ DELAY = float(os.environ.get("STANDIN_START_SECONDS", "3"))
 VERSION = {"neo4j": "5.26.0", "grafana": "11.0.0", "qdrant": "1.15.3", "etcd": "3.5.18", "milvus": "2.5.4"}.get(ROLE, "0.0.0")
 
 
+HELD = []  # objects that must live as long as the process (the Neo4j store lock)
+
+
 def log(msg):
     print(time.strftime("%Y-%m-%d %H:%M:%S+0000"), "INFO ", msg, flush=True)
 
@@ -218,6 +221,7 @@ def neo4j():
     log("Starting... (STAND-IN for Neo4j %s, not the real server)" % VERSION)
     # Like a real server, hold the store lock while running: neo4j-admin dump refuses then.
     lockf = open(os.path.join(store, "store.lock"), "w")
+    HELD.append(lockf)  # keep it open (and locked) for the server's whole life, not just this call
     try:
         fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

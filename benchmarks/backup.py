@@ -1,0 +1,186 @@
+"""Backup and restore of PostgreSQL with about 1 GB of poorly compressible data: memstack-ops vs
+the raw commands, in the same run, plus the tool's peak memory at 1x and 3x the size.
+
+- data: rows of a text column (random hex words, compresses about 2x) and a 768-byte random
+  bytea (like an embedding: incompressible), generated inside the database with SQL;
+- backup: `memstack-ops backup.postgres` vs `docker exec C pg_dump -Fc -U U -d D > file`
+  (target <= 1.05x);
+- restore: `memstack-ops restore.postgres --yes --no-safety-backup` vs
+  `docker exec -i C pg_restore --clean --if-exists --single-transaction -U U -d D < file`
+  (target <= 1.05x);
+- memory: peak RSS of the memstack-ops process (VmHWM) and of the largest process in its tree
+  (wait4), at 1x and 3x the data (target < 100 MB and flat).
+
+Not run in CI (minutes, GBs of disk). Run:
+    .venv/bin/python benchmarks/backup.py [--size-gb 1.0] [--scale 3] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from memstack_ops.testing import scratch_project
+
+REPO = Path(__file__).resolve().parent.parent
+ROW_BYTES = 1000  # about what one generated row takes on disk
+
+
+def sql(p, container: str, q: str) -> str:
+    r = subprocess.run(["docker", "exec", container, "psql", "-X", "-q", "-At", "-U", "memstack", "-d", "memstack",
+                        "-v", "ON_ERROR_STOP=1", "-c", q], capture_output=True, text=True, check=True)
+    return r.stdout.strip()
+
+
+def fill(p, container: str, target_bytes: int) -> int:
+    """Add rows until the database holds about ``target_bytes``; returns its size."""
+    sql(p, container, "CREATE EXTENSION IF NOT EXISTS pgcrypto; CREATE TABLE IF NOT EXISTS memories ("
+                      "id bigserial PRIMARY KEY, created timestamptz DEFAULT now(), body text, embedding bytea)")
+    batch = 200_000
+    for _ in range(200):
+        size = int(sql(p, container, "SELECT pg_database_size(current_database())"))
+        if size >= target_bytes:
+            return size
+        n = min(batch, max(10_000, (target_bytes - size) // ROW_BYTES))
+        sql(p, container, f"INSERT INTO memories (body, embedding) SELECT "
+                          f"md5(random()::text) || ' ' || md5(random()::text) || ' ' || md5(random()::text), "
+                          f"gen_random_bytes(768) FROM generate_series(1, {n})")
+        print(f"  data: {size / 1e9:.2f} GB ...", flush=True)
+    raise RuntimeError("could not reach the target size")
+
+
+def settle(p, container: str) -> None:
+    """VACUUM (as autovacuum would, soon after a bulk load) and flush dirty pages, so each timed run
+    starts from the same state and one run's writeback does not land in the next one's time."""
+    sql(p, container, "VACUUM (ANALYZE) memories")
+    subprocess.run(["sync"], check=True)
+    time.sleep(2)
+
+
+def timed_shell(cmd: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
+    return time.perf_counter() - t0
+
+
+def timed_tool(p, *args: str) -> tuple[float, int, int, str]:
+    """Run the CLI; wall time, its own peak RSS (VmHWM, KiB), the tree's largest (wait4, KiB), stdout."""
+    out = tempfile.TemporaryFile()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "memstack_ops", *args], cwd=p.root, env=p.env(),
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    hwm = {"kb": 0}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        hwm["kb"] = max(hwm["kb"], int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            done.wait(0.05)
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    done.set()
+    th.join()
+    out.seek(0)
+    text = out.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"memstack-ops {' '.join(args)} failed:\n{text}")
+    return wall, hwm["kb"], int(usage.ru_maxrss), text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-gb", type=float, default=1.0)
+    ap.add_argument("--scale", type=float, default=3.0, help="second size for the memory check (x size-gb)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of backup and of restore (alternating raw/tool)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=REPO / "backups") as tmp:
+        p = scratch_project(Path(tmp) / "proj", REPO, prefix="msbench")
+        try:
+            r = p.run("up", "--service", "postgres", "--skip-checks")
+            assert r.returncode == 0, r.stderr
+            c = f"{p.name}-postgres-1"
+            print(f"generating {args.size_gb:.1f} GB of poorly compressible rows in PostgreSQL ...", flush=True)
+            size = fill(p, c, int(args.size_gb * 1e9))
+            rows = int(sql(p, c, "SELECT count(*) FROM memories"))
+            print(f"database: {size / 1e9:.2f} GB, {rows} rows", flush=True)
+            raw = Path(tmp) / "raw.pgdump"
+            dump = f"docker exec {c} pg_dump -Fc -U memstack -d memstack > {raw}"
+            t_raw, t_ops, rss = [], [], []
+            set_id = ""
+            settle(p, c)
+            for i in range(args.rounds):
+                raw.unlink(missing_ok=True)
+                settle(p, c)
+                t_raw.append(timed_shell(dump))
+                settle(p, c)
+                wall, hwm, tree, out = timed_tool(p, "backup.postgres")
+                t_ops.append(wall)
+                rss.append((hwm, tree))
+                set_id = next(ln.split()[1] for ln in out.splitlines() if ln.startswith("Backup ") and "complete" in ln)
+                print(f"round {i + 1}: raw pg_dump {t_raw[-1]:.1f} s, memstack-ops backup.postgres {wall:.1f} s "
+                      f"(peak RSS {hwm / 1024:.0f} MB, largest in its tree {tree / 1024:.0f} MB)", flush=True)
+            ours = Path(tmp) / "proj" / "backups" / "memstack" / set_id / "postgres.pgdump"
+            print(f"dump sizes: raw {raw.stat().st_size / 1e9:.3f} GB, memstack-ops {ours.stat().st_size / 1e9:.3f} GB")
+            b_raw, b_ops = min(t_raw), min(t_ops)
+
+            restore = (f"docker exec -i {c} pg_restore --clean --if-exists --single-transaction -U memstack "
+                       f"-d memstack < {raw}")
+            rr_raw, rr_ops = [], []
+            for i in range(args.rounds):
+                settle(p, c)
+                rr_raw.append(timed_shell(restore))
+                settle(p, c)
+                r_ops, r_hwm, r_tree, _ = timed_tool(p, "restore.postgres", "--yes", "--no-safety-backup", "--backup",
+                                                     set_id)
+                rr_ops.append(r_ops)
+                print(f"restore round {i + 1}: raw pg_restore {rr_raw[-1]:.1f} s, memstack-ops restore.postgres "
+                      f"{r_ops:.1f} s (peak RSS {r_hwm / 1024:.0f} MB)", flush=True)
+            r_raw, r_ops = min(rr_raw), min(rr_ops)
+            assert int(sql(p, c, "SELECT count(*) FROM memories")) == rows
+
+            big = None
+            if args.scale > 1:
+                print(f"growing the database to {args.size_gb * args.scale:.1f} GB ...", flush=True)
+                size3 = fill(p, c, int(args.size_gb * args.scale * 1e9))
+                raw.unlink()
+                settle(p, c)
+                wall3, hwm3, tree3, _ = timed_tool(p, "backup.postgres", "--no-space-check")
+                big = (size3, wall3, hwm3, tree3)
+                print(f"{size3 / 1e9:.2f} GB: memstack-ops backup.postgres {wall3:.1f} s (peak RSS {hwm3 / 1024:.0f} MB, "
+                      f"largest in its tree {tree3 / 1024:.0f} MB)", flush=True)
+
+            print("\nsummary")
+            print(f"  backup  {size / 1e9:.2f} GB: memstack-ops {b_ops:.1f} s vs raw pg_dump -Fc {b_raw:.1f} s "
+                  f"(best of {args.rounds}): ratio {b_ops / b_raw:.3f} (target <= 1.05); median ratio "
+                  f"{statistics.median(t_ops) / statistics.median(t_raw):.3f}")
+            print(f"  restore {size / 1e9:.2f} GB: memstack-ops {r_ops:.1f} s vs raw pg_restore {r_raw:.1f} s "
+                  f"(best of {args.rounds}): ratio {r_ops / r_raw:.3f} (target <= 1.05); median ratio "
+                  f"{statistics.median(rr_ops) / statistics.median(rr_raw):.3f}")
+            hwm1 = max(h for h, _ in rss)
+            print(f"  peak RSS of memstack-ops at {size / 1e9:.2f} GB: {hwm1 / 1024:.0f} MB (largest process in its "
+                  f"tree {max(t for _, t in rss) / 1024:.0f} MB); restore {r_hwm / 1024:.0f} MB")
+            if big:
+                print(f"  peak RSS of memstack-ops at {big[0] / 1e9:.2f} GB: {big[2] / 1024:.0f} MB (largest in its tree "
+                      f"{big[3] / 1024:.0f} MB): ratio to 1x {big[2] / hwm1:.2f} (target < 100 MB and flat)")
+        finally:
+            p.destroy()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""backup.* and restore.*: consistent, streaming, verified dumps of every database and volume.
+
+Backups go to ``<backups_dir>/<stack>/<UTC time>-<kind>/`` (backups_dir is a setting, default
+``backups/``) with a manifest.json; see memstack_ops/backup/ for how each database is handled.
+"""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+from ._common import ops_task, target
+
+COMPRESS = "zstd (default), gzip or none; PostgreSQL and Neo4j dumps use their own compression"
+DRY = "say what would be done, change nothing"
+SPACE = "skip the free-space check against the database size"
+SERVICE = "only this service (repeatable); default every service of this kind"
+BACKUP = "backup id (see backup.list) or its folder; default the newest that is not a safety backup"
+YES = "do not ask for the stack name; required when stdin is not a terminal"
+NO_SAFETY = "skip the safety backup of the current data taken before restoring"
+RSERVICE = "the service to restore into; default the one the backup was taken from"
+
+
+def _print_set(s, t0):
+    import time
+
+    from ..backup.sets import human_size
+    from ..output import say, table
+
+    table(f"backup {s.id} ({s.path})", ["service", "file", "size", "sha256"],
+          [[f.get("service", ""), f["name"], human_size(f["size"]), f["sha256"][:16] + "..."] for f in s.files])
+    for e in s.entries:
+        if e.get("downtime_s") is not None:
+            say(f"{e['service']} was down for {e['downtime_s']:.1f} s (stopped, dumped, healthy again).")
+        for n in e.get("notes") or []:
+            say(f"note ({e['service']}): {n}")
+    say(f"Backup {s.id} complete: {human_size(s.size)} in {time.monotonic() - t0:.1f} s.")
+
+
+def _backup(c, kind, stack, stage, overlay, dry_run=False, no_space_check=False, compress="zstd", **kw):
+    import time
+
+    from .. import backup as core
+
+    t0 = time.monotonic()
+    t = target(c, stack, stage, overlay)
+    s = core.backup(t, kind, compress=compress, dry_run=dry_run, space_check=not no_space_check, **kw)
+    if s is not None:
+        _print_set(s, t0)
+
+
+def _db_backup_task(kind, title):
+    def task_(c, service=None, compress="zstd", dry_run=False, no_space_check=False, stack=None, stage=None,
+              overlay=None):
+        _backup(c, kind, stack, stage, overlay, dry_run, no_space_check, compress, services=service or ())
+
+    task_.__doc__ = title
+    task_.__name__ = task_.__qualname__ = f"backup_{kind}"
+    return ops_task(name=kind, iterable=["service"], help={
+        "service": SERVICE, "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE})(task_)
+
+
+backup_postgres = _db_backup_task("postgres", "Back up PostgreSQL: pg_dump -Fc in its own container (plus roles), streamed to disk.")
+backup_mysql = _db_backup_task("mysql", "Back up MySQL/MariaDB: a --single-transaction dump with routines, triggers and events.")
+backup_redis = _db_backup_task("redis", "Back up Redis: BGSAVE, wait for it, copy the RDB (and the AOF directory).")
+backup_neo4j = _db_backup_task("neo4j", "Back up Neo4j: stop it, neo4j-admin database dump in a one-off container, start it (reports the downtime).")
+
+
+@ops_task(name="volumes", iterable=["volume"], help={
+    "volume": "named volume to back up, by its compose name (repeatable); default all",
+    "stop": "stop the services using the volumes while they are copied (consistent copy), start them after",
+    "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE})
+def backup_volumes(c, volume=None, stop=False, compress="zstd", dry_run=False, no_space_check=False, stack=None,
+                   stage=None, overlay=None):
+    """Back up named volumes as tar streams from one-off containers."""
+    _backup(c, "volumes", stack, stage, overlay, dry_run, no_space_check, compress, volumes=volume or (), stop=stop)
+
+
+@ops_task(name="all", iterable=["exclude"], help={
+    "exclude": "service or volume to leave out (repeatable)", "stop": "stop services while their volumes are copied",
+    "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE})
+def backup_all(c, exclude=None, stop=False, compress="zstd", dry_run=False, no_space_check=False, stack=None,
+               stage=None, overlay=None):
+    """Back up everything the stack has in one set: every database, plus the volumes no database owns."""
+    _backup(c, "all", stack, stage, overlay, dry_run, no_space_check, compress, exclude=exclude or (), stop=stop)
+
+
+@ops_task(name="list", help={"kind": "only sets of this kind (postgres, mysql, redis, neo4j, volumes, all)"})
+def backup_list(c, kind=None, stack=None, stage=None, overlay=None):
+    """Table of the stack's backups: id, kind, services, size, age, verified."""
+    from .. import backup as core
+    from ..output import say, table
+
+    t = target(c, stack, stage, overlay, require_env=False)
+    rows, partial = core.list_rows(t, kind)
+    table(f"backups of stack {t.stack.name} ({core.backups_root(t)})", ["id", "kind", "service", "size", "age", "verified"],
+          rows)
+    if not rows:
+        say("No backups yet: make one with `memstack-ops backup.all`.")
+    if partial:
+        say(f"{len(partial)} unfinished backup folder(s) (*.partial) from interrupted runs: {', '.join(partial)}; "
+            f"they are not backups and may be deleted.")
+
+
+@ops_task(name="verify", help={
+    "backup": "backup id (see backup.list); default the newest",
+    "restore_test": "also restore into a scratch container of the same image and compare row/key/node counts"})
+def backup_verify(c, backup=None, restore_test=False, stack=None, stage=None, overlay=None):
+    """Verify a backup: checksums, format check (pg_restore -l, redis-check-rdb, neo4j-admin load --info), optional scratch restore."""
+    from .. import backup as core
+    from ..output import say, table
+
+    t = target(c, stack, stage, overlay)
+    rows = core.verify(t, backup, restore_test=restore_test)
+    table("verification", ["service", "check", "result"], rows)
+    say("Backup verified" + (" by a scratch restore." if restore_test else " (checksums and format)."))
+
+
+@ops_task(name="prune", help={
+    "keep_last": "keep the N newest sets of each kind",
+    "keep_daily": "keep the newest set of each of the last D days that have one",
+    "keep_weekly": "keep the newest set of each of the last W weeks that have one",
+    "keep_monthly": "keep the newest set of each of the last M months that have one",
+    "kind": "only prune sets of this kind",
+    "dry_run": "list what would be deleted, delete nothing"})
+def backup_prune(c, keep_last=0, keep_daily=0, keep_weekly=0, keep_monthly=0, kind=None, dry_run=False, stack=None,
+                 stage=None, overlay=None):
+    """Delete old backup sets, keeping last N plus daily/weekly/monthly ones and always the newest verified."""
+    from .. import backup as core
+    from ..backup.sets import human_size
+    from ..output import say, table
+
+    t = target(c, stack, stage, overlay, require_env=False)
+    doomed, keep = core.prune(t, int(keep_last), int(keep_daily), int(keep_weekly), int(keep_monthly), dry_run, kind)
+    table("kept", ["id", "why"], [[k, ", ".join(v)] for k, v in sorted(keep.items(), reverse=True)])
+    verb = "Would delete" if dry_run else "Deleted"
+    say(f"{verb} {len(doomed)} backup set(s)" + (": " + ", ".join(s.id for s in doomed) if doomed else "") +
+        (f" ({human_size(sum(s.size for s in doomed))})." if doomed else "."))
+
+
+def _restore(c, kind, stack, stage, overlay, backup=None, yes=False, no_safety_backup=False, dry_run=False, **kw):
+    import time
+
+    from .. import backup as core
+    from ..output import say, table
+
+    t0 = time.monotonic()
+    t = target(c, stack, stage, overlay)
+    summary = core.restore(t, kind, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run, **kw)
+    if summary.get("dry_run"):
+        return
+    table("restore summary", ["item", "value"], [[k, "" if v is None else str(v)] for k, v in summary.items()])
+    say(f"Restored from {summary['backup']} in {time.monotonic() - t0:.1f} s; healthy again." +
+        (f" Safety backup of the previous data: {summary['safety_backup']}." if summary.get("safety_backup") else ""))
+
+
+RESTORE_HELP = {"backup": BACKUP, "service": RSERVICE, "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY}
+
+
+@ops_task(name="postgres", help={**RESTORE_HELP, "roles": "also apply the backed-up roles (pg_dumpall --globals-only)"})
+def restore_postgres(c, backup=None, service=None, roles=False, yes=False, no_safety_backup=False, dry_run=False,
+                     stack=None, stage=None, overlay=None):
+    """Restore PostgreSQL: pg_restore --clean --if-exists --single-transaction (all or nothing)."""
+    _restore(c, "postgres", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, service=service,
+             globals_=roles)
+
+
+@ops_task(name="mysql", help=RESTORE_HELP)
+def restore_mysql(c, backup=None, service=None, yes=False, no_safety_backup=False, dry_run=False, stack=None,
+                  stage=None, overlay=None):
+    """Restore MySQL/MariaDB: the dump (with DROP DATABASE) streamed into the server's client."""
+    _restore(c, "mysql", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, service=service)
+
+
+@ops_task(name="redis", help=RESTORE_HELP)
+def restore_redis(c, backup=None, service=None, yes=False, no_safety_backup=False, dry_run=False, stack=None,
+                  stage=None, overlay=None):
+    """Restore Redis: stop it, replace the RDB (rebuilding the AOF when appendonly is on), start it."""
+    _restore(c, "redis", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, service=service)
+
+
+@ops_task(name="neo4j", help={**RESTORE_HELP, "system": "also load the system database (users and roles)"})
+def restore_neo4j(c, backup=None, service=None, system=False, yes=False, no_safety_backup=False, dry_run=False,
+                  stack=None, stage=None, overlay=None):
+    """Restore Neo4j: stop it, neo4j-admin database load --overwrite-destination, start it (reports the downtime)."""
+    _restore(c, "neo4j", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, service=service, system=system)
+
+
+@ops_task(name="volumes", iterable=["volume"], help={
+    "backup": BACKUP, "volume": "volume to restore, by its compose name (repeatable); default all in the backup",
+    "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY})
+def restore_volumes(c, backup=None, volume=None, yes=False, no_safety_backup=False, dry_run=False, stack=None,
+                    stage=None, overlay=None):
+    """Restore named volumes: stop their services, replace the contents, start them again."""
+    _restore(c, "volumes", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, volumes=volume or ())
+
+
+@ops_task(name="all", help={"backup": "backup id of a backup.all set; default the newest one", "yes": YES,
+                            "no_safety_backup": NO_SAFETY, "dry_run": DRY})
+def restore_all(c, backup=None, yes=False, no_safety_backup=False, dry_run=False, stack=None, stage=None,
+                overlay=None):
+    """Restore everything in a backup.all set: every database, then the volumes."""
+    import time
+
+    from .. import backup as core
+    from ..output import say, table
+
+    t0 = time.monotonic()
+    t = target(c, stack, stage, overlay)
+    results = core.restore_all(t, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run)
+    if results:
+        table("restore summary", ["what", "result"], [[k, str(v)] for k, v in results])
+        say(f"Restored in {time.monotonic() - t0:.1f} s; healthy again.")
+
+
+backup_ns = Collection("backup", backup_postgres, backup_mysql, backup_redis, backup_neo4j, backup_volumes, backup_all,
+                       backup_list, backup_verify, backup_prune)
+restore_ns = Collection("restore", restore_postgres, restore_mysql, restore_redis, restore_neo4j, restore_volumes,
+                        restore_all)

@@ -1,0 +1,452 @@
+"""End to end: backups and restores against the real engine (issue 5).
+
+Real PostgreSQL 15, MariaDB 10.11 and Redis 7; Neo4j through the stand-in (its neo4j-admin
+honours the dump/load contract of Neo4j 5 community). Every test starts only the services it
+needs in its own scratch project; backups go to the project's own backups/ folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+MYSQL_OVERLAY = """\
+services:
+  mysql:
+    image: local/mariadb:10.11
+    environment:
+      MYSQL_ROOT_PASSWORD: ${POSTGRES_PASSWORD}
+      MYSQL_DATABASE: app
+      MYSQL_USER: app
+      MYSQL_PASSWORD: ${REDIS_PASSWORD}
+    volumes:
+      - mysql_data:/var/lib/mysql
+    healthcheck:
+      test: ["CMD-SHELL", "MYSQL_PWD=\\"$$MYSQL_ROOT_PASSWORD\\" mysqladmin -uroot -h 127.0.0.1 ping --silent"]
+      interval: 10s
+      timeout: 5s
+      retries: 10
+volumes:
+  mysql_data:
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+def ok(r):
+    assert r.returncode == 0, f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+    return r
+
+
+def up(project, *services):
+    ok(project.run("up", *[a for s in services for a in ("--service", s)], "--skip-checks"))
+
+
+def psql(project, sql):
+    return project.exec("postgres", "psql", "-X", "-q", "-At", "-U", "memstack", "-d", "memstack",
+                         "-v", "ON_ERROR_STOP=1", "-c", sql).strip()
+
+
+def redis(project, *args):
+    return project.exec("redis", "sh", "-c", 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli "$@"', "sh", *args).strip()
+
+
+def cypher(project, stmt):
+    out = project.exec("neo4j", "sh", "-c", 'NEO4J_USERNAME=neo4j NEO4J_PASSWORD="${NEO4J_AUTH#*/}" cypher-shell "$1"',
+                       "sh", stmt)
+    return out.strip().splitlines()
+
+
+def nodes(project):
+    return int(cypher(project, "MATCH (n) RETURN count(n)")[-1])
+
+
+def sets(project):
+    d = project.root / "backups" / "memstack"
+    return sorted(p for p in d.iterdir()) if d.is_dir() else []
+
+
+def manifest(path):
+    return json.loads((path / "manifest.json").read_text())
+
+
+def secrets_of(project):
+    env = dict(line.split("=", 1) for line in (project.root / "env/memstack/.env").read_text().splitlines()
+               if "=" in line and not line.startswith("#"))
+    return [v for k, v in env.items() if "PASSWORD" in k and v]
+
+
+def state(client, project, service):
+    cs = client.containers.list(all=True, filters={"label": [f"com.docker.compose.project={project.name}",
+                                                            f"com.docker.compose.service={service}"]})
+    return cs[0].status if cs else "absent"
+
+
+def oneoffs(client, project):
+    return client.containers.list(all=True, filters={"label": f"memstack-ops.project={project.name}"})
+
+
+def popen(project, *args):
+    """The CLI in its own session (so a SIGINT to its process group is like Ctrl-C in a terminal)."""
+    return subprocess.Popen([sys.executable, "-m", "memstack_ops", *args], cwd=project.root, env=project.env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for(pred, timeout=120, what=""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --------------------------------------------------------------------------- round trips
+
+def test_postgres_round_trip_with_manifest_safety_backup_and_restore_test(project, docker_client):
+    up(project, "postgres")
+    psql(project, "CREATE TABLE notes (id int PRIMARY KEY, body text, blob bytea); "
+                  "INSERT INTO notes SELECT g, 'note ' || g || ' – 记忆', decode(md5(g::text), 'hex') "
+                  "FROM generate_series(1, 500) g; CREATE TABLE empty_one (x int);")
+    r = ok(project.run("backup.postgres"))
+    [s] = sets(project)
+    m = manifest(s)
+    assert m["kind"] == "postgres" and m["stack"] == "memstack" and m["tool"]["name"] == "memstack-ops"
+    [e] = m["entries"]
+    assert e["service"] == "postgres" and e["image"] == "local/postgres:15" and e["db_version"].startswith("15.")
+    assert e["counts"] == {"public.notes": 500, "public.empty_one": 0}
+    for f in m["files"]:  # sizes and sha256 are those of the files on disk
+        data = (s / f["name"]).read_bytes()
+        assert f["size"] == len(data) and f["sha256"] == hashlib.sha256(data).hexdigest()
+    assert {f["role"] for f in m["files"]} == {"dump", "globals"}
+    assert (s / "postgres.pgdump").read_bytes()[:5] == b"PGDMP"
+    assert oct((s / "postgres.pgdump").stat().st_mode & 0o777) == "0o600"
+    text = (s / "manifest.json").read_text() + r.stdout + r.stderr
+    assert not [p for p in secrets_of(project) if p in text], "a password leaked into the manifest or output"
+
+    psql(project, "DELETE FROM notes WHERE id > 10; UPDATE notes SET body = 'changed' WHERE id = 1")
+    r = project.run("restore.postgres")  # stdin is not a terminal and no --yes: refused, nothing touched
+    assert r.returncode != 0 and "--yes" in r.stderr
+    assert psql(project, "SELECT count(*) FROM notes") == "10"
+    assert len(sets(project)) == 1
+
+    r = ok(project.run("restore.postgres", "--yes"))
+    assert "Safety backup" in r.stdout and "healthy again" in r.stdout
+    assert psql(project, "SELECT count(*), min(body) FROM notes") == "500|note 1 – 记忆"
+    assert psql(project, "SELECT encode(blob, 'hex') FROM notes WHERE id = 7") == hashlib.md5(b"7").hexdigest()
+    safety = [p for p in sets(project) if p != s]
+    assert len(safety) == 1 and manifest(safety[0])["reason"].startswith("safety before restoring")
+    assert manifest(safety[0])["entries"][0]["counts"]["public.notes"] == 10  # the state before the restore
+
+    r = ok(project.run("backup.verify", "--backup", s.name, "--restore-test"))
+    assert "counts match" in r.stdout
+    lines = ok(project.run("backup.list")).stdout.splitlines()
+    row = next(ln for ln in lines if ln.startswith(s.name))
+    assert "postgres" in row and "restore-test" in row
+    assert any(ln.startswith(safety[0].name) and "(safety)" in ln for ln in lines)
+
+
+def test_mariadb_round_trip(project, docker_client):
+    project.overlay("mysql", MYSQL_OVERLAY)
+    project.overlays = ("local", "mysql")
+    ov = {"MEMSTACK_OVERLAYS": "local,mysql"}
+    up_ = project.run("up", "--service", "mysql", "--skip-checks", **ov)
+    ok(up_)
+
+    def mysql(q):
+        return project.exec("mysql", "sh", "-c", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -N -B app -e "$1"',
+                            "sh", q).strip()
+
+    mysql("CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(50)) CHARACTER SET utf8mb4; "
+          "INSERT INTO items VALUES (1, 'ünïcødé'), (2, '记忆'), (3, 'plain'); "
+          "CREATE TRIGGER items_ai AFTER INSERT ON items FOR EACH ROW SET @x = 1;")
+    r = ok(project.run("backup.mysql", **ov))
+    [s] = sets(project)
+    e = manifest(s)["entries"][0]
+    assert e["kind"] == "mysql" and e["counts"] == {"items": 3} and e["files"][0]["name"] == "mysql.sql.zst"
+    text = (s / "manifest.json").read_text() + r.stdout + r.stderr
+    assert not [p for p in secrets_of(project) if p in text]
+    mysql("DELETE FROM items WHERE id < 3; CREATE TABLE later (x INT)")
+    r = ok(project.run("backup.verify", "--restore-test", **ov))
+    assert "trailer present" in r.stdout and "counts match" in r.stdout
+    ok(project.run("restore.mysql", "--yes", "--backup", s.name, **ov))
+    assert mysql("SELECT GROUP_CONCAT(name ORDER BY id) FROM items") == "ünïcødé,记忆,plain"
+    assert mysql("SHOW TABLES LIKE 'later'") == ""  # the dump drops and recreates the database
+    assert mysql("SHOW TRIGGERS").startswith("items_ai")
+
+
+def test_redis_round_trip_with_appendonly_survives_a_restart(project, docker_client):
+    up(project, "redis")
+    for i in range(50):
+        redis(project, "SET", f"key:{i}", f"value {i}")
+    redis(project, "HSET", "h", "field", "记忆")
+    assert redis(project, "CONFIG", "GET", "appendonly").splitlines()[-1] == "yes"
+    ok(project.run("backup.redis"))
+    [s] = sets(project)
+    e = manifest(s)["entries"][0]
+    assert e["appendonly"] is True and e["members"] == ["dump.rdb", "appendonlydir"]
+    redis(project, "FLUSHALL")
+    redis(project, "SET", "later", "x")
+    r = ok(project.run("restore.redis", "--yes"))
+    assert "downtime_s" in r.stdout
+    assert redis(project, "DBSIZE") == "51"
+    assert redis(project, "GET", "key:7") == "value 7" and redis(project, "GET", "later") == ""
+    assert redis(project, "CONFIG", "GET", "appendonly").splitlines()[-1] == "yes"
+    # Redis loads the AOF on start: the restore rebuilt it from the RDB, so a restart keeps the data
+    project.compose("restart", "redis")
+    wait_for(lambda: redis(project, "PING") == "PONG", 60, "redis after a restart")
+    assert redis(project, "DBSIZE") == "51" and redis(project, "HGET", "h", "field") == "记忆"
+    r = ok(project.run("backup.verify", "--backup", s.name, "--restore-test"))
+    assert "loaded 51 key(s)" in r.stdout
+
+
+def test_neo4j_round_trip_through_the_standin_reports_downtime(project, docker_client):
+    up(project, "neo4j")
+    cypher(project, "CREATE (:Memory {id: 1, text: 'first'}), (:Memory {id: 2, text: 'second'}), (:Agent {name: 'a'})")
+    r = ok(project.run("backup.neo4j"))
+    assert "neo4j was down for" in r.stdout
+    assert state(docker_client, project, "neo4j") == "running"
+    assert not oneoffs(docker_client, project)
+    [s] = sets(project)
+    e = manifest(s)["entries"][0]
+    assert e["counts"]["nodes"] == 3 and e["db_version"] == "5.26.0" and e["downtime_s"] > 0
+    assert sorted(f["name"] for f in e["files"]) == ["neo4j.neo4j.dump", "neo4j.system.dump"]
+    cypher(project, "MATCH (n:Memory) DELETE n")
+    cypher(project, "CREATE (:Other {x: 1})")
+    assert nodes(project) == 2
+    r = ok(project.run("restore.neo4j", "--yes"))
+    assert nodes(project) == 3
+    assert cypher(project, "MATCH (n:Memory) RETURN n.text ORDER BY n.id")[1:] == ['"first"', '"second"']
+    assert not oneoffs(docker_client, project)
+    safety = [p for p in sets(project) if p != s]
+    assert len(safety) == 1 and manifest(safety[0])["entries"][0]["counts"]["nodes"] == 2
+    r = ok(project.run("backup.verify", "--backup", s.name, "--restore-test"))
+    assert "3 node(s)" in r.stdout
+
+
+def test_backup_all_verify_restore_test_and_restore_all(project, docker_client):
+    up(project, "postgres", "redis", "neo4j")
+    psql(project, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 42)")
+    redis(project, "SET", "k", "v")
+    cypher(project, "CREATE (:N {i: 1})")
+    r = ok(project.run("backup.all"))
+    assert "skipping volume(s) not created yet" in r.stdout  # grafana/prometheus never started
+    [s] = sets(project)
+    assert s.name.endswith("-all")
+    assert {e["kind"] for e in manifest(s)["entries"]} == {"postgres", "redis", "neo4j"}
+    ok(project.run("backup.verify", "--restore-test"))
+    psql(project, "DELETE FROM t")
+    redis(project, "DEL", "k")
+    cypher(project, "MATCH (n) DELETE n")
+    r = ok(project.run("restore.all", "--yes", "--no-safety-backup"))
+    assert psql(project, "SELECT count(*) FROM t") == "42"
+    assert redis(project, "GET", "k") == "v"
+    assert nodes(project) == 1
+    assert len(sets(project)) == 1  # --no-safety-backup
+
+
+def test_volumes_round_trip(project, docker_client):
+    up(project, "grafana")
+    project.exec("grafana", "sh", "-c", "mkdir -p /var/lib/grafana/plugins && echo keep > /var/lib/grafana/plugins/a.txt")
+    ok(project.run("backup.volumes", "--volume", "grafana_data"))
+    [s] = sets(project)
+    assert [f["name"] for f in manifest(s)["files"]] == ["volume-grafana_data.tar.zst"]
+    project.exec("grafana", "sh", "-c", "rm -rf /var/lib/grafana/plugins && echo new > /var/lib/grafana/b.txt")
+    ok(project.run("restore.volumes", "--yes", "--volume", "grafana_data"))
+    assert project.exec("grafana", "cat", "/var/lib/grafana/plugins/a.txt").strip() == "keep"
+    assert project.exec("grafana", "sh", "-c", "test -e /var/lib/grafana/b.txt || echo gone").strip() == "gone"
+    assert state(docker_client, project, "grafana") == "running"
+
+
+def test_the_same_code_works_through_a_shell_only_host(project, docker_client):
+    """A remote host is reached through a Context that only runs shell commands (fabric): force
+    that path locally and check a backup, its verification and a restore."""
+    from invoke import Context
+
+    from memstack_ops import backup as core
+    from memstack_ops.backup.host import ShellHost
+    from memstack_ops.config import resolve
+    from memstack_ops.lifecycle import target
+
+    up(project, "postgres")
+    psql(project, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 7)")
+    env = project.env()
+    old = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        t = target(Context(), resolve(root=project.root, environ=env))
+        host = ShellHost(t.c)
+        s = core.backup(t, "postgres", host=host)
+        assert s is not None and s.files and all(len(f["sha256"]) == 64 for f in s.files)
+        assert hashlib.sha256(Path(s.path, "postgres.pgdump").read_bytes()).hexdigest() == s.file("postgres.pgdump")["sha256"]
+        core.verify(t, s.id, host=host)
+        psql(project, "DELETE FROM t")
+        core.restore(t, "postgres", s.id, yes=True, safety=False, host=host)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert psql(project, "SELECT count(*) FROM t") == "7"
+
+
+# --------------------------------------------------------------------------- faults that must lose nothing
+
+def test_a_corrupted_backup_is_refused_before_touching_the_database(project, docker_client):
+    up(project, "postgres")
+    psql(project, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 100)")
+    ok(project.run("backup.postgres"))
+    [s] = sets(project)
+    dump = s / "postgres.pgdump"
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    psql(project, "INSERT INTO t VALUES (1000)")
+    r = project.run("backup.verify")
+    assert r.returncode != 0 and "damaged" in r.stderr and "postgres.pgdump" in r.stderr and "sha256" in r.stderr
+    r = project.run("restore.postgres", "--yes")
+    assert r.returncode != 0 and "refusing to restore" in r.stderr and "Nothing was touched" in r.stderr
+    assert psql(project, "SELECT count(*) FROM t") == "101"
+    assert sets(project) == [s]  # not even a safety backup was taken
+    assert "FAILED" in ok(project.run("backup.list")).stdout
+
+
+def test_database_killed_mid_backup_leaves_nothing_that_looks_like_a_backup(project, docker_client):
+    up(project, "postgres")
+    psql(project, "CREATE EXTENSION IF NOT EXISTS pgcrypto; CREATE TABLE blobs (b bytea); "
+                  "INSERT INTO blobs SELECT gen_random_bytes(1024) FROM generate_series(1, 150000)")
+    proc = popen(project, "backup.postgres", "--compress", "gzip")
+    root = project.root / "backups" / "memstack"
+
+    def dumping():
+        return any(p.stat().st_size > 0 for p in root.glob("*.partial/postgres.pgdump.partial"))
+
+    try:
+        wait_for(dumping, 120, "the dump to start")
+        docker_client.containers.get(f"{project.name}-postgres-1").kill()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0, out
+    # the dump is reported failed; why depends on timing: the engine may already have restarted the
+    # container (restart: unless-stopped) or the tool's kill may be seen first
+    assert "pg_dump of postgres failed" in err and ("stopped during the backup" in err or "SIGKILL" in err), err
+    assert "No file of this backup was kept" in err
+    assert not [p for p in root.rglob("*") if p.is_file()], list(root.rglob("*"))
+    assert not list(root.iterdir())  # not even an empty .partial folder
+
+
+@pytest.fixture
+def tiny_backups_dir(tmp_path):
+    d = tmp_path / "tiny"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], check=True)
+    yield d
+    subprocess.run(["umount", str(d)], check=False)
+
+
+def test_a_full_backup_disk_fails_cleanly_and_keeps_earlier_backups(project, docker_client, tiny_backups_dir):
+    env = {"MEMSTACK_BACKUPS_DIR": str(tiny_backups_dir)}
+    up(project, "redis")
+    redis(project, "SET", "small", "1")
+    ok(project.run("backup.redis", **env))
+    root = tiny_backups_dir / "memstack"
+    [first] = list(root.iterdir())
+    project.exec("redis", "sh", "-c", 'head -c 3000000 /dev/urandom > /tmp/big && '
+                                      'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -x SET big < /tmp/big >/dev/null')
+    r = project.run("backup.redis", **env)  # the free-space check refuses up front
+    assert r.returncode != 0 and "Not enough free space" in r.stderr
+    r = project.run("backup.redis", "--no-space-check", "--compress", "none", **env)  # the disk fills mid-stream
+    assert r.returncode != 0 and "No space left on device" in r.stderr, r.stderr
+    assert "earlier backups are untouched" in r.stderr
+    assert list(root.iterdir()) == [first]
+    ok(project.run("backup.verify", "--backup", first.name, **env))
+    assert redis(project, "GET", "small") == "1"
+
+
+def test_neo4j_dump_failing_midway_leaves_neo4j_running(project, docker_client):
+    up(project, "neo4j")
+    cypher(project, "CREATE (:Keep {i: 1})")
+    project.exec("neo4j", "sh", "-c", 'echo \'{"dump_fail_after_bytes": 100}\' > /data/standin/.standin-faults.json')
+    r = project.run("backup.neo4j")
+    assert r.returncode != 0 and "neo4j-admin database dump neo4j of neo4j failed" in r.stderr, r.stderr
+    assert state(docker_client, project, "neo4j") == "running"
+    assert nodes(project) == 1  # up and answering, data intact
+    assert sets(project) == [] and not oneoffs(docker_client, project)
+
+
+def test_ctrl_c_during_the_neo4j_dump_starts_neo4j_again(project, docker_client):
+    up(project, "neo4j")
+    cypher(project, "CREATE (:Keep {i: 1})")
+    project.exec("neo4j", "sh", "-c", 'echo \'{"dump_delay_seconds": 60}\' > /data/standin/.standin-faults.json')
+    proc = popen(project, "backup.neo4j")
+    try:
+        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)), 120, "the dump container")
+        assert state(docker_client, project, "neo4j") == "exited"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "Interrupted" in err
+    assert state(docker_client, project, "neo4j") == "running"
+    assert nodes(project) == 1
+    assert not oneoffs(docker_client, project)
+    root = project.root / "backups" / "memstack"
+    assert not list(root.iterdir())
+
+
+# --------------------------------------------------------------------------- retention
+
+def test_prune_keeps_the_newest_verified_and_never_touches_foreign_files(project, docker_client):
+    up(project, "redis")
+    made = []
+    for _ in range(3):
+        ok(project.run("backup.redis"))
+        made = sets(project)
+    oldest, middle, newest = made
+    ok(project.run("backup.verify", "--backup", oldest.name))
+    root = project.root / "backups" / "memstack"
+    (root / "notes.txt").write_text("mine")
+    (root / "20200101T000000Z-redis-copy").mkdir()
+    (middle / "extra.txt").write_text("mine too")
+    r = ok(project.run("backup.prune", "--keep-last", "1", "--dry-run"))
+    assert f"Would delete 1 backup set(s): {middle.name}" in r.stdout
+    assert middle.exists()
+    r = ok(project.run("backup.prune", "--keep-last", "1"))
+    assert "newest verified" in r.stdout
+    assert oldest.exists() and newest.exists()
+    assert (root / "notes.txt").read_text() == "mine" and (root / "20200101T000000Z-redis-copy").is_dir()
+    assert sorted(p.name for p in middle.iterdir()) == ["extra.txt"]  # its own files went, the foreign one stays
+    assert middle.name not in ok(project.run("backup.list")).stdout
+    r = project.run("backup.prune")
+    assert r.returncode != 0 and "--keep-last" in r.stderr
+
+
+def test_dry_runs_change_nothing(project, docker_client):
+    up(project, "postgres")
+    r = ok(project.run("backup.postgres", "--dry-run"))
+    assert "Would back up" in r.stdout and sets(project) == []
+    ok(project.run("backup.postgres"))
+    psql(project, "CREATE TABLE after_backup (x int)")
+    r = ok(project.run("restore.postgres", "--dry-run"))
+    assert "Nothing was changed" in r.stdout
+    assert psql(project, "SELECT to_regclass('after_backup') IS NOT NULL") == "t"
+    assert len(sets(project)) == 1
+
+
+def test_the_standin_refuses_a_dump_while_its_server_runs(project, docker_client):
+    up(project, "neo4j")
+    c = docker_client.containers.get(f"{project.name}-neo4j-1")
+    code, out = c.exec_run(["neo4j-admin", "database", "dump", "neo4j", "--to-stdout"], demux=True)
+    assert code == 1 and b"The database is in use" in out[1]
