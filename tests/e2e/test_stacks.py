@@ -175,3 +175,40 @@ def test_a_user_compose_file_the_tool_has_never_seen_is_operated_by_its_labels(t
         p.destroy()
         for img in ("acme/metadata-store:3", "acme/kv:1"):
             docker_client.images.remove(img, noprune=True)
+
+
+def test_agentchat_backup_all_and_restore_all_round_trip(stack_project):
+    p = stack_project("agentchat")
+    assert p.run("up", "--service", "mysql", "--service", "redis").returncode == 0
+    mysql = ("sh", "-c", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -N agentchat -e "$1"', "q")
+    p.exec("mysql", *mysql, "CREATE TABLE chats (id INT PRIMARY KEY, body TEXT); INSERT INTO chats VALUES (1, '你好')")
+    p.exec("redis", "redis-cli", "SET", "session:1", "alive")
+    r = p.run("backup.all")
+    assert r.returncode == 0, r.stdout + r.stderr
+    p.exec("mysql", *mysql, "DELETE FROM chats")
+    p.exec("redis", "redis-cli", "DEL", "session:1")
+    r = p.run("restore.all", "--yes", "--no-safety-backup")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert p.exec("mysql", *mysql, "SELECT body FROM chats").strip() == "你好"
+    assert p.exec("redis", "redis-cli", "GET", "session:1").strip() == "alive"
+
+
+def test_memos_backup_all_and_restore_all_round_trip_of_the_vector_stores(stack_project):
+    p = stack_project("memos")
+    assert p.run("up", "--service", "milvus", "--service", "qdrant", "--service", "neo4j").returncode == 0
+    p.exec("qdrant", "sh", "-c", "echo points-v1 > /qdrant/storage/collection.marker")
+    p.exec("milvus", "sh", "-c", "echo segment-v1 > /var/lib/milvus/segment.marker")
+    p.exec("minio", "sh", "-c", "echo object-v1 > /minio_data/object.marker")
+    r = p.run("backup.all", "--stop")
+    assert r.returncode == 0, r.stdout + r.stderr
+    manifest = json.loads(next((p.root / "backups" / "memos").glob("*-all/manifest.json")).read_text())
+    methods = {e.get("service") or ",".join(e.get("used_by") or []): e.get("method", "") for e in manifest["entries"]}
+    assert any("tar of the named volume" in m for m in methods.values()), methods  # the method is recorded
+    for svc, path in (("qdrant", "/qdrant/storage/collection.marker"), ("milvus", "/var/lib/milvus/segment.marker"),
+                      ("minio", "/minio_data/object.marker")):
+        p.exec(svc, "sh", "-c", f"echo changed > {path}")
+    r = p.run("restore.all", "--yes", "--no-safety-backup")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert p.exec("qdrant", "cat", "/qdrant/storage/collection.marker").strip() == "points-v1"
+    assert p.exec("milvus", "cat", "/var/lib/milvus/segment.marker").strip() == "segment-v1"
+    assert p.exec("minio", "cat", "/minio_data/object.marker").strip() == "object-v1"
