@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--scale", type=float, default=3.0, help="second size for the memory check (x size-gb)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of backup and of restore (alternating raw/tool)")
+    ap.add_argument("--fixed-rounds", type=int, default=5, help="rounds on the empty database (fixed cost per run)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=REPO / "backups") as tmp:
         p = scratch_project(Path(tmp) / "proj", REPO, prefix="msbench")
@@ -115,6 +116,22 @@ def main() -> None:
             r = p.run("up", "--service", "postgres", "--skip-checks")
             assert r.returncode == 0, r.stderr
             c = f"{p.name}-postgres-1"
+            # the fixed cost of one run (CLI start, compose, checks, manifest), on a nearly empty database
+            empty = Path(tmp) / "empty.pgdump"
+            f_raw, f_ops, f_rraw, f_rops = [], [], [], []
+            for _ in range(args.fixed_rounds):
+                f_raw.append(timed_shell(f"docker exec {c} pg_dump -Fc -U memstack -d memstack > {empty}"))
+                wall, _, _, out = timed_tool(p, "backup.postgres")
+                f_ops.append(wall)
+                sid = next(ln.split()[1] for ln in out.splitlines() if ln.startswith("Backup ") and "complete" in ln)
+                f_rraw.append(timed_shell(f"docker exec -i {c} pg_restore --clean --if-exists --single-transaction "
+                                          f"-U memstack -d memstack < {empty}"))
+                f_rops.append(timed_tool(p, "restore.postgres", "--yes", "--no-safety-backup", "--backup", sid)[0])
+            fixed_b = statistics.median(f_ops) - statistics.median(f_raw)
+            fixed_r = statistics.median(f_rops) - statistics.median(f_rraw)
+            print(f"fixed cost per run (empty database, median of {args.fixed_rounds}): backup +{fixed_b:.2f} s "
+                  f"({statistics.median(f_ops):.2f} vs {statistics.median(f_raw):.2f}), restore +{fixed_r:.2f} s "
+                  f"({statistics.median(f_rops):.2f} vs {statistics.median(f_rraw):.2f})", flush=True)
             print(f"generating {args.size_gb:.1f} GB of poorly compressible rows in PostgreSQL ...", flush=True)
             size = fill(p, c, int(args.size_gb * 1e9))
             rows = int(sql(p, c, "SELECT count(*) FROM memories"))
@@ -166,6 +183,7 @@ def main() -> None:
                       f"largest in its tree {tree3 / 1024:.0f} MB)", flush=True)
 
             print("\nsummary")
+            print(f"  fixed cost per run: backup +{fixed_b:.2f} s, restore +{fixed_r:.2f} s (empty database)")
             print(f"  backup  {size / 1e9:.2f} GB: memstack-ops {b_ops:.1f} s vs raw pg_dump -Fc {b_raw:.1f} s "
                   f"(best of {args.rounds}): ratio {b_ops / b_raw:.3f} (target <= 1.05); median ratio "
                   f"{statistics.median(t_ops) / statistics.median(t_raw):.3f}")
