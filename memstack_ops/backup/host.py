@@ -333,61 +333,57 @@ class LocalHost(Host):
 
     def capture(self, argv: list[str], dest: str, compress: list[str] | None = None,
                 progress: Callable[[int], None] | None = None) -> Captured:
+        """The last process of the pipeline writes straight into ``dest.partial`` (as a shell
+        redirect would); this process hashes the file as it grows, fsyncs in the background while
+        the dump goes on, then fsyncs, checks every exit code and renames. The writers only
+        append (dump streams, compressors), so the bytes hashed are the bytes in the file."""
         import subprocess
         import tempfile
 
         part = dest + ".partial"
         errs = [tempfile.TemporaryFile() for _ in range(2 if compress else 1)]
         procs: list[subprocess.Popen[bytes]] = []
-        fd = -1
+        fd = rfd = -1
         h = hashlib.sha256()
         n = 0
         flusher = _Flusher()
         try:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            rfd = os.open(part, os.O_RDONLY)
             flusher.start(fd)
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errs[0])
-            procs.append(p)
-            src = p.stdout
             if compress:
-                p2 = subprocess.Popen(compress, stdin=p.stdout, stdout=subprocess.PIPE, stderr=errs[1])
-                procs.append(p2)
+                p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errs[0])
+                procs.append(p)
+                procs.append(subprocess.Popen(compress, stdin=p.stdout, stdout=fd, stderr=errs[1]))
                 assert p.stdout is not None
                 p.stdout.close()  # the compressor owns it now: SIGPIPE reaches the producer
-                src = p2.stdout
-            assert src is not None
-            rfd = src.fileno()
-            try:
-                import fcntl
-
-                fcntl.fcntl(rfd, 1031, CHUNK)  # F_SETPIPE_SZ: fewer, larger reads
-            except OSError:
-                pass
+            else:
+                procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=errs[0]))
             last = 0
             while True:
                 b = os.read(rfd, CHUNK)
-                if not b:
+                if b:
+                    h.update(b)
+                    n += len(b)
+                    if n - last >= FLUSH_EVERY:
+                        flusher.kick()
+                        last = n
+                    if progress:
+                        progress(n)
+                elif all(p.poll() is not None for p in procs):
+                    while b := os.read(rfd, CHUNK):  # what was written just before the exit
+                        h.update(b)
+                        n += len(b)
                     break
-                h.update(b)
-                view = memoryview(b)
-                while view:
-                    try:
-                        view = view[os.write(fd, view):]
-                    except OSError as e:
-                        raise _WriteFailed(e) from None
-                n += len(b)
-                if n - last >= FLUSH_EVERY:
-                    flusher.kick()
-                    last = n
-                if progress:
-                    progress(n)
-            src.close()
-            codes = [_wait(p) for p in procs]
-            if any(codes):
-                stderr = "\n".join(_tail(e) for e in errs).strip()
-                bad = next(c for c in codes if c)
-                raise StreamFailed(f"The dump command {describe_exit(bad)}", codes, stderr, n)
+                else:
+                    time.sleep(0.02)
+            codes = [p.returncode for p in procs]
             stderr = "\n".join(_tail(e, 1 << 20) for e in errs).strip()
+            if any(codes):
+                if "no space left" in stderr.lower() or _full(part):  # the writer hit a full disk
+                    raise _WriteFailed(OSError(28, "No space left on device"))
+                bad = next(c for c in codes if c)
+                raise StreamFailed(f"The dump command {describe_exit(bad)}", codes, stderr[-4000:], n)
             flusher.stop()
             try:
                 os.fsync(fd)
@@ -409,13 +405,21 @@ class LocalHost(Host):
         finally:
             for e in errs:
                 e.close()
-            if fd >= 0:
-                os.close(fd)
+            for x in (fd, rfd):
+                if x >= 0:
+                    os.close(x)
         os.rename(part, dest)
         fsync_dir(os.path.dirname(dest))
         if progress:
             progress(n)
         return Captured(dest, n, h.hexdigest(), stderr)
+
+
+def _full(path: str) -> bool:
+    try:
+        return os.statvfs(os.path.dirname(path) or ".").f_bavail == 0
+    except OSError:
+        return False
 
 
 class _WriteFailed(Exception):
@@ -454,16 +458,6 @@ class _Flusher:
         self.ev.set()
         if self.t:
             self.t.join(timeout=60)
-
-
-def _wait(p: Any) -> int | None:
-    import subprocess
-
-    try:
-        return int(p.wait(timeout=120))
-    except subprocess.TimeoutExpired:
-        p.kill()
-        return None
 
 
 def _kill(procs: list[Any]) -> None:

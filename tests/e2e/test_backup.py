@@ -72,8 +72,12 @@ def nodes(project):
 
 
 def sets(project):
+    """Set folders, oldest first, in the tool's own order: two sets made in the same second are
+    <time>-<kind> then <time>-1-<kind>, which a plain name sort puts the other way round."""
+    from memstack_ops.backup.sets import parse_id
+
     d = project.root / "backups" / "memstack"
-    return sorted(p for p in d.iterdir()) if d.is_dir() else []
+    return sorted((p for p in d.iterdir()), key=lambda p: (parse_id(p.name) or (p.name,))[:2]) if d.is_dir() else []
 
 
 def manifest(path):
