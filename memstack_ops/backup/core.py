@@ -17,11 +17,17 @@ from .sets import (MANIFEST, VERIFY, BackupSet, human_size, iso, list_sets, load
                    select_keep, utcnow)
 
 
-def backups_root(t: Any) -> str:
-    """``<backups_dir>/<stack>``; a relative backups_dir is relative to the project root."""
+def backups_root(t: Any, here: bool = False) -> str:
+    """``<backups_dir>/<stack>``; a relative backups_dir is relative to the project root, and on a
+    remote host (``-H``) to its deploy root (beside ``releases/``, so backups outlive releases).
+    ``here``: the root on this machine even when ``t`` targets a host (where --fetch puts sets)."""
     d = PurePosixPath(str(t.settings["backups_dir"]))
     if not d.is_absolute():
-        d = PurePosixPath(str(t.stack.root)) / d
+        remote = None if here else getattr(getattr(t, "compose", None), "remote_root", None)
+        # here: the project's own root (on a host target, stack.root is a temporary mirror of the release)
+        base = remote.rsplit("/releases/", 1)[0] if remote else str(
+            (getattr(t.settings, "root", None) if here else None) or t.stack.root)
+        d = PurePosixPath(base) / d
     return str(d / t.stack.name)
 
 

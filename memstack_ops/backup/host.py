@@ -510,9 +510,11 @@ def fsync_dir(path: str) -> None:
 
 
 def host_for(c: Any) -> Host:
-    """LocalHost for invoke's own Context (commands run on this machine), ShellHost otherwise."""
+    """LocalHost for invoke's own Context (commands run on this machine), ShellHost for anything
+    that runs them elsewhere: a fabric Connection (it has a ``host``) or the remote hosts' own
+    Connection (``stack_target``, memstack_ops/remote)."""
     from invoke import Context
 
-    if isinstance(c, Context) and not type(c).__module__.startswith("fabric"):
+    if isinstance(c, Context) and not (hasattr(c, "host") or hasattr(c, "stack_target")):
         return LocalHost(c)
     return ShellHost(c)

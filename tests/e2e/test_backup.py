@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest_remote import hosts, ssh_key  # noqa: F401 - fixtures (hosts with sshd and dockerd)
 
 pytestmark = pytest.mark.e2e
 
@@ -454,3 +455,42 @@ def test_the_standin_refuses_a_dump_while_its_server_runs(project, docker_client
     c = docker_client.containers.get(f"{project.name}-neo4j-1")
     code, out = c.exec_run(["neo4j-admin", "database", "dump", "neo4j", "--to-stdout"], demux=True)
     assert code == 1 and b"The database is in use" in out[1]
+
+
+# --------------------------------------------------------------------------- on a remote host (-H)
+
+def test_backup_verify_and_restore_on_a_remote_host(tmp_path, hosts, ssh_key):
+    """The same tasks through a fabric Connection: dumps, checksums and one-off containers all run
+    on the host (a container with its own sshd and dockerd); backups live beside its releases."""
+    from conftest_remote import make_project
+
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private)
+    box = hosts["h1"]
+
+    def cli(*args):
+        return box.sh(f"docker exec {p.name}-cache-1 redis-cli " + " ".join(args)).strip()
+
+    try:
+        ok(p.run("-H", "h1", "deploy", timeout=600))
+        for i in range(20):
+            cli("SET", f"k{i}", f"v{i}")
+        r = ok(p.run("-H", "h1", "backup.redis", "--service", "cache", timeout=300))
+        assert "[h1]" in r.stdout and "complete" in r.stdout
+        listing = box.sh(f"ls {p.stack_root}/backups/tiny/")
+        [set_id] = [ln for ln in listing.split() if ln.endswith("-redis")]
+        m = json.loads(box.sh(f"cat {p.stack_root}/backups/tiny/{set_id}/manifest.json"))
+        f = m["files"][0]
+        assert box.sh(f"sha256sum {p.stack_root}/backups/tiny/{set_id}/{f['name']}").split()[0] == f["sha256"]
+        assert set_id in ok(p.run("-H", "h1", "backup.list")).stdout
+        ok(p.run("-H", "h1", "backup.verify", "--restore-test", timeout=300))
+        cli("FLUSHALL")
+        cli("SET", "later", "x")
+        ok(p.run("-H", "h1", "restore.redis", "--service", "cache", "--yes", timeout=300))
+        assert cli("DBSIZE") == "20" and cli("GET", "k3") == "v3" and cli("GET", "later") == ""
+        assert "mstest" not in box.sh("docker ps -a --format '{{.Names}}'")  # no one-off left behind
+        assert not (p.root / "backups").exists()  # nothing was written on this machine
+    finally:
+        box.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 1 >/dev/null 2>&1; "
+               f"docker ps -aq --filter label=memstack-ops.project={p.name} | xargs -r docker rm -f >/dev/null; "
+               f"rm -rf {p.stack_root}", check=False)
+

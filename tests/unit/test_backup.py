@@ -131,6 +131,16 @@ def test_prune_deletes_only_what_manifests_list(tmp_path):
 def test_backups_dir_is_relative_to_the_project_root_unless_absolute(tmp_path):
     assert core.backups_root(_target(tmp_path)) == f"{tmp_path}/backups/memstack"
     assert core.backups_root(_target(tmp_path, "/srv/bk")) == "/srv/bk/memstack"
+    on_host = _target(tmp_path)  # -H: the stack runs from <root>/releases/<id> on the host
+    on_host.compose = SimpleNamespace(remote_root="/srv/app/releases/20260101T000000Z-abc")
+    assert core.backups_root(on_host) == "/srv/app/backups/memstack"
+
+    class Settings(dict):  # on a host, stack.root is a temporary mirror: --fetch must use the project root
+        root = tmp_path / "project"
+
+    on_host.settings = Settings(on_host.settings)
+    on_host.stack.root = "/tmp/memstack-ops-release-x/20260101T000000Z-abc"
+    assert core.backups_root(on_host, here=True) == f"{tmp_path}/project/backups/memstack"
 
 
 # --------------------------------------------------------------------------- checksums
@@ -202,8 +212,14 @@ def test_an_interrupt_stops_the_producer_and_removes_the_partial_file(tmp_path):
 
 
 def test_local_context_writes_locally_and_others_through_the_shell():
-    assert isinstance(host_for(Context()), LocalHost)
+    from fabric import Connection
+
+    from memstack_ops.remote.ssh import HostConnection
+
+    assert isinstance(host_for(Context()), LocalHost) and isinstance(host_for(MockContext()), LocalHost)
     assert type(host_for(SimpleNamespace(run=None))) is ShellHost
+    assert type(host_for(Connection("example.invalid"))) is ShellHost
+    assert issubclass(HostConnection, Connection) and hasattr(HostConnection, "stack_target")
 
 
 def test_shell_host_file_operations(tmp_path):
