@@ -15,6 +15,7 @@ DRY = "say what would be done, change nothing"
 SPACE = "skip the free-space check against the database size"
 SERVICE = "only this service (repeatable); default every service of this kind"
 BACKUP = "backup id (see backup.list) or its folder; default the newest that is not a safety backup"
+FETCH = "with -H: also copy the finished set to this machine's backups/, checking every sha256"
 YES = "do not ask for the stack name; required when stdin is not a terminal"
 NO_SAFETY = "skip the safety backup of the current data taken before restoring"
 RSERVICE = "the service to restore into; default the one the backup was taken from"
@@ -36,27 +37,51 @@ def _print_set(s, t0):
     say(f"Backup {s.id} complete: {human_size(s.size)} in {time.monotonic() - t0:.1f} s.")
 
 
-def _backup(c, kind, stack, stage, overlay, dry_run=False, no_space_check=False, compress="zstd", **kw):
+def _backup(c, kind, stack, stage, overlay, dry_run=False, no_space_check=False, compress="zstd", fetch=False, **kw):
     import time
 
     from .. import backup as core
 
+    if fetch:
+        from ..backup.fetch import require_remote
+
+        require_remote(c)  # before anything is made
     t0 = time.monotonic()
     t = target(c, stack, stage, overlay)
     s = core.backup(t, kind, compress=compress, dry_run=dry_run, space_check=not no_space_check, **kw)
     if s is not None:
         _print_set(s, t0)
+        if fetch:
+            _fetch(t, s)
+
+
+def _fetch(t, s=None, set_id=None):
+    from ..backup.fetch import BackupError, fetch, host_label
+    from ..backup.sets import human_size
+    from ..output import say
+
+    try:
+        f = fetch(t, set_id, s)
+    except BackupError as e:
+        if s is None:
+            raise
+        raise BackupError(f"Backup {s.id} is complete on {host_label(t.c)} ({s.path}), but fetching it failed: {e} "
+                          f"To try again: memstack-ops -H {host_label(t.c)} backup.fetch --backup {s.id}") from None
+    if not f.already:
+        rate = f.copied / max(f.seconds, 1e-6)
+        say(f"Fetched {f.set.id} into {f.set.path}: {len(f.set.files)} file(s), {human_size(f.copied)} copied in "
+            f"{f.seconds:.1f} s ({human_size(rate)}/s), sha256 of every file matches the manifest.")
 
 
 def _db_backup_task(kind, title):
-    def task_(c, service=None, compress="zstd", dry_run=False, no_space_check=False, stack=None, stage=None,
-              overlay=None):
-        _backup(c, kind, stack, stage, overlay, dry_run, no_space_check, compress, services=service or ())
+    def task_(c, service=None, compress="zstd", dry_run=False, no_space_check=False, fetch=False, stack=None,
+              stage=None, overlay=None):
+        _backup(c, kind, stack, stage, overlay, dry_run, no_space_check, compress, fetch, services=service or ())
 
     task_.__doc__ = title
     task_.__name__ = task_.__qualname__ = f"backup_{kind}"
     return ops_task(name=kind, iterable=["service"], help={
-        "service": SERVICE, "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE})(task_)
+        "service": SERVICE, "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH})(task_)
 
 
 backup_postgres = _db_backup_task("postgres", "Back up PostgreSQL: pg_dump -Fc in its own container (plus roles), streamed to disk.")
@@ -68,20 +93,31 @@ backup_neo4j = _db_backup_task("neo4j", "Back up Neo4j: stop it, neo4j-admin dat
 @ops_task(name="volumes", iterable=["volume"], help={
     "volume": "named volume to back up, by its compose name (repeatable); default all",
     "stop": "stop the services using the volumes while they are copied (consistent copy), start them after",
-    "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE})
-def backup_volumes(c, volume=None, stop=False, compress="zstd", dry_run=False, no_space_check=False, stack=None,
-                   stage=None, overlay=None):
+    "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH})
+def backup_volumes(c, volume=None, stop=False, compress="zstd", dry_run=False, no_space_check=False, fetch=False,
+                   stack=None, stage=None, overlay=None):
     """Back up named volumes as tar streams from one-off containers."""
-    _backup(c, "volumes", stack, stage, overlay, dry_run, no_space_check, compress, volumes=volume or (), stop=stop)
+    _backup(c, "volumes", stack, stage, overlay, dry_run, no_space_check, compress, fetch, volumes=volume or (),
+            stop=stop)
 
 
 @ops_task(name="all", iterable=["exclude"], help={
     "exclude": "service or volume to leave out (repeatable)", "stop": "stop services while their volumes are copied",
-    "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE})
-def backup_all(c, exclude=None, stop=False, compress="zstd", dry_run=False, no_space_check=False, stack=None,
-               stage=None, overlay=None):
+    "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH})
+def backup_all(c, exclude=None, stop=False, compress="zstd", dry_run=False, no_space_check=False, fetch=False,
+               stack=None, stage=None, overlay=None):
     """Back up everything the stack has in one set: every database, plus the volumes no database owns."""
-    _backup(c, "all", stack, stage, overlay, dry_run, no_space_check, compress, exclude=exclude or (), stop=stop)
+    _backup(c, "all", stack, stage, overlay, dry_run, no_space_check, compress, fetch, exclude=exclude or (),
+            stop=stop)
+
+
+@ops_task(name="fetch", help={"backup": "backup id on the host (see `-H HOST backup.list`); default the newest"})
+def backup_fetch(c, backup=None, stack=None, stage=None, overlay=None):
+    """With -H: copy a backup set from the host to this machine's backups/, checking every sha256 (resumes)."""
+    from ..backup.fetch import require_remote
+
+    require_remote(c)
+    _fetch(target(c, stack, stage, overlay, require_env=False), set_id=backup)
 
 
 @ops_task(name="list", help={"kind": "only sets of this kind (postgres, mysql, redis, neo4j, volumes, all)"})
@@ -213,6 +249,6 @@ def restore_all(c, backup=None, yes=False, no_safety_backup=False, dry_run=False
 
 
 backup_ns = Collection("backup", backup_postgres, backup_mysql, backup_redis, backup_neo4j, backup_volumes, backup_all,
-                       backup_list, backup_verify, backup_prune)
+                       backup_list, backup_verify, backup_prune, backup_fetch)
 restore_ns = Collection("restore", restore_postgres, restore_mysql, restore_redis, restore_neo4j, restore_volumes,
                         restore_all)

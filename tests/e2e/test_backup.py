@@ -494,3 +494,53 @@ def test_backup_verify_and_restore_on_a_remote_host(tmp_path, hosts, ssh_key):
                f"docker ps -aq --filter label=memstack-ops.project={p.name} | xargs -r docker rm -f >/dev/null; "
                f"rm -rf {p.stack_root}", check=False)
 
+
+def test_fetch_brings_a_remote_set_home_with_its_checksums_checked(tmp_path, hosts, ssh_key):
+    """-H h1 backup.redis --fetch, backup.fetch of an existing set (idempotent), and a set damaged
+    on the host: refused, named as damaged there, nothing that looks like a set left here."""
+    from conftest_remote import make_project
+
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private)
+    box = hosts["h1"]
+    remote_root = f"{p.stack_root}/backups/tiny"
+    local_root = p.root / "backups" / "tiny"
+    try:
+        r = p.run("backup.redis", "--service", "cache", "--fetch")  # no -H: nothing to fetch from
+        assert r.returncode != 0 and "needs -H HOST" in r.stderr and not local_root.exists()
+        ok(p.run("-H", "h1", "deploy", timeout=600))
+        for i in range(50):
+            box.sh(f"docker exec {p.name}-cache-1 redis-cli SET k{i} {'v' * 2000}")
+        r = ok(p.run("-H", "h1", "backup.redis", "--service", "cache", "--fetch", timeout=300))
+        assert "sha256 of every file matches the manifest" in r.stdout
+        [first] = [d.name for d in local_root.iterdir()]
+        assert first.endswith("-redis") and first in box.sh(f"ls {remote_root}")
+        here, there = local_root / first, f"{remote_root}/{first}"
+        assert (here / "manifest.json").read_bytes() == box.sh(f"cat {there}/manifest.json").encode()
+        for f in json.loads((here / "manifest.json").read_text())["files"]:
+            data = (here / f["name"]).read_bytes()
+            assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["sha256"]
+            assert box.sh(f"sha256sum {there}/{f['name']}").split()[0] == f["sha256"]
+            assert (here / f["name"]).stat().st_mode & 0o077 == 0
+        v = json.loads((here / "verify.json").read_text())
+        assert v["ok"] and v["level"] == "checksum" and v["fetched_from"]["host"] == "h1"
+        listing = ok(p.run("backup.list")).stdout  # the local list sees it, checked
+        assert first in listing and "checksum" in listing
+
+        r = ok(p.run("-H", "h1", "backup.fetch", "--backup", first))
+        assert "here already" in r.stdout and [d.name for d in local_root.iterdir()] == [first]
+
+        # a second set, damaged on the host (same size, one byte changed): refused, named as the host's
+        ok(p.run("-H", "h1", "backup.redis", "--service", "cache", timeout=300))
+        second = sorted(x for x in box.sh(f"ls {remote_root}").split() if x != first)[-1]
+        fname = json.loads(box.sh(f"cat {remote_root}/{second}/manifest.json"))["files"][0]["name"]
+        box.sh(f"printf 'X' | dd of={remote_root}/{second}/{fname} bs=1 seek=100 conv=notrunc 2>/dev/null")
+        r = p.run("-H", "h1", "backup.fetch", timeout=300)
+        assert r.returncode != 0, r.stdout
+        assert "does not match its manifest either" in r.stderr and fname in r.stderr
+        assert sorted(d.name for d in local_root.iterdir() if not d.name.endswith(".partial")) == [first]
+        assert not any((local_root / d).is_file() for d in os.listdir(local_root))
+        assert second not in ok(p.run("backup.list")).stdout.replace(f"{second}.partial", "")
+    finally:
+        box.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 1 >/dev/null 2>&1; "
+               f"docker ps -aq --filter label=memstack-ops.project={p.name} | xargs -r docker rm -f >/dev/null; "
+               f"rm -rf {p.stack_root}", check=False)

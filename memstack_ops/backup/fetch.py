@@ -1,0 +1,276 @@
+"""``--fetch`` / ``backup.fetch``: bring a backup set made on a remote host (``-H``) to this
+machine's ``backups/<stack>/``, checking every file against the set's manifest on the way.
+
+How it is safe:
+- files stream over the host's SFTP channel (paramiko, a bounded prefetch window, so memory stays
+  flat whatever the size) into ``<id>.partial/`` and are hashed as they are written;
+- a file whose size or sha256 differs from the manifest is deleted, and the host's own copy is
+  hashed to say where the damage is (on the host, or in transit);
+- only when every file matches are the manifest and a ``verify.json`` (level ``checksum``, with
+  where the set came from) written, fsynced, and the folder renamed to its id: a folder named like
+  a set is always a complete, checked one;
+- an interrupted fetch leaves ``<id>.partial/``; the next fetch of the same set keeps the files in it
+  that are already complete and checked, and copies the rest;
+- a set that is already here (same manifest, files intact) is not copied again.
+
+The local id is the host's id unless a different set here has that name (two hosts backing up in
+the same second), then the next free ``<time>-N-<kind>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .host import BackupError, LocalHost, fsync_dir, host_for
+from .sets import MANIFEST, VERIFY, BackupSet, human_size, iso, list_sets, load_set, manifest_json, new_id, parse_id, utcnow
+
+SOURCE = ".fetch-source"  # inside <id>.partial/: which host and set the partial folder is filling from
+PREFETCH = 64  # concurrent SFTP read requests of 32 KB: about 2 MB in flight, whatever the file size
+_pick = threading.Lock()  # -H a,b --fetch runs hosts in threads: they must not pick the same local id
+
+
+@dataclass
+class Fetched:
+    set: BackupSet
+    host: str
+    remote_path: str
+    copied: int  # bytes copied this time (0 when everything was here already)
+    kept: list[str]  # files a previous, interrupted fetch had completed
+    seconds: float
+    already: bool = False
+
+
+def host_label(c: Any) -> str:
+    name = getattr(getattr(c, "inventory", None), "name", None) or getattr(c, "host", None)
+    return str(name or "the host")
+
+
+def require_remote(c: Any) -> None:
+    if isinstance(host_for(c), LocalHost) or not hasattr(c, "sftp"):
+        raise BackupError("--fetch copies a backup set from a remote host to this machine, so it needs -H HOST "
+                          "(for example `memstack-ops -H prod backup.all --fetch`, or `memstack-ops -H prod "
+                          "backup.fetch` for an existing set). Without -H the backup is made here already, in "
+                          "backups/. Nothing was done.")
+
+
+def safe_name(name: str, set_id: str) -> str:
+    if not name or "/" in name or name.startswith(".") or name in (MANIFEST, VERIFY):
+        raise BackupError(f"Backup {set_id}'s manifest lists a file named {name!r}; a backup file is a plain name "
+                          f"inside the set's folder. The manifest is damaged: fetch another set. Nothing was copied.")
+    return name
+
+
+def fetch(t: Any, set_id: str | None = None, s: BackupSet | None = None, say: Any = None) -> Fetched:
+    """Copy the remote set ``s`` (or the one ``set_id`` names, default the newest) here."""
+    from .core import backups_root, find_set, progress_bar
+
+    say = say or _say
+    require_remote(t.c)
+    remote = host_for(t.c)
+    label = host_label(t.c)
+    if s is None:
+        s = find_set(list_sets(remote, backups_root(t)), set_id, stack=t.stack.name)
+    if s.error:
+        raise BackupError(f"Backup {s.id} on {label} has an unreadable manifest ({s.error}); it cannot be checked, so "
+                          f"it is not fetched. Pick another set (`memstack-ops -H {label} backup.list`).")
+    mtext = remote.read_text(f"{s.path}/{MANIFEST}")
+    if mtext is None or json.loads(mtext) != s.manifest:
+        raise BackupError(f"Backup {s.id} on {label} changed while it was being fetched (its manifest differs); "
+                          f"run the fetch again.")
+    files = [(safe_name(str(f["name"]), s.id), int(f["size"]), str(f["sha256"])) for f in s.files]
+    if not files:
+        raise BackupError(f"Backup {s.id} on {label} lists no files in its manifest; there is nothing to fetch.")
+    here = LocalHost(_local_context())
+    root = backups_root(t, here=True)
+    here.makedirs(root)
+    source = {"host": label, "path": s.path, "id": s.id,
+              "manifest_sha256": hashlib.sha256(mtext.encode()).hexdigest()}
+    t0 = time.monotonic()
+
+    with _pick:
+        local_id, part, already = _choose(here, root, s, source)
+        if already:
+            local = load_set(here, root, local_id)
+            assert local is not None
+            say(f"Backup {s.id} from {label} is here already as {local.path} (files checked); nothing copied.")
+            return Fetched(local, label, s.path, 0, [], time.monotonic() - t0, already=True)
+
+    kept = [n for n, size, digest in files if _complete(f"{part}/{n}", size, digest)]
+    todo = [(n, size, digest) for n, size, digest in files if n not in kept]
+    need = sum(size for _, size, _ in todo)
+    free = here.free_bytes(root)
+    if free < need:
+        if not kept:  # leave nothing behind for a fetch that never started
+            _remove_empty(part)
+        raise BackupError(f"Not enough free space in {root} to fetch backup {s.id}: {human_size(need)} to copy, "
+                          f"{human_size(free)} free. Free some space (`memstack-ops backup.prune`) or point "
+                          f"backups_dir at a bigger disk. Nothing was changed; the set is still on {label}.")
+    if kept:
+        say(f"  resuming an interrupted fetch: {len(kept)} file(s) already here and checked")
+    say(f"Fetching backup {s.id} ({human_size(need)}, {len(todo)} file(s)) from {label}:{s.path} into {root}/{local_id}")
+    sftp = t.c.sftp()
+    copied = 0
+    for name, size, digest in todo:
+        with progress_bar(f"{name} from {label}", size) as bar:
+            got_size, got_digest = _get(sftp, f"{s.path}/{name}", f"{part}/{name}", bar.update, label)
+        copied += got_size
+        if (got_size, got_digest) != (size, digest):
+            os.unlink(f"{part}/{name}")
+            where = _where(remote, f"{s.path}/{name}", size, digest)
+            raise BackupError(f"Fetching backup {s.id} from {label}: {name} arrived with {got_size} bytes and sha256 "
+                              f"{got_digest[:16]}..., the manifest says {size} bytes and {digest[:16]}... {where} "
+                              f"The bad copy was deleted; files already checked stay in {part} for the next try.")
+    _write(f"{part}/{MANIFEST}", mtext)
+    _write(f"{part}/{VERIFY}", manifest_json({
+        "time": iso(utcnow()), "ok": True, "level": "checksum",
+        "details": [f"fetched from {label}:{s.path}; {len(files)} file(s), sizes and sha256 match the manifest"],
+        "fetched_from": {k: v for k, v in source.items()},
+        "remote_verify": s.verify}))
+    os.unlink(f"{part}/{SOURCE}")
+    os.rename(part, f"{root}/{local_id}")
+    fsync_dir(root)
+    local = load_set(here, root, local_id)
+    assert local is not None
+    return Fetched(local, label, s.path, copied, kept, time.monotonic() - t0)
+
+
+def _say(msg: str) -> None:
+    from ..output import say
+
+    say(msg)
+
+
+def _local_context() -> Any:
+    from invoke import Context
+
+    return Context()
+
+
+def _choose(here: LocalHost, root: str, s: BackupSet, source: dict[str, str]) -> tuple[str, str, bool]:
+    """(local id, its partial folder, already complete here). Reuses the partial folder of an
+    interrupted fetch of the same set; never reuses a name another set holds."""
+    names = here.listdir(root)
+    for n in names:  # an earlier fetch of this very set: finished, or interrupted
+        base = n.removesuffix(".partial")
+        if not parse_id(base):
+            continue
+        if n.endswith(".partial"):
+            if _read_json(f"{root}/{n}/{SOURCE}") == source:
+                return base, f"{root}/{n}", False
+        else:
+            local = load_set(here, root, n)
+            if local and local.manifest == s.manifest and not _check(here, local):
+                return n, f"{root}/{n}", True
+    parsed = parse_id(s.id)
+    assert parsed
+    taken = list(names)
+    for _ in range(100):
+        cand = s.id if s.id not in {x.removesuffix(".partial") for x in taken} else new_id(parsed[2], taken, parsed[0])
+        part = f"{root}/{cand}.partial"
+        if here.mkdir_new(part):
+            _write(f"{part}/{SOURCE}", json.dumps(source))
+            return cand, part, False
+        taken.append(cand)
+    raise BackupError(f"Could not create a folder for the fetched backup in {root}.")
+
+
+def _remove_empty(part: str) -> None:
+    if set(os.listdir(part)) <= {SOURCE}:
+        for n in os.listdir(part):
+            os.unlink(f"{part}/{n}")
+        os.rmdir(part)
+
+
+def _check(here: LocalHost, s: BackupSet) -> list[str]:
+    from .core import check_files
+
+    return check_files(here, s)
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _complete(path: str, size: int, digest: str) -> bool:
+    try:
+        if os.path.getsize(path) != size:
+            return False
+    except OSError:
+        return False
+    return LocalHost(None).sha256(path) == digest
+
+
+class _HashingFile:
+    """What paramiko's getfo writes into: a 0600 file, hashed and counted on the way."""
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def write(self, b: bytes) -> int:
+        self.h.update(b)
+        view = memoryview(b)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.n += len(b)
+        return len(b)
+
+    def close(self) -> None:
+        try:
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+
+
+def _get(sftp: Any, src: str, dest: str, progress: Any, label: str) -> tuple[int, str]:
+    out = _HashingFile(dest)
+    try:
+        sftp.getfo(src, out, callback=lambda done, _total: progress(done), prefetch=True,
+                   max_concurrent_prefetch_requests=PREFETCH)
+    except OSError as e:
+        out.close()
+        os.unlink(dest)
+        if getattr(e, "errno", None) == 28:
+            raise BackupError(f"This machine's disk filled up while fetching {os.path.basename(dest)}: free some space "
+                              f"and run the fetch again (files already checked are kept).") from None
+        raise BackupError(f"Reading {src} on {label} failed: {e}. Run the fetch again; files already checked are "
+                          f"kept.") from None
+    except BaseException:
+        out.close()
+        os.unlink(dest)
+        raise
+    out.close()
+    return out.n, out.h.hexdigest()
+
+
+def _where(remote: Any, path: str, size: int, digest: str) -> str:
+    """Is the host's own copy damaged, or did the bytes change on the way?"""
+    try:
+        if remote.size(path) == size and remote.sha256(path) == digest:
+            return "The file on the host is intact, so it changed in transit: run the fetch again."
+        return ("The file on the host does not match its manifest either: that backup is damaged there; "
+                "fetch an older set (`backup.list` with -H).")
+    except BackupError:
+        return "The host's copy could not be checked."
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(text.encode())
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
