@@ -99,6 +99,7 @@ class Watch:
     # waits for its server) never delays noticing that another service is ready.
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "health-check"))
     inflight: dict[str, Future[tuple[bool, str]]] = field(default_factory=dict)
+    settle: float = 0.25  # how long a round waits for the checks it started (most take < 0.1 s)
 
     def _svc(self, name: str) -> dict[str, Any]:
         return dict(self.model["services"][name])
@@ -177,10 +178,17 @@ class Watch:
                 self._set(st, ready=True, detail="healthy (engine)")
             elif state == "running":
                 to_check.append(st)
+        pending = []
         for st in to_check:
             fut = self.inflight.get(st.service)
             if fut is None:
                 self.inflight[st.service] = fut = self.pool.submit(self._run_check, st)
+            pending.append((st, fut))
+        if pending and self.settle > 0:  # a quick check is judged this round, not one interval later
+            from concurrent.futures import wait as wait_futures
+
+            wait_futures([f for _, f in pending], timeout=self.settle)
+        for st, fut in pending:
             if fut.done():
                 del self.inflight[st.service]
                 ok, out = fut.result()

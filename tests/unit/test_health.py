@@ -402,3 +402,23 @@ def test_wait_fails_fast_on_a_crash_without_waiting_for_the_timeout(comp):
 def test_status_defaults():
     st = Status("db")
     assert (st.state, st.health, st.ready, st.failed, st.ready_after) == ("pending", "", False, False, None)
+
+
+def test_a_quick_check_is_judged_in_the_round_that_started_it(comp):
+    """Checks run in a thread pool; a round waits up to ``settle`` for them, so a check that passes in
+    50 ms makes the service ready now instead of one poll interval later."""
+    import time as _time
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Slow:
+        def run(self, cmd, **kw):
+            if cmd == ps_cmd(comp, "db"):
+                return Result(ndjson(row("db", health="starting")))
+            assert cmd == DB_CHECK
+            _time.sleep(0.05)
+            return Result("accepting connections\n")
+
+    assert Watch(Slow(), comp, MODEL, pool=ThreadPoolExecutor(2)).poll(["db"]) is True
+    w = Watch(Slow(), comp, MODEL, pool=ThreadPoolExecutor(2), settle=0)
+    assert w.poll(["db"]) is False and w.inflight  # without settle: judged one round later
+    w.close()
