@@ -286,9 +286,9 @@ def check_files(host: Host, s: BackupSet, names: Iterable[str] | None = None) ->
         if size != int(f["size"]):
             problems.append(f"{f['name']} has {size} bytes, the manifest says {f['size']}")
             continue
-        digest = host.sha256(path)
-        if digest != f["sha256"]:
-            problems.append(f"{f['name']}: sha256 {digest[:16]}... does not match the manifest's {f['sha256'][:16]}...")
+        why = host.mismatch(path, f)
+        if why:
+            problems.append(f"{f['name']}: {why}")
     return problems
 
 
@@ -392,13 +392,15 @@ def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = 
         model = job.model
         select_services(model, kind, [target], t.stack.name)
         svc = job.inspect(target)
+        eng = ENGINES[kind]
+        if svc.running and kind in ("postgres", "redis", "neo4j"):  # read-only: version, size, settings
+            opts["plan"] = eng.plan(job, svc)
         problems = hashing.result() if hashing else []
     if problems:
         record_verify(host, s, False, "checksum", problems)
         raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. Nothing was "
                           f"touched. Pick an older backup with --backup (see `memstack-ops backup.list`).")
     deps = [d for d in dependants(model, target)]
-    eng = ENGINES[kind]
     job.say(f"Restore {target} of stack {t.stack.name} (project {t.stack.project}) from backup {s.id} "
             f"({entry['service']}, {entry.get('image')}, {entry.get('db_version', '')}, "
             f"{human_size(sum(int(f['size']) for f in entry['files']))}); checksums OK.")

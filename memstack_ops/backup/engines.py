@@ -431,8 +431,13 @@ class deferred_interrupts:
 
 
 def file_entry(name: str, cap: Captured, role: str, compression: str, service: str) -> dict[str, Any]:
-    return {"name": name, "service": service, "role": role, "size": cap.size, "sha256": cap.sha256,
-            "compression": compression}
+    entry = {"name": name, "service": service, "role": role, "size": cap.size, "sha256": cap.sha256,
+             "compression": compression}
+    if cap.pieces is not None:
+        from .host import PIECE
+
+        entry["pieces"] = {"size": PIECE, "sha256": cap.pieces}
+    return entry
 
 
 def fail_capture(job: Job, svc: Svc | None, e: StreamFailed, what: str) -> BackupError:
@@ -660,7 +665,7 @@ class Postgres(Engine):
     def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Callable[[], Any] | None,
                 globals_: bool = False, **opts: Any) -> dict[str, Any]:
         self.require_running(svc)
-        plan = self.plan(job, svc)
+        plan = opts.get("plan") or self.plan(job, svc)  # core.restore plans while the checksums run
         if int(entry.get("db_version_num", 0)) // 10000 > plan.info["version_num"] // 10000:
             raise BackupError(f"The backup is from PostgreSQL {entry.get('db_version')}; {svc.name} runs "
                               f"{plan.info['version']}: pg_restore cannot read a dump from a newer major version. "
@@ -918,7 +923,7 @@ redis-cli -s "$d/s" shutdown nosave >/dev/null 2>&1 || true''')
     def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Callable[[], Any] | None,
                 **opts: Any) -> dict[str, Any]:
         self.require_running(svc)
-        plan = self.plan(job, svc)
+        plan = opts.get("plan") or self.plan(job, svc)  # core.restore plans while the checksums run
         if safety:
             safety()
         f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
@@ -1056,7 +1061,7 @@ class Neo4j(Engine):
     def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Callable[[], Any] | None,
                 system: bool = False, **opts: Any) -> dict[str, Any]:
         self.require_running(svc)
-        plan = self.plan(job, svc)
+        plan = opts.get("plan") or self.plan(job, svc)  # core.restore plans while the checksums run
         have, want = plan.info.get("version", ""), str(entry.get("db_version", ""))
         if have and want and _vtuple(want) > _vtuple(have):
             raise BackupError(f"The backup is from Neo4j {want}; {svc.name} runs {have}: a dump loads into the same or "

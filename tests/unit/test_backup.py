@@ -303,3 +303,46 @@ def test_backup_tasks_parse_like_the_docs_say():
     assert prog.tasks[0].args["keep_last"].value == 3 and prog.tasks[0].args["dry_run"].value
     prog = parse_cli(["memstack-ops", "backup.volumes", "--volume", "a", "--volume", "b", "--stop"])
     assert prog.tasks[0].args["volume"].value == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- piece hashes
+
+def test_the_hasher_gives_the_whole_sha256_and_one_per_piece():
+    from memstack_ops.backup.host import Hasher
+
+    data = os.urandom(10_000)
+    h = Hasher(piece=4096)
+    for i in range(0, len(data), 3000):  # chunks that straddle piece boundaries
+        h.update(data[i:i + 3000])
+    whole, pieces = h.finish()
+    assert whole == hashlib.sha256(data).hexdigest()
+    assert pieces == [hashlib.sha256(data[i:i + 4096]).hexdigest() for i in range(0, 10_000, 4096)]
+
+
+def test_capture_records_piece_hashes_and_checks_them_in_parallel(tmp_path):
+    from memstack_ops.backup.engines import file_entry
+    from memstack_ops.backup.host import PIECE
+
+    data = os.urandom(300_000)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    cap = LocalHost(Context()).capture(["cat", str(src)], str(tmp_path / "x"))
+    f = file_entry("x", cap, "dump", "none", "db")
+    assert f["pieces"] == {"size": PIECE, "sha256": [hashlib.sha256(data).hexdigest()]}
+    host = LocalHost(Context())
+    assert host.mismatch(str(tmp_path / "x"), f) == ""
+    # three small pieces: one damaged byte is named by its piece's byte range
+    f3 = {"size": 300_000, "sha256": hashlib.sha256(data).hexdigest(),
+          "pieces": {"size": 100_000, "sha256": [hashlib.sha256(data[i:i + 100_000]).hexdigest()
+                                                 for i in range(0, 300_000, 100_000)]}}
+    assert host.mismatch(str(tmp_path / "x"), f3) == ""
+    bad = bytearray(data)
+    bad[150_000] ^= 1
+    (tmp_path / "x").write_bytes(bytes(bad))
+    assert host.mismatch(str(tmp_path / "x"), f3) == ("sha256 of bytes 100000-199999 does not match the manifest "
+                                                      "(1 of 3 piece(s) differ)")
+    # sets from before piece hashes (or a piece list that does not fit the size): the whole-file sha256
+    old = {k: v for k, v in f3.items() if k != "pieces"}
+    assert host.mismatch(str(tmp_path / "x"), old).startswith("sha256 ")
+    assert host.mismatch(str(tmp_path / "x"), {**f3, "pieces": {"size": 100_000, "sha256": ["0" * 64]}}).startswith(
+        "sha256 ")
