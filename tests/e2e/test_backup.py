@@ -474,6 +474,12 @@ def test_backup_verify_and_restore_on_a_remote_host(tmp_path, hosts, ssh_key):
         ok(p.run("-H", "h1", "deploy", timeout=600))
         for i in range(20):
             cli("SET", f"k{i}", f"v{i}")
+        # deploy --backup: a set of the running release, on the host, before the new one goes up
+        ok(p.run("-H", "h1", "deploy", "--backup", timeout=600))
+        [pre] = [x for x in box.sh(f"ls {p.stack_root}/backups/tiny/").split() if x.endswith("-all")]
+        pm = json.loads(box.sh(f"cat {p.stack_root}/backups/tiny/{pre}/manifest.json"))
+        assert pm["reason"] == "deploy" and {e["service"] for e in pm["entries"]} >= {"cache", "app"}
+        assert cli("DBSIZE") == "20"
         r = ok(p.run("-H", "h1", "backup.redis", "--service", "cache", timeout=300))
         assert "[h1]" in r.stdout and "complete" in r.stdout
         listing = box.sh(f"ls {p.stack_root}/backups/tiny/")
