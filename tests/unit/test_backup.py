@@ -346,3 +346,26 @@ def test_capture_records_piece_hashes_and_checks_them_in_parallel(tmp_path):
     assert host.mismatch(str(tmp_path / "x"), old).startswith("sha256 ")
     assert host.mismatch(str(tmp_path / "x"), {**f3, "pieces": {"size": 100_000, "sha256": ["0" * 64]}}).startswith(
         "sha256 ")
+
+
+def test_after_a_restore_the_engines_running_and_healthy_is_taken_in_one_inspect(monkeypatch):
+    from invoke import Result
+
+    from memstack_ops.backup.engines import Job
+
+    answers = {"db": "running/healthy", "cache": "running/starting", "app": "running/"}
+    calls = []
+
+    class Host:
+        def run(self, argv, **kw):
+            calls.append(argv)
+            return Result("\n".join(answers[a.split("-")[1]] for a in argv[4:]) + "\n")
+
+    job = Job(t=None, host=Host(), model={"services": {}}, say=lambda m: None)
+    monkeypatch.setattr(Job, "inspect", lambda self, n: SimpleNamespace(container=f"p-{n}-1"))
+    job.wait_healthy(["db"])  # t=None: reaching the Watch would fail
+    assert calls == [["docker", "inspect", "--format",
+                      "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", "p-db-1"]]
+    assert job.engine_says_healthy(["db"]) is True
+    assert job.engine_says_healthy(["db", "cache"]) is False  # still starting: the Watch decides
+    assert job.engine_says_healthy(["app"]) is False  # no healthcheck: the Watch runs probes
