@@ -2,8 +2,9 @@
 machine's ``backups/<stack>/``, checking every file against the set's manifest on the way.
 
 How it is safe:
-- files stream over the host's SFTP channel (paramiko, a bounded prefetch window, so memory stays
-  flat whatever the size) into ``<id>.partial/`` and are hashed as they are written;
+- each file streams from ``cat`` on the host over its own SSH channel (the channel window bounds
+  what is in flight, so memory stays flat whatever the size) into ``<id>.partial/``, hashed as
+  it is written;
 - a file whose size or sha256 differs from the manifest is deleted, and the host's own copy is
   hashed to say where the damage is (on the host, or in transit);
 - only when every file matches are the manifest and a ``verify.json`` (level ``checksum``, with
@@ -31,7 +32,9 @@ from .host import BackupError, LocalHost, fsync_dir, host_for
 from .sets import MANIFEST, VERIFY, BackupSet, human_size, iso, list_sets, load_set, manifest_json, new_id, parse_id, utcnow
 
 SOURCE = ".fetch-source"  # inside <id>.partial/: which host and set the partial folder is filling from
-PREFETCH = 64  # concurrent SFTP read requests of 32 KB: about 2 MB in flight, whatever the file size
+WINDOW = 16 << 20  # SSH channel window: at most this much in flight, whatever the file size
+CHUNK = 1 << 20
+STALL = 300.0  # seconds without a byte before a fetch is given up
 _pick = threading.Lock()  # -H a,b --fetch runs hosts in threads: they must not pick the same local id
 
 
@@ -52,7 +55,7 @@ def host_label(c: Any) -> str:
 
 
 def require_remote(c: Any) -> None:
-    if isinstance(host_for(c), LocalHost) or not hasattr(c, "sftp"):
+    if isinstance(host_for(c), LocalHost) or not hasattr(c, "client"):
         raise BackupError("--fetch copies a backup set from a remote host to this machine, so it needs -H HOST "
                           "(for example `memstack-ops -H prod backup.all --fetch`, or `memstack-ops -H prod "
                           "backup.fetch` for an existing set). Without -H the backup is made here already, in "
@@ -114,11 +117,10 @@ def fetch(t: Any, set_id: str | None = None, s: BackupSet | None = None, say: An
     if kept:
         say(f"  resuming an interrupted fetch: {len(kept)} file(s) already here and checked")
     say(f"Fetching backup {s.id} ({human_size(need)}, {len(todo)} file(s)) from {label}:{s.path} into {root}/{local_id}")
-    sftp = t.c.sftp()
     copied = 0
     for name, size, digest in todo:
         with progress_bar(f"{name} from {label}", size) as bar:
-            got_size, got_digest = _get(sftp, f"{s.path}/{name}", f"{part}/{name}", bar.update, label)
+            got_size, got_digest = _get(t.c, f"{s.path}/{name}", f"{part}/{name}", bar.update, label)
         copied += got_size
         if (got_size, got_digest) != (size, digest):
             os.unlink(f"{part}/{name}")
@@ -233,24 +235,53 @@ class _HashingFile:
             os.close(self.fd)
 
 
-def _get(sftp: Any, src: str, dest: str, progress: Any, label: str) -> tuple[int, str]:
+def _get(c: Any, src: str, dest: str, progress: Any, label: str) -> tuple[int, str]:
+    """``cat`` the file on the host over its own SSH channel and write it here, hashing on the way.
+    SSH flow control (the channel window) bounds what is in flight, so memory stays flat.
+    (paramiko's SFTP prefetch is not bounded: on 1 GB it held the whole file in memory and
+    slowed to 5 MB/s scanning its own buffers.)"""
+    import shlex
+
+    transport = c.client.get_transport() if getattr(c, "client", None) is not None else None
+    if transport is None or not transport.is_active():
+        c.open()
+        transport = c.client.get_transport()
     out = _HashingFile(dest)
     try:
-        sftp.getfo(src, out, callback=lambda done, _total: progress(done), prefetch=True,
-                   max_concurrent_prefetch_requests=PREFETCH)
-    except OSError as e:
+        chan = transport.open_session(window_size=WINDOW, max_packet_size=1 << 15)
+        try:
+            chan.settimeout(STALL)  # no byte for this long: a dead host, not a slow one
+            chan.exec_command(f"cat -- {shlex.quote(src)}")
+            while True:
+                b = chan.recv(CHUNK)
+                if not b:
+                    break
+                out.write(b)
+                progress(out.n)
+            err = b""
+            while chan.recv_stderr_ready() and len(err) < 65536:
+                err += chan.recv_stderr(65536)
+            status = chan.recv_exit_status()
+        finally:
+            chan.close()
+    except OSError as e:  # socket.timeout and paramiko's SSHException are OSErrors or wrap them
         out.close()
         os.unlink(dest)
         if getattr(e, "errno", None) == 28:
             raise BackupError(f"This machine's disk filled up while fetching {os.path.basename(dest)}: free some space "
                               f"and run the fetch again (files already checked are kept).") from None
-        raise BackupError(f"Reading {src} on {label} failed: {e}. Run the fetch again; files already checked are "
-                          f"kept.") from None
+        raise BackupError(f"Reading {src} on {label} failed: {e or type(e).__name__}. Run the fetch again; files "
+                          f"already checked are kept.") from None
     except BaseException:
         out.close()
         os.unlink(dest)
         raise
     out.close()
+    if status != 0:
+        os.unlink(dest)
+        why = err.decode(errors="replace").strip()[-300:]
+        raise BackupError(f"Reading {src} on {label} failed (cat exited {status})" + (f": {why}" if why else "") +
+                          ". Check the file on the host; files already checked here are kept for the next try.")
     return out.n, out.h.hexdigest()
 
 

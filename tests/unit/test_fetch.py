@@ -1,5 +1,5 @@
 """backup.fetch / --fetch: a fake host whose shell is this machine's bash (the ShellHost code path
-a fabric Connection takes) and whose SFTP reads a local folder, with faults on demand."""
+a fabric Connection takes) and whose SSH channels run ``cat`` here, with faults on demand."""
 
 from __future__ import annotations
 
@@ -19,41 +19,80 @@ from memstack_ops.backup.sets import list_sets
 
 
 class FakeSftp:
+    """The host's SSH transport: each channel runs its command with this machine's bash (so the
+    real ``cat`` and exit status), with a dropped connection or a changed byte on demand."""
+
     def __init__(self, fail_on: str = "", corrupt: str = ""):
         self.fail_on, self.corrupt = fail_on, corrupt
         self.got: list[str] = []
-        self.max_requests = None
+        self.window = None
 
-    def getfo(self, remotepath, fl, callback=None, prefetch=True, max_concurrent_prefetch_requests=None):
-        self.max_requests = max_concurrent_prefetch_requests
-        name = os.path.basename(remotepath)
-        self.got.append(name)
-        done = 0
-        with open(remotepath, "rb") as f:
-            while b := f.read(32768):
-                if name == self.fail_on and done >= 32768:
-                    raise OSError("Socket is closed")
-                if name == self.corrupt and done == 0:
-                    b = b"!" + b[1:]
-                fl.write(b)
-                done += len(b)
-                if callback:
-                    callback(done, 0)
-        return done
+    def is_active(self):
+        return True
+
+    def get_transport(self):
+        return self
+
+    def open_session(self, window_size=None, max_packet_size=None):
+        self.window = window_size
+        return FakeChannel(self)
+
+
+class FakeChannel:
+    def __init__(self, t: FakeSftp):
+        self.t, self.proc, self.done, self.name = t, None, 0, ""
+
+    def settimeout(self, s):
+        pass
+
+    def exec_command(self, cmd):
+        import shlex
+        import subprocess
+
+        self.name = os.path.basename(shlex.split(cmd)[-1])
+        self.t.got.append(self.name)
+        self.proc = subprocess.Popen(["bash", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def recv(self, n):
+        b = self.proc.stdout.read1(min(n, 32768))
+        if self.name == self.t.fail_on and self.done >= 32768:
+            raise OSError("Socket is closed")
+        if b and self.name == self.t.corrupt and self.done == 0:
+            b = b"!" + b[1:]
+        self.done += len(b)
+        return b
+
+    def recv_stderr_ready(self):
+        self.proc.wait()
+        return self.proc.stderr.peek(1) != b""
+
+    def recv_stderr(self, n):
+        return self.proc.stderr.read1(n)
+
+    def recv_exit_status(self):
+        return self.proc.wait()
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc:
+            self.proc.wait()
+            self.proc.stdout.close()
+            self.proc.stderr.close()
 
 
 class FakeHost:
-    """Runs the 'remote' shell commands here; ``sftp()`` serves files from this machine too."""
+    """Runs the 'remote' shell commands here; its SSH channels run ``cat`` here too."""
 
     def __init__(self, sftp: FakeSftp):
-        self._sftp = sftp
+        self.client = sftp
         self.inventory = SimpleNamespace(name="h9")
 
     def run(self, command, **kw):
         return Context().run(command, **kw)
 
-    def sftp(self):
-        return self._sftp
+    def open(self):
+        pass
 
 
 def _target(tmp_path: Path, sftp: FakeSftp) -> SimpleNamespace:
@@ -87,7 +126,7 @@ def test_fetch_copies_every_file_checks_it_and_records_where_it_came_from(tmp_pa
     here = tmp_path / "here" / "backups" / "memstack" / src.name
     assert f.set.path == str(here) and not f.already and f.host == "h9" and f.kept == []
     assert f.copied == 270_000 and sorted(sftp.got) == ["postgres.pgdump", "redis.redis.tar.zst"]
-    assert sftp.max_requests == fetchmod.PREFETCH  # bounded read-ahead: memory stays flat
+    assert sftp.window == fetchmod.WINDOW  # SSH flow control bounds what is in flight: memory stays flat
     assert (here / "manifest.json").read_bytes() == (src / "manifest.json").read_bytes()
     for n in ("postgres.pgdump", "redis.redis.tar.zst"):
         assert (here / n).read_bytes() == (src / n).read_bytes()
@@ -173,3 +212,11 @@ def test_fetch_without_a_remote_host_says_to_use_dash_h(tmp_path):
                         stack=SimpleNamespace(name="memstack", root=tmp_path))
     with pytest.raises(BackupError, match="needs -H HOST"):
         fetch(t)
+
+
+def test_a_file_missing_on_the_host_fails_the_fetch_and_leaves_no_set(tmp_path):
+    src = _remote_set(tmp_path)
+    (src / "redis.redis.tar.zst").unlink()
+    with pytest.raises(BackupError, match=r"redis.redis.tar.zst on h9 failed \(cat exited 1\): cat: .*No such file or directory"):
+        fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
+    assert list_sets(LocalHost(None), str(tmp_path / "here" / "backups" / "memstack")) == []
