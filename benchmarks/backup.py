@@ -11,8 +11,11 @@ the raw commands, in the same run, plus the tool's peak memory at 1x and 3x the 
 - memory: peak RSS of the memstack-ops process (VmHWM) and of the largest process in its tree
   (wait4), at 1x and 3x the data (target < 100 MB and flat).
 
+Each timed run starts after VACUUM, CHECKPOINT and sync (so one run's checkpoint or writeback
+does not land in the next), and raw and tool alternate which goes first.
+
 Not run in CI (minutes, GBs of disk). Run:
-    .venv/bin/python benchmarks/backup.py [--size-gb 1.0] [--scale 3] [--rounds 2]
+    .venv/bin/python benchmarks/backup.py [--size-gb 1.0] [--scale 3] [--rounds 3] [--restore-rounds 7]
 """
 
 from __future__ import annotations
@@ -60,8 +63,17 @@ def settle(p, container: str) -> None:
     """VACUUM (as autovacuum would, soon after a bulk load) and flush dirty pages, so each timed run
     starts from the same state and one run's writeback does not land in the next one's time."""
     sql(p, container, "VACUUM (ANALYZE) memories")
+    sql(p, container, "CHECKPOINT")  # else a checkpoint due from the previous run lands in this one
     subprocess.run(["sync"], check=True)
     time.sleep(2)
+
+
+def ratios(ops: list[float], raw: list[float]) -> tuple[float, float, float]:
+    """(best vs best, ratio of medians, median of the per-round ratios). The rounds alternate which
+    goes first, so the per-round ratio pairs runs made a few seconds apart: the estimate least
+    moved by this shared machine's disk, whose speed drifts by 10% between minutes."""
+    return (min(ops) / min(raw), statistics.median(ops) / statistics.median(raw),
+            statistics.median(o / r for o, r in zip(ops, raw)))
 
 
 def timed_shell(cmd: str) -> float:
@@ -107,7 +119,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--scale", type=float, default=3.0, help="second size for the memory check (x size-gb)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of backup and of restore (alternating raw/tool)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of backup (raw and tool, alternating which goes first)")
+    ap.add_argument("--restore-rounds", type=int, default=7, help="rounds of restore (likewise)")
     ap.add_argument("--fixed-rounds", type=int, default=5, help="rounds on the empty database (fixed cost per run)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=REPO / "backups") as tmp:
@@ -143,10 +156,14 @@ def main() -> None:
             settle(p, c)
             for i in range(args.rounds):
                 raw.unlink(missing_ok=True)
-                settle(p, c)
-                t_raw.append(timed_shell(dump))
+                if i % 2 == 0:
+                    settle(p, c)
+                    t_raw.append(timed_shell(dump))
                 settle(p, c)
                 wall, hwm, tree, out = timed_tool(p, "backup.postgres")
+                if i % 2 == 1:  # alternate which one goes first
+                    settle(p, c)
+                    t_raw.append(timed_shell(dump))
                 t_ops.append(wall)
                 rss.append((hwm, tree))
                 set_id = next(ln.split()[1] for ln in out.splitlines() if ln.startswith("Backup ") and "complete" in ln)
@@ -154,21 +171,29 @@ def main() -> None:
                       f"(peak RSS {hwm / 1024:.0f} MB, largest in its tree {tree / 1024:.0f} MB)", flush=True)
             ours = Path(tmp) / "proj" / "backups" / "memstack" / set_id / "postgres.pgdump"
             print(f"dump sizes: raw {raw.stat().st_size / 1e9:.3f} GB, memstack-ops {ours.stat().st_size / 1e9:.3f} GB")
-            b_raw, b_ops = min(t_raw), min(t_ops)
 
             restore = (f"docker exec -i {c} pg_restore --clean --if-exists --single-transaction -U memstack "
                        f"-d memstack < {raw}")
             rr_raw, rr_ops = [], []
-            for i in range(args.rounds):
-                settle(p, c)
-                rr_raw.append(timed_shell(restore))
-                settle(p, c)
-                r_ops, r_hwm, r_tree, _ = timed_tool(p, "restore.postgres", "--yes", "--no-safety-backup", "--backup",
-                                                     set_id)
-                rr_ops.append(r_ops)
+            for i in range(args.restore_rounds):
+                def raw_restore() -> None:
+                    settle(p, c)
+                    rr_raw.append(timed_shell(restore))
+
+                def ops_restore() -> tuple[float, int, int, str]:
+                    settle(p, c)
+                    res = timed_tool(p, "restore.postgres", "--yes", "--no-safety-backup", "--backup", set_id)
+                    rr_ops.append(res[0])
+                    return res
+
+                if i % 2 == 0:  # alternate which one goes first: neither always follows the other
+                    raw_restore()
+                    r_ops, r_hwm, r_tree, _ = ops_restore()
+                else:
+                    r_ops, r_hwm, r_tree, _ = ops_restore()
+                    raw_restore()
                 print(f"restore round {i + 1}: raw pg_restore {rr_raw[-1]:.1f} s, memstack-ops restore.postgres "
                       f"{r_ops:.1f} s (peak RSS {r_hwm / 1024:.0f} MB)", flush=True)
-            r_raw, r_ops = min(rr_raw), min(rr_ops)
             assert int(sql(p, c, "SELECT count(*) FROM memories")) == rows
 
             big = None
@@ -184,12 +209,11 @@ def main() -> None:
 
             print("\nsummary")
             print(f"  fixed cost per run: backup +{fixed_b:.2f} s, restore +{fixed_r:.2f} s (empty database)")
-            print(f"  backup  {size / 1e9:.2f} GB: memstack-ops {b_ops:.1f} s vs raw pg_dump -Fc {b_raw:.1f} s "
-                  f"(best of {args.rounds}): ratio {b_ops / b_raw:.3f} (target <= 1.05); median ratio "
-                  f"{statistics.median(t_ops) / statistics.median(t_raw):.3f}")
-            print(f"  restore {size / 1e9:.2f} GB: memstack-ops {r_ops:.1f} s vs raw pg_restore {r_raw:.1f} s "
-                  f"(best of {args.rounds}): ratio {r_ops / r_raw:.3f} (target <= 1.05); median ratio "
-                  f"{statistics.median(rr_ops) / statistics.median(rr_raw):.3f}")
+            for what, ops, base, label in (("backup ", t_ops, t_raw, "pg_dump -Fc"), ("restore", rr_ops, rr_raw, "pg_restore")):
+                best, med, pair = ratios(ops, base)
+                print(f"  {what} {size / 1e9:.2f} GB, {len(ops)} rounds: memstack-ops median {statistics.median(ops):.1f} s "
+                      f"vs raw {label} {statistics.median(base):.1f} s: ratio of medians {med:.3f}, median of "
+                      f"per-round ratios {pair:.3f}, best vs best {best:.3f} (target <= 1.05)")
             hwm1 = max(h for h, _ in rss)
             print(f"  peak RSS of memstack-ops at {size / 1e9:.2f} GB: {hwm1 / 1024:.0f} MB (largest process in its "
                   f"tree {max(t for _, t in rss) / 1024:.0f} MB); restore {r_hwm / 1024:.0f} MB")
