@@ -41,10 +41,14 @@ class LockInfo:
                 + (f", {self.message!r}" if self.message else ""))
 
 
+# The info line is read first, whatever the outcome: a script that answered "busy" and exited
+# before reading it closed the channel under the client's send ("Socket is closed", a flaky
+# failure of --lock-wait seen in the e2e suite).
 _ACQUIRE = """umask 077; L={lock}
+IFS= read -r info
 mkdir -p {root} || exit 3
 if mkdir "$L" 2>/dev/null; then
-  IFS= read -r info; printf '%s\\n' "$info" > "$L/info.tmp" && mv "$L/info.tmp" "$L/info"
+  printf '%s\\n' "$info" > "$L/info.tmp" && mv "$L/info.tmp" "$L/info"
   echo "$$ $(cut -d' ' -f22 /proc/$$/stat)" > "$L/keeper"
   echo acquired; exec cat >/dev/null
 fi

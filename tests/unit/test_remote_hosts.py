@@ -180,3 +180,26 @@ def test_unreachable_host_is_named_with_why_and_the_table_lists_every_host(proje
 def test_deploy_without_hosts_says_how_to_give_them(project):
     r = cli(project, "deploy")
     assert r.returncode != 0 and "No host given and no inventory host has stage dev" in r.stderr
+
+
+def test_the_lock_script_reads_the_holders_line_before_it_answers_busy(tmp_path):
+    """It once answered "busy" and exited before reading the info line the client sends, which
+    closed the channel under the client's send: `deploy --lock-wait` failed with "Socket is
+    closed" now and then. Here the lock is held and the line comes late: no answer before it."""
+    import shlex
+    import time
+
+    from memstack_ops.remote.lock import _ACQUIRE, LOCK
+
+    (tmp_path / LOCK).mkdir()
+    script = _ACQUIRE.format(lock=shlex.quote(str(tmp_path / LOCK)), root=shlex.quote(str(tmp_path)))
+    p = subprocess.Popen(["bash", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        assert p.poll() is None  # still waiting for the line
+        out, _ = p.communicate('{"owner": "me"}\n', timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert out.strip() == "busy" and p.returncode == 0
+    assert not (tmp_path / LOCK / "info").exists()  # the holder's lock is untouched
