@@ -25,8 +25,28 @@ def is_port_key(key: str) -> bool:
     return key.endswith("_HOST_PORT") or key in LEGACY_PORT_KEYS
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now on 127.0.0.1, picked below the kernel's ephemeral range (32768-60999 on
+    Linux). Port 0 would come from that range, and so do outgoing connections and Docker's random
+    host ports (``-p 127.0.0.1::22``). One of those took a port between the pick and the
+    container's bind ("port is already allocated") in a full e2e run."""
+    import random
+
+    for _ in range(500):  # bounded
+        port = random.randint(20000, 32000)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # a crowded range: let the kernel pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -203,3 +203,8 @@ def test_the_lock_script_reads_the_holders_line_before_it_answers_busy(tmp_path)
             p.kill()
     assert out.strip() == "busy" and p.returncode == 0
     assert not (tmp_path / LOCK / "info").exists()  # the holder's lock is untouched
+
+
+def test_test_ports_come_from_below_the_ephemeral_range_and_are_not_handed_out_twice():
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50 and all(20000 <= p <= 32000 for p in ports)
