@@ -163,6 +163,9 @@ def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = No
     out, err = ThreadRouted(sys.stdout), ThreadRouted(sys.stderr)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+    from . import release
+
+    release.run_started = time.time()  # every host of this run gets the same release id
     try:
         for i, group in enumerate(batches):
             if len(batches) > 1:
@@ -193,6 +196,7 @@ def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = No
                 break
     finally:
         sys.stdout, sys.stderr = saved
+        release.run_started = None
     return [outcomes.get(h.name) or Outcome(h, False, "skipped", detail="not started: an earlier batch failed"
                                             if not cancel.is_set() else "not started: interrupted") for h in hosts]
 

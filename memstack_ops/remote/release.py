@@ -50,9 +50,13 @@ def git_sha(root: Path) -> tuple[str, bool]:
         return "nogit", False
 
 
+run_started: float | None = None  # set by fanout.fan_out: one deploy run, one release id on every host
+
+
 def new_id(root: Path, now: float | None = None) -> str:
     sha, _ = git_sha(root)
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{sha}"
+    when = now if now is not None else (run_started if run_started is not None else time.time())
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}-{sha}"
 
 
 def stage(settings: Settings, host: Host, dest: Path, services: Iterable[str] = ()) -> Release:

@@ -208,3 +208,17 @@ def test_the_lock_script_reads_the_holders_line_before_it_answers_busy(tmp_path)
 def test_test_ports_come_from_below_the_ephemeral_range_and_are_not_handed_out_twice():
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == 50 and all(20000 <= p <= 32000 for p in ports)
+
+
+def test_every_host_of_one_run_gets_the_same_release_id(tmp_path, monkeypatch):
+    """Hosts deployed in parallel computed their ids a second apart (…40Z on two, …41Z on one)."""
+    import time as _time
+
+    from memstack_ops.remote import release
+
+    monkeypatch.setattr(release, "run_started", 1_800_000_000.0)
+    assert release.new_id(tmp_path) == release.new_id(tmp_path, now=1_800_000_000.0)
+    _time.sleep(1.1)
+    assert release.new_id(tmp_path).startswith("20270115T080000Z-")
+    monkeypatch.setattr(release, "run_started", None)
+    assert not release.new_id(tmp_path).startswith("20270115T080000Z-")
