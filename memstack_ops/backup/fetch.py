@@ -104,7 +104,7 @@ def fetch(t: Any, set_id: str | None = None, s: BackupSet | None = None, say: An
             say(f"Backup {s.id} from {label} is here already as {local.path} (files checked); nothing copied.")
             return Fetched(local, label, s.path, 0, [], time.monotonic() - t0, already=True)
 
-    kept = [n for n, size, digest in files if _complete(f"{part}/{n}", size, digest)]
+    kept = [str(f["name"]) for f in s.files if _complete(here, f"{part}/{f['name']}", f)]  # names checked above
     todo = [(n, size, digest) for n, size, digest in files if n not in kept]
     need = sum(size for _, size, _ in todo)
     free = here.free_bytes(root)
@@ -128,11 +128,11 @@ def fetch(t: Any, set_id: str | None = None, s: BackupSet | None = None, say: An
             raise BackupError(f"Fetching backup {s.id} from {label}: {name} arrived with {got_size} bytes and sha256 "
                               f"{got_digest[:16]}..., the manifest says {size} bytes and {digest[:16]}... {where} "
                               f"The bad copy was deleted; files already checked stay in {part} for the next try.")
-    _write(f"{part}/{MANIFEST}", mtext)
-    _write(f"{part}/{VERIFY}", manifest_json({
+    here.write_text(f"{part}/{MANIFEST}", mtext)
+    here.write_text(f"{part}/{VERIFY}", manifest_json({
         "time": iso(utcnow()), "ok": True, "level": "checksum",
         "details": [f"fetched from {label}:{s.path}; {len(files)} file(s), sizes and sha256 match the manifest"],
-        "fetched_from": {k: v for k, v in source.items()},
+        "fetched_from": source,
         "remote_verify": s.verify}))
     os.unlink(f"{part}/{SOURCE}")
     os.rename(part, f"{root}/{local_id}")
@@ -157,6 +157,8 @@ def _local_context() -> Any:
 def _choose(here: LocalHost, root: str, s: BackupSet, source: dict[str, str]) -> tuple[str, str, bool]:
     """(local id, its partial folder, already complete here). Reuses the partial folder of an
     interrupted fetch of the same set; never reuses a name another set holds."""
+    from .core import check_files
+
     names = here.listdir(root)
     for n in names:  # an earlier fetch of this very set: finished, or interrupted
         base = n.removesuffix(".partial")
@@ -167,7 +169,7 @@ def _choose(here: LocalHost, root: str, s: BackupSet, source: dict[str, str]) ->
                 return base, f"{root}/{n}", False
         else:
             local = load_set(here, root, n)
-            if local and local.manifest == s.manifest and not _check(here, local):
+            if local and local.manifest == s.manifest and not check_files(here, local):
                 return n, f"{root}/{n}", True
     parsed = parse_id(s.id)
     assert parsed
@@ -176,7 +178,7 @@ def _choose(here: LocalHost, root: str, s: BackupSet, source: dict[str, str]) ->
         cand = s.id if s.id not in {x.removesuffix(".partial") for x in taken} else new_id(parsed[2], taken, parsed[0])
         part = f"{root}/{cand}.partial"
         if here.mkdir_new(part):
-            _write(f"{part}/{SOURCE}", json.dumps(source))
+            here.write_text(f"{part}/{SOURCE}", json.dumps(source))
             return cand, part, False
         taken.append(cand)
     raise BackupError(f"Could not create a folder for the fetched backup in {root}.")
@@ -189,12 +191,6 @@ def _remove_empty(part: str) -> None:
         os.rmdir(part)
 
 
-def _check(here: LocalHost, s: BackupSet) -> list[str]:
-    from .core import check_files
-
-    return check_files(here, s)
-
-
 def _read_json(path: str) -> Any:
     try:
         with open(path) as f:
@@ -203,17 +199,14 @@ def _read_json(path: str) -> Any:
         return None
 
 
-def _complete(path: str, size: int, digest: str) -> bool:
-    try:
-        if os.path.getsize(path) != size:
-            return False
-    except OSError:
-        return False
-    return LocalHost(None).sha256(path) == digest
+def _complete(here: LocalHost, path: str, f: dict[str, Any]) -> bool:
+    """A file an interrupted fetch finished: its size and its bytes match the manifest entry
+    (the same check as a restore's, on every core when the manifest has piece hashes)."""
+    return here.exists(path) and here.size(path) == int(f["size"]) and not here.mismatch(path, f)
 
 
 class _HashingFile:
-    """What paramiko's getfo writes into: a 0600 file, hashed and counted on the way."""
+    """Where a fetched file's bytes go: a 0600 file, hashed and counted on the way."""
 
     def __init__(self, path: str):
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -294,14 +287,3 @@ def _where(remote: Any, path: str, size: int, digest: str) -> str:
                 "fetch an older set (`backup.list` with -H).")
     except BackupError:
         return "The host's copy could not be checked."
-
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(text.encode())
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
