@@ -43,16 +43,13 @@ def check(c, stack=None, stage=None, overlay=None):
 @ops_task()
 def show(c, stack=None, stage=None, overlay=None):
     """Show the resolved settings (with their source) and the env values, secrets masked."""
-    from ..envfiles import mask, read_env
+    from ..envfiles import mask, read_env, secret_values
     from ..output import table
 
     s = settings(stack, stage, overlay)
     st = s.stack()
     table("settings", ["setting", "value", "from"],
           [[k, s[k], s.sources[k]] for k in sorted(s.values) if k != "stacks"])
-    rows = []
-    for f in st.env_files:
-        p = st.root / f
-        if p.is_file():
-            rows += [[k, mask(k, v), f] for k, v in read_env(p).items()]
-    table("env", ["key", "value", "from"], rows)
+    files = {f: read_env(st.root / f) for f in st.env_files if (st.root / f).is_file()}
+    found = set().union(*map(secret_values, files.values()))  # a secret anywhere is masked everywhere
+    table("env", ["key", "value", "from"], [[k, mask(k, v, found), f] for f, vals in files.items() for k, v in vals.items()])

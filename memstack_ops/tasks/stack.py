@@ -146,6 +146,7 @@ def build(c, service=None, stack=None, stage=None, overlay=None):
 def config_(c, stack=None, stage=None, overlay=None):
     """Print the rendered, validated compose config (secrets masked)."""
     t = target(c, stack, stage, overlay)
+    t.compose.model(c)  # learns the secrets written in the compose files themselves, so they are masked too
     r = t.compose.check(c, "config", what=f"Validating the {t.stack.name} compose files")
     print(t.compose.scrub(r.stdout), end="")
 
