@@ -375,29 +375,48 @@ class Finding:
     message: str
 
 
-def check_env(path: Path, template: Path, stage: str) -> tuple[dict[str, str], list[Finding]]:
-    """Validate the real env file against its template. Weak or default secrets are errors in
-    stage prod, warnings otherwise."""
-    if not path.is_file():
-        raise EnvFileError(f"The env file {path} is missing: create it with `inv env.init` "
+def check_env(path: Path | Iterable[Path], template: Path, stage: str) -> tuple[dict[str, str], list[Finding]]:
+    """Validate the env files compose reads (``path``: the main file, or the main file then the
+    ``.env.<stage>`` that compose reads last) against the template: required keys present and
+    non-empty, file modes, and every secret in them (by name and value shape, not only the
+    template's keys; passwords inside URLs too) neither a known default nor short. Weak secrets are
+    errors in stage prod, warnings otherwise. Returns the merged values, as compose sees them."""
+    paths = [path] if isinstance(path, Path) else list(path)
+    main = paths[0]
+    if not main.is_file():
+        raise EnvFileError(f"The env file {main} is missing: create it with `inv env.init` "
                            f"(from {template}, with strong generated secrets).")
-    values = read_env(path)
+    values: dict[str, str] = {}
+    origin: dict[str, Path] = {}
     findings: list[Finding] = []
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        findings.append(Finding("warn", "-", f"{path} has mode {mode:o}: run `chmod 600 {path}` "
-                                             f"(it holds secrets)."))
+    for p in paths:
+        if not p.is_file():
+            continue
+        for k, v in read_env(p).items():
+            values[k], origin[k] = v, p
+        mode = p.stat().st_mode & 0o777
+        if mode & 0o077:
+            findings.append(Finding("warn", "-", f"{p} has mode {mode:o}: run `chmod 600 {p}` (it holds secrets)."))
     for t in read_template(template):
         v = values.get(t.key)
         if v is None:
             if not t.optional:
-                findings.append(Finding("error", t.key, f"missing: add {t.key}= to {path} (see {template})"))
+                findings.append(Finding("error", t.key, f"missing: add {t.key}= to {main} (see {template})"))
             continue
         if not v and not t.optional:
-            findings.append(Finding("error", t.key, f"empty: set {t.key} in {path}"))
-        elif v and is_secret(t.key) and (v.lower() in KNOWN_DEFAULTS or len(v) < MIN_SECRET_LEN):
-            why = "a known default password" if v.lower() in KNOWN_DEFAULTS else f"shorter than {MIN_SECRET_LEN} characters"
-            level = "error" if stage == "prod" else "warn"
-            findings.append(Finding(level, t.key, f"weak secret ({why}): set a long random value (a database "
-                                                  f"already initialised keeps its old password until you change it there too)"))
+            findings.append(Finding("error", t.key, f"empty: set {t.key} in {origin[t.key]}"))
+    level = "error" if stage == "prod" else "warn"
+    for k, v in values.items():
+        for part in secret_parts(k, v):
+            if part.lower() in KNOWN_DEFAULTS:
+                why = "a known default password"
+            elif len(part) < MIN_SECRET_LEN:
+                why = f"shorter than {MIN_SECRET_LEN} characters"
+            else:
+                continue
+            where = f" in {origin[k].name}" if len(paths) > 1 else ""
+            what = "weak secret" if part == v else "weak password inside the value"
+            findings.append(Finding(level, k, f"{what}{where} ({why}): set a long random value (a database already "
+                                              f"initialised keeps its old password until you change it there too)"))
+            break
     return values, findings

@@ -29,15 +29,17 @@ def check(c, stack=None, stage=None, overlay=None):
     from ..output import say, table
 
     st = settings(stack, stage, overlay).stack()
-    _, findings = check_env(st.root / st.env_file, st.root / st.env_template, st.stage)
+    files = " + ".join(st.env_files)  # compose reads them all (.env.<stage> last, it wins): check them all
+    _, findings = check_env([st.root / f for f in st.env_files], st.root / st.env_template, st.stage)
     if findings:
-        table(f"{st.env_file} (stage {st.stage})", ["level", "key", "problem"],
+        table(f"{files} (stage {st.stage})", ["level", "key", "problem"],
               [[f.level, f.key, f.message] for f in findings])
     errors = [f for f in findings if f.level == "error"]
     if errors:
-        raise EnvFileError(f"{len(errors)} problem(s) in {st.env_file}: {', '.join(f.key for f in errors)}. "
+        raise EnvFileError(f"{len(errors)} problem(s) in {files}: {', '.join(f.key for f in errors)}. "
                            f"Fix them as the table says, then run env.check again.")
-    say(f"{st.env_file} is valid for stage {st.stage}" + (f" ({len(findings)} warning(s))" if findings else "") + ".")
+    say(f"{files} {'is' if len(st.env_files) == 1 else 'are'} valid for stage {st.stage}"
+        + (f" ({len(findings)} warning(s))" if findings else "") + ".")
 
 
 @ops_task()

@@ -435,3 +435,43 @@ PROBE_MODEL = {"services": {
 def test_model_secrets_finds_passwords_written_in_the_compose_file_and_nothing_else():
     assert envfiles.model_secrets(PROBE_MODEL) == {
         "lit$eral-pass-123", "in-file-secret-xyz", "urlpw-123456", "hc-pass-9876", "my-entry-pass1", "curl-pass-42"}
+
+
+# --- issue 12: the prod check reads every env file compose reads, every key, by value shape ---
+
+def test_the_prod_check_reads_the_stage_file_that_compose_reads_last(tmp_path, tpl):
+    main = env_file(tmp_path, GOOD)
+    stage = write(tmp_path, "env/memstack/.env.prod", "DB_PASSWORD=123456\n", mode=0o600)
+    values, findings = check_env([main, stage], tpl, "prod")
+    f = by_key(findings)["DB_PASSWORD"]
+    assert values["DB_PASSWORD"] == "123456"
+    assert f.level == "error" and "in .env.prod" in f.message and "123456" not in f.message
+
+
+def test_the_prod_check_also_checks_secrets_the_template_does_not_list(tmp_path, tpl):
+    _, findings = check_env(env_file(tmp_path, GOOD | {"SMTP_PASSWORD": "changeme"}), tpl, "prod")
+    assert by_key(findings)["SMTP_PASSWORD"].level == "error"
+
+
+def test_the_prod_check_flags_a_weak_password_inside_a_url_without_echoing_it(tmp_path, tpl):
+    _, findings = check_env(env_file(tmp_path, GOOD | {"DATABASE_URL": "postgresql://app:postgres@db/app"}), tpl, "prod")
+    f = by_key(findings)["DATABASE_URL"]
+    assert f.level == "error" and "known default password" in f.message and "postgres@" not in f.message
+
+
+def test_the_prod_check_accepts_an_upstream_files_settings_about_secrets(tmp_path, tpl):
+    upstream = {"ACCESS_TOKEN_EXPIRE_MINUTES": "30", "REQUIRE_API_KEY": "false", "JWT_TOKEN_TTL": "15m",
+                "POSTGRES_HOST_AUTH_METHOD": "scram-sha-256", "REDIS_URL": "redis://redis:6379/0",
+                "MINIO_ACCESS_KEY": "memos"}
+    _, findings = check_env(env_file(tmp_path, GOOD | upstream), tpl, "prod")
+    assert findings == []
+
+
+@pytest.mark.parametrize("template", sorted(str(p) for p in __import__("pathlib").Path(__file__).resolve()
+                                           .parents[2].glob("env/*/*.example")))
+def test_every_shipped_template_initialises_to_a_file_that_passes_the_prod_check(tmp_path, template):
+    from pathlib import Path
+
+    path = tmp_path / "env"
+    init_env(path, Path(template))
+    assert check_env(path, Path(template), "prod")[1] == []

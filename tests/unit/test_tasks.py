@@ -181,3 +181,28 @@ def test_env_show_masks_secrets_named_otherwise_and_url_passwords(root, capsys):
     assert re.search(r"^DATABASE_URL\s+postgresql://memstack:\*\*\*\*@postgres:5432/memstack\s", out, re.M)
     assert re.search(r"^BACKUP_NOTE\s+\*\*\*\*\s+env/memstack/\.env\.staging$", out, re.M)
     assert re.search(r"^ACCESS_TOKEN_EXPIRE_MINUTES\s+30\s", out, re.M)
+
+
+def test_env_check_in_prod_reads_the_stage_file_compose_reads_last(root, capsys):
+    write(root, "env/memstack/.env", f"BIND_ADDRESS=x\nDB_PASSWORD={SECRET}\nDB_USER=app\nAPI_TOKEN={SECRET}\n",
+          mode=0o600)
+    write(root, "env/memstack/.env.prod", "DB_PASSWORD=changeme\n", mode=0o600)
+    with pytest.raises(Exit) as e:
+        env_tasks.check(MockContext(), stage="prod")
+    out = capsys.readouterr().out
+    assert "problem(s) in env/memstack/.env + env/memstack/.env.prod: DB_PASSWORD" in e.value.message
+    assert "in .env.prod" in out and "changeme" not in out + e.value.message
+
+
+def test_up_with_skip_checks_says_in_one_line_what_it_skipped(root, capsys, monkeypatch):
+    from memstack_ops import lifecycle
+
+    write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\n", mode=0o600)
+    monkeypatch.setattr(lifecycle, "up", lambda *a, **k: None)
+    monkeypatch.setattr(lifecycle, "urls", lambda t: [])
+    c = MockContext(run={})
+    stack_tasks.up(c, skip_checks=True, stage="prod")
+    err = capsys.readouterr().err.splitlines()
+    said = [ln for ln in err if "--skip-checks" in ln]
+    assert len(said) == 1 and "prod password check" in said[0] and "env/memstack/.env" in said[0]
+    assert c.run.call_count == 0  # the checks really did not run
