@@ -84,7 +84,8 @@ class Compose:
     """Argv for one stack: project name, compose files, env files, always in that order."""
 
     stack: Stack
-    secrets: dict[str, str] = field(default_factory=dict)  # values to scrub from messages
+    secrets: dict[str, str] = field(default_factory=dict)  # env values: their secrets are scrubbed from messages
+    found: set[str] = field(default_factory=set)  # secrets written in the compose files (seen by model())
 
     def argv(self, *args: str) -> list[str]:
         out = ["docker", "compose", "--project-name", self.stack.project]
@@ -108,12 +109,16 @@ class Compose:
     def scrub(self, text: str) -> str:
         from .envfiles import scrub
 
-        return scrub(text, self.secrets)
+        return scrub(text, self.secrets, self.found)
 
     def model(self, c: Any) -> dict[str, Any]:
         """The rendered, validated compose model (compose's own errors name file and line)."""
+        from .envfiles import model_secrets
+
         r = self.check(c, "config", "--format", "json", what=f"Validating the {self.stack.name} compose files")
-        return dict(json.loads(r.stdout))
+        model = dict(json.loads(r.stdout))
+        self.found |= model_secrets(model)  # from now on masked in every message, like the env's secrets
+        return model
 
     def ps(self, c: Any, services: Iterable[str] = ()) -> list[dict[str, Any]]:
         r = self.check(c, "ps", "--all", "--format", "json", *services, what="Listing containers")

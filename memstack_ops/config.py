@@ -94,10 +94,66 @@ def _read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML ({e}): fix the file or remove it.") from e
+    except UnicodeDecodeError as e:  # tomllib decodes the bytes itself and lets this through
+        raise ConfigError(f"{path} is not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start}): TOML files "
+                          f"are UTF-8; save it as UTF-8 or remove it.") from None
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known settings are "
                           f"{', '.join(sorted(DEFAULTS))}.")
+    return _check_types(path, data)
+
+
+# What each setting's TOML value must be: (accepted types, how to write it).
+_TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "stack": ((str,), 'a string, e.g. stack = "memstack"'),
+    "stage": ((str,), 'a string, e.g. stage = "dev"'),
+    "overlays": ((list, str), 'a list of names, e.g. overlays = ["local"]'),
+    "backups_dir": ((str,), 'a string, e.g. backups_dir = "backups"'),
+    "stacks": ((dict,), 'a table of stacks: [stacks.NAME] with project = "..."'),
+    "hosts": ((dict,), "a table: [hosts] defaults and [hosts.NAME] tables"),
+}
+_STACK_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "project": ((str,), 'a string, e.g. project = "memstack"'),
+    "env_file": ((str,), 'a file name, e.g. env_file = ".env"'),
+    "probes": ((dict,), 'a table of service = "tcp:PORT" or an http:// URL'),
+    "api_key": ((dict,), 'a table with service = "postgres" (and table, prefix)'),
+}
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(v), type(v).__name__)
+
+
+def _check_types(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """One-line errors naming the file, the key and how to write it, instead of a traceback
+    later (`stacks = 5`, `[stacks] memstack = 3`); `overlays = "local"` (or "a,b") means those
+    overlays, not the letters of the word."""
+    def bad(key: str, v: Any, how: str) -> ConfigError:
+        return ConfigError(f"{path}: {key} must be {how}; got {_type_name(v)} ({v!r}).")
+
+    data = dict(data)
+    for key, v in data.items():
+        if key in _TOML_TYPES:
+            types, how = _TOML_TYPES[key]
+            if not isinstance(v, types):
+                raise bad(key, v, how)
+        elif isinstance(v, bool) or not isinstance(v, (int, float, str)):  # the numbers (strings get their own message)
+            raise bad(key, v, f"a number, e.g. {key} = {DEFAULTS[key]:g}")
+    if isinstance(data.get("overlays"), str):
+        data["overlays"] = _SCALARS["overlays"](data["overlays"])
+    if any(not isinstance(o, str) for o in data.get("overlays", [])):
+        raise bad("overlays", data["overlays"], 'a list of names, e.g. overlays = ["local"]')
+    for name, table in (data.get("stacks") or {}).items():
+        if not isinstance(table, dict):
+            raise bad(f"stacks.{name}", table, f'a table: [stacks.{name}] with project = "..."')
+        for key, (types, how) in _STACK_TYPES.items():
+            if key in table and not isinstance(table[key], types):
+                raise bad(f"stacks.{name}.{key}", table[key], how)
+        for svc, probe in (table.get("probes") or {}).items():
+            if not isinstance(probe, str):
+                raise bad(f"stacks.{name}.probes.{svc}", probe, 'a string: "tcp:PORT" or an http:// URL')
     return data
 
 

@@ -56,18 +56,19 @@ def check_env(t: Any) -> Check:
 
     root, stack = t.stack.root, t.stack
     try:
-        _, findings = check(root / stack.env_file, root / stack.env_template, stack.stage)
+        # every env file compose reads (.env, then .env.<stage>, which wins), not only the main one
+        _, findings = check([root / f for f in stack.env_files], root / stack.env_template, stack.stage)
     except MemstackError as e:
         return Check("env file", FAIL, first_line(str(e)), f"`inv env.init --stack {stack.name}`")
     errors = [f for f in findings if f.level == "error"]
     warns = [f for f in findings if f.level == "warn"]
     if errors:
         return Check("env file", FAIL, "; ".join(f"{f.key}: {f.message}" for f in errors)[:400],
-                     f"fix {stack.env_file} (`inv env.check` lists every problem)")
+                     f"fix {' / '.join(stack.env_files)} (`inv env.check` lists every problem)")
     if warns:
         return Check("env file", WARN, "; ".join(f"{f.key}: {f.message.split(':')[0]}" for f in warns)[:400],
                      "`inv env.check` for details")
-    return Check("env file", OK, f"{stack.env_file} valid")
+    return Check("env file", OK, f"{', '.join(stack.env_files)} valid")
 
 
 def check_config(t: Any) -> tuple[Check, dict[str, Any] | None]:

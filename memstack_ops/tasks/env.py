@@ -29,30 +29,29 @@ def check(c, stack=None, stage=None, overlay=None):
     from ..output import say, table
 
     st = settings(stack, stage, overlay).stack()
-    _, findings = check_env(st.root / st.env_file, st.root / st.env_template, st.stage)
+    files = " + ".join(st.env_files)  # compose reads them all (.env.<stage> last, it wins): check them all
+    _, findings = check_env([st.root / f for f in st.env_files], st.root / st.env_template, st.stage)
     if findings:
-        table(f"{st.env_file} (stage {st.stage})", ["level", "key", "problem"],
+        table(f"{files} (stage {st.stage})", ["level", "key", "problem"],
               [[f.level, f.key, f.message] for f in findings])
     errors = [f for f in findings if f.level == "error"]
     if errors:
-        raise EnvFileError(f"{len(errors)} problem(s) in {st.env_file}: {', '.join(f.key for f in errors)}. "
+        raise EnvFileError(f"{len(errors)} problem(s) in {files}: {', '.join(f.key for f in errors)}. "
                            f"Fix them as the table says, then run env.check again.")
-    say(f"{st.env_file} is valid for stage {st.stage}" + (f" ({len(findings)} warning(s))" if findings else "") + ".")
+    say(f"{files} {'is' if len(st.env_files) == 1 else 'are'} valid for stage {st.stage}"
+        + (f" ({len(findings)} warning(s))" if findings else "") + ".")
 
 
 @ops_task()
 def show(c, stack=None, stage=None, overlay=None):
     """Show the resolved settings (with their source) and the env values, secrets masked."""
-    from ..envfiles import mask, read_env
+    from ..envfiles import mask, read_env, secret_values
     from ..output import table
 
     s = settings(stack, stage, overlay)
     st = s.stack()
     table("settings", ["setting", "value", "from"],
           [[k, s[k], s.sources[k]] for k in sorted(s.values) if k != "stacks"])
-    rows = []
-    for f in st.env_files:
-        p = st.root / f
-        if p.is_file():
-            rows += [[k, mask(k, v), f] for k, v in read_env(p).items()]
-    table("env", ["key", "value", "from"], rows)
+    files = {f: read_env(st.root / f) for f in st.env_files if (st.root / f).is_file()}
+    found = set().union(*map(secret_values, files.values()))  # a secret anywhere is masked everywhere
+    table("env", ["key", "value", "from"], [[k, mask(k, v, found), f] for f, vals in files.items() for k, v in vals.items()])

@@ -25,18 +25,22 @@ def _checks_or_exit(checks: list[Any], title: str) -> None:
     "timeout": "seconds to wait for health before failing (default 300)",
     "no_wait": "start and return without waiting for health",
     "build": "build images that have a build section first",
-    "skip_checks": "skip the preflight checks (engine, env file, ports)",
+    "skip_checks": "skip the preflight checks (engine, env files and prod passwords, ports); says so",
 })
 def up(c, service=None, timeout=None, no_wait=False, build=False, skip_checks=False,
        stack=None, stage=None, overlay=None):
     """Start the stack and wait until every service is really healthy."""
     from .. import lifecycle
     from ..doctor import run_checks, failed
-    from ..output import say, table
+    from ..output import say, table, warn
 
     t = target(c, stack, stage, overlay, timeout=timeout)
     lifecycle.ensure_no_conflict(t)
-    if not skip_checks:
+    if skip_checks:  # said, never silent: in prod this also skips the weak-password refusal
+        prod = " and the prod password check" if t.stack.stage == "prod" else ""
+        warn(f"--skip-checks: skipped the preflight checks: engine, compose, env files ({', '.join(t.stack.env_files)}"
+             f"{prod}), compose files, ports.")
+    else:
         checks = run_checks(t, full=False)
         if failed(checks):
             _checks_or_exit(checks, "preflight")
@@ -146,6 +150,7 @@ def build(c, service=None, stack=None, stage=None, overlay=None):
 def config_(c, stack=None, stage=None, overlay=None):
     """Print the rendered, validated compose config (secrets masked)."""
     t = target(c, stack, stage, overlay)
+    t.compose.model(c)  # learns the secrets written in the compose files themselves, so they are masked too
     r = t.compose.check(c, "config", what=f"Validating the {t.stack.name} compose files")
     print(t.compose.scrub(r.stdout), end="")
 

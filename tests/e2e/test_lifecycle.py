@@ -201,3 +201,56 @@ def test_secrets_never_appear_in_config_or_env_show(project):
         r = project.run(*args)
         assert secret not in r.stdout + r.stderr, args
     assert "****" in project.run("config").stdout
+
+
+def _set_env(project, name: str = ".env", **values: str) -> None:
+    """Replace or add KEY=value lines in the stack's env file ``name`` (created 0600 if missing)."""
+    import os
+
+    path = project.root / "env" / "memstack" / name
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [ln for ln in lines if ln.split("=", 1)[0] not in values] + [f"{k}={v}" for k, v in values.items()]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def test_config_and_env_show_mask_dollar_passwords_url_credentials_and_compose_file_passwords(project):
+    # issue 12 M3/M4: compose prints a `$` as `$$`; secrets named otherwise, inside URLs, or
+    # written in the compose file itself were printed in clear
+    _set_env(project, POSTGRES_PASSWORD="'Sup3r$ecretPassw0rd-e2e'", DB_PASS="hunter4-very-secret",
+             DATABASE_URL="postgresql://memstack:hunter2-very-secret@postgres:5432/memstack")
+    project.overlay("lit", 'services:\n  redis:\n    entrypoint: ["redis-server", "--requirepass", "lit-pass-in-compose-77"]\n'
+                           '    environment:\n      SMTP_PWD: smtp-pass-in-compose-88\n'
+                           '    healthcheck:\n      test: ["CMD-SHELL", "redis-cli -a hc-pass-in-compose-99 ping"]\n')
+    r = project.run("config", "--overlay", "local,lit")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert "--requirepass" in out and "redis-cli -a **** ping" in out  # the config itself is still there
+    for leak in ("ecretPassw0rd-e2e", "hunter4-very-secret", "hunter2-very-secret", "lit-pass-in-compose-77",
+                 "smtp-pass-in-compose-88", "hc-pass-in-compose-99"):
+        assert leak not in out, leak
+    show = project.run("env.show")
+    assert show.returncode == 0, show.stderr
+    assert "very-secret" not in show.stdout + show.stderr and "ecretPassw0rd" not in show.stdout
+    assert "postgresql://memstack:****@postgres:5432/memstack" in show.stdout
+
+
+def test_prod_check_reads_the_stage_env_file_and_accepts_settings_about_secrets(project):
+    # issue 12: .env.<stage> (read last by compose) was never checked; ACCESS_TOKEN_EXPIRE_MINUTES=30
+    # and REQUIRE_API_KEY=false counted as weak secrets and blocked prod
+    _set_env(project, ACCESS_TOKEN_EXPIRE_MINUTES="30", REQUIRE_API_KEY="false")
+    ok = project.run("env.check", "--stage", "prod")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    _set_env(project, ".env.prod", POSTGRES_PASSWORD="changeme")
+    r = project.run("up", "--stage", "prod", "--overlay", "")
+    assert r.returncode != 0
+    assert "POSTGRES_PASSWORD: weak secret in .env.prod" in r.stdout + r.stderr
+    assert "changeme" not in r.stdout + r.stderr
+
+
+def test_up_skip_checks_says_what_it_skipped(project):
+    r = project.run("up", "--skip-checks", "--service", "nosuch")
+    lines = [ln for ln in r.stderr.splitlines() if "--skip-checks" in ln]
+    assert len(lines) == 1 and "env files (env/memstack/.env)" in lines[0], r.stderr
+    assert r.returncode != 0 and "Unknown service nosuch" in r.stderr  # and nothing was started

@@ -292,3 +292,15 @@ def test_validate_services_names_the_unknown_ones_and_lists_the_valid_ones():
 
 def test_validate_services_accepts_any_iterable_of_names():
     assert validate_services(MODEL, iter(["db"]), "memstack") == ["db"]
+
+
+def test_secrets_written_in_the_compose_files_are_scrubbed_once_the_model_was_read(comp):
+    # issue 12 M3: `command: redis-server --requirepass X` never reaches an error message or log
+    model = {"services": {"cache": {"command": ["redis-server", "--requirepass", "in-file-pass-77"]},
+                          "db": {"environment": {"APP_DB_PASS": "env-in-file-99"}}}}
+    c = MockContext(run={ccmd(comp, "config", "--format", "json"): Result(json.dumps(model)),
+                         ccmd(comp, "up"): Result(stderr="NOAUTH in-file-pass-77; env-in-file-99\n", exited=1)})
+    comp.model(c)
+    with pytest.raises(ComposeError) as e:
+        comp.check(c, "up", what="Starting")
+    assert str(e.value).endswith("NOAUTH ****; ****")

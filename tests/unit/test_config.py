@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fakes import make_project, write
@@ -272,3 +274,35 @@ def test_defaults_are_not_mutated_by_resolve(project):
     write(project, "memstack-ops.toml", '[stacks.memstack]\nproject = "p"\n')
     resolve({"overlays": ["x"]}, root=project, environ={"MEMSTACK_TIMEOUT": "3"})
     assert config.DEFAULTS == before
+
+
+# --- issue 12 L5: bad types in the toml files are one-line errors, not tracebacks -------------
+
+@pytest.mark.parametrize("text, expect", [
+    (b'stack = "\xff\xfe"\n', r"is not UTF-8 \(byte 0xff at offset 9\)"),
+    (b"stacks = 5\n", r": stacks must be a table of stacks: \[stacks.NAME\].*; got a number \(5\)"),
+    (b"[stacks]\nmemstack = 3\n", r": stacks.memstack must be a table: \[stacks.memstack\].*; got a number \(3\)"),
+    (b"[stacks.memstack]\nprobes = 3\n", r": stacks.memstack.probes must be a table"),
+    (b"[stacks.memstack.probes]\napi = 80\n", r": stacks.memstack.probes.api must be a string"),
+    (b"[stacks.memstack]\nproject = 7\n", r": stacks.memstack.project must be a string"),
+    (b"overlays = 3\n", r": overlays must be a list of names, e.g. overlays = \[\"local\"\]; got a number"),
+    (b"overlays = [1]\n", r": overlays must be a list of names"),
+    (b"timeout = true\n", r": timeout must be a number, e.g. timeout = 300; got a boolean"),
+    (b"stage = 2\n", r": stage must be a string"),
+    (b"hosts = 3\n", r": hosts must be a table"),
+])
+def test_a_wrongly_typed_setting_is_a_one_line_error_naming_file_key_and_fix(project, text, expect):
+    cfg = project / "memstack-ops.local.toml"
+    cfg.write_bytes(text)
+    with pytest.raises(ConfigError) as e:
+        resolve({}, root=project, environ={}).stack()
+    msg = str(e.value)
+    assert msg.startswith(f"{cfg}") and "\n" not in msg
+    assert re.search(expect, msg), msg
+
+
+@pytest.mark.parametrize("text, overlays", [('overlays = "local"\n', ["local"]),
+                                            ('overlays = "local, extra"\n', ["local", "extra"])])
+def test_a_string_of_overlays_is_one_overlay_or_a_comma_list_not_letters(project, text, overlays):
+    write(project, "memstack-ops.local.toml", text)
+    assert resolve({}, root=project, environ={})["overlays"] == overlays

@@ -328,3 +328,15 @@ def test_check_disk_fails_over_the_disk_alert_threshold_even_with_gigabytes_free
     assert chk.result == FAIL
     assert chk.detail == "66.8 GB free on /srv/docker (93% used): over the 90% alert threshold"
     assert check_disk(target(tmp_path, c, disk_alert_pct=95.0)).result == OK
+
+
+def test_the_env_check_reads_the_stage_file_compose_reads_last(tmp_path):
+    # issue 12: a weak password in .env.prod (which wins over .env) blocks `up` in prod
+    write(tmp_path, "env/memstack/.env.example", "DB_PASSWORD=  # generate\n")
+    write(tmp_path, "env/memstack/.env", "DB_PASSWORD=Zx8Kq2Lm9Pw4Rt7Yv3Nb6Hc1\n", mode=0o600)
+    write(tmp_path, "env/memstack/.env.prod", "DB_PASSWORD=neo4j123\nSMTP_PWD=admin\n", mode=0o600)
+    t = target(tmp_path, MockContext(run={}))
+    t.stack = make_stack(tmp_path, stage="prod", env_files=("env/memstack/.env", "env/memstack/.env.prod"))
+    chk = doctor.check_env(t)
+    assert chk.result == FAIL and "DB_PASSWORD: weak secret in .env.prod" in chk.detail and "SMTP_PWD" in chk.detail
+    assert "neo4j123" not in chk.detail and "env/memstack/.env.prod" in chk.fix

@@ -352,3 +352,126 @@ def test_scrub_never_leaks_a_generated_secret():
     out = scrub(text, values)
     assert not any(v in out for v in values.values())
     assert out.count("****") == 10
+
+
+# --- issue 12 M4: secrets recognised by a wider name pattern, by value shape, inside URLs -----
+
+@pytest.mark.parametrize("key", ["DB_PASS", "SMTP_PWD", "MAIL_PASSPHRASE", "MYSQLPASSWORD", "AWS_SECRET_ACCESS_KEY",
+                                 "SESSION_KEY", "ENCRYPTION_KEY", "SENTRY_DSN", "GOOGLE_CREDENTIALS", "OAUTH_TOKEN",
+                                 "REDIS_PW", "NEO4J_AUTH"])
+def test_the_wider_pattern_recognises_secret_keys(key):
+    assert is_secret(key)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("ACCESS_TOKEN_EXPIRE_MINUTES", "30"), ("REQUIRE_API_KEY", "false"), ("JWT_TOKEN_TTL", "1h30m"),
+    ("SESSION_TOKEN", "3600"), ("POSTGRES_HOST_AUTH_METHOD", "trust"), ("POSTGRES_PASSWORD_FILE", "/run/secrets/pg"),
+    ("ALLOW_EMPTY_PASSWORD", "yes"), ("MINIO_ACCESS_KEY", "memos"), ("AUTH_URL", "http://auth:8080/login"),
+    ("NEO4J_AUTH", "none"), ("API_TOKEN", "${OTHER_TOKEN}"),
+])
+def test_settings_about_secrets_are_not_secrets_by_their_value_shape(key, value):
+    assert not is_secret(key, value)
+    assert mask(key, value) == value
+
+
+def test_a_password_key_is_a_secret_whatever_its_shape():
+    assert is_secret("MYSQL_ROOT_PASSWORD", "123456") and mask("MYSQL_ROOT_PASSWORD", "123456") == "****"
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("DATABASE_URL", "postgresql://memstack:hunter2-very-secret@postgres:5432/memstack",
+     "postgresql://memstack:****@postgres:5432/memstack"),
+    ("REDIS_URL", "redis://:hunter3-very-secret@redis:6379/0", "redis://:****@redis:6379/0"),
+    ("SENTRY_DSN", "https://0123456789abcdef@o1.ingest.example/1", "https://****@o1.ingest.example/1"),
+    ("API_URL", "http://api:8000/v1", "http://api:8000/v1"),
+])
+def test_mask_hides_the_password_of_a_url_and_keeps_the_rest_readable(key, value, shown):
+    assert mask(key, value) == shown
+
+
+def test_mask_hides_a_value_that_is_a_secret_elsewhere():
+    values = {"DB_PASS": "hunter4-very-secret", "BACKUP_NOTE": "hunter4-very-secret", "PGURL": "x hunter4-very-secret"}
+    found = envfiles.secret_values(values)
+    assert mask("BACKUP_NOTE", values["BACKUP_NOTE"], found) == "****"
+    assert mask("PGURL", values["PGURL"], found) == "x ****"
+
+
+def test_scrub_masks_the_new_kinds_of_secrets_in_free_text():
+    values = {"DB_PASS": "hunter4-very-secret", "SMTP_PWD": "hunter5-very-secret",
+              "DATABASE_URL": "postgresql://memstack:hunter2-very-secret@postgres:5432/memstack",
+              "ACCESS_TOKEN_EXPIRE_MINUTES": "3600"}
+    out = scrub("auth hunter2-very-secret / hunter4-very-secret / hunter5-very-secret; token lives 3600 s", values)
+    assert out == "auth **** / **** / ****; token lives 3600 s"
+
+
+def test_scrub_masks_the_password_of_any_url_in_the_text():
+    assert scrub("cannot reach redis://:abc123xyz@cache:6379/0", {}) == "cannot reach redis://:****@cache:6379/0"
+
+
+# --- issue 12 M3: the forms compose prints a secret in, and secrets written in compose files ----
+
+@pytest.mark.parametrize("secret, rendered", [
+    ("Sup3r$ecretPassw0rd", "POSTGRES_PASSWORD: Sup3r$$ecretPassw0rd"),  # compose doubles `$`
+    ("it's: a #secret", "X: 'it''s: a #secret'"),  # YAML single-quoted scalar
+    ('q"uo\\te-secret', '"X": "q\\"uo\\\\te-secret"'),  # JSON string
+])
+def test_scrub_masks_a_secret_in_the_form_compose_prints_it(secret, rendered):
+    out = scrub(rendered, {"DB_PASSWORD": secret})
+    assert "****" in out and "ecret" not in out.split(":", 1)[1]
+
+
+PROBE_MODEL = {"services": {
+    "cache": {"command": ["redis-server", "--requirepass", "lit$$eral-pass-123", "--port", "6379"],
+              "environment": {"DB_PASSWORD": "in-file-secret-xyz", "DATABASE_URL": "postgres://u:urlpw-123456@db/x",
+                              "LOG_LEVEL": "INFO", "TOKEN_TTL": "3600"},
+              "healthcheck": {"test": ["CMD-SHELL", "redis-cli -a 'hc-pass-9876' ping && mkdir -p /data"]}},
+    "db": {"healthcheck": {"test": ["CMD", "mysqladmin", "ping", "-h", "127.0.0.1", "-uroot", "-p$$MYSQL_ROOT_PASSWORD"]},
+           "entrypoint": ["sh", "-c", "mysqladmin -uroot -pmy-entry-pass1 status"]},
+    "pg": {"healthcheck": {"test": ["CMD-SHELL", "pg_isready -h 127.0.0.1 -p 5432"]},
+           "command": ["curl", "-u", "admin:curl-pass-42", "http://x"]},
+}}
+
+
+def test_model_secrets_finds_passwords_written_in_the_compose_file_and_nothing_else():
+    assert envfiles.model_secrets(PROBE_MODEL) == {
+        "lit$eral-pass-123", "in-file-secret-xyz", "urlpw-123456", "hc-pass-9876", "my-entry-pass1", "curl-pass-42"}
+
+
+# --- issue 12: the prod check reads every env file compose reads, every key, by value shape ---
+
+def test_the_prod_check_reads_the_stage_file_that_compose_reads_last(tmp_path, tpl):
+    main = env_file(tmp_path, GOOD)
+    stage = write(tmp_path, "env/memstack/.env.prod", "DB_PASSWORD=123456\n", mode=0o600)
+    values, findings = check_env([main, stage], tpl, "prod")
+    f = by_key(findings)["DB_PASSWORD"]
+    assert values["DB_PASSWORD"] == "123456"
+    assert f.level == "error" and "in .env.prod" in f.message and "123456" not in f.message
+
+
+def test_the_prod_check_also_checks_secrets_the_template_does_not_list(tmp_path, tpl):
+    _, findings = check_env(env_file(tmp_path, GOOD | {"SMTP_PASSWORD": "changeme"}), tpl, "prod")
+    assert by_key(findings)["SMTP_PASSWORD"].level == "error"
+
+
+def test_the_prod_check_flags_a_weak_password_inside_a_url_without_echoing_it(tmp_path, tpl):
+    _, findings = check_env(env_file(tmp_path, GOOD | {"DATABASE_URL": "postgresql://app:postgres@db/app"}), tpl, "prod")
+    f = by_key(findings)["DATABASE_URL"]
+    assert f.level == "error" and "known default password" in f.message and "postgres@" not in f.message
+
+
+def test_the_prod_check_accepts_an_upstream_files_settings_about_secrets(tmp_path, tpl):
+    upstream = {"ACCESS_TOKEN_EXPIRE_MINUTES": "30", "REQUIRE_API_KEY": "false", "JWT_TOKEN_TTL": "15m",
+                "POSTGRES_HOST_AUTH_METHOD": "scram-sha-256", "REDIS_URL": "redis://redis:6379/0",
+                "MINIO_ACCESS_KEY": "memos"}
+    _, findings = check_env(env_file(tmp_path, GOOD | upstream), tpl, "prod")
+    assert findings == []
+
+
+@pytest.mark.parametrize("template", sorted(str(p) for p in __import__("pathlib").Path(__file__).resolve()
+                                           .parents[2].glob("env/*/*.example")))
+def test_every_shipped_template_initialises_to_a_file_that_passes_the_prod_check(tmp_path, template):
+    from pathlib import Path
+
+    path = tmp_path / "env"
+    init_env(path, Path(template))
+    assert check_env(path, Path(template), "prod")[1] == []

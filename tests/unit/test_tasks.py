@@ -151,3 +151,58 @@ def test_parsing_a_command_line_leaves_the_tasks_help_intact():
     parse_cli(["memstack-ops", "up", "--timeout", "5"])
     assert {name: dict(ns[name].help) for name in ns.task_names} == before
     assert "timeout" in ns["up"].help
+
+
+# --- issue 12: masking in config / env.show, the prod check's files, --skip-checks said -------
+
+def test_config_masks_a_dollar_password_and_a_password_written_in_the_compose_file(root, capsys):
+    write(root, "env/memstack/.env", "DB_PASSWORD='Sup3r$ecretPassw0rd'\n", mode=0o600)
+    model = {"services": {"db": {"command": ["redis-server", "--requirepass", "lit-pass-in-compose"],
+                                 "environment": {"DB_PASSWORD": "Sup3r$$ecretPassw0rd"}}}}
+    rendered = ("services:\n  db:\n    command:\n      - redis-server\n      - --requirepass\n"
+                "      - lit-pass-in-compose\n    environment:\n      DB_PASSWORD: Sup3r$$ecretPassw0rd\n")
+    base = re.escape(f"cd {shlex.quote(str(root))} && docker compose ") + r".* config"
+    c = MockContext(run={re.compile(base + " --format json$"): Result(json.dumps(model)),
+                         re.compile(base + "$"): Result(rendered)})
+    stack_tasks.config_(c)
+    out = capsys.readouterr().out
+    assert "ecretPassw0rd" not in out and "lit-pass-in-compose" not in out
+    assert out.count("****") == 2 and "redis-server" in out
+
+
+def test_env_show_masks_secrets_named_otherwise_and_url_passwords(root, capsys):
+    write(root, "env/memstack/.env", "DB_PASS=hunter4-very-secret\nSMTP_PWD=hunter5-very-secret\n"
+          "DATABASE_URL=postgresql://memstack:hunter2-very-secret@postgres:5432/memstack\n"
+          "REDIS_URL=redis://:hunter3-very-secret@redis:6379/0\nACCESS_TOKEN_EXPIRE_MINUTES=30\n", mode=0o600)
+    write(root, "env/memstack/.env.staging", "BACKUP_NOTE=hunter4-very-secret\n", mode=0o600)
+    env_tasks.show(MockContext(), stage="staging")
+    out = capsys.readouterr().out
+    assert "very-secret" not in out
+    assert re.search(r"^DATABASE_URL\s+postgresql://memstack:\*\*\*\*@postgres:5432/memstack\s", out, re.M)
+    assert re.search(r"^BACKUP_NOTE\s+\*\*\*\*\s+env/memstack/\.env\.staging$", out, re.M)
+    assert re.search(r"^ACCESS_TOKEN_EXPIRE_MINUTES\s+30\s", out, re.M)
+
+
+def test_env_check_in_prod_reads_the_stage_file_compose_reads_last(root, capsys):
+    write(root, "env/memstack/.env", f"BIND_ADDRESS=x\nDB_PASSWORD={SECRET}\nDB_USER=app\nAPI_TOKEN={SECRET}\n",
+          mode=0o600)
+    write(root, "env/memstack/.env.prod", "DB_PASSWORD=changeme\n", mode=0o600)
+    with pytest.raises(Exit) as e:
+        env_tasks.check(MockContext(), stage="prod")
+    out = capsys.readouterr().out
+    assert "problem(s) in env/memstack/.env + env/memstack/.env.prod: DB_PASSWORD" in e.value.message
+    assert "in .env.prod" in out and "changeme" not in out + e.value.message
+
+
+def test_up_with_skip_checks_says_in_one_line_what_it_skipped(root, capsys, monkeypatch):
+    from memstack_ops import lifecycle
+
+    write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\n", mode=0o600)
+    monkeypatch.setattr(lifecycle, "up", lambda *a, **k: None)
+    monkeypatch.setattr(lifecycle, "urls", lambda t: [])
+    c = MockContext(run={})
+    stack_tasks.up(c, skip_checks=True, stage="prod")
+    err = capsys.readouterr().err.splitlines()
+    said = [ln for ln in err if "--skip-checks" in ln]
+    assert len(said) == 1 and "prod password check" in said[0] and "env/memstack/.env" in said[0]
+    assert c.run.call_count == 0  # the checks really did not run
