@@ -285,3 +285,71 @@ def test_bad_hosts_are_named_with_why_and_the_others_go_on(tmp_path, hosts, ssh_
     finally:
         hosts["h1"].sh(f"docker ps -aq --filter label=com.docker.compose.project={p.name} | xargs -r docker rm -f; "
                        f"rm -rf {p.stack_root}", check=False)
+
+
+def plant_release(box, root: str, rid: str = "20260101T000000Z-planted", extra: dict[str, str] | None = None,
+                  **manifest) -> str:
+    """A release made by hand on the host (no deploy): stack tiny's compose and env files, its
+    release.json (``manifest`` overrides keys), ``current`` pointing at it; ``extra`` adds
+    more files, named relative to the release folder (so ``../x`` or ``/abs`` land where a host's
+    manifest would make this machine read them)."""
+    import shlex
+
+    from conftest_remote import TINY_COMPOSE
+
+    m = {"release": rid, "stack": "tiny", "stage": "dev", "project": f"planted{rid[:8]}", "overlays": [],
+         "compose_files": ["compose/tiny/compose.yml"], "env_files": ["env/tiny/.env"],
+         "env_template": "env/tiny/.env.example", "services": [], "images": {},
+         "files": ["compose/tiny/compose.yml", "env/tiny/.env", "env/tiny/.env.example"], **manifest}
+    d = f"{root}/releases/{rid}"
+    content = {"compose/tiny/compose.yml": TINY_COMPOSE, "env/tiny/.env": "APP_TOKEN=planted-token-value\n",
+               "env/tiny/.env.example": "APP_TOKEN=\n", "release.json": json.dumps(m), **(extra or {})}
+    script = [f"mkdir -p {shlex.quote(d)}"]
+    for name, text in content.items():
+        path = f"{d}/{name}"
+        script.append(f"mkdir -p \"$(dirname {shlex.quote(path)})\" && printf %s {shlex.quote(text)} > {shlex.quote(path)}")
+    script.append(f"ln -sfn {shlex.quote('releases/' + rid)} {shlex.quote(root + '/current')}")
+    box.sh(" && ".join(script))
+    return d
+
+
+def test_a_hosts_release_json_cannot_make_this_machine_write_or_read_files_outside_its_copy(tmp_path, hosts,
+                                                                                            ssh_key):
+    """Security review H1: the manifest comes from the host. Names with ``..`` or absolute names in
+    `files` were written on the operator's machine by any -H task (an existing file overwritten);
+    an absolute `env_files` name pointed the local env reader anywhere."""
+    import uuid
+
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private)
+    h1, tmp = hosts["h1"], tmp_path / "tmp"
+    tmp.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("ORIGINAL\n")
+    dotdot = f"sec-h1-{uuid.uuid4().hex[:8]}.txt"  # ../../ from the mirror (TMPDIR/<mkdtemp>/<rid>/) is TMPDIR
+    evil = "written by the HOST\n"
+    try:
+        plant_release(h1, p.stack_root)  # a sound release first: -H works on it
+        assert "cache    not created" in ok(p.run("-H", "h1", "ps", TMPDIR=str(tmp)))
+        cases = [
+            ("../../" + dotdot, {"files": ["compose/tiny/compose.yml", "env/tiny/.env", "../../" + dotdot]},
+             {"../../" + dotdot: evil}),
+            (str(victim), {"files": ["compose/tiny/compose.yml", "env/tiny/.env", str(victim)]},
+             {str(victim).lstrip("/"): evil}),
+            ("compose/../../" + dotdot, {"files": ["compose/tiny/compose.yml", "compose/../../" + dotdot]},
+             {"compose/../../" + dotdot: evil}),
+            (str(victim), {"env_files": [str(victim)]}, {}),
+            ("notes/x.txt", {"files": ["compose/tiny/compose.yml", "env/tiny/.env", "notes/x.txt"]},
+             {"notes/x.txt": evil}),
+        ]
+        for n, (name, manifest, extra) in enumerate(cases):
+            plant_release(h1, p.stack_root, rid=f"2026010{n + 2}T000000Z-evil", extra=extra, **manifest)
+            out = p.run("-H", "h1", "ps", TMPDIR=str(tmp))
+            assert victim.read_text() == "ORIGINAL\n", name
+            assert not (tmp / dotdot).exists() and not (tmp_path / dotdot).exists(), name
+            out = failed(out)
+            assert f"h1 (root@127.0.0.1:{h1.port}): release 2026010{n + 2}T000000Z-evil's release.json names the " \
+                   f"file {name!r}" in out, out
+            assert "Nothing was written on this machine" in out
+            assert "written by the HOST" not in out
+    finally:
+        h1.sh(f"rm -rf {p.stack_root}", check=False)
