@@ -39,8 +39,9 @@ class RemoteCompose(Compose):
         if self.remote_root is None:
             raise ComposeError(f"{self.where} has no release of stack {self.stack.name} yet: run `deploy` "
                                f"to it first.")
-        with c.cd(self.remote_root):
-            return run(c, self.argv(*args), **kw)
+        # Not invoke's c.cd: it escapes only spaces, so a `$(...)` or `;` in the inventory root or
+        # a release name would run as shell on the host. compose.in_dir quotes the folder.
+        return run(c, self.argv(*args), cwd=self.remote_root, **kw)
 
     def ps(self, c: Any, services: Any = ()) -> list[dict[str, Any]]:
         """`compose ps`, retried (bounded) when a container vanished between compose's listing and

@@ -353,3 +353,22 @@ def test_a_hosts_release_json_cannot_make_this_machine_write_or_read_files_outsi
             assert "written by the HOST" not in out
     finally:
         h1.sh(f"rm -rf {p.stack_root}", check=False)
+
+
+def test_shell_in_the_inventory_root_is_never_run_on_the_host(tmp_path, hosts, ssh_key):
+    """Security review L1: compose ran in the release folder through invoke's c.cd, which escapes
+    only spaces, so `$(...)` or `;` in the inventory root ran as shell on the host."""
+    import shlex
+    import uuid
+
+    tag = f"/tmp/sec-l1-{uuid.uuid4().hex[:8]}"
+    root = f"/srv/l1-{uuid.uuid4().hex[:6]}$(id>{tag}-a);id>{tag}-b;x y"  # c.cd escaped only the space
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private, host_settings=f"root = {json.dumps(root)}")
+    h1 = hosts["h1"]
+    try:
+        plant_release(h1, root)
+        r = p.run("-H", "h1", "ps")
+        assert h1.sh(f"ls {tag}-a {tag}-b 2>/dev/null || echo none").strip() == "none"
+        assert "cache    not created" in ok(r)  # compose ran in the folder of that literal name
+    finally:
+        h1.sh(f"rm -rf {tag}-a {tag}-b {shlex.quote(root)}", check=False)
