@@ -372,3 +372,66 @@ def test_shell_in_the_inventory_root_is_never_run_on_the_host(tmp_path, hosts, s
         assert "cache    not created" in ok(r)  # compose ran in the folder of that literal name
     finally:
         h1.sh(f"rm -rf {tag}-a {tag}-b {shlex.quote(root)}", check=False)
+
+
+def test_two_deployers_meeting_one_stale_lock_never_both_hold_it(tmp_path, hosts, ssh_key, monkeypatch):
+    """Security review H2 (its lockrace.py, on the new code): two deployers meet the same stale
+    lock, and both have seen it stale before either replaces it (a pause in the host script right
+    after its "stale?" check opens that window wide). Exactly one may hold the lock afterwards.
+    Then a holder whose lock was removed behind its back (lock.release --force) and taken by
+    another must not delete that other one's lock when it releases."""
+    import shlex
+
+    from memstack_ops.config import resolve
+    from memstack_ops.remote import LockHeld
+    from memstack_ops.remote import lock as L
+    from memstack_ops.remote.inventory import resolve_hosts
+    from memstack_ops.remote.ssh import connect
+
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private)
+    h1, root = hosts["h1"], p.stack_root
+    ghost = json.dumps({"owner": "ghost@crashed", "pid": 1, "time": "2026-01-01T00:00:00Z", "message": "deploy R0"})
+    h1.sh(f"mkdir -p {root}/{L.LOCK} && printf '%s\\n' {shlex.quote(ghost)} > {root}/{L.LOCK}/info && "
+          f"echo '999999 1' > {root}/{L.LOCK}/keeper")
+    marker = "  # stale: take it over\n"
+    assert marker in L._ACQUIRE
+    monkeypatch.setattr(L, "_ACQUIRE", L._ACQUIRE.replace(marker, marker + "  sleep 2\n"))
+    host = resolve_hosts(resolve(root=p.root, environ={}), "h1")[0]
+    conns = {"A": connect(host), "B": connect(host)}
+    barrier, said = threading.Barrier(2), []
+    held: dict[str, L.Lock] = {}
+    refused: dict[str, str] = {}
+
+    def go(name: str) -> None:
+        lk = L.Lock(conns[name], root, f"deploy by {name}")
+        barrier.wait(timeout=30)
+        try:
+            held[name] = lk.acquire(0, say=lambda m: said.append(f"[{name}] {m}"))
+        except LockHeld as e:
+            refused[name] = str(e)
+
+    try:
+        threads = [threading.Thread(target=go, args=(n,)) for n in conns]
+        [t.start() for t in threads]
+        [t.join(90) for t in threads]
+        assert len(held) == 1 and len(refused) == 1, (held, refused, said)
+        (winner, lk), (loser, why) = next(iter(held.items())), next(iter(refused.items()))
+        info = L.inspect(conns[loser], root)
+        assert info.held and not info.stale and info.message == f"deploy by {winner}", info.describe()
+        assert lk.took_over is not None and lk.took_over.owner == "ghost@crashed"
+        assert said == [f"[{winner}] Found a stale deploy lock on h1 (root@127.0.0.1:{h1.port}) (STALE: its "
+                        f"holder's connection is gone: by ghost@crashed (pid 1) since 2026-01-01T00:00:00Z, "
+                        f"'deploy R0'); took it over."], said
+        assert f"'deploy by {winner}'" in why and "held: by" in why
+        # the winner's lock is removed behind its back; the loser takes the lock now
+        assert L.remove(conns[loser], root)
+        mine = L.Lock(conns[loser], root, f"deploy by {loser}").acquire(0, say=said.append)
+        assert not lk.release()  # no longer the winner's: left alone
+        info = L.inspect(conns[winner], root)
+        assert info.held and not info.stale and info.message == f"deploy by {loser}", info.describe()
+        assert mine.release()
+        assert not L.inspect(conns[winner], root).held
+    finally:
+        for c in conns.values():
+            c.close()
+        h1.sh(f"rm -rf {root}", check=False)
