@@ -118,10 +118,35 @@ class HostConnection(fabric.Connection):
                 self._mirror = None
 
 
+def key_files(conn: Any) -> list[str]:
+    keys = conn.connect_kwargs.get("key_filename") or []
+    return [keys] if isinstance(keys, str) else list(keys)
+
+
+def refuse_unprotected_keys(label: str, keys: list[str]) -> None:
+    """A private key that group or others can read is refused, as OpenSSH refuses it ("UNPROTECTED
+    PRIVATE KEY FILE! ... This private key will be ignored."): such a key may already be copied.
+    OpenSSH checks this for keys owned by the user only; we check every key we are given."""
+    import stat
+
+    for k in keys:
+        path = os.path.expanduser(k)
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue  # a missing key is paramiko's error to report
+        if mode & 0o077:
+            raise RemoteError(f"{label}: UNPROTECTED PRIVATE KEY FILE {path}: permissions {mode:04o} are too open "
+                              f"(group or others can read it), so it is not used, as OpenSSH refuses it too. A "
+                              f"private key must be readable by its owner only: `chmod 600 {path}`, then try "
+                              f"again (and replace the key if others may have copied it).")
+
+
 def connect(host: Host, config: Any = None) -> HostConnection:
     """Open a connection, or raise RemoteError saying which host and why."""
     conn = HostConnection(host, config)
     known = host.known_hosts
+    refuse_unprotected_keys(host.label, key_files(conn))
     try:
         conn.open()
     except UnknownHostKey as e:

@@ -435,3 +435,21 @@ def test_two_deployers_meeting_one_stale_lock_never_both_hold_it(tmp_path, hosts
         for c in conns.values():
             c.close()
         h1.sh(f"rm -rf {root}", check=False)
+
+
+def test_a_private_key_others_can_read_is_refused_as_openssh_does(tmp_path, hosts, ssh_key):
+    """Security review L3: a 0644 private key was used without a word; OpenSSH refuses it."""
+    import shutil
+
+    key = tmp_path / "keys" / "id"
+    key.parent.mkdir()
+    shutil.copyfile(ssh_key.private, key)
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, key)
+    for mode in (0o644, 0o640, 0o604):
+        key.chmod(mode)
+        out = failed(p.run("-H", "h1", "releases"))
+        assert f"h1 (root@127.0.0.1:{hosts['h1'].port}): UNPROTECTED PRIVATE KEY FILE {key}: permissions " \
+               f"{mode:04o} are too open" in out, out
+        assert f"`chmod 600 {key}`" in out
+    key.chmod(0o600)
+    assert "h1    ok" in ok(p.run("-H", "h1", "releases"))
