@@ -453,3 +453,55 @@ def test_a_private_key_others_can_read_is_refused_as_openssh_does(tmp_path, host
         assert f"`chmod 600 {key}`" in out
     key.chmod(0o600)
     assert "h1    ok" in ok(p.run("-H", "h1", "releases"))
+
+
+def test_a_proxyjump_hop_has_its_host_key_checked_like_the_target(tmp_path, hosts, ssh_key):
+    """Security review L2: a ProxyJump from the ssh config became a fabric Connection with
+    AutoAddPolicy and no known_hosts, so the bastion's key was never checked. Here h2 is the
+    bastion in front of h1 (reached by its container address, from h2), over real SSH."""
+    import fabric
+
+    from memstack_ops.remote import RemoteError
+    from memstack_ops.remote.inventory import Host
+    from memstack_ops.remote.ssh import connect
+
+    h1, h2 = hosts["h1"], hosts["h2"]
+    ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", h1.container).stdout.strip()
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host jumped\n  HostName {ip}\n  ProxyJump root@127.0.0.1:{h2.port}\n\n"
+                   f"Host 127.0.0.1\n  IdentityFile {ssh_key.private}\n")
+    kh = tmp_path / "known_hosts"
+    bastion = f"[127.0.0.1]:{h2.port}"
+
+    def run_on(policy: str) -> str:
+        host = Host(name="jumped", address="jumped", user="root", key=str(ssh_key.private), known_hosts=str(kh),
+                    host_key_policy=policy, connect_timeout=20)
+        conn = connect(host, fabric.Config(runtime_ssh_path=str(cfg)))
+        try:
+            assert conn.gateway.host == "127.0.0.1" and conn.gateway.port == h2.port
+            return conn.run("hostname", hide=True, in_stream=False).stdout.strip()
+        finally:
+            conn.close()
+            conn.gateway.close()
+
+    # accept-new: both keys recorded on first contact, and the connection really goes through h2
+    assert run_on("accept-new") == "h1"
+    lines = kh.read_text().splitlines()
+    assert {ln.split()[0] for ln in lines} == {ip, bastion}, lines
+    target_line = next(ln for ln in lines if ln.split()[0] == ip)
+    bastion_line = next(ln for ln in lines if ln.split()[0] == bastion)
+    assert run_on("strict") == "h1"  # both known now
+    # strict, the bastion unknown: refused, naming the jump host and how to record it
+    kh.write_text(target_line + "\n")
+    with pytest.raises(RemoteError) as e:
+        run_on("strict")
+    assert f"jump host 127.0.0.1:{h2.port} (ProxyJump in your ssh config) key unknown" in str(e.value)
+    assert f"ssh-keyscan -p {h2.port} 127.0.0.1 >> {kh}" in str(e.value)
+    # the bastion's key changed (h1's key recorded for it): refused under both policies
+    kh.write_text(target_line + "\n" + f"{bastion} {' '.join(target_line.split()[1:])}\n")
+    for policy in ("strict", "accept-new"):
+        with pytest.raises(RemoteError) as e:
+            run_on(policy)
+        assert f"the jump host 127.0.0.1:{h2.port} (ProxyJump in your ssh config) key CHANGED" in str(e.value)
+        assert f"ssh-keygen -R '{bastion}' -f {kh}" in str(e.value)
+    assert bastion_line not in kh.read_text()  # nothing recorded over it
