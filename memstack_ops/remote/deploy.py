@@ -214,7 +214,7 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
         finally:
             if lock.alive():
                 try:
-                    audit(c, root, "deploy", rel.id, result, detail if result != "deployed" else "")
+                    audit(c, root, "deploy", rel.id, result, detail if result != "deployed" else "", message=message)
                     lock.release()
                 except LOST_ERRORS():
                     warn(f"{host.label}: could not release the lock (connection lost); it is stale now.")

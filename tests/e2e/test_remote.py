@@ -199,7 +199,7 @@ def test_two_deploys_at_once_the_second_fails_naming_the_holder_or_waits(remote_
         out = failed(p.run("-H", "h1", "deploy"))
         assert "locked (held: by" in out and "'deploy " in out and "first one" in out
         assert "--lock-wait" in out
-        queued = p.run("-H", "h1", "deploy", "--lock-wait", "300", timeout=600)
+        queued = p.run("-H", "h1", "deploy", "--lock-wait", "300", "--message", 'queued "2nd"\nline', timeout=600)
         f_out, f_err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
@@ -210,6 +210,10 @@ def test_two_deploys_at_once_the_second_fails_naming_the_holder_or_waits(remote_
     assert current(h1, p) == release_of(q)
     log = h1.sh(f"cat {p.stack_root}/audit.log")
     assert log.count("result=deployed") == 2
+    # --message is in the audit line (security review L7), json-escaped: one line per deploy
+    lines = log.splitlines()
+    assert len(lines) == 2 and 'message="first one"' in lines[0], log
+    assert 'message="queued \\"2nd\\"\\nline"' in lines[1], log
 
 
 def test_secrets_never_appear_in_the_remote_process_list_or_logs(remote_project, hosts):
