@@ -51,10 +51,18 @@ def wait_for(box, script: str, seconds: float = 90) -> None:
            timeout=seconds + 30)
 
 
+DAEMON = "/etc/docker/daemon.json"
+
+
 def test_bootstrap_makes_a_bare_host_ready_and_a_second_run_changes_nothing(bare_host, tmp_path, ssh_key):
     p = make_project(tmp_path / "proj", {"bare": bare_host}, ssh_key.private,
                      host_settings='registry_mirrors = ["https://mirror.example.org"]')
     assert bare_host.sh("command -v dockerd || echo none").strip() == "none"
+    # a local user of the host has planted the fixed /tmp names bootstrap once used (security
+    # review L8): a directory in the way, and a symlink to a file root would then write
+    traps = "/tmp/memstack-ops-daemon.json /tmp/docker-compose.bare.upload"
+    bare_host.sh("mkdir /tmp/memstack-ops-daemon.json && ln -s /root/planted-by-a-local-user "
+                 f"/tmp/docker-compose.bare.upload && chown -h nobody {traps}")
     # bad input first: a host without Docker is told to bootstrap, and nothing changes there
     out = failed(p.run("-H", "bare", "deploy"))
     assert "no Docker engine" in out and "bootstrap" in out
@@ -73,6 +81,11 @@ def test_bootstrap_makes_a_bare_host_ready_and_a_second_run_changes_nothing(bare
     assert bare_host.sh("docker compose version --short").strip().startswith("2.")
     assert bare_host.sh(f"test -d {p.stack_root}/releases && echo yes").strip() == "yes"
     assert "Docker engine" in out and "compose v2" in out  # doctor ran at the end
+    # what root installed came from a private mktemp -d folder, and is root's own
+    assert bare_host.sh(f"stat -c '%U:%G %a' {DAEMON} /usr/local/lib/docker/cli-plugins/docker-compose"
+                        ).split("\n")[:2] == ["root:root 644", "root:root 755"]
+    assert bare_host.sh(f"stat -c '%U %F' {traps}").split("\n")[:2] == ["nobody directory", "nobody symbolic link"]
+    assert bare_host.sh("ls /root/planted-by-a-local-user /tmp/memstack-ops.* 2>/dev/null || echo none").strip() == "none"
 
     again = ok(p.run("-H", "bare", "bootstrap", timeout=300))
     assert "nothing changed" in again
