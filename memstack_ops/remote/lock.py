@@ -168,7 +168,7 @@ class Lock:
         chan.close()
         if answer != "busy":
             raise RemoteError(f"{self.where}: cannot create the lock under {self.root} "
-                              f"({' '.join((answer, keeper)).strip() or 'no answer'}): is it writable by this user? "
+                              f"({f'{answer} {keeper}'.strip() or 'no answer'}): is it writable by this user? "
                               f"(`bootstrap` creates it).")
         return False
 

@@ -436,9 +436,9 @@ def test_two_deployers_meeting_one_stale_lock_never_both_hold_it(tmp_path, hosts
         info = L.inspect(conns[loser], root)
         assert info.held and not info.stale and info.message == f"deploy by {winner}", info.describe()
         assert lk.took_over is not None and lk.took_over.owner == "ghost@crashed"
-        assert said == [f"[{winner}] Found a stale deploy lock on h1 (root@127.0.0.1:{h1.port}) (STALE: its "
-                        f"holder's connection is gone: by ghost@crashed (pid 1) since 2026-01-01T00:00:00Z, "
-                        f"'deploy R0'); took it over."], said
+        assert said == [(f"[{winner}] Found a stale deploy lock on h1 (root@127.0.0.1:{h1.port}) (STALE: its "
+                         f"holder's connection is gone: by ghost@crashed (pid 1) since 2026-01-01T00:00:00Z, "
+                         f"'deploy R0'); took it over.")], said
         assert f"'deploy by {winner}'" in why and "held: by" in why
         # the winner's lock is removed behind its back; the loser takes the lock now
         assert L.remove(conns[loser], root)
