@@ -64,6 +64,17 @@ class Bootstrap:
                               f"{(r.stderr or r.stdout).strip()[-800:]}")
         return r
 
+    def upload_dir(self) -> str:
+        """A fresh private folder on the host (``mktemp -d``: unpredictable name, mode 0700, owned by
+        the connecting user) for files root then installs. Fixed /tmp names let a local user of the
+        host pre-create them, as a symlink or a file of their own, or swap them before root's
+        install (CWE-377)."""
+        r = self.must(self.sh('umask 077 && mktemp -d "${TMPDIR:-/tmp}/memstack-ops.XXXXXXXXXX"'), "mktemp -d")
+        d = r.stdout.strip()
+        if not d.startswith("/") or "\n" in d:
+            raise RemoteError(f"{self.host.label}: mktemp -d answered {d!r}, not a folder.")
+        return d
+
     def step(self, name: str, changed: bool, detail: str) -> None:
         if changed:
             self.changed.append(name)
@@ -142,10 +153,14 @@ class Bootstrap:
                               f"package for it, and this machine cannot lend its own "
                               f"({'none here' if not plugin else f'{platform.machine()} here, {arch} there'}). "
                               f"Install docker-compose-plugin from Docker's apt repository on the host.")
-        tmp = f"/tmp/docker-compose.{self.c.inventory.name.replace('/', '_')}.upload"
-        self.c.sftp().put(plugin, tmp)
-        self.must(self.root_sh(f"mkdir -p {PLUGIN_DIR} && install -m 0755 {shlex.quote(tmp)} "
-                               f"{PLUGIN_DIR}/docker-compose && rm -f {shlex.quote(tmp)}"), "installing compose")
+        d = self.upload_dir()
+        try:
+            self.c.sftp().put(plugin, f"{d}/docker-compose")
+            self.must(self.root_sh(f"mkdir -p {PLUGIN_DIR} && install -o root -g root -m 0755 "
+                                   f"{shlex.quote(d + '/docker-compose')} {PLUGIN_DIR}/docker-compose"),
+                      "installing compose")
+        finally:
+            self.sh(f"rm -rf {shlex.quote(d)}")
         v = self.must(self.sh("docker compose version --short"), "docker compose version").stdout.strip()
         self.step("compose v2", True, f"copied this machine's compose plugin ({v}) to {PLUGIN_DIR}")
 
@@ -163,11 +178,15 @@ class Bootstrap:
                                               f"{self.host.log_max_file}" + (", registry mirrors" if self.host.registry_mirrors else ""))
             return False
         body = json.dumps(want, indent=2, sort_keys=True) + "\n"
-        tmp = "/tmp/memstack-ops-daemon.json"
         from .ssh import put_text
 
-        put_text(self.c, body, tmp, mode=0o644)
-        self.must(self.root_sh(f"mkdir -p /etc/docker && mv {tmp} {DAEMON_JSON}"), f"writing {DAEMON_JSON}")
+        d = self.upload_dir()
+        try:
+            put_text(self.c, body, f"{d}/daemon.json", mode=0o644)
+            self.must(self.root_sh(f"mkdir -p /etc/docker && install -o root -g root -m 0644 "
+                                   f"{shlex.quote(d + '/daemon.json')} {DAEMON_JSON}"), f"writing {DAEMON_JSON}")
+        finally:
+            self.sh(f"rm -rf {shlex.quote(d)}")
         self.step("daemon config", True, f"wrote {DAEMON_JSON} (json-file logs {self.host.log_max_size} x "
                                          f"{self.host.log_max_file}, registry mirrors: "
                                          f"{', '.join(self.host.registry_mirrors) or 'none'})")

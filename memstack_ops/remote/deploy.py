@@ -214,7 +214,7 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
         finally:
             if lock.alive():
                 try:
-                    audit(c, root, "deploy", rel.id, result, detail if result != "deployed" else "")
+                    audit(c, root, "deploy", rel.id, result, detail if result != "deployed" else "", message=message)
                     lock.release()
                 except LOST_ERRORS():
                     warn(f"{host.label}: could not release the lock (connection lost); it is stale now.")
@@ -344,7 +344,9 @@ def lock_release(c: Any, settings: Settings, force: bool = False) -> None:
     if not info.stale and not force:
         raise Refused(f"{host.label}: the lock is {info.describe()}, and its holder is alive. Removing it would "
                       f"let two deploys run at once; add --force if you are sure that deploy is dead.")
-    remove(c, root)
+    if not remove(c, root, stale_only=not force):  # a stale lock only while it is still stale
+        raise Refused(f"{host.label}: the lock changed while we looked ({inspect(c, root).describe()}); "
+                      f"nothing removed. Look again with lock.status.")
     audit(c, root, "lock.release", "-", "removed", info.describe())
     say(f"{host.label}: removed the deploy lock ({info.describe()}).")
     c.report.update(result="released", detail=info.describe())

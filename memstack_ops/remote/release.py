@@ -217,12 +217,15 @@ def prune(c: Any, root: str, keep: int, protect: Iterable[str]) -> list[str]:
     return [n for n in doomed if not n.startswith(".")]
 
 
-def audit(c: Any, root: str, action: str, release: str, result: str, detail: str = "") -> None:
-    """One line in ``<root>/audit.log``: when, who, what, which release, how it ended."""
+def audit(c: Any, root: str, action: str, release: str, result: str, detail: str = "", message: str = "") -> None:
+    """One line in ``<root>/audit.log``: when, who, what, which release, how it ended, and the
+    operator's ``--message`` (json-escaped, so a quote or newline in it cannot forge a line)."""
     from .ssh import append_text
 
     line = (f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} by={operator()} action={action} "
             f"release={release or '-'} result={result}")
+    if message:
+        line += " message=" + json.dumps(message)
     if detail:
         line += " detail=" + json.dumps(" ".join(detail.split())[:300])
     append_text(c, f"{root}/audit.log", line + "\n")

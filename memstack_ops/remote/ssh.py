@@ -34,12 +34,14 @@ LOST = (paramiko.SSHException, EOFError, socket.error, OSError)
 
 
 class UnknownHostKey(paramiko.SSHException):
-    pass
+    def __init__(self, hostname: str, text: str):
+        super().__init__(text)
+        self.hostname = hostname  # as known_hosts names it: "addr" or "[addr]:port"
 
 
 class StrictPolicy(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-        raise UnknownHostKey(f"{key.get_name()} {key.fingerprint}")
+        raise UnknownHostKey(hostname, f"{key.get_name()} {key.fingerprint}")
 
 
 class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
@@ -78,12 +80,13 @@ class HostConnection(fabric.Connection):
         self.inventory = host
         self.report = {}
         self.cancel = threading.Event()
-        known = Path(os.path.expanduser(host.known_hosts))
-        with _known_hosts_lock:
-            if known.is_file():
-                self.client.load_host_keys(str(known))
-        self.client.set_missing_host_key_policy(
-            AcceptNewPolicy(known) if host.host_key_policy == "accept-new" else StrictPolicy())
+        check_host_keys(self.client, host)
+        # A ProxyJump from ~/.ssh/config: fabric builds each hop as a plain Connection (paramiko's
+        # AutoAddPolicy, no known_hosts), so a bastion's key was never checked. OpenSSH checks
+        # every hop's key exactly like the target's (ssh -J runs a full ssh to each jump host);
+        # so do we: each hop gets the host's known_hosts file and host_key_policy.
+        for hop in hops(self):
+            check_host_keys(hop.client, host)
 
     def run(self, command: str, **kwargs: Any) -> Any:
         if not kwargs.get("hide") and self.out_writer is not None:
@@ -118,23 +121,78 @@ class HostConnection(fabric.Connection):
                 self._mirror = None
 
 
+def check_host_keys(client: Any, host: Host) -> None:
+    """Load ``host``'s known_hosts into ``client`` and set its host_key_policy."""
+    known = Path(os.path.expanduser(host.known_hosts))
+    with _known_hosts_lock:
+        if known.is_file():
+            client.load_host_keys(str(known))
+    client.set_missing_host_key_policy(
+        AcceptNewPolicy(known) if host.host_key_policy == "accept-new" else StrictPolicy())
+
+
+def hops(conn: Any) -> list[Any]:
+    """The jump hosts (ProxyJump) in front of ``conn``, nearest first."""
+    out, gw = [], conn.gateway
+    while isinstance(gw, fabric.Connection) and len(out) < 16:
+        out.append(gw)
+        gw = gw.gateway
+    return out
+
+
+def key_files(conn: Any) -> list[str]:
+    keys = conn.connect_kwargs.get("key_filename") or []
+    return [keys] if isinstance(keys, str) else list(keys)
+
+
+def refuse_unprotected_keys(label: str, keys: list[str]) -> None:
+    """A private key that group or others can read is refused, as OpenSSH refuses it ("UNPROTECTED
+    PRIVATE KEY FILE! ... This private key will be ignored."): such a key may already be copied.
+    OpenSSH checks this for keys owned by the user only; we check every key we are given."""
+    import stat
+
+    for k in keys:
+        path = os.path.expanduser(k)
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue  # a missing key is paramiko's error to report
+        if mode & 0o077:
+            raise RemoteError(f"{label}: UNPROTECTED PRIVATE KEY FILE {path}: permissions {mode:04o} are too open "
+                              f"(group or others can read it), so it is not used, as OpenSSH refuses it too. A "
+                              f"private key must be readable by its owner only: `chmod 600 {path}`, then try "
+                              f"again (and replace the key if others may have copied it).")
+
+
 def connect(host: Host, config: Any = None) -> HostConnection:
     """Open a connection, or raise RemoteError saying which host and why."""
     conn = HostConnection(host, config)
     known = host.known_hosts
+    refuse_unprotected_keys(host.label, [k for c in (conn, *hops(conn)) for k in key_files(c)])
+
+    def which() -> tuple[str, str, int]:
+        """(what, address, port) of the host whose key was refused: the first one, in the order
+        they are opened (farthest jump host first, the target last), that is not connected."""
+        for c in reversed(hops(conn)):
+            if not c.is_connected:
+                return f"jump host {c.host}:{c.port} (ProxyJump in your ssh config)", c.host, int(c.port)
+        return "host", host.address, host.port
+
     try:
         conn.open()
     except UnknownHostKey as e:
+        what, addr, port = which()
         raise RemoteError(
-            f"{host.label}: host key unknown ({e}), not in {known}, and host_key_policy is strict. "
-            f"After checking that fingerprint with the host's admin: `ssh-keyscan -p {host.port} "
-            f"{host.address} >> {known}`, or set host_key_policy = \"accept-new\" for this host.") from None
+            f"{host.label}: {what} key unknown ({e}), not in {known}, and host_key_policy is strict. "
+            f"After checking that fingerprint with the host's admin: `ssh-keyscan -p {port} "
+            f"{addr} >> {known}`, or set host_key_policy = \"accept-new\" for this host.") from None
     except paramiko.BadHostKeyException as e:
+        what, addr, port = which()
         raise RemoteError(
-            f"{host.label}: the host key CHANGED (got {e.key.get_name()} {e.key.fingerprint}, "
+            f"{host.label}: the {what} key CHANGED (got {e.key.get_name()} {e.key.fingerprint}, "
             f"{known} has another): a reinstalled host, or "
             f"someone in the middle. Verify it, then remove the old entry: `ssh-keygen -R "
-            f"'[{host.address}]:{host.port}' -f {known}`.") from None
+            f"'{addr if port == 22 else f'[{addr}]:{port}'}' -f {known}`.") from None
     except paramiko.AuthenticationException as e:
         who = f"key {host.key}" if host.key else "your SSH agent/default keys"
         raise RemoteError(f"{host.label}: authentication refused for user {conn.user} with {who} ({e}). "

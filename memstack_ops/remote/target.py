@@ -24,6 +24,7 @@ from ..compose import Compose, run
 from ..config import Settings, Stack
 from ..errors import ComposeError, ConfigError, EnvFileError
 from ..lifecycle import Target
+from . import RemoteError
 from .inventory import host_settings
 
 
@@ -38,8 +39,9 @@ class RemoteCompose(Compose):
         if self.remote_root is None:
             raise ComposeError(f"{self.where} has no release of stack {self.stack.name} yet: run `deploy` "
                                f"to it first.")
-        with c.cd(self.remote_root):
-            return run(c, self.argv(*args), **kw)
+        # Not invoke's c.cd: it escapes only spaces, so a `$(...)` or `;` in the inventory root or
+        # a release name would run as shell on the host. compose.in_dir quotes the folder.
+        return run(c, self.argv(*args), cwd=self.remote_root, **kw)
 
     def ps(self, c: Any, services: Any = ()) -> list[dict[str, Any]]:
         """`compose ps`, retried (bounded) when a container vanished between compose's listing and
@@ -94,20 +96,58 @@ def stack_of(manifest: dict[str, Any], root: Path, settings: Settings) -> Stack:
                  options=dict(settings["stacks"].get(manifest["stack"], {})))
 
 
+# What a release uploads (release.stage): compose/<stack>/, db/<stack>/, env/<stack>/, plus the
+# inventory's own extra env_file (project-relative, set on this machine).
+RELEASE_DIRS = ("compose", "db", "env")
+
+
+def checked_names(manifest: dict[str, Any], where: str, rid: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Every file name ``release.json`` makes this machine read or write, checked before anything is
+    written: the manifest comes from the host, and a host must not be able to write (or point the
+    env reader at) files outside the private mirror, e.g. ``../../.bashrc`` or ``/home/me/x``.
+    Only plain relative names under the folders a release uploads are accepted (like `backup.fetch`
+    does for a set's names); anything else refuses the whole release."""
+    from .release import MANIFEST
+
+    def listed(key: str) -> list[Any]:
+        v = manifest.get(key) or []
+        return v if isinstance(v, list) else [v]  # a string or number is one bad name, refused below
+
+    files = listed("files") or [*listed("env_files"), manifest.get("env_template")]
+    for f in [*files, *listed("env_files"), manifest.get("env_template"), *listed("compose_files")]:
+        parts = f.split("/") if isinstance(f, str) else []
+        if not (len(parts) >= 2 and "\\" not in f and "\0" not in f and all(p not in ("", ".", "..") for p in parts)
+                and (parts[0] in RELEASE_DIRS or f in extra)):
+            raise RemoteError(f"{where}: release {rid}'s {MANIFEST} names the file {f!r}, which is not a "
+                              f"relative name under {', '.join(d + '/' for d in RELEASE_DIRS)} of the release. "
+                              f"Nothing was written on this machine. Someone changed that manifest on the host, or "
+                              f"it is damaged: check {MANIFEST} of that release there, then deploy again.")
+    return list(files)
+
+
 def release_target(c: Any, settings: Settings, root: str, rid: str, require_env: bool = True) -> Target:
     """A Target on release ``rid`` of the host: its files fetched into the private mirror."""
     from .release import read_manifest, release_dir
     from .ssh import read_bytes
 
+    where = c.inventory.label if getattr(c, "inventory", None) else str(getattr(c, "host", "host"))
+    if rid in ("", ".", "..") or "/" in rid:
+        raise RemoteError(f"{where}: {root}/current points at {rid!r}, which is not a release folder: point it at "
+                          f"one of `releases` (rollback --to R).")
     manifest = read_manifest(c, root, rid)
+    extra = tuple(f for f in [getattr(getattr(c, "inventory", None), "env_file", None)] if f)
+    files = checked_names(manifest, where, rid, extra)
+    base = c.mirror_dir().resolve()
     mirror = c.mirror_dir() / rid
     if not mirror.is_dir():
         private = set(manifest["env_files"])
-        for f in manifest.get("files") or [*manifest["env_files"], manifest["env_template"]]:
+        for f in files:
             data = read_bytes(c, f"{release_dir(root, rid)}/{f}")
             if data is None:
                 continue
             p = mirror / f
+            if not p.resolve().is_relative_to(base):  # belt and braces: checked_names already refused it
+                raise RemoteError(f"{where}: release {rid} names {f!r}, outside this machine's copy of it.")
             p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             p.touch(mode=0o600 if f in private else 0o644)
             p.write_bytes(data)

@@ -51,10 +51,18 @@ def wait_for(box, script: str, seconds: float = 90) -> None:
            timeout=seconds + 30)
 
 
+DAEMON = "/etc/docker/daemon.json"
+
+
 def test_bootstrap_makes_a_bare_host_ready_and_a_second_run_changes_nothing(bare_host, tmp_path, ssh_key):
     p = make_project(tmp_path / "proj", {"bare": bare_host}, ssh_key.private,
                      host_settings='registry_mirrors = ["https://mirror.example.org"]')
     assert bare_host.sh("command -v dockerd || echo none").strip() == "none"
+    # a local user of the host has planted the fixed /tmp names bootstrap once used (security
+    # review L8): a directory in the way, and a symlink to a file root would then write
+    traps = "/tmp/memstack-ops-daemon.json /tmp/docker-compose.bare.upload"
+    bare_host.sh("mkdir /tmp/memstack-ops-daemon.json && ln -s /root/planted-by-a-local-user "
+                 f"/tmp/docker-compose.bare.upload && chown -h nobody {traps}")
     # bad input first: a host without Docker is told to bootstrap, and nothing changes there
     out = failed(p.run("-H", "bare", "deploy"))
     assert "no Docker engine" in out and "bootstrap" in out
@@ -73,6 +81,11 @@ def test_bootstrap_makes_a_bare_host_ready_and_a_second_run_changes_nothing(bare
     assert bare_host.sh("docker compose version --short").strip().startswith("2.")
     assert bare_host.sh(f"test -d {p.stack_root}/releases && echo yes").strip() == "yes"
     assert "Docker engine" in out and "compose v2" in out  # doctor ran at the end
+    # what root installed came from a private mktemp -d folder, and is root's own
+    assert bare_host.sh(f"stat -c '%U:%G %a' {DAEMON} /usr/local/lib/docker/cli-plugins/docker-compose"
+                        ).split("\n")[:2] == ["root:root 644", "root:root 755"]
+    assert bare_host.sh(f"stat -c '%U %F' {traps}").split("\n")[:2] == ["nobody directory", "nobody symbolic link"]
+    assert bare_host.sh("ls /root/planted-by-a-local-user /tmp/memstack-ops.* 2>/dev/null || echo none").strip() == "none"
 
     again = ok(p.run("-H", "bare", "bootstrap", timeout=300))
     assert "nothing changed" in again
@@ -199,7 +212,7 @@ def test_two_deploys_at_once_the_second_fails_naming_the_holder_or_waits(remote_
         out = failed(p.run("-H", "h1", "deploy"))
         assert "locked (held: by" in out and "'deploy " in out and "first one" in out
         assert "--lock-wait" in out
-        queued = p.run("-H", "h1", "deploy", "--lock-wait", "300", timeout=600)
+        queued = p.run("-H", "h1", "deploy", "--lock-wait", "300", "--message", 'queued "2nd"\nline', timeout=600)
         f_out, f_err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
@@ -210,6 +223,10 @@ def test_two_deploys_at_once_the_second_fails_naming_the_holder_or_waits(remote_
     assert current(h1, p) == release_of(q)
     log = h1.sh(f"cat {p.stack_root}/audit.log")
     assert log.count("result=deployed") == 2
+    # --message is in the audit line (security review L7), json-escaped: one line per deploy
+    lines = log.splitlines()
+    assert len(lines) == 2 and 'message="first one"' in lines[0], log
+    assert 'message="queued \\"2nd\\"\\nline"' in lines[1], log
 
 
 def test_secrets_never_appear_in_the_remote_process_list_or_logs(remote_project, hosts):
@@ -285,3 +302,223 @@ def test_bad_hosts_are_named_with_why_and_the_others_go_on(tmp_path, hosts, ssh_
     finally:
         hosts["h1"].sh(f"docker ps -aq --filter label=com.docker.compose.project={p.name} | xargs -r docker rm -f; "
                        f"rm -rf {p.stack_root}", check=False)
+
+
+def plant_release(box, root: str, rid: str = "20260101T000000Z-planted", extra: dict[str, str] | None = None,
+                  **manifest) -> str:
+    """A release made by hand on the host (no deploy): stack tiny's compose and env files, its
+    release.json (``manifest`` overrides keys), ``current`` pointing at it; ``extra`` adds
+    more files, named relative to the release folder (so ``../x`` or ``/abs`` land where a host's
+    manifest would make this machine read them)."""
+    import shlex
+
+    from conftest_remote import TINY_COMPOSE
+
+    m = {"release": rid, "stack": "tiny", "stage": "dev", "project": f"planted{rid[:8]}", "overlays": [],
+         "compose_files": ["compose/tiny/compose.yml"], "env_files": ["env/tiny/.env"],
+         "env_template": "env/tiny/.env.example", "services": [], "images": {},
+         "files": ["compose/tiny/compose.yml", "env/tiny/.env", "env/tiny/.env.example"], **manifest}
+    d = f"{root}/releases/{rid}"
+    content = {"compose/tiny/compose.yml": TINY_COMPOSE, "env/tiny/.env": "APP_TOKEN=planted-token-value\n",
+               "env/tiny/.env.example": "APP_TOKEN=\n", "release.json": json.dumps(m), **(extra or {})}
+    script = [f"mkdir -p {shlex.quote(d)}"]
+    for name, text in content.items():
+        path = f"{d}/{name}"
+        script.append(f"mkdir -p \"$(dirname {shlex.quote(path)})\" && printf %s {shlex.quote(text)} > {shlex.quote(path)}")
+    script.append(f"ln -sfn {shlex.quote('releases/' + rid)} {shlex.quote(root + '/current')}")
+    box.sh(" && ".join(script))
+    return d
+
+
+def test_a_hosts_release_json_cannot_make_this_machine_write_or_read_files_outside_its_copy(tmp_path, hosts,
+                                                                                            ssh_key):
+    """Security review H1: the manifest comes from the host. Names with ``..`` or absolute names in
+    `files` were written on the operator's machine by any -H task (an existing file overwritten);
+    an absolute `env_files` name pointed the local env reader anywhere."""
+    import uuid
+
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private)
+    h1, tmp = hosts["h1"], tmp_path / "tmp"
+    tmp.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("ORIGINAL\n")
+    dotdot = f"sec-h1-{uuid.uuid4().hex[:8]}.txt"  # ../../ from the mirror (TMPDIR/<mkdtemp>/<rid>/) is TMPDIR
+    evil = "written by the HOST\n"
+    try:
+        plant_release(h1, p.stack_root)  # a sound release first: -H works on it
+        assert "cache    not created" in ok(p.run("-H", "h1", "ps", TMPDIR=str(tmp)))
+        cases = [
+            ("../../" + dotdot, {"files": ["compose/tiny/compose.yml", "env/tiny/.env", "../../" + dotdot]},
+             {"../../" + dotdot: evil}),
+            (str(victim), {"files": ["compose/tiny/compose.yml", "env/tiny/.env", str(victim)]},
+             {str(victim).lstrip("/"): evil}),
+            ("compose/../../" + dotdot, {"files": ["compose/tiny/compose.yml", "compose/../../" + dotdot]},
+             {"compose/../../" + dotdot: evil}),
+            (str(victim), {"env_files": [str(victim)]}, {}),
+            ("notes/x.txt", {"files": ["compose/tiny/compose.yml", "env/tiny/.env", "notes/x.txt"]},
+             {"notes/x.txt": evil}),
+        ]
+        for n, (name, manifest, extra) in enumerate(cases):
+            plant_release(h1, p.stack_root, rid=f"2026010{n + 2}T000000Z-evil", extra=extra, **manifest)
+            out = p.run("-H", "h1", "ps", TMPDIR=str(tmp))
+            assert victim.read_text() == "ORIGINAL\n", name
+            assert not (tmp / dotdot).exists() and not (tmp_path / dotdot).exists(), name
+            out = failed(out)
+            assert f"h1 (root@127.0.0.1:{h1.port}): release 2026010{n + 2}T000000Z-evil's release.json names the " \
+                   f"file {name!r}" in out, out
+            assert "Nothing was written on this machine" in out
+            assert "written by the HOST" not in out
+    finally:
+        h1.sh(f"rm -rf {p.stack_root}", check=False)
+
+
+def test_shell_in_the_inventory_root_is_never_run_on_the_host(tmp_path, hosts, ssh_key):
+    """Security review L1: compose ran in the release folder through invoke's c.cd, which escapes
+    only spaces, so `$(...)` or `;` in the inventory root ran as shell on the host."""
+    import shlex
+    import uuid
+
+    tag = f"/tmp/sec-l1-{uuid.uuid4().hex[:8]}"
+    root = f"/srv/l1-{uuid.uuid4().hex[:6]}$(id>{tag}-a);id>{tag}-b;x y"  # c.cd escaped only the space
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private, host_settings=f"root = {json.dumps(root)}")
+    h1 = hosts["h1"]
+    try:
+        plant_release(h1, root)
+        r = p.run("-H", "h1", "ps")
+        assert h1.sh(f"ls {tag}-a {tag}-b 2>/dev/null || echo none").strip() == "none"
+        assert "cache    not created" in ok(r)  # compose ran in the folder of that literal name
+    finally:
+        h1.sh(f"rm -rf {tag}-a {tag}-b {shlex.quote(root)}", check=False)
+
+
+def test_two_deployers_meeting_one_stale_lock_never_both_hold_it(tmp_path, hosts, ssh_key, monkeypatch):
+    """Security review H2 (its lockrace.py, on the new code): two deployers meet the same stale
+    lock, and both have seen it stale before either replaces it (a pause in the host script right
+    after its "stale?" check opens that window wide). Exactly one may hold the lock afterwards.
+    Then a holder whose lock was removed behind its back (lock.release --force) and taken by
+    another must not delete that other one's lock when it releases."""
+    import shlex
+
+    from memstack_ops.config import resolve
+    from memstack_ops.remote import LockHeld
+    from memstack_ops.remote import lock as L
+    from memstack_ops.remote.inventory import resolve_hosts
+    from memstack_ops.remote.ssh import connect
+
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private)
+    h1, root = hosts["h1"], p.stack_root
+    ghost = json.dumps({"owner": "ghost@crashed", "pid": 1, "time": "2026-01-01T00:00:00Z", "message": "deploy R0"})
+    h1.sh(f"mkdir -p {root}/{L.LOCK} && printf '%s\\n' {shlex.quote(ghost)} > {root}/{L.LOCK}/info && "
+          f"echo '999999 1' > {root}/{L.LOCK}/keeper")
+    marker = "  # stale: take it over\n"
+    assert marker in L._ACQUIRE
+    monkeypatch.setattr(L, "_ACQUIRE", L._ACQUIRE.replace(marker, marker + "  sleep 2\n"))
+    host = resolve_hosts(resolve(root=p.root, environ={}), "h1")[0]
+    conns = {"A": connect(host), "B": connect(host)}
+    barrier, said = threading.Barrier(2), []
+    held: dict[str, L.Lock] = {}
+    refused: dict[str, str] = {}
+
+    def go(name: str) -> None:
+        lk = L.Lock(conns[name], root, f"deploy by {name}")
+        barrier.wait(timeout=30)
+        try:
+            held[name] = lk.acquire(0, say=lambda m: said.append(f"[{name}] {m}"))
+        except LockHeld as e:
+            refused[name] = str(e)
+
+    try:
+        threads = [threading.Thread(target=go, args=(n,)) for n in conns]
+        [t.start() for t in threads]
+        [t.join(90) for t in threads]
+        assert len(held) == 1 and len(refused) == 1, (held, refused, said)
+        (winner, lk), (loser, why) = next(iter(held.items())), next(iter(refused.items()))
+        info = L.inspect(conns[loser], root)
+        assert info.held and not info.stale and info.message == f"deploy by {winner}", info.describe()
+        assert lk.took_over is not None and lk.took_over.owner == "ghost@crashed"
+        assert said == [(f"[{winner}] Found a stale deploy lock on h1 (root@127.0.0.1:{h1.port}) (STALE: its "
+                         f"holder's connection is gone: by ghost@crashed (pid 1) since 2026-01-01T00:00:00Z, "
+                         f"'deploy R0'); took it over.")], said
+        assert f"'deploy by {winner}'" in why and "held: by" in why
+        # the winner's lock is removed behind its back; the loser takes the lock now
+        assert L.remove(conns[loser], root)
+        mine = L.Lock(conns[loser], root, f"deploy by {loser}").acquire(0, say=said.append)
+        assert not lk.release()  # no longer the winner's: left alone
+        info = L.inspect(conns[winner], root)
+        assert info.held and not info.stale and info.message == f"deploy by {loser}", info.describe()
+        assert mine.release()
+        assert not L.inspect(conns[winner], root).held
+    finally:
+        for c in conns.values():
+            c.close()
+        h1.sh(f"rm -rf {root}", check=False)
+
+
+def test_a_private_key_others_can_read_is_refused_as_openssh_does(tmp_path, hosts, ssh_key):
+    """Security review L3: a 0644 private key was used without a word; OpenSSH refuses it."""
+    import shutil
+
+    key = tmp_path / "keys" / "id"
+    key.parent.mkdir()
+    shutil.copyfile(ssh_key.private, key)
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, key)
+    for mode in (0o644, 0o640, 0o604):
+        key.chmod(mode)
+        out = failed(p.run("-H", "h1", "releases"))
+        assert f"h1 (root@127.0.0.1:{hosts['h1'].port}): UNPROTECTED PRIVATE KEY FILE {key}: permissions " \
+               f"{mode:04o} are too open" in out, out
+        assert f"`chmod 600 {key}`" in out
+    key.chmod(0o600)
+    assert "h1    ok" in ok(p.run("-H", "h1", "releases"))
+
+
+def test_a_proxyjump_hop_has_its_host_key_checked_like_the_target(tmp_path, hosts, ssh_key):
+    """Security review L2: a ProxyJump from the ssh config became a fabric Connection with
+    AutoAddPolicy and no known_hosts, so the bastion's key was never checked. Here h2 is the
+    bastion in front of h1 (reached by its container address, from h2), over real SSH."""
+    import fabric
+
+    from memstack_ops.remote import RemoteError
+    from memstack_ops.remote.inventory import Host
+    from memstack_ops.remote.ssh import connect
+
+    h1, h2 = hosts["h1"], hosts["h2"]
+    ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", h1.container).stdout.strip()
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host jumped\n  HostName {ip}\n  ProxyJump root@127.0.0.1:{h2.port}\n\n"
+                   f"Host 127.0.0.1\n  IdentityFile {ssh_key.private}\n")
+    kh = tmp_path / "known_hosts"
+    bastion = f"[127.0.0.1]:{h2.port}"
+
+    def run_on(policy: str) -> str:
+        host = Host(name="jumped", address="jumped", user="root", key=str(ssh_key.private), known_hosts=str(kh),
+                    host_key_policy=policy, connect_timeout=20)
+        conn = connect(host, fabric.Config(runtime_ssh_path=str(cfg)))
+        try:
+            assert conn.gateway.host == "127.0.0.1" and conn.gateway.port == h2.port
+            return conn.run("hostname", hide=True, in_stream=False).stdout.strip()
+        finally:
+            conn.close()
+            conn.gateway.close()
+
+    # accept-new: both keys recorded on first contact, and the connection really goes through h2
+    assert run_on("accept-new") == "h1"
+    lines = kh.read_text().splitlines()
+    assert {ln.split()[0] for ln in lines} == {ip, bastion}, lines
+    target_line = next(ln for ln in lines if ln.split()[0] == ip)
+    bastion_line = next(ln for ln in lines if ln.split()[0] == bastion)
+    assert run_on("strict") == "h1"  # both known now
+    # strict, the bastion unknown: refused, naming the jump host and how to record it
+    kh.write_text(target_line + "\n")
+    with pytest.raises(RemoteError) as e:
+        run_on("strict")
+    assert f"jump host 127.0.0.1:{h2.port} (ProxyJump in your ssh config) key unknown" in str(e.value)
+    assert f"ssh-keyscan -p {h2.port} 127.0.0.1 >> {kh}" in str(e.value)
+    # the bastion's key changed (h1's key recorded for it): refused under both policies
+    kh.write_text(target_line + "\n" + f"{bastion} {' '.join(target_line.split()[1:])}\n")
+    for policy in ("strict", "accept-new"):
+        with pytest.raises(RemoteError) as e:
+            run_on(policy)
+        assert f"the jump host 127.0.0.1:{h2.port} (ProxyJump in your ssh config) key CHANGED" in str(e.value)
+        assert f"ssh-keygen -R '{bastion}' -f {kh}" in str(e.value)
+    assert bastion_line not in kh.read_text()  # nothing recorded over it

@@ -222,3 +222,24 @@ def test_every_host_of_one_run_gets_the_same_release_id(tmp_path, monkeypatch):
     assert release.new_id(tmp_path).startswith("20270115T080000Z-")
     monkeypatch.setattr(release, "run_started", None)
     assert not release.new_id(tmp_path).startswith("20270115T080000Z-")
+
+
+def test_release_json_names_must_stay_inside_the_release():
+    """Security review H1 (the e2e test drives it over SSH): only relative names under what a
+    release uploads, so a host's manifest cannot make this machine write or read elsewhere."""
+    from memstack_ops.remote import RemoteError
+    from memstack_ops.remote.target import checked_names
+
+    good = {"files": ["compose/tiny/compose.yml", "db/tiny/pg/0001_init.sql", "env/tiny/.env", "secrets/h1.env"],
+            "env_files": ["env/tiny/.env", "secrets/h1.env"], "env_template": "env/tiny/.env.example",
+            "compose_files": ["compose/tiny/compose.yml"]}
+    assert checked_names(good, "h1", "R1", extra=("secrets/h1.env",)) == good["files"]
+    for bad in ("../x", "/etc/passwd", "compose/../../x", "compose//x", "compose/./x", "env", "x/y", "env\\..\\x",
+                "secrets/h1.env", 5, None):
+        with pytest.raises(RemoteError, match=r"h1: release R1's release.json names the file .*Nothing was written"):
+            checked_names({**good, "files": ["compose/tiny/compose.yml", bad]}, "h1", "R1")
+    for key in ("env_files", "compose_files"):
+        with pytest.raises(RemoteError, match="'/home/me/.bashrc'"):
+            checked_names({**good, key: ["/home/me/.bashrc"]}, "h1", "R1", extra=("secrets/h1.env",))
+    with pytest.raises(RemoteError, match="'/x'"):
+        checked_names({**good, "env_template": "/x"}, "h1", "R1", extra=("secrets/h1.env",))
