@@ -247,17 +247,22 @@ def usage(t: Target, containers: Iterable[str]) -> dict[str, tuple[float, float]
 
 
 def status(t: Target) -> tuple[list[list[str]], list[str]]:
-    """Rows: service, state, health, ports, uptime, cpu, mem, image (defined-but-absent services
-    too), and alert lines for containers above the CPU/memory thresholds."""
+    """Rows: service, state, health, judged by, ports, uptime, cpu, mem, image (defined-but-absent
+    services too), and alert lines for containers above the CPU/memory thresholds. "judged by" is
+    the rule `up` uses for the service's readiness (health.rule)."""
+    from .health import rule
+
     model = t.compose.model(t.c)
+    one_shot = one_shot_services(model)
     rows = {r.get("Service"): r for r in t.compose.ps(t.c)}
     stats = usage(t, [r["Name"] for r in rows.values() if r.get("State") == "running" and r.get("Name")])
     cpu_max, mem_max = float(t.settings["cpu_alert_pct"]), float(t.settings["mem_alert_pct"])
     out, alerts = [], []
     for name, svc in model.get("services", {}).items():
         r = rows.get(name)
+        judged = rule(svc, t.probes.get(name), name in one_shot)
         if r is None:
-            out.append([name, "not created", "", "", "", "", "", svc.get("image", "")])
+            out.append([name, "not created", "", judged, "", "", "", "", svc.get("image", "")])
             continue
         up_for = r.get("RunningFor", "") if r.get("State") == "running" else ""
         cpu, mem = stats.get(r.get("Name", ""), (None, None))
@@ -265,7 +270,7 @@ def status(t: Target) -> tuple[list[list[str]], list[str]]:
             alerts.append(f"{name}: CPU {cpu:.0f}% is over the {cpu_max:g}% alert threshold")
         if mem is not None and mem >= mem_max:
             alerts.append(f"{name}: memory {mem:.0f}% of its limit is over the {mem_max:g}% alert threshold")
-        out.append([name, r.get("State", ""), r.get("Health", "") or "-", _ports(r), up_for,
+        out.append([name, r.get("State", ""), r.get("Health", "") or "-", judged, _ports(r), up_for,
                     "" if cpu is None else f"{cpu:.0f}%" + ("!" if cpu >= cpu_max else ""),
                     "" if mem is None else f"{mem:.0f}%" + ("!" if mem >= mem_max else ""), r.get("Image", "")])
     return out, alerts

@@ -95,7 +95,7 @@ def restart(c, service=None, timeout=None, stack=None, stage=None, overlay=None)
 
 @ops_task(aliases=["ps"])
 def status(c, stack=None, stage=None, overlay=None):
-    """Table of services: state, health, ports, uptime, image."""
+    """Table of services: state, health, the rule that judges readiness, ports, uptime, image."""
     from .. import lifecycle
     from ..output import table
 
@@ -104,7 +104,7 @@ def status(c, stack=None, stage=None, overlay=None):
     t = target(c, stack, stage, overlay)
     rows, alerts = lifecycle.status(t)
     table(f"stack {t.stack.name} (project {t.stack.project})",
-          ["service", "state", "health", "ports", "uptime", "cpu", "mem", "image"], rows)
+          ["service", "state", "health", "judged by", "ports", "uptime", "cpu", "mem", "image"], rows)
     for a in alerts:
         warn(f"ALERT {a}")
 

@@ -272,9 +272,10 @@ def test_status_lists_every_defined_service_including_those_not_created(settings
                          ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows))})
     t.c = c
     assert lifecycle.status(t) == ([
-        ["db", "running", "healthy", "127.0.0.1:5433->5432, :::5433->5432", "2 minutes ago", "", "", "postgres:16"],
-        ["api", "not created", "", "", "", "", "", "me/api:1"],
-        ["old", "exited", "-", "", "", "", "", "x"],
+        ["db", "running", "healthy", "postgres query", "127.0.0.1:5433->5432, :::5433->5432", "2 minutes ago", "", "",
+         "postgres:16"],
+        ["api", "not created", "", "running", "", "", "", "", "me/api:1"],
+        ["old", "exited", "-", "running", "", "", "", "", "x"],
     ], [])
 
 
@@ -290,7 +291,7 @@ def test_status_flags_containers_over_the_cpu_and_memory_alert_thresholds(settin
                          "docker stats --no-stream --format '{{json .}}' p-db-1 p-api-1": Result(stats)})
     t.c = c
     table, alerts = lifecycle.status(t)
-    assert [r[5:7] for r in table] == [["12%", "91%!"], ["85%!", "10%"]]
+    assert [r[6:8] for r in table] == [["12%", "91%!"], ["85%!", "10%"]]
     assert alerts == ["db: memory 91% of its limit is over the 85% alert threshold",
                       "api: CPU 85% is over the 80% alert threshold"]
 
