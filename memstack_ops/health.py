@@ -5,8 +5,10 @@ because the engine only re-runs a check every ``interval`` (10 s in the seeds), 
 very same check ourselves with ``docker exec`` as soon as the container runs, so a ready service
 is seen within one poll instead of at the engine's next tick. Services without a healthcheck use
 a configured probe (``tcp:PORT`` or an ``http://`` URL, run on the engine's host) or, failing
-that, count as ready once running. A container that exits, crash-loops or that the engine marks
-unhealthy fails the wait at once. Polling is bounded by tenacity (time and attempts).
+that, count as ready once running. A database of a kind the tool knows must in addition answer a
+real request over TCP inside its container, twice (see READY below), with or without a
+healthcheck. A container that exits, crash-loops or that the engine marks unhealthy fails the
+wait at once. Polling is bounded by tenacity (time and attempts).
 
 Everything goes through ``c.run`` so the same code runs on a remote host through fabric.
 """
