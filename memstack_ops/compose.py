@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shlex
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -19,6 +20,10 @@ from .errors import ComposeError, EngineError
 ENGINE_FIX = ("Start it: `sudo systemctl start docker` on a systemd host, otherwise "
               "`sudo dockerd >/var/log/dockerd.log 2>&1 &`; `bash harness/setup-engine.sh` "
               "installs and starts one on Debian.")
+
+
+PS_ATTEMPTS = 4  # `compose ps` tries when a container vanished mid-listing (see Compose.ps)
+PS_RETRY_WAIT = 0.25  # seconds between them
 
 
 def sh(*argv: str) -> str:
@@ -121,7 +126,20 @@ class Compose:
         return model
 
     def ps(self, c: Any, services: Iterable[str] = ()) -> list[dict[str, Any]]:
-        r = self.check(c, "ps", "--all", "--format", "json", *services, what="Listing containers")
+        """The project's containers, one dict per container (compose's own JSON rows).
+
+        Retried (bounded) when compose fails with "No such container": `compose ps` lists the
+        project's containers, then inspects each one, and a container removed in between (the
+        old one while `up` replaces a service's container, one that `down`/`rm`/`reset` is
+        removing) fails the whole listing. The next listing no longer has it."""
+        for attempt in range(PS_ATTEMPTS):
+            r = self.run(c, "ps", "--all", "--format", "json", *services)
+            if r.ok or "No such container" not in (r.stderr or "") or attempt == PS_ATTEMPTS - 1:
+                break
+            time.sleep(PS_RETRY_WAIT)
+        if r.failed:
+            msg = self.scrub((r.stderr or r.stdout).strip())
+            raise ComposeError(f"Listing containers failed (docker compose exited {r.return_code}):\n{msg}")
         text = r.stdout.strip()
         if not text:
             return []

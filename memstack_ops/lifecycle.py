@@ -246,29 +246,89 @@ def usage(t: Target, containers: Iterable[str]) -> dict[str, tuple[float, float]
     return out
 
 
-def status(t: Target) -> tuple[list[list[str]], list[str]]:
-    """Rows: service, state, health, ports, uptime, cpu, mem, image (defined-but-absent services
-    too), and alert lines for containers above the CPU/memory thresholds."""
+def containers_state(t: Target, names: Iterable[str]) -> dict[str, tuple[int, int, bool]]:
+    """(restart count, exit code, OOM-killed) per container name (one `docker inspect`; a
+    container removed meanwhile is just missing)."""
+    from .compose import run
+
+    names = list(names)
+    if not names:
+        return {}
+    r = run(t.c, ["docker", "inspect", "--format",
+                  "{{.Name}}|{{.RestartCount}}|{{.State.ExitCode}}|{{.State.OOMKilled}}", *names], timeout=30)
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.strip().lstrip("/").split("|")
+        if len(parts) == 4 and parts[1].isdigit() and parts[2].lstrip("-").isdigit():
+            out[parts[0]] = (int(parts[1]), int(parts[2]), parts[3] == "true")
+    return out
+
+
+def _uptime(row: Mapping[str, Any]) -> str:
+    """How long the container has been up, from the engine's own `Status` ("Up 3 seconds
+    (healthy)", computed from State.StartedAt on the engine's clock). `RunningFor` counts from
+    creation, which says "9 minutes" for a container restarted 3 s ago."""
+    import re
+
+    status = str(row.get("Status") or "")
+    if row.get("State") != "running" or not status.startswith("Up "):
+        return ""
+    return re.sub(r"\s*\((?:healthy|unhealthy|health: starting|Paused)\)$", "", status[3:])
+
+
+def _finished_job(svc: Mapping[str, Any], name: str, one_shot: set[str]) -> bool:
+    """A service that is done when it exited 0: one that others wait on to complete, or one
+    without a healthcheck and without a restart policy that keeps it running."""
+    if name in one_shot:
+        return True
+    return not (svc.get("healthcheck") or {}).get("test") and svc.get("restart") not in ("always", "unless-stopped")
+
+
+def status(t: Target) -> tuple[list[list[str]], list[str], list[str]]:
+    """Rows: service, state (with the exit code of a stopped container), health, judged by,
+    restarts, ports, uptime, cpu, mem, image (defined-but-absent services too); alert lines for
+    containers above the CPU/memory thresholds; and one line per service that should run and
+    does not (one-shot jobs that exited 0 are fine). "judged by" is the rule `up` uses for the
+    service's readiness (health.rule)."""
+    from .health import rule
+
     model = t.compose.model(t.c)
+    one_shot = one_shot_services(model)
     rows = {r.get("Service"): r for r in t.compose.ps(t.c)}
     stats = usage(t, [r["Name"] for r in rows.values() if r.get("State") == "running" and r.get("Name")])
+    inspected = containers_state(t, [r["Name"] for r in rows.values() if r.get("Name")])
     cpu_max, mem_max = float(t.settings["cpu_alert_pct"]), float(t.settings["mem_alert_pct"])
-    out, alerts = [], []
+    out: list[list[str]] = []
+    alerts: list[str] = []
+    down: list[str] = []
     for name, svc in model.get("services", {}).items():
         r = rows.get(name)
+        judged = rule(svc, t.probes.get(name), name in one_shot)
         if r is None:
-            out.append([name, "not created", "", "", "", "", "", svc.get("image", "")])
+            out.append([name, "not created", "", judged, "", "", "", "", "", svc.get("image", "")])
+            down.append(f"{name}: not created")
             continue
-        up_for = r.get("RunningFor", "") if r.get("State") == "running" else ""
+        state, health = str(r.get("State", "")), str(r.get("Health", "") or "")
+        restarts, code, oom = inspected.get(str(r.get("Name", "")), (None, r.get("ExitCode"), False))
+        shown = state
+        if state in ("exited", "dead"):
+            shown = f"{state} ({code})" + (" OOM-killed" if oom else "")
+            if not (state == "exited" and str(code) == "0" and _finished_job(svc, name, one_shot)):
+                down.append(f"{name}: {state} with code {code}" + (" (killed: out of memory)" if oom else
+                                                                    " (killed)" if str(code) == "137" else ""))
+        elif state != "running":
+            down.append(f"{name}: {state}")
+        elif health == "unhealthy":
+            down.append(f"{name}: running but unhealthy")
         cpu, mem = stats.get(r.get("Name", ""), (None, None))
         if cpu is not None and cpu >= cpu_max:
             alerts.append(f"{name}: CPU {cpu:.0f}% is over the {cpu_max:g}% alert threshold")
         if mem is not None and mem >= mem_max:
             alerts.append(f"{name}: memory {mem:.0f}% of its limit is over the {mem_max:g}% alert threshold")
-        out.append([name, r.get("State", ""), r.get("Health", "") or "-", _ports(r), up_for,
-                    "" if cpu is None else f"{cpu:.0f}%" + ("!" if cpu >= cpu_max else ""),
+        out.append([name, shown, health or "-", judged, "" if restarts is None else str(restarts), _ports(r),
+                    _uptime(r), "" if cpu is None else f"{cpu:.0f}%" + ("!" if cpu >= cpu_max else ""),
                     "" if mem is None else f"{mem:.0f}%" + ("!" if mem >= mem_max else ""), r.get("Image", "")])
-    return out, alerts
+    return out, alerts, down
 
 
 SCHEMES = {7687: "bolt", 5432: "postgresql", 6379: "redis", 3306: "mysql", 27017: "mongodb", 6333: "http", 19530: "grpc"}

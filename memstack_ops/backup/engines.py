@@ -322,8 +322,12 @@ class Job:
     def oneoff(self, name: str, image: str, *, volumes_from: str = "", volumes: tuple[str, ...] = (),
                user: str = "", entrypoint: str = "", stdin: bool = False, detach: bool = False,
                env_file: str = "", args: tuple[str, ...] = ()) -> list[str]:
+        # A container inherits its image's labels, and an image that compose built carries
+        # com.docker.compose.project/service: blank them, so that listings of the project's
+        # containers by label never take this one-off for the service itself.
         argv = ["docker", "run", "--name", name, "--label", f"memstack-ops.project={self.project}",
-                "--label", "memstack-ops.role=backup"]
+                "--label", "memstack-ops.role=backup", "--label", "com.docker.compose.project=",
+                "--label", "com.docker.compose.service="]
         argv += ["-d"] if detach else ["--rm"]
         if stdin:
             argv.append("-i")

@@ -15,7 +15,6 @@ Everything else (health checks, doctor, lifecycle.up) already goes through ``c.r
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,19 +41,6 @@ class RemoteCompose(Compose):
         # Not invoke's c.cd: it escapes only spaces, so a `$(...)` or `;` in the inventory root or
         # a release name would run as shell on the host. compose.in_dir quotes the folder.
         return run(c, self.argv(*args), cwd=self.remote_root, **kw)
-
-    def ps(self, c: Any, services: Any = ()) -> list[dict[str, Any]]:
-        """`compose ps`, retried (bounded) when a container vanished between compose's listing and
-        its inspect ("No such container"): a race in compose seen on hosts with engine 20.10
-        while `up` replaces containers."""
-        for attempt in range(3):
-            try:
-                return super().ps(c, services)
-            except ComposeError as e:
-                if "No such container" not in str(e) or attempt == 2:
-                    raise
-                time.sleep(0.5)
-        return []
 
 
 def read_envs(stack: Stack, require_env: bool = True) -> dict[str, str]:

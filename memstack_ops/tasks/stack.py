@@ -99,18 +99,24 @@ def restart(c, service=None, timeout=None, stack=None, stage=None, overlay=None)
 
 @ops_task(aliases=["ps"])
 def status(c, stack=None, stage=None, overlay=None):
-    """Table of services: state, health, ports, uptime, image."""
+    """Table of services: state (exit code), health, the rule that judges readiness, restarts, ports,
+    uptime, image. Exits non-zero when a service that should run does not."""
     from .. import lifecycle
-    from ..output import table
-
-    from ..output import warn
+    from ..output import table, warn
 
     t = target(c, stack, stage, overlay)
-    rows, alerts = lifecycle.status(t)
+    rows, alerts, down = lifecycle.status(t)
     table(f"stack {t.stack.name} (project {t.stack.project})",
-          ["service", "state", "health", "ports", "uptime", "cpu", "mem", "image"], rows)
+          ["service", "state", "health", "judged by", "restarts", "ports", "uptime", "cpu", "mem", "image"], rows)
     for a in alerts:
         warn(f"ALERT {a}")
+    if down:  # non-zero exit, so a cron job or a script notices (one-shot jobs that exited 0 are fine)
+        from ..errors import HealthError
+
+        stopped = [d.split(":", 1)[0] for d in down if not d.endswith(": not created")]
+        why = f"See `memstack-ops logs --service {stopped[0]}` for why; " if stopped else ""
+        raise HealthError(f"Not running as it should: {'; '.join(down)}. {why}`memstack-ops up` starts the "
+                          f"stack's services again.")
 
 
 @ops_task(help={"service": "one service; default all", "follow": "keep following (Ctrl-C to stop)",

@@ -45,6 +45,20 @@ def test_up_brings_the_whole_stack_up_healthy_and_prints_urls(project, docker_cl
         assert any(line.split()[:2] == [svc, "running"] for line in st.stdout.splitlines()), st.stdout
 
 
+def test_status_shows_a_killed_service_with_its_exit_code_and_exits_non_zero(project, docker_client):
+    assert project.run("up").returncode == 0
+    st = project.run("status")
+    assert st.returncode == 0, st.stdout + st.stderr
+    assert "restarts" in st.stdout and "judged by" in st.stdout
+    containers(docker_client, project)["redis"].kill()
+    st = project.run("status")
+    assert st.returncode != 0, st.stdout
+    row = next(line for line in st.stdout.splitlines() if line.startswith("redis "))
+    assert row.split()[1:3] == ["exited", "(137)"], st.stdout
+    assert "redis: exited with code 137 (killed)" in st.stderr
+    assert "memstack-ops logs --service redis" in st.stderr
+
+
 def test_up_again_on_a_running_stack_changes_nothing(project, docker_client):
     assert project.run("up").returncode == 0
     before = {s: c.id for s, c in containers(docker_client, project).items()}

@@ -164,7 +164,8 @@ def test_a_user_compose_file_the_tool_has_never_seen_is_operated_by_its_labels(t
     try:
         r = p.run("up")
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "kv: ready after" in r.stdout and "(no healthcheck: running counts as ready)" in r.stdout
+        # no healthcheck, but a redis: ready once it answers PING over TCP, not once running
+        assert "kv: ready after" in r.stdout and "(healthy (redis answers over TCP))" in r.stdout
         r = p.run("db.init")
         assert r.returncode == 0, r.stderr
         assert "metadata: applied schema 0001" in r.stdout and "kv: ready, 0 keys" in r.stdout

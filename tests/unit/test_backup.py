@@ -369,3 +369,17 @@ def test_after_a_restore_the_engines_running_and_healthy_is_taken_in_one_inspect
     assert job.engine_says_healthy(["db"]) is True
     assert job.engine_says_healthy(["db", "cache"]) is False  # still starting: the Watch decides
     assert job.engine_says_healthy(["app"]) is False  # no healthcheck: the Watch runs probes
+
+
+def test_one_off_containers_blank_the_compose_labels_their_image_may_carry():
+    """An image compose built carries com.docker.compose.project/service, and a container inherits
+    its image's labels: a one-off of ours must never be listed as the service itself."""
+    from memstack_ops.backup.engines import Job
+
+    job = Job(t=SimpleNamespace(stack=SimpleNamespace(project="p")), host=None, model={"services": {}},
+              say=lambda m: None)
+    argv = job.oneoff("p-db-check", "p-db:latest", stdin=True, args=("true",))
+    labels = [argv[i + 1] for i, a in enumerate(argv) if a == "--label"]
+    assert labels == ["memstack-ops.project=p", "memstack-ops.role=backup", "com.docker.compose.project=",
+                      "com.docker.compose.service="]
+    assert argv[-2:] == ["p-db:latest", "true"]

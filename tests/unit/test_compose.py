@@ -156,6 +156,38 @@ def test_ps_failure_is_a_compose_error(comp):
         comp.ps(c)
 
 
+VANISHED = "Error response from daemon: No such container: dd9ae10d6083aa97\n"
+
+
+def test_ps_lists_again_when_a_container_vanished_during_the_listing(comp, monkeypatch):
+    """L6: compose lists the project's containers, then inspects each; a container removed in
+    between (the old one while `up` replaces it) fails that listing, not the next one."""
+    waits = []
+    monkeypatch.setattr(cmod.time, "sleep", waits.append)
+    cmd = ccmd(comp, "ps", "--all", "--format", "json", "db")
+    c = MockContext(run={cmd: [Result(stderr=VANISHED, exited=1), Result(stderr=VANISHED, exited=1),
+                               Result(ndjson(ROWS[0]))]})
+    assert comp.ps(c, ["db"]) == [ROWS[0]]
+    assert commands(c) == [cmd] * 3 and waits == [cmod.PS_RETRY_WAIT] * 2
+
+
+def test_ps_gives_up_after_a_bounded_number_of_listings(comp, monkeypatch):
+    monkeypatch.setattr(cmod.time, "sleep", lambda s: None)
+    cmd = ccmd(comp, "ps", "--all", "--format", "json")
+    c = MockContext(run={cmd: [Result(stderr=VANISHED, exited=1)] * (cmod.PS_ATTEMPTS + 1)})
+    with pytest.raises(ComposeError, match="(?s)Listing containers failed.*No such container"):
+        comp.ps(c)
+    assert len(commands(c)) == cmod.PS_ATTEMPTS
+
+
+def test_ps_does_not_retry_other_failures(comp, monkeypatch):
+    monkeypatch.setattr(cmod.time, "sleep", lambda s: pytest.fail("no retry expected"))
+    c = MockContext(run={ccmd(comp, "ps", "--all", "--format", "json"): Result(stderr="permission denied", exited=1)})
+    with pytest.raises(ComposeError, match="permission denied"):
+        comp.ps(c)
+    assert len(commands(c)) == 1
+
+
 def test_logs_asks_for_the_tail_without_prefix_or_colour_and_scrubs_secrets(comp):
     cmd = ccmd(comp, "logs", "--no-color", "--no-log-prefix", "--tail", "7", "db")
     c = MockContext(run={cmd: Result(stdout="starting\npassword=Sup3rS3cretValue\n", stderr="FATAL boom\n")})

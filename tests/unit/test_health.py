@@ -422,3 +422,147 @@ def test_a_quick_check_is_judged_in_the_round_that_started_it(comp):
     w = Watch(Slow(), comp, MODEL, pool=ThreadPoolExecutor(2), settle=0)
     assert w.poll(["db"]) is False and w.inflight  # without settle: judged one round later
     w.close()
+
+
+# --- readiness per kind: a real query over TCP inside the container -----------------------------
+
+from memstack_ops.health import READY, READY_ARGV, ready_argv, rule  # noqa: E402
+
+KIND_MODEL = {"services": {
+    # a socket-only check, as seed files have it: passes against the image's temporary init server
+    "pg": {"image": "postgres:16", "healthcheck": {"test": ["CMD-SHELL", "pg_isready -q -U app"], "timeout": "5s"}},
+    "pgbare": {"image": "postgres:16", "environment": {"POSTGRES_PASSWORD": "Sup3rS3cretValue"}},
+    "kv": {"image": "redis:7", "command": ["redis-server", "--requirepass", "Sup3rS3cretValue", "--port", "6380"]},
+    "store": {"image": "quay.io/coreos/etcd:v3.5.18"},
+    "web": {"image": "nginx:1"},
+}}
+PG_SOCKET = exec_cmd("pg", ["CMD-SHELL", "pg_isready -q -U app"])
+
+
+def tcp(service: str, kind: str, model=KIND_MODEL) -> str:
+    return shlex.join(ready_argv(f"p-{service}-1", kind, model["services"][service])[0])
+
+
+def kwatch(c, comp, **kw) -> Watch:
+    kw.setdefault("pool", SyncPool())
+    kw.setdefault("pause", lambda s: None)
+    return Watch(c, comp, KIND_MODEL, **kw)
+
+
+def test_a_passing_socket_check_is_not_enough_for_a_postgres_that_refuses_tcp(comp):
+    """Issue 12: the temporary init server answers pg_isready on the socket; dependants connect
+    over TCP, where nothing listens yet."""
+    c = MockContext(run={
+        ps_cmd(comp, "pg"): Result(ndjson(row("pg", health="starting"))),
+        PG_SOCKET: Result("/var/run/postgresql:5432 - accepting connections"),
+        tcp("pg", "postgres"): [Result(stderr="psql: error: connection to server at \"127.0.0.1\", port 5432 failed: "
+                                              "Connection refused", exited=2),
+                                Result("1\n"), Result("1\n")],
+    })
+    w = kwatch(c, comp)
+    assert w.poll(["pg"]) is False
+    assert w.statuses["pg"].detail == "starting: postgres does not answer a query over TCP yet"
+    assert "Connection refused" in w.statuses["pg"].output
+    assert w.poll(["pg"]) is True
+    assert w.statuses["pg"].detail == "healthy (check passed, postgres answers over TCP)"
+    assert commands(c).count(tcp("pg", "postgres")) == 3  # once refused, then once more after the settle
+
+
+def test_engine_healthy_is_not_enough_either_but_the_compose_check_is_not_run_again(comp):
+    c = MockContext(run={ps_cmd(comp, "pg"): Result(ndjson(row("pg", health="healthy"))),
+                         tcp("pg", "postgres"): Result("1\n")})
+    w = kwatch(c, comp)
+    assert w.poll(["pg"]) is True
+    assert PG_SOCKET not in commands(c)
+    assert w.statuses["pg"].detail == "healthy (engine, postgres answers over TCP)"
+
+
+def test_the_query_must_pass_again_after_the_settle(comp):
+    """The init server can answer once and then restart: one success is not enough."""
+    pauses = []
+    c = MockContext(run={ps_cmd(comp, "pgbare"): Result(ndjson(row("pgbare"))),
+                         tcp("pgbare", "postgres"): [Result("1\n"), Result(stderr="the database system is shutting down",
+                                                                           exited=2)]})
+    w = kwatch(c, comp, pause=pauses.append, confirm_after=1.5)
+    assert w.poll(["pgbare"]) is False
+    assert pauses == [1.5]
+    assert w.statuses["pgbare"].output == "the database system is shutting down"
+
+
+def test_a_database_without_a_healthcheck_is_not_ready_just_because_it_runs(comp):
+    c = MockContext(run={ps_cmd(comp, "pgbare"): Result(ndjson(row("pgbare"))),
+                         tcp("pgbare", "postgres"): [Result(stderr="Connection refused", exited=2), Result("1"), Result("1")]})
+    w = kwatch(c, comp)
+    assert w.poll(["pgbare"]) is False
+    assert w.poll(["pgbare"]) is True
+    assert w.statuses["pgbare"].detail == "healthy (postgres answers over TCP)"
+
+
+def test_a_service_of_no_known_kind_without_a_check_keeps_the_running_rule(comp):
+    c = MockContext(run={ps_cmd(comp, "web"): Result(ndjson(row("web")))})
+    w = kwatch(c, comp)
+    assert w.poll(["web"]) is True
+    assert w.statuses["web"].detail == "no healthcheck: running counts as ready"
+    assert commands(c) == [ps_cmd(comp, "web")]
+
+
+def test_a_database_refusing_the_password_from_its_environment_fails_at_once(comp):
+    c = MockContext(run={ps_cmd(comp, "pgbare"): Result(ndjson(row("pgbare"))),
+                         tcp("pgbare", "postgres"): Result(stderr='FATAL:  password authentication failed for user "app"',
+                                                           exited=2),
+                         logs_cmd(comp, "pgbare"): Result(""), inspect_cmd("pgbare"): Result("null")})
+    with pytest.raises(HealthError, match=r"(?s)refuses the credentials from its container's environment.*"
+                                          r"password authentication failed"):
+        kwatch(c, comp).poll(["pgbare"])
+
+
+def test_credentials_come_from_the_container_environment_never_argv():
+    for kind in ("postgres", "mysql", "neo4j"):
+        argv, stdin = ready_argv("c", kind, {"environment": {"POSTGRES_PASSWORD": "Sup3rS3cretValue"}})
+        assert "Sup3rS3cretValue" not in shlex.join(argv) and stdin is None
+        assert "127.0.0.1" in argv[-1]
+    assert "$POSTGRES_PASSWORD" in READY["postgres"] and "MYSQL_PWD" in READY["mysql"]
+
+
+def test_a_redis_password_in_the_command_goes_to_the_check_on_stdin(comp):
+    argv, stdin = ready_argv("p-kv-1", "redis", KIND_MODEL["services"]["kv"])
+    assert "Sup3rS3cretValue" not in shlex.join(argv) and stdin == "Sup3rS3cretValue\n"
+    assert argv[:3] == ["docker", "exec", "-i"] and argv[-2:] == ["6380", ""]  # port, no config file
+    c = MockContext(run={ps_cmd(comp, "kv"): Result(ndjson(row("kv"))), tcp("kv", "redis"): Result("PONG\n")})
+    assert kwatch(c, comp).poll(["kv"]) is True
+    fed = [call.kwargs["in_stream"].read() for call in c.run.call_args_list if call.args[0] == tcp("kv", "redis")]
+    assert fed == ["Sup3rS3cretValue\n"] * 2
+
+
+def test_a_redis_password_the_shell_expands_is_left_to_the_environment():
+    svc = {"entrypoint": ["/bin/sh", "-c", 'exec docker-entrypoint.sh redis-server --requirepass "$$REDIS_PASSWORD"'],
+           "command": None}
+    assert ready_argv("c", "redis", svc)[1] == "\n"
+    assert ready_argv("c", "redis", {"command": ["redis-server", "/etc/redis/redis.conf"]})[0][-1] == "/etc/redis/redis.conf"
+
+
+def test_etcd_is_asked_without_a_shell(comp):
+    argv, _ = ready_argv("p-store-1", "etcd", KIND_MODEL["services"]["store"])
+    assert argv == ["docker", "exec", "p-store-1", *READY_ARGV["etcd"]]
+    assert "127.0.0.1:2379" in " ".join(argv)
+
+
+@pytest.mark.parametrize("kind", ["qdrant", "milvus", "minio"])
+def test_http_kinds_get_their_readiness_endpoint_on_127_0_0_1(kind):
+    script = ready_argv("c", kind, {})[0][-1]
+    assert "get()" in script and {"qdrant": "6333 /readyz", "milvus": "9091 /healthz",
+                                   "minio": "9000 /minio/health/ready"}[kind] in script
+
+
+@pytest.mark.parametrize("service, probe, one_shot, expect", [
+    (KIND_MODEL["services"]["pg"], None, False, "compose check + postgres query"),
+    (KIND_MODEL["services"]["pgbare"], None, False, "postgres query"),
+    (KIND_MODEL["services"]["pgbare"], "tcp:5432", False, "probe tcp:5432 + postgres query"),
+    ({"image": "nginx:1"}, "tcp:80", False, "probe tcp:80"),
+    ({"image": "nginx:1"}, None, False, "running"),
+    ({"image": "nginx:1", "healthcheck": {"test": ["CMD", "true"]}}, None, False, "compose check"),
+    ({"image": "nginx:1", "healthcheck": {"test": ["NONE"]}}, None, False, "running"),
+    ({"image": "minio/mc"}, None, True, "exit 0"),
+])
+def test_rule_names_what_judges_a_service(service, probe, one_shot, expect):
+    assert rule(service, probe, one_shot) == expect

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import re
 import sys
 import threading
@@ -259,23 +260,64 @@ def test_restart_restarts_the_services_and_waits_for_them(settings, capsys):
 
 # --- status / urls / guards -------------------------------------------------------------------
 
+def inspect_cmd(*names: str) -> str:
+    return shlex.join(["docker", "inspect", "--format",
+                       "{{.Name}}|{{.RestartCount}}|{{.State.ExitCode}}|{{.State.OOMKilled}}", *names])
+
+
 def test_status_lists_every_defined_service_including_those_not_created(settings):
     t = tgt(settings)
-    model = {"services": {"db": {"image": "postgres:16"}, "api": {"image": "me/api:1"}, "old": {}}}
-    rows = [{"Service": "db", "State": "running", "Health": "healthy", "RunningFor": "2 minutes ago",
-             "Image": "postgres:16", "Publishers": [
+    model = {"services": {"db": {"image": "postgres:16"}, "api": {"image": "me/api:1"}, "old": {"restart": "always"}}}
+    rows = [{"Service": "db", "Name": "p-db-1", "State": "running", "Health": "healthy", "RunningFor": "2 minutes ago",
+             "Status": "Up 3 seconds (healthy)", "Image": "postgres:16", "Publishers": [
                  {"URL": "127.0.0.1", "TargetPort": 5432, "PublishedPort": 5433},
                  {"URL": "::", "TargetPort": 5432, "PublishedPort": 5433},
                  {"URL": "", "TargetPort": 9187, "PublishedPort": 0}]},
-            {"Service": "old", "State": "exited", "Health": "", "RunningFor": "1 hour ago", "Image": "x"}]
+            {"Service": "old", "Name": "p-old-1", "State": "exited", "Health": "", "RunningFor": "1 hour ago",
+             "Status": "Exited (0) 5 minutes ago", "ExitCode": 0, "Image": "x"}]
     c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
-                         ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows))})
+                         ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows)),
+                         "docker stats --no-stream --format '{{json .}}' p-db-1": Result(""),
+                         inspect_cmd("p-db-1", "p-old-1"): Result("/p-db-1|2|0|false\n/p-old-1|0|0|false\n")})
     t.c = c
     assert lifecycle.status(t) == ([
-        ["db", "running", "healthy", "127.0.0.1:5433->5432, :::5433->5432", "2 minutes ago", "", "", "postgres:16"],
-        ["api", "not created", "", "", "", "", "", "me/api:1"],
-        ["old", "exited", "-", "", "", "", "", "x"],
-    ], [])
+        # uptime from the engine's Status (since State.StartedAt), not RunningFor (since creation)
+        ["db", "running", "healthy", "postgres query", "2", "127.0.0.1:5433->5432, :::5433->5432", "3 seconds", "", "",
+         "postgres:16"],
+        ["api", "not created", "", "running", "", "", "", "", "", "me/api:1"],
+        ["old", "exited (0)", "-", "running", "0", "", "", "", "", "x"],
+    ], [], ["api: not created", "old: exited with code 0"])  # old has `restart: always`: it should run
+
+
+def test_status_shows_exit_codes_and_restarts_and_names_what_does_not_run(settings):
+    t = tgt(settings)
+    model = {"services": {
+        "db": {"image": "postgres:16", "healthcheck": {"test": ["CMD", "pg_isready"]}, "restart": "unless-stopped"},
+        "cache": {"image": "redis:7"},
+        "setup": {"image": "minio/mc"},  # a job: no healthcheck, no restart policy
+        "migrate": {"image": "me/api:1", "healthcheck": {"test": ["CMD", "true"]}},
+        "api": {"image": "me/api:1", "depends_on": {"migrate": {"condition": "service_completed_successfully"}}},
+        "big": {"image": "me/big:1"},
+    }}
+    rows = [{"Service": "db", "Name": "p-db-1", "State": "exited", "ExitCode": 137, "Status": "Exited (137) 1 second ago"},
+            {"Service": "cache", "Name": "p-cache-1", "State": "restarting", "ExitCode": 1, "Status": "Restarting (1) 2 s"},
+            {"Service": "setup", "Name": "p-setup-1", "State": "exited", "ExitCode": 0},
+            {"Service": "migrate", "Name": "p-migrate-1", "State": "exited", "ExitCode": 0},
+            {"Service": "api", "Name": "p-api-1", "State": "running", "Health": "unhealthy", "Status": "Up 1 hour (unhealthy)"},
+            {"Service": "big", "Name": "p-big-1", "State": "exited", "ExitCode": 137}]
+    names = [r["Name"] for r in rows]
+    c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
+                         ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows)),
+                         "docker stats --no-stream --format '{{json .}}' p-api-1": Result(""),
+                         inspect_cmd(*names): Result("/p-db-1|0|137|false\n/p-cache-1|7|1|false\n/p-setup-1|0|0|false\n"
+                                                     "/p-migrate-1|0|0|false\n/p-api-1|0|0|false\n/p-big-1|0|137|true\n")})
+    t.c = c
+    table, alerts, down = lifecycle.status(t)
+    assert {r[0]: (r[1], r[4], r[6]) for r in table} == {
+        "db": ("exited (137)", "0", ""), "cache": ("restarting", "7", ""), "setup": ("exited (0)", "0", ""),
+        "migrate": ("exited (0)", "0", ""), "api": ("running", "0", "1 hour"), "big": ("exited (137) OOM-killed", "0", "")}
+    assert down == ["db: exited with code 137 (killed)", "cache: restarting", "api: running but unhealthy",
+                    "big: exited with code 137 (killed: out of memory)"]
 
 
 def test_status_flags_containers_over_the_cpu_and_memory_alert_thresholds(settings):
@@ -287,12 +329,14 @@ def test_status_flags_containers_over_the_cpu_and_memory_alert_thresholds(settin
                    {"Name": "p-api-1", "CPUPerc": "85.10%", "MemPerc": "10.00%"})
     c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
                          ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows)),
-                         "docker stats --no-stream --format '{{json .}}' p-db-1 p-api-1": Result(stats)})
+                         "docker stats --no-stream --format '{{json .}}' p-db-1 p-api-1": Result(stats),
+                         inspect_cmd("p-db-1", "p-api-1"): Result("", exited=1)})
     t.c = c
-    table, alerts = lifecycle.status(t)
-    assert [r[5:7] for r in table] == [["12%", "91%!"], ["85%!", "10%"]]
+    table, alerts, down = lifecycle.status(t)
+    assert [r[7:9] for r in table] == [["12%", "91%!"], ["85%!", "10%"]]
     assert alerts == ["db: memory 91% of its limit is over the 85% alert threshold",
                       "api: CPU 85% is over the 80% alert threshold"]
+    assert down == []
 
 
 def test_urls_pick_a_scheme_by_target_port_and_a_reachable_host(settings):
