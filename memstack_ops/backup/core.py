@@ -247,34 +247,58 @@ def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[st
 # --------------------------------------------------------------------------- verify
 
 def find_set(sets: list[BackupSet], set_id: str | None, kind: str | None = None, service: str | None = None,
-             stack: str = "") -> BackupSet:
+             stack: str = "", say: Any = None) -> BackupSet:
+    """The set ``set_id`` names, else the newest usable one (of ``kind``/``service``, safety backups
+    left out). A named set with an unreadable manifest is refused; without a name, unreadable sets
+    are skipped (with a note through ``say``) so one bad set never blocks restoring the good ones."""
     if set_id:
         name = set_id.rstrip("/").rsplit("/", 1)[-1]
         for s in sets:
             if s.id == name:
+                if s.error:
+                    raise BackupError(f"Backup {s.id} cannot be used: {s.error}. Its files cannot be checked against "
+                                      f"it, so it is neither verified nor restored. Pick another set (`memstack-ops "
+                                      f"backup.list`); move {s.path} away once you have looked at it.")
                 return s
         raise BackupError(f"No backup {name!r} in stack {stack}'s backups: see `memstack-ops backup.list`.")
+    skipped: list[BackupSet] = []
     for s in sets:
+        if s.error:
+            skipped.append(s)
+            continue
         if kind is None:
-            return s
+            return _skipped_note(s, skipped, say)
         if str(s.manifest.get("reason", "")).startswith("safety"):
             continue
         if kind == "all" and s.kind == "all":
-            return s
+            return _skipped_note(s, skipped, say)
         if kind != "all" and any(e.get("kind") == kind and (service is None or e.get("service") == service) for e in s.entries):
-            return s
+            return _skipped_note(s, skipped, say)
     what = f"{kind} backup" + (f" of {service}" if service else "") if kind else "backup"
-    raise BackupError(f"No {what} found for stack {stack}: make one with `memstack-ops backup.{kind or 'all'}`.")
+    bad = (f" ({len(skipped)} set(s) skipped, their manifest unreadable: "
+           + "; ".join(f"{b.id}: {b.error}" for b in skipped) + ")") if skipped else ""
+    raise BackupError(f"No {what} found for stack {stack}{bad}: make one with `memstack-ops backup.{kind or 'all'}`.")
+
+
+def _skipped_note(s: BackupSet, skipped: list[BackupSet], say: Any) -> BackupSet:
+    if skipped and say:
+        for b in skipped:
+            say(f"Skipping backup {b.id}: {b.error}. Using {s.id}, the newest usable set.")
+    return s
 
 
 def check_files(host: Host, s: BackupSet, names: Iterable[str] | None = None) -> list[str]:
-    """Sizes and sha256 of the set's files against its manifest; the problems found."""
+    """Sizes and sha256 of the set's files against its manifest; the problems found. ``names``:
+    only these files, each of which must be one the manifest lists."""
     if s.error:
         return [s.error]
     problems = []
     want = set(names) if names is not None else None
     if not s.files:
         problems.append("the manifest lists no files")
+    if want is not None:
+        listed = {str(f["name"]) for f in s.files}
+        problems += [f"{n} is not among the files the manifest checksums" for n in sorted(want - listed)]
     for f in s.files:
         if want is not None and f["name"] not in want:
             continue
@@ -302,7 +326,7 @@ def verify(t: Any, set_id: str | None = None, restore_test: bool = False, host: 
     the same image comparing counts. Records the result in the set's verify.json."""
     job = make_job(t, host)
     host = job.host
-    s = find_set(list_sets(host, backups_root(t)), set_id, stack=t.stack.name)
+    s = find_set(list_sets(host, backups_root(t)), set_id, stack=t.stack.name, say=job.say)
     rows: list[list[str]] = []
     problems = check_files(host, s)
     if problems:
@@ -364,11 +388,11 @@ def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = 
             safety: bool = True, dry_run: bool = False, volumes: Iterable[str] = (), host: Host | None = None,
             space_check: bool = True, checked: bool = False, **opts: Any) -> dict[str, Any]:
     """Restore one service (or volumes) from a backup set; see the module docs of the tasks."""
-    from ..output import confirm
+    from ..output import confirm, say
 
     host = host or host_for(t.c)
     root = backups_root(t)
-    s = find_set(list_sets(host, root), set_id, kind, service if kind != "volumes" else None, t.stack.name)
+    s = find_set(list_sets(host, root), set_id, kind, service if kind != "volumes" else None, t.stack.name, say=say)
     if kind == "volumes":
         return _restore_volumes(t, make_job(t, host), s, volumes, yes, safety, dry_run, space_check, checked)
     entries = [e for e in s.entries if e.get("kind") == kind]
@@ -483,7 +507,7 @@ def restore_all(t: Any, set_id: str | None = None, yes: bool = False, safety: bo
     from ..output import confirm
 
     job = make_job(t, host)
-    s = find_set(list_sets(job.host, backups_root(t)), set_id, "all", stack=t.stack.name)
+    s = find_set(list_sets(job.host, backups_root(t)), set_id, "all", stack=t.stack.name, say=job.say)
     problems = check_files(job.host, s)
     if problems:
         record_verify(job.host, s, False, "checksum", problems)
@@ -520,7 +544,7 @@ def list_rows(t: Any, kind: str | None = None, host: Host | None = None) -> tupl
             continue
         label = s.kind + (" (safety)" if str(s.manifest.get("reason", "")).startswith("safety") else "")
         rows.append([s.id, label, ", ".join(s.services) or "?", human_size(s.size), human_age(s.time),
-                     "manifest unreadable" if s.error else verified_label(s)])
+                     f"UNREADABLE, skipped: {s.error}" if s.error else verified_label(s)])
     return rows, partial_sets(host, root)
 
 
