@@ -287,6 +287,33 @@ def _skipped_note(s: BackupSet, skipped: list[BackupSet], say: Any) -> BackupSet
     return s
 
 
+def origin(s: BackupSet) -> str:
+    m = s.manifest
+    return f"stack {m.get('stack') or '?'} (project {m.get('project') or '?'})"
+
+
+def foreign(t: Any, s: BackupSet) -> bool:
+    """Was the set made for another stack or compose project than ``t``'s? (A manifest that names
+    neither counts as foreign: nothing says it is this stack's.)"""
+    m = s.manifest
+    return (m.get("stack"), m.get("project")) != (t.stack.name, t.stack.project)
+
+
+def check_origin(t: Any, s: BackupSet, allow_foreign: bool, what: str, say: Any) -> None:
+    """Refuse a set made for another stack unless the operator asked for a migration; then say what
+    is mapped onto what. (Like pgBackRest's stanza check, which refuses a repository made for
+    another cluster unless told otherwise: a restore never guesses that data belongs here.)"""
+    if not foreign(t, s):
+        return
+    here = f"stack {t.stack.name} (project {t.stack.project})"
+    if not allow_foreign:
+        raise BackupError(f"Backup {s.id} was made for {origin(s)}, not for {here}: restoring it would put another "
+                          f"stack's data (its databases, users and keys) into {what}. Nothing was touched. Pick one of "
+                          f"this stack's backups (`memstack-ops backup.list` marks foreign sets), or pass "
+                          f"--allow-foreign for a deliberate migration.")
+    say(f"Migrating backup {s.id} from {origin(s)} into {here} (--allow-foreign): {what}.")
+
+
 def check_files(host: Host, s: BackupSet, names: Iterable[str] | None = None) -> list[str]:
     """Sizes and sha256 of the set's files against its manifest; the problems found. ``names``:
     only these files, each of which must be one the manifest lists."""
@@ -386,15 +413,17 @@ def dependants(model: dict[str, Any], name: str) -> list[str]:
 
 def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = None, yes: bool = False,
             safety: bool = True, dry_run: bool = False, volumes: Iterable[str] = (), host: Host | None = None,
-            space_check: bool = True, checked: bool = False, **opts: Any) -> dict[str, Any]:
-    """Restore one service (or volumes) from a backup set; see the module docs of the tasks."""
+            space_check: bool = True, checked: bool = False, allow_foreign: bool = False, **opts: Any) -> dict[str, Any]:
+    """Restore one service (or volumes) from a backup set; see the module docs of the tasks. A set
+    made for another stack or project is refused unless ``allow_foreign``."""
     from ..output import confirm, say
 
     host = host or host_for(t.c)
     root = backups_root(t)
     s = find_set(list_sets(host, root), set_id, kind, service if kind != "volumes" else None, t.stack.name, say=say)
     if kind == "volumes":
-        return _restore_volumes(t, make_job(t, host), s, volumes, yes, safety, dry_run, space_check, checked)
+        return _restore_volumes(t, make_job(t, host), s, volumes, yes, safety, dry_run, space_check, checked,
+                                allow_foreign)
     entries = [e for e in s.entries if e.get("kind") == kind]
     if service:
         cand = [e for e in entries if e.get("service") == service] or (entries if len(entries) == 1 else [])
@@ -407,6 +436,8 @@ def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = 
                           f"with --service.")
     entry = cand[0]
     target = service or str(entry["service"])
+    check_origin(t, s, allow_foreign, f"{kind} service {entry['service']} of the backup -> service {target}",
+                 say)
     # checksums first, in the background while the stack is inspected (nothing is touched before)
     from concurrent.futures import ThreadPoolExecutor
 
@@ -456,7 +487,7 @@ def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = 
 
 
 def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,
-                     space_check: bool, checked: bool = False) -> dict[str, Any]:
+                     space_check: bool, checked: bool = False, allow_foreign: bool = False) -> dict[str, Any]:
     from ..output import confirm
 
     entries = [e for e in s.entries if e.get("kind") == "volumes"]
@@ -473,6 +504,8 @@ def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: b
     unknown = [e["volume"] for e in entries if e["volume"] not in vols]
     if unknown:
         raise BackupError(f"Volume(s) {', '.join(unknown)} are not in stack {t.stack.name} any more.")
+    check_origin(t, s, allow_foreign, "volume(s) " + ", ".join(f"{e['volume']} -> {vols[e['volume']].name}"
+                                                                         for e in entries), job.say)
     problems = [] if checked else check_files(job.host, s, [f["name"] for e in entries for f in e["files"]])
     if problems:
         record_verify(job.host, s, False, "checksum", problems)
@@ -502,12 +535,13 @@ def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: b
 
 
 def restore_all(t: Any, set_id: str | None = None, yes: bool = False, safety: bool = True, dry_run: bool = False,
-                host: Host | None = None) -> list[tuple[str, Any]]:
+                host: Host | None = None, allow_foreign: bool = False) -> list[tuple[str, Any]]:
     """Restore every database of a backup.all set, then its volumes; one confirmation."""
     from ..output import confirm
 
     job = make_job(t, host)
     s = find_set(list_sets(job.host, backups_root(t)), set_id, "all", stack=t.stack.name, say=job.say)
+    check_origin(t, s, allow_foreign, "every database and volume of the backup -> the same names here", job.say)
     problems = check_files(job.host, s)
     if problems:
         record_verify(job.host, s, False, "checksum", problems)
@@ -523,10 +557,12 @@ def restore_all(t: Any, set_id: str | None = None, yes: bool = False, safety: bo
             t.stack.name, yes=yes)
     results: list[tuple[str, Any]] = []
     for e in dbs:
-        r = restore(t, e["kind"], s.id, e["service"], yes=True, safety=safety, host=job.host, checked=True)
+        r = restore(t, e["kind"], s.id, e["service"], yes=True, safety=safety, host=job.host, checked=True,
+                    allow_foreign=allow_foreign)
         results.append((str(e["service"]), {k: v for k, v in r.items() if k not in ("backup", "service")}))
     if vols:
-        r = restore(t, "volumes", s.id, yes=True, safety=safety, volumes=vols, host=job.host, checked=True)
+        r = restore(t, "volumes", s.id, yes=True, safety=safety, volumes=vols, host=job.host, checked=True,
+                    allow_foreign=allow_foreign)
         results.append(("volumes", {k: v for k, v in r.items() if k != "backup"}))
     return results
 
@@ -543,6 +579,8 @@ def list_rows(t: Any, kind: str | None = None, host: Host | None = None) -> tupl
         if kind and s.kind != kind:
             continue
         label = s.kind + (" (safety)" if str(s.manifest.get("reason", "")).startswith("safety") else "")
+        if not s.error and foreign(t, s):
+            label += f" (FOREIGN: {origin(s)})"
         rows.append([s.id, label, ", ".join(s.services) or "?", human_size(s.size), human_age(s.time),
                      f"UNREADABLE, skipped: {s.error}" if s.error else verified_label(s)])
     return rows, partial_sets(host, root)

@@ -411,6 +411,71 @@ def test_ctrl_c_during_the_neo4j_dump_starts_neo4j_again(project, docker_client)
     assert not list(root.iterdir())
 
 
+def test_a_corrupt_manifest_beside_a_good_set_still_lets_the_good_one_restore(project, docker_client):
+    """Review M5: one unreadable manifest.json (not UTF-8) crashed backup.list, verify, prune and
+    every restore. It is listed as unreadable, skipped by the default pick (which says so), refused
+    by name, and never pruned."""
+    import shutil
+
+    up(project, "postgres")
+    psql(project, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 5)")
+    ok(project.run("backup.postgres"))
+    [good] = sets(project)
+    bad = good.parent / "20991231T000000Z-postgres"  # newer than the good one: the default pick
+    shutil.copytree(good, bad)
+    (bad / "manifest.json").write_bytes(b'{"files": [], "x": "\xff"}')
+    psql(project, "INSERT INTO t VALUES (99)")
+    listing = ok(project.run("backup.list")).stdout
+    assert bad.name in listing and "UNREADABLE" in listing and "not UTF-8" in listing and good.name in listing
+    r = ok(project.run("restore.postgres", "--yes", "--no-safety-backup"))
+    assert f"Skipping backup {bad.name}: manifest.json is not UTF-8" in r.stdout
+    assert f"Restored from {good.name}" in r.stdout
+    assert psql(project, "SELECT count(*) FROM t") == "5"
+    r = project.run("restore.postgres", "--yes", "--backup", bad.name)
+    assert r.returncode != 0 and "cannot be used: manifest.json is not UTF-8" in r.stderr and "Traceback" not in r.stderr
+    r = ok(project.run("backup.verify"))
+    assert f"Skipping backup {bad.name}" in r.stdout
+    ok(project.run("backup.prune", "--keep-last", "1"))
+    assert bad.is_dir() and (bad / "postgres.pgdump").is_file() and good.is_dir()
+
+
+def test_a_set_made_for_another_stack_is_refused_unless_allow_foreign(tmp_path, project, docker_client):
+    """A set of another project (copied into this stack's folder) restored with exit 0 and created
+    the other stack's database here, and backup.list showed it as this stack's own."""
+    import shutil
+
+    from memstack_ops.testing import scratch_project
+
+    REPO = Path(__file__).resolve().parent.parent.parent
+    other = scratch_project(tmp_path / "other", REPO)
+    try:
+        up(other, "postgres")
+        psql(other, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 3)")
+        ok(other.run("backup.postgres"))
+        [theirs] = [p for p in (other.root / "backups" / "memstack").iterdir()]
+    finally:
+        other.destroy()
+    up(project, "postgres")
+    psql(project, "CREATE TABLE mine (x int); INSERT INTO mine VALUES (1)")
+    copied = project.root / "backups" / "memstack" / theirs.name
+    shutil.copytree(theirs, copied)
+    row = next(ln for ln in ok(project.run("backup.list")).stdout.splitlines() if ln.startswith(theirs.name))
+    assert "FOREIGN" in row and other.name in row
+    for args in (("--yes",), ("--yes", "--backup", str(theirs)), ("--dry-run",)):  # default pick, by path, dry run
+        r = project.run("restore.postgres", *args)
+        assert r.returncode != 0, r.stdout
+        assert f"made for stack memstack (project {other.name}), not for stack memstack (project {project.name})" \
+            in r.stderr and "--allow-foreign" in r.stderr and "Nothing was touched" in r.stderr
+    assert psql(project, "SELECT count(*) FROM mine") == "1"
+    assert psql(project, "SELECT to_regclass('t') IS NULL") == "t"  # nothing of theirs arrived
+    assert sets(project) == [copied]  # not even a safety backup
+    r = ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--allow-foreign"))
+    assert (f"Migrating backup {theirs.name} from stack memstack (project {other.name}) into stack memstack "
+            f"(project {project.name})") in r.stdout and "postgres service postgres of the backup -> service postgres" \
+        in r.stdout
+    assert psql(project, "SELECT count(*) FROM t") == "3"
+
+
 # --------------------------------------------------------------------------- retention
 
 def test_prune_keeps_the_newest_verified_and_never_touches_foreign_files(project, docker_client):
