@@ -76,7 +76,7 @@ def safe_name(name: str, set_id: str) -> str:
 
 def fetch(t: Any, set_id: str | None = None, s: BackupSet | None = None, say: Any = None) -> Fetched:
     """Copy the remote set ``s`` (or the one ``set_id`` names, default the newest) here."""
-    from .core import backups_root, find_set, progress_bar
+    from .core import backups_root, ensure_private_dir, find_set, progress_bar
 
     say = say or _say
     require_remote(t.c)
@@ -96,7 +96,7 @@ def fetch(t: Any, set_id: str | None = None, s: BackupSet | None = None, say: An
         raise BackupError(f"Backup {s.id} on {label} lists no files in its manifest; there is nothing to fetch.")
     here = LocalHost(_local_context())
     root = backups_root(t, here=True)
-    here.makedirs(root)
+    ensure_private_dir(here, root)
     source = {"host": label, "path": s.path, "id": s.id,
               "manifest_sha256": hashlib.sha256(mtext.encode()).hexdigest()}
     t0 = time.monotonic()

@@ -355,7 +355,7 @@ def test_database_killed_mid_backup_leaves_nothing_that_looks_like_a_backup(proj
 def tiny_backups_dir(tmp_path):
     d = tmp_path / "tiny"
     d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(d)], check=True)  # private, as backups must be
     yield d
     subprocess.run(["umount", str(d)], check=False)
 

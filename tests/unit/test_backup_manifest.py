@@ -4,6 +4,7 @@ fetch do with a set it rejects (security review M1 and M5)."""
 from __future__ import annotations
 
 import copy
+import os
 import hashlib
 import json
 from pathlib import Path
@@ -174,3 +175,45 @@ def test_m5_one_corrupt_set_is_listed_skipped_and_never_pruned(tmp_path):
         core.find_set(list_sets(host, str(root)), None, "redis", stack="memstack")
     doomed, keep = core.prune(t, keep_last=1, host=host)
     assert doomed == [] and bad.is_dir() and (bad / "db.postgres").read_bytes() == b"keep me" and bad2.is_dir()
+
+
+# --------------------------------------------------------------------------- a private backups dir (L4)
+
+@pytest.fixture
+def umask000():
+    old = os.umask(0)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.parametrize("kind", ["local", "shell"])
+def test_every_folder_made_for_backups_is_0700_even_under_umask_000(tmp_path, umask000, kind):
+    from invoke import Context
+
+    from memstack_ops.backup.host import ShellHost
+
+    host = LocalHost(Context()) if kind == "local" else ShellHost(Context())
+    root = tmp_path / "a" / "backups" / "memstack"
+    core.ensure_private_dir(host, str(root))
+    for d in (tmp_path / "a", tmp_path / "a" / "backups", root):
+        assert oct(d.stat().st_mode & 0o777) == "0o700", d
+    core.ensure_private_dir(host, str(root))  # existing and private: fine
+
+
+@pytest.mark.parametrize("kind", ["local", "shell"])
+@pytest.mark.parametrize("which, mode", [("backups", 0o777), ("backups", 0o770), ("stack", 0o757), ("backups", 0o1777)])
+def test_a_group_or_world_writable_backups_dir_is_refused(tmp_path, kind, which, mode):
+    from invoke import Context
+
+    from memstack_ops.backup.host import ShellHost
+
+    host = LocalHost(Context()) if kind == "local" else ShellHost(Context())
+    root = tmp_path / "backups" / "memstack"
+    root.mkdir(parents=True, mode=0o700)
+    bad = root.parent if which == "backups" else root
+    bad.chmod(mode)
+    with pytest.raises(BackupError, match=rf"The backups folder {bad} is writable by .*`chmod 700 {bad}`"):
+        core.ensure_private_dir(host, str(root))
+    bad.chmod(0o700)
+    core.ensure_private_dir(host, str(root))
+
