@@ -13,6 +13,7 @@ from typing import Any, Iterable
 from .engines import (COMPRESSIONS, DB_KINDS, ENGINES, Job, Plan, Svc, Volume, Volumes, inspect_service,
                       stack_volumes)
 from .host import BackupError, Host, host_for
+from .lock import exclusive
 from .sets import (MANIFEST, VERIFY, BackupSet, human_size, iso, list_sets, load_set, manifest_json, new_id,
                    select_keep, utcnow)
 
@@ -176,6 +177,7 @@ def volume_size(job: Job, vol: Volume) -> int:
 
 # --------------------------------------------------------------------------- backup
 
+@exclusive("backup.{kind}")
 def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[str] = (), compress: str = "zstd",
            dry_run: bool = False, space_check: bool = True, stop: bool = False, exclude: Iterable[str] = (),
            reason: str = "manual", host: Host | None = None, job: Job | None = None,
@@ -438,6 +440,7 @@ def dependants(model: dict[str, Any], name: str) -> list[str]:
     return out
 
 
+@exclusive("restore.{kind}")
 def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = None, yes: bool = False,
             safety: bool = True, dry_run: bool = False, volumes: Iterable[str] = (), host: Host | None = None,
             space_check: bool = True, checked: bool = False, allow_foreign: bool = False, **opts: Any) -> dict[str, Any]:
@@ -561,6 +564,7 @@ def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: b
             "seconds": round(time.monotonic() - t0, 1)}
 
 
+@exclusive("restore.all")
 def restore_all(t: Any, set_id: str | None = None, yes: bool = False, safety: bool = True, dry_run: bool = False,
                 host: Host | None = None, allow_foreign: bool = False) -> list[tuple[str, Any]]:
     """Restore every database of a backup.all set, then its volumes; one confirmation."""
@@ -613,6 +617,7 @@ def list_rows(t: Any, kind: str | None = None, host: Host | None = None) -> tupl
     return rows, partial_sets(host, root)
 
 
+@exclusive("backup.prune")
 def prune(t: Any, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0,
           dry_run: bool = False, kind: str | None = None, host: Host | None = None) -> tuple[list[BackupSet], dict[str, list[str]]]:
     """Delete the sets no retention rule keeps. Only files listed in a set's manifest (plus the

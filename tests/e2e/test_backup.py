@@ -476,6 +476,38 @@ def test_a_set_made_for_another_stack_is_refused_unless_allow_foreign(tmp_path, 
     assert psql(project, "SELECT count(*) FROM t") == "3"
 
 
+def test_a_restore_or_prune_is_refused_while_a_backup_of_the_same_stack_runs(project, docker_client):
+    """Review I3: nothing kept a restore.neo4j from loading while backup.neo4j had Neo4j stopped
+    (and would start it again in the middle). Two real CLI processes: the second one fails at once
+    naming the first (pid, command, start time) and touches nothing; once the first has ended the
+    lock is free again."""
+    up(project, "neo4j")
+    cypher(project, "CREATE (:Keep {i: 1})")
+    ok(project.run("backup.neo4j"))
+    [first] = sets(project)
+    project.exec("neo4j", "sh", "-c", 'echo \'{"dump_delay_seconds": 60}\' > /data/standin/.standin-faults.json')
+    proc = popen(project, "backup.neo4j")
+    try:
+        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)), 120, "the dump container")
+        for args in (("restore.neo4j", "--yes", "--backup", first.name), ("backup.prune", "--keep-last", "1"),
+                     ("backup.redis",)):
+            r = project.run(*args)
+            assert r.returncode != 0, r.stdout
+            assert f"in use by another run, pid {proc.pid} on " in r.stderr and "`memstack-ops backup.neo4j`, started " \
+                in r.stderr and "Nothing was done" in r.stderr, r.stderr
+        assert state(docker_client, project, "neo4j") == "exited"  # still the backup's doing, nobody else's
+        assert [d for d in first.parent.iterdir() if not d.name.endswith(".partial")] == [first]  # no new set
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    project.exec("neo4j", "rm", "-f", "/data/standin/.standin-faults.json")
+    cypher(project, "CREATE (:Later {i: 2})")
+    r = ok(project.run("restore.neo4j", "--yes", "--no-safety-backup", "--backup", first.name))
+    assert nodes(project) == 1
+
+
 # --------------------------------------------------------------------------- retention
 
 def test_prune_keeps_the_newest_verified_and_never_touches_foreign_files(project, docker_client):

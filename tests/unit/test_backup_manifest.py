@@ -217,3 +217,11 @@ def test_a_group_or_world_writable_backups_dir_is_refused(tmp_path, kind, which,
     bad.chmod(0o700)
     core.ensure_private_dir(host, str(root))
 
+
+def test_a_backup_into_a_world_writable_dir_is_refused_before_anything_is_written(tmp_path):
+    root = tmp_path / "backups" / "memstack"
+    _real_set(root, "20260101T000000Z-postgres")
+    root.parent.chmod(0o777)
+    t = _target(tmp_path)
+    with pytest.raises(BackupError, match="chmod 700"):
+        core.prune(t, keep_last=1, host=LocalHost(t.c))
