@@ -141,9 +141,6 @@ class Host:
         except ValueError:
             return None
 
-    def uid(self) -> int:
-        return int(self._ok("id -u", "Asking the host for this user's id").stdout.strip())
-
     def mkdir_new(self, path: str) -> bool:
         """Create ``path`` (0700); False when it exists already (another run took the name)."""
         return bool(self.sh(f"umask 077 && mkdir -- {q(path)}").ok)
@@ -302,9 +299,6 @@ class LocalHost(Host):
         except OSError:
             return None
         return st.st_mode, st.st_uid
-
-    def uid(self) -> int:
-        return os.geteuid()
 
     def mkdir_new(self, path: str) -> bool:
         try:

@@ -21,8 +21,8 @@ long restore surprises more than one that says who is in the way. The lock is re
 thread (a restore's safety backup, restore.all's restores).
 
 Before taking it the backups dir and the stack's folder must be private (not group- or
-world-writable, owned by this user or root), as OpenSSH's StrictModes demands of ~/.ssh: anyone
-who can write there can plant the set a default restore (the newest) picks.
+world-writable; core.ensure_private_dir): anyone who can write there can plant the set a default
+restore (the newest) picks.
 """
 
 from __future__ import annotations
