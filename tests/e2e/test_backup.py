@@ -556,6 +556,21 @@ def test_the_standin_refuses_a_dump_while_its_server_runs(project, docker_client
 
 # --------------------------------------------------------------------------- on a remote host (-H)
 
+REMOTE_HOLDER = """
+import sys
+from memstack_ops.backup.host import ShellHost
+from memstack_ops.backup.lock import stack_lock
+from memstack_ops.config import resolve
+from memstack_ops.remote.inventory import resolve_hosts
+from memstack_ops.remote.ssh import connect
+conn = connect(resolve_hosts(resolve(), "h1")[0])
+with stack_lock(ShellHost(conn), sys.argv[1], "backup.redis"):
+    print("held", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+"""
+
+
 def test_backup_verify_and_restore_on_a_remote_host(tmp_path, hosts, ssh_key):
     """The same tasks through a fabric Connection: dumps, checksums and one-off containers all run
     on the host (a container with its own sshd and dockerd); backups live beside its releases."""
@@ -592,6 +607,24 @@ def test_backup_verify_and_restore_on_a_remote_host(tmp_path, hosts, ssh_key):
         assert cli("DBSIZE") == "20" and cli("GET", "k3") == "v3" and cli("GET", "later") == ""
         assert "mstest" not in box.sh("docker ps -a --format '{{.Names}}'")  # no one-off left behind
         assert not (p.root / "backups").exists()  # nothing was written on this machine
+
+        # the stack's backup lock is on the host: another process holding it over its own SSH
+        # connection makes a second run fail at once, naming it; once it lets go the run works
+        holder = subprocess.Popen([sys.executable, "-c", REMOTE_HOLDER, f"{p.stack_root}/backups/tiny"], cwd=p.root,
+                                  env=p.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            assert box.sh(f"stat -c %a {p.stack_root}/backups {p.stack_root}/backups/tiny").split() == ["700", "700"]
+            r = p.run("-H", "h1", "backup.prune", "--keep-last", "5", timeout=120)
+            assert r.returncode != 0 and "Backups of stack tiny on h1 (" in r.stderr, r.stderr
+            assert f"in use by another run, pid {holder.pid} on " in r.stderr and "Nothing was done" in r.stderr
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "released"
+        finally:
+            holder.kill()
+            holder.wait(timeout=30)
+        ok(p.run("-H", "h1", "backup.prune", "--keep-last", "5", timeout=120))
     finally:
         box.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 1 >/dev/null 2>&1; "
                f"docker ps -aq --filter label=memstack-ops.project={p.name} | xargs -r docker rm -f >/dev/null; "
