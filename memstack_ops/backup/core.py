@@ -13,6 +13,7 @@ from typing import Any, Iterable
 from .engines import (COMPRESSIONS, DB_KINDS, ENGINES, Job, Plan, Svc, Volume, Volumes, inspect_service,
                       stack_volumes)
 from .host import BackupError, Host, host_for
+from .lock import exclusive
 from .sets import (MANIFEST, VERIFY, BackupSet, human_size, iso, list_sets, load_set, manifest_json, new_id,
                    select_keep, utcnow)
 
@@ -29,6 +30,26 @@ def backups_root(t: Any, here: bool = False) -> str:
             (getattr(t.settings, "root", None) if here else None) or t.stack.root)
         d = PurePosixPath(base) / d
     return str(d / t.stack.name)
+
+
+def ensure_private_dir(host: Host, root: str) -> None:
+    """Create ``<backups_dir>/<stack>`` (every missing component 0700), then refuse when the
+    backups dir or the stack's folder is writable by group or others: anyone who can write there
+    can plant the set a default restore (the newest) picks. (OpenSSH's StrictModes asks the same of
+    ~/.ssh; the owner is not checked, so `sudo memstack-ops` in a user's project still works.)"""
+    import shlex
+    import stat
+
+    host.makedirs(root)
+    for d in (root.rstrip("/").rsplit("/", 1)[0], root):
+        st = host.stat_mode(d)
+        if st is None or not st[0] & 0o022:
+            continue
+        mode = st[0]
+        who = "group and others" if mode & 0o022 == 0o022 else "its group" if mode & 0o020 else "others"
+        raise BackupError(f"The backups folder {d} is writable by {who} (mode {stat.S_IMODE(mode):o}): another user "
+                          f"could put a backup set there that a restore would pick. Make it private with `chmod 700 "
+                          f"{shlex.quote(d)}`, check what is in it, and run this again. Nothing was done.")
 
 
 def make_job(t: Any, host: Host | None = None, compress: str = "zstd", model: dict[str, Any] | None = None) -> Job:
@@ -149,6 +170,7 @@ def volume_size(job: Job, vol: Volume) -> int:
 
 # --------------------------------------------------------------------------- backup
 
+@exclusive("backup.{kind}")
 def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[str] = (), compress: str = "zstd",
            dry_run: bool = False, space_check: bool = True, stop: bool = False, exclude: Iterable[str] = (),
            reason: str = "manual", host: Host | None = None, job: Job | None = None,
@@ -191,7 +213,7 @@ def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[st
                 job.say(f"  note: {p.note}")
         job.say(f"Compression: {job.compress}. Nothing was written.")
         return None
-    host.makedirs(root)
+    ensure_private_dir(host, root)
     if space_check:
         free = host.free_bytes(root)
         if free < estimate:
@@ -247,34 +269,85 @@ def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[st
 # --------------------------------------------------------------------------- verify
 
 def find_set(sets: list[BackupSet], set_id: str | None, kind: str | None = None, service: str | None = None,
-             stack: str = "") -> BackupSet:
+             stack: str = "", say: Any = None) -> BackupSet:
+    """The set ``set_id`` names, else the newest usable one (of ``kind``/``service``, safety backups
+    left out). A named set with an unreadable manifest is refused; without a name, unreadable sets
+    are skipped (with a note through ``say``) so one bad set never blocks restoring the good ones."""
     if set_id:
         name = set_id.rstrip("/").rsplit("/", 1)[-1]
         for s in sets:
             if s.id == name:
+                if s.error:
+                    raise BackupError(f"Backup {s.id} cannot be used: {s.error}. Its files cannot be checked against "
+                                      f"it, so it is neither verified nor restored. Pick another set (`memstack-ops "
+                                      f"backup.list`); move {s.path} away once you have looked at it.")
                 return s
         raise BackupError(f"No backup {name!r} in stack {stack}'s backups: see `memstack-ops backup.list`.")
+    skipped: list[BackupSet] = []
     for s in sets:
+        if s.error:
+            skipped.append(s)
+            continue
         if kind is None:
-            return s
+            return _skipped_note(s, skipped, say)
         if str(s.manifest.get("reason", "")).startswith("safety"):
             continue
         if kind == "all" and s.kind == "all":
-            return s
+            return _skipped_note(s, skipped, say)
         if kind != "all" and any(e.get("kind") == kind and (service is None or e.get("service") == service) for e in s.entries):
-            return s
+            return _skipped_note(s, skipped, say)
     what = f"{kind} backup" + (f" of {service}" if service else "") if kind else "backup"
-    raise BackupError(f"No {what} found for stack {stack}: make one with `memstack-ops backup.{kind or 'all'}`.")
+    bad = (f" ({len(skipped)} set(s) skipped, their manifest unreadable: "
+           + "; ".join(f"{b.id}: {b.error}" for b in skipped) + ")") if skipped else ""
+    raise BackupError(f"No {what} found for stack {stack}{bad}: make one with `memstack-ops backup.{kind or 'all'}`.")
+
+
+def _skipped_note(s: BackupSet, skipped: list[BackupSet], say: Any) -> BackupSet:
+    if skipped and say:
+        for b in skipped:
+            say(f"Skipping backup {b.id}: {b.error}. Using {s.id}, the newest usable set.")
+    return s
+
+
+def origin(s: BackupSet) -> str:
+    m = s.manifest
+    return f"stack {m.get('stack') or '?'} (project {m.get('project') or '?'})"
+
+
+def foreign(t: Any, s: BackupSet) -> bool:
+    """Was the set made for another stack or compose project than ``t``'s? (A manifest that names
+    neither counts as foreign: nothing says it is this stack's.)"""
+    m = s.manifest
+    return (m.get("stack"), m.get("project")) != (t.stack.name, t.stack.project)
+
+
+def check_origin(t: Any, s: BackupSet, allow_foreign: bool, what: str, say: Any) -> None:
+    """Refuse a set made for another stack unless the operator asked for a migration; then say what
+    is mapped onto what. (Like pgBackRest's stanza check, which refuses a repository made for
+    another cluster unless told otherwise: a restore never guesses that data belongs here.)"""
+    if not foreign(t, s):
+        return
+    here = f"stack {t.stack.name} (project {t.stack.project})"
+    if not allow_foreign:
+        raise BackupError(f"Backup {s.id} was made for {origin(s)}, not for {here}: restoring it would put another "
+                          f"stack's data (its databases, users and keys) into {what}. Nothing was touched. Pick one of "
+                          f"this stack's backups (`memstack-ops backup.list` marks foreign sets), or pass "
+                          f"--allow-foreign for a deliberate migration.")
+    say(f"Migrating backup {s.id} from {origin(s)} into {here} (--allow-foreign): {what}.")
 
 
 def check_files(host: Host, s: BackupSet, names: Iterable[str] | None = None) -> list[str]:
-    """Sizes and sha256 of the set's files against its manifest; the problems found."""
+    """Sizes and sha256 of the set's files against its manifest; the problems found. ``names``:
+    only these files, each of which must be one the manifest lists."""
     if s.error:
         return [s.error]
     problems = []
     want = set(names) if names is not None else None
     if not s.files:
         problems.append("the manifest lists no files")
+    if want is not None:
+        listed = {str(f["name"]) for f in s.files}
+        problems += [f"{n} is not among the files the manifest checksums" for n in sorted(want - listed)]
     for f in s.files:
         if want is not None and f["name"] not in want:
             continue
@@ -302,7 +375,7 @@ def verify(t: Any, set_id: str | None = None, restore_test: bool = False, host: 
     the same image comparing counts. Records the result in the set's verify.json."""
     job = make_job(t, host)
     host = job.host
-    s = find_set(list_sets(host, backups_root(t)), set_id, stack=t.stack.name)
+    s = find_set(list_sets(host, backups_root(t)), set_id, stack=t.stack.name, say=job.say)
     rows: list[list[str]] = []
     problems = check_files(host, s)
     if problems:
@@ -360,17 +433,20 @@ def dependants(model: dict[str, Any], name: str) -> list[str]:
     return out
 
 
+@exclusive("restore.{kind}")
 def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = None, yes: bool = False,
             safety: bool = True, dry_run: bool = False, volumes: Iterable[str] = (), host: Host | None = None,
-            space_check: bool = True, checked: bool = False, **opts: Any) -> dict[str, Any]:
-    """Restore one service (or volumes) from a backup set; see the module docs of the tasks."""
-    from ..output import confirm
+            space_check: bool = True, checked: bool = False, allow_foreign: bool = False, **opts: Any) -> dict[str, Any]:
+    """Restore one service (or volumes) from a backup set; see the module docs of the tasks. A set
+    made for another stack or project is refused unless ``allow_foreign``."""
+    from ..output import confirm, say
 
     host = host or host_for(t.c)
     root = backups_root(t)
-    s = find_set(list_sets(host, root), set_id, kind, service if kind != "volumes" else None, t.stack.name)
+    s = find_set(list_sets(host, root), set_id, kind, service if kind != "volumes" else None, t.stack.name, say=say)
     if kind == "volumes":
-        return _restore_volumes(t, make_job(t, host), s, volumes, yes, safety, dry_run, space_check, checked)
+        return _restore_volumes(t, make_job(t, host), s, volumes, yes, safety, dry_run, space_check, checked,
+                                allow_foreign)
     entries = [e for e in s.entries if e.get("kind") == kind]
     if service:
         cand = [e for e in entries if e.get("service") == service] or (entries if len(entries) == 1 else [])
@@ -383,6 +459,8 @@ def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = 
                           f"with --service.")
     entry = cand[0]
     target = service or str(entry["service"])
+    check_origin(t, s, allow_foreign, f"{kind} service {entry['service']} of the backup -> service {target}",
+                 say)
     # checksums first, in the background while the stack is inspected (nothing is touched before)
     from concurrent.futures import ThreadPoolExecutor
 
@@ -432,7 +510,7 @@ def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = 
 
 
 def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,
-                     space_check: bool, checked: bool = False) -> dict[str, Any]:
+                     space_check: bool, checked: bool = False, allow_foreign: bool = False) -> dict[str, Any]:
     from ..output import confirm
 
     entries = [e for e in s.entries if e.get("kind") == "volumes"]
@@ -449,6 +527,8 @@ def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: b
     unknown = [e["volume"] for e in entries if e["volume"] not in vols]
     if unknown:
         raise BackupError(f"Volume(s) {', '.join(unknown)} are not in stack {t.stack.name} any more.")
+    check_origin(t, s, allow_foreign, "volume(s) " + ", ".join(f"{e['volume']} -> {vols[e['volume']].name}"
+                                                                         for e in entries), job.say)
     problems = [] if checked else check_files(job.host, s, [f["name"] for e in entries for f in e["files"]])
     if problems:
         record_verify(job.host, s, False, "checksum", problems)
@@ -477,13 +557,15 @@ def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: b
             "seconds": round(time.monotonic() - t0, 1)}
 
 
+@exclusive("restore.all")
 def restore_all(t: Any, set_id: str | None = None, yes: bool = False, safety: bool = True, dry_run: bool = False,
-                host: Host | None = None) -> list[tuple[str, Any]]:
+                host: Host | None = None, allow_foreign: bool = False) -> list[tuple[str, Any]]:
     """Restore every database of a backup.all set, then its volumes; one confirmation."""
     from ..output import confirm
 
     job = make_job(t, host)
-    s = find_set(list_sets(job.host, backups_root(t)), set_id, "all", stack=t.stack.name)
+    s = find_set(list_sets(job.host, backups_root(t)), set_id, "all", stack=t.stack.name, say=job.say)
+    check_origin(t, s, allow_foreign, "every database and volume of the backup -> the same names here", job.say)
     problems = check_files(job.host, s)
     if problems:
         record_verify(job.host, s, False, "checksum", problems)
@@ -499,10 +581,12 @@ def restore_all(t: Any, set_id: str | None = None, yes: bool = False, safety: bo
             t.stack.name, yes=yes)
     results: list[tuple[str, Any]] = []
     for e in dbs:
-        r = restore(t, e["kind"], s.id, e["service"], yes=True, safety=safety, host=job.host, checked=True)
+        r = restore(t, e["kind"], s.id, e["service"], yes=True, safety=safety, host=job.host, checked=True,
+                    allow_foreign=allow_foreign)
         results.append((str(e["service"]), {k: v for k, v in r.items() if k not in ("backup", "service")}))
     if vols:
-        r = restore(t, "volumes", s.id, yes=True, safety=safety, volumes=vols, host=job.host, checked=True)
+        r = restore(t, "volumes", s.id, yes=True, safety=safety, volumes=vols, host=job.host, checked=True,
+                    allow_foreign=allow_foreign)
         results.append(("volumes", {k: v for k, v in r.items() if k != "backup"}))
     return results
 
@@ -519,11 +603,14 @@ def list_rows(t: Any, kind: str | None = None, host: Host | None = None) -> tupl
         if kind and s.kind != kind:
             continue
         label = s.kind + (" (safety)" if str(s.manifest.get("reason", "")).startswith("safety") else "")
+        if not s.error and foreign(t, s):
+            label += f" (FOREIGN: {origin(s)})"
         rows.append([s.id, label, ", ".join(s.services) or "?", human_size(s.size), human_age(s.time),
-                     "manifest unreadable" if s.error else verified_label(s)])
+                     f"UNREADABLE, skipped: {s.error}" if s.error else verified_label(s)])
     return rows, partial_sets(host, root)
 
 
+@exclusive("backup.prune")
 def prune(t: Any, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0,
           dry_run: bool = False, kind: str | None = None, host: Host | None = None) -> tuple[list[BackupSet], dict[str, list[str]]]:
     """Delete the sets no retention rule keeps. Only files listed in a set's manifest (plus the

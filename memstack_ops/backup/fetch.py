@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .host import BackupError, LocalHost, fsync_dir, host_for
-from .sets import MANIFEST, VERIFY, BackupSet, human_size, iso, list_sets, load_set, manifest_json, new_id, parse_id, utcnow
+from .sets import (MANIFEST, VERIFY, BackupSet, ManifestError, human_size, iso, list_sets, load_set, manifest_json,
+                   new_id, parse_id, parse_manifest, utcnow)
+from .sets import safe_name as sets_safe_name
 
 SOURCE = ".fetch-source"  # inside <id>.partial/: which host and set the partial folder is filling from
 WINDOW = 16 << 20  # SSH channel window: at most this much in flight, whatever the file size
@@ -63,27 +65,30 @@ def require_remote(c: Any) -> None:
 
 
 def safe_name(name: str, set_id: str) -> str:
-    if not name or "/" in name or name.startswith(".") or name in (MANIFEST, VERIFY):
+    """sets.safe_name, as the refusal fetch gives (the manifest was checked by load_set already)."""
+    try:
+        return sets_safe_name(name)
+    except ManifestError:
         raise BackupError(f"Backup {set_id}'s manifest lists a file named {name!r}; a backup file is a plain name "
-                          f"inside the set's folder. The manifest is damaged: fetch another set. Nothing was copied.")
-    return name
+                          f"inside the set's folder. The manifest is damaged: fetch another set. Nothing was "
+                          f"copied.") from None
 
 
 def fetch(t: Any, set_id: str | None = None, s: BackupSet | None = None, say: Any = None) -> Fetched:
     """Copy the remote set ``s`` (or the one ``set_id`` names, default the newest) here."""
-    from .core import backups_root, find_set, progress_bar
+    from .core import backups_root, ensure_private_dir, find_set, progress_bar
 
     say = say or _say
     require_remote(t.c)
     remote = host_for(t.c)
     label = host_label(t.c)
     if s is None:
-        s = find_set(list_sets(remote, backups_root(t)), set_id, stack=t.stack.name)
+        s = find_set(list_sets(remote, backups_root(t)), set_id, stack=t.stack.name, say=say)
     if s.error:
         raise BackupError(f"Backup {s.id} on {label} has an unreadable manifest ({s.error}); it cannot be checked, so "
                           f"it is not fetched. Pick another set (`memstack-ops -H {label} backup.list`).")
     mtext = remote.read_text(f"{s.path}/{MANIFEST}")
-    if mtext is None or json.loads(mtext) != s.manifest:
+    if mtext is None or parse_manifest(mtext, s.id) != (s.manifest, ""):  # the same validator as load_set's
         raise BackupError(f"Backup {s.id} on {label} changed while it was being fetched (its manifest differs); "
                           f"run the fetch again.")
     files = [(safe_name(str(f["name"]), s.id), int(f["size"]), str(f["sha256"])) for f in s.files]
@@ -91,7 +96,7 @@ def fetch(t: Any, set_id: str | None = None, s: BackupSet | None = None, say: An
         raise BackupError(f"Backup {s.id} on {label} lists no files in its manifest; there is nothing to fetch.")
     here = LocalHost(_local_context())
     root = backups_root(t, here=True)
-    here.makedirs(root)
+    ensure_private_dir(here, root)
     source = {"host": label, "path": s.path, "id": s.id,
               "manifest_sha256": hashlib.sha256(mtext.encode()).hexdigest()}
     t0 = time.monotonic()

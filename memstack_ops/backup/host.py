@@ -130,7 +130,16 @@ class Host:
         return bool(self.sh(f"test -d {q(path)}").ok)
 
     def makedirs(self, path: str) -> None:
-        self._ok(f"umask 077 && mkdir -p -- {q(path)}", f"Creating {path}")
+        self._ok(f"umask 077 && mkdir -p -- {q(path)}", f"Creating {path}")  # every new component 0700
+
+    def stat_mode(self, path: str) -> tuple[int, int] | None:
+        """(st_mode, owner uid) of ``path``, following symlinks; None when it does not exist."""
+        r = self.sh(f"stat -L -c '%f %u' -- {q(path)}")
+        try:
+            mode, uid = r.stdout.split()
+            return int(mode, 16), int(uid)
+        except ValueError:
+            return None
 
     def mkdir_new(self, path: str) -> bool:
         """Create ``path`` (0700); False when it exists already (another run took the name)."""
@@ -267,7 +276,29 @@ class LocalHost(Host):
         return os.path.isdir(path)
 
     def makedirs(self, path: str) -> None:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        """Every component it creates is 0700 whatever the umask (os.makedirs' mode applies to the
+        leaf only: under umask 000 a new backups/ came out 0777); existing ones are left alone."""
+        missing = []
+        p = os.path.abspath(path)
+        while not os.path.isdir(p):
+            missing.append(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                continue
+            os.chmod(d, 0o700)
+
+    def stat_mode(self, path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_mode, st.st_uid
 
     def mkdir_new(self, path: str) -> bool:
         try:

@@ -113,24 +113,140 @@ class BackupSet:
         raise KeyError(name)
 
 
+# --------------------------------------------------------------------------- manifest validation
+
+ENTRY_KINDS = ("postgres", "mysql", "redis", "neo4j", "volumes")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be trusted: the message says what is wrong with it."""
+
+
+def safe_name(name: Any) -> str:
+    """A backup file's name: a plain name inside the set's folder (no ``/``, no leading dot, not
+    the set's own manifest.json or verify.json). Raises ManifestError otherwise."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or "\0" in name \
+            or name.startswith(".") or name in (MANIFEST, VERIFY):
+        raise ManifestError(f"it lists a file named {name!r}; a backup file is a plain name inside the set's folder")
+    return name
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_file(f: Any, where: str) -> dict[str, Any]:
+    if not isinstance(f, dict):
+        raise ManifestError(f"{where} is not an object")
+    safe_name(f.get("name"))
+    if not _int(f.get("size")):
+        raise ManifestError(f"{where} ({f['name']}) has no size in bytes")
+    if not isinstance(f.get("sha256"), str) or not _SHA256.match(f["sha256"]):
+        raise ManifestError(f"{where} ({f['name']}) has no sha256")
+    pieces = f.get("pieces")
+    if pieces is not None:
+        ok = isinstance(pieces, dict) and _int(pieces.get("size")) and pieces["size"] > 0 \
+            and isinstance(pieces.get("sha256"), list) \
+            and all(isinstance(d, str) and _SHA256.match(d) for d in pieces["sha256"]) \
+            and len(pieces["sha256"]) == -(-f["size"] // pieces["size"])
+        if not ok:
+            raise ManifestError(f"{where} ({f['name']}) has malformed piece hashes")
+    return f
+
+
+def check_manifest(m: Any, set_id: str = "") -> None:
+    """The one check every reader of a manifest relies on (listing, verify, restore, prune, fetch):
+    the shape and types the code reads, every file name a plain name inside the set's folder, and
+    every file an entry uses listed in the top-level ``files`` with the same size and sha256 (which
+    is the list the checksums are verified against). Raises ManifestError saying what is wrong."""
+    if not isinstance(m, dict):
+        raise ManifestError(f"it is JSON {type(m).__name__}, not an object")
+    for key in ("id", "kind", "stack", "project", "stage", "reason", "compression"):
+        if key in m and not isinstance(m[key], str):
+            raise ManifestError(f"its {key!r} is not a string")
+    parsed = parse_id(set_id) if set_id else None
+    if parsed and "kind" in m and m["kind"] != parsed[2]:
+        raise ManifestError(f"it says kind {m['kind']!r}, the folder's name says {parsed[2]!r}")
+    files = m.get("files")
+    if not isinstance(files, list):
+        raise ManifestError("its 'files' is not a list")
+    listed: dict[str, dict[str, Any]] = {}
+    for i, f in enumerate(files, 1):
+        f = _check_file(f, f"file {i}")
+        if f["name"] in listed:
+            raise ManifestError(f"it lists {f['name']} twice")
+        listed[f["name"]] = f
+    entries = m.get("entries")
+    if not isinstance(entries, list):
+        raise ManifestError("its 'entries' is not a list")
+    for i, e in enumerate(entries, 1):
+        if not isinstance(e, dict):
+            raise ManifestError(f"entry {i} is not an object")
+        if e.get("kind") not in ENTRY_KINDS:
+            raise ManifestError(f"entry {i} has kind {e.get('kind')!r}, not one of {', '.join(ENTRY_KINDS)}")
+        who = "volume" if e["kind"] == "volumes" else "service"
+        if not isinstance(e.get(who), str) or not e[who]:
+            raise ManifestError(f"entry {i} ({e['kind']}) names no {who}")
+        if not isinstance(e.get("files"), list) or not e["files"]:
+            raise ManifestError(f"entry {i} ({e[who]}) lists no files")
+        for j, f in enumerate(e["files"], 1):
+            f = _check_file(f, f"entry {i} ({e[who]}) file {j}")
+            top = listed.get(f["name"])
+            if top is None:
+                raise ManifestError(f"entry {i} ({e[who]}) uses {f['name']}, which its 'files' list (the "
+                                    f"checksummed files) does not name")
+            if any(f.get(k) != top.get(k) for k in ("size", "sha256", "pieces")):
+                raise ManifestError(f"entry {i} ({e[who]}) gives {f['name']} another size or sha256 than its "
+                                    f"'files' list")
+            if "role" in f and not isinstance(f["role"], str):
+                raise ManifestError(f"entry {i} ({e[who]}) file {f['name']} has a role that is not a string")
+
+
+def parse_manifest(text: str, set_id: str = "") -> tuple[dict[str, Any], str]:
+    """(manifest, '') or ({}, why it cannot be used)."""
+    try:
+        m = json.loads(text)
+    except ValueError as e:
+        return {}, f"manifest.json is not valid JSON ({e})"
+    except RecursionError:
+        return {}, "manifest.json is nested too deeply"
+    try:
+        check_manifest(m, set_id)
+    except ManifestError as e:
+        return {}, f"manifest.json is damaged: {e}"
+    return m, ""
+
+
 def load_set(host: Any, root: str, name: str) -> BackupSet | None:
-    """The set in ``root/name`` when the name follows the scheme and it is a finished set."""
+    """The set in ``root/name`` when the name follows the scheme and it is a finished set. A set
+    whose manifest cannot be read or fails ``check_manifest`` comes back with ``error`` set (and an
+    empty manifest): it is listed as unreadable, never restored, fetched or pruned."""
     if not parse_id(name):
         return None
     path = f"{root}/{name}"
-    text = host.read_text(f"{path}/{MANIFEST}")
+    try:
+        text = host.read_text(f"{path}/{MANIFEST}")
+    except UnicodeDecodeError as e:
+        text, undecodable = "", f"manifest.json is not UTF-8 text (byte {e.start})"
+    else:
+        undecodable = ""
     if text is None:
         return None
     s = BackupSet(name, path)
+    manifest, s.error = parse_manifest(text, name) if not undecodable else ({}, undecodable)
+    if not s.error:
+        s.manifest = manifest
     try:
-        s.manifest = json.loads(text)
-    except ValueError as e:
-        s.error = f"manifest.json is not valid JSON ({e})"
-    vtext = host.read_text(f"{path}/{VERIFY}")
+        vtext = host.read_text(f"{path}/{VERIFY}")
+    except UnicodeDecodeError:
+        vtext = "-"
     if vtext:
         try:
             s.verify = json.loads(vtext)
         except ValueError:
+            pass
+        if not isinstance(s.verify, dict):
             s.verify = {"ok": False, "error": "verify.json unreadable"}
     return s
 

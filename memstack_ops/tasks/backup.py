@@ -19,6 +19,8 @@ FETCH = "with -H: also copy the finished set to this machine's backups/, checkin
 YES = "do not ask for the stack name; required when stdin is not a terminal"
 NO_SAFETY = "skip the safety backup of the current data taken before restoring"
 RSERVICE = "the service to restore into; default the one the backup was taken from"
+FOREIGN = ("restore a set made for another stack or compose project (a deliberate migration); says what is "
+           "mapped onto what")
 
 
 def _print_set(s, t0):
@@ -173,7 +175,8 @@ def backup_prune(c, keep_last=0, keep_daily=0, keep_weekly=0, keep_monthly=0, ki
         (f" ({human_size(sum(s.size for s in doomed))})." if doomed else "."))
 
 
-def _restore(c, kind, stack, stage, overlay, backup=None, yes=False, no_safety_backup=False, dry_run=False, **kw):
+def _restore(c, kind, stack, stage, overlay, backup=None, yes=False, no_safety_backup=False, dry_run=False,
+             allow_foreign=False, **kw):
     import time
 
     from .. import backup as core
@@ -181,7 +184,8 @@ def _restore(c, kind, stack, stage, overlay, backup=None, yes=False, no_safety_b
 
     t0 = time.monotonic()
     t = target(c, stack, stage, overlay)
-    summary = core.restore(t, kind, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run, **kw)
+    summary = core.restore(t, kind, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run,
+                           allow_foreign=allow_foreign, **kw)
     if summary.get("dry_run"):
         return
     table("restore summary", ["item", "value"], [[k, "" if v is None else str(v)] for k, v in summary.items()])
@@ -189,51 +193,54 @@ def _restore(c, kind, stack, stage, overlay, backup=None, yes=False, no_safety_b
         (f" Safety backup of the previous data: {summary['safety_backup']}." if summary.get("safety_backup") else ""))
 
 
-RESTORE_HELP = {"backup": BACKUP, "service": RSERVICE, "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY}
+RESTORE_HELP = {"backup": BACKUP, "service": RSERVICE, "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY,
+                "allow_foreign": FOREIGN}
 
 
 @ops_task(name="postgres", help={**RESTORE_HELP, "roles": "also apply the backed-up roles (pg_dumpall --globals-only)"})
 def restore_postgres(c, backup=None, service=None, roles=False, yes=False, no_safety_backup=False, dry_run=False,
-                     stack=None, stage=None, overlay=None):
+                     allow_foreign=False, stack=None, stage=None, overlay=None):
     """Restore PostgreSQL: pg_restore --clean --if-exists --single-transaction (all or nothing)."""
-    _restore(c, "postgres", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, service=service,
-             globals_=roles)
+    _restore(c, "postgres", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign,
+             service=service, globals_=roles)
 
 
 @ops_task(name="mysql", help=RESTORE_HELP)
-def restore_mysql(c, backup=None, service=None, yes=False, no_safety_backup=False, dry_run=False, stack=None,
-                  stage=None, overlay=None):
+def restore_mysql(c, backup=None, service=None, yes=False, no_safety_backup=False, dry_run=False, allow_foreign=False,
+                  stack=None, stage=None, overlay=None):
     """Restore MySQL/MariaDB: the dump (with DROP DATABASE) streamed into the server's client."""
-    _restore(c, "mysql", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, service=service)
+    _restore(c, "mysql", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, service=service)
 
 
 @ops_task(name="redis", help=RESTORE_HELP)
-def restore_redis(c, backup=None, service=None, yes=False, no_safety_backup=False, dry_run=False, stack=None,
-                  stage=None, overlay=None):
+def restore_redis(c, backup=None, service=None, yes=False, no_safety_backup=False, dry_run=False, allow_foreign=False,
+                  stack=None, stage=None, overlay=None):
     """Restore Redis: stop it, replace the RDB (rebuilding the AOF when appendonly is on), start it."""
-    _restore(c, "redis", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, service=service)
+    _restore(c, "redis", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, service=service)
 
 
 @ops_task(name="neo4j", help={**RESTORE_HELP, "system": "also load the system database (users and roles)"})
 def restore_neo4j(c, backup=None, service=None, system=False, yes=False, no_safety_backup=False, dry_run=False,
-                  stack=None, stage=None, overlay=None):
+                  allow_foreign=False, stack=None, stage=None, overlay=None):
     """Restore Neo4j: stop it, neo4j-admin database load --overwrite-destination, start it (reports the downtime)."""
-    _restore(c, "neo4j", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, service=service, system=system)
+    _restore(c, "neo4j", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, service=service,
+             system=system)
 
 
 @ops_task(name="volumes", iterable=["volume"], help={
     "backup": BACKUP, "volume": "volume to restore, by its compose name (repeatable); default all in the backup",
-    "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY})
-def restore_volumes(c, backup=None, volume=None, yes=False, no_safety_backup=False, dry_run=False, stack=None,
-                    stage=None, overlay=None):
+    "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY, "allow_foreign": FOREIGN})
+def restore_volumes(c, backup=None, volume=None, yes=False, no_safety_backup=False, dry_run=False, allow_foreign=False,
+                    stack=None, stage=None, overlay=None):
     """Restore named volumes: stop their services, replace the contents, start them again."""
-    _restore(c, "volumes", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, volumes=volume or ())
+    _restore(c, "volumes", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign,
+             volumes=volume or ())
 
 
 @ops_task(name="all", help={"backup": "backup id of a backup.all set; default the newest one", "yes": YES,
-                            "no_safety_backup": NO_SAFETY, "dry_run": DRY})
-def restore_all(c, backup=None, yes=False, no_safety_backup=False, dry_run=False, stack=None, stage=None,
-                overlay=None):
+                            "no_safety_backup": NO_SAFETY, "dry_run": DRY, "allow_foreign": FOREIGN})
+def restore_all(c, backup=None, yes=False, no_safety_backup=False, dry_run=False, allow_foreign=False, stack=None,
+                stage=None, overlay=None):
     """Restore everything in a backup.all set: every database, then the volumes."""
     import time
 
@@ -242,7 +249,8 @@ def restore_all(c, backup=None, yes=False, no_safety_backup=False, dry_run=False
 
     t0 = time.monotonic()
     t = target(c, stack, stage, overlay)
-    results = core.restore_all(t, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run)
+    results = core.restore_all(t, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run,
+                               allow_foreign=allow_foreign)
     if results:
         table("restore summary", ["what", "result"], [[k, str(v)] for k, v in results])
         say(f"Restored in {time.monotonic() - t0:.1f} s; healthy again.")

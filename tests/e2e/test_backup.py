@@ -355,7 +355,7 @@ def test_database_killed_mid_backup_leaves_nothing_that_looks_like_a_backup(proj
 def tiny_backups_dir(tmp_path):
     d = tmp_path / "tiny"
     d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(d)], check=True)  # private, as backups must be
     yield d
     subprocess.run(["umount", str(d)], check=False)
 
@@ -411,6 +411,103 @@ def test_ctrl_c_during_the_neo4j_dump_starts_neo4j_again(project, docker_client)
     assert not list(root.iterdir())
 
 
+def test_a_corrupt_manifest_beside_a_good_set_still_lets_the_good_one_restore(project, docker_client):
+    """Review M5: one unreadable manifest.json (not UTF-8) crashed backup.list, verify, prune and
+    every restore. It is listed as unreadable, skipped by the default pick (which says so), refused
+    by name, and never pruned."""
+    import shutil
+
+    up(project, "postgres")
+    psql(project, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 5)")
+    ok(project.run("backup.postgres"))
+    [good] = sets(project)
+    bad = good.parent / "20991231T000000Z-postgres"  # newer than the good one: the default pick
+    shutil.copytree(good, bad)
+    (bad / "manifest.json").write_bytes(b'{"files": [], "x": "\xff"}')
+    psql(project, "INSERT INTO t VALUES (99)")
+    listing = ok(project.run("backup.list")).stdout
+    assert bad.name in listing and "UNREADABLE" in listing and "not UTF-8" in listing and good.name in listing
+    r = ok(project.run("restore.postgres", "--yes", "--no-safety-backup"))
+    assert f"Skipping backup {bad.name}: manifest.json is not UTF-8" in r.stdout
+    assert f"Restored from {good.name}" in r.stdout
+    assert psql(project, "SELECT count(*) FROM t") == "5"
+    r = project.run("restore.postgres", "--yes", "--backup", bad.name)
+    assert r.returncode != 0 and "cannot be used: manifest.json is not UTF-8" in r.stderr and "Traceback" not in r.stderr
+    r = ok(project.run("backup.verify"))
+    assert f"Skipping backup {bad.name}" in r.stdout
+    ok(project.run("backup.prune", "--keep-last", "1"))
+    assert bad.is_dir() and (bad / "postgres.pgdump").is_file() and good.is_dir()
+
+
+def test_a_set_made_for_another_stack_is_refused_unless_allow_foreign(tmp_path, project, docker_client):
+    """A set of another project (copied into this stack's folder) restored with exit 0 and created
+    the other stack's database here, and backup.list showed it as this stack's own."""
+    import shutil
+
+    from memstack_ops.testing import scratch_project
+
+    REPO = Path(__file__).resolve().parent.parent.parent
+    other = scratch_project(tmp_path / "other", REPO)
+    try:
+        up(other, "postgres")
+        psql(other, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 3)")
+        ok(other.run("backup.postgres"))
+        [theirs] = [p for p in (other.root / "backups" / "memstack").iterdir()]
+    finally:
+        other.destroy()
+    up(project, "postgres")
+    psql(project, "CREATE TABLE mine (x int); INSERT INTO mine VALUES (1)")
+    copied = project.root / "backups" / "memstack" / theirs.name
+    shutil.copytree(theirs, copied)
+    row = next(ln for ln in ok(project.run("backup.list")).stdout.splitlines() if ln.startswith(theirs.name))
+    assert "FOREIGN" in row and other.name in row
+    for args in (("--yes",), ("--yes", "--backup", str(theirs)), ("--dry-run",)):  # default pick, by path, dry run
+        r = project.run("restore.postgres", *args)
+        assert r.returncode != 0, r.stdout
+        assert f"made for stack memstack (project {other.name}), not for stack memstack (project {project.name})" \
+            in r.stderr and "--allow-foreign" in r.stderr and "Nothing was touched" in r.stderr
+    assert psql(project, "SELECT count(*) FROM mine") == "1"
+    assert psql(project, "SELECT to_regclass('t') IS NULL") == "t"  # nothing of theirs arrived
+    assert sets(project) == [copied]  # not even a safety backup
+    r = ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--allow-foreign"))
+    assert (f"Migrating backup {theirs.name} from stack memstack (project {other.name}) into stack memstack "
+            f"(project {project.name})") in r.stdout and "postgres service postgres of the backup -> service postgres" \
+        in r.stdout
+    assert psql(project, "SELECT count(*) FROM t") == "3"
+
+
+def test_a_restore_or_prune_is_refused_while_a_backup_of_the_same_stack_runs(project, docker_client):
+    """Review I3: nothing kept a restore.neo4j from loading while backup.neo4j had Neo4j stopped
+    (and would start it again in the middle). Two real CLI processes: the second one fails at once
+    naming the first (pid, command, start time) and touches nothing; once the first has ended the
+    lock is free again."""
+    up(project, "neo4j")
+    cypher(project, "CREATE (:Keep {i: 1})")
+    ok(project.run("backup.neo4j"))
+    [first] = sets(project)
+    project.exec("neo4j", "sh", "-c", 'echo \'{"dump_delay_seconds": 60}\' > /data/standin/.standin-faults.json')
+    proc = popen(project, "backup.neo4j")
+    try:
+        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)), 120, "the dump container")
+        for args in (("restore.neo4j", "--yes", "--backup", first.name), ("backup.prune", "--keep-last", "1"),
+                     ("backup.redis",)):
+            r = project.run(*args)
+            assert r.returncode != 0, r.stdout
+            assert f"in use by another run, pid {proc.pid} on " in r.stderr and "`memstack-ops backup.neo4j`, started " \
+                in r.stderr and "Nothing was done" in r.stderr, r.stderr
+        assert state(docker_client, project, "neo4j") == "exited"  # still the backup's doing, nobody else's
+        assert [d for d in first.parent.iterdir() if not d.name.endswith(".partial")] == [first]  # no new set
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    project.exec("neo4j", "rm", "-f", "/data/standin/.standin-faults.json")
+    cypher(project, "CREATE (:Later {i: 2})")
+    r = ok(project.run("restore.neo4j", "--yes", "--no-safety-backup", "--backup", first.name))
+    assert nodes(project) == 1
+
+
 # --------------------------------------------------------------------------- retention
 
 def test_prune_keeps_the_newest_verified_and_never_touches_foreign_files(project, docker_client):
@@ -459,6 +556,21 @@ def test_the_standin_refuses_a_dump_while_its_server_runs(project, docker_client
 
 # --------------------------------------------------------------------------- on a remote host (-H)
 
+REMOTE_HOLDER = """
+import sys
+from memstack_ops.backup.host import ShellHost
+from memstack_ops.backup.lock import stack_lock
+from memstack_ops.config import resolve
+from memstack_ops.remote.inventory import resolve_hosts
+from memstack_ops.remote.ssh import connect
+conn = connect(resolve_hosts(resolve(), "h1")[0])
+with stack_lock(ShellHost(conn), sys.argv[1], "backup.redis"):
+    print("held", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+"""
+
+
 def test_backup_verify_and_restore_on_a_remote_host(tmp_path, hosts, ssh_key):
     """The same tasks through a fabric Connection: dumps, checksums and one-off containers all run
     on the host (a container with its own sshd and dockerd); backups live beside its releases."""
@@ -495,6 +607,24 @@ def test_backup_verify_and_restore_on_a_remote_host(tmp_path, hosts, ssh_key):
         assert cli("DBSIZE") == "20" and cli("GET", "k3") == "v3" and cli("GET", "later") == ""
         assert "mstest" not in box.sh("docker ps -a --format '{{.Names}}'")  # no one-off left behind
         assert not (p.root / "backups").exists()  # nothing was written on this machine
+
+        # the stack's backup lock is on the host: another process holding it over its own SSH
+        # connection makes a second run fail at once, naming it; once it lets go the run works
+        holder = subprocess.Popen([sys.executable, "-c", REMOTE_HOLDER, f"{p.stack_root}/backups/tiny"], cwd=p.root,
+                                  env=p.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            assert box.sh(f"stat -c %a {p.stack_root}/backups {p.stack_root}/backups/tiny").split() == ["700", "700"]
+            r = p.run("-H", "h1", "backup.prune", "--keep-last", "5", timeout=120)
+            assert r.returncode != 0 and "Backups of stack tiny on h1 (" in r.stderr, r.stderr
+            assert f"in use by another run, pid {holder.pid} on " in r.stderr and "Nothing was done" in r.stderr
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "released"
+        finally:
+            holder.kill()
+            holder.wait(timeout=30)
+        ok(p.run("-H", "h1", "backup.prune", "--keep-last", "5", timeout=120))
     finally:
         box.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 1 >/dev/null 2>&1; "
                f"docker ps -aq --filter label=memstack-ops.project={p.name} | xargs -r docker rm -f >/dev/null; "

@@ -48,8 +48,9 @@ def _set(root: Path, name: str, verified: bool | None = None, files: dict[str, b
     files = files if files is not None else {"a.dump": b"data of " + name.encode()}
     for fn, data in files.items():
         (d / fn).write_bytes(data)
-    m = {"id": name, "kind": parse_id(name)[2], "entries": [{"service": "db", "kind": "postgres"}],
-         "files": [{"name": fn, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for fn, data in files.items()]}
+    listed = [{"name": fn, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for fn, data in files.items()]
+    m = {"id": name, "kind": parse_id(name)[2], "stack": "memstack", "project": "p",
+         "entries": [{"service": "db", "kind": "postgres", "files": listed}] if listed else [], "files": listed}
     (d / "manifest.json").write_text(json.dumps(m))
     if verified is not None:
         (d / "verify.json").write_text(json.dumps({"ok": verified, "level": "format", "time": "2026-01-01T00:00:00Z"}))

@@ -15,7 +15,7 @@ from invoke import Context
 from memstack_ops.backup import fetch as fetchmod
 from memstack_ops.backup.fetch import fetch
 from memstack_ops.backup.host import BackupError, LocalHost
-from memstack_ops.backup.sets import list_sets
+from memstack_ops.backup.sets import list_sets, parse_id
 
 
 class FakeSftp:
@@ -107,8 +107,9 @@ def _remote_set(tmp_path: Path, set_id: str = "20261123T020000Z-all", files: dic
     files = files or {"postgres.pgdump": os.urandom(200_000), "redis.redis.tar.zst": os.urandom(70_000)}
     for n, data in files.items():
         (d / n).write_bytes(data)
-    m = {"id": set_id, "kind": "all", "entries": [{"service": "postgres", "kind": "postgres"}],
-         "files": [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files.items()]}
+    listed = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files.items()]
+    m = {"id": set_id, "kind": parse_id(set_id)[2], "stack": "memstack", "project": "p",
+         "entries": [{"service": "postgres", "kind": "postgres", "files": listed}], "files": listed}
     (d / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
     (d / "verify.json").write_text(json.dumps({"ok": True, "level": "restore-test", "time": "2026-11-23T02:10:00Z"}))
     return d
