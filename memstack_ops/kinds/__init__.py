@@ -1,22 +1,46 @@
-"""What kind of service is this? One small function, shared by health, db, backup and doctor.
+"""What kind of service is this, and the one home of each database kind.
 
 The kind comes from the image name (postgres, mysql/mariadb, redis, neo4j, minio, qdrant, milvus,
 etcd, nginx, prometheus, grafana), overridable with the compose label ``memstack-ops.kind``.
 The local stand-in images are named after what they stand in for (``local/neo4j-standin``).
+
+Each database kind is one module here (``postgres.py``, ``mysql.py``, ``redis.py``, ``neo4j.py``)
+holding everything about it: image needles, the one auth prelude, client and shell commands,
+password variables, readiness query, and its part of ``db.*`` (``spec.DbKind`` lists the names).
+A new database kind = one module + its name in ``DB_KINDS``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import importlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
-KINDS = ("postgres", "mysql", "redis", "neo4j", "minio", "qdrant", "milvus", "etcd", "nginx",
-         "prometheus", "grafana", "generic")
-# (substring of the image's repository name, kind); first match wins, so order matters.
-_BY_IMAGE = (("postgres", "postgres"), ("pgvector", "postgres"), ("timescale", "postgres"),
-             ("mariadb", "mysql"), ("mysql", "mysql"), ("redis", "redis"), ("valkey", "redis"),
-             ("neo4j", "neo4j"), ("minio", "minio"), ("qdrant", "qdrant"), ("milvus", "milvus"),
-             ("etcd", "etcd"), ("nginx", "nginx"), ("prometheus", "prometheus"), ("grafana", "grafana"))
+from .spec import DbKind
+
+DB_KINDS = ("postgres", "mysql", "redis", "neo4j")  # one module each in this package
+_DB: dict[str, DbKind] = {k: cast(DbKind, importlib.import_module(f"{__name__}.{k}")) for k in DB_KINDS}
+
+KINDS = DB_KINDS + ("minio", "qdrant", "milvus", "etcd", "nginx", "prometheus", "grafana", "generic")
+# (substring of the image's repository name, kind); first match wins, so order matters. Kinds
+# without a module here only have needles.
+_BY_IMAGE = tuple((n, k) for k in DB_KINDS for n in _DB[k].NEEDLES) + (
+    ("minio", "minio"), ("qdrant", "qdrant"), ("milvus", "milvus"), ("etcd", "etcd"), ("nginx", "nginx"),
+    ("prometheus", "prometheus"), ("grafana", "grafana"))
 LABEL = "memstack-ops.kind"
+
+if TYPE_CHECKING:  # mypy checks that every kind module has all of DbKind
+    from . import mysql, neo4j, postgres, redis
+
+    _conform: tuple[DbKind, ...] = (postgres, mysql, redis, neo4j)
+
+
+def get(kind: str) -> DbKind:
+    """The module of a database kind (``get("mysql").AUTH``); KeyError for any other kind."""
+    try:
+        return _DB[kind]
+    except KeyError:
+        raise KeyError(f"{kind!r} is not a database kind (those are {', '.join(DB_KINDS)})") from None
 
 
 def kind_of(service: Mapping[str, Any]) -> str:
@@ -27,7 +51,7 @@ def kind_of(service: Mapping[str, Any]) -> str:
     forced = labels.get(LABEL)
     if forced:
         if forced not in KINDS:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"Label {LABEL}={forced!r} is not a known kind: use one of {', '.join(KINDS)}.")
         return str(forced)
