@@ -140,8 +140,10 @@ class Db:
 
     @property
     def env(self) -> dict[str, str]:
+        """The service's environment as the container gets it: ``compose config`` re-escapes a
+        literal ``$`` as ``$$`` (as in health.check_argv), so ``$$`` is one ``$`` here."""
         env = self.model["services"][self.service].get("environment") or {}
-        return {k: ("" if v is None else str(v)) for k, v in env.items()}
+        return {k: ("" if v is None else str(v).replace("$$", "$")) for k, v in env.items()}
 
     @property
     def database(self) -> str:
