@@ -299,3 +299,16 @@ def test_a_hostile_mysql_password_works_for_db_init_backup_and_restore(project):
     assert n.stdout.strip() == "2"
     for out in (r, b, res):
         assert HOSTILE_PASSWORD not in out.stdout + out.stderr
+
+
+def test_a_latin1_migration_is_a_one_line_error_naming_the_file(project):
+    assert project.run("up", "--service", "postgres").returncode == 0
+    d = project.root / "db/memstack/postgres"
+    (d / "0003_latin1.sql").write_bytes(b"-- caf\xe9\nCREATE TABLE latin (x int);\n")
+    r = project.run("db.migrate", "--only", "postgres")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: db/memstack/postgres/0003_latin1.sql is not UTF-8 text (byte 0xe9 on line 1): save it as UTF-8 (for a "
+        "latin-1 file: `iconv -f latin1 -t utf-8 FILE > NEW && mv NEW FILE`) and run db.migrate again."]
+    assert sql(project, "select to_regclass('memstack_schema_migrations') is null") == "t"  # nothing ran
