@@ -358,7 +358,8 @@ def status(t: Any, model: dict[str, Any], only: Iterable[str] = ()) -> list[tupl
                 state = "applied (file missing)"
             else:
                 state = "applied" if a else "pending"
-            rows.append([k[0], f"{k[1]:04d}", (m.name if m else a.name if a else ""), (m or a).checksum[:12] if (m or a) else "",
+            src = m or a
+            rows.append([k[0], f"{k[1]:04d}", src.name if src else "", src.checksum[:12] if src else "",
                          a.applied_at if a else "", f"{a.duration_ms} ms" if a and a.duration_ms else "", state])
         out.append((db, rows))
     return out

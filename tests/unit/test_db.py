@@ -8,9 +8,9 @@ import shlex
 from types import SimpleNamespace
 
 import pytest
+from fakes import ccmd, make_stack, ndjson, write
 from invoke import MockContext, Result
 
-from fakes import ccmd, make_stack, ndjson, write
 from memstack_ops import db
 from memstack_ops.compose import Compose
 from memstack_ops.errors import DbError
@@ -211,7 +211,7 @@ def test_databases_picks_the_database_kinds_and_filters_by_name_or_kind(tmp_path
 def test_status_of_redis_is_its_key_count(tmp_path):
     running = Result(ndjson({"Service": "cache", "State": "running"}))
     t = target(tmp_path, {EXEC: [Result("42\n")], PS: [running]})
-    [(d, rows)] = db.status(t, model(cache={"image": "redis:7"}))
+    [(_, rows)] = db.status(t, model(cache={"image": "redis:7"}))
     assert rows == [["-", "-", "42 keys", "", "", "", "n/a"]]
     assert sent(t)[0][1] == "DBSIZE\n"
 
@@ -221,7 +221,7 @@ def test_init_dry_run_lists_pending_migrations_and_changes_nothing(tmp_path):
     t = target(tmp_path, {EXEC: [Result("1\n"), Result("")]})
     [rep] = db.init(t, model(pg=pg()), dry_run=True)
     assert rep.notes == ["would apply schema 0001_init"] and rep.migrates
-    assert [s for _, s in sent(t)][0] == "SELECT 1;"  # the readiness probe, then only the applied-migrations read
+    assert sent(t)[0][1] == "SELECT 1;"  # the readiness probe, then only the applied-migrations read
     assert "to_regclass" in sent(t)[1][1] and len(sent(t)) == 2
 
 
