@@ -14,24 +14,21 @@ Passwords come from the container's own environment, never argv.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import MemstackError
-from .kinds import kind_of
+from . import kinds
+from .errors import DbError
+from .kinds import DB_KINDS, kind_of
+from .kinds.spec import TABLE, DbKind
 
-DB_KINDS = ("postgres", "mysql", "neo4j", "redis")
-TABLE = "memstack_schema_migrations"
+__all__ = ["DB_KINDS", "TABLE", "Applied", "Db", "DbError", "Migration", "Report", "databases", "discover", "drift",
+           "ensure_api_key", "init", "plan", "status"]
+
 _FILE = re.compile(r"^(\d{4})_([A-Za-z0-9_\-]+)\.(sql|cypher)$")
-
-
-class DbError(MemstackError):
-    """A database step failed."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +38,17 @@ class Migration:
     name: str
     path: Path
     checksum: str
+    rel: str = ""  # the path relative to the project root, for messages
 
     @property
     def text(self) -> str:
-        return self.path.read_text(encoding="utf-8")
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = self.path.read_bytes()[:e.start].count(b"\n") + 1
+            raise DbError(f"{self.rel or self.path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}): "
+                          f"save it as UTF-8 (for a latin-1 file: `iconv -f latin1 -t utf-8 FILE > NEW && mv NEW FILE`) "
+                          f"and run db.migrate again.") from None
 
     @property
     def label(self) -> str:
@@ -69,6 +73,7 @@ class Report:
     applied: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: Any = None
+    migrates: bool = True  # False for a kind without migrations (Redis)
 
 
 # --------------------------------------------------------------------------- migration files
@@ -79,7 +84,9 @@ def discover(root: Path, stack: str, service: str, kind: str, track: str = "sche
     d = base / "seed" if track == "seed" else base
     if not d.is_dir():
         return []
-    ext = "cypher" if kind == "neo4j" else "sql"
+    ext = kinds.get(kind).MIGRATION_EXT
+    if ext is None:  # a kind without migrations
+        return []
     out: dict[int, Migration] = {}
     for p in sorted(d.iterdir()):
         if p.is_dir() or p.name.startswith(".") or p.name.lower() == "readme.md":
@@ -96,7 +103,7 @@ def discover(root: Path, stack: str, service: str, kind: str, track: str = "sche
             raise DbError(f"Duplicate migration number {m.group(1)}: {out[v].path.relative_to(root)} and {rel}. "
                           f"Renumber one of them.")
         data = p.read_bytes()
-        out[v] = Migration(track, v, m.group(2), p, hashlib.sha256(data).hexdigest())
+        out[v] = Migration(track, v, m.group(2), p, hashlib.sha256(data).hexdigest(), str(rel))
     return [out[v] for v in sorted(out)]
 
 
@@ -115,38 +122,12 @@ def drift(files: list[Migration], applied: dict[tuple[str, int], Applied], root:
     return problems
 
 
-# --------------------------------------------------------------------------- drivers
-
-# Client commands run with `sh -c` inside the container. Credentials come from the container's
-# environment (the same variables the official images use), so they never appear in argv.
-CLIENTS = {
-    "postgres": 'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -h 127.0.0.1 -U "${POSTGRES_USER:-postgres}" '
-                '-d "%(db)s" -X -q -At -F "|" -v ON_ERROR_STOP=1 -f -',
-    "mysql": 'f=$(mktemp) && trap \'rm -f "$f"\' EXIT && '
-             'printf "[client]\\nuser=root\\npassword=%%s\\n" "${MYSQL_ROOT_PASSWORD:-$MARIADB_ROOT_PASSWORD}" >"$f" && '
-             'cli=$(command -v mariadb || command -v mysql) && '
-             '"$cli" --defaults-extra-file="$f" -h127.0.0.1 --batch --skip-column-names %(db)s',
-    "neo4j": 'NEO4J_USERNAME="${NEO4J_AUTH%%%%/*}" NEO4J_PASSWORD="${NEO4J_AUTH#*/}" exec cypher-shell --format plain',
-    "redis": 'REDISCLI_AUTH="${REDISCLI_AUTH:-$REDIS_PASSWORD}" exec redis-cli',
-}
-SHELLS = {  # interactive clients for db.shell
-    "postgres": 'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -h 127.0.0.1 -U "${POSTGRES_USER:-postgres}" -d "${POSTGRES_DB:-postgres}"',
-    "mysql": 'f=$(mktemp) && trap \'rm -f "$f"\' EXIT && '
-             'printf "[client]\\nuser=root\\npassword=%s\\n" "${MYSQL_ROOT_PASSWORD:-$MARIADB_ROOT_PASSWORD}" >"$f" && '
-             'cli=$(command -v mariadb || command -v mysql) && '
-             '"$cli" --defaults-extra-file="$f" -h127.0.0.1 "${MYSQL_DATABASE:-$MARIADB_DATABASE}"',
-    "neo4j": 'NEO4J_USERNAME="${NEO4J_AUTH%%/*}" NEO4J_PASSWORD="${NEO4J_AUTH#*/}" exec cypher-shell',
-    "redis": 'REDISCLI_AUTH="${REDISCLI_AUTH:-$REDIS_PASSWORD}" exec redis-cli',
-}
-PASSWORD_VAR = {"postgres": "POSTGRES_PASSWORD", "mysql": "MYSQL_ROOT_PASSWORD", "neo4j": "NEO4J_PASSWORD",
-                "redis": "REDIS_PASSWORD"}
-AUTH_FAILED = re.compile(r"password authentication failed|Access denied for user|unauthorized due to authentication|"
-                         r"WRONGPASS|NOAUTH|invalid password", re.I)
-
+# --------------------------------------------------------------------------- driver
 
 @dataclass
 class Db:
-    """One database service of a stack, driven through ``compose exec -T``."""
+    """One database service of a stack, driven through ``compose exec -T``. Everything that
+    depends on the kind (client, auth, SQL) comes from its module in ``memstack_ops.kinds``."""
 
     t: Any  # lifecycle.Target
     service: str
@@ -154,21 +135,37 @@ class Db:
     model: dict[str, Any]
 
     @property
+    def spec(self) -> DbKind:
+        return kinds.get(self.kind)
+
+    @property
     def env(self) -> dict[str, str]:
+        """The service's environment as the container gets it: ``compose config`` re-escapes a
+        literal ``$`` as ``$$`` (as in health.check_argv), so ``$$`` is one ``$`` here."""
         env = self.model["services"][self.service].get("environment") or {}
-        return {k: ("" if v is None else str(v)) for k, v in env.items()}
+        return {k: ("" if v is None else str(v).replace("$$", "$")) for k, v in env.items()}
 
     @property
     def database(self) -> str:
-        e = self.env
-        if self.kind == "postgres":
-            return e.get("POSTGRES_DB") or e.get("POSTGRES_USER") or "postgres"
-        if self.kind == "mysql":
-            return e.get("MYSQL_DATABASE") or e.get("MARIADB_DATABASE") or ""
-        return ""
+        return self.spec.database(self.env)
 
-    def client(self, database: str | None = None) -> str:
-        return CLIENTS[self.kind] % {"db": database if database is not None else self.database}
+    @property
+    def migrates(self) -> bool:
+        return self.spec.MIGRATION_EXT is not None
+
+    @property
+    def password_var(self) -> str:
+        """The env variable holding the password the client uses (for messages)."""
+        names, env = self.spec.PASSWORD_VARS, self.env
+        return next((v for v in names if env.get(v) or env.get(f"{v}_FILE")), names[0])
+
+    def argv(self, script: str, database: str | None = None) -> list[str]:
+        """``sh -c SCRIPT sh DATABASE``: the name is a positional parameter, never shell text."""
+        return ["sh", "-c", script, "sh", self.database if database is None else database]
+
+    def shell_argv(self) -> list[str]:
+        """The interactive client (db.shell), to run with ``compose exec``."""
+        return self.argv(self.spec.SHELL)
 
     def exec(self, script: str, database: str | None = None, timeout: float | None = None) -> Any:
         """Run ``script`` through the database's client inside its container."""
@@ -177,22 +174,20 @@ class Db:
         kw: dict[str, Any] = {"in_stream": Script(script)}
         if timeout:
             kw["timeout"] = timeout
-        return self.t.compose.run(self.t.c, "exec", "-T", self.service, "sh", "-c", self.client(database), **kw)
+        return self.t.compose.run(self.t.c, "exec", "-T", self.service, *self.argv(self.spec.CLIENT, database), **kw)
 
     def fail(self, what: str, r: Any, hint: str = "") -> DbError:
         msg = self.t.compose.scrub((r.stderr or r.stdout or "").strip())
-        if AUTH_FAILED.search(msg):
-            var = PASSWORD_VAR[self.kind]
-            return DbError(f"{what}: {self.service} refused the password. {var} in {self.t.stack.env_file} is not the "
-                           f"password the database was initialised with (it keeps its first password when the env "
-                           f"file changes later). Put the old value back, or change it inside the database too.")
+        if self.spec.AUTH_FAILED.search(msg):
+            return DbError(f"{what}: {self.service} refused the password. {self.password_var} in {self.t.stack.env_file} "
+                           f"is not the password the database was initialised with (it keeps its first password when "
+                           f"the env file changes later). Put the old value back, or change it inside the database too.")
         return DbError(f"{what} on {self.service} failed: {msg or f'exit {r.return_code}'}" + (f"\n{hint}" if hint else ""))
 
     # ---- readiness
 
     def probe(self) -> Any:
-        script = {"postgres": "SELECT 1;", "mysql": "SELECT 1;", "neo4j": "RETURN 1;", "redis": "PING\n"}[self.kind]
-        return self.exec(script, database="" if self.kind == "mysql" else None, timeout=30)
+        return self.exec(self.spec.READY_QUERY, database=self.spec.READY_DATABASE, timeout=30)
 
     def wait_ready(self, timeout: float, interval: float = 0.5) -> None:
         """Until the database answers a query (bounded); fail at once on a bad password or a
@@ -205,9 +200,9 @@ class Db:
             r = self.probe()  # the common case: it answers at once; no other call needed
             last["r"] = r
             out = r.stdout + r.stderr
-            if r.ok and (self.kind != "redis" or "PONG" in out):
+            if r.ok and self.spec.READY_ANSWER in out:
                 return True
-            if AUTH_FAILED.search(out):
+            if self.spec.AUTH_FAILED.search(out):
                 raise self.fail("Connecting", r)
             rows = {r.get("Service"): r for r in self.t.compose.ps(self.t.c, [self.service])}
             row = rows.get(self.service)
@@ -228,79 +223,21 @@ class Db:
                           f"--- last log lines ---\n{logs}\nCheck its logs (`inv logs --service {self.service}`) and "
                           f"run db.init again.") from None
 
-    # ---- create what is missing
+    # ---- the kind's own steps
 
     def ensure(self) -> list[str]:
-        notes = []
-        if self.kind == "postgres":
-            db = self.database
-            r = self.exec(f"SELECT 1 FROM pg_database WHERE datname = '{_q(db)}';", database="postgres")
-            if r.failed:
-                raise self.fail("Checking databases", r)
-            if not r.stdout.strip():
-                r = self.exec(f'CREATE DATABASE "{db}";', database="postgres")
-                if r.failed:
-                    raise self.fail(f"Creating database {db}", r)
-                notes.append(f"created database {db}")
-        elif self.kind == "mysql":
-            db = self.database
-            if not db:
-                return ["no MYSQL_DATABASE set: nothing to create"]
-            r = self.exec(f"SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{_q(db)}';",
-                          database="")
-            if r.failed:
-                raise self.fail("Checking databases", r)
-            charset = r.stdout.strip()
-            if not charset:
-                r = self.exec(f"CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;", database="")
-                if r.failed:
-                    raise self.fail(f"Creating database {db}", r)
-                notes.append(f"created database {db} (utf8mb4)")
-            elif charset != "utf8mb4":
-                r = self.exec(f"ALTER DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;", database="")
-                if r.failed:
-                    raise self.fail(f"Setting utf8mb4 on {db}", r)
-                notes.append(f"database {db} was {charset}: default character set changed to utf8mb4 "
-                             f"(existing tables keep theirs)")
-        elif self.kind == "neo4j":
-            plugins = self.env.get("NEO4J_PLUGINS", "") + self.env.get("NEO4JLABS_PLUGINS", "")
-            if "apoc" in plugins:
-                r = self.exec("RETURN apoc.version();", timeout=30)
-                if r.failed:
-                    raise DbError(f"APOC is required by the compose config of {self.service} (NEO4J_PLUGINS) but is not "
-                                  f"available: {self.t.compose.scrub(r.stderr.strip())}. Check that the image can load "
-                                  f"the plugin (NEO4J_PLUGINS='[\"apoc\"]' downloads it at start; offline hosts need "
-                                  f"the jar in /plugins).")
-                notes.append(f"APOC {r.stdout.strip().splitlines()[-1].strip(chr(34))} present")
-        return notes
+        """Create what is missing (database, character set); notes on what was done."""
+        return self.spec.ensure(self)
 
-    # ---- applied migrations
+    def contents(self) -> tuple[bool, str]:
+        """For a kind without migrations: (answered, "N keys")."""
+        query, unit = self.spec.CONTENTS or ("", "")
+        r = self.exec(query)
+        return bool(r.ok), f"{r.stdout.strip() or '?'} {unit}"
 
     def applied(self) -> dict[tuple[str, int], Applied]:
-        if self.kind == "postgres":
-            script = (f"SELECT to_regclass('{TABLE}') IS NOT NULL AS present \\gset\n\\if :present\n"
-                      f"SELECT track, version, name, checksum, to_char(applied_at, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-                      f"duration_ms, 'applied' FROM {TABLE} ORDER BY track, version;\n\\endif\n")
-            r = self.exec(script)
-            rows = [ln.split("|") for ln in r.stdout.splitlines() if ln.strip()]
-        elif self.kind == "mysql":
-            script = (f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{TABLE}';\n")
-            r = self.exec(script)
-            if r.ok and r.stdout.strip() == "1":
-                r = self.exec(f"SELECT track, version, name, checksum, DATE_FORMAT(applied_at, '%Y-%m-%dT%H:%i:%sZ'), "
-                              f"IFNULL(duration_ms, ''), state FROM {TABLE} ORDER BY track, version;\n")
-            rows = [ln.split("\t") for ln in r.stdout.splitlines() if ln.strip()] if r.stdout.strip() != "0" else []
-        elif self.kind == "neo4j":
-            r = self.exec("MATCH (m:MemstackMigration) RETURN m.track, m.version, m.name, m.checksum, m.applied_at, "
-                          "m.duration_ms, m.state ORDER BY m.version;")
-            lines = r.stdout.splitlines()[1:]
-            rows = [next(csv.reader([ln], skipinitialspace=True, escapechar="\\")) for ln in lines if ln.strip()]
-        else:
-            return {}
-        if r.failed:
-            raise self.fail("Reading applied migrations", r)
         out = {}
-        for row in rows:
+        for row in self.spec.applied(self):
             if len(row) < 7:
                 continue
             a = Applied(row[0], int(row[1]), row[2], row[3], row[4], row[5] if row[5] != "NULL" else "",
@@ -308,102 +245,16 @@ class Db:
             out[(a.track, a.version)] = a
         return out
 
-    # ---- apply
-
     def apply(self, pending: list[Migration], root: Path) -> list[str]:
         if not pending:
             return []
-        return {"postgres": self._apply_postgres, "mysql": self._apply_mysql,
-                "neo4j": self._apply_neo4j}[self.kind](pending, root)
+        for m in pending:  # every file readable before the first one runs
+            m.text  # noqa: B018 - raises DbError for a file that is not UTF-8
+        return self.spec.apply(self, pending, root)
 
-    def _apply_postgres(self, pending: list[Migration], root: Path) -> list[str]:
-        """One psql session: advisory lock, then each migration in its own transaction, each
-        re-checked under the lock (a concurrent run may have applied it meanwhile)."""
-        lines = ["SET lock_timeout = '300s';", "SELECT pg_advisory_lock(hashtext('memstack-ops migrate')) IS NULL AS x \\gset",
-                 "SET lock_timeout = 0;",
-                 f"CREATE TABLE IF NOT EXISTS {TABLE} (track text NOT NULL, version integer NOT NULL, name text NOT NULL, "
-                 f"checksum char(64) NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), duration_ms integer, "
-                 f"PRIMARY KEY (track, version));"]
-        starts: list[tuple[int, Migration]] = []
-        for m in pending:
-            lines += [f"SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE track = '{m.track}' AND version = {m.version}) AS done \\gset",
-                      "\\if :done", f"\\echo memstack-ops:skipped {m.track} {m.version}", "\\else",
-                      f"\\echo memstack-ops:begin {m.track} {m.version}",
-                      "SELECT clock_timestamp() AS t0 \\gset", "BEGIN;"]
-            starts.append((len(lines) + 1, m))
-            lines += m.text.splitlines()
-            lines += [";", f"INSERT INTO {TABLE} (track, version, name, checksum, duration_ms) VALUES ('{m.track}', "
-                           f"{m.version}, '{_q(m.name)}', '{m.checksum}', "
-                           f"(extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000)::int);",
-                      "COMMIT;", f"\\echo memstack-ops:applied {m.track} {m.version}", "\\endif"]
-        r = self.exec("\n".join(lines) + "\n")
-        done = re.findall(r"memstack-ops:applied (\w+) (\d+)", r.stdout)
-        if r.failed:
-            began = re.findall(r"memstack-ops:begin (\w+) (\d+)", r.stdout)
-            m = next((m for _, m in starts if began and (m.track, str(m.version)) == began[-1]), None)
-            raise self._migration_error(r, m, starts, root, "its transaction was rolled back; earlier migrations stay applied")
-        return [f"{t} {int(v):04d}" for t, v in done]
-
-    def _apply_mysql(self, pending: list[Migration], root: Path) -> list[str]:
-        """MySQL DDL is not transactional: each migration is marked 'running' first (the table's
-        primary key stops a concurrent run), then marked applied. GET_LOCK serialises runs."""
-        lines = [f"CREATE TABLE IF NOT EXISTS {TABLE} (track VARCHAR(16) NOT NULL, version INT NOT NULL, name VARCHAR(255) "
-                 f"NOT NULL, checksum CHAR(64) NOT NULL, applied_at DATETIME(6) NOT NULL, duration_ms INT NULL, "
-                 f"state VARCHAR(16) NOT NULL DEFAULT 'running', PRIMARY KEY (track, version)) CHARACTER SET utf8mb4;",
-                 "SELECT GET_LOCK('memstack-ops migrate', 300) INTO @got;",
-                 "DO IF(@got = 1, 1, (SELECT 1 UNION SELECT 2));"]  # aborts the script when the lock timed out
-        starts: list[tuple[int, Migration]] = []
-        for m in pending:
-            lines += [f"SELECT 'memstack-ops:begin {m.track} {m.version}';",
-                      f"INSERT INTO {TABLE} (track, version, name, checksum, applied_at, state) VALUES ('{m.track}', "
-                      f"{m.version}, '{_q(m.name)}', '{m.checksum}', UTC_TIMESTAMP(6), 'running');",
-                      "SET @t0 = NOW(6);"]
-            starts.append((len(lines) + 1, m))
-            lines += m.text.splitlines()
-            lines += [f"UPDATE {TABLE} SET state = 'applied', duration_ms = TIMESTAMPDIFF(MICROSECOND, @t0, NOW(6)) DIV 1000 "
-                      f"WHERE track = '{m.track}' AND version = {m.version};",
-                      f"SELECT 'memstack-ops:applied {m.track} {m.version}';"]
-        r = self.exec("\n".join(lines) + "\n")
-        done = re.findall(r"memstack-ops:applied (\w+) (\d+)", r.stdout)
-        if r.failed:
-            if f"for key '{TABLE}.PRIMARY'" in r.stderr or ("Duplicate entry" in r.stderr and TABLE in r.stderr) or \
-                    "Duplicate entry" in r.stderr and "PRIMARY" in r.stderr:
-                return [f"{t} {int(v):04d}" for t, v in done]  # the rest was applied by a concurrent run
-            began = re.findall(r"memstack-ops:begin (\w+) (\d+)", r.stdout)
-            m = next((m for _, m in starts if began and (m.track, str(m.version)) == began[-1]), None)
-            if m is not None:  # let a fixed file run again; say what may be left behind
-                self.exec(f"DELETE FROM {TABLE} WHERE track = '{m.track}' AND version = {m.version} AND state = 'running';")
-            raise self._migration_error(r, m, starts, root, "MySQL DDL is not transactional: statements of this file "
-                                                            "before the failing one stay applied")
-        return [f"{t} {int(v):04d}" for t, v in done]
-
-    def _apply_neo4j(self, pending: list[Migration], root: Path) -> list[str]:
-        r = self.exec("CREATE CONSTRAINT memstack_migration_key IF NOT EXISTS FOR (m:MemstackMigration) "
-                      "REQUIRE m.key IS UNIQUE;")
-        if r.failed:
-            raise self.fail("Creating the migration constraint", r)
-        done = []
-        for m in pending:
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            marker = (f"CREATE (:MemstackMigration {{key: '{m.track}:{m.version}', track: '{m.track}', version: {m.version}, "
-                      f"name: '{_q(m.name)}', checksum: '{m.checksum}', applied_at: '{when}', state: 'running'}});\n")
-            t0 = time.monotonic()
-            r = self.exec(marker + m.text.rstrip() + "\n")
-            if r.failed:
-                if "already exists" in r.stderr and "MemstackMigration" in r.stderr:
-                    continue  # applied (or being applied) by a concurrent run
-                self.exec(f"MATCH (m:MemstackMigration {{key: '{m.track}:{m.version}'}}) DELETE m;")
-                raise self._migration_error(r, m, [], root, "Cypher statements before the failing one stay applied")
-            ms = int((time.monotonic() - t0) * 1000)
-            r = self.exec(f"MATCH (m:MemstackMigration {{key: '{m.track}:{m.version}'}}) SET m.state = 'applied', "
-                          f"m.duration_ms = {ms};")
-            if r.failed:
-                raise self.fail(f"Recording {m.label}", r)
-            done.append(f"{m.track} {m.version:04d}")
-        return done
-
-    def _migration_error(self, r: Any, m: Migration | None, starts: list[tuple[int, Migration]], root: Path,
-                         consequence: str) -> DbError:
+    def migration_error(self, r: Any, m: Migration | None, starts: list[tuple[int, Migration]], root: Path,
+                        consequence: str) -> DbError:
+        """A failed migration script: which file and line (``starts``: first script line of each)."""
         err = self.t.compose.scrub((r.stderr or r.stdout).strip())
         where = ""
         ln = re.search(r"(?:<stdin>|at line)[: ]+(\d+)", err)
@@ -412,15 +263,11 @@ class Db:
             line = int(ln.group(1)) - start + 1
             if 1 <= line <= len(m.text.splitlines()) + 1:
                 where = f", line {line}"
-        if AUTH_FAILED.search(err):
+        if self.spec.AUTH_FAILED.search(err):
             return self.fail("Applying migrations", r)
         what = f"{m.path.relative_to(root)}{where}" if m else "the migration script"
         return DbError(f"Migration {what} failed on {self.service}: {err}\n{consequence}. Fix the file and run "
                        f"db.migrate again.")
-
-
-def _q(s: str) -> str:
-    return s.replace("'", "''")
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -460,16 +307,15 @@ def init(t: Any, model: dict[str, Any], only: Iterable[str] = (), timeout: float
     tracks = tuple(tracks)
 
     def one(db: Db) -> Report:
-        rep = Report(db.service, db.kind)
+        rep = Report(db.service, db.kind, migrates=db.migrates)
         db.wait_ready(timeout)
         if dry_run:
-            pending, _ = plan(db, t.stack.root, tracks) if db.kind != "redis" else ([], {})
+            pending, _ = plan(db, t.stack.root, tracks) if db.migrates else ([], {})
             rep.notes += [f"would apply {m.label}" for m in pending] or ["nothing to apply"]
             return rep
         rep.notes += db.ensure()
-        if db.kind == "redis":
-            r = db.exec("DBSIZE\n")
-            rep.notes.append(f"ready, {r.stdout.strip() or '?'} keys")
+        if not db.migrates:
+            rep.notes.append(f"ready, {db.contents()[1]}")
         else:
             pending, _ = plan(db, t.stack.root, tracks)
             rep.applied = db.apply(pending, t.stack.root)
@@ -493,9 +339,9 @@ def status(t: Any, model: dict[str, Any], only: Iterable[str] = ()) -> list[tupl
     applied_at, duration, state (applied / pending / DRIFT / missing file / running)."""
     out = []
     for db in databases(t, model, only):
-        if db.kind == "redis":
-            r = db.exec("DBSIZE\n")
-            out.append((db, [["-", "-", f"{r.stdout.strip()} keys" if r.ok else "unreachable", "", "", "", "n/a"]]))
+        if not db.migrates:
+            ok, what = db.contents()
+            out.append((db, [["-", "-", what if ok else "unreachable", "", "", "", "n/a"]]))
             continue
         files = [m for tr in ("schema", "seed") for m in discover(t.stack.root, t.stack.name, db.service, db.kind, tr)]
         applied = db.applied()
@@ -512,7 +358,8 @@ def status(t: Any, model: dict[str, Any], only: Iterable[str] = ()) -> list[tupl
                 state = "applied (file missing)"
             else:
                 state = "applied" if a else "pending"
-            rows.append([k[0], f"{k[1]:04d}", (m.name if m else a.name if a else ""), (m or a).checksum[:12] if (m or a) else "",
+            src = m or a
+            rows.append([k[0], f"{k[1]:04d}", src.name if src else "", src.checksum[:12] if src else "",
                          a.applied_at if a else "", f"{a.duration_ms} ms" if a and a.duration_ms else "", state])
         out.append((db, rows))
     return out

@@ -36,3 +36,7 @@ class Refused(MemstackError):
     """A destructive step was not confirmed, or is not allowed in this situation."""
 
     exit_code = 2
+
+
+class DbError(MemstackError):
+    """A database step failed (db.*: readiness, creating, migrating)."""

@@ -10,7 +10,8 @@ import time
 from pathlib import PurePosixPath
 from typing import Any, Iterable
 
-from .engines import (COMPRESSIONS, DB_KINDS, ENGINES, Job, Plan, Svc, Volume, Volumes, inspect_service,
+from ..kinds import DB_KINDS
+from .engines import (COMPRESSIONS, ENGINES, Job, Plan, Svc, Volume, Volumes, inspect_service,
                       stack_volumes)
 from .host import BackupError, Host, host_for
 from .lock import exclusive

@@ -16,20 +16,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..kinds.mysql import AUTH as MY_AUTH
+from ..kinds.neo4j import AUTH as NEO4J_AUTH
+from ..kinds.postgres import AUTH as PG_AUTH
+from ..kinds.redis import AUTH as REDIS_AUTH
 from .host import BackupError, Captured, Host, StreamFailed, q
 
 # --------------------------------------------------------------------------- shell snippets
-
-PG_AUTH = ('[ -n "${POSTGRES_PASSWORD_FILE:-}" ] && [ -r "$POSTGRES_PASSWORD_FILE" ] && '
-           'POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE"); PGPASSWORD="${POSTGRES_PASSWORD:-}"; export PGPASSWORD; ')
-MY_AUTH = ("f=$(mktemp) || exit 1; trap 'rm -f \"$f\"' EXIT; "
-           'p="${MYSQL_ROOT_PASSWORD:-${MARIADB_ROOT_PASSWORD:-}}"; u=root; '
-           'if [ -z "$p" ]; then u="${MYSQL_USER:-${MARIADB_USER:-root}}"; p="${MYSQL_PASSWORD:-${MARIADB_PASSWORD:-}}"; fi; '
-           "printf '[client]\\nuser=%s\\npassword=\"%s\"\\n' \"$u\" \"$p\" > \"$f\"; "
-           "cli=$(command -v mariadb || command -v mysql); dump=$(command -v mariadb-dump || command -v mysqldump); ")
-REDIS_AUTH = ('a="${REDISCLI_AUTH:-${REDIS_PASSWORD:-}}"; [ -n "$a" ] && export REDISCLI_AUTH="$a"; '
-              'r() { redis-cli --no-auth-warning "$@"; }; ')
-NEO4J_AUTH = 'NEO4J_USERNAME="${NEO4J_AUTH%%/*}" NEO4J_PASSWORD="${NEO4J_AUTH#*/}" '
 
 PG_COUNT_SQL = ("SELECT 'count|' || format('%I.%I', n.nspname, c.relname) || '|' || "
                 "(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), "
@@ -1206,4 +1199,3 @@ class Volumes(Engine):
 
 
 ENGINES: dict[str, Engine] = {e.kind: e for e in (Postgres(), Mysql(), Redis(), Neo4j(), Volumes())}
-DB_KINDS = ("postgres", "mysql", "redis", "neo4j")

@@ -15,7 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-KINDS = ("postgres", "mysql", "redis", "neo4j", "volumes", "all")
+from ..kinds import DB_KINDS
+
+KINDS = DB_KINDS + ("volumes", "all")
 ID_RE = re.compile(r"^(?P<ts>\d{8}T\d{6}Z)(?:-(?P<seq>\d{1,3}))?-(?P<kind>" + "|".join(KINDS) + r")$")
 MANIFEST, VERIFY = "manifest.json", "verify.json"
 FORMAT = 1

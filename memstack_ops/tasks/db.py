@@ -24,7 +24,7 @@ def _print_reports(reports, t0):
         if rep.applied:
             changed = True
             say(f"  {rep.service}: applied {', '.join(rep.applied)}")
-        elif rep.kind != "redis":
+        elif rep.migrates:
             say(f"  {rep.service}: migrations up to date")
     say(("Done" if changed else "Everything is up to date") + f" in {time.monotonic() - t0:.1f} s.")
 
@@ -65,7 +65,7 @@ def migrate(c, only=None, dry_run=False, stack=None, stage=None, overlay=None):
     t0 = time.monotonic()
     t, model = _model_and_target(c, stack, stage, overlay)
     dbs = db.databases(t, model, [only] if only else ())
-    missing = [d.service for d in dbs if d.kind != "redis" and not (t.stack.root / "db" / t.stack.name / d.service).is_dir()]
+    missing = [d.service for d in dbs if d.migrates and not (t.stack.root / "db" / t.stack.name / d.service).is_dir()]
     if only and missing:
         raise db.DbError(f"No migration directory db/{t.stack.name}/{missing[0]}/: create it with files named "
                          f"NNNN_name.sql (or .cypher for Neo4j).")
@@ -105,7 +105,7 @@ def shell(c, service, stack=None, stage=None, overlay=None):
     d = db.databases(t, model, [service])[0]
     from ..compose import in_dir
 
-    c.run(in_dir(t.stack.root, t.compose.argv("exec", d.service, "sh", "-c", db.SHELLS[d.kind])), pty=True, warn=True)
+    c.run(in_dir(t.stack.root, t.compose.argv("exec", d.service, *d.shell_argv())), pty=True, warn=True)
 
 
 @ops_task(positional=["service"], help={

@@ -220,3 +220,95 @@ def test_real_neo4j_image_when_present(project, docker_client):
     r = project.run("db.init", "--overlay", "local,realneo4j", "--only", "neo4j")
     assert r.returncode == 0, r.stderr
     assert "Everything is up to date" in project.run("db.init", "--overlay", "local,realneo4j", "--only", "neo4j").stdout
+
+
+# --------------------------------------------------------------------------- hostile values (M2, M6)
+
+HOSTILE_PASSWORD = 'Pa#ss "q" back\\slash $HOME sp ace lit\\nnl; end'
+
+
+def in_container(project, service: str, script: str, *args: str):
+    return project.compose("exec", "-T", service, "sh", "-c", script, "sh", *args, check=False)
+
+
+def test_a_mysql_database_name_is_never_run_as_shell(project):
+    name = "app;touch /tmp/pwned;echo"
+    project.overlay("mysql", MARIADB_OVERLAY.replace("MYSQL_DATABASE: agentchat", f'MYSQL_DATABASE: "{name}"'))
+    project.overlays = ("local", "mysql")
+    migration(project, "mysql", "0001_t.sql", "CREATE TABLE t (x INT);\n")
+    assert project.run("up", "--overlay", "local,mysql", "--service", "mysql").returncode == 0
+    st = project.run("db.status", "--overlay", "local,mysql", "--only", "mysql")
+    assert st.returncode == 0, st.stderr
+    assert in_container(project, "mysql", "test ! -e /tmp/pwned").returncode == 0, "db.status ran the name as shell"
+    r = project.run("db.init", "--overlay", "local,mysql", "--only", "mysql")
+    assert r.returncode == 0, r.stderr
+    assert "mysql: applied schema 0001" in r.stdout
+    assert in_container(project, "mysql", "test ! -e /tmp/pwned").returncode == 0, "db.init ran the name as shell"
+    tables = in_container(project, "mysql", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -N -e "$1"',
+                          f"SELECT GROUP_CONCAT(TABLE_NAME ORDER BY TABLE_NAME) FROM information_schema.TABLES "
+                          f"WHERE TABLE_SCHEMA = '{name}'")
+    assert tables.stdout.strip() == "memstack_schema_migrations,t"  # in the database of that exact name
+
+
+def test_a_postgres_database_name_is_never_run_as_shell(project):
+    name = "it's $(touch /tmp/pwned) db"
+    project.overlay("pgname", f'services:\n  postgres:\n    environment:\n      POSTGRES_DB: "{name.replace("$", "$$")}"\n')
+    ov = ("--overlay", "local,pgname")
+    project.overlays = ("local", "pgname")
+    assert project.run("up", *ov, "--service", "postgres").returncode == 0
+    assert project.exec("postgres", "printenv", "POSTGRES_DB").strip() == name
+    st = project.run("db.status", *ov, "--only", "postgres")
+    assert st.returncode == 0, st.stderr
+    r = project.run("db.init", *ov, "--only", "postgres")
+    assert r.returncode == 0, r.stderr
+    assert "postgres: applied schema 0001, schema 0002, seed 0001" in r.stdout
+    assert in_container(project, "postgres", "test ! -e /tmp/pwned").returncode == 0, "the name ran as shell"
+    count = in_container(project, "postgres", 'psql -U memstack -d "$1" -tAc "SELECT count(*) FROM memstack_schema_migrations"',
+                         name)
+    assert count.stdout.strip() == "3", count.stderr
+
+
+def test_a_hostile_mysql_password_works_for_db_init_backup_and_restore(project):
+    """One option-file writer for db.* and backups: # " \\ $ spaces and a literal backslash-n."""
+    env = project.root / "env/memstack/.env"
+    env.write_text(env.read_text() + "MY_PW=simple-initial-password-1\n")
+    project.overlay("mysql", MARIADB_OVERLAY.replace("${POSTGRES_PASSWORD}", "${MY_PW}"))
+    ov = ("--overlay", "local,mysql")
+    project.overlays = ("local", "mysql")
+    migration(project, "mysql", "0001_t.sql", "CREATE TABLE t (x INT);\nINSERT INTO t VALUES (1), (2);\n")
+    assert project.run("up", *ov, "--service", "mysql").returncode == 0
+    lit = HOSTILE_PASSWORD.replace("\\", "\\\\").replace("'", "\\'")
+    r = in_container(project, "mysql", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -e "$1"',
+                     f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{lit}'; ALTER USER 'root'@'%' IDENTIFIED BY '{lit}'")
+    assert r.returncode == 0, r.stderr
+    env.write_text(env.read_text().replace("MY_PW=simple-initial-password-1", f"MY_PW='{HOSTILE_PASSWORD}'"))
+    assert project.run("up", *ov, "--service", "mysql").returncode == 0  # recreated with the new password
+    assert project.exec("mysql", "printenv", "MYSQL_ROOT_PASSWORD").rstrip("\n") == HOSTILE_PASSWORD
+
+    r = project.run("db.init", *ov, "--only", "mysql", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    assert "mysql: applied schema 0001" in r.stdout
+    b = project.run("backup.mysql", *ov)
+    assert b.returncode == 0, b.stderr
+    assert in_container(project, "mysql", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot agentchat -e "$1"',
+                        "DELETE FROM t").returncode == 0
+    res = project.run("restore.mysql", *ov, "--yes", "--no-safety-backup")
+    assert res.returncode == 0, res.stderr
+    n = in_container(project, "mysql", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -N agentchat -e "$1"',
+                     "SELECT COUNT(*) FROM t")
+    assert n.stdout.strip() == "2"
+    for out in (r, b, res):
+        assert HOSTILE_PASSWORD not in out.stdout + out.stderr
+
+
+def test_a_latin1_migration_is_a_one_line_error_naming_the_file(project):
+    assert project.run("up", "--service", "postgres").returncode == 0
+    d = project.root / "db/memstack/postgres"
+    (d / "0003_latin1.sql").write_bytes(b"-- caf\xe9\nCREATE TABLE latin (x int);\n")
+    r = project.run("db.migrate", "--only", "postgres")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: db/memstack/postgres/0003_latin1.sql is not UTF-8 text (byte 0xe9 on line 1): save it as UTF-8 (for a "
+        "latin-1 file: `iconv -f latin1 -t utf-8 FILE > NEW && mv NEW FILE`) and run db.migrate again."]
+    assert sql(project, "select to_regclass('memstack_schema_migrations') is null") == "t"  # nothing ran

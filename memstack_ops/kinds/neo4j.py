@@ -1,0 +1,96 @@
+"""Neo4j: everything memstack-ops knows about this kind, for ``db.*`` and the backups.
+
+Migrations are ``.cypher`` files; each applied one is a ``:MemstackMigration`` node (a
+uniqueness constraint on its key stops a concurrent run from applying it twice).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import DbError
+
+if TYPE_CHECKING:
+    from ..db import Db, Migration
+
+NAME = "neo4j"
+NEEDLES: tuple[str, ...] = ("neo4j",)  # substrings of an image's repository name
+
+# THE auth prelude (db.* and backups): NEO4J_USERNAME/NEO4J_PASSWORD (cypher-shell reads them,
+# never argv) from NEO4J_AUTH=user/password, or the file NEO4J_AUTH_PATH names when set.
+AUTH = ('if [ -n "${NEO4J_AUTH_PATH:-}" ] && [ -r "$NEO4J_AUTH_PATH" ]; then NEO4J_AUTH=$(cat "$NEO4J_AUTH_PATH"); fi; '
+        'NEO4J_USERNAME="${NEO4J_AUTH%%/*}"; NEO4J_PASSWORD="${NEO4J_AUTH#*/}"; export NEO4J_USERNAME NEO4J_PASSWORD; ')
+CLIENT = AUTH + "exec cypher-shell --format plain"  # Cypher on stdin
+SHELL = AUTH + "exec cypher-shell"  # interactive (db.shell)
+PASSWORD_VARS: tuple[str, ...] = ("NEO4J_PASSWORD",)
+AUTH_FAILED = re.compile(r"unauthorized due to authentication|invalid password", re.IGNORECASE)
+
+READY_QUERY = "RETURN 1;"
+READY_ANSWER = ""  # exit 0 is enough
+READY_DATABASE: str | None = None
+MIGRATION_EXT: str | None = "cypher"
+CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
+
+
+def literal(text: str) -> str:
+    """A Cypher string literal: backslash and quote escaped with a backslash."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def database(env: Mapping[str, str]) -> str:
+    return ""  # cypher-shell's default database
+
+
+def ensure(db: Db) -> list[str]:
+    """Nothing to create; APOC checked when the compose config asks for it."""
+    plugins = db.env.get("NEO4J_PLUGINS", "") + db.env.get("NEO4JLABS_PLUGINS", "")
+    if "apoc" not in plugins:
+        return []
+    r = db.exec("RETURN apoc.version();", timeout=30)
+    if r.failed:
+        raise DbError(f"APOC is required by the compose config of {db.service} (NEO4J_PLUGINS) but is not "
+                      f"available: {db.t.compose.scrub(r.stderr.strip())}. Check that the image can load "
+                      f"the plugin (NEO4J_PLUGINS='[\"apoc\"]' downloads it at start; offline hosts need "
+                      f"the jar in /plugins).")
+    return [f"APOC {r.stdout.strip().splitlines()[-1].strip(chr(34))} present"]
+
+
+def applied(db: Db) -> list[list[str]]:
+    """Rows of :MemstackMigration nodes: track, version, name, checksum, applied_at, duration_ms, state."""
+    r = db.exec("MATCH (m:MemstackMigration) RETURN m.track, m.version, m.name, m.checksum, m.applied_at, "
+                "m.duration_ms, m.state ORDER BY m.version;")
+    if r.failed:
+        raise db.fail("Reading applied migrations", r)
+    lines = r.stdout.splitlines()[1:]
+    return [next(csv.reader([ln], skipinitialspace=True, escapechar="\\")) for ln in lines if ln.strip()]
+
+
+def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:
+    r = db.exec("CREATE CONSTRAINT memstack_migration_key IF NOT EXISTS FOR (m:MemstackMigration) "
+                "REQUIRE m.key IS UNIQUE;")
+    if r.failed:
+        raise db.fail("Creating the migration constraint", r)
+    done = []
+    for m in pending:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        key = literal(f"{m.track}:{m.version}")
+        marker = (f"CREATE (:MemstackMigration {{key: {key}, track: {literal(m.track)}, version: {m.version}, "
+                  f"name: {literal(m.name)}, checksum: {literal(m.checksum)}, applied_at: '{when}', state: 'running'}});\n")
+        t0 = time.monotonic()
+        r = db.exec(marker + m.text.rstrip() + "\n")
+        if r.failed:
+            if "already exists" in r.stderr and "MemstackMigration" in r.stderr:
+                continue  # applied (or being applied) by a concurrent run
+            db.exec(f"MATCH (m:MemstackMigration {{key: {key}}}) DELETE m;")
+            raise db.migration_error(r, m, [], root, "Cypher statements before the failing one stay applied")
+        ms = int((time.monotonic() - t0) * 1000)
+        r = db.exec(f"MATCH (m:MemstackMigration {{key: {key}}}) SET m.state = 'applied', m.duration_ms = {ms};")
+        if r.failed:
+            raise db.fail(f"Recording {m.label}", r)
+        done.append(f"{m.track} {m.version:04d}")
+    return done

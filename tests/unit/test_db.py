@@ -1,0 +1,237 @@
+"""db: the Db driver and the orchestration over a MockContext, asserting the exact command lines
+and the scripts fed on stdin (the real databases are in tests/e2e/test_db.py)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from types import SimpleNamespace
+
+import pytest
+from fakes import ccmd, make_stack, ndjson, write
+from invoke import MockContext, Result
+
+from memstack_ops import db
+from memstack_ops.compose import Compose
+from memstack_ops.errors import DbError
+from memstack_ops.kinds import mysql, postgres, redis
+
+EXEC = re.compile(r".*docker compose .* exec -T ")
+PS = re.compile(r".*docker compose .* ps --all --format json")
+
+PG_NAME = "it's \"odd\" $(touch /tmp/pwned)"
+MY_NAME = "app;touch /tmp/pwned;echo `x` \\"
+
+
+def model(**services):
+    return {"services": services}
+
+
+def pg(**env):
+    return {"image": "postgres:16", "environment": {"POSTGRES_USER": "app", "POSTGRES_PASSWORD": "pw", **env}}
+
+
+def target(tmp_path, run, secrets=None):
+    stack = make_stack(tmp_path)
+    c = MockContext(run=run, repeat=False)
+    return SimpleNamespace(c=c, stack=stack, compose=Compose(stack, secrets or {}))
+
+
+def sent(t):
+    """(command line, stdin script) of every call, in order."""
+    return [(call.args[0], call.kwargs["in_stream"].getvalue() if call.kwargs.get("in_stream") else None)
+            for call in t.c.run.call_args_list]
+
+
+def argv_of(command: str) -> list[str]:
+    return shlex.split(command.split(" && ", 1)[1])
+
+
+# --------------------------------------------------------------------------- the driver
+
+def test_exec_runs_the_kinds_client_with_the_database_as_a_positional_parameter(tmp_path):
+    t = target(tmp_path, {EXEC: [Result("1\n")]})
+    d = db.Db(t, "postgres", "postgres", model(postgres=pg(POSTGRES_DB=PG_NAME)))
+    assert d.exec("SELECT 1;").stdout == "1\n"
+    [(cmd, script)] = sent(t)
+    assert cmd == ccmd(t.compose, "exec", "-T", "postgres", "sh", "-c", postgres.CLIENT, "sh", PG_NAME)
+    assert script == "SELECT 1;"
+    assert argv_of(cmd)[-5:] == ["sh", "-c", postgres.CLIENT, "sh", PG_NAME]  # one argument, as it is
+
+
+def test_shell_argv_is_the_interactive_client_with_the_database_as_1(tmp_path):
+    t = target(tmp_path, {})
+    d = db.Db(t, "m", "mysql", model(m={"image": "mariadb", "environment": {"MYSQL_DATABASE": MY_NAME}}))
+    assert d.shell_argv() == ["sh", "-c", mysql.SHELL, "sh", MY_NAME]
+    r = db.Db(t, "r", "redis", model(r={"image": "redis"}))
+    assert r.shell_argv() == ["sh", "-c", redis.SHELL, "sh", ""]
+
+
+def test_postgres_ensure_escapes_the_literal_and_the_identifier(tmp_path):
+    t = target(tmp_path, {EXEC: [Result(""), Result("")]})
+    d = db.Db(t, "postgres", "postgres", model(postgres=pg(POSTGRES_DB=PG_NAME)))
+    assert d.ensure() == [f"created database {PG_NAME}"]
+    (c1, s1), (c2, s2) = sent(t)
+    assert argv_of(c1)[-1] == argv_of(c2)[-1] == "postgres"  # checked and created from the postgres database
+    assert s1 == "SELECT 1 FROM pg_database WHERE datname = 'it''s \"odd\" $(touch /tmp/pwned)';"
+    assert s2 == 'CREATE DATABASE "it\'s ""odd"" $(touch /tmp/pwned)";'
+
+
+def test_postgres_ensure_does_nothing_when_the_database_exists(tmp_path):
+    t = target(tmp_path, {EXEC: [Result("1\n")]})
+    assert db.Db(t, "postgres", "postgres", model(postgres=pg())).ensure() == []
+    assert len(sent(t)) == 1
+
+
+def test_mysql_ensure_escapes_backticks_and_backslashes_and_connects_without_a_database(tmp_path):
+    t = target(tmp_path, {EXEC: [Result(""), Result("")]})
+    d = db.Db(t, "m", "mysql", model(m={"image": "mariadb:10.11", "environment": {"MYSQL_DATABASE": MY_NAME}}))
+    assert d.ensure() == [f"created database {MY_NAME} (utf8mb4)"]
+    (c1, s1), (c2, s2) = sent(t)
+    assert argv_of(c1)[-1] == argv_of(c2)[-1] == ""
+    assert s1 == ("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = "
+                  "'app;touch /tmp/pwned;echo `x` \\\\';")
+    assert s2 == "CREATE DATABASE IF NOT EXISTS `app;touch /tmp/pwned;echo ``x`` \\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;"
+
+
+def test_mysql_ensure_sets_utf8mb4_on_a_latin1_database(tmp_path):
+    t = target(tmp_path, {EXEC: [Result("latin1\n"), Result("")]})
+    d = db.Db(t, "m", "mysql", model(m={"image": "mysql:8", "environment": {"MARIADB_DATABASE": "app"}}))
+    assert "was latin1" in d.ensure()[0]
+    assert sent(t)[1][1] == "ALTER DATABASE `app` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;"
+
+
+@pytest.mark.parametrize("kind, env, var", [
+    ("postgres", {"POSTGRES_PASSWORD": "x"}, "POSTGRES_PASSWORD"),
+    ("mysql", {"MYSQL_ROOT_PASSWORD": "x", "MYSQL_PASSWORD": "y"}, "MYSQL_ROOT_PASSWORD"),
+    ("mysql", {"MYSQL_USER": "app", "MYSQL_PASSWORD": "y"}, "MYSQL_PASSWORD"),
+    ("mysql", {"MARIADB_ROOT_PASSWORD_FILE": "/run/secrets/x"}, "MARIADB_ROOT_PASSWORD"),
+    ("redis", {}, "REDIS_PASSWORD"),
+])
+def test_a_refused_password_names_the_variable_the_client_used(tmp_path, kind, env, var):
+    answer = {"postgres": 'FATAL:  password authentication failed for user "app"',
+              "mysql": "ERROR 1045 (28000): Access denied for user 'root'@'localhost'",
+              "redis": "WRONGPASS invalid username-password pair"}[kind]
+    t = target(tmp_path, {EXEC: [Result(stderr=answer, exited=1)]}, secrets={"P": "x"})
+    d = db.Db(t, "s", kind, model(s={"image": kind, "environment": env}))
+    with pytest.raises(DbError, match=f"^Connecting: s refused the password. {var} in env/memstack/.env is not"):
+        d.wait_ready(timeout=5)
+    assert len(sent(t)) == 1  # at once, no retries
+
+
+def test_a_database_that_is_not_running_fails_at_once_with_its_logs(tmp_path):
+    t = target(tmp_path, {EXEC: [Result(stderr="service not running", exited=1)],
+                          PS: [Result(ndjson({"Service": "postgres", "State": "exited"}))],
+                          re.compile(r".*docker compose .* logs "): [Result("boom\n")]})
+    with pytest.raises(DbError, match=r"(?s)Database service postgres is not running \(exited\).*boom"):
+        db.Db(t, "postgres", "postgres", model(postgres=pg())).wait_ready(timeout=5)
+
+
+def test_redis_is_ready_only_when_it_answers_pong(tmp_path):
+    running = Result(ndjson({"Service": "redis", "State": "running"}))
+    t = target(tmp_path, {EXEC: [Result("LOADING Redis is loading\n"), Result("PONG\n")], PS: [running]})
+    db.Db(t, "redis", "redis", model(redis={"image": "redis:7"})).wait_ready(timeout=5, interval=0.01)
+    assert [s for c, s in sent(t) if s] == ["PING\n", "PING\n"]
+
+
+def test_applied_rows_become_records(tmp_path):
+    t = target(tmp_path, {EXEC: [Result("schema|1|init|" + "a" * 64 + "|2026-01-01T00:00:00Z|12|applied\n"
+                                        "seed|1|data|" + "b" * 64 + "|2026-01-01T00:00:01Z||applied\n")]})
+    got = db.Db(t, "postgres", "postgres", model(postgres=pg())).applied()
+    assert got[("schema", 1)] == db.Applied("schema", 1, "init", "a" * 64, "2026-01-01T00:00:00Z", "12", "applied")
+    assert got[("seed", 1)].duration_ms == ""
+
+
+def test_mysql_applied_is_empty_without_the_table(tmp_path):
+    t = target(tmp_path, {EXEC: [Result("0\n")]})
+    assert db.Db(t, "m", "mysql", model(m={"image": "mariadb"})).applied() == {}
+    assert "information_schema.TABLES" in sent(t)[0][1]
+
+
+# --------------------------------------------------------------------------- migration files
+
+def test_discover_validates_names_and_takes_the_extension_from_the_kind(tmp_path):
+    write(tmp_path, "db/memstack/graph/0001_init.cypher", "RETURN 1;")
+    write(tmp_path, "db/memstack/pg/0002_b.sql", "SELECT 2;")
+    write(tmp_path, "db/memstack/pg/0001_a.sql", "SELECT 1;")
+    write(tmp_path, "db/memstack/pg/seed/0001_s.sql", "SELECT 3;")
+    assert [m.label for m in db.discover(tmp_path, "memstack", "pg", "postgres")] == ["schema 0001_a", "schema 0002_b"]
+    assert [m.rel for m in db.discover(tmp_path, "memstack", "pg", "postgres", "seed")] == ["db/memstack/pg/seed/0001_s.sql"]
+    assert len(db.discover(tmp_path, "memstack", "graph", "neo4j")) == 1
+    with pytest.raises(DbError, match="a postgres migration must end in .sql"):
+        db.discover(tmp_path, "memstack", "graph", "postgres")
+    assert db.discover(tmp_path, "memstack", "pg", "redis") == []  # a kind without migrations
+
+
+def test_a_latin1_migration_is_a_one_line_error_naming_the_file_and_the_fix_and_nothing_runs(tmp_path):
+    write(tmp_path, "db/memstack/pg/0001_ok.sql", "SELECT 1;\n")
+    (tmp_path / "db/memstack/pg/0002_latin1.sql").write_bytes(b"-- caf\xe9\nSELECT 2;\n")
+    t = target(tmp_path, {})
+    d = db.Db(t, "pg", "postgres", model(pg=pg()))
+    pending = db.discover(tmp_path, "memstack", "pg", "postgres")
+    with pytest.raises(DbError) as e:
+        d.apply(pending, tmp_path)
+    msg = str(e.value)
+    assert msg.startswith("db/memstack/pg/0002_latin1.sql is not UTF-8 text (byte 0xe9 on line 1)")
+    assert "iconv -f latin1 -t utf-8" in msg and "\n" not in msg
+    assert sent(t) == []  # nothing was sent to the database
+
+
+def test_postgres_apply_escapes_its_literals_and_reports_what_ran(tmp_path):
+    write(tmp_path, "db/memstack/pg/0001_init.sql", "CREATE TABLE t (x int);\n")
+    t = target(tmp_path, {EXEC: [Result("memstack-ops:begin schema 1\nmemstack-ops:applied schema 1\n")]})
+    d = db.Db(t, "pg", "postgres", model(pg=pg()))
+    assert d.apply(db.discover(tmp_path, "memstack", "pg", "postgres"), tmp_path) == ["schema 0001"]
+    script = sent(t)[0][1]
+    assert "BEGIN;\nCREATE TABLE t (x int);\n;\nINSERT INTO memstack_schema_migrations" in script
+    assert "VALUES ('schema', 1, 'init', '" in script
+
+
+def test_a_failing_postgres_migration_names_file_and_line(tmp_path):
+    write(tmp_path, "db/memstack/pg/0001_init.sql", "SELECT 1;\nSELECT nope;\n")
+    t = target(tmp_path, {EXEC: [Result("memstack-ops:begin schema 1\n", stderr='psql:<stdin>:13: ERROR:  column "nope" '
+                                        'does not exist', exited=3)]})
+    d = db.Db(t, "pg", "postgres", model(pg=pg()))
+    with pytest.raises(DbError, match=r"(?s)Migration db/memstack/pg/0001_init.sql, line 2 failed on pg: .*rolled back"):
+        d.apply(db.discover(tmp_path, "memstack", "pg", "postgres"), tmp_path)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+def test_databases_picks_the_database_kinds_and_filters_by_name_or_kind(tmp_path):
+    t = target(tmp_path, {})
+    m = model(pg=pg(), cache={"image": "redis:7"}, api={"image": "myorg/api"}, files={"image": "minio/minio"})
+    assert [(d.service, d.kind) for d in db.databases(t, m)] == [("pg", "postgres"), ("cache", "redis")]
+    assert [d.service for d in db.databases(t, m, ["redis"])] == ["cache"]
+    with pytest.raises(DbError, match=r"No database matches mysql in stack memstack; its databases are: pg \(postgres\), "
+                                      r"cache \(redis\)"):
+        db.databases(t, m, ["mysql"])
+
+
+def test_status_of_redis_is_its_key_count(tmp_path):
+    running = Result(ndjson({"Service": "cache", "State": "running"}))
+    t = target(tmp_path, {EXEC: [Result("42\n")], PS: [running]})
+    [(_, rows)] = db.status(t, model(cache={"image": "redis:7"}))
+    assert rows == [["-", "-", "42 keys", "", "", "", "n/a"]]
+    assert sent(t)[0][1] == "DBSIZE\n"
+
+
+def test_init_dry_run_lists_pending_migrations_and_changes_nothing(tmp_path):
+    write(tmp_path, "db/memstack/pg/0001_init.sql", "SELECT 1;\n")
+    t = target(tmp_path, {EXEC: [Result("1\n"), Result("")]})
+    [rep] = db.init(t, model(pg=pg()), dry_run=True)
+    assert rep.notes == ["would apply schema 0001_init"] and rep.migrates
+    assert sent(t)[0][1] == "SELECT 1;"  # the readiness probe, then only the applied-migrations read
+    assert "to_regclass" in sent(t)[1][1] and len(sent(t)) == 2
+
+
+def test_init_of_redis_reports_its_keys(tmp_path):
+    t = target(tmp_path, {EXEC: [Result("PONG\n"), Result("7\n")]})
+    [rep] = db.init(t, model(cache={"image": "valkey/valkey:8"}))
+    assert rep.notes == ["ready, 7 keys"] and not rep.migrates and rep.applied == []
+
+
+def test_the_model_environment_is_read_as_the_container_gets_it(tmp_path):
+    t = target(tmp_path, {})
+    d = db.Db(t, "postgres", "postgres", model(postgres=pg(POSTGRES_DB="it's $$(touch x) $$$$HOME")))
+    assert d.database == "it's $(touch x) $$HOME"  # compose config writes a literal $ as $$
