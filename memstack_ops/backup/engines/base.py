@@ -12,6 +12,8 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any, Callable
 
 from ..host import BackupError, Captured, Host, StreamFailed
@@ -21,6 +23,23 @@ HOST_COMPRESS = {"zstd": ["zstd", "-q", "-c", "-3", "-T0"], "gzip": ["gzip", "-c
 DECOMPRESS = {"zstd": ["zstd", "-q", "-dc"], "gzip": ["gzip", "-dc"]}
 EXT = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 COMPRESSIONS = ("zstd", "gzip", "none")
+
+
+SCRIPTS = "scripts"  # beside this package: memstack_ops/backup/scripts (package data, see pyproject.toml)
+
+
+@cache
+def script(name: str) -> str:
+    """A shell script (or SQL) shipped in ``memstack_ops/backup/scripts``, read once per process.
+
+    The scripts take their values as positional parameters ("$1" ...), never by text templating;
+    the ones that need credentials run after an auth prelude (``_auth``) prepended by the engine."""
+    return (resources.files(__package__.rsplit(".", 1)[0]) / SCRIPTS / name).read_text(encoding="utf-8")
+
+
+def packaged_scripts() -> list[str]:
+    """The names of every file in the scripts folder (for the lint and packaging tests)."""
+    return sorted(p.name for p in (resources.files(__package__.rsplit(".", 1)[0]) / SCRIPTS).iterdir() if p.is_file())
 
 
 def wrap_compress(cmd: str, tool: str) -> str:
@@ -355,6 +374,8 @@ class Engine:
     kind = ""
     downtime = False  # the service is stopped while it is backed up
     restore_stops = False  # restore stops the service and starts it again (waiting for health) itself
+    # the packaged scripts this engine runs, each with the prelude that goes before it ("" for none)
+    scripts: dict[str, str] = {}
 
     def plan(self, job: Job, svc: Svc) -> Plan:
         raise NotImplementedError
@@ -373,6 +394,10 @@ class Engine:
         raise NotImplementedError
 
     # shared helpers
+    def shell(self, name: str) -> str:
+        """The text of one of this engine's packaged scripts, after its prelude (credentials)."""
+        return self.scripts[name] + script(name)
+
     @staticmethod
     def require_running(svc: Svc) -> None:
         if not svc.running:

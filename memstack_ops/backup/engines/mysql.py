@@ -9,13 +9,7 @@ from typing import Any, Callable
 from ..host import BackupError, StreamFailed, q
 from ._auth import MY_AUTH
 from .base import (EXT, Engine, Job, Plan, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
-                   oneoff_name, wait_scratch, wrap_compress)
-
-MY_COUNT_SQL = ("SET SESSION group_concat_max_len = 16777216; START TRANSACTION WITH CONSISTENT SNAPSHOT; "
-                "SELECT GROUP_CONCAT(CONCAT('SELECT ''', REPLACE(table_name, '''', ''''''), ''', COUNT(*) FROM `', "
-                "REPLACE(table_schema, '`', '``'), '`.`', REPLACE(table_name, '`', '``'), '`') SEPARATOR ' UNION ALL ') "
-                "INTO @q FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'; "
-                "SET @q = IFNULL(@q, 'SELECT 1, 1 FROM DUAL WHERE FALSE'); PREPARE s FROM @q; EXECUTE s; COMMIT;")
+                   oneoff_name, script, wait_scratch, wrap_compress)
 
 
 class Mysql(Engine):
@@ -39,7 +33,7 @@ class Mysql(Engine):
         svc, db = plan.svc, plan.info["database"]
         counts: dict[str, int] = {}
         if db:
-            out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"', MY_COUNT_SQL, db,
+            out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"', script("my_count.sql"), db,
                             what="Counting rows")
             counts = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
         # --add-drop-database only for the app's database: never emit DROP DATABASE mysql
@@ -47,11 +41,11 @@ class Mysql(Engine):
                 "--default-character-set=utf8mb4" + (" --add-drop-database" if db else ""))
         cmd = f'"$dump" --defaults-extra-file="$f" {opts} ' + ('--databases "$1"' if db else "--all-databases")
         inside, host_c, comp = job.compression(svc)
-        script = MY_AUTH + (wrap_compress(cmd, inside) if inside else cmd)
+        shell = MY_AUTH + (wrap_compress(cmd, inside) if inside else cmd)
         name = f"{svc.name}.sql{EXT[job.compress]}"
         t0 = time.time()
         try:
-            cap = job.capture(f"{svc.name}: mysqldump", job.exec_argv(svc, script, db), f"{set_dir}/{name}", host_c,
+            cap = job.capture(f"{svc.name}: mysqldump", job.exec_argv(svc, shell, db), f"{set_dir}/{name}", host_c,
                               plan.estimate)
         except StreamFailed as e:
             raise fail_capture(job, svc, e, f"The dump of {svc.name}") from None
@@ -95,7 +89,7 @@ class Mysql(Engine):
                 raise BackupError(f"Scratch restore of {f['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
             got: dict[str, int] = {}
             if entry.get("database"):
-                out = job.query(scratch, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"', MY_COUNT_SQL,
+                out = job.query(scratch, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"', script("my_count.sql"),
                                 entry["database"], what="Counting rows in the scratch restore")
                 got = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
         finally:

@@ -10,6 +10,7 @@ from ..host import BackupError, StreamFailed
 from ._auth import NEO4J_AUTH
 from .base import Engine, Job, Plan, Svc, compare_counts, fail_capture, file_entry, image_for, oneoff_name, wait_scratch
 
+
 class Neo4j(Engine):
     kind = "neo4j"
     downtime = True

@@ -8,52 +8,12 @@ from typing import Any, Callable
 from ..host import BackupError, StreamFailed
 from ._auth import PG_AUTH
 from .base import (EXT, Engine, Job, Plan, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
-                   oneoff_name, wait_scratch)
-
-PG_COUNT_SQL = ("SELECT 'count|' || format('%I.%I', n.nspname, c.relname) || '|' || "
-                "(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), "
-                "false, true, '')))[1]::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-                "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1;")
-
-# pg_dump in the snapshot of a transaction that also counts every table's rows (concurrently
-# with the dump): the counts match the dump exactly, for the restore test to compare.
-PG_DUMP_SCRIPT = PG_AUTH + r'''trap '' PIPE
-u=$1; d=$2; shift 2
-tmp=$(mktemp -d) || exit 1
-trap 'rm -rf "$tmp"' EXIT
-mkfifo "$tmp/in" || exit 1
-psql -X -q -At -F '|' -U "$u" -d "$d" < "$tmp/in" > "$tmp/out" 2> "$tmp/err" &
-pid=$!
-exec 3> "$tmp/in"
-printf '%s\n' "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;" "SELECT 'snapshot|' || pg_export_snapshot();" >&3
-i=0; snap=
-while [ "$i" -lt 1200 ]; do
-  snap=$(sed -n 's/^snapshot|//p' "$tmp/out")
-  [ -n "$snap" ] && break
-  [ -s "$tmp/err" ] && break
-  kill -0 "$pid" 2>/dev/null || break
-  i=$((i+1)); sleep 0.05
-done
-if [ -z "$snap" ]; then
-  exec 3>&-; wait "$pid"
-  echo "memstack-ops-note: no exported snapshot ($(head -c 300 "$tmp/err")); dumped without row counts" >&2
-  pg_dump -U "$u" -d "$d" "$@"; exit $?
-fi
-printf '%s\n' '\set ON_ERROR_ROLLBACK on' "__COUNT_SQL__" >&3
-pg_dump --snapshot="$snap" -U "$u" -d "$d" "$@"
-rc=$?
-printf '%s\n' "COMMIT;" >&3
-exec 3>&-
-wait "$pid"
-if [ -s "$tmp/err" ]; then echo "memstack-ops-note: counting rows failed: $(head -c 300 "$tmp/err")" >&2
-else sed -n 's/^count|/memstack-ops-count|/p' "$tmp/out" >&2; fi
-exit $rc
-'''.replace("__COUNT_SQL__", PG_COUNT_SQL)
+                   oneoff_name, script, wait_scratch)
 
 
 class Postgres(Engine):
     kind = "postgres"
+    scripts = {"pg_dump.sh": PG_AUTH}
 
     @staticmethod
     def who(svc: Svc) -> tuple[str, str]:
@@ -83,7 +43,7 @@ class Postgres(Engine):
         user, db = info["user"], info["database"]
         flags, comp = self.dump_flags(job, plan)
         name = f"{svc.name}.pgdump"
-        argv = job.exec_argv(svc, PG_DUMP_SCRIPT, user, db, *flags)
+        argv = job.exec_argv(svc, self.shell("pg_dump.sh"), user, db, script("pg_count.sql"), *flags)
         t0 = time.time()
         from concurrent.futures import ThreadPoolExecutor
 
@@ -110,9 +70,9 @@ class Postgres(Engine):
         gname = f"{svc.name}.globals.sql{EXT[job.compress]}"
         last = ""
         for extra in ("", " --no-role-passwords"):
-            script = PG_AUTH + 'exec pg_dumpall --globals-only -U "$1"' + extra
+            cmd = PG_AUTH + 'exec pg_dumpall --globals-only -U "$1"' + extra
             try:
-                g = job.host.capture(job.exec_argv(svc, script, user), f"{set_dir}/{gname}", host_c)
+                g = job.host.capture(job.exec_argv(svc, cmd, user), f"{set_dir}/{gname}", host_c)
             except StreamFailed as e:
                 last = job.scrub(e.stderr.strip())[-300:]
                 continue
@@ -154,7 +114,7 @@ class Postgres(Engine):
                 stdin=True))
             if r.failed:
                 raise BackupError(f"Scratch restore of {dump['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
-            out = job.query(scratch, PG_AUTH + 'psql -X -At -U "$1" -d "$2" -c "$3"', user, db, PG_COUNT_SQL,
+            out = job.query(scratch, PG_AUTH + 'psql -X -At -U "$1" -d "$2" -c "$3"', user, db, script("pg_count.sql"),
                             what="Counting rows in the scratch restore")
             got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
         finally:

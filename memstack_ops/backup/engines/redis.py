@@ -10,95 +10,15 @@ from ..host import BackupError, StreamFailed
 from ._auth import REDIS_AUTH
 from .base import EXT, Engine, Job, Plan, Svc, fail_capture, file_entry, image_for, oneoff_name, wrap_compress
 
-REDIS_SAVE_SCRIPT = REDIS_AUTH + r'''
-info() { r INFO persistence | tr -d '\r'; }
-field() { printf '%s\n' "$1" | sed -n "s/^$2://p"; }
-p=$(info); saves0=$(field "$p" rdb_saves); last0=$(r LASTSAVE)
-if [ -z "$saves0" ] && [ "$(r TIME | head -n 1)" -le "$last0" ]; then sleep 1; fi
-i=0
-while :; do
-  out=$(r BGSAVE SCHEDULE 2>&1)
-  case "$out" in *started*|*scheduled*) break;; *"in progress"*) ;; *) echo "BGSAVE failed: $out" >&2; exit 2;; esac
-  i=$((i+1)); [ "$i" -lt "$1" ] || { echo "BGSAVE: another save stayed in progress" >&2; exit 3; }; sleep 0.1
-done
-i=0
-while :; do
-  p=$(info)
-  if [ "$(field "$p" rdb_bgsave_in_progress)" = 0 ]; then
-    saves=$(field "$p" rdb_saves)
-    if [ -n "$saves0" ]; then [ "$saves" -gt "$saves0" ] && break
-    else [ "$(r LASTSAVE)" -gt "$last0" ] && break; fi
-  fi
-  i=$((i+1)); [ "$i" -lt "$1" ] || { echo "BGSAVE did not finish in time" >&2; exit 4; }; sleep 0.1
-done
-st=$(field "$p" rdb_last_bgsave_status)
-[ "$st" = ok ] || { echo "BGSAVE failed (rdb_last_bgsave_status:$st): see the server's log" >&2; exit 5; }
-echo saved
-'''
-
-REDIS_INFO_SCRIPT = REDIS_AUTH + r'''
-get() { r CONFIG GET "$1" 2>/dev/null | sed -n 2p; }
-echo "dir=$(get dir)"; echo "dbfilename=$(get dbfilename)"; echo "appendonly=$(get appendonly)"
-echo "appenddirname=$(get appenddirname)"
-r INFO | tr -d '\r' | grep -E '^(redis_version|used_memory_dataset|used_memory|db[0-9]+):'
-'''
-
-# In a one-off container on the service's volume, the service stopped: put the backup's RDB in
-# place of the current data. With appendonly on, Redis 7 would load only appendonlydir/ and
-# ignore dump.rdb, so a server on a unix socket loads the RDB and rewrites the AOF from it.
-REDIS_RESTORE_SCRIPT = r'''set -eu
-D=$1; DBF=$2; SRC=$3; AOF=$4; ADIR=$5
-owner=$(stat -c %u:%g "$D")
-work="$D/.memstack-restore"
-rm -rf "$work"; mkdir -p "$work/new" "$work/old"
-tar -C "$work/new" -xf -
-test -s "$work/new/$SRC" || { echo "the backup holds no $SRC" >&2; exit 3; }
-redis-check-rdb "$work/new/$SRC" >/dev/null || { echo "redis-check-rdb rejects the backup's RDB" >&2; exit 4; }
-rollback() {
-  rm -rf "$D/$DBF" "$D/$ADIR"
-  [ -e "$work/old/$DBF" ] && mv "$work/old/$DBF" "$D/$DBF"
-  [ -e "$work/old/$ADIR" ] && mv "$work/old/$ADIR" "$D/$ADIR"
-  chown -R "$owner" "$D"; rm -rf "$work"
-}
-trap 'rc=$?; [ "$rc" = 0 ] || { echo "restore failed: the previous data was put back" >&2; rollback; }' EXIT
-[ -e "$D/$DBF" ] && mv "$D/$DBF" "$work/old/"
-[ -e "$D/$ADIR" ] && mv "$D/$ADIR" "$work/old/"
-mv "$work/new/$SRC" "$D/$DBF"
-# appendonly on (or unknown, CONFIG being disabled, while an AOF directory was there): rebuild it
-if [ "$AOF" = yes ] || { [ "$AOF" != no ] && [ -e "$work/old/$ADIR" ]; }; then
-  redis-server --dir "$D" --dbfilename "$DBF" --appendonly no --appenddirname "$ADIR" --port 0 \
-    --unixsocket /tmp/memstack-restore.sock --save '' >/tmp/memstack-restore.log 2>&1 &
-  pid=$!
-  c() { redis-cli -s /tmp/memstack-restore.sock "$@"; }
-  i=0; until [ "$(c ping 2>/dev/null)" = PONG ]; do
-    i=$((i+1)); { [ $i -lt 3000 ] && kill -0 $pid 2>/dev/null; } || { cat /tmp/memstack-restore.log >&2; exit 5; }; sleep 0.1; done
-  keys=$(c dbsize)
-  c config set appendonly yes >/dev/null
-  i=0
-  while :; do
-    p=$(c info persistence | tr -d '\r')
-    case "$p" in *aof_rewrite_in_progress:0*) case "$p" in *aof_rewrite_scheduled:0*) case "$p" in *aof_rewrites:0*) ;; *) break;; esac;; esac;; esac
-    i=$((i+1)); [ $i -lt 6000 ] || { echo "the AOF rewrite did not finish" >&2; exit 6; }; sleep 0.1
-  done
-  case "$p" in *aof_last_bgrewrite_status:ok*) ;; *) echo "the AOF rewrite failed" >&2; exit 7;; esac
-  c shutdown nosave >/dev/null 2>&1 || true
-  wait "$pid" || true
-  echo "keys=$keys"
-fi
-chown -R "$owner" "$D"
-rm -rf "$work"
-trap - EXIT
-echo restored
-'''
-
 
 class Redis(Engine):
     kind = "redis"
+    scripts = {"redis_info.sh": REDIS_AUTH, "redis_save.sh": REDIS_AUTH, "redis_restore.sh": "", "redis_scratch.sh": ""}
     restore_stops = True
 
     def plan(self, job: Job, svc: Svc) -> Plan:
         self.require_running(svc)
-        out = job.query(svc, REDIS_INFO_SCRIPT, what="Reading the Redis configuration")
+        out = job.query(svc, self.shell("redis_info.sh"), what="Reading the Redis configuration")
         info: dict[str, Any] = {}
         keys = 0
         for ln in out.splitlines():
@@ -121,7 +41,7 @@ class Redis(Engine):
     def backup(self, job: Job, plan: Plan, set_dir: str) -> dict[str, Any]:
         svc, info = plan.svc, plan.info
         t0 = time.time()
-        job.query(svc, REDIS_SAVE_SCRIPT, str(int(job.timeout * 10)), what="BGSAVE", timeout=job.timeout + 60)
+        job.query(svc, self.shell("redis_save.sh"), str(int(job.timeout * 10)), what="BGSAVE", timeout=job.timeout + 60)
         members = [info["dbfilename"]]
         aof = info.get("appendonly") == "yes"
         if aof:
@@ -148,10 +68,10 @@ class Redis(Engine):
     def _rdb_keys(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> tuple[int, str]:
         f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
         image = image_for(job.host, entry, svc)
-        script = ('d=$(mktemp -d) && tar -C "$d" -xf - && redis-check-rdb "$d/$1"')
+        check = ('d=$(mktemp -d) && tar -C "$d" -xf - && redis-check-rdb "$d/$1"')
         r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "check"), image,
                                                                stdin=True, user="0", entrypoint="sh",
-                                                               args=("-c", script, "sh", entry.get("dbfilename", "dump.rdb"))),
+                                                               args=("-c", check, "sh", entry.get("dbfilename", "dump.rdb"))),
                           self.decompress_for(f), timeout=3600)
         m = re.search(r"(\d+) keys read", r.stdout)
         if r.failed or not m:
@@ -165,17 +85,10 @@ class Redis(Engine):
     def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> tuple[str, list[str]]:
         keys, image = self._rdb_keys(job, entry, set_dir, svc)
         f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
-        script = (r'''set -e; d=$(mktemp -d); tar -C "$d" -xf -; cd "$d"
-redis-server --dir "$d" --dbfilename "$1" --appendonly no --port 0 --unixsocket "$d/s" --save '' >"$d/log" 2>&1 &
-pid=$!
-set +e
-i=0; until [ "$(redis-cli -s "$d/s" ping 2>/dev/null)" = PONG ]; do
-  i=$((i+1)); { [ $i -lt 3000 ] && kill -0 $pid 2>/dev/null; } || { cat "$d/log" >&2; exit 5; }; sleep 0.1; done
-echo "dbsize=$(redis-cli -s "$d/s" info keyspace | tr -d '\r' | sed -n 's/^db[0-9]*:keys=\([0-9]*\).*/\1/p' | awk '{s+=$1} END {print s+0}')"
-redis-cli -s "$d/s" shutdown nosave >/dev/null 2>&1 || true''')
         r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "scratch"), image,
                                                                stdin=True, user="0", entrypoint="sh",
-                                                               args=("-c", script, "sh", entry.get("dbfilename", "dump.rdb"))),
+                                                               args=("-c", self.shell("redis_scratch.sh"), "sh",
+                                                                     entry.get("dbfilename", "dump.rdb"))),
                           self.decompress_for(f), timeout=3600)
         m = re.search(r"dbsize=(\d+)", r.stdout)
         if r.failed or not m:
@@ -198,7 +111,7 @@ redis-cli -s "$d/s" shutdown nosave >/dev/null 2>&1 || true''')
             try:
                 r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(
                     name, svc.image_id or svc.image, stdin=True, volumes_from=svc.container, user="0", entrypoint="sh",
-                    args=("-c", REDIS_RESTORE_SCRIPT, "sh", info["dir"], info["dbfilename"],
+                    args=("-c", self.shell("redis_restore.sh"), "sh", info["dir"], info["dbfilename"],
                           entry.get("dbfilename", "dump.rdb"), aof, info["appenddirname"])),
                     self.decompress_for(f), timeout=job.timeout * 4)
             finally:

@@ -10,6 +10,7 @@ from typing import Any
 from ..host import BackupError, StreamFailed, q
 from .base import EXT, Engine, Job, Svc, check_compressed, fail_capture, file_entry, oneoff_name
 
+
 @dataclass
 class Volume:
     key: str  # the compose key
@@ -34,6 +35,7 @@ def stack_volumes(model: dict[str, Any]) -> list[Volume]:
 
 class Volumes(Engine):
     kind = "volumes"
+    scripts = {"volume_restore.sh": ""}
 
     def backup_volume(self, job: Job, vol: Volume, set_dir: str) -> dict[str, Any]:
         if not vol.image:
@@ -85,13 +87,10 @@ class Volumes(Engine):
     def restore_volume(self, job: Job, entry: dict[str, Any], set_dir: str, vol: Volume) -> None:
         f = entry["files"][0]
         name = oneoff_name(job.project, vol.key.replace("_", "-"), "restore")
-        script = ('set -e; w=/v/.memstack-restore; rm -rf "$w"; mkdir "$w"; tar -C "$w" -xpf -; '
-                  'find /v -mindepth 1 -maxdepth 1 ! -name .memstack-restore -exec rm -rf {} +; '
-                  'find "$w" -mindepth 1 -maxdepth 1 -exec mv {} /v/ \\;; rmdir "$w"; echo restored')
         try:
             r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(
                 name, vol.image or entry["image"], stdin=True, volumes=(f"{vol.name}:/v",), user="0", entrypoint="sh",
-                args=("-c", script)), self.decompress_for(f), timeout=job.timeout * 20)
+                args=("-c", self.shell("volume_restore.sh"))), self.decompress_for(f), timeout=job.timeout * 20)
         finally:
             job.remove_container(name)
         if r.failed or "restored" not in r.stdout:

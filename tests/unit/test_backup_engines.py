@@ -1,0 +1,77 @@
+"""The backup engines without a Docker engine: the one interface every engine honours, the
+packaged scripts (loaded, linted, shipped in the wheel) and the pieces of shell the engines build."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from memstack_ops.backup import engines
+from memstack_ops.backup.engines import ENGINES
+from memstack_ops.backup.engines.base import packaged_scripts, script
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- packaged scripts
+
+def shellcheck(text: str, what: str) -> None:
+    """``shellcheck -s sh`` on a script's text; FAILS (never skips) when shellcheck is missing."""
+    exe = shutil.which("shellcheck")
+    if not exe:
+        pytest.fail("shellcheck is not installed: `apt-get install shellcheck` (harness/setup-engine.sh installs it).",
+                    pytrace=False)
+    r = subprocess.run([exe, "-s", "sh", "-"], input=text, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"shellcheck finds problems in {what}:\n{r.stdout}{r.stderr}"
+
+
+@pytest.mark.parametrize("name", [n for n in packaged_scripts() if n.endswith(".sh")])
+def test_every_packaged_script_passes_shellcheck(name):
+    shellcheck(script(name), name)
+
+
+@pytest.mark.parametrize("kind", sorted(ENGINES))
+def test_every_script_passes_shellcheck_after_the_prelude_it_runs_with(kind):
+    eng = ENGINES[kind]
+    for name in eng.scripts:
+        shellcheck(eng.shell(name), f"{kind}: {name} after its prelude")
+
+
+def test_the_auth_preludes_are_valid_sh():
+    """Each with a command that uses what it sets up, as the engines follow them."""
+    shellcheck(engines.PG_AUTH + 'psql "$@"\n', "PG_AUTH")
+    shellcheck(engines.MY_AUTH + '"$cli" --defaults-extra-file="$f" "$@" && "$dump" --version\n', "MY_AUTH")
+    shellcheck(engines.REDIS_AUTH + 'r "$@"\n', "REDIS_AUTH")
+    shellcheck(engines.NEO4J_AUTH + 'cypher-shell "$@"\n', "NEO4J_AUTH")
+
+
+def test_every_packaged_script_is_used_by_an_engine_and_every_used_one_is_packaged():
+    used = {n for e in ENGINES.values() for n in e.scripts}
+    shipped = set(packaged_scripts())
+    assert used <= shipped, f"engines name scripts that are not packaged: {sorted(used - shipped)}"
+    orphans = {n for n in shipped - used if n.endswith(".sh")}
+    assert not orphans, f"packaged scripts no engine runs: {sorted(orphans)}"
+
+
+def test_scripts_are_read_once_and_take_values_as_positional_parameters():
+    script.cache_clear()
+    a = script("pg_dump.sh")
+    assert script("pg_dump.sh") is a and script.cache_info().hits == 1
+    for name in packaged_scripts():
+        assert not re.search(r"__[A-Z_]+__|\{[a-z_]+\}", script(name)), f"{name} holds a template placeholder"
+    assert 'sql=$3' in a and '"$sql"' in a  # the row-count SQL travels as an argument
+    assert script("pg_count.sql").lstrip().startswith("SELECT 'count|'")
+
+
+def test_every_packaged_file_is_package_data_in_pyproject():
+    """An installed wheel must carry the scripts: each file matches a package-data glob."""
+    conf = tomllib.loads((REPO / "pyproject.toml").read_text())
+    globs = conf["tool"]["setuptools"]["package-data"]["memstack_ops.backup"]
+    for name in packaged_scripts():
+        assert any(fnmatch.fnmatch(f"scripts/{name}", g) for g in globs), f"{name} is not package data"
