@@ -75,3 +75,65 @@ def test_every_packaged_file_is_package_data_in_pyproject():
     globs = conf["tool"]["setuptools"]["package-data"]["memstack_ops.backup"]
     for name in packaged_scripts():
         assert any(fnmatch.fnmatch(f"scripts/{name}", g) for g in globs), f"{name} is not package data"
+
+
+# --------------------------------------------------------------------------- one interface
+
+INTERFACE = ("plan", "backup", "check", "restore_test", "restore")
+
+
+@pytest.mark.parametrize("kind", sorted(ENGINES))
+def test_every_engine_implements_the_one_interface(kind):
+    import inspect
+
+    from memstack_ops.backup.engines import Engine
+
+    eng = ENGINES[kind]
+    assert isinstance(eng, Engine) and eng.kind == kind
+    assert not getattr(type(eng), "__abstractmethods__", None)
+    base = {n: inspect.signature(getattr(Engine, n)) for n in INTERFACE}
+    for name in INTERFACE:
+        sig = inspect.signature(getattr(eng, name))
+        params = list(sig.parameters.values())
+        want = [p for p in base[name].parameters.values() if p.name != "self" and p.kind is p.POSITIONAL_ONLY]
+        assert len([p for p in params if p.kind is p.POSITIONAL_ONLY]) == len(want), f"{kind}.{name}{sig}"
+        if any(p.kind is p.VAR_KEYWORD for p in base[name].parameters.values()):
+            assert any(p.kind is p.VAR_KEYWORD for p in params), f"{kind}.{name} must take **opts"
+
+
+def test_an_engine_missing_a_method_cannot_be_made():
+    from memstack_ops.backup.engines import Engine
+
+    class Half(Engine):
+        kind = "half"
+
+        def plan(self, job, target, /, **opts):
+            raise NotImplementedError
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
+
+
+def test_every_target_names_its_engine():
+    from memstack_ops.backup.engines import Svc, Volume
+
+    model = {"services": {"db": {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]}},
+             "volumes": {"pg": {"name": "proj_pg"}}}
+    [vol] = engines.stack_volumes(model)
+    assert isinstance(vol, Volume) and ENGINES[vol.kind] is ENGINES["volumes"]
+    for kind in engines.DB_KINDS:
+        assert ENGINES[Svc("x", kind, {}).kind].kind == kind
+
+
+def test_a_plan_knows_its_target_and_refuses_the_other_kind():
+    from memstack_ops.backup.engines import Plan, Svc, Volume
+
+    svc, vol = Svc("db", "postgres", {}, image="postgres:16"), Volume("pg", "proj_pg", ["db"], "postgres:16")
+    p = Plan(ENGINES["postgres"], svc, 2_000_000)
+    assert p.svc is svc and p.label == "db" and p.engine.describe(p) == "db (postgres, postgres:16, about 2.0 MB)"
+    with pytest.raises(TypeError):
+        p.volume
+    v = Plan(ENGINES["volumes"], vol)
+    assert v.volume is vol and v.label == "pg" and v.engine.describe(v) == "volume pg (proj_pg)"
+    with pytest.raises(TypeError):
+        v.svc

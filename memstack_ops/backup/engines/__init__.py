@@ -4,13 +4,13 @@ interface (``base.Engine``), and the registry ``ENGINES`` that ``backup.core`` d
 from __future__ import annotations
 
 from ._auth import MY_AUTH, NEO4J_AUTH, PG_AUTH, REDIS_AUTH
-from .base import (COMPRESSIONS, DECOMPRESS, EXT, Engine, Job, Plan, Stopped, Svc, compare_counts, container_state,
+from .base import (COMPRESSIONS, DECOMPRESS, EXT, Engine, Job, Plan, Stopped, Svc, Volume, compare_counts, container_state,
                    file_entry, image_for, inspect_service, oneoff_name, wrap_compress)
 from .mysql import Mysql
 from .neo4j import Neo4j
 from .postgres import Postgres, parse_marked
 from .redis import Redis
-from .volumes import Volume, Volumes, stack_volumes
+from .volumes import Volumes, stack_volumes
 
 ENGINES: dict[str, Engine] = {e.kind: e for e in (Postgres(), Mysql(), Redis(), Neo4j(), Volumes())}
 DB_KINDS = ("postgres", "mysql", "redis", "neo4j")

@@ -8,13 +8,14 @@ Credentials come from the container's own environment (PGPASSWORD from POSTGRES_
 
 from __future__ import annotations
 
+import abc
 import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Collection, Literal, Protocol
 
 from ..host import BackupError, Captured, Host, StreamFailed
 
@@ -80,6 +81,17 @@ class Svc:
         return self.state == "running"
 
 
+@dataclass
+class Volume:
+    """A named volume of the stack: what the volumes engine backs up (``ENGINES[vol.kind]``)."""
+
+    kind: ClassVar[str] = "volumes"
+    key: str  # the compose key
+    name: str  # the engine's volume name
+    services: list[str]
+    image: str  # an image with tar and sh: one of its services'
+
+
 def inspect_service(t: Any, host: Host, model: dict[str, Any], name: str, ps: list[dict[str, Any]] | None = None) -> Svc:
     """The service and its container (``ps``: rows of ``compose ps`` already at hand)."""
     from ...kinds import kind_of
@@ -90,7 +102,7 @@ def inspect_service(t: Any, host: Host, model: dict[str, Any], name: str, ps: li
     rows.sort(key=lambda r: r.get("State") != "running")
     if not rows:
         return svc
-    r = host.run(["docker", "inspect", rows[0].get("Name") or rows[0].get("ID")])
+    r = host.run(["docker", "inspect", str(rows[0].get("Name") or rows[0].get("ID"))])
     if r.failed:
         return svc
     info = json.loads(r.stdout)[0]
@@ -281,7 +293,7 @@ class Stopped:
         self.stopped = self.job.stop(self.services)
         return self
 
-    def __exit__(self, et: Any, e: Any, tb: Any) -> bool:
+    def __exit__(self, et: Any, e: Any, tb: Any) -> Literal[False]:
         with deferred_interrupts():
             try:
                 self.job.start(self.stopped)
@@ -310,7 +322,7 @@ class deferred_interrupts:
             self.old = signal.signal(signal.SIGINT, handler)
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> Literal[False]:
         import signal
 
         if self.old is not None:
@@ -357,41 +369,91 @@ def fail_capture(job: Job, svc: Svc | None, e: StreamFailed, what: str) -> Backu
 
 @dataclass
 class Plan:
-    """What a backup of one service will do; built before anything is written."""
+    """What a backup of one target will do; built (read-only) before anything is written."""
 
     engine: "Engine"
-    svc: Svc
+    target: Svc | Volume  # what the engine backs up: the service of a database, or a named volume
     estimate: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    # services that must be down while this backup runs: core stops them around it (unless the
+    # caller already did, e.g. a restore that takes its safety backup in its own downtime)
+    stop: list[str] = field(default_factory=list)
+
+    @property
+    def svc(self) -> Svc:
+        """The service, for the engines of databases."""
+        if not isinstance(self.target, Svc):
+            raise TypeError(f"a {self.engine.kind} plan targets {self.target!r}, not a service")
+        return self.target
+
+    @property
+    def volume(self) -> Volume:
+        """The named volume, for the volumes engine."""
+        if not isinstance(self.target, Volume):
+            raise TypeError(f"a {self.engine.kind} plan targets {self.target!r}, not a volume")
+        return self.target
 
     @property
     def label(self) -> str:
-        return self.svc.name
+        return self.target.name if isinstance(self.target, Svc) else self.target.key
 
 
-class Engine:
-    kind = ""
-    downtime = False  # the service is stopped while it is backed up
-    restore_stops = False  # restore stops the service and starts it again (waiting for health) itself
+class Safety(Protocol):
+    """Takes the safety backup a restore makes before it replaces anything: ``plan``, the live
+    plan when the engine has one at hand; ``stopped``, services it has already stopped."""
+
+    def __call__(self, plan: Plan | None = None, stopped: Collection[str] = ()) -> Any: ...
+
+
+class Engine(abc.ABC):
+    """One kind of thing to back up. ``backup.core`` calls only these methods, the same way for
+    every kind; options that only some kinds know travel as keyword arguments (``**opts``) that
+    the others ignore."""
+
+    kind: ClassVar[str] = ""
+    # the target's own service is down while it is backed up (its plan's ``stop``); the entry
+    # records that downtime
+    downtime: ClassVar[bool] = False
+    restore_stops: ClassVar[bool] = False  # restore stops the service and starts it again (waiting for health) itself
+    restore_plans: ClassVar[bool] = False  # restore uses the live plan: core makes it while the checksums run
     # the packaged scripts this engine runs, each with the prelude that goes before it ("" for none)
-    scripts: dict[str, str] = {}
+    scripts: ClassVar[dict[str, str]] = {}
 
-    def plan(self, job: Job, svc: Svc) -> Plan:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def plan(self, job: Job, target: Any, /, **opts: Any) -> Plan:
+        """Look at the target (read-only): version, size, settings, what must be stopped."""
 
-    def backup(self, job: Job, plan: Plan, set_dir: str) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
+        """Write the target's files into ``set_dir`` (``plan.stop`` is down); return its manifest entry."""
 
-    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
+        """Format check of an entry's files (after their checksums); a one-line result."""
 
-    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> tuple[str, list[str]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
+        """Restore into a scratch container or volume and compare counts: (result, problems)."""
 
-    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Callable[[], Any] | None,
+    @abc.abstractmethod
+    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, target: Any, safety: Safety | None, /,
                 **opts: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """Replace the target's data with the entry's (after ``safety()``, when given); a summary."""
+
+    def describe(self, plan: Plan) -> str:
+        """The plan in one phrase, for the line that says what a backup will do."""
+        from ..sets import human_size
+
+        svc = plan.svc
+        return f"{svc.name} ({svc.kind}, {svc.image}, about {human_size(plan.estimate)})"
+
+    def service_of(self, job: Job, entry: dict[str, Any]) -> Svc | None:
+        """The live service an entry was made of, when the stack still has it (for check images)."""
+        name = entry.get("service")
+        if name not in (job.model.get("services") or {}):
+            return None
+        return job.inspect(str(name))
 
     # shared helpers
     def shell(self, name: str) -> str:

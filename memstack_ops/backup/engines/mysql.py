@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shlex
 import time
-from typing import Any, Callable
+from typing import Any
 
 from ..host import BackupError, StreamFailed, q
 from ._auth import MY_AUTH
-from .base import (EXT, Engine, Job, Plan, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
+from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
                    oneoff_name, script, wait_scratch, wrap_compress)
 
 
@@ -19,7 +19,7 @@ class Mysql(Engine):
     def database(svc: Svc) -> str:
         return svc.env.get("MYSQL_DATABASE") or svc.env.get("MARIADB_DATABASE") or ""
 
-    def plan(self, job: Job, svc: Svc) -> Plan:
+    def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
         db = self.database(svc)
         where = "WHERE table_schema = DATABASE()" if db else "WHERE table_schema NOT IN ('mysql', 'sys', 'performance_schema', 'information_schema')"
@@ -29,7 +29,7 @@ class Mysql(Engine):
         version, size = out.split("\t")
         return Plan(self, svc, int(float(size)), {"database": db, "version": version})
 
-    def backup(self, job: Job, plan: Plan, set_dir: str) -> dict[str, Any]:
+    def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, db = plan.svc, plan.info["database"]
         counts: dict[str, int] = {}
         if db:
@@ -37,9 +37,9 @@ class Mysql(Engine):
                             what="Counting rows")
             counts = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
         # --add-drop-database only for the app's database: never emit DROP DATABASE mysql
-        opts = ("--single-transaction --routines --triggers --events --hex-blob --no-tablespaces "
+        flags = ("--single-transaction --routines --triggers --events --hex-blob --no-tablespaces "
                 "--default-character-set=utf8mb4" + (" --add-drop-database" if db else ""))
-        cmd = f'"$dump" --defaults-extra-file="$f" {opts} ' + ('--databases "$1"' if db else "--all-databases")
+        cmd = f'"$dump" --defaults-extra-file="$f" {flags} ' + ('--databases "$1"' if db else "--all-databases")
         inside, host_c, comp = job.compression(svc)
         shell = MY_AUTH + (wrap_compress(cmd, inside) if inside else cmd)
         name = f"{svc.name}.sql{EXT[job.compress]}"
@@ -52,12 +52,12 @@ class Mysql(Engine):
         return {"service": svc.name, "kind": self.kind, "image": svc.image, "image_id": svc.image_id,
                 "db_version": plan.info["version"], "database": db,
                 "method": "mysqldump/mariadb-dump --single-transaction inside the service's container",
-                "command": f"docker exec {svc.container} mysqldump {opts} " + (f"--databases {db}" if db else "--all-databases"),
+                "command": f"docker exec {svc.container} mysqldump {flags} " + (f"--databases {db}" if db else "--all-databases"),
                 "counts": counts, "counts_snapshot": "separate",
                 "notes": [],
                 "files": [file_entry(name, cap, "dump", comp, svc.name)], "duration_s": round(time.time() - t0, 3)}
 
-    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> str:
+    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
         f = next(x for x in entry["files"] if x["role"] == "dump")
         path = f"{set_dir}/{f['name']}"
         check_compressed(job, path, f)
@@ -68,7 +68,7 @@ class Mysql(Engine):
             raise BackupError(f"{f['name']} does not end with mysqldump's '-- Dump completed' line: it is truncated.")
         return "SQL dump complete (trailer present)"
 
-    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> tuple[str, list[str]]:
+    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
         import secrets
 
         f = next(x for x in entry["files"] if x["role"] == "dump")
@@ -102,7 +102,7 @@ class Mysql(Engine):
                     "between explain small differences")
         return detail + ("" if problems else ", counts match"), problems
 
-    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Callable[[], Any] | None,
+    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Safety | None, /,
                 **opts: Any) -> dict[str, Any]:
         self.require_running(svc)
         if safety:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 from ..host import BackupError, StreamFailed
 from ._auth import PG_AUTH
-from .base import (EXT, Engine, Job, Plan, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
+from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
                    oneoff_name, script, wait_scratch)
 
 
 class Postgres(Engine):
     kind = "postgres"
+    restore_plans = True
     scripts = {"pg_dump.sh": PG_AUTH}
 
     @staticmethod
@@ -20,7 +21,7 @@ class Postgres(Engine):
         user = svc.env.get("POSTGRES_USER") or "postgres"
         return user, svc.env.get("POSTGRES_DB") or user
 
-    def plan(self, job: Job, svc: Svc) -> Plan:
+    def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
         user, db = self.who(svc)
         out = job.query(svc, PG_AUTH + 'psql -X -At -U "$1" -d "$2" -c "SELECT current_setting(\'server_version\'), '
@@ -38,7 +39,7 @@ class Postgres(Engine):
             return ["-Fc", "-Z", "zstd"], "zstd (pg_dump built-in)"
         return ["-Fc"], "gzip (pg_dump built-in)" + (" - zstd needs pg_dump 16+" if job.compress == "zstd" else "")
 
-    def backup(self, job: Job, plan: Plan, set_dir: str) -> dict[str, Any]:
+    def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, info = plan.svc, plan.info
         user, db = info["user"], info["database"]
         flags, comp = self.dump_flags(job, plan)
@@ -80,7 +81,7 @@ class Postgres(Engine):
                     ["roles dumped without passwords (the user is not a superuser)"] if extra else [])
         return None, [f"roles not dumped: pg_dumpall failed ({last})"]
 
-    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> str:
+    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
         dump = next(f for f in entry["files"] if f["role"] == "dump")
         image = image_for(job.host, entry, svc)
         r = job.host.feed(f"{set_dir}/{dump['name']}",
@@ -94,7 +95,7 @@ class Postgres(Engine):
                 check_compressed(job, f"{set_dir}/{f['name']}", f)
         return f"pg_restore -l: {tables} table(s) with data"
 
-    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> tuple[str, list[str]]:
+    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
         import secrets
 
         dump = next(f for f in entry["files"] if f["role"] == "dump")
@@ -126,7 +127,7 @@ class Postgres(Engine):
         return (f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s), counts match",
                 compare_counts(expected, got, "table"))
 
-    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Callable[[], Any] | None,
+    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Safety | None, /,
                 globals_: bool = False, **opts: Any) -> dict[str, Any]:
         self.require_running(svc)
         plan = opts.get("plan") or self.plan(job, svc)  # core.restore plans while the checksums run

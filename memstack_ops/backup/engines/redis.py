@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable
+from typing import Any
 
 from ..host import BackupError, StreamFailed
 from ._auth import REDIS_AUTH
-from .base import EXT, Engine, Job, Plan, Svc, fail_capture, file_entry, image_for, oneoff_name, wrap_compress
+from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, image_for, oneoff_name, wrap_compress
 
 
 class Redis(Engine):
     kind = "redis"
     scripts = {"redis_info.sh": REDIS_AUTH, "redis_save.sh": REDIS_AUTH, "redis_restore.sh": "", "redis_scratch.sh": ""}
     restore_stops = True
+    restore_plans = True
 
-    def plan(self, job: Job, svc: Svc) -> Plan:
+    def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
         out = job.query(svc, self.shell("redis_info.sh"), what="Reading the Redis configuration")
         info: dict[str, Any] = {}
@@ -38,7 +39,7 @@ class Redis(Engine):
         size = int(info.get("used_memory_dataset") or info.get("used_memory") or 0)
         return Plan(self, svc, size, info)
 
-    def backup(self, job: Job, plan: Plan, set_dir: str) -> dict[str, Any]:
+    def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, info = plan.svc, plan.info
         t0 = time.time()
         job.query(svc, self.shell("redis_save.sh"), str(int(job.timeout * 10)), what="BGSAVE", timeout=job.timeout + 60)
@@ -78,11 +79,11 @@ class Redis(Engine):
             raise BackupError(f"redis-check-rdb rejects the RDB in {f['name']}: {(r.stdout + r.stderr).strip()[-500:]}")
         return int(m.group(1)), image
 
-    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> str:
+    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
         keys, _ = self._rdb_keys(job, entry, set_dir, svc)
         return f"redis-check-rdb: RDB OK, {keys} key(s)"
 
-    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> tuple[str, list[str]]:
+    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
         keys, image = self._rdb_keys(job, entry, set_dir, svc)
         f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
         r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "scratch"), image,
@@ -97,7 +98,7 @@ class Redis(Engine):
         problems = [] if got == keys else [f"keys: the RDB holds {keys}, the scratch server loaded {got}"]
         return f"scratch redis-server in {entry.get('image')} loaded {got} key(s) (RDB holds {keys})", problems
 
-    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Callable[[], Any] | None,
+    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Safety | None, /,
                 **opts: Any) -> dict[str, Any]:
         self.require_running(svc)
         plan = opts.get("plan") or self.plan(job, svc)  # core.restore plans while the checksums run

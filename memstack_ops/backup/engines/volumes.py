@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from ..host import BackupError, StreamFailed, q
-from .base import EXT, Engine, Job, Svc, check_compressed, fail_capture, file_entry, oneoff_name
-
-
-@dataclass
-class Volume:
-    key: str  # the compose key
-    name: str  # the engine's volume name
-    services: list[str]
-    image: str  # an image with tar and sh: one of its services'
+from .base import EXT, Engine, Job, Plan, Safety, Svc, Volume, check_compressed, fail_capture, file_entry, oneoff_name
 
 
 def stack_volumes(model: dict[str, Any]) -> list[Volume]:
@@ -37,7 +28,29 @@ class Volumes(Engine):
     kind = "volumes"
     scripts = {"volume_restore.sh": ""}
 
-    def backup_volume(self, job: Job, vol: Volume, set_dir: str) -> dict[str, Any]:
+    def plan(self, job: Job, vol: Volume, /, *, stop: bool = False, **opts: Any) -> Plan:
+        """``stop``: the services that use the volume are down while it is read (consistency)."""
+        return Plan(self, vol, self.size(job, vol), {"volume_name": vol.name}, stop=sorted(vol.services) if stop else [])
+
+    @staticmethod
+    def size(job: Job, vol: Volume) -> int:
+        r = job.host.run(job.oneoff(f"{job.project}-du-{int(time.time() * 1000) % 10**8}", vol.image,
+                                    volumes=(f"{vol.name}:/v:ro",), user="0", entrypoint="du", args=("-sk", "/v")),
+                         timeout=600)
+        try:
+            return int(r.stdout.split()[0]) * 1024 if r.ok else 0
+        except (IndexError, ValueError):
+            return 0
+
+    def describe(self, plan: Plan) -> str:
+        vol = plan.volume
+        return f"volume {vol.key} ({vol.name})"
+
+    def service_of(self, job: Job, entry: dict[str, Any]) -> Svc | None:
+        return None  # a volume's entry is named after the volume, not a service
+
+    def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
+        vol = plan.volume
         if not vol.image:
             raise BackupError(f"No service of the stack uses volume {vol.key}: no image to read it with.")
         if job.host.run(["docker", "volume", "inspect", vol.name], timeout=60).failed:
@@ -59,7 +72,7 @@ class Volumes(Engine):
                 "command": shlex.join(argv), "counts": {}, "notes": [],
                 "files": [file_entry(fname, cap, "tar", comp, vol.key)], "duration_s": round(time.time() - t0, 3)}
 
-    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> str:
+    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
         f = entry["files"][0]
         path = f"{set_dir}/{f['name']}"
         check_compressed(job, path, f)
@@ -70,7 +83,7 @@ class Volumes(Engine):
             raise BackupError(f"{f['name']} is not a valid tar archive: {r.stderr.strip()[-300:]}")
         return f"tar: {r.stdout.strip()} entries"
 
-    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> tuple[str, list[str]]:
+    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
         f = entry["files"][0]
         vol = oneoff_name(job.project, entry["volume"].replace("_", "-"), "scratch")
         try:
@@ -84,7 +97,11 @@ class Volumes(Engine):
             raise BackupError(f"Extracting {f['name']} into a scratch volume failed: {r.stderr.strip()[-500:]}")
         return f"extracted into a scratch volume: {r.stdout.strip().splitlines()[-1]} file(s)", []
 
-    def restore_volume(self, job: Job, entry: dict[str, Any], set_dir: str, vol: Volume) -> None:
+    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, vol: Volume, safety: Safety | None, /,
+                **opts: Any) -> dict[str, Any]:
+        """The volume's users are down (core stops them for all the volumes of a restore at once)."""
+        if safety:
+            safety()
         f = entry["files"][0]
         name = oneoff_name(job.project, vol.key.replace("_", "-"), "restore")
         try:
@@ -95,3 +112,4 @@ class Volumes(Engine):
             job.remove_container(name)
         if r.failed or "restored" not in r.stdout:
             raise BackupError(f"Restoring volume {vol.key} failed: {r.stderr.strip()[-800:]}")
+        return {"volume": vol.key}
