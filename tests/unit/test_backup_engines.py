@@ -21,13 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 # --------------------------------------------------------------------------- packaged scripts
 
-def shellcheck(text: str, what: str) -> None:
+def shellcheck(text: str, what: str, *exclude: str) -> None:
     """``shellcheck -s sh`` on a script's text; FAILS (never skips) when shellcheck is missing."""
     exe = shutil.which("shellcheck")
     if not exe:
         pytest.fail("shellcheck is not installed: `apt-get install shellcheck` (harness/setup-engine.sh installs it).",
                     pytrace=False)
-    r = subprocess.run([exe, "-s", "sh", "-"], input=text, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([exe, "-s", "sh", *[f"--exclude={x}" for x in exclude], "-"], input=text, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, f"shellcheck finds problems in {what}:\n{r.stdout}{r.stderr}"
 
 
@@ -40,7 +40,8 @@ def test_every_packaged_script_passes_shellcheck(name):
 def test_every_script_passes_shellcheck_after_the_prelude_it_runs_with(kind):
     eng = ENGINES[kind]
     for name in eng.scripts:
-        shellcheck(eng.shell(name), f"{kind}: {name} after its prelude")
+        # SC2034: a prelude sets what some of the scripts after it use (MY_AUTH: the client and the dump tool)
+        shellcheck(eng.shell(name), f"{kind}: {name} after its prelude", "SC2034")
 
 
 def test_the_auth_preludes_are_valid_sh():
@@ -137,3 +138,60 @@ def test_a_plan_knows_its_target_and_refuses_the_other_kind():
     assert v.volume is vol and v.label == "pg" and v.engine.describe(v) == "volume pg (proj_pg)"
     with pytest.raises(TypeError):
         v.svc
+
+
+# --------------------------------------------------------------------------- restores never run client commands (#12)
+
+def _fake_tool(bindir: Path, name: str, body: str) -> None:
+    bindir.mkdir(exist_ok=True)
+    (bindir / name).write_text("#!/bin/sh\n" + body)
+    (bindir / name).chmod(0o755)
+
+
+@pytest.mark.parametrize("help_text,mode", [("  --sandbox  Disallow commands that access the file system", "--sandbox"),
+                                            ("  --binary-mode  ...", "--binary-mode")])
+def test_mysql_dumps_load_in_the_clients_safe_mode(tmp_path, help_text, mode):
+    """MariaDB's client gets --sandbox; one without it (MySQL's mysql) --binary-mode."""
+    bindir = tmp_path / "bin"
+    _fake_tool(bindir, "mariadb", f'[ "$1" = --help ] && {{ echo "{help_text}"; exit 0; }}\n'
+                                  f'echo "args: $*" > {tmp_path}/args; cat > {tmp_path}/stdin\n')
+    r = subprocess.run(["sh", "-c", ENGINES["mysql"].shell("mysql_load.sh"), "sh"], input="SELECT 1;\n", text=True,
+                       capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin", "MYSQL_ROOT_PASSWORD": "pw"})
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "args").read_text().split()
+    assert args[1].startswith("--defaults-extra-file=") and args[2] == mode
+    assert (tmp_path / "stdin").read_text() == "SELECT 1;\n"
+
+
+def test_the_client_refusing_a_command_is_explained():
+    from memstack_ops.backup.engines import Mysql
+
+    msg = Mysql.refused("db.sql.zst", "ERROR at line 71: Not allowed in the sandbox mode\n")
+    assert "line 71" in msg and "did not run" in msg
+    assert "(\\!)" in Mysql.refused("db.sql.zst", "ERROR at line 1: Unknown command '\\!'.\n")
+    assert Mysql.refused("db.sql.zst", "ERROR 1064 (42000) at line 1: You have an error in your SQL syntax") == ""
+
+
+def _globals(tmp_path, text):
+    bindir = tmp_path / "bin"
+    _fake_tool(bindir, "psql", f'echo "$*" > {tmp_path}/args; for a; do [ -f "$a" ] && cat "$a" > {tmp_path}/fed; done; :\n')
+    return subprocess.run(["sh", "-c", ENGINES["postgres"].shell("pg_globals.sh"), "sh", "app", "appdb"], input=text,
+                          text=True, capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin"})
+
+
+def test_a_roles_file_reaches_psql_without_postgresqls_own_restrict_pair(tmp_path):
+    text = ("--\n\\restrict QcG36cPUwiZMEwS4\n\nSET client_encoding = 'UTF8';\nCREATE ROLE app;\n"
+            "ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:abc=';\n\\unrestrict QcG36cPUwiZMEwS4\n")
+    r = _globals(tmp_path, text)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "fed").read_text() == text.replace("\\restrict QcG36cPUwiZMEwS4\n", "").replace(
+        "\\unrestrict QcG36cPUwiZMEwS4\n", "")
+    assert (tmp_path / "args").read_text().split()[:6] == ["-X", "-q", "-U", "app", "-d", "appdb"]
+
+
+@pytest.mark.parametrize("line", ["\\! touch /tmp/x", "SELECT 1; \\! touch /tmp/x", "\\restrict k; \\! id",
+                                  "\\o /tmp/out", "CREATE ROLE \"a\\b\";"])
+def test_a_roles_file_with_any_other_backslash_never_reaches_psql(tmp_path, line):
+    r = _globals(tmp_path, f"CREATE ROLE app;\n{line}\n")
+    assert r.returncode == 3 and "memstack-ops-refused: line 2 " in r.stderr
+    assert not (tmp_path / "args").exists()

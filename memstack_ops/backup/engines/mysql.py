@@ -14,6 +14,7 @@ from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compar
 
 class Mysql(Engine):
     kind = "mysql"
+    scripts = {"mysql_load.sh": MY_AUTH}
 
     @staticmethod
     def database(svc: Svc) -> str:
@@ -83,10 +84,11 @@ class Mysql(Engine):
                 raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
             ping = MY_AUTH + '"$cli" --defaults-extra-file="$f" -h127.0.0.1 -N -B -e "SELECT 1"'
             wait_scratch(job, name, lambda: job.host.run(job.exec_argv(scratch, ping), timeout=30).ok, 240)
-            r = job.host.feed(f"{set_dir}/{f['name']}", job.exec_argv(scratch, MY_AUTH + '"$cli" --defaults-extra-file="$f"',
-                                                                       stdin=True), self.decompress_for(f))
+            r = job.host.feed(f"{set_dir}/{f['name']}", job.exec_argv(scratch, self.shell("mysql_load.sh"), stdin=True),
+                              self.decompress_for(f))
             if r.failed:
-                raise BackupError(f"Scratch restore of {f['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
+                raise BackupError(self.refused(f["name"], r.stderr) or
+                                  f"Scratch restore of {f['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
             got: dict[str, int] = {}
             if entry.get("database"):
                 out = job.query(scratch, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"', script("my_count.sql"),
@@ -102,14 +104,30 @@ class Mysql(Engine):
                     "between explain small differences")
         return detail + ("" if problems else ", counts match"), problems
 
+    @staticmethod
+    def refused(name: str, stderr: str) -> str:
+        """The message when the client's safe mode stopped a client command in the dump, else ""."""
+        import re
+
+        m = re.search(r"ERROR at line (\d+): (?:Not allowed in the sandbox mode|Unknown command '(\\.)')", stderr)
+        if not m:
+            return ""
+        what = f" ({m.group(2)})" if m.group(2) else ""
+        return (f"{name} holds a client command{what} at line {m.group(1)}, not SQL (\\! would run a shell in the "
+                f"database's container): the client's safe mode refused it, so it did not run. Check where this dump "
+                f"came from.")
+
     def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Safety | None, /,
                 **opts: Any) -> dict[str, Any]:
         self.require_running(svc)
         if safety:
             safety()
         f = next(x for x in entry["files"] if x["role"] == "dump")
-        r = job.host.feed(f"{set_dir}/{f['name']}", job.exec_argv(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f"',
-                                                                   stdin=True), self.decompress_for(f))
+        r = job.host.feed(f"{set_dir}/{f['name']}", job.exec_argv(svc, self.shell("mysql_load.sh"), stdin=True),
+                          self.decompress_for(f))
+        if r.failed and self.refused(f["name"], r.stderr):
+            raise BackupError(f"{self.refused(f['name'], r.stderr)} The statements before it were applied (MySQL DDL is "
+                              f"not transactional): restore the safety backup if needed.")
         if r.failed:
             raise BackupError(f"Loading the dump into {svc.name} failed part-way (MySQL DDL is not transactional, so "
                               f"the database may be partly restored: restore the safety backup if needed):\n"
@@ -118,7 +136,8 @@ class Mysql(Engine):
         tables = 0
         if db:
             out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1"',
-                            f"SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '{db}'",
+                            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = "
+                            f"'{db.replace(chr(92), chr(92) * 2).replace(chr(39), chr(39) * 2)}'",  # a quoted literal
                             what="Summarising the restore")
             tables = int(out.strip() or 0)
         return {"tables": tables, "database": db}

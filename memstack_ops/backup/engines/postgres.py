@@ -14,7 +14,7 @@ from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compar
 class Postgres(Engine):
     kind = "postgres"
     restore_plans = True
-    scripts = {"pg_dump.sh": PG_AUTH}
+    scripts = {"pg_dump.sh": PG_AUTH, "pg_globals.sh": PG_AUTH}
 
     @staticmethod
     def who(svc: Svc) -> tuple[str, str]:
@@ -142,7 +142,13 @@ class Postgres(Engine):
             g = next((f for f in entry["files"] if f["role"] == "globals"), None)
             if g:
                 r = job.host.feed(f"{set_dir}/{g['name']}", job.exec_argv(
-                    svc, PG_AUTH + 'exec psql -X -q -U "$1" -d "$2"', user, db, stdin=True), self.decompress_for(g))
+                    svc, self.shell("pg_globals.sh"), user, db, stdin=True), self.decompress_for(g))
+                refused = [ln for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-refused: ")]
+                if refused:
+                    raise BackupError(f"{g['name']}: {refused[0].split(': ', 1)[1]}. pg_dumpall writes no such line, so "
+                                      f"the file was made or edited by something else: nothing was applied and the "
+                                      f"database was not restored. Restore without --roles, or check where the backup "
+                                      f"came from.")
                 if r.failed:
                     job.say(f"  roles: some statements failed (existing roles are kept): "
                             f"{job.scrub(r.stderr.strip())[-300:]}")
