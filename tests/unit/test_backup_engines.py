@@ -4,16 +4,18 @@ packaged scripts (loaded, linted, shipped in the wheel) and the pieces of shell 
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import re
 import shutil
 import subprocess
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from memstack_ops.backup import engines
-from memstack_ops.backup.engines import ENGINES
+from memstack_ops.backup.engines import ENGINES, Plan, Postgres, Svc, compare_counts, parse_marked, wrap_compress
 from memstack_ops.backup.engines.base import packaged_scripts, script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,3 +197,54 @@ def test_a_roles_file_with_any_other_backslash_never_reaches_psql(tmp_path, line
     r = _globals(tmp_path, f"CREATE ROLE app;\n{line}\n")
     assert r.returncode == 3 and "memstack-ops-refused: line 2 " in r.stderr
     assert not (tmp_path / "args").exists()
+
+
+# --------------------------------------------------------------------------- shell the engines build
+
+def test_wrap_compress_keeps_the_producer_exit_code():
+    ok = subprocess.run(["sh", "-c", wrap_compress("printf hello", "gzip -c")], capture_output=True)
+    assert ok.returncode == 0 and gzip.decompress(ok.stdout) == b"hello"
+    bad = subprocess.run(["sh", "-c", wrap_compress("printf x; exit 3", "gzip -c")], capture_output=True)
+    assert bad.returncode == 3
+
+
+def test_counts_and_notes_travel_on_stderr():
+    counts, notes = parse_marked("pg_dump: warning\nmemstack-ops-count|public.t|12\nmemstack-ops-count|s.\"u|v\"|0\n"
+                                 "memstack-ops-note: counting rows failed: x\n")
+    assert counts == {"public.t": 12, 's."u|v"': 0} and notes == ["counting rows failed: x"]
+    assert compare_counts({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 0}, "table") == [
+        "table b: backup had 2, scratch restore has 3", "table c: backup had none, scratch restore has 0"]
+
+
+@pytest.mark.parametrize("num,compress,flags", [(150018, "zstd", ["-Fc"]), (160002, "zstd", ["-Fc", "-Z", "zstd"]),
+                                                (150018, "none", ["-Fc", "-Z0"]), (170000, "gzip", ["-Fc"])])
+def test_pg_dump_uses_its_own_compression(num, compress, flags):
+    job = SimpleNamespace(compress=compress)
+    plan = Plan(Postgres(), Svc("postgres", "postgres", {}), info={"version_num": num})
+    assert Postgres().dump_flags(job, plan)[0] == flags
+
+
+
+# --------------------------------------------------------------------------- the job
+
+def test_after_a_restore_the_engines_running_and_healthy_is_taken_in_one_inspect(monkeypatch):
+    from invoke import Result
+
+    from memstack_ops.backup.engines import Job
+
+    answers = {"db": "running/healthy", "cache": "running/starting", "app": "running/"}
+    calls = []
+
+    class Host:
+        def run(self, argv, **kw):
+            calls.append(argv)
+            return Result("\n".join(answers[a.split("-")[1]] for a in argv[4:]) + "\n")
+
+    job = Job(t=None, host=Host(), model={"services": {}}, say=lambda m: None)
+    monkeypatch.setattr(Job, "inspect", lambda self, n: SimpleNamespace(container=f"p-{n}-1"))
+    job.wait_healthy(["db"])  # t=None: reaching the Watch would fail
+    assert calls == [["docker", "inspect", "--format",
+                      "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", "p-db-1"]]
+    assert job.engine_says_healthy(["db"]) is True
+    assert job.engine_says_healthy(["db", "cache"]) is False  # still starting: the Watch decides
+    assert job.engine_says_healthy(["app"]) is False  # no healthcheck: the Watch runs probes
