@@ -205,10 +205,8 @@ def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[st
             for p in window:
                 if p.note and not stopped:
                     job.say(f"  note: {p.note}")
-            made = []
             with job.stopped(sorted({s for p in window for s in p.stop} - set(stopped))) as down:
-                for p in window:
-                    made.append(p.engine.backup(job, p, part))
+                made = [p.engine.backup(job, p, part) for p in window]
             for p, e in zip(window, made):
                 if p.engine.downtime:
                     e["downtime_s"] = down.seconds

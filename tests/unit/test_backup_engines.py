@@ -16,7 +16,7 @@ import pytest
 
 from memstack_ops.backup import engines
 from memstack_ops.backup.engines import ENGINES, Plan, Postgres, Svc, compare_counts, parse_marked, wrap_compress
-from memstack_ops.backup.engines.base import packaged_scripts, script
+from memstack_ops.backup.engines import packaged_scripts, script
 
 REPO = Path(__file__).resolve().parents[2]
 

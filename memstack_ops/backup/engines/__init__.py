@@ -4,8 +4,9 @@ interface (``base.Engine``), and the registry ``ENGINES`` that ``backup.core`` d
 from __future__ import annotations
 
 from ._auth import MY_AUTH, NEO4J_AUTH, PG_AUTH, REDIS_AUTH
-from .base import (COMPRESSIONS, DECOMPRESS, EXT, Engine, Job, Plan, Stopped, Svc, Volume, compare_counts, container_state,
-                   file_entry, image_for, inspect_service, oneoff_name, wrap_compress)
+from .base import (COMPRESSIONS, DECOMPRESS, EXT, Engine, Job, Plan, Safety, Stopped, Svc, Volume, compare_counts,
+                   container_state, file_entry, image_for, inspect_service, oneoff_name, packaged_scripts, script,
+                   wrap_compress)
 from .mysql import Mysql
 from .neo4j import Neo4j
 from .postgres import Postgres, parse_marked
@@ -16,6 +17,6 @@ ENGINES: dict[str, Engine] = {e.kind: e for e in (Postgres(), Mysql(), Redis(), 
 DB_KINDS = ("postgres", "mysql", "redis", "neo4j")
 
 __all__ = ["COMPRESSIONS", "DB_KINDS", "DECOMPRESS", "ENGINES", "EXT", "Engine", "Job", "MY_AUTH", "Mysql", "NEO4J_AUTH",
-           "Neo4j", "PG_AUTH", "Plan", "Postgres", "REDIS_AUTH", "Redis", "Stopped", "Svc", "Volume", "Volumes",
-           "compare_counts", "container_state", "file_entry", "image_for", "inspect_service", "oneoff_name",
-           "parse_marked", "stack_volumes", "wrap_compress"]
+           "Neo4j", "PG_AUTH", "Plan", "Postgres", "REDIS_AUTH", "Redis", "Safety", "Stopped", "Svc", "Volume",
+           "Volumes", "compare_counts", "container_state", "file_entry", "image_for", "inspect_service", "oneoff_name",
+           "packaged_scripts", "parse_marked", "script", "stack_volumes", "wrap_compress"]
