@@ -12,10 +12,11 @@ if ! command -v dockerd >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker.io iproute2 >/dev/null
 fi
-if ! command -v debootstrap >/dev/null 2>&1 || ! command -v zstd >/dev/null 2>&1 || ! command -v ss >/dev/null 2>&1; then
-  log "installing debootstrap, zstd, iproute2"
+if ! command -v debootstrap >/dev/null 2>&1 || ! command -v zstd >/dev/null 2>&1 || ! command -v ss >/dev/null 2>&1 \
+   || ! command -v shellcheck >/dev/null 2>&1; then
+  log "installing debootstrap, zstd, iproute2, shellcheck"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq debootstrap zstd iproute2 >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq debootstrap zstd iproute2 shellcheck >/dev/null
 fi
 
 if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then

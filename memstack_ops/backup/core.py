@@ -11,8 +11,7 @@ from pathlib import PurePosixPath
 from typing import Any, Iterable
 
 from ..kinds import DB_KINDS
-from .engines import (COMPRESSIONS, ENGINES, Job, Plan, Svc, Volume, Volumes, inspect_service,
-                      stack_volumes)
+from .engines import COMPRESSIONS, ENGINES, Job, Plan, Volume, stack_volumes
 from .host import BackupError, Host, host_for
 from .lock import exclusive
 from .sets import (MANIFEST, VERIFY, BackupSet, human_size, iso, list_sets, load_set, manifest_json, new_id,
@@ -159,29 +158,20 @@ def select_volumes(model: dict[str, Any], keys: Iterable[str], exclude_db: bool 
     return vols
 
 
-def volume_size(job: Job, vol: Volume) -> int:
-    r = job.host.run(job.oneoff(f"{job.project}-du-{int(time.time() * 1000) % 10**8}", vol.image,
-                                volumes=(f"{vol.name}:/v:ro",), user="0", entrypoint="du", args=("-sk", "/v")),
-                     timeout=600)
-    try:
-        return int(r.stdout.split()[0]) * 1024 if r.ok else 0
-    except (IndexError, ValueError):
-        return 0
-
-
 # --------------------------------------------------------------------------- backup
 
 @exclusive("backup.{kind}")
 def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[str] = (), compress: str = "zstd",
            dry_run: bool = False, space_check: bool = True, stop: bool = False, exclude: Iterable[str] = (),
            reason: str = "manual", host: Host | None = None, job: Job | None = None,
-           plans: list[Plan] | None = None, stopped_already: bool = False) -> BackupSet | None:
-    """Make one backup set of ``kind`` (postgres, mysql, redis, neo4j, volumes or all)."""
+           plans: list[Plan] | None = None, stopped: Iterable[str] = ()) -> BackupSet | None:
+    """Make one backup set of ``kind`` (postgres, mysql, redis, neo4j, volumes or all).
+    ``stopped``: services the caller has already stopped (a restore's safety backup)."""
     job = job or make_job(t, host, compress)
     host = job.host
     model = job.model
     exclude = set(exclude)
-    vols: list[Volume] = []
+    stopped = list(stopped)
     if plans is None:
         plans = []
         if kind in DB_KINDS:
@@ -190,9 +180,8 @@ def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[st
             names = [n for n, _ in db_services(model) if n not in exclude]
         else:
             names = []
-        for name in names:
-            svc = job.inspect(name)
-            plans.append(ENGINES[svc.kind].plan(job, svc))
+        targets: list[Any] = [job.inspect(name) for name in names]
+        vols: list[Volume] = []
         if kind == "volumes":
             vols = select_volumes(model, volumes)
         elif kind == "all":
@@ -201,12 +190,12 @@ def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[st
             if missing:
                 job.say(f"  skipping volume(s) not created yet: {', '.join(v.key for v in missing)}")
                 vols = [v for v in vols if v not in missing]
-    if not plans and not vols:
+        plans = [ENGINES[x.kind].plan(job, x, stop=stop) for x in targets + vols]
+    if not plans:
         raise BackupError(f"Nothing to back up in stack {t.stack.name}.")
-    estimate = sum(p.estimate for p in plans) + sum(volume_size(job, v) for v in vols)
+    estimate = sum(p.estimate for p in plans)
     root = backups_root(t)
-    what = [f"{p.svc.name} ({p.svc.kind}, {p.svc.image}, about {human_size(p.estimate)})" for p in plans]
-    what += [f"volume {v.key} ({v.name})" for v in vols]
+    what = [p.engine.describe(p) for p in plans]
     if dry_run:
         job.say(f"Would back up into {root}/<UTC time>-{kind}/: " + "; ".join(what) + ".")
         for p in plans:
@@ -235,18 +224,16 @@ def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[st
     job.say(f"Backing up {', '.join(what)} into {root}/{set_id}")
     entries: list[dict[str, Any]] = []
     try:
-        for p in plans:
-            if p.note and not stopped_already:
-                job.say(f"  note: {p.note}")
-            if p.svc.kind == "neo4j":
-                entries.append(ENGINES["neo4j"].backup(job, p, part, stopped_already=stopped_already))  # type: ignore[call-arg]
-            else:
-                entries.append(p.engine.backup(job, p, part))
-        if vols:
-            users = sorted({s for v in vols for s in v.services}) if stop else []
-            with job.stopped(users):
-                for v in vols:
-                    entries.append(Volumes().backup_volume(job, v, part))
+        for window in stop_windows(plans):
+            for p in window:
+                if p.note and not stopped:
+                    job.say(f"  note: {p.note}")
+            with job.stopped(sorted({s for p in window for s in p.stop} - set(stopped))) as down:
+                made = [p.engine.backup(job, p, part) for p in window]
+            for p, e in zip(window, made):
+                if p.engine.downtime:
+                    e["downtime_s"] = down.seconds
+            entries += made
         from .. import __version__
 
         manifest = {
@@ -265,6 +252,22 @@ def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[st
     s = load_set(host, root, set_id)
     assert s is not None
     return s
+
+
+def stop_windows(plans: list[Plan]) -> list[list[Plan]]:
+    """Consecutive plans that need the same kind of stop share one window of downtime: the
+    services of every volume (``--stop``) go down once for all of them, while an engine whose own
+    service is down (``downtime``, Neo4j) gets a window per service, so none is down for another's
+    dump. Plans that stop nothing share the empty window."""
+    windows: list[list[Plan]] = []
+    key: Any = object()
+    for p in plans:
+        k = tuple(p.stop) if p.engine.downtime else bool(p.stop)
+        if not windows or k != key:
+            windows.append([])
+            key = k
+        windows[-1].append(p)
+    return windows
 
 
 # --------------------------------------------------------------------------- verify
@@ -389,7 +392,7 @@ def verify(t: Any, set_id: str | None = None, restore_test: bool = False, host: 
     try:
         for e in s.entries:
             eng = ENGINES[e["kind"]]
-            svc = _maybe_service(t, host, job.model, e)
+            svc = eng.service_of(job, e)
             rows.append([str(e["service"]), "format", eng.check(job, e, s.path, svc)])
             if restore_test:
                 level = "restore-test"
@@ -409,13 +412,6 @@ def verify(t: Any, set_id: str | None = None, restore_test: bool = False, host: 
         raise BackupError(f"Backup {s.id} failed the restore test: {'; '.join(problems)}.")
     record_verify(host, s, True, level, [" | ".join(r) for r in rows] + details)
     return rows
-
-
-def _maybe_service(t: Any, host: Host, model: dict[str, Any], entry: dict[str, Any]) -> Svc | None:
-    name = entry.get("service")
-    if entry.get("kind") == "volumes" or name not in (model.get("services") or {}):
-        return None
-    return inspect_service(t, host, model, str(name))
 
 
 # --------------------------------------------------------------------------- restore
@@ -472,7 +468,7 @@ def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = 
         select_services(model, kind, [target], t.stack.name)
         svc = job.inspect(target)
         eng = ENGINES[kind]
-        if svc.running and kind in ("postgres", "redis", "neo4j"):  # read-only: version, size, settings
+        if svc.running and eng.restore_plans:  # read-only: version, size, settings
             opts["plan"] = eng.plan(job, svc)
         problems = hashing.result() if hashing else []
     if problems:
@@ -492,10 +488,10 @@ def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = 
             f"{s.id}" + ("" if safety else ", WITHOUT a safety backup") + ".", t.stack.name, yes=yes)
     safety_ids: list[str] = []
 
-    def take_safety(plan: Plan | None = None, stopped_already: bool = False) -> None:
+    def take_safety(plan: Plan | None = None, stopped: Iterable[str] = ()) -> None:
         job.say(f"Safety backup of {target} first (skip with --no-safety-backup):")
         made = backup(t, kind, [target], job=job, reason=f"safety before restoring {s.id}", space_check=space_check,
-                      plans=[plan] if plan else None, stopped_already=stopped_already)
+                      plans=[plan] if plan else None, stopped=stopped)
         assert made is not None
         safety_ids.append(made.id)
         job.say(f"  safety backup: {made.id}")
@@ -553,7 +549,7 @@ def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: b
     t0 = time.monotonic()
     with job.stopped(users) as down:
         for e in entries:
-            Volumes().restore_volume(job, e, s.path, vols[e["volume"]])
+            ENGINES[e["kind"]].restore(job, e, s.path, vols[e["volume"]], None)
     return {"backup": s.id, "volumes": names, "safety_backup": safety_id, "downtime_s": down.seconds,
             "seconds": round(time.monotonic() - t0, 1)}
 

@@ -554,6 +554,91 @@ def test_the_standin_refuses_a_dump_while_its_server_runs(project, docker_client
     assert code == 1 and b"The database is in use" in out[1]
 
 
+# --------------------------------------------------------------------------- a dump that carries client commands
+
+def forge(set_dir, name, edit):
+    """A copy of a real set (a newer id) whose file ``name`` is ``edit``ed (decompressed bytes in,
+    bytes out) and whose manifest carries the new sizes and sha256s, so every checksum passes."""
+    import shutil
+    from datetime import timedelta
+
+    from memstack_ops.backup.host import PIECE
+    from memstack_ops.backup.sets import new_id, parse_id
+
+    when, _, kind = parse_id(set_dir.name)
+    dest = set_dir.parent / new_id(kind, [], when + timedelta(minutes=1))
+    shutil.copytree(set_dir, dest)
+    m = manifest(dest)
+    f = next(x for x in m["files"] if x["name"] == name)
+    algo = f["compression"].split()[0]
+    raw = (dest / name).read_bytes()
+    if algo != "none":
+        raw = subprocess.run([algo, "-dc"], input=raw, capture_output=True, check=True).stdout
+    data = edit(raw)
+    if algo != "none":
+        data = subprocess.run([algo, "-c"], input=data, capture_output=True, check=True).stdout
+    (dest / name).write_bytes(data)
+    new = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+           "pieces": {"size": PIECE, "sha256": [hashlib.sha256(data[i:i + PIECE]).hexdigest()
+                                                for i in range(0, len(data), PIECE)]}}
+    for entry_file in [*m["files"], *(ef for e in m["entries"] for ef in e["files"])]:
+        if entry_file["name"] == name:
+            entry_file.update({k: v for k, v in new.items() if k != "pieces" or "pieces" in entry_file})
+    m["id"] = dest.name
+    (dest / "manifest.json").write_text(json.dumps(m, indent=2))
+    return dest
+
+
+def test_a_mariadb_dump_with_a_shell_command_is_refused_and_the_command_never_runs(project, docker_client):
+    """#12: a dump line `\\! touch ...` ran as root in the database's container on restore."""
+    project.overlay("mysql", MYSQL_OVERLAY)
+    project.overlays = ("local", "mysql")
+    ov = {"MEMSTACK_OVERLAYS": "local,mysql"}
+    ok(project.run("up", "--service", "mysql", "--skip-checks", **ov))
+    project.exec("mysql", "sh", "-c", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot app -e "$1"', "sh",
+                 "CREATE TABLE t (x INT); INSERT INTO t VALUES (1), (2)")
+    ok(project.run("backup.mysql", **ov))
+    [s] = sets(project)
+    marker = f"/tmp/memstack-ops-pwned-{os.getpid()}"
+
+    def plant(sql):
+        # mariadb-dump 10.11.8+ starts with a line that turns the client's sandbox on; a forged dump
+        # leaves it out (as the review's did), so only the restore's own safe mode stands in the way
+        first, _, sql = sql.partition(b"\n")
+        assert b"sandbox" in first
+        head, sep, tail = sql.partition(b"\n-- Dump completed")
+        assert sep, "the dump has mysqldump's trailer"
+        return head + f"\nSELECT 1;\n\\! touch {marker}\nSELECT 2; \\! touch {marker}-2\n".encode() + sep + tail
+
+    bad = forge(s, "mysql.sql.zst", plant)
+    ok(project.run("backup.verify", "--backup", bad.name, **ov))  # checksums and the trailer pass: only the load knows
+    r = project.run("restore.mysql", "--yes", "--no-safety-backup", "--backup", bad.name, **ov)
+    assert r.returncode != 0 and "client command" in r.stderr and "did not run" in r.stderr, r.stderr
+    assert project.exec("mysql", "sh", "-c", f"ls {marker}* 2>/dev/null || echo none").strip() == "none"
+    # the real set still restores (mariadb-dump's own first line asks for the sandbox, which it gets)
+    ok(project.run("restore.mysql", "--yes", "--no-safety-backup", "--backup", s.name, **ov))
+
+
+def test_a_roles_file_with_a_psql_meta_command_is_refused_before_anything_is_applied(project, docker_client):
+    """#12: pg_restore reads -Fc dumps (no meta-commands), but --roles fed globals.sql to psql."""
+    up(project, "postgres")
+    psql(project, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 5)")
+    ok(project.run("backup.postgres"))
+    [s] = sets(project)
+    globals_ = next(f["name"] for f in manifest(s)["files"] if f["role"] == "globals")
+    assert b"\\restrict " in subprocess.run(["zstd", "-dc", str(s / globals_)], capture_output=True).stdout
+    marker = f"/tmp/memstack-ops-pwned-{os.getpid()}"
+    bad = forge(s, globals_, lambda sql: sql + f"SELECT 1; \\! touch {marker}\n".encode())
+    psql(project, "DELETE FROM t WHERE x > 2")
+    r = project.run("restore.postgres", "--yes", "--roles", "--no-safety-backup", "--backup", bad.name)
+    assert r.returncode != 0 and "holds a backslash" in r.stderr and "nothing was applied" in r.stderr, r.stderr
+    assert project.exec("postgres", "sh", "-c", f"ls {marker} 2>/dev/null || echo none").strip() == "none"
+    assert psql(project, "SELECT count(*) FROM t") == "2"  # refused before pg_restore
+    # the real roles file (with PostgreSQL's own \\restrict pair) is applied, then the dump
+    ok(project.run("restore.postgres", "--yes", "--roles", "--no-safety-backup", "--backup", s.name))
+    assert psql(project, "SELECT count(*) FROM t") == "5"
+
+
 # --------------------------------------------------------------------------- on a remote host (-H)
 
 REMOTE_HOLDER = """

@@ -4,6 +4,7 @@ for them. Nothing here talks to a Docker engine."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from concurrent.futures import Future
@@ -124,3 +125,21 @@ def parse_cli(argv: list[str]) -> Any:
         for name, help_ in saved.items():
             ns[name].help.clear()
             ns[name].help.update(help_)
+
+
+def backup_set(root: Path, name: str, verified: bool | None = None, files: dict[str, bytes] | None = None) -> Path:
+    """A finished backup set folder: its files and a manifest listing them with sizes and sha256."""
+    from memstack_ops.backup.sets import parse_id
+
+    d = root / name
+    d.mkdir(parents=True)
+    files = files if files is not None else {"a.dump": b"data of " + name.encode()}
+    for fn, data in files.items():
+        (d / fn).write_bytes(data)
+    listed = [{"name": fn, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for fn, data in files.items()]
+    m = {"id": name, "kind": parse_id(name)[2], "stack": "memstack", "project": "p",
+         "entries": [{"service": "db", "kind": "postgres", "files": listed}] if listed else [], "files": listed}
+    (d / "manifest.json").write_text(json.dumps(m))
+    if verified is not None:
+        (d / "verify.json").write_text(json.dumps({"ok": verified, "level": "format", "time": "2026-01-01T00:00:00Z"}))
+    return d

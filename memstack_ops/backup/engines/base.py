@@ -1,0 +1,516 @@
+"""What every engine shares: the job, the services it acts on, the plan, the interface, helpers.
+
+Every dump tool runs inside the database's own container (``docker exec``, no TTY) or, for
+Neo4j community and volumes, in a one-off container of the same image on the same volume.
+Credentials come from the container's own environment (PGPASSWORD from POSTGRES_PASSWORD, a
+0600 defaults-extra-file for MySQL written inside the container, REDISCLI_AUTH), never argv.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, Callable, ClassVar, Collection, Literal, Protocol
+
+from ..host import BackupError, Captured, Host, StreamFailed
+
+IN_CONTAINER = {"zstd": "zstd -q -c -3 -T0", "gzip": "gzip -c -6"}
+HOST_COMPRESS = {"zstd": ["zstd", "-q", "-c", "-3", "-T0"], "gzip": ["gzip", "-c", "-6"]}
+DECOMPRESS = {"zstd": ["zstd", "-q", "-dc"], "gzip": ["gzip", "-dc"]}
+EXT = {"zstd": ".zst", "gzip": ".gz", "none": ""}
+COMPRESSIONS = ("zstd", "gzip", "none")
+
+
+SCRIPTS = "scripts"  # beside this package: memstack_ops/backup/scripts (package data, see pyproject.toml)
+
+
+@cache
+def script(name: str) -> str:
+    """A shell script (or SQL) shipped in ``memstack_ops/backup/scripts``, read once per process.
+
+    The scripts take their values as positional parameters ("$1" ...), never by text templating;
+    the ones that need credentials run after an auth prelude (``memstack_ops.kinds.<kind>.AUTH``) prepended by the engine."""
+    return (resources.files(__package__.rsplit(".", 1)[0]) / SCRIPTS / name).read_text(encoding="utf-8")
+
+
+def packaged_scripts() -> list[str]:
+    """The names of every file in the scripts folder (for the lint and packaging tests)."""
+    return sorted(p.name for p in (resources.files(__package__.rsplit(".", 1)[0]) / SCRIPTS).iterdir() if p.is_file())
+
+
+def wrap_compress(cmd: str, tool: str) -> str:
+    """``cmd | tool`` inside a POSIX sh without pipefail: the exit code of ``cmd`` survives."""
+    return (f'rcf=$(mktemp) || exit 1; {{ ( {cmd} ); echo $? > "$rcf"; }} | {tool}; c=$?; '
+            f'rc=$(cat "$rcf"); rm -f "$rcf"; [ "${{rc:-1}}" = 0 ] || exit "${{rc:-1}}"; exit $c')
+
+
+def oneoff_name(project: str, service: str, what: str) -> str:
+    return f"{project}-{service}-{what}-{uuid.uuid4().hex[:6]}"
+
+
+# --------------------------------------------------------------------------- services
+
+@dataclass
+class Svc:
+    """A compose service and its container as the engine sees it."""
+
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    container: str = ""
+    state: str = ""
+    image: str = ""
+    image_id: str = ""
+    started_at: str = ""
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        e = self.spec.get("environment") or {}
+        if isinstance(e, list):
+            e = dict(str(x).split("=", 1) for x in e if "=" in str(x))
+        return {k: "" if v is None else str(v) for k, v in e.items()}
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+@dataclass
+class Volume:
+    """A named volume of the stack: what the volumes engine backs up (``ENGINES[vol.kind]``)."""
+
+    kind: ClassVar[str] = "volumes"
+    key: str  # the compose key
+    name: str  # the engine's volume name
+    services: list[str]
+    image: str  # an image with tar and sh: one of its services'
+
+
+def inspect_service(t: Any, host: Host, model: dict[str, Any], name: str, ps: list[dict[str, Any]] | None = None) -> Svc:
+    """The service and its container (``ps``: rows of ``compose ps`` already at hand)."""
+    from ...kinds import kind_of
+
+    spec = dict(model["services"][name])
+    svc = Svc(name, kind_of(spec), spec, image=str(spec.get("image") or ""))
+    rows = [r for r in (ps if ps is not None else t.compose.ps(t.c, [name])) if r.get("Service") == name]
+    rows.sort(key=lambda r: r.get("State") != "running")
+    if not rows:
+        return svc
+    r = host.run(["docker", "inspect", str(rows[0].get("Name") or rows[0].get("ID"))])
+    if r.failed:
+        return svc
+    info = json.loads(r.stdout)[0]
+    svc.container = str(info.get("Name", "")).lstrip("/")
+    svc.state = str(info.get("State", {}).get("Status", ""))
+    svc.image = str(info.get("Config", {}).get("Image") or svc.image)
+    svc.image_id = str(info.get("Image", ""))
+    svc.started_at = str(info.get("State", {}).get("StartedAt", ""))
+    svc.mounts = list(info.get("Mounts") or [])
+    return svc
+
+
+def container_state(host: Host, container: str) -> tuple[str, str, Any]:
+    r = host.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.StartedAt}} {{.State.ExitCode}}", container])
+    if r.failed:
+        return "gone", "", None
+    parts = r.stdout.split()
+    return parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else None
+
+
+def image_for(host: Host, entry: dict[str, Any], svc: Svc | None) -> str:
+    """The image a check runs in: the backup's own image when still present, else the service's."""
+    for cand in (entry.get("image_id"), entry.get("image"), svc.image if svc else None):
+        if cand and host.run(["docker", "image", "inspect", "--format", "{{.Id}}", cand]).ok:
+            return str(cand)
+    raise BackupError(f"Neither the image of the backup ({entry.get('image')}) nor the service's image is present on "
+                      f"this host: pull or build it first (`memstack-ops pull` or `bash harness/build-images.sh`).")
+
+
+# --------------------------------------------------------------------------- the job
+
+@dataclass
+class Job:
+    """What one backup/restore run shares: target, host, compose model, options, output."""
+
+    t: Any
+    host: Host
+    model: dict[str, Any]
+    compress: str = "zstd"
+    say: Callable[[str], None] = print
+    progress: Callable[[str, int], Any] | None = None  # (label, expected bytes) -> context manager with .update(n)
+    timeout: float = 300.0
+    _tools: dict[tuple[str, str], bool] = field(default_factory=dict)
+    _ps: list[dict[str, Any]] | None = None
+
+    def ps(self) -> list[dict[str, Any]]:
+        """``compose ps`` of the whole stack, cached until this job stops or starts something."""
+        if self._ps is None:
+            self._ps = self.t.compose.ps(self.t.c)
+        return self._ps
+
+    def inspect(self, name: str) -> Svc:
+        return inspect_service(self.t, self.host, self.model, name, self.ps())
+
+    @property
+    def project(self) -> str:
+        return str(self.t.stack.project)
+
+    def scrub(self, text: str) -> str:
+        return str(self.t.compose.scrub(text))
+
+    def exec_argv(self, svc: Svc, script: str, *args: str, stdin: bool = False) -> list[str]:
+        if not svc.container:
+            raise BackupError(f"Service {svc.name} has no container: start it first (`memstack-ops up --service {svc.name}`).")
+        return ["docker", "exec", *(["-i"] if stdin else []), svc.container, "sh", "-c", script, "sh", *args]
+
+    def query(self, svc: Svc, script: str, *args: str, what: str, timeout: float | None = 120) -> str:
+        """Run a small script in the service's container; raise with its (scrubbed) message."""
+        r = self.host.run(self.exec_argv(svc, script, *args), timeout=timeout)
+        if r.failed:
+            msg = self.scrub((r.stderr or r.stdout).strip()) or f"exit {r.return_code}"
+            raise BackupError(f"{what} on {svc.name} failed: {msg}")
+        return str(r.stdout)
+
+    def has_tool(self, svc: Svc, tool: str) -> bool:
+        key = (svc.container, tool)
+        if key not in self._tools:
+            r = self.host.run(self.exec_argv(svc, f"command -v {tool} >/dev/null"), timeout=60)
+            self._tools[key] = bool(r.ok)
+        return self._tools[key]
+
+    def compression(self, svc: Svc | None, algo: str | None = None) -> tuple[str | None, list[str] | None, str]:
+        """(command to pipe into inside the container | None, host compressor argv | None, description)."""
+        algo = algo or self.compress
+        if algo == "none":
+            return None, None, "none"
+        if svc is not None and svc.container and self.has_tool(svc, algo):
+            return IN_CONTAINER[algo], None, f"{algo} (in the container)"
+        key = ("<host>", algo)
+        if key not in self._tools:
+            self._tools[key] = self.host.which(algo)
+        if not self._tools[key]:
+            raise BackupError(f"{algo} is installed neither in the {svc.name if svc else 'service'} container nor on "
+                              f"this host: install it on the host (`apt-get install {algo}`) or use --compress "
+                              f"{'gzip' if algo == 'zstd' else 'none'}.")
+        return None, HOST_COMPRESS[algo], f"{algo} (on the host)"
+
+    def capture(self, label: str, argv: list[str], dest: str, host_compress: list[str] | None,
+                expected: int = 0) -> Captured:
+        if self.progress:
+            with self.progress(label, expected) as bar:
+                return self.host.capture(argv, dest, host_compress, progress=bar.update)
+        return self.host.capture(argv, dest, host_compress)
+
+    def oneoff(self, name: str, image: str, *, volumes_from: str = "", volumes: tuple[str, ...] = (),
+               user: str = "", entrypoint: str = "", stdin: bool = False, detach: bool = False,
+               env_file: str = "", args: tuple[str, ...] = ()) -> list[str]:
+        # A container inherits its image's labels, and an image that compose built carries
+        # com.docker.compose.project/service: blank them, so that listings of the project's
+        # containers by label never take this one-off for the service itself.
+        argv = ["docker", "run", "--name", name, "--label", f"memstack-ops.project={self.project}",
+                "--label", "memstack-ops.role=backup", "--label", "com.docker.compose.project=",
+                "--label", "com.docker.compose.service="]
+        argv += ["-d"] if detach else ["--rm"]
+        if stdin:
+            argv.append("-i")
+        if volumes_from:
+            argv += ["--volumes-from", volumes_from]
+        for v in volumes:
+            argv += ["-v", v]
+        if user:
+            argv += ["--user", user]
+        if entrypoint:
+            argv += ["--entrypoint", entrypoint]
+        if env_file:
+            argv += ["--env-file", env_file]
+        return argv + [image, *args]
+
+    def remove_container(self, name: str) -> None:
+        self.host.run(["docker", "rm", "-f", "-v", name], timeout=120)
+
+    def stop(self, services: list[str]) -> list[str]:
+        """Stop those of ``services`` that run (compose stop); returns the ones it stopped."""
+        running = sorted({str(r.get("Service")) for r in self.ps() if r.get("State") == "running"} & set(services),
+                         key=services.index) if services else []
+        if running:
+            self._ps = None
+            self.say(f"  stopping {', '.join(running)}")
+            self.t.compose.check(self.t.c, "stop", *running, what=f"Stopping {', '.join(running)}")
+        return running
+
+    def start(self, services: list[str]) -> None:
+        """Start services again and wait until they are healthy (lifecycle.up)."""
+        if not services:
+            return
+        from ... import lifecycle
+
+        self.say(f"  starting {', '.join(services)} and waiting for health")
+        self._ps = None
+        lifecycle.up(self.t, services)
+
+    def wait_healthy(self, services: list[str]) -> None:
+        """Wait until running services pass their own healthchecks (nothing is started). When the
+        engine already reports every container running and healthy (a database restored while it
+        ran), one ``docker inspect`` settles it: the same judgement the Watch's first round makes."""
+        from ...health import Watch
+        from ...lifecycle import one_shot_services
+
+        if self.engine_says_healthy(services):
+            self.say(f"  {', '.join(services)}: healthy")
+            return
+        self.say(f"  waiting for {', '.join(services)} to be healthy")
+        Watch(self.t.c, self.t.compose, self.model, probes=self.t.probes, one_shot=one_shot_services(self.model)).wait(
+            services, time.monotonic() + self.timeout, float(self.t.settings["interval"]))
+
+    def engine_says_healthy(self, services: list[str]) -> bool:
+        names = [c for c in (self.inspect(s).container for s in services) if c]
+        if not names or len(names) != len(services):
+            return False
+        r = self.host.run(["docker", "inspect", "--format",
+                           "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", *names], timeout=30)
+        states = r.stdout.split() if r.ok else []
+        return len(states) == len(names) and all(x == "running/healthy" for x in states)
+
+    def stopped(self, services: list[str]) -> "Stopped":
+        return Stopped(self, services)
+
+
+class Stopped:
+    """``with job.stopped([svc]) as down:`` stops the running ones and starts them again on the way
+    out, also after an error or Ctrl-C (a second Ctrl-C is held back until they are started);
+    ``down.seconds`` is the downtime until healthy again."""
+
+    def __init__(self, job: Job, services: list[str]):
+        self.job, self.services = job, services
+        self.stopped: list[str] = []
+        self.t0 = 0.0
+        self.seconds: float | None = None
+
+    def __enter__(self) -> "Stopped":
+        self.t0 = time.monotonic()
+        self.stopped = self.job.stop(self.services)
+        return self
+
+    def __exit__(self, et: Any, e: Any, tb: Any) -> Literal[False]:
+        with deferred_interrupts():
+            try:
+                self.job.start(self.stopped)
+            except BaseException as err:  # noqa: BLE001 - must not hide the original error
+                if et is None:
+                    raise
+                self.job.say(f"  WARNING: could not start {', '.join(self.stopped)} again: {err}\n"
+                             f"  Start it with `memstack-ops up --service {' --service '.join(self.stopped)}`.")
+        if self.stopped:
+            self.seconds = round(time.monotonic() - self.t0, 1)
+        return False
+
+
+class deferred_interrupts:
+    """Hold Ctrl-C back while the block runs (only in the main thread); re-raise it after."""
+
+    def __enter__(self) -> "deferred_interrupts":
+        import signal
+        import threading
+
+        self.hit = False
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum: int, frame: Any) -> None:
+                self.hit = True
+            self.old = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> Literal[False]:
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        if self.hit and exc[0] is None:
+            raise KeyboardInterrupt
+        return False
+
+
+def file_entry(name: str, cap: Captured, role: str, compression: str, service: str) -> dict[str, Any]:
+    entry = {"name": name, "service": service, "role": role, "size": cap.size, "sha256": cap.sha256,
+             "compression": compression}
+    if cap.pieces is not None:
+        from ..host import PIECE
+
+        entry["pieces"] = {"size": PIECE, "sha256": cap.pieces}
+    return entry
+
+
+def fail_capture(job: Job, svc: Svc | None, e: StreamFailed, what: str) -> BackupError:
+    """Explain a failed capture: the container died, the disk filled, or the tool failed."""
+    detail = job.scrub(e.stderr.strip())[-1500:]
+    why = str(e)
+    if svc is not None and svc.container:
+        # A tool killed by a signal may mean the container died: the engine notices a moment after
+        # the exec stream ends, so look a few times (bounded) before concluding it is alive.
+        killed = any(c is not None and c >= 128 for c in e.codes)
+        for _ in range(10 if killed else 1):
+            state, started, code = container_state(job.host, svc.container)
+            died = state != "running" or bool(svc.started_at and started and started != svc.started_at)
+            if died or not killed:
+                break
+            time.sleep(0.3)
+        if died:
+            why = (f"the {svc.name} container stopped during the backup (now {state}"
+                   f"{f', exit code {code}' if code not in (None, '0') else ''}"
+                   f"{', restarted since' if state == 'running' else ''}): {why[:1].lower()}{why[1:]}")
+    return BackupError(f"{what} failed: {why}." + (f"\n--- its output ---\n{detail}" if detail else "") +
+                       "\nNo file of this backup was kept (its partial files were removed); earlier backups are "
+                       "untouched.")
+
+
+# --------------------------------------------------------------------------- engines
+
+@dataclass
+class Plan:
+    """What a backup of one target will do; built (read-only) before anything is written."""
+
+    engine: "Engine"
+    target: Svc | Volume  # what the engine backs up: the service of a database, or a named volume
+    estimate: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    # services that must be down while this backup runs: core stops them around it (unless the
+    # caller already did, e.g. a restore that takes its safety backup in its own downtime)
+    stop: list[str] = field(default_factory=list)
+
+    @property
+    def svc(self) -> Svc:
+        """The service, for the engines of databases."""
+        if not isinstance(self.target, Svc):
+            raise TypeError(f"a {self.engine.kind} plan targets {self.target!r}, not a service")
+        return self.target
+
+    @property
+    def volume(self) -> Volume:
+        """The named volume, for the volumes engine."""
+        if not isinstance(self.target, Volume):
+            raise TypeError(f"a {self.engine.kind} plan targets {self.target!r}, not a volume")
+        return self.target
+
+    @property
+    def label(self) -> str:
+        return self.target.name if isinstance(self.target, Svc) else self.target.key
+
+
+class Safety(Protocol):
+    """Takes the safety backup a restore makes before it replaces anything: ``plan``, the live
+    plan when the engine has one at hand; ``stopped``, services it has already stopped."""
+
+    def __call__(self, plan: Plan | None = None, stopped: Collection[str] = ()) -> Any: ...
+
+
+class Engine(abc.ABC):
+    """One kind of thing to back up. ``backup.core`` calls only these methods, the same way for
+    every kind; options that only some kinds know travel as keyword arguments (``**opts``) that
+    the others ignore."""
+
+    kind: ClassVar[str] = ""
+    # the target's own service is down while it is backed up (its plan's ``stop``); the entry
+    # records that downtime
+    downtime: ClassVar[bool] = False
+    restore_stops: ClassVar[bool] = False  # restore stops the service and starts it again (waiting for health) itself
+    restore_plans: ClassVar[bool] = False  # restore uses the live plan: core makes it while the checksums run
+    # the packaged scripts this engine runs, each with the prelude that goes before it ("" for none)
+    scripts: ClassVar[dict[str, str]] = {}
+
+    @abc.abstractmethod
+    def plan(self, job: Job, target: Any, /, **opts: Any) -> Plan:
+        """Look at the target (read-only): version, size, settings, what must be stopped."""
+
+    @abc.abstractmethod
+    def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
+        """Write the target's files into ``set_dir`` (``plan.stop`` is down); return its manifest entry."""
+
+    @abc.abstractmethod
+    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
+        """Format check of an entry's files (after their checksums); a one-line result."""
+
+    @abc.abstractmethod
+    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
+        """Restore into a scratch container or volume and compare counts: (result, problems)."""
+
+    @abc.abstractmethod
+    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, target: Any, safety: Safety | None, /,
+                **opts: Any) -> dict[str, Any]:
+        """Replace the target's data with the entry's (after ``safety()``, when given); a summary."""
+
+    def describe(self, plan: Plan) -> str:
+        """The plan in one phrase, for the line that says what a backup will do."""
+        from ..sets import human_size
+
+        svc = plan.svc
+        return f"{svc.name} ({svc.kind}, {svc.image}, about {human_size(plan.estimate)})"
+
+    def service_of(self, job: Job, entry: dict[str, Any]) -> Svc | None:
+        """The live service an entry was made of, when the stack still has it (for check images)."""
+        name = entry.get("service")
+        if name not in (job.model.get("services") or {}):
+            return None
+        return job.inspect(str(name))
+
+    # shared helpers
+    def shell(self, name: str) -> str:
+        """The text of one of this engine's packaged scripts, after its prelude (credentials)."""
+        return self.scripts[name] + script(name)
+
+    @staticmethod
+    def require_running(svc: Svc) -> None:
+        if not svc.running:
+            raise BackupError(f"Service {svc.name} is not running ({svc.state or 'no container'}): start it with "
+                              f"`memstack-ops up --service {svc.name}` and run the backup again.")
+
+    @staticmethod
+    def decompress_for(fentry: dict[str, Any]) -> list[str] | None:
+        algo = str(fentry.get("compression", "none")).split()[0]
+        return DECOMPRESS.get(algo)
+
+
+def compare_counts(expected: dict[str, Any], got: dict[str, Any], what: str) -> list[str]:
+    problems = []
+    for k in sorted(set(expected) | set(got)):
+        if str(expected.get(k)) != str(got.get(k)):
+            problems.append(f"{what} {k}: backup had {expected.get(k, 'none')}, scratch restore has {got.get(k, 'none')}")
+    return problems
+
+
+def wait_scratch(job: "Job", name: str, probe: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
+    """Wait until a scratch container answers ``probe``; fail at once when it exits."""
+    def ready() -> bool:
+        state = container_state(job.host, name)[0]
+        if state != "running":
+            logs = job.host.run(["docker", "logs", "--tail", "30", name], timeout=60)
+            raise BackupError(f"The scratch container {name} stopped ({state}):\n{(logs.stdout + logs.stderr).strip()[-1500:]}")
+        return probe()
+
+    wait_until(ready, timeout, interval, what=f"the scratch container {name}")
+
+
+def wait_until(fn: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "") -> None:
+    """Poll ``fn`` until true, bounded in time and attempts (tenacity)."""
+    import tenacity
+
+    try:
+        tenacity.Retrying(stop=tenacity.stop_after_delay(timeout) | tenacity.stop_after_attempt(int(timeout / interval) + 2),
+                          wait=tenacity.wait_fixed(interval),
+                          retry=tenacity.retry_if_result(lambda ok: not ok))(fn)
+    except tenacity.RetryError:
+        raise BackupError(f"Timed out after {timeout:.0f} s waiting for {what}.") from None
+
+
+def check_compressed(job: Job, path: str, f: dict[str, Any]) -> None:
+    algo = str(f.get("compression", "none")).split()[0]
+    if algo in ("zstd", "gzip"):
+        r = job.host.run([algo, "-t", "-q", path] if algo == "zstd" else ["gzip", "-t", path], timeout=3600)
+        if r.failed:
+            raise BackupError(f"{f['name']} is not a valid {algo} stream: {r.stderr.strip()[-300:]}")

@@ -1,0 +1,175 @@
+"""PostgreSQL: pg_dump -Fc in an exported snapshot (with row counts), roles with pg_dumpall."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..host import BackupError, StreamFailed
+from ...kinds.postgres import AUTH as PG_AUTH
+from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
+                   oneoff_name, script, wait_scratch)
+
+
+class Postgres(Engine):
+    kind = "postgres"
+    restore_plans = True
+    scripts = {"pg_dump.sh": PG_AUTH, "pg_globals.sh": PG_AUTH}
+
+    @staticmethod
+    def who(svc: Svc) -> tuple[str, str]:
+        user = svc.env.get("POSTGRES_USER") or "postgres"
+        return user, svc.env.get("POSTGRES_DB") or user
+
+    def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
+        self.require_running(svc)
+        user, db = self.who(svc)
+        out = job.query(svc, PG_AUTH + 'psql -X -At -U "$1" -d "$2" -c "SELECT current_setting(\'server_version\'), '
+                                       'current_setting(\'server_version_num\'), pg_database_size(current_database())"',
+                        user, db, what="Reading the PostgreSQL version and size").strip().splitlines()[-1]
+        version, num, size = out.rsplit("|", 2)
+        return Plan(self, svc, int(size), {"user": user, "database": db, "version": version.split()[0],
+                                           "version_num": int(num)})
+
+    def dump_flags(self, job: Job, plan: Plan) -> tuple[list[str], str]:
+        major = plan.info["version_num"] // 10000
+        if job.compress == "none":
+            return ["-Fc", "-Z0"], "none"
+        if job.compress == "zstd" and major >= 16:
+            return ["-Fc", "-Z", "zstd"], "zstd (pg_dump built-in)"
+        return ["-Fc"], "gzip (pg_dump built-in)" + (" - zstd needs pg_dump 16+" if job.compress == "zstd" else "")
+
+    def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
+        svc, info = plan.svc, plan.info
+        user, db = info["user"], info["database"]
+        flags, comp = self.dump_flags(job, plan)
+        name = f"{svc.name}.pgdump"
+        argv = job.exec_argv(svc, self.shell("pg_dump.sh"), user, db, script("pg_count.sql"), *flags)
+        t0 = time.time()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, "pg-globals") as pool:  # roles (a few KB) while the database is dumped
+            roles = pool.submit(self.dump_globals, job, svc, user, set_dir)
+            try:
+                cap = job.capture(f"{svc.name}: pg_dump", argv, f"{set_dir}/{name}", None, plan.estimate)
+            except StreamFailed as e:
+                raise fail_capture(job, svc, e, f"pg_dump of {svc.name}") from None
+            gfile, gnotes = roles.result()
+        counts, notes = parse_marked(cap.stderr)
+        files = [file_entry(name, cap, "dump", comp, svc.name)] + ([gfile] if gfile else [])
+        notes += gnotes
+        return {"service": svc.name, "kind": self.kind, "image": svc.image, "image_id": svc.image_id,
+                "db_version": info["version"], "db_version_num": info["version_num"], "database": db, "user": user,
+                "method": "pg_dump -Fc inside the service's container, in an exported snapshot; roles with "
+                          "pg_dumpall --globals-only",
+                "command": f"docker exec {svc.container} pg_dump --snapshot=<exported> -U {user} -d {db} {' '.join(flags)}",
+                "counts": counts, "notes": notes, "files": files, "duration_s": round(time.time() - t0, 3)}
+
+    def dump_globals(self, job: Job, svc: Svc, user: str, set_dir: str) -> tuple[dict[str, Any] | None, list[str]]:
+        """Roles and tablespaces (pg_dumpall --globals-only); without passwords when not a superuser."""
+        _, host_c, gcomp = job.compression(None)  # a few KB: compress on the host, no probe
+        gname = f"{svc.name}.globals.sql{EXT[job.compress]}"
+        last = ""
+        for extra in ("", " --no-role-passwords"):
+            cmd = PG_AUTH + 'exec pg_dumpall --globals-only -U "$1"' + extra
+            try:
+                g = job.host.capture(job.exec_argv(svc, cmd, user), f"{set_dir}/{gname}", host_c)
+            except StreamFailed as e:
+                last = job.scrub(e.stderr.strip())[-300:]
+                continue
+            return (file_entry(gname, g, "globals", gcomp, svc.name),
+                    ["roles dumped without passwords (the user is not a superuser)"] if extra else [])
+        return None, [f"roles not dumped: pg_dumpall failed ({last})"]
+
+    def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
+        dump = next(f for f in entry["files"] if f["role"] == "dump")
+        image = image_for(job.host, entry, svc)
+        r = job.host.feed(f"{set_dir}/{dump['name']}",
+                          job.oneoff(oneoff_name(job.project, entry["service"], "check"), image, stdin=True,
+                                     entrypoint="pg_restore", args=("-l",)), timeout=3600)
+        if r.failed:
+            raise BackupError(f"pg_restore -l rejects {dump['name']}: {job.scrub(r.stderr.strip())[-500:]}")
+        tables = sum(1 for ln in r.stdout.splitlines() if " TABLE DATA " in ln)
+        for f in entry["files"]:
+            if f["role"] == "globals":
+                check_compressed(job, f"{set_dir}/{f['name']}", f)
+        return f"pg_restore -l: {tables} table(s) with data"
+
+    def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
+        import secrets
+
+        dump = next(f for f in entry["files"] if f["role"] == "dump")
+        image = image_for(job.host, entry, svc)
+        user, db = entry.get("user", "postgres"), entry.get("database", "postgres")
+        envf = job.host.tempfile(f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\nPOSTGRES_USER={user}\nPOSTGRES_DB={db}\n")
+        name = oneoff_name(job.project, entry["service"], "scratch")
+        scratch = Svc(name, "postgres", {}, container=name)
+        try:
+            r = job.host.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
+            if r.failed:
+                raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
+            wait_scratch(job, name, lambda: job.host.run(job.exec_argv(
+                scratch, 'pg_isready -q -h 127.0.0.1 -U "$1" -d "$2"', user, db), timeout=30).ok, 180)
+            r = job.host.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
+                scratch, PG_AUTH + 'exec pg_restore --single-transaction --exit-on-error -U "$1" -d "$2"', user, db,
+                stdin=True))
+            if r.failed:
+                raise BackupError(f"Scratch restore of {dump['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
+            out = job.query(scratch, PG_AUTH + 'psql -X -At -U "$1" -d "$2" -c "$3"', user, db, script("pg_count.sql"),
+                            what="Counting rows in the scratch restore")
+            got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
+        finally:
+            job.remove_container(name)
+            job.host.remove(envf)
+        expected = entry.get("counts") or {}
+        if not expected:
+            return f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s) (no counts recorded)", []
+        return (f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s), counts match",
+                compare_counts(expected, got, "table"))
+
+    def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Safety | None, /,
+                globals_: bool = False, **opts: Any) -> dict[str, Any]:
+        self.require_running(svc)
+        plan = opts.get("plan") or self.plan(job, svc)  # core.restore plans while the checksums run
+        if int(entry.get("db_version_num", 0)) // 10000 > plan.info["version_num"] // 10000:
+            raise BackupError(f"The backup is from PostgreSQL {entry.get('db_version')}; {svc.name} runs "
+                              f"{plan.info['version']}: pg_restore cannot read a dump from a newer major version. "
+                              f"Restore into a server of the same or a newer version.")
+        if safety:
+            safety()
+        user, db = plan.info["user"], plan.info["database"]
+        if globals_:
+            g = next((f for f in entry["files"] if f["role"] == "globals"), None)
+            if g:
+                r = job.host.feed(f"{set_dir}/{g['name']}", job.exec_argv(
+                    svc, self.shell("pg_globals.sh"), user, db, stdin=True), self.decompress_for(g))
+                refused = [ln for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-refused: ")]
+                if refused:
+                    raise BackupError(f"{g['name']}: {refused[0].split(': ', 1)[1]}. pg_dumpall writes no such line, so "
+                                      f"the file was made or edited by something else: nothing was applied and the "
+                                      f"database was not restored. Restore without --roles, or check where the backup "
+                                      f"came from.")
+                if r.failed:
+                    job.say(f"  roles: some statements failed (existing roles are kept): "
+                            f"{job.scrub(r.stderr.strip())[-300:]}")
+        dump = next(f for f in entry["files"] if f["role"] == "dump")
+        r = job.host.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
+            svc, PG_AUTH + 'exec pg_restore --clean --if-exists --single-transaction --exit-on-error -U "$1" -d "$2"',
+            user, db, stdin=True))
+        if r.failed:
+            raise BackupError(f"pg_restore into {svc.name} failed and its single transaction was rolled back, so the "
+                              f"database is as it was before:\n{job.scrub(r.stderr.strip())[-1500:]}")
+        counts = entry.get("counts") or {}
+        return {"database": db, "tables": len(counts) if counts else "?", "rows": sum(counts.values()) if counts else "?"}
+
+
+def parse_marked(stderr: str) -> tuple[dict[str, int], list[str]]:
+    counts: dict[str, int] = {}
+    notes = []
+    for ln in stderr.splitlines():
+        if ln.startswith("memstack-ops-count|"):
+            table, n = ln[len("memstack-ops-count|"):].rsplit("|", 1)
+            counts[table] = int(n)
+        elif ln.startswith("memstack-ops-note: "):
+            notes.append(ln[len("memstack-ops-note: "):])
+    return counts, notes

@@ -1,0 +1,223 @@
+"""backup.core without a Docker engine: what a backup, restore, prune decides, and how it calls
+the engines (only through their one interface)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fakes import backup_set
+from invoke import MockContext
+
+from memstack_ops.backup import core
+from memstack_ops.backup.engines import Engine, Job, Plan, Svc, Volume, stack_volumes
+from memstack_ops.backup.host import BackupError, LocalHost
+from memstack_ops.backup.sets import list_sets
+
+
+def _target(root: Path, backups: str = "backups") -> SimpleNamespace:
+    stack = SimpleNamespace(name="memstack", root=root, project="p", stage="dev")
+    return SimpleNamespace(c=MockContext(), settings={"backups_dir": backups, "timeout": 10}, stack=stack)
+
+
+# --------------------------------------------------------------------------- prune and where sets live
+
+def test_prune_deletes_only_what_manifests_list(tmp_path):
+    root = tmp_path / "backups" / "memstack"
+    old = backup_set(root, "20260101T000000Z-redis")
+    mid = backup_set(root, "20260102T000000Z-redis", files={"r.tar": b"x", "r2.tar": b"y"})
+    new = backup_set(root, "20260103T000000Z-redis")
+    (mid / "mine.txt").write_text("foreign")
+    (root / "README").write_text("foreign")
+    t = _target(tmp_path)
+    host = LocalHost(t.c)
+    doomed, keep = core.prune(t, keep_last=1, dry_run=True, host=host)
+    assert [s.id for s in doomed] == [mid.name, old.name] and mid.exists() and old.exists()
+    doomed, keep = core.prune(t, keep_last=1, host=host)
+    assert not old.exists()
+    assert sorted(p.name for p in mid.iterdir()) == ["mine.txt"]  # its files went, the foreign one stays
+    assert new.exists() and (root / "README").exists()
+    with pytest.raises(BackupError, match="keep-last"):
+        core.prune(t, host=host)
+
+
+def test_backups_dir_is_relative_to_the_project_root_unless_absolute(tmp_path):
+    assert core.backups_root(_target(tmp_path)) == f"{tmp_path}/backups/memstack"
+    assert core.backups_root(_target(tmp_path, "/srv/bk")) == "/srv/bk/memstack"
+    on_host = _target(tmp_path)  # -H: the stack runs from <root>/releases/<id> on the host
+    on_host.compose = SimpleNamespace(remote_root="/srv/app/releases/20260101T000000Z-abc")
+    assert core.backups_root(on_host) == "/srv/app/backups/memstack"
+
+    class Settings(dict):  # on a host, stack.root is a temporary mirror: --fetch must use the project root
+        root = tmp_path / "project"
+
+    on_host.settings = Settings(on_host.settings)
+    on_host.stack.root = "/tmp/memstack-ops-release-x/20260101T000000Z-abc"
+    assert core.backups_root(on_host, here=True) == f"{tmp_path}/project/backups/memstack"
+
+
+
+# --------------------------------------------------------------------------- checksums
+
+def test_check_files_names_every_damaged_or_missing_file(tmp_path):
+    host = LocalHost(MockContext())
+    d = backup_set(tmp_path, "20260101T000000Z-all", files={"a": b"aaaa", "b": b"bbbb", "c": b"cccc"})
+    (d / "a").write_bytes(b"aaab")  # same size, other content
+    (d / "b").write_bytes(b"bbbbb")
+    (d / "c").unlink()
+    [s] = list_sets(host, str(tmp_path))
+    problems = core.check_files(host, s)
+    assert problems[0].startswith("a: sha256") and "b has 5 bytes" in problems[1] and problems[2] == "c is missing"
+    assert core.check_files(host, s, ["a"]) == problems[:1]
+
+
+
+# --------------------------------------------------------------------------- selection
+
+def test_volumes_of_the_stack_and_who_uses_them():
+    model = {"services": {"db": {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]},
+                          "web": {"image": "nginx", "volumes": [{"type": "bind", "source": "./x", "target": "/x"}]}},
+             "volumes": {"pg": {"name": "proj_pg"}, "ext": {"name": "shared", "external": True}, "idle": {"name": "proj_idle"}}}
+    vols = {v.key: v for v in stack_volumes(model)}
+    assert set(vols) == {"pg", "idle"}
+    assert (vols["pg"].name, vols["pg"].services, vols["pg"].image) == ("proj_pg", ["db"], "postgres:16")
+    assert core.select_volumes(model, (), exclude_db=True) == [vols["idle"]]
+    with pytest.raises(BackupError, match="Unknown volume"):
+        core.select_volumes(model, ["nope"])
+
+
+def test_service_selection_by_kind():
+    model = {"services": {"pg": {"image": "postgres:16"}, "cache": {"image": "redis:7"},
+                          "graph": {"image": "example/db", "labels": {"memstack-ops.kind": "neo4j"}}}}
+    assert core.select_services(model, "postgres", [], "s") == ["pg"]
+    assert core.select_services(model, "neo4j", [], "s") == ["graph"]
+    with pytest.raises(BackupError, match="not a redis service"):
+        core.select_services(model, "redis", ["pg"], "s")
+    with pytest.raises(BackupError, match="no mysql service"):
+        core.select_services(model, "mysql", [], "s")
+    assert core.dependants({"services": {"a": {}, "b": {"depends_on": {"a": {}}}, "c": {"depends_on": {"b": {}}}}},
+                           "a") == ["b", "c"]
+
+
+
+# --------------------------------------------------------------------------- the tasks that call core
+
+def test_backup_tasks_parse_like_the_docs_say():
+    from fakes import parse_cli
+
+    prog = parse_cli(["memstack-ops", "restore.postgres", "--backup", "20260101T000000Z-postgres", "--yes",
+                      "--no-safety-backup", "--roles"])
+    call = prog.tasks[0]
+    assert call.name == "restore.postgres"
+    assert call.args["backup"].value == "20260101T000000Z-postgres" and call.args["yes"].value
+    assert call.args["no_safety_backup"].value and call.args["roles"].value
+    prog = parse_cli(["memstack-ops", "backup.prune", "--keep-last", "3", "--keep-weekly", "4", "--dry-run"])
+    assert prog.tasks[0].args["keep_last"].value == 3 and prog.tasks[0].args["dry_run"].value
+    prog = parse_cli(["memstack-ops", "backup.volumes", "--volume", "a", "--volume", "b", "--stop"])
+    assert prog.tasks[0].args["volume"].value == ["a", "b"]
+
+
+
+# --------------------------------------------------------------------------- the engine interface, as core uses it
+
+class _Writes(Engine):
+    """An engine that writes one small file per target and records what was down meanwhile."""
+
+    kind = "fake"
+
+    def __init__(self, events: list):
+        self.events = events
+
+    def plan(self, job, target, /, **opts):
+        return Plan(self, target, 10, stop=[target.name] if self.downtime else [])
+
+    def backup(self, job, plan, set_dir, /, **opts):
+        self.events.append(("dump", plan.label, tuple(job.down)))
+        data = plan.label.encode()
+        name = f"{plan.label}.bin"
+        job.host.write_text(f"{set_dir}/{name}", plan.label)
+        f = {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return {"service": plan.label, "kind": self.kind, "downtime_s": None, "files": [f]}
+
+    def describe(self, plan):
+        return plan.label
+
+    def check(self, job, entry, set_dir, svc, /):
+        return "ok"
+
+    def restore_test(self, job, entry, set_dir, svc, /):
+        return "ok", []
+
+    def restore(self, job, entry, set_dir, target, safety, /, **opts):
+        return {}
+
+
+@pytest.fixture(autouse=True)
+def _fake_kind_is_valid(monkeypatch):
+    """The manifest validator knows the real kinds only; these tests drive core with a fake engine."""
+    from memstack_ops.backup import sets
+
+    monkeypatch.setattr(sets, "ENTRY_KINDS", (*sets.ENTRY_KINDS, "fake"))
+
+
+class _Offline(_Writes):
+    downtime = True  # like Neo4j: its own service is down while it is dumped
+
+
+def _job(tmp_path, events):
+    job = Job(t=None, host=LocalHost(MockContext()), model={"services": {}}, say=lambda m: None)
+    job.down = []
+
+    def stop(services):  # as Job.stop: nothing to do for no service
+        if not services:
+            return []
+        events.append(("stop", tuple(services)))
+        job.down += services
+        return list(services)
+
+    def start(services):
+        if not services:
+            return
+        events.append(("start", tuple(services)))
+        for s in services:
+            job.down.remove(s)
+
+    job.stop, job.start = stop, start
+    return job
+
+
+def test_core_stops_what_plans_ask_in_windows_and_records_an_offline_engines_downtime(tmp_path):
+    events: list = []
+    online, offline = _Writes(events), _Offline(events)
+    vols = [Plan(online, Volume(k, f"p_{k}", [f"app{i}"], "img"), stop=[f"app{i}"]) for i, k in enumerate("ab")]
+    plans = [online.plan(None, Svc("pg", "fake", {})), offline.plan(None, Svc("n1", "fake", {})),
+             offline.plan(None, Svc("n2", "fake", {})), *vols]
+    s = core.backup(_target(tmp_path), "all", job=_job(tmp_path, events), plans=plans, space_check=False)
+    assert events == [("dump", "pg", ()),
+                      ("stop", ("n1",)), ("dump", "n1", ("n1",)), ("start", ("n1",)),  # one window per service
+                      ("stop", ("n2",)), ("dump", "n2", ("n2",)), ("start", ("n2",)),
+                      ("stop", ("app0", "app1")), ("dump", "a", ("app0", "app1")), ("dump", "b", ("app0", "app1")),
+                      ("start", ("app0", "app1"))]  # the volumes' users: down once for all of them
+    downtime = {e["service"]: e["downtime_s"] for e in s.entries}
+    assert downtime["pg"] is None and downtime["a"] is None  # only an offline engine records its downtime
+    assert downtime["n1"] is not None and downtime["n2"] is not None
+
+
+def test_a_safety_backup_inside_a_restores_downtime_stops_nothing_more(tmp_path):
+    """What Neo4j's restore does: it stopped the service and asks for the safety dump meanwhile."""
+    events: list = []
+    offline = _Offline(events)
+    plan = offline.plan(None, Svc("n1", "fake", {}))
+    s = core.backup(_target(tmp_path), "neo4j", job=_job(tmp_path, events), plans=[plan], stopped=["n1"],
+                    space_check=False)
+    assert events == [("dump", "n1", ())] and s.entries[0]["downtime_s"] is None
+
+
+def test_stop_windows_group_consecutive_plans():
+    on, off = _Writes([]), _Offline([])
+    p = [Plan(on, Svc("a", "x", {})), Plan(on, Svc("b", "x", {})), Plan(off, Svc("n", "x", {}), stop=["n"]),
+         Plan(on, Volume("v", "v", ["u"], "i"), stop=["u"]), Plan(on, Volume("w", "w", ["u2"], "i"), stop=["u2"]),
+         Plan(on, Svc("c", "x", {}))]
+    assert [[x.label for x in w] for w in core.stop_windows(p)] == [["a", "b"], ["n"], ["v", "w"], ["c"]]

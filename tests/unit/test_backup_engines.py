@@ -1,0 +1,264 @@
+"""The backup engines without a Docker engine: the one interface every engine honours, the
+packaged scripts (loaded, linted, shipped in the wheel) and the pieces of shell the engines build."""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from memstack_ops.backup import engines
+from memstack_ops.backup.engines import ENGINES, Plan, Postgres, Svc, compare_counts, parse_marked, wrap_compress
+from memstack_ops.backup.engines import packaged_scripts, script
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- packaged scripts
+
+def shellcheck(text: str, what: str, *exclude: str) -> None:
+    """``shellcheck -s sh`` on a script's text; FAILS (never skips) when shellcheck is missing."""
+    exe = shutil.which("shellcheck")
+    if not exe:
+        pytest.fail("shellcheck is not installed: `apt-get install shellcheck` (harness/setup-engine.sh installs it).",
+                    pytrace=False)
+    r = subprocess.run([exe, "-s", "sh", *[f"--exclude={x}" for x in exclude], "-"], input=text, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"shellcheck finds problems in {what}:\n{r.stdout}{r.stderr}"
+
+
+@pytest.mark.parametrize("name", [n for n in packaged_scripts() if n.endswith(".sh")])
+def test_every_packaged_script_passes_shellcheck(name):
+    shellcheck(script(name), name)
+
+
+@pytest.mark.parametrize("kind", sorted(ENGINES))
+def test_every_script_passes_shellcheck_after_the_prelude_it_runs_with(kind):
+    eng = ENGINES[kind]
+    for name in eng.scripts:
+        # SC2034: a prelude sets what some of the scripts after it use (MY_AUTH: the client and the dump tool)
+        shellcheck(eng.shell(name), f"{kind}: {name} after its prelude", "SC2034")
+
+
+def test_the_auth_preludes_are_valid_sh():
+    """Each with a command that uses what it sets up, as the engines follow them."""
+    shellcheck(engines.PG_AUTH + 'psql "$@"\n', "PG_AUTH")
+    shellcheck(engines.MY_AUTH + '"$cli" --defaults-extra-file="$f" "$@" && "$dump" --version\n', "MY_AUTH")
+    shellcheck(engines.REDIS_AUTH + 'r "$@"\n', "REDIS_AUTH")
+    shellcheck(engines.NEO4J_AUTH + 'cypher-shell "$@"\n', "NEO4J_AUTH")
+
+
+def test_every_packaged_script_is_used_by_an_engine_and_every_used_one_is_packaged():
+    used = {n for e in ENGINES.values() for n in e.scripts}
+    shipped = set(packaged_scripts())
+    assert used <= shipped, f"engines name scripts that are not packaged: {sorted(used - shipped)}"
+    orphans = {n for n in shipped - used if n.endswith(".sh")}
+    assert not orphans, f"packaged scripts no engine runs: {sorted(orphans)}"
+
+
+def test_scripts_are_read_once_and_take_values_as_positional_parameters():
+    script.cache_clear()
+    a = script("pg_dump.sh")
+    assert script("pg_dump.sh") is a and script.cache_info().hits == 1
+    for name in packaged_scripts():
+        assert not re.search(r"__[A-Z_]+__|\{[a-z_]+\}", script(name)), f"{name} holds a template placeholder"
+    assert 'sql=$3' in a and '"$sql"' in a  # the row-count SQL travels as an argument
+    assert script("pg_count.sql").lstrip().startswith("SELECT 'count|'")
+
+
+def test_every_packaged_file_is_package_data_in_pyproject():
+    """An installed wheel must carry the scripts: each file matches a package-data glob."""
+    conf = tomllib.loads((REPO / "pyproject.toml").read_text())
+    globs = conf["tool"]["setuptools"]["package-data"]["memstack_ops.backup"]
+    for name in packaged_scripts():
+        assert any(fnmatch.fnmatch(f"scripts/{name}", g) for g in globs), f"{name} is not package data"
+
+
+# --------------------------------------------------------------------------- one interface
+
+INTERFACE = ("plan", "backup", "check", "restore_test", "restore")
+
+
+@pytest.mark.parametrize("kind", sorted(ENGINES))
+def test_every_engine_implements_the_one_interface(kind):
+    import inspect
+
+    from memstack_ops.backup.engines import Engine
+
+    eng = ENGINES[kind]
+    assert isinstance(eng, Engine) and eng.kind == kind
+    assert not getattr(type(eng), "__abstractmethods__", None)
+    base = {n: inspect.signature(getattr(Engine, n)) for n in INTERFACE}
+    for name in INTERFACE:
+        sig = inspect.signature(getattr(eng, name))
+        params = list(sig.parameters.values())
+        want = [p for p in base[name].parameters.values() if p.name != "self" and p.kind is p.POSITIONAL_ONLY]
+        assert len([p for p in params if p.kind is p.POSITIONAL_ONLY]) == len(want), f"{kind}.{name}{sig}"
+        if any(p.kind is p.VAR_KEYWORD for p in base[name].parameters.values()):
+            assert any(p.kind is p.VAR_KEYWORD for p in params), f"{kind}.{name} must take **opts"
+
+
+def test_an_engine_missing_a_method_cannot_be_made():
+    from memstack_ops.backup.engines import Engine
+
+    class Half(Engine):
+        kind = "half"
+
+        def plan(self, job, target, /, **opts):
+            raise NotImplementedError
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
+
+
+def test_every_target_names_its_engine():
+    from memstack_ops.backup.engines import Svc, Volume
+
+    model = {"services": {"db": {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]}},
+             "volumes": {"pg": {"name": "proj_pg"}}}
+    [vol] = engines.stack_volumes(model)
+    assert isinstance(vol, Volume) and ENGINES[vol.kind] is ENGINES["volumes"]
+    for kind in engines.DB_KINDS:
+        assert ENGINES[Svc("x", kind, {}).kind].kind == kind
+
+
+def test_a_plan_knows_its_target_and_refuses_the_other_kind():
+    from memstack_ops.backup.engines import Plan, Svc, Volume
+
+    svc, vol = Svc("db", "postgres", {}, image="postgres:16"), Volume("pg", "proj_pg", ["db"], "postgres:16")
+    p = Plan(ENGINES["postgres"], svc, 2_000_000)
+    assert p.svc is svc and p.label == "db" and p.engine.describe(p) == "db (postgres, postgres:16, about 2.0 MB)"
+    with pytest.raises(TypeError):
+        p.volume
+    v = Plan(ENGINES["volumes"], vol)
+    assert v.volume is vol and v.label == "pg" and v.engine.describe(v) == "volume pg (proj_pg)"
+    with pytest.raises(TypeError):
+        v.svc
+
+
+# --------------------------------------------------------------------------- restores never run client commands (#12)
+
+def _fake_tool(bindir: Path, name: str, body: str) -> None:
+    bindir.mkdir(exist_ok=True)
+    (bindir / name).write_text("#!/bin/sh\n" + body)
+    (bindir / name).chmod(0o755)
+
+
+@pytest.mark.parametrize("help_text,mode", [("  --sandbox  Disallow commands that access the file system", "--sandbox"),
+                                            ("  --binary-mode  ...", "--binary-mode")])
+def test_mysql_dumps_load_in_the_clients_safe_mode(tmp_path, help_text, mode):
+    """MariaDB's client gets --sandbox; one without it (MySQL's mysql) --binary-mode."""
+    bindir = tmp_path / "bin"
+    _fake_tool(bindir, "mariadb", f'[ "$1" = --help ] && {{ echo "{help_text}"; exit 0; }}\n'
+                                  f'echo "args: $*" > {tmp_path}/args; cat > {tmp_path}/stdin\n')
+    r = subprocess.run(["sh", "-c", ENGINES["mysql"].shell("mysql_load.sh"), "sh"], input="SELECT 1;\n", text=True,
+                       capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin", "MYSQL_ROOT_PASSWORD": "pw"})
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "args").read_text().split()
+    assert args[1].startswith("--defaults-extra-file=") and args[2] == mode
+    assert (tmp_path / "stdin").read_text() == "SELECT 1;\n"
+
+
+def test_the_client_refusing_a_command_is_explained():
+    from memstack_ops.backup.engines import Mysql
+
+    msg = Mysql.refused("db.sql.zst", "ERROR at line 71: Not allowed in the sandbox mode\n")
+    assert "line 71" in msg and "did not run" in msg
+    assert "(\\!)" in Mysql.refused("db.sql.zst", "ERROR at line 1: Unknown command '\\!'.\n")
+    assert Mysql.refused("db.sql.zst", "ERROR 1064 (42000) at line 1: You have an error in your SQL syntax") == ""
+
+
+def _globals(tmp_path, text):
+    bindir = tmp_path / "bin"
+    _fake_tool(bindir, "psql", f'echo "$*" > {tmp_path}/args; for a; do [ -f "$a" ] && cat "$a" > {tmp_path}/fed; done; :\n')
+    return subprocess.run(["sh", "-c", ENGINES["postgres"].shell("pg_globals.sh"), "sh", "app", "appdb"], input=text,
+                          text=True, capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin"})
+
+
+def test_a_roles_file_reaches_psql_without_postgresqls_own_restrict_pair(tmp_path):
+    text = ("--\n\\restrict QcG36cPUwiZMEwS4\n\nSET client_encoding = 'UTF8';\nCREATE ROLE app;\n"
+            "ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:abc=';\n\\unrestrict QcG36cPUwiZMEwS4\n")
+    r = _globals(tmp_path, text)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "fed").read_text() == text.replace("\\restrict QcG36cPUwiZMEwS4\n", "").replace(
+        "\\unrestrict QcG36cPUwiZMEwS4\n", "")
+    assert (tmp_path / "args").read_text().split()[:6] == ["-X", "-q", "-U", "app", "-d", "appdb"]
+
+
+@pytest.mark.parametrize("line", ["\\! touch /tmp/x", "SELECT 1; \\! touch /tmp/x", "\\restrict k; \\! id",
+                                  "\\o /tmp/out", "CREATE ROLE \"a\\b\";"])
+def test_a_roles_file_with_any_other_backslash_never_reaches_psql(tmp_path, line):
+    r = _globals(tmp_path, f"CREATE ROLE app;\n{line}\n")
+    assert r.returncode == 3 and "memstack-ops-refused: line 2 " in r.stderr
+    assert not (tmp_path / "args").exists()
+
+
+# --------------------------------------------------------------------------- shell the engines build
+
+def test_wrap_compress_keeps_the_producer_exit_code():
+    ok = subprocess.run(["sh", "-c", wrap_compress("printf hello", "gzip -c")], capture_output=True)
+    assert ok.returncode == 0 and gzip.decompress(ok.stdout) == b"hello"
+    bad = subprocess.run(["sh", "-c", wrap_compress("printf x; exit 3", "gzip -c")], capture_output=True)
+    assert bad.returncode == 3
+
+
+def test_counts_and_notes_travel_on_stderr():
+    counts, notes = parse_marked("pg_dump: warning\nmemstack-ops-count|public.t|12\nmemstack-ops-count|s.\"u|v\"|0\n"
+                                 "memstack-ops-note: counting rows failed: x\n")
+    assert counts == {"public.t": 12, 's."u|v"': 0} and notes == ["counting rows failed: x"]
+    assert compare_counts({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 0}, "table") == [
+        "table b: backup had 2, scratch restore has 3", "table c: backup had none, scratch restore has 0"]
+
+
+@pytest.mark.parametrize("num,compress,flags", [(150018, "zstd", ["-Fc"]), (160002, "zstd", ["-Fc", "-Z", "zstd"]),
+                                                (150018, "none", ["-Fc", "-Z0"]), (170000, "gzip", ["-Fc"])])
+def test_pg_dump_uses_its_own_compression(num, compress, flags):
+    job = SimpleNamespace(compress=compress)
+    plan = Plan(Postgres(), Svc("postgres", "postgres", {}), info={"version_num": num})
+    assert Postgres().dump_flags(job, plan)[0] == flags
+
+
+
+# --------------------------------------------------------------------------- the job
+
+def test_after_a_restore_the_engines_running_and_healthy_is_taken_in_one_inspect(monkeypatch):
+    from invoke import Result
+
+    from memstack_ops.backup.engines import Job
+
+    answers = {"db": "running/healthy", "cache": "running/starting", "app": "running/"}
+    calls = []
+
+    class Host:
+        def run(self, argv, **kw):
+            calls.append(argv)
+            return Result("\n".join(answers[a.split("-")[1]] for a in argv[4:]) + "\n")
+
+    job = Job(t=None, host=Host(), model={"services": {}}, say=lambda m: None)
+    monkeypatch.setattr(Job, "inspect", lambda self, n: SimpleNamespace(container=f"p-{n}-1"))
+    job.wait_healthy(["db"])  # t=None: reaching the Watch would fail
+    assert calls == [["docker", "inspect", "--format",
+                      "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", "p-db-1"]]
+    assert job.engine_says_healthy(["db"]) is True
+    assert job.engine_says_healthy(["db", "cache"]) is False  # still starting: the Watch decides
+    assert job.engine_says_healthy(["app"]) is False  # no healthcheck: the Watch runs probes
+
+
+def test_one_off_containers_blank_the_compose_labels_their_image_may_carry():
+    """An image compose built carries com.docker.compose.project/service, and a container inherits
+    its image's labels: a one-off of ours must never be listed as the service itself."""
+    from memstack_ops.backup.engines import Job
+
+    job = Job(t=SimpleNamespace(stack=SimpleNamespace(project="p")), host=None, model={"services": {}},
+              say=lambda m: None)
+    argv = job.oneoff("p-db-check", "p-db:latest", stdin=True, args=("true",))
+    labels = [argv[i + 1] for i, a in enumerate(argv) if a == "--label"]
+    assert labels == ["memstack-ops.project=p", "memstack-ops.role=backup", "com.docker.compose.project=",
+                      "com.docker.compose.service="]
+    assert argv[-2:] == ["p-db:latest", "true"]
