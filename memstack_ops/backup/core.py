@@ -23,7 +23,7 @@ def backups_root(t: Any, here: bool = False) -> str:
     ``here``: the root on this machine even when ``t`` targets a host (where --fetch puts sets)."""
     d = PurePosixPath(str(t.settings["backups_dir"]))
     if not d.is_absolute():
-        remote = None if here else getattr(getattr(t, "compose", None), "remote_root", None)
+        remote = t.release_dir if t.remote and not here else None
         # here: the project's own root (on a host target, stack.root is a temporary mirror of the release)
         base = remote.rsplit("/releases/", 1)[0] if remote else str(
             (getattr(t.settings, "root", None) if here else None) or t.stack.root)

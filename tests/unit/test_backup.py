@@ -106,7 +106,8 @@ def test_retention_never_drops_the_newest_verified_set():
 
 def _target(root: Path, backups: str = "backups") -> SimpleNamespace:
     stack = SimpleNamespace(name="memstack", root=root, project="p", stage="dev")
-    return SimpleNamespace(c=MockContext(), settings={"backups_dir": backups, "timeout": 10}, stack=stack)
+    return SimpleNamespace(c=MockContext(), settings={"backups_dir": backups, "timeout": 10}, stack=stack,
+                           remote=False, release_dir=None)
 
 
 def test_prune_deletes_only_what_manifests_list(tmp_path):
@@ -132,7 +133,7 @@ def test_backups_dir_is_relative_to_the_project_root_unless_absolute(tmp_path):
     assert core.backups_root(_target(tmp_path)) == f"{tmp_path}/backups/memstack"
     assert core.backups_root(_target(tmp_path, "/srv/bk")) == "/srv/bk/memstack"
     on_host = _target(tmp_path)  # -H: the stack runs from <root>/releases/<id> on the host
-    on_host.compose = SimpleNamespace(remote_root="/srv/app/releases/20260101T000000Z-abc")
+    on_host.remote, on_host.release_dir = True, "/srv/app/releases/20260101T000000Z-abc"
     assert core.backups_root(on_host) == "/srv/app/backups/memstack"
 
     class Settings(dict):  # on a host, stack.root is a temporary mirror: --fetch must use the project root
@@ -215,11 +216,12 @@ def test_local_context_writes_locally_and_others_through_the_shell():
     from fabric import Connection
 
     from memstack_ops.remote.ssh import HostConnection
+    from memstack_ops.target import on_host
 
     assert isinstance(host_for(Context()), LocalHost) and isinstance(host_for(MockContext()), LocalHost)
     assert type(host_for(SimpleNamespace(run=None))) is ShellHost
     assert type(host_for(Connection("example.invalid"))) is ShellHost
-    assert issubclass(HostConnection, Connection) and hasattr(HostConnection, "stack_target")
+    assert issubclass(HostConnection, Connection) and on_host(Connection("example.invalid"))
 
 
 def test_shell_host_file_operations(tmp_path):
