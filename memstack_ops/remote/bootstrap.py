@@ -150,7 +150,7 @@ class Bootstrap:
         self.step("compose v2", True, f"copied this machine's compose plugin ({v}) to {PLUGIN_DIR}")
 
     def daemon_config(self) -> bool:
-        from .ssh import read_text
+        from .files import read_text
 
         text = read_text(self.c, DAEMON_JSON)
         try:
@@ -164,7 +164,7 @@ class Bootstrap:
             return False
         body = json.dumps(want, indent=2, sort_keys=True) + "\n"
         tmp = "/tmp/memstack-ops-daemon.json"
-        from .ssh import put_text
+        from .files import put_text
 
         put_text(self.c, body, tmp, mode=0o644)
         self.must(self.root_sh(f"mkdir -p /etc/docker && mv {tmp} {DAEMON_JSON}"), f"writing {DAEMON_JSON}")
