@@ -23,6 +23,15 @@ def warn(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def human_size(n: float) -> str:
+    """Bytes in decimal (SI) units, as docker prints them: 1 KB = 1000 B, 1 MB = 1000 KB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     rows = [[("" if v is None else str(v)) for v in r] for r in rows]
     if interactive():

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..output import human_size
 from . import RemoteError
 
 
@@ -24,20 +25,12 @@ class Shipment:
     bytes: int = 0
 
     def describe(self) -> str:
-        parts = [f"shipped {len(self.shipped)} image(s) ({human(self.bytes)}"
+        parts = [f"shipped {len(self.shipped)} image(s) ({human_size(self.bytes)}"
                  + (f": {', '.join(self.shipped)})" if self.shipped else ")")]
         if self.tagged:
             parts.append(f"tagged {len(self.tagged)} the host already had")
         parts.append(f"{len(self.present)} already present")
         return ", ".join(parts)
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def refs(model: dict[str, Any], services: Iterable[str]) -> list[str]:
