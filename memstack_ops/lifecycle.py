@@ -249,8 +249,7 @@ def urls(t: Target) -> list[list[str]]:
                 continue
             host = p.get("host_ip") or "127.0.0.1"
             host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            target = int(p["target"])
-            scheme = SCHEMES.get(target, "http")
+            scheme = SCHEMES.get(int(p["target"]), "http")
             url = labels.get("memstack-ops.url") or f"{scheme}://{host}:{p['published']}{PATHS.get(name, '') if scheme == 'http' else ''}"
             out.append([name, url])
     return out
