@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from invoke import Exit
 from invoke.exceptions import Failure, UnexpectedExit
 
+from ..compose import first_line
 from ..config import settings
 from ..errors import ConfigError, MemstackError
 from .inventory import Host, resolve_hosts, stage_hosts
@@ -137,7 +138,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
         detail = f"connection lost ({type(e).__name__}: {e})"
         ew.write(f"error: {detail}\n")
     except Exception as e:  # noqa: BLE001 - one host's bug must not stop the others
-        detail = f"{type(e).__name__}: {e}".split("\n")[0]
+        detail = f"{type(e).__name__}: {first_line(str(e))}"
         if debug:
             ew.write(traceback.format_exc())
         else:

@@ -105,3 +105,13 @@ def test_debug_shows_the_traceback_of_a_host_runner_that_raises(connections, cap
     [o] = fan_out(call(task), HOSTS[:1], config=None, debug=True)
     err = capsys.readouterr().err
     assert not o.ok and "[a] Traceback (most recent call last):" in err and "[a] KeyError: 'boom'" in err
+
+
+def test_an_error_whose_message_starts_on_a_new_line_still_gets_its_reason(connections):
+    from memstack_ops.remote.fanout import fan_out
+
+    def task(c):
+        raise RuntimeError("\nSaw 1 exceptions within threads (OSError):\n...")
+
+    [o] = fan_out(call(task), HOSTS[:1], config=None)
+    assert o.detail == "RuntimeError: Saw 1 exceptions within threads (OSError):"
