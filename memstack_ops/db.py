@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 from .errors import MemstackError
 from .kinds import kind_of
+from .target import Target
 
 DB_KINDS = ("postgres", "mysql", "neo4j", "redis")
 TABLE = "memstack_schema_migrations"
@@ -148,7 +149,7 @@ AUTH_FAILED = re.compile(r"password authentication failed|Access denied for user
 class Db:
     """One database service of a stack, driven through ``compose exec -T``."""
 
-    t: Any  # lifecycle.Target
+    t: Target
     service: str
     kind: str
     model: dict[str, Any]
@@ -425,7 +426,7 @@ def _q(s: str) -> str:
 
 # --------------------------------------------------------------------------- orchestration
 
-def databases(t: Any, model: dict[str, Any], only: Iterable[str] = ()) -> list[Db]:
+def databases(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> list[Db]:
     """The stack's database services, optionally filtered by service name or kind."""
     only = [o for o in only if o]
     out = []
@@ -450,7 +451,7 @@ def plan(db: Db, root: Path, tracks: Iterable[str] = ("schema", "seed")) -> tupl
     return [m for m in files if (m.track, m.version) not in applied], applied
 
 
-def init(t: Any, model: dict[str, Any], only: Iterable[str] = (), timeout: float = 120,
+def init(t: Target, model: dict[str, Any], only: Iterable[str] = (), timeout: float = 120,
          tracks: Iterable[str] = ("schema", "seed"), dry_run: bool = False,
          after: dict[str, Any] | None = None) -> list[Report]:
     """Wait, ensure, migrate, seed: idempotent; a second run changes nothing. The databases are
@@ -488,7 +489,7 @@ def init(t: Any, model: dict[str, Any], only: Iterable[str] = (), timeout: float
     return [f.result() for f in futures]
 
 
-def status(t: Any, model: dict[str, Any], only: Iterable[str] = ()) -> list[tuple[Db, list[list[str]]]]:
+def status(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> list[tuple[Db, list[list[str]]]]:
     """Per database: one row per migration file or record: track, version, name, checksum,
     applied_at, duration, state (applied / pending / DRIFT / missing file / running)."""
     out = []

@@ -19,9 +19,10 @@ HERE = "this machine"
 
 
 def on_host(c: Any) -> bool:
-    """Whether ``c`` runs its commands on another machine: a fabric Connection (it has a ``host``,
-    the inventory's HostConnection included) rather than invoke's local Context."""
-    return hasattr(c, "host")
+    """Whether ``c`` runs its commands on another machine: an inventory host's connection (it has
+    an ``inventory`` entry) or any fabric Connection (it has a ``host``), rather than invoke's
+    local Context."""
+    return getattr(c, "inventory", None) is not None or hasattr(c, "host")
 
 
 def where(c: Any) -> str:

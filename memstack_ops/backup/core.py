@@ -12,12 +12,13 @@ from typing import Any, Iterable
 
 from .engines import (COMPRESSIONS, DB_KINDS, ENGINES, Job, Plan, Svc, Volume, Volumes, inspect_service,
                       stack_volumes)
+from ..target import Target
 from .host import BackupError, Host, host_for
 from .sets import (MANIFEST, VERIFY, BackupSet, human_size, iso, list_sets, load_set, manifest_json, new_id,
                    select_keep, utcnow)
 
 
-def backups_root(t: Any, here: bool = False) -> str:
+def backups_root(t: Target, here: bool = False) -> str:
     """``<backups_dir>/<stack>``; a relative backups_dir is relative to the project root, and on a
     remote host (``-H``) to its deploy root (beside ``releases/``, so backups outlive releases).
     ``here``: the root on this machine even when ``t`` targets a host (where --fetch puts sets)."""
@@ -31,7 +32,7 @@ def backups_root(t: Any, here: bool = False) -> str:
     return str(d / t.stack.name)
 
 
-def make_job(t: Any, host: Host | None = None, compress: str = "zstd", model: dict[str, Any] | None = None) -> Job:
+def make_job(t: Target, host: Host | None = None, compress: str = "zstd", model: dict[str, Any] | None = None) -> Job:
     from ..output import say
 
     if compress not in COMPRESSIONS:
@@ -149,7 +150,7 @@ def volume_size(job: Job, vol: Volume) -> int:
 
 # --------------------------------------------------------------------------- backup
 
-def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[str] = (), compress: str = "zstd",
+def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable[str] = (), compress: str = "zstd",
            dry_run: bool = False, space_check: bool = True, stop: bool = False, exclude: Iterable[str] = (),
            reason: str = "manual", host: Host | None = None, job: Job | None = None,
            plans: list[Plan] | None = None, stopped_already: bool = False) -> BackupSet | None:
@@ -297,7 +298,7 @@ def record_verify(host: Host, s: BackupSet, ok: bool, level: str, details: list[
                                                          "details": details}))
 
 
-def verify(t: Any, set_id: str | None = None, restore_test: bool = False, host: Host | None = None) -> list[list[str]]:
+def verify(t: Target, set_id: str | None = None, restore_test: bool = False, host: Host | None = None) -> list[list[str]]:
     """Checksums, then a format check of every file, then (``restore_test``) a scratch restore in
     the same image comparing counts. Records the result in the set's verify.json."""
     job = make_job(t, host)
@@ -337,7 +338,7 @@ def verify(t: Any, set_id: str | None = None, restore_test: bool = False, host: 
     return rows
 
 
-def _maybe_service(t: Any, host: Host, model: dict[str, Any], entry: dict[str, Any]) -> Svc | None:
+def _maybe_service(t: Target, host: Host, model: dict[str, Any], entry: dict[str, Any]) -> Svc | None:
     name = entry.get("service")
     if entry.get("kind") == "volumes" or name not in (model.get("services") or {}):
         return None
@@ -360,7 +361,7 @@ def dependants(model: dict[str, Any], name: str) -> list[str]:
     return out
 
 
-def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = None, yes: bool = False,
+def restore(t: Target, kind: str, set_id: str | None = None, service: str | None = None, yes: bool = False,
             safety: bool = True, dry_run: bool = False, volumes: Iterable[str] = (), host: Host | None = None,
             space_check: bool = True, checked: bool = False, **opts: Any) -> dict[str, Any]:
     """Restore one service (or volumes) from a backup set; see the module docs of the tasks."""
@@ -431,7 +432,7 @@ def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = 
     return summary
 
 
-def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,
+def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,
                      space_check: bool, checked: bool = False) -> dict[str, Any]:
     from ..output import confirm
 
@@ -477,7 +478,7 @@ def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: b
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-def restore_all(t: Any, set_id: str | None = None, yes: bool = False, safety: bool = True, dry_run: bool = False,
+def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety: bool = True, dry_run: bool = False,
                 host: Host | None = None) -> list[tuple[str, Any]]:
     """Restore every database of a backup.all set, then its volumes; one confirmation."""
     from ..output import confirm
@@ -509,7 +510,7 @@ def restore_all(t: Any, set_id: str | None = None, yes: bool = False, safety: bo
 
 # --------------------------------------------------------------------------- list and prune
 
-def list_rows(t: Any, kind: str | None = None, host: Host | None = None) -> tuple[list[list[str]], list[str]]:
+def list_rows(t: Target, kind: str | None = None, host: Host | None = None) -> tuple[list[list[str]], list[str]]:
     from .sets import human_age, partial_sets, verified_label
 
     host = host or host_for(t.c)
@@ -524,7 +525,7 @@ def list_rows(t: Any, kind: str | None = None, host: Host | None = None) -> tupl
     return rows, partial_sets(host, root)
 
 
-def prune(t: Any, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0,
+def prune(t: Target, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0,
           dry_run: bool = False, kind: str | None = None, host: Host | None = None) -> tuple[list[BackupSet], dict[str, list[str]]]:
     """Delete the sets no retention rule keeps. Only files listed in a set's manifest (plus the
     manifest and verify.json) are deleted; a folder holding anything else is left in place."""

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..target import Target
 from .host import BackupError, Captured, Host, StreamFailed, q
 
 # --------------------------------------------------------------------------- shell snippets
@@ -204,7 +205,7 @@ class Svc:
         return self.state == "running"
 
 
-def inspect_service(t: Any, host: Host, model: dict[str, Any], name: str, ps: list[dict[str, Any]] | None = None) -> Svc:
+def inspect_service(t: Target, host: Host, model: dict[str, Any], name: str, ps: list[dict[str, Any]] | None = None) -> Svc:
     """The service and its container (``ps``: rows of ``compose ps`` already at hand)."""
     from ..kinds import kind_of
 
@@ -250,7 +251,7 @@ def image_for(host: Host, entry: dict[str, Any], svc: Svc | None) -> str:
 class Job:
     """What one backup/restore run shares: target, host, compose model, options, output."""
 
-    t: Any
+    t: Target
     host: Host
     model: dict[str, Any]
     compress: str = "zstd"

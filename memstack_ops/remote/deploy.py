@@ -58,7 +58,7 @@ def host_checks(t: Target) -> None:
         hint = ""
         if any(x.name in ("engine", "compose") for x in bad):
             hint = f" Make the host ready with `memstack-ops -H {t.c.inventory.name} bootstrap`."
-        raise RemoteError(f"{t.c.inventory.label} is not ready: " + "; ".join(f"{x.name}: {x.detail}" for x in bad)
+        raise RemoteError(f"{t.where} is not ready: " + "; ".join(f"{x.name}: {x.detail}" for x in bad)
                           + f". Nothing was changed on the host.{hint}")
 
 

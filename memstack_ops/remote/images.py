@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..output import human_size
+from ..target import Target
 from . import RemoteError
 
 
@@ -142,7 +143,7 @@ def ship(c: Any, images: list[str], cancel: threading.Event | None = None) -> Sh
     return result
 
 
-def pull(c: Any, t: Any, services: Iterable[str]) -> None:
+def pull(c: Any, t: Target, services: Iterable[str]) -> None:
     r = t.compose.run(c, "pull", "--quiet", *services)
     if r.failed:
         raise RemoteError(f"Pulling images on the host failed: {t.compose.scrub((r.stderr or r.stdout).strip())[-600:]}"
