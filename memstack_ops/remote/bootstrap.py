@@ -216,12 +216,11 @@ class Bootstrap:
         self.step("deploy dir", True, f"created {root}")
 
     def doctor(self) -> None:
-        from types import SimpleNamespace
-
         from ..doctor import FAIL, check_compose, check_disk, check_engine
         from .deploy import show_checks
+        from .target import make
 
-        t = SimpleNamespace(c=self.c, settings=self.s)
+        t = make(self.c, self.s, self.s.stack(), None, require_env=False)  # the host's checks only
         checks = [check_engine(t), check_compose(t), check_disk(t)]
         show_checks(checks, f"doctor ({self.host.name})")
         bad = [x for x in checks if x.result == FAIL]

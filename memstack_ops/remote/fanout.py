@@ -151,7 +151,8 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
                 conn.close()
             except Exception:  # noqa: BLE001 - closing a dead connection
                 pass
-        ow.flush(), ew.flush()
+        ow.flush()
+        ew.flush()
         out.local.writer = err.local.writer = None
     reported = report.get("result")
     if ok:

@@ -41,7 +41,7 @@ def ops_task(*args: Any, local_only: bool = False, remote_only: bool = False,
             except KeyboardInterrupt:
                 raise Exit("Interrupted; nothing further was done.", code=130) from None
 
-        t = task(body, *args, **kwargs)
+        t: Any = task(body, *args, **kwargs)
         t.local_only, t.remote_only = local_only, remote_only
         return t
 
