@@ -151,15 +151,19 @@ class Compose:
     def attach(self, c: Any, service: str, *command: str) -> int:
         """``compose exec`` wired to this process's terminal (db.shell), through ``run`` so it runs
         where the stack runs (the host's release folder with -H). stdin a terminal: a pty (through
-        SSH on a host), output straight to the terminal. Otherwise no pty (``exec -T``), stdin
+        SSH on a host), the local terminal raw meanwhile (keys as typed, as ssh does), output
+        straight to the terminal. Otherwise no pty (``exec -T``), stdin
         forwarded to its end, output shown as any task's: ``echo 'select 1;' | db.shell postgres``.
         Returns the command's exit code."""
         import sys
 
+        from .output import raw_terminal
+
         stdin = sys.stdin
         if stdin is not None and stdin.isatty():
-            r = self.run(c, "exec", service, *command, hide=False, pty=True, in_stream=stdin,
-                         out_stream=sys.__stdout__, err_stream=sys.__stderr__)
+            with raw_terminal(stdin):
+                r = self.run(c, "exec", service, *command, hide=False, pty=True, in_stream=stdin,
+                             out_stream=sys.__stdout__, err_stream=sys.__stderr__)
         else:
             pipe = StdinPipe(stdin) if stdin is not None else False
             r = self.run(c, "exec", "-T", service, *command, hide=False, pty=False, in_stream=pipe)

@@ -5,14 +5,40 @@ rich is imported lazily so `inv --list` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 
 def interactive(stream: Any = None) -> bool:
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)()) and os.environ.get("CI", "").lower() not in ("1", "true")
+
+
+@contextlib.contextmanager
+def raw_terminal(stream: Any) -> Iterator[None]:
+    """``stream`` (a terminal in the foreground) in raw mode meanwhile, as ssh does for an
+    interactive session: every key goes to the remote program as typed (Enter as CR, which
+    line editors such as redis-cli's want; Ctrl-C as a byte, so it cancels the query rather than
+    this process). Restored afterwards. Anything else: unchanged."""
+    try:
+        fd = stream.fileno()
+        foreground = os.isatty(fd) and os.getpgrp() == os.tcgetpgrp(fd)
+    except (AttributeError, OSError, ValueError):
+        foreground = False
+    if not foreground:
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def say(msg: str = "") -> None:

@@ -137,6 +137,36 @@ def test_db_shell_on_a_host_runs_piped_statements_in_its_current_release(remote_
     assert "Traceback" not in out
 
 
+def test_db_shell_on_a_host_with_a_terminal_is_the_interactive_client(remote_project, tmp_path):
+    """stdin a terminal: a pty through SSH to the client in the host's current release."""
+    import fcntl
+    import os
+    import pty
+    import termios
+
+    p = remote_project
+    ok(p.run("-H", "h1", "deploy", timeout=600))
+    master, slave = pty.openpty()
+    # the pty is the command's controlling terminal, as an operator's is (invoke reads it only then)
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "inv"), "-H", "h1", "db.shell", "--service", "cache"],
+                            cwd=REPO, env=p.env(), stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    try:
+        time.sleep(3)  # the client's prompt; typing earlier would only be buffered
+        os.write(master, b"ECHO typed-at-a-terminal\r")
+        time.sleep(2)
+        os.write(master, b"quit\r")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = out.decode(errors="replace") + err.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert '"typed-at-a-terminal"' in text and "> " in text, text  # redis-cli's prompt and its quoted reply
+
+
 def test_second_deploy_with_unchanged_images_ships_no_image_bytes(remote_project, hosts):
     p, h1 = remote_project, hosts["h1"]
     image = unique_image()
