@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from backup import timed_tool  # noqa: E402
-from conftest_remote import cleanup_run, make_project, remove_hosts, start_host  # noqa: E402
+from memstack_ops.testing_hosts import cleanup_run, make_project, remove_hosts, start_host  # noqa: E402
 
 SET_ID = "20261123T020000Z-volumes"
 

@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from memstack_ops.testing_hosts import cleanup_run, make_project, remove_hosts, start_host, unique_image
 
-from conftest_remote import cleanup_run, make_project, remove_hosts, start_host, unique_image  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def timed(fn) -> float:

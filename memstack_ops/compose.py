@@ -41,6 +41,30 @@ class Script(io.StringIO):
         return super().read(-1 if size is None or size < 0 else max(size, 65536))
 
 
+class StdinPipe:
+    """This process's stdin (a pipe or a file, not a terminal) for ``c.run(in_stream=...)``:
+    invoke reads such a stream one byte per 10 ms; this hands over what is there, up to 64 KB,
+    decoded incrementally (a UTF-8 character split between reads stays whole)."""
+
+    def __init__(self, stream: Any):
+        import codecs
+
+        self.stream = stream
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def fileno(self) -> int:
+        return int(self.stream.fileno())
+
+    def isatty(self) -> bool:
+        return False
+
+    def read(self, size: int | None = -1) -> str:
+        import os
+
+        data = os.read(self.fileno(), 65536)
+        return str(self.decoder.decode(data, final=not data))
+
+
 def in_dir(root: Any, argv: Iterable[str]) -> str:
     """``cd ROOT && argv`` with both sides quoted (invoke's own ``c.cd`` only escapes spaces)."""
     return f"cd {shlex.quote(str(root))} && {sh(*argv)}"
@@ -146,6 +170,27 @@ class Compose:
         if text.startswith("["):  # older compose: one JSON array
             return list(json.loads(text))
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def attach(self, c: Any, service: str, *command: str) -> int:
+        """``compose exec`` wired to this process's terminal (db.shell), through ``run`` so it runs
+        where the stack runs (the host's release folder with -H). stdin a terminal: a pty (through
+        SSH on a host), the local terminal raw meanwhile (keys as typed, as ssh does), output
+        straight to the terminal. Otherwise no pty (``exec -T``), stdin
+        forwarded to its end, output shown as any task's: ``echo 'select 1;' | db.shell postgres``.
+        Returns the command's exit code."""
+        import sys
+
+        from .output import raw_terminal
+
+        stdin = sys.stdin
+        if stdin is not None and stdin.isatty():
+            with raw_terminal(stdin):
+                r = self.run(c, "exec", service, *command, hide=False, pty=True, in_stream=stdin,
+                             out_stream=sys.__stdout__, err_stream=sys.__stderr__)
+        else:
+            pipe = StdinPipe(stdin) if stdin is not None else False
+            r = self.run(c, "exec", "-T", service, *command, hide=False, pty=False, in_stream=pipe)
+        return int(r.return_code)
 
     def logs(self, c: Any, service: str, tail: int = 50) -> str:
         r = self.run(c, "logs", "--no-color", "--no-log-prefix", "--tail", str(tail), service)

@@ -288,3 +288,10 @@ def resolve(flags: Mapping[str, Any] | None = None, *, root: Path | None = None,
             raise ConfigError(f"{k} must be positive, got {raw} (from {sources[k]}).")
         values[k] = num
     return Settings(values=values, sources=sources, root=root)
+
+
+def settings(stack: str | None = None, stage: str | None = None, overlay: str | None = None, **flags: Any) -> Settings:
+    """``resolve`` for the tasks' common options: ``overlay`` is the comma separated --overlay flag."""
+    if overlay is not None:
+        flags["overlays"] = [o.strip() for o in overlay.split(",") if o.strip()]
+    return resolve({"stack": stack, "stage": stage, **flags})

@@ -24,6 +24,7 @@ from . import kinds
 from .errors import DbError
 from .kinds import DB_KINDS, kind_of
 from .kinds.spec import TABLE, DbKind
+from .target import Target
 
 __all__ = ["DB_KINDS", "TABLE", "Applied", "Db", "DbError", "Migration", "Report", "databases", "discover", "drift",
            "ensure_api_key", "init", "plan", "status"]
@@ -129,7 +130,7 @@ class Db:
     """One database service of a stack, driven through ``compose exec -T``. Everything that
     depends on the kind (client, auth, SQL) comes from its module in ``memstack_ops.kinds``."""
 
-    t: Any  # lifecycle.Target
+    t: Target
     service: str
     kind: str
     model: dict[str, Any]
@@ -272,7 +273,7 @@ class Db:
 
 # --------------------------------------------------------------------------- orchestration
 
-def databases(t: Any, model: dict[str, Any], only: Iterable[str] = ()) -> list[Db]:
+def databases(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> list[Db]:
     """The stack's database services, optionally filtered by service name or kind."""
     only = [o for o in only if o]
     out = []
@@ -297,7 +298,7 @@ def plan(db: Db, root: Path, tracks: Iterable[str] = ("schema", "seed")) -> tupl
     return [m for m in files if (m.track, m.version) not in applied], applied
 
 
-def init(t: Any, model: dict[str, Any], only: Iterable[str] = (), timeout: float = 120,
+def init(t: Target, model: dict[str, Any], only: Iterable[str] = (), timeout: float = 120,
          tracks: Iterable[str] = ("schema", "seed"), dry_run: bool = False,
          after: dict[str, Any] | None = None) -> list[Report]:
     """Wait, ensure, migrate, seed: idempotent; a second run changes nothing. The databases are
@@ -334,7 +335,7 @@ def init(t: Any, model: dict[str, Any], only: Iterable[str] = (), timeout: float
     return [f.result() for f in futures]
 
 
-def status(t: Any, model: dict[str, Any], only: Iterable[str] = ()) -> list[tuple[Db, list[list[str]]]]:
+def status(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> list[tuple[Db, list[list[str]]]]:
     """Per database: one row per migration file or record: track, version, name, checksum,
     applied_at, duration, state (applied / pending / DRIFT / missing file / running)."""
     out = []

@@ -13,6 +13,7 @@ from typing import Any
 
 from .compose import ENGINE_FIX, compose_version, engine_version, first_line, run
 from .errors import MemstackError
+from .target import Target
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 
@@ -32,14 +33,14 @@ def _size_bytes(v: str) -> int:
     return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
 
 
-def check_engine(t: Any) -> Check:
+def check_engine(t: Target) -> Check:
     try:
         return Check("engine", OK, f"Docker engine {engine_version(t.c)} reachable")
     except MemstackError as e:
         return Check("engine", FAIL, str(e).split(". ")[0], ENGINE_FIX)
 
 
-def check_compose(t: Any) -> Check:
+def check_compose(t: Target) -> Check:
     try:
         v = compose_version(t.c)
     except MemstackError as e:
@@ -51,7 +52,7 @@ def check_compose(t: Any) -> Check:
     return Check("compose", OK, f"compose v{v}")
 
 
-def check_env(t: Any) -> Check:
+def check_env(t: Target) -> Check:
     from .envfiles import check_env as check
 
     root, stack = t.stack.root, t.stack
@@ -71,7 +72,7 @@ def check_env(t: Any) -> Check:
     return Check("env file", OK, f"{', '.join(stack.env_files)} valid")
 
 
-def check_config(t: Any) -> tuple[Check, dict[str, Any] | None]:
+def check_config(t: Target) -> tuple[Check, dict[str, Any] | None]:
     try:
         model = t.compose.model(t.c)
     except MemstackError as e:
@@ -103,7 +104,7 @@ def listeners(c: Any) -> dict[int, str]:
     return out
 
 
-def check_ports(t: Any, model: dict[str, Any]) -> Check:
+def check_ports(t: Target, model: dict[str, Any]) -> Check:
     wanted: dict[int, str] = {}
     for name, svc in model.get("services", {}).items():
         for p in svc.get("ports") or []:
@@ -132,7 +133,7 @@ def check_ports(t: Any, model: dict[str, Any]) -> Check:
     return Check("ports", OK, f"{len(wanted)} host ports free or held by this stack")
 
 
-def check_disk(t: Any) -> Check:
+def check_disk(t: Target) -> Check:
     r = run(t.c, ["docker", "info", "--format", "{{.DockerRootDir}}"])
     root = r.stdout.strip() if r.ok and r.stdout.strip() else "/var/lib/docker"
     d = run(t.c, ["df", "-Pk", root])
@@ -155,7 +156,7 @@ def check_disk(t: Any) -> Check:
     return Check("disk", OK, detail)
 
 
-def check_memory(t: Any, model: dict[str, Any]) -> Check:
+def check_memory(t: Target, model: dict[str, Any]) -> Check:
     r = run(t.c, ["docker", "info", "--format", "{{.MemTotal}}"])
     total = int(r.stdout.strip()) if r.ok and r.stdout.strip().isdigit() else 0
     need, parts = 0, []
@@ -180,7 +181,7 @@ def check_memory(t: Any, model: dict[str, Any]) -> Check:
     return Check("memory", OK, detail)
 
 
-def check_images(t: Any, model: dict[str, Any], probe_registry: bool = True) -> Check:
+def check_images(t: Target, model: dict[str, Any], probe_registry: bool = True) -> Check:
     r = run(t.c, ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"])
     have = set(r.stdout.split())
     have |= {h.removeprefix("docker.io/").removeprefix("library/") for h in have}
@@ -210,7 +211,7 @@ def check_images(t: Any, model: dict[str, Any], probe_registry: bool = True) -> 
     return Check("images", OK, f"{len(missing)} to pull: {', '.join(missing)}")
 
 
-def run_checks(t: Any, full: bool = True) -> list[Check]:
+def run_checks(t: Target, full: bool = True) -> list[Check]:
     """Engine and compose first: without them nothing else can be checked."""
     checks = [check_engine(t)]
     if checks[0].result == FAIL:

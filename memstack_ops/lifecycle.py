@@ -7,51 +7,14 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .compose import Compose, dependencies, topo_layers, validate_services
-from .config import Settings, Stack
+from .compose import dependencies, topo_layers, validate_services
 from .errors import ComposeError
 from .health import Status, Watch
 from .output import confirm, interactive, say
-
-
-@dataclass
-class Target:
-    """Everything a core function needs about the stack it works on."""
-
-    c: Any
-    settings: Settings
-    stack: Stack
-    compose: Compose
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def probes(self) -> Mapping[str, str]:
-        return dict(self.stack.options.get("probes", {}))
-
-
-def target(c: Any, settings: Settings, require_env: bool = True) -> Target:
-    """Build the Target for the settings' stack; reads (and validates the syntax of) its env
-    files so their secret values can be masked in anything we print."""
-    if hasattr(c, "stack_target"):  # a remote host's Connection: the stack is its current release
-        return c.stack_target(settings, require_env)  # (memstack_ops/remote/target.py)
-    from .envfiles import read_env
-
-    stack = settings.stack()
-    env: dict[str, str] = {}
-    for f in stack.env_files:
-        p = stack.root / f
-        if p.is_file():
-            env.update(read_env(p))
-        elif require_env and f == stack.env_file:
-            from .errors import EnvFileError
-
-            raise EnvFileError(f"The env file {f} is missing: run `inv env.init --stack {stack.name}` "
-                               f"(it writes one from {stack.env_template} with strong generated secrets).")
-    return Target(c, settings, stack, Compose(stack, secrets=env), env)
+from .target import Target, target  # noqa: F401 - target: re-exported (older callers)
 
 
 class Display:
@@ -346,8 +309,7 @@ def urls(t: Target) -> list[list[str]]:
                 continue
             host = p.get("host_ip") or "127.0.0.1"
             host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            target = int(p["target"])
-            scheme = SCHEMES.get(target, "http")
+            scheme = SCHEMES.get(int(p["target"]), "http")
             url = labels.get("memstack-ops.url") or f"{scheme}://{host}:{p['published']}{PATHS.get(name, '') if scheme == 'http' else ''}"
             out.append([name, url])
     return out

@@ -5,14 +5,40 @@ rich is imported lazily so `inv --list` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 
 def interactive(stream: Any = None) -> bool:
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)()) and os.environ.get("CI", "").lower() not in ("1", "true")
+
+
+@contextlib.contextmanager
+def raw_terminal(stream: Any) -> Iterator[None]:
+    """``stream`` (a terminal in the foreground) in raw mode meanwhile, as ssh does for an
+    interactive session: every key goes to the remote program as typed (Enter as CR, which
+    line editors such as redis-cli's want; Ctrl-C as a byte, so it cancels the query rather than
+    this process). Restored afterwards. Anything else: unchanged."""
+    try:
+        fd = stream.fileno()
+        foreground = os.isatty(fd) and os.getpgrp() == os.tcgetpgrp(fd)
+    except (AttributeError, OSError, ValueError):
+        foreground = False
+    if not foreground:
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def say(msg: str = "") -> None:
@@ -21,6 +47,15 @@ def say(msg: str = "") -> None:
 
 def warn(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def human_size(n: float) -> str:
+    """Bytes in decimal (SI) units, as docker prints them: 1 KB = 1000 B, 1 MB = 1000 KB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-# Test folders may hold files of the same name (unit/test_backup.py, e2e/test_backup.py): pytest
-# runs with --import-mode=importlib, so helper modules beside the tests go on sys.path here.
-sys.path.insert(0, str(Path(__file__).parent / "e2e"))
 
 from memstack_ops.testing import scratch_project
 

@@ -12,19 +12,20 @@ from typing import Any, Iterable
 
 from ..kinds import DB_KINDS
 from .engines import COMPRESSIONS, ENGINES, Job, Plan, Volume, stack_volumes
+from ..target import Target
 from .host import BackupError, Host, host_for
 from .lock import exclusive
 from .sets import (MANIFEST, VERIFY, BackupSet, human_size, iso, list_sets, load_set, manifest_json, new_id,
                    select_keep, utcnow)
 
 
-def backups_root(t: Any, here: bool = False) -> str:
+def backups_root(t: Target, here: bool = False) -> str:
     """``<backups_dir>/<stack>``; a relative backups_dir is relative to the project root, and on a
     remote host (``-H``) to its deploy root (beside ``releases/``, so backups outlive releases).
     ``here``: the root on this machine even when ``t`` targets a host (where --fetch puts sets)."""
     d = PurePosixPath(str(t.settings["backups_dir"]))
     if not d.is_absolute():
-        remote = None if here else getattr(getattr(t, "compose", None), "remote_root", None)
+        remote = t.release_dir if t.remote and not here else None
         # here: the project's own root (on a host target, stack.root is a temporary mirror of the release)
         base = remote.rsplit("/releases/", 1)[0] if remote else str(
             (getattr(t.settings, "root", None) if here else None) or t.stack.root)
@@ -52,7 +53,7 @@ def ensure_private_dir(host: Host, root: str) -> None:
                           f"{shlex.quote(d)}`, check what is in it, and run this again. Nothing was done.")
 
 
-def make_job(t: Any, host: Host | None = None, compress: str = "zstd", model: dict[str, Any] | None = None) -> Job:
+def make_job(t: Target, host: Host | None = None, compress: str = "zstd", model: dict[str, Any] | None = None) -> Job:
     from ..output import say
 
     if compress not in COMPRESSIONS:
@@ -161,7 +162,7 @@ def select_volumes(model: dict[str, Any], keys: Iterable[str], exclude_db: bool 
 # --------------------------------------------------------------------------- backup
 
 @exclusive("backup.{kind}")
-def backup(t: Any, kind: str, services: Iterable[str] = (), volumes: Iterable[str] = (), compress: str = "zstd",
+def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable[str] = (), compress: str = "zstd",
            dry_run: bool = False, space_check: bool = True, stop: bool = False, exclude: Iterable[str] = (),
            reason: str = "manual", host: Host | None = None, job: Job | None = None,
            plans: list[Plan] | None = None, stopped: Iterable[str] = ()) -> BackupSet | None:
@@ -318,14 +319,14 @@ def origin(s: BackupSet) -> str:
     return f"stack {m.get('stack') or '?'} (project {m.get('project') or '?'})"
 
 
-def foreign(t: Any, s: BackupSet) -> bool:
+def foreign(t: Target, s: BackupSet) -> bool:
     """Was the set made for another stack or compose project than ``t``'s? (A manifest that names
     neither counts as foreign: nothing says it is this stack's.)"""
     m = s.manifest
     return (m.get("stack"), m.get("project")) != (t.stack.name, t.stack.project)
 
 
-def check_origin(t: Any, s: BackupSet, allow_foreign: bool, what: str, say: Any) -> None:
+def check_origin(t: Target, s: BackupSet, allow_foreign: bool, what: str, say: Any) -> None:
     """Refuse a set made for another stack unless the operator asked for a migration; then say what
     is mapped onto what. (Like pgBackRest's stanza check, which refuses a repository made for
     another cluster unless told otherwise: a restore never guesses that data belongs here.)"""
@@ -374,7 +375,7 @@ def record_verify(host: Host, s: BackupSet, ok: bool, level: str, details: list[
                                                          "details": details}))
 
 
-def verify(t: Any, set_id: str | None = None, restore_test: bool = False, host: Host | None = None) -> list[list[str]]:
+def verify(t: Target, set_id: str | None = None, restore_test: bool = False, host: Host | None = None) -> list[list[str]]:
     """Checksums, then a format check of every file, then (``restore_test``) a scratch restore in
     the same image comparing counts. Records the result in the set's verify.json."""
     job = make_job(t, host)
@@ -431,7 +432,7 @@ def dependants(model: dict[str, Any], name: str) -> list[str]:
 
 
 @exclusive("restore.{kind}")
-def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = None, yes: bool = False,
+def restore(t: Target, kind: str, set_id: str | None = None, service: str | None = None, yes: bool = False,
             safety: bool = True, dry_run: bool = False, volumes: Iterable[str] = (), host: Host | None = None,
             space_check: bool = True, checked: bool = False, allow_foreign: bool = False, **opts: Any) -> dict[str, Any]:
     """Restore one service (or volumes) from a backup set; see the module docs of the tasks. A set
@@ -506,7 +507,7 @@ def restore(t: Any, kind: str, set_id: str | None = None, service: str | None = 
     return summary
 
 
-def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,
+def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,
                      space_check: bool, checked: bool = False, allow_foreign: bool = False) -> dict[str, Any]:
     from ..output import confirm
 
@@ -555,7 +556,7 @@ def _restore_volumes(t: Any, job: Job, s: BackupSet, keys: Iterable[str], yes: b
 
 
 @exclusive("restore.all")
-def restore_all(t: Any, set_id: str | None = None, yes: bool = False, safety: bool = True, dry_run: bool = False,
+def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety: bool = True, dry_run: bool = False,
                 host: Host | None = None, allow_foreign: bool = False) -> list[tuple[str, Any]]:
     """Restore every database of a backup.all set, then its volumes; one confirmation."""
     from ..output import confirm
@@ -590,7 +591,7 @@ def restore_all(t: Any, set_id: str | None = None, yes: bool = False, safety: bo
 
 # --------------------------------------------------------------------------- list and prune
 
-def list_rows(t: Any, kind: str | None = None, host: Host | None = None) -> tuple[list[list[str]], list[str]]:
+def list_rows(t: Target, kind: str | None = None, host: Host | None = None) -> tuple[list[list[str]], list[str]]:
     from .sets import human_age, partial_sets, verified_label
 
     host = host or host_for(t.c)
@@ -608,7 +609,7 @@ def list_rows(t: Any, kind: str | None = None, host: Host | None = None) -> tupl
 
 
 @exclusive("backup.prune")
-def prune(t: Any, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0,
+def prune(t: Target, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0,
           dry_run: bool = False, kind: str | None = None, host: Host | None = None) -> tuple[list[BackupSet], dict[str, list[str]]]:
     """Delete the sets no retention rule keeps. Only files listed in a set's manifest (plus the
     manifest and verify.json) are deleted; a folder holding anything else is left in place."""

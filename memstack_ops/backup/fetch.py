@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..target import Target, on_host
 from .host import BackupError, LocalHost, fsync_dir, host_for
 from .sets import (MANIFEST, VERIFY, BackupSet, ManifestError, human_size, iso, list_sets, load_set, manifest_json,
                    new_id, parse_id, parse_manifest, utcnow)
@@ -57,7 +58,7 @@ def host_label(c: Any) -> str:
 
 
 def require_remote(c: Any) -> None:
-    if isinstance(host_for(c), LocalHost) or not hasattr(c, "client"):
+    if not on_host(c):
         raise BackupError("--fetch copies a backup set from a remote host to this machine, so it needs -H HOST "
                           "(for example `memstack-ops -H prod backup.all --fetch`, or `memstack-ops -H prod "
                           "backup.fetch` for an existing set). Without -H the backup is made here already, in "
@@ -74,7 +75,7 @@ def safe_name(name: str, set_id: str) -> str:
                           f"copied.") from None
 
 
-def fetch(t: Any, set_id: str | None = None, s: BackupSet | None = None, say: Any = None) -> Fetched:
+def fetch(t: Target, set_id: str | None = None, s: BackupSet | None = None, say: Any = None) -> Fetched:
     """Copy the remote set ``s`` (or the one ``set_id`` names, default the newest) here."""
     from .core import backups_root, ensure_private_dir, find_set, progress_bar
 

@@ -615,10 +615,11 @@ def fsync_dir(path: str) -> None:
 
 def host_for(c: Any) -> Host:
     """LocalHost for invoke's own Context (commands run on this machine), ShellHost for anything
-    that runs them elsewhere: a fabric Connection (it has a ``host``) or the remote hosts' own
-    Connection (``stack_target``, memstack_ops/remote)."""
+    that runs them elsewhere (a host's Connection: ``memstack_ops.target.on_host``)."""
     from invoke import Context
 
-    if isinstance(c, Context) and not (hasattr(c, "host") or hasattr(c, "stack_target")):
+    from ..target import on_host
+
+    if isinstance(c, Context) and not on_host(c):
         return LocalHost(c)
     return ShellHost(c)

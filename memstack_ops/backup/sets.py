@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..kinds import DB_KINDS
+from ..output import human_size  # noqa: F401 - re-exported (the one home is output.py)
 
 KINDS = DB_KINDS + ("volumes", "all")
 ID_RE = re.compile(r"^(?P<ts>\d{8}T\d{6}Z)(?:-(?P<seq>\d{1,3}))?-(?P<kind>" + "|".join(KINDS) + r")$")
@@ -296,14 +297,6 @@ def select_keep(sets: list[BackupSet], keep_last: int = 0, keep_daily: int = 0, 
 
 
 # --------------------------------------------------------------------------- display helpers
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
 
 def human_age(t: dt.datetime, now: dt.datetime | None = None) -> str:
     s = max(0.0, ((now or utcnow()) - t).total_seconds())

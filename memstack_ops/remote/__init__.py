@@ -3,8 +3,10 @@ locks, releases, and `-H` for every task (a fabric Connection standing in for th
 
 Modules: ``inventory`` (hosts and ``-H`` strings, no SSH), ``program`` (the ``-H`` core flag and
 the executor, imported at start-up: invoke only), ``fanout`` (hosts in parallel, prefixed output,
-final table), ``ssh`` (connections, host keys, streaming), ``target`` (the remote Target whose stack
-root is the host's current release), ``lock``, ``release``, ``images``, ``deploy``, ``bootstrap``.
+final table), ``ssh`` (connections, host keys, streaming), ``files`` (small files over SFTP),
+``target`` (the remote Target whose stack root is the host's current release), ``lock``,
+``release``, ``images``, ``deploy``, ``bootstrap``. No cycle among them, and nothing here imports
+the task layer (tests/unit/test_imports.py).
 Importing this package imports neither fabric nor paramiko.
 """
 

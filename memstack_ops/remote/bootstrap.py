@@ -165,7 +165,7 @@ class Bootstrap:
         self.step("compose v2", True, f"copied this machine's compose plugin ({v}) to {PLUGIN_DIR}")
 
     def daemon_config(self) -> bool:
-        from .ssh import read_text
+        from .files import read_text
 
         text = read_text(self.c, DAEMON_JSON)
         try:
@@ -178,7 +178,7 @@ class Bootstrap:
                                               f"{self.host.log_max_file}" + (", registry mirrors" if self.host.registry_mirrors else ""))
             return False
         body = json.dumps(want, indent=2, sort_keys=True) + "\n"
-        from .ssh import put_text
+        from .files import put_text
 
         d = self.upload_dir()
         try:
@@ -235,12 +235,11 @@ class Bootstrap:
         self.step("deploy dir", True, f"created {root}")
 
     def doctor(self) -> None:
-        from types import SimpleNamespace
-
         from ..doctor import FAIL, check_compose, check_disk, check_engine
         from .deploy import show_checks
+        from .target import make
 
-        t = SimpleNamespace(c=self.c, settings=self.s)
+        t = make(self.c, self.s, self.s.stack(), None, require_env=False)  # the host's checks only
         checks = [check_engine(t), check_compose(t), check_disk(t)]
         show_checks(checks, f"doctor ({self.host.name})")
         bad = [x for x in checks if x.result == FAIL]

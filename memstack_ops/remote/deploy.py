@@ -2,8 +2,8 @@
 
 deploy: take the lock; doctor the host (engine, compose, disk) before anything changes; upload
 the release; doctor it (env file, compose files, ports, memory); get the images (pull, or ship
-the ones whose ID the host lacks); optional backup (memstack_ops.backup, when installed);
-health-gated ``up``; ``db.init`` (memstack_ops.db, when installed); switch ``current``; keep the
+the ones whose ID the host lacks); optional backup (``--backup``: memstack_ops.backup);
+health-gated ``up``; ``db.init`` (memstack_ops.db); switch ``current``; keep the
 last N releases; release the lock; one audit line. A failed health gate (or db.init) brings the
 previous release back by itself (its files and image IDs), health-gated, and says what failed
 and what runs now.
@@ -11,7 +11,6 @@ and what runs now.
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 import time
 from pathlib import Path
@@ -19,26 +18,10 @@ from typing import Any, Callable, Iterable
 
 from ..config import Settings
 from ..errors import MemstackError
+from ..target import Target
 from ..output import say, table, warn
 from . import ConnectionLost, RemoteError
 from .inventory import host_settings
-
-BACKUP_HOOK = ("backup", "backup")  # memstack_ops.backup.backup(t, "all") -> the backup set
-DB_INIT_HOOK = ("db", "init")  # memstack_ops.db.init(t, model) -> reports
-
-
-def hook(module: str, name: str) -> Callable[..., Any] | None:
-    """Another module's function when it is installed (backup and db are separate features);
-    None when the module or the function does not exist."""
-    try:
-        mod = importlib.import_module(f"memstack_ops.{module}")
-    except ModuleNotFoundError as e:
-        if e.name == f"memstack_ops.{module}":
-            return None
-        raise
-    fn = getattr(mod, name, None)
-    return fn if callable(fn) else None
-
 
 def need_host(c: Any, task: str) -> Any:
     if getattr(c, "inventory", None) is None:
@@ -62,7 +45,7 @@ def checkpoint(c: Any, lock: Any = None) -> None:
         raise ConnectionLost(f"{c.inventory.label}: the connection (and with it the deploy lock) was lost.")
 
 
-def host_checks(t: Any) -> None:
+def host_checks(t: Target) -> None:
     """Engine, compose and disk: what can be checked before anything is uploaded."""
     from ..doctor import FAIL, check_compose, check_disk, check_engine
 
@@ -75,7 +58,7 @@ def host_checks(t: Any) -> None:
         hint = ""
         if any(x.name in ("engine", "compose") for x in bad):
             hint = f" Make the host ready with `memstack-ops -H {t.c.inventory.name} bootstrap`."
-        raise RemoteError(f"{t.c.inventory.label} is not ready: " + "; ".join(f"{x.name}: {x.detail}" for x in bad)
+        raise RemoteError(f"{t.where} is not ready: " + "; ".join(f"{x.name}: {x.detail}" for x in bad)
                           + f". Nothing was changed on the host.{hint}")
 
 
@@ -83,7 +66,7 @@ def show_checks(checks: list[Any], title: str) -> None:
     table(title, ["check", "result", "detail"], [[x.name, x.result, x.detail] for x in checks])
 
 
-def release_checks(t: Any) -> dict[str, Any]:
+def release_checks(t: Target) -> dict[str, Any]:
     from ..doctor import FAIL, check_config, check_env, check_memory, check_ports
 
     checks = [check_env(t)]
@@ -106,7 +89,7 @@ def require_docker(c: Any) -> None:
                           f"compose v2, configures and starts the engine). Nothing was changed.")
 
 
-def up_gated(t: Any, services: Iterable[str], c: Any) -> float:
+def up_gated(t: Target, services: Iterable[str], c: Any) -> float:
     from .. import lifecycle
 
     t0 = time.monotonic()
@@ -117,7 +100,7 @@ def up_gated(t: Any, services: Iterable[str], c: Any) -> float:
 def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images: bool = False,
            backup: bool = False, lock_wait: float = 0.0, message: str = "") -> dict[str, Any]:
     from .lock import Lock
-    from .release import audit, current, prune, release_dir, set_status, stage, switch, upload, write_manifest
+    from .release import audit, current, prepare, prune, set_status, switch, upload, write_manifest
     from .target import make, release_target
 
     host = need_host(c, "deploy")
@@ -125,8 +108,9 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
     services = list(services)
     ship = ship_images or host.ship_images
     report = c.report
-    with tempfile.TemporaryDirectory(prefix="memstack-ops-stage-") as tmp:
-        rel = stage(s, host, Path(tmp), services)  # local only: a bad project fails before SSH work
+    with tempfile.TemporaryDirectory(prefix="memstack-ops-upload-") as tmp:
+        # local only: a bad project fails before any SSH work; one release id for the whole run
+        rel = prepare(s, host, Path(tmp), services, now=c.run_started)
         root = host.root_for(rel.stack.name)
         report.update(release=rel.id, result="failed")
         say(f"Deploying stack {rel.stack.name} (stage {rel.stack.stage}, project {rel.stack.project}) release "
@@ -162,25 +146,23 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
             write_manifest(c, root, rel.id, rel.manifest)
             checkpoint(c, lock)
             if backup:
-                fn = hook(*BACKUP_HOOK)
-                if fn is None:
-                    raise RemoteError("--backup: this version of memstack-ops has no backup module "
-                                      "(memstack_ops.backup.backup); deploy without --backup or install it.")
                 if prev is None:
                     say("Backup: nothing deployed yet, nothing to back up.")
                 else:
-                    made = fn(release_target(c, s, root, prev), "all", reason="deploy")
-                    say(f"Backup before deploying: {getattr(made, 'id', made)}")
+                    from ..backup import backup as backup_all
+
+                    made = backup_all(release_target(c, s, root, prev), "all", reason="deploy")
+                    say(f"Backup before deploying: {made.id if made else '-'}")
             checkpoint(c, lock)
             phase = "health gate"
             try:
                 took = up_gated(t, services, c)
                 say(f"Release {rel.id} is healthy ({took:.1f} s).")
-                fn = hook(*DB_INIT_HOOK)
-                if fn is not None:
-                    phase = "db.init"
-                    fn(t, model, services, timeout=float(s["timeout"]))
-                    say("db.init: done.")
+                from .. import db
+
+                phase = "db.init"
+                db.init(t, model, services, timeout=float(s["timeout"]))
+                say("db.init: done.")
             except MemstackError as e:
                 if isinstance(e, RemoteError):
                     raise

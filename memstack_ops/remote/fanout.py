@@ -2,7 +2,8 @@
 batches (``--batch N``: a rolling deploy stops before the next batch when a host of this one
 failed), every line of output prefixed by its host, a final table per host (result, duration,
 release), and a non-zero exit when any host failed. One host's failure (unreachable, refused key,
-failed deploy) never stops the others of its batch.
+failed deploy, a bug) never stops the others of its batch, and ends as one line naming the host
+and the reason; a Python traceback is shown only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any, Iterable
 from invoke import Exit
 from invoke.exceptions import Failure, UnexpectedExit
 
+from ..compose import first_line
+from ..config import settings
 from ..errors import ConfigError, MemstackError
 from .inventory import Host, resolve_hosts, stage_hosts
-
-LOCAL_ONLY = ("stacks", "env.")  # tasks about this machine's project files
 
 
 @dataclass
@@ -102,7 +103,8 @@ def plan(hosts: list[Host], parallel: int | None, batch: int | None) -> tuple[in
 
 
 def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: ThreadRouted,
-             err: ThreadRouted) -> Outcome:
+             err: ThreadRouted, started: float | None = None, debug: bool = False) -> Outcome:
+    """Run ``call`` on ``host``; every failure becomes an Outcome (never an exception)."""
     from .ssh import LOST, connect
 
     prefix = f"[{host.name}] "
@@ -114,6 +116,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
     try:
         conn = connect(host, config)
         conn.cancel = cancel
+        conn.run_started = started  # one deploy run, one release id on every host
         # remote command output the task streams (logs, pull ...) gets the same prefix
         conn.out_writer, conn.err_writer = ow, ew
         call.task(conn, *call.args, **call.kwargs)
@@ -134,9 +137,13 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
     except LOST as e:
         detail = f"connection lost ({type(e).__name__}: {e})"
         ew.write(f"error: {detail}\n")
-    except Exception as e:  # noqa: BLE001 - one host's bug must not stop the others; shown in full
-        detail = f"{type(e).__name__}: {e}"
-        ew.write(traceback.format_exc())
+    except Exception as e:  # noqa: BLE001 - one host's bug must not stop the others
+        detail = f"{type(e).__name__}: {first_line(str(e))}"
+        if debug:
+            ew.write(traceback.format_exc())
+        else:
+            ew.write(f"error: {detail} (an unexpected error in memstack-ops: run again with --debug for "
+                     f"the traceback)\n")
     finally:
         report = dict(conn.report or {}) if conn is not None else {}
         if conn is not None:
@@ -144,7 +151,8 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
                 conn.close()
             except Exception:  # noqa: BLE001 - closing a dead connection
                 pass
-        ow.flush(), ew.flush()
+        ow.flush()
+        ew.flush()
         out.local.writer = err.local.writer = None
     reported = report.get("result")
     if ok:
@@ -156,22 +164,20 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
 
 
 def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = None,
-            batch: int | None = None) -> list[Outcome]:
+            batch: int | None = None, debug: bool = False) -> list[Outcome]:
     par, batches = plan(hosts, parallel, batch)
     cancel = threading.Event()
     outcomes: dict[str, Outcome] = {}
     out, err = ThreadRouted(sys.stdout), ThreadRouted(sys.stderr)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
-    from . import release
-
-    release.run_started = time.time()  # every host of this run gets the same release id
+    started = time.time()  # every host of this run gets the same release id
     try:
         for i, group in enumerate(batches):
             if len(batches) > 1:
                 print(f"batch {i + 1}/{len(batches)}: {', '.join(h.name for h in group)}", flush=True)
             pool = ThreadPoolExecutor(max_workers=min(par, len(group)), thread_name_prefix="host")
-            futures = {pool.submit(one_host, call, h, config, cancel, out, err): h for h in group}
+            futures = {pool.submit(one_host, call, h, config, cancel, out, err, started, debug): h for h in group}
             try:
                 pending = set(futures)
                 while pending:
@@ -196,7 +202,6 @@ def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = No
                 break
     finally:
         sys.stdout, sys.stderr = saved
-        release.run_started = None
     return [outcomes.get(h.name) or Outcome(h, False, "skipped", detail="not started: an earlier batch failed"
                                             if not cancel.is_set() else "not started: interrupted") for h in hosts]
 
@@ -208,15 +213,13 @@ def summary(task: str, outcomes: Iterable[Outcome]) -> None:
           [[o.host.name, o.result, f"{o.seconds:.1f} s", o.release, o.detail[:160]] for o in outcomes])
 
 
-def run_calls(executor: Any, calls: list[Any], spec: str | None) -> dict[Any, Any]:
+def run_calls(executor: Any, calls: list[Any], spec: str | None, debug: bool = False) -> dict[Any, Any]:
     """Run each call on its hosts (from -H, else the inventory hosts of its stage)."""
-    from ..tasks._common import settings
-
     failed: list[str] = []
     results: dict[Any, Any] = {}
     for call in calls:
         name = call.called_as or call.task.name
-        if spec and (name in LOCAL_ONLY or name.startswith(LOCAL_ONLY[1])):
+        if spec and getattr(call.task, "local_only", False):
             raise Exit(f"error: {name} works on this machine's project files, not on a host: run it without -H "
                        f"(deploy uploads the env files with each release).", code=2)
         kw = call.kwargs
@@ -231,10 +234,11 @@ def run_calls(executor: Any, calls: list[Any], spec: str | None) -> dict[Any, An
         config.load_shell_env()
         if len(hosts) > 1:
             print(f"{name} on {len(hosts)} hosts ({par} at a time): {', '.join(h.name for h in hosts)}", flush=True)
-        outcomes = fan_out(call, hosts, config, kw.get("parallel"), kw.get("batch"))
+        outcomes = fan_out(call, hosts, config, kw.get("parallel"), kw.get("batch"), debug=debug)
         summary(name, outcomes)
-        failed += [f"{name} on {o.host.name}: {o.result}" for o in outcomes if not o.ok]
+        failed += [f"{name} on {o.host.name}: {o.result}" + (f": {o.detail}" if o.detail else "")
+                   for o in outcomes if not o.ok]
         results[call.task] = outcomes
-    if failed:
-        raise Exit(f"{len(failed)} host run(s) failed: {'; '.join(failed)}.", code=1)
+    if failed:  # one line per failed host, with its reason
+        raise Exit(f"{len(failed)} host run(s) failed:\n" + "\n".join(f"  {f}" for f in failed), code=1)
     return results

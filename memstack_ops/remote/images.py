@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..output import human_size
+from ..target import Target
 from . import RemoteError
 
 
@@ -24,20 +26,12 @@ class Shipment:
     bytes: int = 0
 
     def describe(self) -> str:
-        parts = [f"shipped {len(self.shipped)} image(s) ({human(self.bytes)}"
+        parts = [f"shipped {len(self.shipped)} image(s) ({human_size(self.bytes)}"
                  + (f": {', '.join(self.shipped)})" if self.shipped else ")")]
         if self.tagged:
             parts.append(f"tagged {len(self.tagged)} the host already had")
         parts.append(f"{len(self.present)} already present")
         return ", ".join(parts)
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def refs(model: dict[str, Any], services: Iterable[str]) -> list[str]:
@@ -149,7 +143,7 @@ def ship(c: Any, images: list[str], cancel: threading.Event | None = None) -> Sh
     return result
 
 
-def pull(c: Any, t: Any, services: Iterable[str]) -> None:
+def pull(c: Any, t: Target, services: Iterable[str]) -> None:
     r = t.compose.run(c, "pull", "--quiet", *services)
     if r.failed:
         raise RemoteError(f"Pulling images on the host failed: {t.compose.scrub((r.stderr or r.stdout).strip())[-600:]}"

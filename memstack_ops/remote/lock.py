@@ -142,7 +142,9 @@ class Lock:
 
     @property
     def where(self) -> str:
-        return self.c.inventory.label if getattr(self.c, "inventory", None) else str(self.c.host)
+        from ..target import where
+
+        return where(self.c)
 
     def _try(self) -> bool:
         chan = self.c.client.get_transport().open_session()

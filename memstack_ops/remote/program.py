@@ -35,12 +35,15 @@ class HostsExecutor(Executor):
     """invoke's Executor, plus: with -H (or for a host-only task such as deploy), every call runs
     once per host with a fabric Connection as its context."""
 
-    def hosts(self) -> str | None:
+    def core_flag(self, name: str) -> Any:
         core = getattr(self, "core", None)
         if core is None or not len(core):
             return None
         args = core[0].args
-        return args["hosts"].value if "hosts" in args else None
+        return args[name].value if name in args else None
+
+    def hosts(self) -> str | None:
+        return self.core_flag("hosts")  # type: ignore[no-any-return]
 
     def execute(self, *tasks: Any) -> Any:
         spec = self.hosts()
@@ -49,7 +52,7 @@ class HostsExecutor(Executor):
             return super().execute(*tasks)
         from .fanout import run_calls
 
-        return run_calls(self, calls, spec)
+        return run_calls(self, calls, spec, debug=bool(self.core_flag("debug")))
 
 
 class HostsProgram(Program):

@@ -50,17 +50,17 @@ def git_sha(root: Path) -> tuple[str, bool]:
         return "nogit", False
 
 
-run_started: float | None = None  # set by fanout.fan_out: one deploy run, one release id on every host
-
-
 def new_id(root: Path, now: float | None = None) -> str:
+    """``<UTC time>-<git sha>``; ``now`` is the run's start when one run deploys to several hosts
+    (fanout puts it on each host's connection), so they all get the same release id."""
     sha, _ = git_sha(root)
-    when = now if now is not None else (run_started if run_started is not None else time.time())
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}-{sha}"
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now if now is not None else time.time()))}-{sha}"
 
 
-def stage(settings: Settings, host: Host, dest: Path, services: Iterable[str] = ()) -> Release:
-    """Copy what a release holds from the local project into ``dest`` (nothing remote yet)."""
+def prepare(settings: Settings, host: Host, dest: Path, services: Iterable[str] = (),
+            now: float | None = None) -> Release:
+    """Copy what a release holds from the local project into ``dest`` (nothing remote yet);
+    ``upload`` sends it. ``now``: the run's start (see ``new_id``)."""
     st = settings.stack()
     src = settings.root
     files: list[str] = []
@@ -93,7 +93,7 @@ def stage(settings: Settings, host: Host, dest: Path, services: Iterable[str] = 
             raise EnvFileError(f"The env file {f} is missing in {src}: create it (`memstack-ops env.init "
                                f"--stack {st.name}`) before deploying; it is uploaded with the release.")
     sha, dirty = git_sha(src)
-    rid = new_id(src)
+    rid = new_id(src, now)
     stack = Stack(name=st.name, stage=st.stage, project=st.project, root=dest, compose_files=st.compose_files,
                   env_files=tuple(env_files), env_template=st.env_template, options=st.options)
     manifest = {
@@ -121,7 +121,7 @@ def current(c: Any, root: str) -> str | None:
 
 
 def read_manifest(c: Any, root: str, rid: str) -> dict[str, Any]:
-    from .ssh import read_text
+    from .files import read_text
 
     text = read_text(c, f"{release_dir(root, rid)}/{MANIFEST}")
     if text is None:
@@ -131,16 +131,16 @@ def read_manifest(c: Any, root: str, rid: str) -> dict[str, Any]:
 
 
 def write_manifest(c: Any, root: str, rid: str, manifest: dict[str, Any], partial: bool = False) -> None:
-    from .ssh import put_text
+    from .files import put_text
 
     d = f"{root}/releases/.partial-{rid}" if partial else release_dir(root, rid)
     put_text(c, json.dumps(manifest, indent=2, sort_keys=True) + "\n", f"{d}/{MANIFEST}")
 
 
 def upload(c: Any, root: str, rel: Release) -> str:
-    """Upload the staged release over SFTP (env files 0600) into a partial folder, then rename it
+    """Upload the prepared release over SFTP (env files 0600) into a partial folder, then rename it
     into place. Returns the release folder."""
-    from .ssh import put_text
+    from .files import put_text
 
     partial, final = f"{root}/releases/.partial-{rel.id}", release_dir(root, rel.id)
     q = shlex.quote
@@ -171,7 +171,7 @@ def upload(c: Any, root: str, rel: Release) -> str:
 
 
 def set_status(c: Any, root: str, rid: str, status: str) -> None:
-    from .ssh import put_text
+    from .files import put_text
 
     put_text(c, status.strip() + "\n", f"{release_dir(root, rid)}/STATUS")
 
@@ -188,7 +188,7 @@ def switch(c: Any, root: str, rid: str) -> None:
 
 def listing(c: Any, root: str) -> list[dict[str, Any]]:
     """Every complete release, oldest first: id, status, created, by, git, current."""
-    from .ssh import read_text
+    from .files import read_text
 
     r = c.run(f"ls -1 {shlex.quote(releases_dir(root))}", hide=True, warn=True, in_stream=False)
     names = sorted(n for n in r.stdout.split() if not n.startswith(".")) if r.ok else []
@@ -220,7 +220,7 @@ def prune(c: Any, root: str, keep: int, protect: Iterable[str]) -> list[str]:
 def audit(c: Any, root: str, action: str, release: str, result: str, detail: str = "", message: str = "") -> None:
     """One line in ``<root>/audit.log``: when, who, what, which release, how it ended, and the
     operator's ``--message`` (json-escaped, so a quote or newline in it cannot forge a line)."""
-    from .ssh import append_text
+    from .files import append_text
 
     line = (f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} by={operator()} action={action} "
             f"release={release or '-'} result={result}")

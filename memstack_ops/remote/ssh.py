@@ -59,8 +59,8 @@ class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
 
 
 class HostConnection(fabric.Connection):
-    """A Connection to one inventory host. ``stack_target`` is the seam `lifecycle.target` uses:
-    on a host, the stack root is the host's current release (see ``target.py``)."""
+    """A Connection to one inventory host. `memstack_ops.target.target` sees a Connection and
+    builds the host's Target: the stack root is the host's current release (``remote/target.py``)."""
 
     # Real attributes (an invoke Context turns unknown attribute sets into config keys).
     inventory: Host | None = None
@@ -68,6 +68,7 @@ class HostConnection(fabric.Connection):
     cancel: threading.Event | None = None
     out_writer: Any = None  # where output a task shows (hide=False) goes: prefixed by host
     err_writer: Any = None
+    run_started: float | None = None  # when the run began: every host of one deploy run gets the same release id
     _mirror: str | None = None
     _uid: int | None = None
 
@@ -93,11 +94,6 @@ class HostConnection(fabric.Connection):
             kwargs.setdefault("out_stream", self.out_writer)
             kwargs.setdefault("err_stream", self.err_writer)
         return super().run(command, **kwargs)
-
-    def stack_target(self, settings: Any, require_env: bool = True) -> Any:
-        from .target import host_target
-
-        return host_target(self, settings, require_env)
 
     def mirror_dir(self) -> Path:
         """A private local folder holding copies of the current release's env files (so the local
@@ -222,41 +218,6 @@ def shell(c: Any, script: str, **kw: Any) -> Any:
 def sudo_prefix(c: HostConnection) -> str:
     """'' as root, else non-interactive sudo (bootstrap needs root on the host)."""
     return "" if c.is_root() else "sudo -n "
-
-
-def put_text(c: Any, text: str | bytes, path: str, mode: int = 0o644) -> None:
-    """Write a file over SFTP, atomically (temp file + rename). The mode is set before any byte is
-    written, so a 0600 secret file is never readable by others, even for a moment; its content
-    never passes through a shell command line."""
-    sftp = c.sftp()
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    with sftp.open(tmp, "w") as f:
-        f.chmod(mode)
-        f.write(text.encode() if isinstance(text, str) else text)
-    sftp.posix_rename(tmp, path)
-
-
-def read_text(c: Any, path: str) -> str | None:
-    """A small remote file's text over SFTP, or None when it does not exist."""
-    data = read_bytes(c, path)
-    return None if data is None else data.decode()
-
-
-def read_bytes(c: Any, path: str) -> bytes | None:
-    try:
-        with c.sftp().open(path, "r") as f:
-            return bytes(f.read())
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if getattr(e, "errno", None) == 2:
-            return None
-        raise
-
-
-def append_text(c: Any, path: str, line: str) -> None:
-    with c.sftp().open(path, "a") as f:
-        f.write(line.encode())
 
 
 def stream(c: Any, source: BinaryIO, command: str, cancel: threading.Event | None = None,

@@ -21,8 +21,8 @@ from typing import Any
 
 from ..compose import Compose, run
 from ..config import Settings, Stack
-from ..errors import ComposeError, ConfigError, EnvFileError
-from ..lifecycle import Target
+from ..errors import ComposeError, ConfigError
+from ..target import Target, read_env_files, where
 from . import RemoteError
 from .inventory import host_settings
 
@@ -43,23 +43,10 @@ class RemoteCompose(Compose):
         return run(c, self.argv(*args), cwd=self.remote_root, **kw)
 
 
-def read_envs(stack: Stack, require_env: bool = True) -> dict[str, str]:
-    from ..envfiles import read_env
-
-    env: dict[str, str] = {}
-    for f in stack.env_files:
-        p = stack.root / f
-        if p.is_file():
-            env.update(read_env(p))
-        elif require_env and f == stack.env_file:
-            raise EnvFileError(f"The env file {f} is missing from the release: deploy again.")
-    return env
-
-
 def make(c: Any, settings: Settings, stack: Stack, remote_root: str | None, require_env: bool = True) -> Target:
-    env = read_envs(stack, require_env)
-    where = c.inventory.label if getattr(c, "inventory", None) else str(getattr(c, "host", "host"))
-    return Target(c, settings, stack, RemoteCompose(stack, secrets=env, remote_root=remote_root, where=where), env)
+    env = read_env_files(stack, require_env, " from the release: deploy again.")
+    compose = RemoteCompose(stack, secrets=env, remote_root=remote_root, where=where(c))
+    return Target(c, settings, stack, compose, env, release_dir=remote_root)
 
 
 def release_settings(settings: Settings, manifest: dict[str, Any]) -> Settings:
@@ -82,7 +69,7 @@ def stack_of(manifest: dict[str, Any], root: Path, settings: Settings) -> Stack:
                  options=dict(settings["stacks"].get(manifest["stack"], {})))
 
 
-# What a release uploads (release.stage): compose/<stack>/, db/<stack>/, env/<stack>/, plus the
+# What a release uploads (release.prepare): compose/<stack>/, db/<stack>/, env/<stack>/, plus the
 # inventory's own extra env_file (project-relative, set on this machine).
 RELEASE_DIRS = ("compose", "db", "env")
 
@@ -113,8 +100,8 @@ def checked_names(manifest: dict[str, Any], where: str, rid: str, extra: tuple[s
 
 def release_target(c: Any, settings: Settings, root: str, rid: str, require_env: bool = True) -> Target:
     """A Target on release ``rid`` of the host: its files fetched into the private mirror."""
+    from .files import read_bytes
     from .release import read_manifest, release_dir
-    from .ssh import read_bytes
 
     where = c.inventory.label if getattr(c, "inventory", None) else str(getattr(c, "host", "host"))
     if rid in ("", ".", "..") or "/" in rid:
@@ -142,7 +129,7 @@ def release_target(c: Any, settings: Settings, root: str, rid: str, require_env:
 
 
 def host_target(c: Any, settings: Settings, require_env: bool = True) -> Target:
-    """``lifecycle.target`` for a host: the stack as the host's current release runs it."""
+    """``memstack_ops.target.target`` for a host: the stack as the host's current release runs it."""
     from .release import current
 
     s = host_settings(settings, c.inventory)

@@ -1,14 +1,19 @@
-"""What every task shares: the --stack/--stage/--overlay options, settings resolution and the
-one place that turns MemstackError into invoke's Exit (message on stderr, non-zero code)."""
+"""What every task shares: the --stack/--stage/--overlay options, settings resolution
+(``settings``, from memstack_ops/config.py), where a task may run (``local_only``/``remote_only``)
+and the one place that turns MemstackError into invoke's Exit (message on stderr, non-zero code)."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from invoke import Exit, task
 
+from ..config import settings
 from ..errors import MemstackError
+
+if TYPE_CHECKING:
+    from ..target import Target
 
 COMMON_HELP = {
     "stack": "stack to operate (memstack, ...); default from memstack-ops.toml or MEMSTACK_STACK",
@@ -17,8 +22,13 @@ COMMON_HELP = {
 }
 
 
-def ops_task(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
-    """``@task`` plus error translation; help for the common options is merged in."""
+def ops_task(*args: Any, local_only: bool = False, remote_only: bool = False,
+             **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``@task`` plus error translation; help for the common options is merged in.
+
+    ``local_only``: the task works on this machine's project files (``env.*``, ``stacks``); with
+    -H it is refused in one line. ``remote_only``: the task works on hosts (deploy, ...); without
+    -H it runs on the stage's inventory hosts. Both are read by memstack_ops/remote/program.py."""
     kwargs["help"] = {**COMMON_HELP, **kwargs.get("help", {})}
 
     def deco(fn: Callable[..., Any]) -> Any:
@@ -31,21 +41,15 @@ def ops_task(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
             except KeyboardInterrupt:
                 raise Exit("Interrupted; nothing further was done.", code=130) from None
 
-        return task(body, *args, **kwargs)
+        t: Any = task(body, *args, **kwargs)
+        t.local_only, t.remote_only = local_only, remote_only
+        return t
 
     return deco
 
 
-def settings(stack: str | None = None, stage: str | None = None, overlay: str | None = None, **flags: Any) -> Any:
-    from ..config import resolve
-
-    if overlay is not None:
-        flags["overlays"] = [o.strip() for o in overlay.split(",") if o.strip()]
-    return resolve({"stack": stack, "stage": stage, **flags})
-
-
 def target(c: Any, stack: str | None = None, stage: str | None = None, overlay: str | None = None,
-           require_env: bool = True, **flags: Any) -> Any:
-    from ..lifecycle import target as make
+           require_env: bool = True, **flags: Any) -> Target:
+    from ..target import target as make
 
     return make(c, settings(stack, stage, overlay, **flags), require_env=require_env)

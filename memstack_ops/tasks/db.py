@@ -98,14 +98,18 @@ def status(c, only=None, stack=None, stage=None, overlay=None):
 
 @ops_task(positional=["service"], help={"service": "the database service (e.g. postgres, neo4j, redis)"})
 def shell(c, service, stack=None, stage=None, overlay=None):
-    """Open psql / cypher-shell / mysql / redis-cli inside the database's container."""
+    """Open psql / cypher-shell / mysql / redis-cli inside the database's container (-H: on the host).
+
+    Without a terminal on stdin it runs what stdin holds: `echo "select 1;" | inv db.shell postgres`."""
+    from invoke import Exit
+
     from .. import db
 
     t, model = _model_and_target(c, stack, stage, overlay)
     d = db.databases(t, model, [service])[0]
-    from ..compose import in_dir
-
-    c.run(in_dir(t.stack.root, t.compose.argv("exec", d.service, *d.shell_argv())), pty=True, warn=True)
+    code = t.compose.attach(c, d.service, *d.shell_argv())
+    if code:
+        raise Exit(code=code)
 
 
 @ops_task(positional=["service"], help={

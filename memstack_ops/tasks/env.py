@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._common import ops_task, settings
 
 
-@ops_task(help={"force": "replace an existing env file (the old one is kept as .env.bak-<time>)"})
+@ops_task(local_only=True, help={"force": "replace an existing env file (the old one is kept as .env.bak-<time>)"})
 def init(c, force=False, stack=None, stage=None, overlay=None):
     """Write env/<stack>/.env from its template (mode 0600) with strong generated secrets."""
     from ..envfiles import init_env
@@ -21,7 +21,7 @@ def init(c, force=False, stack=None, stage=None, overlay=None):
              f"old passwords keep them until you change them there too.")
 
 
-@ops_task()
+@ops_task(local_only=True)
 def check(c, stack=None, stage=None, overlay=None):
     """Validate the env file: required keys, weak or default passwords (errors in prod), mode."""
     from ..envfiles import check_env
@@ -42,7 +42,7 @@ def check(c, stack=None, stage=None, overlay=None):
         + (f" ({len(findings)} warning(s))" if findings else "") + ".")
 
 
-@ops_task()
+@ops_task(local_only=True)
 def show(c, stack=None, stage=None, overlay=None):
     """Show the resolved settings (with their source) and the env values, secrets masked."""
     from ..envfiles import mask, read_env, secret_values

@@ -19,12 +19,7 @@ FANOUT_HELP = {
 LOCK_WAIT_HELP = "seconds to queue behind another deploy's lock on the host (default 0: fail at once, naming it)"
 
 
-def _remote_only(*tasks):
-    for t in tasks:
-        t.remote_only = True  # the executor runs these on hosts even without -H (the stage's hosts)
-
-
-@ops_task(iterable=["service"], auto_shortflags=False, help={
+@ops_task(remote_only=True, iterable=["service"], auto_shortflags=False, help={
     "service": "service to deploy (repeatable); default all",
     "ship_images": "stream images from this machine (docker save | zstd | docker load over SSH) instead of "
                    "pulling on the host; only images whose ID the host lacks are sent",
@@ -43,7 +38,7 @@ def deploy(c, service=None, ship_images=False, backup=False, lock_wait=0, messag
         backup=backup, lock_wait=float(lock_wait or 0), message=message)
 
 
-@ops_task(auto_shortflags=False, help=FANOUT_HELP)
+@ops_task(remote_only=True, auto_shortflags=False, help=FANOUT_HELP)
 def bootstrap(c, parallel=None, batch=None, stack=None, stage=None, overlay=None):
     """Make fresh Debian/Ubuntu hosts ready: Docker engine, compose v2, daemon config, deploy dir; idempotent."""
     from ..remote.bootstrap import bootstrap as run
@@ -51,7 +46,7 @@ def bootstrap(c, parallel=None, batch=None, stack=None, stage=None, overlay=None
     run(c, settings(stack, stage, overlay))
 
 
-@ops_task(auto_shortflags=False, help={"to": "release to go back to (default: the previous deployed one); see `releases`",
+@ops_task(remote_only=True, auto_shortflags=False, help={"to": "release to go back to (default: the previous deployed one); see `releases`",
                 "lock_wait": LOCK_WAIT_HELP, **FANOUT_HELP})
 def rollback(c, to=None, lock_wait=0, parallel=None, batch=None, stack=None, stage=None, overlay=None):
     """Bring an earlier release back (its files and image IDs), health-gated, and point current at it."""
@@ -60,7 +55,7 @@ def rollback(c, to=None, lock_wait=0, parallel=None, batch=None, stack=None, sta
     run(c, settings(stack, stage, overlay), to=to, lock_wait=float(lock_wait or 0))
 
 
-@ops_task()
+@ops_task(remote_only=True)
 def releases(c, stack=None, stage=None, overlay=None):
     """Table of the releases on each host: status, when, who, git sha, which is current."""
     from ..remote.deploy import releases as run
@@ -68,7 +63,7 @@ def releases(c, stack=None, stage=None, overlay=None):
     run(c, settings(stack, stage, overlay))
 
 
-@ops_task(name="status")
+@ops_task(remote_only=True, name="status")
 def lock_status(c, stack=None, stage=None, overlay=None):
     """Who holds the deploy lock on each host, since when, and whether it is stale."""
     from ..remote.deploy import lock_status as run
@@ -76,7 +71,7 @@ def lock_status(c, stack=None, stage=None, overlay=None):
     run(c, settings(stack, stage, overlay))
 
 
-@ops_task(name="release", help={"force": "remove the lock even though its holder looks alive"})
+@ops_task(remote_only=True, name="release", help={"force": "remove the lock even though its holder looks alive"})
 def lock_release(c, force=False, stack=None, stage=None, overlay=None):
     """Remove a stale deploy lock (a live one only with --force)."""
     from ..remote.deploy import lock_release as run
@@ -84,5 +79,4 @@ def lock_release(c, force=False, stack=None, stage=None, overlay=None):
     run(c, settings(stack, stage, overlay), force=force)
 
 
-_remote_only(deploy, bootstrap, rollback, releases, lock_status, lock_release)
 lock = Collection("lock", lock_status, lock_release)

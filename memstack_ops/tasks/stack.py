@@ -179,7 +179,7 @@ def doctor(c, quick=False, stack=None, stage=None, overlay=None):
     _checks_or_exit(run_checks(t, full=not quick), f"doctor: stack {t.stack.name}, stage {t.stack.stage}")
 
 
-@ops_task()
+@ops_task(local_only=True)
 def stacks(c, stack=None, stage=None, overlay=None):
     """List the stacks this project defines and their services."""
     from ..compose import run

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_remote import hosts, ssh_key  # noqa: F401 - fixtures (hosts with sshd and dockerd)
 
 pytestmark = pytest.mark.e2e
 
@@ -659,7 +658,7 @@ print("released", flush=True)
 def test_backup_verify_and_restore_on_a_remote_host(tmp_path, hosts, ssh_key):
     """The same tasks through a fabric Connection: dumps, checksums and one-off containers all run
     on the host (a container with its own sshd and dockerd); backups live beside its releases."""
-    from conftest_remote import make_project
+    from memstack_ops.testing_hosts import make_project
 
     p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private)
     box = hosts["h1"]
@@ -719,7 +718,7 @@ def test_backup_verify_and_restore_on_a_remote_host(tmp_path, hosts, ssh_key):
 def test_fetch_brings_a_remote_set_home_with_its_checksums_checked(tmp_path, hosts, ssh_key):
     """-H h1 backup.redis --fetch, backup.fetch of an existing set (idempotent), and a set damaged
     on the host: refused, named as damaged there, nothing that looks like a set left here."""
-    from conftest_remote import make_project
+    from memstack_ops.testing_hosts import make_project
 
     p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private)
     box = hosts["h1"]

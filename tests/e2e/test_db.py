@@ -312,3 +312,21 @@ def test_a_latin1_migration_is_a_one_line_error_naming_the_file(project):
         "error: db/memstack/postgres/0003_latin1.sql is not UTF-8 text (byte 0xe9 on line 1): save it as UTF-8 (for a "
         "latin-1 file: `iconv -f latin1 -t utf-8 FILE > NEW && mv NEW FILE`) and run db.migrate again."]
     assert sql(project, "select to_regclass('memstack_schema_migrations') is null") == "t"  # nothing ran
+
+
+def test_db_shell_without_a_terminal_runs_what_stdin_holds(project, tmp_path):
+    """`echo "select 1;" | inv db.shell postgres`: no pty, stdin forwarded to the client to its end."""
+    r = project.run("up", "--service", "postgres")
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "in.sql"
+    script.write_text("select 40 + 2 as answer;\ncreate table shell_made (id int);\n")
+    with script.open() as stdin:
+        r = project.run("db.shell", "--service", "postgres", stdin=stdin)
+    assert r.returncode == 0, r.stderr
+    assert "42" in r.stdout and "CREATE TABLE" in r.stdout
+    assert sql(project, "select count(*) from information_schema.tables where table_name = 'shell_made'") == "1"
+    with (tmp_path / "bad.sql").open("w+") as stdin:  # the client's own exit code comes back
+        stdin.write("\\set ON_ERROR_STOP on\nselect 1/0;\n")
+        stdin.seek(0)
+        r = project.run("db.shell", "--service", "postgres", stdin=stdin)
+    assert r.returncode == 3 and "division by zero" in r.stderr and "Traceback" not in r.stderr

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest_remote import (  # noqa: F401 - fixtures
-    bare_host, docker, hosts, make_project, remote_project, ssh_key, unique_image,
-)
 from memstack_ops.testing import free_port
+from memstack_ops.testing_hosts import make_project, unique_image
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -125,6 +123,61 @@ def test_deploy_to_three_hosts_in_parallel_and_every_task_runs_there(remote_proj
     assert "[h1] cache" in r.stdout and rid in r.stdout
     rel = ok(p.run("-H", "h2", "releases"))
     assert rid in rel and "deployed" in rel
+
+
+def test_db_shell_on_a_host_runs_piped_statements_in_its_current_release(remote_project, hosts, tmp_path):
+    """db.shell built its own `cd` into the local mirror's temporary path, so on a host it failed
+    (with a Python traceback from the host runner). Now it goes through the compose seam into the
+    host's current release; without a terminal, stdin is forwarded to the client (no pty)."""
+    p, h1 = remote_project, hosts["h1"]
+    ok(p.run("-H", "h1", "deploy", timeout=600))
+    script = tmp_path / "in.redis"
+    script.write_text("SET shell-key from-stdin\nGET shell-key\n")
+    inv = [str(REPO / ".venv" / "bin" / "inv"), "-H", "h1", "db.shell", "--service", "cache"]
+    with script.open() as stdin:
+        r = subprocess.run(inv, cwd=REPO, env=p.env(), stdin=stdin, capture_output=True, text=True, timeout=120)
+    out = ok(r)
+    assert "[h1] OK" in r.stdout and "[h1] from-stdin" in r.stdout, out
+    assert "Traceback" not in out
+    cid = h1.sh(f"docker ps -q --filter label=com.docker.compose.project={p.name} "
+                f"--filter label=com.docker.compose.service=cache").strip()
+    assert h1.sh(f"docker exec {cid} redis-cli GET shell-key").strip() == "from-stdin"
+    # a service that is no database: one line naming the databases there, the table, no traceback
+    r = subprocess.run(inv[:-1] + ["nosuch"], cwd=REPO, env=p.env(), stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=120)
+    out = failed(r)
+    assert "[h1] error: No database matches nosuch" in out and "db.shell: per host" in out
+    assert "Traceback" not in out
+
+
+def test_db_shell_on_a_host_with_a_terminal_is_the_interactive_client(remote_project, tmp_path):
+    """stdin a terminal: a pty through SSH to the client in the host's current release."""
+    import fcntl
+    import os
+    import pty
+    import termios
+
+    p = remote_project
+    ok(p.run("-H", "h1", "deploy", timeout=600))
+    master, slave = pty.openpty()
+    # the pty is the command's controlling terminal, as an operator's is (invoke reads it only then)
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "inv"), "-H", "h1", "db.shell", "--service", "cache"],
+                            cwd=REPO, env=p.env(), stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    try:
+        time.sleep(3)  # the client's prompt; typing earlier would only be buffered
+        os.write(master, b"ECHO typed-at-a-terminal\r")
+        time.sleep(2)
+        os.write(master, b"quit\r")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = out.decode(errors="replace") + err.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert '"typed-at-a-terminal"' in text and "> " in text, text  # redis-cli's prompt and its quoted reply
 
 
 def test_second_deploy_with_unchanged_images_ships_no_image_bytes(remote_project, hosts):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # helper modules (fakes) under --import-mode=importlib
-from fakes import make_project  # noqa: E402
+from fakes import make_project
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import subprocess
+import sys
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,37 @@ def backup_set(root: Path, name: str, verified: bool | None = None, files: dict[
     if verified is not None:
         (d / "verify.json").write_text(json.dumps({"ok": verified, "level": "format", "time": "2026-01-01T00:00:00Z"}))
     return d
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+# An inventory of three hosts (documentation addresses: nothing is ever reached).
+INVENTORY = """
+[hosts]
+user = "deploy"
+key = "~/.ssh/deploy"
+
+[hosts.web1]
+address = "203.0.113.10"
+stage = "prod"
+disk_min_gb = 20
+
+[hosts.web2]
+address = "203.0.113.11"
+port = 2222
+stage = "prod"
+
+[hosts.stg]
+address = "stg.example.org"
+stage = "staging"
+user = "root"
+"""
+
+
+def cli(project: Path, *args: str, binary: str = "memstack-ops") -> subprocess.CompletedProcess:
+    """The real command line (``memstack-ops`` or the repo's ``inv``) on ``project``, no terminal."""
+    env = {"MEMSTACK_ROOT": str(project), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    argv = [sys.executable, "-m", "memstack_ops", *args] if binary == "memstack-ops" else \
+        [str(REPO / ".venv" / "bin" / "inv"), *args]
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)

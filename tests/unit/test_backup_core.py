@@ -19,7 +19,8 @@ from memstack_ops.backup.sets import list_sets
 
 def _target(root: Path, backups: str = "backups") -> SimpleNamespace:
     stack = SimpleNamespace(name="memstack", root=root, project="p", stage="dev")
-    return SimpleNamespace(c=MockContext(), settings={"backups_dir": backups, "timeout": 10}, stack=stack)
+    return SimpleNamespace(c=MockContext(), settings={"backups_dir": backups, "timeout": 10}, stack=stack,
+                           remote=False, release_dir=None)
 
 
 # --------------------------------------------------------------------------- prune and where sets live
@@ -47,7 +48,7 @@ def test_backups_dir_is_relative_to_the_project_root_unless_absolute(tmp_path):
     assert core.backups_root(_target(tmp_path)) == f"{tmp_path}/backups/memstack"
     assert core.backups_root(_target(tmp_path, "/srv/bk")) == "/srv/bk/memstack"
     on_host = _target(tmp_path)  # -H: the stack runs from <root>/releases/<id> on the host
-    on_host.compose = SimpleNamespace(remote_root="/srv/app/releases/20260101T000000Z-abc")
+    on_host.remote, on_host.release_dir = True, "/srv/app/releases/20260101T000000Z-abc"
     assert core.backups_root(on_host) == "/srv/app/backups/memstack"
 
     class Settings(dict):  # on a host, stack.root is a temporary mirror: --fetch must use the project root

@@ -74,11 +74,12 @@ def test_local_context_writes_locally_and_others_through_the_shell():
     from fabric import Connection
 
     from memstack_ops.remote.ssh import HostConnection
+    from memstack_ops.target import on_host
 
     assert isinstance(host_for(Context()), LocalHost) and isinstance(host_for(MockContext()), LocalHost)
     assert type(host_for(SimpleNamespace(run=None))) is ShellHost
     assert type(host_for(Connection("example.invalid"))) is ShellHost
-    assert issubclass(HostConnection, Connection) and hasattr(HostConnection, "stack_target")
+    assert issubclass(HostConnection, Connection) and on_host(Connection("example.invalid"))
 
 
 def test_shell_host_file_operations(tmp_path):

@@ -98,7 +98,7 @@ class FakeHost:
 def _target(tmp_path: Path, sftp: FakeSftp) -> SimpleNamespace:
     stack = SimpleNamespace(name="memstack", root=tmp_path / "here", project="p", stage="prod")
     return SimpleNamespace(c=FakeHost(sftp), settings={"backups_dir": "backups", "timeout": 10}, stack=stack,
-                           compose=SimpleNamespace(remote_root=str(tmp_path / "host" / "releases" / "20260101T0-abc")))
+                           remote=True, release_dir=str(tmp_path / "host" / "releases" / "20260101T0-abc"))
 
 
 def _remote_set(tmp_path: Path, set_id: str = "20261123T020000Z-all", files: dict[str, bytes] | None = None) -> Path:

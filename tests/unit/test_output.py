@@ -74,3 +74,13 @@ def test_table_off_a_terminal_prints_aligned_plain_columns(capsys):
 def test_warn_goes_to_stderr(capsys):
     output.warn("careful")
     assert capsys.readouterr() == ("", "careful\n")
+
+
+def test_one_human_size_in_decimal_units_for_backups_and_shipped_images():
+    from memstack_ops.backup import sets
+    from memstack_ops.output import human_size
+    from memstack_ops.remote.images import Shipment
+
+    assert [human_size(n) for n in (0, 999, 1000, 1_500_000, 2.5e9)] == ["0 B", "999 B", "1.0 KB", "1.5 MB", "2.5 GB"]
+    assert sets.human_size is human_size
+    assert "(470.0 MB" in Shipment(shipped=["a"], bytes=470_000_000).describe()  # was 448.2 "MB" (MiB)

@@ -1,8 +1,9 @@
-"""Fixtures for the remote-host tests (imported by test_remote.py and benchmarks/remote.py):
-real hosts as containers with their own sshd and dockerd (local/host:bookworm) or sshd only
-(local/host-bare:bookworm), published on 127.0.0.1, an SSH key made with ssh-keygen per session,
-and tiny throwaway projects whose inventory points at them. Everything created is labelled
-``memstack-ops-test=<run id>`` and removed on teardown, also when a test fails.
+"""Test hosts for memstack-ops' remote tests and benchmarks (tests/e2e/conftest.py makes fixtures
+of them; benchmarks/remote.py and fetch.py use them directly): real hosts as containers with their
+own sshd and dockerd (local/host:bookworm) or sshd only (local/host-bare:bookworm), published on
+127.0.0.1, reached with an SSH key made by ssh-keygen, and tiny throwaway projects whose inventory
+points at them. Everything created is labelled ``memstack-ops-test=<run id>``; ``cleanup_run``
+removes it, also what a crashed run left.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from memstack_ops.testing import Project
 
@@ -145,46 +144,22 @@ class SshKey:
     public: str
 
 
-@pytest.fixture(scope="session")
-def ssh_key(tmp_path_factory) -> SshKey:
-    d = tmp_path_factory.mktemp("ssh")
+def make_ssh_key(d: Path) -> SshKey:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "memstack-ops-test", "-f", str(d / "id")],
                    check=True, timeout=30)
     return SshKey(d, d / "id", (d / "id.pub").read_text().strip())
 
 
-def require_images() -> None:
-    missing = [i for i in (HOST_IMAGE, BARE_IMAGE, "local/redis:7")
-               if docker("image", "inspect", i, check=False).returncode != 0]
-    if missing:
-        pytest.fail(f"Images missing: {', '.join(missing)}. Run `bash harness/build-images.sh` "
-                    f"(README command 2 does).", pytrace=False)
+def missing_images() -> list[str]:
+    return [i for i in (HOST_IMAGE, BARE_IMAGE, "local/redis:7")
+            if docker("image", "inspect", i, check=False).returncode != 0]
 
 
-@pytest.fixture(scope="module")
-def hosts(ssh_key, docker_client):
-    """Three ready hosts (own sshd and dockerd), shared by a module's tests."""
-    require_images()
-    boxes: list[HostBox] = []
-    try:
-        for n in ("h1", "h2", "h3"):
-            boxes.append(start_host(n, ssh_key.public))
-        yield {b.name: b for b in boxes}
-    finally:
-        remove_hosts(boxes)
-        cleanup_run()
-
-
-@pytest.fixture
-def bare_host(ssh_key, docker_client):
-    """A fresh host with sshd only (no Docker): bootstrap's job."""
-    require_images()
-    boxes: list[HostBox] = []
-    try:
-        boxes.append(start_host("bare", ssh_key.public, bare=True))
-        yield boxes[0]
-    finally:
-        remove_hosts(boxes)
+def clear_stack(box: HostBox, p: RemoteProject) -> None:
+    """Take project ``p``'s stack and deploy root off a shared host."""
+    box.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 1 >/dev/null 2>&1; "
+           f"docker ps -aq --filter label=com.docker.compose.project={p.name} | xargs -r docker rm -f >/dev/null; "
+           f"rm -rf {p.stack_root}", check=False)
 
 
 @dataclass
@@ -238,16 +213,6 @@ def make_project(dest: Path, boxes: dict[str, HostBox], key: Path, extra_hosts: 
     r = p.run("env.init")
     assert r.returncode == 0, r.stderr
     return p
-
-
-@pytest.fixture
-def remote_project(tmp_path, hosts, ssh_key):
-    p = make_project(tmp_path / "proj", hosts, ssh_key.private)
-    yield p
-    for b in hosts.values():  # this test's stack off the shared hosts
-        b.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 1 >/dev/null 2>&1; "
-             f"docker ps -aq --filter label=com.docker.compose.project={p.name} | xargs -r docker rm -f >/dev/null; "
-             f"rm -rf {p.stack_root}", check=False)
 
 
 def unique_image(tag_hint: str = "ship") -> str:

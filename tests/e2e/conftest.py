@@ -1,0 +1,60 @@
+"""Fixtures for the remote-host tests (test_remote.py, the remote tests of test_backup.py): an SSH
+key and three ready hosts made once per session and shared by every test that needs them (each
+test deploys its own throwaway project with its own deploy root and compose project name, and
+takes it off the hosts afterwards), a fresh bare host per test that wants one. The host
+containers are memstack_ops/testing_hosts.py's, labelled for this run and removed at the end."""
+
+from __future__ import annotations
+
+import pytest
+
+from memstack_ops.testing_hosts import (
+    HostBox, SshKey, cleanup_run, clear_stack, make_project, make_ssh_key, missing_images, remove_hosts, start_host,
+)
+
+
+def require_images() -> None:
+    missing = missing_images()
+    if missing:
+        pytest.fail(f"Images missing: {', '.join(missing)}. Run `bash harness/build-images.sh` "
+                    f"(README command 2 does).", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def ssh_key(tmp_path_factory) -> SshKey:
+    return make_ssh_key(tmp_path_factory.mktemp("ssh"))
+
+
+@pytest.fixture(scope="session")
+def hosts(ssh_key, docker_client):
+    """Three ready hosts (own sshd and dockerd), shared by every test of the session."""
+    require_images()
+    boxes: list[HostBox] = []
+    try:
+        for n in ("h1", "h2", "h3"):
+            boxes.append(start_host(n, ssh_key.public))
+        yield {b.name: b for b in boxes}
+    finally:
+        remove_hosts(boxes)
+        cleanup_run()
+
+
+@pytest.fixture
+def bare_host(ssh_key, docker_client):
+    """A fresh host with sshd only (no Docker): bootstrap's job."""
+    require_images()
+    boxes: list[HostBox] = []
+    try:
+        boxes.append(start_host("bare", ssh_key.public, bare=True))
+        yield boxes[0]
+    finally:
+        remove_hosts(boxes)
+
+
+@pytest.fixture
+def remote_project(tmp_path, hosts, ssh_key):
+    """A tiny project whose inventory is the shared hosts; its stack is taken off them afterwards."""
+    p = make_project(tmp_path / "proj", hosts, ssh_key.private)
+    yield p
+    for b in hosts.values():
+        clear_stack(b, p)

@@ -1,0 +1,117 @@
+"""remote/fanout.py: hosts in parallel and in batches, output prefixed by host, one release id
+per run, and every failure on a host ends as one line (a traceback only with --debug)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from memstack_ops.errors import ConfigError
+from memstack_ops.remote.fanout import HostWriter, plan
+from memstack_ops.remote.inventory import Host
+
+
+def test_parallel_and_batches():
+    hs = [Host(str(i), str(i)) for i in range(5)]
+    assert plan(hs, None, None) == (4, [hs])
+    assert plan(hs, "2", "2") == (2, [hs[:2], hs[2:4], hs[4:]])
+    with pytest.raises(ConfigError):
+        plan(hs, "0", None)
+
+
+def test_host_writer_prefixes_whole_lines():
+    out = io.StringIO()
+    w = HostWriter("[web1] ", out)
+    w.write("one\ntw")
+    w.write("o\nthree")
+    assert out.getvalue() == "[web1] one\n[web1] two\n"
+    w.flush()
+    assert out.getvalue().endswith("[web1] three\n")
+
+
+class FakeConnection:
+    """What one_host needs of a host's connection; nothing is reached."""
+
+    def __init__(self, host: Host):
+        self.inventory, self.report, self.closed = host, {}, False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """``ssh.connect`` replaced: every host 'connects' at once; the connections made, by host."""
+    from memstack_ops.remote import ssh
+
+    made: dict[str, FakeConnection] = {}
+
+    def connect(host, config=None):
+        made[host.name] = FakeConnection(host)
+        return made[host.name]
+
+    monkeypatch.setattr(ssh, "connect", connect)
+    return made
+
+
+def call(task):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(task=task, args=(), kwargs={})
+
+
+HOSTS = [Host("a", "a"), Host("b", "b"), Host("c", "c")]
+
+
+def test_every_host_of_one_run_gets_the_runs_start_for_its_release_id(connections):
+    from memstack_ops.remote.fanout import fan_out
+
+    outcomes = fan_out(call(lambda c: None), HOSTS, config=None, parallel=3)
+    assert [o.ok for o in outcomes] == [True] * 3
+    started = {c.run_started for c in connections.values()}
+    assert len(started) == 1 and None not in started
+    assert all(c.closed for c in connections.values())
+
+
+def test_a_host_runner_that_raises_ends_as_one_line_per_host_without_a_traceback(connections, capsys):
+    """fanout.one_host printed a full Python traceback for db.shell's failure on a host."""
+    from memstack_ops.remote.fanout import fan_out, summary
+
+    def task(c):
+        if c.inventory.name != "b":
+            raise AttributeError("'NoneType' object has no attribute 'root'")
+
+    outcomes = fan_out(call(task), HOSTS, config=None, parallel=3)
+    summary("db.shell", outcomes)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    for name in ("a", "c"):
+        assert err.count(f"[{name}] error: AttributeError: 'NoneType' object has no attribute 'root'") == 1
+        assert "--debug" in err
+    assert [(o.host.name, o.ok, o.detail) for o in outcomes] == [
+        ("a", False, "AttributeError: 'NoneType' object has no attribute 'root'"), ("b", True, ""),
+        ("c", False, "AttributeError: 'NoneType' object has no attribute 'root'")]
+    rows = [ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] in ("a", "b", "c")]
+    assert [(r[0], r[1]) for r in rows] == [("a", "FAILED"), ("b", "ok"), ("c", "FAILED")]
+
+
+def test_debug_shows_the_traceback_of_a_host_runner_that_raises(connections, capsys):
+    from memstack_ops.remote.fanout import fan_out
+
+    def task(c):
+        raise KeyError("boom")
+
+    [o] = fan_out(call(task), HOSTS[:1], config=None, debug=True)
+    err = capsys.readouterr().err
+    assert not o.ok and "[a] Traceback (most recent call last):" in err and "[a] KeyError: 'boom'" in err
+
+
+def test_an_error_whose_message_starts_on_a_new_line_still_gets_its_reason(connections):
+    from memstack_ops.remote.fanout import fan_out
+
+    def task(c):
+        raise RuntimeError("\nSaw 1 exceptions within threads (OSError):\n...")
+
+    [o] = fan_out(call(task), HOSTS[:1], config=None)
+    assert o.detail == "RuntimeError: Saw 1 exceptions within threads (OSError):"
