@@ -365,7 +365,7 @@ def plant_release(box, root: str, rid: str = "20260101T000000Z-planted", extra: 
     manifest would make this machine read them)."""
     import shlex
 
-    from conftest_remote import TINY_COMPOSE
+    from memstack_ops.testing_hosts import TINY_COMPOSE
 
     m = {"release": rid, "stack": "tiny", "stage": "dev", "project": f"planted{rid[:8]}", "overlays": [],
          "compose_files": ["compose/tiny/compose.yml"], "env_files": ["env/tiny/.env"],
