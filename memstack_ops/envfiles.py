@@ -15,9 +15,10 @@ import re
 import secrets
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import EnvFileError
 
@@ -69,7 +70,8 @@ def _words(key: str) -> list[str]:
 def _secret_name(key: str) -> str:
     """'password', 'other' or '' (not a secret name)."""
     words = _words(key)
-    if not words or _ID_KEYS.search(key) and "SECRET" not in words or words[-1] in _META_WORDS or (len(words) > 1 and words[0] in _SWITCH_WORDS):
+    if (not words or _ID_KEYS.search(key) and "SECRET" not in words or words[-1] in _META_WORDS
+            or (len(words) > 1 and words[0] in _SWITCH_WORDS)):
         return ""
     if any(w in _PASSWORD_WORDS for w in words) or re.search(r"PASSWORD|PASSWD|PASSPHRASE", key, re.I):
         return "password"
@@ -260,7 +262,8 @@ def check_syntax(path: Path) -> list[str]:
     except FileNotFoundError:
         raise EnvFileError(f"{path} does not exist.") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise EnvFileError(f"Cannot read {path}: {type(e).__name__}. Check its permissions and encoding (UTF-8).") from None
+        raise EnvFileError(f"Cannot read {path}: {type(e).__name__}. "
+                           f"Check its permissions and encoding (UTF-8).") from None
     for b in parse_stream(io.StringIO(text)):
         if b.error or (b.key is not None and (b.value is None or not _KEY.fullmatch(b.key))):
             raise EnvFileError(f"{path}:{b.original.line}: not a KEY=VALUE line. Fix or comment out that line "

@@ -128,7 +128,8 @@ def scratch_project(dest: Path, source: Path, stack: str = "memstack", overlays:
     (dest / "memstack-ops.toml").write_text(text)
     env_name = str(options.get("env_file", ".env"))
     template = (dest / "env" / stack / f"{env_name}.example").read_text()
-    keys = [ln.split("=", 1)[0].strip() for ln in template.splitlines() if "=" in ln and not ln.lstrip().startswith("#")]
+    keys = [ln.split("=", 1)[0].strip() for ln in template.splitlines()
+            if "=" in ln and not ln.lstrip().startswith("#")]
     p = Project(dest, name, stack, {k: free_port() for k in keys if is_port_key(k)}, overlays, env_name)
     r = p.run("env.init")
     if r.returncode != 0:

@@ -171,11 +171,13 @@ class Bootstrap:
         try:
             existing = json.loads(text) if text and text.strip() else {}
         except ValueError as e:
-            raise RemoteError(f"{self.host.label}: {DAEMON_JSON} is not valid JSON ({e}); fix it by hand first.") from None
+            raise RemoteError(f"{self.host.label}: {DAEMON_JSON} is not valid JSON ({e}); "
+                              f"fix it by hand first.") from None
         want = desired_daemon(existing, self.host)
         if want == existing:
+            mirrors = ", registry mirrors" if self.host.registry_mirrors else ""
             self.step("daemon config", False, f"{DAEMON_JSON}: json-file logs {self.host.log_max_size} x "
-                                              f"{self.host.log_max_file}" + (", registry mirrors" if self.host.registry_mirrors else ""))
+                                              f"{self.host.log_max_file}{mirrors}")
             return False
         body = json.dumps(want, indent=2, sort_keys=True) + "\n"
         from .files import put_text

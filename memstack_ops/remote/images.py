@@ -10,8 +10,9 @@ import shlex
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from ..output import human_size
 from ..target import Target
@@ -52,7 +53,7 @@ def local_ids(images: list[str]) -> dict[str, str]:
                                                            timeout=60).returncode != 0]
         raise RemoteError(f"Image(s) {', '.join(missing) or images} not on this machine, so they cannot be "
                           f"shipped: build or pull them here first (`docker images` lists what is here).")
-    return dict(zip(images, ids))
+    return dict(zip(images, ids, strict=True))
 
 
 def _name(ref: str) -> str:

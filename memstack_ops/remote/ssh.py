@@ -17,8 +17,9 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import fabric
 import paramiko
@@ -193,7 +194,7 @@ def connect(host: Host, config: Any = None) -> HostConnection:
         who = f"key {host.key}" if host.key else "your SSH agent/default keys"
         raise RemoteError(f"{host.label}: authentication refused for user {conn.user} with {who} ({e}). "
                           f"Check the user and that the public key is in its ~/.ssh/authorized_keys.") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise RemoteError(f"{host.label}: unreachable: no answer within {host.connect_timeout:g} s "
                           f"(host down, wrong address, or a firewall).") from None
     except paramiko.ssh_exception.NoValidConnectionsError as e:

@@ -5,7 +5,8 @@ and the one place that turns MemstackError into invoke's Exit (message on stderr
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from invoke import Exit, task
 

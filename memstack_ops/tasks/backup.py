@@ -86,10 +86,13 @@ def _db_backup_task(kind, title):
         "service": SERVICE, "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH})(task_)
 
 
-backup_postgres = _db_backup_task("postgres", "Back up PostgreSQL: pg_dump -Fc in its own container (plus roles), streamed to disk.")
-backup_mysql = _db_backup_task("mysql", "Back up MySQL/MariaDB: a --single-transaction dump with routines, triggers and events.")
+backup_postgres = _db_backup_task(
+    "postgres", "Back up PostgreSQL: pg_dump -Fc in its own container (plus roles), streamed to disk.")
+backup_mysql = _db_backup_task(
+    "mysql", "Back up MySQL/MariaDB: a --single-transaction dump with routines, triggers and events.")
 backup_redis = _db_backup_task("redis", "Back up Redis: BGSAVE, wait for it, copy the RDB (and the AOF directory).")
-backup_neo4j = _db_backup_task("neo4j", "Back up Neo4j: stop it, neo4j-admin database dump in a one-off container, start it (reports the downtime).")
+backup_neo4j = _db_backup_task("neo4j", "Back up Neo4j: stop it, neo4j-admin database dump in a one-off container, "
+                                        "start it (reports the downtime).")
 
 
 @ops_task(name="volumes", iterable=["volume"], help={
@@ -130,8 +133,8 @@ def backup_list(c, kind=None, stack=None, stage=None, overlay=None):
 
     t = target(c, stack, stage, overlay, require_env=False)
     rows, partial = core.list_rows(t, kind)
-    table(f"backups of stack {t.stack.name} ({core.backups_root(t)})", ["id", "kind", "service", "size", "age", "verified"],
-          rows)
+    table(f"backups of stack {t.stack.name} ({core.backups_root(t)})",
+          ["id", "kind", "service", "size", "age", "verified"], rows)
     if not rows:
         say("No backups yet: make one with `memstack-ops backup.all`.")
     if partial:
@@ -143,7 +146,7 @@ def backup_list(c, kind=None, stack=None, stage=None, overlay=None):
     "backup": "backup id (see backup.list); default the newest",
     "restore_test": "also restore into a scratch container of the same image and compare row/key/node counts"})
 def backup_verify(c, backup=None, restore_test=False, stack=None, stage=None, overlay=None):
-    """Verify a backup: checksums, format check (pg_restore -l, redis-check-rdb, neo4j-admin load --info), optional scratch restore."""
+    """Verify a backup: checksums, format check (pg_restore -l, redis-check-rdb, neo4j-admin load --info), optional scratch restore."""  # noqa: E501 (the first line is `inv --list`'s help)
     from .. import backup as core
     from ..output import say, table
 

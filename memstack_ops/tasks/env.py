@@ -54,4 +54,5 @@ def show(c, stack=None, stage=None, overlay=None):
           [[k, s[k], s.sources[k]] for k in sorted(s.values) if k != "stacks"])
     files = {f: read_env(st.root / f) for f in st.env_files if (st.root / f).is_file()}
     found = set().union(*map(secret_values, files.values()))  # a secret anywhere is masked everywhere
-    table("env", ["key", "value", "from"], [[k, mask(k, v, found), f] for f, vals in files.items() for k, v in vals.items()])
+    table("env", ["key", "value", "from"],
+          [[k, mask(k, v, found), f] for f, vals in files.items() for k, v in vals.items()])

@@ -46,7 +46,8 @@ def bootstrap(c, parallel=None, batch=None, stack=None, stage=None, overlay=None
     run(c, settings(stack, stage, overlay))
 
 
-@ops_task(remote_only=True, auto_shortflags=False, help={"to": "release to go back to (default: the previous deployed one); see `releases`",
+@ops_task(remote_only=True, auto_shortflags=False,
+          help={"to": "release to go back to (default: the previous deployed one); see `releases`",
                 "lock_wait": LOCK_WAIT_HELP, **FANOUT_HELP})
 def rollback(c, to=None, lock_wait=0, parallel=None, batch=None, stack=None, stage=None, overlay=None):
     """Bring an earlier release back (its files and image IDs), health-gated, and point current at it."""

@@ -31,7 +31,7 @@ def up(c, service=None, timeout=None, no_wait=False, build=False, skip_checks=Fa
        stack=None, stage=None, overlay=None):
     """Start the stack and wait until every service is really healthy."""
     from .. import lifecycle
-    from ..doctor import run_checks, failed
+    from ..doctor import failed, run_checks
     from ..output import say, table, warn
 
     t = target(c, stack, stage, overlay, timeout=timeout)
@@ -128,7 +128,8 @@ def logs(c, service=None, follow=False, tail=100, stack=None, stage=None, overla
         from ..compose import validate_services
 
         validate_services(t.compose.model(c), [service], t.stack.name)
-    args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
+    args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else [])
+    args += [service] if service else []
     t.compose.run(c, *args, hide=False)
 
 
