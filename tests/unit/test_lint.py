@@ -32,7 +32,8 @@ def test_the_package_never_imports_the_docker_sdk_so_it_is_a_test_extra():
 
 def test_readme_test_command_lints_before_pytest_and_installs_the_linters():
     lines = [ln.strip() for ln in (REPO / "harness/test.sh").read_text().splitlines()]
-    ruff, mypy = lines.index(".venv/bin/ruff check memstack_ops tests benchmarks tasks.py"), lines.index(".venv/bin/mypy")
+    ruff = lines.index(".venv/bin/ruff check memstack_ops tests benchmarks tasks.py")
+    mypy = lines.index(".venv/bin/mypy")
     pytest = next(i for i, ln in enumerate(lines) if "-m pytest" in ln)
     assert lines.index("set -euo pipefail") < ruff < pytest and mypy < pytest
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
@@ -40,6 +41,7 @@ def test_readme_test_command_lints_before_pytest_and_installs_the_linters():
 
 
 def test_ruff_passes():
-    r = subprocess.run([str(Path(sys.executable).with_name("ruff")), "check", "memstack_ops", "tests", "benchmarks",
+    ruff = Path(sys.executable).with_name("ruff")
+    r = subprocess.run([str(ruff), "check", "--output-format", "concise", "memstack_ops", "tests", "benchmarks",
                         "tasks.py"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -10,9 +10,9 @@ import shlex
 import sys
 
 import pytest
+from fakes import make_project, parse_cli, write
 from invoke import Exit, MockContext, Result
 
-from fakes import make_project, parse_cli, write
 from memstack_ops.tasks import env as env_tasks
 from memstack_ops.tasks import ns
 from memstack_ops.tasks import stack as stack_tasks
