@@ -186,10 +186,11 @@ def argv_secrets(argv: Iterable[str] | str) -> set[str]:
     import shlex
 
     if isinstance(argv, str):
+        line = argv
         try:
-            argv = shlex.split(argv)
+            argv = shlex.split(line)
         except ValueError:
-            argv = argv.split()
+            argv = line.split()
     words = [_unescape(str(w)) for w in argv]
     out: set[str] = set()
     prog = ""
@@ -395,8 +396,8 @@ def check_env(path: Path | Iterable[Path], template: Path, stage: str) -> tuple[
     for p in paths:
         if not p.is_file():
             continue
-        for k, v in read_env(p).items():
-            values[k], origin[k] = v, p
+        for k, val in read_env(p).items():
+            values[k], origin[k] = val, p
         mode = p.stat().st_mode & 0o777
         if mode & 0o077:
             findings.append(Finding("warn", "-", f"{p} has mode {mode:o}: run `chmod 600 {p}` (it holds secrets)."))

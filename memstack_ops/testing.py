@@ -65,7 +65,8 @@ class Project:
         env.update(MEMSTACK_ROOT=str(self.root), COLUMNS="200", **extra)
         return env
 
-    def run(self, *args: str, stdin: Any = subprocess.DEVNULL, timeout: float = 300, **extra: str):
+    def run(self, *args: str, stdin: Any = subprocess.DEVNULL, timeout: float = 300,
+            **extra: str) -> subprocess.CompletedProcess[str]:
         """Run the console script as an operator would (no terminal on stdin)."""
         return subprocess.run([sys.executable, "-m", "memstack_ops", *args], cwd=self.root, env=self.env(**extra),
                               stdin=stdin, capture_output=True, text=True, timeout=timeout)
@@ -77,7 +78,7 @@ class Project:
             argv += ["-f", f]
         return argv + ["--env-file", f"env/{self.stack}/{self.env_name}", *args]
 
-    def compose(self, *args: str, check: bool = True):
+    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.compose_argv(*args), cwd=self.root, capture_output=True, text=True,
                               check=check, timeout=300)
 

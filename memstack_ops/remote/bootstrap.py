@@ -17,6 +17,8 @@ import shlex
 import subprocess
 from typing import Any
 
+from invoke.runners import Result
+
 from ..config import Settings
 from ..output import say
 from . import RemoteError
@@ -52,13 +54,14 @@ class Bootstrap:
         self.changed: list[str] = []
         self.sudo = ""
 
-    def sh(self, script: str, timeout: float | None = 120, **kw: Any) -> Any:
-        return self.c.run(script, hide=True, warn=True, in_stream=False, timeout=timeout, **kw)
+    def sh(self, script: str, timeout: float | None = 120, **kw: Any) -> Result:
+        r: Result = self.c.run(script, hide=True, warn=True, in_stream=False, timeout=timeout, **kw)
+        return r
 
-    def root_sh(self, script: str, timeout: float | None = 120) -> Any:
+    def root_sh(self, script: str, timeout: float | None = 120) -> Result:
         return self.sh(f"{self.sudo}sh -c {shlex.quote(script)}", timeout=timeout)
 
-    def must(self, r: Any, what: str) -> Any:
+    def must(self, r: Result, what: str) -> Result:
         if r.failed:
             raise RemoteError(f"{self.host.label}: {what} failed (exit {r.return_code}): "
                               f"{(r.stderr or r.stdout).strip()[-800:]}")
