@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Exit, task
 
-from ..config import settings
+from ..config import settings as settings  # re-exported: the task modules' one import
 from ..errors import MemstackError
 
 if TYPE_CHECKING:
