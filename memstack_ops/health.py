@@ -241,7 +241,7 @@ class Watch:
     # Checks run in the background, one at a time per service: a slow check (a client that
     # waits for its server) never delays noticing that another service is ready.
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "health-check"))
-    inflight: dict[str, Future[tuple[bool, str]]] = field(default_factory=dict)
+    inflight: dict[str, Future[tuple[bool, str, str]]] = field(default_factory=dict)
     settle: float = 0.25  # how long a round waits for the checks it started (most take < 0.1 s)
     # A database's TCP query must pass twice, this far apart: an image's init server can answer
     # once and then restart (the official images stop their temporary server before the real one).
