@@ -185,7 +185,8 @@ def check_images(t: Target, model: dict[str, Any], probe_registry: bool = True) 
     r = run(t.c, ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"])
     have = set(r.stdout.split())
     have |= {h.removeprefix("docker.io/").removeprefix("library/") for h in have}
-    missing, build = [], []
+    missing: list[str] = []
+    build: list[str] = []
     for name, svc in model.get("services", {}).items():
         img = svc.get("image", "")
         norm = img if ":" in img.rsplit("/", 1)[-1] else f"{img}:latest"
