@@ -13,5 +13,7 @@
 Importing this package imports neither the docker SDK nor rich.
 """
 
-from .core import backup, backups_root, list_rows, prune, restore, restore_all, verify  # noqa: F401
-from .host import BackupError  # noqa: F401
+from .core import backup, backups_root, list_rows, prune, restore, restore_all, verify
+from .host import BackupError
+
+__all__ = ["BackupError", "backup", "backups_root", "list_rows", "prune", "restore", "restore_all", "verify"]

@@ -23,7 +23,7 @@ import shlex
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable
 
 from ..compose import Script, run
 from ..errors import MemstackError
@@ -506,8 +506,8 @@ class LocalHost(Host):
             fd = -1
             raise
         finally:
-            for e in errs:
-                e.close()
+            for f in errs:
+                f.close()
             for x in (fd, rfd):
                 if x >= 0:
                     os.close(x)
@@ -581,7 +581,7 @@ def _kill(procs: list[Any]) -> None:
             p.stdout.close()
 
 
-def _tail(f: Any, limit: int = 4000) -> str:
+def _tail(f: IO[bytes], limit: int = 4000) -> str:
     f.seek(0, os.SEEK_END)
     size = f.tell()
     f.seek(max(0, size - limit))

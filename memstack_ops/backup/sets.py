@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..kinds import DB_KINDS
-from ..output import human_size  # noqa: F401 - re-exported (the one home is output.py)
+from ..output import human_size as human_size  # re-exported (the one home is output.py)
 
 KINDS = DB_KINDS + ("volumes", "all")
 ID_RE = re.compile(r"^(?P<ts>\d{8}T\d{6}Z)(?:-(?P<seq>\d{1,3}))?-(?P<kind>" + "|".join(KINDS) + r")$")
