@@ -107,7 +107,7 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
     s = host_settings(settings, host)
     services = list(services)
     ship = ship_images or host.ship_images
-    report = c.report
+    report: dict[str, Any] = c.report
     with tempfile.TemporaryDirectory(prefix="memstack-ops-upload-") as tmp:
         # local only: a bad project fails before any SSH work; one release id for the whole run
         rel = prepare(s, host, Path(tmp), services, now=c.run_started)
@@ -276,7 +276,8 @@ def rollback(c: Any, settings: Settings, to: str | None = None, lock_wait: float
         result, detail = "rolled back", f"current -> {to} (was {cur or 'none'})"
         c.report.update(result=result, detail=detail)
         say(f"Rolled back: {detail}.")
-        return c.report
+        report: dict[str, Any] = c.report
+        return report
     except MemstackError as e:
         detail = str(e).splitlines()[0]
         c.report.update(detail=detail)
