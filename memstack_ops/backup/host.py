@@ -22,8 +22,9 @@ import os
 import shlex
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any
 
 from ..compose import Script, run
 from ..errors import MemstackError
@@ -155,7 +156,8 @@ class Host:
 
     def write_text(self, path: str, text: str) -> None:
         part = path + ".partial"
-        r = run(self.c, ["bash", "-c", f"umask 077 && cat > {q(part)} && sync -- {q(part)} && mv -f -- {q(part)} {q(path)}"],
+        r = run(self.c, ["bash", "-c",
+                         f"umask 077 && cat > {q(part)} && sync -- {q(part)} && mv -f -- {q(part)} {q(path)}"],
                 in_stream=Script(text))
         if r.failed:
             self.sh(f"rm -f -- {q(part)}")
@@ -427,7 +429,7 @@ class LocalHost(Host):
         workers = max(1, min(len(digests), os.cpu_count() or 1, 8))
         with ThreadPoolExecutor(workers, "sha256") as pool:
             got = list(pool.map(one, range(len(digests))))
-        bad = [i for i, (a, b) in enumerate(zip(got, digests)) if a != b]
+        bad = [i for i, (a, b) in enumerate(zip(got, digests, strict=True)) if a != b]
         if bad:
             i = bad[0]
             return (f"sha256 of bytes {i * piece}-{min((i + 1) * piece, int(f['size'])) - 1} does not match the "
