@@ -73,7 +73,7 @@ def ratios(ops: list[float], raw: list[float]) -> tuple[float, float, float]:
     goes first, so the per-round ratio pairs runs made a few seconds apart: the estimate least
     moved by this shared machine's disk, whose speed drifts by 10% between minutes."""
     return (min(ops) / min(raw), statistics.median(ops) / statistics.median(raw),
-            statistics.median(o / r for o, r in zip(ops, raw)))
+            statistics.median(o / r for o, r in zip(ops, raw, strict=True)))
 
 
 def timed_shell(cmd: str) -> float:
@@ -119,7 +119,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--scale", type=float, default=3.0, help="second size for the memory check (x size-gb)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of backup (raw and tool, alternating which goes first)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of backup (raw and tool, alternating which goes first)")
     ap.add_argument("--restore-rounds", type=int, default=7, help="rounds of restore (likewise)")
     ap.add_argument("--fixed-rounds", type=int, default=5, help="rounds on the empty database (fixed cost per run)")
     args = ap.parse_args()
@@ -204,21 +205,25 @@ def main() -> None:
                 settle(p, c)
                 wall3, hwm3, tree3, _ = timed_tool(p, "backup.postgres", "--no-space-check")
                 big = (size3, wall3, hwm3, tree3)
-                print(f"{size3 / 1e9:.2f} GB: memstack-ops backup.postgres {wall3:.1f} s (peak RSS {hwm3 / 1024:.0f} MB, "
+                print(f"{size3 / 1e9:.2f} GB: memstack-ops backup.postgres {wall3:.1f} s "
+                      f"(peak RSS {hwm3 / 1024:.0f} MB, "
                       f"largest in its tree {tree3 / 1024:.0f} MB)", flush=True)
 
             print("\nsummary")
             print(f"  fixed cost per run: backup +{fixed_b:.2f} s, restore +{fixed_r:.2f} s (empty database)")
-            for what, ops, base, label in (("backup ", t_ops, t_raw, "pg_dump -Fc"), ("restore", rr_ops, rr_raw, "pg_restore")):
+            for what, ops, base, label in (("backup ", t_ops, t_raw, "pg_dump -Fc"),
+                                           ("restore", rr_ops, rr_raw, "pg_restore")):
                 best, med, pair = ratios(ops, base)
-                print(f"  {what} {size / 1e9:.2f} GB, {len(ops)} rounds: memstack-ops median {statistics.median(ops):.1f} s "
+                print(f"  {what} {size / 1e9:.2f} GB, {len(ops)} rounds: "
+                      f"memstack-ops median {statistics.median(ops):.1f} s "
                       f"vs raw {label} {statistics.median(base):.1f} s: ratio of medians {med:.3f}, median of "
                       f"per-round ratios {pair:.3f}, best vs best {best:.3f} (target <= 1.05)")
             hwm1 = max(h for h, _ in rss)
             print(f"  peak RSS of memstack-ops at {size / 1e9:.2f} GB: {hwm1 / 1024:.0f} MB (largest process in its "
                   f"tree {max(t for _, t in rss) / 1024:.0f} MB); restore {r_hwm / 1024:.0f} MB")
             if big:
-                print(f"  peak RSS of memstack-ops at {big[0] / 1e9:.2f} GB: {big[2] / 1024:.0f} MB (largest in its tree "
+                print(f"  peak RSS of memstack-ops at {big[0] / 1e9:.2f} GB: {big[2] / 1024:.0f} MB "
+                      f"(largest in its tree "
                       f"{big[3] / 1024:.0f} MB): ratio to 1x {big[2] / hwm1:.2f} (target < 100 MB and flat)")
         finally:
             p.destroy()

@@ -41,8 +41,12 @@ def main() -> None:
 
             base, tool = [], []
             for _ in range(rounds):
-                t0 = time.perf_counter(); by_hand(); base.append(time.perf_counter() - t0)
-                t0 = time.perf_counter(); ops(); tool.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                by_hand()
+                base.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                ops()
+                tool.append(time.perf_counter() - t0)
             mb, mt = statistics.median(base), statistics.median(tool)
             print(f"by hand (3 x compose exec SELECT 1): {mb:.2f} s; memstack-ops db.init (up to date, incl. "
                   f"CLI start): {mt:.2f} s (min {min(tool):.2f}, max {max(tool):.2f}); ratio {mt / mb:.2f}; "

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from backup import timed_tool  # noqa: E402
+
 from memstack_ops.testing_hosts import cleanup_run, make_project, remove_hosts, start_host  # noqa: E402
 
 SET_ID = "20261123T020000Z-volumes"

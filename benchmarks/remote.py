@@ -78,10 +78,10 @@ def measure_shipping(p, h1, tmp_p: Path, rounds: int) -> None:
     if True:
         if True:
 
+            from memstack_ops.config import resolve
             from memstack_ops.remote.images import ship
             from memstack_ops.remote.inventory import resolve_hosts
             from memstack_ops.remote.ssh import connect
-            from memstack_ops.config import resolve
 
             s = resolve(root=p.root, environ={})
             conn = connect(resolve_hosts(s, "h1")[0])
@@ -95,11 +95,11 @@ def measure_shipping(p, h1, tmp_p: Path, rounds: int) -> None:
                     a, b = unique_image("bench"), unique_image("bench")
                     got = None
 
-                    def ours_() -> None:
+                    def ours_(a: str = a) -> None:
                         nonlocal got
                         got = ship(conn, [a])
 
-                    def raw_() -> None:
+                    def raw_(b: str = b) -> None:
                         subprocess.run(f"docker save {b} | {' '.join(ssh)} docker load", shell=True, check=True,
                                        capture_output=True, timeout=600)
 

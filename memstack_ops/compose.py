@@ -11,8 +11,9 @@ import io
 import json
 import shlex
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .config import Stack
 from .errors import ComposeError, EngineError
@@ -215,7 +216,7 @@ def dependants(model: dict[str, Any], names: Iterable[str]) -> list[str]:
     while grew:
         grew = False
         for s, svc in (model.get("services") or {}).items():
-            if s not in names and s not in out and set((svc.get("depends_on") or {})) & (names | set(out)):
+            if s not in names and s not in out and set(svc.get("depends_on") or {}) & (names | set(out)):
                 out.append(s)
                 grew = True
     return out

@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -48,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Settings that may come from env files / environment variables, with their parser.
-_SCALARS = {
+_SCALARS: dict[str, Callable[[str], Any]] = {
     "stack": str,
     "stage": str,
     "overlays": lambda v: [p for p in (s.strip() for s in v.split(",")) if p],

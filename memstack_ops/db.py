@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from . import kinds
 from .errors import DbError
@@ -48,7 +49,8 @@ class Migration:
         except UnicodeDecodeError as e:
             line = self.path.read_bytes()[:e.start].count(b"\n") + 1
             raise DbError(f"{self.rel or self.path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}): "
-                          f"save it as UTF-8 (for a latin-1 file: `iconv -f latin1 -t utf-8 FILE > NEW && mv NEW FILE`) "
+                          f"save it as UTF-8 (for a latin-1 file: "
+                          f"`iconv -f latin1 -t utf-8 FILE > NEW && mv NEW FILE`) "
                           f"and run db.migrate again.") from None
 
     @property
@@ -180,10 +182,12 @@ class Db:
     def fail(self, what: str, r: Any, hint: str = "") -> DbError:
         msg = self.t.compose.scrub((r.stderr or r.stdout or "").strip())
         if self.spec.AUTH_FAILED.search(msg):
-            return DbError(f"{what}: {self.service} refused the password. {self.password_var} in {self.t.stack.env_file} "
-                           f"is not the password the database was initialised with (it keeps its first password when "
-                           f"the env file changes later). Put the old value back, or change it inside the database too.")
-        return DbError(f"{what} on {self.service} failed: {msg or f'exit {r.return_code}'}" + (f"\n{hint}" if hint else ""))
+            return DbError(f"{what}: {self.service} refused the password. {self.password_var} in "
+                           f"{self.t.stack.env_file} is not the password the database was initialised with (it "
+                           f"keeps its first password when the env file changes later). Put the old value back, or "
+                           f"change it inside the database too.")
+        return DbError(f"{what} on {self.service} failed: {msg or f'exit {r.return_code}'}"
+                       + (f"\n{hint}" if hint else ""))
 
     # ---- readiness
 
@@ -209,18 +213,23 @@ class Db:
             row = rows.get(self.service)
             if not row or row.get("State") not in ("running",):
                 logs = self.t.compose.logs(self.t.c, self.service, 50) if row else ""
-                raise DbError(f"Database service {self.service} is not running ({row.get('State') if row else 'no container'}): "
-                              f"start it with `inv up --service {self.service}`." + (f"\n--- last log lines ---\n{logs}" if logs else ""))
+                state = row.get("State") if row else "no container"
+                raise DbError(f"Database service {self.service} is not running ({state}): "
+                              f"start it with `inv up --service {self.service}`."
+                              + (f"\n--- last log lines ---\n{logs}" if logs else ""))
             return False
 
         try:
-            tenacity.Retrying(stop=tenacity.stop_after_delay(timeout) | tenacity.stop_after_attempt(int(timeout / interval) + 2),
-                              wait=tenacity.wait_fixed(interval), retry=tenacity.retry_if_result(lambda ok: not ok))(attempt)
+            tenacity.Retrying(stop=(tenacity.stop_after_delay(timeout)
+                                    | tenacity.stop_after_attempt(int(timeout / interval) + 2)),
+                              wait=tenacity.wait_fixed(interval),
+                              retry=tenacity.retry_if_result(lambda ok: not ok))(attempt)
         except tenacity.RetryError:
             r = last.get("r")
             logs = self.t.compose.logs(self.t.c, self.service, 50)
             why = self.t.compose.scrub((r.stderr or r.stdout).strip()) if r is not None else "no answer"
-            raise DbError(f"Database {self.service} did not accept queries within {timeout:.0f} s (last answer: {why}).\n"
+            raise DbError(f"Database {self.service} did not accept queries within {timeout:.0f} s "
+                          f"(last answer: {why}).\n"
                           f"--- last log lines ---\n{logs}\nCheck its logs (`inv logs --service {self.service}`) and "
                           f"run db.init again.") from None
 
@@ -288,7 +297,8 @@ def databases(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> lis
     return out
 
 
-def plan(db: Db, root: Path, tracks: Iterable[str] = ("schema", "seed")) -> tuple[list[Migration], dict[tuple[str, int], Applied]]:
+def plan(db: Db, root: Path,
+         tracks: Iterable[str] = ("schema", "seed")) -> tuple[list[Migration], dict[tuple[str, int], Applied]]:
     """Pending migrations for ``db``; refuses drift before anything runs."""
     files = [m for tr in tracks for m in discover(root, db.t.stack.name, db.service, db.kind, tr)]
     applied = db.applied()

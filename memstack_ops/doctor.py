@@ -146,8 +146,8 @@ def check_disk(t: Target) -> Check:
     alert = float(t.settings["disk_alert_pct"])
     detail = f"{avail_gb:.1f} GB free on {root} ({used_pct:.0f}% used)"
     if used_pct >= alert:
-        return Check("disk", FAIL, f"{detail}: over the {alert:g}% alert threshold", "free space: `docker system "
-                                                                                     "prune`, old backups, or grow the disk")
+        return Check("disk", FAIL, f"{detail}: over the {alert:g}% alert threshold",
+                     "free space: `docker system prune`, old backups, or grow the disk")
     if avail_gb < lo:
         return Check("disk", FAIL, f"{detail} (minimum {lo:g} GB)", "free space: `docker system prune`, "
                                                                     "old backups, or grow the disk")
@@ -185,8 +185,9 @@ def check_images(t: Target, model: dict[str, Any], probe_registry: bool = True) 
     r = run(t.c, ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"])
     have = set(r.stdout.split())
     have |= {h.removeprefix("docker.io/").removeprefix("library/") for h in have}
-    missing, build = [], []
-    for name, svc in model.get("services", {}).items():
+    missing: list[str] = []
+    build: list[str] = []
+    for svc in model.get("services", {}).values():
         img = svc.get("image", "")
         norm = img if ":" in img.rsplit("/", 1)[-1] else f"{img}:latest"
         if img and norm not in have:

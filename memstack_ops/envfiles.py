@@ -15,9 +15,10 @@ import re
 import secrets
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import EnvFileError
 
@@ -69,7 +70,8 @@ def _words(key: str) -> list[str]:
 def _secret_name(key: str) -> str:
     """'password', 'other' or '' (not a secret name)."""
     words = _words(key)
-    if not words or _ID_KEYS.search(key) and "SECRET" not in words or words[-1] in _META_WORDS or (len(words) > 1 and words[0] in _SWITCH_WORDS):
+    if (not words or _ID_KEYS.search(key) and "SECRET" not in words or words[-1] in _META_WORDS
+            or (len(words) > 1 and words[0] in _SWITCH_WORDS)):
         return ""
     if any(w in _PASSWORD_WORDS for w in words) or re.search(r"PASSWORD|PASSWD|PASSPHRASE", key, re.I):
         return "password"
@@ -184,10 +186,11 @@ def argv_secrets(argv: Iterable[str] | str) -> set[str]:
     import shlex
 
     if isinstance(argv, str):
+        line = argv
         try:
-            argv = shlex.split(argv)
+            argv = shlex.split(line)
         except ValueError:
-            argv = argv.split()
+            argv = line.split()
     words = [_unescape(str(w)) for w in argv]
     out: set[str] = set()
     prog = ""
@@ -260,7 +263,8 @@ def check_syntax(path: Path) -> list[str]:
     except FileNotFoundError:
         raise EnvFileError(f"{path} does not exist.") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise EnvFileError(f"Cannot read {path}: {type(e).__name__}. Check its permissions and encoding (UTF-8).") from None
+        raise EnvFileError(f"Cannot read {path}: {type(e).__name__}. "
+                           f"Check its permissions and encoding (UTF-8).") from None
     for b in parse_stream(io.StringIO(text)):
         if b.error or (b.key is not None and (b.value is None or not _KEY.fullmatch(b.key))):
             raise EnvFileError(f"{path}:{b.original.line}: not a KEY=VALUE line. Fix or comment out that line "
@@ -392,8 +396,8 @@ def check_env(path: Path | Iterable[Path], template: Path, stage: str) -> tuple[
     for p in paths:
         if not p.is_file():
             continue
-        for k, v in read_env(p).items():
-            values[k], origin[k] = v, p
+        for k, val in read_env(p).items():
+            values[k], origin[k] = val, p
         mode = p.stat().st_mode & 0o777
         if mode & 0o077:
             findings.append(Finding("warn", "-", f"{p} has mode {mode:o}: run `chmod 600 {p}` (it holds secrets)."))

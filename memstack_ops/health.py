@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from .compose import Compose, run
 from .errors import HealthError
@@ -83,7 +84,8 @@ export PGPASSWORD="$pw" PGCONNECT_TIMEOUT=5
 exec psql -h 127.0.0.1 -U "$u" -d "${POSTGRES_DB:-${POSTGRESQL_DATABASE:-$u}}" -XAtqc 'SELECT 1'""",
     # root (or the image's user) over TCP; with only a random root password nobody knows, the
     # server's own answer to mysqladmin ping over TCP (0 even for "Access denied")
-    "mysql": r"""cli=$(command -v mariadb || command -v mysql) || { echo "no mysql client in the container" >&2; exit 127; }
+    "mysql": r"""cli=$(command -v mariadb || command -v mysql) ||
+  { echo "no mysql client in the container" >&2; exit 127; }
 u=root pw=${MYSQL_ROOT_PASSWORD:-${MARIADB_ROOT_PASSWORD:-}}
 f=${MYSQL_ROOT_PASSWORD_FILE:-${MARIADB_ROOT_PASSWORD_FILE:-}}
 [ -z "$pw" ] && [ -n "$f" ] && pw=$(cat "$f")
@@ -241,7 +243,7 @@ class Watch:
     # Checks run in the background, one at a time per service: a slow check (a client that
     # waits for its server) never delays noticing that another service is ready.
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "health-check"))
-    inflight: dict[str, Future[tuple[bool, str]]] = field(default_factory=dict)
+    inflight: dict[str, Future[tuple[bool, str, str]]] = field(default_factory=dict)
     settle: float = 0.25  # how long a round waits for the checks it started (most take < 0.1 s)
     # A database's TCP query must pass twice, this far apart: an image's init server can answer
     # once and then restart (the official images stop their temporary server before the real one).
@@ -387,10 +389,10 @@ class Watch:
                     ok, out, detail = fut.result()
                 except _Refused as e:
                     st.output = str(e)
-                    self._set(st, failed=True, detail=f"it answers over TCP but refuses the credentials from its "
-                                                      f"container's environment (the database keeps the password it "
-                                                      f"was first initialised with: put that value back in the env "
-                                                      f"file, or change the password inside the database too)")
+                    self._set(st, failed=True, detail="it answers over TCP but refuses the credentials from its "
+                                                      "container's environment (the database keeps the password it "
+                                                      "was first initialised with: put that value back in the env "
+                                                      "file, or change the password inside the database too)")
                     continue
                 st.output = out
                 self._set(st, ready=ok, detail=detail)

@@ -6,9 +6,10 @@ Plain functions taking an invoke Context first; tasks only resolve settings and 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from .compose import dependencies, topo_layers, validate_services
 from .errors import ComposeError
@@ -26,7 +27,7 @@ class Display:
         self.live: Any = None
         self.t0 = time.monotonic()
 
-    def __enter__(self) -> "Display":
+    def __enter__(self) -> Display:
         if interactive():
             from rich.live import Live
 
@@ -48,7 +49,8 @@ class Display:
         for s in self.services:
             st = self.statuses.get(s, Status(s))
             mark = "[green]ready[/]" if st.ready else "[red]failed[/]" if st.failed else st.health or "-"
-            detail = f"{st.detail} after {st.ready_after:.1f} s" if st.ready and st.ready_after is not None else st.detail
+            detail = (f"{st.detail} after {st.ready_after:.1f} s" if st.ready and st.ready_after is not None
+                      else st.detail)
             t.add_row(s, st.state, mark, detail)
         return t
 
@@ -294,7 +296,8 @@ def status(t: Target) -> tuple[list[list[str]], list[str], list[str]]:
     return out, alerts, down
 
 
-SCHEMES = {7687: "bolt", 5432: "postgresql", 6379: "redis", 3306: "mysql", 27017: "mongodb", 6333: "http", 19530: "grpc"}
+SCHEMES = {7687: "bolt", 5432: "postgresql", 6379: "redis", 3306: "mysql", 27017: "mongodb", 6333: "http",
+           19530: "grpc"}
 PATHS = {"api": "/docs"}
 
 
@@ -310,7 +313,8 @@ def urls(t: Target) -> list[list[str]]:
             host = p.get("host_ip") or "127.0.0.1"
             host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
             scheme = SCHEMES.get(int(p["target"]), "http")
-            url = labels.get("memstack-ops.url") or f"{scheme}://{host}:{p['published']}{PATHS.get(name, '') if scheme == 'http' else ''}"
+            path = PATHS.get(name, "") if scheme == "http" else ""
+            url = labels.get("memstack-ops.url") or f"{scheme}://{host}:{p['published']}{path}"
             out.append([name, url])
     return out
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 
 def interactive(stream: Any = None) -> bool:
@@ -74,9 +75,9 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     widths = [max([len(col)] + [len(r[i]) for r in rows]) for i, col in enumerate(columns)]
     if title:
         say(title)
-    say("  ".join(col.ljust(w) for col, w in zip(columns, widths)).rstrip())
+    say("  ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True)).rstrip())
     for r in rows:
-        say("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        say("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)).rstrip())
 
 
 def confirm(prompt: str, expected: str, yes: bool = False) -> None:

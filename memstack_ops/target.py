@@ -9,8 +9,9 @@ in the release folder on the host). Everything else asks the Target, never the C
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .compose import Compose
 from .config import Settings, Stack

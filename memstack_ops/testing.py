@@ -65,7 +65,8 @@ class Project:
         env.update(MEMSTACK_ROOT=str(self.root), COLUMNS="200", **extra)
         return env
 
-    def run(self, *args: str, stdin: Any = subprocess.DEVNULL, timeout: float = 300, **extra: str):
+    def run(self, *args: str, stdin: Any = subprocess.DEVNULL, timeout: float = 300,
+            **extra: str) -> subprocess.CompletedProcess[str]:
         """Run the console script as an operator would (no terminal on stdin)."""
         return subprocess.run([sys.executable, "-m", "memstack_ops", *args], cwd=self.root, env=self.env(**extra),
                               stdin=stdin, capture_output=True, text=True, timeout=timeout)
@@ -77,7 +78,7 @@ class Project:
             argv += ["-f", f]
         return argv + ["--env-file", f"env/{self.stack}/{self.env_name}", *args]
 
-    def compose(self, *args: str, check: bool = True):
+    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.compose_argv(*args), cwd=self.root, capture_output=True, text=True,
                               check=check, timeout=300)
 
@@ -128,7 +129,8 @@ def scratch_project(dest: Path, source: Path, stack: str = "memstack", overlays:
     (dest / "memstack-ops.toml").write_text(text)
     env_name = str(options.get("env_file", ".env"))
     template = (dest / "env" / stack / f"{env_name}.example").read_text()
-    keys = [ln.split("=", 1)[0].strip() for ln in template.splitlines() if "=" in ln and not ln.lstrip().startswith("#")]
+    keys = [ln.split("=", 1)[0].strip() for ln in template.splitlines()
+            if "=" in ln and not ln.lstrip().startswith("#")]
     p = Project(dest, name, stack, {k: free_port() for k in keys if is_port_key(k)}, overlays, env_name)
     r = p.run("env.init")
     if r.returncode != 0:

@@ -61,7 +61,7 @@ TINY_TEMPLATE = "APP_TOKEN=  # generate\nAPP_MODE=normal\nCACHE_IMAGE=local/redi
 BROKEN_APP = '["sh", "-c", "echo this release is broken; exit 3"]'
 
 
-def docker(*args: str, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess:
+def docker(*args: str, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout, **kw)
 
 
@@ -188,7 +188,7 @@ class RemoteProject(Project):
         lines = [f"{key}={value}" if ln.startswith(f"{key}=") else ln for ln in self.env_file.read_text().splitlines()]
         self.env_file.write_text("\n".join(lines) + "\n")
 
-    def popen(self, *args: str) -> subprocess.Popen:
+    def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "memstack_ops", *args], cwd=self.root, env=self.env(),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -22,8 +22,9 @@ import os
 import shlex
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import IO, Any
 
 from ..compose import Script, run
 from ..errors import MemstackError
@@ -155,7 +156,8 @@ class Host:
 
     def write_text(self, path: str, text: str) -> None:
         part = path + ".partial"
-        r = run(self.c, ["bash", "-c", f"umask 077 && cat > {q(part)} && sync -- {q(part)} && mv -f -- {q(part)} {q(path)}"],
+        r = run(self.c, ["bash", "-c",
+                         f"umask 077 && cat > {q(part)} && sync -- {q(part)} && mv -f -- {q(part)} {q(path)}"],
                 in_stream=Script(text))
         if r.failed:
             self.sh(f"rm -f -- {q(part)}")
@@ -427,7 +429,7 @@ class LocalHost(Host):
         workers = max(1, min(len(digests), os.cpu_count() or 1, 8))
         with ThreadPoolExecutor(workers, "sha256") as pool:
             got = list(pool.map(one, range(len(digests))))
-        bad = [i for i, (a, b) in enumerate(zip(got, digests)) if a != b]
+        bad = [i for i, (a, b) in enumerate(zip(got, digests, strict=True)) if a != b]
         if bad:
             i = bad[0]
             return (f"sha256 of bytes {i * piece}-{min((i + 1) * piece, int(f['size'])) - 1} does not match the "
@@ -506,8 +508,8 @@ class LocalHost(Host):
             fd = -1
             raise
         finally:
-            for e in errs:
-                e.close()
+            for f in errs:
+                f.close()
             for x in (fd, rfd):
                 if x >= 0:
                     os.close(x)
@@ -581,7 +583,7 @@ def _kill(procs: list[Any]) -> None:
             p.stdout.close()
 
 
-def _tail(f: Any, limit: int = 4000) -> str:
+def _tail(f: IO[bytes], limit: int = 4000) -> str:
     f.seek(0, os.SEEK_END)
     size = f.tell()
     f.seek(max(0, size - limit))

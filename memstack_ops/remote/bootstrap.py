@@ -17,6 +17,8 @@ import shlex
 import subprocess
 from typing import Any
 
+from invoke.runners import Result
+
 from ..config import Settings
 from ..output import say
 from . import RemoteError
@@ -52,13 +54,14 @@ class Bootstrap:
         self.changed: list[str] = []
         self.sudo = ""
 
-    def sh(self, script: str, timeout: float | None = 120, **kw: Any) -> Any:
-        return self.c.run(script, hide=True, warn=True, in_stream=False, timeout=timeout, **kw)
+    def sh(self, script: str, timeout: float | None = 120, **kw: Any) -> Result:
+        r: Result = self.c.run(script, hide=True, warn=True, in_stream=False, timeout=timeout, **kw)
+        return r
 
-    def root_sh(self, script: str, timeout: float | None = 120) -> Any:
+    def root_sh(self, script: str, timeout: float | None = 120) -> Result:
         return self.sh(f"{self.sudo}sh -c {shlex.quote(script)}", timeout=timeout)
 
-    def must(self, r: Any, what: str) -> Any:
+    def must(self, r: Result, what: str) -> Result:
         if r.failed:
             raise RemoteError(f"{self.host.label}: {what} failed (exit {r.return_code}): "
                               f"{(r.stderr or r.stdout).strip()[-800:]}")
@@ -171,11 +174,13 @@ class Bootstrap:
         try:
             existing = json.loads(text) if text and text.strip() else {}
         except ValueError as e:
-            raise RemoteError(f"{self.host.label}: {DAEMON_JSON} is not valid JSON ({e}); fix it by hand first.") from None
+            raise RemoteError(f"{self.host.label}: {DAEMON_JSON} is not valid JSON ({e}); "
+                              f"fix it by hand first.") from None
         want = desired_daemon(existing, self.host)
         if want == existing:
+            mirrors = ", registry mirrors" if self.host.registry_mirrors else ""
             self.step("daemon config", False, f"{DAEMON_JSON}: json-file logs {self.host.log_max_size} x "
-                                              f"{self.host.log_max_file}" + (", registry mirrors" if self.host.registry_mirrors else ""))
+                                              f"{self.host.log_max_file}{mirrors}")
             return False
         body = json.dumps(want, indent=2, sort_keys=True) + "\n"
         from .files import put_text

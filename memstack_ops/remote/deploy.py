@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ..config import Settings
 from ..errors import MemstackError
-from ..target import Target
 from ..output import say, table, warn
+from ..target import Target
 from . import ConnectionLost, RemoteError
 from .inventory import host_settings
+
 
 def need_host(c: Any, task: str) -> Any:
     if getattr(c, "inventory", None) is None:
@@ -77,7 +79,8 @@ def release_checks(t: Target) -> dict[str, Any]:
     show_checks(checks, "doctor (release)")
     bad = [x for x in checks if x.result == FAIL]
     if bad or model is None:
-        raise RemoteError("The release does not pass doctor: " + "; ".join(f"{x.name}: {x.detail} ({x.fix})" for x in bad)
+        raise RemoteError("The release does not pass doctor: "
+                          + "; ".join(f"{x.name}: {x.detail} ({x.fix})" for x in bad)
                           + ". The running stack was not touched.")
     return model
 
@@ -107,7 +110,7 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
     s = host_settings(settings, host)
     services = list(services)
     ship = ship_images or host.ship_images
-    report = c.report
+    report: dict[str, Any] = c.report
     with tempfile.TemporaryDirectory(prefix="memstack-ops-upload-") as tmp:
         # local only: a bad project fails before any SSH work; one release id for the whole run
         rel = prepare(s, host, Path(tmp), services, now=c.run_started)
@@ -128,7 +131,8 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
             t = make(c, s, rel.stack, rdir)
             model = release_checks(t)
             checkpoint(c, lock)
-            from .images import pull, refs, remote_ids, ship as ship_refs
+            from .images import pull, refs, remote_ids
+            from .images import ship as ship_refs
 
             wanted = refs(model, services)
             if ship:
@@ -173,7 +177,8 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
             switch(c, root, rel.id)
             set_status(c, root, rel.id, "deployed")
             pruned = prune(c, root, host.keep_releases, protect={rel.id, prev or rel.id})
-            result, detail = "deployed", f"current -> {rel.id}" + (f"; deleted old releases {', '.join(pruned)}" if pruned else "")
+            result = "deployed"
+            detail = f"current -> {rel.id}" + (f"; deleted old releases {', '.join(pruned)}" if pruned else "")
             report.update(result="deployed", detail=detail)
             say(f"Deployed: {detail}.")
             return report
@@ -255,13 +260,15 @@ def rollback(c: Any, settings: Settings, to: str | None = None, lock_wait: float
     cur = current(c, root)
     names = [r["release"] for r in rels]
     if to is None:
-        older = [r["release"] for r in rels if cur and r["release"] < cur and r["status"].startswith(("deployed", "rolled"))]
+        older = [r["release"] for r in rels
+                 if cur and r["release"] < cur and r["status"].startswith(("deployed", "rolled"))]
         if not older:
             raise RemoteError(f"{host.label}: no earlier deployed release to roll back to (current {cur or 'none'}); "
                               f"`releases` lists them.")
         to = older[-1]
     elif to not in names:
-        raise RemoteError(f"{host.label}: no release {to!r} under {root}/releases; there are: {', '.join(names) or 'none'}.")
+        raise RemoteError(f"{host.label}: no release {to!r} under {root}/releases; "
+                          f"there are: {', '.join(names) or 'none'}.")
     c.report.update(release=to, result="failed")
     lock = Lock(c, root, f"rollback to {to}")
     lock.acquire(lock_wait, sleep=cancel_sleep(c), say=say)
@@ -276,7 +283,8 @@ def rollback(c: Any, settings: Settings, to: str | None = None, lock_wait: float
         result, detail = "rolled back", f"current -> {to} (was {cur or 'none'})"
         c.report.update(result=result, detail=detail)
         say(f"Rolled back: {detail}.")
-        return c.report
+        report: dict[str, Any] = c.report
+        return report
     except MemstackError as e:
         detail = str(e).splitlines()[0]
         c.report.update(detail=detail)
@@ -294,7 +302,8 @@ def releases(c: Any, settings: Settings) -> list[dict[str, Any]]:
     s = host_settings(settings, host)
     root = host.root_for(s["stack"])
     rels = listing(c, root)
-    table(f"releases of {s['stack']} on {host.label} ({root})", ["release", "status", "created", "by", "git", "current"],
+    table(f"releases of {s['stack']} on {host.label} ({root})",
+          ["release", "status", "created", "by", "git", "current"],
           [[r["release"], r["status"], r["created"], r["by"], r["git"], "*" if r["current"] else ""] for r in rels])
     if rels:
         c.report.update(release=next((r["release"] for r in rels if r["current"]), ""), result="ok")
@@ -308,7 +317,8 @@ def lock_status(c: Any, settings: Settings) -> Any:
     root = host.root_for(host_settings(settings, host)["stack"])
     info = inspect(c, root)
     say(f"deploy lock on {host.label} ({root}): {info.describe()}")
-    c.report.update(result="stale lock" if info.stale else "locked" if info.held else "unlocked", detail=info.describe())
+    c.report.update(result="stale lock" if info.stale else "locked" if info.held else "unlocked",
+                    detail=info.describe())
     return info
 
 

@@ -13,9 +13,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, TextIO
 
 from invoke import Exit
 from invoke.exceptions import Failure, UnexpectedExit
@@ -71,7 +72,7 @@ class ThreadRouted(io.TextIOBase):
     """sys.stdout/sys.stderr during a multi-host run: each worker thread's writes go to its own
     HostWriter; other threads write through unchanged."""
 
-    def __init__(self, target: Any):
+    def __init__(self, target: TextIO):
         self.target = target
         self.local = threading.local()
 
@@ -82,11 +83,11 @@ class ThreadRouted(io.TextIOBase):
         return False  # plain lines, no live tables, while hosts interleave
 
     def write(self, s: str) -> int:
-        w = getattr(self.local, "writer", None)
+        w: TextIO | None = getattr(self.local, "writer", None)
         return (w or self.target).write(s)
 
     def flush(self) -> None:
-        w = getattr(self.local, "writer", None)
+        w: TextIO | None = getattr(self.local, "writer", None)
         (w or self.target).flush()
 
 
@@ -170,7 +171,7 @@ def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = No
     outcomes: dict[str, Outcome] = {}
     out, err = ThreadRouted(sys.stdout), ThreadRouted(sys.stderr)
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+    sys.stdout, sys.stderr = out, err
     started = time.time()  # every host of this run gets the same release id
     try:
         for i, group in enumerate(batches):

@@ -10,8 +10,9 @@ import shlex
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import IO, Any
 
 from ..output import human_size
 from ..target import Target
@@ -52,7 +53,7 @@ def local_ids(images: list[str]) -> dict[str, str]:
                                                            timeout=60).returncode != 0]
         raise RemoteError(f"Image(s) {', '.join(missing) or images} not on this machine, so they cannot be "
                           f"shipped: build or pull them here first (`docker images` lists what is here).")
-    return dict(zip(images, ids))
+    return dict(zip(images, ids, strict=True))
 
 
 def _name(ref: str) -> str:
@@ -118,11 +119,13 @@ def ship(c: Any, images: list[str], cancel: threading.Event | None = None) -> Sh
     compress = shutil.which("zstd") is not None and zstd_there
     save = subprocess.Popen(["docker", "save", *todo], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs = [save]
-    source = save.stdout
+    assert save.stdout is not None  # stdout=PIPE
+    source: IO[bytes] = save.stdout
     if compress:
-        z = subprocess.Popen(["zstd", "-q", "-T0", "-1", "-c"], stdin=save.stdout, stdout=subprocess.PIPE)
-        save.stdout.close()  # type: ignore[union-attr]
+        z = subprocess.Popen(["zstd", "-q", "-T0", "-1", "-c"], stdin=source, stdout=subprocess.PIPE)
+        source.close()
         procs.append(z)
+        assert z.stdout is not None  # stdout=PIPE
         source = z.stdout
     try:
         sent, _ = stream(c, source, "zstd -d -q | docker load" if compress else "docker load", cancel=cancel)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import getpass
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..config import DEFAULTS, STAGES, Settings
 from ..errors import ConfigError

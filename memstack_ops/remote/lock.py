@@ -18,8 +18,9 @@ import json
 import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import LockHeld, RemoteError
 from .inventory import operator
@@ -51,11 +52,15 @@ class LockInfo:
 _STATE = """state() {{
   if [ -f "$L/keeper" ]; then
     read -r pid start < "$L/keeper"
-    if [ -n "$pid" ] && [ "$(cut -d' ' -f22 /proc/$pid/stat 2>/dev/null)" = "$start" ]; then echo alive; else echo dead; fi
+    if [ -n "$pid" ] && [ "$(cut -d' ' -f22 /proc/$pid/stat 2>/dev/null)" = "$start" ]
+    then echo alive; else echo dead; fi
   elif [ -n "$(find "$L" -maxdepth 0 -mmin -1 2>/dev/null)" ]; then echo unknown
   else echo dead
   fi
 }}
+"""
+_MUTEX = """exec 9>>"$L.mutex" && flock -w 30 9 ||
+  {{ echo "no mutex: flock (util-linux) missing or $L.mutex stuck"; exit 4; }}
 """
 
 # Every change of the lock (take, take over, remove) happens under an flock on ``<lock>.mutex``, so
@@ -71,8 +76,7 @@ _STATE = """state() {{
 _ACQUIRE = """umask 077; L={lock}
 IFS= read -r info
 mkdir -p {root} || exit 3
-""" + _STATE + """exec 9>>"$L.mutex" && flock -w 30 9 || {{ echo "no mutex: flock (util-linux) missing or $L.mutex stuck"; exit 4; }}
-old=
+""" + _STATE + _MUTEX + """old=
 if ! mkdir "$L" 2>/dev/null; then
   [ "$(state)" = dead ] || {{ echo busy; exit 0; }}
   # stale: take it over
@@ -90,8 +94,7 @@ exec cat >/dev/null"""
 # Removes the lock under the mutex when it is still what the caller saw: "$1" is the keeper line of
 # the caller's own lock, or --stale (only a stale lock), or --force (whatever holds it).
 _REMOVE = """L={lock}
-""" + _STATE + """exec 9>>"$L.mutex" && flock -w 30 9 || {{ echo "no mutex: flock (util-linux) missing or $L.mutex stuck"; exit 4; }}
-[ -d "$L" ] || {{ echo gone; exit 0; }}
+""" + _STATE + _MUTEX + """[ -d "$L" ] || {{ echo gone; exit 0; }}
 case "$1" in
   --force) ;;
   --stale) [ "$(state)" = dead ] || {{ echo kept; exit 0; }} ;;
@@ -175,7 +178,7 @@ class Lock:
         return False
 
     def acquire(self, wait: float = 0.0, sleep: Callable[[float], None] = time.sleep,
-                say: Callable[[str], None] = print) -> "Lock":
+                say: Callable[[str], None] = print) -> Lock:
         """Take the lock; with ``wait`` > 0 queue behind the holder for that many seconds. A stale
         lock (holder gone) is taken over, atomically on the host, and reported."""
         deadline = time.monotonic() + max(0.0, wait)
@@ -224,7 +227,7 @@ class Lock:
                 self.chan = None
         return removed
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         return self
 
     def __exit__(self, *exc: Any) -> None:

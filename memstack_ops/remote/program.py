@@ -75,7 +75,7 @@ def adopt_inv() -> bool:
     if prog is None or core is None or isinstance(prog, HostsProgram) or getattr(prog, "_memstack_hosts", False):
         return False
     original = prog.core_args
-    prog.core_args = lambda: [*original(), hosts_argument()]  # type: ignore[method-assign]
+    prog.core_args = lambda: [*original(), hosts_argument()]
     if "hosts" not in core[0].args:
         core[0].add_arg(hosts_argument())
     prog.executor_class = HostsExecutor

@@ -17,8 +17,9 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import IO, Any
 
 import fabric
 import paramiko
@@ -58,7 +59,7 @@ class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
                 f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-class HostConnection(fabric.Connection):
+class HostConnection(fabric.Connection):  # type: ignore[misc]  # fabric ships no types: Connection is Any
     """A Connection to one inventory host. `memstack_ops.target.target` sees a Connection and
     builds the host's Target: the stack root is the host's current release (``remote/target.py``)."""
 
@@ -129,7 +130,8 @@ def check_host_keys(client: Any, host: Host) -> None:
 
 def hops(conn: Any) -> list[Any]:
     """The jump hosts (ProxyJump) in front of ``conn``, nearest first."""
-    out, gw = [], conn.gateway
+    out: list[Any] = []
+    gw = conn.gateway
     while isinstance(gw, fabric.Connection) and len(out) < 16:
         out.append(gw)
         gw = gw.gateway
@@ -193,11 +195,11 @@ def connect(host: Host, config: Any = None) -> HostConnection:
         who = f"key {host.key}" if host.key else "your SSH agent/default keys"
         raise RemoteError(f"{host.label}: authentication refused for user {conn.user} with {who} ({e}). "
                           f"Check the user and that the public key is in its ~/.ssh/authorized_keys.") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise RemoteError(f"{host.label}: unreachable: no answer within {host.connect_timeout:g} s "
                           f"(host down, wrong address, or a firewall).") from None
     except paramiko.ssh_exception.NoValidConnectionsError as e:
-        why = "; ".join(sorted({os.strerror(x.errno) if getattr(x, "errno", None) else str(x)
+        why = "; ".join(sorted({os.strerror(x.errno) if isinstance(x, OSError) and x.errno else str(x)
                                 for x in e.errors.values()}))
         raise RemoteError(f"{host.label}: unreachable ({why}): is sshd running on port {host.port}?") from None
     except socket.gaierror as e:
@@ -220,7 +222,7 @@ def sudo_prefix(c: HostConnection) -> str:
     return "" if c.is_root() else "sudo -n "
 
 
-def stream(c: Any, source: BinaryIO, command: str, cancel: threading.Event | None = None,
+def stream(c: Any, source: IO[bytes], command: str, cancel: threading.Event | None = None,
            chunk: int = 1 << 20, progress: Callable[[int], None] | None = None) -> tuple[int, str]:
     """Send ``source`` to ``command``'s stdin on the host over one SSH channel (large window);
     returns (bytes sent, command output). Raises RemoteError when the command fails."""

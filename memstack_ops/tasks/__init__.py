@@ -9,7 +9,8 @@ from invoke import Collection
 from . import db, env, remote, stack
 
 ns = Collection()
-for name in ("up", "down", "restart", "reset", "status", "logs", "pull", "build", "config_", "urls", "doctor", "stacks"):
+for name in ("up", "down", "restart", "reset", "status", "logs", "pull", "build", "config_", "urls", "doctor",
+             "stacks"):
     ns.add_task(getattr(stack, name))
 ns.add_collection(Collection.from_module(env, name="env"))
 ns.add_collection(Collection.from_module(db, name="db"))

@@ -5,11 +5,12 @@ and the one place that turns MemstackError into invoke's Exit (message on stderr
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from invoke import Exit, task
 
-from ..config import settings
+from ..config import settings as settings  # re-exported: the task modules' one import
 from ..errors import MemstackError
 
 if TYPE_CHECKING:

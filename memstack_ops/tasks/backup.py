@@ -6,9 +6,15 @@ Backups go to ``<backups_dir>/<stack>/<UTC time>-<kind>/`` (backups_dir is a set
 
 from __future__ import annotations
 
-from invoke import Collection
+from typing import TYPE_CHECKING, Any
+
+from invoke import Collection, Context
 
 from ._common import ops_task, target
+
+if TYPE_CHECKING:
+    from ..backup.sets import BackupSet
+    from ..target import Target
 
 COMPRESS = "zstd (default), gzip or none; PostgreSQL and Neo4j dumps use their own compression"
 DRY = "say what would be done, change nothing"
@@ -23,11 +29,10 @@ FOREIGN = ("restore a set made for another stack or compose project (a deliberat
            "mapped onto what")
 
 
-def _print_set(s, t0):
+def _print_set(s: BackupSet, t0: float) -> None:
     import time
 
-    from ..backup.sets import human_size
-    from ..output import say, table
+    from ..output import human_size, say, table
 
     table(f"backup {s.id} ({s.path})", ["service", "file", "size", "sha256"],
           [[f.get("service", ""), f["name"], human_size(f["size"]), f["sha256"][:16] + "..."] for f in s.files])
@@ -39,7 +44,8 @@ def _print_set(s, t0):
     say(f"Backup {s.id} complete: {human_size(s.size)} in {time.monotonic() - t0:.1f} s.")
 
 
-def _backup(c, kind, stack, stage, overlay, dry_run=False, no_space_check=False, compress="zstd", fetch=False, **kw):
+def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay: str | None, dry_run: bool = False,
+            no_space_check: bool = False, compress: str = "zstd", fetch: bool = False, **kw: Any) -> None:
     import time
 
     from .. import backup as core
@@ -57,10 +63,10 @@ def _backup(c, kind, stack, stage, overlay, dry_run=False, no_space_check=False,
             _fetch(t, s)
 
 
-def _fetch(t, s=None, set_id=None):
-    from ..backup.fetch import BackupError, fetch, host_label
-    from ..backup.sets import human_size
-    from ..output import say
+def _fetch(t: Target, s: BackupSet | None = None, set_id: str | None = None) -> None:
+    from ..backup import BackupError
+    from ..backup.fetch import fetch, host_label
+    from ..output import human_size, say
 
     try:
         f = fetch(t, set_id, s)
@@ -75,9 +81,10 @@ def _fetch(t, s=None, set_id=None):
             f"{f.seconds:.1f} s ({human_size(rate)}/s), sha256 of every file matches the manifest.")
 
 
-def _db_backup_task(kind, title):
-    def task_(c, service=None, compress="zstd", dry_run=False, no_space_check=False, fetch=False, stack=None,
-              stage=None, overlay=None):
+def _db_backup_task(kind: str, title: str) -> Any:
+    def task_(c: Context, service: list[str] | None = None, compress: str = "zstd", dry_run: bool = False,
+              no_space_check: bool = False, fetch: bool = False, stack: str | None = None, stage: str | None = None,
+              overlay: str | None = None) -> None:
         _backup(c, kind, stack, stage, overlay, dry_run, no_space_check, compress, fetch, services=service or ())
 
     task_.__doc__ = title
@@ -86,18 +93,22 @@ def _db_backup_task(kind, title):
         "service": SERVICE, "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH})(task_)
 
 
-backup_postgres = _db_backup_task("postgres", "Back up PostgreSQL: pg_dump -Fc in its own container (plus roles), streamed to disk.")
-backup_mysql = _db_backup_task("mysql", "Back up MySQL/MariaDB: a --single-transaction dump with routines, triggers and events.")
+backup_postgres = _db_backup_task(
+    "postgres", "Back up PostgreSQL: pg_dump -Fc in its own container (plus roles), streamed to disk.")
+backup_mysql = _db_backup_task(
+    "mysql", "Back up MySQL/MariaDB: a --single-transaction dump with routines, triggers and events.")
 backup_redis = _db_backup_task("redis", "Back up Redis: BGSAVE, wait for it, copy the RDB (and the AOF directory).")
-backup_neo4j = _db_backup_task("neo4j", "Back up Neo4j: stop it, neo4j-admin database dump in a one-off container, start it (reports the downtime).")
+backup_neo4j = _db_backup_task("neo4j", "Back up Neo4j: stop it, neo4j-admin database dump in a one-off container, "
+                                        "start it (reports the downtime).")
 
 
 @ops_task(name="volumes", iterable=["volume"], help={
     "volume": "named volume to back up, by its compose name (repeatable); default all",
     "stop": "stop the services using the volumes while they are copied (consistent copy), start them after",
     "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH})
-def backup_volumes(c, volume=None, stop=False, compress="zstd", dry_run=False, no_space_check=False, fetch=False,
-                   stack=None, stage=None, overlay=None):
+def backup_volumes(c: Context, volume: list[str] | None = None, stop: bool = False, compress: str = "zstd",
+                   dry_run: bool = False, no_space_check: bool = False, fetch: bool = False, stack: str | None = None,
+                   stage: str | None = None, overlay: str | None = None) -> None:
     """Back up named volumes as tar streams from one-off containers."""
     _backup(c, "volumes", stack, stage, overlay, dry_run, no_space_check, compress, fetch, volumes=volume or (),
             stop=stop)
@@ -106,15 +117,17 @@ def backup_volumes(c, volume=None, stop=False, compress="zstd", dry_run=False, n
 @ops_task(name="all", iterable=["exclude"], help={
     "exclude": "service or volume to leave out (repeatable)", "stop": "stop services while their volumes are copied",
     "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH})
-def backup_all(c, exclude=None, stop=False, compress="zstd", dry_run=False, no_space_check=False, fetch=False,
-               stack=None, stage=None, overlay=None):
+def backup_all(c: Context, exclude: list[str] | None = None, stop: bool = False, compress: str = "zstd",
+               dry_run: bool = False, no_space_check: bool = False, fetch: bool = False, stack: str | None = None,
+               stage: str | None = None, overlay: str | None = None) -> None:
     """Back up everything the stack has in one set: every database, plus the volumes no database owns."""
     _backup(c, "all", stack, stage, overlay, dry_run, no_space_check, compress, fetch, exclude=exclude or (),
             stop=stop)
 
 
 @ops_task(name="fetch", help={"backup": "backup id on the host (see `-H HOST backup.list`); default the newest"})
-def backup_fetch(c, backup=None, stack=None, stage=None, overlay=None):
+def backup_fetch(c: Context, backup: str | None = None, stack: str | None = None, stage: str | None = None,
+                 overlay: str | None = None) -> None:
     """With -H: copy a backup set from the host to this machine's backups/, checking every sha256 (resumes)."""
     from ..backup.fetch import require_remote
 
@@ -123,15 +136,16 @@ def backup_fetch(c, backup=None, stack=None, stage=None, overlay=None):
 
 
 @ops_task(name="list", help={"kind": "only sets of this kind (postgres, mysql, redis, neo4j, volumes, all)"})
-def backup_list(c, kind=None, stack=None, stage=None, overlay=None):
+def backup_list(c: Context, kind: str | None = None, stack: str | None = None, stage: str | None = None,
+                overlay: str | None = None) -> None:
     """Table of the stack's backups: id, kind, services, size, age, verified."""
     from .. import backup as core
     from ..output import say, table
 
     t = target(c, stack, stage, overlay, require_env=False)
     rows, partial = core.list_rows(t, kind)
-    table(f"backups of stack {t.stack.name} ({core.backups_root(t)})", ["id", "kind", "service", "size", "age", "verified"],
-          rows)
+    table(f"backups of stack {t.stack.name} ({core.backups_root(t)})",
+          ["id", "kind", "service", "size", "age", "verified"], rows)
     if not rows:
         say("No backups yet: make one with `memstack-ops backup.all`.")
     if partial:
@@ -142,8 +156,9 @@ def backup_list(c, kind=None, stack=None, stage=None, overlay=None):
 @ops_task(name="verify", help={
     "backup": "backup id (see backup.list); default the newest",
     "restore_test": "also restore into a scratch container of the same image and compare row/key/node counts"})
-def backup_verify(c, backup=None, restore_test=False, stack=None, stage=None, overlay=None):
-    """Verify a backup: checksums, format check (pg_restore -l, redis-check-rdb, neo4j-admin load --info), optional scratch restore."""
+def backup_verify(c: Context, backup: str | None = None, restore_test: bool = False, stack: str | None = None,
+                  stage: str | None = None, overlay: str | None = None) -> None:
+    """Verify a backup: checksums, format check (pg_restore -l, redis-check-rdb, neo4j-admin load --info), optional scratch restore."""  # noqa: E501 (the first line is `inv --list`'s help)
     from .. import backup as core
     from ..output import say, table
 
@@ -160,12 +175,12 @@ def backup_verify(c, backup=None, restore_test=False, stack=None, stage=None, ov
     "keep_monthly": "keep the newest set of each of the last M months that have one",
     "kind": "only prune sets of this kind",
     "dry_run": "list what would be deleted, delete nothing"})
-def backup_prune(c, keep_last=0, keep_daily=0, keep_weekly=0, keep_monthly=0, kind=None, dry_run=False, stack=None,
-                 stage=None, overlay=None):
+def backup_prune(c: Context, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0,
+                 kind: str | None = None, dry_run: bool = False, stack: str | None = None, stage: str | None = None,
+                 overlay: str | None = None) -> None:
     """Delete old backup sets, keeping last N plus daily/weekly/monthly ones and always the newest verified."""
     from .. import backup as core
-    from ..backup.sets import human_size
-    from ..output import say, table
+    from ..output import human_size, say, table
 
     t = target(c, stack, stage, overlay, require_env=False)
     doomed, keep = core.prune(t, int(keep_last), int(keep_daily), int(keep_weekly), int(keep_monthly), dry_run, kind)
@@ -175,8 +190,9 @@ def backup_prune(c, keep_last=0, keep_daily=0, keep_weekly=0, keep_monthly=0, ki
         (f" ({human_size(sum(s.size for s in doomed))})." if doomed else "."))
 
 
-def _restore(c, kind, stack, stage, overlay, backup=None, yes=False, no_safety_backup=False, dry_run=False,
-             allow_foreign=False, **kw):
+def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overlay: str | None,
+             backup: str | None = None, yes: bool = False, no_safety_backup: bool = False, dry_run: bool = False,
+             allow_foreign: bool = False, **kw: Any) -> None:
     import time
 
     from .. import backup as core
@@ -198,30 +214,36 @@ RESTORE_HELP = {"backup": BACKUP, "service": RSERVICE, "yes": YES, "no_safety_ba
 
 
 @ops_task(name="postgres", help={**RESTORE_HELP, "roles": "also apply the backed-up roles (pg_dumpall --globals-only)"})
-def restore_postgres(c, backup=None, service=None, roles=False, yes=False, no_safety_backup=False, dry_run=False,
-                     allow_foreign=False, stack=None, stage=None, overlay=None):
+def restore_postgres(c: Context, backup: str | None = None, service: str | None = None, roles: bool = False,
+                     yes: bool = False, no_safety_backup: bool = False, dry_run: bool = False,
+                     allow_foreign: bool = False, stack: str | None = None, stage: str | None = None,
+                     overlay: str | None = None) -> None:
     """Restore PostgreSQL: pg_restore --clean --if-exists --single-transaction (all or nothing)."""
     _restore(c, "postgres", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign,
              service=service, globals_=roles)
 
 
 @ops_task(name="mysql", help=RESTORE_HELP)
-def restore_mysql(c, backup=None, service=None, yes=False, no_safety_backup=False, dry_run=False, allow_foreign=False,
-                  stack=None, stage=None, overlay=None):
+def restore_mysql(c: Context, backup: str | None = None, service: str | None = None, yes: bool = False,
+                  no_safety_backup: bool = False, dry_run: bool = False, allow_foreign: bool = False,
+                  stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Restore MySQL/MariaDB: the dump (with DROP DATABASE) streamed into the server's client."""
     _restore(c, "mysql", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, service=service)
 
 
 @ops_task(name="redis", help=RESTORE_HELP)
-def restore_redis(c, backup=None, service=None, yes=False, no_safety_backup=False, dry_run=False, allow_foreign=False,
-                  stack=None, stage=None, overlay=None):
+def restore_redis(c: Context, backup: str | None = None, service: str | None = None, yes: bool = False,
+                  no_safety_backup: bool = False, dry_run: bool = False, allow_foreign: bool = False,
+                  stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Restore Redis: stop it, replace the RDB (rebuilding the AOF when appendonly is on), start it."""
     _restore(c, "redis", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, service=service)
 
 
 @ops_task(name="neo4j", help={**RESTORE_HELP, "system": "also load the system database (users and roles)"})
-def restore_neo4j(c, backup=None, service=None, system=False, yes=False, no_safety_backup=False, dry_run=False,
-                  allow_foreign=False, stack=None, stage=None, overlay=None):
+def restore_neo4j(c: Context, backup: str | None = None, service: str | None = None, system: bool = False,
+                  yes: bool = False, no_safety_backup: bool = False, dry_run: bool = False,
+                  allow_foreign: bool = False, stack: str | None = None, stage: str | None = None,
+                  overlay: str | None = None) -> None:
     """Restore Neo4j: stop it, neo4j-admin database load --overwrite-destination, start it (reports the downtime)."""
     _restore(c, "neo4j", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, service=service,
              system=system)
@@ -230,8 +252,9 @@ def restore_neo4j(c, backup=None, service=None, system=False, yes=False, no_safe
 @ops_task(name="volumes", iterable=["volume"], help={
     "backup": BACKUP, "volume": "volume to restore, by its compose name (repeatable); default all in the backup",
     "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY, "allow_foreign": FOREIGN})
-def restore_volumes(c, backup=None, volume=None, yes=False, no_safety_backup=False, dry_run=False, allow_foreign=False,
-                    stack=None, stage=None, overlay=None):
+def restore_volumes(c: Context, backup: str | None = None, volume: list[str] | None = None, yes: bool = False,
+                    no_safety_backup: bool = False, dry_run: bool = False, allow_foreign: bool = False,
+                    stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Restore named volumes: stop their services, replace the contents, start them again."""
     _restore(c, "volumes", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign,
              volumes=volume or ())
@@ -239,8 +262,9 @@ def restore_volumes(c, backup=None, volume=None, yes=False, no_safety_backup=Fal
 
 @ops_task(name="all", help={"backup": "backup id of a backup.all set; default the newest one", "yes": YES,
                             "no_safety_backup": NO_SAFETY, "dry_run": DRY, "allow_foreign": FOREIGN})
-def restore_all(c, backup=None, yes=False, no_safety_backup=False, dry_run=False, allow_foreign=False, stack=None,
-                stage=None, overlay=None):
+def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_safety_backup: bool = False,
+                dry_run: bool = False, allow_foreign: bool = False, stack: str | None = None, stage: str | None = None,
+                overlay: str | None = None) -> None:
     """Restore everything in a backup.all set: every database, then the volumes."""
     import time
 

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from invoke import Context
+
 from ._common import ops_task, target
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..db import Db, Report
+    from ..target import Target
 
 ONLY_HELP = "only this database: a service name or a kind (postgres, mysql, neo4j, redis)"
 
 
-def _model_and_target(c, stack, stage, overlay):
+def _model_and_target(c: Context, stack: str | None, stage: str | None,
+                      overlay: str | None) -> tuple[Target, dict[str, Any]]:
     t = target(c, stack, stage, overlay)
     return t, t.compose.model(c)
 
 
-def _print_reports(reports, t0):
+def _print_reports(reports: list[Report], t0: float) -> None:
     import time
 
     from ..output import say
@@ -30,7 +41,8 @@ def _print_reports(reports, t0):
 
 
 @ops_task(help={"only": ONLY_HELP, "timeout": "seconds to wait for each database to accept queries (default 120)"})
-def init(c, only=None, timeout=120, stack=None, stage=None, overlay=None):
+def init(c: Context, only: str | None = None, timeout: int = 120, stack: str | None = None,
+         stage: str | None = None, overlay: str | None = None) -> None:
     """Wait for each database, create what is missing, apply migrations and seed data (idempotent)."""
     import time
 
@@ -40,7 +52,7 @@ def init(c, only=None, timeout=120, stack=None, stage=None, overlay=None):
     t0 = time.monotonic()
     t, model = _model_and_target(c, stack, stage, overlay)
     key_cfg = t.stack.options.get("api_key")
-    after = {}
+    after: dict[str, Callable[[Db], Any]] = {}
     if key_cfg:  # the stack's default API key, made right after its database is initialised
         after[key_cfg["service"]] = lambda d: db.ensure_api_key(d, key_cfg.get("table", "memstack_api_keys"),
                                                                 key_cfg.get("prefix", "ms_sk_"))
@@ -56,7 +68,8 @@ def init(c, only=None, timeout=120, stack=None, stage=None, overlay=None):
 
 
 @ops_task(aliases=["schema"], help={"only": ONLY_HELP, "dry_run": "list what would run, change nothing"})
-def migrate(c, only=None, dry_run=False, stack=None, stage=None, overlay=None):
+def migrate(c: Context, only: str | None = None, dry_run: bool = False, stack: str | None = None,
+            stage: str | None = None, overlay: str | None = None) -> None:
     """Apply pending schema migrations (db/<stack>/<service>/NNNN_name.sql|cypher)."""
     import time
 
@@ -73,7 +86,8 @@ def migrate(c, only=None, dry_run=False, stack=None, stage=None, overlay=None):
 
 
 @ops_task(help={"only": ONLY_HELP, "dry_run": "list what would run, change nothing"})
-def seed(c, only=None, dry_run=False, stack=None, stage=None, overlay=None):
+def seed(c: Context, only: str | None = None, dry_run: bool = False, stack: str | None = None,
+         stage: str | None = None, overlay: str | None = None) -> None:
     """Load initial data (db/<stack>/<service>/seed/NNNN_name.sql|cypher), each file once."""
     import time
 
@@ -85,7 +99,8 @@ def seed(c, only=None, dry_run=False, stack=None, stage=None, overlay=None):
 
 
 @ops_task(help={"only": ONLY_HELP})
-def status(c, only=None, stack=None, stage=None, overlay=None):
+def status(c: Context, only: str | None = None, stack: str | None = None, stage: str | None = None,
+           overlay: str | None = None) -> None:
     """One table per database: applied and pending migrations with checksums and times."""
     from .. import db
     from ..output import table
@@ -97,7 +112,8 @@ def status(c, only=None, stack=None, stage=None, overlay=None):
 
 
 @ops_task(positional=["service"], help={"service": "the database service (e.g. postgres, neo4j, redis)"})
-def shell(c, service, stack=None, stage=None, overlay=None):
+def shell(c: Context, service: str, stack: str | None = None, stage: str | None = None,
+          overlay: str | None = None) -> None:
     """Open psql / cypher-shell / mysql / redis-cli inside the database's container (-H: on the host).
 
     Without a terminal on stdin it runs what stdin holds: `echo "select 1;" | inv db.shell postgres`."""
@@ -118,7 +134,8 @@ def shell(c, service, stack=None, stage=None, overlay=None):
     "force_prod": "allow this in stage prod",
     "timeout": "seconds to wait for the database to come back",
 })
-def reset(c, service, yes=False, force_prod=False, timeout=180, stack=None, stage=None, overlay=None):
+def reset(c: Context, service: str, yes: bool = False, force_prod: bool = False, timeout: int = 180,
+          stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """DESTROY one database's data, start it empty and initialise it again (migrations, seeds)."""
     from .. import db, lifecycle
     from ..output import say

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from invoke import Context
+
 from ._common import ops_task, settings
 
 
 @ops_task(local_only=True, help={"force": "replace an existing env file (the old one is kept as .env.bak-<time>)"})
-def init(c, force=False, stack=None, stage=None, overlay=None):
+def init(c: Context, force: bool = False, stack: str | None = None, stage: str | None = None,
+         overlay: str | None = None) -> None:
     """Write env/<stack>/.env from its template (mode 0600) with strong generated secrets."""
     from ..envfiles import init_env
     from ..output import say, warn
@@ -22,7 +25,7 @@ def init(c, force=False, stack=None, stage=None, overlay=None):
 
 
 @ops_task(local_only=True)
-def check(c, stack=None, stage=None, overlay=None):
+def check(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Validate the env file: required keys, weak or default passwords (errors in prod), mode."""
     from ..envfiles import check_env
     from ..errors import EnvFileError
@@ -43,7 +46,7 @@ def check(c, stack=None, stage=None, overlay=None):
 
 
 @ops_task(local_only=True)
-def show(c, stack=None, stage=None, overlay=None):
+def show(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Show the resolved settings (with their source) and the env values, secrets masked."""
     from ..envfiles import mask, read_env, secret_values
     from ..output import table
@@ -54,4 +57,5 @@ def show(c, stack=None, stage=None, overlay=None):
           [[k, s[k], s.sources[k]] for k in sorted(s.values) if k != "stacks"])
     files = {f: read_env(st.root / f) for f in st.env_files if (st.root / f).is_file()}
     found = set().union(*map(secret_values, files.values()))  # a secret anywhere is masked everywhere
-    table("env", ["key", "value", "from"], [[k, mask(k, v, found), f] for f, vals in files.items() for k, v in vals.items()])
+    table("env", ["key", "value", "from"],
+          [[k, mask(k, v, found), f] for f, vals in files.items() for k, v in vals.items()])

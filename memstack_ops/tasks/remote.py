@@ -8,7 +8,7 @@ memstack_ops/remote/program.py).
 
 from __future__ import annotations
 
-from invoke import Collection
+from invoke import Collection, Context
 
 from ._common import ops_task, settings
 
@@ -29,8 +29,10 @@ LOCK_WAIT_HELP = "seconds to queue behind another deploy's lock on the host (def
     "timeout": "seconds the health gate waits (default: timeout setting, 300)",
     **FANOUT_HELP,
 })
-def deploy(c, service=None, ship_images=False, backup=False, lock_wait=0, message="", timeout=None,
-           parallel=None, batch=None, stack=None, stage=None, overlay=None):
+def deploy(c: Context, service: list[str] | None = None, ship_images: bool = False, backup: bool = False,
+           lock_wait: int = 0, message: str = "", timeout: str | None = None, parallel: str | None = None,
+           batch: str | None = None, stack: str | None = None, stage: str | None = None,
+           overlay: str | None = None) -> None:
     """Deploy a release to hosts: lock, doctor, upload, images, health-gated up (rollback on failure), switch."""
     from ..remote.deploy import deploy as run
 
@@ -39,16 +41,20 @@ def deploy(c, service=None, ship_images=False, backup=False, lock_wait=0, messag
 
 
 @ops_task(remote_only=True, auto_shortflags=False, help=FANOUT_HELP)
-def bootstrap(c, parallel=None, batch=None, stack=None, stage=None, overlay=None):
+def bootstrap(c: Context, parallel: str | None = None, batch: str | None = None, stack: str | None = None,
+              stage: str | None = None, overlay: str | None = None) -> None:
     """Make fresh Debian/Ubuntu hosts ready: Docker engine, compose v2, daemon config, deploy dir; idempotent."""
     from ..remote.bootstrap import bootstrap as run
 
     run(c, settings(stack, stage, overlay))
 
 
-@ops_task(remote_only=True, auto_shortflags=False, help={"to": "release to go back to (default: the previous deployed one); see `releases`",
+@ops_task(remote_only=True, auto_shortflags=False,
+          help={"to": "release to go back to (default: the previous deployed one); see `releases`",
                 "lock_wait": LOCK_WAIT_HELP, **FANOUT_HELP})
-def rollback(c, to=None, lock_wait=0, parallel=None, batch=None, stack=None, stage=None, overlay=None):
+def rollback(c: Context, to: str | None = None, lock_wait: int = 0, parallel: str | None = None,
+             batch: str | None = None, stack: str | None = None, stage: str | None = None,
+             overlay: str | None = None) -> None:
     """Bring an earlier release back (its files and image IDs), health-gated, and point current at it."""
     from ..remote.deploy import rollback as run
 
@@ -56,7 +62,7 @@ def rollback(c, to=None, lock_wait=0, parallel=None, batch=None, stack=None, sta
 
 
 @ops_task(remote_only=True)
-def releases(c, stack=None, stage=None, overlay=None):
+def releases(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Table of the releases on each host: status, when, who, git sha, which is current."""
     from ..remote.deploy import releases as run
 
@@ -64,7 +70,7 @@ def releases(c, stack=None, stage=None, overlay=None):
 
 
 @ops_task(remote_only=True, name="status")
-def lock_status(c, stack=None, stage=None, overlay=None):
+def lock_status(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Who holds the deploy lock on each host, since when, and whether it is stale."""
     from ..remote.deploy import lock_status as run
 
@@ -72,7 +78,8 @@ def lock_status(c, stack=None, stage=None, overlay=None):
 
 
 @ops_task(remote_only=True, name="release", help={"force": "remove the lock even though its holder looks alive"})
-def lock_release(c, force=False, stack=None, stage=None, overlay=None):
+def lock_release(c: Context, force: bool = False, stack: str | None = None, stage: str | None = None,
+                 overlay: str | None = None) -> None:
     """Remove a stale deploy lock (a live one only with --force)."""
     from ..remote.deploy import lock_release as run
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from invoke import Context
+
 from ._common import ops_task, settings, target
 
 
@@ -27,11 +29,12 @@ def _checks_or_exit(checks: list[Any], title: str) -> None:
     "build": "build images that have a build section first",
     "skip_checks": "skip the preflight checks (engine, env files and prod passwords, ports); says so",
 })
-def up(c, service=None, timeout=None, no_wait=False, build=False, skip_checks=False,
-       stack=None, stage=None, overlay=None):
+def up(c: Context, service: list[str] | None = None, timeout: str | None = None, no_wait: bool = False,
+       build: bool = False, skip_checks: bool = False, stack: str | None = None, stage: str | None = None,
+       overlay: str | None = None) -> None:
     """Start the stack and wait until every service is really healthy."""
     from .. import lifecycle
-    from ..doctor import run_checks, failed
+    from ..doctor import failed, run_checks
     from ..output import say, table, warn
 
     t = target(c, stack, stage, overlay, timeout=timeout)
@@ -58,7 +61,8 @@ def up(c, service=None, timeout=None, no_wait=False, build=False, skip_checks=Fa
     "volumes": "also delete the stack's named volumes (ALL DATA); asks for the stack name typed",
     "yes": "do not ask; required for --volumes when stdin is not a terminal",
 })
-def down(c, volumes=False, yes=False, stack=None, stage=None, overlay=None):
+def down(c: Context, volumes: bool = False, yes: bool = False, stack: str | None = None, stage: str | None = None,
+         overlay: str | None = None) -> None:
     """Stop and remove the stack's containers; data volumes are kept unless --volumes."""
     from .. import lifecycle
     from ..output import say
@@ -74,7 +78,8 @@ def down(c, volumes=False, yes=False, stack=None, stage=None, overlay=None):
     "force_prod": "allow this in stage prod",
     "timeout": "seconds to wait for health afterwards",
 })
-def reset(c, services, yes=False, force_prod=False, timeout=None, stack=None, stage=None, overlay=None):
+def reset(c: Context, services: str, yes: bool = False, force_prod: bool = False, timeout: str | None = None,
+          stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """DESTROY the data of some services (their volumes), then start them again empty and healthy."""
     from .. import lifecycle
     from ..output import say
@@ -87,18 +92,19 @@ def reset(c, services, yes=False, force_prod=False, timeout=None, stack=None, st
 
 @ops_task(iterable=["service"], help={"service": "service to restart (repeatable); default all",
                                       "timeout": "seconds to wait for health"})
-def restart(c, service=None, timeout=None, stack=None, stage=None, overlay=None):
+def restart(c: Context, service: list[str] | None = None, timeout: str | None = None, stack: str | None = None,
+            stage: str | None = None, overlay: str | None = None) -> None:
     """Restart services and wait until they are healthy again."""
     from .. import lifecycle
     from ..output import say
 
-    t = target(c, stack, stage, overlay)
-    lifecycle.restart(t, service or (), timeout=timeout)
+    t = target(c, stack, stage, overlay, timeout=timeout)  # checked and made a number like up's
+    lifecycle.restart(t, service or ())
     say("Restarted and healthy.")
 
 
 @ops_task(aliases=["ps"])
-def status(c, stack=None, stage=None, overlay=None):
+def status(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Table of services: state (exit code), health, the rule that judges readiness, restarts, ports,
     uptime, image. Exits non-zero when a service that should run does not."""
     from .. import lifecycle
@@ -121,19 +127,22 @@ def status(c, stack=None, stage=None, overlay=None):
 
 @ops_task(help={"service": "one service; default all", "follow": "keep following (Ctrl-C to stop)",
                 "tail": "lines from the end of each log (default 100)"})
-def logs(c, service=None, follow=False, tail=100, stack=None, stage=None, overlay=None):
+def logs(c: Context, service: str | None = None, follow: bool = False, tail: int = 100, stack: str | None = None,
+         stage: str | None = None, overlay: str | None = None) -> None:
     """Show service logs."""
     t = target(c, stack, stage, overlay)
     if service:
         from ..compose import validate_services
 
         validate_services(t.compose.model(c), [service], t.stack.name)
-    args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
+    args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else [])
+    args += [service] if service else []
     t.compose.run(c, *args, hide=False)
 
 
 @ops_task(iterable=["service"], help={"service": "service to pull (repeatable); default all"})
-def pull(c, service=None, stack=None, stage=None, overlay=None):
+def pull(c: Context, service: list[str] | None = None, stack: str | None = None, stage: str | None = None,
+         overlay: str | None = None) -> None:
     """Pull the stack's images."""
     from ..errors import ComposeError
 
@@ -146,14 +155,15 @@ def pull(c, service=None, stack=None, stage=None, overlay=None):
 
 
 @ops_task(iterable=["service"], help={"service": "service to build (repeatable); default all"})
-def build(c, service=None, stack=None, stage=None, overlay=None):
+def build(c: Context, service: list[str] | None = None, stack: str | None = None, stage: str | None = None,
+          overlay: str | None = None) -> None:
     """Build images of services that have a build section."""
     t = target(c, stack, stage, overlay)
     t.compose.check(c, "build", *(service or []), what="Building images", hide=False)
 
 
 @ops_task(name="config")
-def config_(c, stack=None, stage=None, overlay=None):
+def config_(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Print the rendered, validated compose config (secrets masked)."""
     t = target(c, stack, stage, overlay)
     t.compose.model(c)  # learns the secrets written in the compose files themselves, so they are masked too
@@ -162,7 +172,7 @@ def config_(c, stack=None, stage=None, overlay=None):
 
 
 @ops_task()
-def urls(c, stack=None, stage=None, overlay=None):
+def urls(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Where to reach the stack's services from this host."""
     from .. import lifecycle
     from ..output import table
@@ -171,7 +181,8 @@ def urls(c, stack=None, stage=None, overlay=None):
 
 
 @ops_task(help={"quick": "only the cheap checks that `up` runs"})
-def doctor(c, quick=False, stack=None, stage=None, overlay=None):
+def doctor(c: Context, quick: bool = False, stack: str | None = None, stage: str | None = None,
+           overlay: str | None = None) -> None:
     """Preflight: engine, compose v2, env file, ports, disk, memory, images; fixes for failures."""
     from ..doctor import run_checks
 
@@ -180,7 +191,7 @@ def doctor(c, quick=False, stack=None, stage=None, overlay=None):
 
 
 @ops_task(local_only=True)
-def stacks(c, stack=None, stage=None, overlay=None):
+def stacks(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """List the stacks this project defines and their services."""
     from ..compose import run
     from ..config import available_stacks

@@ -9,7 +9,15 @@ from __future__ import annotations
 import pytest
 
 from memstack_ops.testing_hosts import (
-    HostBox, SshKey, cleanup_run, clear_stack, make_project, make_ssh_key, missing_images, remove_hosts, start_host,
+    HostBox,
+    SshKey,
+    cleanup_run,
+    clear_stack,
+    make_project,
+    make_ssh_key,
+    missing_images,
+    remove_hosts,
+    start_host,
 )
 
 

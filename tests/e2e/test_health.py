@@ -10,7 +10,6 @@ race reproduces on every run, not only under load."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -182,8 +182,9 @@ def test_invalid_compose_yaml_shows_composes_message_with_file_and_line(project)
 def test_port_in_use_names_the_holder(project):
     port = project.ports["REDIS_HOST_PORT"]
     holder = subprocess.Popen(["python3", "-c", f"import socket,time; s=socket.socket(); "
-                               f"s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',{port})); "
-                               f"s.listen(); print('ok', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+                               f"s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                               f"s.bind(('127.0.0.1',{port})); s.listen(); print('ok', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ok"
         r = project.run("up")
@@ -234,7 +235,8 @@ def test_config_and_env_show_mask_dollar_passwords_url_credentials_and_compose_f
     # written in the compose file itself were printed in clear
     _set_env(project, POSTGRES_PASSWORD="'Sup3r$ecretPassw0rd-e2e'", DB_PASS="hunter4-very-secret",
              DATABASE_URL="postgresql://memstack:hunter2-very-secret@postgres:5432/memstack")
-    project.overlay("lit", 'services:\n  redis:\n    entrypoint: ["redis-server", "--requirepass", "lit-pass-in-compose-77"]\n'
+    project.overlay("lit", 'services:\n  redis:\n'
+                           '    entrypoint: ["redis-server", "--requirepass", "lit-pass-in-compose-77"]\n'
                            '    environment:\n      SMTP_PWD: smtp-pass-in-compose-88\n'
                            '    healthcheck:\n      test: ["CMD-SHELL", "redis-cli -a hc-pass-in-compose-99 ping"]\n')
     r = project.run("config", "--overlay", "local,lit")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from memstack_ops.testing import free_port
-from memstack_ops.testing_hosts import make_project, unique_image
+from memstack_ops.testing_hosts import docker, make_project, unique_image
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -83,7 +83,8 @@ def test_bootstrap_makes_a_bare_host_ready_and_a_second_run_changes_nothing(bare
     assert bare_host.sh(f"stat -c '%U:%G %a' {DAEMON} /usr/local/lib/docker/cli-plugins/docker-compose"
                         ).split("\n")[:2] == ["root:root 644", "root:root 755"]
     assert bare_host.sh(f"stat -c '%U %F' {traps}").split("\n")[:2] == ["nobody directory", "nobody symbolic link"]
-    assert bare_host.sh("ls /root/planted-by-a-local-user /tmp/memstack-ops.* 2>/dev/null || echo none").strip() == "none"
+    left = bare_host.sh("ls /root/planted-by-a-local-user /tmp/memstack-ops.* 2>/dev/null || echo none")
+    assert left.strip() == "none"
 
     again = ok(p.run("-H", "bare", "bootstrap", timeout=300))
     assert "nothing changed" in again
@@ -377,7 +378,8 @@ def plant_release(box, root: str, rid: str = "20260101T000000Z-planted", extra: 
     script = [f"mkdir -p {shlex.quote(d)}"]
     for name, text in content.items():
         path = f"{d}/{name}"
-        script.append(f"mkdir -p \"$(dirname {shlex.quote(path)})\" && printf %s {shlex.quote(text)} > {shlex.quote(path)}")
+        script.append(f"mkdir -p \"$(dirname {shlex.quote(path)})\" && "
+                      f"printf %s {shlex.quote(text)} > {shlex.quote(path)}")
     script.append(f"ln -sfn {shlex.quote('releases/' + rid)} {shlex.quote(root + '/current')}")
     box.sh(" && ".join(script))
     return d
@@ -433,7 +435,8 @@ def test_shell_in_the_inventory_root_is_never_run_on_the_host(tmp_path, hosts, s
 
     tag = f"/tmp/sec-l1-{uuid.uuid4().hex[:8]}"
     root = f"/srv/l1-{uuid.uuid4().hex[:6]}$(id>{tag}-a);id>{tag}-b;x y"  # c.cd escaped only the space
-    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private, host_settings=f"root = {json.dumps(root)}")
+    p = make_project(tmp_path / "proj", {"h1": hosts["h1"]}, ssh_key.private,
+                     host_settings=f"root = {json.dumps(root)}")
     h1 = hosts["h1"]
     try:
         plant_release(h1, root)
@@ -536,7 +539,8 @@ def test_a_proxyjump_hop_has_its_host_key_checked_like_the_target(tmp_path, host
     from memstack_ops.remote.ssh import connect
 
     h1, h2 = hosts["h1"], hosts["h2"]
-    ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", h1.container).stdout.strip()
+    ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                h1.container).stdout.strip()
     cfg = tmp_path / "ssh_config"
     cfg.write_text(f"Host jumped\n  HostName {ip}\n  ProxyJump root@127.0.0.1:{h2.port}\n\n"
                    f"Host 127.0.0.1\n  IdentityFile {ssh_key.private}\n")

@@ -87,7 +87,8 @@ def test_agentchat_proxy_db_init_and_prod_weak_password(stack_project):
     assert r.returncode == 0, r.stderr
     assert "mysql: migrations up to date" in r.stdout and "redis: ready" in r.stdout
     charset = p.exec("mysql", "sh", "-c", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -N -e '
-                     '"SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME=\'agentchat\'"')
+                     '"SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA '
+                     'WHERE SCHEMA_NAME=\'agentchat\'"')
     assert charset.strip() == "utf8mb4"
     env = p.root / "env/agentchat/docker.env"
     env.write_text(env.read_text().replace("MYSQL_ROOT_PASSWORD=", "MYSQL_ROOT_PASSWORD=123456\n#", 1))
@@ -103,7 +104,8 @@ def test_sanic_web_imports_init_sql_once_into_a_utf8mb4_database(stack_project):
     assert "mysql: applied schema 0001" in r.stdout
     assert "neo4j-apoc: APOC 5.26.0 present" in r.stdout
     tables = p.exec("mysql", "sh", "-c", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -N sanic_web -e '
-                    '"SELECT TABLE_NAME, TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA=\'sanic_web\' '
+                    '"SELECT TABLE_NAME, TABLE_COLLATION FROM information_schema.TABLES '
+                    'WHERE TABLE_SCHEMA=\'sanic_web\' '
                     'ORDER BY 1"').split("\n")
     assert "t_user\tutf8mb4_unicode_ci" in tables and "t_user_qa_record\tutf8mb4_unicode_ci" in tables
     assert "Everything is up to date" in p.run("db.init").stdout
@@ -169,7 +171,8 @@ def test_a_user_compose_file_the_tool_has_never_seen_is_operated_by_its_labels(t
         r = p.run("db.init")
         assert r.returncode == 0, r.stderr
         assert "metadata: applied schema 0001" in r.stdout and "kv: ready, 0 keys" in r.stdout
-        assert p.exec("metadata", "psql", "-U", "acme", "-d", "acme", "-tAc", "select to_regclass('orders')").strip() == "orders"
+        orders = p.exec("metadata", "psql", "-U", "acme", "-d", "acme", "-tAc", "select to_regclass('orders')")
+        assert orders.strip() == "orders"
         st = p.run("db.status")
         assert "metadata (postgres)" in st.stdout and "kv (redis)" in st.stdout
     finally:

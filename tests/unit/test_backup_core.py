@@ -78,9 +78,11 @@ def test_check_files_names_every_damaged_or_missing_file(tmp_path):
 # --------------------------------------------------------------------------- selection
 
 def test_volumes_of_the_stack_and_who_uses_them():
-    model = {"services": {"db": {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]},
+    model = {"services": {"db": {"image": "postgres:16",
+                                 "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]},
                           "web": {"image": "nginx", "volumes": [{"type": "bind", "source": "./x", "target": "/x"}]}},
-             "volumes": {"pg": {"name": "proj_pg"}, "ext": {"name": "shared", "external": True}, "idle": {"name": "proj_idle"}}}
+             "volumes": {"pg": {"name": "proj_pg"}, "ext": {"name": "shared", "external": True},
+                         "idle": {"name": "proj_idle"}}}
     vols = {v.key: v for v in stack_volumes(model)}
     assert set(vols) == {"pg", "idle"}
     assert (vols["pg"].name, vols["pg"].services, vols["pg"].image) == ("proj_pg", ["db"], "postgres:16")

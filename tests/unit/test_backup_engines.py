@@ -15,8 +15,17 @@ from types import SimpleNamespace
 import pytest
 
 from memstack_ops.backup import engines
-from memstack_ops.backup.engines import ENGINES, Plan, Postgres, Svc, compare_counts, parse_marked, wrap_compress
-from memstack_ops.backup.engines import packaged_scripts, script
+from memstack_ops.backup.engines import (
+    ENGINES,
+    Plan,
+    Postgres,
+    Svc,
+    compare_counts,
+    packaged_scripts,
+    parse_marked,
+    script,
+    wrap_compress,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +38,8 @@ def shellcheck(text: str, what: str, *exclude: str) -> None:
     if not exe:
         pytest.fail("shellcheck is not installed: `apt-get install shellcheck` (harness/setup-engine.sh installs it).",
                     pytrace=False)
-    r = subprocess.run([exe, "-s", "sh", *[f"--exclude={x}" for x in exclude], "-"], input=text, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([exe, "-s", "sh", *[f"--exclude={x}" for x in exclude], "-"], input=text, capture_output=True,
+                       text=True, timeout=60)
     assert r.returncode == 0, f"shellcheck finds problems in {what}:\n{r.stdout}{r.stderr}"
 
 
@@ -120,7 +130,8 @@ def test_an_engine_missing_a_method_cannot_be_made():
 def test_every_target_names_its_engine():
     from memstack_ops.backup.engines import Svc, Volume
 
-    model = {"services": {"db": {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]}},
+    model = {"services": {"db": {"image": "postgres:16",
+                                 "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]}},
              "volumes": {"pg": {"name": "proj_pg"}}}
     [vol] = engines.stack_volumes(model)
     assert isinstance(vol, Volume) and ENGINES[vol.kind] is ENGINES["volumes"]
@@ -135,11 +146,11 @@ def test_a_plan_knows_its_target_and_refuses_the_other_kind():
     p = Plan(ENGINES["postgres"], svc, 2_000_000)
     assert p.svc is svc and p.label == "db" and p.engine.describe(p) == "db (postgres, postgres:16, about 2.0 MB)"
     with pytest.raises(TypeError):
-        p.volume
+        _ = p.volume
     v = Plan(ENGINES["volumes"], vol)
     assert v.volume is vol and v.label == "pg" and v.engine.describe(v) == "volume pg (proj_pg)"
     with pytest.raises(TypeError):
-        v.svc
+        _ = v.svc
 
 
 # --------------------------------------------------------------------------- restores never run client commands (#12)
@@ -176,7 +187,8 @@ def test_the_client_refusing_a_command_is_explained():
 
 def _globals(tmp_path, text):
     bindir = tmp_path / "bin"
-    _fake_tool(bindir, "psql", f'echo "$*" > {tmp_path}/args; for a; do [ -f "$a" ] && cat "$a" > {tmp_path}/fed; done; :\n')
+    _fake_tool(bindir, "psql",
+               f'echo "$*" > {tmp_path}/args; for a; do [ -f "$a" ] && cat "$a" > {tmp_path}/fed; done; :\n')
     return subprocess.run(["sh", "-c", ENGINES["postgres"].shell("pg_globals.sh"), "sh", "app", "appdb"], input=text,
                           text=True, capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin"})
 

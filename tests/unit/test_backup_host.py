@@ -15,7 +15,6 @@ from invoke import Context, MockContext
 
 from memstack_ops.backup.host import LocalHost, ShellHost, StreamFailed, host_for
 
-
 # --------------------------------------------------------------------------- streaming writers
 
 @pytest.fixture(params=["local", "shell"])

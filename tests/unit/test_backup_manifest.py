@@ -4,9 +4,9 @@ fetch do with a set it rejects (security review M1 and M5)."""
 from __future__ import annotations
 
 import copy
-import os
 import hashlib
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -6,12 +6,17 @@ import json
 import shlex
 
 import pytest
+from fakes import ccmd, commands, make_stack, ndjson
 from invoke import Context, MockContext, Result
 
-from fakes import ccmd, commands, make_stack, ndjson
 from memstack_ops import compose as cmod
 from memstack_ops.compose import (
-    Compose, compose_version, dependencies, engine_version, topo_layers, validate_services,
+    Compose,
+    compose_version,
+    dependencies,
+    engine_version,
+    topo_layers,
+    validate_services,
 )
 from memstack_ops.errors import ComposeError, EngineError
 
@@ -102,7 +107,8 @@ def test_check_returns_the_result_when_compose_succeeds(comp):
 
 
 def test_check_raises_compose_error_with_composes_message_scrubbed(comp):
-    c = MockContext(run={ccmd(comp, "up"): Result(stdout="ignored", stderr="auth failed for Sup3rS3cretValue\n", exited=1)})
+    c = MockContext(run={ccmd(comp, "up"): Result(stdout="ignored", stderr="auth failed for Sup3rS3cretValue\n",
+                                                  exited=1)})
     with pytest.raises(ComposeError) as e:
         comp.check(c, "up", what="Starting db")
     assert str(e.value) == "Starting db failed (docker compose exited 1):\nauth failed for ****"
@@ -235,7 +241,8 @@ def test_compose_version_strips_the_v():
 
 
 def test_compose_v1_only_says_v2_is_needed():
-    c = MockContext(run={"docker compose version --short": Result(stderr="'compose' is not a docker command.", exited=1),
+    c = MockContext(run={"docker compose version --short": Result(stderr="'compose' is not a docker command.",
+                                                                  exited=1),
                          "docker-compose version --short": Result("1.29.2\n")})
     with pytest.raises(EngineError) as e:
         compose_version(c)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from fakes import make_project, write
+
 from memstack_ops import config
 from memstack_ops.config import ConfigError, find_root, make_stack, resolve
 
@@ -99,7 +99,8 @@ def test_memstack_stack_inside_an_env_file_does_not_switch_the_stack(tmp_path):
 
 
 def test_per_stack_tables_from_both_config_files_are_merged_key_by_key(project):
-    write(project, "memstack-ops.toml", '[stacks.memstack]\nproject = "prodname"\n[stacks.memstack.probes]\napi = "tcp:8000"\n')
+    write(project, "memstack-ops.toml",
+          '[stacks.memstack]\nproject = "prodname"\n[stacks.memstack.probes]\napi = "tcp:8000"\n')
     write(project, "memstack-ops.local.toml", '[stacks.memstack.probes]\nworker = "http://127.0.0.1:9/h"\n')
     s = resolve({}, root=project, environ={})
     assert s["stacks"]["memstack"] == {"project": "prodname",

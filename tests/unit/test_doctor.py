@@ -7,15 +7,25 @@ import shlex
 from types import SimpleNamespace
 
 import pytest
+from fakes import ccmd, commands, make_stack, ndjson, write
 from invoke import MockContext, Result
 
-from fakes import ccmd, commands, make_stack, ndjson, write
 from memstack_ops import doctor
 from memstack_ops.compose import Compose
 from memstack_ops.config import DEFAULTS
 from memstack_ops.doctor import (
-    FAIL, OK, WARN, _size_bytes, check_compose, check_disk, check_engine, check_images, check_memory,
-    check_ports, listeners, run_checks,
+    FAIL,
+    OK,
+    WARN,
+    _size_bytes,
+    check_compose,
+    check_disk,
+    check_engine,
+    check_images,
+    check_memory,
+    check_ports,
+    listeners,
+    run_checks,
 )
 
 GIB = 1024 ** 3

@@ -7,11 +7,19 @@ import re
 import stat
 
 import pytest
-
 from fakes import TEMPLATE, write
+
 from memstack_ops import envfiles
 from memstack_ops.envfiles import (
-    EnvFileError, check_env, init_env, is_secret, mask, read_env, read_template, render, scrub,
+    EnvFileError,
+    check_env,
+    init_env,
+    is_secret,
+    mask,
+    read_env,
+    read_template,
+    render,
+    scrub,
     write_private,
 )
 
@@ -425,7 +433,8 @@ PROBE_MODEL = {"services": {
               "environment": {"DB_PASSWORD": "in-file-secret-xyz", "DATABASE_URL": "postgres://u:urlpw-123456@db/x",
                               "LOG_LEVEL": "INFO", "TOKEN_TTL": "3600"},
               "healthcheck": {"test": ["CMD-SHELL", "redis-cli -a 'hc-pass-9876' ping && mkdir -p /data"]}},
-    "db": {"healthcheck": {"test": ["CMD", "mysqladmin", "ping", "-h", "127.0.0.1", "-uroot", "-p$$MYSQL_ROOT_PASSWORD"]},
+    "db": {"healthcheck": {"test": ["CMD", "mysqladmin", "ping", "-h", "127.0.0.1", "-uroot",
+                                    "-p$$MYSQL_ROOT_PASSWORD"]},
            "entrypoint": ["sh", "-c", "mysqladmin -uroot -pmy-entry-pass1 status"]},
     "pg": {"healthcheck": {"test": ["CMD-SHELL", "pg_isready -h 127.0.0.1 -p 5432"]},
            "command": ["curl", "-u", "admin:curl-pass-42", "http://x"]},
@@ -454,7 +463,8 @@ def test_the_prod_check_also_checks_secrets_the_template_does_not_list(tmp_path,
 
 
 def test_the_prod_check_flags_a_weak_password_inside_a_url_without_echoing_it(tmp_path, tpl):
-    _, findings = check_env(env_file(tmp_path, GOOD | {"DATABASE_URL": "postgresql://app:postgres@db/app"}), tpl, "prod")
+    _, findings = check_env(env_file(tmp_path, GOOD | {"DATABASE_URL": "postgresql://app:postgres@db/app"}), tpl,
+                            "prod")
     f = by_key(findings)["DATABASE_URL"]
     assert f.level == "error" and "known default password" in f.message and "postgres@" not in f.message
 

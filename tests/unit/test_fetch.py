@@ -185,7 +185,8 @@ def test_a_different_set_with_the_same_id_here_is_not_touched(tmp_path):
     mine = tmp_path / "here" / "backups" / "memstack" / src.name  # another host's set, same second
     mine.mkdir(parents=True)
     (mine / "x.dump").write_bytes(b"other host")
-    (mine / "manifest.json").write_text(json.dumps({"files": [{"name": "x.dump", "size": 10, "sha256": hashlib.sha256(b"other host").hexdigest()}]}))
+    digest = hashlib.sha256(b"other host").hexdigest()
+    (mine / "manifest.json").write_text(json.dumps({"files": [{"name": "x.dump", "size": 10, "sha256": digest}]}))
     f = fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
     assert f.set.id == "20261123T020000Z-1-all" and (mine / "x.dump").read_bytes() == b"other host"
 
@@ -218,6 +219,7 @@ def test_fetch_without_a_remote_host_says_to_use_dash_h(tmp_path):
 def test_a_file_missing_on_the_host_fails_the_fetch_and_leaves_no_set(tmp_path):
     src = _remote_set(tmp_path)
     (src / "redis.redis.tar.zst").unlink()
-    with pytest.raises(BackupError, match=r"redis.redis.tar.zst on h9 failed \(cat exited 1\): cat: .*No such file or directory"):
+    with pytest.raises(BackupError,
+                       match=r"redis.redis.tar.zst on h9 failed \(cat exited 1\): cat: .*No such file or directory"):
         fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
     assert list_sets(LocalHost(None), str(tmp_path / "here" / "backups" / "memstack")) == []

@@ -4,8 +4,8 @@ stage's hosts (no SSH involved)."""
 from __future__ import annotations
 
 import pytest
-
 from fakes import INVENTORY
+
 from memstack_ops.config import resolve
 from memstack_ops.errors import ConfigError
 from memstack_ops.remote.inventory import host_settings, inventory, parse_address, resolve_hosts, stage_hosts

@@ -46,7 +46,8 @@ def test_get_refuses_a_kind_without_a_module():
 
 
 @pytest.mark.parametrize("image, kind", [
-    ("postgres:16-alpine", "postgres"), ("pgvector/pgvector:pg16", "postgres"), ("timescale/timescaledb:latest-pg16", "postgres"),
+    ("postgres:16-alpine", "postgres"), ("pgvector/pgvector:pg16", "postgres"),
+    ("timescale/timescaledb:latest-pg16", "postgres"),
     ("local/postgres:15", "postgres"), ("mariadb:10.11", "mysql"), ("mysql:8.0", "mysql"), ("redis:7-alpine", "redis"),
     ("valkey/valkey:8", "redis"), ("neo4j:5.26-community", "neo4j"), ("local/neo4j-standin:5.26", "neo4j"),
     ("minio/minio:latest", "minio"), ("qdrant/qdrant:v1.15", "qdrant"), ("milvusdb/milvus:v2.5", "milvus"),
@@ -127,7 +128,8 @@ def fakebin(tmp_path):
     show_args = 'for a in "$@"; do printf "arg=%s\\n" "$a"; done\n'
     fake("psql", 'printf "PGDATABASE=%s\\nPGPASSWORD=%s\\n" "$PGDATABASE" "$PGPASSWORD"\n' + show_args)
     fake("mariadb", show_args + 'for a in "$@"; do case $a in --defaults-extra-file=*) f=${a#*=}; '
-                                'printf "mode=%s\\n" "$(stat -c %a "$f")"; echo "$f" > "$FAKE_SEEN"; cat "$f";; esac; done\n')
+                                'printf "mode=%s\\n" "$(stat -c %a "$f")"; echo "$f" > "$FAKE_SEEN"; cat "$f";; '
+                                'esac; done\n')
     fake("redis-cli", 'printf "REDISCLI_AUTH=%s\\n" "$REDISCLI_AUTH"\n' + show_args)
     fake("cypher-shell", 'printf "user=%s password=%s\\n" "$NEO4J_USERNAME" "$NEO4J_PASSWORD"\n' + show_args)
     return d
@@ -206,12 +208,14 @@ def test_mysql_password_files_replace_their_variables(fakebin, tmp_path):
     (tmp_path / "root").write_text("from # file\n")
     (tmp_path / "app").write_text("app from file")
     seen = str(tmp_path / "seen")
-    r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MYSQL_ROOT_PASSWORD_FILE": str(tmp_path / "root")}, path=fakebin)
+    r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MYSQL_ROOT_PASSWORD_FILE": str(tmp_path / "root")},
+               path=fakebin)
     assert read_option_file(r.stdout.split("[client]", 1)[1]) == {"user": "root", "password": "from # file"}
     r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MARIADB_ROOT_PASSWORD_FILE": str(tmp_path / "root")},
                path=fakebin)
     assert read_option_file(r.stdout.split("[client]", 1)[1])["password"] == "from # file"
-    r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MYSQL_USER": "app", "MYSQL_PASSWORD_FILE": str(tmp_path / "app")},
+    r = run_sh(mysql.CLIENT, "",
+               env={"FAKE_SEEN": seen, "MYSQL_USER": "app", "MYSQL_PASSWORD_FILE": str(tmp_path / "app")},
                path=fakebin)
     assert read_option_file(r.stdout.split("[client]", 1)[1]) == {"user": "app", "password": "app from file"}
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import io
 import json
 import shlex
-import re
 import sys
 import threading
 import time
 import tomllib
 
 import pytest
+from fakes import ccmd, commands, make_project, ndjson, split_cd, write
 from invoke import MockContext, Result
 
-from fakes import ccmd, commands, make_project, ndjson, split_cd, write
 from memstack_ops import lifecycle
 from memstack_ops.config import resolve
 from memstack_ops.errors import ComposeError, EnvFileError, HealthError, Refused
@@ -299,11 +298,14 @@ def test_status_shows_exit_codes_and_restarts_and_names_what_does_not_run(settin
         "api": {"image": "me/api:1", "depends_on": {"migrate": {"condition": "service_completed_successfully"}}},
         "big": {"image": "me/big:1"},
     }}
-    rows = [{"Service": "db", "Name": "p-db-1", "State": "exited", "ExitCode": 137, "Status": "Exited (137) 1 second ago"},
-            {"Service": "cache", "Name": "p-cache-1", "State": "restarting", "ExitCode": 1, "Status": "Restarting (1) 2 s"},
+    rows = [{"Service": "db", "Name": "p-db-1", "State": "exited", "ExitCode": 137,
+             "Status": "Exited (137) 1 second ago"},
+            {"Service": "cache", "Name": "p-cache-1", "State": "restarting", "ExitCode": 1,
+             "Status": "Restarting (1) 2 s"},
             {"Service": "setup", "Name": "p-setup-1", "State": "exited", "ExitCode": 0},
             {"Service": "migrate", "Name": "p-migrate-1", "State": "exited", "ExitCode": 0},
-            {"Service": "api", "Name": "p-api-1", "State": "running", "Health": "unhealthy", "Status": "Up 1 hour (unhealthy)"},
+            {"Service": "api", "Name": "p-api-1", "State": "running", "Health": "unhealthy",
+             "Status": "Up 1 hour (unhealthy)"},
             {"Service": "big", "Name": "p-big-1", "State": "exited", "ExitCode": 137}]
     names = [r["Name"] for r in rows]
     c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
@@ -315,7 +317,8 @@ def test_status_shows_exit_codes_and_restarts_and_names_what_does_not_run(settin
     table, alerts, down = lifecycle.status(t)
     assert {r[0]: (r[1], r[4], r[6]) for r in table} == {
         "db": ("exited (137)", "0", ""), "cache": ("restarting", "7", ""), "setup": ("exited (0)", "0", ""),
-        "migrate": ("exited (0)", "0", ""), "api": ("running", "0", "1 hour"), "big": ("exited (137) OOM-killed", "0", "")}
+        "migrate": ("exited (0)", "0", ""), "api": ("running", "0", "1 hour"),
+        "big": ("exited (137) OOM-killed", "0", "")}
     assert down == ["db: exited with code 137 (killed)", "cache: restarting", "api: running but unhealthy",
                     "big: exited with code 137 (killed: out of memory)"]
 
@@ -372,7 +375,8 @@ def test_write_local_config_replaces_the_overlays_line(tmp_path):
     write(tmp_path, "memstack-ops.local.toml", 'overlays = ["old"]\ntimeout = 60\n')
     path = lifecycle.write_local_config(tmp_path, ["local", "gpu"])
     assert tomllib.loads(path.read_text()) == {"timeout": 60, "overlays": ["local", "gpu"]}
-    assert resolve({}, root=make_project(tmp_path, overlays=("local", "gpu")), environ={})["overlays"] == ["local", "gpu"]
+    resolved = resolve({}, root=make_project(tmp_path, overlays=("local", "gpu")), environ={})
+    assert resolved["overlays"] == ["local", "gpu"]
 
 
 def test_write_local_config_sets_top_level_overlays_even_after_a_table(tmp_path):

@@ -4,7 +4,6 @@ make sense here or only on hosts."""
 from __future__ import annotations
 
 import pytest
-
 from fakes import INVENTORY, cli
 
 

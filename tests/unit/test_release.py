@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import os
 
+import pytest
 from fakes import write
+
 from memstack_ops.config import resolve
 from memstack_ops.remote import release
 from memstack_ops.remote.inventory import Host

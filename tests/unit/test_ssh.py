@@ -4,6 +4,7 @@ no SSH server involved), and the other hosts of the run still get their line."""
 from __future__ import annotations
 
 from fakes import cli
+
 from memstack_ops.testing import free_port
 
 

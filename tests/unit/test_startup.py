@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_listing_tasks_imports_neither_docker_nor_paramiko_nor_rich():
     code = ("import sys, tasks, memstack_ops.cli; "
-            "print(sorted(m for m in ('docker', 'paramiko', 'fabric', 'rich', 'dotenv', 'tenacity') if m in sys.modules))")
+            "print(sorted(m for m in ('docker', 'paramiko', 'fabric', 'rich', 'dotenv', 'tenacity') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -10,9 +10,9 @@ import shlex
 import sys
 
 import pytest
+from fakes import make_project, parse_cli, write
 from invoke import Exit, MockContext, Result
 
-from fakes import make_project, parse_cli, write
 from memstack_ops.tasks import env as env_tasks
 from memstack_ops.tasks import ns
 from memstack_ops.tasks import stack as stack_tasks
@@ -104,6 +104,18 @@ def test_up_with_a_zero_timeout_exits_before_touching_docker(root):
     with pytest.raises(Exit) as e:
         stack_tasks.up(c, timeout="0")
     assert "timeout must be positive" in e.value.message
+    assert c.run.call_count == 0
+
+
+@pytest.mark.parametrize("bad", ["0", "soon"])
+def test_restart_checks_its_timeout_like_up_before_touching_docker(root, bad):
+    """restart handed the raw --timeout string to lifecycle (mypy: str where float is expected):
+    "soon" was a ValueError traceback, "0" a restart that gave up at once."""
+    c = MockContext(run={})
+    write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\n", mode=0o600)
+    with pytest.raises(Exit) as e:
+        stack_tasks.restart(c, timeout=bad)
+    assert "timeout must" in e.value.message
     assert c.run.call_count == 0
 
 

@@ -12,11 +12,13 @@ import abc
 import json
 import time
 import uuid
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any, Callable, ClassVar, Collection, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
+from ...target import Target
 from ..host import BackupError, Captured, Host, StreamFailed
 
 IN_CONTAINER = {"zstd": "zstd -q -c -3 -T0", "gzip": "gzip -c -6"}
@@ -34,7 +36,8 @@ def script(name: str) -> str:
     """A shell script (or SQL) shipped in ``memstack_ops/backup/scripts``, read once per process.
 
     The scripts take their values as positional parameters ("$1" ...), never by text templating;
-    the ones that need credentials run after an auth prelude (``memstack_ops.kinds.<kind>.AUTH``) prepended by the engine."""
+    the ones that need credentials run after an auth prelude (``memstack_ops.kinds.<kind>.AUTH``)
+    prepended by the engine."""
     return (resources.files(__package__.rsplit(".", 1)[0]) / SCRIPTS / name).read_text(encoding="utf-8")
 
 
@@ -92,7 +95,8 @@ class Volume:
     image: str  # an image with tar and sh: one of its services'
 
 
-def inspect_service(t: Any, host: Host, model: dict[str, Any], name: str, ps: list[dict[str, Any]] | None = None) -> Svc:
+def inspect_service(t: Target, host: Host, model: dict[str, Any], name: str,
+                    ps: list[dict[str, Any]] | None = None) -> Svc:
     """The service and its container (``ps``: rows of ``compose ps`` already at hand)."""
     from ...kinds import kind_of
 
@@ -116,7 +120,8 @@ def inspect_service(t: Any, host: Host, model: dict[str, Any], name: str, ps: li
 
 
 def container_state(host: Host, container: str) -> tuple[str, str, Any]:
-    r = host.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.StartedAt}} {{.State.ExitCode}}", container])
+    r = host.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.StartedAt}} {{.State.ExitCode}}",
+                  container])
     if r.failed:
         return "gone", "", None
     parts = r.stdout.split()
@@ -138,7 +143,7 @@ def image_for(host: Host, entry: dict[str, Any], svc: Svc | None) -> str:
 class Job:
     """What one backup/restore run shares: target, host, compose model, options, output."""
 
-    t: Any
+    t: Target
     host: Host
     model: dict[str, Any]
     compress: str = "zstd"
@@ -166,7 +171,8 @@ class Job:
 
     def exec_argv(self, svc: Svc, script: str, *args: str, stdin: bool = False) -> list[str]:
         if not svc.container:
-            raise BackupError(f"Service {svc.name} has no container: start it first (`memstack-ops up --service {svc.name}`).")
+            raise BackupError(f"Service {svc.name} has no container: "
+                              f"start it first (`memstack-ops up --service {svc.name}`).")
         return ["docker", "exec", *(["-i"] if stdin else []), svc.container, "sh", "-c", script, "sh", *args]
 
     def query(self, svc: Svc, script: str, *args: str, what: str, timeout: float | None = 120) -> str:
@@ -277,7 +283,7 @@ class Job:
         states = r.stdout.split() if r.ok else []
         return len(states) == len(names) and all(x == "running/healthy" for x in states)
 
-    def stopped(self, services: list[str]) -> "Stopped":
+    def stopped(self, services: list[str]) -> Stopped:
         return Stopped(self, services)
 
 
@@ -292,7 +298,7 @@ class Stopped:
         self.t0 = 0.0
         self.seconds: float | None = None
 
-    def __enter__(self) -> "Stopped":
+    def __enter__(self) -> Stopped:
         self.t0 = time.monotonic()
         self.stopped = self.job.stop(self.services)
         return self
@@ -314,7 +320,7 @@ class Stopped:
 class deferred_interrupts:
     """Hold Ctrl-C back while the block runs (only in the main thread); re-raise it after."""
 
-    def __enter__(self) -> "deferred_interrupts":
+    def __enter__(self) -> deferred_interrupts:
         import signal
         import threading
 
@@ -375,7 +381,7 @@ def fail_capture(job: Job, svc: Svc | None, e: StreamFailed, what: str) -> Backu
 class Plan:
     """What a backup of one target will do; built (read-only) before anything is written."""
 
-    engine: "Engine"
+    engine: Engine
     target: Svc | Volume  # what the engine backs up: the service of a database, or a named volume
     estimate: int = 0
     info: dict[str, Any] = field(default_factory=dict)
@@ -480,17 +486,19 @@ def compare_counts(expected: dict[str, Any], got: dict[str, Any], what: str) -> 
     problems = []
     for k in sorted(set(expected) | set(got)):
         if str(expected.get(k)) != str(got.get(k)):
-            problems.append(f"{what} {k}: backup had {expected.get(k, 'none')}, scratch restore has {got.get(k, 'none')}")
+            problems.append(f"{what} {k}: backup had {expected.get(k, 'none')}, "
+                            f"scratch restore has {got.get(k, 'none')}")
     return problems
 
 
-def wait_scratch(job: "Job", name: str, probe: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
+def wait_scratch(job: Job, name: str, probe: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
     """Wait until a scratch container answers ``probe``; fail at once when it exits."""
     def ready() -> bool:
         state = container_state(job.host, name)[0]
         if state != "running":
             logs = job.host.run(["docker", "logs", "--tail", "30", name], timeout=60)
-            raise BackupError(f"The scratch container {name} stopped ({state}):\n{(logs.stdout + logs.stderr).strip()[-1500:]}")
+            tail = (logs.stdout + logs.stderr).strip()[-1500:]
+            raise BackupError(f"The scratch container {name} stopped ({state}):\n{tail}")
         return probe()
 
     wait_until(ready, timeout, interval, what=f"the scratch container {name}")
@@ -501,7 +509,8 @@ def wait_until(fn: Callable[[], bool], timeout: float, interval: float = 0.5, wh
     import tenacity
 
     try:
-        tenacity.Retrying(stop=tenacity.stop_after_delay(timeout) | tenacity.stop_after_attempt(int(timeout / interval) + 2),
+        tenacity.Retrying(stop=(tenacity.stop_after_delay(timeout)
+                                | tenacity.stop_after_attempt(int(timeout / interval) + 2)),
                           wait=tenacity.wait_fixed(interval),
                           retry=tenacity.retry_if_result(lambda ok: not ok))(fn)
     except tenacity.RetryError:

@@ -6,10 +6,25 @@ import shlex
 import time
 from typing import Any
 
-from ..host import BackupError, StreamFailed, q
 from ...kinds.mysql import AUTH as MY_AUTH
-from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
-                   oneoff_name, script, wait_scratch, wrap_compress)
+from ..host import BackupError, StreamFailed, q
+from .base import (
+    EXT,
+    Engine,
+    Job,
+    Plan,
+    Safety,
+    Svc,
+    check_compressed,
+    compare_counts,
+    fail_capture,
+    file_entry,
+    image_for,
+    oneoff_name,
+    script,
+    wait_scratch,
+    wrap_compress,
+)
 
 
 class Mysql(Engine):
@@ -23,9 +38,11 @@ class Mysql(Engine):
     def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
         db = self.database(svc)
-        where = "WHERE table_schema = DATABASE()" if db else "WHERE table_schema NOT IN ('mysql', 'sys', 'performance_schema', 'information_schema')"
+        where = ("WHERE table_schema = DATABASE()" if db else
+                 "WHERE table_schema NOT IN ('mysql', 'sys', 'performance_schema', 'information_schema')")
         out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" $2',
-                        f"SELECT VERSION(), COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables {where}",
+                        "SELECT VERSION(), COALESCE(SUM(data_length + index_length), 0) "
+                        f"FROM information_schema.tables {where}",
                         db, what="Reading the MySQL version and size").strip().splitlines()[-1]
         version, size = out.split("\t")
         return Plan(self, svc, int(float(size)), {"database": db, "version": version})
@@ -34,8 +51,8 @@ class Mysql(Engine):
         svc, db = plan.svc, plan.info["database"]
         counts: dict[str, int] = {}
         if db:
-            out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"', script("my_count.sql"), db,
-                            what="Counting rows")
+            out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"',
+                            script("my_count.sql"), db, what="Counting rows")
             counts = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
         # --add-drop-database only for the app's database: never emit DROP DATABASE mysql
         flags = ("--single-transaction --routines --triggers --events --hex-blob --no-tablespaces "
@@ -53,7 +70,8 @@ class Mysql(Engine):
         return {"service": svc.name, "kind": self.kind, "image": svc.image, "image_id": svc.image_id,
                 "db_version": plan.info["version"], "database": db,
                 "method": "mysqldump/mariadb-dump --single-transaction inside the service's container",
-                "command": f"docker exec {svc.container} mysqldump {flags} " + (f"--databases {db}" if db else "--all-databases"),
+                "command": (f"docker exec {svc.container} mysqldump {flags} "
+                            + (f"--databases {db}" if db else "--all-databases")),
                 "counts": counts, "counts_snapshot": "separate",
                 "notes": [],
                 "files": [file_entry(name, cap, "dump", comp, svc.name)], "duration_s": round(time.time() - t0, 3)}
@@ -91,8 +109,8 @@ class Mysql(Engine):
                                   f"Scratch restore of {f['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
             got: dict[str, int] = {}
             if entry.get("database"):
-                out = job.query(scratch, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"', script("my_count.sql"),
-                                entry["database"], what="Counting rows in the scratch restore")
+                out = job.query(scratch, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"',
+                                script("my_count.sql"), entry["database"], what="Counting rows in the scratch restore")
                 got = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
         finally:
             job.remove_container(name)
@@ -126,8 +144,8 @@ class Mysql(Engine):
         r = job.host.feed(f"{set_dir}/{f['name']}", job.exec_argv(svc, self.shell("mysql_load.sh"), stdin=True),
                           self.decompress_for(f))
         if r.failed and self.refused(f["name"], r.stderr):
-            raise BackupError(f"{self.refused(f['name'], r.stderr)} The statements before it were applied (MySQL DDL is "
-                              f"not transactional): restore the safety backup if needed.")
+            raise BackupError(f"{self.refused(f['name'], r.stderr)} The statements before it were applied "
+                              f"(MySQL DDL is not transactional): restore the safety backup if needed.")
         if r.failed:
             raise BackupError(f"Loading the dump into {svc.name} failed part-way (MySQL DDL is not transactional, so "
                               f"the database may be partly restored: restore the safety backup if needed):\n"

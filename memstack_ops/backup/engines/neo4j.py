@@ -6,9 +6,23 @@ import re
 import time
 from typing import Any
 
-from ..host import BackupError, StreamFailed
 from ...kinds.neo4j import AUTH as NEO4J_AUTH
-from .base import Engine, Job, Plan, Safety, Svc, compare_counts, fail_capture, file_entry, image_for, oneoff_name, wait_scratch
+from ..host import BackupError, StreamFailed
+from .base import (
+    Engine,
+    Job,
+    Plan,
+    Safety,
+    Svc,
+    compare_counts,
+    fail_capture,
+    file_entry,
+    image_for,
+    oneoff_name,
+    wait_scratch,
+)
+
+COUNT_NODES = 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'
 
 
 class Neo4j(Engine):
@@ -25,8 +39,7 @@ class Neo4j(Engine):
                         what="Reading the Neo4j version")
         info: dict[str, Any] = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
         counts: dict[str, int] = {}
-        r = job.host.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'),
-                         timeout=120)
+        r = job.host.run(job.exec_argv(svc, NEO4J_AUTH + COUNT_NODES), timeout=120)
         if r.ok and r.stdout.strip().splitlines()[-1].strip().isdigit():
             counts["nodes"] = int(r.stdout.strip().splitlines()[-1])
         r = job.host.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain '
@@ -38,8 +51,8 @@ class Neo4j(Engine):
                     note=f"{svc.name} is stopped during the dump (Neo4j community dumps offline only)", stop=[svc.name])
 
     def dump_argv(self, job: Job, svc: Svc, name: str, owner: str, db: str) -> list[str]:
-        return job.oneoff(name, svc.image_id or svc.image, volumes_from=svc.container, user=owner, entrypoint="neo4j-admin",
-                          args=("database", "dump", db, "--to-stdout"))
+        return job.oneoff(name, svc.image_id or svc.image, volumes_from=svc.container, user=owner,
+                          entrypoint="neo4j-admin", args=("database", "dump", db, "--to-stdout"))
 
     def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, info = plan.svc, plan.info
@@ -93,7 +106,8 @@ class Neo4j(Engine):
         name = vol
         envf = job.host.tempfile(f"NEO4J_AUTH=neo4j/{secrets.token_urlsafe(18)}\n")
         try:
-            job.host.run(["docker", "volume", "create", "--label", f"memstack-ops.project={job.project}", vol], timeout=60)
+            job.host.run(["docker", "volume", "create", "--label", f"memstack-ops.project={job.project}", vol],
+                         timeout=60)
             r = job.host.run(job.oneoff(name + "-own", image, volumes=(f"{vol}:/data",), user="0", entrypoint="chown",
                                         args=(owner, "/data")), timeout=300)
             r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(
@@ -101,7 +115,8 @@ class Neo4j(Engine):
                 args=("database", "load", "neo4j", "--from-stdin", "--overwrite-destination=true")), timeout=3600)
             if r.failed:
                 raise BackupError(f"Scratch load of {f['name']} failed: {(r.stderr or r.stdout).strip()[-800:]}")
-            r = job.host.run(job.oneoff(name, image, detach=True, volumes=(f"{vol}:/data",), env_file=envf), timeout=300)
+            r = job.host.run(job.oneoff(name, image, detach=True, volumes=(f"{vol}:/data",), env_file=envf),
+                             timeout=300)
             if r.failed:
                 raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
             scratch = Svc(name, "neo4j", {}, container=name)
@@ -149,10 +164,10 @@ class Neo4j(Engine):
                 finally:
                     job.remove_container(name)
                 if r.failed:
-                    raise BackupError(f"neo4j-admin database load {db} failed: {(r.stderr or r.stdout).strip()[-1000:]}")
+                    raise BackupError(f"neo4j-admin database load {db} failed: "
+                                      f"{(r.stderr or r.stdout).strip()[-1000:]}")
         downtime = down.seconds
-        r = job.host.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'),
-                         timeout=120)
+        r = job.host.run(job.exec_argv(svc, NEO4J_AUTH + COUNT_NODES), timeout=120)
         nodes = r.stdout.strip().splitlines()[-1] if r.ok else "?"
         return {"nodes": nodes, "databases": dbs, "downtime_s": downtime}
 

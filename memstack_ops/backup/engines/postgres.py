@@ -5,10 +5,24 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..host import BackupError, StreamFailed
 from ...kinds.postgres import AUTH as PG_AUTH
-from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
-                   oneoff_name, script, wait_scratch)
+from ..host import BackupError, StreamFailed
+from .base import (
+    EXT,
+    Engine,
+    Job,
+    Plan,
+    Safety,
+    Svc,
+    check_compressed,
+    compare_counts,
+    fail_capture,
+    file_entry,
+    image_for,
+    oneoff_name,
+    script,
+    wait_scratch,
+)
 
 
 class Postgres(Engine):
@@ -62,7 +76,8 @@ class Postgres(Engine):
                 "db_version": info["version"], "db_version_num": info["version_num"], "database": db, "user": user,
                 "method": "pg_dump -Fc inside the service's container, in an exported snapshot; roles with "
                           "pg_dumpall --globals-only",
-                "command": f"docker exec {svc.container} pg_dump --snapshot=<exported> -U {user} -d {db} {' '.join(flags)}",
+                "command": (f"docker exec {svc.container} pg_dump --snapshot=<exported> -U {user} -d {db} "
+                            f"{' '.join(flags)}"),
                 "counts": counts, "notes": notes, "files": files, "duration_s": round(time.time() - t0, 3)}
 
     def dump_globals(self, job: Job, svc: Svc, user: str, set_dir: str) -> tuple[dict[str, Any] | None, list[str]]:
@@ -101,7 +116,8 @@ class Postgres(Engine):
         dump = next(f for f in entry["files"] if f["role"] == "dump")
         image = image_for(job.host, entry, svc)
         user, db = entry.get("user", "postgres"), entry.get("database", "postgres")
-        envf = job.host.tempfile(f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\nPOSTGRES_USER={user}\nPOSTGRES_DB={db}\n")
+        envf = job.host.tempfile(f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\n"
+                                 f"POSTGRES_USER={user}\nPOSTGRES_DB={db}\n")
         name = oneoff_name(job.project, entry["service"], "scratch")
         scratch = Svc(name, "postgres", {}, container=name)
         try:
@@ -122,10 +138,10 @@ class Postgres(Engine):
             job.remove_container(name)
             job.host.remove(envf)
         expected = entry.get("counts") or {}
+        what = f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s)"
         if not expected:
-            return f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s) (no counts recorded)", []
-        return (f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s), counts match",
-                compare_counts(expected, got, "table"))
+            return f"{what} (no counts recorded)", []
+        return f"{what}, counts match", compare_counts(expected, got, "table")
 
     def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Safety | None, /,
                 globals_: bool = False, **opts: Any) -> dict[str, Any]:
@@ -145,7 +161,8 @@ class Postgres(Engine):
                     svc, self.shell("pg_globals.sh"), user, db, stdin=True), self.decompress_for(g))
                 refused = [ln for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-refused: ")]
                 if refused:
-                    raise BackupError(f"{g['name']}: {refused[0].split(': ', 1)[1]}. pg_dumpall writes no such line, so "
+                    raise BackupError(f"{g['name']}: {refused[0].split(': ', 1)[1]}. "
+                                      f"pg_dumpall writes no such line, so "
                                       f"the file was made or edited by something else: nothing was applied and the "
                                       f"database was not restored. Restore without --roles, or check where the backup "
                                       f"came from.")
@@ -160,7 +177,8 @@ class Postgres(Engine):
             raise BackupError(f"pg_restore into {svc.name} failed and its single transaction was rolled back, so the "
                               f"database is as it was before:\n{job.scrub(r.stderr.strip())[-1500:]}")
         counts = entry.get("counts") or {}
-        return {"database": db, "tables": len(counts) if counts else "?", "rows": sum(counts.values()) if counts else "?"}
+        return {"database": db, "tables": len(counts) if counts else "?",
+                "rows": sum(counts.values()) if counts else "?"}
 
 
 def parse_marked(stderr: str) -> tuple[dict[str, int], list[str]]:

@@ -6,8 +6,8 @@ import re
 import time
 from typing import Any
 
-from ..host import BackupError, StreamFailed
 from ...kinds.redis import AUTH as REDIS_AUTH
+from ..host import BackupError, StreamFailed
 from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, image_for, oneoff_name, wrap_compress
 
 
@@ -70,10 +70,9 @@ class Redis(Engine):
         f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
         image = image_for(job.host, entry, svc)
         check = ('d=$(mktemp -d) && tar -C "$d" -xf - && redis-check-rdb "$d/$1"')
-        r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "check"), image,
-                                                               stdin=True, user="0", entrypoint="sh",
-                                                               args=("-c", check, "sh", entry.get("dbfilename", "dump.rdb"))),
-                          self.decompress_for(f), timeout=3600)
+        argv = job.oneoff(oneoff_name(job.project, entry["service"], "check"), image, stdin=True, user="0",
+                          entrypoint="sh", args=("-c", check, "sh", entry.get("dbfilename", "dump.rdb")))
+        r = job.host.feed(f"{set_dir}/{f['name']}", argv, self.decompress_for(f), timeout=3600)
         m = re.search(r"(\d+) keys read", r.stdout)
         if r.failed or not m:
             raise BackupError(f"redis-check-rdb rejects the RDB in {f['name']}: {(r.stdout + r.stderr).strip()[-500:]}")
@@ -86,11 +85,10 @@ class Redis(Engine):
     def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
         keys, image = self._rdb_keys(job, entry, set_dir, svc)
         f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
-        r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "scratch"), image,
-                                                               stdin=True, user="0", entrypoint="sh",
-                                                               args=("-c", self.shell("redis_scratch.sh"), "sh",
-                                                                     entry.get("dbfilename", "dump.rdb"))),
-                          self.decompress_for(f), timeout=3600)
+        argv = job.oneoff(oneoff_name(job.project, entry["service"], "scratch"), image, stdin=True, user="0",
+                          entrypoint="sh", args=("-c", self.shell("redis_scratch.sh"), "sh",
+                                                 entry.get("dbfilename", "dump.rdb")))
+        r = job.host.feed(f"{set_dir}/{f['name']}", argv, self.decompress_for(f), timeout=3600)
         m = re.search(r"dbsize=(\d+)", r.stdout)
         if r.failed or not m:
             raise BackupError(f"A scratch Redis could not load the RDB: {(r.stdout + r.stderr).strip()[-500:]}")
