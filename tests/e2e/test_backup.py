@@ -91,13 +91,15 @@ def secrets_of(project):
 
 
 def state(client, project, service):
-    cs = client.containers.list(all=True, ignore_removed=True, filters={"label": [f"com.docker.compose.project={project.name}",
+    cs = client.containers.list(
+        all=True, ignore_removed=True, filters={"label": [f"com.docker.compose.project={project.name}",
                                                             f"com.docker.compose.service={service}"]})
     return cs[0].status if cs else "absent"
 
 
 def oneoffs(client, project):
-    return client.containers.list(all=True, ignore_removed=True, filters={"label": f"memstack-ops.project={project.name}"})
+    return client.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"memstack-ops.project={project.name}"})
 
 
 def popen(project, *args):

@@ -15,7 +15,8 @@ SERVICES = {"neo4j", "postgres", "redis", "api", "worker", "prometheus", "grafan
 
 def containers(client, project):
     return {c.labels["com.docker.compose.service"]: c
-            for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"com.docker.compose.project={project.name}"})}
+            for c in client.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"com.docker.compose.project={project.name}"})}
 
 
 def volumes(client, project):

@@ -37,7 +37,8 @@ def stack_project(tmp_path, docker_client, request):
 
 def running(client, project) -> dict[str, str]:
     return {c.labels["com.docker.compose.service"]: c.status
-            for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"com.docker.compose.project={project.name}"})}
+            for c in client.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"com.docker.compose.project={project.name}"})}
 
 
 @pytest.mark.parametrize("stack", ["memstack", "agentchat", "sanic-web", "memos"])
