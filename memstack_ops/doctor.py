@@ -118,9 +118,11 @@ def check_binds(t: Any, model: dict[str, Any]) -> Check:
         return Check("bind mounts", OK, "no bind mounts")
     r = run(t.c, ["sh", "-c", _BIND_PROBE, "sh", *sorted({m[1] for m in mounts})], timeout=30)
     kinds = {path: kind for kind, path in (line.split("\t", 1) for line in r.stdout.splitlines() if "\t" in line)}
-    bad, created = [], []
+    bad, created, named = [], [], []
     for svc, src, dst, create in mounts:
         kind, shown = kinds.get(src, "missing"), _shown(t, src)
+        if kind in ("missing", "empty") and (_looks_like_file(src, dst) or kind == "missing" and not create):
+            named.append(shown)
         if kind == "missing" and (_looks_like_file(src, dst) or not create):
             bad.append(f"{shown} (mounted by {svc} at {dst}) does not exist"
                        + (": Docker would create an empty directory there and fail with an OCI mount error"
@@ -132,8 +134,8 @@ def check_binds(t: Any, model: dict[str, Any]) -> Check:
             created.append(shown)
     if bad:
         return Check("bind mounts", FAIL, "; ".join(bad),
-                     "put the missing file(s) in place (paths are relative to the compose file's folder) or fix "
-                     "the path in the compose file")
+                     f"put {', '.join(dict.fromkeys(named))} in place (bind paths are relative to the compose "
+                     f"file's folder) or fix the path in the compose file")
     note = f"; Docker will create {', '.join(created)}" if created else ""
     return Check("bind mounts", OK, f"{len(mounts)} bind mount(s) in place{note}")
 
