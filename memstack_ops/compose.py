@@ -116,6 +116,7 @@ class Compose:
     stack: Stack
     secrets: dict[str, str] = field(default_factory=dict)  # env values: their secrets are scrubbed from messages
     found: set[str] = field(default_factory=set)  # secrets written in the compose files (seen by model())
+    profiles: tuple[str, ...] = ()  # active compose profiles (overrides.apply)
 
     def argv(self, *args: str) -> list[str]:
         out = ["docker", "compose", "--project-name", self.stack.project]
@@ -123,6 +124,8 @@ class Compose:
             out += ["-f", f]
         for f in self.stack.env_files:
             out += ["--env-file", f]
+        for p in self.profiles:
+            out += ["--profile", p]
         return out + list(args)
 
     def run(self, c: Any, *args: str, **kw: Any) -> Any:

@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "cpu_alert_pct": 80.0,
     "mem_alert_pct": 85.0,
     "disk_alert_pct": 90.0,
+    "profiles": [],  # compose profiles to activate (--profile), besides services without one
+    "port_offset": 0,  # added to every published host port, container_name suffixed (overrides.py)
     "stacks": {},  # per-stack overrides: project name, probes, extra ports ...
     "hosts": {},  # remote hosts: [hosts] defaults and [hosts.NAME] tables (memstack_ops/remote/inventory.py)
 }
@@ -61,6 +63,8 @@ _SCALARS: dict[str, Callable[[str], Any]] = {
     "cpu_alert_pct": float,
     "mem_alert_pct": float,
     "disk_alert_pct": float,
+    "profiles": lambda v: [p for p in (s.strip() for s in v.split(",")) if p],
+    "port_offset": int,
 }
 STAGES = ("dev", "staging", "prod")
 
@@ -111,6 +115,8 @@ _TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "stage": ((str,), 'a string, e.g. stage = "dev"'),
     "overlays": ((list, str), 'a list of names, e.g. overlays = ["local"]'),
     "backups_dir": ((str,), 'a string, e.g. backups_dir = "backups"'),
+    "profiles": ((list, str), 'a list of compose profiles, e.g. profiles = ["observability"]'),
+    "port_offset": ((int,), "a whole number, e.g. port_offset = 100"),
     "stacks": ((dict,), 'a table of stacks: [stacks.NAME] with project = "..."'),
     "hosts": ((dict,), "a table: [hosts] defaults and [hosts.NAME] tables"),
 }
@@ -119,6 +125,8 @@ _STACK_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "env_file": ((str,), 'a file name, e.g. env_file = ".env"'),
     "probes": ((dict,), 'a table of service = "tcp:PORT" or an http:// URL'),
     "api_key": ((dict,), 'a table with service = "postgres" (and table, prefix)'),
+    "profiles": ((list,), 'a list of compose profiles, e.g. profiles = ["observability"]'),
+    "port_offset": ((int,), "a whole number, e.g. port_offset = 100"),
 }
 
 
@@ -144,6 +152,13 @@ def _check_types(path: Path, data: dict[str, Any]) -> dict[str, Any]:
             raise bad(key, v, f"a number, e.g. {key} = {DEFAULTS[key]:g}")
     if isinstance(data.get("overlays"), str):
         data["overlays"] = _SCALARS["overlays"](data["overlays"])
+    if isinstance(data.get("profiles"), str):
+        data["profiles"] = _SCALARS["profiles"](data["profiles"])
+    for key, v in [("port_offset", data.get("port_offset"))] + [
+            (f"stacks.{n}.port_offset", t.get("port_offset")) for n, t in (data.get("stacks") or {}).items()
+            if isinstance(t, dict)]:
+        if isinstance(v, bool):
+            raise bad(key, v, "a whole number, e.g. port_offset = 100")
     if any(not isinstance(o, str) for o in data.get("overlays", [])):
         raise bad("overlays", data["overlays"], 'a list of names, e.g. overlays = ["local"]')
     for name, table in (data.get("stacks") or {}).items():

@@ -81,6 +81,66 @@ def check_config(t: Target) -> tuple[Check, dict[str, Any] | None]:
                                       f"{', '.join(t.stack.compose_files)}"), model
 
 
+# `for p; do ...` over the bind sources: one line "kind<TAB>path" each (dir, empty, file, missing)
+_BIND_PROBE = ('for p; do if [ -d "$p" ]; then if [ -n "$(ls -A "$p" 2>/dev/null)" ]; then k=dir; else k=empty; fi; '
+               'elif [ -e "$p" ]; then k=file; else k=missing; fi; printf "%s\\t%s\\n" "$k" "$p"; done')
+
+
+def _looks_like_file(*paths: str) -> bool:
+    """A bind mount meant for one file: its source or target is named like one (prometheus.yml,
+    nginx.conf, init.sql), not like a folder (data, conf.d)."""
+    from pathlib import PurePosixPath
+
+    return any(PurePosixPath(p).suffix not in ("", ".d") for p in paths if p)
+
+
+def _shown(t: Any, path: str) -> str:
+    root = str(t.stack.root).rstrip("/") + "/"
+    return "./" + path[len(root):] if path.startswith(root) else path
+
+
+def bind_mounts(model: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(service, source, target, created by the engine when missing) of every bind mount."""
+    out = []
+    for name, svc in (model.get("services") or {}).items():
+        for v in svc.get("volumes") or []:
+            if v.get("type") == "bind" and v.get("source"):
+                create = (v.get("bind") or {}).get("create_host_path", True)
+                out.append((name, str(v["source"]), str(v.get("target") or ""), bool(create)))
+    return out
+
+
+def check_binds(t: Any, model: dict[str, Any]) -> Check:
+    """Bind-mounted files and folders exist on the engine's host. A missing file is the trap:
+    Docker creates an empty directory in its place and the container fails with an OCI mount
+    error ("not a directory"), leaving that directory behind for the next try."""
+    mounts = bind_mounts(model)
+    if not mounts:
+        return Check("bind mounts", OK, "no bind mounts")
+    r = run(t.c, ["sh", "-c", _BIND_PROBE, "sh", *sorted({m[1] for m in mounts})], timeout=30)
+    kinds = {path: kind for kind, path in (line.split("\t", 1) for line in r.stdout.splitlines() if "\t" in line)}
+    bad, created, named = [], [], []
+    for svc, src, dst, create in mounts:
+        kind, shown = kinds.get(src, "missing"), _shown(t, src)
+        if kind in ("missing", "empty") and (_looks_like_file(src, dst) or kind == "missing" and not create):
+            named.append(shown)
+        if kind == "missing" and (_looks_like_file(src, dst) or not create):
+            bad.append(f"{shown} (mounted by {svc} at {dst}) does not exist"
+                       + (": Docker would create an empty directory there and fail with an OCI mount error"
+                          if create else ""))
+        elif kind == "empty" and _looks_like_file(src, dst):
+            bad.append(f"{shown} (mounted by {svc} at {dst}) is an empty directory where a file belongs (Docker "
+                       f"leaves one behind when the file was missing): remove it with `rmdir {shown}`")
+        elif kind == "missing":
+            created.append(shown)
+    if bad:
+        return Check("bind mounts", FAIL, "; ".join(bad),
+                     f"put {', '.join(dict.fromkeys(named))} in place (bind paths are relative to the compose "
+                     f"file's folder) or fix the path in the compose file")
+    note = f"; Docker will create {', '.join(created)}" if created else ""
+    return Check("bind mounts", OK, f"{len(mounts)} bind mount(s) in place{note}")
+
+
 def listeners(c: Any) -> dict[int, str]:
     """Listening TCP ports on the engine's host -> who holds them (process, or '')."""
     r = run(c, ["ss", "-Hltnp"])
@@ -104,6 +164,37 @@ def listeners(c: Any) -> dict[int, str]:
     return out
 
 
+PS_FORMAT = '{{.Names}}|{{.Label "com.docker.compose.project"}}|{{.State}}'
+
+
+def _container(ps_line: str) -> str:
+    """'container NAME of project P' from one `docker ps --format PS_FORMAT` line."""
+    name, _, rest = ps_line.strip().partition("|")
+    project = rest.split("|")[0]
+    return f"container {name or '?'}" + (f" of project {project}" if project else "")
+
+
+def check_names(t: Target, model: dict[str, Any]) -> Check:
+    """Fixed `container_name:`s are global to the engine: another project's container (a second
+    copy of the same compose file) holding one makes `up` fail halfway."""
+    fixed = {str(svc["container_name"]): name for name, svc in (model.get("services") or {}).items()
+             if svc.get("container_name")}
+    if not fixed:
+        return Check("container names", OK, "no fixed container_name")
+    r = run(t.c, ["docker", "ps", "--all", "--format", PS_FORMAT], timeout=30)
+    taken = []
+    for line in r.stdout.splitlines():
+        name, project, state = (line.split("|") + ["", ""])[:3]
+        if name in fixed and project != t.stack.project:
+            taken.append(f"container_name {name} (service {fixed[name]}) is taken by {_container(line)} ({state})")
+    if taken:
+        return Check("container names", FAIL, "; ".join(taken),
+                     "remove that container (`docker compose -p PROJECT down` for its project, or `docker rm -f "
+                     "NAME`), or run this copy with --port-offset N (container_name gets this project's name as a "
+                     "suffix)")
+    return Check("container names", OK, f"{len(fixed)} fixed container_name(s) free or this project's")
+
+
 def check_ports(t: Target, model: dict[str, Any]) -> Check:
     wanted: dict[int, str] = {}
     for name, svc in model.get("services", {}).items():
@@ -124,12 +215,13 @@ def check_ports(t: Target, model: dict[str, Any]) -> Check:
         if port in held and port not in ours:
             who = held[port]
             if who.startswith("docker-proxy"):
-                r = run(t.c, ["docker", "ps", "--filter", f"publish={port}", "--format", "{{.Names}}"])
-                who = f"container {r.stdout.strip() or '?'} ({who})"
+                r = run(t.c, ["docker", "ps", "--filter", f"publish={port}", "--format", PS_FORMAT])
+                who = f"{_container(r.stdout)} ({who})"
             busy.append(f"{port} (for {svc}) is held by {who or 'another process'}")
     if busy:
         return Check("ports", FAIL, "; ".join(busy),
-                     f"stop the holder, or change the host port in {t.stack.env_file} (the *_PORT variables)")
+                     f"stop the holder, or change the host port in {t.stack.env_file} (the *_PORT variables), "
+                     f"or run this copy with --port-offset N (every published port + N, no file edited)")
     return Check("ports", OK, f"{len(wanted)} host ports free or held by this stack")
 
 
@@ -224,7 +316,9 @@ def run_checks(t: Target, full: bool = True) -> list[Check]:
     cfg, model = check_config(t)
     checks.append(cfg)
     if model is not None:
+        checks.append(check_binds(t, model))
         checks.append(check_ports(t, model))
+        checks.append(check_names(t, model))
         if full:
             checks += [check_disk(t), check_memory(t, model), check_images(t, model)]
     elif full:

@@ -188,6 +188,20 @@ def rule(service: Mapping[str, Any], probe: str | None = None, one_shot: bool = 
     return " + ".join(parts) or "running"
 
 
+KEEPS_RUNNING = ("always", "unless-stopped")  # restart policies of services that must never exit
+
+
+def ends_by_exiting(service: Mapping[str, Any], probe: str | None = None, one_shot: bool = False) -> bool:
+    """Whether exiting with code 0 is this service's success: a one-shot job. Certainly so when
+    others wait for it with ``service_completed_successfully`` (``one_shot``); also for a
+    service nothing else judges (no healthcheck, no probe, no kind with a query) whose restart
+    policy does not keep it running. Such a service counts as ready while it runs and as done
+    once it exited 0; a non-zero exit is a failure."""
+    if one_shot:
+        return True
+    return rule(service, probe) == "running" and service.get("restart") not in KEEPS_RUNNING
+
+
 def probe_argv(probe: str) -> list[str]:
     """Host-side probe for services without a healthcheck: ``tcp:PORT[@HOST]`` or an http URL."""
     if probe.startswith(("http://", "https://")):
@@ -283,6 +297,37 @@ class Watch:
         """Which rule judges this service: compose check / the kind's TCP query / probe / running."""
         return rule(self._svc(name), self.probes.get(name), name in self.one_shot)
 
+    def ends_by_exiting(self, name: str) -> bool:
+        return ends_by_exiting(self._svc(name), self.probes.get(name), name in self.one_shot)
+
+    def mark_done(self, name: str, detail: str) -> None:
+        """A one-shot job that needs no run now (it completed before and its definition is unchanged)."""
+        st = self.statuses.setdefault(name, Status(name))
+        self._set(st, state="exited", ready=True, detail=detail)
+
+    def recheck(self, services: Iterable[str]) -> None:
+        """Judge again services that were ready by running but may end by exiting (jobs nothing
+        waits for): one that has exited non-zero (or crash-loops) by now fails the wait, with its
+        logs; exit 0 is done."""
+        services = [s for s in services if self.ends_by_exiting(s) and s not in self.one_shot]
+        if not services:
+            return
+        rows = {r.get("Service"): r for r in self.compose.ps(self.c, services)}
+        bad = []
+        for name in services:
+            row, st = rows.get(name), self.statuses.setdefault(name, Status(name))
+            state, code = (row or {}).get("State", ""), str((row or {}).get("ExitCode"))
+            if state in ("exited", "dead") and code != "0" or state == "restarting":
+                st.ready = False
+                self._set(st, state=state, failed=True,
+                          detail=f"it exited with code {code} after it had started" if state != "restarting"
+                          else "container is restarting (crash loop)")
+                bad.append(st)
+            elif state == "exited":
+                self._set(st, state=state, detail="completed successfully")
+        if bad:
+            raise HealthError(self.report(bad))
+
     def _exec(self, argv: list[str], timeout: float, stdin: str | None = None) -> tuple[bool, str]:
         from invoke.exceptions import CommandTimedOut
 
@@ -360,14 +405,20 @@ class Watch:
                 continue
             state, health = row.get("State", ""), row.get("Health", "")
             self._set(st, state=state, health=health, container=row.get("Name") or row.get("ID", ""))
-            if state == "exited" and name in self.one_shot and str(row.get("ExitCode")) == "0":
+            code = str(row.get("ExitCode"))
+            if state == "exited" and code == "0" and self.ends_by_exiting(name):
                 self._set(st, ready=True, detail="completed successfully")
+            elif state in ("exited", "dead") and name in self.one_shot:
+                self._set(st, failed=True, detail=f"the one-shot job exited with code {code} (its dependants wait "
+                                                  f"for exit 0 and were not started)")
             elif state in ("exited", "dead"):
-                self._set(st, failed=True, detail=f"container {state} with code {row.get('ExitCode')}")
+                self._set(st, failed=True, detail=f"container {state} with code {code}")
             elif state == "restarting":
                 self._set(st, failed=True, detail="container is restarting (crash loop)")
             elif health == "unhealthy":
                 self._set(st, failed=True, detail="the engine marked it unhealthy")
+            elif state == "running" and name in self.one_shot:  # running is not done: only exit 0 is
+                self._set(st, detail="one-shot job running: done when it exits 0")
             elif health == "healthy" and self._kind(name) not in READY_KINDS:
                 self._set(st, ready=True, detail="healthy (engine)")
             elif state == "running":

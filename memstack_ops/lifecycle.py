@@ -5,6 +5,7 @@ Plain functions taking an invoke Context first; tasks only resolve settings and 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -100,6 +101,9 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     started: set[str] = set()  # compose up submitted
     active: set[str] = set()  # compose up completed: only these are judged by the watch
     inflight: dict[Future[Any], list[str]] = {}
+    # One-shot jobs that completed in an earlier `up` with the same definition are not run again
+    # (a job named with --service is); they count as done from the start.
+    done = completed_jobs(t, [s for s in order if s in watch.one_shot and s not in set(services)])
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose-up")
 
     def start_unblocked() -> None:
@@ -110,6 +114,11 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
         ready = {s for s, st in watch.statuses.items() if st.ready}
         batch = [s for s in order if s not in started
                  and all(d in (active if cond[s].get(d) == "service_started" else ready) for d in deps[s])]
+        for s in [s for s in batch if s in done]:
+            batch.remove(s)
+            started.add(s)
+            active.add(s)
+            watch.mark_done(s, "completed in an earlier up, definition unchanged: not run again")
         if batch:
             started.update(batch)
             # --no-deps: we order and gate the start ourselves; compose would otherwise wait for
@@ -123,11 +132,34 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             watch.on_change = display
             watch.wait(order, time.monotonic() + timeout, float(t.settings["interval"]), sleep=sleep,
                        before_poll=start_unblocked, active=active)
+            # a job nothing waits for counted as ready while it ran: one that failed since fails `up`
+            watch.recheck(order)
     finally:
         pool.shutdown(wait=True)
     for f in inflight:
         f.result()
     return watch.statuses
+
+
+CONFIG_HASH = re.compile(r"(?:^|,)com\.docker\.compose\.config-hash=([0-9a-f]+)")
+
+
+def completed_jobs(t: Target, jobs: list[str]) -> set[str]:
+    """Those of ``jobs`` whose container exited 0 and was made from the current definition
+    (compose's config hash label equals `compose config --hash`)."""
+    if not jobs:
+        return set()
+    rows = [r for r in t.compose.ps(t.c, jobs) if r.get("State") == "exited" and str(r.get("ExitCode")) == "0"]
+    if not rows:
+        return set()
+    r = t.compose.run(t.c, "config", "--hash", ",".join(sorted({str(r.get("Service")) for r in rows})))
+    want = dict(line.split(None, 1) for line in r.stdout.splitlines() if len(line.split()) == 2) if r.ok else {}
+    out = set()
+    for row in rows:
+        m = CONFIG_HASH.search(str(row.get("Labels") or ""))
+        if m and want.get(str(row.get("Service"))) == m.group(1):
+            out.add(str(row["Service"]))
+    return out
 
 
 def down(t: Target, volumes: bool = False, yes: bool = False) -> None:
@@ -241,12 +273,11 @@ def _uptime(row: Mapping[str, Any]) -> str:
     return re.sub(r"\s*\((?:healthy|unhealthy|health: starting|Paused)\)$", "", status[3:])
 
 
-def _finished_job(svc: Mapping[str, Any], name: str, one_shot: set[str]) -> bool:
-    """A service that is done when it exited 0: one that others wait on to complete, or one
-    without a healthcheck and without a restart policy that keeps it running."""
-    if name in one_shot:
-        return True
-    return not (svc.get("healthcheck") or {}).get("test") and svc.get("restart") not in ("always", "unless-stopped")
+def _finished_job(t: Target, svc: Mapping[str, Any], name: str, one_shot: set[str]) -> bool:
+    """A service that is done when it exited 0 (health.ends_by_exiting)."""
+    from .health import ends_by_exiting
+
+    return ends_by_exiting(svc, t.probes.get(name), name in one_shot)
 
 
 def status(t: Target) -> tuple[list[list[str]], list[str], list[str]]:
@@ -278,7 +309,7 @@ def status(t: Target) -> tuple[list[list[str]], list[str], list[str]]:
         shown = state
         if state in ("exited", "dead"):
             shown = f"{state} ({code})" + (" OOM-killed" if oom else "")
-            if not (state == "exited" and str(code) == "0" and _finished_job(svc, name, one_shot)):
+            if not (state == "exited" and str(code) == "0" and _finished_job(t, svc, name, one_shot)):
                 down.append(f"{name}: {state} with code {code}" + (" (killed: out of memory)" if oom else
                                                                     " (killed)" if str(code) == "137" else ""))
         elif state != "running":
@@ -301,11 +332,14 @@ SCHEMES = {7687: "bolt", 5432: "postgresql", 6379: "redis", 3306: "mysql", 27017
 PATHS = {"api": "/docs"}
 
 
-def urls(t: Target) -> list[list[str]]:
-    """Where to reach each published port from this host."""
+def urls(t: Target, services: Iterable[str] | None = None) -> list[list[str]]:
+    """Where to reach each published port from this host (of ``services`` only, when given)."""
     model = t.compose.model(t.c)
+    only = None if services is None else set(services)
     out = []
     for name, svc in model.get("services", {}).items():
+        if only is not None and name not in only:
+            continue
         labels = svc.get("labels") or {}
         for p in svc.get("ports") or []:
             if not p.get("published"):

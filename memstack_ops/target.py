@@ -82,11 +82,13 @@ def read_env_files(stack: Stack, require_env: bool, fix: str) -> dict[str, str]:
 def target(c: Any, settings: Settings, require_env: bool = True) -> Target:
     """The Target for the settings' stack: on this machine, or with a host's Connection the
     host's current release (memstack_ops/remote/target.py)."""
+    from . import overrides
+
     if on_host(c):
         from .remote.target import host_target
 
-        return host_target(c, settings, require_env)
+        return overrides.apply(host_target(c, settings, require_env))
     stack = settings.stack()
     env = read_env_files(stack, require_env, f": run `inv env.init --stack {stack.name}` (it writes one from "
                                               f"{stack.env_template} with strong generated secrets).")
-    return Target(c, settings, stack, Compose(stack, secrets=env), env)
+    return overrides.apply(Target(c, settings, stack, Compose(stack, secrets=env), env))

@@ -11,7 +11,8 @@ from memstack_ops.testing import scratch_project
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_IMAGES = ["local/postgres:15", "local/redis:7", "local/prometheus:2", "local/neo4j-standin:5.26",
-                "local/grafana-standin:11", "local/memstack-api-standin:latest"]
+                "local/grafana-standin:11", "local/memstack-api-standin:latest", "local/etcd:3.5",
+                "local/minio-standin:latest", "local/mc-standin:latest"]
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,27 @@ from invoke import Context
 
 from ._common import ops_task, settings, target
 
+EXTRA_HELP = {
+    "profile": "compose profile to activate (repeatable, or comma separated); default from profiles in "
+               "memstack-ops.toml / MEMSTACK_PROFILES",
+    "port_offset": "add N to every published host port and suffix container_name, so a second copy of the same "
+                   "compose file runs beside the first (or port_offset in [stacks.NAME])",
+}
+
+
+def _extra(profile: Any, port_offset: Any) -> dict[str, Any]:
+    """--profile / --port-offset as settings flags (None: not given)."""
+    profiles = [p.strip() for v in (profile or []) for p in str(v).split(",") if p.strip()]
+    flags: dict[str, Any] = {"profiles": profiles or None, "port_offset": None}
+    if port_offset not in (None, ""):
+        from ..errors import ConfigError
+
+        try:
+            flags["port_offset"] = int(port_offset)
+        except ValueError:
+            raise ConfigError(f"--port-offset must be a whole number, got {port_offset!r}.") from None
+    return flags
+
 
 def _checks_or_exit(checks: list[Any], title: str) -> None:
     from ..doctor import failed
@@ -22,7 +43,7 @@ def _checks_or_exit(checks: list[Any], title: str) -> None:
         raise MemstackError(f"{len(bad)} check(s) failed: " + "; ".join(f"{c.name}: {c.fix or c.detail}" for c in bad))
 
 
-@ops_task(iterable=["service"], help={
+@ops_task(iterable=["service", "profile"], help={**EXTRA_HELP,
     "service": "service to start (repeatable); default all. Dependencies start too",
     "timeout": "seconds to wait for health before failing (default 300)",
     "no_wait": "start and return without waiting for health",
@@ -31,13 +52,13 @@ def _checks_or_exit(checks: list[Any], title: str) -> None:
 })
 def up(c: Context, service: list[str] | None = None, timeout: str | None = None, no_wait: bool = False,
        build: bool = False, skip_checks: bool = False, stack: str | None = None, stage: str | None = None,
-       overlay: str | None = None) -> None:
+       overlay: str | None = None, profile: list[str] | None = None, port_offset: str | None = None) -> None:
     """Start the stack and wait until every service is really healthy."""
     from .. import lifecycle
     from ..doctor import failed, run_checks
     from ..output import say, table, warn
 
-    t = target(c, stack, stage, overlay, timeout=timeout)
+    t = target(c, stack, stage, overlay, **_extra(profile, port_offset), timeout=timeout)
     lifecycle.ensure_no_conflict(t)
     if skip_checks:  # said, never silent: in prod this also skips the weak-password refusal
         prod = " and the prod password check" if t.stack.stage == "prod" else ""
@@ -52,65 +73,71 @@ def up(c: Context, service: list[str] | None = None, timeout: str | None = None,
             "stand-ins for Neo4j, Grafana and the API/worker, because no registry is reachable.")
     t0 = time.monotonic()
     say(f"Starting stack {t.stack.name} (project {t.stack.project}, stage {t.stack.stage})")
-    lifecycle.up(t, service or (), wait=not no_wait, build=build)
+    statuses = lifecycle.up(t, service or (), wait=not no_wait, build=build) or {}
     say(f"{'Healthy' if not no_wait else 'Started'} in {time.monotonic() - t0:.1f} s.")
-    table("URLs", ["service", "url"], lifecycle.urls(t))
+    # the URLs of what this run started and found healthy (with --no-wait: of what it started)
+    shown = [s for s, st in statuses.items() if st.ready] if not no_wait else (service or None)
+    table("URLs", ["service", "url"], lifecycle.urls(t, shown))
 
 
-@ops_task(help={
+@ops_task(iterable=["profile"], help={**EXTRA_HELP,
     "volumes": "also delete the stack's named volumes (ALL DATA); asks for the stack name typed",
     "yes": "do not ask; required for --volumes when stdin is not a terminal",
 })
 def down(c: Context, volumes: bool = False, yes: bool = False, stack: str | None = None, stage: str | None = None,
-         overlay: str | None = None) -> None:
+         overlay: str | None = None, profile: list[str] | None = None, port_offset: str | None = None) -> None:
     """Stop and remove the stack's containers; data volumes are kept unless --volumes."""
     from .. import lifecycle
     from ..output import say
 
-    t = target(c, stack, stage, overlay)
+    t = target(c, stack, stage, overlay, **_extra(profile, port_offset))
     lifecycle.down(t, volumes=volumes, yes=yes)
     say(f"Stack {t.stack.name} is down; " + ("its volumes were deleted." if volumes else "its data volumes are kept."))
 
 
-@ops_task(positional=["services"], help={
+@ops_task(iterable=["profile"], positional=["services"], help={**EXTRA_HELP,
     "services": "service(s) whose data to wipe, comma separated (e.g. milvus,etcd,minio)",
     "yes": "do not ask for the typed confirmation",
     "force_prod": "allow this in stage prod",
     "timeout": "seconds to wait for health afterwards",
 })
 def reset(c: Context, services: str, yes: bool = False, force_prod: bool = False, timeout: str | None = None,
-          stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
+          stack: str | None = None, stage: str | None = None, overlay: str | None = None,
+          profile: list[str] | None = None, port_offset: str | None = None) -> None:
     """DESTROY the data of some services (their volumes), then start them again empty and healthy."""
     from .. import lifecycle
     from ..output import say
 
-    t = target(c, stack, stage, overlay, timeout=timeout)
+    t = target(c, stack, stage, overlay, **_extra(profile, port_offset), timeout=timeout)
     names = [s.strip() for s in services.split(",") if s.strip()]
     vols = lifecycle.reset(t, names, yes=yes, force_prod=force_prod)
     say(f"Reset {', '.join(names)}: deleted {', '.join(vols) or 'no volumes'}; running again and healthy.")
 
 
-@ops_task(iterable=["service"], help={"service": "service to restart (repeatable); default all",
-                                      "timeout": "seconds to wait for health"})
+@ops_task(iterable=["service", "profile"],
+          help={**EXTRA_HELP, "service": "service to restart (repeatable); default all",
+                "timeout": "seconds to wait for health"})
 def restart(c: Context, service: list[str] | None = None, timeout: str | None = None, stack: str | None = None,
-            stage: str | None = None, overlay: str | None = None) -> None:
+            stage: str | None = None, overlay: str | None = None, profile: list[str] | None = None,
+            port_offset: str | None = None) -> None:
     """Restart services and wait until they are healthy again."""
     from .. import lifecycle
     from ..output import say
 
-    t = target(c, stack, stage, overlay, timeout=timeout)  # checked and made a number like up's
+    t = target(c, stack, stage, overlay, **_extra(profile, port_offset), timeout=timeout)  # checked like up's
     lifecycle.restart(t, service or ())
     say("Restarted and healthy.")
 
 
-@ops_task(aliases=["ps"])
-def status(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
+@ops_task(iterable=["profile"], aliases=["ps"], help=EXTRA_HELP)
+def status(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None,
+           profile: list[str] | None = None, port_offset: str | None = None) -> None:
     """Table of services: state (exit code), health, the rule that judges readiness, restarts, ports,
     uptime, image. Exits non-zero when a service that should run does not."""
     from .. import lifecycle
     from ..output import table, warn
 
-    t = target(c, stack, stage, overlay)
+    t = target(c, stack, stage, overlay, **_extra(profile, port_offset))
     rows, alerts, down = lifecycle.status(t)
     table(f"stack {t.stack.name} (project {t.stack.project})",
           ["service", "state", "health", "judged by", "restarts", "ports", "uptime", "cpu", "mem", "image"], rows)
@@ -125,12 +152,14 @@ def status(c: Context, stack: str | None = None, stage: str | None = None, overl
                           f"stack's services again.")
 
 
-@ops_task(help={"service": "one service; default all", "follow": "keep following (Ctrl-C to stop)",
+@ops_task(iterable=["profile"], help={**EXTRA_HELP, "service": "one service; default all",
+                                     "follow": "keep following (Ctrl-C to stop)",
                 "tail": "lines from the end of each log (default 100)"})
 def logs(c: Context, service: str | None = None, follow: bool = False, tail: int = 100, stack: str | None = None,
-         stage: str | None = None, overlay: str | None = None) -> None:
+         stage: str | None = None, overlay: str | None = None, profile: list[str] | None = None,
+         port_offset: str | None = None) -> None:
     """Show service logs."""
-    t = target(c, stack, stage, overlay)
+    t = target(c, stack, stage, overlay, **_extra(profile, port_offset))
     if service:
         from ..compose import validate_services
 
@@ -140,13 +169,13 @@ def logs(c: Context, service: str | None = None, follow: bool = False, tail: int
     t.compose.run(c, *args, hide=False)
 
 
-@ops_task(iterable=["service"], help={"service": "service to pull (repeatable); default all"})
+@ops_task(iterable=["service", "profile"], help={**EXTRA_HELP, "service": "service to pull (repeatable); default all"})
 def pull(c: Context, service: list[str] | None = None, stack: str | None = None, stage: str | None = None,
-         overlay: str | None = None) -> None:
+         overlay: str | None = None, profile: list[str] | None = None, port_offset: str | None = None) -> None:
     """Pull the stack's images."""
     from ..errors import ComposeError
 
-    t = target(c, stack, stage, overlay)
+    t = target(c, stack, stage, overlay, **_extra(profile, port_offset))
     r = t.compose.run(c, "pull", *(service or []), hide=False)
     if r.failed:
         raise ComposeError("Pulling images failed (see compose's message above). Without registry access, "
@@ -154,39 +183,41 @@ def pull(c: Context, service: list[str] | None = None, stack: str | None = None,
                            "or configure a registry mirror on the engine.")
 
 
-@ops_task(iterable=["service"], help={"service": "service to build (repeatable); default all"})
+@ops_task(iterable=["service", "profile"], help={**EXTRA_HELP, "service": "service to build (repeatable); default all"})
 def build(c: Context, service: list[str] | None = None, stack: str | None = None, stage: str | None = None,
-          overlay: str | None = None) -> None:
+          overlay: str | None = None, profile: list[str] | None = None, port_offset: str | None = None) -> None:
     """Build images of services that have a build section."""
-    t = target(c, stack, stage, overlay)
+    t = target(c, stack, stage, overlay, **_extra(profile, port_offset))
     t.compose.check(c, "build", *(service or []), what="Building images", hide=False)
 
 
-@ops_task(name="config")
-def config_(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
+@ops_task(iterable=["profile"], name="config", help=EXTRA_HELP)
+def config_(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None,
+            profile: list[str] | None = None, port_offset: str | None = None) -> None:
     """Print the rendered, validated compose config (secrets masked)."""
-    t = target(c, stack, stage, overlay)
+    t = target(c, stack, stage, overlay, **_extra(profile, port_offset))
     t.compose.model(c)  # learns the secrets written in the compose files themselves, so they are masked too
     r = t.compose.check(c, "config", what=f"Validating the {t.stack.name} compose files")
     print(t.compose.scrub(r.stdout), end="")
 
 
-@ops_task()
-def urls(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
+@ops_task(iterable=["profile"], help=EXTRA_HELP)
+def urls(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None,
+         profile: list[str] | None = None, port_offset: str | None = None) -> None:
     """Where to reach the stack's services from this host."""
     from .. import lifecycle
     from ..output import table
 
-    table("URLs", ["service", "url"], lifecycle.urls(target(c, stack, stage, overlay)))
+    table("URLs", ["service", "url"], lifecycle.urls(target(c, stack, stage, overlay, **_extra(profile, port_offset))))
 
 
-@ops_task(help={"quick": "only the cheap checks that `up` runs"})
+@ops_task(iterable=["profile"], help={**EXTRA_HELP, "quick": "only the cheap checks that `up` runs"})
 def doctor(c: Context, quick: bool = False, stack: str | None = None, stage: str | None = None,
-           overlay: str | None = None) -> None:
+           overlay: str | None = None, profile: list[str] | None = None, port_offset: str | None = None) -> None:
     """Preflight: engine, compose v2, env file, ports, disk, memory, images; fixes for failures."""
     from ..doctor import run_checks
 
-    t = target(c, stack, stage, overlay, require_env=False)
+    t = target(c, stack, stage, overlay, **_extra(profile, port_offset), require_env=False)
     _checks_or_exit(run_checks(t, full=not quick), f"doctor: stack {t.stack.name}, stage {t.stack.stage}")
 
 

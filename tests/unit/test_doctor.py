@@ -42,7 +42,7 @@ def ps_all(t):
 
 
 def docker_ps_publish(port: int) -> str:
-    return shlex.join(["docker", "ps", "--filter", f"publish={port}", "--format", "{{.Names}}"])
+    return shlex.join(["docker", "ps", "--filter", f"publish={port}", "--format", doctor.PS_FORMAT])
 
 
 # --- _size_bytes ------------------------------------------------------------------------------
@@ -98,14 +98,15 @@ def test_listeners_falls_back_to_proc_net_tcp_when_ss_is_missing():
 
 
 def test_check_ports_names_each_holder_and_the_container_behind_docker_proxy(tmp_path):
-    c = MockContext(run={"ss -Hltnp": Result(SS), docker_ps_publish(5433): Result("other-postgres-1\n")})
+    c = MockContext(run={"ss -Hltnp": Result(SS), docker_ps_publish(5433): Result("other-postgres-1|other|running\n")})
     t = target(tmp_path, c)
     c.set_result_for("run", ps_all(t), Result(ndjson(
         {"Service": "api", "Publishers": [{"URL": "127.0.0.1", "TargetPort": 8000, "PublishedPort": 8000},
                                           {"TargetPort": 9000, "PublishedPort": 0}]})))
     chk = check_ports(t, PORT_MODEL)
     assert chk.result == FAIL
-    assert chk.detail == ("5433 (for db) is held by container other-postgres-1 (docker-proxy (pid 1234)); "
+    assert chk.detail == ("5433 (for db) is held by container other-postgres-1 of project other "
+                          "(docker-proxy (pid 1234)); "
                           "7777 (for other) is held by another process; "
                           "9999 (for web) is held by nginx (pid 42)")
     assert "env/memstack/.env" in chk.fix and "_PORT" in chk.fix
@@ -289,7 +290,8 @@ def test_run_checks_quick_runs_the_cheap_checks_in_order(tmp_path):
     write(tmp_path, "env/memstack/.env", "DB_PASSWORD=Zx8Kq2Lm9Pw4Rt7Yv3Nb6Hc1\n", mode=0o600)
     checks = run_checks(t, full=False)
     assert [(k.name, k.result) for k in checks] == [
-        ("engine", OK), ("compose", OK), ("env file", OK), ("compose files", OK), ("ports", OK)]
+        ("engine", OK), ("compose", OK), ("env file", OK), ("compose files", OK), ("bind mounts", OK), ("ports", OK),
+        ("container names", OK)]
     assert checks[3].detail == "1 services, compose/memstack/compose.yml"
     assert doctor.failed(checks) == []
 
@@ -350,3 +352,80 @@ def test_the_env_check_reads_the_stage_file_compose_reads_last(tmp_path):
     chk = doctor.check_env(t)
     assert chk.result == FAIL and "DB_PASSWORD: weak secret in .env.prod" in chk.detail and "SMTP_PWD" in chk.detail
     assert "neo4j123" not in chk.detail and "env/memstack/.env.prod" in chk.fix
+
+
+# --- bind mounts and container names (issue 13, patterns 6 and 7) -------------------------------
+
+def bind_probe(*paths: str) -> str:
+    return shlex.join(["sh", "-c", doctor._BIND_PROBE, "sh", *paths])
+
+
+def test_a_missing_bind_mounted_file_is_named_before_docker_turns_it_into_a_directory(tmp_path):
+    c = MockContext(run={})
+    t = target(tmp_path, c)
+    root = str(t.stack.root)
+    model = {"services": {"prometheus": {"volumes": [
+        {"type": "bind", "source": f"{root}/compose/memstack/prometheus.yml",
+         "target": "/etc/prometheus/prometheus.yml",
+         "bind": {"create_host_path": True}},
+        {"type": "bind", "source": f"{root}/compose/memstack/data", "target": "/prometheus"},
+        {"type": "volume", "source": "prom_data", "target": "/data"}]},
+        "nginx": {"volumes": [{"type": "bind", "source": f"{root}/compose/memstack/nginx.conf",
+                               "target": "/etc/nginx/nginx.conf"}]}}}
+    paths = sorted(f"{root}/compose/memstack/{n}" for n in ("prometheus.yml", "data", "nginx.conf"))
+    c.set_result_for("run", bind_probe(*paths), Result(
+        f"missing\t{paths[2]}\nmissing\t{paths[0]}\nempty\t{paths[1]}\n"))
+    chk = doctor.check_binds(t, model)
+    assert chk.result == FAIL
+    assert chk.detail.startswith("./compose/memstack/prometheus.yml (mounted by prometheus at "
+                                 "/etc/prometheus/prometheus.yml) does not exist: Docker would create an empty "
+                                 "directory there and fail with an OCI mount error")
+    assert ("./compose/memstack/nginx.conf (mounted by nginx at /etc/nginx/nginx.conf) is an empty directory where "
+            "a file belongs" in chk.detail and "rmdir ./compose/memstack/nginx.conf" in chk.detail)
+    assert "/data" not in chk.detail  # a missing folder is created by Docker: fine
+
+
+def test_bind_mounts_in_place_pass_and_a_missing_folder_is_only_mentioned(tmp_path):
+    c = MockContext(run={})
+    t = target(tmp_path, c)
+    src = f"{t.stack.root}/compose/memstack"
+    model = {"services": {"a": {"volumes": [{"type": "bind", "source": f"{src}/conf.yml", "target": "/c.yml"},
+                                            {"type": "bind", "source": f"{src}/data", "target": "/data"}]}}}
+    c.set_result_for("run", bind_probe(f"{src}/conf.yml", f"{src}/data"),
+                     Result(f"file\t{src}/conf.yml\nmissing\t{src}/data\n"))
+    chk = doctor.check_binds(t, model)
+    assert (chk.result, chk.detail) == (OK, "2 bind mount(s) in place; Docker will create ./compose/memstack/data")
+
+
+def test_a_missing_bind_source_that_compose_must_not_create_fails(tmp_path):
+    c = MockContext(run={})
+    t = target(tmp_path, c)
+    model = {"services": {"a": {"volumes": [{"type": "bind", "source": "/srv/certs", "target": "/certs",
+                                             "bind": {"create_host_path": False}}]}}}
+    c.set_result_for("run", bind_probe("/srv/certs"), Result("missing\t/srv/certs\n"))
+    chk = doctor.check_binds(t, model)
+    assert chk.result == FAIL and chk.detail == "/srv/certs (mounted by a at /certs) does not exist"
+
+
+def test_no_bind_mounts_runs_nothing(tmp_path):
+    c = MockContext(run={})
+    assert doctor.check_binds(target(tmp_path, c), {"services": {"a": {}}}).result == OK
+    assert commands(c) == []
+
+
+def test_a_container_name_held_by_another_project_is_named(tmp_path):
+    ps = shlex.join(["docker", "ps", "--all", "--format", doctor.PS_FORMAT])
+    c = MockContext(run={ps: Result("p-db-1|p|running\nshop-cache|shop1|running\nlonely|\t|exited\n")})
+    t = target(tmp_path, c)
+    model = {"services": {"cache": {"container_name": "shop-cache"}, "db": {}}}
+    chk = doctor.check_names(t, model)
+    assert chk.result == FAIL
+    assert chk.detail == ("container_name shop-cache (service cache) is taken by container shop-cache of project "
+                          "shop1 (running)")
+    assert "--port-offset" in chk.fix
+    # our own project's container is fine
+    c2 = MockContext(run={ps: Result("shop-cache|p|running\n")})
+    assert doctor.check_names(target(tmp_path, c2), model).result == OK
+    # no fixed names: no docker call
+    c3 = MockContext(run={})
+    assert doctor.check_names(target(tmp_path, c3), {"services": {"db": {}}}).result == OK and commands(c3) == []

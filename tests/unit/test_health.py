@@ -284,7 +284,7 @@ def test_the_failure_report_says_when_there_is_no_output_or_log(comp):
 
 def test_a_one_shot_service_that_exited_non_zero_fails(comp):
     c = _failing(comp, row("migrate", state="exited", ExitCode=4), logs="migration 7 failed")
-    with pytest.raises(HealthError, match=r"Service 'migrate' failed: container exited with code 4"):
+    with pytest.raises(HealthError, match=r"Service 'migrate' failed: the one-shot job exited with code 4"):
         watch(c, comp, one_shot={"migrate"}).poll(["migrate"])
 
 

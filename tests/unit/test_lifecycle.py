@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shlex
 import sys
 import threading
@@ -94,6 +95,9 @@ class FakeEngine(MockContext):
         self._set("events", [])
         self._set("lock", threading.Lock())
         self._set("up_fails", up_fails)
+        self._set("codes", {})  # exit code per service (0 when not set)
+        self._set("labels", {})  # the Labels column of `compose ps` per service
+        self._set("hashes", {})  # `compose config --hash` per service
 
     def run(self, command, *a, **kw):
         self.events.append(command)
@@ -105,6 +109,8 @@ class FakeEngine(MockContext):
             args = argv[len(prefix):]
             if args[:3] == ["config", "--format", "json"]:
                 return Result(json.dumps(self.model_))
+            if args[:2] == ["config", "--hash"]:
+                return Result("".join(f"{s} {self.hashes[s]}\n" for s in args[2].split(",") if s in self.hashes))
             if args[0] == "up":
                 names = [a for a in args[1:] if not a.startswith("--")]
                 if self.up_fails and self.up_fails in names:
@@ -116,8 +122,10 @@ class FakeEngine(MockContext):
             if args[0] == "ps":
                 services = [a for a in args[4:]] or list(self.model_["services"])
                 with self.lock:
+                    self.on_ps()
                     rows = [{"Service": s, "State": self.state[s], "Health": "", "Name": f"p-{s}-1",
-                             "ExitCode": 0} for s in services if s in self.state]
+                             "ExitCode": self.codes.get(s, 0), "Labels": self.labels.get(s, "")}
+                            for s in services if s in self.state]
                 return Result(ndjson(*rows) if rows else "")
             if args[0] == "restart":
                 return Result("")
@@ -128,6 +136,9 @@ class FakeEngine(MockContext):
         if argv[:2] == ["docker", "inspect"]:
             return Result("null")
         raise NotImplementedError(command)
+
+    def on_ps(self):
+        """Called (under the lock) before each `compose ps` answer: subclasses change states there."""
 
     def ups(self):
         """The arguments of each `docker compose ... up` run, in order."""
@@ -191,11 +202,12 @@ def test_up_fails_fast_when_a_started_service_crashes(settings):
             if " up " in command and "cache" in command:
                 with self.lock:
                     self.state["cache"] = "exited"
+                    self.codes["cache"] = 3
             return r
 
     c = Crashing(t.compose, UP_MODEL)
     t.c = c
-    with pytest.raises(HealthError, match="Service 'cache' failed: container exited with code 0"):
+    with pytest.raises(HealthError, match="Service 'cache' failed: container exited with code 3"):
         lifecycle.up(t, ["api"], timeout=30, sleep=fast_sleep)
     assert ["up", "--detach", "--no-deps", "api"] not in c.ups()
 
@@ -398,3 +410,134 @@ def test_display_prints_one_plain_line_per_change_off_a_terminal(capsys):
         "  api: FAILED (container exited with code 1)",
     ]
     assert d.live is None
+
+
+# --- one-shot jobs (issue 13, pattern 2) --------------------------------------------------------
+
+JOB_MODEL = {"services": {
+    "store": {"healthcheck": {"test": ["CMD", "true"]}},
+    "setup": {"depends_on": {"store": {"condition": "service_healthy"}}},  # a job: no check, no restart policy
+    "app": {"depends_on": {"setup": {"condition": "service_completed_successfully"}}},
+    "announce": {},  # a job nothing waits for
+}}
+
+
+class Jobs(FakeEngine):
+    """Each service in ``runs`` stays running for that many `compose ps` answers after its
+    `compose up`, then exits with its code in ``exits`` (default 0)."""
+
+    def __init__(self, compose, model, runs, exits=None, **kw):
+        super().__init__(compose, model, **kw)
+        self._set("runs", dict(runs))
+        self._set("exits", dict(exits or {}))
+        self._set("left", {})
+        self._set("before_up", {})  # the states seen when each `compose up` came, by its last argument
+
+    def run(self, command, *a, **kw):
+        if " up " in command:
+            with self.lock:
+                self.before_up[command.split()[-1]] = dict(self.state)
+        r = super().run(command, *a, **kw)
+        if " up " in command:
+            with self.lock:
+                for s in self.runs:
+                    if re.search(rf"\s{re.escape(s)}(\s|$)", command):
+                        self.left[s] = self.runs[s]
+        return r
+
+    def on_ps(self):
+        for s, n in list(self.left.items()):
+            if n <= 0:
+                self.state[s], self.codes[s] = "exited", self.exits.get(s, 0)
+                del self.left[s]
+            else:
+                self.left[s] = n - 1
+
+
+def test_a_dependant_of_a_job_starts_only_after_the_job_exited_0(settings, capsys):
+    t = tgt(settings)
+    c = Jobs(t.compose, JOB_MODEL, runs={"setup": 3, "announce": 0})
+    t.c = c
+    statuses = lifecycle.up(t, ["app", "announce"], timeout=30, sleep=fast_sleep)
+    assert all(s.ready for s in statuses.values())
+    assert statuses["setup"].detail == "completed successfully"
+    # running was not enough: app's `up` came after setup had exited
+    assert c.ups()[-1] == ["up", "--detach", "--no-deps", "app"]
+    assert c.before_up["app"]["setup"] == "exited"
+    out = capsys.readouterr().out
+    assert "setup: ready after" in out and "announce: ready after" in out
+
+
+def test_a_job_that_fails_after_running_a_while_fails_up_and_its_dependant_is_not_started(settings):
+    t = tgt(settings)
+    c = Jobs(t.compose, JOB_MODEL, runs={"setup": 4}, exits={"setup": 2})
+    t.c = c
+    with pytest.raises(HealthError, match=r"Service 'setup' failed: the one-shot job exited with code 2"):
+        lifecycle.up(t, ["app"], timeout=30, sleep=fast_sleep)
+    assert ["up", "--detach", "--no-deps", "app"] not in c.ups()
+
+
+def test_a_job_nothing_waits_for_is_done_when_it_exits_0(settings):
+    t = tgt(settings)
+    c = Jobs(t.compose, JOB_MODEL, runs={"announce": 0})  # exits before the first look
+    t.c = c
+    statuses = lifecycle.up(t, ["announce"], timeout=30, sleep=fast_sleep)
+    assert statuses["announce"].ready and statuses["announce"].detail == "completed successfully"
+
+
+def test_a_job_nothing_waits_for_that_fails_before_up_ends_fails_up(settings):
+    t = tgt(settings)
+    # `announce` runs (ready, by the running rule) while `store` gets healthy, then exits 5
+    model = {"services": {"store": JOB_MODEL["services"]["store"], "announce": {}}}
+    c = Jobs(t.compose, model, runs={"announce": 1}, exits={"announce": 5})
+    t.c = c
+    with pytest.raises(HealthError, match=r"Service 'announce' failed: (it exited|container exited) with code 5"):
+        lifecycle.up(t, [], timeout=30, sleep=fast_sleep)
+
+
+def test_a_job_that_completed_before_with_the_same_definition_is_not_run_again(settings):
+    t = tgt(settings)
+    label = "com.docker.compose.project=p,com.docker.compose.config-hash=abc123,com.docker.compose.service=setup"
+    c = Jobs(t.compose, JOB_MODEL, runs={}, existing={"store": "running", "setup": "exited"})
+    c.labels["setup"], c.hashes["setup"] = label, "abc123"
+    t.c = c
+    statuses = lifecycle.up(t, ["app"], timeout=30, sleep=fast_sleep)
+    assert statuses["setup"].ready and "not run again" in statuses["setup"].detail
+    assert not any("setup" in u for u in c.ups())
+    assert c.ups()[-1] == ["up", "--detach", "--no-deps", "app"]
+
+
+@pytest.mark.parametrize("current_hash, services", [("def456", ["app"]), ("abc123", ["app", "setup"])],
+                         ids=["definition changed", "named with --service"])
+def test_a_completed_job_runs_again_when_its_definition_changed_or_it_is_named(settings, current_hash, services):
+    t = tgt(settings)
+    c = Jobs(t.compose, JOB_MODEL, runs={"setup": 1}, existing={"store": "running", "setup": "exited"})
+    c.labels["setup"] = "com.docker.compose.config-hash=abc123"
+    c.hashes["setup"] = current_hash
+    t.c = c
+    statuses = lifecycle.up(t, services, timeout=30, sleep=fast_sleep)
+    assert statuses["setup"].ready
+    assert any("setup" in u for u in c.ups())
+
+
+def test_status_counts_a_job_that_exited_0_as_fine_and_a_non_zero_one_as_down(settings):
+    t = tgt(settings)
+    model = {"services": {"announce": {}, "setup": {}, "web": {"restart": "always"}}}
+    rows = [{"Service": "announce", "Name": "p-announce-1", "State": "exited", "ExitCode": 0},
+            {"Service": "setup", "Name": "p-setup-1", "State": "exited", "ExitCode": 1},
+            {"Service": "web", "Name": "p-web-1", "State": "exited", "ExitCode": 0}]
+    c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
+                         ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows)),
+                         inspect_cmd("p-announce-1", "p-setup-1", "p-web-1"): Result("")})
+    t.c = c
+    _, _, down = lifecycle.status(t)
+    assert down == ["setup: exited with code 1", "web: exited with code 0"]
+
+
+def test_up_urls_can_be_limited_to_the_services_started(settings):
+    t = tgt(settings)
+    model = {"services": {"a": {"ports": [{"target": 80, "published": "8080"}]},
+                          "b": {"ports": [{"target": 80, "published": "8081"}]}}}
+    t.c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model))})
+    assert lifecycle.urls(t, ["b"]) == [["b", "http://127.0.0.1:8081"]]
+    assert lifecycle.urls(t, []) == []

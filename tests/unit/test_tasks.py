@@ -211,7 +211,7 @@ def test_up_with_skip_checks_says_in_one_line_what_it_skipped(root, capsys, monk
 
     write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\n", mode=0o600)
     monkeypatch.setattr(lifecycle, "up", lambda *a, **k: None)
-    monkeypatch.setattr(lifecycle, "urls", lambda t: [])
+    monkeypatch.setattr(lifecycle, "urls", lambda t, *a: [])
     c = MockContext(run={})
     stack_tasks.up(c, skip_checks=True, stage="prod")
     err = capsys.readouterr().err.splitlines()

