@@ -17,6 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Callable, ClassVar, Collection, Literal, Protocol
 
+from ...target import Target
 from ..host import BackupError, Captured, Host, StreamFailed
 
 IN_CONTAINER = {"zstd": "zstd -q -c -3 -T0", "gzip": "gzip -c -6"}
@@ -92,7 +93,7 @@ class Volume:
     image: str  # an image with tar and sh: one of its services'
 
 
-def inspect_service(t: Any, host: Host, model: dict[str, Any], name: str, ps: list[dict[str, Any]] | None = None) -> Svc:
+def inspect_service(t: Target, host: Host, model: dict[str, Any], name: str, ps: list[dict[str, Any]] | None = None) -> Svc:
     """The service and its container (``ps``: rows of ``compose ps`` already at hand)."""
     from ...kinds import kind_of
 
@@ -138,7 +139,7 @@ def image_for(host: Host, entry: dict[str, Any], svc: Svc | None) -> str:
 class Job:
     """What one backup/restore run shares: target, host, compose model, options, output."""
 
-    t: Any
+    t: Target
     host: Host
     model: dict[str, Any]
     compress: str = "zstd"
