@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .spec import TABLE
+from .spec import TABLE, Ready
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
@@ -26,14 +26,14 @@ NEEDLES: tuple[str, ...] = ("mariadb", "mysql")  # substrings of an image's repo
 # 0600 mktemp file, double-quoted with \ and " escaped and a newline written as \n: the client's
 # option parser then reads them back byte for byte (# ; ' $ spaces and a literal "\n" included).
 # Leaves the option file's path in $f (removed on exit: callers must not `exec`), the client in
-# $cli and the dump tool in $dump.
+# $cli, the dump tool in $dump, and $_anon set when no password was found.
 AUTH = (r'''f=$(mktemp) || exit 1; trap 'rm -f "$f"' EXIT; '''
         r'''_p=${MYSQL_ROOT_PASSWORD:-${MARIADB_ROOT_PASSWORD:-}}; '''
         r'''_pf=${MYSQL_ROOT_PASSWORD_FILE:-${MARIADB_ROOT_PASSWORD_FILE:-}}; '''
         r'''if [ -n "$_pf" ] && [ -r "$_pf" ]; then _p=$(cat "$_pf"); fi; _u=root; '''
         r'''if [ -z "$_p" ]; then _u=${MYSQL_USER:-${MARIADB_USER:-root}}; _p=${MYSQL_PASSWORD:-${MARIADB_PASSWORD:-}}; '''
         r'''_pf=${MYSQL_PASSWORD_FILE:-${MARIADB_PASSWORD_FILE:-}}; '''
-        r'''if [ -n "$_pf" ] && [ -r "$_pf" ]; then _p=$(cat "$_pf"); fi; fi; '''
+        r'''if [ -n "$_pf" ] && [ -r "$_pf" ]; then _p=$(cat "$_pf"); fi; fi; _anon=; [ -n "$_p" ] || _anon=1; '''
         r'''_nl=$(printf '\nx'); _nl=${_nl%x}; _myq() { _s=$1; _o=; while [ -n "$_s" ]; do _c=${_s%"${_s#?}"}; _s=${_s#?}; '''
         r'''case $_c in \\|\") _o="$_o\\$_c";; "$_nl") _o="$_o\\n";; *) _o="$_o$_c";; esac; done; }; '''
         r'''_myq "$_u"; _u=$_o; _myq "$_p"; '''
@@ -44,12 +44,19 @@ _CONNECT = '"$cli" --defaults-extra-file="$f" -h127.0.0.1'
 _DATABASE = ' ${1:+"--database=$1"}'
 CLIENT = AUTH + _CONNECT + " --batch --skip-column-names" + _DATABASE  # SQL on stdin
 SHELL = AUTH + _CONNECT + _DATABASE  # interactive (db.shell)
+# SELECT 1 over TCP, on the server (its database may not exist yet). An image that made a random
+# root password nobody knows (and no user): the server's own answer to mysqladmin ping over TCP
+# (exit 0 even for "Access denied").
+READY = AUTH + (r'''if [ -n "$_anon" ] && [ -n "${MYSQL_RANDOM_ROOT_PASSWORD:-${MARIADB_RANDOM_ROOT_PASSWORD:-}}" ] && '''
+                r'''adm=$(command -v mariadb-admin || command -v mysqladmin); then '''
+                r'''"$adm" ping -h127.0.0.1 --connect-timeout=5; exit; fi; '''
+                r'''[ -n "$cli" ] || { echo "no mysql client in the container" >&2; exit 127; }; '''
+                + _CONNECT + " --connect-timeout=5 --batch --skip-column-names -e 'SELECT 1'")
 PASSWORD_VARS: tuple[str, ...] = ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD", "MYSQL_PASSWORD", "MARIADB_PASSWORD")
 AUTH_FAILED = re.compile(r"Access denied for user", re.IGNORECASE)
+AUTH_MISSING = re.compile(r"\(using password: NO\)")
+PASSWORD_WHERE = "MYSQL_ROOT_PASSWORD, or MYSQL_USER and MYSQL_PASSWORD (MARIADB_* too, or *_FILE), in its environment"
 
-READY_QUERY = "SELECT 1;"
-READY_ANSWER = ""  # exit 0 is enough
-READY_DATABASE: str | None = ""  # the server, not the database: it may not exist yet
 MIGRATION_EXT: str | None = "sql"
 CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
 
@@ -67,6 +74,14 @@ def literal(text: str) -> str:
 
 def database(env: Mapping[str, str]) -> str:
     return env.get("MYSQL_DATABASE") or env.get("MARIADB_DATABASE") or ""
+
+
+def ready(service: Mapping[str, Any]) -> Ready:
+    return Ready(("sh", "-c", READY, "sh"))
+
+
+def auth_input(service: Mapping[str, Any]) -> str:
+    return ""
 
 
 def ensure(db: Db) -> list[str]:

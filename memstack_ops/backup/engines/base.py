@@ -17,6 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Callable, ClassVar, Collection, Literal, Protocol
 
+from ...compose import Script, service_env
 from ...target import Target
 from ..host import BackupError, Captured, Host, StreamFailed
 
@@ -72,10 +73,8 @@ class Svc:
 
     @property
     def env(self) -> dict[str, str]:
-        e = self.spec.get("environment") or {}
-        if isinstance(e, list):
-            e = dict(str(x).split("=", 1) for x in e if "=" in str(x))
-        return {k: "" if v is None else str(v) for k, v in e.items()}
+        """The service's environment as its container gets it (``$$`` is one ``$``)."""
+        return service_env(self.spec)
 
     @property
     def running(self) -> bool:
@@ -170,9 +169,12 @@ class Job:
             raise BackupError(f"Service {svc.name} has no container: start it first (`memstack-ops up --service {svc.name}`).")
         return ["docker", "exec", *(["-i"] if stdin else []), svc.container, "sh", "-c", script, "sh", *args]
 
-    def query(self, svc: Svc, script: str, *args: str, what: str, timeout: float | None = 120) -> str:
-        """Run a small script in the service's container; raise with its (scrubbed) message."""
-        r = self.host.run(self.exec_argv(svc, script, *args), timeout=timeout)
+    def query(self, svc: Svc, script: str, *args: str, what: str, timeout: float | None = 120,
+              stdin: str | None = None) -> str:
+        """Run a small script in the service's container (``stdin`` fed to it); raise with its
+        (scrubbed) message."""
+        kw: dict[str, Any] = {"in_stream": Script(stdin)} if stdin is not None else {}
+        r = self.host.run(self.exec_argv(svc, script, *args, stdin=stdin is not None), timeout=timeout, **kw)
         if r.failed:
             msg = self.scrub((r.stderr or r.stdout).strip()) or f"exit {r.return_code}"
             raise BackupError(f"{what} on {svc.name} failed: {msg}")

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..host import BackupError, StreamFailed
 from ...kinds.redis import AUTH as REDIS_AUTH
+from ...kinds.redis import auth_input
 from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, image_for, oneoff_name, wrap_compress
 
 
@@ -19,7 +20,8 @@ class Redis(Engine):
 
     def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
-        out = job.query(svc, self.shell("redis_info.sh"), what="Reading the Redis configuration")
+        out = job.query(svc, self.shell("redis_info.sh"), what="Reading the Redis configuration",
+                        stdin=auth_input(svc.spec))
         info: dict[str, Any] = {}
         keys = 0
         for ln in out.splitlines():
@@ -42,7 +44,8 @@ class Redis(Engine):
     def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, info = plan.svc, plan.info
         t0 = time.time()
-        job.query(svc, self.shell("redis_save.sh"), str(int(job.timeout * 10)), what="BGSAVE", timeout=job.timeout + 60)
+        job.query(svc, self.shell("redis_save.sh"), str(int(job.timeout * 10)), what="BGSAVE", timeout=job.timeout + 60,
+                  stdin=auth_input(svc.spec))
         members = [info["dbfilename"]]
         aof = info.get("appendonly") == "yes"
         if aof:
@@ -120,5 +123,5 @@ class Redis(Engine):
             if r.failed or "restored" not in r.stdout:
                 raise BackupError(f"Replacing the Redis data failed; the previous data was put back:\n"
                                   f"{(r.stderr or r.stdout).strip()[-1000:]}")
-        out = job.query(svc, REDIS_AUTH + "r DBSIZE", what="Counting keys")
+        out = job.query(svc, REDIS_AUTH + "r DBSIZE", what="Counting keys", stdin=auth_input(svc.spec))
         return {"keys": int(out.strip().splitlines()[-1] or 0), "appendonly": aof, "downtime_s": down.seconds}
