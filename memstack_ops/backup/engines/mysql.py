@@ -7,9 +7,15 @@ import time
 from typing import Any
 
 from ..host import BackupError, StreamFailed, q
+from ...kinds import mysql as kind
 from ...kinds.mysql import AUTH as MY_AUTH
 from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
                    oneoff_name, script, wait_scratch, wrap_compress)
+
+
+# One SQL statement ($1) through the client, in the database $2 when not empty: one argument
+# however it is spelt (spaces, quotes), never pasted into the script.
+SQL = MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" ${2:+"--database=$2"}'
 
 
 class Mysql(Engine):
@@ -18,13 +24,13 @@ class Mysql(Engine):
 
     @staticmethod
     def database(svc: Svc) -> str:
-        return svc.env.get("MYSQL_DATABASE") or svc.env.get("MARIADB_DATABASE") or ""
+        return kind.database(svc.env)
 
     def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
         db = self.database(svc)
         where = "WHERE table_schema = DATABASE()" if db else "WHERE table_schema NOT IN ('mysql', 'sys', 'performance_schema', 'information_schema')"
-        out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" $2',
+        out = job.query(svc, SQL,
                         f"SELECT VERSION(), COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables {where}",
                         db, what="Reading the MySQL version and size").strip().splitlines()[-1]
         version, size = out.split("\t")
@@ -34,8 +40,7 @@ class Mysql(Engine):
         svc, db = plan.svc, plan.info["database"]
         counts: dict[str, int] = {}
         if db:
-            out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"', script("my_count.sql"), db,
-                            what="Counting rows")
+            out = job.query(svc, SQL, script("my_count.sql"), db, what="Counting rows")
             counts = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
         # --add-drop-database only for the app's database: never emit DROP DATABASE mysql
         flags = ("--single-transaction --routines --triggers --events --hex-blob --no-tablespaces "
@@ -82,8 +87,8 @@ class Mysql(Engine):
             r = job.host.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
             if r.failed:
                 raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
-            ping = MY_AUTH + '"$cli" --defaults-extra-file="$f" -h127.0.0.1 -N -B -e "SELECT 1"'
-            wait_scratch(job, name, lambda: job.host.run(job.exec_argv(scratch, ping), timeout=30).ok, 240)
+            # the kind's readiness (over TCP: the image's temporary init server listens on the socket only)
+            wait_scratch(job, name, lambda: job.host.run(job.exec_argv(scratch, kind.READY), timeout=30).ok, 240)
             r = job.host.feed(f"{set_dir}/{f['name']}", job.exec_argv(scratch, self.shell("mysql_load.sh"), stdin=True),
                               self.decompress_for(f))
             if r.failed:
@@ -91,8 +96,8 @@ class Mysql(Engine):
                                   f"Scratch restore of {f['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
             got: dict[str, int] = {}
             if entry.get("database"):
-                out = job.query(scratch, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"', script("my_count.sql"),
-                                entry["database"], what="Counting rows in the scratch restore")
+                out = job.query(scratch, SQL, script("my_count.sql"), entry["database"],
+                                what="Counting rows in the scratch restore")
                 got = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
         finally:
             job.remove_container(name)
@@ -135,9 +140,7 @@ class Mysql(Engine):
         db = entry.get("database") or ""
         tables = 0
         if db:
-            out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1"',
-                            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = "
-                            f"'{db.replace(chr(92), chr(92) * 2).replace(chr(39), chr(39) * 2)}'",  # a quoted literal
-                            what="Summarising the restore")
+            out = job.query(svc, SQL, f"SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = "
+                                      f"{kind.literal(db)}", what="Summarising the restore")
             tables = int(out.strip() or 0)
         return {"tables": tables, "database": db}

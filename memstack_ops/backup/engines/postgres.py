@@ -6,26 +6,35 @@ import time
 from typing import Any
 
 from ..host import BackupError, StreamFailed
+from ...kinds import postgres as kind
 from ...kinds.postgres import AUTH as PG_AUTH
 from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
                    oneoff_name, script, wait_scratch)
 
 
+# The prelude of every script here: the password from the container's environment (THE auth
+# prelude), then $1 the user and $2 the database as libpq's environment. Never `-d "$2"`: psql,
+# pg_dump and pg_restore read a -d value holding "=" as a connection string.
+AS = PG_AUTH + 'PGUSER=$1; PGDATABASE=$2; export PGUSER PGDATABASE; '
+# pg_restore connects only when given -d: an empty one leaves the database to PGDATABASE
+RESTORE = AS + 'exec pg_restore --single-transaction --exit-on-error -d "" '
+
+
 class Postgres(Engine):
     kind = "postgres"
     restore_plans = True
-    scripts = {"pg_dump.sh": PG_AUTH, "pg_globals.sh": PG_AUTH}
+    scripts = {"pg_dump.sh": AS, "pg_globals.sh": AS}
 
     @staticmethod
     def who(svc: Svc) -> tuple[str, str]:
-        user = svc.env.get("POSTGRES_USER") or "postgres"
-        return user, svc.env.get("POSTGRES_DB") or user
+        """(user, database) the backups connect as and to: those the kind's prelude uses."""
+        return kind.user(svc.env), kind.database(svc.env)
 
     def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
         user, db = self.who(svc)
-        out = job.query(svc, PG_AUTH + 'psql -X -At -U "$1" -d "$2" -c "SELECT current_setting(\'server_version\'), '
-                                       'current_setting(\'server_version_num\'), pg_database_size(current_database())"',
+        out = job.query(svc, AS + 'psql -X -At -c "SELECT current_setting(\'server_version\'), '
+                                  'current_setting(\'server_version_num\'), pg_database_size(current_database())"',
                         user, db, what="Reading the PostgreSQL version and size").strip().splitlines()[-1]
         version, num, size = out.rsplit("|", 2)
         return Plan(self, svc, int(size), {"user": user, "database": db, "version": version.split()[0],
@@ -71,9 +80,9 @@ class Postgres(Engine):
         gname = f"{svc.name}.globals.sql{EXT[job.compress]}"
         last = ""
         for extra in ("", " --no-role-passwords"):
-            cmd = PG_AUTH + 'exec pg_dumpall --globals-only -U "$1"' + extra
+            cmd = AS + 'exec pg_dumpall --globals-only' + extra
             try:
-                g = job.host.capture(job.exec_argv(svc, cmd, user), f"{set_dir}/{gname}", host_c)
+                g = job.host.capture(job.exec_argv(svc, cmd, user, ""), f"{set_dir}/{gname}", host_c)
             except StreamFailed as e:
                 last = job.scrub(e.stderr.strip())[-300:]
                 continue
@@ -109,13 +118,11 @@ class Postgres(Engine):
             if r.failed:
                 raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
             wait_scratch(job, name, lambda: job.host.run(job.exec_argv(
-                scratch, 'pg_isready -q -h 127.0.0.1 -U "$1" -d "$2"', user, db), timeout=30).ok, 180)
-            r = job.host.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
-                scratch, PG_AUTH + 'exec pg_restore --single-transaction --exit-on-error -U "$1" -d "$2"', user, db,
-                stdin=True))
+                scratch, AS + 'exec pg_isready -q -h 127.0.0.1', user, db), timeout=30).ok, 180)
+            r = job.host.feed(f"{set_dir}/{dump['name']}", job.exec_argv(scratch, RESTORE, user, db, stdin=True))
             if r.failed:
                 raise BackupError(f"Scratch restore of {dump['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
-            out = job.query(scratch, PG_AUTH + 'psql -X -At -U "$1" -d "$2" -c "$3"', user, db, script("pg_count.sql"),
+            out = job.query(scratch, AS + 'psql -X -At -c "$3"', user, db, script("pg_count.sql"),
                             what="Counting rows in the scratch restore")
             got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
         finally:
@@ -154,8 +161,7 @@ class Postgres(Engine):
                             f"{job.scrub(r.stderr.strip())[-300:]}")
         dump = next(f for f in entry["files"] if f["role"] == "dump")
         r = job.host.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
-            svc, PG_AUTH + 'exec pg_restore --clean --if-exists --single-transaction --exit-on-error -U "$1" -d "$2"',
-            user, db, stdin=True))
+            svc, RESTORE + "--clean --if-exists", user, db, stdin=True))
         if r.failed:
             raise BackupError(f"pg_restore into {svc.name} failed and its single transaction was rolled back, so the "
                               f"database is as it was before:\n{job.scrub(r.stderr.strip())[-1500:]}")
