@@ -14,4 +14,4 @@ Importing this package imports neither the docker SDK nor rich.
 """
 
 from .core import backup, backups_root, list_rows, prune, restore, restore_all, verify  # noqa: F401
-from .host import BackupError  # noqa: F401
+from .shell import BackupError  # noqa: F401

@@ -1,15 +1,16 @@
-"""Where backups are written: the host the Context runs commands on.
+"""Where backups are written: a ``Shell``, the files and commands of the machine the Context
+runs commands on (this one, or a ``-H`` host; ``remote.inventory.Host`` is the inventory entry).
 
-``host_for(c)`` gives a ``LocalHost`` for a plain invoke Context (this machine) and a
-``ShellHost`` for anything else (a fabric Connection to a remote host). Both put a backup file
+``shell_for(c)`` gives a ``LocalShell`` for a plain invoke Context (this machine) and a
+``RemoteShell`` for anything else (a fabric Connection to a remote host). Both put a backup file
 the same way: the producer's bytes (a dump tool in its container, then an optional compressor)
 go straight to ``NAME.partial``, the sha256 is computed on the way, the file is fsynced and
 renamed. Data never sits in this process's memory:
 
-- LocalHost lets the last process of the pipeline write the file itself (as ``> file`` would),
+- LocalShell lets the last process of the pipeline write the file itself (as ``> file`` would),
   hashes it as it grows (whole file, and each 64 MiB piece, so checks can use every core), and
   fsyncs in the background while the dump runs (so the final fsync is short);
-- ShellHost runs ``producer | compressor | tee NAME.partial | sha256sum`` through ``c.run``
+- RemoteShell runs ``producer | compressor | tee NAME.partial | sha256sum`` through ``c.run``
   (binary data cannot travel through ``c.run``'s text streams, so it stays on that host).
 
 Restores feed a file back into a command with a shell pipeline through ``c.run`` on both.
@@ -51,7 +52,7 @@ class Captured:
     size: int
     sha256: str
     stderr: str = ""  # the producer's messages (dump tools report notes and counts there)
-    pieces: list[str] | None = None  # sha256 of each PIECE bytes (LocalHost); None when not computed
+    pieces: list[str] | None = None  # sha256 of each PIECE bytes (LocalShell); None when not computed
 
 
 class Hasher:
@@ -97,8 +98,8 @@ def describe_exit(code: int | None) -> str:
     return f"exited {code}"
 
 
-class Host:
-    """Operations on the host behind ``c``, all through ``c.run`` (works over fabric)."""
+class Shell:
+    """Files and commands of the machine behind ``c``, all through ``c.run`` (works over fabric)."""
 
     local = False
 
@@ -260,11 +261,11 @@ class Host:
         return self.sh(script, **kw)
 
 
-class ShellHost(Host):
+class RemoteShell(Shell):
     """A host reached through any Context (fabric Connection): every step is a shell command."""
 
 
-class LocalHost(Host):
+class LocalShell(Shell):
     """This machine: files through Python, captures read through a pipe in fixed-size chunks."""
 
     local = True
@@ -613,13 +614,13 @@ def fsync_dir(path: str) -> None:
         os.close(dfd)
 
 
-def host_for(c: Any) -> Host:
-    """LocalHost for invoke's own Context (commands run on this machine), ShellHost for anything
+def shell_for(c: Any) -> Shell:
+    """LocalShell for invoke's own Context (commands run on this machine), RemoteShell for anything
     that runs them elsewhere (a host's Connection: ``memstack_ops.target.on_host``)."""
     from invoke import Context
 
     from ..target import on_host
 
     if isinstance(c, Context) and not on_host(c):
-        return LocalHost(c)
-    return ShellHost(c)
+        return LocalShell(c)
+    return RemoteShell(c)

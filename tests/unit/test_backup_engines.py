@@ -43,7 +43,7 @@ def test_every_script_passes_shellcheck_after_the_prelude_it_runs_with(kind):
     eng = ENGINES[kind]
     for name in eng.scripts:
         # SC2034: a prelude sets what some of the scripts after it use (MY_AUTH: the client and the dump tool)
-        shellcheck(eng.shell(name), f"{kind}: {name} after its prelude", "SC2034")
+        shellcheck(eng.with_prelude(name), f"{kind}: {name} after its prelude", "SC2034")
 
 
 def test_the_auth_preludes_are_valid_sh():
@@ -157,7 +157,7 @@ def test_mysql_dumps_load_in_the_clients_safe_mode(tmp_path, help_text, mode):
     bindir = tmp_path / "bin"
     _fake_tool(bindir, "mariadb", f'[ "$1" = --help ] && {{ echo "{help_text}"; exit 0; }}\n'
                                   f'echo "args: $*" > {tmp_path}/args; cat > {tmp_path}/stdin\n')
-    r = subprocess.run(["sh", "-c", ENGINES["mysql"].shell("mysql_load.sh"), "sh"], input="SELECT 1;\n", text=True,
+    r = subprocess.run(["sh", "-c", ENGINES["mysql"].with_prelude("mysql_load.sh"), "sh"], input="SELECT 1;\n", text=True,
                        capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin", "MYSQL_ROOT_PASSWORD": "pw"})
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "args").read_text().split()
@@ -178,7 +178,7 @@ def _globals(tmp_path, text):
     bindir = tmp_path / "bin"
     _fake_tool(bindir, "psql", f'echo "$PGUSER $PGDATABASE $*" > {tmp_path}/args; '
                                f'for a; do [ -f "$a" ] && cat "$a" > {tmp_path}/fed; done; :\n')
-    return subprocess.run(["sh", "-c", ENGINES["postgres"].shell("pg_globals.sh"), "sh", "app", "appdb"], input=text,
+    return subprocess.run(["sh", "-c", ENGINES["postgres"].with_prelude("pg_globals.sh"), "sh", "app", "appdb"], input=text,
                           text=True, capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin"})
 
 
@@ -258,7 +258,7 @@ def local_job(tmp_path, env, **tools):
         _fake_tool(bindir, name, f'{{ echo "{name} PGUSER=$PGUSER PGDATABASE=$PGDATABASE"; for a; do echo "arg=$a"; '
                                  f'done; }} >> {log}\ncat >/dev/null; printf "{answer}"\n')
     t = SimpleNamespace(compose=SimpleNamespace(scrub=lambda text: text), stack=SimpleNamespace(project="p"))
-    return Job(t=t, host=LocalContainer(bindir, env), model={"services": {}}, say=lambda m: None), log
+    return Job(t=t, shell=LocalContainer(bindir, env), model={"services": {}}, say=lambda m: None), log
 
 
 def test_postgres_backups_give_the_database_in_pgdatabase_never_as_a_connection_string(tmp_path):
@@ -284,7 +284,7 @@ def test_the_packaged_pg_scripts_take_user_and_database_from_the_prelude(tmp_pat
     bindir = tmp_path / "bin"
     _fake_tool(bindir, "pg_dump", f'echo "PGUSER=$PGUSER PGDATABASE=$PGDATABASE $*" > {tmp_path}/dump\n')
     _fake_tool(bindir, "psql", "echo 'no snapshot' >&2; exit 1\n")  # the dump goes on without counts
-    r = subprocess.run(["sh", "-c", ENGINES["postgres"].shell("pg_dump.sh"), "sh", "app", "a=b c", "SELECT 1", "-Fc"],
+    r = subprocess.run(["sh", "-c", ENGINES["postgres"].with_prelude("pg_dump.sh"), "sh", "app", "a=b c", "SELECT 1", "-Fc"],
                        text=True, capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin"}, timeout=60)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "dump").read_text() == "PGUSER=app PGDATABASE=a=b c -Fc\n"
@@ -322,12 +322,12 @@ def test_after_a_restore_the_engines_running_and_healthy_is_taken_in_one_inspect
     answers = {"db": "running/healthy", "cache": "running/starting", "app": "running/"}
     calls = []
 
-    class Host:
+    class Shell:
         def run(self, argv, **kw):
             calls.append(argv)
             return Result("\n".join(answers[a.split("-")[1]] for a in argv[4:]) + "\n")
 
-    job = Job(t=None, host=Host(), model={"services": {}}, say=lambda m: None)
+    job = Job(t=None, shell=Shell(), model={"services": {}}, say=lambda m: None)
     monkeypatch.setattr(Job, "inspect", lambda self, n: SimpleNamespace(container=f"p-{n}-1"))
     job.wait_healthy(["db"])  # t=None: reaching the Watch would fail
     assert calls == [["docker", "inspect", "--format",
@@ -342,7 +342,7 @@ def test_one_off_containers_blank_the_compose_labels_their_image_may_carry():
     its image's labels: a one-off of ours must never be listed as the service itself."""
     from memstack_ops.backup.engines import Job
 
-    job = Job(t=SimpleNamespace(stack=SimpleNamespace(project="p")), host=None, model={"services": {}},
+    job = Job(t=SimpleNamespace(stack=SimpleNamespace(project="p")), shell=None, model={"services": {}},
               say=lambda m: None)
     argv = job.oneoff("p-db-check", "p-db:latest", stdin=True, args=("true",))
     labels = [argv[i + 1] for i, a in enumerate(argv) if a == "--label"]

@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Collection, Literal, Protocol
 
 from ...compose import Script, service_env
 from ...target import Target
-from ..host import BackupError, Captured, Host, StreamFailed
+from ..shell import BackupError, Captured, Shell, StreamFailed
 
 IN_CONTAINER = {"zstd": "zstd -q -c -3 -T0", "gzip": "gzip -c -6"}
 HOST_COMPRESS = {"zstd": ["zstd", "-q", "-c", "-3", "-T0"], "gzip": ["gzip", "-c", "-6"]}
@@ -92,7 +92,7 @@ class Volume:
     image: str  # an image with tar and sh: one of its services'
 
 
-def inspect_service(t: Target, host: Host, model: dict[str, Any], name: str, ps: list[dict[str, Any]] | None = None) -> Svc:
+def inspect_service(t: Target, shell: Shell, model: dict[str, Any], name: str, ps: list[dict[str, Any]] | None = None) -> Svc:
     """The service and its container (``ps``: rows of ``compose ps`` already at hand)."""
     from ...kinds import kind_of
 
@@ -102,7 +102,7 @@ def inspect_service(t: Target, host: Host, model: dict[str, Any], name: str, ps:
     rows.sort(key=lambda r: r.get("State") != "running")
     if not rows:
         return svc
-    r = host.run(["docker", "inspect", str(rows[0].get("Name") or rows[0].get("ID"))])
+    r = shell.run(["docker", "inspect", str(rows[0].get("Name") or rows[0].get("ID"))])
     if r.failed:
         return svc
     info = json.loads(r.stdout)[0]
@@ -115,18 +115,18 @@ def inspect_service(t: Target, host: Host, model: dict[str, Any], name: str, ps:
     return svc
 
 
-def container_state(host: Host, container: str) -> tuple[str, str, Any]:
-    r = host.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.StartedAt}} {{.State.ExitCode}}", container])
+def container_state(shell: Shell, container: str) -> tuple[str, str, Any]:
+    r = shell.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.StartedAt}} {{.State.ExitCode}}", container])
     if r.failed:
         return "gone", "", None
     parts = r.stdout.split()
     return parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else None
 
 
-def image_for(host: Host, entry: dict[str, Any], svc: Svc | None) -> str:
+def image_for(shell: Shell, entry: dict[str, Any], svc: Svc | None) -> str:
     """The image a check runs in: the backup's own image when still present, else the service's."""
     for cand in (entry.get("image_id"), entry.get("image"), svc.image if svc else None):
-        if cand and host.run(["docker", "image", "inspect", "--format", "{{.Id}}", cand]).ok:
+        if cand and shell.run(["docker", "image", "inspect", "--format", "{{.Id}}", cand]).ok:
             return str(cand)
     raise BackupError(f"Neither the image of the backup ({entry.get('image')}) nor the service's image is present on "
                       f"this host: pull or build it first (`memstack-ops pull` or `bash harness/build-images.sh`).")
@@ -139,7 +139,7 @@ class Job:
     """What one backup/restore run shares: target, host, compose model, options, output."""
 
     t: Target
-    host: Host
+    shell: Shell
     model: dict[str, Any]
     compress: str = "zstd"
     say: Callable[[str], None] = print
@@ -155,7 +155,7 @@ class Job:
         return self._ps
 
     def inspect(self, name: str) -> Svc:
-        return inspect_service(self.t, self.host, self.model, name, self.ps())
+        return inspect_service(self.t, self.shell, self.model, name, self.ps())
 
     @property
     def project(self) -> str:
@@ -174,7 +174,7 @@ class Job:
         """Run a small script in the service's container (``stdin`` fed to it); raise with its
         (scrubbed) message."""
         kw: dict[str, Any] = {"in_stream": Script(stdin)} if stdin is not None else {}
-        r = self.host.run(self.exec_argv(svc, script, *args, stdin=stdin is not None), timeout=timeout, **kw)
+        r = self.shell.run(self.exec_argv(svc, script, *args, stdin=stdin is not None), timeout=timeout, **kw)
         if r.failed:
             msg = self.scrub((r.stderr or r.stdout).strip()) or f"exit {r.return_code}"
             raise BackupError(f"{what} on {svc.name} failed: {msg}")
@@ -183,7 +183,7 @@ class Job:
     def has_tool(self, svc: Svc, tool: str) -> bool:
         key = (svc.container, tool)
         if key not in self._tools:
-            r = self.host.run(self.exec_argv(svc, f"command -v {tool} >/dev/null"), timeout=60)
+            r = self.shell.run(self.exec_argv(svc, f"command -v {tool} >/dev/null"), timeout=60)
             self._tools[key] = bool(r.ok)
         return self._tools[key]
 
@@ -196,7 +196,7 @@ class Job:
             return IN_CONTAINER[algo], None, f"{algo} (in the container)"
         key = ("<host>", algo)
         if key not in self._tools:
-            self._tools[key] = self.host.which(algo)
+            self._tools[key] = self.shell.which(algo)
         if not self._tools[key]:
             raise BackupError(f"{algo} is installed neither in the {svc.name if svc else 'service'} container nor on "
                               f"this host: install it on the host (`apt-get install {algo}`) or use --compress "
@@ -207,8 +207,8 @@ class Job:
                 expected: int = 0) -> Captured:
         if self.progress:
             with self.progress(label, expected) as bar:
-                return self.host.capture(argv, dest, host_compress, progress=bar.update)
-        return self.host.capture(argv, dest, host_compress)
+                return self.shell.capture(argv, dest, host_compress, progress=bar.update)
+        return self.shell.capture(argv, dest, host_compress)
 
     def oneoff(self, name: str, image: str, *, volumes_from: str = "", volumes: tuple[str, ...] = (),
                user: str = "", entrypoint: str = "", stdin: bool = False, detach: bool = False,
@@ -235,7 +235,7 @@ class Job:
         return argv + [image, *args]
 
     def remove_container(self, name: str) -> None:
-        self.host.run(["docker", "rm", "-f", "-v", name], timeout=120)
+        self.shell.run(["docker", "rm", "-f", "-v", name], timeout=120)
 
     def stop(self, services: list[str]) -> list[str]:
         """Stop those of ``services`` that run (compose stop); returns the ones it stopped."""
@@ -275,7 +275,7 @@ class Job:
         names = [c for c in (self.inspect(s).container for s in services) if c]
         if not names or len(names) != len(services):
             return False
-        r = self.host.run(["docker", "inspect", "--format",
+        r = self.shell.run(["docker", "inspect", "--format",
                            "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", *names], timeout=30)
         states = r.stdout.split() if r.ok else []
         return len(states) == len(names) and all(x == "running/healthy" for x in states)
@@ -343,7 +343,7 @@ def file_entry(name: str, cap: Captured, role: str, compression: str, service: s
     entry = {"name": name, "service": service, "role": role, "size": cap.size, "sha256": cap.sha256,
              "compression": compression}
     if cap.pieces is not None:
-        from ..host import PIECE
+        from ..shell import PIECE
 
         entry["pieces"] = {"size": PIECE, "sha256": cap.pieces}
     return entry
@@ -358,7 +358,7 @@ def fail_capture(job: Job, svc: Svc | None, e: StreamFailed, what: str) -> Backu
         # the exec stream ends, so look a few times (bounded) before concluding it is alive.
         killed = any(c is not None and c >= 128 for c in e.codes)
         for _ in range(10 if killed else 1):
-            state, started, code = container_state(job.host, svc.container)
+            state, started, code = container_state(job.shell, svc.container)
             died = state != "running" or bool(svc.started_at and started and started != svc.started_at)
             if died or not killed:
                 break
@@ -463,7 +463,7 @@ class Engine(abc.ABC):
         return job.inspect(str(name))
 
     # shared helpers
-    def shell(self, name: str) -> str:
+    def with_prelude(self, name: str) -> str:
         """The text of one of this engine's packaged scripts, after its prelude (credentials)."""
         return self.scripts[name] + script(name)
 
@@ -487,16 +487,16 @@ def compare_counts(expected: dict[str, Any], got: dict[str, Any], what: str) -> 
     return problems
 
 
-def wait_scratch(job: "Job", name: str, probe: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
-    """Wait until a scratch container answers ``probe``; fail at once when it exits."""
-    def ready() -> bool:
-        state = container_state(job.host, name)[0]
+def wait_scratch(job: "Job", name: str, ready: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
+    """Wait until a scratch container is ``ready()``; fail at once when it exits."""
+    def running_and_ready() -> bool:
+        state = container_state(job.shell, name)[0]
         if state != "running":
-            logs = job.host.run(["docker", "logs", "--tail", "30", name], timeout=60)
+            logs = job.shell.run(["docker", "logs", "--tail", "30", name], timeout=60)
             raise BackupError(f"The scratch container {name} stopped ({state}):\n{(logs.stdout + logs.stderr).strip()[-1500:]}")
-        return probe()
+        return ready()
 
-    wait_until(ready, timeout, interval, what=f"the scratch container {name}")
+    wait_until(running_and_ready, timeout, interval, what=f"the scratch container {name}")
 
 
 def wait_until(fn: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "") -> None:
@@ -514,6 +514,6 @@ def wait_until(fn: Callable[[], bool], timeout: float, interval: float = 0.5, wh
 def check_compressed(job: Job, path: str, f: dict[str, Any]) -> None:
     algo = str(f.get("compression", "none")).split()[0]
     if algo in ("zstd", "gzip"):
-        r = job.host.run([algo, "-t", "-q", path] if algo == "zstd" else ["gzip", "-t", path], timeout=3600)
+        r = job.shell.run([algo, "-t", "-q", path] if algo == "zstd" else ["gzip", "-t", path], timeout=3600)
         if r.failed:
             raise BackupError(f"{f['name']} is not a valid {algo} stream: {r.stderr.strip()[-300:]}")

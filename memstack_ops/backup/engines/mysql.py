@@ -6,7 +6,7 @@ import shlex
 import time
 from typing import Any
 
-from ..host import BackupError, StreamFailed, q
+from ..shell import BackupError, StreamFailed, q
 from ...kinds import mysql as kind
 from ...kinds.mysql import AUTH as MY_AUTH
 from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
@@ -69,7 +69,7 @@ class Mysql(Engine):
         check_compressed(job, path, f)
         dec = self.decompress_for(f)
         tail = (shlex.join(dec) + " < " + q(path) if dec else "cat -- " + q(path)) + " | tail -c 300"
-        r = job.host.sh(tail, timeout=3600)
+        r = job.shell.sh(tail, timeout=3600)
         if "-- Dump completed" not in r.stdout:
             raise BackupError(f"{f['name']} does not end with mysqldump's '-- Dump completed' line: it is truncated.")
         return "SQL dump complete (trailer present)"
@@ -78,18 +78,18 @@ class Mysql(Engine):
         import secrets
 
         f = next(x for x in entry["files"] if x["role"] == "dump")
-        image = image_for(job.host, entry, svc)
+        image = image_for(job.shell, entry, svc)
         pw = secrets.token_urlsafe(18)
-        envf = job.host.tempfile(f"MYSQL_ROOT_PASSWORD={pw}\nMARIADB_ROOT_PASSWORD={pw}\n")
+        envf = job.shell.tempfile(f"MYSQL_ROOT_PASSWORD={pw}\nMARIADB_ROOT_PASSWORD={pw}\n")
         name = oneoff_name(job.project, entry["service"], "scratch")
         scratch = Svc(name, "mysql", {}, container=name)
         try:
-            r = job.host.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
+            r = job.shell.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
             if r.failed:
                 raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
             # the kind's readiness (over TCP: the image's temporary init server listens on the socket only)
-            wait_scratch(job, name, lambda: job.host.run(job.exec_argv(scratch, kind.READY), timeout=30).ok, 240)
-            r = job.host.feed(f"{set_dir}/{f['name']}", job.exec_argv(scratch, self.shell("mysql_load.sh"), stdin=True),
+            wait_scratch(job, name, lambda: job.shell.run(job.exec_argv(scratch, kind.READY), timeout=30).ok, 240)
+            r = job.shell.feed(f"{set_dir}/{f['name']}", job.exec_argv(scratch, self.with_prelude("mysql_load.sh"), stdin=True),
                               self.decompress_for(f))
             if r.failed:
                 raise BackupError(self.refused(f["name"], r.stderr) or
@@ -101,7 +101,7 @@ class Mysql(Engine):
                 got = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
         finally:
             job.remove_container(name)
-            job.host.remove(envf)
+            job.shell.remove(envf)
         problems = compare_counts(entry.get("counts") or {}, got, "table")
         detail = f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s)"
         if problems and entry.get("counts_snapshot") == "separate":
@@ -128,7 +128,7 @@ class Mysql(Engine):
         if safety:
             safety()
         f = next(x for x in entry["files"] if x["role"] == "dump")
-        r = job.host.feed(f"{set_dir}/{f['name']}", job.exec_argv(svc, self.shell("mysql_load.sh"), stdin=True),
+        r = job.shell.feed(f"{set_dir}/{f['name']}", job.exec_argv(svc, self.with_prelude("mysql_load.sh"), stdin=True),
                           self.decompress_for(f))
         if r.failed and self.refused(f["name"], r.stderr):
             raise BackupError(f"{self.refused(f['name'], r.stderr)} The statements before it were applied (MySQL DDL is "

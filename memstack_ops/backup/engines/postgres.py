@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..host import BackupError, StreamFailed
+from ..shell import BackupError, StreamFailed
 from ...kinds import postgres as kind
 from ...kinds.postgres import AUTH as PG_AUTH
 from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
@@ -53,7 +53,7 @@ class Postgres(Engine):
         user, db = info["user"], info["database"]
         flags, comp = self.dump_flags(job, plan)
         name = f"{svc.name}.pgdump"
-        argv = job.exec_argv(svc, self.shell("pg_dump.sh"), user, db, script("pg_count.sql"), *flags)
+        argv = job.exec_argv(svc, self.with_prelude("pg_dump.sh"), user, db, script("pg_count.sql"), *flags)
         t0 = time.time()
         from concurrent.futures import ThreadPoolExecutor
 
@@ -76,13 +76,13 @@ class Postgres(Engine):
 
     def dump_globals(self, job: Job, svc: Svc, user: str, set_dir: str) -> tuple[dict[str, Any] | None, list[str]]:
         """Roles and tablespaces (pg_dumpall --globals-only); without passwords when not a superuser."""
-        _, host_c, gcomp = job.compression(None)  # a few KB: compress on the host, no probe
+        _, host_c, gcomp = job.compression(None)  # a few KB: compress on the host, no tool check
         gname = f"{svc.name}.globals.sql{EXT[job.compress]}"
         last = ""
         for extra in ("", " --no-role-passwords"):
             cmd = AS + 'exec pg_dumpall --globals-only' + extra
             try:
-                g = job.host.capture(job.exec_argv(svc, cmd, user, ""), f"{set_dir}/{gname}", host_c)
+                g = job.shell.capture(job.exec_argv(svc, cmd, user, ""), f"{set_dir}/{gname}", host_c)
             except StreamFailed as e:
                 last = job.scrub(e.stderr.strip())[-300:]
                 continue
@@ -92,8 +92,8 @@ class Postgres(Engine):
 
     def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
         dump = next(f for f in entry["files"] if f["role"] == "dump")
-        image = image_for(job.host, entry, svc)
-        r = job.host.feed(f"{set_dir}/{dump['name']}",
+        image = image_for(job.shell, entry, svc)
+        r = job.shell.feed(f"{set_dir}/{dump['name']}",
                           job.oneoff(oneoff_name(job.project, entry["service"], "check"), image, stdin=True,
                                      entrypoint="pg_restore", args=("-l",)), timeout=3600)
         if r.failed:
@@ -108,18 +108,18 @@ class Postgres(Engine):
         import secrets
 
         dump = next(f for f in entry["files"] if f["role"] == "dump")
-        image = image_for(job.host, entry, svc)
+        image = image_for(job.shell, entry, svc)
         user, db = entry.get("user", "postgres"), entry.get("database", "postgres")
-        envf = job.host.tempfile(f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\nPOSTGRES_USER={user}\nPOSTGRES_DB={db}\n")
+        envf = job.shell.tempfile(f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\nPOSTGRES_USER={user}\nPOSTGRES_DB={db}\n")
         name = oneoff_name(job.project, entry["service"], "scratch")
         scratch = Svc(name, "postgres", {}, container=name)
         try:
-            r = job.host.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
+            r = job.shell.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
             if r.failed:
                 raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
-            wait_scratch(job, name, lambda: job.host.run(job.exec_argv(
+            wait_scratch(job, name, lambda: job.shell.run(job.exec_argv(
                 scratch, AS + 'exec pg_isready -q -h 127.0.0.1', user, db), timeout=30).ok, 180)
-            r = job.host.feed(f"{set_dir}/{dump['name']}", job.exec_argv(scratch, RESTORE, user, db, stdin=True))
+            r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(scratch, RESTORE, user, db, stdin=True))
             if r.failed:
                 raise BackupError(f"Scratch restore of {dump['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
             out = job.query(scratch, AS + 'psql -X -At -c "$3"', user, db, script("pg_count.sql"),
@@ -127,7 +127,7 @@ class Postgres(Engine):
             got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
         finally:
             job.remove_container(name)
-            job.host.remove(envf)
+            job.shell.remove(envf)
         expected = entry.get("counts") or {}
         if not expected:
             return f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s) (no counts recorded)", []
@@ -148,8 +148,8 @@ class Postgres(Engine):
         if globals_:
             g = next((f for f in entry["files"] if f["role"] == "globals"), None)
             if g:
-                r = job.host.feed(f"{set_dir}/{g['name']}", job.exec_argv(
-                    svc, self.shell("pg_globals.sh"), user, db, stdin=True), self.decompress_for(g))
+                r = job.shell.feed(f"{set_dir}/{g['name']}", job.exec_argv(
+                    svc, self.with_prelude("pg_globals.sh"), user, db, stdin=True), self.decompress_for(g))
                 refused = [ln for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-refused: ")]
                 if refused:
                     raise BackupError(f"{g['name']}: {refused[0].split(': ', 1)[1]}. pg_dumpall writes no such line, so "
@@ -160,7 +160,7 @@ class Postgres(Engine):
                     job.say(f"  roles: some statements failed (existing roles are kept): "
                             f"{job.scrub(r.stderr.strip())[-300:]}")
         dump = next(f for f in entry["files"] if f["role"] == "dump")
-        r = job.host.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
+        r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
             svc, RESTORE + "--clean --if-exists", user, db, stdin=True))
         if r.failed:
             raise BackupError(f"pg_restore into {svc.name} failed and its single transaction was rolled back, so the "

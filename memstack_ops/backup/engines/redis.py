@@ -6,7 +6,7 @@ import re
 import time
 from typing import Any
 
-from ..host import BackupError, StreamFailed
+from ..shell import BackupError, StreamFailed
 from ...kinds.redis import AUTH as REDIS_AUTH
 from ...kinds.redis import auth_input
 from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, image_for, oneoff_name, wrap_compress
@@ -20,7 +20,7 @@ class Redis(Engine):
 
     def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
-        out = job.query(svc, self.shell("redis_info.sh"), what="Reading the Redis configuration",
+        out = job.query(svc, self.with_prelude("redis_info.sh"), what="Reading the Redis configuration",
                         stdin=auth_input(svc.spec))
         info: dict[str, Any] = {}
         keys = 0
@@ -44,7 +44,7 @@ class Redis(Engine):
     def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, info = plan.svc, plan.info
         t0 = time.time()
-        job.query(svc, self.shell("redis_save.sh"), str(int(job.timeout * 10)), what="BGSAVE", timeout=job.timeout + 60,
+        job.query(svc, self.with_prelude("redis_save.sh"), str(int(job.timeout * 10)), what="BGSAVE", timeout=job.timeout + 60,
                   stdin=auth_input(svc.spec))
         members = [info["dbfilename"]]
         aof = info.get("appendonly") == "yes"
@@ -71,9 +71,9 @@ class Redis(Engine):
 
     def _rdb_keys(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> tuple[int, str]:
         f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
-        image = image_for(job.host, entry, svc)
+        image = image_for(job.shell, entry, svc)
         check = ('d=$(mktemp -d) && tar -C "$d" -xf - && redis-check-rdb "$d/$1"')
-        r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "check"), image,
+        r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "check"), image,
                                                                stdin=True, user="0", entrypoint="sh",
                                                                args=("-c", check, "sh", entry.get("dbfilename", "dump.rdb"))),
                           self.decompress_for(f), timeout=3600)
@@ -89,9 +89,9 @@ class Redis(Engine):
     def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
         keys, image = self._rdb_keys(job, entry, set_dir, svc)
         f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
-        r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "scratch"), image,
+        r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "scratch"), image,
                                                                stdin=True, user="0", entrypoint="sh",
-                                                               args=("-c", self.shell("redis_scratch.sh"), "sh",
+                                                               args=("-c", self.with_prelude("redis_scratch.sh"), "sh",
                                                                      entry.get("dbfilename", "dump.rdb"))),
                           self.decompress_for(f), timeout=3600)
         m = re.search(r"dbsize=(\d+)", r.stdout)
@@ -113,9 +113,9 @@ class Redis(Engine):
         name = oneoff_name(job.project, svc.name, "restore")
         with job.stopped([svc.name]) as down:
             try:
-                r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(
+                r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(
                     name, svc.image_id or svc.image, stdin=True, volumes_from=svc.container, user="0", entrypoint="sh",
-                    args=("-c", self.shell("redis_restore.sh"), "sh", info["dir"], info["dbfilename"],
+                    args=("-c", self.with_prelude("redis_restore.sh"), "sh", info["dir"], info["dbfilename"],
                           entry.get("dbfilename", "dump.rdb"), aof, info["appenddirname"])),
                     self.decompress_for(f), timeout=job.timeout * 4)
             finally:
