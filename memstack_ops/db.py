@@ -161,7 +161,7 @@ class Db:
     @property
     def password_var(self) -> str:
         """The env variable holding the password the client uses (for messages)."""
-        names, env = self.spec.PASSWORD_VARS, self.env
+        names, env = self.spec.PASSWORD.variables, self.env
         return next((v for v in names if env.get(v) or env.get(f"{v}_FILE")), names[0])
 
     def argv(self, script: str, database: str | None = None) -> list[str]:
@@ -187,14 +187,18 @@ class Db:
 
     def fail(self, what: str, r: Any, hint: str = "") -> DbError:
         msg = self.t.compose.scrub((r.stderr or r.stdout or "").strip())
-        if self.spec.AUTH_MISSING.search(msg):
+        if self.spec.PASSWORD.missing.search(msg):
             return DbError(f"{what}: {self.service} asks for a password and none was found: set "
-                           f"{self.spec.PASSWORD_WHERE}, to the password the server has.")
-        if self.spec.AUTH_FAILED.search(msg):
+                           f"{self.spec.PASSWORD.where}, to the password the server has.")
+        if self.kind_refused(msg):
             return DbError(f"{what}: {self.service} refused the password. {self.password_var} in {self.t.stack.env_file} "
                            f"is not the password the database was initialised with (it keeps its first password when "
                            f"the env file changes later). Put the old value back, or change it inside the database too.")
         return DbError(f"{what} on {self.service} failed: {msg or f'exit {r.return_code}'}" + (f"\n{hint}" if hint else ""))
+
+    def kind_refused(self, answer: str) -> bool:
+        """The server answered and refused the password (or asked for one)."""
+        return kinds.refused(self.kind, answer)
 
     # ---- readiness
 
@@ -216,7 +220,7 @@ class Db:
             out = r.stdout + r.stderr
             if r.ok:
                 return True
-            if self.spec.AUTH_FAILED.search(out):
+            if self.kind_refused(out):
                 raise self.fail("Connecting", r)
             rows = {r.get("Service"): r for r in self.t.compose.ps(self.t.c, [self.service])}
             row = rows.get(self.service)
@@ -281,7 +285,7 @@ class Db:
             line = int(ln.group(1)) - start + 1
             if 1 <= line <= len(m.text.splitlines()) + 1:
                 where = f", line {line}"
-        if self.spec.AUTH_FAILED.search(err):
+        if self.kind_refused(err):
             return self.fail("Applying migrations", r)
         what = f"{m.path.relative_to(root)}{where}" if m else "the migration script"
         return DbError(f"Migration {what} failed on {self.service}: {err}\n{consequence}. Fix the file and run "

@@ -68,7 +68,7 @@ def refused(kind: str, answer: str) -> bool:
     """The server of a database kind answered and refused the credentials (or asked for some):
     waiting will not change that."""
     db = _DB.get(kind)
-    return bool(db is not None and db.AUTH_FAILED.search(answer))
+    return bool(db is not None and db.PASSWORD.refused.search(answer))
 
 
 def kind_of(service: Mapping[str, Any]) -> str:

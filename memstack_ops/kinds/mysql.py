@@ -10,15 +10,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .spec import TABLE, Ready
+from .spec import TABLE, Password, no_auth_input, quote, sh_ready
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
 
 NAME = "mysql"
 NEEDLES: tuple[str, ...] = ("mariadb", "mysql")  # substrings of an image's repository name
+MIGRATION_EXT: str | None = "sql"
+CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
 
 # THE auth prelude (db.* and backups), the one MySQL option-file writer. Who: root when a root
 # password is set, else MYSQL_USER/MYSQL_PASSWORD (MARIADB_* too); each *_FILE variable, when set
@@ -52,36 +54,27 @@ READY = AUTH + (r'''if [ -n "$_anon" ] && [ -n "${MYSQL_RANDOM_ROOT_PASSWORD:-${
                 r'''"$adm" ping -h127.0.0.1 --connect-timeout=5; exit; fi; '''
                 r'''[ -n "$cli" ] || { echo "no mysql client in the container" >&2; exit 127; }; '''
                 + _CONNECT + " --connect-timeout=5 --batch --skip-column-names -e 'SELECT 1'")
-PASSWORD_VARS: tuple[str, ...] = ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD", "MYSQL_PASSWORD", "MARIADB_PASSWORD")
-AUTH_FAILED = re.compile(r"Access denied for user", re.IGNORECASE)
-AUTH_MISSING = re.compile(r"\(using password: NO\)")
-PASSWORD_WHERE = "MYSQL_ROOT_PASSWORD, or MYSQL_USER and MYSQL_PASSWORD (MARIADB_* too, or *_FILE), in its environment"
-
-MIGRATION_EXT: str | None = "sql"
-CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
+PASSWORD = Password(("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD", "MYSQL_PASSWORD", "MARIADB_PASSWORD"),
+                    refused=re.compile(r"Access denied for user", re.IGNORECASE),
+                    missing=re.compile(r"\(using password: NO\)"),
+                    where="MYSQL_ROOT_PASSWORD, or MYSQL_USER and MYSQL_PASSWORD (MARIADB_* too, or *_FILE), in its "
+                          "environment")
 
 
 def ident(name: str) -> str:
-    """A quoted identifier: backticks, a backtick doubled."""
-    return "`" + name.replace("`", "``") + "`"
+    return quote(name, "`")
 
 
 def literal(text: str) -> str:
-    """A string literal: backslash escaped too (it escapes in MySQL strings unless the server
-    runs with NO_BACKSLASH_ESCAPES), quote doubled."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+    return quote(text, "'", backslash=True)  # \ escapes in MySQL strings (unless NO_BACKSLASH_ESCAPES)
 
 
 def database(env: Mapping[str, str]) -> str:
     return env.get("MYSQL_DATABASE") or env.get("MARIADB_DATABASE") or ""
 
 
-def ready(service: Mapping[str, Any]) -> Ready:
-    return Ready(("sh", "-c", READY, "sh"))
-
-
-def auth_input(service: Mapping[str, Any]) -> str:
-    return ""
+ready = sh_ready(READY)
+auth_input = no_auth_input
 
 
 def ensure(db: Db) -> list[str]:

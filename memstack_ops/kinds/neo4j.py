@@ -11,16 +11,18 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import DbError
-from .spec import Ready
+from .spec import Password, no_auth_input, sh_ready
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
 
 NAME = "neo4j"
 NEEDLES: tuple[str, ...] = ("neo4j",)  # substrings of an image's repository name
+MIGRATION_EXT: str | None = "cypher"
+CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
 
 # THE auth prelude (db.*, readiness and backups): NEO4J_USERNAME/NEO4J_PASSWORD (cypher-shell
 # reads them, never argv) from NEO4J_AUTH=user/password, or the file NEO4J_AUTH_PATH names when
@@ -31,13 +33,10 @@ AUTH = ('if [ -n "${NEO4J_AUTH_PATH:-}" ] && [ -r "$NEO4J_AUTH_PATH" ]; then NEO
 CLIENT = AUTH + "exec cypher-shell --format plain"  # Cypher on stdin
 SHELL = AUTH + "exec cypher-shell"  # interactive (db.shell)
 READY = AUTH + "exec cypher-shell -a bolt://127.0.0.1:7687 --format plain 'RETURN 1'"
-PASSWORD_VARS: tuple[str, ...] = ("NEO4J_PASSWORD",)
-AUTH_FAILED = re.compile(r"unauthorized due to authentication|invalid password", re.IGNORECASE)
-AUTH_MISSING = re.compile(r"(?!)")  # never: without NEO4J_AUTH the prelude sends the image's default
-PASSWORD_WHERE = "NEO4J_AUTH (or NEO4J_AUTH_PATH) in its environment"
-
-MIGRATION_EXT: str | None = "cypher"
-CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
+PASSWORD = Password(("NEO4J_PASSWORD",),
+                    refused=re.compile(r"unauthorized due to authentication|invalid password", re.IGNORECASE),
+                    missing=re.compile(r"(?!)"),  # never: without NEO4J_AUTH the prelude sends the image's default
+                    where="NEO4J_AUTH (or NEO4J_AUTH_PATH) in its environment")
 
 
 def literal(text: str) -> str:
@@ -49,12 +48,8 @@ def database(env: Mapping[str, str]) -> str:
     return ""  # cypher-shell's default database
 
 
-def ready(service: Mapping[str, Any]) -> Ready:
-    return Ready(("sh", "-c", READY, "sh"))
-
-
-def auth_input(service: Mapping[str, Any]) -> str:
-    return ""
+ready = sh_ready(READY)
+auth_input = no_auth_input
 
 
 def ensure(db: Db) -> list[str]:

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..compose import service_env
-from .spec import TABLE, Ready
+from .spec import TABLE, Password, Ready, no_auth_input, quote
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
 
 NAME = "postgres"
 NEEDLES: tuple[str, ...] = ("postgres", "pgvector", "timescale")  # substrings of an image's repository name
+MIGRATION_EXT: str | None = "sql"
+CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
 
 # THE auth prelude (db.*, readiness and backups): exports PGPASSWORD from POSTGRES_PASSWORD, or
 # from the file POSTGRES_PASSWORD_FILE names when set (as the official image reads it), and PGUSER
@@ -34,22 +36,18 @@ _CONNECT = 'PGDATABASE=$1; export PGDATABASE; exec psql -h 127.0.0.1'
 CLIENT = AUTH + _CONNECT + ' -X -q -At -F "|" -v ON_ERROR_STOP=1 -f -'  # SQL on stdin
 SHELL = AUTH + _CONNECT  # interactive (db.shell)
 READY = AUTH + 'PGCONNECT_TIMEOUT=5; export PGCONNECT_TIMEOUT; ' + _CONNECT + " -X -q -At -c 'SELECT 1'"
-PASSWORD_VARS: tuple[str, ...] = ("POSTGRES_PASSWORD", "POSTGRESQL_PASSWORD")
-AUTH_FAILED = re.compile(r"password authentication failed|no password supplied", re.IGNORECASE)
-AUTH_MISSING = re.compile(r"no password supplied")
-PASSWORD_WHERE = "POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) in its environment"
-MIGRATION_EXT: str | None = "sql"
-CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
+PASSWORD = Password(("POSTGRES_PASSWORD", "POSTGRESQL_PASSWORD"),
+                    refused=re.compile(r"password authentication failed|no password supplied", re.IGNORECASE),
+                    missing=re.compile(r"no password supplied"),
+                    where="POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) in its environment")
 
 
 def ident(name: str) -> str:
-    """A quoted SQL identifier: ``"..."`` with ``"`` doubled."""
-    return '"' + name.replace('"', '""') + '"'
+    return quote(name, '"')
 
 
 def literal(text: str) -> str:
-    """A SQL string literal (standard_conforming_strings, the default since 9.1)."""
-    return "'" + text.replace("'", "''") + "'"
+    return quote(text, "'")  # standard_conforming_strings (the default since 9.1): \ is plain
 
 
 def user(env: Mapping[str, str]) -> str:
@@ -66,8 +64,7 @@ def ready(service: Mapping[str, Any]) -> Ready:
     return Ready(("sh", "-c", READY, "sh", database(service_env(service))))
 
 
-def auth_input(service: Mapping[str, Any]) -> str:
-    return ""
+auth_input = no_auth_input
 
 
 def ensure(db: Db) -> list[str]:

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..compose import unescape
-from .spec import Ready
+from .spec import Password, Ready
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
 
 NAME = "redis"
 NEEDLES: tuple[str, ...] = ("redis", "valkey")  # substrings of an image's repository name
+MIGRATION_EXT: str | None = None  # no migrations: status shows the key count
+CONTENTS: tuple[str, str] | None = ("DBSIZE\n", "keys")
 PORT = "6379"
 
 # THE auth prelude (db.*, readiness and backups). It reads three lines on stdin (``auth_input``):
@@ -49,13 +51,10 @@ CLIENT = AUTH + 'exec redis-cli --no-auth-warning -h 127.0.0.1 -p "${port:-6379}
 SHELL = 'a=; port=; conf=; ' + _FIND + 'exec redis-cli --no-auth-warning -h 127.0.0.1'
 # PING over TCP must answer PONG (not LOADING, not NOAUTH: redis-cli exits 0 on an error reply)
 READY = AUTH + 'out=$(r PING 2>&1); echo "$out"; [ "$out" = PONG ]'
-PASSWORD_VARS: tuple[str, ...] = ("REDIS_PASSWORD",)
-AUTH_FAILED = re.compile(r"WRONGPASS|NOAUTH|invalid password", re.IGNORECASE)
-AUTH_MISSING = re.compile(r"NOAUTH")
-PASSWORD_WHERE = ("REDIS_PASSWORD (or REDIS_PASSWORD_FILE) in its environment, --requirepass in its command, or "
-                  "requirepass in the config file its command names")
-MIGRATION_EXT: str | None = None
-CONTENTS: tuple[str, str] | None = ("DBSIZE\n", "keys")
+PASSWORD = Password(("REDIS_PASSWORD",), refused=re.compile(r"WRONGPASS|NOAUTH|invalid password", re.IGNORECASE),
+                    missing=re.compile(r"NOAUTH"),
+                    where="REDIS_PASSWORD (or REDIS_PASSWORD_FILE) in its environment, --requirepass in its command, "
+                          "or requirepass in the config file its command names")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ kind is one module that has them all, plus its name in ``kinds.DB_KINDS`` or ``k
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from re import Pattern
@@ -31,6 +31,34 @@ class Ready:
     stdin: str | None = None
 
 
+@dataclass(frozen=True)
+class Password:
+    """Where a database kind keeps its password, and how its server answers without the right one."""
+
+    variables: tuple[str, ...]  # env variables holding it, for messages; the first one set wins
+    refused: Pattern[str]  # the answer to a wrong (or no) password: waiting will not help
+    missing: Pattern[str]  # the part of those answers that means the client sent none
+    where: str  # where a service of this kind gets it, for that message
+
+
+def sh_ready(script: str) -> Callable[[Mapping[str, Any]], Ready]:
+    """``ready`` for a kind whose readiness script needs nothing from the service."""
+    return lambda service: Ready(("sh", "-c", script, "sh"))
+
+
+def no_auth_input(service: Mapping[str, Any]) -> str:
+    """``auth_input`` for a kind whose prelude reads nothing on stdin."""
+    return ""
+
+
+def quote(text: str, mark: str, backslash: bool = False) -> str:
+    """``text`` between two ``mark`` characters, each ``mark`` in it doubled (and each backslash
+    too, when the language escapes with it): SQL identifiers and string literals."""
+    if backslash:
+        text = text.replace("\\", "\\\\")
+    return mark + text.replace(mark, mark * 2) + mark
+
+
 class ServiceKind(Protocol):
     """A kind the tool asks whether it is ready, whatever its compose healthcheck says."""
 
@@ -51,10 +79,7 @@ class DbKind(Protocol):
     CLIENT: str  # non-interactive client reading its script on stdin (after ``auth_input``)
     SHELL: str  # interactive client (db.shell)
     READY: str  # the readiness script: the auth prelude, then a query over TCP on 127.0.0.1
-    PASSWORD_VARS: tuple[str, ...]  # env variables holding the password, for messages; first set one wins
-    AUTH_FAILED: Pattern[str]  # the server's "wrong (or no) password" answer: waiting will not help
-    AUTH_MISSING: Pattern[str]  # the part of those answers that means the client sent no password
-    PASSWORD_WHERE: str  # where a service of this kind can get its password, for that message
+    PASSWORD: Password  # where the password lives, the server's answers without it
     MIGRATION_EXT: str | None  # migration file extension; None = this kind has no migrations
     CONTENTS: tuple[str, str] | None  # (query, unit) summarising a kind without migrations
 

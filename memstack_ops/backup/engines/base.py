@@ -12,6 +12,8 @@ import abc
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -63,7 +65,7 @@ class Svc:
 
     name: str
     kind: str
-    spec: dict[str, Any]
+    spec: dict[str, Any] = field(default_factory=dict)  # the service in the compose model ({}: a scratch one)
     container: str = ""
     state: str = ""
     image: str = ""
@@ -136,7 +138,7 @@ def image_for(shell: Shell, entry: dict[str, Any], svc: Svc | None) -> str:
 
 @dataclass
 class Job:
-    """What one backup/restore run shares: target, host, compose model, options, output."""
+    """What one backup/restore run shares: target, shell, compose model, options, output."""
 
     t: Target
     shell: Shell
@@ -450,7 +452,7 @@ class Engine(abc.ABC):
 
     def describe(self, plan: Plan) -> str:
         """The plan in one phrase, for the line that says what a backup will do."""
-        from ..sets import human_size
+        from ...output import human_size
 
         svc = plan.svc
         return f"{svc.name} ({svc.kind}, {svc.image}, about {human_size(plan.estimate)})"
@@ -485,6 +487,22 @@ def compare_counts(expected: dict[str, Any], got: dict[str, Any], what: str) -> 
         if str(expected.get(k)) != str(got.get(k)):
             problems.append(f"{what} {k}: backup had {expected.get(k, 'none')}, scratch restore has {got.get(k, 'none')}")
     return problems
+
+
+@contextmanager
+def scratch_server(job: Job, image: str, entry: dict[str, Any], kind: str, env: str) -> Iterator[Svc]:
+    """A detached scratch container of ``image`` for the restore test of ``entry`` (``env``: the text
+    of its env file, written 0600 and removed afterwards); removed on the way out."""
+    name = oneoff_name(job.project, entry["service"], "scratch")
+    envf = job.shell.tempfile(env)
+    try:
+        r = job.shell.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
+        if r.failed:
+            raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
+        yield Svc(name, kind, container=name)
+    finally:
+        job.remove_container(name)
+        job.shell.remove(envf)
 
 
 def wait_scratch(job: "Job", name: str, ready: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 from ..shell import BackupError, StreamFailed, q
 from ...kinds import mysql as kind
 from ...kinds.mysql import AUTH as MY_AUTH
-from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
-                   oneoff_name, script, wait_scratch, wrap_compress)
+from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry,
+                   image_for, scratch_server, script, wait_scratch, wrap_compress)
 
 
 # One SQL statement ($1) through the client, in the database $2 when not empty: one argument
@@ -78,17 +78,12 @@ class Mysql(Engine):
         import secrets
 
         f = next(x for x in entry["files"] if x["role"] == "dump")
-        image = image_for(job.shell, entry, svc)
         pw = secrets.token_urlsafe(18)
-        envf = job.shell.tempfile(f"MYSQL_ROOT_PASSWORD={pw}\nMARIADB_ROOT_PASSWORD={pw}\n")
-        name = oneoff_name(job.project, entry["service"], "scratch")
-        scratch = Svc(name, "mysql", {}, container=name)
-        try:
-            r = job.shell.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
-            if r.failed:
-                raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
+        with scratch_server(job, image_for(job.shell, entry, svc), entry, self.kind,
+                            f"MYSQL_ROOT_PASSWORD={pw}\nMARIADB_ROOT_PASSWORD={pw}\n") as scratch:
             # the kind's readiness (over TCP: the image's temporary init server listens on the socket only)
-            wait_scratch(job, name, lambda: job.shell.run(job.exec_argv(scratch, kind.READY), timeout=30).ok, 240)
+            wait_scratch(job, scratch.container,
+                         lambda: job.shell.run(job.exec_argv(scratch, kind.READY), timeout=30).ok, 240)
             r = job.shell.feed(f"{set_dir}/{f['name']}", job.exec_argv(scratch, self.with_prelude("mysql_load.sh"), stdin=True),
                               self.decompress_for(f))
             if r.failed:
@@ -99,9 +94,6 @@ class Mysql(Engine):
                 out = job.query(scratch, SQL, script("my_count.sql"), entry["database"],
                                 what="Counting rows in the scratch restore")
                 got = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
-        finally:
-            job.remove_container(name)
-            job.shell.remove(envf)
         problems = compare_counts(entry.get("counts") or {}, got, "table")
         detail = f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s)"
         if problems and entry.get("counts_snapshot") == "separate":

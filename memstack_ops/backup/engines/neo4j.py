@@ -104,7 +104,7 @@ class Neo4j(Engine):
             r = job.shell.run(job.oneoff(name, image, detach=True, volumes=(f"{vol}:/data",), env_file=envf), timeout=300)
             if r.failed:
                 raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
-            scratch = Svc(name, "neo4j", {}, container=name)
+            scratch = Svc(name, "neo4j", container=name)
             count = NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'
             last: dict[str, Any] = {}
 

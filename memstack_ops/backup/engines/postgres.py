@@ -8,8 +8,8 @@ from typing import Any
 from ..shell import BackupError, StreamFailed
 from ...kinds import postgres as kind
 from ...kinds.postgres import AUTH as PG_AUTH
-from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry, image_for,
-                   oneoff_name, script, wait_scratch)
+from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry,
+                   image_for, oneoff_name, scratch_server, script, wait_scratch)
 
 
 # The prelude of every script here: the password from the container's environment (THE auth
@@ -108,16 +108,10 @@ class Postgres(Engine):
         import secrets
 
         dump = next(f for f in entry["files"] if f["role"] == "dump")
-        image = image_for(job.shell, entry, svc)
         user, db = entry.get("user", "postgres"), entry.get("database", "postgres")
-        envf = job.shell.tempfile(f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\nPOSTGRES_USER={user}\nPOSTGRES_DB={db}\n")
-        name = oneoff_name(job.project, entry["service"], "scratch")
-        scratch = Svc(name, "postgres", {}, container=name)
-        try:
-            r = job.shell.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
-            if r.failed:
-                raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
-            wait_scratch(job, name, lambda: job.shell.run(job.exec_argv(
+        with scratch_server(job, image_for(job.shell, entry, svc), entry, self.kind,
+                            f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\nPOSTGRES_USER={user}\nPOSTGRES_DB={db}\n") as scratch:
+            wait_scratch(job, scratch.container, lambda: job.shell.run(job.exec_argv(
                 scratch, AS + 'exec pg_isready -q -h 127.0.0.1', user, db), timeout=30).ok, 180)
             r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(scratch, RESTORE, user, db, stdin=True))
             if r.failed:
@@ -125,9 +119,6 @@ class Postgres(Engine):
             out = job.query(scratch, AS + 'psql -X -At -c "$3"', user, db, script("pg_count.sql"),
                             what="Counting rows in the scratch restore")
             got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
-        finally:
-            job.remove_container(name)
-            job.shell.remove(envf)
         expected = entry.get("counts") or {}
         if not expected:
             return f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s) (no counts recorded)", []
