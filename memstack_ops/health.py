@@ -16,9 +16,10 @@ Everything goes through ``c.run`` so the same code runs on a remote host through
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from .compose import Compose, run, unescape
 from .errors import HealthError
@@ -269,10 +270,10 @@ class Watch:
                     ok, out, detail = fut.result()
                 except _Refused as e:
                     st.output = str(e)
-                    self._set(st, failed=True, detail=f"it answers over TCP but refuses the credentials from its "
-                                                      f"container's environment (the database keeps the password it "
-                                                      f"was first initialised with: put that value back in the env "
-                                                      f"file, or change the password inside the database too)")
+                    self._set(st, failed=True, detail="it answers over TCP but refuses the credentials from its "
+                                                      "container's environment (the database keeps the password it "
+                                                      "was first initialised with: put that value back in the env "
+                                                      "file, or change the password inside the database too)")
                     continue
                 st.output = out
                 self._set(st, ready=ok, detail=detail)

@@ -7,16 +7,17 @@ module decides what to do, checks before acting, writes the manifest and reports
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 from ..kinds import DB_KINDS
-from .engines import COMPRESSIONS, ENGINES, Job, Plan, Volume, stack_volumes
+from ..output import human_size
 from ..target import Target
-from .shell import BackupError, Shell, shell_for
+from .engines import COMPRESSIONS, ENGINES, Job, Plan, Volume, stack_volumes
 from .lock import exclusive
-from .sets import (MANIFEST, VERIFY, BackupSet, human_size, iso, list_sets, load_set, manifest_json, new_id,
-                   select_keep, utcnow)
+from .sets import MANIFEST, VERIFY, BackupSet, iso, list_sets, load_set, manifest_json, new_id, select_keep, utcnow
+from .shell import BackupError, Shell, shell_for
 
 
 def backups_root(t: Target, here: bool = False) -> str:
@@ -85,12 +86,18 @@ class progress_bar:
         self.rich: Any = None
         self.task: Any = None
 
-    def __enter__(self) -> "progress_bar":
+    def __enter__(self) -> progress_bar:
         from ..output import interactive
 
         if interactive():
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             self.rich = Progress(TextColumn("  {task.description}"), BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True)
@@ -151,7 +158,8 @@ def select_volumes(model: dict[str, Any], keys: Iterable[str], exclude_db: bool 
         known = {v.key: v for v in vols}
         bad = [k for k in keys if k not in known]
         if bad:
-            raise BackupError(f"Unknown volume(s) {', '.join(bad)}; the stack's named volumes: {', '.join(known) or 'none'}.")
+            raise BackupError(f"Unknown volume(s) {', '.join(bad)}; the stack's named volumes: "
+                              f"{', '.join(known) or 'none'}.")
         return [known[k] for k in keys]
     if exclude_db:
         dbs = {n for n, _ in db_services(model)}
@@ -231,7 +239,7 @@ def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable
                     job.say(f"  note: {p.note}")
             with job.stopped(sorted({s for p in window for s in p.stop} - set(stopped))) as down:
                 made = [p.engine.backup(job, p, part) for p in window]
-            for p, e in zip(window, made):
+            for p, e in zip(window, made, strict=True):
                 if p.engine.downtime:
                     e["downtime_s"] = down.seconds
             entries += made
@@ -299,7 +307,8 @@ def find_set(sets: list[BackupSet], set_id: str | None, kind: str | None = None,
             continue
         if kind == "all" and s.kind == "all":
             return _skipped_note(s, skipped, say)
-        if kind != "all" and any(e.get("kind") == kind and (service is None or e.get("service") == service) for e in s.entries):
+        if kind != "all" and any(e.get("kind") == kind and (service is None or e.get("service") == service)
+                                 for e in s.entries):
             return _skipped_note(s, skipped, say)
     what = f"{kind} backup" + (f" of {service}" if service else "") if kind else "backup"
     bad = (f" ({len(skipped)} set(s) skipped, their manifest unreadable: "
@@ -375,7 +384,8 @@ def record_verify(shell: Shell, s: BackupSet, ok: bool, level: str, details: lis
                                                          "details": details}))
 
 
-def verify(t: Target, set_id: str | None = None, restore_test: bool = False, shell: Shell | None = None) -> list[list[str]]:
+def verify(t: Target, set_id: str | None = None, restore_test: bool = False,
+           shell: Shell | None = None) -> list[list[str]]:
     """Checksums, then a format check of every file, then (``restore_test``) a scratch restore in
     the same image comparing counts. Records the result in the set's verify.json."""
     job = make_job(t, shell)
@@ -434,7 +444,8 @@ def dependants(model: dict[str, Any], name: str) -> list[str]:
 @exclusive("restore.{kind}")
 def restore(t: Target, kind: str, set_id: str | None = None, service: str | None = None, yes: bool = False,
             safety: bool = True, dry_run: bool = False, volumes: Iterable[str] = (), shell: Shell | None = None,
-            space_check: bool = True, checked: bool = False, allow_foreign: bool = False, **opts: Any) -> dict[str, Any]:
+            space_check: bool = True, checked: bool = False, allow_foreign: bool = False,
+            **opts: Any) -> dict[str, Any]:
     """Restore one service (or volumes) from a backup set; see the module docs of the tasks. A set
     made for another stack or project is refused unless ``allow_foreign``."""
     from ..output import confirm, say
@@ -530,7 +541,8 @@ def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes
     problems = [] if checked else check_files(job.shell, s, [f["name"] for e in entries for f in e["files"]])
     if problems:
         record_verify(job.shell, s, False, "checksum", problems)
-        raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. Nothing was touched.")
+        raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. "
+                          f"Nothing was touched.")
     users = sorted({u for e in entries for u in vols[e["volume"]].services})
     users += [d for u in list(users) for d in dependants(job.model, u) if d not in users]
     names = [e["volume"] for e in entries]
@@ -567,7 +579,8 @@ def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety:
     problems = check_files(job.shell, s)
     if problems:
         record_verify(job.shell, s, False, "checksum", problems)
-        raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. Nothing was touched.")
+        raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. "
+                          f"Nothing was touched.")
     dbs = [e for e in s.entries if e.get("kind") in DB_KINDS]
     vols = [e["volume"] for e in s.entries if e.get("kind") == "volumes"]
     what = [f"{e['service']} ({e['kind']})" for e in dbs] + [f"volume {v}" for v in vols]
@@ -610,7 +623,8 @@ def list_rows(t: Target, kind: str | None = None, shell: Shell | None = None) ->
 
 @exclusive("backup.prune")
 def prune(t: Target, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0,
-          dry_run: bool = False, kind: str | None = None, shell: Shell | None = None) -> tuple[list[BackupSet], dict[str, list[str]]]:
+          dry_run: bool = False, kind: str | None = None,
+          shell: Shell | None = None) -> tuple[list[BackupSet], dict[str, list[str]]]:
     """Delete the sets no retention rule keeps. Only files listed in a set's manifest (plus the
     manifest and verify.json) are deleted; a folder holding anything else is left in place."""
     if not any((keep_last, keep_daily, keep_weekly, keep_monthly)):

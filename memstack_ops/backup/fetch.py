@@ -28,11 +28,24 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..output import human_size
 from ..target import Target, on_host
-from .shell import BackupError, LocalShell, fsync_dir, shell_for
-from .sets import (MANIFEST, VERIFY, BackupSet, ManifestError, human_size, iso, list_sets, load_set, manifest_json,
-                   new_id, parse_id, parse_manifest, utcnow)
+from .sets import (
+    MANIFEST,
+    VERIFY,
+    BackupSet,
+    ManifestError,
+    iso,
+    list_sets,
+    load_set,
+    manifest_json,
+    new_id,
+    parse_id,
+    parse_manifest,
+    utcnow,
+)
 from .sets import safe_name as sets_safe_name
+from .shell import BackupError, LocalShell, fsync_dir, shell_for
 
 SOURCE = ".fetch-source"  # inside <id>.partial/: which host and set the partial folder is filling from
 WINDOW = 16 << 20  # SSH channel window: at most this much in flight, whatever the file size
@@ -122,7 +135,8 @@ def fetch(t: Target, set_id: str | None = None, s: BackupSet | None = None, say:
                           f"backups_dir at a bigger disk. Nothing was changed; the set is still on {label}.")
     if kept:
         say(f"  resuming an interrupted fetch: {len(kept)} file(s) already here and checked")
-    say(f"Fetching backup {s.id} ({human_size(need)}, {len(todo)} file(s)) from {label}:{s.path} into {root}/{local_id}")
+    say(f"Fetching backup {s.id} ({human_size(need)}, {len(todo)} file(s)) from {label}:{s.path} "
+        f"into {root}/{local_id}")
     copied = 0
     for name, size, digest in todo:
         with progress_bar(f"{name} from {label}", size) as bar:

@@ -37,7 +37,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .shell import BackupError, Shell, shell_for
 
@@ -63,7 +64,7 @@ def holder_info(what: str) -> dict[str, Any]:
         user = str(os.getuid())
     argv = ["memstack-ops", *sys.argv[1:]] if sys.argv and sys.argv[0] else [what]
     return {"pid": os.getpid(), "host": socket.gethostname(), "user": user, "what": what,
-            "command": shlex.join(argv), "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            "command": shlex.join(argv), "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             .replace("+00:00", "Z")}
 
 
@@ -73,7 +74,7 @@ def describe(info: Any) -> str:
     age = ""
     try:
         t = dt.datetime.fromisoformat(str(info.get("started", "")).replace("Z", "+00:00"))
-        age = f" ({int((dt.datetime.now(dt.timezone.utc) - t).total_seconds())} s ago)"
+        age = f" ({int((dt.datetime.now(dt.UTC) - t).total_seconds())} s ago)"
     except ValueError:
         pass
     return (f"pid {info.get('pid', '?')} on {info.get('host', '?')} (user {info.get('user', '?')}): "
@@ -96,7 +97,7 @@ class StackLock:
         self.fd = -1
         self.keeper: Any = None  # a subprocess or an SSH channel holding flock on the host
 
-    def acquire(self) -> "StackLock":
+    def acquire(self) -> StackLock:
         from .core import ensure_private_dir
 
         ensure_private_dir(self.shell, self.root)
@@ -234,7 +235,7 @@ class _Held:
     def __init__(self, shell: Shell, root: str, what: str):
         self.lock = StackLock(shell, root, what)
 
-    def __enter__(self) -> "_Held":
+    def __enter__(self) -> _Held:
         depth = getattr(_held, "d", None)
         if depth is None:
             depth = _held.d = {}

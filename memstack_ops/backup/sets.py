@@ -12,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from ..kinds import DB_KINDS
 from ..output import human_size  # noqa: F401 - re-exported (the one home is output.py)
@@ -25,22 +26,22 @@ FORMAT = 1
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def stamp(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return t.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return t.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def parse_id(name: str) -> tuple[dt.datetime, int, str] | None:
     m = ID_RE.match(name)
     if not m:
         return None
-    t = dt.datetime.strptime(m["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    t = dt.datetime.strptime(m["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
     return t, int(m["seq"] or 0), m["kind"]
 
 

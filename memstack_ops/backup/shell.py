@@ -23,8 +23,9 @@ import os
 import shlex
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import IO, Any
 
 from ..compose import Script, run
 from ..errors import MemstackError
@@ -156,8 +157,8 @@ class Shell:
 
     def write_text(self, path: str, text: str) -> None:
         part = path + ".partial"
-        r = run(self.c, ["bash", "-c", f"umask 077 && cat > {q(part)} && sync -- {q(part)} && mv -f -- {q(part)} {q(path)}"],
-                in_stream=Script(text))
+        script = f"umask 077 && cat > {q(part)} && sync -- {q(part)} && mv -f -- {q(part)} {q(path)}"
+        r = run(self.c, ["bash", "-c", script], in_stream=Script(text))
         if r.failed:
             self.sh(f"rm -f -- {q(part)}")
             raise BackupError(f"Writing {path} failed: {r.stderr.strip() or f'exit {r.return_code}'}")
@@ -428,7 +429,7 @@ class LocalShell(Shell):
         workers = max(1, min(len(digests), os.cpu_count() or 1, 8))
         with ThreadPoolExecutor(workers, "sha256") as pool:
             got = list(pool.map(one, range(len(digests))))
-        bad = [i for i, (a, b) in enumerate(zip(got, digests)) if a != b]
+        bad = [i for i, (a, b) in enumerate(zip(got, digests, strict=True)) if a != b]
         if bad:
             i = bad[0]
             return (f"sha256 of bytes {i * piece}-{min((i + 1) * piece, int(f['size'])) - 1} does not match the "
@@ -482,7 +483,7 @@ class LocalShell(Shell):
                 else:
                     time.sleep(0.02)
             codes = [p.returncode for p in procs]
-            stderr = "\n".join(_tail(e, 1 << 20) for e in errs).strip()
+            stderr = "\n".join(_tail(err, 1 << 20) for err in errs).strip()
             if any(codes):
                 if "no space left" in stderr.lower() or _full(part):  # the writer hit a full disk
                     raise _WriteFailed(OSError(28, "No space left on device"))
@@ -507,8 +508,8 @@ class LocalShell(Shell):
             fd = -1
             raise
         finally:
-            for e in errs:
-                e.close()
+            for err in errs:
+                err.close()
             for x in (fd, rfd):
                 if x >= 0:
                     os.close(x)
@@ -582,7 +583,7 @@ def _kill(procs: list[Any]) -> None:
             p.stdout.close()
 
 
-def _tail(f: Any, limit: int = 4000) -> str:
+def _tail(f: IO[bytes], limit: int = 4000) -> str:
     f.seek(0, os.SEEK_END)
     size = f.tell()
     f.seek(max(0, size - limit))

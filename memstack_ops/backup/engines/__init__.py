@@ -8,9 +8,27 @@ from ...kinds.mysql import AUTH as MY_AUTH
 from ...kinds.neo4j import AUTH as NEO4J_AUTH
 from ...kinds.postgres import AUTH as PG_AUTH
 from ...kinds.redis import AUTH as REDIS_AUTH
-from .base import (COMPRESSIONS, DECOMPRESS, EXT, Engine, Job, Plan, Safety, Stopped, Svc, Volume, compare_counts,
-                   container_state, file_entry, image_for, inspect_service, oneoff_name, packaged_scripts, script,
-                   wrap_compress)
+from .base import (
+                   COMPRESSIONS,
+                   DECOMPRESS,
+                   EXT,
+                   Engine,
+                   Job,
+                   Plan,
+                   Safety,
+                   Stopped,
+                   Svc,
+                   Volume,
+                   compare_counts,
+                   container_state,
+                   file_entry,
+                   image_for,
+                   inspect_service,
+                   oneoff_name,
+                   packaged_scripts,
+                   script,
+                   wrap_compress,
+)
 from .mysql import Mysql
 from .neo4j import Neo4j
 from .postgres import Postgres, parse_marked
@@ -19,7 +37,7 @@ from .volumes import Volumes, stack_volumes
 
 ENGINES: dict[str, Engine] = {e.kind: e for e in (Postgres(), Mysql(), Redis(), Neo4j(), Volumes())}
 
-__all__ = ["COMPRESSIONS", "DB_KINDS", "DECOMPRESS", "ENGINES", "EXT", "Engine", "Job", "MY_AUTH", "Mysql", "NEO4J_AUTH",
-           "Neo4j", "PG_AUTH", "Plan", "Postgres", "REDIS_AUTH", "Redis", "Safety", "Stopped", "Svc", "Volume",
-           "Volumes", "compare_counts", "container_state", "file_entry", "image_for", "inspect_service", "oneoff_name",
-           "packaged_scripts", "parse_marked", "script", "stack_volumes", "wrap_compress"]
+__all__ = ["COMPRESSIONS", "DB_KINDS", "DECOMPRESS", "ENGINES", "EXT", "Engine", "Job", "MY_AUTH", "Mysql",
+           "NEO4J_AUTH", "Neo4j", "PG_AUTH", "Plan", "Postgres", "REDIS_AUTH", "Redis", "Safety", "Stopped", "Svc",
+           "Volume", "Volumes", "compare_counts", "container_state", "file_entry", "image_for", "inspect_service",
+           "oneoff_name", "packaged_scripts", "parse_marked", "script", "stack_volumes", "wrap_compress"]

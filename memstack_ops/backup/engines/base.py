@@ -12,12 +12,12 @@ import abc
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any, Callable, ClassVar, Collection, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from ...compose import Script, service_env
 from ...target import Target
@@ -38,7 +38,8 @@ def script(name: str) -> str:
     """A shell script (or SQL) shipped in ``memstack_ops/backup/scripts``, read once per process.
 
     The scripts take their values as positional parameters ("$1" ...), never by text templating;
-    the ones that need credentials run after an auth prelude (``memstack_ops.kinds.<kind>.AUTH``) prepended by the engine."""
+    the ones that need credentials run after an auth prelude (``memstack_ops.kinds.<kind>.AUTH``)
+    prepended by the engine."""
     return (resources.files(__package__.rsplit(".", 1)[0]) / SCRIPTS / name).read_text(encoding="utf-8")
 
 
@@ -94,7 +95,8 @@ class Volume:
     image: str  # an image with tar and sh: one of its services'
 
 
-def inspect_service(t: Target, shell: Shell, model: dict[str, Any], name: str, ps: list[dict[str, Any]] | None = None) -> Svc:
+def inspect_service(t: Target, shell: Shell, model: dict[str, Any], name: str,
+                    ps: list[dict[str, Any]] | None = None) -> Svc:
     """The service and its container (``ps``: rows of ``compose ps`` already at hand)."""
     from ...kinds import kind_of
 
@@ -118,7 +120,8 @@ def inspect_service(t: Target, shell: Shell, model: dict[str, Any], name: str, p
 
 
 def container_state(shell: Shell, container: str) -> tuple[str, str, Any]:
-    r = shell.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.StartedAt}} {{.State.ExitCode}}", container])
+    r = shell.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.StartedAt}} {{.State.ExitCode}}",
+                   container])
     if r.failed:
         return "gone", "", None
     parts = r.stdout.split()
@@ -168,7 +171,8 @@ class Job:
 
     def exec_argv(self, svc: Svc, script: str, *args: str, stdin: bool = False) -> list[str]:
         if not svc.container:
-            raise BackupError(f"Service {svc.name} has no container: start it first (`memstack-ops up --service {svc.name}`).")
+            raise BackupError(f"Service {svc.name} has no container: start it first "
+                              f"(`memstack-ops up --service {svc.name}`).")
         return ["docker", "exec", *(["-i"] if stdin else []), svc.container, "sh", "-c", script, "sh", *args]
 
     def query(self, svc: Svc, script: str, *args: str, what: str, timeout: float | None = 120,
@@ -282,7 +286,7 @@ class Job:
         states = r.stdout.split() if r.ok else []
         return len(states) == len(names) and all(x == "running/healthy" for x in states)
 
-    def stopped(self, services: list[str]) -> "Stopped":
+    def stopped(self, services: list[str]) -> Stopped:
         return Stopped(self, services)
 
 
@@ -297,7 +301,7 @@ class Stopped:
         self.t0 = 0.0
         self.seconds: float | None = None
 
-    def __enter__(self) -> "Stopped":
+    def __enter__(self) -> Stopped:
         self.t0 = time.monotonic()
         self.stopped = self.job.stop(self.services)
         return self
@@ -319,7 +323,7 @@ class Stopped:
 class deferred_interrupts:
     """Hold Ctrl-C back while the block runs (only in the main thread); re-raise it after."""
 
-    def __enter__(self) -> "deferred_interrupts":
+    def __enter__(self) -> deferred_interrupts:
         import signal
         import threading
 
@@ -380,7 +384,7 @@ def fail_capture(job: Job, svc: Svc | None, e: StreamFailed, what: str) -> Backu
 class Plan:
     """What a backup of one target will do; built (read-only) before anything is written."""
 
-    engine: "Engine"
+    engine: Engine
     target: Svc | Volume  # what the engine backs up: the service of a database, or a named volume
     estimate: int = 0
     info: dict[str, Any] = field(default_factory=dict)
@@ -485,7 +489,8 @@ def compare_counts(expected: dict[str, Any], got: dict[str, Any], what: str) -> 
     problems = []
     for k in sorted(set(expected) | set(got)):
         if str(expected.get(k)) != str(got.get(k)):
-            problems.append(f"{what} {k}: backup had {expected.get(k, 'none')}, scratch restore has {got.get(k, 'none')}")
+            problems.append(f"{what} {k}: backup had {expected.get(k, 'none')}, "
+                            f"scratch restore has {got.get(k, 'none')}")
     return problems
 
 
@@ -505,13 +510,14 @@ def scratch_server(job: Job, image: str, entry: dict[str, Any], kind: str, env: 
         job.shell.remove(envf)
 
 
-def wait_scratch(job: "Job", name: str, ready: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
+def wait_scratch(job: Job, name: str, ready: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
     """Wait until a scratch container is ``ready()``; fail at once when it exits."""
     def running_and_ready() -> bool:
         state = container_state(job.shell, name)[0]
         if state != "running":
             logs = job.shell.run(["docker", "logs", "--tail", "30", name], timeout=60)
-            raise BackupError(f"The scratch container {name} stopped ({state}):\n{(logs.stdout + logs.stderr).strip()[-1500:]}")
+            raise BackupError(f"The scratch container {name} stopped ({state}):\n"
+                              f"{(logs.stdout + logs.stderr).strip()[-1500:]}")
         return ready()
 
     wait_until(running_and_ready, timeout, interval, what=f"the scratch container {name}")
@@ -522,7 +528,8 @@ def wait_until(fn: Callable[[], bool], timeout: float, interval: float = 0.5, wh
     import tenacity
 
     try:
-        tenacity.Retrying(stop=tenacity.stop_after_delay(timeout) | tenacity.stop_after_attempt(int(timeout / interval) + 2),
+        tenacity.Retrying(stop=tenacity.stop_after_delay(timeout)
+                          | tenacity.stop_after_attempt(int(timeout / interval) + 2),
                           wait=tenacity.wait_fixed(interval),
                           retry=tenacity.retry_if_result(lambda ok: not ok))(fn)
     except tenacity.RetryError:

@@ -6,12 +6,26 @@ import shlex
 import time
 from typing import Any
 
-from ..shell import BackupError, StreamFailed, q
 from ...kinds import mysql as kind
 from ...kinds.mysql import AUTH as MY_AUTH
-from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry,
-                   image_for, scratch_server, script, wait_scratch, wrap_compress)
-
+from ..shell import BackupError, StreamFailed, q
+from .base import (
+    EXT,
+    Engine,
+    Job,
+    Plan,
+    Safety,
+    Svc,
+    check_compressed,
+    compare_counts,
+    fail_capture,
+    file_entry,
+    image_for,
+    scratch_server,
+    script,
+    wait_scratch,
+    wrap_compress,
+)
 
 # One SQL statement ($1) through the client, in the database $2 when not empty: one argument
 # however it is spelt (spaces, quotes), never pasted into the script.
@@ -29,9 +43,11 @@ class Mysql(Engine):
     def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
         db = self.database(svc)
-        where = "WHERE table_schema = DATABASE()" if db else "WHERE table_schema NOT IN ('mysql', 'sys', 'performance_schema', 'information_schema')"
+        where = ("WHERE table_schema = DATABASE()" if db else
+                 "WHERE table_schema NOT IN ('mysql', 'sys', 'performance_schema', 'information_schema')")
         out = job.query(svc, SQL,
-                        f"SELECT VERSION(), COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables {where}",
+                        f"SELECT VERSION(), COALESCE(SUM(data_length + index_length), 0) "
+                        f"FROM information_schema.tables {where}",
                         db, what="Reading the MySQL version and size").strip().splitlines()[-1]
         version, size = out.split("\t")
         return Plan(self, svc, int(float(size)), {"database": db, "version": version})
@@ -58,7 +74,8 @@ class Mysql(Engine):
         return {"service": svc.name, "kind": self.kind, "image": svc.image, "image_id": svc.image_id,
                 "db_version": plan.info["version"], "database": db,
                 "method": "mysqldump/mariadb-dump --single-transaction inside the service's container",
-                "command": f"docker exec {svc.container} mysqldump {flags} " + (f"--databases {db}" if db else "--all-databases"),
+                "command": f"docker exec {svc.container} mysqldump {flags} "
+                           + (f"--databases {db}" if db else "--all-databases"),
                 "counts": counts, "counts_snapshot": "separate",
                 "notes": [],
                 "files": [file_entry(name, cap, "dump", comp, svc.name)], "duration_s": round(time.time() - t0, 3)}
@@ -84,8 +101,8 @@ class Mysql(Engine):
             # the kind's readiness (over TCP: the image's temporary init server listens on the socket only)
             wait_scratch(job, scratch.container,
                          lambda: job.shell.run(job.exec_argv(scratch, kind.READY), timeout=30).ok, 240)
-            r = job.shell.feed(f"{set_dir}/{f['name']}", job.exec_argv(scratch, self.with_prelude("mysql_load.sh"), stdin=True),
-                              self.decompress_for(f))
+            load = job.exec_argv(scratch, self.with_prelude("mysql_load.sh"), stdin=True)
+            r = job.shell.feed(f"{set_dir}/{f['name']}", load, self.decompress_for(f))
             if r.failed:
                 raise BackupError(self.refused(f["name"], r.stderr) or
                                   f"Scratch restore of {f['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
@@ -123,8 +140,8 @@ class Mysql(Engine):
         r = job.shell.feed(f"{set_dir}/{f['name']}", job.exec_argv(svc, self.with_prelude("mysql_load.sh"), stdin=True),
                           self.decompress_for(f))
         if r.failed and self.refused(f["name"], r.stderr):
-            raise BackupError(f"{self.refused(f['name'], r.stderr)} The statements before it were applied (MySQL DDL is "
-                              f"not transactional): restore the safety backup if needed.")
+            raise BackupError(f"{self.refused(f['name'], r.stderr)} The statements before it were applied "
+                              f"(MySQL DDL is not transactional): restore the safety backup if needed.")
         if r.failed:
             raise BackupError(f"Loading the dump into {svc.name} failed part-way (MySQL DDL is not transactional, so "
                               f"the database may be partly restored: restore the safety backup if needed):\n"

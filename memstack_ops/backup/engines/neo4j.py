@@ -6,9 +6,23 @@ import re
 import time
 from typing import Any
 
-from ..shell import BackupError, StreamFailed
 from ...kinds.neo4j import AUTH as NEO4J_AUTH
-from .base import Engine, Job, Plan, Safety, Svc, compare_counts, fail_capture, file_entry, image_for, oneoff_name, wait_scratch
+from ..shell import BackupError, StreamFailed
+from .base import (
+    Engine,
+    Job,
+    Plan,
+    Safety,
+    Svc,
+    compare_counts,
+    fail_capture,
+    file_entry,
+    image_for,
+    oneoff_name,
+    wait_scratch,
+)
+
+COUNT_NODES = NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'
 
 
 class Neo4j(Engine):
@@ -25,8 +39,7 @@ class Neo4j(Engine):
                         what="Reading the Neo4j version")
         info: dict[str, Any] = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
         counts: dict[str, int] = {}
-        r = job.shell.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'),
-                         timeout=120)
+        r = job.shell.run(job.exec_argv(svc, COUNT_NODES), timeout=120)
         if r.ok and r.stdout.strip().splitlines()[-1].strip().isdigit():
             counts["nodes"] = int(r.stdout.strip().splitlines()[-1])
         r = job.shell.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain '
@@ -38,8 +51,8 @@ class Neo4j(Engine):
                     note=f"{svc.name} is stopped during the dump (Neo4j community dumps offline only)", stop=[svc.name])
 
     def dump_argv(self, job: Job, svc: Svc, name: str, owner: str, db: str) -> list[str]:
-        return job.oneoff(name, svc.image_id or svc.image, volumes_from=svc.container, user=owner, entrypoint="neo4j-admin",
-                          args=("database", "dump", db, "--to-stdout"))
+        return job.oneoff(name, svc.image_id or svc.image, volumes_from=svc.container, user=owner,
+                          entrypoint="neo4j-admin", args=("database", "dump", db, "--to-stdout"))
 
     def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, info = plan.svc, plan.info
@@ -93,7 +106,8 @@ class Neo4j(Engine):
         name = vol
         envf = job.shell.tempfile(f"NEO4J_AUTH=neo4j/{secrets.token_urlsafe(18)}\n")
         try:
-            job.shell.run(["docker", "volume", "create", "--label", f"memstack-ops.project={job.project}", vol], timeout=60)
+            job.shell.run(["docker", "volume", "create", "--label", f"memstack-ops.project={job.project}", vol],
+                          timeout=60)
             r = job.shell.run(job.oneoff(name + "-own", image, volumes=(f"{vol}:/data",), user="0", entrypoint="chown",
                                         args=(owner, "/data")), timeout=300)
             r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(
@@ -101,15 +115,15 @@ class Neo4j(Engine):
                 args=("database", "load", "neo4j", "--from-stdin", "--overwrite-destination=true")), timeout=3600)
             if r.failed:
                 raise BackupError(f"Scratch load of {f['name']} failed: {(r.stderr or r.stdout).strip()[-800:]}")
-            r = job.shell.run(job.oneoff(name, image, detach=True, volumes=(f"{vol}:/data",), env_file=envf), timeout=300)
+            r = job.shell.run(job.oneoff(name, image, detach=True, volumes=(f"{vol}:/data",), env_file=envf),
+                              timeout=300)
             if r.failed:
                 raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
             scratch = Svc(name, "neo4j", container=name)
-            count = NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'
             last: dict[str, Any] = {}
 
             def ready() -> bool:
-                last["r"] = job.shell.run(job.exec_argv(scratch, count), timeout=60)
+                last["r"] = job.shell.run(job.exec_argv(scratch, COUNT_NODES), timeout=60)
                 return bool(last["r"].ok)
 
             wait_scratch(job, name, ready, 300, 1.0)
@@ -149,10 +163,10 @@ class Neo4j(Engine):
                 finally:
                     job.remove_container(name)
                 if r.failed:
-                    raise BackupError(f"neo4j-admin database load {db} failed: {(r.stderr or r.stdout).strip()[-1000:]}")
+                    raise BackupError(f"neo4j-admin database load {db} failed: "
+                                      f"{(r.stderr or r.stdout).strip()[-1000:]}")
         downtime = down.seconds
-        r = job.shell.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'),
-                         timeout=120)
+        r = job.shell.run(job.exec_argv(svc, COUNT_NODES), timeout=120)
         nodes = r.stdout.strip().splitlines()[-1] if r.ok else "?"
         return {"nodes": nodes, "databases": dbs, "downtime_s": downtime}
 

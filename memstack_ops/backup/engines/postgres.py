@@ -5,12 +5,26 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..shell import BackupError, StreamFailed
 from ...kinds import postgres as kind
 from ...kinds.postgres import AUTH as PG_AUTH
-from .base import (EXT, Engine, Job, Plan, Safety, Svc, check_compressed, compare_counts, fail_capture, file_entry,
-                   image_for, oneoff_name, scratch_server, script, wait_scratch)
-
+from ..shell import BackupError, StreamFailed
+from .base import (
+    EXT,
+    Engine,
+    Job,
+    Plan,
+    Safety,
+    Svc,
+    check_compressed,
+    compare_counts,
+    fail_capture,
+    file_entry,
+    image_for,
+    oneoff_name,
+    scratch_server,
+    script,
+    wait_scratch,
+)
 
 # The prelude of every script here: the password from the container's environment (THE auth
 # prelude), then $1 the user and $2 the database as libpq's environment. Never `-d "$2"`: psql,
@@ -71,7 +85,8 @@ class Postgres(Engine):
                 "db_version": info["version"], "db_version_num": info["version_num"], "database": db, "user": user,
                 "method": "pg_dump -Fc inside the service's container, in an exported snapshot; roles with "
                           "pg_dumpall --globals-only",
-                "command": f"docker exec {svc.container} pg_dump --snapshot=<exported> -U {user} -d {db} {' '.join(flags)}",
+                "command": f"docker exec {svc.container} pg_dump --snapshot=<exported> -U {user} -d {db} "
+                           f"{' '.join(flags)}",
                 "counts": counts, "notes": notes, "files": files, "duration_s": round(time.time() - t0, 3)}
 
     def dump_globals(self, job: Job, svc: Svc, user: str, set_dir: str) -> tuple[dict[str, Any] | None, list[str]]:
@@ -109,8 +124,8 @@ class Postgres(Engine):
 
         dump = next(f for f in entry["files"] if f["role"] == "dump")
         user, db = entry.get("user", "postgres"), entry.get("database", "postgres")
-        with scratch_server(job, image_for(job.shell, entry, svc), entry, self.kind,
-                            f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\nPOSTGRES_USER={user}\nPOSTGRES_DB={db}\n") as scratch:
+        env = f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\nPOSTGRES_USER={user}\nPOSTGRES_DB={db}\n"
+        with scratch_server(job, image_for(job.shell, entry, svc), entry, self.kind, env) as scratch:
             wait_scratch(job, scratch.container, lambda: job.shell.run(job.exec_argv(
                 scratch, AS + 'exec pg_isready -q -h 127.0.0.1', user, db), timeout=30).ok, 180)
             r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(scratch, RESTORE, user, db, stdin=True))
@@ -120,10 +135,10 @@ class Postgres(Engine):
                             what="Counting rows in the scratch restore")
             got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
         expected = entry.get("counts") or {}
+        detail = f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s)"
         if not expected:
-            return f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s) (no counts recorded)", []
-        return (f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s), counts match",
-                compare_counts(expected, got, "table"))
+            return f"{detail} (no counts recorded)", []
+        return f"{detail}, counts match", compare_counts(expected, got, "table")
 
     def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Safety | None, /,
                 globals_: bool = False, **opts: Any) -> dict[str, Any]:
@@ -143,10 +158,10 @@ class Postgres(Engine):
                     svc, self.with_prelude("pg_globals.sh"), user, db, stdin=True), self.decompress_for(g))
                 refused = [ln for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-refused: ")]
                 if refused:
-                    raise BackupError(f"{g['name']}: {refused[0].split(': ', 1)[1]}. pg_dumpall writes no such line, so "
-                                      f"the file was made or edited by something else: nothing was applied and the "
-                                      f"database was not restored. Restore without --roles, or check where the backup "
-                                      f"came from.")
+                    raise BackupError(f"{g['name']}: {refused[0].split(': ', 1)[1]}. pg_dumpall writes no such line, "
+                                      f"so the file was made or edited by something else: nothing was applied and "
+                                      f"the database was not restored. Restore without --roles, or check where the "
+                                      f"backup came from.")
                 if r.failed:
                     job.say(f"  roles: some statements failed (existing roles are kept): "
                             f"{job.scrub(r.stderr.strip())[-300:]}")
@@ -157,7 +172,8 @@ class Postgres(Engine):
             raise BackupError(f"pg_restore into {svc.name} failed and its single transaction was rolled back, so the "
                               f"database is as it was before:\n{job.scrub(r.stderr.strip())[-1500:]}")
         counts = entry.get("counts") or {}
-        return {"database": db, "tables": len(counts) if counts else "?", "rows": sum(counts.values()) if counts else "?"}
+        return {"database": db, "tables": len(counts) if counts else "?",
+                "rows": sum(counts.values()) if counts else "?"}
 
 
 def parse_marked(stderr: str) -> tuple[dict[str, int], list[str]]:

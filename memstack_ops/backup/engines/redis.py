@@ -6,9 +6,9 @@ import re
 import time
 from typing import Any
 
-from ..shell import BackupError, StreamFailed
 from ...kinds.redis import AUTH as REDIS_AUTH
 from ...kinds.redis import auth_input
+from ..shell import BackupError, StreamFailed
 from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, image_for, oneoff_name, wrap_compress
 
 
@@ -44,8 +44,8 @@ class Redis(Engine):
     def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, info = plan.svc, plan.info
         t0 = time.time()
-        job.query(svc, self.with_prelude("redis_save.sh"), str(int(job.timeout * 10)), what="BGSAVE", timeout=job.timeout + 60,
-                  stdin=auth_input(svc.spec))
+        job.query(svc, self.with_prelude("redis_save.sh"), str(int(job.timeout * 10)), what="BGSAVE",
+                  timeout=job.timeout + 60, stdin=auth_input(svc.spec))
         members = [info["dbfilename"]]
         aof = info.get("appendonly") == "yes"
         if aof:
@@ -69,14 +69,18 @@ class Redis(Engine):
                 "counts": {"keys": info["keys"]}, "counts_snapshot": "separate", "notes": [],
                 "files": [file_entry(name, cap, "rdb-tar", comp, svc.name)], "duration_s": round(time.time() - t0, 3)}
 
+    def _feed_rdb(self, job: Job, entry: dict[str, Any], set_dir: str, image: str, what: str, text: str) -> Any:
+        """The entry's RDB tar fed to ``sh -c TEXT sh DBFILENAME`` in a one-off container of ``image``."""
+        f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
+        argv = job.oneoff(oneoff_name(job.project, entry["service"], what), image, stdin=True, user="0",
+                          entrypoint="sh", args=("-c", text, "sh", entry.get("dbfilename", "dump.rdb")))
+        return job.shell.feed(f"{set_dir}/{f['name']}", argv, self.decompress_for(f), timeout=3600)
+
     def _rdb_keys(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> tuple[int, str]:
         f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
         image = image_for(job.shell, entry, svc)
-        check = ('d=$(mktemp -d) && tar -C "$d" -xf - && redis-check-rdb "$d/$1"')
-        r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "check"), image,
-                                                               stdin=True, user="0", entrypoint="sh",
-                                                               args=("-c", check, "sh", entry.get("dbfilename", "dump.rdb"))),
-                          self.decompress_for(f), timeout=3600)
+        r = self._feed_rdb(job, entry, set_dir, image, "check",
+                           'd=$(mktemp -d) && tar -C "$d" -xf - && redis-check-rdb "$d/$1"')
         m = re.search(r"(\d+) keys read", r.stdout)
         if r.failed or not m:
             raise BackupError(f"redis-check-rdb rejects the RDB in {f['name']}: {(r.stdout + r.stderr).strip()[-500:]}")
@@ -88,12 +92,7 @@ class Redis(Engine):
 
     def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
         keys, image = self._rdb_keys(job, entry, set_dir, svc)
-        f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
-        r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(oneoff_name(job.project, entry["service"], "scratch"), image,
-                                                               stdin=True, user="0", entrypoint="sh",
-                                                               args=("-c", self.with_prelude("redis_scratch.sh"), "sh",
-                                                                     entry.get("dbfilename", "dump.rdb"))),
-                          self.decompress_for(f), timeout=3600)
+        r = self._feed_rdb(job, entry, set_dir, image, "scratch", self.with_prelude("redis_scratch.sh"))
         m = re.search(r"dbsize=(\d+)", r.stdout)
         if r.failed or not m:
             raise BackupError(f"A scratch Redis could not load the RDB: {(r.stdout + r.stderr).strip()[-500:]}")

@@ -30,7 +30,8 @@ class Volumes(Engine):
 
     def plan(self, job: Job, vol: Volume, /, *, stop: bool = False, **opts: Any) -> Plan:
         """``stop``: the services that use the volume are down while it is read (consistency)."""
-        return Plan(self, vol, self.size(job, vol), {"volume_name": vol.name}, stop=sorted(vol.services) if stop else [])
+        return Plan(self, vol, self.size(job, vol), {"volume_name": vol.name},
+                    stop=sorted(vol.services) if stop else [])
 
     @staticmethod
     def size(job: Job, vol: Volume) -> int:
