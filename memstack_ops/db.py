@@ -50,8 +50,8 @@ class Migration:
         except UnicodeDecodeError as e:
             line = self.path.read_bytes()[:e.start].count(b"\n") + 1
             raise DbError(f"{self.rel or self.path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}): "
-                          f"save it as UTF-8 (for a latin-1 file: `iconv -f latin1 -t utf-8 FILE > NEW && mv NEW FILE`) "
-                          f"and run db.migrate again.") from None
+                          f"save it as UTF-8 (for a latin-1 file: "
+                          f"`iconv -f latin1 -t utf-8 FILE > NEW && mv NEW FILE`) and run db.migrate again.") from None
 
     @property
     def label(self) -> str:
@@ -192,10 +192,12 @@ class Db:
             return DbError(f"{what}: {self.service} asks for a password and none was found: set "
                            f"{self.spec.PASSWORD.where}, to the password the server has.")
         if self.kind_refused(msg):
-            return DbError(f"{what}: {self.service} refused the password. {self.password_var} in {self.t.stack.env_file} "
-                           f"is not the password the database was initialised with (it keeps its first password when "
-                           f"the env file changes later). Put the old value back, or change it inside the database too.")
-        return DbError(f"{what} on {self.service} failed: {msg or f'exit {r.return_code}'}" + (f"\n{hint}" if hint else ""))
+            return DbError(f"{what}: {self.service} refused the password. {self.password_var} in "
+                           f"{self.t.stack.env_file} is not the password the database was initialised with (it keeps "
+                           f"its first password when the env file changes later). Put the old value back, or change "
+                           f"it inside the database too.")
+        return DbError(f"{what} on {self.service} failed: {msg or f'exit {r.return_code}'}"
+                       + (f"\n{hint}" if hint else ""))
 
     def kind_refused(self, answer: str) -> bool:
         """The server answered and refused the password (or asked for one)."""
@@ -211,7 +213,7 @@ class Db:
     def wait_ready(self, timeout: float, interval: float = 0.5) -> None:
         """Until the database answers a query (bounded); fail at once on a bad password or a
         container that is not running, with its last log lines."""
-        import tenacity
+        from .health import poll
 
         last: dict[str, Any] = {}
 
@@ -227,20 +229,20 @@ class Db:
             row = rows.get(self.service)
             if not row or row.get("State") not in ("running",):
                 logs = self.t.compose.logs(self.t.c, self.service, 50) if row else ""
-                raise DbError(f"Database service {self.service} is not running ({row.get('State') if row else 'no container'}): "
-                              f"start it with `inv up --service {self.service}`." + (f"\n--- last log lines ---\n{logs}" if logs else ""))
+                state = row.get("State") if row else "no container"
+                raise DbError(f"Database service {self.service} is not running ({state}): start it with "
+                              f"`inv up --service {self.service}`."
+                              + (f"\n--- last log lines ---\n{logs}" if logs else ""))
             return False
 
-        try:
-            tenacity.Retrying(stop=tenacity.stop_after_delay(timeout) | tenacity.stop_after_attempt(int(timeout / interval) + 2),
-                              wait=tenacity.wait_fixed(interval), retry=tenacity.retry_if_result(lambda ok: not ok))(attempt)
-        except tenacity.RetryError:
+        if not poll(attempt, timeout, interval):
             r = last.get("r")
             logs = self.t.compose.logs(self.t.c, self.service, 50)
             why = self.t.compose.scrub((r.stderr or r.stdout).strip()) if r is not None else "no answer"
-            raise DbError(f"Database {self.service} did not accept queries within {timeout:.0f} s (last answer: {why}).\n"
+            raise DbError(f"Database {self.service} did not accept queries within {timeout:.0f} s "
+                          f"(last answer: {why}).\n"
                           f"--- last log lines ---\n{logs}\nCheck its logs (`inv logs --service {self.service}`) and "
-                          f"run db.init again.") from None
+                          f"run db.init again.")
 
     # ---- the kind's own steps
 
@@ -310,7 +312,8 @@ def databases(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> lis
     return out
 
 
-def pending(db: Db, root: Path, tracks: Iterable[str] = ("schema", "seed")) -> tuple[list[Migration], dict[tuple[str, int], Applied]]:
+def pending(db: Db, root: Path,
+            tracks: Iterable[str] = ("schema", "seed")) -> tuple[list[Migration], dict[tuple[str, int], Applied]]:
     """Pending migrations for ``db`` (and what is applied); refuses drift before anything runs."""
     files = [m for tr in tracks for m in discover(root, db.t.stack.name, db.service, db.kind, tr)]
     applied = db.applied()

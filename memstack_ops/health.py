@@ -104,6 +104,20 @@ def _seconds(v: Any, default: float) -> float:
     return total + (float(num) if num else 0.0)
 
 
+def poll(ready: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+    """Call ``ready`` every ``interval`` s until it returns True (then True), bounded by ``timeout``
+    seconds and as many attempts as fit in them (then False). Its exceptions go through."""
+    import tenacity
+
+    try:
+        tenacity.Retrying(stop=tenacity.stop_after_delay(timeout)
+                          | tenacity.stop_after_attempt(int(timeout / interval) + 2),
+                          wait=tenacity.wait_fixed(interval), retry=tenacity.retry_if_result(lambda ok: not ok))(ready)
+    except tenacity.RetryError:
+        return False
+    return True
+
+
 READY_TIMEOUT = 20.0  # seconds for one TCP query of a database (a JVM client starts slowly)
 
 

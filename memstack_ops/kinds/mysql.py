@@ -33,10 +33,12 @@ AUTH = (r'''f=$(mktemp) || exit 1; trap 'rm -f "$f"' EXIT; '''
         r'''_p=${MYSQL_ROOT_PASSWORD:-${MARIADB_ROOT_PASSWORD:-}}; '''
         r'''_pf=${MYSQL_ROOT_PASSWORD_FILE:-${MARIADB_ROOT_PASSWORD_FILE:-}}; '''
         r'''if [ -n "$_pf" ] && [ -r "$_pf" ]; then _p=$(cat "$_pf"); fi; _u=root; '''
-        r'''if [ -z "$_p" ]; then _u=${MYSQL_USER:-${MARIADB_USER:-root}}; _p=${MYSQL_PASSWORD:-${MARIADB_PASSWORD:-}}; '''
+        r'''if [ -z "$_p" ]; then _u=${MYSQL_USER:-${MARIADB_USER:-root}}; '''
+        r'''_p=${MYSQL_PASSWORD:-${MARIADB_PASSWORD:-}}; '''
         r'''_pf=${MYSQL_PASSWORD_FILE:-${MARIADB_PASSWORD_FILE:-}}; '''
         r'''if [ -n "$_pf" ] && [ -r "$_pf" ]; then _p=$(cat "$_pf"); fi; fi; _anon=; [ -n "$_p" ] || _anon=1; '''
-        r'''_nl=$(printf '\nx'); _nl=${_nl%x}; _myq() { _s=$1; _o=; while [ -n "$_s" ]; do _c=${_s%"${_s#?}"}; _s=${_s#?}; '''
+        r'''_nl=$(printf '\nx'); _nl=${_nl%x}; '''
+        r'''_myq() { _s=$1; _o=; while [ -n "$_s" ]; do _c=${_s%"${_s#?}"}; _s=${_s#?}; '''
         r'''case $_c in \\|\") _o="$_o\\$_c";; "$_nl") _o="$_o\\n";; *) _o="$_o$_c";; esac; done; }; '''
         r'''_myq "$_u"; _u=$_o; _myq "$_p"; '''
         r'''printf '[client]\nuser="%s"\npassword="%s"\n' "$_u" "$_o" > "$f" || exit 1; _p=; _o=; '''
@@ -49,7 +51,8 @@ SHELL = AUTH + _CONNECT + _DATABASE  # interactive (db.shell)
 # SELECT 1 over TCP, on the server (its database may not exist yet). An image that made a random
 # root password nobody knows (and no user): the server's own answer to mysqladmin ping over TCP
 # (exit 0 even for "Access denied").
-READY = AUTH + (r'''if [ -n "$_anon" ] && [ -n "${MYSQL_RANDOM_ROOT_PASSWORD:-${MARIADB_RANDOM_ROOT_PASSWORD:-}}" ] && '''
+READY = AUTH + (r'''if [ -n "$_anon" ] && '''
+                r'''[ -n "${MYSQL_RANDOM_ROOT_PASSWORD:-${MARIADB_RANDOM_ROOT_PASSWORD:-}}" ] && '''
                 r'''adm=$(command -v mariadb-admin || command -v mysqladmin); then '''
                 r'''"$adm" ping -h127.0.0.1 --connect-timeout=5; exit; fi; '''
                 r'''[ -n "$cli" ] || { echo "no mysql client in the container" >&2; exit 127; }; '''
@@ -81,8 +84,8 @@ def ensure(db: Db) -> list[str]:
     name = db.database
     if not name:
         return ["no MYSQL_DATABASE set: nothing to create"]
-    r = db.exec(f"SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {literal(name)};",
-                database="")
+    r = db.exec(f"SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA "
+                f"WHERE SCHEMA_NAME = {literal(name)};", database="")
     if r.failed:
         raise db.fail("Checking databases", r)
     charset = r.stdout.strip()
@@ -96,7 +99,8 @@ def ensure(db: Db) -> list[str]:
         r = db.exec(f"ALTER DATABASE {ident(name)} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;", database="")
         if r.failed:
             raise db.fail(f"Setting utf8mb4 on {name}", r)
-        return [f"database {name} was {charset}: default character set changed to utf8mb4 (existing tables keep theirs)"]
+        return [f"database {name} was {charset}: default character set changed to utf8mb4 "
+                f"(existing tables keep theirs)"]
     return []
 
 
@@ -115,21 +119,24 @@ def applied(db: Db) -> list[list[str]]:
 def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:
     """MySQL DDL is not transactional: each migration is marked 'running' first (the table's
     primary key stops a concurrent run), then marked applied. GET_LOCK serialises runs."""
-    lines = [(f"CREATE TABLE IF NOT EXISTS {TABLE} (track VARCHAR(16) NOT NULL, version INT NOT NULL, name VARCHAR(255) "
-             f"NOT NULL, checksum CHAR(64) NOT NULL, applied_at DATETIME(6) NOT NULL, duration_ms INT NULL, "
-             f"state VARCHAR(16) NOT NULL DEFAULT 'running', PRIMARY KEY (track, version)) CHARACTER SET utf8mb4;"),
+    lines = [(f"CREATE TABLE IF NOT EXISTS {TABLE} (track VARCHAR(16) NOT NULL, version INT NOT NULL, "
+             f"name VARCHAR(255) NOT NULL, checksum CHAR(64) NOT NULL, applied_at DATETIME(6) NOT NULL, "
+             f"duration_ms INT NULL, state VARCHAR(16) NOT NULL DEFAULT 'running', PRIMARY KEY (track, version)) "
+             f"CHARACTER SET utf8mb4;"),
              "SELECT GET_LOCK('memstack-ops migrate', 300) INTO @got;",
              "DO IF(@got = 1, 1, (SELECT 1 UNION SELECT 2));"]  # aborts the script when the lock timed out
     starts: list[tuple[int, Migration]] = []
     for m in pending:
         lines += [f"SELECT 'memstack-ops:begin {m.track} {m.version}';",
-                  (f"INSERT INTO {TABLE} (track, version, name, checksum, applied_at, state) VALUES ({literal(m.track)}, "
-                  f"{m.version}, {literal(m.name)}, {literal(m.checksum)}, UTC_TIMESTAMP(6), 'running');"),
+                  (f"INSERT INTO {TABLE} (track, version, name, checksum, applied_at, state) "
+                   f"VALUES ({literal(m.track)}, {m.version}, {literal(m.name)}, {literal(m.checksum)}, "
+                   f"UTC_TIMESTAMP(6), 'running');"),
                   "SET @t0 = NOW(6);"]
         starts.append((len(lines) + 1, m))
         lines += m.text.splitlines()
-        lines += [(f"UPDATE {TABLE} SET state = 'applied', duration_ms = TIMESTAMPDIFF(MICROSECOND, @t0, NOW(6)) DIV 1000 "
-                  f"WHERE track = {literal(m.track)} AND version = {m.version};"),
+        lines += [(f"UPDATE {TABLE} SET state = 'applied', "
+                   f"duration_ms = TIMESTAMPDIFF(MICROSECOND, @t0, NOW(6)) DIV 1000 "
+                   f"WHERE track = {literal(m.track)} AND version = {m.version};"),
                   f"SELECT 'memstack-ops:applied {m.track} {m.version}';"]
     r = db.exec("\n".join(lines) + "\n")
     done = re.findall(r"memstack-ops:applied (\w+) (\d+)", r.stdout)

@@ -86,7 +86,8 @@ def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         key = literal(f"{m.track}:{m.version}")
         marker = (f"CREATE (:MemstackMigration {{key: {key}, track: {literal(m.track)}, version: {m.version}, "
-                  f"name: {literal(m.name)}, checksum: {literal(m.checksum)}, applied_at: '{when}', state: 'running'}});\n")
+                  f"name: {literal(m.name)}, checksum: {literal(m.checksum)}, applied_at: '{when}', "
+                  f"state: 'running'}});\n")
         t0 = time.monotonic()
         r = db.exec(marker + m.text.rstrip() + "\n")
         if r.failed:

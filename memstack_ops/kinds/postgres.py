@@ -93,7 +93,8 @@ def applied(db: Db) -> list[list[str]]:
 def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:
     """One psql session: advisory lock, then each migration in its own transaction, each
     re-checked under the lock (a concurrent run may have applied it meanwhile)."""
-    lines = ["SET lock_timeout = '300s';", "SELECT pg_advisory_lock(hashtext('memstack-ops migrate')) IS NULL AS x \\gset",
+    lines = ["SET lock_timeout = '300s';",
+             "SELECT pg_advisory_lock(hashtext('memstack-ops migrate')) IS NULL AS x \\gset",
              "SET lock_timeout = 0;",
              (f"CREATE TABLE IF NOT EXISTS {TABLE} (track text NOT NULL, version integer NOT NULL, name text NOT NULL, "
              f"checksum char(64) NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), duration_ms integer, "
@@ -107,8 +108,8 @@ def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:
                   "SELECT clock_timestamp() AS t0 \\gset", "BEGIN;"]
         starts.append((len(lines) + 1, m))
         lines += m.text.splitlines()
-        lines += [";", (f"INSERT INTO {TABLE} (track, version, name, checksum, duration_ms) VALUES ({literal(m.track)}, "
-                       f"{m.version}, {literal(m.name)}, {literal(m.checksum)}, "
+        lines += [";", (f"INSERT INTO {TABLE} (track, version, name, checksum, duration_ms) "
+                       f"VALUES ({literal(m.track)}, {m.version}, {literal(m.name)}, {literal(m.checksum)}, "
                        f"(extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000)::int);"),
                   "COMMIT;", f"\\echo memstack-ops:applied {m.track} {m.version}", "\\endif"]
     r = db.exec("\n".join(lines) + "\n")
@@ -116,5 +117,6 @@ def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:
     if r.failed:
         began = re.findall(r"memstack-ops:begin (\w+) (\d+)", r.stdout)
         failed = next((m for _, m in starts if began and (m.track, str(m.version)) == began[-1]), None)
-        raise db.migration_error(r, failed, starts, root, "its transaction was rolled back; earlier migrations stay applied")
+        raise db.migration_error(r, failed, starts, root,
+                                 "its transaction was rolled back; earlier migrations stay applied")
     return [f"{t} {int(v):04d}" for t, v in done]

@@ -9,26 +9,25 @@ from ...kinds.neo4j import AUTH as NEO4J_AUTH
 from ...kinds.postgres import AUTH as PG_AUTH
 from ...kinds.redis import AUTH as REDIS_AUTH
 from .base import (
-                   COMPRESSIONS,
-                   DECOMPRESS,
-                   EXT,
-                   Engine,
-                   Job,
-                   Plan,
-                   Safety,
-                   Stopped,
-                   Svc,
-                   Volume,
-                   compare_counts,
-                   container_state,
-                   file_entry,
-                   image_for,
-                   inspect_service,
-                   oneoff_name,
-                   packaged_scripts,
-                   script,
-                   wrap_compress,
+    COMPRESSIONS,
+    DECOMPRESS,
+    EXT,
+    Engine,
+    Job,
+    Plan,
+    Safety,
+    Stopped,
+    Svc,
+    Volume,
+    container_state,
+    file_entry,
+    inspect_service,
+    oneoff_name,
+    packaged_scripts,
+    script,
+    wrap_compress,
 )
+from .checks import compare_counts, image_for
 from .mysql import Mysql
 from .neo4j import Neo4j
 from .postgres import Postgres, parse_marked

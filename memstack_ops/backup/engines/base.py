@@ -12,8 +12,7 @@ import abc
 import json
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -126,15 +125,6 @@ def container_state(shell: Shell, container: str) -> tuple[str, str, Any]:
         return "gone", "", None
     parts = r.stdout.split()
     return parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else None
-
-
-def image_for(shell: Shell, entry: dict[str, Any], svc: Svc | None) -> str:
-    """The image a check runs in: the backup's own image when still present, else the service's."""
-    for cand in (entry.get("image_id"), entry.get("image"), svc.image if svc else None):
-        if cand and shell.run(["docker", "image", "inspect", "--format", "{{.Id}}", cand]).ok:
-            return str(cand)
-    raise BackupError(f"Neither the image of the backup ({entry.get('image')}) nor the service's image is present on "
-                      f"this host: pull or build it first (`memstack-ops pull` or `bash harness/build-images.sh`).")
 
 
 # --------------------------------------------------------------------------- the job
@@ -483,62 +473,3 @@ class Engine(abc.ABC):
     def decompress_for(fentry: dict[str, Any]) -> list[str] | None:
         algo = str(fentry.get("compression", "none")).split()[0]
         return DECOMPRESS.get(algo)
-
-
-def compare_counts(expected: dict[str, Any], got: dict[str, Any], what: str) -> list[str]:
-    problems = []
-    for k in sorted(set(expected) | set(got)):
-        if str(expected.get(k)) != str(got.get(k)):
-            problems.append(f"{what} {k}: backup had {expected.get(k, 'none')}, "
-                            f"scratch restore has {got.get(k, 'none')}")
-    return problems
-
-
-@contextmanager
-def scratch_server(job: Job, image: str, entry: dict[str, Any], kind: str, env: str) -> Iterator[Svc]:
-    """A detached scratch container of ``image`` for the restore test of ``entry`` (``env``: the text
-    of its env file, written 0600 and removed afterwards); removed on the way out."""
-    name = oneoff_name(job.project, entry["service"], "scratch")
-    envf = job.shell.tempfile(env)
-    try:
-        r = job.shell.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
-        if r.failed:
-            raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
-        yield Svc(name, kind, container=name)
-    finally:
-        job.remove_container(name)
-        job.shell.remove(envf)
-
-
-def wait_scratch(job: Job, name: str, ready: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
-    """Wait until a scratch container is ``ready()``; fail at once when it exits."""
-    def running_and_ready() -> bool:
-        state = container_state(job.shell, name)[0]
-        if state != "running":
-            logs = job.shell.run(["docker", "logs", "--tail", "30", name], timeout=60)
-            raise BackupError(f"The scratch container {name} stopped ({state}):\n"
-                              f"{(logs.stdout + logs.stderr).strip()[-1500:]}")
-        return ready()
-
-    wait_until(running_and_ready, timeout, interval, what=f"the scratch container {name}")
-
-
-def wait_until(fn: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "") -> None:
-    """Poll ``fn`` until true, bounded in time and attempts (tenacity)."""
-    import tenacity
-
-    try:
-        tenacity.Retrying(stop=tenacity.stop_after_delay(timeout)
-                          | tenacity.stop_after_attempt(int(timeout / interval) + 2),
-                          wait=tenacity.wait_fixed(interval),
-                          retry=tenacity.retry_if_result(lambda ok: not ok))(fn)
-    except tenacity.RetryError:
-        raise BackupError(f"Timed out after {timeout:.0f} s waiting for {what}.") from None
-
-
-def check_compressed(job: Job, path: str, f: dict[str, Any]) -> None:
-    algo = str(f.get("compression", "none")).split()[0]
-    if algo in ("zstd", "gzip"):
-        r = job.shell.run([algo, "-t", "-q", path] if algo == "zstd" else ["gzip", "-t", path], timeout=3600)
-        if r.failed:
-            raise BackupError(f"{f['name']} is not a valid {algo} stream: {r.stderr.strip()[-300:]}")

@@ -9,23 +9,8 @@ from typing import Any
 from ...kinds import mysql as kind
 from ...kinds.mysql import AUTH as MY_AUTH
 from ..shell import BackupError, StreamFailed, q
-from .base import (
-    EXT,
-    Engine,
-    Job,
-    Plan,
-    Safety,
-    Svc,
-    check_compressed,
-    compare_counts,
-    fail_capture,
-    file_entry,
-    image_for,
-    scratch_server,
-    script,
-    wait_scratch,
-    wrap_compress,
-)
+from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, script, wrap_compress
+from .checks import check_compressed, compare_counts, image_for, scratch_server, wait_scratch
 
 # One SQL statement ($1) through the client, in the database $2 when not empty: one argument
 # however it is spelt (spaces, quotes), never pasted into the script.

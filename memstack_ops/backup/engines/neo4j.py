@@ -8,19 +8,8 @@ from typing import Any
 
 from ...kinds.neo4j import AUTH as NEO4J_AUTH
 from ..shell import BackupError, StreamFailed
-from .base import (
-    Engine,
-    Job,
-    Plan,
-    Safety,
-    Svc,
-    compare_counts,
-    fail_capture,
-    file_entry,
-    image_for,
-    oneoff_name,
-    wait_scratch,
-)
+from .base import Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, oneoff_name
+from .checks import compare_counts, image_for, wait_scratch
 
 COUNT_NODES = NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'
 

@@ -8,23 +8,8 @@ from typing import Any
 from ...kinds import postgres as kind
 from ...kinds.postgres import AUTH as PG_AUTH
 from ..shell import BackupError, StreamFailed
-from .base import (
-    EXT,
-    Engine,
-    Job,
-    Plan,
-    Safety,
-    Svc,
-    check_compressed,
-    compare_counts,
-    fail_capture,
-    file_entry,
-    image_for,
-    oneoff_name,
-    scratch_server,
-    script,
-    wait_scratch,
-)
+from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, oneoff_name, script
+from .checks import check_compressed, compare_counts, image_for, scratch_server, wait_scratch
 
 # The prelude of every script here: the password from the container's environment (THE auth
 # prelude), then $1 the user and $2 the database as libpq's environment. Never `-d "$2"`: psql,

@@ -9,7 +9,8 @@ from typing import Any
 from ...kinds.redis import AUTH as REDIS_AUTH
 from ...kinds.redis import auth_input
 from ..shell import BackupError, StreamFailed
-from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, image_for, oneoff_name, wrap_compress
+from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, oneoff_name, wrap_compress
+from .checks import image_for
 
 
 class Redis(Engine):

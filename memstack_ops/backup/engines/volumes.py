@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 from ..shell import BackupError, StreamFailed, q
-from .base import EXT, Engine, Job, Plan, Safety, Svc, Volume, check_compressed, fail_capture, file_entry, oneoff_name
+from .base import EXT, Engine, Job, Plan, Safety, Svc, Volume, fail_capture, file_entry, oneoff_name
+from .checks import check_compressed
 
 
 def stack_volumes(model: dict[str, Any]) -> list[Volume]:
