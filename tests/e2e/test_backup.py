@@ -262,7 +262,8 @@ def test_backup_all_verify_restore_test_and_restore_all(project, docker_client):
 
 def test_volumes_round_trip(project, docker_client):
     up(project, "grafana")
-    project.exec("grafana", "sh", "-c", "mkdir -p /var/lib/grafana/plugins && echo keep > /var/lib/grafana/plugins/a.txt")
+    project.exec("grafana", "sh", "-c",
+                 "mkdir -p /var/lib/grafana/plugins && echo keep > /var/lib/grafana/plugins/a.txt")
     ok(project.run("backup.volumes", "--volume", "grafana_data"))
     [s] = sets(project)
     assert [f["name"] for f in manifest(s)["files"]] == ["volume-grafana_data.tar.zst"]
@@ -294,7 +295,8 @@ def test_the_same_code_works_through_a_shell_only_host(project, docker_client):
         shell = RemoteShell(t.c)
         s = core.backup(t, "postgres", shell=shell)
         assert s is not None and s.files and all(len(f["sha256"]) == 64 for f in s.files)
-        assert hashlib.sha256(Path(s.path, "postgres.pgdump").read_bytes()).hexdigest() == s.file("postgres.pgdump")["sha256"]
+        digest = hashlib.sha256(Path(s.path, "postgres.pgdump").read_bytes()).hexdigest()
+        assert digest == s.file("postgres.pgdump")["sha256"]
         core.verify(t, s.id, shell=shell)
         psql(project, "DELETE FROM t")
         core.restore(t, "postgres", s.id, yes=True, safety=False, shell=shell)
@@ -354,7 +356,8 @@ def test_database_killed_mid_backup_leaves_nothing_that_looks_like_a_backup(proj
 def tiny_backups_dir(tmp_path):
     d = tmp_path / "tiny"
     d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(d)], check=True)  # private, as backups must be
+    # private, as backups must be
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(d)], check=True)
     yield d
     subprocess.run(["umount", str(d)], check=False)
 
@@ -395,7 +398,8 @@ def test_ctrl_c_during_the_neo4j_dump_starts_neo4j_again(project, docker_client)
     project.exec("neo4j", "sh", "-c", 'echo \'{"dump_delay_seconds": 60}\' > /data/standin/.standin-faults.json')
     proc = popen(project, "backup.neo4j")
     try:
-        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)), 120, "the dump container")
+        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)), 120,
+                 "the dump container")
         assert state(docker_client, project, "neo4j") == "exited"
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=180)
@@ -431,7 +435,8 @@ def test_a_corrupt_manifest_beside_a_good_set_still_lets_the_good_one_restore(pr
     assert f"Restored from {good.name}" in r.stdout
     assert psql(project, "SELECT count(*) FROM t") == "5"
     r = project.run("restore.postgres", "--yes", "--backup", bad.name)
-    assert r.returncode != 0 and "cannot be used: manifest.json is not UTF-8" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "cannot be used: manifest.json is not UTF-8" in r.stderr
+    assert "Traceback" not in r.stderr
     r = ok(project.run("backup.verify"))
     assert f"Skipping backup {bad.name}" in r.stdout
     ok(project.run("backup.prune", "--keep-last", "1"))
@@ -487,13 +492,14 @@ def test_a_restore_or_prune_is_refused_while_a_backup_of_the_same_stack_runs(pro
     project.exec("neo4j", "sh", "-c", 'echo \'{"dump_delay_seconds": 60}\' > /data/standin/.standin-faults.json')
     proc = popen(project, "backup.neo4j")
     try:
-        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)), 120, "the dump container")
+        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)), 120,
+                 "the dump container")
         for args in (("restore.neo4j", "--yes", "--backup", first.name), ("backup.prune", "--keep-last", "1"),
                      ("backup.redis",)):
             r = project.run(*args)
             assert r.returncode != 0, r.stdout
-            assert f"in use by another run, pid {proc.pid} on " in r.stderr and "`memstack-ops backup.neo4j`, started " \
-                in r.stderr and "Nothing was done" in r.stderr, r.stderr
+            assert f"in use by another run, pid {proc.pid} on " in r.stderr, r.stderr
+            assert "`memstack-ops backup.neo4j`, started " in r.stderr and "Nothing was done" in r.stderr, r.stderr
         assert state(docker_client, project, "neo4j") == "exited"  # still the backup's doing, nobody else's
         assert [d for d in first.parent.iterdir() if not d.name.endswith(".partial")] == [first]  # no new set
         os.killpg(proc.pid, signal.SIGINT)
@@ -561,8 +567,8 @@ def forge(set_dir, name, edit):
     import shutil
     from datetime import timedelta
 
-    from memstack_ops.backup.shell import PIECE
     from memstack_ops.backup.sets import new_id, parse_id
+    from memstack_ops.backup.shell import PIECE
 
     when, _, kind = parse_id(set_dir.name)
     dest = set_dir.parent / new_id(kind, [], when + timedelta(minutes=1))

@@ -13,8 +13,8 @@ from invoke import MockContext
 
 from memstack_ops.backup import core
 from memstack_ops.backup.engines import Engine, Job, Plan, Svc, Volume, stack_volumes
-from memstack_ops.backup.shell import BackupError, LocalShell
 from memstack_ops.backup.sets import list_sets
+from memstack_ops.backup.shell import BackupError, LocalShell
 
 
 def _target(root: Path, backups: str = "backups") -> SimpleNamespace:
@@ -78,9 +78,11 @@ def test_check_files_names_every_damaged_or_missing_file(tmp_path):
 # --------------------------------------------------------------------------- selection
 
 def test_volumes_of_the_stack_and_who_uses_them():
-    model = {"services": {"db": {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]},
-                          "web": {"image": "nginx", "volumes": [{"type": "bind", "source": "./x", "target": "/x"}]}},
-             "volumes": {"pg": {"name": "proj_pg"}, "ext": {"name": "shared", "external": True}, "idle": {"name": "proj_idle"}}}
+    db = {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]}
+    web = {"image": "nginx", "volumes": [{"type": "bind", "source": "./x", "target": "/x"}]}
+    model = {"services": {"db": db, "web": web},
+             "volumes": {"pg": {"name": "proj_pg"}, "ext": {"name": "shared", "external": True},
+                         "idle": {"name": "proj_idle"}}}
     vols = {v.key: v for v in stack_volumes(model)}
     assert set(vols) == {"pg", "idle"}
     assert (vols["pg"].name, vols["pg"].services, vols["pg"].image) == ("proj_pg", ["db"], "postgres:16")

@@ -15,8 +15,17 @@ from types import SimpleNamespace
 import pytest
 
 from memstack_ops.backup import engines
-from memstack_ops.backup.engines import ENGINES, Plan, Postgres, Svc, compare_counts, parse_marked, wrap_compress
-from memstack_ops.backup.engines import packaged_scripts, script
+from memstack_ops.backup.engines import (
+    ENGINES,
+    Plan,
+    Postgres,
+    Svc,
+    compare_counts,
+    packaged_scripts,
+    parse_marked,
+    script,
+    wrap_compress,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +38,8 @@ def shellcheck(text: str, what: str, *exclude: str) -> None:
     if not exe:
         pytest.fail("shellcheck is not installed: `apt-get install shellcheck` (harness/setup-engine.sh installs it).",
                     pytrace=False)
-    r = subprocess.run([exe, "-s", "sh", *[f"--exclude={x}" for x in exclude], "-"], input=text, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([exe, "-s", "sh", *[f"--exclude={x}" for x in exclude], "-"], input=text, capture_output=True,
+                       text=True, timeout=60)
     assert r.returncode == 0, f"shellcheck finds problems in {what}:\n{r.stdout}{r.stderr}"
 
 
@@ -120,8 +130,8 @@ def test_an_engine_missing_a_method_cannot_be_made():
 def test_every_target_names_its_engine():
     from memstack_ops.backup.engines import Svc, Volume
 
-    model = {"services": {"db": {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]}},
-             "volumes": {"pg": {"name": "proj_pg"}}}
+    pg = {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]}
+    model = {"services": {"db": pg}, "volumes": {"pg": {"name": "proj_pg"}}}
     [vol] = engines.stack_volumes(model)
     assert isinstance(vol, Volume) and ENGINES[vol.kind] is ENGINES["volumes"]
     for kind in engines.DB_KINDS:
@@ -135,11 +145,11 @@ def test_a_plan_knows_its_target_and_refuses_the_other_kind():
     p = Plan(ENGINES["postgres"], svc, 2_000_000)
     assert p.svc is svc and p.label == "db" and p.engine.describe(p) == "db (postgres, postgres:16, about 2.0 MB)"
     with pytest.raises(TypeError):
-        p.volume
+        _ = p.volume
     v = Plan(ENGINES["volumes"], vol)
     assert v.volume is vol and v.label == "pg" and v.engine.describe(v) == "volume pg (proj_pg)"
     with pytest.raises(TypeError):
-        v.svc
+        _ = v.svc
 
 
 # --------------------------------------------------------------------------- restores never run client commands (#12)
@@ -157,8 +167,9 @@ def test_mysql_dumps_load_in_the_clients_safe_mode(tmp_path, help_text, mode):
     bindir = tmp_path / "bin"
     _fake_tool(bindir, "mariadb", f'[ "$1" = --help ] && {{ echo "{help_text}"; exit 0; }}\n'
                                   f'echo "args: $*" > {tmp_path}/args; cat > {tmp_path}/stdin\n')
-    r = subprocess.run(["sh", "-c", ENGINES["mysql"].with_prelude("mysql_load.sh"), "sh"], input="SELECT 1;\n", text=True,
-                       capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin", "MYSQL_ROOT_PASSWORD": "pw"})
+    r = subprocess.run(["sh", "-c", ENGINES["mysql"].with_prelude("mysql_load.sh"), "sh"], input="SELECT 1;\n",
+                       text=True, capture_output=True,
+                       env={"PATH": f"{bindir}:/usr/bin:/bin", "MYSQL_ROOT_PASSWORD": "pw"})
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "args").read_text().split()
     assert args[1].startswith("--defaults-extra-file=") and args[2] == mode
@@ -178,7 +189,8 @@ def _globals(tmp_path, text):
     bindir = tmp_path / "bin"
     _fake_tool(bindir, "psql", f'echo "$PGUSER $PGDATABASE $*" > {tmp_path}/args; '
                                f'for a; do [ -f "$a" ] && cat "$a" > {tmp_path}/fed; done; :\n')
-    return subprocess.run(["sh", "-c", ENGINES["postgres"].with_prelude("pg_globals.sh"), "sh", "app", "appdb"], input=text,
+    return subprocess.run(["sh", "-c", ENGINES["postgres"].with_prelude("pg_globals.sh"), "sh", "app", "appdb"],
+                          input=text,
                           text=True, capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin"})
 
 
@@ -284,7 +296,8 @@ def test_the_packaged_pg_scripts_take_user_and_database_from_the_prelude(tmp_pat
     bindir = tmp_path / "bin"
     _fake_tool(bindir, "pg_dump", f'echo "PGUSER=$PGUSER PGDATABASE=$PGDATABASE $*" > {tmp_path}/dump\n')
     _fake_tool(bindir, "psql", "echo 'no snapshot' >&2; exit 1\n")  # the dump goes on without counts
-    r = subprocess.run(["sh", "-c", ENGINES["postgres"].with_prelude("pg_dump.sh"), "sh", "app", "a=b c", "SELECT 1", "-Fc"],
+    r = subprocess.run(["sh", "-c", ENGINES["postgres"].with_prelude("pg_dump.sh"), "sh", "app", "a=b c", "SELECT 1",
+                        "-Fc"],
                        text=True, capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin"}, timeout=60)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "dump").read_text() == "PGUSER=app PGDATABASE=a=b c -Fc\n"

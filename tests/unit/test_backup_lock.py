@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from invoke import Context
 
-from memstack_ops.backup.shell import LocalShell, RemoteShell
 from memstack_ops.backup.lock import BackupLocked, lock_path, stack_lock
+from memstack_ops.backup.shell import LocalShell, RemoteShell
 
 HOLDER = textwrap.dedent("""
     import sys

@@ -4,9 +4,9 @@ fetch do with a set it rejects (security review M1 and M5)."""
 from __future__ import annotations
 
 import copy
-import os
 import hashlib
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,8 +14,8 @@ import pytest
 from invoke import MockContext
 
 from memstack_ops.backup import core
-from memstack_ops.backup.shell import BackupError, LocalShell
 from memstack_ops.backup.sets import ManifestError, check_manifest, list_sets, load_set, parse_manifest
+from memstack_ops.backup.shell import BackupError, LocalShell
 
 SHA = hashlib.sha256(b"x").hexdigest()
 

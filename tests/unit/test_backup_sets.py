@@ -8,11 +8,19 @@ import pytest
 from fakes import backup_set
 from invoke import MockContext
 
+from memstack_ops.backup.sets import (
+    BackupSet,
+    human_size,
+    list_sets,
+    new_id,
+    parse_id,
+    partial_sets,
+    select_keep,
+    verified_label,
+)
 from memstack_ops.backup.shell import LocalShell
-from memstack_ops.backup.sets import (BackupSet, human_size, list_sets, new_id, parse_id, partial_sets, select_keep,
-                                      verified_label)
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 # --------------------------------------------------------------------------- naming

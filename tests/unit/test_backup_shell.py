@@ -15,7 +15,6 @@ from invoke import Context, MockContext
 
 from memstack_ops.backup.shell import LocalShell, RemoteShell, StreamFailed, shell_for
 
-
 # --------------------------------------------------------------------------- streaming writers
 
 @pytest.fixture(params=["local", "shell"])

@@ -91,7 +91,8 @@ def test_mysql_ensure_escapes_backticks_and_backslashes_and_connects_without_a_d
     assert argv_of(c1)[-1] == argv_of(c2)[-1] == ""
     assert s1 == ("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = "
                   "'app;touch /tmp/pwned;echo `x` \\\\';")
-    assert s2 == "CREATE DATABASE IF NOT EXISTS `app;touch /tmp/pwned;echo ``x`` \\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;"
+    assert s2 == ("CREATE DATABASE IF NOT EXISTS `app;touch /tmp/pwned;echo ``x`` \\` "
+                  "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;")
 
 
 def test_mysql_ensure_sets_utf8mb4_on_a_latin1_database(tmp_path):
@@ -160,7 +161,8 @@ def test_discover_validates_names_and_takes_the_extension_from_the_kind(tmp_path
     write(tmp_path, "db/memstack/pg/0001_a.sql", "SELECT 1;")
     write(tmp_path, "db/memstack/pg/seed/0001_s.sql", "SELECT 3;")
     assert [m.label for m in db.discover(tmp_path, "memstack", "pg", "postgres")] == ["schema 0001_a", "schema 0002_b"]
-    assert [m.rel for m in db.discover(tmp_path, "memstack", "pg", "postgres", "seed")] == ["db/memstack/pg/seed/0001_s.sql"]
+    seeds = db.discover(tmp_path, "memstack", "pg", "postgres", "seed")
+    assert [m.rel for m in seeds] == ["db/memstack/pg/seed/0001_s.sql"]
     assert len(db.discover(tmp_path, "memstack", "graph", "neo4j")) == 1
     with pytest.raises(DbError, match="a postgres migration must end in .sql"):
         db.discover(tmp_path, "memstack", "graph", "postgres")
@@ -193,10 +195,11 @@ def test_postgres_apply_escapes_its_literals_and_reports_what_ran(tmp_path):
 
 def test_a_failing_postgres_migration_names_file_and_line(tmp_path):
     write(tmp_path, "db/memstack/pg/0001_init.sql", "SELECT 1;\nSELECT nope;\n")
-    t = target(tmp_path, {EXEC: [Result("memstack-ops:begin schema 1\n", stderr='psql:<stdin>:13: ERROR:  column "nope" '
-                                        'does not exist', exited=3)]})
+    err = 'psql:<stdin>:13: ERROR:  column "nope" does not exist'
+    t = target(tmp_path, {EXEC: [Result("memstack-ops:begin schema 1\n", stderr=err, exited=3)]})
     d = db.Db(t, "pg", "postgres", model(pg=pg()))
-    with pytest.raises(DbError, match=r"(?s)Migration db/memstack/pg/0001_init.sql, line 2 failed on pg: .*rolled back"):
+    with pytest.raises(DbError, match=r"(?s)Migration db/memstack/pg/0001_init.sql, line 2 failed on pg: "
+                                      r".*rolled back"):
         d.apply(db.discover(tmp_path, "memstack", "pg", "postgres"), tmp_path)
 
 
@@ -207,8 +210,8 @@ def test_databases_picks_the_database_kinds_and_filters_by_name_or_kind(tmp_path
     m = model(pg=pg(), cache={"image": "redis:7"}, api={"image": "myorg/api"}, files={"image": "minio/minio"})
     assert [(d.service, d.kind) for d in db.databases(t, m)] == [("pg", "postgres"), ("cache", "redis")]
     assert [d.service for d in db.databases(t, m, ["redis"])] == ["cache"]
-    with pytest.raises(DbError, match=r"No database matches mysql in stack memstack; its databases are: pg \(postgres\), "
-                                      r"cache \(redis\)"):
+    with pytest.raises(DbError, match=r"No database matches mysql in stack memstack; its databases are: "
+                                      r"pg \(postgres\), cache \(redis\)"):
         db.databases(t, m, ["mysql"])
 
 
@@ -233,7 +236,8 @@ def test_the_redis_password_of_the_command_goes_to_the_client_on_stdin(tmp_path)
 @pytest.mark.parametrize("answer, exited, message", [
     ("NOAUTH Authentication required.\n", 0, r"^Counting the keys: cache asks for a password and none was found: set "
                                               r"REDIS_PASSWORD .*--requirepass in its command"),
-    ("WRONGPASS invalid username-password pair or user is disabled.\n", 0, r"^Counting the keys: cache refused the password"),
+    ("WRONGPASS invalid username-password pair or user is disabled.\n", 0,
+     r"^Counting the keys: cache refused the password"),
     ("", 1, r"^Counting the keys on cache failed: Could not connect"),
 ])
 def test_status_of_redis_fails_when_it_does_not_answer_a_number(tmp_path, answer, exited, message):

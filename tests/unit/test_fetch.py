@@ -14,8 +14,8 @@ from invoke import Context
 
 from memstack_ops.backup import fetch as fetchmod
 from memstack_ops.backup.fetch import fetch
-from memstack_ops.backup.shell import BackupError, LocalShell
 from memstack_ops.backup.sets import list_sets, parse_id
+from memstack_ops.backup.shell import BackupError, LocalShell
 
 
 class FakeSftp:

@@ -9,10 +9,10 @@ import shlex
 import time
 
 import pytest
+from fakes import SyncPool, ccmd, commands, make_stack, ndjson, parse_cli
 from invoke import MockContext, Result
 from invoke.exceptions import CommandTimedOut
 
-from fakes import SyncPool, ccmd, commands, make_stack, ndjson, parse_cli
 from memstack_ops.compose import Compose
 from memstack_ops.errors import HealthError
 from memstack_ops.health import Status, Watch, _seconds, check_argv, probe_argv
@@ -290,7 +290,8 @@ def test_a_one_shot_service_that_exited_non_zero_fails(comp):
 
 def test_every_failed_service_is_reported_not_just_the_first(comp):
     c = MockContext(run={
-        ps_cmd(comp, "db", "api"): Result(ndjson(row("db", state="exited", ExitCode=1), row("api", state="restarting"))),
+        ps_cmd(comp, "db", "api"): Result(ndjson(row("db", state="exited", ExitCode=1),
+                                                 row("api", state="restarting"))),
         logs_cmd(comp, "db"): Result("boom"),
         logs_cmd(comp, "api"): Result("boom"),
         inspect_cmd("db"): Result("null"),
@@ -482,8 +483,8 @@ def test_the_query_must_pass_again_after_the_settle(comp):
     """The init server can answer once and then restart: one success is not enough."""
     pauses = []
     c = MockContext(run={ps_cmd(comp, "pgbare"): Result(ndjson(row("pgbare"))),
-                         tcp("pgbare", "postgres"): [Result("1\n"), Result(stderr="the database system is shutting down",
-                                                                           exited=2)]})
+                         tcp("pgbare", "postgres"): [Result("1\n"),
+                                                     Result(stderr="the database system is shutting down", exited=2)]})
     w = kwatch(c, comp, pause=pauses.append, confirm_after=1.5)
     assert w.poll(["pgbare"]) is False
     assert pauses == [1.5]
@@ -492,7 +493,8 @@ def test_the_query_must_pass_again_after_the_settle(comp):
 
 def test_a_database_without_a_healthcheck_is_not_ready_just_because_it_runs(comp):
     c = MockContext(run={ps_cmd(comp, "pgbare"): Result(ndjson(row("pgbare"))),
-                         tcp("pgbare", "postgres"): [Result(stderr="Connection refused", exited=2), Result("1"), Result("1")]})
+                         tcp("pgbare", "postgres"): [Result(stderr="Connection refused", exited=2), Result("1"),
+                                                     Result("1")]})
     w = kwatch(c, comp)
     assert w.poll(["pgbare"]) is False
     assert w.poll(["pgbare"]) is True
@@ -509,8 +511,8 @@ def test_a_service_of_no_known_kind_without_a_check_keeps_the_running_rule(comp)
 
 def test_a_database_refusing_the_password_from_its_environment_fails_at_once(comp):
     c = MockContext(run={ps_cmd(comp, "pgbare"): Result(ndjson(row("pgbare"))),
-                         tcp("pgbare", "postgres"): Result(stderr='FATAL:  password authentication failed for user "app"',
-                                                           exited=2),
+                         tcp("pgbare", "postgres"): Result(
+                             stderr='FATAL:  password authentication failed for user "app"', exited=2),
                          logs_cmd(comp, "pgbare"): Result(""), inspect_cmd("pgbare"): Result("null")})
     with pytest.raises(HealthError, match=r"(?s)refuses the credentials from its container's environment.*"
                                           r"password authentication failed"):

@@ -54,7 +54,8 @@ def test_every_kind_with_a_readiness_contract_has_a_module_and_the_others_none()
 
 
 @pytest.mark.parametrize("image, kind", [
-    ("postgres:16-alpine", "postgres"), ("pgvector/pgvector:pg16", "postgres"), ("timescale/timescaledb:latest-pg16", "postgres"),
+    ("postgres:16-alpine", "postgres"), ("pgvector/pgvector:pg16", "postgres"),
+    ("timescale/timescaledb:latest-pg16", "postgres"),
     ("local/postgres:15", "postgres"), ("mariadb:10.11", "mysql"), ("mysql:8.0", "mysql"), ("redis:7-alpine", "redis"),
     ("valkey/valkey:8", "redis"), ("neo4j:5.26-community", "neo4j"), ("local/neo4j-standin:5.26", "neo4j"),
     ("minio/minio:latest", "minio"), ("qdrant/qdrant:v1.15", "qdrant"), ("milvusdb/milvus:v2.5", "milvus"),
@@ -183,7 +184,8 @@ def fakebin(tmp_path):
     show_args = 'for a in "$@"; do printf "arg=%s\\n" "$a"; done\n'
     fake("psql", 'printf "PGDATABASE=%s\\nPGPASSWORD=%s\\n" "$PGDATABASE" "$PGPASSWORD"\n' + show_args)
     fake("mariadb", show_args + 'for a in "$@"; do case $a in --defaults-extra-file=*) f=${a#*=}; '
-                                'printf "mode=%s\\n" "$(stat -c %a "$f")"; echo "$f" > "$FAKE_SEEN"; cat "$f";; esac; done\n')
+                                'printf "mode=%s\\n" "$(stat -c %a "$f")"; echo "$f" > "$FAKE_SEEN"; cat "$f";; '
+                                'esac; done\n')
     fake("redis-cli", 'printf "REDISCLI_AUTH=%s\\n" "$REDISCLI_AUTH"\n' + show_args)
     fake("cypher-shell", 'printf "user=%s password=%s\\n" "$NEO4J_USERNAME" "$NEO4J_PASSWORD"\n' + show_args)
     return d
@@ -262,12 +264,14 @@ def test_mysql_password_files_replace_their_variables(fakebin, tmp_path):
     (tmp_path / "root").write_text("from # file\n")
     (tmp_path / "app").write_text("app from file")
     seen = str(tmp_path / "seen")
-    r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MYSQL_ROOT_PASSWORD_FILE": str(tmp_path / "root")}, path=fakebin)
+    r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MYSQL_ROOT_PASSWORD_FILE": str(tmp_path / "root")},
+               path=fakebin)
     assert read_option_file(r.stdout.split("[client]", 1)[1]) == {"user": "root", "password": "from # file"}
     r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MARIADB_ROOT_PASSWORD_FILE": str(tmp_path / "root")},
                path=fakebin)
     assert read_option_file(r.stdout.split("[client]", 1)[1])["password"] == "from # file"
-    r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MYSQL_USER": "app", "MYSQL_PASSWORD_FILE": str(tmp_path / "app")},
+    r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MYSQL_USER": "app",
+                                      "MYSQL_PASSWORD_FILE": str(tmp_path / "app")},
                path=fakebin)
     assert read_option_file(r.stdout.split("[client]", 1)[1]) == {"user": "app", "password": "app from file"}
 
@@ -333,15 +337,16 @@ def test_redis_ready_passes_only_on_pong(tmp_path, answer, ok):
     (d / "redis-cli").chmod(0o755)
     r = run_sh(redis.READY, env={"FAKE_SEEN": str(tmp_path / "seen")}, path=d, stdin="pw\n6380\n\n")
     assert (r.returncode == 0) is ok and r.stdout.strip() == answer
-    assert (tmp_path / "seen").read_text().split() == ["pw", "--no-auth-warning", "-h", "127.0.0.1", "-p", "6380", "PING"]
+    assert (tmp_path / "seen").read_text().split() == ["pw", "--no-auth-warning", "-h", "127.0.0.1", "-p", "6380",
+                                                       "PING"]
 
 
 def test_postgres_ready_selects_1_over_tcp_in_the_database_with_a_connect_timeout(fakebin, tmp_path):
     fake = fakebin / "psql"
     fake.write_text(fake.read_text() + 'printf "PGUSER=%s PGCONNECT_TIMEOUT=%s\\n" "$PGUSER" "$PGCONNECT_TIMEOUT"\n')
     r = run_sh(postgres.READY, "a=b c", env={"POSTGRESQL_USERNAME": "bit", "POSTGRESQL_PASSWORD": "nami"}, path=fakebin)
-    assert r.stdout.splitlines() == ["PGDATABASE=a=b c", "PGPASSWORD=nami", "arg=-h", "arg=127.0.0.1", "arg=-X", "arg=-q",
-                                     "arg=-At", "arg=-c", "arg=SELECT 1", "PGUSER=bit PGCONNECT_TIMEOUT=5"]
+    assert r.stdout.splitlines() == ["PGDATABASE=a=b c", "PGPASSWORD=nami", "arg=-h", "arg=127.0.0.1", "arg=-X",
+                                     "arg=-q", "arg=-At", "arg=-c", "arg=SELECT 1", "PGUSER=bit PGCONNECT_TIMEOUT=5"]
 
 
 def test_mysql_ready_selects_1_over_tcp_or_pings_when_the_root_password_is_random(fakebin, tmp_path):
