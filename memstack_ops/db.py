@@ -162,8 +162,7 @@ class Db:
     @property
     def password_var(self) -> str:
         """The env variable holding the password the client uses (for messages)."""
-        names, env = self.spec.PASSWORD.variables, self.env
-        return next((v for v in names if env.get(v) or env.get(f"{v}_FILE")), names[0])
+        return kinds.password_var(self.kind, self.svc)
 
     def argv(self, script: str, database: str | None = None) -> list[str]:
         """``sh -c SCRIPT sh DATABASE``: the name is a positional parameter, never shell text."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from .compose import Compose, run, unescape
 from .errors import HealthError
-from .kinds import READY_KINDS, kind_of, ready_argv, refused
+from .kinds import READY_KINDS, kind_of, password_var, ready_argv, refused
 
 
 @dataclass
@@ -284,10 +284,12 @@ class Watch:
                     ok, out, detail = fut.result()
                 except _Refused as e:
                     st.output = str(e)
-                    self._set(st, failed=True, detail="it answers over TCP but refuses the credentials from its "
-                                                      "container's environment (the database keeps the password it "
-                                                      "was first initialised with: put that value back in the env "
-                                                      "file, or change the password inside the database too)")
+                    var = password_var(self._kind(st.service), self._svc(st.service))
+                    self._set(st, failed=True, detail=f"it answers over TCP but refuses the credentials from its "
+                                                      f"container's environment ({var or 'its password'}: the "
+                                                      f"database keeps the password it was first initialised with; "
+                                                      f"put that value back in the env file, or change the password "
+                                                      f"inside the database too)")
                     continue
                 st.output = out
                 self._set(st, ready=ok, detail=detail)

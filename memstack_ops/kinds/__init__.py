@@ -71,6 +71,18 @@ def refused(kind: str, answer: str) -> bool:
     return bool(db is not None and db.PASSWORD.refused.search(answer))
 
 
+def password_var(kind: str, service: Mapping[str, Any]) -> str:
+    """The env variable that holds the password of a database service (for messages): the first
+    of its kind's that the service sets (or its *_FILE); "" for kinds without one."""
+    db = _DB.get(kind)
+    if db is None:
+        return ""
+    from ..compose import service_env
+
+    names, env = db.PASSWORD.variables, service_env(service)
+    return next((v for v in names if env.get(v) or env.get(f"{v}_FILE")), names[0])
+
+
 def kind_of(service: Mapping[str, Any]) -> str:
     """The kind of one service of a rendered compose model (``config --format json``)."""
     labels = service.get("labels") or {}

@@ -72,7 +72,8 @@ def test_fresh_init_applies_everything_once_and_the_second_is_a_no_op(dbs):
 
 
 def test_a_failing_migration_rolls_back_and_leaves_earlier_ones_applied(dbs):
-    migration(dbs, "postgres", "0003_half.sql", "CREATE TABLE half_done (x int);\nINSERT INTO no_such_table VALUES (1);\n")
+    migration(dbs, "postgres", "0003_half.sql",
+              "CREATE TABLE half_done (x int);\nINSERT INTO no_such_table VALUES (1);\n")
     r = dbs.run("db.migrate")
     assert r.returncode != 0
     assert "db/memstack/postgres/0003_half.sql, line 2" in r.stderr
@@ -112,7 +113,8 @@ def test_misnumbered_migrations_are_refused_naming_both_files(dbs):
     migration(dbs, "postgres", "0002_other.sql", "SELECT 1;\n")
     r = dbs.run("db.migrate", "--only", "postgres")
     assert r.returncode != 0
-    assert "Duplicate migration number 0002" in r.stderr and "0002_other.sql" in r.stderr and "0002_api_keys.sql" in r.stderr
+    assert "Duplicate migration number 0002" in r.stderr
+    assert "0002_other.sql" in r.stderr and "0002_api_keys.sql" in r.stderr
     migration(dbs, "postgres", "2_bad.sql", "SELECT 1;\n")
     (dbs.root / "db/memstack/postgres/0002_other.sql").unlink()
     r = dbs.run("db.migrate", "--only", "postgres")
@@ -129,9 +131,14 @@ def test_dry_run_lists_what_would_run_and_changes_nothing(dbs):
 def test_a_wrong_password_names_the_variable(dbs):
     assert dbs.run("db.init", "--only", "postgres").returncode == 0
     env = dbs.root / "env/memstack/.env"
-    env.write_text("\n".join("POSTGRES_PASSWORD=an-entirely-new-password-123" if ln.startswith("POSTGRES_PASSWORD=") else ln
+    new = "POSTGRES_PASSWORD=an-entirely-new-password-123"
+    env.write_text("\n".join(new if ln.startswith("POSTGRES_PASSWORD=") else ln
                              for ln in env.read_text().splitlines()) + "\n")
-    assert dbs.run("up", "--service", "postgres").returncode == 0  # recreated with the new env; the data keeps the old one
+    # recreated with the new env; the data keeps the old password: readiness (a query over TCP with the
+    # container's credentials) fails up at once, naming the variable
+    up = dbs.run("up", "--service", "postgres")
+    assert up.returncode != 0
+    assert "refuses the credentials from its container's environment (POSTGRES_PASSWORD: " in up.stderr, up.stderr
     r = dbs.run("db.init", "--only", "postgres", "--timeout", "20")
     assert r.returncode != 0
     assert "POSTGRES_PASSWORD in env/memstack/.env is not the password the database was initialised with" in r.stderr
@@ -151,7 +158,8 @@ def test_neo4j_stand_in_receives_the_statements_in_order_and_only_once(dbs):
                                                           "CREATE (:Entity {id: 'e2', name: 'second'});\n")
     assert dbs.run("db.init", "--only", "neo4j").returncode == 0
     assert dbs.run("db.init", "--only", "neo4j").returncode == 0
-    log = [json.loads(ln)["statement"] for ln in dbs.exec("neo4j", "cat", "/data/standin/statements.jsonl").splitlines()]
+    lines = dbs.exec("neo4j", "cat", "/data/standin/statements.jsonl").splitlines()
+    log = [json.loads(ln)["statement"] for ln in lines]
     ours = [s for s in log if "Entity" in s or "entity" in s]
     assert ours == [
         "CREATE CONSTRAINT entity_id IF NOT EXISTS FOR (e:Entity) REQUIRE e.id IS UNIQUE;",
@@ -188,7 +196,8 @@ def test_mariadb_gets_a_utf8mb4_database_and_migrations_once(project):
         return project.exec("mysql", "sh", "-c", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -N agentchat -e "$1"',
                             "q", query).strip()
 
-    assert q("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='agentchat'") == "utf8mb4"
+    assert q("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA "
+             "WHERE SCHEMA_NAME='agentchat'") == "utf8mb4"
     assert q("SELECT name FROM users") == "ä-ok"
     assert q("SELECT state FROM memstack_schema_migrations") == "applied"
     migration(project, "mysql", "0002_bad.sql", "CREATE TABLE t2 (x INT);\nINSERT INTO nope VALUES (1);\n")
@@ -219,7 +228,8 @@ def test_real_neo4j_image_when_present(project, docker_client):
     assert project.run("up", "--overlay", "local,realneo4j", "--service", "neo4j", "--timeout", "240").returncode == 0
     r = project.run("db.init", "--overlay", "local,realneo4j", "--only", "neo4j")
     assert r.returncode == 0, r.stderr
-    assert "Everything is up to date" in project.run("db.init", "--overlay", "local,realneo4j", "--only", "neo4j").stdout
+    again = project.run("db.init", "--overlay", "local,realneo4j", "--only", "neo4j")
+    assert "Everything is up to date" in again.stdout
 
 
 # --------------------------------------------------------------------------- hostile values (M2, M6)
@@ -252,7 +262,8 @@ def test_a_mysql_database_name_is_never_run_as_shell(project):
 
 def test_a_postgres_database_name_is_never_run_as_shell(project):
     name = "it's $(touch /tmp/pwned) db"
-    project.overlay("pgname", f'services:\n  postgres:\n    environment:\n      POSTGRES_DB: "{name.replace("$", "$$")}"\n')
+    project.overlay("pgname",
+                    f'services:\n  postgres:\n    environment:\n      POSTGRES_DB: "{name.replace("$", "$$")}"\n')
     ov = ("--overlay", "local,pgname")
     project.overlays = ("local", "pgname")
     assert project.run("up", *ov, "--service", "postgres").returncode == 0
@@ -263,8 +274,8 @@ def test_a_postgres_database_name_is_never_run_as_shell(project):
     assert r.returncode == 0, r.stderr
     assert "postgres: applied schema 0001, schema 0002, seed 0001" in r.stdout
     assert in_container(project, "postgres", "test ! -e /tmp/pwned").returncode == 0, "the name ran as shell"
-    count = in_container(project, "postgres", 'psql -U memstack -d "$1" -tAc "SELECT count(*) FROM memstack_schema_migrations"',
-                         name)
+    count = in_container(project, "postgres",
+                         'psql -U memstack -d "$1" -tAc "SELECT count(*) FROM memstack_schema_migrations"', name)
     assert count.stdout.strip() == "3", count.stderr
 
 
@@ -279,7 +290,8 @@ def test_a_hostile_mysql_password_works_for_db_init_backup_and_restore(project):
     assert project.run("up", *ov, "--service", "mysql").returncode == 0
     lit = HOSTILE_PASSWORD.replace("\\", "\\\\").replace("'", "\\'")
     r = in_container(project, "mysql", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -e "$1"',
-                     f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{lit}'; ALTER USER 'root'@'%' IDENTIFIED BY '{lit}'")
+                     f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{lit}'; "
+                     f"ALTER USER 'root'@'%' IDENTIFIED BY '{lit}'")
     assert r.returncode == 0, r.stderr
     env.write_text(env.read_text().replace("MY_PW=simple-initial-password-1", f"MY_PW='{HOSTILE_PASSWORD}'"))
     assert project.run("up", *ov, "--service", "mysql").returncode == 0  # recreated with the new password

@@ -514,8 +514,8 @@ def test_a_database_refusing_the_password_from_its_environment_fails_at_once(com
                          tcp("pgbare", "postgres"): Result(
                              stderr='FATAL:  password authentication failed for user "app"', exited=2),
                          logs_cmd(comp, "pgbare"): Result(""), inspect_cmd("pgbare"): Result("null")})
-    with pytest.raises(HealthError, match=r"(?s)refuses the credentials from its container's environment.*"
-                                          r"password authentication failed"):
+    with pytest.raises(HealthError, match=r"(?s)refuses the credentials from its container's environment "
+                                          r"\(POSTGRES_PASSWORD: .*password authentication failed"):
         kwatch(c, comp).poll(["pgbare"])
 
 
