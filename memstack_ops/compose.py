@@ -11,7 +11,7 @@ import io
 import json
 import shlex
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,6 +199,21 @@ class Compose:
     def logs(self, c: Any, service: str, tail: int = 50) -> str:
         r = self.run(c, "logs", "--no-color", "--no-log-prefix", "--tail", str(tail), service)
         return self.scrub((r.stdout + r.stderr).rstrip())
+
+
+def unescape(value: str) -> str:
+    """A value of the rendered model as the container gets it: ``compose config`` re-escapes a
+    literal ``$`` as ``$$`` (so that its output can be parsed again); the engine gives one ``$``."""
+    return value.replace("$$", "$")
+
+
+def service_env(service: Mapping[str, Any]) -> dict[str, str]:
+    """One service's environment (of the rendered model) as its container gets it: ``$$`` is one
+    ``$``, a variable without a value is empty; the ``["K=V", ...]`` form is read too."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(str(x).split("=", 1) for x in env if "=" in str(x))
+    return {str(k): "" if v is None else unescape(str(v)) for k, v in env.items()}
 
 
 def volumes_of(model: dict[str, Any], service: str) -> list[str]:

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from . import kinds
+from .compose import service_env
 from .errors import DbError
 from .kinds import DB_KINDS, kind_of
 from .kinds.spec import TABLE, DbKind
 from .target import Target
 
 __all__ = ["DB_KINDS", "TABLE", "Applied", "Db", "DbError", "Migration", "Report", "databases", "discover", "drift",
-           "ensure_api_key", "init", "plan", "status"]
+           "ensure_api_key", "init", "pending", "status"]
 
 _FILE = re.compile(r"^(\d{4})_([A-Za-z0-9_\-]+)\.(sql|cypher)$")
 
@@ -50,8 +51,7 @@ class Migration:
             line = self.path.read_bytes()[:e.start].count(b"\n") + 1
             raise DbError(f"{self.rel or self.path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}): "
                           f"save it as UTF-8 (for a latin-1 file: "
-                          f"`iconv -f latin1 -t utf-8 FILE > NEW && mv NEW FILE`) "
-                          f"and run db.migrate again.") from None
+                          f"`iconv -f latin1 -t utf-8 FILE > NEW && mv NEW FILE`) and run db.migrate again.") from None
 
     @property
     def label(self) -> str:
@@ -142,11 +142,14 @@ class Db:
         return kinds.get(self.kind)
 
     @property
+    def svc(self) -> dict[str, Any]:
+        """The service in the rendered compose model."""
+        return dict(self.model["services"][self.service])
+
+    @property
     def env(self) -> dict[str, str]:
-        """The service's environment as the container gets it: ``compose config`` re-escapes a
-        literal ``$`` as ``$$`` (as in health.check_argv), so ``$$`` is one ``$`` here."""
-        env = self.model["services"][self.service].get("environment") or {}
-        return {k: ("" if v is None else str(v).replace("$$", "$")) for k, v in env.items()}
+        """The service's environment as the container gets it (``$$`` is one ``$``)."""
+        return service_env(self.svc)
 
     @property
     def database(self) -> str:
@@ -159,8 +162,7 @@ class Db:
     @property
     def password_var(self) -> str:
         """The env variable holding the password the client uses (for messages)."""
-        names, env = self.spec.PASSWORD_VARS, self.env
-        return next((v for v in names if env.get(v) or env.get(f"{v}_FILE")), names[0])
+        return kinds.password_var(self.kind, self.svc)
 
     def argv(self, script: str, database: str | None = None) -> list[str]:
         """``sh -c SCRIPT sh DATABASE``: the name is a positional parameter, never shell text."""
@@ -172,66 +174,74 @@ class Db:
 
     def exec(self, script: str, database: str | None = None, timeout: float | None = None) -> Any:
         """Run ``script`` through the database's client inside its container."""
+        return self._run(self.argv(self.spec.CLIENT, database), self.spec.auth_input(self.svc) + script, timeout)
+
+    def _run(self, argv: list[str] | tuple[str, ...], stdin: str | None, timeout: float | None = None) -> Any:
+        """``compose exec -T SERVICE argv`` with ``stdin`` fed to it."""
         from .compose import Script
 
-        kw: dict[str, Any] = {"in_stream": Script(script)}
+        kw: dict[str, Any] = {"in_stream": Script(stdin)} if stdin is not None else {}
         if timeout:
             kw["timeout"] = timeout
-        return self.t.compose.run(self.t.c, "exec", "-T", self.service, *self.argv(self.spec.CLIENT, database), **kw)
+        return self.t.compose.run(self.t.c, "exec", "-T", self.service, *argv, **kw)
 
     def fail(self, what: str, r: Any, hint: str = "") -> DbError:
         msg = self.t.compose.scrub((r.stderr or r.stdout or "").strip())
-        if self.spec.AUTH_FAILED.search(msg):
+        if self.spec.PASSWORD.missing.search(msg):
+            return DbError(f"{what}: {self.service} asks for a password and none was found: set "
+                           f"{self.spec.PASSWORD.where}, to the password the server has.")
+        if self.kind_refused(msg):
             return DbError(f"{what}: {self.service} refused the password. {self.password_var} in "
-                           f"{self.t.stack.env_file} is not the password the database was initialised with (it "
-                           f"keeps its first password when the env file changes later). Put the old value back, or "
-                           f"change it inside the database too.")
+                           f"{self.t.stack.env_file} is not the password the database was initialised with (it keeps "
+                           f"its first password when the env file changes later). Put the old value back, or change "
+                           f"it inside the database too.")
         return DbError(f"{what} on {self.service} failed: {msg or f'exit {r.return_code}'}"
                        + (f"\n{hint}" if hint else ""))
 
+    def kind_refused(self, answer: str) -> bool:
+        """The server answered and refused the password (or asked for one)."""
+        return kinds.refused(self.kind, answer)
+
     # ---- readiness
 
-    def probe(self) -> Any:
-        return self.exec(self.spec.READY_QUERY, database=self.spec.READY_DATABASE, timeout=30)
+    def ask_ready(self) -> Any:
+        """Ask the database its kind's readiness question (a query over TCP) once."""
+        ready = self.spec.ready(self.svc)
+        return self._run(ready.argv, ready.stdin, timeout=30)
 
     def wait_ready(self, timeout: float, interval: float = 0.5) -> None:
         """Until the database answers a query (bounded); fail at once on a bad password or a
         container that is not running, with its last log lines."""
-        import tenacity
+        from .health import poll
 
         last: dict[str, Any] = {}
 
         def attempt() -> bool:
-            r = self.probe()  # the common case: it answers at once; no other call needed
+            r = self.ask_ready()  # the common case: it answers at once; no other call needed
             last["r"] = r
             out = r.stdout + r.stderr
-            if r.ok and self.spec.READY_ANSWER in out:
+            if r.ok:
                 return True
-            if self.spec.AUTH_FAILED.search(out):
+            if self.kind_refused(out):
                 raise self.fail("Connecting", r)
             rows = {r.get("Service"): r for r in self.t.compose.ps(self.t.c, [self.service])}
             row = rows.get(self.service)
             if not row or row.get("State") not in ("running",):
                 logs = self.t.compose.logs(self.t.c, self.service, 50) if row else ""
                 state = row.get("State") if row else "no container"
-                raise DbError(f"Database service {self.service} is not running ({state}): "
-                              f"start it with `inv up --service {self.service}`."
+                raise DbError(f"Database service {self.service} is not running ({state}): start it with "
+                              f"`inv up --service {self.service}`."
                               + (f"\n--- last log lines ---\n{logs}" if logs else ""))
             return False
 
-        try:
-            tenacity.Retrying(stop=(tenacity.stop_after_delay(timeout)
-                                    | tenacity.stop_after_attempt(int(timeout / interval) + 2)),
-                              wait=tenacity.wait_fixed(interval),
-                              retry=tenacity.retry_if_result(lambda ok: not ok))(attempt)
-        except tenacity.RetryError:
+        if not poll(attempt, timeout, interval):
             r = last.get("r")
             logs = self.t.compose.logs(self.t.c, self.service, 50)
             why = self.t.compose.scrub((r.stderr or r.stdout).strip()) if r is not None else "no answer"
             raise DbError(f"Database {self.service} did not accept queries within {timeout:.0f} s "
                           f"(last answer: {why}).\n"
                           f"--- last log lines ---\n{logs}\nCheck its logs (`inv logs --service {self.service}`) and "
-                          f"run db.init again.") from None
+                          f"run db.init again.")
 
     # ---- the kind's own steps
 
@@ -239,11 +249,15 @@ class Db:
         """Create what is missing (database, character set); notes on what was done."""
         return self.spec.ensure(self)
 
-    def contents(self) -> tuple[bool, str]:
-        """For a kind without migrations: (answered, "N keys")."""
+    def contents(self) -> str:
+        """For a kind without migrations: "N keys". A client that prints an error reply and
+        exits 0 (redis-cli) is an error too: the answer must be a number."""
         query, unit = self.spec.CONTENTS or ("", "")
         r = self.exec(query)
-        return bool(r.ok), f"{r.stdout.strip() or '?'} {unit}"
+        answer = r.stdout.strip()
+        if r.failed or not answer.isdigit():
+            raise self.fail(f"Counting the {unit}", r)
+        return f"{answer} {unit}"
 
     def applied(self) -> dict[tuple[str, int], Applied]:
         out = {}
@@ -273,7 +287,7 @@ class Db:
             line = int(ln.group(1)) - start + 1
             if 1 <= line <= len(m.text.splitlines()) + 1:
                 where = f", line {line}"
-        if self.spec.AUTH_FAILED.search(err):
+        if self.kind_refused(err):
             return self.fail("Applying migrations", r)
         what = f"{m.path.relative_to(root)}{where}" if m else "the migration script"
         return DbError(f"Migration {what} failed on {self.service}: {err}\n{consequence}. Fix the file and run "
@@ -297,9 +311,9 @@ def databases(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> lis
     return out
 
 
-def plan(db: Db, root: Path,
-         tracks: Iterable[str] = ("schema", "seed")) -> tuple[list[Migration], dict[tuple[str, int], Applied]]:
-    """Pending migrations for ``db``; refuses drift before anything runs."""
+def pending(db: Db, root: Path,
+            tracks: Iterable[str] = ("schema", "seed")) -> tuple[list[Migration], dict[tuple[str, int], Applied]]:
+    """Pending migrations for ``db`` (and what is applied); refuses drift before anything runs."""
     files = [m for tr in tracks for m in discover(root, db.t.stack.name, db.service, db.kind, tr)]
     applied = db.applied()
     problems = drift(files, applied, root)
@@ -321,15 +335,15 @@ def init(t: Target, model: dict[str, Any], only: Iterable[str] = (), timeout: fl
         rep = Report(db.service, db.kind, migrates=db.migrates)
         db.wait_ready(timeout)
         if dry_run:
-            pending, _ = plan(db, t.stack.root, tracks) if db.migrates else ([], {})
-            rep.notes += [f"would apply {m.label}" for m in pending] or ["nothing to apply"]
+            todo, _ = pending(db, t.stack.root, tracks) if db.migrates else ([], {})
+            rep.notes += [f"would apply {m.label}" for m in todo] or ["nothing to apply"]
             return rep
         rep.notes += db.ensure()
         if not db.migrates:
-            rep.notes.append(f"ready, {db.contents()[1]}")
+            rep.notes.append(f"ready, {db.contents()}")
         else:
-            pending, _ = plan(db, t.stack.root, tracks)
-            rep.applied = db.apply(pending, t.stack.root)
+            todo, _ = pending(db, t.stack.root, tracks)
+            rep.applied = db.apply(todo, t.stack.root)
         if after and db.service in after:  # a follow-up step for this database, in its own thread
             rep.extra = after[db.service](db)
         return rep
@@ -351,8 +365,7 @@ def status(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> list[t
     out = []
     for db in databases(t, model, only):
         if not db.migrates:
-            ok, what = db.contents()
-            out.append((db, [["-", "-", what if ok else "unreachable", "", "", "", "n/a"]]))
+            out.append((db, [["-", "-", db.contents(), "", "", "", "n/a"]]))
             continue
         files = [m for tr in ("schema", "seed") for m in discover(t.stack.root, t.stack.name, db.service, db.kind, tr)]
         applied = db.applied()

@@ -273,7 +273,7 @@ def check_memory(t: Target, model: dict[str, Any]) -> Check:
     return Check("memory", OK, detail)
 
 
-def check_images(t: Target, model: dict[str, Any], probe_registry: bool = True) -> Check:
+def check_images(t: Target, model: dict[str, Any], ask_registry: bool = True) -> Check:
     r = run(t.c, ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"])
     have = set(r.stdout.split())
     have |= {h.removeprefix("docker.io/").removeprefix("library/") for h in have}
@@ -288,7 +288,7 @@ def check_images(t: Target, model: dict[str, Any], probe_registry: bool = True) 
     if not missing:
         return Check("images", OK, "all present" + (f"; {len(build)} to build" if build else ""))
     unpullable = []
-    if probe_registry:
+    if ask_registry:
         from invoke.exceptions import CommandTimedOut
 
         for img in missing:

@@ -6,7 +6,7 @@ very same check ourselves with ``docker exec`` as soon as the container runs, so
 is seen within one poll instead of at the engine's next tick. Services without a healthcheck use
 a configured probe (``tcp:PORT`` or an ``http://`` URL, run on the engine's host) or, failing
 that, count as ready once running. A database of a kind the tool knows must in addition answer a
-real request over TCP inside its container, twice (see READY below), with or without a
+real request over TCP inside its container, twice (``kinds.ready``), with or without a
 healthcheck. A container that exits, crash-loops or that the engine marks unhealthy fails the
 wait at once. Polling is bounded by tenacity (time and attempts).
 
@@ -15,15 +15,15 @@ Everything goes through ``c.run`` so the same code runs on a remote host through
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .compose import Compose, run
+from .compose import Compose, run, unescape
 from .errors import HealthError
+from .kinds import READY_KINDS, kind_of, password_var, ready_argv, refused
 
 
 @dataclass
@@ -46,7 +46,7 @@ def check_argv(container: str, test: list[str]) -> list[str] | None:
     the engine runs the test with single ``$``, and so must we."""
     if not test or test[0] == "NONE":
         return None
-    test = [a.replace("$$", "$") for a in test]
+    test = [unescape(a) for a in test]
     if test[0] == "CMD-SHELL":
         return ["docker", "exec", container, "/bin/sh", "-c", " ".join(test[1:])]
     if test[0] == "CMD":
@@ -54,125 +54,8 @@ def check_argv(container: str, test: list[str]) -> list[str] | None:
     return ["docker", "exec", container, "/bin/sh", "-c", " ".join(test)]
 
 
-# --------------------------------------------------------------------------- readiness per kind
-# What "ready" means for each kind of database the tool knows, whatever its compose file says:
-# a real request over TCP on 127.0.0.1 inside its container (the address family its dependants
-# use; the image's temporary init server listens on the Unix socket only, so it never passes),
-# with credentials taken from the container's environment by the container's shell, never from
-# argv. One block, self-contained, keyed by kind (see kinds.py for how a kind is recognised).
-
-# HTTP GET of 127.0.0.1:$1$2 with whatever client the image has; 127 when it has none.
-_HTTP_GET = r"""get() {
-  if command -v curl >/dev/null 2>&1; then curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$1$2"
-  elif command -v wget >/dev/null 2>&1; then wget -q -T 5 -O /dev/null "http://127.0.0.1:$1$2"
-  elif command -v python3 >/dev/null 2>&1; then
-    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "http://127.0.0.1:$1$2"
-  elif command -v bash >/dev/null 2>&1; then
-    bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-      printf "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" "$2" >&3
-      IFS= read -r -t 5 line <&3; case "$line" in "HTTP/"*" 2"[0-9][0-9]*) exit 0 ;; esac
-      echo "${line:-no answer}" >&2; exit 1' get "$1" "$2"
-  else echo "no HTTP client (curl, wget, python3 or bash) in the container" >&2; return 127; fi
-}
-"""
-READY: dict[str, str] = {
-    # psql over TCP as the image's own user: POSTGRES_* (official image) or POSTGRESQL_* (bitnami)
-    "postgres": r"""pw=${POSTGRES_PASSWORD:-${POSTGRESQL_PASSWORD:-}}
-[ -z "$pw" ] && [ -n "${POSTGRES_PASSWORD_FILE:-}" ] && pw=$(cat "$POSTGRES_PASSWORD_FILE")
-u=${POSTGRES_USER:-${POSTGRESQL_USERNAME:-postgres}}
-export PGPASSWORD="$pw" PGCONNECT_TIMEOUT=5
-exec psql -h 127.0.0.1 -U "$u" -d "${POSTGRES_DB:-${POSTGRESQL_DATABASE:-$u}}" -XAtqc 'SELECT 1'""",
-    # root (or the image's user) over TCP; with only a random root password nobody knows, the
-    # server's own answer to mysqladmin ping over TCP (0 even for "Access denied")
-    "mysql": r"""cli=$(command -v mariadb || command -v mysql) ||
-  { echo "no mysql client in the container" >&2; exit 127; }
-u=root pw=${MYSQL_ROOT_PASSWORD:-${MARIADB_ROOT_PASSWORD:-}}
-f=${MYSQL_ROOT_PASSWORD_FILE:-${MARIADB_ROOT_PASSWORD_FILE:-}}
-[ -z "$pw" ] && [ -n "$f" ] && pw=$(cat "$f")
-if [ -z "$pw" ] && [ -n "${MYSQL_PASSWORD:-${MARIADB_PASSWORD:-}}" ]; then
-  u=${MYSQL_USER:-${MARIADB_USER:-root}} pw=${MYSQL_PASSWORD:-$MARIADB_PASSWORD}
-elif [ -z "$pw" ] && [ -n "${MYSQL_RANDOM_ROOT_PASSWORD:-${MARIADB_RANDOM_ROOT_PASSWORD:-}}" ]; then
-  adm=$(command -v mariadb-admin || command -v mysqladmin) && exec "$adm" ping -h127.0.0.1 --connect-timeout=5
-fi
-[ -n "$pw" ] && export MYSQL_PWD="$pw"
-exec "$cli" -h127.0.0.1 -u"$u" --connect-timeout=5 -NBe 'SELECT 1'""",
-    # PING over TCP must answer PONG (not LOADING). The password: a line on stdin (when the
-    # service's command carries --requirepass), else the environment, else requirepass in the
-    # config file named in the command ($2). $1 is the port.
-    "redis": r"""IFS= read -r pw || :
-[ -n "$pw" ] || pw=${REDISCLI_AUTH:-${REDIS_PASSWORD:-}}
-if [ -z "$pw" ] && [ -n "${2:-}" ] && [ -r "$2" ]; then
-  pw=$(sed -n 's/^[[:space:]]*requirepass[[:space:]][[:space:]]*//p' "$2" | tail -n 1 | sed 's/^"\(.*\)"$/\1/')
-fi
-[ -n "$pw" ] && export REDISCLI_AUTH="$pw"
-out=$(redis-cli -h 127.0.0.1 -p "${1:-6379}" PING 2>&1); echo "$out"; [ "$out" = PONG ]""",
-    "neo4j": r"""a=${NEO4J_AUTH:-neo4j/neo4j}
-if [ "$a" = none ]; then export NEO4J_USERNAME=neo4j NEO4J_PASSWORD=
-else export NEO4J_USERNAME="${a%%/*}" NEO4J_PASSWORD="${a#*/}"; fi
-exec cypher-shell -a bolt://127.0.0.1:7687 --format plain 'RETURN 1'""",
-    # MinIO's readiness endpoint; the official image has neither curl nor wget, but `mc`
-    "minio": _HTTP_GET + r"""get 9000 /minio/health/ready; rc=$?
-[ "$rc" = 127 ] && command -v mc >/dev/null 2>&1 && exec mc ready local
-exit $rc""",
-    "qdrant": _HTTP_GET + "get 6333 /readyz",
-    "milvus": _HTTP_GET + "get 9091 /healthz",
-}
-# etcd's image has no shell: etcdctl itself (`endpoint health` commits a quorum read).
-READY_ARGV: dict[str, list[str]] = {"etcd": ["etcdctl", "--endpoints=http://127.0.0.1:2379", "endpoint", "health"]}
-READY_KINDS = (*READY, *READY_ARGV)
-# The server answered, and refused the credentials from the container's environment: waiting
-# will not change that.
-REFUSED = re.compile(r"password authentication failed|Access denied for user|unauthorized due to authentication|"
-                     r"WRONGPASS|NOAUTH|invalid password|invalid username-password", re.I)
-
-
-def _words(v: Any) -> list[str]:
-    """A compose command/entrypoint as words, with the script of a `sh -c "..."` split too."""
-    import shlex
-
-    words = [str(w) for w in (v if isinstance(v, list) else shlex.split(v) if v else [])]
-    out: list[str] = []
-    for i, w in enumerate(words):
-        try:
-            out += shlex.split(w) if i and words[i - 1] == "-c" else [w]
-        except ValueError:
-            out.append(w)
-    return out
-
-
-def _redis_args(service: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(password, port, config file) from a redis service's command line in the compose model.
-    A value that the container's shell expands (``$$VAR``) is left to the environment."""
-    words = _words(service.get("entrypoint")) + _words(service.get("command"))
-    opts: dict[str, str] = {}
-    conf = ""
-    for i, w in enumerate(words):
-        if w in ("--requirepass", "--port") and i + 1 < len(words):
-            opts[w] = words[i + 1]
-        elif w.endswith(".conf"):
-            conf = w
-    pw = opts.get("--requirepass", "")
-    port = opts.get("--port", "6379")
-    return ("" if "$" in pw else pw), (port if port.isdigit() else "6379"), conf
-
-
-def ready_argv(container: str, kind: str, service: Mapping[str, Any]) -> tuple[list[str], str | None] | None:
-    """The docker exec argv (and what to feed its stdin) that asks a ``kind`` database in
-    ``container`` a real question over TCP; None for kinds without one."""
-    if kind in READY_ARGV:
-        return ["docker", "exec", container, *READY_ARGV[kind]], None
-    if kind not in READY:
-        return None
-    if kind == "redis":
-        pw, port, conf = _redis_args(service)
-        return ["docker", "exec", "-i", container, "/bin/sh", "-c", READY[kind], "ready", port, conf], pw + "\n"
-    return ["docker", "exec", container, "/bin/sh", "-c", READY[kind]], None
-
-
 def rule(service: Mapping[str, Any], probe: str | None = None, one_shot: bool = False) -> str:
     """Which rule judges the readiness of one service (shown by `status`)."""
-    from .kinds import kind_of
-
     if one_shot:
         return "exit 0"
     hc = service.get("healthcheck") or {}
@@ -235,6 +118,20 @@ def _seconds(v: Any, default: float) -> float:
     return total + (float(num) if num else 0.0)
 
 
+def poll(ready: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+    """Call ``ready`` every ``interval`` s until it returns True (then True), bounded by ``timeout``
+    seconds and as many attempts as fit in them (then False). Its exceptions go through."""
+    import tenacity
+
+    try:
+        tenacity.Retrying(stop=tenacity.stop_after_delay(timeout)
+                          | tenacity.stop_after_attempt(int(timeout / interval) + 2),
+                          wait=tenacity.wait_fixed(interval), retry=tenacity.retry_if_result(lambda ok: not ok))(ready)
+    except tenacity.RetryError:
+        return False
+    return True
+
+
 READY_TIMEOUT = 20.0  # seconds for one TCP query of a database (a JVM client starts slowly)
 
 
@@ -289,8 +186,6 @@ class Watch:
             self.on_change(st)
 
     def _kind(self, name: str) -> str:
-        from .kinds import kind_of
-
         return kind_of(self._svc(name))
 
     def rule(self, name: str) -> str:
@@ -376,7 +271,7 @@ class Watch:
                 if attempt:
                     self.pause(self.confirm_after)
                 ok, out = self._exec(argv, READY_TIMEOUT, stdin)
-                if not ok and REFUSED.search(out):
+                if not ok and refused(kind, out):
                     raise _Refused(out)
                 if not ok:
                     return False, out, f"starting: {kind} does not answer a query over TCP yet"
@@ -440,10 +335,12 @@ class Watch:
                     ok, out, detail = fut.result()
                 except _Refused as e:
                     st.output = str(e)
-                    self._set(st, failed=True, detail="it answers over TCP but refuses the credentials from its "
-                                                      "container's environment (the database keeps the password it "
-                                                      "was first initialised with: put that value back in the env "
-                                                      "file, or change the password inside the database too)")
+                    var = password_var(self._kind(st.service), self._svc(st.service))
+                    self._set(st, failed=True, detail=f"it answers over TCP but refuses the credentials from its "
+                                                      f"container's environment ({var or 'its password'}: the "
+                                                      f"database keeps the password it was first initialised with; "
+                                                      f"put that value back in the env file, or change the password "
+                                                      f"inside the database too)")
                     continue
                 st.output = out
                 self._set(st, ready=ok, detail=detail)

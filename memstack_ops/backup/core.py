@@ -12,23 +12,12 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ..kinds import DB_KINDS
+from ..output import human_size
 from ..target import Target
 from .engines import COMPRESSIONS, ENGINES, Job, Plan, Volume, stack_volumes
-from .host import BackupError, Host, host_for
 from .lock import exclusive
-from .sets import (
-    MANIFEST,
-    VERIFY,
-    BackupSet,
-    human_size,
-    iso,
-    list_sets,
-    load_set,
-    manifest_json,
-    new_id,
-    select_keep,
-    utcnow,
-)
+from .sets import MANIFEST, VERIFY, BackupSet, iso, list_sets, load_set, manifest_json, new_id, select_keep, utcnow
+from .shell import BackupError, Shell, shell_for
 
 
 def backups_root(t: Target, here: bool = False) -> str:
@@ -45,7 +34,7 @@ def backups_root(t: Target, here: bool = False) -> str:
     return str(d / t.stack.name)
 
 
-def ensure_private_dir(host: Host, root: str) -> None:
+def ensure_private_dir(shell: Shell, root: str) -> None:
     """Create ``<backups_dir>/<stack>`` (every missing component 0700), then refuse when the
     backups dir or the stack's folder is writable by group or others: anyone who can write there
     can plant the set a default restore (the newest) picks. (OpenSSH's StrictModes asks the same of
@@ -53,9 +42,9 @@ def ensure_private_dir(host: Host, root: str) -> None:
     import shlex
     import stat
 
-    host.makedirs(root)
+    shell.makedirs(root)
     for d in (root.rstrip("/").rsplit("/", 1)[0], root):
-        st = host.stat_mode(d)
+        st = shell.stat_mode(d)
         if st is None or not st[0] & 0o022:
             continue
         mode = st[0]
@@ -65,7 +54,7 @@ def ensure_private_dir(host: Host, root: str) -> None:
                           f"{shlex.quote(d)}`, check what is in it, and run this again. Nothing was done.")
 
 
-def make_job(t: Target, host: Host | None = None, compress: str = "zstd", model: dict[str, Any] | None = None) -> Job:
+def make_job(t: Target, shell: Shell | None = None, compress: str = "zstd", model: dict[str, Any] | None = None) -> Job:
     from ..output import say
 
     if compress not in COMPRESSIONS:
@@ -75,7 +64,7 @@ def make_job(t: Target, host: Host | None = None, compress: str = "zstd", model:
     with ThreadPoolExecutor(1, "compose-ps") as pool:  # `compose ps` while `compose config` renders the model
         ps = pool.submit(t.compose.ps, t.c)
         model = model if model is not None else t.compose.model(t.c)
-        job = Job(t, host or host_for(t.c), model, compress, say=say, progress=progress_bar,
+        job = Job(t, shell or shell_for(t.c), model, compress, say=say, progress=progress_bar,
                   timeout=float(t.settings["timeout"]))
         try:
             job._ps = ps.result()
@@ -169,8 +158,8 @@ def select_volumes(model: dict[str, Any], keys: Iterable[str], exclude_db: bool 
         known = {v.key: v for v in vols}
         bad = [k for k in keys if k not in known]
         if bad:
-            raise BackupError(f"Unknown volume(s) {', '.join(bad)}; "
-                              f"the stack's named volumes: {', '.join(known) or 'none'}.")
+            raise BackupError(f"Unknown volume(s) {', '.join(bad)}; the stack's named volumes: "
+                              f"{', '.join(known) or 'none'}.")
         return [known[k] for k in keys]
     if exclude_db:
         dbs = {n for n, _ in db_services(model)}
@@ -183,12 +172,12 @@ def select_volumes(model: dict[str, Any], keys: Iterable[str], exclude_db: bool 
 @exclusive("backup.{kind}")
 def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable[str] = (), compress: str = "zstd",
            dry_run: bool = False, space_check: bool = True, stop: bool = False, exclude: Iterable[str] = (),
-           reason: str = "manual", host: Host | None = None, job: Job | None = None,
+           reason: str = "manual", shell: Shell | None = None, job: Job | None = None,
            plans: list[Plan] | None = None, stopped: Iterable[str] = ()) -> BackupSet | None:
     """Make one backup set of ``kind`` (postgres, mysql, redis, neo4j, volumes or all).
     ``stopped``: services the caller has already stopped (a restore's safety backup)."""
-    job = job or make_job(t, host, compress)
-    host = job.host
+    job = job or make_job(t, shell, compress)
+    shell = job.shell
     model = job.model
     exclude = set(exclude)
     stopped = list(stopped)
@@ -206,7 +195,7 @@ def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable
             vols = select_volumes(model, volumes)
         elif kind == "all":
             vols = [v for v in select_volumes(model, (), exclude_db=True) if v.key not in exclude]
-            missing = [v for v in vols if host.run(["docker", "volume", "inspect", v.name], timeout=60).failed]
+            missing = [v for v in vols if shell.run(["docker", "volume", "inspect", v.name], timeout=60).failed]
             if missing:
                 job.say(f"  skipping volume(s) not created yet: {', '.join(v.key for v in missing)}")
                 vols = [v for v in vols if v not in missing]
@@ -223,19 +212,19 @@ def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable
                 job.say(f"  note: {p.note}")
         job.say(f"Compression: {job.compress}. Nothing was written.")
         return None
-    ensure_private_dir(host, root)
+    ensure_private_dir(shell, root)
     if space_check:
-        free = host.free_bytes(root)
+        free = shell.free_bytes(root)
         if free < estimate:
             raise BackupError(f"Not enough free space in {root}: {human_size(free)} free, the data to back up holds "
                               f"about {human_size(estimate)} (compressed backups are usually smaller). Free some space "
                               f"(`memstack-ops backup.prune`), point backups_dir at a bigger disk, or pass "
                               f"--no-space-check to try anyway. Nothing was written.")
-    taken = host.listdir(root)
+    taken = shell.listdir(root)
     for _ in range(100):  # another run may take the same name at the same second: take the next one
         set_id = new_id(kind, taken)
         part = f"{root}/{set_id}.partial"
-        if host.mkdir_new(part):
+        if shell.mkdir_new(part):
             break
         taken.append(set_id)
     else:
@@ -259,17 +248,17 @@ def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable
         manifest = {
             "format": 1, "id": set_id, "kind": kind, "reason": reason,
             "stack": t.stack.name, "project": t.stack.project, "stage": t.stack.stage,
-            "tool": {"name": "memstack-ops", "version": __version__}, "host": host.hostname(),
+            "tool": {"name": "memstack-ops", "version": __version__}, "host": shell.hostname(),
             "compression": job.compress, "started": iso(started), "finished": iso(utcnow()),
             "duration_s": round(time.monotonic() - t0, 3), "entries": entries,
             "files": [f for e in entries for f in e["files"]],
         }
-        host.write_text(f"{part}/{MANIFEST}", manifest_json(manifest))
-        host.rename(part, f"{root}/{set_id}")
+        shell.write_text(f"{part}/{MANIFEST}", manifest_json(manifest))
+        shell.rename(part, f"{root}/{set_id}")
     except BaseException:
-        host.rmtree(part)
+        shell.rmtree(part)
         raise
-    s = load_set(host, root, set_id)
+    s = load_set(shell, root, set_id)
     assert s is not None
     return s
 
@@ -361,7 +350,7 @@ def check_origin(t: Target, s: BackupSet, allow_foreign: bool, what: str, say: A
     say(f"Migrating backup {s.id} from {origin(s)} into {here} (--allow-foreign): {what}.")
 
 
-def check_files(host: Host, s: BackupSet, names: Iterable[str] | None = None) -> list[str]:
+def check_files(shell: Shell, s: BackupSet, names: Iterable[str] | None = None) -> list[str]:
     """Sizes and sha256 of the set's files against its manifest; the problems found. ``names``:
     only these files, each of which must be one the manifest lists."""
     if s.error:
@@ -377,35 +366,35 @@ def check_files(host: Host, s: BackupSet, names: Iterable[str] | None = None) ->
         if want is not None and f["name"] not in want:
             continue
         path = f"{s.path}/{f['name']}"
-        if not host.exists(path):
+        if not shell.exists(path):
             problems.append(f"{f['name']} is missing")
             continue
-        size = host.size(path)
+        size = shell.size(path)
         if size != int(f["size"]):
             problems.append(f"{f['name']} has {size} bytes, the manifest says {f['size']}")
             continue
-        why = host.mismatch(path, f)
+        why = shell.mismatch(path, f)
         if why:
             problems.append(f"{f['name']}: {why}")
     return problems
 
 
-def record_verify(host: Host, s: BackupSet, ok: bool, level: str, details: list[str]) -> None:
-    host.write_text(f"{s.path}/{VERIFY}", manifest_json({"time": iso(utcnow()), "ok": ok, "level": level,
+def record_verify(shell: Shell, s: BackupSet, ok: bool, level: str, details: list[str]) -> None:
+    shell.write_text(f"{s.path}/{VERIFY}", manifest_json({"time": iso(utcnow()), "ok": ok, "level": level,
                                                          "details": details}))
 
 
 def verify(t: Target, set_id: str | None = None, restore_test: bool = False,
-           host: Host | None = None) -> list[list[str]]:
+           shell: Shell | None = None) -> list[list[str]]:
     """Checksums, then a format check of every file, then (``restore_test``) a scratch restore in
     the same image comparing counts. Records the result in the set's verify.json."""
-    job = make_job(t, host)
-    host = job.host
-    s = find_set(list_sets(host, backups_root(t)), set_id, stack=t.stack.name, say=job.say)
+    job = make_job(t, shell)
+    shell = job.shell
+    s = find_set(list_sets(shell, backups_root(t)), set_id, stack=t.stack.name, say=job.say)
     rows: list[list[str]] = []
-    problems = check_files(host, s)
+    problems = check_files(shell, s)
     if problems:
-        record_verify(host, s, False, "checksum", problems)
+        record_verify(shell, s, False, "checksum", problems)
         raise BackupError(f"Backup {s.id} is damaged: {'; '.join(problems)}. Do not restore it; use an older backup "
                           f"(`memstack-ops backup.list`).")
     rows.append(["*", "checksums", f"{len(s.files)} file(s), sizes and sha256 match"])
@@ -427,12 +416,12 @@ def verify(t: Target, set_id: str | None = None, restore_test: bool = False,
                     details += [f"warning: {p}" for p in probs]
                     rows.append([str(e["service"]), "warning", "; ".join(probs)])
     except BackupError as err:
-        record_verify(host, s, False, level, [str(err)])
+        record_verify(shell, s, False, level, [str(err)])
         raise BackupError(f"Backup {s.id} failed verification: {err}") from None
     if problems:
-        record_verify(host, s, False, level, problems)
+        record_verify(shell, s, False, level, problems)
         raise BackupError(f"Backup {s.id} failed the restore test: {'; '.join(problems)}.")
-    record_verify(host, s, True, level, [" | ".join(r) for r in rows] + details)
+    record_verify(shell, s, True, level, [" | ".join(r) for r in rows] + details)
     return rows
 
 
@@ -454,18 +443,18 @@ def dependants(model: dict[str, Any], name: str) -> list[str]:
 
 @exclusive("restore.{kind}")
 def restore(t: Target, kind: str, set_id: str | None = None, service: str | None = None, yes: bool = False,
-            safety: bool = True, dry_run: bool = False, volumes: Iterable[str] = (), host: Host | None = None,
+            safety: bool = True, dry_run: bool = False, volumes: Iterable[str] = (), shell: Shell | None = None,
             space_check: bool = True, checked: bool = False, allow_foreign: bool = False,
             **opts: Any) -> dict[str, Any]:
     """Restore one service (or volumes) from a backup set; see the module docs of the tasks. A set
     made for another stack or project is refused unless ``allow_foreign``."""
     from ..output import confirm, say
 
-    host = host or host_for(t.c)
+    shell = shell or shell_for(t.c)
     root = backups_root(t)
-    s = find_set(list_sets(host, root), set_id, kind, service if kind != "volumes" else None, t.stack.name, say=say)
+    s = find_set(list_sets(shell, root), set_id, kind, service if kind != "volumes" else None, t.stack.name, say=say)
     if kind == "volumes":
-        return _restore_volumes(t, make_job(t, host), s, volumes, yes, safety, dry_run, space_check, checked,
+        return _restore_volumes(t, make_job(t, shell), s, volumes, yes, safety, dry_run, space_check, checked,
                                 allow_foreign)
     entries = [e for e in s.entries if e.get("kind") == kind]
     if service:
@@ -485,8 +474,8 @@ def restore(t: Target, kind: str, set_id: str | None = None, service: str | None
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, "checksums") as pool:
-        hashing = pool.submit(check_files, host, s, [f["name"] for f in entry["files"]]) if not checked else None
-        job = make_job(t, host)
+        hashing = pool.submit(check_files, shell, s, [f["name"] for f in entry["files"]]) if not checked else None
+        job = make_job(t, shell)
         model = job.model
         select_services(model, kind, [target], t.stack.name)
         svc = job.inspect(target)
@@ -495,7 +484,7 @@ def restore(t: Target, kind: str, set_id: str | None = None, service: str | None
             opts["plan"] = eng.plan(job, svc)
         problems = hashing.result() if hashing else []
     if problems:
-        record_verify(host, s, False, "checksum", problems)
+        record_verify(shell, s, False, "checksum", problems)
         raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. Nothing was "
                           f"touched. Pick an older backup with --backup (see `memstack-ops backup.list`).")
     deps = [d for d in dependants(model, target)]
@@ -549,9 +538,9 @@ def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes
         raise BackupError(f"Volume(s) {', '.join(unknown)} are not in stack {t.stack.name} any more.")
     check_origin(t, s, allow_foreign, "volume(s) " + ", ".join(f"{e['volume']} -> {vols[e['volume']].name}"
                                                                          for e in entries), job.say)
-    problems = [] if checked else check_files(job.host, s, [f["name"] for e in entries for f in e["files"]])
+    problems = [] if checked else check_files(job.shell, s, [f["name"] for e in entries for f in e["files"]])
     if problems:
-        record_verify(job.host, s, False, "checksum", problems)
+        record_verify(job.shell, s, False, "checksum", problems)
         raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. "
                           f"Nothing was touched.")
     users = sorted({u for e in entries for u in vols[e["volume"]].services})
@@ -580,16 +569,16 @@ def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes
 
 @exclusive("restore.all")
 def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety: bool = True, dry_run: bool = False,
-                host: Host | None = None, allow_foreign: bool = False) -> list[tuple[str, Any]]:
+                shell: Shell | None = None, allow_foreign: bool = False) -> list[tuple[str, Any]]:
     """Restore every database of a backup.all set, then its volumes; one confirmation."""
     from ..output import confirm
 
-    job = make_job(t, host)
-    s = find_set(list_sets(job.host, backups_root(t)), set_id, "all", stack=t.stack.name, say=job.say)
+    job = make_job(t, shell)
+    s = find_set(list_sets(job.shell, backups_root(t)), set_id, "all", stack=t.stack.name, say=job.say)
     check_origin(t, s, allow_foreign, "every database and volume of the backup -> the same names here", job.say)
-    problems = check_files(job.host, s)
+    problems = check_files(job.shell, s)
     if problems:
-        record_verify(job.host, s, False, "checksum", problems)
+        record_verify(job.shell, s, False, "checksum", problems)
         raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. "
                           f"Nothing was touched.")
     dbs = [e for e in s.entries if e.get("kind") in DB_KINDS]
@@ -603,11 +592,11 @@ def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety:
             t.stack.name, yes=yes)
     results: list[tuple[str, Any]] = []
     for e in dbs:
-        r = restore(t, e["kind"], s.id, e["service"], yes=True, safety=safety, host=job.host, checked=True,
+        r = restore(t, e["kind"], s.id, e["service"], yes=True, safety=safety, shell=job.shell, checked=True,
                     allow_foreign=allow_foreign)
         results.append((str(e["service"]), {k: v for k, v in r.items() if k not in ("backup", "service")}))
     if vols:
-        r = restore(t, "volumes", s.id, yes=True, safety=safety, volumes=vols, host=job.host, checked=True,
+        r = restore(t, "volumes", s.id, yes=True, safety=safety, volumes=vols, shell=job.shell, checked=True,
                     allow_foreign=allow_foreign)
         results.append(("volumes", {k: v for k, v in r.items() if k != "backup"}))
     return results
@@ -615,13 +604,13 @@ def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety:
 
 # --------------------------------------------------------------------------- list and prune
 
-def list_rows(t: Target, kind: str | None = None, host: Host | None = None) -> tuple[list[list[str]], list[str]]:
+def list_rows(t: Target, kind: str | None = None, shell: Shell | None = None) -> tuple[list[list[str]], list[str]]:
     from .sets import human_age, partial_sets, verified_label
 
-    host = host or host_for(t.c)
+    shell = shell or shell_for(t.c)
     root = backups_root(t)
     rows = []
-    for s in list_sets(host, root):
+    for s in list_sets(shell, root):
         if kind and s.kind != kind:
             continue
         label = s.kind + (" (safety)" if str(s.manifest.get("reason", "")).startswith("safety") else "")
@@ -629,21 +618,21 @@ def list_rows(t: Target, kind: str | None = None, host: Host | None = None) -> t
             label += f" (FOREIGN: {origin(s)})"
         rows.append([s.id, label, ", ".join(s.services) or "?", human_size(s.size), human_age(s.time),
                      f"UNREADABLE, skipped: {s.error}" if s.error else verified_label(s)])
-    return rows, partial_sets(host, root)
+    return rows, partial_sets(shell, root)
 
 
 @exclusive("backup.prune")
 def prune(t: Target, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0,
           dry_run: bool = False, kind: str | None = None,
-          host: Host | None = None) -> tuple[list[BackupSet], dict[str, list[str]]]:
+          shell: Shell | None = None) -> tuple[list[BackupSet], dict[str, list[str]]]:
     """Delete the sets no retention rule keeps. Only files listed in a set's manifest (plus the
     manifest and verify.json) are deleted; a folder holding anything else is left in place."""
     if not any((keep_last, keep_daily, keep_weekly, keep_monthly)):
         raise BackupError("Say what to keep: --keep-last N and/or --keep-daily/--keep-weekly/--keep-monthly "
                           "(pruning without a rule would delete every backup).")
-    host = host or host_for(t.c)
+    shell = shell or shell_for(t.c)
     root = backups_root(t)
-    sets = [s for s in list_sets(host, root) if not kind or s.kind == kind]
+    sets = [s for s in list_sets(shell, root) if not kind or s.kind == kind]
     sets = [s for s in sets if not s.error]  # never delete what we cannot read
     keep = select_keep(sets, keep_last, keep_daily, keep_weekly, keep_monthly)
     doomed = [s for s in sets if s.id not in keep]
@@ -653,10 +642,10 @@ def prune(t: Target, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int =
                 name = str(f["name"])
                 if "/" in name or name.startswith("."):
                     continue
-                host.remove(f"{s.path}/{name}")
-            host.remove(f"{s.path}/{VERIFY}")
-            host.remove(f"{s.path}/{MANIFEST}")
-            host.rmdir(s.path)  # fails, and keeps the folder, if anything else is in it
+                shell.remove(f"{s.path}/{name}")
+            shell.remove(f"{s.path}/{VERIFY}")
+            shell.remove(f"{s.path}/{MANIFEST}")
+            shell.rmdir(s.path)  # fails, and keeps the folder, if anything else is in it
     return doomed, keep
 
 

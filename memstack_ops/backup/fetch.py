@@ -28,14 +28,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..output import human_size
 from ..target import Target, on_host
-from .host import BackupError, LocalHost, fsync_dir, host_for
 from .sets import (
     MANIFEST,
     VERIFY,
     BackupSet,
     ManifestError,
-    human_size,
     iso,
     list_sets,
     load_set,
@@ -46,6 +45,7 @@ from .sets import (
     utcnow,
 )
 from .sets import safe_name as sets_safe_name
+from .shell import BackupError, LocalShell, fsync_dir, shell_for
 
 SOURCE = ".fetch-source"  # inside <id>.partial/: which host and set the partial folder is filling from
 WINDOW = 16 << 20  # SSH channel window: at most this much in flight, whatever the file size
@@ -94,7 +94,7 @@ def fetch(t: Target, set_id: str | None = None, s: BackupSet | None = None, say:
 
     say = say or _say
     require_remote(t.c)
-    remote = host_for(t.c)
+    remote = shell_for(t.c)
     label = host_label(t.c)
     if s is None:
         s = find_set(list_sets(remote, backups_root(t)), set_id, stack=t.stack.name, say=say)
@@ -108,7 +108,7 @@ def fetch(t: Target, set_id: str | None = None, s: BackupSet | None = None, say:
     files = [(safe_name(str(f["name"]), s.id), int(f["size"]), str(f["sha256"])) for f in s.files]
     if not files:
         raise BackupError(f"Backup {s.id} on {label} lists no files in its manifest; there is nothing to fetch.")
-    here = LocalHost(_local_context())
+    here = LocalShell(_local_context())
     root = backups_root(t, here=True)
     ensure_private_dir(here, root)
     source = {"host": label, "path": s.path, "id": s.id,
@@ -174,7 +174,7 @@ def _local_context() -> Any:
     return Context()
 
 
-def _choose(here: LocalHost, root: str, s: BackupSet, source: dict[str, str]) -> tuple[str, str, bool]:
+def _choose(here: LocalShell, root: str, s: BackupSet, source: dict[str, str]) -> tuple[str, str, bool]:
     """(local id, its partial folder, already complete here). Reuses the partial folder of an
     interrupted fetch of the same set; never reuses a name another set holds."""
     from .core import check_files
@@ -219,7 +219,7 @@ def _read_json(path: str) -> Any:
         return None
 
 
-def _complete(here: LocalHost, path: str, f: dict[str, Any]) -> bool:
+def _complete(here: LocalShell, path: str, f: dict[str, Any]) -> bool:
     """A file an interrupted fetch finished: its size and its bytes match the manifest entry
     (the same check as a restore's, on every core when the manifest has piece hashes)."""
     return here.exists(path) and here.size(path) == int(f["size"]) and not here.mismatch(path, f)

@@ -4,7 +4,7 @@ deleting the set a restore reads, two restores into one database).
 
 The lock is ``<backups_dir>/.<stack>.lock``, on the host that holds the backups:
 
-- this machine (LocalHost, or a plain Context forced through the shell): ``fcntl.flock`` on that
+- this machine (LocalShell, or a plain Context forced through the shell): ``fcntl.flock`` on that
   file, opened close-on-exec so no docker child keeps it;
 - a remote host (a fabric Connection): ``flock -n`` on the host, held by a shell on its own SSH
   channel that waits on the channel (``cat``); when this process ends, however it ends, the
@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .host import BackupError, Host, host_for
+from .shell import BackupError, Shell, shell_for
 
 _held = threading.local()  # lock path -> depth, per thread
 
@@ -91,8 +91,8 @@ def _parse(text: str) -> Any:
 # --------------------------------------------------------------------------- taking the lock
 
 class StackLock:
-    def __init__(self, host: Host, root: str, what: str):
-        self.host, self.root, self.what = host, root, what
+    def __init__(self, shell: Shell, root: str, what: str):
+        self.shell, self.root, self.what = shell, root, what
         self.path = lock_path(root)
         self.fd = -1
         self.keeper: Any = None  # a subprocess or an SSH channel holding flock on the host
@@ -100,11 +100,11 @@ class StackLock:
     def acquire(self) -> StackLock:
         from .core import ensure_private_dir
 
-        ensure_private_dir(self.host, self.root)
+        ensure_private_dir(self.shell, self.root)
         info = json.dumps(holder_info(self.what))
-        if self.host.local:
+        if self.shell.local:
             self._local(info)
-        elif getattr(self.host.c, "client", None) is not None:
+        elif getattr(self.shell.c, "client", None) is not None:
             self._remote(info)
         else:  # a Context that runs the shell here (the shell-only path, forced on this machine)
             self._shell_here(info)
@@ -124,8 +124,8 @@ class StackLock:
     @property
     def where(self) -> str:
         stack = self.root.rstrip("/").rsplit("/", 1)[-1]
-        label = getattr(getattr(self.host.c, "inventory", None), "label", None) or getattr(self.host.c, "host", None)
-        return f"stack {stack}" + (f" on {label}" if label and not self.host.local else "")
+        label = getattr(getattr(self.shell.c, "inventory", None), "label", None) or getattr(self.shell.c, "host", None)
+        return f"stack {stack}" + (f" on {label}" if label and not self.shell.local else "")
 
     def _local(self, info: str) -> None:
         import fcntl
@@ -172,7 +172,7 @@ cat -- "$L"
         raise BackupError(f"Cannot take the backup lock of {self.where}: {what}. Nothing was done.")
 
     def _remote(self, info: str) -> None:
-        c = self.host.c
+        c = self.shell.c
         if c.client.get_transport() is None or not c.client.get_transport().is_active():
             c.open()
         chan = c.client.get_transport().open_session()
@@ -232,14 +232,14 @@ cat -- "$L"
 
 
 class _Held:
-    def __init__(self, host: Host, root: str, what: str):
-        self.lock = StackLock(host, root, what)
+    def __init__(self, shell: Shell, root: str, what: str):
+        self.lock = StackLock(shell, root, what)
 
     def __enter__(self) -> _Held:
         depth = getattr(_held, "d", None)
         if depth is None:
             depth = _held.d = {}
-        key = (id(self.lock.host.c) if not self.lock.host.local else "local", self.lock.path)
+        key = (id(self.lock.shell.c) if not self.lock.shell.local else "local", self.lock.path)
         if depth.get(key):
             depth[key] += 1
         else:
@@ -256,13 +256,13 @@ class _Held:
             self.lock.release()
 
 
-def stack_lock(host: Host, root: str, what: str) -> _Held:
-    """``with stack_lock(host, root, "restore.postgres"):`` ... (re-entrant within the thread)."""
-    return _Held(host, root, what)
+def stack_lock(shell: Shell, root: str, what: str) -> _Held:
+    """``with stack_lock(shell, root, "restore.postgres"):`` ... (re-entrant within the thread)."""
+    return _Held(shell, root, what)
 
 
 def exclusive(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Run a core function (first argument the target, with ``host``, ``job`` and ``dry_run``
+    """Run a core function (first argument the target, with ``shell``, ``job`` and ``dry_run``
     keywords where it has them) under the stack's backup lock; dry runs change nothing and take
     none. The host the lock was taken on is the one the function uses."""
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -279,10 +279,10 @@ def exclusive(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 return fn(*ba.args, **ba.kwargs)
             t = a["t"]
             job = a.get("job")
-            host = job.host if job is not None else (a.get("host") or host_for(t.c))
-            if "host" in sig.parameters and job is None:
-                ba.arguments["host"] = host
-            with stack_lock(host, backups_root(t), what.format(**a)):
+            shell = job.shell if job is not None else (a.get("shell") or shell_for(t.c))
+            if "shell" in sig.parameters and job is None:
+                ba.arguments["shell"] = shell
+            with stack_lock(shell, backups_root(t), what.format(**a)):
                 return fn(*ba.args, **ba.kwargs)
         return run
     return wrap

@@ -222,7 +222,7 @@ def parse_manifest(text: str, set_id: str = "") -> tuple[dict[str, Any], str]:
     return m, ""
 
 
-def load_set(host: Any, root: str, name: str) -> BackupSet | None:
+def load_set(shell: Any, root: str, name: str) -> BackupSet | None:
     """The set in ``root/name`` when the name follows the scheme and it is a finished set. A set
     whose manifest cannot be read or fails ``check_manifest`` comes back with ``error`` set (and an
     empty manifest): it is listed as unreadable, never restored, fetched or pruned."""
@@ -230,7 +230,7 @@ def load_set(host: Any, root: str, name: str) -> BackupSet | None:
         return None
     path = f"{root}/{name}"
     try:
-        text = host.read_text(f"{path}/{MANIFEST}")
+        text = shell.read_text(f"{path}/{MANIFEST}")
     except UnicodeDecodeError as e:
         text, undecodable = "", f"manifest.json is not UTF-8 text (byte {e.start})"
     else:
@@ -242,7 +242,7 @@ def load_set(host: Any, root: str, name: str) -> BackupSet | None:
     if not s.error:
         s.manifest = manifest
     try:
-        vtext = host.read_text(f"{path}/{VERIFY}")
+        vtext = shell.read_text(f"{path}/{VERIFY}")
     except UnicodeDecodeError:
         vtext = "-"
     if vtext:
@@ -255,14 +255,14 @@ def load_set(host: Any, root: str, name: str) -> BackupSet | None:
     return s
 
 
-def list_sets(host: Any, root: str) -> list[BackupSet]:
+def list_sets(shell: Any, root: str) -> list[BackupSet]:
     """Finished sets, newest first."""
-    out = [s for s in (load_set(host, root, n) for n in host.listdir(root)) if s]
+    out = [s for s in (load_set(shell, root, n) for n in shell.listdir(root)) if s]
     return sorted(out, key=lambda s: s.sort_key, reverse=True)
 
 
-def partial_sets(host: Any, root: str) -> list[str]:
-    return [n for n in host.listdir(root) if n.endswith(".partial") and parse_id(n.removesuffix(".partial"))]
+def partial_sets(shell: Any, root: str) -> list[str]:
+    return [n for n in shell.listdir(root) if n.endswith(".partial") and parse_id(n.removesuffix(".partial"))]
 
 
 # --------------------------------------------------------------------------- retention

@@ -12,13 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .spec import TABLE
+from .spec import TABLE, Password, no_auth_input, quote, sh_ready
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
 
 NAME = "mysql"
 NEEDLES: tuple[str, ...] = ("mariadb", "mysql")  # substrings of an image's repository name
+MIGRATION_EXT: str | None = "sql"
+CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
 
 # THE auth prelude (db.* and backups), the one MySQL option-file writer. Who: root when a root
 # password is set, else MYSQL_USER/MYSQL_PASSWORD (MARIADB_* too); each *_FILE variable, when set
@@ -26,7 +28,7 @@ NEEDLES: tuple[str, ...] = ("mariadb", "mysql")  # substrings of an image's repo
 # 0600 mktemp file, double-quoted with \ and " escaped and a newline written as \n: the client's
 # option parser then reads them back byte for byte (# ; ' $ spaces and a literal "\n" included).
 # Leaves the option file's path in $f (removed on exit: callers must not `exec`), the client in
-# $cli and the dump tool in $dump.
+# $cli, the dump tool in $dump, and $_anon set when no password was found.
 AUTH = (r'''f=$(mktemp) || exit 1; trap 'rm -f "$f"' EXIT; '''
         r'''_p=${MYSQL_ROOT_PASSWORD:-${MARIADB_ROOT_PASSWORD:-}}; '''
         r'''_pf=${MYSQL_ROOT_PASSWORD_FILE:-${MARIADB_ROOT_PASSWORD_FILE:-}}; '''
@@ -34,7 +36,7 @@ AUTH = (r'''f=$(mktemp) || exit 1; trap 'rm -f "$f"' EXIT; '''
         r'''if [ -z "$_p" ]; then _u=${MYSQL_USER:-${MARIADB_USER:-root}}; '''
         r'''_p=${MYSQL_PASSWORD:-${MARIADB_PASSWORD:-}}; '''
         r'''_pf=${MYSQL_PASSWORD_FILE:-${MARIADB_PASSWORD_FILE:-}}; '''
-        r'''if [ -n "$_pf" ] && [ -r "$_pf" ]; then _p=$(cat "$_pf"); fi; fi; '''
+        r'''if [ -n "$_pf" ] && [ -r "$_pf" ]; then _p=$(cat "$_pf"); fi; fi; _anon=; [ -n "$_p" ] || _anon=1; '''
         r'''_nl=$(printf '\nx'); _nl=${_nl%x}; '''
         r'''_myq() { _s=$1; _o=; while [ -n "$_s" ]; do _c=${_s%"${_s#?}"}; _s=${_s#?}; '''
         r'''case $_c in \\|\") _o="$_o\\$_c";; "$_nl") _o="$_o\\n";; *) _o="$_o$_c";; esac; done; }; '''
@@ -46,36 +48,43 @@ _CONNECT = '"$cli" --defaults-extra-file="$f" -h127.0.0.1'
 _DATABASE = ' ${1:+"--database=$1"}'
 CLIENT = AUTH + _CONNECT + " --batch --skip-column-names" + _DATABASE  # SQL on stdin
 SHELL = AUTH + _CONNECT + _DATABASE  # interactive (db.shell)
-PASSWORD_VARS: tuple[str, ...] = ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD", "MYSQL_PASSWORD", "MARIADB_PASSWORD")
-AUTH_FAILED = re.compile(r"Access denied for user", re.IGNORECASE)
-
-READY_QUERY = "SELECT 1;"
-READY_ANSWER = ""  # exit 0 is enough
-READY_DATABASE: str | None = ""  # the server, not the database: it may not exist yet
-MIGRATION_EXT: str | None = "sql"
-CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
+# SELECT 1 over TCP, on the server (its database may not exist yet). An image that made a random
+# root password nobody knows (and no user): the server's own answer to mysqladmin ping over TCP
+# (exit 0 even for "Access denied").
+READY = AUTH + (r'''if [ -n "$_anon" ] && '''
+                r'''[ -n "${MYSQL_RANDOM_ROOT_PASSWORD:-${MARIADB_RANDOM_ROOT_PASSWORD:-}}" ] && '''
+                r'''adm=$(command -v mariadb-admin || command -v mysqladmin); then '''
+                r'''"$adm" ping -h127.0.0.1 --connect-timeout=5; exit; fi; '''
+                r'''[ -n "$cli" ] || { echo "no mysql client in the container" >&2; exit 127; }; '''
+                + _CONNECT + " --connect-timeout=5 --batch --skip-column-names -e 'SELECT 1'")
+PASSWORD = Password(("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD", "MYSQL_PASSWORD", "MARIADB_PASSWORD"),
+                    refused=re.compile(r"Access denied for user", re.IGNORECASE),
+                    missing=re.compile(r"\(using password: NO\)"),
+                    where="MYSQL_ROOT_PASSWORD, or MYSQL_USER and MYSQL_PASSWORD (MARIADB_* too, or *_FILE), in its "
+                          "environment")
 
 
 def ident(name: str) -> str:
-    """A quoted identifier: backticks, a backtick doubled."""
-    return "`" + name.replace("`", "``") + "`"
+    return quote(name, "`")
 
 
 def literal(text: str) -> str:
-    """A string literal: backslash escaped too (it escapes in MySQL strings unless the server
-    runs with NO_BACKSLASH_ESCAPES), quote doubled."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+    return quote(text, "'", backslash=True)  # \ escapes in MySQL strings (unless NO_BACKSLASH_ESCAPES)
 
 
 def database(env: Mapping[str, str]) -> str:
     return env.get("MYSQL_DATABASE") or env.get("MARIADB_DATABASE") or ""
 
 
+ready = sh_ready(READY)
+auth_input = no_auth_input
+
+
 def ensure(db: Db) -> list[str]:
     name = db.database
     if not name:
         return ["no MYSQL_DATABASE set: nothing to create"]
-    r = db.exec("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA "
+    r = db.exec(f"SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA "
                 f"WHERE SCHEMA_NAME = {literal(name)};", database="")
     if r.failed:
         raise db.fail("Checking databases", r)
@@ -91,7 +100,7 @@ def ensure(db: Db) -> list[str]:
         if r.failed:
             raise db.fail(f"Setting utf8mb4 on {name}", r)
         return [f"database {name} was {charset}: default character set changed to utf8mb4 "
-                "(existing tables keep theirs)"]
+                f"(existing tables keep theirs)"]
     return []
 
 
@@ -120,14 +129,14 @@ def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:
     for m in pending:
         lines += [f"SELECT 'memstack-ops:begin {m.track} {m.version}';",
                   (f"INSERT INTO {TABLE} (track, version, name, checksum, applied_at, state) "
-                  f"VALUES ({literal(m.track)}, {m.version}, {literal(m.name)}, {literal(m.checksum)}, "
-                  f"UTC_TIMESTAMP(6), 'running');"),
+                   f"VALUES ({literal(m.track)}, {m.version}, {literal(m.name)}, {literal(m.checksum)}, "
+                   f"UTC_TIMESTAMP(6), 'running');"),
                   "SET @t0 = NOW(6);"]
         starts.append((len(lines) + 1, m))
         lines += m.text.splitlines()
         lines += [(f"UPDATE {TABLE} SET state = 'applied', "
-                  f"duration_ms = TIMESTAMPDIFF(MICROSECOND, @t0, NOW(6)) DIV 1000 "
-                  f"WHERE track = {literal(m.track)} AND version = {m.version};"),
+                   f"duration_ms = TIMESTAMPDIFF(MICROSECOND, @t0, NOW(6)) DIV 1000 "
+                   f"WHERE track = {literal(m.track)} AND version = {m.version};"),
                   f"SELECT 'memstack-ops:applied {m.track} {m.version}';"]
     r = db.exec("\n".join(lines) + "\n")
     done = re.findall(r"memstack-ops:applied (\w+) (\d+)", r.stdout)

@@ -14,27 +14,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DbError
+from .spec import Password, no_auth_input, sh_ready
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
 
 NAME = "neo4j"
 NEEDLES: tuple[str, ...] = ("neo4j",)  # substrings of an image's repository name
-
-# THE auth prelude (db.* and backups): NEO4J_USERNAME/NEO4J_PASSWORD (cypher-shell reads them,
-# never argv) from NEO4J_AUTH=user/password, or the file NEO4J_AUTH_PATH names when set.
-AUTH = ('if [ -n "${NEO4J_AUTH_PATH:-}" ] && [ -r "$NEO4J_AUTH_PATH" ]; then NEO4J_AUTH=$(cat "$NEO4J_AUTH_PATH"); fi; '
-        'NEO4J_USERNAME="${NEO4J_AUTH%%/*}"; NEO4J_PASSWORD="${NEO4J_AUTH#*/}"; export NEO4J_USERNAME NEO4J_PASSWORD; ')
-CLIENT = AUTH + "exec cypher-shell --format plain"  # Cypher on stdin
-SHELL = AUTH + "exec cypher-shell"  # interactive (db.shell)
-PASSWORD_VARS: tuple[str, ...] = ("NEO4J_PASSWORD",)
-AUTH_FAILED = re.compile(r"unauthorized due to authentication|invalid password", re.IGNORECASE)
-
-READY_QUERY = "RETURN 1;"
-READY_ANSWER = ""  # exit 0 is enough
-READY_DATABASE: str | None = None
 MIGRATION_EXT: str | None = "cypher"
 CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
+
+# THE auth prelude (db.*, readiness and backups): NEO4J_USERNAME/NEO4J_PASSWORD (cypher-shell
+# reads them, never argv) from NEO4J_AUTH=user/password, or the file NEO4J_AUTH_PATH names when
+# set; the image's defaults: unset is neo4j/neo4j, "none" is no authentication.
+AUTH = ('if [ -n "${NEO4J_AUTH_PATH:-}" ] && [ -r "$NEO4J_AUTH_PATH" ]; then NEO4J_AUTH=$(cat "$NEO4J_AUTH_PATH"); fi; '
+        '_a=${NEO4J_AUTH:-neo4j/neo4j}; if [ "$_a" = none ]; then NEO4J_USERNAME=neo4j NEO4J_PASSWORD=; '
+        'else NEO4J_USERNAME="${_a%%/*}" NEO4J_PASSWORD="${_a#*/}"; fi; export NEO4J_USERNAME NEO4J_PASSWORD; ')
+CLIENT = AUTH + "exec cypher-shell --format plain"  # Cypher on stdin
+SHELL = AUTH + "exec cypher-shell"  # interactive (db.shell)
+READY = AUTH + "exec cypher-shell -a bolt://127.0.0.1:7687 --format plain 'RETURN 1'"
+PASSWORD = Password(("NEO4J_PASSWORD",),
+                    refused=re.compile(r"unauthorized due to authentication|invalid password", re.IGNORECASE),
+                    missing=re.compile(r"(?!)"),  # never: without NEO4J_AUTH the prelude sends the image's default
+                    where="NEO4J_AUTH (or NEO4J_AUTH_PATH) in its environment")
 
 
 def literal(text: str) -> str:
@@ -44,6 +46,10 @@ def literal(text: str) -> str:
 
 def database(env: Mapping[str, str]) -> str:
     return ""  # cypher-shell's default database
+
+
+ready = sh_ready(READY)
+auth_input = no_auth_input
 
 
 def ensure(db: Db) -> list[str]:

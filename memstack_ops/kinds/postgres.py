@@ -10,49 +10,61 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .spec import TABLE
+from ..compose import service_env
+from .spec import TABLE, Password, Ready, no_auth_input, quote
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
 
 NAME = "postgres"
 NEEDLES: tuple[str, ...] = ("postgres", "pgvector", "timescale")  # substrings of an image's repository name
-
-# THE auth prelude (db.* and backups): exports PGPASSWORD from POSTGRES_PASSWORD, or from the
-# file POSTGRES_PASSWORD_FILE names when set (as the official image reads it).
-AUTH = ('if [ -n "${POSTGRES_PASSWORD_FILE:-}" ] && [ -r "$POSTGRES_PASSWORD_FILE" ]; then '
-        'POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE"); fi; '
-        'PGPASSWORD="${POSTGRES_PASSWORD:-}"; export PGPASSWORD; ')
-# $1 is the database. It goes in PGDATABASE, not `-d`: psql reads a -d value holding "=" as a
-# connection string (host=..., where the password would go), libpq never expands PGDATABASE.
-_CONNECT = ('PGDATABASE=$1; export PGDATABASE; '
-            'exec psql -h 127.0.0.1 -U "${POSTGRES_USER:-postgres}"')
-CLIENT = AUTH + _CONNECT + ' -X -q -At -F "|" -v ON_ERROR_STOP=1 -f -'  # SQL on stdin
-SHELL = AUTH + _CONNECT  # interactive (db.shell)
-PASSWORD_VARS: tuple[str, ...] = ("POSTGRES_PASSWORD",)
-AUTH_FAILED = re.compile(r"password authentication failed", re.IGNORECASE)
-
-READY_QUERY = "SELECT 1;"
-READY_ANSWER = ""  # exit 0 is enough
-READY_DATABASE: str | None = None  # the service's own database
 MIGRATION_EXT: str | None = "sql"
 CONTENTS: tuple[str, str] | None = None  # status shows migrations instead
 
+# THE auth prelude (db.*, readiness and backups): exports PGPASSWORD from POSTGRES_PASSWORD, or
+# from the file POSTGRES_PASSWORD_FILE names when set (as the official image reads it), and PGUSER
+# from POSTGRES_USER; POSTGRESQL_* are the bitnami image's names.
+AUTH = ('if [ -n "${POSTGRES_PASSWORD_FILE:-}" ] && [ -r "$POSTGRES_PASSWORD_FILE" ]; then '
+        'POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE"); fi; '
+        'PGPASSWORD="${POSTGRES_PASSWORD:-${POSTGRESQL_PASSWORD:-}}"; '
+        'PGUSER="${POSTGRES_USER:-${POSTGRESQL_USERNAME:-postgres}}"; export PGPASSWORD PGUSER; ')
+# $1 is the database. It goes in PGDATABASE, not `-d`: psql reads a -d value holding "=" as a
+# connection string (host=..., where the password would go), libpq never expands PGDATABASE.
+_CONNECT = 'PGDATABASE=$1; export PGDATABASE; exec psql -h 127.0.0.1'
+CLIENT = AUTH + _CONNECT + ' -X -q -At -F "|" -v ON_ERROR_STOP=1 -f -'  # SQL on stdin
+SHELL = AUTH + _CONNECT  # interactive (db.shell)
+READY = AUTH + 'PGCONNECT_TIMEOUT=5; export PGCONNECT_TIMEOUT; ' + _CONNECT + " -X -q -At -c 'SELECT 1'"
+PASSWORD = Password(("POSTGRES_PASSWORD", "POSTGRESQL_PASSWORD"),
+                    refused=re.compile(r"password authentication failed|no password supplied", re.IGNORECASE),
+                    missing=re.compile(r"no password supplied"),
+                    where="POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) in its environment")
+
 
 def ident(name: str) -> str:
-    """A quoted SQL identifier: ``"..."`` with ``"`` doubled."""
-    return '"' + name.replace('"', '""') + '"'
+    return quote(name, '"')
 
 
 def literal(text: str) -> str:
-    """A SQL string literal (standard_conforming_strings, the default since 9.1)."""
-    return "'" + text.replace("'", "''") + "'"
+    return quote(text, "'")  # standard_conforming_strings (the default since 9.1): \ is plain
+
+
+def user(env: Mapping[str, str]) -> str:
+    """The user the prelude connects as (PGUSER)."""
+    return env.get("POSTGRES_USER") or env.get("POSTGRESQL_USERNAME") or "postgres"
 
 
 def database(env: Mapping[str, str]) -> str:
-    return env.get("POSTGRES_DB") or env.get("POSTGRES_USER") or "postgres"
+    return env.get("POSTGRES_DB") or env.get("POSTGRESQL_DATABASE") or user(env)
+
+
+def ready(service: Mapping[str, Any]) -> Ready:
+    """SELECT 1 over TCP in the service's own database."""
+    return Ready(("sh", "-c", READY, "sh", database(service_env(service))))
+
+
+auth_input = no_auth_input
 
 
 def ensure(db: Db) -> list[str]:

@@ -91,7 +91,7 @@ class ThreadRouted(io.TextIOBase):
         (w or self.target).flush()
 
 
-def plan(hosts: list[Host], parallel: int | None, batch: int | None) -> tuple[int, list[list[Host]]]:
+def schedule(hosts: list[Host], parallel: int | None, batch: int | None) -> tuple[int, list[list[Host]]]:
     """(concurrency, batches). Default concurrency: the inventory's ``parallel`` (4)."""
     par = int(parallel) if parallel else max(1, min(h.parallel for h in hosts))
     if par < 1:
@@ -166,7 +166,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
 
 def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = None,
             batch: int | None = None, debug: bool = False) -> list[Outcome]:
-    par, batches = plan(hosts, parallel, batch)
+    par, batches = schedule(hosts, parallel, batch)
     cancel = threading.Event()
     outcomes: dict[str, Outcome] = {}
     out, err = ThreadRouted(sys.stdout), ThreadRouted(sys.stderr)
@@ -227,7 +227,7 @@ def run_calls(executor: Any, calls: list[Any], spec: str | None, debug: bool = F
         try:
             s = settings(kw.get("stack"), kw.get("stage"), kw.get("overlay"))
             hosts = resolve_hosts(s, spec) if spec else stage_hosts(s, s["stage"])
-            par, _ = plan(hosts, kw.get("parallel"), kw.get("batch"))
+            par, _ = schedule(hosts, kw.get("parallel"), kw.get("batch"))
         except MemstackError as e:
             raise Exit(f"error: {e}", code=e.exit_code) from None
         config = executor.config

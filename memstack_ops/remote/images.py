@@ -60,7 +60,7 @@ def _name(ref: str) -> str:
     return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
 
 
-def probe(c: Any, names: Iterable[str]) -> tuple[dict[str, str], set[str], bool]:
+def host_images(c: Any, names: Iterable[str]) -> tuple[dict[str, str], set[str], bool]:
     """One round trip: (ref -> ID the host has under that name, IDs it has, whether it has zstd)."""
     names = sorted(set(names))
     script = (f"docker image inspect --format '{{{{.Id}}}}{{{{range .RepoTags}}}} {{{{.}}}}{{{{end}}}}' "
@@ -87,13 +87,13 @@ def remote_ids(c: Any, images: list[str]) -> dict[str, str]:
     """ref -> image ID on the host, for the refs it has."""
     if not images:
         return {}
-    by_ref, _, _ = probe(c, images)
+    by_ref, _, _ = host_images(c, images)
     return {ref: by_ref[_name(ref)] for ref in images if _name(ref) in by_ref}
 
 
 def has_ids(c: Any, ids: Iterable[str]) -> set[str]:
     ids = sorted(set(ids))
-    return probe(c, ids)[1] if ids else set()
+    return host_images(c, ids)[1] if ids else set()
 
 
 def ship(c: Any, images: list[str], cancel: threading.Event | None = None) -> Shipment:
@@ -101,7 +101,7 @@ def ship(c: Any, images: list[str], cancel: threading.Event | None = None) -> Sh
     from .ssh import stream
 
     mine = local_ids(images)
-    by_ref, theirs, zstd_there = probe(c, [*images, *mine.values()])
+    by_ref, theirs, zstd_there = host_images(c, [*images, *mine.values()])
     result = Shipment()
     todo = []
     for ref in images:

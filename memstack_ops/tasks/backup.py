@@ -22,6 +22,7 @@ SPACE = "skip the free-space check against the database size"
 SERVICE = "only this service (repeatable); default every service of this kind"
 BACKUP = "backup id (see backup.list) or its folder; default the newest that is not a safety backup"
 FETCH = "with -H: also copy the finished set to this machine's backups/, checking every sha256"
+BACKUP_HELP = {"compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH}
 YES = "do not ask for the stack name; required when stdin is not a terminal"
 NO_SAFETY = "skip the safety backup of the current data taken before restoring"
 RSERVICE = "the service to restore into; default the one the backup was taken from"
@@ -90,7 +91,7 @@ def _db_backup_task(kind: str, title: str) -> Any:
     task_.__doc__ = title
     task_.__name__ = task_.__qualname__ = f"backup_{kind}"
     return ops_task(name=kind, iterable=["service"], help={
-        "service": SERVICE, "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH})(task_)
+        "service": SERVICE, **BACKUP_HELP})(task_)
 
 
 backup_postgres = _db_backup_task(
@@ -105,7 +106,7 @@ backup_neo4j = _db_backup_task("neo4j", "Back up Neo4j: stop it, neo4j-admin dat
 @ops_task(name="volumes", iterable=["volume"], help={
     "volume": "named volume to back up, by its compose name (repeatable); default all",
     "stop": "stop the services using the volumes while they are copied (consistent copy), start them after",
-    "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH})
+    **BACKUP_HELP})
 def backup_volumes(c: Context, volume: list[str] | None = None, stop: bool = False, compress: str = "zstd",
                    dry_run: bool = False, no_space_check: bool = False, fetch: bool = False, stack: str | None = None,
                    stage: str | None = None, overlay: str | None = None) -> None:
@@ -116,7 +117,7 @@ def backup_volumes(c: Context, volume: list[str] | None = None, stop: bool = Fal
 
 @ops_task(name="all", iterable=["exclude"], help={
     "exclude": "service or volume to leave out (repeatable)", "stop": "stop services while their volumes are copied",
-    "compress": COMPRESS, "dry_run": DRY, "no_space_check": SPACE, "fetch": FETCH})
+    **BACKUP_HELP})
 def backup_all(c: Context, exclude: list[str] | None = None, stop: bool = False, compress: str = "zstd",
                dry_run: bool = False, no_space_check: bool = False, fetch: bool = False, stack: str | None = None,
                stage: str | None = None, overlay: str | None = None) -> None:

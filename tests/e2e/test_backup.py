@@ -282,7 +282,7 @@ def test_the_same_code_works_through_a_shell_only_host(project, docker_client):
     from invoke import Context
 
     from memstack_ops import backup as core
-    from memstack_ops.backup.host import ShellHost
+    from memstack_ops.backup.shell import RemoteShell
     from memstack_ops.config import resolve
     from memstack_ops.lifecycle import target
 
@@ -294,14 +294,14 @@ def test_the_same_code_works_through_a_shell_only_host(project, docker_client):
     os.environ.update(env)
     try:
         t = target(Context(), resolve(root=project.root, environ=env))
-        host = ShellHost(t.c)
-        s = core.backup(t, "postgres", host=host)
+        shell = RemoteShell(t.c)
+        s = core.backup(t, "postgres", shell=shell)
         assert s is not None and s.files and all(len(f["sha256"]) == 64 for f in s.files)
         digest = hashlib.sha256(Path(s.path, "postgres.pgdump").read_bytes()).hexdigest()
         assert digest == s.file("postgres.pgdump")["sha256"]
-        core.verify(t, s.id, host=host)
+        core.verify(t, s.id, shell=shell)
         psql(project, "DELETE FROM t")
-        core.restore(t, "postgres", s.id, yes=True, safety=False, host=host)
+        core.restore(t, "postgres", s.id, yes=True, safety=False, shell=shell)
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -569,8 +569,8 @@ def forge(set_dir, name, edit):
     import shutil
     from datetime import timedelta
 
-    from memstack_ops.backup.host import PIECE
     from memstack_ops.backup.sets import new_id, parse_id
+    from memstack_ops.backup.shell import PIECE
 
     when, _, kind = parse_id(set_dir.name)
     dest = set_dir.parent / new_id(kind, [], when + timedelta(minutes=1))
@@ -650,13 +650,13 @@ def test_a_roles_file_with_a_psql_meta_command_is_refused_before_anything_is_app
 
 REMOTE_HOLDER = """
 import sys
-from memstack_ops.backup.host import ShellHost
+from memstack_ops.backup.shell import RemoteShell
 from memstack_ops.backup.lock import stack_lock
 from memstack_ops.config import resolve
 from memstack_ops.remote.inventory import resolve_hosts
 from memstack_ops.remote.ssh import connect
 conn = connect(resolve_hosts(resolve(), "h1")[0])
-with stack_lock(ShellHost(conn), sys.argv[1], "backup.redis"):
+with stack_lock(RemoteShell(conn), sys.argv[1], "backup.redis"):
     print("held", flush=True)
     sys.stdin.readline()
 print("released", flush=True)

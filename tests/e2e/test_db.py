@@ -134,8 +134,11 @@ def test_a_wrong_password_names_the_variable(dbs):
     new = "POSTGRES_PASSWORD=an-entirely-new-password-123"
     env.write_text("\n".join(new if ln.startswith("POSTGRES_PASSWORD=") else ln
                              for ln in env.read_text().splitlines()) + "\n")
-    # recreated with the new env; the data keeps the old one
-    assert dbs.run("up", "--service", "postgres").returncode == 0
+    # recreated with the new env; the data keeps the old password: readiness (a query over TCP with the
+    # container's credentials) fails up at once, naming the variable
+    up = dbs.run("up", "--service", "postgres")
+    assert up.returncode != 0
+    assert "refuses the credentials from its container's environment (POSTGRES_PASSWORD: " in up.stderr, up.stderr
     r = dbs.run("db.init", "--only", "postgres", "--timeout", "20")
     assert r.returncode != 0
     assert "POSTGRES_PASSWORD in env/memstack/.env is not the password the database was initialised with" in r.stderr
@@ -155,8 +158,8 @@ def test_neo4j_stand_in_receives_the_statements_in_order_and_only_once(dbs):
                                                           "CREATE (:Entity {id: 'e2', name: 'second'});\n")
     assert dbs.run("db.init", "--only", "neo4j").returncode == 0
     assert dbs.run("db.init", "--only", "neo4j").returncode == 0
-    log = [json.loads(ln)["statement"]
-           for ln in dbs.exec("neo4j", "cat", "/data/standin/statements.jsonl").splitlines()]
+    lines = dbs.exec("neo4j", "cat", "/data/standin/statements.jsonl").splitlines()
+    log = [json.loads(ln)["statement"] for ln in lines]
     ours = [s for s in log if "Entity" in s or "entity" in s]
     assert ours == [
         "CREATE CONSTRAINT entity_id IF NOT EXISTS FOR (e:Entity) REQUIRE e.id IS UNIQUE;",
@@ -225,8 +228,8 @@ def test_real_neo4j_image_when_present(project, docker_client):
     assert project.run("up", "--overlay", "local,realneo4j", "--service", "neo4j", "--timeout", "240").returncode == 0
     r = project.run("db.init", "--overlay", "local,realneo4j", "--only", "neo4j")
     assert r.returncode == 0, r.stderr
-    r = project.run("db.init", "--overlay", "local,realneo4j", "--only", "neo4j")
-    assert "Everything is up to date" in r.stdout
+    again = project.run("db.init", "--overlay", "local,realneo4j", "--only", "neo4j")
+    assert "Everything is up to date" in again.stdout
 
 
 # --------------------------------------------------------------------------- hostile values (M2, M6)

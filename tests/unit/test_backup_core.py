@@ -13,8 +13,8 @@ from invoke import MockContext
 
 from memstack_ops.backup import core
 from memstack_ops.backup.engines import Engine, Job, Plan, Svc, Volume, stack_volumes
-from memstack_ops.backup.host import BackupError, LocalHost
 from memstack_ops.backup.sets import list_sets
+from memstack_ops.backup.shell import BackupError, LocalShell
 
 
 def _target(root: Path, backups: str = "backups") -> SimpleNamespace:
@@ -33,15 +33,15 @@ def test_prune_deletes_only_what_manifests_list(tmp_path):
     (mid / "mine.txt").write_text("foreign")
     (root / "README").write_text("foreign")
     t = _target(tmp_path)
-    host = LocalHost(t.c)
-    doomed, keep = core.prune(t, keep_last=1, dry_run=True, host=host)
+    shell = LocalShell(t.c)
+    doomed, keep = core.prune(t, keep_last=1, dry_run=True, shell=shell)
     assert [s.id for s in doomed] == [mid.name, old.name] and mid.exists() and old.exists()
-    doomed, keep = core.prune(t, keep_last=1, host=host)
+    doomed, keep = core.prune(t, keep_last=1, shell=shell)
     assert not old.exists()
     assert sorted(p.name for p in mid.iterdir()) == ["mine.txt"]  # its files went, the foreign one stays
     assert new.exists() and (root / "README").exists()
     with pytest.raises(BackupError, match="keep-last"):
-        core.prune(t, host=host)
+        core.prune(t, shell=shell)
 
 
 def test_backups_dir_is_relative_to_the_project_root_unless_absolute(tmp_path):
@@ -63,24 +63,24 @@ def test_backups_dir_is_relative_to_the_project_root_unless_absolute(tmp_path):
 # --------------------------------------------------------------------------- checksums
 
 def test_check_files_names_every_damaged_or_missing_file(tmp_path):
-    host = LocalHost(MockContext())
+    shell = LocalShell(MockContext())
     d = backup_set(tmp_path, "20260101T000000Z-all", files={"a": b"aaaa", "b": b"bbbb", "c": b"cccc"})
     (d / "a").write_bytes(b"aaab")  # same size, other content
     (d / "b").write_bytes(b"bbbbb")
     (d / "c").unlink()
-    [s] = list_sets(host, str(tmp_path))
-    problems = core.check_files(host, s)
+    [s] = list_sets(shell, str(tmp_path))
+    problems = core.check_files(shell, s)
     assert problems[0].startswith("a: sha256") and "b has 5 bytes" in problems[1] and problems[2] == "c is missing"
-    assert core.check_files(host, s, ["a"]) == problems[:1]
+    assert core.check_files(shell, s, ["a"]) == problems[:1]
 
 
 
 # --------------------------------------------------------------------------- selection
 
 def test_volumes_of_the_stack_and_who_uses_them():
-    model = {"services": {"db": {"image": "postgres:16",
-                                 "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]},
-                          "web": {"image": "nginx", "volumes": [{"type": "bind", "source": "./x", "target": "/x"}]}},
+    db = {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]}
+    web = {"image": "nginx", "volumes": [{"type": "bind", "source": "./x", "target": "/x"}]}
+    model = {"services": {"db": db, "web": web},
              "volumes": {"pg": {"name": "proj_pg"}, "ext": {"name": "shared", "external": True},
                          "idle": {"name": "proj_idle"}}}
     vols = {v.key: v for v in stack_volumes(model)}
@@ -140,7 +140,7 @@ class _Writes(Engine):
         self.events.append(("dump", plan.label, tuple(job.down)))
         data = plan.label.encode()
         name = f"{plan.label}.bin"
-        job.host.write_text(f"{set_dir}/{name}", plan.label)
+        job.shell.write_text(f"{set_dir}/{name}", plan.label)
         f = {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         return {"service": plan.label, "kind": self.kind, "downtime_s": None, "files": [f]}
 
@@ -170,7 +170,7 @@ class _Offline(_Writes):
 
 
 def _job(tmp_path, events):
-    job = Job(t=None, host=LocalHost(MockContext()), model={"services": {}}, say=lambda m: None)
+    job = Job(t=None, shell=LocalShell(MockContext()), model={"services": {}}, say=lambda m: None)
     job.down = []
 
     def stop(services):  # as Job.stop: nothing to do for no service

@@ -53,7 +53,7 @@ def test_every_script_passes_shellcheck_after_the_prelude_it_runs_with(kind):
     eng = ENGINES[kind]
     for name in eng.scripts:
         # SC2034: a prelude sets what some of the scripts after it use (MY_AUTH: the client and the dump tool)
-        shellcheck(eng.shell(name), f"{kind}: {name} after its prelude", "SC2034")
+        shellcheck(eng.with_prelude(name), f"{kind}: {name} after its prelude", "SC2034")
 
 
 def test_the_auth_preludes_are_valid_sh():
@@ -130,9 +130,8 @@ def test_an_engine_missing_a_method_cannot_be_made():
 def test_every_target_names_its_engine():
     from memstack_ops.backup.engines import Svc, Volume
 
-    model = {"services": {"db": {"image": "postgres:16",
-                                 "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]}},
-             "volumes": {"pg": {"name": "proj_pg"}}}
+    pg = {"image": "postgres:16", "volumes": [{"type": "volume", "source": "pg", "target": "/d"}]}
+    model = {"services": {"db": pg}, "volumes": {"pg": {"name": "proj_pg"}}}
     [vol] = engines.stack_volumes(model)
     assert isinstance(vol, Volume) and ENGINES[vol.kind] is ENGINES["volumes"]
     for kind in engines.DB_KINDS:
@@ -168,8 +167,9 @@ def test_mysql_dumps_load_in_the_clients_safe_mode(tmp_path, help_text, mode):
     bindir = tmp_path / "bin"
     _fake_tool(bindir, "mariadb", f'[ "$1" = --help ] && {{ echo "{help_text}"; exit 0; }}\n'
                                   f'echo "args: $*" > {tmp_path}/args; cat > {tmp_path}/stdin\n')
-    r = subprocess.run(["sh", "-c", ENGINES["mysql"].shell("mysql_load.sh"), "sh"], input="SELECT 1;\n", text=True,
-                       capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin", "MYSQL_ROOT_PASSWORD": "pw"})
+    r = subprocess.run(["sh", "-c", ENGINES["mysql"].with_prelude("mysql_load.sh"), "sh"], input="SELECT 1;\n",
+                       text=True, capture_output=True,
+                       env={"PATH": f"{bindir}:/usr/bin:/bin", "MYSQL_ROOT_PASSWORD": "pw"})
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "args").read_text().split()
     assert args[1].startswith("--defaults-extra-file=") and args[2] == mode
@@ -187,9 +187,10 @@ def test_the_client_refusing_a_command_is_explained():
 
 def _globals(tmp_path, text):
     bindir = tmp_path / "bin"
-    _fake_tool(bindir, "psql",
-               f'echo "$*" > {tmp_path}/args; for a; do [ -f "$a" ] && cat "$a" > {tmp_path}/fed; done; :\n')
-    return subprocess.run(["sh", "-c", ENGINES["postgres"].shell("pg_globals.sh"), "sh", "app", "appdb"], input=text,
+    _fake_tool(bindir, "psql", f'echo "$PGUSER $PGDATABASE $*" > {tmp_path}/args; '
+                               f'for a; do [ -f "$a" ] && cat "$a" > {tmp_path}/fed; done; :\n')
+    return subprocess.run(["sh", "-c", ENGINES["postgres"].with_prelude("pg_globals.sh"), "sh", "app", "appdb"],
+                          input=text,
                           text=True, capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin"})
 
 
@@ -200,7 +201,7 @@ def test_a_roles_file_reaches_psql_without_postgresqls_own_restrict_pair(tmp_pat
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "fed").read_text() == text.replace("\\restrict QcG36cPUwiZMEwS4\n", "").replace(
         "\\unrestrict QcG36cPUwiZMEwS4\n", "")
-    assert (tmp_path / "args").read_text().split()[:6] == ["-X", "-q", "-U", "app", "-d", "appdb"]
+    assert (tmp_path / "args").read_text().split()[:5] == ["app", "appdb", "-X", "-q", "-f"]
 
 
 @pytest.mark.parametrize("line", ["\\! touch /tmp/x", "SELECT 1; \\! touch /tmp/x", "\\restrict k; \\! id",
@@ -237,6 +238,93 @@ def test_pg_dump_uses_its_own_compression(num, compress, flags):
 
 
 
+# --------------------------------------------------------------------------- names as the engines pass them
+
+class LocalContainer:
+    """A host whose ``docker exec [-i] C sh -c SCRIPT sh ARGS...`` runs that ``sh`` here, with
+    fake clients on PATH and the container's environment: the engines' shell text, really run."""
+
+    def __init__(self, bindir: Path, env: dict[str, str]):
+        self.env = {"PATH": f"{bindir}:/usr/bin:/bin", **env}
+
+    def _here(self, argv, stdin: str):
+        from invoke import Result
+
+        p = subprocess.run(argv[argv.index("sh"):], input=stdin, env=self.env, capture_output=True, text=True,
+                           timeout=30, check=False)
+        return Result(p.stdout, p.stderr, exited=p.returncode)
+
+    def run(self, argv, in_stream=None, **kw):
+        return self._here(argv, in_stream.read() if in_stream else "")
+
+    def feed(self, src, argv, decompress=None, **kw):
+        return self._here(argv, Path(src).read_text())
+
+
+def local_job(tmp_path, env, **tools):
+    from memstack_ops.backup.engines import Job
+
+    bindir = tmp_path / "bin"
+    log = tmp_path / "log"
+    for name, answer in tools.items():
+        _fake_tool(bindir, name, f'{{ echo "{name} PGUSER=$PGUSER PGDATABASE=$PGDATABASE"; for a; do echo "arg=$a"; '
+                                 f'done; }} >> {log}\ncat >/dev/null; printf "{answer}"\n')
+    t = SimpleNamespace(compose=SimpleNamespace(scrub=lambda text: text), stack=SimpleNamespace(project="p"))
+    return Job(t=t, shell=LocalContainer(bindir, env), model={"services": {}}, say=lambda m: None), log
+
+
+def test_postgres_backups_give_the_database_in_pgdatabase_never_as_a_connection_string(tmp_path):
+    """psql/pg_dump/pg_restore read a -d value holding "=" as a connection string (host=...)."""
+    name = "app db=x host=evil"
+    env = {"POSTGRES_USER": "app", "POSTGRES_DB": name, "POSTGRES_PASSWORD": "pw"}
+    job, log = local_job(tmp_path, env, psql="15.4 (Debian)|150004|1234\n", pg_restore="")
+    svc = Svc("pg", "postgres", {"environment": env}, container="p-pg-1", state="running")
+    plan = Postgres().plan(job, svc)
+    assert plan.info == {"user": "app", "database": name, "version": "15.4", "version_num": 150004}
+    (tmp_path / "pg.pgdump").write_text("PGDMP")
+    entry = {"files": [{"role": "dump", "name": "pg.pgdump"}], "db_version_num": 150004}
+    Postgres().restore(job, entry, str(tmp_path), svc, None, plan=plan)
+    calls = log.read_text().split("\n")
+    assert f"psql PGUSER=app PGDATABASE={name}" in calls and f"pg_restore PGUSER=app PGDATABASE={name}" in calls
+    assert not any(c.startswith(("arg=-U", "arg=-d")) and c not in ("arg=-d", "arg=-U") for c in calls)
+    assert f"arg={name}" not in calls  # nowhere an argument
+    restore_args = calls[calls.index(f"pg_restore PGUSER=app PGDATABASE={name}") + 1:]
+    assert restore_args[restore_args.index("arg=-d") + 1] == "arg="  # connect, to PGDATABASE
+
+
+def test_the_packaged_pg_scripts_take_user_and_database_from_the_prelude(tmp_path):
+    bindir = tmp_path / "bin"
+    _fake_tool(bindir, "pg_dump", f'echo "PGUSER=$PGUSER PGDATABASE=$PGDATABASE $*" > {tmp_path}/dump\n')
+    _fake_tool(bindir, "psql", "echo 'no snapshot' >&2; exit 1\n")  # the dump goes on without counts
+    r = subprocess.run(["sh", "-c", ENGINES["postgres"].with_prelude("pg_dump.sh"), "sh", "app", "a=b c", "SELECT 1",
+                        "-Fc"],
+                       text=True, capture_output=True, env={"PATH": f"{bindir}:/usr/bin:/bin"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "dump").read_text() == "PGUSER=app PGDATABASE=a=b c -Fc\n"
+
+
+@pytest.mark.parametrize("name, args", [("my app db", ["--database=my app db"]), ("", [])])
+def test_mysql_plan_passes_the_database_as_one_argument_or_none(tmp_path, name, args):
+    env = {"MYSQL_ROOT_PASSWORD": "pw", "MYSQL_DATABASE": name}
+    job, log = local_job(tmp_path, env, mariadb="10.11.6-MariaDB\\t2048\n")
+    svc = Svc("db", "mysql", {"environment": env}, container="p-db-1", state="running")
+    plan = engines.Mysql().plan(job, svc)
+    assert plan.info == {"database": name, "version": "10.11.6-MariaDB"} and plan.estimate == 2048
+    calls = log.read_text().splitlines()
+    assert calls[-1] == (f"arg={args[0]}" if args else calls[-1]) and calls[-2 if args else -1].startswith("arg=SELECT")
+
+
+def test_services_read_their_environment_as_the_container_gets_it():
+    """One reader for db.* and the backups: compose config writes a literal $ as $$."""
+    from memstack_ops.db import Db
+
+    spec = {"environment": {"POSTGRES_PASSWORD": "pa$$word", "POSTGRES_DB": "d$$$$x", "EMPTY": None}}
+    assert Svc("pg", "postgres", spec).env == {"POSTGRES_PASSWORD": "pa$word", "POSTGRES_DB": "d$$x", "EMPTY": ""}
+    assert Db(None, "pg", "postgres", {"services": {"pg": spec}}).env == Svc("pg", "postgres", spec).env
+    assert Svc("x", "generic", {"environment": ["A=1$$", "B"]}).env == {"A": "1$"}
+    assert Postgres.who(Svc("pg", "postgres", spec)) == ("postgres", "d$$x")
+
+
 # --------------------------------------------------------------------------- the job
 
 def test_after_a_restore_the_engines_running_and_healthy_is_taken_in_one_inspect(monkeypatch):
@@ -247,12 +335,12 @@ def test_after_a_restore_the_engines_running_and_healthy_is_taken_in_one_inspect
     answers = {"db": "running/healthy", "cache": "running/starting", "app": "running/"}
     calls = []
 
-    class Host:
+    class Shell:
         def run(self, argv, **kw):
             calls.append(argv)
             return Result("\n".join(answers[a.split("-")[1]] for a in argv[4:]) + "\n")
 
-    job = Job(t=None, host=Host(), model={"services": {}}, say=lambda m: None)
+    job = Job(t=None, shell=Shell(), model={"services": {}}, say=lambda m: None)
     monkeypatch.setattr(Job, "inspect", lambda self, n: SimpleNamespace(container=f"p-{n}-1"))
     job.wait_healthy(["db"])  # t=None: reaching the Watch would fail
     assert calls == [["docker", "inspect", "--format",
@@ -267,7 +355,7 @@ def test_one_off_containers_blank_the_compose_labels_their_image_may_carry():
     its image's labels: a one-off of ours must never be listed as the service itself."""
     from memstack_ops.backup.engines import Job
 
-    job = Job(t=SimpleNamespace(stack=SimpleNamespace(project="p")), host=None, model={"services": {}},
+    job = Job(t=SimpleNamespace(stack=SimpleNamespace(project="p")), shell=None, model={"services": {}},
               say=lambda m: None)
     argv = job.oneoff("p-db-check", "p-db:latest", stdin=True, args=("true",))
     labels = [argv[i + 1] for i, a in enumerate(argv) if a == "--label"]

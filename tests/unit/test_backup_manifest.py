@@ -14,8 +14,8 @@ import pytest
 from invoke import MockContext
 
 from memstack_ops.backup import core
-from memstack_ops.backup.host import BackupError, LocalHost
 from memstack_ops.backup.sets import ManifestError, check_manifest, list_sets, load_set, parse_manifest
+from memstack_ops.backup.shell import BackupError, LocalShell
 
 SHA = hashlib.sha256(b"x").hexdigest()
 
@@ -121,7 +121,7 @@ CORRUPT = [b'{"files": [], "x": "\xff"}', b"[]", b'{"files": [{"name": "x"}], "e
 @pytest.mark.parametrize("raw", CORRUPT)
 def test_a_corrupt_manifest_is_a_set_with_an_error_not_a_crash(tmp_path, raw):
     _write_set(tmp_path, "20260102T000000Z-postgres", raw)
-    s = load_set(LocalHost(MockContext()), str(tmp_path), "20260102T000000Z-postgres")
+    s = load_set(LocalShell(MockContext()), str(tmp_path), "20260102T000000Z-postgres")
     assert s is not None and s.error.startswith("manifest.json is") and s.manifest == {}
     assert s.entries == [] and s.files == [] and s.size == 0 and s.services == []
 
@@ -134,20 +134,20 @@ def test_m1_an_entry_reading_outside_the_set_is_refused_before_anything_is_read(
     m = json.loads((d / "manifest.json").read_text())
     m["entries"][0]["files"][0]["name"] = "../evil.sql.zst"
     (d / "manifest.json").write_text(json.dumps(m))
-    host = LocalHost(MockContext())
-    [s] = list_sets(host, str(tmp_path / "memstack"))
+    shell = LocalShell(MockContext())
+    [s] = list_sets(shell, str(tmp_path / "memstack"))
     assert "'../evil.sql.zst'" in s.error
     with pytest.raises(BackupError, match=r"cannot be used: manifest.json is damaged: .*\.\./evil"):
         core.find_set([s], s.id, "mysql", stack="memstack")
-    assert core.check_files(host, s, ["../evil.sql.zst"]) == [s.error]
+    assert core.check_files(shell, s, ["../evil.sql.zst"]) == [s.error]
 
 
 def test_check_files_fails_for_names_the_manifest_does_not_list(tmp_path):
     _real_set(tmp_path, "20260101T000000Z-postgres")
-    host = LocalHost(MockContext())
-    [s] = list_sets(host, str(tmp_path))
-    assert core.check_files(host, s, ["db.postgres"]) == []
-    assert core.check_files(host, s, ["db.postgres", "other.sql"]) == [
+    shell = LocalShell(MockContext())
+    [s] = list_sets(shell, str(tmp_path))
+    assert core.check_files(shell, s, ["db.postgres"]) == []
+    assert core.check_files(shell, s, ["db.postgres", "other.sql"]) == [
         "other.sql is not among the files the manifest checksums"]
 
 
@@ -163,18 +163,18 @@ def test_m5_one_corrupt_set_is_listed_skipped_and_never_pruned(tmp_path):
     bad = _write_set(root, "20260102T000000Z-postgres", CORRUPT[0], {"db.postgres": b"keep me"})
     bad2 = _write_set(root, "20260103T000000Z-postgres", CORRUPT[1])
     t = _target(tmp_path)
-    host = LocalHost(t.c)
-    rows, _ = core.list_rows(t, host=host)
+    shell = LocalShell(t.c)
+    rows, _ = core.list_rows(t, shell=shell)
     assert [r[0] for r in rows] == [bad2.name, bad.name, good_old.name]
     assert rows[1][5].startswith("UNREADABLE, skipped: manifest.json is not UTF-8")
     assert "not an object" in rows[0][5]
     notes: list[str] = []
-    s = core.find_set(list_sets(host, str(root)), None, "postgres", stack="memstack", say=notes.append)
+    s = core.find_set(list_sets(shell, str(root)), None, "postgres", stack="memstack", say=notes.append)
     assert s.id == good_old.name
     assert len(notes) == 2 and notes[0].startswith(f"Skipping backup {bad2.name}: ") and good_old.name in notes[0]
     with pytest.raises(BackupError, match=r"No redis backup found for stack memstack \(2 set\(s\) skipped"):
-        core.find_set(list_sets(host, str(root)), None, "redis", stack="memstack")
-    doomed, keep = core.prune(t, keep_last=1, host=host)
+        core.find_set(list_sets(shell, str(root)), None, "redis", stack="memstack")
+    doomed, keep = core.prune(t, keep_last=1, shell=shell)
     assert doomed == [] and bad.is_dir() and (bad / "db.postgres").read_bytes() == b"keep me" and bad2.is_dir()
 
 
@@ -191,14 +191,14 @@ def umask000():
 def test_every_folder_made_for_backups_is_0700_even_under_umask_000(tmp_path, umask000, kind):
     from invoke import Context
 
-    from memstack_ops.backup.host import ShellHost
+    from memstack_ops.backup.shell import RemoteShell
 
-    host = LocalHost(Context()) if kind == "local" else ShellHost(Context())
+    shell = LocalShell(Context()) if kind == "local" else RemoteShell(Context())
     root = tmp_path / "a" / "backups" / "memstack"
-    core.ensure_private_dir(host, str(root))
+    core.ensure_private_dir(shell, str(root))
     for d in (tmp_path / "a", tmp_path / "a" / "backups", root):
         assert oct(d.stat().st_mode & 0o777) == "0o700", d
-    core.ensure_private_dir(host, str(root))  # existing and private: fine
+    core.ensure_private_dir(shell, str(root))  # existing and private: fine
 
 
 @pytest.mark.parametrize("kind", ["local", "shell"])
@@ -206,17 +206,17 @@ def test_every_folder_made_for_backups_is_0700_even_under_umask_000(tmp_path, um
 def test_a_group_or_world_writable_backups_dir_is_refused(tmp_path, kind, which, mode):
     from invoke import Context
 
-    from memstack_ops.backup.host import ShellHost
+    from memstack_ops.backup.shell import RemoteShell
 
-    host = LocalHost(Context()) if kind == "local" else ShellHost(Context())
+    shell = LocalShell(Context()) if kind == "local" else RemoteShell(Context())
     root = tmp_path / "backups" / "memstack"
     root.mkdir(parents=True, mode=0o700)
     bad = root.parent if which == "backups" else root
     bad.chmod(mode)
     with pytest.raises(BackupError, match=rf"The backups folder {bad} is writable by .*`chmod 700 {bad}`"):
-        core.ensure_private_dir(host, str(root))
+        core.ensure_private_dir(shell, str(root))
     bad.chmod(0o700)
-    core.ensure_private_dir(host, str(root))
+    core.ensure_private_dir(shell, str(root))
 
 
 def test_a_backup_into_a_world_writable_dir_is_refused_before_anything_is_written(tmp_path):
@@ -225,4 +225,4 @@ def test_a_backup_into_a_world_writable_dir_is_refused_before_anything_is_writte
     root.parent.chmod(0o777)
     t = _target(tmp_path)
     with pytest.raises(BackupError, match="chmod 700"):
-        core.prune(t, keep_last=1, host=LocalHost(t.c))
+        core.prune(t, keep_last=1, shell=LocalShell(t.c))

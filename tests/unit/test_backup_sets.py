@@ -8,7 +8,6 @@ import pytest
 from fakes import backup_set
 from invoke import MockContext
 
-from memstack_ops.backup.host import LocalHost
 from memstack_ops.backup.sets import (
     BackupSet,
     human_size,
@@ -19,6 +18,7 @@ from memstack_ops.backup.sets import (
     select_keep,
     verified_label,
 )
+from memstack_ops.backup.shell import LocalShell
 
 UTC = dt.UTC
 
@@ -41,7 +41,7 @@ def test_ids_are_utc_timestamp_and_kind_and_never_collide():
 
 
 def test_listing_sees_only_finished_sets_of_the_naming_scheme(tmp_path):
-    host = LocalHost(MockContext())
+    shell = LocalShell(MockContext())
     backup_set(tmp_path, "20260101T000000Z-redis")
     backup_set(tmp_path, "20260102T000000Z-postgres", verified=True)
     (tmp_path / "20260103T000000Z-postgres.partial").mkdir()
@@ -49,10 +49,10 @@ def test_listing_sees_only_finished_sets_of_the_naming_scheme(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "20260105T000000Z-neo4j").mkdir()
     (tmp_path / "20260105T000000Z-neo4j" / "manifest.json").write_text("{broken")
-    sets = list_sets(host, str(tmp_path))
+    sets = list_sets(shell, str(tmp_path))
     assert [s.id for s in sets] == ["20260105T000000Z-neo4j", "20260102T000000Z-postgres", "20260101T000000Z-redis"]
     assert sets[0].error and sets[1].verified and not sets[2].verified
-    assert partial_sets(host, str(tmp_path)) == ["20260103T000000Z-postgres.partial"]
+    assert partial_sets(shell, str(tmp_path)) == ["20260103T000000Z-postgres.partial"]
     assert verified_label(sets[1]).startswith("format") and verified_label(sets[2]) == "no"
 
 

@@ -128,11 +128,15 @@ def test_a_database_that_is_not_running_fails_at_once_with_its_logs(tmp_path):
         db.Db(t, "postgres", "postgres", model(postgres=pg())).wait_ready(timeout=5)
 
 
-def test_redis_is_ready_only_when_it_answers_pong(tmp_path):
+def test_redis_is_ready_when_its_readiness_script_passes(tmp_path):
+    """The kind's one readiness script (health runs it too): it exits 1 unless PING says PONG."""
     running = Result(ndjson({"Service": "redis", "State": "running"}))
-    t = target(tmp_path, {EXEC: [Result("LOADING Redis is loading\n"), Result("PONG\n")], PS: [running]})
-    db.Db(t, "redis", "redis", model(redis={"image": "redis:7"})).wait_ready(timeout=5, interval=0.01)
-    assert [s for c, s in sent(t) if s] == ["PING\n", "PING\n"]
+    t = target(tmp_path, {EXEC: [Result("LOADING Redis is loading\n", exited=1), Result("PONG\n")], PS: [running]})
+    svc = {"image": "redis:7", "command": ["redis-server", "--requirepass", "Sup3rS3cret", "--port", "6380"]}
+    db.Db(t, "redis", "redis", model(redis=svc)).wait_ready(timeout=5, interval=0.01)
+    ready = [(argv_of(c)[-4:], s) for c, s in sent(t) if " exec -T " in c]
+    assert ready == [(["sh", "-c", redis.READY, "sh"], "Sup3rS3cret\n6380\n\n")] * 2  # the password on stdin
+    assert all("Sup3rS3cret" not in c for c, _ in sent(t))
 
 
 def test_applied_rows_become_records(tmp_path):
@@ -191,11 +195,11 @@ def test_postgres_apply_escapes_its_literals_and_reports_what_ran(tmp_path):
 
 def test_a_failing_postgres_migration_names_file_and_line(tmp_path):
     write(tmp_path, "db/memstack/pg/0001_init.sql", "SELECT 1;\nSELECT nope;\n")
-    t = target(tmp_path, {EXEC: [Result("memstack-ops:begin schema 1\n",
-                                        stderr='psql:<stdin>:13: ERROR:  column "nope" does not exist', exited=3)]})
+    err = 'psql:<stdin>:13: ERROR:  column "nope" does not exist'
+    t = target(tmp_path, {EXEC: [Result("memstack-ops:begin schema 1\n", stderr=err, exited=3)]})
     d = db.Db(t, "pg", "postgres", model(pg=pg()))
-    with pytest.raises(DbError,
-                       match=r"(?s)Migration db/memstack/pg/0001_init.sql, line 2 failed on pg: .*rolled back"):
+    with pytest.raises(DbError, match=r"(?s)Migration db/memstack/pg/0001_init.sql, line 2 failed on pg: "
+                                      r".*rolled back"):
         d.apply(db.discover(tmp_path, "memstack", "pg", "postgres"), tmp_path)
 
 
@@ -206,8 +210,8 @@ def test_databases_picks_the_database_kinds_and_filters_by_name_or_kind(tmp_path
     m = model(pg=pg(), cache={"image": "redis:7"}, api={"image": "myorg/api"}, files={"image": "minio/minio"})
     assert [(d.service, d.kind) for d in db.databases(t, m)] == [("pg", "postgres"), ("cache", "redis")]
     assert [d.service for d in db.databases(t, m, ["redis"])] == ["cache"]
-    with pytest.raises(DbError, match=r"No database matches mysql in stack memstack; "
-                                      r"its databases are: pg \(postgres\), cache \(redis\)"):
+    with pytest.raises(DbError, match=r"No database matches mysql in stack memstack; its databases are: "
+                                      r"pg \(postgres\), cache \(redis\)"):
         db.databases(t, m, ["mysql"])
 
 
@@ -216,7 +220,32 @@ def test_status_of_redis_is_its_key_count(tmp_path):
     t = target(tmp_path, {EXEC: [Result("42\n")], PS: [running]})
     [(_, rows)] = db.status(t, model(cache={"image": "redis:7"}))
     assert rows == [["-", "-", "42 keys", "", "", "", "n/a"]]
-    assert sent(t)[0][1] == "DBSIZE\n"
+    assert sent(t)[0][1] == "\n6379\n\nDBSIZE\n"  # the prelude's three lines (none known here), then the query
+
+
+def test_the_redis_password_of_the_command_goes_to_the_client_on_stdin(tmp_path):
+    """Issue 13 pattern 4: `command: redis-server --requirepass X`, no env var."""
+    t = target(tmp_path, {EXEC: [Result("3\n")]})
+    svc = {"image": "redis:7", "command": ["redis-server", "--requirepass", "Sup3rS3cret", "--appendonly", "yes"]}
+    [(_, rows)] = db.status(t, model(cache=svc))
+    assert rows[0][2] == "3 keys"
+    [(cmd, stdin)] = sent(t)
+    assert stdin == "Sup3rS3cret\n6379\n\nDBSIZE\n" and "Sup3rS3cret" not in cmd
+
+
+@pytest.mark.parametrize("answer, exited, message", [
+    ("NOAUTH Authentication required.\n", 0, r"^Counting the keys: cache asks for a password and none was found: set "
+                                              r"REDIS_PASSWORD .*--requirepass in its command"),
+    ("WRONGPASS invalid username-password pair or user is disabled.\n", 0,
+     r"^Counting the keys: cache refused the password"),
+    ("", 1, r"^Counting the keys on cache failed: Could not connect"),
+])
+def test_status_of_redis_fails_when_it_does_not_answer_a_number(tmp_path, answer, exited, message):
+    """redis-cli prints an error reply and exits 0: that is no key count, and status must fail."""
+    err = "" if answer else "Could not connect to Redis at 127.0.0.1:6379: Connection refused"
+    t = target(tmp_path, {EXEC: [Result(answer, stderr=err, exited=exited)]})
+    with pytest.raises(DbError, match=message):
+        db.status(t, model(cache={"image": "redis:7"}))
 
 
 def test_init_dry_run_lists_pending_migrations_and_changes_nothing(tmp_path):
@@ -224,7 +253,8 @@ def test_init_dry_run_lists_pending_migrations_and_changes_nothing(tmp_path):
     t = target(tmp_path, {EXEC: [Result("1\n"), Result("")]})
     [rep] = db.init(t, model(pg=pg()), dry_run=True)
     assert rep.notes == ["would apply schema 0001_init"] and rep.migrates
-    assert sent(t)[0][1] == "SELECT 1;"  # the readiness probe, then only the applied-migrations read
+    assert argv_of(sent(t)[0][0])[-5:-1] == ["sh", "-c", postgres.READY, "sh"]  # readiness, then only the
+    assert sent(t)[0][1] is None  # applied-migrations read
     assert "to_regclass" in sent(t)[1][1] and len(sent(t)) == 2
 
 

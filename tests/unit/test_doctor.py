@@ -327,7 +327,7 @@ def test_check_images_says_which_missing_images_cannot_be_pulled(tmp_path):
 
 def test_check_images_without_probing_lists_what_will_be_pulled(tmp_path):
     c = MockContext(run={"docker images --format '{{.Repository}}:{{.Tag}}'": Result("")})
-    chk = check_images(target(tmp_path, c), {"services": {"db": {"image": "postgres:16"}}}, probe_registry=False)
+    chk = check_images(target(tmp_path, c), {"services": {"db": {"image": "postgres:16"}}}, ask_registry=False)
     assert (chk.result, chk.detail) == (OK, "1 to pull: postgres:16")
     assert not any(re.match("docker manifest", cmd) for cmd in commands(c))
 

@@ -8,16 +8,16 @@ import io
 import pytest
 
 from memstack_ops.errors import ConfigError
-from memstack_ops.remote.fanout import HostWriter, plan
+from memstack_ops.remote.fanout import HostWriter, schedule
 from memstack_ops.remote.inventory import Host
 
 
 def test_parallel_and_batches():
     hs = [Host(str(i), str(i)) for i in range(5)]
-    assert plan(hs, None, None) == (4, [hs])
-    assert plan(hs, "2", "2") == (2, [hs[:2], hs[2:4], hs[4:]])
+    assert schedule(hs, None, None) == (4, [hs])
+    assert schedule(hs, "2", "2") == (2, [hs[:2], hs[2:4], hs[4:]])
     with pytest.raises(ConfigError):
-        plan(hs, "0", None)
+        schedule(hs, "0", None)
 
 
 def test_host_writer_prefixes_whole_lines():

@@ -1,4 +1,4 @@
-"""backup.fetch / --fetch: a fake host whose shell is this machine's bash (the ShellHost code path
+"""backup.fetch / --fetch: a fake host whose shell is this machine's bash (the RemoteShell code path
 a fabric Connection takes) and whose SSH channels run ``cat`` here, with faults on demand."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from invoke import Context
 
 from memstack_ops.backup import fetch as fetchmod
 from memstack_ops.backup.fetch import fetch
-from memstack_ops.backup.host import BackupError, LocalHost
 from memstack_ops.backup.sets import list_sets, parse_id
+from memstack_ops.backup.shell import BackupError, LocalShell
 
 
 class FakeSftp:
@@ -136,7 +136,7 @@ def test_fetch_copies_every_file_checks_it_and_records_where_it_came_from(tmp_pa
     assert v["ok"] and v["level"] == "checksum" and v["fetched_from"]["host"] == "h9"
     assert v["remote_verify"]["level"] == "restore-test"
     assert sorted(os.listdir(here)) == ["manifest.json", "postgres.pgdump", "redis.redis.tar.zst", "verify.json"]
-    assert [s.id for s in list_sets(LocalHost(None), str(here.parent))] == [src.name]
+    assert [s.id for s in list_sets(LocalShell(None), str(here.parent))] == [src.name]
     assert any("Fetching backup" in m and "270.0 KB" in m for m in msgs)
 
 
@@ -153,7 +153,7 @@ def test_an_interrupted_fetch_leaves_no_set_and_the_next_one_resumes(tmp_path):
     root = tmp_path / "here" / "backups" / "memstack"
     with pytest.raises(BackupError, match="Reading .*redis.redis.tar.zst on h9 failed: Socket is closed"):
         fetch(_target(tmp_path, FakeSftp(fail_on="redis.redis.tar.zst")), say=lambda m: None)
-    assert list_sets(LocalHost(None), str(root)) == []  # nothing that looks like a finished set
+    assert list_sets(LocalShell(None), str(root)) == []  # nothing that looks like a finished set
     assert sorted(os.listdir(root / f"{src.name}.partial")) == [".fetch-source", "postgres.pgdump"]
     sftp = FakeSftp()
     f = fetch(_target(tmp_path, sftp), say=lambda m: None)
@@ -171,7 +171,7 @@ def test_a_file_damaged_on_the_host_is_refused_and_named(tmp_path):
     assert "postgres.pgdump" in str(e.value) and "does not match its manifest either" in str(e.value)
     part = tmp_path / "here" / "backups" / "memstack" / f"{src.name}.partial"
     assert "postgres.pgdump" not in os.listdir(part)  # the bad copy is gone
-    assert list_sets(LocalHost(None), str(part.parent)) == []
+    assert list_sets(LocalShell(None), str(part.parent)) == []
 
 
 def test_bytes_changed_in_transit_are_refused_and_the_host_copy_is_called_intact(tmp_path):
@@ -193,7 +193,7 @@ def test_a_different_set_with_the_same_id_here_is_not_touched(tmp_path):
 
 def test_not_enough_space_here_changes_nothing(tmp_path, monkeypatch):
     _remote_set(tmp_path)
-    monkeypatch.setattr(LocalHost, "free_bytes", lambda self, path: 1000)
+    monkeypatch.setattr(LocalShell, "free_bytes", lambda self, path: 1000)
     with pytest.raises(BackupError, match=r"Not enough free space .* 270.0 KB to copy, 1.0 KB free"):
         fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
     assert os.listdir(tmp_path / "here" / "backups" / "memstack") == []
@@ -222,4 +222,4 @@ def test_a_file_missing_on_the_host_fails_the_fetch_and_leaves_no_set(tmp_path):
     with pytest.raises(BackupError,
                        match=r"redis.redis.tar.zst on h9 failed \(cat exited 1\): cat: .*No such file or directory"):
         fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
-    assert list_sets(LocalHost(None), str(tmp_path / "here" / "backups" / "memstack")) == []
+    assert list_sets(LocalShell(None), str(tmp_path / "here" / "backups" / "memstack")) == []

@@ -6,6 +6,7 @@ would read, the database name as an argument, the password environment."""
 
 from __future__ import annotations
 
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 
 from memstack_ops import kinds
 from memstack_ops.errors import ConfigError
-from memstack_ops.kinds import mysql, neo4j, postgres, redis
+from memstack_ops.kinds import mysql, neo4j, postgres, ready_argv, redis
+from memstack_ops.kinds.spec import Ready
 
 HOSTILE_NAME = "it's a \"db\" `x`;touch PWNED;echo $(touch PWNED2) \\ end"
 # what a password may hold: # cuts an unquoted option value, " and \ end or escape a quoted one,
@@ -43,6 +45,12 @@ def test_the_backups_use_the_registry_and_the_kind_modules_auth():
 def test_get_refuses_a_kind_without_a_module():
     with pytest.raises(KeyError, match="'minio' is not a database kind"):
         kinds.get("minio")
+
+
+def test_every_kind_with_a_readiness_contract_has_a_module_and_the_others_none():
+    assert kinds.READY_KINDS == kinds.DB_KINDS + ("minio", "qdrant", "milvus", "etcd")
+    assert all(isinstance(kinds.ready(k, {}), Ready) for k in kinds.READY_KINDS)
+    assert kinds.ready("nginx", {}) is None and kinds.ready_argv("c", "generic", {}) is None
 
 
 @pytest.mark.parametrize("image, kind", [
@@ -74,23 +82,71 @@ def test_services_of_kind():
 # --------------------------------------------------------------------------- exact commands
 
 def test_each_kinds_client_and_shell_command():
-    pg = 'PGDATABASE=$1; export PGDATABASE; exec psql -h 127.0.0.1 -U "${POSTGRES_USER:-postgres}"'
+    pg = 'PGDATABASE=$1; export PGDATABASE; exec psql -h 127.0.0.1'
     assert postgres.CLIENT == postgres.AUTH + pg + ' -X -q -At -F "|" -v ON_ERROR_STOP=1 -f -'
     assert postgres.SHELL == postgres.AUTH + pg
     my = '"$cli" --defaults-extra-file="$f" -h127.0.0.1'
     assert mysql.CLIENT == mysql.AUTH + my + ' --batch --skip-column-names ${1:+"--database=$1"}'
     assert mysql.SHELL == mysql.AUTH + my + ' ${1:+"--database=$1"}'
-    assert redis.CLIENT == redis.AUTH + "exec redis-cli --no-auth-warning"
+    assert redis.CLIENT == redis.AUTH + 'exec redis-cli --no-auth-warning -h 127.0.0.1 -p "${port:-6379}"'
     assert neo4j.CLIENT == neo4j.AUTH + "exec cypher-shell --format plain"
     assert neo4j.SHELL == neo4j.AUTH + "exec cypher-shell"
     for k in (postgres, mysql, redis, neo4j):
         assert k.AUTH.endswith("; ")  # a prelude: AUTH + "command" is a script
+        assert k.READY.startswith(k.AUTH)  # readiness uses THE prelude too
         assert "%(" not in k.CLIENT and "%(" not in k.SHELL  # nothing is pasted in: the name is $1
 
 
-def test_the_readiness_probe_of_each_kind():
-    assert [(k.READY_QUERY, k.READY_ANSWER, k.READY_DATABASE) for k in (postgres, mysql, redis, neo4j)] == [
-        ("SELECT 1;", "", None), ("SELECT 1;", "", ""), ("PING\n", "PONG", ""), ("RETURN 1;", "", None)]
+# --------------------------------------------------------------------------- readiness
+
+def test_readiness_asks_each_database_in_its_container_with_the_kinds_script():
+    svc = {"environment": {"POSTGRES_PASSWORD": "Sup3rS3cretValue", "POSTGRES_DB": "it's $$HOME"}}
+    assert postgres.ready(svc) == Ready(("sh", "-c", postgres.READY, "sh", "it's $HOME"))  # the database as $1
+    assert mysql.ready(svc) == Ready(("sh", "-c", mysql.READY, "sh"))  # the server: its database may not exist yet
+    assert neo4j.ready(svc) == Ready(("sh", "-c", neo4j.READY, "sh"))
+    for kind in ("postgres", "mysql", "neo4j"):
+        argv, stdin = ready_argv("c", kind, svc)
+        assert argv[:3] == ["docker", "exec", "c"] and stdin is None
+        assert "Sup3rS3cretValue" not in shlex.join(argv)  # credentials from the container's environment
+
+
+def test_redis_readiness_gets_password_port_and_config_file_of_the_command_on_stdin():
+    svc = {"command": ["redis-server", "--requirepass", "Sup3rS3cretValue", "--port", "6380"]}
+    argv, stdin = ready_argv("p-kv-1", "redis", svc)
+    assert argv == ["docker", "exec", "-i", "p-kv-1", "sh", "-c", redis.READY, "sh"]
+    assert stdin == "Sup3rS3cretValue\n6380\n\n"
+    conf = {"command": ["redis-server", "/usr/local/etc/redis/redis.conf"]}
+    assert redis.auth_input(conf) == "\n6379\n/usr/local/etc/redis/redis.conf\n"
+    wrapped = {"entrypoint": ["/bin/sh", "-c"], "command": ["redis-server --requirepass 'a b' --port 7000"]}
+    assert redis.server(wrapped) == redis.Server("a b", "7000", "")
+
+
+def test_a_redis_password_the_shell_expands_is_left_to_the_environment():
+    svc = {"entrypoint": ["/bin/sh", "-c", 'exec docker-entrypoint.sh redis-server --requirepass "$$REDIS_PASSWORD"'],
+           "command": None}
+    assert redis.auth_input(svc) == "\n6379\n\n"
+
+
+def test_etcd_is_asked_without_a_shell():
+    argv, stdin = ready_argv("p-store-1", "etcd", {"image": "quay.io/coreos/etcd:v3.5.18"})
+    assert argv == ["docker", "exec", "p-store-1", "etcdctl", "--endpoints=http://127.0.0.1:2379", "endpoint", "health"]
+    assert stdin is None
+
+
+@pytest.mark.parametrize("kind, url", [("qdrant", "6333 /readyz"), ("milvus", "9091 /healthz"),
+                                       ("minio", "9000 /minio/health/ready")])
+def test_http_kinds_get_their_readiness_endpoint_on_127_0_0_1(kind, url):
+    argv, stdin = ready_argv("c", kind, {})
+    assert argv[3:5] == ["sh", "-c"] and stdin is None
+    assert "get()" in argv[5] and f"get {url}" in argv[5]
+
+
+def test_refused_reads_the_kinds_own_answer():
+    assert kinds.refused("postgres", 'FATAL:  password authentication failed for user "app"')
+    assert kinds.refused("redis", "NOAUTH Authentication required.")
+    assert kinds.refused("mysql", "ERROR 1045 (28000): Access denied for user 'root'@'127.0.0.1'")
+    assert not kinds.refused("redis", "Access denied for user")  # another kind's words
+    assert not kinds.refused("qdrant", "WRONGPASS") and not kinds.refused("postgres", "Connection refused")
 
 
 def test_database_names_from_the_environment():
@@ -136,10 +192,10 @@ def fakebin(tmp_path):
 
 
 def run_sh(script: str, *args: str, env: dict[str, str] | None = None, path: Path | None = None,
-           cwd: Path | None = None) -> subprocess.CompletedProcess:
+           cwd: Path | None = None, stdin: str = "") -> subprocess.CompletedProcess:
     e = {"PATH": (f"{path}:" if path else "") + "/usr/bin:/bin", **(env or {})}
     return subprocess.run(["sh", "-c", script, "sh", *args], env=e, capture_output=True, text=True, timeout=30,
-                          cwd=cwd, check=False)
+                          cwd=cwd, check=False, input=stdin)
 
 
 def read_option_file(text: str) -> dict[str, str]:
@@ -214,8 +270,8 @@ def test_mysql_password_files_replace_their_variables(fakebin, tmp_path):
     r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MARIADB_ROOT_PASSWORD_FILE": str(tmp_path / "root")},
                path=fakebin)
     assert read_option_file(r.stdout.split("[client]", 1)[1])["password"] == "from # file"
-    r = run_sh(mysql.CLIENT, "",
-               env={"FAKE_SEEN": seen, "MYSQL_USER": "app", "MYSQL_PASSWORD_FILE": str(tmp_path / "app")},
+    r = run_sh(mysql.CLIENT, "", env={"FAKE_SEEN": seen, "MYSQL_USER": "app",
+                                      "MYSQL_PASSWORD_FILE": str(tmp_path / "app")},
                path=fakebin)
     assert read_option_file(r.stdout.split("[client]", 1)[1]) == {"user": "app", "password": "app from file"}
 
@@ -241,14 +297,76 @@ def test_postgres_gets_the_database_in_pgdatabase_and_the_password_from_env_or_f
     assert r.stdout.splitlines()[:2] == ["PGDATABASE=db", "PGPASSWORD=from-file"]
 
 
+REDIS_ARGS = ["arg=--no-auth-warning", "arg=-h", "arg=127.0.0.1", "arg=-p"]
+
+
 def test_redis_auth_from_env_or_file_and_r_is_a_quiet_client(fakebin, tmp_path):
     r = run_sh(redis.CLIENT, "", env={"REDIS_PASSWORD": "p w"}, path=fakebin)
-    assert r.stdout.splitlines() == ["REDISCLI_AUTH=p w", "arg=--no-auth-warning"]
+    assert r.stdout.splitlines() == ["REDISCLI_AUTH=p w", *REDIS_ARGS, "arg=6379"]
     r = run_sh(redis.CLIENT, "", env={"REDIS_PASSWORD": "p", "REDISCLI_AUTH": "explicit"}, path=fakebin)
     assert r.stdout.splitlines()[0] == "REDISCLI_AUTH=explicit"
     (tmp_path / "pw").write_text("filed")
     r = run_sh(redis.AUTH + "r PING", env={"REDIS_PASSWORD_FILE": str(tmp_path / "pw")}, path=fakebin)
-    assert r.stdout.splitlines() == ["REDISCLI_AUTH=filed", "arg=--no-auth-warning", "arg=PING"]
+    assert r.stdout.splitlines() == ["REDISCLI_AUTH=filed", *REDIS_ARGS, "arg=6379", "arg=PING"]
+
+
+def test_redis_auth_takes_the_commands_password_and_port_from_stdin_and_leaves_the_rest(fakebin, tmp_path):
+    fake = fakebin / "redis-cli"
+    fake.write_text(fake.read_text() + 'cat\n')  # and what is left on stdin
+    as_compose_prints_it = HOSTILE_PASSWORD.replace("$", "$$")  # exec form: no shell, the $ is literal
+    head = redis.auth_input({"command": ["redis-server", "--requirepass", as_compose_prints_it, "--port", "6380"]})
+    r = run_sh(redis.CLIENT, "", env={"REDIS_PASSWORD": "env loses"}, path=fakebin, stdin=head + "DBSIZE\n")
+    assert r.stdout.splitlines() == [f"REDISCLI_AUTH={HOSTILE_PASSWORD}", *REDIS_ARGS, "arg=6380", "DBSIZE"]
+    conf = tmp_path / "redis.conf"
+    conf.write_text('port 6379\nrequirepass "old"\n  requirepass "from conf"\n')
+    r = run_sh(redis.CLIENT, "", path=fakebin, stdin=redis.auth_input({"command": ["redis-server", str(conf)]}))
+    assert r.stdout.splitlines()[0] == "REDISCLI_AUTH=from conf"
+    r = run_sh(redis.CLIENT, "", env={"REDIS_PASSWORD": "env wins"}, path=fakebin,
+               stdin=redis.auth_input({"command": ["redis-server", str(conf)]}))
+    assert r.stdout.splitlines()[0] == "REDISCLI_AUTH=env wins"  # the environment before the config file
+    r = run_sh(redis.SHELL, "", env={"REDIS_PASSWORD": "p"}, path=fakebin, stdin="PING\n")
+    assert r.stdout.splitlines() == ["REDISCLI_AUTH=p", "arg=--no-auth-warning", "arg=-h", "arg=127.0.0.1", "PING"]
+
+
+@pytest.mark.parametrize("answer, ok", [("PONG", True), ("LOADING Redis is loading the dataset in memory", False),
+                                        ("NOAUTH Authentication required.", False)])
+def test_redis_ready_passes_only_on_pong(tmp_path, answer, ok):
+    d = tmp_path / "bin"
+    d.mkdir()
+    (d / "redis-cli").write_text(f'#!/bin/sh\necho "$REDISCLI_AUTH $*" > "$FAKE_SEEN"; echo "{answer}"\n')
+    (d / "redis-cli").chmod(0o755)
+    r = run_sh(redis.READY, env={"FAKE_SEEN": str(tmp_path / "seen")}, path=d, stdin="pw\n6380\n\n")
+    assert (r.returncode == 0) is ok and r.stdout.strip() == answer
+    assert (tmp_path / "seen").read_text().split() == ["pw", "--no-auth-warning", "-h", "127.0.0.1", "-p", "6380",
+                                                       "PING"]
+
+
+def test_postgres_ready_selects_1_over_tcp_in_the_database_with_a_connect_timeout(fakebin, tmp_path):
+    fake = fakebin / "psql"
+    fake.write_text(fake.read_text() + 'printf "PGUSER=%s PGCONNECT_TIMEOUT=%s\\n" "$PGUSER" "$PGCONNECT_TIMEOUT"\n')
+    r = run_sh(postgres.READY, "a=b c", env={"POSTGRESQL_USERNAME": "bit", "POSTGRESQL_PASSWORD": "nami"}, path=fakebin)
+    assert r.stdout.splitlines() == ["PGDATABASE=a=b c", "PGPASSWORD=nami", "arg=-h", "arg=127.0.0.1", "arg=-X",
+                                     "arg=-q", "arg=-At", "arg=-c", "arg=SELECT 1", "PGUSER=bit PGCONNECT_TIMEOUT=5"]
+
+
+def test_mysql_ready_selects_1_over_tcp_or_pings_when_the_root_password_is_random(fakebin, tmp_path):
+    seen = str(tmp_path / "seen")
+    r = run_sh(mysql.READY, env={"FAKE_SEEN": seen, "MYSQL_USER": "app", "MYSQL_PASSWORD": "pw"}, path=fakebin)
+    args = [ln[4:] for ln in r.stdout.splitlines() if ln.startswith("arg=")]
+    assert args[1:] == ["-h127.0.0.1", "--connect-timeout=5", "--batch", "--skip-column-names", "-e", "SELECT 1"]
+    assert read_option_file(r.stdout.split("[client]", 1)[1]) == {"user": "app", "password": "pw"}
+    (fakebin / "mysqladmin").write_text('#!/bin/sh\necho "mysqladmin $*"\n')
+    (fakebin / "mysqladmin").chmod(0o755)
+    r = run_sh(mysql.READY, env={"FAKE_SEEN": seen, "MYSQL_RANDOM_ROOT_PASSWORD": "yes"}, path=fakebin)
+    assert r.stdout.strip() == "mysqladmin ping -h127.0.0.1 --connect-timeout=5" and r.returncode == 0
+
+
+@pytest.mark.parametrize("auth, expect", [(None, "user=neo4j password=neo4j"), ("none", "user=neo4j password="),
+                                          ("app/s3/cret", "user=app password=s3/cret")])
+def test_neo4j_ready_returns_1_over_bolt_on_127_0_0_1(fakebin, auth, expect):
+    r = run_sh(neo4j.READY, env={"NEO4J_AUTH": auth} if auth else {}, path=fakebin)
+    assert r.stdout.splitlines() == [expect, "arg=-a", "arg=bolt://127.0.0.1:7687", "arg=--format", "arg=plain",
+                                     "arg=RETURN 1"]
 
 
 def test_neo4j_user_and_password_from_neo4j_auth_or_its_file(fakebin, tmp_path):
@@ -265,7 +383,7 @@ def test_the_preludes_pass_shellcheck(tmp_path):
     if not shutil.which("shellcheck"):
         pytest.skip("shellcheck is not installed")
     for k in (postgres, mysql, redis, neo4j):
-        for what, script in (("client", k.CLIENT), ("shell", k.SHELL)):
+        for what, script in (("client", k.CLIENT), ("shell", k.SHELL), ("ready", k.READY)):
             f = tmp_path / f"{k.NAME}-{what}.sh"
             f.write_text("#!/bin/sh\n" + script + "\n")
             f.chmod(f.stat().st_mode | stat.S_IXUSR)

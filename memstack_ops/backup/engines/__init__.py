@@ -19,16 +19,15 @@ from .base import (
     Stopped,
     Svc,
     Volume,
-    compare_counts,
     container_state,
     file_entry,
-    image_for,
     inspect_service,
     oneoff_name,
     packaged_scripts,
     script,
     wrap_compress,
 )
+from .checks import compare_counts, image_for
 from .mysql import Mysql
 from .neo4j import Neo4j
 from .postgres import Postgres, parse_marked

@@ -18,8 +18,9 @@ from functools import cache
 from importlib import resources
 from typing import Any, ClassVar, Literal, Protocol
 
+from ...compose import Script, service_env
 from ...target import Target
-from ..host import BackupError, Captured, Host, StreamFailed
+from ..shell import BackupError, Captured, Shell, StreamFailed
 
 IN_CONTAINER = {"zstd": "zstd -q -c -3 -T0", "gzip": "gzip -c -6"}
 HOST_COMPRESS = {"zstd": ["zstd", "-q", "-c", "-3", "-T0"], "gzip": ["gzip", "-c", "-6"]}
@@ -64,7 +65,7 @@ class Svc:
 
     name: str
     kind: str
-    spec: dict[str, Any]
+    spec: dict[str, Any] = field(default_factory=dict)  # the service in the compose model ({}: a scratch one)
     container: str = ""
     state: str = ""
     image: str = ""
@@ -74,10 +75,8 @@ class Svc:
 
     @property
     def env(self) -> dict[str, str]:
-        e = self.spec.get("environment") or {}
-        if isinstance(e, list):
-            e = dict(str(x).split("=", 1) for x in e if "=" in str(x))
-        return {k: "" if v is None else str(v) for k, v in e.items()}
+        """The service's environment as its container gets it (``$$`` is one ``$``)."""
+        return service_env(self.spec)
 
     @property
     def running(self) -> bool:
@@ -95,7 +94,7 @@ class Volume:
     image: str  # an image with tar and sh: one of its services'
 
 
-def inspect_service(t: Target, host: Host, model: dict[str, Any], name: str,
+def inspect_service(t: Target, shell: Shell, model: dict[str, Any], name: str,
                     ps: list[dict[str, Any]] | None = None) -> Svc:
     """The service and its container (``ps``: rows of ``compose ps`` already at hand)."""
     from ...kinds import kind_of
@@ -106,7 +105,7 @@ def inspect_service(t: Target, host: Host, model: dict[str, Any], name: str,
     rows.sort(key=lambda r: r.get("State") != "running")
     if not rows:
         return svc
-    r = host.run(["docker", "inspect", str(rows[0].get("Name") or rows[0].get("ID"))])
+    r = shell.run(["docker", "inspect", str(rows[0].get("Name") or rows[0].get("ID"))])
     if r.failed:
         return svc
     info = json.loads(r.stdout)[0]
@@ -119,32 +118,23 @@ def inspect_service(t: Target, host: Host, model: dict[str, Any], name: str,
     return svc
 
 
-def container_state(host: Host, container: str) -> tuple[str, str, Any]:
-    r = host.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.StartedAt}} {{.State.ExitCode}}",
-                  container])
+def container_state(shell: Shell, container: str) -> tuple[str, str, Any]:
+    r = shell.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.StartedAt}} {{.State.ExitCode}}",
+                   container])
     if r.failed:
         return "gone", "", None
     parts = r.stdout.split()
     return parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else None
 
 
-def image_for(host: Host, entry: dict[str, Any], svc: Svc | None) -> str:
-    """The image a check runs in: the backup's own image when still present, else the service's."""
-    for cand in (entry.get("image_id"), entry.get("image"), svc.image if svc else None):
-        if cand and host.run(["docker", "image", "inspect", "--format", "{{.Id}}", cand]).ok:
-            return str(cand)
-    raise BackupError(f"Neither the image of the backup ({entry.get('image')}) nor the service's image is present on "
-                      f"this host: pull or build it first (`memstack-ops pull` or `bash harness/build-images.sh`).")
-
-
 # --------------------------------------------------------------------------- the job
 
 @dataclass
 class Job:
-    """What one backup/restore run shares: target, host, compose model, options, output."""
+    """What one backup/restore run shares: target, shell, compose model, options, output."""
 
     t: Target
-    host: Host
+    shell: Shell
     model: dict[str, Any]
     compress: str = "zstd"
     say: Callable[[str], None] = print
@@ -160,7 +150,7 @@ class Job:
         return self._ps
 
     def inspect(self, name: str) -> Svc:
-        return inspect_service(self.t, self.host, self.model, name, self.ps())
+        return inspect_service(self.t, self.shell, self.model, name, self.ps())
 
     @property
     def project(self) -> str:
@@ -171,13 +161,16 @@ class Job:
 
     def exec_argv(self, svc: Svc, script: str, *args: str, stdin: bool = False) -> list[str]:
         if not svc.container:
-            raise BackupError(f"Service {svc.name} has no container: "
-                              f"start it first (`memstack-ops up --service {svc.name}`).")
+            raise BackupError(f"Service {svc.name} has no container: start it first "
+                              f"(`memstack-ops up --service {svc.name}`).")
         return ["docker", "exec", *(["-i"] if stdin else []), svc.container, "sh", "-c", script, "sh", *args]
 
-    def query(self, svc: Svc, script: str, *args: str, what: str, timeout: float | None = 120) -> str:
-        """Run a small script in the service's container; raise with its (scrubbed) message."""
-        r = self.host.run(self.exec_argv(svc, script, *args), timeout=timeout)
+    def query(self, svc: Svc, script: str, *args: str, what: str, timeout: float | None = 120,
+              stdin: str | None = None) -> str:
+        """Run a small script in the service's container (``stdin`` fed to it); raise with its
+        (scrubbed) message."""
+        kw: dict[str, Any] = {"in_stream": Script(stdin)} if stdin is not None else {}
+        r = self.shell.run(self.exec_argv(svc, script, *args, stdin=stdin is not None), timeout=timeout, **kw)
         if r.failed:
             msg = self.scrub((r.stderr or r.stdout).strip()) or f"exit {r.return_code}"
             raise BackupError(f"{what} on {svc.name} failed: {msg}")
@@ -186,7 +179,7 @@ class Job:
     def has_tool(self, svc: Svc, tool: str) -> bool:
         key = (svc.container, tool)
         if key not in self._tools:
-            r = self.host.run(self.exec_argv(svc, f"command -v {tool} >/dev/null"), timeout=60)
+            r = self.shell.run(self.exec_argv(svc, f"command -v {tool} >/dev/null"), timeout=60)
             self._tools[key] = bool(r.ok)
         return self._tools[key]
 
@@ -199,7 +192,7 @@ class Job:
             return IN_CONTAINER[algo], None, f"{algo} (in the container)"
         key = ("<host>", algo)
         if key not in self._tools:
-            self._tools[key] = self.host.which(algo)
+            self._tools[key] = self.shell.which(algo)
         if not self._tools[key]:
             raise BackupError(f"{algo} is installed neither in the {svc.name if svc else 'service'} container nor on "
                               f"this host: install it on the host (`apt-get install {algo}`) or use --compress "
@@ -210,8 +203,8 @@ class Job:
                 expected: int = 0) -> Captured:
         if self.progress:
             with self.progress(label, expected) as bar:
-                return self.host.capture(argv, dest, host_compress, progress=bar.update)
-        return self.host.capture(argv, dest, host_compress)
+                return self.shell.capture(argv, dest, host_compress, progress=bar.update)
+        return self.shell.capture(argv, dest, host_compress)
 
     def oneoff(self, name: str, image: str, *, volumes_from: str = "", volumes: tuple[str, ...] = (),
                user: str = "", entrypoint: str = "", stdin: bool = False, detach: bool = False,
@@ -238,7 +231,7 @@ class Job:
         return argv + [image, *args]
 
     def remove_container(self, name: str) -> None:
-        self.host.run(["docker", "rm", "-f", "-v", name], timeout=120)
+        self.shell.run(["docker", "rm", "-f", "-v", name], timeout=120)
 
     def stop(self, services: list[str]) -> list[str]:
         """Stop those of ``services`` that run (compose stop); returns the ones it stopped."""
@@ -278,7 +271,7 @@ class Job:
         names = [c for c in (self.inspect(s).container for s in services) if c]
         if not names or len(names) != len(services):
             return False
-        r = self.host.run(["docker", "inspect", "--format",
+        r = self.shell.run(["docker", "inspect", "--format",
                            "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", *names], timeout=30)
         states = r.stdout.split() if r.ok else []
         return len(states) == len(names) and all(x == "running/healthy" for x in states)
@@ -346,7 +339,7 @@ def file_entry(name: str, cap: Captured, role: str, compression: str, service: s
     entry = {"name": name, "service": service, "role": role, "size": cap.size, "sha256": cap.sha256,
              "compression": compression}
     if cap.pieces is not None:
-        from ..host import PIECE
+        from ..shell import PIECE
 
         entry["pieces"] = {"size": PIECE, "sha256": cap.pieces}
     return entry
@@ -361,7 +354,7 @@ def fail_capture(job: Job, svc: Svc | None, e: StreamFailed, what: str) -> Backu
         # the exec stream ends, so look a few times (bounded) before concluding it is alive.
         killed = any(c is not None and c >= 128 for c in e.codes)
         for _ in range(10 if killed else 1):
-            state, started, code = container_state(job.host, svc.container)
+            state, started, code = container_state(job.shell, svc.container)
             died = state != "running" or bool(svc.started_at and started and started != svc.started_at)
             if died or not killed:
                 break
@@ -453,7 +446,7 @@ class Engine(abc.ABC):
 
     def describe(self, plan: Plan) -> str:
         """The plan in one phrase, for the line that says what a backup will do."""
-        from ..sets import human_size
+        from ...output import human_size
 
         svc = plan.svc
         return f"{svc.name} ({svc.kind}, {svc.image}, about {human_size(plan.estimate)})"
@@ -466,7 +459,7 @@ class Engine(abc.ABC):
         return job.inspect(str(name))
 
     # shared helpers
-    def shell(self, name: str) -> str:
+    def with_prelude(self, name: str) -> str:
         """The text of one of this engine's packaged scripts, after its prelude (credentials)."""
         return self.scripts[name] + script(name)
 
@@ -480,46 +473,3 @@ class Engine(abc.ABC):
     def decompress_for(fentry: dict[str, Any]) -> list[str] | None:
         algo = str(fentry.get("compression", "none")).split()[0]
         return DECOMPRESS.get(algo)
-
-
-def compare_counts(expected: dict[str, Any], got: dict[str, Any], what: str) -> list[str]:
-    problems = []
-    for k in sorted(set(expected) | set(got)):
-        if str(expected.get(k)) != str(got.get(k)):
-            problems.append(f"{what} {k}: backup had {expected.get(k, 'none')}, "
-                            f"scratch restore has {got.get(k, 'none')}")
-    return problems
-
-
-def wait_scratch(job: Job, name: str, probe: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
-    """Wait until a scratch container answers ``probe``; fail at once when it exits."""
-    def ready() -> bool:
-        state = container_state(job.host, name)[0]
-        if state != "running":
-            logs = job.host.run(["docker", "logs", "--tail", "30", name], timeout=60)
-            tail = (logs.stdout + logs.stderr).strip()[-1500:]
-            raise BackupError(f"The scratch container {name} stopped ({state}):\n{tail}")
-        return probe()
-
-    wait_until(ready, timeout, interval, what=f"the scratch container {name}")
-
-
-def wait_until(fn: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "") -> None:
-    """Poll ``fn`` until true, bounded in time and attempts (tenacity)."""
-    import tenacity
-
-    try:
-        tenacity.Retrying(stop=(tenacity.stop_after_delay(timeout)
-                                | tenacity.stop_after_attempt(int(timeout / interval) + 2)),
-                          wait=tenacity.wait_fixed(interval),
-                          retry=tenacity.retry_if_result(lambda ok: not ok))(fn)
-    except tenacity.RetryError:
-        raise BackupError(f"Timed out after {timeout:.0f} s waiting for {what}.") from None
-
-
-def check_compressed(job: Job, path: str, f: dict[str, Any]) -> None:
-    algo = str(f.get("compression", "none")).split()[0]
-    if algo in ("zstd", "gzip"):
-        r = job.host.run([algo, "-t", "-q", path] if algo == "zstd" else ["gzip", "-t", path], timeout=3600)
-        if r.failed:
-            raise BackupError(f"{f['name']} is not a valid {algo} stream: {r.stderr.strip()[-300:]}")

@@ -6,25 +6,15 @@ import shlex
 import time
 from typing import Any
 
+from ...kinds import mysql as kind
 from ...kinds.mysql import AUTH as MY_AUTH
-from ..host import BackupError, StreamFailed, q
-from .base import (
-    EXT,
-    Engine,
-    Job,
-    Plan,
-    Safety,
-    Svc,
-    check_compressed,
-    compare_counts,
-    fail_capture,
-    file_entry,
-    image_for,
-    oneoff_name,
-    script,
-    wait_scratch,
-    wrap_compress,
-)
+from ..shell import BackupError, StreamFailed, q
+from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, script, wrap_compress
+from .checks import check_compressed, compare_counts, image_for, scratch_server, wait_scratch
+
+# One SQL statement ($1) through the client, in the database $2 when not empty: one argument
+# however it is spelt (spaces, quotes), never pasted into the script.
+SQL = MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" ${2:+"--database=$2"}'
 
 
 class Mysql(Engine):
@@ -33,15 +23,15 @@ class Mysql(Engine):
 
     @staticmethod
     def database(svc: Svc) -> str:
-        return svc.env.get("MYSQL_DATABASE") or svc.env.get("MARIADB_DATABASE") or ""
+        return kind.database(svc.env)
 
     def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
         db = self.database(svc)
         where = ("WHERE table_schema = DATABASE()" if db else
                  "WHERE table_schema NOT IN ('mysql', 'sys', 'performance_schema', 'information_schema')")
-        out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" $2',
-                        "SELECT VERSION(), COALESCE(SUM(data_length + index_length), 0) "
+        out = job.query(svc, SQL,
+                        f"SELECT VERSION(), COALESCE(SUM(data_length + index_length), 0) "
                         f"FROM information_schema.tables {where}",
                         db, what="Reading the MySQL version and size").strip().splitlines()[-1]
         version, size = out.split("\t")
@@ -51,8 +41,7 @@ class Mysql(Engine):
         svc, db = plan.svc, plan.info["database"]
         counts: dict[str, int] = {}
         if db:
-            out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"',
-                            script("my_count.sql"), db, what="Counting rows")
+            out = job.query(svc, SQL, script("my_count.sql"), db, what="Counting rows")
             counts = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
         # --add-drop-database only for the app's database: never emit DROP DATABASE mysql
         flags = ("--single-transaction --routines --triggers --events --hex-blob --no-tablespaces "
@@ -70,8 +59,8 @@ class Mysql(Engine):
         return {"service": svc.name, "kind": self.kind, "image": svc.image, "image_id": svc.image_id,
                 "db_version": plan.info["version"], "database": db,
                 "method": "mysqldump/mariadb-dump --single-transaction inside the service's container",
-                "command": (f"docker exec {svc.container} mysqldump {flags} "
-                            + (f"--databases {db}" if db else "--all-databases")),
+                "command": f"docker exec {svc.container} mysqldump {flags} "
+                           + (f"--databases {db}" if db else "--all-databases"),
                 "counts": counts, "counts_snapshot": "separate",
                 "notes": [],
                 "files": [file_entry(name, cap, "dump", comp, svc.name)], "duration_s": round(time.time() - t0, 3)}
@@ -82,7 +71,7 @@ class Mysql(Engine):
         check_compressed(job, path, f)
         dec = self.decompress_for(f)
         tail = (shlex.join(dec) + " < " + q(path) if dec else "cat -- " + q(path)) + " | tail -c 300"
-        r = job.host.sh(tail, timeout=3600)
+        r = job.shell.sh(tail, timeout=3600)
         if "-- Dump completed" not in r.stdout:
             raise BackupError(f"{f['name']} does not end with mysqldump's '-- Dump completed' line: it is truncated.")
         return "SQL dump complete (trailer present)"
@@ -91,30 +80,22 @@ class Mysql(Engine):
         import secrets
 
         f = next(x for x in entry["files"] if x["role"] == "dump")
-        image = image_for(job.host, entry, svc)
         pw = secrets.token_urlsafe(18)
-        envf = job.host.tempfile(f"MYSQL_ROOT_PASSWORD={pw}\nMARIADB_ROOT_PASSWORD={pw}\n")
-        name = oneoff_name(job.project, entry["service"], "scratch")
-        scratch = Svc(name, "mysql", {}, container=name)
-        try:
-            r = job.host.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
-            if r.failed:
-                raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
-            ping = MY_AUTH + '"$cli" --defaults-extra-file="$f" -h127.0.0.1 -N -B -e "SELECT 1"'
-            wait_scratch(job, name, lambda: job.host.run(job.exec_argv(scratch, ping), timeout=30).ok, 240)
-            r = job.host.feed(f"{set_dir}/{f['name']}", job.exec_argv(scratch, self.shell("mysql_load.sh"), stdin=True),
-                              self.decompress_for(f))
+        with scratch_server(job, image_for(job.shell, entry, svc), entry, self.kind,
+                            f"MYSQL_ROOT_PASSWORD={pw}\nMARIADB_ROOT_PASSWORD={pw}\n") as scratch:
+            # the kind's readiness (over TCP: the image's temporary init server listens on the socket only)
+            wait_scratch(job, scratch.container,
+                         lambda: job.shell.run(job.exec_argv(scratch, kind.READY), timeout=30).ok, 240)
+            load = job.exec_argv(scratch, self.with_prelude("mysql_load.sh"), stdin=True)
+            r = job.shell.feed(f"{set_dir}/{f['name']}", load, self.decompress_for(f))
             if r.failed:
                 raise BackupError(self.refused(f["name"], r.stderr) or
                                   f"Scratch restore of {f['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
             got: dict[str, int] = {}
             if entry.get("database"):
-                out = job.query(scratch, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1" "$2"',
-                                script("my_count.sql"), entry["database"], what="Counting rows in the scratch restore")
+                out = job.query(scratch, SQL, script("my_count.sql"), entry["database"],
+                                what="Counting rows in the scratch restore")
                 got = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
-        finally:
-            job.remove_container(name)
-            job.host.remove(envf)
         problems = compare_counts(entry.get("counts") or {}, got, "table")
         detail = f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s)"
         if problems and entry.get("counts_snapshot") == "separate":
@@ -141,7 +122,7 @@ class Mysql(Engine):
         if safety:
             safety()
         f = next(x for x in entry["files"] if x["role"] == "dump")
-        r = job.host.feed(f"{set_dir}/{f['name']}", job.exec_argv(svc, self.shell("mysql_load.sh"), stdin=True),
+        r = job.shell.feed(f"{set_dir}/{f['name']}", job.exec_argv(svc, self.with_prelude("mysql_load.sh"), stdin=True),
                           self.decompress_for(f))
         if r.failed and self.refused(f["name"], r.stderr):
             raise BackupError(f"{self.refused(f['name'], r.stderr)} The statements before it were applied "
@@ -153,9 +134,7 @@ class Mysql(Engine):
         db = entry.get("database") or ""
         tables = 0
         if db:
-            out = job.query(svc, MY_AUTH + '"$cli" --defaults-extra-file="$f" -N -B -e "$1"',
-                            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = "
-                            f"'{db.replace(chr(92), chr(92) * 2).replace(chr(39), chr(39) * 2)}'",  # a quoted literal
-                            what="Summarising the restore")
+            out = job.query(svc, SQL, f"SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = "
+                                      f"{kind.literal(db)}", what="Summarising the restore")
             tables = int(out.strip() or 0)
         return {"tables": tables, "database": db}

@@ -7,22 +7,11 @@ import time
 from typing import Any
 
 from ...kinds.neo4j import AUTH as NEO4J_AUTH
-from ..host import BackupError, StreamFailed
-from .base import (
-    Engine,
-    Job,
-    Plan,
-    Safety,
-    Svc,
-    compare_counts,
-    fail_capture,
-    file_entry,
-    image_for,
-    oneoff_name,
-    wait_scratch,
-)
+from ..shell import BackupError, StreamFailed
+from .base import Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, oneoff_name
+from .checks import compare_counts, image_for, wait_scratch
 
-COUNT_NODES = 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'
+COUNT_NODES = NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'
 
 
 class Neo4j(Engine):
@@ -39,10 +28,10 @@ class Neo4j(Engine):
                         what="Reading the Neo4j version")
         info: dict[str, Any] = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
         counts: dict[str, int] = {}
-        r = job.host.run(job.exec_argv(svc, NEO4J_AUTH + COUNT_NODES), timeout=120)
+        r = job.shell.run(job.exec_argv(svc, COUNT_NODES), timeout=120)
         if r.ok and r.stdout.strip().splitlines()[-1].strip().isdigit():
             counts["nodes"] = int(r.stdout.strip().splitlines()[-1])
-        r = job.host.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain '
+        r = job.shell.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain '
                                             '"MATCH ()-[r]->() RETURN count(r) AS relationships"'), timeout=120)
         if r.ok and r.stdout.strip().splitlines()[-1].strip().isdigit():
             counts["relationships"] = int(r.stdout.strip().splitlines()[-1])
@@ -82,7 +71,7 @@ class Neo4j(Engine):
                 "files": files, "duration_s": round(time.time() - t0, 3)}
 
     def _info(self, job: Job, image: str, path: str, db: str, service: str) -> str:
-        r = job.host.feed(path, job.oneoff(oneoff_name(job.project, service, "check"), image, stdin=True,
+        r = job.shell.feed(path, job.oneoff(oneoff_name(job.project, service, "check"), image, stdin=True,
                                            entrypoint="neo4j-admin",
                                            args=("database", "load", db, "--from-stdin", "--info")), timeout=3600)
         if r.failed:
@@ -91,7 +80,7 @@ class Neo4j(Engine):
         return str(r.stdout)
 
     def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
-        image = image_for(job.host, entry, svc)
+        image = image_for(job.shell, entry, svc)
         for f in entry["files"]:
             self._info(job, image, f"{set_dir}/{f['name']}", f["role"].split(":", 1)[1], entry["service"])
         return f"neo4j-admin load --info: {len(entry['files'])} dump(s) OK"
@@ -99,40 +88,39 @@ class Neo4j(Engine):
     def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
         import secrets
 
-        image = image_for(job.host, entry, svc)
+        image = image_for(job.shell, entry, svc)
         f = next(x for x in entry["files"] if x["role"] == "dump:neo4j")
         owner = entry.get("owner") or "0:0"
         vol = oneoff_name(job.project, entry["service"], "scratch")
         name = vol
-        envf = job.host.tempfile(f"NEO4J_AUTH=neo4j/{secrets.token_urlsafe(18)}\n")
+        envf = job.shell.tempfile(f"NEO4J_AUTH=neo4j/{secrets.token_urlsafe(18)}\n")
         try:
-            job.host.run(["docker", "volume", "create", "--label", f"memstack-ops.project={job.project}", vol],
-                         timeout=60)
-            r = job.host.run(job.oneoff(name + "-own", image, volumes=(f"{vol}:/data",), user="0", entrypoint="chown",
+            job.shell.run(["docker", "volume", "create", "--label", f"memstack-ops.project={job.project}", vol],
+                          timeout=60)
+            r = job.shell.run(job.oneoff(name + "-own", image, volumes=(f"{vol}:/data",), user="0", entrypoint="chown",
                                         args=(owner, "/data")), timeout=300)
-            r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(
+            r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(
                 name + "-load", image, stdin=True, volumes=(f"{vol}:/data",), user=owner, entrypoint="neo4j-admin",
                 args=("database", "load", "neo4j", "--from-stdin", "--overwrite-destination=true")), timeout=3600)
             if r.failed:
                 raise BackupError(f"Scratch load of {f['name']} failed: {(r.stderr or r.stdout).strip()[-800:]}")
-            r = job.host.run(job.oneoff(name, image, detach=True, volumes=(f"{vol}:/data",), env_file=envf),
-                             timeout=300)
+            r = job.shell.run(job.oneoff(name, image, detach=True, volumes=(f"{vol}:/data",), env_file=envf),
+                              timeout=300)
             if r.failed:
                 raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
-            scratch = Svc(name, "neo4j", {}, container=name)
-            count = NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'
+            scratch = Svc(name, "neo4j", container=name)
             last: dict[str, Any] = {}
 
             def ready() -> bool:
-                last["r"] = job.host.run(job.exec_argv(scratch, count), timeout=60)
+                last["r"] = job.shell.run(job.exec_argv(scratch, COUNT_NODES), timeout=60)
                 return bool(last["r"].ok)
 
             wait_scratch(job, name, ready, 300, 1.0)
             got = {"nodes": int(last["r"].stdout.strip().splitlines()[-1])}
         finally:
             job.remove_container(name)
-            job.host.run(["docker", "volume", "rm", "-f", vol], timeout=120)
-            job.host.remove(envf)
+            job.shell.run(["docker", "volume", "rm", "-f", vol], timeout=120)
+            job.shell.remove(envf)
         expected = {k: v for k, v in (entry.get("counts") or {}).items() if k == "nodes"}
         problems = compare_counts(expected, got, "count") if expected else []
         return f"scratch Neo4j ({entry.get('image')}) loaded the dump: {got['nodes']} node(s)", problems
@@ -156,7 +144,7 @@ class Neo4j(Engine):
                     raise BackupError(f"The backup has no dump of database {db}.")
                 name = oneoff_name(job.project, svc.name, f"load-{db}")
                 try:
-                    r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(
+                    r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(
                         name, svc.image_id or svc.image, stdin=True, volumes_from=svc.container, user=owner,
                         entrypoint="neo4j-admin",
                         args=("database", "load", db, "--from-stdin", "--overwrite-destination=true")),
@@ -167,7 +155,7 @@ class Neo4j(Engine):
                     raise BackupError(f"neo4j-admin database load {db} failed: "
                                       f"{(r.stderr or r.stdout).strip()[-1000:]}")
         downtime = down.seconds
-        r = job.host.run(job.exec_argv(svc, NEO4J_AUTH + COUNT_NODES), timeout=120)
+        r = job.shell.run(job.exec_argv(svc, COUNT_NODES), timeout=120)
         nodes = r.stdout.strip().splitlines()[-1] if r.ok else "?"
         return {"nodes": nodes, "databases": dbs, "downtime_s": downtime}
 

@@ -5,41 +5,35 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ...kinds import postgres as kind
 from ...kinds.postgres import AUTH as PG_AUTH
-from ..host import BackupError, StreamFailed
-from .base import (
-    EXT,
-    Engine,
-    Job,
-    Plan,
-    Safety,
-    Svc,
-    check_compressed,
-    compare_counts,
-    fail_capture,
-    file_entry,
-    image_for,
-    oneoff_name,
-    script,
-    wait_scratch,
-)
+from ..shell import BackupError, StreamFailed
+from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, oneoff_name, script
+from .checks import check_compressed, compare_counts, image_for, scratch_server, wait_scratch
+
+# The prelude of every script here: the password from the container's environment (THE auth
+# prelude), then $1 the user and $2 the database as libpq's environment. Never `-d "$2"`: psql,
+# pg_dump and pg_restore read a -d value holding "=" as a connection string.
+AS = PG_AUTH + 'PGUSER=$1; PGDATABASE=$2; export PGUSER PGDATABASE; '
+# pg_restore connects only when given -d: an empty one leaves the database to PGDATABASE
+RESTORE = AS + 'exec pg_restore --single-transaction --exit-on-error -d "" '
 
 
 class Postgres(Engine):
     kind = "postgres"
     restore_plans = True
-    scripts = {"pg_dump.sh": PG_AUTH, "pg_globals.sh": PG_AUTH}
+    scripts = {"pg_dump.sh": AS, "pg_globals.sh": AS}
 
     @staticmethod
     def who(svc: Svc) -> tuple[str, str]:
-        user = svc.env.get("POSTGRES_USER") or "postgres"
-        return user, svc.env.get("POSTGRES_DB") or user
+        """(user, database) the backups connect as and to: those the kind's prelude uses."""
+        return kind.user(svc.env), kind.database(svc.env)
 
     def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
         user, db = self.who(svc)
-        out = job.query(svc, PG_AUTH + 'psql -X -At -U "$1" -d "$2" -c "SELECT current_setting(\'server_version\'), '
-                                       'current_setting(\'server_version_num\'), pg_database_size(current_database())"',
+        out = job.query(svc, AS + 'psql -X -At -c "SELECT current_setting(\'server_version\'), '
+                                  'current_setting(\'server_version_num\'), pg_database_size(current_database())"',
                         user, db, what="Reading the PostgreSQL version and size").strip().splitlines()[-1]
         version, num, size = out.rsplit("|", 2)
         return Plan(self, svc, int(size), {"user": user, "database": db, "version": version.split()[0],
@@ -58,7 +52,7 @@ class Postgres(Engine):
         user, db = info["user"], info["database"]
         flags, comp = self.dump_flags(job, plan)
         name = f"{svc.name}.pgdump"
-        argv = job.exec_argv(svc, self.shell("pg_dump.sh"), user, db, script("pg_count.sql"), *flags)
+        argv = job.exec_argv(svc, self.with_prelude("pg_dump.sh"), user, db, script("pg_count.sql"), *flags)
         t0 = time.time()
         from concurrent.futures import ThreadPoolExecutor
 
@@ -76,19 +70,19 @@ class Postgres(Engine):
                 "db_version": info["version"], "db_version_num": info["version_num"], "database": db, "user": user,
                 "method": "pg_dump -Fc inside the service's container, in an exported snapshot; roles with "
                           "pg_dumpall --globals-only",
-                "command": (f"docker exec {svc.container} pg_dump --snapshot=<exported> -U {user} -d {db} "
-                            f"{' '.join(flags)}"),
+                "command": f"docker exec {svc.container} pg_dump --snapshot=<exported> -U {user} -d {db} "
+                           f"{' '.join(flags)}",
                 "counts": counts, "notes": notes, "files": files, "duration_s": round(time.time() - t0, 3)}
 
     def dump_globals(self, job: Job, svc: Svc, user: str, set_dir: str) -> tuple[dict[str, Any] | None, list[str]]:
         """Roles and tablespaces (pg_dumpall --globals-only); without passwords when not a superuser."""
-        _, host_c, gcomp = job.compression(None)  # a few KB: compress on the host, no probe
+        _, host_c, gcomp = job.compression(None)  # a few KB: compress on the host, no tool check
         gname = f"{svc.name}.globals.sql{EXT[job.compress]}"
         last = ""
         for extra in ("", " --no-role-passwords"):
-            cmd = PG_AUTH + 'exec pg_dumpall --globals-only -U "$1"' + extra
+            cmd = AS + 'exec pg_dumpall --globals-only' + extra
             try:
-                g = job.host.capture(job.exec_argv(svc, cmd, user), f"{set_dir}/{gname}", host_c)
+                g = job.shell.capture(job.exec_argv(svc, cmd, user, ""), f"{set_dir}/{gname}", host_c)
             except StreamFailed as e:
                 last = job.scrub(e.stderr.strip())[-300:]
                 continue
@@ -98,8 +92,8 @@ class Postgres(Engine):
 
     def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
         dump = next(f for f in entry["files"] if f["role"] == "dump")
-        image = image_for(job.host, entry, svc)
-        r = job.host.feed(f"{set_dir}/{dump['name']}",
+        image = image_for(job.shell, entry, svc)
+        r = job.shell.feed(f"{set_dir}/{dump['name']}",
                           job.oneoff(oneoff_name(job.project, entry["service"], "check"), image, stdin=True,
                                      entrypoint="pg_restore", args=("-l",)), timeout=3600)
         if r.failed:
@@ -114,34 +108,22 @@ class Postgres(Engine):
         import secrets
 
         dump = next(f for f in entry["files"] if f["role"] == "dump")
-        image = image_for(job.host, entry, svc)
         user, db = entry.get("user", "postgres"), entry.get("database", "postgres")
-        envf = job.host.tempfile(f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\n"
-                                 f"POSTGRES_USER={user}\nPOSTGRES_DB={db}\n")
-        name = oneoff_name(job.project, entry["service"], "scratch")
-        scratch = Svc(name, "postgres", {}, container=name)
-        try:
-            r = job.host.run(job.oneoff(name, image, detach=True, env_file=envf), timeout=300)
-            if r.failed:
-                raise BackupError(f"Starting a scratch {image} failed: {r.stderr.strip()}")
-            wait_scratch(job, name, lambda: job.host.run(job.exec_argv(
-                scratch, 'pg_isready -q -h 127.0.0.1 -U "$1" -d "$2"', user, db), timeout=30).ok, 180)
-            r = job.host.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
-                scratch, PG_AUTH + 'exec pg_restore --single-transaction --exit-on-error -U "$1" -d "$2"', user, db,
-                stdin=True))
+        env = f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}\nPOSTGRES_USER={user}\nPOSTGRES_DB={db}\n"
+        with scratch_server(job, image_for(job.shell, entry, svc), entry, self.kind, env) as scratch:
+            wait_scratch(job, scratch.container, lambda: job.shell.run(job.exec_argv(
+                scratch, AS + 'exec pg_isready -q -h 127.0.0.1', user, db), timeout=30).ok, 180)
+            r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(scratch, RESTORE, user, db, stdin=True))
             if r.failed:
                 raise BackupError(f"Scratch restore of {dump['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
-            out = job.query(scratch, PG_AUTH + 'psql -X -At -U "$1" -d "$2" -c "$3"', user, db, script("pg_count.sql"),
+            out = job.query(scratch, AS + 'psql -X -At -c "$3"', user, db, script("pg_count.sql"),
                             what="Counting rows in the scratch restore")
             got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
-        finally:
-            job.remove_container(name)
-            job.host.remove(envf)
         expected = entry.get("counts") or {}
-        what = f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s)"
+        detail = f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s)"
         if not expected:
-            return f"{what} (no counts recorded)", []
-        return f"{what}, counts match", compare_counts(expected, got, "table")
+            return f"{detail} (no counts recorded)", []
+        return f"{detail}, counts match", compare_counts(expected, got, "table")
 
     def restore(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc, safety: Safety | None, /,
                 globals_: bool = False, **opts: Any) -> dict[str, Any]:
@@ -157,22 +139,20 @@ class Postgres(Engine):
         if globals_:
             g = next((f for f in entry["files"] if f["role"] == "globals"), None)
             if g:
-                r = job.host.feed(f"{set_dir}/{g['name']}", job.exec_argv(
-                    svc, self.shell("pg_globals.sh"), user, db, stdin=True), self.decompress_for(g))
+                r = job.shell.feed(f"{set_dir}/{g['name']}", job.exec_argv(
+                    svc, self.with_prelude("pg_globals.sh"), user, db, stdin=True), self.decompress_for(g))
                 refused = [ln for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-refused: ")]
                 if refused:
-                    raise BackupError(f"{g['name']}: {refused[0].split(': ', 1)[1]}. "
-                                      f"pg_dumpall writes no such line, so "
-                                      f"the file was made or edited by something else: nothing was applied and the "
-                                      f"database was not restored. Restore without --roles, or check where the backup "
-                                      f"came from.")
+                    raise BackupError(f"{g['name']}: {refused[0].split(': ', 1)[1]}. pg_dumpall writes no such line, "
+                                      f"so the file was made or edited by something else: nothing was applied and "
+                                      f"the database was not restored. Restore without --roles, or check where the "
+                                      f"backup came from.")
                 if r.failed:
                     job.say(f"  roles: some statements failed (existing roles are kept): "
                             f"{job.scrub(r.stderr.strip())[-300:]}")
         dump = next(f for f in entry["files"] if f["role"] == "dump")
-        r = job.host.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
-            svc, PG_AUTH + 'exec pg_restore --clean --if-exists --single-transaction --exit-on-error -U "$1" -d "$2"',
-            user, db, stdin=True))
+        r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
+            svc, RESTORE + "--clean --if-exists", user, db, stdin=True))
         if r.failed:
             raise BackupError(f"pg_restore into {svc.name} failed and its single transaction was rolled back, so the "
                               f"database is as it was before:\n{job.scrub(r.stderr.strip())[-1500:]}")

@@ -7,8 +7,10 @@ import time
 from typing import Any
 
 from ...kinds.redis import AUTH as REDIS_AUTH
-from ..host import BackupError, StreamFailed
-from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, image_for, oneoff_name, wrap_compress
+from ...kinds.redis import auth_input
+from ..shell import BackupError, StreamFailed
+from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, oneoff_name, wrap_compress
+from .checks import image_for
 
 
 class Redis(Engine):
@@ -19,7 +21,8 @@ class Redis(Engine):
 
     def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
-        out = job.query(svc, self.shell("redis_info.sh"), what="Reading the Redis configuration")
+        out = job.query(svc, self.with_prelude("redis_info.sh"), what="Reading the Redis configuration",
+                        stdin=auth_input(svc.spec))
         info: dict[str, Any] = {}
         keys = 0
         for ln in out.splitlines():
@@ -42,7 +45,8 @@ class Redis(Engine):
     def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, info = plan.svc, plan.info
         t0 = time.time()
-        job.query(svc, self.shell("redis_save.sh"), str(int(job.timeout * 10)), what="BGSAVE", timeout=job.timeout + 60)
+        job.query(svc, self.with_prelude("redis_save.sh"), str(int(job.timeout * 10)), what="BGSAVE",
+                  timeout=job.timeout + 60, stdin=auth_input(svc.spec))
         members = [info["dbfilename"]]
         aof = info.get("appendonly") == "yes"
         if aof:
@@ -66,13 +70,18 @@ class Redis(Engine):
                 "counts": {"keys": info["keys"]}, "counts_snapshot": "separate", "notes": [],
                 "files": [file_entry(name, cap, "rdb-tar", comp, svc.name)], "duration_s": round(time.time() - t0, 3)}
 
+    def _feed_rdb(self, job: Job, entry: dict[str, Any], set_dir: str, image: str, what: str, text: str) -> Any:
+        """The entry's RDB tar fed to ``sh -c TEXT sh DBFILENAME`` in a one-off container of ``image``."""
+        f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
+        argv = job.oneoff(oneoff_name(job.project, entry["service"], what), image, stdin=True, user="0",
+                          entrypoint="sh", args=("-c", text, "sh", entry.get("dbfilename", "dump.rdb")))
+        return job.shell.feed(f"{set_dir}/{f['name']}", argv, self.decompress_for(f), timeout=3600)
+
     def _rdb_keys(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None) -> tuple[int, str]:
         f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
-        image = image_for(job.host, entry, svc)
-        check = ('d=$(mktemp -d) && tar -C "$d" -xf - && redis-check-rdb "$d/$1"')
-        argv = job.oneoff(oneoff_name(job.project, entry["service"], "check"), image, stdin=True, user="0",
-                          entrypoint="sh", args=("-c", check, "sh", entry.get("dbfilename", "dump.rdb")))
-        r = job.host.feed(f"{set_dir}/{f['name']}", argv, self.decompress_for(f), timeout=3600)
+        image = image_for(job.shell, entry, svc)
+        r = self._feed_rdb(job, entry, set_dir, image, "check",
+                           'd=$(mktemp -d) && tar -C "$d" -xf - && redis-check-rdb "$d/$1"')
         m = re.search(r"(\d+) keys read", r.stdout)
         if r.failed or not m:
             raise BackupError(f"redis-check-rdb rejects the RDB in {f['name']}: {(r.stdout + r.stderr).strip()[-500:]}")
@@ -84,11 +93,7 @@ class Redis(Engine):
 
     def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
         keys, image = self._rdb_keys(job, entry, set_dir, svc)
-        f = next(x for x in entry["files"] if x["role"] == "rdb-tar")
-        argv = job.oneoff(oneoff_name(job.project, entry["service"], "scratch"), image, stdin=True, user="0",
-                          entrypoint="sh", args=("-c", self.shell("redis_scratch.sh"), "sh",
-                                                 entry.get("dbfilename", "dump.rdb")))
-        r = job.host.feed(f"{set_dir}/{f['name']}", argv, self.decompress_for(f), timeout=3600)
+        r = self._feed_rdb(job, entry, set_dir, image, "scratch", self.with_prelude("redis_scratch.sh"))
         m = re.search(r"dbsize=(\d+)", r.stdout)
         if r.failed or not m:
             raise BackupError(f"A scratch Redis could not load the RDB: {(r.stdout + r.stderr).strip()[-500:]}")
@@ -108,9 +113,9 @@ class Redis(Engine):
         name = oneoff_name(job.project, svc.name, "restore")
         with job.stopped([svc.name]) as down:
             try:
-                r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(
+                r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(
                     name, svc.image_id or svc.image, stdin=True, volumes_from=svc.container, user="0", entrypoint="sh",
-                    args=("-c", self.shell("redis_restore.sh"), "sh", info["dir"], info["dbfilename"],
+                    args=("-c", self.with_prelude("redis_restore.sh"), "sh", info["dir"], info["dbfilename"],
                           entry.get("dbfilename", "dump.rdb"), aof, info["appenddirname"])),
                     self.decompress_for(f), timeout=job.timeout * 4)
             finally:
@@ -118,5 +123,5 @@ class Redis(Engine):
             if r.failed or "restored" not in r.stdout:
                 raise BackupError(f"Replacing the Redis data failed; the previous data was put back:\n"
                                   f"{(r.stderr or r.stdout).strip()[-1000:]}")
-        out = job.query(svc, REDIS_AUTH + "r DBSIZE", what="Counting keys")
+        out = job.query(svc, REDIS_AUTH + "r DBSIZE", what="Counting keys", stdin=auth_input(svc.spec))
         return {"keys": int(out.strip().splitlines()[-1] or 0), "appendonly": aof, "downtime_s": down.seconds}

@@ -6,8 +6,9 @@ import shlex
 import time
 from typing import Any
 
-from ..host import BackupError, StreamFailed, q
-from .base import EXT, Engine, Job, Plan, Safety, Svc, Volume, check_compressed, fail_capture, file_entry, oneoff_name
+from ..shell import BackupError, StreamFailed, q
+from .base import EXT, Engine, Job, Plan, Safety, Svc, Volume, fail_capture, file_entry, oneoff_name
+from .checks import check_compressed
 
 
 def stack_volumes(model: dict[str, Any]) -> list[Volume]:
@@ -35,7 +36,7 @@ class Volumes(Engine):
 
     @staticmethod
     def size(job: Job, vol: Volume) -> int:
-        r = job.host.run(job.oneoff(f"{job.project}-du-{int(time.time() * 1000) % 10**8}", vol.image,
+        r = job.shell.run(job.oneoff(f"{job.project}-du-{int(time.time() * 1000) % 10**8}", vol.image,
                                     volumes=(f"{vol.name}:/v:ro",), user="0", entrypoint="du", args=("-sk", "/v")),
                          timeout=600)
         try:
@@ -54,7 +55,7 @@ class Volumes(Engine):
         vol = plan.volume
         if not vol.image:
             raise BackupError(f"No service of the stack uses volume {vol.key}: no image to read it with.")
-        if job.host.run(["docker", "volume", "inspect", vol.name], timeout=60).failed:
+        if job.shell.run(["docker", "volume", "inspect", vol.name], timeout=60).failed:
             raise BackupError(f"Volume {vol.name} does not exist yet (start the stack once first).")
         name = oneoff_name(job.project, vol.key.replace("_", "-"), "tar")
         argv = job.oneoff(name, vol.image, volumes=(f"{vol.name}:/v:ro",), user="0", entrypoint="tar",
@@ -78,7 +79,7 @@ class Volumes(Engine):
         path = f"{set_dir}/{f['name']}"
         check_compressed(job, path, f)
         dec = self.decompress_for(f)
-        r = job.host.sh((shlex.join(dec) + " < " + q(path) if dec else "cat -- " + q(path)) + " | tar -tf - | wc -l",
+        r = job.shell.sh((shlex.join(dec) + " < " + q(path) if dec else "cat -- " + q(path)) + " | tar -tf - | wc -l",
                         timeout=3600)
         if r.failed:
             raise BackupError(f"{f['name']} is not a valid tar archive: {r.stderr.strip()[-300:]}")
@@ -88,12 +89,12 @@ class Volumes(Engine):
         f = entry["files"][0]
         vol = oneoff_name(job.project, entry["volume"].replace("_", "-"), "scratch")
         try:
-            job.host.run(["docker", "volume", "create", vol], timeout=60)
-            r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(
+            job.shell.run(["docker", "volume", "create", vol], timeout=60)
+            r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(
                 vol, entry["image"], stdin=True, volumes=(f"{vol}:/v",), user="0", entrypoint="sh",
                 args=("-c", 'tar -C /v -xpf - && find /v -mindepth 1 | wc -l')), self.decompress_for(f), timeout=3600)
         finally:
-            job.host.run(["docker", "volume", "rm", "-f", vol], timeout=120)
+            job.shell.run(["docker", "volume", "rm", "-f", vol], timeout=120)
         if r.failed:
             raise BackupError(f"Extracting {f['name']} into a scratch volume failed: {r.stderr.strip()[-500:]}")
         return f"extracted into a scratch volume: {r.stdout.strip().splitlines()[-1]} file(s)", []
@@ -106,9 +107,9 @@ class Volumes(Engine):
         f = entry["files"][0]
         name = oneoff_name(job.project, vol.key.replace("_", "-"), "restore")
         try:
-            r = job.host.feed(f"{set_dir}/{f['name']}", job.oneoff(
+            r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(
                 name, vol.image or entry["image"], stdin=True, volumes=(f"{vol.name}:/v",), user="0", entrypoint="sh",
-                args=("-c", self.shell("volume_restore.sh"))), self.decompress_for(f), timeout=job.timeout * 20)
+                args=("-c", self.with_prelude("volume_restore.sh"))), self.decompress_for(f), timeout=job.timeout * 20)
         finally:
             job.remove_container(name)
         if r.failed or "restored" not in r.stdout:

@@ -1,13 +1,14 @@
 # pg_dump in the snapshot of a transaction that also counts every table's rows (concurrently
 # with the dump): the counts match the dump exactly, for the restore test to compare.
-# Runs after the PG_AUTH prelude. $1 user, $2 database, $3 the row-count SQL (pg_count.sql),
-# then pg_dump's own flags. Counts and notes go to stderr as memstack-ops-count|/-note: lines.
+# Runs after the engine's prelude, which connects as $1 to the database $2 (PGUSER, PGDATABASE).
+# $3 the row-count SQL (pg_count.sql), then pg_dump's own flags. Counts and notes go to stderr as
+# memstack-ops-count|/-note: lines.
 trap '' PIPE
-u=$1; d=$2; sql=$3; shift 3
+sql=$3; shift 3
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 mkfifo "$tmp/in" || exit 1
-psql -X -q -At -F '|' -U "$u" -d "$d" < "$tmp/in" > "$tmp/out" 2> "$tmp/err" &
+psql -X -q -At -F '|' < "$tmp/in" > "$tmp/out" 2> "$tmp/err" &
 pid=$!
 exec 3> "$tmp/in"
 printf '%s\n' "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;" "SELECT 'snapshot|' || pg_export_snapshot();" >&3
@@ -22,10 +23,10 @@ done
 if [ -z "$snap" ]; then
   exec 3>&-; wait "$pid"
   echo "memstack-ops-note: no exported snapshot ($(head -c 300 "$tmp/err")); dumped without row counts" >&2
-  pg_dump -U "$u" -d "$d" "$@"; exit $?
+  pg_dump "$@"; exit $?
 fi
 printf '%s\n' '\set ON_ERROR_ROLLBACK on' "$sql" >&3
-pg_dump --snapshot="$snap" -U "$u" -d "$d" "$@"
+pg_dump --snapshot="$snap" "$@"
 rc=$?
 printf '%s\n' "COMMIT;" >&3
 exec 3>&-

@@ -1,5 +1,5 @@
-# Apply a roles file (pg_dumpall --globals-only, on stdin) with psql, after the PG_AUTH prelude.
-# $1 user, $2 database.
+# Apply a roles file (pg_dumpall --globals-only, on stdin) with psql, after the engine's prelude,
+# which connects as $1 to the database $2 (PGUSER, PGDATABASE).
 #
 # psql runs backslash meta-commands wherever they stand in its input: "\! cmd" is a shell (as the
 # postgres user, in this container). PostgreSQL 17.6/16.10/15.14+ protect their plain dumps with
@@ -15,4 +15,4 @@ if [ -n "$line" ]; then
   echo "memstack-ops-refused: line $line of the roles file holds a backslash (psql would run it as a meta-command)" >&2
   exit 3
 fi
-psql -X -q -U "$1" -d "$2" -f "$tmp"
+psql -X -q -f "$tmp"

@@ -1,15 +1,16 @@
-"""Where backups are written: the host the Context runs commands on.
+"""Where backups are written: a ``Shell``, the files and commands of the machine the Context
+runs commands on (this one, or a ``-H`` host; ``remote.inventory.Host`` is the inventory entry).
 
-``host_for(c)`` gives a ``LocalHost`` for a plain invoke Context (this machine) and a
-``ShellHost`` for anything else (a fabric Connection to a remote host). Both put a backup file
+``shell_for(c)`` gives a ``LocalShell`` for a plain invoke Context (this machine) and a
+``RemoteShell`` for anything else (a fabric Connection to a remote host). Both put a backup file
 the same way: the producer's bytes (a dump tool in its container, then an optional compressor)
 go straight to ``NAME.partial``, the sha256 is computed on the way, the file is fsynced and
 renamed. Data never sits in this process's memory:
 
-- LocalHost lets the last process of the pipeline write the file itself (as ``> file`` would),
+- LocalShell lets the last process of the pipeline write the file itself (as ``> file`` would),
   hashes it as it grows (whole file, and each 64 MiB piece, so checks can use every core), and
   fsyncs in the background while the dump runs (so the final fsync is short);
-- ShellHost runs ``producer | compressor | tee NAME.partial | sha256sum`` through ``c.run``
+- RemoteShell runs ``producer | compressor | tee NAME.partial | sha256sum`` through ``c.run``
   (binary data cannot travel through ``c.run``'s text streams, so it stays on that host).
 
 Restores feed a file back into a command with a shell pipeline through ``c.run`` on both.
@@ -52,7 +53,7 @@ class Captured:
     size: int
     sha256: str
     stderr: str = ""  # the producer's messages (dump tools report notes and counts there)
-    pieces: list[str] | None = None  # sha256 of each PIECE bytes (LocalHost); None when not computed
+    pieces: list[str] | None = None  # sha256 of each PIECE bytes (LocalShell); None when not computed
 
 
 class Hasher:
@@ -98,8 +99,8 @@ def describe_exit(code: int | None) -> str:
     return f"exited {code}"
 
 
-class Host:
-    """Operations on the host behind ``c``, all through ``c.run`` (works over fabric)."""
+class Shell:
+    """Files and commands of the machine behind ``c``, all through ``c.run`` (works over fabric)."""
 
     local = False
 
@@ -156,9 +157,8 @@ class Host:
 
     def write_text(self, path: str, text: str) -> None:
         part = path + ".partial"
-        r = run(self.c, ["bash", "-c",
-                         f"umask 077 && cat > {q(part)} && sync -- {q(part)} && mv -f -- {q(part)} {q(path)}"],
-                in_stream=Script(text))
+        script = f"umask 077 && cat > {q(part)} && sync -- {q(part)} && mv -f -- {q(part)} {q(path)}"
+        r = run(self.c, ["bash", "-c", script], in_stream=Script(text))
         if r.failed:
             self.sh(f"rm -f -- {q(part)}")
             raise BackupError(f"Writing {path} failed: {r.stderr.strip() or f'exit {r.return_code}'}")
@@ -262,11 +262,11 @@ class Host:
         return self.sh(script, **kw)
 
 
-class ShellHost(Host):
+class RemoteShell(Shell):
     """A host reached through any Context (fabric Connection): every step is a shell command."""
 
 
-class LocalHost(Host):
+class LocalShell(Shell):
     """This machine: files through Python, captures read through a pipe in fixed-size chunks."""
 
     local = True
@@ -483,7 +483,7 @@ class LocalHost(Host):
                 else:
                     time.sleep(0.02)
             codes = [p.returncode for p in procs]
-            stderr = "\n".join(_tail(e, 1 << 20) for e in errs).strip()
+            stderr = "\n".join(_tail(err, 1 << 20) for err in errs).strip()
             if any(codes):
                 if "no space left" in stderr.lower() or _full(part):  # the writer hit a full disk
                     raise _WriteFailed(OSError(28, "No space left on device"))
@@ -508,8 +508,8 @@ class LocalHost(Host):
             fd = -1
             raise
         finally:
-            for f in errs:
-                f.close()
+            for err in errs:
+                err.close()
             for x in (fd, rfd):
                 if x >= 0:
                     os.close(x)
@@ -615,13 +615,13 @@ def fsync_dir(path: str) -> None:
         os.close(dfd)
 
 
-def host_for(c: Any) -> Host:
-    """LocalHost for invoke's own Context (commands run on this machine), ShellHost for anything
+def shell_for(c: Any) -> Shell:
+    """LocalShell for invoke's own Context (commands run on this machine), RemoteShell for anything
     that runs them elsewhere (a host's Connection: ``memstack_ops.target.on_host``)."""
     from invoke import Context
 
     from ..target import on_host
 
     if isinstance(c, Context) and not on_host(c):
-        return LocalHost(c)
-    return ShellHost(c)
+        return LocalShell(c)
+    return RemoteShell(c)
