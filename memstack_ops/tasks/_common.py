@@ -24,12 +24,16 @@ def ops_task(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
     def deco(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
         def body(c: Any, *a: Any, **k: Any) -> Any:
+            from .. import interrupt
+
+            interrupt.begin()
+            interrupt.install()
             try:
                 return fn(c, *a, **k)
             except MemstackError as e:
                 raise Exit(f"error: {e}", code=e.exit_code) from None
-            except KeyboardInterrupt:
-                raise Exit("Interrupted; nothing further was done.", code=130) from None
+            except KeyboardInterrupt:  # one line: the phase it hit and what was put back
+                raise Exit(interrupt.message(), code=130) from None
 
         return task(body, *args, **kwargs)
 

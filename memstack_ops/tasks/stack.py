@@ -45,7 +45,10 @@ def up(c, service=None, timeout=None, no_wait=False, build=False, skip_checks=Fa
             "stand-ins for Neo4j, Grafana and the API/worker, because no registry is reachable.")
     t0 = time.monotonic()
     say(f"Starting stack {t.stack.name} (project {t.stack.project}, stage {t.stack.stage})")
-    lifecycle.up(t, service or (), wait=not no_wait, build=build)
+    from ..interrupt import phase
+
+    with phase("the start and health wait (what started keeps running)"):
+        lifecycle.up(t, service or (), wait=not no_wait, build=build)
     say(f"{'Healthy' if not no_wait else 'Started'} in {time.monotonic() - t0:.1f} s.")
     table("URLs", ["service", "url"], lifecycle.urls(t))
 
