@@ -50,7 +50,7 @@ LABEL = "memstack-ops.run"
 
 class _State(threading.local):
     def __init__(self) -> None:
-        self.phase = "planning"
+        self.phase = "startup"
         self.at: str | None = None  # the phase the interrupt hit
         self.undone: list[str] = []
         self.shield = 0  # > 0 while undoing: runs are not cancelled
@@ -63,6 +63,15 @@ _generation = 0  # bumped by each Ctrl-C: runs started before it are stopped (se
 def begin(first_phase: str = "planning") -> None:
     """A task starts: forget the previous task's phase and undo notes."""
     _state.phase, _state.at, _state.undone = first_phase, None, []
+
+
+def finished() -> None:
+    """The task ended (a Ctrl-C now comes after its work)."""
+    _state.phase, _state.at, _state.undone = "the end of the run (the task had finished)", None, []
+
+
+def started() -> bool:
+    return _state.phase != "startup"
 
 
 def enter(name: str) -> str:
@@ -115,12 +124,17 @@ def _sigint(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def install() -> None:
-    """Our SIGINT handler (main thread only): Python's, plus ``interrupted()`` so runs in
-    worker threads stop too."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) in (
-            signal.default_int_handler, _sigint):
-        signal.signal(signal.SIGINT, _sigint)
+def install() -> Any:
+    """Our SIGINT handler while a task runs (main thread only): Python's, plus ``interrupted()``
+    so runs in worker threads stop too. Returns the handler it replaced (None: not installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, _sigint)
+
+
+def uninstall(old: Any) -> None:
+    if old is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, old)
 
 
 @contextlib.contextmanager

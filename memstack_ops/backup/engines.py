@@ -975,11 +975,11 @@ class Neo4j(Engine):
         counts: dict[str, int] = {}
         r = job.host.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'),
                          timeout=120)
-        if r.ok and r.stdout.strip().splitlines()[-1].strip().isdigit():
+        if r.ok and r.stdout.strip() and r.stdout.strip().splitlines()[-1].strip().isdigit():
             counts["nodes"] = int(r.stdout.strip().splitlines()[-1])
         r = job.host.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain '
                                             '"MATCH ()-[r]->() RETURN count(r) AS relationships"'), timeout=120)
-        if r.ok and r.stdout.strip().splitlines()[-1].strip().isdigit():
+        if r.ok and r.stdout.strip() and r.stdout.strip().splitlines()[-1].strip().isdigit():
             counts["relationships"] = int(r.stdout.strip().splitlines()[-1])
         info["counts"] = counts
         return Plan(self, svc, int(info.get("size") or 0) * 1024, info,

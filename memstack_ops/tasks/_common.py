@@ -27,13 +27,16 @@ def ops_task(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
             from .. import interrupt
 
             interrupt.begin()
-            interrupt.install()
+            old = interrupt.install()
             try:
                 return fn(c, *a, **k)
             except MemstackError as e:
                 raise Exit(f"error: {e}", code=e.exit_code) from None
             except KeyboardInterrupt:  # one line: the phase it hit and what was put back
                 raise Exit(interrupt.message(), code=130) from None
+            finally:
+                interrupt.finished()
+                interrupt.uninstall(old)
 
         return task(body, *args, **kwargs)
 
