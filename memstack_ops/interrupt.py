@@ -178,7 +178,7 @@ def stop_group(pgid: int, done: Callable[[], bool], grace: float = GRACE) -> Non
     ``done()`` (the group's leader has exited). Bounded: 2 * grace plus a last short wait."""
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         if done():
-            return
+            break
         try:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
