@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest_remote import bare_host, ssh_key  # noqa: F401 - fixtures (a host with sshd)
 
 pytestmark = pytest.mark.e2e
 
@@ -269,3 +270,45 @@ def test_ctrl_c_before_the_task_runs_is_one_line_too(project):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
     assert one_line(err) == "Interrupted during startup: nothing was changed."
+
+
+# --------------------------------------------------------------------------- remote hosts
+
+def test_a_cancelled_run_on_a_host_stops_the_command_there(bare_host, ssh_key, tmp_path):
+    """Over SSH without a pty, fabric leaves the command running when we stop waiting (closing the
+    channel only closes its pipes). The runner sends the RFC 4254 signal request (INT, TERM, KILL)."""
+    import threading
+
+    from invoke import Config
+
+    from memstack_ops import interrupt
+    from memstack_ops.remote.inventory import Host
+    from memstack_ops.remote.ssh import connect
+
+    host = Host("bare", "127.0.0.1", user="root", port=bare_host.port, key=str(ssh_key.private),
+                known_hosts=str(tmp_path / "known_hosts"), host_key_policy="accept-new")
+    conns = [connect(host, Config(overrides={"runners": interrupt.RUNNERS})) for _ in range(2)]
+    c, probe = conns
+    try:
+        seen: list[BaseException] = []
+
+        def work() -> None:
+            try:  # ignores SIGINT, as many daemons' clients do: TERM then ends it
+                c.run("trap '' INT; echo $$ > /tmp/ctrlc-test.pid; exec sleep 300", hide=True, in_stream=False)
+            except BaseException as e:  # noqa: BLE001
+                seen.append(e)
+
+        th = threading.Thread(target=work)
+        th.start()
+        wait_for(lambda: probe.run("test -s /tmp/ctrlc-test.pid", hide=True, warn=True, in_stream=False).ok,
+                 "the command to start on the host")
+        pid = probe.run("cat /tmp/ctrlc-test.pid", hide=True, in_stream=False).stdout.strip()
+        c.cancel.set()  # what fanout does on Ctrl-C
+        th.join(60)
+        assert not th.is_alive() and seen and isinstance(seen[0], KeyboardInterrupt), seen
+        assert probe.run(f"kill -0 {pid}", hide=True, warn=True, in_stream=False).failed  # gone on the host
+        # a run started after the cancel is undo work (release the lock ...): it runs
+        assert c.run("echo still-works", hide=True, in_stream=False).stdout.strip() == "still-works"
+    finally:
+        for x in conns:
+            x.close()
