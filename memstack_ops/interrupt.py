@@ -70,8 +70,6 @@ def finished() -> None:
     _state.phase, _state.at, _state.undone = "the end of the run (the task had finished)", None, []
 
 
-def started() -> bool:
-    return _state.phase != "startup"
 
 
 def enter(name: str) -> str:
@@ -188,9 +186,32 @@ def stop_group(pgid: int, done: Callable[[], bool], grace: float = GRACE) -> Non
             if done():
                 break
             time.sleep(0.02)
-    # the leader is gone: anything of its group left behind (a pipeline's stage) gets SIGKILL
+    # the leader is gone: anything of its group left behind (a pipeline's stage) gets SIGKILL,
+    # and is waited for (bounded), so "stopped" means gone
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies do not count: they wait for a parent)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return False
+    for n in names:
+        if not n.isdigit():
+            continue
+        try:
+            with open(f"/proc/{n}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def stop_popen(procs: list[Any], grace: float = GRACE) -> None:
@@ -229,6 +250,16 @@ class LocalRunner(Local):
 
     def _pid(self) -> int:
         return int(self.pid if self.using_pty else self.process.pid)
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        try:
+            return super().run(command, **kwargs)
+        except KeyboardInterrupt:
+            # a Ctrl-C just as the command started (before invoke waits for it) bypasses send_interrupt
+            if not self.using_pty and getattr(self, "process", None) is not None and self.process.poll() is None:
+                with held():
+                    stop_group(self._pid(), lambda: self.process.poll() is not None)
+            raise
 
     def wait(self) -> None:
         while not (self.process_is_finished or self.has_dead_threads):

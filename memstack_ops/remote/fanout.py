@@ -235,6 +235,7 @@ def run_calls(executor: Any, calls: list[Any], spec: str | None) -> dict[Any, An
         summary(name, outcomes)
         failed += [f"{name} on {o.host.name}: {o.result}" for o in outcomes if not o.ok]
         results[call.task] = outcomes
-    if failed:
-        raise Exit(f"{len(failed)} host run(s) failed: {'; '.join(failed)}.", code=1)
+    if failed:  # 130 when Ctrl-C stopped them (as a local run exits)
+        raise Exit(f"{len(failed)} host run(s) failed: {'; '.join(failed)}.",
+                   code=130 if any(f.endswith(": interrupted") for f in failed) else 1)
     return results
