@@ -238,6 +238,25 @@ def stop_popen(procs: list[Any], grace: float = GRACE) -> None:
 class LocalRunner(Local):
     """invoke's Local runner whose Ctrl-C really stops the child (see the module docstring)."""
 
+    _old_handler: Any = None
+    _hits: list[int] | None = None
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        # A Ctrl-C while invoke starts the command and its I/O threads would bypass send_interrupt
+        # (and leave the child running): it is held until the wait for the child begins.
+        if threading.current_thread() is threading.main_thread():
+            self._hits = []
+            self._old_handler = signal.signal(signal.SIGINT, lambda s, f: self._hits.append(s))  # type: ignore[union-attr]
+        try:
+            return super().run(command, **kwargs)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._old_handler is not None:
+            signal.signal(signal.SIGINT, self._old_handler)
+            self._old_handler = None
+
     def start(self, command: str, shell: str, env: dict[str, Any]) -> None:
         self._generation = _generation
         self._shielded = shielded()
@@ -251,19 +270,14 @@ class LocalRunner(Local):
     def _pid(self) -> int:
         return int(self.pid if self.using_pty else self.process.pid)
 
-    def run(self, command: str, **kwargs: Any) -> Any:
-        try:
-            return super().run(command, **kwargs)
-        except KeyboardInterrupt:
-            # a Ctrl-C just as the command started (before invoke waits for it) bypasses send_interrupt
-            if not self.using_pty and getattr(self, "process", None) is not None and self.process.poll() is None:
-                with held():
-                    stop_group(self._pid(), lambda: self.process.poll() is not None)
-            raise
-
     def wait(self) -> None:
+        held_back, self._hits = bool(self._hits), None
+        self._release()
+        if held_back:
+            interrupted()
+            raise KeyboardInterrupt  # handled by invoke's _finish: send_interrupt
         while not (self.process_is_finished or self.has_dead_threads):
-            if _generation != self._generation and not self._shielded:
+            if _generation != self._generation and not (self._shielded or self.using_pty):
                 raise KeyboardInterrupt  # a Ctrl-C arrived while this ran in a worker thread
             time.sleep(self.input_sleep)
 

@@ -164,3 +164,35 @@ def test_docker_command_lines_get_a_marker_and_an_undo(argv, marked, undo):
 def test_other_commands_are_left_as_they_are():
     assert interrupt.mark(["docker", "compose", "-p", "x", "stop", "db"]) == (["docker", "compose", "-p", "x", "stop", "db"], None)
     assert interrupt.mark(["bash", "-c", "docker exec c true"])[1] is None
+
+
+
+def test_with_a_pty_ctrl_c_belongs_to_the_program_and_is_sent_once():
+    """db.shell: Ctrl-C is one ^C for psql (it cancels the query and goes on), not its end."""
+    import pty
+    import sys
+
+    # the program counts the ^C it gets for 1 s after the first, then exits with that count
+    inner = ("n=0; trap 'n=$((n+1))' INT; echo ready; while [ $n -eq 0 ]; do sleep 0.05; done; "
+             "i=0; while [ $i -lt 20 ]; do sleep 0.05; i=$((i+1)); done; exit $n")
+    code = ("import sys; from invoke import Config, Context; from memstack_ops import interrupt; interrupt.install(); "
+            f"r = Context(Config(overrides={{'runners': interrupt.RUNNERS}})).run({inner!r}, pty=True, warn=True); "
+            "print('EXIT', r.exited)")
+    pid, fd = pty.fork()
+    if pid == 0:  # the CLI on a terminal of its own
+        os.execve(sys.executable, [sys.executable, "-c", code], dict(os.environ))
+    out = b""
+    deadline = time.monotonic() + 60
+    while b"ready" not in out and time.monotonic() < deadline:
+        out += os.read(fd, 1024)
+    os.kill(pid, signal.SIGINT)
+    while time.monotonic() < deadline:  # to the end of its output
+        try:
+            data = os.read(fd, 1024)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    os.waitpid(pid, 0)
+    assert b"EXIT 1" in out, out.decode(errors="replace")
