@@ -127,10 +127,11 @@ def state(client, project, service):
 
 
 def processes(client, project, service):
-    """Command lines of the processes in the service's container (docker top: from the host)."""
+    """Command lines of the processes running in the service's container (docker top, from the
+    host). A zombie (``[pg_dump] <defunct>``: killed, not yet reaped by its parent) runs no more."""
     c = client.containers.get(f"{project.name}-{service}-1")
-    top = c.top(ps_args="-eo pid,args")
-    return [p[-1] for p in top.get("Processes") or []]
+    top = c.top(ps_args="-eo pid,stat,args")
+    return [p[-1] for p in top.get("Processes") or [] if not p[1].startswith("Z")]
 
 
 def oneoffs(client, project):
