@@ -72,11 +72,15 @@ def in_dir(root: Any, argv: Iterable[str]) -> str:
 
 
 def run(c: Any, argv: Iterable[str], cwd: Any = None, **kw: Any) -> Any:
-    """Run argv through the Context (in ``cwd`` if given), quietly, never raising on a non-zero exit."""
+    """Run argv through the Context (in ``cwd`` if given), quietly, never raising on a non-zero exit.
+    A docker exec/run is marked so that a Ctrl-C or timeout stops it in the container too."""
+    from .interrupt import guarded
+
     kw.setdefault("hide", True)
     kw.setdefault("warn", True)
     kw.setdefault("in_stream", False)
-    return c.run(in_dir(cwd, argv) if cwd is not None else sh(*argv), **kw)
+    with guarded(c, list(argv), cwd) as argv:
+        return c.run(in_dir(cwd, argv) if cwd is not None else sh(*argv), **kw)
 
 
 def first_line(text: str) -> str:

@@ -1,6 +1,6 @@
 """Backup, verify, restore, list and prune: plain functions taking a lifecycle Target first.
 
-The data path is in ``host`` (streams, files) and ``engines`` (one per kind of database); this
+The data path is in ``shell`` (streams, files) and ``engines`` (one per kind of database); this
 module decides what to do, checks before acting, writes the manifest and reports.
 """
 
@@ -232,6 +232,9 @@ def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable
     started, t0 = utcnow(), time.monotonic()
     job.say(f"Backing up {', '.join(what)} into {root}/{set_id}")
     entries: list[dict[str, Any]] = []
+    from .. import interrupt
+
+    outer = interrupt.enter(f"the backup {set_id}")
     try:
         for window in stop_windows(plans):
             for p in window:
@@ -257,7 +260,10 @@ def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable
         shell.rename(part, f"{root}/{set_id}")
     except BaseException:
         shell.rmtree(part)
+        interrupt.undone(f"the unfinished set {set_id} removed")
         raise
+    finally:
+        interrupt.enter(outer)
     s = load_set(shell, root, set_id)
     assert s is not None
     return s
@@ -509,10 +515,23 @@ def restore(t: Target, kind: str, set_id: str | None = None, service: str | None
         job.say(f"  safety backup: {made.id}")
 
     t0 = time.monotonic()
-    with job.stopped(deps):
-        summary = eng.restore(job, entry, s.path, svc, take_safety if safety else None, **opts)
-        if not eng.restore_stops:
-            job.wait_healthy([target])  # after any restore
+    from .. import interrupt
+
+    restoring = f"the restore of {target} from {s.id}"
+    outer = interrupt.enter(restoring)
+    try:
+        with job.stopped(deps):
+            summary = eng.restore(job, entry, s.path, svc, take_safety if safety else None, **opts)
+            if not eng.restore_stops:
+                job.wait_healthy([target])  # after any restore
+    except KeyboardInterrupt:
+        if interrupt.hit() == restoring:  # the load itself was cut: say what the data may be now
+            interrupt.undone(f"{target} may hold part of {s.id}: " + (
+                f"`restore.{kind} --backup {safety_ids[0]} --yes` brings back what it held before" if safety_ids
+                else "no safety backup was taken"))
+        raise
+    finally:
+        interrupt.enter(outer)
     summary.update({"backup": s.id, "service": target, "safety_backup": safety_ids[0] if safety_ids else None,
                     "seconds": round(time.monotonic() - t0, 1)})
     return summary

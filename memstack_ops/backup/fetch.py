@@ -169,9 +169,11 @@ def _say(msg: str) -> None:
 
 
 def _local_context() -> Any:
-    from invoke import Context
+    from invoke import Config, Context
 
-    return Context()
+    from ..interrupt import RUNNERS
+
+    return Context(Config(overrides={"runners": RUNNERS}))
 
 
 def _choose(here: LocalShell, root: str, s: BackupSet, source: dict[str, str]) -> tuple[str, str, bool]:

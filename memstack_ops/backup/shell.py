@@ -203,10 +203,9 @@ class Shell:
     def capture(self, argv: list[str], dest: str, compress: list[str] | None = None,
                 progress: Callable[[int], None] | None = None) -> Captured:
         """``argv [| compress] > dest.partial``, sha256 on the way, fsync, rename to ``dest``."""
+        from ..interrupt import guarded, undone
+
         part = dest + ".partial"
-        pipeline = shlex.join(argv) + (f" | {shlex.join(compress)}" if compress else "")
-        script = (f"umask 077; {pipeline} | tee -- {q(part)} | sha256sum; "
-                  f"echo \"memstack-ops-pipestatus ${{PIPESTATUS[*]}}\" >&2")
         stop = threading.Event()
         poller = None
         if progress:
@@ -216,7 +215,15 @@ class Shell:
             poller = threading.Thread(target=poll, daemon=True)
             poller.start()
         try:
-            r = self.sh(script)
+            with guarded(self.c, argv) as marked:
+                pipeline = shlex.join(marked) + (f" | {shlex.join(compress)}" if compress else "")
+                script = (f"umask 077; {pipeline} | tee -- {q(part)} | sha256sum; "
+                          f"echo \"memstack-ops-pipestatus ${{PIPESTATUS[*]}}\" >&2")
+                r = self.sh(script)
+        except KeyboardInterrupt:
+            self.remove(part)
+            undone(f"partial file {os.path.basename(part)} removed")
+            raise
         finally:
             stop.set()
         codes: list[int | None] = []
@@ -255,11 +262,14 @@ class Shell:
 
     def feed(self, src: str, argv: list[str], decompress: list[str] | None = None, **kw: Any) -> Any:
         """``[decompress <] src | argv``: a file into a command (restores). Returns the Result."""
-        if decompress:
-            script = f"{shlex.join(decompress)} < {q(src)} | {shlex.join(argv)}"
-        else:
-            script = f"{shlex.join(argv)} < {q(src)}"
-        return self.sh(script, **kw)
+        from ..interrupt import guarded
+
+        with guarded(self.c, argv) as marked:
+            if decompress:
+                script = f"{shlex.join(decompress)} < {q(src)} | {shlex.join(marked)}"
+            else:
+                script = f"{shlex.join(marked)} < {q(src)}"
+            return self.sh(script, **kw)
 
 
 class RemoteShell(Shell):
@@ -445,6 +455,8 @@ class LocalShell(Shell):
         import subprocess
         import tempfile
 
+        from ..interrupt import mark
+
         part = dest + ".partial"
         errs = [tempfile.TemporaryFile() for _ in range(2 if compress else 1)]
         procs: list[subprocess.Popen[bytes]] = []
@@ -452,18 +464,24 @@ class LocalShell(Shell):
         h = Hasher()
         n = 0
         flusher = _Flusher()
+        argv, in_container = mark(argv)  # a Ctrl-C stops the dump in its container too
         try:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             rfd = os.open(part, os.O_RDONLY)
             flusher.start(fd)
+            # the pipeline in a process group of its own: a Ctrl-C reaches it through us only
+            # (interrupt.stop_popen), so it never ends "successfully" half-way
             if compress:
-                p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errs[0])
+                p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errs[0],
+                                     process_group=0)
                 procs.append(p)
-                procs.append(subprocess.Popen(compress, stdin=p.stdout, stdout=fd, stderr=errs[1]))
+                procs.append(subprocess.Popen(compress, stdin=p.stdout, stdout=fd, stderr=errs[1],
+                                              process_group=p.pid))
                 assert p.stdout is not None
                 p.stdout.close()  # the compressor owns it now: SIGPIPE reaches the producer
             else:
-                procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=errs[0]))
+                procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=errs[0],
+                                              process_group=0))
             last = 0
             while True:
                 b = os.read(rfd, CHUNK)
@@ -501,6 +519,20 @@ class LocalShell(Shell):
             fd = -1
             raise StreamFailed(f"Writing {dest} failed after {n / 1e6:.1f} MB: {e.err.strerror or e.err}",
                                [], "", n) from None
+        except KeyboardInterrupt:
+            from ..interrupt import held, stop_popen, undone
+
+            with held():
+                stop_popen(procs)
+                flusher.stop()
+                _discard(fd, part)
+                fd = -1
+                undone(f"partial file {os.path.basename(part)} removed")
+                if in_container is not None:
+                    done = in_container.run(self.c)
+                    if done:
+                        undone(done)
+            raise
         except BaseException:
             _kill(procs)
             flusher.stop()

@@ -240,6 +240,7 @@ def run_calls(executor: Any, calls: list[Any], spec: str | None, debug: bool = F
         failed += [f"{name} on {o.host.name}: {o.result}" + (f": {o.detail}" if o.detail else "")
                    for o in outcomes if not o.ok]
         results[call.task] = outcomes
-    if failed:  # one line per failed host, with its reason
-        raise Exit(f"{len(failed)} host run(s) failed:\n" + "\n".join(f"  {f}" for f in failed), code=1)
+    if failed:  # one line per failed host, with its reason; 130 when Ctrl-C stopped them (as a local run exits)
+        raise Exit(f"{len(failed)} host run(s) failed:\n" + "\n".join(f"  {f}" for f in failed),
+                   code=130 if any(f.endswith(": interrupted") for f in failed) else 1)
     return results

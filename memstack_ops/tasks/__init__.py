@@ -6,9 +6,11 @@ Importing it imports neither the docker SDK nor paramiko.
 
 from invoke import Collection
 
+from ..interrupt import RUNNERS
 from . import db, env, remote, stack
 
 ns = Collection()
+ns.configure({"runners": RUNNERS})  # Ctrl-C really stops a command (memstack_ops/interrupt.py)
 for name in ("up", "down", "restart", "reset", "status", "logs", "pull", "build", "config_", "urls", "doctor",
              "stacks"):
     ns.add_task(getattr(stack, name))

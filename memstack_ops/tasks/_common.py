@@ -35,12 +35,19 @@ def ops_task(*args: Any, local_only: bool = False, remote_only: bool = False,
     def deco(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
         def body(c: Any, *a: Any, **k: Any) -> Any:
+            from .. import interrupt
+
+            interrupt.begin()
+            old = interrupt.install()
             try:
                 return fn(c, *a, **k)
             except MemstackError as e:
                 raise Exit(f"error: {e}", code=e.exit_code) from None
-            except KeyboardInterrupt:
-                raise Exit("Interrupted; nothing further was done.", code=130) from None
+            except KeyboardInterrupt:  # one line: the phase it hit and what was put back
+                raise Exit(interrupt.message(), code=130) from None
+            finally:
+                interrupt.finished()
+                interrupt.uninstall(old)
 
         t: Any = task(body, *args, **kwargs)
         t.local_only, t.remote_only = local_only, remote_only

@@ -73,7 +73,10 @@ def up(c: Context, service: list[str] | None = None, timeout: str | None = None,
             "stand-ins for Neo4j, Grafana and the API/worker, because no registry is reachable.")
     t0 = time.monotonic()
     say(f"Starting stack {t.stack.name} (project {t.stack.project}, stage {t.stack.stage})")
-    statuses = lifecycle.up(t, service or (), wait=not no_wait, build=build) or {}
+    from ..interrupt import phase
+
+    with phase("the start and health wait (what started keeps running)"):
+        statuses = lifecycle.up(t, service or (), wait=not no_wait, build=build) or {}
     say(f"{'Healthy' if not no_wait else 'Started'} in {time.monotonic() - t0:.1f} s.")
     # the URLs of what this run started and found healthy (with --no-wait: of what it started)
     shown = [s for s, st in statuses.items() if st.ready] if not no_wait else (service or None)

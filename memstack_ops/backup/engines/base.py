@@ -201,10 +201,13 @@ class Job:
 
     def capture(self, label: str, argv: list[str], dest: str, host_compress: list[str] | None,
                 expected: int = 0) -> Captured:
-        if self.progress:
-            with self.progress(label, expected) as bar:
-                return self.shell.capture(argv, dest, host_compress, progress=bar.update)
-        return self.shell.capture(argv, dest, host_compress)
+        from ...interrupt import phase
+
+        with phase(f"the dump ({label})"):
+            if self.progress:
+                with self.progress(label, expected) as bar:
+                    return self.shell.capture(argv, dest, host_compress, progress=bar.update)
+            return self.shell.capture(argv, dest, host_compress)
 
     def oneoff(self, name: str, image: str, *, volumes_from: str = "", volumes: tuple[str, ...] = (),
                user: str = "", entrypoint: str = "", stdin: bool = False, detach: bool = False,
@@ -238,9 +241,12 @@ class Job:
         running = sorted({str(r.get("Service")) for r in self.ps() if r.get("State") == "running"} & set(services),
                          key=services.index) if services else []
         if running:
+            from ...interrupt import phase
+
             self._ps = None
             self.say(f"  stopping {', '.join(running)}")
-            self.t.compose.check(self.t.c, "stop", *running, what=f"Stopping {', '.join(running)}")
+            with phase(f"stopping {', '.join(running)}"):
+                self.t.compose.check(self.t.c, "stop", *running, what=f"Stopping {', '.join(running)}")
         return running
 
     def start(self, services: list[str]) -> None:
@@ -258,14 +264,17 @@ class Job:
         engine already reports every container running and healthy (a database restored while it
         ran), one ``docker inspect`` settles it: the same judgement the Watch's first round makes."""
         from ...health import Watch
+        from ...interrupt import phase
         from ...lifecycle import one_shot_services
 
         if self.engine_says_healthy(services):
             self.say(f"  {', '.join(services)}: healthy")
             return
         self.say(f"  waiting for {', '.join(services)} to be healthy")
-        Watch(self.t.c, self.t.compose, self.model, probes=self.t.probes, one_shot=one_shot_services(self.model)).wait(
-            services, time.monotonic() + self.timeout, float(self.t.settings["interval"]))
+        with phase(f"the health wait of {', '.join(services)}"):
+            Watch(self.t.c, self.t.compose, self.model, probes=self.t.probes,
+                  one_shot=one_shot_services(self.model)).wait(
+                services, time.monotonic() + self.timeout, float(self.t.settings["interval"]))
 
     def engine_says_healthy(self, services: list[str]) -> bool:
         names = [c for c in (self.inspect(s).container for s in services) if c]
@@ -293,45 +302,35 @@ class Stopped:
 
     def __enter__(self) -> Stopped:
         self.t0 = time.monotonic()
-        self.stopped = self.job.stop(self.services)
+        running = [str(r.get("Service")) for r in self.job.ps() if r.get("State") == "running"] if self.services else []
+        try:
+            self.stopped = self.job.stop(self.services)
+        except BaseException:  # interrupted (or failed) while stopping: start again what ran
+            import sys
+
+            self.stopped = [s for s in self.services if s in running]
+            self.__exit__(*sys.exc_info())
+            raise
         return self
 
     def __exit__(self, et: Any, e: Any, tb: Any) -> Literal[False]:
-        with deferred_interrupts():
-            try:
+        from ...interrupt import undoing, undone
+
+        names = ", ".join(self.stopped)
+        try:
+            with undoing(et is KeyboardInterrupt):  # a second Ctrl-C waits until they run again
                 self.job.start(self.stopped)
-            except BaseException as err:  # noqa: BLE001 - must not hide the original error
-                if et is None:
-                    raise
-                self.job.say(f"  WARNING: could not start {', '.join(self.stopped)} again: {err}\n"
-                             f"  Start it with `memstack-ops up --service {' --service '.join(self.stopped)}`.")
+            if self.stopped:
+                undone(f"{names} started again (healthy)")
+        except BaseException as err:  # noqa: BLE001 - must not hide the original error
+            if et is None:
+                raise
+            undone(f"starting {names} again FAILED ({err}); start it with `memstack-ops up --service "
+                   f"{' --service '.join(self.stopped)}`")
+            self.job.say(f"  WARNING: could not start {names} again: {err}\n"
+                         f"  Start it with `memstack-ops up --service {' --service '.join(self.stopped)}`.")
         if self.stopped:
             self.seconds = round(time.monotonic() - self.t0, 1)
-        return False
-
-
-class deferred_interrupts:
-    """Hold Ctrl-C back while the block runs (only in the main thread); re-raise it after."""
-
-    def __enter__(self) -> deferred_interrupts:
-        import signal
-        import threading
-
-        self.hit = False
-        self.old = None
-        if threading.current_thread() is threading.main_thread():
-            def handler(signum: int, frame: Any) -> None:
-                self.hit = True
-            self.old = signal.signal(signal.SIGINT, handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> Literal[False]:
-        import signal
-
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
-        if self.hit and exc[0] is None:
-            raise KeyboardInterrupt
         return False
 
 

@@ -33,7 +33,7 @@ class Mysql(Engine):
         out = job.query(svc, SQL,
                         f"SELECT VERSION(), COALESCE(SUM(data_length + index_length), 0) "
                         f"FROM information_schema.tables {where}",
-                        db, what="Reading the MySQL version and size").strip().splitlines()[-1]
+                        db, what="Reading the MySQL version and size").strip().rpartition("\n")[2]
         version, size = out.split("\t")
         return Plan(self, svc, int(float(size)), {"database": db, "version": version})
 

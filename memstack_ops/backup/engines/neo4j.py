@@ -29,12 +29,12 @@ class Neo4j(Engine):
         info: dict[str, Any] = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
         counts: dict[str, int] = {}
         r = job.shell.run(job.exec_argv(svc, COUNT_NODES), timeout=120)
-        if r.ok and r.stdout.strip().splitlines()[-1].strip().isdigit():
-            counts["nodes"] = int(r.stdout.strip().splitlines()[-1])
+        if r.ok and r.stdout.strip().rpartition("\n")[2].strip().isdigit():
+            counts["nodes"] = int(r.stdout.strip().rpartition("\n")[2])
         r = job.shell.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain '
                                             '"MATCH ()-[r]->() RETURN count(r) AS relationships"'), timeout=120)
-        if r.ok and r.stdout.strip().splitlines()[-1].strip().isdigit():
-            counts["relationships"] = int(r.stdout.strip().splitlines()[-1])
+        if r.ok and r.stdout.strip().rpartition("\n")[2].strip().isdigit():
+            counts["relationships"] = int(r.stdout.strip().rpartition("\n")[2])
         info["counts"] = counts
         return Plan(self, svc, int(info.get("size") or 0) * 1024, info,
                     note=f"{svc.name} is stopped during the dump (Neo4j community dumps offline only)", stop=[svc.name])
@@ -116,7 +116,7 @@ class Neo4j(Engine):
                 return bool(last["r"].ok)
 
             wait_scratch(job, name, ready, 300, 1.0)
-            got = {"nodes": int(last["r"].stdout.strip().splitlines()[-1])}
+            got = {"nodes": int(last["r"].stdout.strip().rpartition("\n")[2])}
         finally:
             job.remove_container(name)
             job.shell.run(["docker", "volume", "rm", "-f", vol], timeout=120)
@@ -156,7 +156,7 @@ class Neo4j(Engine):
                                       f"{(r.stderr or r.stdout).strip()[-1000:]}")
         downtime = down.seconds
         r = job.shell.run(job.exec_argv(svc, COUNT_NODES), timeout=120)
-        nodes = r.stdout.strip().splitlines()[-1] if r.ok else "?"
+        nodes = r.stdout.strip().rpartition("\n")[2] if r.ok else "?"
         return {"nodes": nodes, "databases": dbs, "downtime_s": downtime}
 
 

@@ -34,7 +34,7 @@ class Postgres(Engine):
         user, db = self.who(svc)
         out = job.query(svc, AS + 'psql -X -At -c "SELECT current_setting(\'server_version\'), '
                                   'current_setting(\'server_version_num\'), pg_database_size(current_database())"',
-                        user, db, what="Reading the PostgreSQL version and size").strip().splitlines()[-1]
+                        user, db, what="Reading the PostgreSQL version and size").strip().rpartition("\n")[2]
         version, num, size = out.rsplit("|", 2)
         return Plan(self, svc, int(size), {"user": user, "database": db, "version": version.split()[0],
                                            "version_num": int(num)})

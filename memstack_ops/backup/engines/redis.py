@@ -124,4 +124,4 @@ class Redis(Engine):
                 raise BackupError(f"Replacing the Redis data failed; the previous data was put back:\n"
                                   f"{(r.stderr or r.stdout).strip()[-1000:]}")
         out = job.query(svc, REDIS_AUTH + "r DBSIZE", what="Counting keys", stdin=auth_input(svc.spec))
-        return {"keys": int(out.strip().splitlines()[-1] or 0), "appendonly": aof, "downtime_s": down.seconds}
+        return {"keys": int(out.strip().rpartition("\n")[2] or 0), "appendonly": aof, "downtime_s": down.seconds}

@@ -97,7 +97,8 @@ class Volumes(Engine):
             job.shell.run(["docker", "volume", "rm", "-f", vol], timeout=120)
         if r.failed:
             raise BackupError(f"Extracting {f['name']} into a scratch volume failed: {r.stderr.strip()[-500:]}")
-        return f"extracted into a scratch volume: {r.stdout.strip().splitlines()[-1]} file(s)", []
+        count = r.stdout.strip().rpartition("\n")[2]
+        return f"extracted into a scratch volume: {count} file(s)", []
 
     def restore(self, job: Job, entry: dict[str, Any], set_dir: str, vol: Volume, safety: Safety | None, /,
                 **opts: Any) -> dict[str, Any]:
