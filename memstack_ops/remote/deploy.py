@@ -24,7 +24,7 @@ from . import ConnectionLost, RemoteError
 from .inventory import host_settings
 
 BACKUP_HOOK = ("backup", "backup")  # memstack_ops.backup.backup(t, "all") -> the backup set
-DB_INIT_HOOK = ("db", "init")  # memstack_ops.db.init(t, model) -> reports
+DB_INIT_HOOK = ("apikey", "init")  # db.init plus the default API key, as the db.init task: -> reports
 
 
 def hook(module: str, name: str) -> Callable[..., Any] | None:

@@ -6,13 +6,15 @@ Importing it imports neither the docker SDK nor paramiko.
 
 from invoke import Collection
 
-from . import db, env, remote, stack
+from . import apikey, db, env, remote, stack
 
 ns = Collection()
 for name in ("up", "down", "restart", "reset", "status", "logs", "pull", "build", "config_", "urls", "doctor", "stacks"):
     ns.add_task(getattr(stack, name))
 ns.add_collection(Collection.from_module(env, name="env"))
-ns.add_collection(Collection.from_module(db, name="db"))
+db_ns = Collection.from_module(db, name="db")
+db_ns.add_task(apikey.api_key)  # db.api-key (its own module: memstack_ops/apikey.py)
+ns.add_collection(db_ns)
 for name in ("deploy", "bootstrap", "rollback", "releases"):
     ns.add_task(getattr(remote, name))
 ns.add_collection(remote.lock)
