@@ -286,15 +286,18 @@ def _finished_job(svc: Mapping[str, Any], name: str, one_shot: set[str]) -> bool
 
 def status(t: Target) -> tuple[list[list[str]], list[str], list[str]]:
     """Rows: service, state (with the exit code of a stopped container), health, judged by,
-    restarts, ports, uptime, cpu, mem, image (defined-but-absent services too); alert lines for
-    containers above the CPU/memory thresholds; and one line per service that should run and
-    does not (one-shot jobs that exited 0 are fine). "judged by" is the rule `up` uses for the
-    service's readiness (health.rule)."""
+    restarts, ports, uptime, cpu, mem, image, detail (defined-but-absent services too); alert
+    lines for containers above the CPU/memory thresholds; and one line per service that should
+    run and does not (one-shot jobs that exited 0 are fine). "health" is the tool's own verdict
+    (one round of the check `up` uses, by the rule in "judged by", health.rule): the engine re-runs
+    its healthcheck only every interval, so it still says "starting" for a while after `up` saw the
+    service healthy. The engine's word is in "detail"."""
     from .health import rule
 
     model = t.compose.model(t.c)
     one_shot = one_shot_services(model)
     rows = {r.get("Service"): r for r in t.compose.ps(t.c)}
+    verdicts = Watch(t.c, t.compose, model, probes=t.probes, one_shot=one_shot, confirm_after=0).judge(rows)
     stats = usage(t, [r["Name"] for r in rows.values() if r.get("State") == "running" and r.get("Name")])
     inspected = containers_state(t, [r["Name"] for r in rows.values() if r.get("Name")])
     cpu_max, mem_max = float(t.settings["cpu_alert_pct"]), float(t.settings["mem_alert_pct"])
@@ -305,7 +308,7 @@ def status(t: Target) -> tuple[list[list[str]], list[str], list[str]]:
         r = rows.get(name)
         judged = rule(svc, t.probes.get(name), name in one_shot)
         if r is None:
-            out.append([name, "not created", "", judged, "", "", "", "", "", svc.get("image", "")])
+            out.append([name, "not created", "", judged, "", "", "", "", "", svc.get("image", ""), ""])
             down.append(f"{name}: not created")
             continue
         state, health = str(r.get("State", "")), str(r.get("Health", "") or "")
@@ -325,9 +328,12 @@ def status(t: Target) -> tuple[list[list[str]], list[str], list[str]]:
             alerts.append(f"{name}: CPU {cpu:.0f}% is over the {cpu_max:g}% alert threshold")
         if mem is not None and mem >= mem_max:
             alerts.append(f"{name}: memory {mem:.0f}% of its limit is over the {mem_max:g}% alert threshold")
-        out.append([name, shown, health or "-", judged, "" if restarts is None else str(restarts), _ports(r),
+        verdict, why = verdicts.get(name, ("-", ""))
+        detail = f"engine: {health or 'no healthcheck'}" if state == "running" else ""
+        out.append([name, shown, verdict, judged, "" if restarts is None else str(restarts), _ports(r),
                     _uptime(r), "" if cpu is None else f"{cpu:.0f}%" + ("!" if cpu >= cpu_max else ""),
-                    "" if mem is None else f"{mem:.0f}%" + ("!" if mem >= mem_max else ""), r.get("Image", "")])
+                    "" if mem is None else f"{mem:.0f}%" + ("!" if mem >= mem_max else ""), r.get("Image", ""),
+                    "; ".join(x for x in (detail, why) if x)])
     return out, alerts, down
 
 

@@ -99,15 +99,16 @@ def restart(c, service=None, timeout=None, stack=None, stage=None, overlay=None)
 
 @ops_task(aliases=["ps"])
 def status(c, stack=None, stage=None, overlay=None):
-    """Table of services: state (exit code), health, the rule that judges readiness, restarts, ports,
-    uptime, image. Exits non-zero when a service that should run does not."""
+    """Table of services: state (exit code), health (the tool's own check), the rule that judges it,
+    restarts, ports, uptime, image, the engine's word. Exits non-zero when a service should run and does not."""
     from .. import lifecycle
     from ..output import table, warn
 
     t = target(c, stack, stage, overlay)
     rows, alerts, down = lifecycle.status(t)
     table(f"stack {t.stack.name} (project {t.stack.project})",
-          ["service", "state", "health", "judged by", "restarts", "ports", "uptime", "cpu", "mem", "image"], rows)
+          ["service", "state", "health", "judged by", "restarts", "ports", "uptime", "cpu", "mem", "image",
+           "detail"], rows)
     for a in alerts:
         warn(f"ALERT {a}")
     if down:  # non-zero exit, so a cron job or a script notices (one-shot jobs that exited 0 are fine)
