@@ -341,21 +341,31 @@ SCHEMES = {7687: "bolt", 5432: "postgresql", 6379: "redis", 3306: "mysql", 27017
 PATHS = {"api": "/docs"}
 
 
-def urls(t: Target) -> list[list[str]]:
-    """Where to reach each published port from this host."""
+ALL_INTERFACES = ("", "0.0.0.0", "::")
+
+
+def published(model: Mapping[str, Any], service: str) -> list[tuple[str, int, int]]:
+    """(bind address as published, "" for all interfaces; published port; container port) of each
+    port ``service`` publishes on the engine's host."""
+    return [(str(p.get("host_ip") or ""), int(p["published"]), int(p["target"]))
+            for p in (model["services"][service].get("ports") or []) if p.get("published")]
+
+
+def url(service: str, target: int, address: str, port: int) -> str:
+    scheme = SCHEMES.get(target, "http")
+    return f"{scheme}://{address}:{port}{PATHS.get(service, '') if scheme == 'http' else ''}"
+
+
+def urls(t: Target, public: str = "127.0.0.1") -> list[list[str]]:
+    """Where to reach each published port from the engine's host; ports published on every
+    interface are shown at ``public`` (this host's loopback locally; a remote host's address)."""
     model = t.compose.model(t.c)
     out = []
     for name, svc in model.get("services", {}).items():
         labels = svc.get("labels") or {}
-        for p in svc.get("ports") or []:
-            if not p.get("published"):
-                continue
-            host = p.get("host_ip") or "127.0.0.1"
-            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            target = int(p["target"])
-            scheme = SCHEMES.get(target, "http")
-            url = labels.get("memstack-ops.url") or f"{scheme}://{host}:{p['published']}{PATHS.get(name, '') if scheme == 'http' else ''}"
-            out.append([name, url])
+        for bind, port, target in published(model, name):
+            out.append([name, labels.get("memstack-ops.url") or url(name, target, public if bind in ALL_INTERFACES
+                                                                     else bind, port)])
     return out
 
 

@@ -15,7 +15,7 @@ ns.add_collection(Collection.from_module(env, name="env"))
 db_ns = Collection.from_module(db, name="db")
 db_ns.add_task(apikey.api_key)  # db.api-key (its own module: memstack_ops/apikey.py)
 ns.add_collection(db_ns)
-for name in ("deploy", "bootstrap", "rollback", "releases"):
+for name in ("deploy", "bootstrap", "rollback", "releases", "tunnel"):
     ns.add_task(getattr(remote, name))
 ns.add_collection(remote.lock)
 

@@ -84,5 +84,18 @@ def lock_release(c, force=False, stack=None, stage=None, overlay=None):
     run(c, settings(stack, stage, overlay), force=force)
 
 
-_remote_only(deploy, bootstrap, rollback, releases, lock_status, lock_release)
+@ops_task(positional=["service"], auto_shortflags=False, help={
+    "service": "the service whose published port(s) to reach (e.g. redis, postgres, grafana)",
+    "local_port": "port on 127.0.0.1 here (default: the same number as on the host, or a free one when taken)",
+    "port": "only this one of the service's ports (published or container port), when it has several",
+})
+def tunnel(c, service, local_port=None, port=None, stack=None, stage=None, overlay=None):
+    """Forward a service's port on the host to 127.0.0.1 here over SSH; prints the local URL; Ctrl-C closes it."""
+    from ..remote.tunnel import tunnel as run
+
+    run(c, settings(stack, stage, overlay), service, local_port=int(local_port) if local_port else None,
+        port=int(port) if port else None)
+
+
+_remote_only(deploy, bootstrap, rollback, releases, lock_status, lock_release, tunnel)
 lock = Collection("lock", lock_status, lock_release)

@@ -32,7 +32,7 @@ def up(c, service=None, timeout=None, no_wait=False, build=False, skip_checks=Fa
     """Start the stack and wait until every service is really healthy."""
     from .. import lifecycle
     from ..doctor import run_checks, failed
-    from ..output import say, table, warn
+    from ..output import say, warn
 
     t = target(c, stack, stage, overlay, timeout=timeout)
     lifecycle.ensure_no_conflict(t)
@@ -51,6 +51,18 @@ def up(c, service=None, timeout=None, no_wait=False, build=False, skip_checks=Fa
     say(f"Starting stack {t.stack.name} (project {t.stack.project}, stage {t.stack.stage})")
     lifecycle.up(t, service or (), wait=not no_wait, build=build)
     say(f"{'Healthy' if not no_wait else 'Started'} in {time.monotonic() - t0:.1f} s.")
+    _show_urls(t)
+
+
+def _show_urls(t):
+    """The URLs table; on a host, with how to reach each URL from this machine (ssh -L, tunnel)."""
+    if getattr(t.c, "inventory", None) is not None:
+        from ..remote.tunnel import show_urls
+
+        return show_urls(t)
+    from .. import lifecycle
+    from ..output import table
+
     table("URLs", ["service", "url"], lifecycle.urls(t))
 
 
@@ -164,11 +176,8 @@ def config_(c, stack=None, stage=None, overlay=None):
 
 @ops_task()
 def urls(c, stack=None, stage=None, overlay=None):
-    """Where to reach the stack's services from this host."""
-    from .. import lifecycle
-    from ..output import table
-
-    table("URLs", ["service", "url"], lifecycle.urls(target(c, stack, stage, overlay)))
+    """Where to reach the stack's services; on a host (-H), also how to reach them from here (ssh -L, tunnel)."""
+    _show_urls(target(c, stack, stage, overlay))
 
 
 @ops_task(help={"quick": "only the cheap checks that `up` runs"})
