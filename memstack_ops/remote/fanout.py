@@ -33,6 +33,7 @@ class Outcome:
     seconds: float = 0.0
     release: str = ""
     detail: str = ""
+    code: int = 1  # the exit code the task would have had here (Refused: 2, interrupted: 130, ...)
 
 
 class HostWriter(io.TextIOBase):
@@ -110,7 +111,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
     out.local.writer, err.local.writer = ow, ew
     t0 = time.monotonic()
     conn = None
-    ok, result, detail = False, "FAILED", ""
+    ok, result, detail, code = False, "FAILED", "", 1
     try:
         conn = connect(host, config)
         conn.cancel = cancel
@@ -119,6 +120,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
         call.task(conn, *call.args, **call.kwargs)
         ok, result = True, "ok"
     except Exit as e:
+        code = e.code or 1
         msg = str(e.message or "")
         detail = msg.removeprefix("error: ").split("\n")[0]
         if msg:
@@ -126,6 +128,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
         if e.code == 130:
             result = "interrupted"
     except MemstackError as e:
+        code = e.exit_code
         detail = str(e).split("\n")[0]
         ew.write(f"error: {e}\n")
     except (UnexpectedExit, Failure) as e:
@@ -152,7 +155,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
     elif reported and reported != "failed":
         result = reported  # "rolled back to R", "connection lost", ...
     return Outcome(host, ok, result, time.monotonic() - t0, report.get("release", ""),
-                   report.get("detail") or detail)
+                   report.get("detail") or detail, code)
 
 
 def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = None,
@@ -213,6 +216,7 @@ def run_calls(executor: Any, calls: list[Any], spec: str | None) -> dict[Any, An
     from ..tasks._common import settings
 
     failed: list[str] = []
+    codes: set[int] = set()
     results: dict[Any, Any] = {}
     for call in calls:
         name = call.called_as or call.task.name
@@ -234,7 +238,9 @@ def run_calls(executor: Any, calls: list[Any], spec: str | None) -> dict[Any, An
         outcomes = fan_out(call, hosts, config, kw.get("parallel"), kw.get("batch"))
         summary(name, outcomes)
         failed += [f"{name} on {o.host.name}: {o.result}" for o in outcomes if not o.ok]
+        codes |= {o.code for o in outcomes if not o.ok}
         results[call.task] = outcomes
     if failed:
-        raise Exit(f"{len(failed)} host run(s) failed: {'; '.join(failed)}.", code=1)
+        # the task's own exit code when every failed host agrees (a refusal exits 2 on a host as here)
+        raise Exit(f"{len(failed)} host run(s) failed: {'; '.join(failed)}.", code=codes.pop() if len(codes) == 1 else 1)
     return results

@@ -243,3 +243,32 @@ def test_release_json_names_must_stay_inside_the_release():
             checked_names({**good, key: ["/home/me/.bashrc"]}, "h1", "R1", extra=("secrets/h1.env",))
     with pytest.raises(RemoteError, match="'/x'"):
         checked_names({**good, "env_template": "/x"}, "h1", "R1", extra=("secrets/h1.env",))
+
+
+def test_a_failed_hosts_exit_code_is_the_tasks_own(monkeypatch):
+    """A refusal exits 2 here; on a host the run must exit 2 too, not a generic 1 (remote parity)."""
+    import io
+    import threading
+    from types import SimpleNamespace
+
+    from memstack_ops.errors import Refused
+    from memstack_ops.remote import fanout, ssh
+    from memstack_ops.remote.inventory import Host
+
+    class Conn:
+        report: dict = {}
+        cancel = out_writer = err_writer = None
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(ssh, "connect", lambda host, config=None: Conn())
+
+    def refuse(c):
+        raise Refused("not confirmed")
+
+    out, err = fanout.ThreadRouted(io.StringIO()), fanout.ThreadRouted(io.StringIO())
+    o = fanout.one_host(SimpleNamespace(task=refuse, args=(), kwargs={}), Host("h1", "h1"), None, threading.Event(),
+                        out, err)
+    assert (o.ok, o.code, o.detail) == (False, 2, "not confirmed")
+    assert "error: not confirmed" in err.target.getvalue()
