@@ -161,9 +161,10 @@ def require_images() -> None:
                     f"(README command 2 does).", pytrace=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def hosts(ssh_key, docker_client):
-    """Three ready hosts (own sshd and dockerd), shared by a module's tests."""
+    """Three ready hosts (own sshd and dockerd), shared by every test of the session (nested
+    engines start slowly); each test's stack has its own project name and deploy root there."""
     require_images()
     boxes: list[HostBox] = []
     try:
