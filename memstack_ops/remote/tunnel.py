@@ -12,6 +12,7 @@ closing the tunnel.
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import threading
@@ -32,7 +33,7 @@ def ssh_line(host: Host, local_port: int, address: str, port: int) -> str:
     if host.port != 22:
         argv += ["-p", str(host.port)]
     if host.key:
-        argv += ["-i", host.key]
+        argv += ["-i", os.path.expanduser(host.key)]
     argv.append(f"{host.user}@{host.address}" if host.user else host.address)
     return shlex.join(argv)
 

@@ -97,8 +97,8 @@ class Side:
     box: HostBox | None = None
     key: str | None = None  # the last API key this side's output showed
 
-    def run(self, *args: str, stdin: str | None = None, timeout: float = 600, hosts: bool = True) -> Result:
-        pre = ("-H", "h1") if self.box and hosts else ()
+    def run(self, *args: str, stdin: str | None = None, timeout: float = 600) -> Result:
+        pre = ("-H", "h1") if self.box else ()
         try:
             r = subprocess.run([sys.executable, "-m", "memstack_ops", *pre, *args], cwd=self.root, env=self.env,
                                input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
