@@ -29,7 +29,7 @@ from .kinds.spec import TABLE, DbKind
 from .target import Target
 
 __all__ = ["DB_KINDS", "TABLE", "Applied", "Db", "DbError", "Migration", "Report", "databases", "discover", "drift",
-           "ensure_api_key", "init", "pending", "status"]
+           "init", "pending", "status"]
 
 _FILE = re.compile(r"^(\d{4})_([A-Za-z0-9_\-]+)\.(sql|cypher)$")
 
@@ -388,23 +388,3 @@ def status(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> list[t
         out.append((db, rows))
     return out
 
-
-def ensure_api_key(db: Db, table: str, prefix: str) -> tuple[str | None, str]:
-    """Create the stack's default API key once. Returns (key shown once or None, key prefix).
-    Only its sha256 is stored; the key itself is never sent to the database or logged."""
-    import secrets
-
-    r = db.exec(f"SELECT key_prefix FROM {table} WHERE name = 'default';")
-    if r.failed:
-        raise db.fail("Reading API keys", r, hint=f"Is there a migration creating {table}?")
-    if r.stdout.strip():
-        return None, r.stdout.strip().splitlines()[0]
-    key = prefix + secrets.token_urlsafe(32)
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    r = db.exec(f"INSERT INTO {table} (name, key_prefix, key_sha256) VALUES ('default', '{key[:12]}', '{digest}') "
-                f"ON CONFLICT (name) DO NOTHING RETURNING key_prefix;")
-    if r.failed:
-        raise db.fail("Storing the API key", r)
-    if not r.stdout.strip():  # a concurrent run made one first
-        return None, ensure_api_key(db, table, prefix)[1]
-    return key, key[:12]

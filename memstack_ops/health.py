@@ -349,6 +349,42 @@ class Watch:
             raise HealthError(self.report(failed))
         return all(self.statuses[s].ready for s in services)
 
+    def judge(self, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, str]]:
+        """The tool's own verdict on each running service of ``rows`` (compose ps rows by service):
+        one round of the same check `up` uses, all services at once, each bounded by its check's
+        timeout; service -> (verdict, detail). Verdicts: ``healthy`` (its check, probe or query
+        passed), ``-`` (no check: running is all it can say), ``not ready`` and ``unhealthy`` (the
+        engine marked it unhealthy, or the database refuses its own credentials). `status` shows
+        this rather than the engine's word, which lags by up to one healthcheck interval."""
+        from concurrent.futures import wait as wait_futures
+
+        futures: dict[str, Future[tuple[bool, str, str]]] = {}
+        for name, row in rows.items():
+            if row.get("State") != "running" or name not in self.model.get("services", {}):
+                continue
+            st = Status(name, state="running", health=str(row.get("Health") or ""),
+                        container=str(row.get("Name") or row.get("ID", "")))
+            futures[name] = self.pool.submit(self._run_check, st, st.health == "healthy")
+        wait_futures(list(futures.values()))
+        out: dict[str, tuple[str, str]] = {}
+        for name, fut in futures.items():
+            engine = str(rows[name].get("Health") or "")
+            try:
+                ok, output, detail = fut.result()
+            except _Refused:
+                out[name] = ("unhealthy", "it answers over TCP but refuses the credentials from its container's "
+                                          "environment")
+                continue
+            if ok:
+                out[name] = ("-" if self.rule(name) == "running" else "healthy", "")
+            else:
+                why = detail.removeprefix("starting: ")
+                last = self.compose.scrub(output).strip().splitlines()[-1:] if output else []
+                out[name] = ("unhealthy" if engine == "unhealthy" else "not ready",
+                             why + (f" ({last[0][:120]})" if last else ""))
+        self.pool.shutdown(wait=False)
+        return out
+
     def close(self) -> None:
         """Stop waiting for in-flight checks (each is bounded by its own timeout)."""
         self.pool.shutdown(wait=False, cancel_futures=True)

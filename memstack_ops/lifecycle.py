@@ -282,15 +282,18 @@ def _finished_job(t: Target, svc: Mapping[str, Any], name: str, one_shot: set[st
 
 def status(t: Target) -> tuple[list[list[str]], list[str], list[str]]:
     """Rows: service, state (with the exit code of a stopped container), health, judged by,
-    restarts, ports, uptime, cpu, mem, image (defined-but-absent services too); alert lines for
-    containers above the CPU/memory thresholds; and one line per service that should run and
-    does not (one-shot jobs that exited 0 are fine). "judged by" is the rule `up` uses for the
-    service's readiness (health.rule)."""
+    restarts, ports, uptime, cpu, mem, image, detail (defined-but-absent services too); alert
+    lines for containers above the CPU/memory thresholds; and one line per service that should
+    run and does not (one-shot jobs that exited 0 are fine). "health" is the tool's own verdict
+    (one round of the check `up` uses, by the rule in "judged by", health.rule): the engine re-runs
+    its healthcheck only every interval, so it still says "starting" for a while after `up` saw the
+    service healthy. The engine's word is in "detail"."""
     from .health import rule
 
     model = t.compose.model(t.c)
     one_shot = one_shot_services(model)
-    rows = {r.get("Service"): r for r in t.compose.ps(t.c)}
+    rows = {str(r.get("Service")): r for r in t.compose.ps(t.c)}
+    verdicts = Watch(t.c, t.compose, model, probes=t.probes, one_shot=one_shot, confirm_after=0).judge(rows)
     stats = usage(t, [r["Name"] for r in rows.values() if r.get("State") == "running" and r.get("Name")])
     inspected = containers_state(t, [r["Name"] for r in rows.values() if r.get("Name")])
     cpu_max, mem_max = float(t.settings["cpu_alert_pct"]), float(t.settings["mem_alert_pct"])
@@ -301,7 +304,7 @@ def status(t: Target) -> tuple[list[list[str]], list[str], list[str]]:
         r = rows.get(name)
         judged = rule(svc, t.probes.get(name), name in one_shot)
         if r is None:
-            out.append([name, "not created", "", judged, "", "", "", "", "", svc.get("image", "")])
+            out.append([name, "not created", "", judged, "", "", "", "", "", svc.get("image", ""), ""])
             down.append(f"{name}: not created")
             continue
         state, health = str(r.get("State", "")), str(r.get("Health", "") or "")
@@ -321,9 +324,12 @@ def status(t: Target) -> tuple[list[list[str]], list[str], list[str]]:
             alerts.append(f"{name}: CPU {cpu:.0f}% is over the {cpu_max:g}% alert threshold")
         if mem is not None and mem >= mem_max:
             alerts.append(f"{name}: memory {mem:.0f}% of its limit is over the {mem_max:g}% alert threshold")
-        out.append([name, shown, health or "-", judged, "" if restarts is None else str(restarts), _ports(r),
+        verdict, why = verdicts.get(name, ("-", ""))
+        detail = f"engine: {health or 'no healthcheck'}" if state == "running" else ""
+        out.append([name, shown, verdict, judged, "" if restarts is None else str(restarts), _ports(r),
                     _uptime(r), "" if cpu is None else f"{cpu:.0f}%" + ("!" if cpu >= cpu_max else ""),
-                    "" if mem is None else f"{mem:.0f}%" + ("!" if mem >= mem_max else ""), r.get("Image", "")])
+                    "" if mem is None else f"{mem:.0f}%" + ("!" if mem >= mem_max else ""), r.get("Image", ""),
+                    "; ".join(x for x in (detail, why) if x)])
     return out, alerts, down
 
 
@@ -332,8 +338,25 @@ SCHEMES = {7687: "bolt", 5432: "postgresql", 6379: "redis", 3306: "mysql", 27017
 PATHS = {"api": "/docs"}
 
 
-def urls(t: Target, services: Iterable[str] | None = None) -> list[list[str]]:
-    """Where to reach each published port from this host (of ``services`` only, when given)."""
+ALL_INTERFACES = ("", "0.0.0.0", "::")
+
+
+def published(model: Mapping[str, Any], service: str) -> list[tuple[str, int, int]]:
+    """(bind address as published, "" for all interfaces; published port; container port) of each
+    port ``service`` publishes on the engine's host."""
+    return [(str(p.get("host_ip") or ""), int(p["published"]), int(p["target"]))
+            for p in (model["services"][service].get("ports") or []) if p.get("published")]
+
+
+def url(service: str, container_port: int, address: str, port: int) -> str:
+    scheme = SCHEMES.get(container_port, "http")
+    return f"{scheme}://{address}:{port}{PATHS.get(service, '') if scheme == 'http' else ''}"
+
+
+def urls(t: Target, services: Iterable[str] | None = None, public: str = "127.0.0.1") -> list[list[str]]:
+    """Where to reach each published port from the engine's host (of ``services`` only, when
+    given); ports published on every interface are shown at ``public`` (this host's loopback
+    locally; a remote host's address)."""
     model = t.compose.model(t.c)
     only = None if services is None else set(services)
     out = []
@@ -341,15 +364,9 @@ def urls(t: Target, services: Iterable[str] | None = None) -> list[list[str]]:
         if only is not None and name not in only:
             continue
         labels = svc.get("labels") or {}
-        for p in svc.get("ports") or []:
-            if not p.get("published"):
-                continue
-            host = p.get("host_ip") or "127.0.0.1"
-            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            scheme = SCHEMES.get(int(p["target"]), "http")
-            path = PATHS.get(name, "") if scheme == "http" else ""
-            url = labels.get("memstack-ops.url") or f"{scheme}://{host}:{p['published']}{path}"
-            out.append([name, url])
+        for bind, port, container_port in published(model, name):
+            address = public if bind in ALL_INTERFACES else bind
+            out.append([name, labels.get("memstack-ops.url") or url(name, container_port, address, port)])
     return out
 
 

@@ -35,6 +35,7 @@ class Outcome:
     seconds: float = 0.0
     release: str = ""
     detail: str = ""
+    code: int = 1  # the exit code the task would have had here (Refused: 2, interrupted: 130, ...)
 
 
 class HostWriter(io.TextIOBase):
@@ -113,7 +114,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
     out.local.writer, err.local.writer = ow, ew
     t0 = time.monotonic()
     conn = None
-    ok, result, detail = False, "FAILED", ""
+    ok, result, detail, code = False, "FAILED", "", 1
     try:
         conn = connect(host, config)
         conn.cancel = cancel
@@ -123,6 +124,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
         call.task(conn, *call.args, **call.kwargs)
         ok, result = True, "ok"
     except Exit as e:
+        code = e.code or 1
         msg = str(e.message or "")
         detail = msg.removeprefix("error: ").split("\n")[0]
         if msg:
@@ -130,6 +132,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
         if e.code == 130:
             result = "interrupted"
     except MemstackError as e:
+        code = e.exit_code
         detail = str(e).split("\n")[0]
         ew.write(f"error: {e}\n")
     except (UnexpectedExit, Failure) as e:
@@ -161,7 +164,7 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
     elif reported and reported != "failed":
         result = reported  # "rolled back to R", "connection lost", ...
     return Outcome(host, ok, result, time.monotonic() - t0, report.get("release", ""),
-                   report.get("detail") or detail)
+                   report.get("detail") or detail, code)
 
 
 def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = None,
@@ -217,6 +220,7 @@ def summary(task: str, outcomes: Iterable[Outcome]) -> None:
 def run_calls(executor: Any, calls: list[Any], spec: str | None, debug: bool = False) -> dict[Any, Any]:
     """Run each call on its hosts (from -H, else the inventory hosts of its stage)."""
     failed: list[str] = []
+    codes: set[int] = set()
     results: dict[Any, Any] = {}
     for call in calls:
         name = call.called_as or call.task.name
@@ -239,8 +243,11 @@ def run_calls(executor: Any, calls: list[Any], spec: str | None, debug: bool = F
         summary(name, outcomes)
         failed += [f"{name} on {o.host.name}: {o.result}" + (f": {o.detail}" if o.detail else "")
                    for o in outcomes if not o.ok]
+        codes |= {o.code for o in outcomes if not o.ok}
         results[call.task] = outcomes
-    if failed:  # one line per failed host, with its reason; 130 when Ctrl-C stopped them (as a local run exits)
-        raise Exit(f"{len(failed)} host run(s) failed:\n" + "\n".join(f"  {f}" for f in failed),
-                   code=130 if any(f.endswith(": interrupted") for f in failed) else 1)
+    if failed:  # one line per failed host, with its reason
+        # 130 when Ctrl-C stopped them (as a local run exits); else the task's own exit code when every
+        # failed host agrees (a refusal exits 2 on a host as here)
+        code = 130 if any(f.endswith(": interrupted") for f in failed) else codes.pop() if len(codes) == 1 else 1
+        raise Exit(f"{len(failed)} host run(s) failed:\n" + "\n".join(f"  {f}" for f in failed), code=code)
     return results

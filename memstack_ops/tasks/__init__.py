@@ -7,7 +7,7 @@ Importing it imports neither the docker SDK nor paramiko.
 from invoke import Collection
 
 from ..interrupt import RUNNERS
-from . import db, env, remote, stack
+from . import apikey, db, env, remote, stack
 
 ns = Collection()
 ns.configure({"runners": RUNNERS})  # Ctrl-C really stops a command (memstack_ops/interrupt.py)
@@ -15,8 +15,10 @@ for name in ("up", "down", "restart", "reset", "status", "logs", "pull", "build"
              "stacks"):
     ns.add_task(getattr(stack, name))
 ns.add_collection(Collection.from_module(env, name="env"))
-ns.add_collection(Collection.from_module(db, name="db"))
-for name in ("deploy", "bootstrap", "rollback", "releases"):
+db_ns = Collection.from_module(db, name="db")
+db_ns.add_task(apikey.api_key)  # db.api-key (its own module: memstack_ops/apikey.py)
+ns.add_collection(db_ns)
+for name in ("deploy", "bootstrap", "rollback", "releases", "tunnel"):
     ns.add_task(getattr(remote, name))
 ns.add_collection(remote.lock)
 

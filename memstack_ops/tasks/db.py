@@ -9,9 +9,8 @@ from invoke import Context
 from ._common import ops_task, target
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
-    from ..db import Db, Report
+    from ..db import Report
     from ..target import Target
 
 ONLY_HELP = "only this database: a service name or a kind (postgres, mysql, neo4j, redis)"
@@ -32,7 +31,7 @@ def _print_reports(reports: list[Report], t0: float) -> None:
     for rep in reports:
         for note in rep.notes:
             say(f"  {rep.service}: {note}")
-        if rep.applied:
+        if rep.applied or getattr(rep.extra, "created", False):  # a new API key is a change too
             changed = True
             say(f"  {rep.service}: applied {', '.join(rep.applied)}")
         elif rep.migrates:
@@ -46,24 +45,11 @@ def init(c: Context, only: str | None = None, timeout: int = 120, stack: str | N
     """Wait for each database, create what is missing, apply migrations and seed data (idempotent)."""
     import time
 
-    from .. import db
-    from ..output import say
+    from .. import apikey
 
     t0 = time.monotonic()
     t, model = _model_and_target(c, stack, stage, overlay)
-    key_cfg = t.stack.options.get("api_key")
-    after: dict[str, Callable[[Db], Any]] = {}
-    if key_cfg:  # the stack's default API key, made right after its database is initialised
-        after[key_cfg["service"]] = lambda d: db.ensure_api_key(d, key_cfg.get("table", "memstack_api_keys"),
-                                                                key_cfg.get("prefix", "ms_sk_"))
-    reports = db.init(t, model, [only] if only else (), timeout=float(timeout), after=after)
-    for rep in reports:
-        if rep.extra:
-            key, prefix = rep.extra
-            if key:
-                say(f"Generated default API key: {key}\n  Shown once only: store it now (only its sha256 is kept).")
-            else:
-                say(f"  default API key exists ({prefix}...): not regenerated")
+    reports = apikey.init(t, model, [only] if only else (), timeout=float(timeout))  # the stack's default API key too
     _print_reports(reports, t0)
 
 

@@ -86,4 +86,16 @@ def lock_release(c: Context, force: bool = False, stack: str | None = None, stag
     run(c, settings(stack, stage, overlay), force=force)
 
 
+@ops_task(remote_only=True, positional=["service"], auto_shortflags=False, help={
+    "service": "the service whose published port(s) to reach (e.g. redis, postgres, grafana)",
+    "local_port": "port on 127.0.0.1 here (default: the same number as on the host, or a free one when taken)",
+    "port": "only this one of the service's ports (published or container port), when it has several",
+})
+def tunnel(c: Context, service: str, local_port: str | None = None, port: str | None = None, stack: str | None = None,
+           stage: str | None = None, overlay: str | None = None) -> None:
+    """Forward a service's port on the host to 127.0.0.1 here over SSH; prints the local URL; Ctrl-C closes it."""
+    from ..remote.tunnel import tunnel as run
+
+    run(c, settings(stack, stage, overlay), service, local_port=int(local_port) if local_port else None,
+        port=int(port) if port else None)
 lock = Collection("lock", lock_status, lock_release)

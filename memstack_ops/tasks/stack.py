@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke import Context
 
 from ._common import ops_task, settings, target
+
+if TYPE_CHECKING:
+    from ..target import Target
 
 EXTRA_HELP = {
     "profile": "compose profile to activate (repeatable, or comma separated); default from profiles in "
@@ -56,7 +59,7 @@ def up(c: Context, service: list[str] | None = None, timeout: str | None = None,
     """Start the stack and wait until every service is really healthy."""
     from .. import lifecycle
     from ..doctor import failed, run_checks
-    from ..output import say, table, warn
+    from ..output import say, warn
 
     t = target(c, stack, stage, overlay, **_extra(profile, port_offset), timeout=timeout)
     lifecycle.ensure_no_conflict(t)
@@ -80,7 +83,20 @@ def up(c: Context, service: list[str] | None = None, timeout: str | None = None,
     say(f"{'Healthy' if not no_wait else 'Started'} in {time.monotonic() - t0:.1f} s.")
     # the URLs of what this run started and found healthy (with --no-wait: of what it started)
     shown = [s for s, st in statuses.items() if st.ready] if not no_wait else (service or None)
-    table("URLs", ["service", "url"], lifecycle.urls(t, shown))
+    _show_urls(t, shown)
+
+
+def _show_urls(t: Target, services: list[str] | None = None) -> None:
+    """The URLs table; on a host, with how to reach each URL from this machine (ssh -L, tunnel)."""
+    if t.remote:
+        from ..remote.tunnel import show_urls
+
+        show_urls(t, services)
+        return
+    from .. import lifecycle
+    from ..output import table
+
+    table("URLs", ["service", "url"], lifecycle.urls(t, services))
 
 
 @ops_task(iterable=["profile"], help={**EXTRA_HELP,
@@ -135,15 +151,16 @@ def restart(c: Context, service: list[str] | None = None, timeout: str | None = 
 @ops_task(iterable=["profile"], aliases=["ps"], help=EXTRA_HELP)
 def status(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None,
            profile: list[str] | None = None, port_offset: str | None = None) -> None:
-    """Table of services: state (exit code), health, the rule that judges readiness, restarts, ports,
-    uptime, image. Exits non-zero when a service that should run does not."""
+    """Table of services: state (exit code), health (the tool's own check), the rule that judges it,
+    restarts, ports, uptime, image, the engine's word. Exits non-zero when a service should run and does not."""
     from .. import lifecycle
     from ..output import table, warn
 
     t = target(c, stack, stage, overlay, **_extra(profile, port_offset))
     rows, alerts, down = lifecycle.status(t)
     table(f"stack {t.stack.name} (project {t.stack.project})",
-          ["service", "state", "health", "judged by", "restarts", "ports", "uptime", "cpu", "mem", "image"], rows)
+          ["service", "state", "health", "judged by", "restarts", "ports", "uptime", "cpu", "mem", "image",
+           "detail"], rows)
     for a in alerts:
         warn(f"ALERT {a}")
     if down:  # non-zero exit, so a cron job or a script notices (one-shot jobs that exited 0 are fine)
@@ -207,11 +224,8 @@ def config_(c: Context, stack: str | None = None, stage: str | None = None, over
 @ops_task(iterable=["profile"], help=EXTRA_HELP)
 def urls(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None,
          profile: list[str] | None = None, port_offset: str | None = None) -> None:
-    """Where to reach the stack's services from this host."""
-    from .. import lifecycle
-    from ..output import table
-
-    table("URLs", ["service", "url"], lifecycle.urls(target(c, stack, stage, overlay, **_extra(profile, port_offset))))
+    """Where to reach the stack's services; on a host (-H), also how to reach them from here (ssh -L, tunnel)."""
+    _show_urls(target(c, stack, stage, overlay, **_extra(profile, port_offset)))
 
 
 @ops_task(iterable=["profile"], help={**EXTRA_HELP, "quick": "only the cheap checks that `up` runs"})

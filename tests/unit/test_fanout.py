@@ -115,3 +115,58 @@ def test_an_error_whose_message_starts_on_a_new_line_still_gets_its_reason(conne
 
     [o] = fan_out(call(task), HOSTS[:1], config=None)
     assert o.detail == "RuntimeError: Saw 1 exceptions within threads (OSError):"
+
+
+def test_a_failed_hosts_exit_code_is_the_tasks_own(monkeypatch):
+    """A refusal exits 2 here; on a host the run must exit 2 too, not a generic 1 (remote parity)."""
+    import io
+    import threading
+    from types import SimpleNamespace
+
+    from memstack_ops.errors import Refused
+    from memstack_ops.remote import fanout, ssh
+    from memstack_ops.remote.inventory import Host
+
+    class Conn:
+        report: dict = {}
+        cancel = out_writer = err_writer = None
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(ssh, "connect", lambda host, config=None: Conn())
+
+    def refuse(c):
+        raise Refused("not confirmed")
+
+    out, err = fanout.ThreadRouted(io.StringIO()), fanout.ThreadRouted(io.StringIO())
+    o = fanout.one_host(SimpleNamespace(task=refuse, args=(), kwargs={}), Host("h1", "h1"), None, threading.Event(),
+                        out, err)
+    assert (o.ok, o.code, o.detail) == (False, 2, "not confirmed")
+    assert "error: not confirmed" in err.target.getvalue()
+
+
+def test_urls_on_a_host_name_its_loopback_and_give_the_ssh_line_that_reaches_it(capsys):
+    """Issue 18: `-H h1 urls` printed redis://127.0.0.1:6380, the host's own loopback, as if it
+    were reachable from here."""
+    import os
+    from types import SimpleNamespace
+
+    from memstack_ops.remote.inventory import Host
+    from memstack_ops.remote.tunnel import show_urls
+
+    model = {"services": {
+        "redis": {"ports": [{"target": 6379, "published": "6380", "host_ip": "127.0.0.1"}]},
+        "grafana": {"ports": [{"target": 3000, "published": "3001", "host_ip": "0.0.0.0"}]},
+    }}
+    host = Host("web1", "203.0.113.10", user="deploy", port=2222, key="~/.ssh/deploy_key")
+    t = SimpleNamespace(c=SimpleNamespace(inventory=host), compose=SimpleNamespace(model=lambda c: model))
+    rows = show_urls(t)
+    key = os.path.expanduser("~/.ssh/deploy_key")
+    assert rows == [
+        ["redis", "redis://127.0.0.1:6380", f"ssh -N -L 6380:127.0.0.1:6380 -p 2222 -i {key} deploy@203.0.113.10"],
+        ["grafana", "http://203.0.113.10:3001", "direct (published on the host's network)"],
+    ]
+    out = capsys.readouterr().out
+    assert "URLs on web1 (deploy@203.0.113.10:2222)" in out
+    assert "127.0.0.1 in these URLs is web1's own loopback" in out and "memstack-ops -H web1 tunnel SERVICE" in out

@@ -289,14 +289,15 @@ def test_status_lists_every_defined_service_including_those_not_created(settings
     c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
                          ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows)),
                          "docker stats --no-stream --format '{{json .}}' p-db-1": Result(""),
-                         inspect_cmd("p-db-1", "p-old-1"): Result("/p-db-1|2|0|false\n/p-old-1|0|0|false\n")})
+                         inspect_cmd("p-db-1", "p-old-1"): Result("/p-db-1|2|0|false\n/p-old-1|0|0|false\n"),
+                         re.compile(r"docker exec p-db-1 .*SELECT 1", re.S): Result("1\n")})
     t.c = c
     assert lifecycle.status(t) == ([
         # uptime from the engine's Status (since State.StartedAt), not RunningFor (since creation)
         ["db", "running", "healthy", "postgres query", "2", "127.0.0.1:5433->5432, :::5433->5432", "3 seconds", "", "",
-         "postgres:16"],
-        ["api", "not created", "", "running", "", "", "", "", "", "me/api:1"],
-        ["old", "exited (0)", "-", "running", "0", "", "", "", "", "x"],
+         "postgres:16", "engine: healthy"],
+        ["api", "not created", "", "running", "", "", "", "", "", "me/api:1", ""],
+        ["old", "exited (0)", "-", "running", "0", "", "", "", "", "x", ""],
     ], [], ["api: not created", "old: exited with code 0"])  # old has `restart: always`: it should run
 
 
@@ -345,13 +346,43 @@ def test_status_flags_containers_over_the_cpu_and_memory_alert_thresholds(settin
     c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
                          ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows)),
                          "docker stats --no-stream --format '{{json .}}' p-db-1 p-api-1": Result(stats),
-                         inspect_cmd("p-db-1", "p-api-1"): Result("", exited=1)})
+                         inspect_cmd("p-db-1", "p-api-1"): Result("", exited=1),
+                         re.compile(r"docker exec p-db-1 .*SELECT 1", re.S): Result("1\n")})
     t.c = c
     table, alerts, down = lifecycle.status(t)
     assert [r[7:9] for r in table] == [["12%", "91%!"], ["85%!", "10%"]]
     assert alerts == ["db: memory 91% of its limit is over the 85% alert threshold",
                       "api: CPU 85% is over the 80% alert threshold"]
     assert down == []
+
+
+def test_status_shows_the_tools_own_verdict_and_the_engines_word_in_the_detail(settings):
+    """Right after `up`, the engine still says "starting" until its next tick (10 s in the seeds);
+    status runs the tool's own check once and shows that, the engine's word beside it."""
+    t = tgt(settings)
+    hc = {"test": ["CMD-SHELL", "redis-cli ping | grep -q PONG"], "timeout": "5s"}
+    model = {"services": {"db": {"image": "postgres:16"}, "cache": {"image": "redis:7", "healthcheck": hc},
+                          "web": {"image": "me/web:1", "healthcheck": hc}, "plain": {"image": "me/plain:1"}}}
+    rows = [{"Service": s, "Name": f"p-{s}-1", "State": "running", "Health": h, "Image": "x"}
+            for s, h in (("db", "starting"), ("cache", "starting"), ("web", "unhealthy"), ("plain", ""))]
+    c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)),
+                         ccmd(t.compose, "ps", "--all", "--format", "json"): Result(ndjson(*rows)),
+                         re.compile(r"docker stats .*"): Result(""),
+                         re.compile(r"docker inspect .*"): Result(""),
+                         re.compile(r"docker exec p-db-1 .*SELECT 1", re.S): Result("1\n"),
+                         re.compile(r"docker exec p-cache-1 .*redis-cli ping", re.S): Result(""),
+                         re.compile(r"docker exec -i p-cache-1 .*", re.S): Result("PONG\n"),
+                         re.compile(r"docker exec p-web-1 .*", re.S):
+                             Result("", stderr="Connection refused", exited=1)})
+    t.c = c
+    table, _, down = lifecycle.status(t)
+    got = {r[0]: (r[2], r[10]) for r in table}
+    assert got["db"] == ("healthy", "engine: starting")  # no healthcheck of its own: the postgres query judged it
+    assert got["cache"] == ("healthy", "engine: starting")
+    assert got["web"][0] == "unhealthy" and got["web"][1].startswith("engine: unhealthy; check not passing yet")
+    assert "Connection refused" in got["web"][1]
+    assert got["plain"] == ("-", "engine: no healthcheck")
+    assert down == ["web: running but unhealthy"]
 
 
 def test_urls_pick_a_scheme_by_target_port_and_a_reachable_host(settings):
