@@ -31,7 +31,8 @@ def _print_reports(reports: list[Report], t0: float) -> None:
     for rep in reports:
         for note in rep.notes:
             say(f"  {rep.service}: {note}")
-        if rep.applied or getattr(rep.extra, "created", False):  # a new API key is a change too
+        changed = changed or bool(getattr(rep.extra, "created", False))  # a new API key is a change too
+        if rep.applied:
             changed = True
             say(f"  {rep.service}: applied {', '.join(rep.applied)}")
         elif rep.migrates:
