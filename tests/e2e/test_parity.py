@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_remote import HostBox, hosts, ssh_key  # noqa: F401 - fixtures (session-scoped shared hosts)
 
 from memstack_ops.testing import free_port
+from memstack_ops.testing_hosts import HostBox
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
