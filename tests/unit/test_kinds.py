@@ -380,8 +380,7 @@ def test_neo4j_user_and_password_from_neo4j_auth_or_its_file(fakebin, tmp_path):
 def test_the_preludes_pass_shellcheck(tmp_path):
     import shutil
 
-    if not shutil.which("shellcheck"):
-        pytest.skip("shellcheck is not installed")
+    assert shutil.which("shellcheck"), "shellcheck is missing: harness/setup-engine.sh installs it"
     for k in (postgres, mysql, redis, neo4j):
         for what, script in (("client", k.CLIENT), ("shell", k.SHELL), ("ready", k.READY)):
             f = tmp_path / f"{k.NAME}-{what}.sh"
