@@ -162,10 +162,14 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
             try:
                 took = up_gated(t, services, c)
                 say(f"Release {rel.id} is healthy ({took:.1f} s).")
-                from .. import db
+                from .. import apikey
+                from ..kinds import DB_KINDS, kind_of
 
                 phase = "db.init"
-                db.init(t, model, services, timeout=float(s["timeout"]))
+                # the databases among the services deployed (none named: all), and the stack's
+                # default API key shown once to whoever deploys, as the db.init task does
+                dbs = [n for n in services if kind_of(model["services"].get(n) or {}) in DB_KINDS]
+                apikey.init(t, model, dbs, timeout=float(s["timeout"]))
                 say("db.init: done.")
             except MemstackError as e:
                 if isinstance(e, RemoteError):
