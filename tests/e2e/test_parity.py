@@ -346,9 +346,13 @@ def norm(line: str) -> str:
     return line.strip()
 
 
+# the closing summary of a run on hosts (one line per failed host): says again what failed there
+HOST_SUMMARY = re.compile(r"^\s*(\d+ host run\(s\) failed:|[\w.-]+ on h\d+: )")
+
+
 def lines_with(*words: str) -> Callable[[Result], list[str]]:
     def pick(r: Result) -> list[str]:
-        return [norm(ln) for ln in r.out.splitlines() if any(w in ln for w in words)]
+        return [norm(ln) for ln in r.out.splitlines() if any(w in ln for w in words) and not HOST_SUMMARY.match(ln)]
     return pick
 
 
