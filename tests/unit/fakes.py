@@ -105,9 +105,10 @@ def ndjson(*rows: dict) -> str:
     return "\n".join(json.dumps(r) for r in rows) + "\n"
 
 
-def parse_cli(argv: list[str]) -> Any:
+def parse_cli(argv: list[str], program_class: Any = None) -> Any:
     """Parse a command line the way the `memstack-ops` console script does, without running it.
     Returns the Program (``.tasks`` holds the parsed calls); raises invoke's ParseError.
+    ``program_class``: invoke's Program by default (HostsProgram for the -H flag).
 
     invoke pops each option's help text off the Task while building the parser, so the tasks'
     ``help`` dicts are restored afterwards: other tests see the collection untouched."""
@@ -117,7 +118,7 @@ def parse_cli(argv: list[str]) -> Any:
 
     saved = {name: dict(ns[name].help) for name in ns.task_names}
     try:
-        program = Program(namespace=ns, name="memstack-ops", binary="memstack-ops")
+        program = (program_class or Program)(namespace=ns, name="memstack-ops", binary="memstack-ops")
         program.create_config()
         program.parse_core(argv)
         program.parse_collection()

@@ -17,6 +17,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from fakes import parse_cli
 from invoke.exceptions import ParseError
 
 from memstack_ops.remote.program import HostsProgram
@@ -34,20 +35,8 @@ def task_names() -> set[str]:
 
 
 def parse(argv: list[str]) -> HostsProgram:
-    """Parse ``argv`` as the console script does (core flags, collection, tasks); never run it.
-    invoke pops each option's help text off the Task while building the parser: restored after."""
-    saved = {name: dict(ns[name].help) for name in ns.task_names}
-    try:
-        program = HostsProgram(namespace=ns, name="memstack-ops", binary="memstack-ops")
-        program.create_config()
-        program.parse_core(argv)
-        program.parse_collection()
-        program.parse_tasks()
-        return program
-    finally:
-        for name, help_ in saved.items():
-            ns[name].help.clear()
-            ns[name].help.update(help_)
+    """Parse ``argv`` as the console script does (core flags, collection, tasks); never run it."""
+    return parse_cli(argv, HostsProgram)  # type: ignore[no-any-return]
 
 
 def code_texts(text: str) -> list[tuple[int, list[str]]]:
