@@ -12,7 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,3 +142,14 @@ def scratch_project(dest: Path, source: Path, stack: str = "memstack", overlays:
              for ln in env_file.read_text().splitlines()]
     env_file.write_text("\n".join(lines) + "\n")
     return p
+
+
+def wait_for(pred: Callable[[], object], what: str, timeout: float = 180.0, poll: float = 0.05) -> None:
+    """Poll ``pred`` until it is true; AssertionError naming ``what`` after ``timeout`` seconds
+    (bounded in time; each poll is as long as ``pred`` takes plus ``poll``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")

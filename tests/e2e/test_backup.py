@@ -13,10 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from memstack_ops.testing import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -107,15 +108,6 @@ def popen(project, *args):
     return subprocess.Popen([sys.executable, "-m", "memstack_ops", *args], cwd=project.root, env=project.env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-
-def wait_for(pred, timeout=120, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --------------------------------------------------------------------------- round trips
@@ -211,7 +203,7 @@ def test_redis_round_trip_with_appendonly_survives_a_restart(project, docker_cli
     assert redis(project, "CONFIG", "GET", "appendonly").splitlines()[-1] == "yes"
     # Redis loads the AOF on start: the restore rebuilt it from the RDB, so a restart keeps the data
     project.compose("restart", "redis")
-    wait_for(lambda: redis(project, "PING") == "PONG", 60, "redis after a restart")
+    wait_for(lambda: redis(project, "PING") == "PONG", "redis after a restart", timeout=60)
     assert redis(project, "DBSIZE") == "51" and redis(project, "HGET", "h", "field") == "记忆"
     r = ok(project.run("backup.verify", "--backup", s.name, "--restore-test"))
     assert "loaded 51 key(s)" in r.stdout
@@ -340,7 +332,7 @@ def test_database_killed_mid_backup_leaves_nothing_that_looks_like_a_backup(proj
         return any(p.stat().st_size > 0 for p in root.glob("*.partial/postgres.pgdump.partial"))
 
     try:
-        wait_for(dumping, 120, "the dump to start")
+        wait_for(dumping, "the dump to start", timeout=120)
         docker_client.containers.get(f"{project.name}-postgres-1").kill()
         out, err = proc.communicate(timeout=120)
     finally:
@@ -400,8 +392,8 @@ def test_ctrl_c_during_the_neo4j_dump_starts_neo4j_again(project, docker_client)
     project.exec("neo4j", "sh", "-c", 'echo \'{"dump_delay_seconds": 60}\' > /data/standin/.standin-faults.json')
     proc = popen(project, "backup.neo4j")
     try:
-        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)), 120,
-                 "the dump container")
+        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)),
+                 "the dump container", timeout=120)
         assert state(docker_client, project, "neo4j") == "exited"
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=180)
@@ -494,8 +486,8 @@ def test_a_restore_or_prune_is_refused_while_a_backup_of_the_same_stack_runs(pro
     project.exec("neo4j", "sh", "-c", 'echo \'{"dump_delay_seconds": 60}\' > /data/standin/.standin-faults.json')
     proc = popen(project, "backup.neo4j")
     try:
-        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)), 120,
-                 "the dump container")
+        wait_for(lambda: any("dump-neo4j" in c.name for c in oneoffs(docker_client, project)),
+                 "the dump container", timeout=120)
         for args in (("restore.neo4j", "--yes", "--backup", first.name), ("backup.prune", "--keep-last", "1"),
                      ("backup.redis",)):
             r = project.run(*args)

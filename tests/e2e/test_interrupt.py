@@ -24,6 +24,8 @@ import time
 
 import pytest
 
+from memstack_ops.testing import wait_for
+
 pytestmark = pytest.mark.e2e
 
 SHIM = textwrap.dedent("""\
@@ -70,15 +72,6 @@ def start(project, *args, **env):
     return subprocess.Popen([sys.executable, "-m", "memstack_ops", *args], cwd=project.root, env=project.env(**env),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-
-def wait_for(pred, what, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def read_until(proc, text, timeout=180):
