@@ -9,6 +9,11 @@ Precedence, lowest to highest (each layer overrides the one before):
 5. ``MEMSTACK_*`` environment variables
 6. command-line flags
 
+A compose file anywhere is a stack too: ``-f FILE`` (repeatable, with ``--env-file`` and
+``--project-name``, core flags of both command lines: ``use_command_line``), or ``[stacks.NAME]
+file = "path"`` in ``memstack-ops.toml``. Its project directory is the first file's folder, as
+compose has it (``file_stack``).
+
 ``resolve()`` applies that rule once and records which layer supplied each value, so
 ``env.show`` can say where a setting came from. A stack is data: compose files
 ``compose/<stack>/compose.yml`` plus ``compose.<stage>.yml`` and ``compose.<overlay>.yml``
@@ -19,9 +24,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,11 @@ DEFAULTS: dict[str, Any] = {
     "disk_alert_pct": 90.0,
     "profiles": [],  # compose profiles to activate (--profile), besides services without one
     "port_offset": 0,  # added to every published host port, container_name suffixed (overrides.py)
+    # compose files given on the command line (-f, repeatable), their --env-file(s) and
+    # --project-name: a stack that is a compose file anywhere (file_stack)
+    "files": [],
+    "env_files": [],
+    "project_name": "",
     "stacks": {},  # per-stack overrides: project name, probes, extra ports ...
     "hosts": {},  # remote hosts: [hosts] defaults and [hosts.NAME] tables (memstack_ops/remote/inventory.py)
 }
@@ -102,6 +113,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:  # tomllib decodes the bytes itself and lets this through
         raise ConfigError(f"{path} is not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start}): TOML files "
                           f"are UTF-8; save it as UTF-8 or remove it.") from None
+    cli_only = sorted(set(data) & set(CLI_ONLY))
+    if cli_only:
+        flags = ", ".join(CLI_ONLY[k] for k in cli_only)
+        raise ConfigError(f"{path}: {', '.join(cli_only)} is a command-line option ({flags}); to register a "
+                          f"compose file here, give it a stack: [stacks.NAME] file = \"path/to/compose.yml\".")
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known settings are "
@@ -127,7 +143,11 @@ _STACK_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "api_key": ((dict,), 'a table with service = "postgres" (and table, prefix)'),
     "profiles": ((list,), 'a list of compose profiles, e.g. profiles = ["observability"]'),
     "port_offset": ((int,), "a whole number, e.g. port_offset = 100"),
+    "file": ((str, list), "a compose file's path relative to this file's folder, e.g. file = "
+                          '"shop/docker-compose.yml" (or a list of them, merged like repeated -f)'),
 }
+# Settings given on the command line only (core flags: -f, --env-file, --project-name).
+CLI_ONLY = {"files": "-f FILE", "env_files": "--env-file FILE", "project_name": "--project-name NAME"}
 
 
 def _type_name(v: Any) -> str:
@@ -167,6 +187,9 @@ def _check_types(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         for key, (types, how) in _STACK_TYPES.items():
             if key in table and not isinstance(table[key], types):
                 raise bad(f"stacks.{name}.{key}", table[key], how)
+        files = table.get("file")
+        if isinstance(files, list) and (not files or any(not isinstance(f, str) for f in files)):
+            raise bad(f"stacks.{name}.file", table["file"], _STACK_TYPES["file"][1])
         for svc, probe in (table.get("probes") or {}).items():
             if not isinstance(probe, str):
                 raise bad(f"stacks.{name}.probes.{svc}", probe, 'a string: "tcp:PORT" or an http:// URL')
@@ -198,13 +221,14 @@ class Stack:
     root: Path
     compose_files: tuple[str, ...]
     env_files: tuple[str, ...]
-    env_template: str
+    env_template: str  # "" when there is none (a compose file anywhere: file_stack)
     options: Mapping[str, Any] = field(default_factory=dict)
+    from_file: bool = False  # a compose file anywhere (-f, [stacks.NAME] file): root is its project directory
 
     @property
     def env_file(self) -> str:
         """The stack's main env file (the one `env.init` writes)."""
-        return self.env_files[0]
+        return self.env_files[0] if self.env_files else ".env"
 
 
 @dataclass(frozen=True)
@@ -217,8 +241,170 @@ class Settings:
         return self.values[key]
 
     def stack(self) -> Stack:
-        return make_stack(self.root, self["stack"], self["stage"], self["overlays"],
-                          self["stacks"].get(self["stack"], {}))
+        options = self["stacks"].get(self["stack"], {})
+        files = self.compose_files()
+        if files:
+            return file_stack(self["stack"], self["stage"], files, [Path(f) for f in self["env_files"]],
+                              self["project_name"] or str(options.get("project") or ""), options,
+                              given="-f" if self["files"] else "toml")
+        if self["env_files"]:
+            raise ConfigError(f"--env-file goes with -f (a compose file anywhere); stack {self['stack']} reads "
+                              f"env/{self['stack']}/{env_file_name(options)}. Drop --env-file, or give the compose "
+                              f"file with -f.")
+        stack = make_stack(self.root, self["stack"], self["stage"], self["overlays"], options)
+        if self["project_name"]:
+            stack = replace(stack, project=str(self["project_name"]))
+        return stack
+
+    def compose_files(self) -> list[Path]:
+        """The compose files of a stack that is a compose file anywhere (absolute), else []:
+        -f's, or the stack's ``file`` in memstack-ops.toml (relative to the project root)."""
+        if self["files"]:
+            return [Path(f) for f in self["files"]]
+        given = self["stacks"].get(self["stack"], {}).get("file")
+        if not given:
+            return []
+        return [(self.root / f).expanduser() for f in ([given] if isinstance(given, str) else given)]
+
+
+# -f / --env-file / --project-name: core flags of the command line (memstack_ops/remote/program.py
+# hands them over before any task runs); resolve() takes them as flags.
+_command_line: dict[str, Any] = {}
+
+
+def use_command_line(files: list[str] | None = None, env_files: list[str] | None = None,
+                     project_name: str | None = None, cwd: Path | None = None) -> None:
+    """The core flags ``-f``, ``--env-file``, ``--project-name``: paths relative to ``cwd`` (the
+    directory the command was typed in), as compose takes them."""
+    here = cwd or Path.cwd()
+    _command_line.clear()
+    if files:
+        _command_line["files"] = [str((here / Path(f).expanduser()).absolute()) for f in files]
+    if env_files:
+        _command_line["env_files"] = [str((here / Path(f).expanduser()).absolute()) for f in env_files]
+    if project_name:
+        _command_line["project_name"] = project_name
+
+
+_NAME_LINE = re.compile(r"^name:[ \t]*(.*?)[ \t]*(?:#.*)?$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def normalize_project(name: str) -> str:
+    """A project name as compose makes one from a folder name: lower case, [a-z0-9_-] only,
+    starting with a letter or digit."""
+    out = re.sub(r"[^a-z0-9_-]", "", name.lower())
+    return out.lstrip("_-")
+
+
+def compose_project_name(files: list[Path], env: Mapping[str, str]) -> str:
+    """The project name compose gives these files, without running it: COMPOSE_PROJECT_NAME (the
+    environment, then the project's env file), else the top-level ``name:`` of the last file that
+    has one (${VAR} and ${VAR:-default} interpolated from ``env``), else the project directory's
+    name, normalised."""
+    for source in (os.environ, env):
+        if source.get("COMPOSE_PROJECT_NAME"):
+            return str(source["COMPOSE_PROJECT_NAME"])
+    name = ""
+    for f in files:
+        for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+            m = _NAME_LINE.match(line)
+            if m and m.group(1):
+                name = m.group(1).strip("'\"")
+    if "$" in name:
+        values = {**env, **os.environ}
+        name = _VAR.sub(lambda m: values.get(m.group(1) or m.group(3)) or m.group(2) or "", name)
+    return name or normalize_project(files[0].parent.name) or "default"
+
+
+def file_stack(name: str, stage: str, files: list[Path], env_files: list[Path], project: str = "",
+               options: Mapping[str, Any] | None = None, given: str = "-f") -> Stack:
+    """A stack that is compose files anywhere: its root is the project directory (the first file's
+    folder, as compose has it), so compose finds its ``.env`` and resolves ``env_file: ../x.env``
+    and ``./config`` binds from there. The env files are ``env_files`` (--env-file) if given, else
+    the project directory's ``.env`` when there is one; there is no env template."""
+    if stage not in STAGES:
+        raise ConfigError(f"Unknown stage {stage!r}: use one of {', '.join(STAGES)} (--stage).")
+    for f in files:
+        if not f.is_file():
+            what = "is a folder, not a file" if f.is_dir() else "does not exist"
+            how = ("the path given with -f (relative to the directory you run the command in)" if given == "-f" else
+                   f"file = in [stacks.{name}] of {CONFIG_FILE} (relative to its folder)")
+            raise ConfigError(f"The compose file {f} {what}: check {how}.")
+    for f in env_files:
+        if not f.is_file():
+            raise ConfigError(f"The env file {f} given with --env-file does not exist: check the path (relative "
+                              f"to the directory you run the command in), or drop --env-file to use the .env "
+                              f"beside {files[0].name}.")
+    projdir = files[0].parent.resolve()
+    rel = tuple(os.path.relpath(f.resolve(), projdir) for f in files)
+    if env_files:
+        envs = tuple(os.path.relpath(f.resolve(), projdir) for f in env_files)
+    else:
+        envs = (".env",) if (projdir / ".env").is_file() else ()
+    if not project:
+        from .envfiles import read_env
+
+        values: dict[str, str] = {}
+        for e in envs:
+            values.update(read_env(projdir / e))
+        project = compose_project_name([projdir / f for f in rel], values)
+    return Stack(name=name, stage=stage, project=project, root=projdir, compose_files=rel, env_files=envs,
+                 env_template="", options=dict(options or {}), from_file=True)
+
+
+_ENV_FILE = re.compile(r"^(\s*)env_file:[ \t]*(.*?)[ \t]*(?:#.*)?$")
+
+
+def service_env_files(stack: Stack) -> list[str]:
+    """The files named by the services' ``env_file:`` in the stack's compose files (the short, list
+    and ``- path: x`` forms), relative to the project directory as compose resolves them; without
+    interpolation (a path holding ``$`` is left out). compose's rendered model has them merged into
+    ``environment`` already, so they are read from the files themselves."""
+    out: list[str] = []
+
+    def add(raw: str) -> None:
+        v = raw.strip().strip("'\"")
+        if v and "$" not in v and v not in out:
+            out.append(v)
+
+    for f in stack.compose_files:
+        lines = (stack.root / f).read_text(encoding="utf-8", errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            m = _ENV_FILE.match(line)
+            if not m:
+                continue
+            indent, rest = len(m.group(1)), m.group(2)
+            if rest.startswith("["):
+                for part in rest.strip("[]").split(","):
+                    add(part)
+            elif rest:
+                add(rest)
+            else:
+                for nxt in lines[i + 1:]:
+                    stripped = nxt.strip()
+                    if not stripped or stripped.startswith("#"):
+                        continue
+                    if len(nxt) - len(nxt.lstrip()) <= indent and not stripped.startswith("-"):
+                        break
+                    item = stripped.lstrip("-").strip()
+                    if item.startswith("path:"):
+                        add(item[len("path:"):].split("#")[0])
+                    elif stripped.startswith("-") and ":" not in item.split("#")[0]:
+                        add(item.split("#")[0])
+                    elif not stripped.startswith("-") and not item.startswith(("path:", "required:", "format:")):
+                        break
+    return out
+
+
+def file_stacks(settings: Settings) -> dict[str, list[str]]:
+    """The stacks registered as compose files in memstack-ops.toml: name -> its files as written."""
+    out = {}
+    for name, table in (settings["stacks"] or {}).items():
+        f = table.get("file") if isinstance(table, dict) else None
+        if f:
+            out[name] = [f] if isinstance(f, str) else list(f)
+    return out
 
 
 def available_stacks(root: Path) -> list[str]:
@@ -281,7 +467,7 @@ def resolve(flags: Mapping[str, Any] | None = None, *, root: Path | None = None,
 
     layer(_read_toml(root / CONFIG_FILE), CONFIG_FILE)
     layer(_read_toml(root / LOCAL_CONFIG_FILE), LOCAL_CONFIG_FILE)
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    flags = {k: v for k, v in {**_command_line, **(flags or {})}.items() if v is not None}
     stack = flags.get("stack") or environ.get("MEMSTACK_STACK") or values["stack"]
     env_rel = f"env/{stack}/{env_file_name(values['stacks'].get(str(stack), {}))}"
     env_path = root / env_rel
@@ -303,7 +489,29 @@ def resolve(flags: Mapping[str, Any] | None = None, *, root: Path | None = None,
         if not math.isfinite(num) or num <= 0 and k in ("timeout", "interval") or num < 0:
             raise ConfigError(f"{k} must be positive, got {raw} (from {sources[k]}).")
         values[k] = num
-    return Settings(values=values, sources=sources, root=root)
+    out = Settings(values=values, sources=sources, root=root)
+    if values["files"]:
+        _name_file_stack(out, bool(flags.get("stack")))
+    return out
+
+
+def _name_file_stack(s: Settings, named: bool) -> None:
+    """-f gives the stack: named by --stack (whose [stacks.NAME] table then applies) or else by its
+    compose project name. A --stack that has compose files of its own cannot take -f as well."""
+    values, sources = dict(s.values), dict(s.sources)
+    name = str(s["stack"])
+    if named:
+        own = file_stacks(s).get(name) or ([f"compose/{name}/compose.yml"] if name in available_stacks(s.root) else [])
+        if own:
+            raise ConfigError(f"-f {' -f '.join(s['files'])} and --stack {name} both name compose files (stack {name} "
+                              f"has {', '.join(own)}): give one of them. -f alone operates that file; --stack NAME "
+                              f"with -f names the stack only when NAME has no compose file of its own.")
+    else:
+        values["stack"] = str(s["project_name"]) or file_stack(
+            name, str(s["stage"]), s.compose_files(), [Path(f) for f in s["env_files"]]).project
+        sources["stack"] = "-f"
+    object.__setattr__(s, "values", values)
+    object.__setattr__(s, "sources", sources)
 
 
 def settings(stack: str | None = None, stage: str | None = None, overlay: str | None = None, **flags: Any) -> Settings:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .compose import ENGINE_FIX, compose_version, engine_version, first_line, run
+from .config import Stack
 from .errors import MemstackError
 from .target import Target
 
@@ -52,13 +54,30 @@ def check_compose(t: Target) -> Check:
     return Check("compose", OK, f"compose v{v}")
 
 
+def env_paths(stack: Stack) -> tuple[list[Path], Path | None]:
+    """The env files to check and the template: every env file compose reads (.env, then
+    .env.<stage>, which wins) against env/<stack>/.env.example; for a compose file anywhere (no
+    template), what compose actually reads: its interpolation env file(s) and the services'
+    ``env_file:`` files."""
+    from .config import service_env_files
+
+    paths = [stack.root / f for f in stack.env_files]
+    if stack.env_template:
+        return paths, stack.root / stack.env_template
+    for f in service_env_files(stack):
+        p = (stack.root / f).resolve()
+        if p not in paths:
+            paths.append(p)
+    return paths, None
+
+
 def check_env(t: Target) -> Check:
     from .envfiles import check_env as check
 
-    root, stack = t.stack.root, t.stack
+    stack = t.stack
     try:
-        # every env file compose reads (.env, then .env.<stage>, which wins), not only the main one
-        _, findings = check([root / f for f in stack.env_files], root / stack.env_template, stack.stage)
+        paths, template = env_paths(stack)
+        _, findings = check(paths, template, stack.stage)
     except MemstackError as e:
         return Check("env file", FAIL, first_line(str(e)), f"`inv env.init --stack {stack.name}`")
     errors = [f for f in findings if f.level == "error"]
@@ -69,7 +88,11 @@ def check_env(t: Target) -> Check:
     if warns:
         return Check("env file", WARN, "; ".join(f"{f.key}: {f.message.split(':')[0]}" for f in warns)[:400],
                      "`inv env.check` for details")
-    return Check("env file", OK, f"{', '.join(stack.env_files)} valid")
+    if template is not None:
+        return Check("env file", OK, f"{', '.join(stack.env_files)} valid")
+    if not paths:
+        return Check("env file", OK, "none (the compose files read no env file)")
+    return Check("env file", OK, f"{', '.join(_shown(t, str(p)) for p in paths if p.is_file())} valid")
 
 
 def check_config(t: Target) -> tuple[Check, dict[str, Any] | None]:

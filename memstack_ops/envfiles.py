@@ -379,15 +379,21 @@ class Finding:
     message: str
 
 
-def check_env(path: Path | Iterable[Path], template: Path, stage: str) -> tuple[dict[str, str], list[Finding]]:
+def check_env(path: Path | Iterable[Path], template: Path | None, stage: str) -> tuple[dict[str, str], list[Finding]]:
     """Validate the env files compose reads (``path``: the main file, or the main file then the
     ``.env.<stage>`` that compose reads last) against the template: required keys present and
     non-empty, file modes, and every secret in them (by name and value shape, not only the
     template's keys; passwords inside URLs too) neither a known default nor short. Weak secrets are
-    errors in stage prod, warnings otherwise. Returns the merged values, as compose sees them."""
+    errors in stage prod, warnings otherwise. Returns the merged values, as compose sees them.
+    ``template`` None: a compose file anywhere, which has none: the files are checked as they are
+    (a missing one is compose's business: its config check names it)."""
     paths = [path] if isinstance(path, Path) else list(path)
+    if not paths:
+        return {}, []
     main = paths[0]
-    if not main.is_file():
+    if template is None:
+        paths = [p for p in paths if p.is_file()]
+    elif not main.is_file():
         raise EnvFileError(f"The env file {main} is missing: create it with `inv env.init` "
                            f"(from {template}, with strong generated secrets).")
     values: dict[str, str] = {}
@@ -401,7 +407,7 @@ def check_env(path: Path | Iterable[Path], template: Path, stage: str) -> tuple[
         mode = p.stat().st_mode & 0o777
         if mode & 0o077:
             findings.append(Finding("warn", "-", f"{p} has mode {mode:o}: run `chmod 600 {p}` (it holds secrets)."))
-    for t in read_template(template):
+    for t in read_template(template) if template is not None else []:
         v = values.get(t.key)
         if v is None:
             if not t.optional:

@@ -15,6 +15,12 @@ def init(c: Context, force: bool = False, stack: str | None = None, stage: str |
     from ..output import say, warn
 
     st = settings(stack, stage, overlay).stack()
+    if not st.env_template:
+        from ..errors import EnvFileError
+
+        raise EnvFileError(f"Stack {st.name} is a compose file ({', '.join(st.compose_files)} in {st.root}) with no "
+                           f"env template, so env.init has nothing to fill in: write its .env beside the file yourself "
+                           f"(compose reads it from there), then `env.check` checks it.")
     path, tpl = st.root / st.env_file, st.root / st.env_template
     generated, backup = init_env(path, tpl, force=force)
     say(f"Wrote {st.env_file} (mode 0600) from {st.env_template}; generated secrets: "
@@ -27,13 +33,15 @@ def init(c: Context, force: bool = False, stack: str | None = None, stage: str |
 @ops_task(local_only=True)
 def check(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Validate the env file: required keys, weak or default passwords (errors in prod), mode."""
+    from ..doctor import env_paths
     from ..envfiles import check_env
     from ..errors import EnvFileError
     from ..output import say, table
 
     st = settings(stack, stage, overlay).stack()
-    files = " + ".join(st.env_files)  # compose reads them all (.env.<stage> last, it wins): check them all
-    _, findings = check_env([st.root / f for f in st.env_files], st.root / st.env_template, st.stage)
+    paths, template = env_paths(st)  # compose reads them all (.env.<stage> last, it wins): check them all
+    files = " + ".join(st.env_files) if template else " + ".join(str(p) for p in paths if p.is_file()) or "no env file"
+    _, findings = check_env(paths, template, st.stage)
     if findings:
         table(f"{files} (stage {st.stage})", ["level", "key", "problem"],
               [[f.level, f.key, f.message] for f in findings])
@@ -41,7 +49,7 @@ def check(c: Context, stack: str | None = None, stage: str | None = None, overla
     if errors:
         raise EnvFileError(f"{len(errors)} problem(s) in {files}: {', '.join(f.key for f in errors)}. "
                            f"Fix them as the table says, then run env.check again.")
-    say(f"{files} {'is' if len(st.env_files) == 1 else 'are'} valid for stage {st.stage}"
+    say(f"{files} {'is' if len(paths) <= 1 else 'are'} valid for stage {st.stage}"
         + (f" ({len(findings)} warning(s))" if findings else "") + ".")
 
 
