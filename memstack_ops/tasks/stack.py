@@ -241,16 +241,29 @@ def doctor(c: Context, quick: bool = False, stack: str | None = None, stage: str
 @ops_task(local_only=True)
 def stacks(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """List the stacks this project defines and their services."""
-    from ..compose import run
-    from ..config import available_stacks
+    from ..config import available_stacks, file_stacks
     from ..output import table
 
     s = settings(stack, stage, overlay)
     rows = []
     for name in available_stacks(s.root):
         # --no-interpolate: listing services needs no env file
-        r = run(c, ["docker", "compose", "-f", f"compose/{name}/compose.yml", "config", "--services",
-                    "--no-interpolate"], cwd=s.root)
-        services = ", ".join(r.stdout.split()) if r.ok else f"(invalid compose file: {r.stderr.strip()[:200]})"
-        rows.append([name + (" (current)" if name == s["stack"] else ""), services])
+        rows.append([name + (" (current)" if name == s["stack"] else ""),
+                     _services(c, s.root, [f"compose/{name}/compose.yml"])])
+    for name, files in file_stacks(s).items():  # [stacks.NAME] file = "..." in memstack-ops.toml
+        rows.append([name + (" (current)" if name == s["stack"] else ""),
+                     f"{_services(c, s.root, files)} (file {', '.join(files)})"])
+    if s["files"]:
+        given = s["files"]
+        rows.append([f"{s['stack']} (current, -f)", f"{_services(c, s.root, given)} (file {', '.join(given)})"])
     table("stacks", ["stack", "services"], rows)
+
+
+def _services(c: Context, root: Any, files: list[str]) -> str:
+    from ..compose import run
+
+    argv = ["docker", "compose"]
+    for f in files:
+        argv += ["-f", f]
+    r = run(c, [*argv, "config", "--services", "--no-interpolate"], cwd=root)
+    return ", ".join(r.stdout.split()) if r.ok else f"(invalid compose file: {r.stderr.strip()[:200]})"

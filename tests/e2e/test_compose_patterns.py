@@ -1,6 +1,7 @@
 """End to end: compose files written as their authors write them (issue 13), each a small project
 under tests/fixtures/compose/<pattern>/, operated through the CLI without editing the file:
-one-shot jobs (2), missing bind-mounted files (6), hard-coded ports and container names (7),
+a compose file anywhere with -f (1, tests/fixtures/anywhere/), one-shot jobs (2), missing
+bind-mounted files (6), hard-coded ports and container names (7),
 profiles (8), `wget --spider` healthchecks (9), the real etcd and a real S3 API (10)."""
 
 from __future__ import annotations
@@ -8,16 +9,20 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 import urllib.request
+import uuid
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from memstack_ops.testing import free_port, scratch_project
+from memstack_ops.testing import Project, free_port, scratch_project
 
 pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "compose"
+ANYWHERE = FIXTURES.parent / "anywhere"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fixture_project(tmp_path: Path, pattern: str, name: str = "proj", edit=None):
@@ -60,6 +65,120 @@ def when(stamp: str) -> datetime:
 def status_rows(p, *args: str) -> dict[str, list[str]]:
     r = p.run("status", *args)
     return {ln.split()[0]: ln.split() for ln in r.stdout.splitlines() if ln.split()}
+
+
+# --- pattern 1: a compose file anywhere (-f) ----------------------------------------------------
+
+def anywhere_project(dest: Path) -> Project:
+    """tests/fixtures/anywhere copied to ``dest``: its compose file in anywhere/shop/ with its own
+    .env (a free port), env_file: ../common.env, a bind-mounted config file, no template. Its
+    ``name:`` is made unique (the engine is shared), and that is the project name the tool must use."""
+    shutil.copytree(ANYWHERE, dest / "anywhere")
+    name = f"shop{uuid.uuid4().hex[:8]}"
+    f = dest / "anywhere" / "shop" / "docker-compose.yml"
+    f.write_text(f.read_text().replace("name: shopfront", f"name: {name}"))
+    port = free_port()
+    env = dest / "anywhere" / "shop" / ".env"
+    env.write_text(env.read_text().replace("CACHE_PORT=6390", f"CACHE_PORT={port}"))
+    (dest / "memstack-ops.toml").write_text("timeout = 120\n")
+    return Project(dest, name, stack=name, ports={"CACHE_PORT": port}, overlays=())
+
+
+@pytest.fixture
+def anywhere(tmp_path, docker_client):
+    made: list[Project] = []
+
+    def make(*also: str) -> Project:
+        p = anywhere_project(tmp_path / f"proj{len(made)}")
+        made.append(p)
+        made.extend(Project(p.root, n) for n in also)  # other project names a test gives it
+        return p
+
+    yield make
+    for p in reversed(made):
+        p.destroy()
+
+
+SHOP = "anywhere/shop/docker-compose.yml"
+EXTRA = "anywhere/shop/docker-compose.extra.yml"
+
+
+def test_f_runs_a_compose_file_in_a_nested_folder_with_its_env_env_file_name_and_bind_mounted_config(
+        anywhere, docker_client):
+    p = anywhere()
+    r = p.run("-f", SHOP, "up")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"Starting stack {p.name} (project {p.name}" in r.stdout  # the file's name: key
+    assert f"redis://127.0.0.1:{p.ports['CACHE_PORT']}" in r.stdout  # ${CACHE_PORT} from the folder's .env
+    c = containers(docker_client, p)
+    assert set(c) == {"cache", "files"}
+    assert "GREETING=hello from common.env" in c["files"].exec_run(["env"]).output.decode()  # ../common.env
+    assert "maxmemory-policy" in c["cache"].exec_run(["cat", "/etc/redis/shop.conf"]).output.decode()
+    rows = status_rows(p, "-f", SHOP)
+    assert rows["cache"][1:3] == ["running", "healthy"] and rows["files"][1] == "running"
+    # inv takes the same -f (the repo's tasks.py), from another directory: paths are the caller's
+    r = subprocess.run([str(REPO / ".venv" / "bin" / "inv"), "-f", str(p.root / SHOP), "status"], cwd=REPO,
+                       env=p.env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and f"stack {p.name} (project {p.name})" in r.stdout, r.stdout + r.stderr
+    r = p.run("-f", SHOP, "down")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert containers(docker_client, p) == {}
+
+
+def test_project_name_overrides_the_files_name_key(anywhere, docker_client):
+    other = f"shopother{uuid.uuid4().hex[:6]}"
+    p = anywhere(other)
+    r = p.run("-f", SHOP, "--project-name", other, "up", "--service", "cache")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"(project {other}" in r.stdout
+    assert containers(docker_client, p) == {}
+    assert set(containers(docker_client, Project(p.root, other))) == {"cache"}
+
+
+def test_two_f_files_are_merged_in_order(anywhere, docker_client):
+    p = anywhere()
+    r = p.run("-f", SHOP, "-f", EXTRA, "up")
+    assert r.returncode == 0, r.stdout + r.stderr
+    env = containers(docker_client, p)["files"].exec_run(["env"]).output.decode()
+    assert "EXTRA=merged from docker-compose.extra.yml" in env and "GREETING=hello from common.env" in env
+
+
+def test_a_file_registered_in_the_toml_is_listed_by_stacks_and_operated_with_stack(anywhere, docker_client):
+    p = anywhere()
+    (p.root / "memstack-ops.toml").write_text(f'timeout = 120\n\n[stacks.shop]\nfile = "{SHOP}"\n')
+    r = p.run("stacks")
+    assert r.returncode == 0, r.stdout + r.stderr
+    [row] = [ln for ln in r.stdout.splitlines() if ln.startswith("shop ")]
+    assert "cache" in row and "files" in row and SHOP in row
+    r = p.run("up", "--stack", "shop", "--service", "cache")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"Starting stack shop (project {p.name}" in r.stdout
+    assert set(containers(docker_client, p)) == {"cache"}
+    # -f together with a stack that has a file of its own: one paragraph naming both, non-zero
+    r = p.run("-f", EXTRA, "status", "--stack", "shop")
+    assert r.returncode != 0 and "both name compose files" in r.stderr and SHOP in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_f_input_is_one_paragraph_naming_the_file_and_the_fix(anywhere):
+    p = anywhere()
+    r = p.run("-f", "anywhere/shop/nosuch.yml", "up")
+    assert r.returncode != 0 and "anywhere/shop/nosuch.yml does not exist" in r.stderr and "-f" in r.stderr
+    (p.root / "anywhere" / "shop" / "broken.yml").write_text("services:\n  cache:\n    image: [\n")
+    r = p.run("-f", "anywhere/shop/broken.yml", "up")
+    assert r.returncode != 0 and "broken.yml" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_without_a_template_prod_checks_the_files_compose_reads(anywhere, docker_client):
+    p = anywhere()
+    common = p.root / "anywhere" / "common.env"
+    common.write_text(common.read_text().replace("SHOP_API_TOKEN=3b5f0c8e9a7d4e21b6f0a9c8d7e6f5a4",
+                                                 "SHOP_API_TOKEN=changeme"))
+    r = p.run("-f", SHOP, "up", "--stage", "prod")
+    assert r.returncode != 0 and "SHOP_API_TOKEN" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "changeme" not in r.stdout + r.stderr
+    assert containers(docker_client, p) == {}
 
 
 # --- pattern 2: one-shot jobs -------------------------------------------------------------------
