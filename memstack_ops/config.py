@@ -369,6 +369,8 @@ def service_env_files(stack: Stack) -> list[str]:
             out.append(v)
 
     for f in stack.compose_files:
+        if not (stack.root / f).is_file():
+            continue
         lines = (stack.root / f).read_text(encoding="utf-8", errors="replace").splitlines()
         for i, line in enumerate(lines):
             m = _ENV_FILE.match(line)

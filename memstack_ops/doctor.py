@@ -64,8 +64,9 @@ def env_paths(stack: Stack) -> tuple[list[Path], Path | None]:
     paths = [stack.root / f for f in stack.env_files]
     if stack.env_template:
         return paths, stack.root / stack.env_template
+    projdir = (stack.root / stack.compose_files[0]).parent  # where compose resolves them
     for f in service_env_files(stack):
-        p = (stack.root / f).resolve()
+        p = (projdir / f).resolve()
         if p not in paths:
             paths.append(p)
     return paths, None

@@ -115,6 +115,10 @@ def apply(t: Target) -> Target:
             in_stream=Script(text))
     if r.failed:
         raise ConfigError(f"Writing the port-offset overlay {rel} failed: {(r.stderr or r.stdout).strip()}")
+    if t.remote:  # and in this machine's copy of the release, which the local readers read (env, binds)
+        local = t.stack.root / rel
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(text)
     stack = dataclasses.replace(t.stack, compose_files=(*t.stack.compose_files, rel))
     t.stack = stack
     t.compose.stack = stack

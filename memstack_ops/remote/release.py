@@ -63,6 +63,8 @@ def prepare(settings: Settings, host: Host, dest: Path, services: Iterable[str] 
     """Copy what a release holds from the local project into ``dest`` (nothing remote yet);
     ``upload`` sends it. ``now``: the run's start (see ``new_id``)."""
     st = settings.stack()
+    if st.from_file:
+        return _prepare_file_stack(settings, st, host, dest, services, now)
     src = settings.root
     files: list[str] = []
     private: set[str] = set()
@@ -105,6 +107,101 @@ def prepare(settings: Settings, host: Host, dest: Path, services: Iterable[str] 
         "by": operator(), "images": {},
     }
     return Release(rid, stack, manifest, files, private)
+
+
+def is_data_bind(vol: dict[str, Any], source: Path) -> bool:
+    """A bind mount that holds a service's data rather than its configuration: writable, and a
+    folder (or not there yet: Docker creates a folder). Read-only binds and single files are
+    configuration. (backup.all uses the same rule: memstack_ops/backup/engines/binds.py.)"""
+    return not vol.get("read_only") and not source.is_file()
+
+
+def file_stack_files(st: Stack) -> tuple[dict[Path, str], set[Path], Path]:
+    """What a release of a compose file anywhere holds: the compose files, the env files compose
+    reads (its .env or --env-file, the services' ``env_file:``), the configuration the services
+    bind-mount by relative path (files, read-only folders) and relative build contexts, each at
+    its place relative to the folder holding them all (``base``), so the same relative paths
+    resolve on the host. Data folders (writable folder binds) and absolute paths (the host's own)
+    are not uploaded. Returns ({local path: path in base}, the private ones, base)."""
+    from ..compose import Compose
+    from ..config import service_env_files
+
+    projdir = (st.root / st.compose_files[0]).parent.resolve()
+    argv = Compose(st).argv("config", "--format", "json", "--no-path-resolution")
+    r = subprocess.run(argv, cwd=st.root, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RemoteError(f"Rendering {', '.join(st.compose_files)} in {st.root} with docker compose here failed "
+                          f"(a release of a compose file holds what it references): {r.stderr.strip()[:600]} Fix "
+                          f"the file (or install compose v2 on this machine), then deploy again.")
+    model = json.loads(r.stdout)
+    wanted: list[Path] = [(st.root / f).resolve() for f in st.compose_files]
+    private = {(st.root / f).resolve() for f in st.env_files}
+    private |= {(projdir / f).resolve() for f in service_env_files(st) if (projdir / f).is_file()}
+    folders: list[Path] = []
+
+    def relative(raw: Any) -> Path | None:
+        text = str(raw or "")
+        if not text or text.startswith(("/", "~", "$")) or "://" in text:
+            return None
+        return (projdir / text).resolve()
+
+    for svc in (model.get("services") or {}).values():
+        for vol in svc.get("volumes") or []:
+            src = relative(vol.get("source")) if vol.get("type") == "bind" else None
+            if src is None or not src.exists() or is_data_bind(vol, src):
+                continue
+            (folders if src.is_dir() else wanted).append(src)
+        build = svc.get("build") or {}
+        ctx = relative(build.get("context") if isinstance(build, dict) else build)
+        if ctx is not None and ctx.is_dir():
+            folders.append(ctx)
+    for kind in ("configs", "secrets"):
+        for item in (model.get(kind) or {}).values():
+            src = relative((item or {}).get("file"))
+            if src is not None and src.is_file():
+                wanted.append(src)
+    for d in folders:
+        wanted += [p for p in sorted(d.rglob("*")) if p.is_file()]
+    every = [*wanted, *private]
+    base = Path(os.path.commonpath([projdir, *[p.parent for p in every]]))
+    return {p: str(p.relative_to(base)) for p in dict.fromkeys([*every])}, private, base
+
+
+def _prepare_file_stack(settings: Settings, st: Stack, host: Host, dest: Path, services: Iterable[str],
+                        now: float | None) -> Release:
+    """``prepare`` for a compose file anywhere: its files under ``compose/<stack>/`` of the release,
+    at the same places relative to each other as here."""
+    where, private, base = file_stack_files(st)
+    prefix = f"compose/{st.name}"
+    files: list[str] = []
+    secret: set[str] = set()
+    for src, rel in where.items():
+        name = f"{prefix}/{rel}"
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest / name)
+        os.chmod(dest / name, 0o600 if src in private else 0o644)
+        files.append(name)
+        if src in private:
+            secret.add(name)
+
+    def moved(f: str) -> str:
+        return f"{prefix}/{(st.root / f).resolve().relative_to(base)}"
+
+    compose_files, env_files = tuple(moved(f) for f in st.compose_files), [moved(f) for f in st.env_files]
+    if host.env_file:
+        raise RemoteError(f"{host.label} has env_file = {host.env_file!r} in its inventory entry, which a compose file "
+                          f"given with -f does not read: give it with --env-file instead.")
+    sha, dirty = git_sha(settings.root)
+    rid = new_id(settings.root, now)
+    stack = Stack(name=st.name, stage=st.stage, project=st.project, root=dest, compose_files=compose_files,
+                  env_files=tuple(env_files), env_template="", options=st.options)
+    manifest = {
+        "release": rid, "stack": st.name, "stage": st.stage, "project": st.project, "overlays": [],
+        "compose_files": list(compose_files), "env_files": env_files, "env_template": "", "services": list(services),
+        "files": files, "git": sha, "dirty": dirty, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "by": operator(), "images": {}, "from_file": [str(st.root / f) for f in st.compose_files],
+    }
+    return Release(rid, stack, manifest, files, secret)
 
 
 def releases_dir(root: str) -> str:

@@ -86,8 +86,9 @@ def checked_names(manifest: dict[str, Any], where: str, rid: str, extra: tuple[s
         v = manifest.get(key) or []
         return v if isinstance(v, list) else [v]  # a string or number is one bad name, refused below
 
-    files = listed("files") or [*listed("env_files"), manifest.get("env_template")]
-    for f in [*files, *listed("env_files"), manifest.get("env_template"), *listed("compose_files")]:
+    template = [manifest.get("env_template")] if manifest.get("env_template") != "" else []  # "": none (-f)
+    files = listed("files") or [*listed("env_files"), *template]
+    for f in [*files, *listed("env_files"), *template, *listed("compose_files")]:
         parts = f.split("/") if isinstance(f, str) else []
         if not (len(parts) >= 2 and "\\" not in f and "\0" not in f and all(p not in ("", ".", "..") for p in parts)
                 and (parts[0] in RELEASE_DIRS or f in extra)):

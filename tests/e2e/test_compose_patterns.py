@@ -181,6 +181,53 @@ def test_without_a_template_prod_checks_the_files_compose_reads(anywhere, docker
     assert containers(docker_client, p) == {}
 
 
+def ok(r) -> str:
+    assert r.returncode == 0, f"exit {r.returncode}\n--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def host_copy(p) -> int:
+    """The anywhere fixture in a remote test project (tests/e2e/conftest.py's remote_project), its
+    ``name:`` the project's (so the fixture takes it off the hosts), a free port; returns the port."""
+    shutil.copytree(ANYWHERE, p.root / "anywhere")
+    f = p.root / SHOP
+    f.write_text(f.read_text().replace("name: shopfront", f"name: {p.name}"))
+    port = free_port()
+    env = p.root / "anywhere" / "shop" / ".env"
+    env.write_text(env.read_text().replace("CACHE_PORT=6390", f"CACHE_PORT={port}"))
+    return port
+
+
+def test_f_on_a_host_uploads_the_file_and_what_it_references_but_not_its_data(remote_project, hosts):
+    p, box = remote_project, hosts["h1"]
+    port = host_copy(p)
+    (p.root / "anywhere" / "shop" / "data" / "files").mkdir(parents=True)
+    (p.root / "anywhere" / "shop" / "data" / "files" / "upload.bin").write_text("this machine's data")
+    out = ok(p.run("-H", "h1", "-f", SHOP, "deploy", timeout=600))
+    rid = out.split(" release ", 1)[1].split()[0]
+    rel = f"{p.stack_root}/releases/{rid}/compose/{p.name}"
+    listing = box.sh(f"cd {rel} && find . -type f | sort").split()
+    assert {"./shop/docker-compose.yml", "./shop/.env", "./common.env", "./shop/redis.conf"} <= set(listing), listing
+    assert not [f for f in listing if "upload.bin" in f]  # a data folder is not part of a release
+    assert box.sh(f"stat -c %a {rel}/shop/.env {rel}/common.env").split() == ["600", "600"]
+    assert box.sh(f"docker exec {p.name}-files-1 env").count("GREETING=hello from common.env") == 1
+    assert f"127.0.0.1:{port}->6379" in box.sh(f"docker ps --filter name={p.name}-cache-1 --format '{{{{.Ports}}}}'")
+    st = ok(p.run("-H", "h1", "-f", SHOP, "status"))
+    assert "[h1] cache" in st and "healthy" in st
+    ok(p.run("-H", "h1", "-f", SHOP, "up"))
+
+
+def test_port_offset_on_a_host_writes_its_overlay_in_the_release(remote_project, hosts):
+    p, box = remote_project, hosts["h1"]
+    port = host_copy(p)
+    ok(p.run("-H", "h1", "-f", SHOP, "deploy", timeout=600))
+    ok(p.run("-H", "h1", "-f", SHOP, "up", "--port-offset", "7"))
+    ports = box.sh(f"docker ps --filter name={p.name}-cache-1 --format '{{{{.Ports}}}}'")
+    assert f"127.0.0.1:{port + 7}->6379" in ports, ports
+    r = ok(p.run("-H", "h1", "-f", SHOP, "urls", "--port-offset", "7"))
+    assert f"redis://127.0.0.1:{port + 7}" in r
+
+
 # --- pattern 2: one-shot jobs -------------------------------------------------------------------
 
 def test_a_bucket_setup_job_runs_once_and_its_dependants_start_after_it_exited_0(projects, docker_client):
