@@ -290,9 +290,23 @@ class LocalRunner(Local):
             stop_group(self._pid(), lambda: self.process_is_finished)
         raise interrupt
 
+    @property
+    def timed_out(self) -> bool:
+        # invoke says "timed out" only once its timer thread has returned from kill(); the killed
+        # process can finish first (it always could; more so on a loaded machine), and the run
+        # then raised UnexpectedExit(-9) instead of CommandTimedOut. The flag is set before the kill.
+        return getattr(self, "_killed_by_timer", False) or bool(super().timed_out)
+
     def kill(self) -> None:  # a timeout: the whole group, not only the shell
+        self._killed_by_timer = True
+        pgid = self._pid()
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._pid(), signal.SIGKILL)
+            os.killpg(pgid, signal.SIGKILL)
+        # "timed out" must mean "gone": on a loaded machine the killed processes can outlive this
+        # call by a scheduling slice, holding files or ports the caller is about to reuse (bounded)
+        deadline = time.monotonic() + 5.0
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def remote_runner(context: Any, inline_env: Any = None) -> Any:

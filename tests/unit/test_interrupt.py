@@ -122,7 +122,7 @@ def test_a_timeout_kills_the_whole_group(tmp_path):
 
     pids = tmp_path / "pids"
     with pytest.raises(CommandTimedOut):
-        ctx().run(f"sh -c 'echo $$ > {pids}; exec sleep 30' | cat", hide=True, in_stream=False, timeout=1)
+        ctx().run(f"sh -c 'echo $$ > {pids}; exec sleep 30' | cat", hide=True, in_stream=False, timeout=5)
     assert not alive(int(wait_file(pids)[0]))
 
 
