@@ -65,6 +65,10 @@ class TargetDown(OffsiteError):
     """The target could not be reached."""
 
 
+class NoRepository(OffsiteError):
+    """The target answers, but holds no restic repository there (yet)."""
+
+
 # --------------------------------------------------------------------------- what is pushed
 
 def stream_codec(f: dict[str, Any], manifest: dict[str, Any]) -> str | None:
@@ -228,14 +232,14 @@ DENIED = ("signature we calculated does not match", "access key id you provided 
           "access denied", "invalidaccesskeyid", "permission denied", "forbidden")
 UNREACHABLE = ("connection refused", "no such host", "i/o timeout", "timed out", "network is unreachable",
                "connection reset", "connection closed", "no route to host", "unexpected eof", "server misbehaving",
-               "ssh command exited", "subprocess ssh")
+               "ssh command exited")
 
 
 def failure(repo: Repo, what: str, stderr: str) -> OffsiteError:
     """One paragraph for a failed restic command: which target, what restic said, what to do."""
     low = stderr.lower()
     said = " ".join(ln.strip() for ln in stderr.strip().splitlines()[-4:] if ln.strip()
-                    and not ln.startswith("Is there a repository"))[-500:]
+                    and not ln.startswith("Is there a repository") and "Permanently added" not in ln)[-500:]
     pw = repo.env.get("RESTIC_PASSWORD_FILE", "")
     if "wrong password or no key found" in low:
         return WrongKey(f"The password in {pw} does not open the {repo.label}: restic says \"wrong password or no key "
@@ -251,6 +255,8 @@ def failure(repo: Repo, what: str, stderr: str) -> OffsiteError:
                             f"(credentials_file or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or the SSH key and user.")
     if any(m in low for m in UNREACHABLE):
         return TargetDown(f"{what} failed: the {repo.label} cannot be reached: {said}")
+    if "unable to open config file" in low and any(m in low for m in NOT_THERE):
+        return NoRepository(f"{what} failed: there is no restic repository at {repo.url} ({said}).")
     return OffsiteError(f"{what} failed on the {repo.label}: {said or 'restic exited non-zero'}")
 
 
@@ -279,11 +285,8 @@ def ensure_repo(repo: Repo, say: Callable[[str], None]) -> bool:
     try:
         restic(repo, "cat", "config", what=f"Opening the {repo.label}", timeout=300)
         return False
-    except WrongKey:
-        raise
-    except OffsiteError as e:
-        if not any(m in str(e).lower() for m in NOT_THERE) or isinstance(e, TargetDown):
-            raise
+    except NoRepository:
+        pass
     say(f"  no restic repository at {repo.url} yet: creating it (restic init)")
     restic(repo, "init", what=f"Creating the {repo.label}", timeout=300)
     return True
