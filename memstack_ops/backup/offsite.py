@@ -28,6 +28,7 @@ its environment: never argv, never a log line.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -51,6 +52,7 @@ from .shell import CHUNK, PIECE, BackupError, Hasher, LocalShell, fsync_dir
 TAG = "memstack-ops"
 INDEX = "set.json"
 FORMAT = 1
+INLINE = 1 << 20  # files up to this size travel inside set.json
 
 
 class OffsiteError(BackupError):
@@ -357,9 +359,11 @@ def _tail(f: IO[bytes]) -> str:
 
 
 def backup_stream(repo: Repo, source: str, codec: str | None, path: str, tags: list[str], when: dt.datetime,
-                  progress: Callable[[int], None] | None = None) -> tuple[str, int, str, int]:
+                  progress: Callable[[int], None] | None = None,
+                  known: tuple[int, str] | None = None) -> tuple[str, int, str, int]:
     """``[decompress <] source | restic backup --stdin``: (snapshot id, stream size, stream sha256,
-    bytes added to the repository)."""
+    bytes added to the repository). ``known``: the (size, sha256) of a file pushed as it is (no
+    codec), checked just before: restic then reads the file itself, no copy through this process."""
     args = ["backup", "--stdin", "--stdin-filename", path, "--compression", "auto", "--json", "--quiet",
             "--time", when.astimezone().strftime("%Y-%m-%d %H:%M:%S")]
     for t in tags:
@@ -367,8 +371,9 @@ def backup_stream(repo: Repo, source: str, codec: str | None, path: str, tags: l
     procs: list[subprocess.Popen[bytes]] = []
     with _errfile() as rerr, _errfile() as derr, open(source, "rb", buffering=0) as src:
         try:
-            r = subprocess.Popen(repo.argv(*args), env=repo.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=rerr, process_group=0)
+            direct = known is not None and not codec
+            r = subprocess.Popen(repo.argv(*args), env=repo.env, stdin=src if direct else subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=rerr, process_group=0)
             procs.append(r)
             feed: IO[bytes] = src
             if codec:
@@ -377,10 +382,17 @@ def backup_stream(repo: Repo, source: str, codec: str | None, path: str, tags: l
                 procs.append(d)
                 assert d.stdout is not None
                 feed = d.stdout
-            assert r.stdin is not None and r.stdout is not None
-            pump = _Pump(feed, r.stdin, progress)
+            assert r.stdout is not None
+            pump = None
+            if direct:
+                assert known is not None
+                n, digest = known
+            else:
+                assert r.stdin is not None
+                pump = _Pump(feed, r.stdin, progress)
             out = r.stdout.read()
-            n, digest = pump.join()
+            if pump:
+                n, digest = pump.join()
             for p in procs:
                 p.wait()
         except BaseException:
@@ -391,7 +403,7 @@ def backup_stream(repo: Repo, source: str, codec: str | None, path: str, tags: l
                                f"may be damaged: `memstack-ops backup.verify`.")
         if r.returncode:
             raise failure(repo, f"Pushing {os.path.basename(source)}", _tail(rerr))
-        if pump.error and not isinstance(pump.error, BrokenPipeError):
+        if pump and pump.error and not isinstance(pump.error, BrokenPipeError):
             raise OffsiteError(f"Reading {source} failed: {pump.error}")
     summary: dict[str, Any] = next((json.loads(ln) for ln in out.decode(errors="replace").splitlines()
                     if ln.startswith("{") and '"summary"' in ln), {})
@@ -465,9 +477,12 @@ def push(settings: Settings, target: Offsite, s: BackupSet, say: Callable[[str],
     t0 = time.monotonic()
     m = s.manifest
     kind = s.kind
-    ensure_repo(repo, say)
-    there = snapshots(repo, f"set={s.id}", f"stack={m.get('stack', '')}", f"project={m.get('project', '')}",
-                      "role=set")
+    try:  # opening the repository and looking for the set: one restic run
+        there = snapshots(repo, f"set={s.id}", f"stack={m.get('stack', '')}", f"project={m.get('project', '')}",
+                          "role=set")
+    except NoRepository:
+        ensure_repo(repo, say)
+        there = []
     if there:
         return Pushed(s.id, target.name, str(there[0].get("short_id")), already=True,
                       seconds=time.monotonic() - t0)
@@ -480,10 +495,16 @@ def push(settings: Settings, target: Offsite, s: BackupSet, say: Callable[[str],
     say(f"Pushing backup {s.id} ({human_size(s.size)}, {len(s.files)} file(s)) to {repo.label}")
     for f in s.files:
         name = str(f["name"])
+        if int(f["size"]) <= INLINE:  # roles, small volumes: inside set.json, no snapshot (and restic run) each
+            with open(f"{s.path}/{name}", "rb") as fh:
+                data = fh.read()
+            files[name] = {"inline": base64.b64encode(data).decode(), "codec": None}
+            logical += len(data)
+            continue
         codec = stream_codec(f, m)
         with progress_bar(f"{name} -> {target.name}" + (f" (un-{codec})" if codec else "")) as bar:
             snap, n, digest, add = backup_stream(repo, f"{s.path}/{name}", codec, snapshot_path(m, kind, name), tags,
-                                                 s.time, bar.update)
+                                                 s.time, bar.update, (int(f["size"]), str(f["sha256"])))
             bar.update(n)
         files[name] = {"snapshot": snap, "path": snapshot_path(m, kind, name), "codec": codec, "stream_size": n,
                        "stream_sha256": digest}
@@ -596,6 +617,14 @@ def fetch(t: Any, target: Offsite, snapshot: str | None = None, kind: str | None
                 raise OffsiteError(f"Set {s.id} in the {repo.label} has no snapshot of {name}; it cannot be restored "
                                    f"from there. Pick another set.")
             dest = f"{part}/{name}"
+            if "inline" in info:
+                with os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+                    fh.write(base64.b64decode(info["inline"]))
+                    os.fsync(fh.fileno())
+                if here.mismatch(dest, f):
+                    raise OffsiteError(f"{name} of set {s.id} in the {repo.label} does not match its manifest: pick "
+                                       f"another set with --snapshot.")
+                continue
             with progress_bar(f"{name} <- {target.name}", int(info.get("stream_size") or 0)) as bar:
                 n, digest = dump_stream(repo, str(info["snapshot"]), str(info["path"]), dest, info.get("codec"),
                                         bar.update)
@@ -675,6 +704,9 @@ def prune(settings: Settings, target: Offsite, stack: str, project: str, keep: d
                            f"--keep-monthly, or keep_* keys in [offsite.{target.name}] (pruning without a rule would "
                            f"delete every set).")
     repo = repo_for(settings, target)
+    # locks left by a restic that was killed (a push cut short) would block prune: `unlock` removes
+    # only stale ones (of processes that are gone), never a live run's
+    restic(repo, "unlock", what=f"Removing stale locks in the {repo.label}", timeout=600)
     args = ["forget", "--json", "--group-by", "paths", "--tag", f"{TAG},stack={stack},project={project}"]
     for k in KEEP_KEYS:
         if keep.get(k):
