@@ -144,8 +144,8 @@ def main() -> None:
             print(f"  day {day + 1}: logical {logical / 1e9:.2f} GB, stored {st['total_size'] / 1e9:.3f} GB "
                   f"({st['total_size'] / logical:.3f})", flush=True)
         stored = int(st["total_size"])
-        print(f"\nDEDUP ({a.spread} changes): {a.days} daily pushes of {size / 1e9:.2f} GB: logical {logical / 1e9:.2f} GB, stored "
-              f"{stored / 1e9:.3f} GB, ratio {stored / logical:.3f} (target <= 0.10)")
+        print(f"\nDEDUP ({a.spread} changes): {a.days} daily pushes of {size / 1e9:.2f} GB: logical "
+              f"{logical / 1e9:.2f} GB, stored {stored / 1e9:.3f} GB, ratio {stored / logical:.3f} (target <= 0.10)")
         print(f"THROUGHPUT: push {statistics.median(ops):.1f} s vs raw restic {statistics.median(raw):.1f} s "
               f"(median of {a.rounds}), ratio of medians {statistics.median(ops) / statistics.median(raw):.3f}, "
               f"median per-round ratio {statistics.median(o / r for o, r in zip(ops, raw, strict=True)):.3f} "
