@@ -477,16 +477,20 @@ def push(settings: Settings, target: Offsite, s: BackupSet, say: Callable[[str],
     t0 = time.monotonic()
     m = s.manifest
     kind = s.kind
-    try:  # opening the repository and looking for the set: one restic run
-        there = snapshots(repo, f"set={s.id}", f"stack={m.get('stack', '')}", f"project={m.get('project', '')}",
-                          "role=set")
-    except NoRepository:
-        ensure_repo(repo, say)
-        there = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, "checksums") as pool:  # the local files hashed while restic opens the repository
+        hashing = pool.submit(check_files, LocalShell(None), s)
+        try:  # opening the repository and looking for the set: one restic run
+            there = snapshots(repo, f"set={s.id}", f"stack={m.get('stack', '')}", f"project={m.get('project', '')}",
+                              "role=set")
+        except NoRepository:
+            ensure_repo(repo, say)
+            there = []
+        problems = hashing.result()
     if there:
         return Pushed(s.id, target.name, str(there[0].get("short_id")), already=True,
                       seconds=time.monotonic() - t0)
-    problems = check_files(LocalShell(None), s)
     if problems:
         raise OffsiteError(f"Backup {s.id} is damaged ({'; '.join(problems)}): it is not pushed. Nothing was sent.")
     tags = set_tags(m, s.id, kind)
