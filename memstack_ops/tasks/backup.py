@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Collection, Context
 
-from ._common import ops_task, target
+from ._common import ops_task, settings, target
 
 if TYPE_CHECKING:
     from ..backup.sets import BackupSet
@@ -46,7 +46,8 @@ def _print_set(s: BackupSet, t0: float) -> None:
 
 
 def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay: str | None, dry_run: bool = False,
-            no_space_check: bool = False, compress: str = "zstd", fetch: bool = False, **kw: Any) -> None:
+            no_space_check: bool = False, compress: str = "zstd", fetch: bool = False, push: str | None = None,
+            **kw: Any) -> None:
     import time
 
     from .. import backup as core
@@ -57,14 +58,49 @@ def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay
         require_remote(c)  # before anything is made
     t0 = time.monotonic()
     t = target(c, stack, stage, overlay)
+    offsite = None
+    if push:
+        from ..config import offsite_target
+
+        offsite = offsite_target(t.settings, push)  # a wrong name fails before the backup
+        if t.remote and not fetch:
+            from ..backup import BackupError
+
+            raise BackupError("--push sends a set from this machine to the off-site target; with -H, add --fetch to "
+                              "bring the host's set here first (`memstack-ops -H HOST backup.all --fetch --push "
+                              f"{push}`). Nothing was done.")
     s = core.backup(t, kind, compress=compress, dry_run=dry_run, space_check=not no_space_check, **kw)
     if s is not None:
         _print_set(s, t0)
         if fetch:
-            _fetch(t, s)
+            s = _fetch(t, s)
+        if offsite is not None:
+            _push(t, offsite, s, after_backup=True)
 
 
-def _fetch(t: Target, s: BackupSet | None = None, set_id: str | None = None) -> None:
+def _push(t: Target, offsite: Any, s: BackupSet, after_backup: bool = False) -> None:
+    from ..backup import BackupError
+    from ..backup.offsite import push
+    from ..output import human_size, say
+
+    try:
+        p = push(t.settings, offsite, s, say)
+    except BackupError as e:
+        if not after_backup:
+            raise
+        raise BackupError(f"{e} The backup itself is complete and safe on this machine: {s.path}. To push it when "
+                          f"the target is back: memstack-ops backup.push --to {offsite.name} --backup {s.id} --stack "
+                          f"{t.stack.name}") from None
+    if p.already:
+        say(f"Backup {s.id} is in off-site target {offsite.name} already (snapshot {p.snapshot}); nothing sent.")
+        return
+    ratio = f", {p.added / p.logical:.1%} of it" if p.logical else ""
+    say(f"Pushed {s.id} to off-site target {offsite.name} (snapshot {p.snapshot}): {p.files} file(s), "
+        f"{human_size(p.logical)} of content, the repository grew by {human_size(p.added)}{ratio} (deduplicated and "
+        f"compressed by restic) in {p.seconds:.1f} s.")
+
+
+def _fetch(t: Target, s: BackupSet | None = None, set_id: str | None = None) -> BackupSet:
     from ..backup import BackupError
     from ..backup.fetch import fetch, host_label
     from ..output import human_size, say
@@ -80,6 +116,7 @@ def _fetch(t: Target, s: BackupSet | None = None, set_id: str | None = None) -> 
         rate = f.copied / max(f.seconds, 1e-6)
         say(f"Fetched {f.set.id} into {f.set.path}: {len(f.set.files)} file(s), {human_size(f.copied)} copied in "
             f"{f.seconds:.1f} s ({human_size(rate)}/s), sha256 of every file matches the manifest.")
+    return f.set
 
 
 def _db_backup_task(kind: str, title: str) -> Any:
@@ -117,13 +154,35 @@ def backup_volumes(c: Context, volume: list[str] | None = None, stop: bool = Fal
 
 @ops_task(name="all", iterable=["exclude"], help={
     "exclude": "service or volume to leave out (repeatable)", "stop": "stop services while their volumes are copied",
-    **BACKUP_HELP})
+    "push": "then push the set to this off-site target ([offsite.NAME]); a failed push keeps the local set and "
+            "exits non-zero", **BACKUP_HELP})
 def backup_all(c: Context, exclude: list[str] | None = None, stop: bool = False, compress: str = "zstd",
-               dry_run: bool = False, no_space_check: bool = False, fetch: bool = False, stack: str | None = None,
-               stage: str | None = None, overlay: str | None = None) -> None:
+               dry_run: bool = False, no_space_check: bool = False, fetch: bool = False, push: str | None = None,
+               stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Back up everything the stack has in one set: every database, plus the volumes no database owns."""
-    _backup(c, "all", stack, stage, overlay, dry_run, no_space_check, compress, fetch, exclude=exclude or (),
+    _backup(c, "all", stack, stage, overlay, dry_run, no_space_check, compress, fetch, push, exclude=exclude or (),
             stop=stop)
+
+
+@ops_task(name="push", local_only=True, help={
+    "to": "the off-site target ([offsite.NAME] in memstack-ops.toml); default the only one",
+    "backup": "backup id (see backup.list); default the newest that is not a safety backup"})
+def backup_push(c: Context, to: str | None = None, backup: str | None = None, stack: str | None = None,
+                stage: str | None = None, overlay: str | None = None) -> None:
+    """Push a backup set to an off-site restic repository (S3 or SFTP): encrypted, deduplicated, compressed."""
+    from .. import backup as core
+    from ..backup.core import find_set
+    from ..backup.sets import list_sets
+    from ..backup.shell import shell_for
+    from ..config import offsite_target
+    from ..output import say
+
+    t = target(c, stack, stage, overlay, require_env=False)
+    offsite = offsite_target(t.settings, to)
+    sets = list_sets(shell_for(t.c), core.backups_root(t))
+    if not backup:  # the newest set that is not a safety backup
+        sets = [x for x in sets if not str(x.manifest.get("reason", "")).startswith("safety")]
+    _push(t, offsite, find_set(sets, backup, stack=t.stack.name, say=say))
 
 
 @ops_task(name="fetch", help={"backup": "backup id on the host (see `-H HOST backup.list`); default the newest"})
@@ -136,14 +195,26 @@ def backup_fetch(c: Context, backup: str | None = None, stack: str | None = None
     _fetch(target(c, stack, stage, overlay, require_env=False), set_id=backup)
 
 
-@ops_task(name="list", help={"kind": "only sets of this kind (postgres, mysql, redis, neo4j, volumes, all)"})
-def backup_list(c: Context, kind: str | None = None, stack: str | None = None, stage: str | None = None,
-                overlay: str | None = None) -> None:
+@ops_task(name="list", help={"kind": "only sets of this kind (postgres, mysql, redis, neo4j, volumes, all)",
+                             "offsite": "list the sets in this off-site target instead ([offsite.NAME])"})
+def backup_list(c: Context, kind: str | None = None, offsite: str | None = None, stack: str | None = None,
+                stage: str | None = None, overlay: str | None = None) -> None:
     """Table of the stack's backups: id, kind, services, size, age, verified."""
     from .. import backup as core
     from ..output import say, table
 
     t = target(c, stack, stage, overlay, require_env=False)
+    if offsite:
+        from ..backup import offsite as off
+        from ..config import offsite_target
+
+        dest = offsite_target(t.settings, offsite)
+        orows = [r for r in off.list_rows(t.settings, dest, t.stack.name) if not kind or r[1] == kind]
+        table(f"sets of stack {t.stack.name} in off-site target {dest.name}", ["id", "kind", "snapshot", "project",
+                                                                               "age"], orows)
+        if not orows:
+            say(f"No sets there yet: `memstack-ops backup.push --to {dest.name}`.")
+        return
     rows, partial = core.list_rows(t, kind)
     table(f"backups of stack {t.stack.name} ({core.backups_root(t)})",
           ["id", "kind", "service", "size", "age", "verified"], rows)
@@ -156,13 +227,26 @@ def backup_list(c: Context, kind: str | None = None, stack: str | None = None, s
 
 @ops_task(name="verify", help={
     "backup": "backup id (see backup.list); default the newest",
-    "restore_test": "also restore into a scratch container of the same image and compare row/key/node counts"})
-def backup_verify(c: Context, backup: str | None = None, restore_test: bool = False, stack: str | None = None,
-                  stage: str | None = None, overlay: str | None = None) -> None:
+    "restore_test": "also restore into a scratch container of the same image and compare row/key/node counts",
+    "offsite": "check this off-site target's repository instead (restic check)",
+    "read_data": "with --offsite: read every pack and check its data (finds damaged packs; reads the whole "
+                 "repository)"})
+def backup_verify(c: Context, backup: str | None = None, restore_test: bool = False, offsite: str | None = None,
+                  read_data: bool = False, stack: str | None = None, stage: str | None = None,
+                  overlay: str | None = None) -> None:
     """Verify a backup: checksums, format check (pg_restore -l, redis-check-rdb, neo4j-admin load --info), optional scratch restore."""  # noqa: E501 (the first line is `inv --list`'s help)
     from .. import backup as core
     from ..output import say, table
 
+    if offsite:
+        from ..backup import offsite as off
+        from ..config import offsite_target
+
+        st = settings(stack, stage, overlay)
+        dest = offsite_target(st, offsite)
+        off.check(st, dest, read_data=read_data, say=say)
+        say(f"Off-site target {dest.name}: restic check{' --read-data' if read_data else ''} found no errors.")
+        return
     t = target(c, stack, stage, overlay)
     rows = core.verify(t, backup, restore_test=restore_test)
     table("verification", ["service", "check", "result"], rows)
@@ -175,15 +259,30 @@ def backup_verify(c: Context, backup: str | None = None, restore_test: bool = Fa
     "keep_weekly": "keep the newest set of each of the last W weeks that have one",
     "keep_monthly": "keep the newest set of each of the last M months that have one",
     "kind": "only prune sets of this kind",
+    "offsite": "prune this off-site target instead (restic forget --keep-* --prune, then restic check); the keep "
+               "options default to its keep_* keys",
     "dry_run": "list what would be deleted, delete nothing"})
 def backup_prune(c: Context, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0,
-                 kind: str | None = None, dry_run: bool = False, stack: str | None = None, stage: str | None = None,
-                 overlay: str | None = None) -> None:
+                 kind: str | None = None, offsite: str | None = None, dry_run: bool = False, stack: str | None = None,
+                 stage: str | None = None, overlay: str | None = None) -> None:
     """Delete old backup sets, keeping last N plus daily/weekly/monthly ones and always the newest verified."""
     from .. import backup as core
     from ..output import human_size, say, table
 
     t = target(c, stack, stage, overlay, require_env=False)
+    if offsite:
+        from ..backup import offsite as off
+        from ..config import offsite_target
+
+        dest = offsite_target(t.settings, offsite)
+        flags = {"keep_last": keep_last, "keep_daily": keep_daily, "keep_weekly": keep_weekly,
+                 "keep_monthly": keep_monthly}
+        keep = {k: int(v) for k, v in flags.items() if v} or dict(dest.keep)
+        r = off.prune(t.settings, dest, t.stack.name, t.stack.project, keep, dry_run, say=say)
+        say(f"{'Would forget' if dry_run else 'Forgot'} {len(r.removed)} set(s) in off-site target {dest.name}"
+            + (": " + ", ".join(r.removed) if r.removed else "") + f"; kept {len(r.kept)}"
+            + ("." if dry_run else f"; restic check: {r.check}."))
+        return
     doomed, keep = core.prune(t, int(keep_last), int(keep_daily), int(keep_weekly), int(keep_monthly), dry_run, kind)
     table("kept", ["id", "why"], [[k, ", ".join(v)] for k, v in sorted(keep.items(), reverse=True)])
     verb = "Would delete" if dry_run else "Deleted"
@@ -193,7 +292,8 @@ def backup_prune(c: Context, keep_last: int = 0, keep_daily: int = 0, keep_weekl
 
 def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overlay: str | None,
              backup: str | None = None, yes: bool = False, no_safety_backup: bool = False, dry_run: bool = False,
-             allow_foreign: bool = False, **kw: Any) -> None:
+             allow_foreign: bool = False, from_: str | None = None, snapshot: str | None = None,
+             **kw: Any) -> None:
     import time
 
     from .. import backup as core
@@ -201,6 +301,8 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
 
     t0 = time.monotonic()
     t = target(c, stack, stage, overlay)
+    if from_ or snapshot:
+        backup = _from_offsite(t, from_, snapshot, backup, kind)
     summary = core.restore(t, kind, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run,
                            allow_foreign=allow_foreign, **kw)
     if summary.get("dry_run"):
@@ -210,61 +312,91 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
         (f" Safety backup of the previous data: {summary['safety_backup']}." if summary.get("safety_backup") else ""))
 
 
+def _from_offsite(t: Target, from_: str | None, snapshot: str | None, backup: str | None, kind: str) -> str:
+    """Fetch the set to restore from an off-site target into this machine's backups; its id."""
+    from ..backup import BackupError
+    from ..backup.offsite import fetch
+    from ..config import offsite_target
+    from ..output import say
+
+    if backup:
+        raise BackupError("--backup names a set on this machine, --from/--snapshot one in an off-site target: give "
+                          "one or the other. Nothing was done.")
+    if t.remote:
+        raise BackupError("restore --from fetches the set from the off-site target to this machine; restoring it "
+                          "onto a host (-H) is not supported yet: run the restore on the host itself (bootstrap "
+                          "installs restic; put memstack-ops.toml's [offsite.NAME] and its password file there). "
+                          "Nothing was done.")
+    dest = offsite_target(t.settings, from_)
+    return fetch(t, dest, snapshot, kind, say=say).id
+
+
+FROM = ("fetch the set from this off-site target ([offsite.NAME]) first: the newest with this kind, or --snapshot; "
+        "works on a machine that has only the project, the password file and the target")
+SNAPSHOT = "with --from: the set id (see `backup.list --offsite NAME`) or restic snapshot id to fetch"
 RESTORE_HELP = {"backup": BACKUP, "service": RSERVICE, "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY,
-                "allow_foreign": FOREIGN}
+                "allow_foreign": FOREIGN, "from_": FROM, "snapshot": SNAPSHOT}
 
 
 @ops_task(name="postgres", help={**RESTORE_HELP, "roles": "also apply the backed-up roles (pg_dumpall --globals-only)"})
 def restore_postgres(c: Context, backup: str | None = None, service: str | None = None, roles: bool = False,
                      yes: bool = False, no_safety_backup: bool = False, dry_run: bool = False,
-                     allow_foreign: bool = False, stack: str | None = None, stage: str | None = None,
-                     overlay: str | None = None) -> None:
+                     allow_foreign: bool = False, from_: str | None = None, snapshot: str | None = None,
+                     stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Restore PostgreSQL: pg_restore --clean --if-exists --single-transaction (all or nothing)."""
-    _restore(c, "postgres", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign,
-             service=service, globals_=roles)
+    _restore(c, "postgres", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, from_,
+             snapshot, service=service, globals_=roles)
 
 
 @ops_task(name="mysql", help=RESTORE_HELP)
 def restore_mysql(c: Context, backup: str | None = None, service: str | None = None, yes: bool = False,
                   no_safety_backup: bool = False, dry_run: bool = False, allow_foreign: bool = False,
-                  stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
+                  from_: str | None = None, snapshot: str | None = None, stack: str | None = None,
+                  stage: str | None = None, overlay: str | None = None) -> None:
     """Restore MySQL/MariaDB: the dump (with DROP DATABASE) streamed into the server's client."""
-    _restore(c, "mysql", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, service=service)
+    _restore(c, "mysql", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, from_,
+             snapshot, service=service)
 
 
 @ops_task(name="redis", help=RESTORE_HELP)
 def restore_redis(c: Context, backup: str | None = None, service: str | None = None, yes: bool = False,
                   no_safety_backup: bool = False, dry_run: bool = False, allow_foreign: bool = False,
-                  stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
+                  from_: str | None = None, snapshot: str | None = None, stack: str | None = None,
+                  stage: str | None = None, overlay: str | None = None) -> None:
     """Restore Redis: stop it, replace the RDB (rebuilding the AOF when appendonly is on), start it."""
-    _restore(c, "redis", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, service=service)
+    _restore(c, "redis", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, from_,
+             snapshot, service=service)
 
 
 @ops_task(name="neo4j", help={**RESTORE_HELP, "system": "also load the system database (users and roles)"})
 def restore_neo4j(c: Context, backup: str | None = None, service: str | None = None, system: bool = False,
                   yes: bool = False, no_safety_backup: bool = False, dry_run: bool = False,
-                  allow_foreign: bool = False, stack: str | None = None, stage: str | None = None,
-                  overlay: str | None = None) -> None:
+                  allow_foreign: bool = False, from_: str | None = None, snapshot: str | None = None,
+                  stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Restore Neo4j: stop it, neo4j-admin database load --overwrite-destination, start it (reports the downtime)."""
-    _restore(c, "neo4j", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, service=service,
-             system=system)
+    _restore(c, "neo4j", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, from_,
+             snapshot, service=service, system=system)
 
 
 @ops_task(name="volumes", iterable=["volume"], help={
     "backup": BACKUP, "volume": "volume to restore, by its compose name (repeatable); default all in the backup",
-    "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY, "allow_foreign": FOREIGN})
+    "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY, "allow_foreign": FOREIGN, "from_": FROM,
+    "snapshot": SNAPSHOT})
 def restore_volumes(c: Context, backup: str | None = None, volume: list[str] | None = None, yes: bool = False,
                     no_safety_backup: bool = False, dry_run: bool = False, allow_foreign: bool = False,
-                    stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
+                    from_: str | None = None, snapshot: str | None = None, stack: str | None = None,
+                    stage: str | None = None, overlay: str | None = None) -> None:
     """Restore named volumes: stop their services, replace the contents, start them again."""
-    _restore(c, "volumes", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign,
-             volumes=volume or ())
+    _restore(c, "volumes", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, from_,
+             snapshot, volumes=volume or ())
 
 
 @ops_task(name="all", help={"backup": "backup id of a backup.all set; default the newest one", "yes": YES,
-                            "no_safety_backup": NO_SAFETY, "dry_run": DRY, "allow_foreign": FOREIGN})
+                            "no_safety_backup": NO_SAFETY, "dry_run": DRY, "allow_foreign": FOREIGN, "from_": FROM,
+                            "snapshot": SNAPSHOT})
 def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_safety_backup: bool = False,
-                dry_run: bool = False, allow_foreign: bool = False, stack: str | None = None, stage: str | None = None,
+                dry_run: bool = False, allow_foreign: bool = False, from_: str | None = None,
+                snapshot: str | None = None, stack: str | None = None, stage: str | None = None,
                 overlay: str | None = None) -> None:
     """Restore everything in a backup.all set: every database, then the volumes."""
     import time
@@ -274,6 +406,8 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
 
     t0 = time.monotonic()
     t = target(c, stack, stage, overlay)
+    if from_ or snapshot:
+        backup = _from_offsite(t, from_, snapshot, backup, "all")
     results = core.restore_all(t, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run,
                                allow_foreign=allow_foreign)
     if results:
@@ -282,6 +416,6 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
 
 
 backup_ns = Collection("backup", backup_postgres, backup_mysql, backup_redis, backup_neo4j, backup_volumes, backup_all,
-                       backup_list, backup_verify, backup_prune, backup_fetch)
+                       backup_list, backup_verify, backup_prune, backup_fetch, backup_push)
 restore_ns = Collection("restore", restore_postgres, restore_mysql, restore_redis, restore_neo4j, restore_volumes,
                         restore_all)

@@ -1,0 +1,197 @@
+"""End to end: off-site copies in restic repositories (issue 16, item 3), with real restic, a real
+S3 server (SeaweedFS on 127.0.0.1) and a real SFTP host (a test host container).
+
+Every test pushes into its own repository (its own bucket prefix or folder) with its own password
+file, kept outside the project folder as the tool demands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from memstack_ops.testing_s3 import S3Server, s3_server
+
+pytestmark = pytest.mark.e2e
+
+
+def ok(r):
+    assert r.returncode == 0, f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+    return r
+
+
+def psql(project, sql):
+    return project.exec("postgres", "psql", "-X", "-q", "-At", "-U", "memstack", "-d", "memstack",
+                        "-v", "ON_ERROR_STOP=1", "-c", sql).strip()
+
+
+def redis(project, *args):
+    return project.exec("redis", "sh", "-c", 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli "$@"', "sh", *args).strip()
+
+
+def sets(project):
+    d = project.root / "backups" / "memstack"
+    return sorted(p for p in d.iterdir() if not p.name.endswith(".partial")) if d.is_dir() else []
+
+
+def private(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+def add_config(project, text: str) -> None:
+    cfg = project.root / "memstack-ops.toml"
+    cfg.write_text(cfg.read_text() + "\n" + text)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    server = s3_server(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """A folder outside the project for the password and credentials files."""
+    return tmp_path / "keys"
+
+
+def s3_target(project, server: S3Server, keys: Path, name: str = "s3") -> Path:
+    pw = private(keys / f"{name}.pass", uuid.uuid4().hex + "\n")
+    creds = server.credentials_file(keys / f"{name}.env")
+    add_config(project, f'[offsite.{name}]\ntype = "s3"\nendpoint = "{server.endpoint}"\nbucket = "backups"\n'
+                        f'prefix = "{project.name}/{name}"\ncredentials_file = "{creds}"\npassword_file = "{pw}"\n'
+                        f'keep_last = 2\n')
+    return pw
+
+
+def no_secrets(project, server: S3Server, pw: Path, *outputs: str) -> None:
+    text = "".join(outputs)
+    for secret in (pw.read_text().strip(), server.secret_key):
+        assert secret not in text, "a secret leaked into the output"
+
+
+def test_push_to_s3_then_restore_all_from_it_after_the_local_set_and_the_data_are_gone(project, s3, keys):
+    pw = s3_target(project, s3, keys)
+    ok(project.run("up", "--service", "postgres", "--service", "redis", "--skip-checks"))
+    psql(project, "CREATE TABLE notes (id int PRIMARY KEY, body text); "
+                  "INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 3000) g")
+    redis(project, "SET", "k", "记忆")
+    r = ok(project.run("backup.all", "--exclude", "neo4j", "--push", "s3"))
+    assert "no restic repository" in r.stdout and "Pushed" in r.stdout, r.stdout  # restic init on first use
+    [s] = sets(project)
+    manifest = json.loads((s / "manifest.json").read_text())
+    again = ok(project.run("backup.push", "--to", "s3"))
+    assert "already" in again.stdout and s.name in again.stdout
+    listed = ok(project.run("backup.list", "--offsite", "s3"))
+    assert s.name in listed.stdout
+    no_secrets(project, s3, pw, r.stdout, r.stderr, again.stdout, listed.stdout)
+
+    # the machine loses its data and its backups: only the tool, the key and the target are left
+    ok(project.run("down", "--volumes", "--yes"))
+    shutil.rmtree(project.root / "backups")
+    ok(project.run("up", "--service", "postgres", "--service", "redis", "--skip-checks"))
+    assert psql(project, "SELECT count(*) FROM pg_tables WHERE tablename = 'notes'") == "0"
+    r = ok(project.run("restore.all", "--from", "s3", "--yes", "--no-safety-backup"))
+    no_secrets(project, s3, pw, r.stdout, r.stderr)
+    assert psql(project, "SELECT count(*), max(body) FROM notes") == "3000|note 999"
+    assert redis(project, "GET", "k") == "记忆"
+    [back] = sets(project)
+    assert back.name == s.name
+    got = json.loads((back / "manifest.json").read_text())
+    assert [e["service"] for e in got["entries"]] == [e["service"] for e in manifest["entries"]]
+    verify = json.loads((back / "verify.json").read_text())
+    assert verify["ok"] and verify["fetched_from"]["offsite"] == "s3"
+    ok(project.run("backup.verify", "--backup", back.name))  # its checksums hold
+
+
+def test_wrong_key_and_unprotected_key_are_clear_errors(project, s3, keys):
+    pw = s3_target(project, s3, keys)
+    ok(project.run("up", "--service", "postgres", "--skip-checks"))
+    ok(project.run("backup.postgres"))
+    ok(project.run("backup.push", "--to", "s3"))
+    private(pw, "not the password\n")
+    r = project.run("backup.push", "--to", "s3")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "does not open" in r.stderr and "wrong password" in r.stderr and str(pw) in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1  # one paragraph
+    r = project.run("restore.postgres", "--from", "s3", "--yes")
+    assert r.returncode == 1 and "does not open" in r.stderr
+    os.chmod(pw, 0o644)
+    r = project.run("backup.push", "--to", "s3")
+    assert r.returncode == 1 and "UNPROTECTED" in r.stderr and "chmod 600" in r.stderr
+
+
+def test_a_target_down_keeps_the_local_set_and_says_how_to_retry(project, keys, tmp_path):
+    server = s3_server(tmp_path / "s3down")
+    try:
+        s3_target(project, server, keys, "far")
+        ok(project.run("up", "--service", "postgres", "--skip-checks"))
+        psql(project, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 10)")
+        server.stop()
+        r = project.run("backup.all", "--exclude", "neo4j", "--exclude", "redis", "--push", "far", timeout=600)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        [s] = sets(project)
+        assert "cannot be reached" in r.stderr and str(s) in r.stderr and "safe" in r.stderr
+        ok(project.run("backup.verify", "--backup", s.name))  # the local set is intact
+        retry = r.stderr.split("To push it when the target is back: ", 1)[1].split()
+        assert retry[:2] == ["memstack-ops", "backup.push"] and s.name in retry
+        server.start()
+        r = ok(project.run(*retry[1:]))
+        assert "Pushed" in r.stdout
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sftp_project(project, hosts, ssh_key, keys):
+    """The project with host h1 in its inventory and an [offsite.box] SFTP target on it."""
+    box = hosts["h1"]
+    path = f"/srv/restic-{project.name}"
+    pw = private(keys / "box.pass", uuid.uuid4().hex + "\n")
+    add_config(project, f'[hosts]\nuser = "root"\nkey = "{ssh_key.private}"\nknown_hosts = "{keys / "known_hosts"}"\n'
+                        f'host_key_policy = "accept-new"\n\n[hosts.h1]\naddress = "127.0.0.1"\nport = {box.port}\n\n'
+                        f'[offsite.box]\ntype = "sftp"\nhost = "h1"\npath = "{path}"\npassword_file = "{pw}"\n'
+                        f'keep_last = 1\n')
+    yield project, box, path
+    box.sh(f"rm -rf {path}", check=False)
+
+
+def test_push_to_sftp_prune_restore_and_a_corrupted_pack_found_by_check(sftp_project):
+    project, box, path = sftp_project
+    ok(project.run("up", "--service", "postgres", "--skip-checks"))
+    psql(project, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 500)")
+    ok(project.run("backup.postgres"))
+    ok(project.run("backup.push", "--to", "box"))
+    assert box.sh(f"test -f {path}/config && echo yes").strip() == "yes"
+    psql(project, "INSERT INTO t SELECT generate_series(501, 600)")
+    ok(project.run("backup.postgres"))
+    first, second = sets(project)
+    ok(project.run("backup.push", "--to", "box", "--backup", second.name))
+    r = ok(project.run("backup.prune", "--offsite", "box"))  # keep_last = 1 from the target's table
+    assert f"Forgot 1 set(s) in off-site target box: {first.name}" in r.stdout and "no errors" in r.stdout
+    listed = ok(project.run("backup.list", "--offsite", "box")).stdout
+    assert second.name in listed and first.name not in listed
+
+    shutil.rmtree(project.root / "backups")
+    psql(project, "DROP TABLE t")
+    ok(project.run("restore.postgres", "--from", "box", "--yes", "--no-safety-backup"))
+    assert psql(project, "SELECT count(*) FROM t") == "600"
+
+    ok(project.run("backup.verify", "--offsite", "box", "--read-data"))
+    # one byte flipped in the middle of the biggest pack: restic check --read-data finds it
+    box.sh(f"f=$(find {path}/data -type f -printf '%s %p\\n' | sort -n | tail -1 | cut -d' ' -f2); "
+           f"n=$(($(stat -c %s \"$f\") / 2)); "
+           f"b=$(dd if=\"$f\" bs=1 skip=$n count=1 2>/dev/null | od -An -tu1 | tr -d ' '); "
+           f"printf \"$(printf '\\\\%03o' $(( (b + 1) % 256 )))\" | dd of=\"$f\" bs=1 seek=$n conv=notrunc 2>/dev/null")
+    r = project.run("backup.verify", "--offsite", "box", "--read-data")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "restic check found damage" in r.stderr and "rebuild-index" in r.stderr, r.stderr
