@@ -222,7 +222,7 @@ def test_schedule_on_this_machine_installs_once_fires_and_never_runs_twice_at_on
     assert cmd and "backup.run --stack memstack --stage dev" in cmd and f"MEMSTACK_ROOT={p.root}" in cmd
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
            "SHELL": "/bin/sh"}  # cron's environment, nothing of this test's
-    ok(p.run("up", "--service", "postgres", "--service", "redis", "--skip-checks"))
+    ok(p.run("up", "--service", "postgres", "--service", "redis", "--service", "neo4j", "--skip-checks"))
     r = subprocess.run(["sh", "-c", cmd], env=env, cwd="/", capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, log.read_text()
     first = log.read_text()
