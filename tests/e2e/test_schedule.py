@@ -267,7 +267,8 @@ def test_schedule_on_a_host_over_ssh(remote_project, hosts):
     args = ("-H", "h1", "backup.schedule", "--cron", "*/5 * * * *", "--bin", tool, "--push", "offsite1")
     out = ok(p.run(*args))
     name = f"memstack-ops-{p.name}"
-    assert f"[h1] Installed the backup schedule of stack tiny on h1 (cron.d: /etc/cron.d/{name})" in out
+    assert "[h1] Installed the backup schedule of stack tiny on h1 (root@127.0.0.1:" in out
+    assert f"(cron.d: /etc/cron.d/{name})" in out
     assert "no cron daemon is installed on h1" in out
     out = ok(p.run(*args))
     assert "Already installed, unchanged" in out
@@ -283,7 +284,8 @@ def test_schedule_on_a_host_over_ssh(remote_project, hosts):
           f"&& chmod +x {tool}")
     h1.sh(cmd)
     ran = h1.sh(f"tail -n1 /var/log/memstack-ops/{name}.log").strip()
-    assert ran.startswith(f"{p.stack_root}/releases/") and f"|{p.stack_root}/current|backup.run --stack tiny" in ran
+    assert ran.startswith(f"{p.stack_root}/current|{p.stack_root}/current|backup.run --stack tiny --stage dev "
+                          f"--push offsite1"), ran
     assert "cron.d" in ok(p.run("-H", "h1", "backup.schedule", "--show"))
     out = ok(p.run("-H", "h1", "backup.schedule", "--remove"))
     assert f"/etc/cron.d/{name}" in out
