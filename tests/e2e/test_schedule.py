@@ -195,8 +195,9 @@ def lock_holder(path: Path, seconds: float = 120) -> dict:
     raise AssertionError(f"nobody took {path} within {seconds} s")
 
 
-def test_schedule_on_this_machine_installs_once_fires_and_never_runs_twice_at_once(scheduled, tmp_path):
+def test_schedule_on_this_machine_installs_once_fires_and_never_runs_twice_at_once(scheduled, tmp_path, receiver):
     p = scheduled
+    configure(p, f'[notify]\nurl = "{receiver.url}"\non_success = true\n')
     assert Path("/proc/1/comm").read_text().strip() != "systemd"  # this container: the cron path
     r = p.run("backup.schedule", "--cron", "0 3 * *")
     assert r.returncode == 1 and "5 fields" in r.stderr and not installed_file(p).exists()
@@ -229,6 +230,8 @@ def test_schedule_on_this_machine_installs_once_fires_and_never_runs_twice_at_on
     assert "backup.run of stack memstack" in first and "Backup " in first and " complete" in first
     sets = lambda: sorted(x.name for x in (p.root / "backups" / "memstack").iterdir() if x.name.endswith("-all"))  # noqa: E731
     assert len(sets()) == 1
+    # one notification for the scheduled job, not one per step it ran
+    assert [(b["body"]["job"], b["body"]["ok"]) for b in receiver.bodies] == [("backup.run", True)]
 
     # two runs at once: the first takes the stack's lock for its whole run, the second refuses naming it
     a = subprocess.Popen(["sh", "-c", cmd], env=env, cwd="/", start_new_session=True)
@@ -249,6 +252,10 @@ def test_schedule_on_this_machine_installs_once_fires_and_never_runs_twice_at_on
     refusal = [ln for ln in text.splitlines() if "in use by another run" in ln]
     assert len(refusal) == 1 and f"pid {a.pid} on " in refusal[0] and "backup.run --stack memstack" in refusal[0]
     assert len(sets()) == 2  # one more set: the first run's only
+    jobs = [(b["body"]["job"], b["body"]["ok"]) for b in receiver.bodies[1:]]
+    assert sorted(jobs) == [("backup.run", False), ("backup.run", True)]
+    [refused] = [b["body"] for b in receiver.bodies[1:] if not b["body"]["ok"]]
+    assert "in use by another run" in refused["error"] and f"pid {a.pid} on " in refused["error"]
 
     out = ok(p.run("backup.schedule", "--remove"))
     assert f"Removed the backup schedule of stack memstack on this machine: {installed_file(p)}" in out
