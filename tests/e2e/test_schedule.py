@@ -142,7 +142,7 @@ def test_backups_write_prometheus_metrics_atomically(project, tmp_path):
         manifest = json.loads((s / "manifest.json").read_text())
         assert samples[("memstack_backup_bytes", labels)] == sum(f["size"] for f in manifest["files"])
         assert samples[("memstack_backup_duration_seconds", labels)] == manifest["duration_s"]
-        assert f"# TYPE memstack_backup_bytes gauge" in text
+        assert "# TYPE memstack_backup_bytes gauge" in text
     job = (("host", "this machine"), ("job", "backup.redis"), ("stack", "memstack"))
     assert samples[("memstack_job_last_success_timestamp_seconds", job)] >= before
     # status shows the newest backup's age (fresh) and flags the drill that never happened
