@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .sets import human_age, list_sets, utcnow
+from .sets import human_age, load_set, parse_id, utcnow
 
 DRILL = "drill.json"
 
@@ -47,10 +47,11 @@ class Age:
         return f"newest {self.what}: {age}" + (f" ({self.detail})" if self.detail else "") + flag
 
 
-def newest_drill(shell: Any, root: str, sets: list[Any], look: int = 30) -> tuple[dt.datetime | None, str]:
+def newest_drill(shell: Any, root: str, names: list[str], look: int = 5) -> tuple[dt.datetime | None, str]:
+    """The newest drill recorded in the ``look`` newest sets (``names`` newest first) or the stamp."""
     best: tuple[dt.datetime | None, str] = (None, "")
-    for s in sets[:look]:
-        text = shell.read_text(f"{s.path}/{DRILL}")
+    for name in names[:look]:
+        text = shell.read_text(f"{root}/{name}/{DRILL}")
         if not text:
             continue
         try:
@@ -59,7 +60,7 @@ def newest_drill(shell: Any, root: str, sets: list[Any], look: int = 30) -> tupl
             continue
         t = parse_time(d.get("time")) if isinstance(d, dict) else None
         if t and (best[0] is None or t > best[0]):
-            best = (t, f"{'OK' if d.get('ok') else 'FAILED'}, set {s.id}")
+            best = (t, f"{'OK' if d.get('ok') else 'FAILED'}, set {name}")
     stamp = shell.read_text(drill_stamp_path(root))
     t = parse_time(stamp.strip()) if stamp else None
     if t and (best[0] is None or t > best[0]):
@@ -73,10 +74,15 @@ def ages(t: Any, shell: Any = None) -> list[Age]:
 
     shell = shell or shell_for(t.c)
     root = backups_root(t)
-    sets = [s for s in list_sets(shell, root)
-            if not s.error and not str(s.manifest.get("reason", "")).startswith("safety")]
-    newest = sets[0] if sets else None
-    drilled, detail = newest_drill(shell, root, sets)
+    ids = {n: parse_id(n) for n in shell.listdir(root)}
+    names = sorted((n for n, p in ids.items() if p), key=lambda n: ids[n][:2], reverse=True)  # type: ignore[index]
+    newest = None
+    for n in names[:20]:  # the newest readable set that is not a restore's safety backup (few reads over SSH)
+        s = load_set(shell, root, n)
+        if s and not s.error and not str(s.manifest.get("reason", "")).startswith("safety"):
+            newest = s
+            break
+    drilled, detail = newest_drill(shell, root, names)
     return [Age("backup", newest.time if newest else None, newest.id if newest else "none yet",
                 float(t.settings["backup_max_age_h"])),
             Age("drill", drilled, detail, float(t.settings["drill_max_age_h"]))]

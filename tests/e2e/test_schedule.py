@@ -298,3 +298,16 @@ def test_schedule_on_a_host_over_ssh(remote_project, hosts):
     assert f"/etc/cron.d/{name}" in out
     assert h1.sh(f"test -e /etc/cron.d/{name} && echo yes || echo no").strip() == "no"
     h1.sh("rm -rf /opt/memstack-ops")
+
+
+def test_a_failed_deploy_notifies_naming_the_host(remote_project, hosts, receiver):
+    p = remote_project
+    configure(p, f'[notify]\nurl = "{receiver.url}"\n')
+    p.break_app()
+    r = p.run("-H", "h1", "deploy", timeout=600)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert len(receiver.bodies) == 1, receiver.bodies
+    body = receiver.bodies[0]["body"]
+    assert body["job"] == "deploy" and body["ok"] is False and body["host"].startswith("h1 ")
+    assert body["stack"] == "tiny" and "app" in body["error"]
+    assert p.secret() not in json.dumps(receiver.bodies)

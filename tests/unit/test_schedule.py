@@ -84,3 +84,29 @@ def test_drill_due():
     assert sch.drill_due("weekly", 1e9 - 7 * 86400, 1e9)
     with pytest.raises(sch.ScheduleError):
         sch.drill_due("hourly", None, 0)
+
+
+def test_ages_flag_old_and_missing_and_find_the_newest_drill():
+    import datetime as dt
+
+    from memstack_ops.backup.freshness import Age, newest_drill
+
+    now = dt.datetime(2026, 1, 2, 12, tzinfo=dt.UTC)
+    fresh = Age("backup", now - dt.timedelta(hours=3), "x", 26)
+    assert not fresh.old(now) and fresh.line(now) == "newest backup: 3h ago (x)"
+    stale = Age("drill", now - dt.timedelta(hours=30), "", 26)
+    assert stale.old(now) and stale.line(now).endswith("OLD (over 26 h)")
+    assert Age("drill", None, "", 26).old(now)
+
+    class Files:
+        def __init__(self, files):
+            self.files = files
+
+        def read_text(self, path):
+            return self.files.get(path)
+
+    shell = Files({"/b/s/2/drill.json": '{"time": "2026-01-01T00:00:00Z", "ok": true}',
+                   "/b/s/1/drill.json": '{"time": "2026-01-01T05:00:00Z", "ok": false}',
+                   "/b/.s.drilled": "2025-12-31T00:00:00+00:00\n"})
+    when, detail = newest_drill(shell, "/b/s", ["2", "1"])
+    assert when == dt.datetime(2026, 1, 1, 5, tzinfo=dt.UTC) and detail == "FAILED, set 1"
