@@ -19,8 +19,10 @@ stack); ``remove`` deletes all of it.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,6 +278,11 @@ def remove_file(c: Any, where: str, path: str) -> bool:
     return "removed" in r.stdout
 
 
+def remove_folder(c: Any, where: str, path: str) -> bool:
+    r = must(sh(c, 'if [ -d "$1" ]; then rm -rf -- "$1" && echo removed; fi', path), where, f"Removing {path}")
+    return "removed" in r.stdout
+
+
 def read_crontab(c: Any) -> str:
     r = sh(c, "crontab -l 2>/dev/null || true")
     return str(r.stdout)
@@ -402,6 +409,49 @@ def scheduled_command(inst: Installed) -> str | None:
         parts = s.split(None, 6 if inst.mechanism == "cron.d" else 5)
         return parts[-1].replace("\\%", "%")
     return None
+
+
+# --------------------------------------------------------------------------- a host's schedule folder
+
+def toml_text(data: Mapping[str, Any], header: str = "") -> str:
+    """A small TOML writer for settings: scalars and lists first, then sub-tables."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v), ensure_ascii=False)  # a JSON string is a TOML basic string
+
+    def key(k: str) -> str:
+        return k if re.match(r"^[A-Za-z0-9_-]+$", k) else json.dumps(k)
+
+    lines = [f"{key(k)} = {value(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
+    out = (f"[{header}]\n" if header and (lines or not any(isinstance(v, Mapping) for v in data.values())) else "")
+    out += "".join(ln + "\n" for ln in lines)
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            out += "\n" + toml_text(v, f"{header}.{key(k)}" if header else key(k))
+    return out
+
+
+HOST_FOLDER = """set -e
+mkdir -p -- "$1"
+cd -- "$1"
+for d in compose env db; do ln -sfn "../current/$d" "$d"; done
+"""
+
+
+def host_folder(c: Any, where: str, folder: str, settings: Mapping[str, Any]) -> None:
+    """``<deploy root>/schedule``: the project folder the tool runs in on a host. Its
+    memstack-ops.toml holds the settings of this machine's project the run needs (stack, stage,
+    project name, backups_dir, [notify], [metrics], ...); compose/, env/ and db/ are links to the
+    current release, so a later deploy is what the next run backs up."""
+    write_file(c, where, f"{folder}/memstack-ops.toml",
+               "# Written by `memstack-ops backup.schedule` from the deploying machine's settings.\n"
+               + toml_text(settings))
+    must(sh(c, HOST_FOLDER, folder), where, f"Preparing {folder}")
 
 
 # --------------------------------------------------------------------------- the tool's own log rotation

@@ -327,6 +327,12 @@ def _pythonpath() -> str | None:
     return pp if pp and here in [os.path.abspath(x) for x in pp.split(os.pathsep) if x] else None
 
 
+def _host_folder(t: Target) -> str:
+    """The project folder a schedule runs in on a host: ``<deploy root>/schedule`` (schedule.host_folder)."""
+    assert t.release_dir
+    return t.release_dir.rsplit("/releases/", 1)[0] + "/schedule"
+
+
 @ops_task(name="schedule", help={
     "cron": 'when to run, 5 cron fields, e.g. "0 3 * * *" (03:00 every day); installs or replaces the schedule',
     "push": "also push each new set to this off-site target (backup.push --to NAME)",
@@ -369,6 +375,8 @@ def backup_schedule(c: Context, cron: str | None = None, push: str | None = None
         return
     if remove:
         gone = sch.remove(c, m, name)
+        if t.remote and t.release_dir and sch.remove_folder(c, t.where, _host_folder(t)):
+            gone.append(_host_folder(t))
         say(f"Removed the backup schedule of stack {t.stack.name} on {t.where}: {', '.join(gone)}." if gone else
             f"No backup schedule for stack {t.stack.name} on {t.where}: nothing to remove.")
         return
@@ -381,8 +389,13 @@ def backup_schedule(c: Context, cron: str | None = None, push: str | None = None
                                     f"the tool on the host itself. Install it there, or name it with --bin PATH.")
         if t.release_dir is None:
             raise sch.ScheduleError(f"Stack {t.stack.name} is not deployed on {t.where}: deploy it first.")
-        cwd = t.release_dir.rsplit("/releases/", 1)[0] + "/current"
-        env["MEMSTACK_BACKUPS_DIR"] = backups_root(t).rsplit("/", 1)[0]  # beside releases/, as with -H
+        cwd = _host_folder(t)
+        conf = {k: t.settings[k] for k in ("stack", "stage", "overlays", "timeout", "interval", "disk_min_gb",
+                                           "disk_warn_gb", "backup_max_age_h", "drill_max_age_h")}
+        conf["backups_dir"] = backups_root(t).rsplit("/", 1)[0]  # beside releases/, as with -H
+        conf.update(notify=dict(t.settings["notify"]), metrics=dict(t.settings["metrics"]),
+                    stacks={t.stack.name: {**t.stack.options, "project": t.stack.project}})
+        sch.host_folder(c, t.where, cwd, conf)
     else:
         exe = [bin] if bin else _entry_point()
         cwd = str(t.settings.root)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -283,20 +284,27 @@ def test_schedule_on_a_host_over_ssh(remote_project, hosts):
     assert h1.sh(f"grep -c -- 'backup.run' /etc/cron.d/{name}").strip() == "1"
     cmd = scheduled_command(Installed("cron.d", [], text))
     assert cmd is not None
-    assert f"cd {p.stack_root}/current && exec env MEMSTACK_BACKUPS_DIR={p.stack_root}/backups " \
-           f"MEMSTACK_ROOT={p.stack_root}/current {tool} backup.run --stack tiny --stage dev --push offsite1 " \
+    assert f"cd {p.stack_root}/schedule && exec env " \
+           f"MEMSTACK_ROOT={p.stack_root}/schedule {tool} backup.run --stack tiny --stage dev --push offsite1 " \
            f"--log /var/log/memstack-ops/{name}.log >> /var/log/memstack-ops/{name}.log 2>&1" == cmd
+    # the folder it runs in: this project's settings, the current release's files
+    settings = tomllib.loads(h1.sh(f"cat {p.stack_root}/schedule/memstack-ops.toml"))
+    assert settings["stack"] == "tiny" and settings["stacks"]["tiny"]["project"] == p.name
+    assert settings["backups_dir"] == f"{p.stack_root}/backups"
+    assert h1.sh(f"test -f {p.stack_root}/schedule/compose/tiny/compose.yml && "
+                 f"test -f {p.stack_root}/schedule/env/tiny/.env && echo yes").strip() == "yes"
     # the line runs as written on the host: a stand-in for the tool records what it was started with
     h1.sh(f"mkdir -p /opt/memstack-ops/bin && printf '#!/bin/sh\\necho \"$PWD|$MEMSTACK_ROOT|$*\"\\n' > {tool} "
           f"&& chmod +x {tool}")
     h1.sh(cmd)
     ran = h1.sh(f"tail -n1 /var/log/memstack-ops/{name}.log").strip()
-    assert ran.startswith(f"{p.stack_root}/current|{p.stack_root}/current|backup.run --stack tiny --stage dev "
+    assert ran.startswith(f"{p.stack_root}/schedule|{p.stack_root}/schedule|backup.run --stack tiny --stage dev "
                           f"--push offsite1"), ran
     assert "cron.d" in ok(p.run("-H", "h1", "backup.schedule", "--show"))
     out = ok(p.run("-H", "h1", "backup.schedule", "--remove"))
     assert f"/etc/cron.d/{name}" in out
     assert h1.sh(f"test -e /etc/cron.d/{name} && echo yes || echo no").strip() == "no"
+    assert h1.sh(f"test -e {p.stack_root}/schedule && echo yes || echo no").strip() == "no"
     h1.sh("rm -rf /opt/memstack-ops")
 
 
