@@ -251,11 +251,14 @@ def logrotate_text(p: Plan) -> str:
 
 # --------------------------------------------------------------------------- file operations on the machine
 
+# The temporary file is made in the folder above the target's, so the target's folder changes once,
+# by the rename: cron notices a new file in /etc/cron.d by that folder's mtime (whole seconds), and
+# a second change within the second it last looked would go unnoticed until something else changed.
 WRITE = """set -e
 umask 022
 d=$(dirname -- "$1")
 mkdir -p -- "$d"
-tmp=$(mktemp "$d/.memstack-ops.XXXXXXXX")
+tmp=$(mktemp "$(dirname -- "$d")/.memstack-ops.XXXXXXXX")
 printf '%s' "$2" | base64 -d > "$tmp"
 chmod 0644 "$tmp"
 if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f -- "$tmp"; echo same; else mv -f -- "$tmp" "$1"; echo written; fi
