@@ -60,6 +60,12 @@ DEFAULTS: dict[str, Any] = {
     "stacks": {},  # per-stack overrides: project name, probes, extra ports ...
     "hosts": {},  # remote hosts: [hosts] defaults and [hosts.NAME] tables (memstack_ops/remote/inventory.py)
     "offsite": {},  # off-site restic repositories: [offsite.NAME] tables (``Offsite`` below)
+    # [notify]: url (webhook, JSON body), format = "json" | "slack", on_success, timeout (memstack_ops/notify.py)
+    "notify": {},
+    "metrics": {},  # [metrics]: path of the Prometheus text file (memstack_ops/metrics.py)
+    # status flags the newest backup / drill when older than this many hours
+    "backup_max_age_h": 26.0,
+    "drill_max_age_h": 26.0,
 }
 
 # Settings that may come from env files / environment variables, with their parser.
@@ -77,6 +83,8 @@ _SCALARS: dict[str, Callable[[str], Any]] = {
     "disk_alert_pct": float,
     "profiles": lambda v: [p for p in (s.strip() for s in v.split(",")) if p],
     "port_offset": int,
+    "backup_max_age_h": float,
+    "drill_max_age_h": float,
 }
 STAGES = ("dev", "staging", "prod")
 
@@ -137,6 +145,17 @@ _TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "stacks": ((dict,), 'a table of stacks: [stacks.NAME] with project = "..."'),
     "hosts": ((dict,), "a table: [hosts] defaults and [hosts.NAME] tables"),
     "offsite": ((dict,), 'a table of targets: [offsite.NAME] with type = "s3" or "sftp"'),
+    "notify": ((dict,), 'a table: [notify] with url = "https://..."'),
+    "metrics": ((dict,), 'a table: [metrics] with path = "/var/lib/prometheus/node-exporter/memstack.prom"'),
+}
+_NOTIFY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "url": ((str,), 'a string, e.g. url = "https://hooks.example.com/..."'),
+    "format": ((str,), 'a string: format = "json" or "slack"'),
+    "on_success": ((bool,), "a boolean, e.g. on_success = true"),
+    "timeout": ((int, float), "a number of seconds, e.g. timeout = 10"),
+}
+_METRICS_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "path": ((str,), 'a string, e.g. path = "/var/lib/prometheus/node-exporter/memstack.prom"'),
 }
 _STACK_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "project": ((str,), 'a string, e.g. project = "memstack"'),
@@ -183,6 +202,16 @@ def _check_types(path: Path, data: dict[str, Any]) -> dict[str, Any]:
             raise bad(key, v, "a whole number, e.g. port_offset = 100")
     if any(not isinstance(o, str) for o in data.get("overlays", [])):
         raise bad("overlays", data["overlays"], 'a list of names, e.g. overlays = ["local"]')
+    for section, known in (("notify", _NOTIFY_TYPES), ("metrics", _METRICS_TYPES)):
+        for key, v in (data.get(section) or {}).items():
+            if key not in known:
+                raise ConfigError(f"{path}: unknown setting {section}.{key}; [{section}] knows "
+                                  f"{', '.join(known)}.")
+            types, how = known[key]
+            if not isinstance(v, types) or isinstance(v, bool) and bool not in types:
+                raise bad(f"{section}.{key}", v, how)
+    if data.get("notify", {}).get("format", "json") not in ("json", "slack"):
+        raise bad("notify.format", data["notify"]["format"], 'format = "json" (the default) or "slack" ({"text": ...})')
     for name, table in (data.get("stacks") or {}).items():
         if not isinstance(table, dict):
             raise bad(f"stacks.{name}", table, f'a table: [stacks.{name}] with project = "..."')
@@ -569,12 +598,14 @@ def resolve(flags: Mapping[str, Any] | None = None, *, root: Path | None = None,
     layer({k: _parse(k, environ[f"MEMSTACK_{k.upper()}"], f"MEMSTACK_{k.upper()}")
            for k in _SCALARS if environ.get(f"MEMSTACK_{k.upper()}")}, "environment")
     layer(flags, "flag")
-    for k in ("timeout", "interval", "disk_min_gb", "disk_warn_gb", "cpu_alert_pct", "mem_alert_pct", "disk_alert_pct"):
+    for k in ("timeout", "interval", "disk_min_gb", "disk_warn_gb", "cpu_alert_pct", "mem_alert_pct", "disk_alert_pct",
+              "backup_max_age_h", "drill_max_age_h"):
         raw = values[k]
         try:
             num = float(raw)
         except (TypeError, ValueError):
-            raise ConfigError(f"{k} must be a number of {'seconds' if k in ('timeout', 'interval') else 'GB'}, "
+            unit = "seconds" if k in ("timeout", "interval") else "hours" if k.endswith("_h") else "GB"
+            raise ConfigError(f"{k} must be a number of {unit}, "
                               f"got {raw!r} (from {sources[k]}).") from None
         if not math.isfinite(num) or num <= 0 and k in ("timeout", "interval") or num < 0:
             raise ConfigError(f"{k} must be positive, got {raw} (from {sources[k]}).")

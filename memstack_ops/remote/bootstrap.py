@@ -5,7 +5,8 @@ distribution, plus zstd for image shipping), compose v2 (the distribution's pack
 one, else this machine's own compose plugin binary, copied over SFTP), the daemon config
 (json-file logs rotated at log_max_size x log_max_file, registry mirrors from the inventory),
 the engine running (systemd when the host has it; otherwise dockerd started in its own session,
-as harness/setup-engine.sh does), the deploy user in the docker group, the deploy directory.
+as harness/setup-engine.sh does), cron on a host without systemd (for backup.schedule), the deploy
+user in the docker group, the deploy directory.
 Then doctor's host checks. A second run changes nothing and says so.
 """
 
@@ -99,6 +100,7 @@ class Bootstrap:
         self.compose()
         restart = self.daemon_config()
         self.engine(restart)
+        self.scheduler()
         self.user_group()
         self.deploy_dir()
         self.doctor()
@@ -219,6 +221,25 @@ class Bootstrap:
             raise RemoteError(f"{self.host.label}: the Docker engine did not come up within 60 s. {log}")
         self.step("engine", True, ("restarted to apply the daemon config" if running else "started")
                   + ("" if systemd else " (no systemd: dockerd in its own session, log /var/log/dockerd.log)"))
+
+    def scheduler(self) -> None:
+        """cron on a host without systemd, so `backup.schedule` entries fire there (systemd hosts use
+        timers). Installed when missing, started when not running."""
+        if self.sh("test -d /run/systemd/system").ok:
+            self.step("scheduler", False, "systemd timers")
+            return
+        changed = []
+        if self.sh("command -v cron >/dev/null").failed:
+            say("  ...      installing cron from the distribution (apt-get)")
+            self.must(self.root_sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cron "
+                                   ">/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get "
+                                   "install -y -qq --no-install-recommends cron >/dev/null; }", timeout=600),
+                      "apt-get install cron")
+            changed.append("installed cron")
+        if self.sh("pgrep -x cron >/dev/null").failed:
+            self.must(self.root_sh("cron"), "starting cron")  # it detaches itself
+            changed.append("started cron (no systemd)")
+        self.step("scheduler", bool(changed), ", ".join(changed) or "cron running")
 
     def user_group(self) -> None:
         if self.c.is_root():

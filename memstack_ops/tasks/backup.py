@@ -72,6 +72,7 @@ def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay
     s = core.backup(t, kind, compress=compress, dry_run=dry_run, space_check=not no_space_check, **kw)
     if s is not None:
         _print_set(s, t0)
+        _backup_metrics(t, s)
         if fetch:
             s = _fetch(t, s)
         if offsite is not None:
@@ -98,6 +99,20 @@ def _push(t: Target, offsite: Any, s: BackupSet, after_backup: bool = False) -> 
     say(f"Pushed {s.id} to off-site target {offsite.name} (snapshot {p.snapshot}): {p.files} file(s), "
         f"{human_size(p.logical)} of content, the repository grew by {human_size(p.added)}{ratio} (deduplicated and "
         f"compressed by restic) in {p.seconds:.1f} s.")
+
+
+def _backup_metrics(t: Target, s: BackupSet) -> None:
+    """The backup_* metrics of a finished set ([metrics] path); a failure to write them is a warning."""
+    import time
+
+    from .. import metrics
+    from ..output import warn
+
+    try:
+        metrics.backup_done(t.settings, {"stack": t.stack.name, "kind": s.kind, "host": t.where}, time.time(),
+                            float(s.manifest.get("duration_s") or 0), s.size)
+    except (OSError, ValueError) as e:
+        warn(f"warning: the metrics of backup {s.id} were not written to {metrics.configured_path(t.settings)}: {e}")
 
 
 def _fetch(t: Target, s: BackupSet | None = None, set_id: str | None = None) -> BackupSet:
@@ -415,7 +430,181 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
         say(f"Restored in {time.monotonic() - t0:.1f} s; healthy again.")
 
 
+# --------------------------------------------------------------------------- schedules (issue 16)
+
+def _entry_point() -> list[str]:
+    """This machine's memstack-ops command: the console script that runs now (absolute), else
+    ``python -m memstack_ops`` with this interpreter."""
+    import os
+    import shutil
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "memstack-ops":
+        return [os.path.abspath(argv0)]
+    sibling = os.path.join(os.path.dirname(sys.executable), "memstack-ops")
+    if not argv0.endswith("__main__.py") and os.access(sibling, os.X_OK):
+        return [sibling]
+    found = shutil.which("memstack-ops") if not argv0.endswith("__main__.py") else None
+    return [found] if found else [sys.executable, "-m", "memstack_ops"]
+
+
+def _pythonpath() -> str | None:
+    """PYTHONPATH when it is what makes this memstack_ops importable (a checkout run in place):
+    the scheduled command must run the same code."""
+    import os
+
+    import memstack_ops
+
+    pp = os.environ.get("PYTHONPATH", "")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(memstack_ops.__file__)))
+    return pp if pp and here in [os.path.abspath(x) for x in pp.split(os.pathsep) if x] else None
+
+
+def _host_folder(t: Target) -> str:
+    """The project folder a schedule runs in on a host: ``<deploy root>/schedule`` (schedule.host_folder)."""
+    assert t.release_dir
+    return t.release_dir.rsplit("/releases/", 1)[0] + "/schedule"
+
+
+@ops_task(name="schedule", help={
+    "cron": 'when to run, 5 cron fields, e.g. "0 3 * * *" (03:00 every day); installs or replaces the schedule',
+    "push": "also push each new set to this off-site target (backup.push --to NAME)",
+    "drill": "also drill the newest backup: daily, weekly or monthly (backup.drill)",
+    "show": "show the installed schedule", "remove": "remove the schedule",
+    "log": "log file of the runs; default /var/log/memstack-ops/<name>.log (root) or ~/.local/state/memstack-ops/",
+    "bin": "the memstack-ops command to schedule (absolute path); default the one running now, or on a host the "
+           "one on its PATH"})
+def backup_schedule(c: Context, cron: str | None = None, push: str | None = None, drill: str | None = None,
+                    show: bool = False, remove: bool = False, log: str | None = None, bin: str | None = None,
+                    stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
+    """Install (--cron), show (--show) or remove (--remove) the backup schedule: a systemd timer or a cron entry."""
+    import shlex
+
+    from .. import schedule as sch
+    from ..backup import backups_root
+    from ..output import say, warn
+
+    if sum(bool(x) for x in (cron, show, remove)) != 1:
+        raise sch.ScheduleError('Say what to do: --cron "0 3 * * *" installs the schedule, --show shows it, '
+                                "--remove removes it (one of them).")
+    if cron:
+        sch.check_cron(cron)
+        if drill:
+            sch.drill_due(drill, None, 0)  # validates the word
+    t = target(c, stack, stage, overlay, require_env=False)
+    name = sch.entry_name(t.stack.project)
+    m = sch.probe(c, t.where)
+    if show:
+        inst = sch.show(c, m, name)
+        if inst is None:
+            say(f"No backup schedule for stack {t.stack.name} on {t.where}: install one with "
+                f'`memstack-ops backup.schedule --cron "0 3 * * *"`.')
+            return
+        say(f"Backup schedule of stack {t.stack.name} on {t.where} ({inst.mechanism}: {', '.join(inst.files)}):")
+        for ln in inst.text.rstrip("\n").splitlines():
+            say(f"  {ln}")
+        if inst.next_run:
+            say(f"next run: {inst.next_run}")
+        return
+    if remove:
+        gone = sch.remove(c, m, name)
+        if t.remote and t.release_dir and sch.remove_folder(c, t.where, _host_folder(t)):
+            gone.append(_host_folder(t))
+        say(f"Removed the backup schedule of stack {t.stack.name} on {t.where}: {', '.join(gone)}." if gone else
+            f"No backup schedule for stack {t.stack.name} on {t.where}: nothing to remove.")
+        return
+    assert cron
+    env: dict[str, str] = {}
+    if t.remote:
+        exe = [bin or m.memstack_ops]
+        if not exe[0]:
+            raise sch.ScheduleError(f"memstack-ops is not installed on {t.where} (not on its PATH): the schedule runs "
+                                    f"the tool on the host itself. Install it there, or name it with --bin PATH.")
+        if t.release_dir is None:
+            raise sch.ScheduleError(f"Stack {t.stack.name} is not deployed on {t.where}: deploy it first.")
+        cwd = _host_folder(t)
+        conf = {k: t.settings[k] for k in ("stack", "stage", "overlays", "timeout", "interval", "disk_min_gb",
+                                           "disk_warn_gb", "backup_max_age_h", "drill_max_age_h")}
+        conf["backups_dir"] = backups_root(t).rsplit("/", 1)[0]  # beside releases/, as with -H
+        conf.update(notify=dict(t.settings["notify"]), metrics=dict(t.settings["metrics"]),
+                    stacks={t.stack.name: {**t.stack.options, "project": t.stack.project}})
+        sch.host_folder(c, t.where, cwd, conf)
+    else:
+        exe = [bin] if bin else _entry_point()
+        cwd = str(t.settings.root)
+        pp = _pythonpath()
+        if pp:
+            env["PYTHONPATH"] = pp
+    env["MEMSTACK_ROOT"] = cwd
+    logfile = log or sch.default_log(m, name)
+    argv = [*exe, "backup.run", "--stack", t.stack.name, "--stage", t.stack.stage]
+    argv += ["--overlay", overlay] if overlay else []
+    argv += ["--push", push] if push else []
+    argv += ["--drill", drill] if drill else []
+    argv += [] if m.logrotate else ["--log", logfile]
+    plan = sch.Plan(name=name, cron=" ".join(cron.split()), argv=argv, cwd=cwd, log=logfile, env=env,
+                    description=f"memstack-ops backups of stack {t.stack.name} (project {t.stack.project})")
+    inst, changed = sch.install(c, m, plan)
+    say(f"{'Installed' if changed else 'Already installed, unchanged:'} the backup schedule of stack "
+        f"{t.stack.name} on {t.where} ({inst.mechanism}: {', '.join(inst.files)}): `{plan.cron}` runs "
+        f"{shlex.join(argv)}")
+    say(f"log: {logfile} (rotated {'by logrotate' if m.logrotate else 'by the tool at 10 MB'}); "
+        f"`memstack-ops backup.schedule --show` shows it, `--remove` removes it.")
+    if inst.mechanism != "systemd" and not m.cron_daemon:
+        warn(f"warning: no cron daemon is installed on {t.where}: the entry runs once cron is installed and running "
+             f"(`apt-get install cron`).")
+
+
+@ops_task(name="run", help={
+    "push": "after the backup, push it to this off-site target (backup.push --to NAME)",
+    "drill": "also drill the newest backup when the last scheduled drill is older than this: daily, weekly, monthly",
+    "log": "the log file this run appends to: rotated first when over 10 MB (when no logrotate does it)"})
+def backup_run(c: Context, push: str | None = None, drill: str | None = None, log: str | None = None,
+               stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
+    """What a schedule runs: backup.all, then --push and --drill when due, holding the stack's backup lock."""
+    import datetime as dt
+    import time
+
+    from .. import schedule as sch
+    from ..backup import BackupError, backups_root
+    from ..backup.freshness import drill_stamp_path, parse_time
+    from ..backup.lock import stack_lock
+    from ..backup.shell import shell_for
+    from ..output import say
+
+    if log:
+        sch.rotate_log(log)
+    if drill:
+        sch.drill_due(drill, None, 0)  # validates the word before anything runs
+    steps = {"push": backup_ns.tasks.get("push"), "drill": backup_ns.tasks.get("drill")}
+    for what, given in (("push", push), ("drill", drill)):
+        if given and steps[what] is None:
+            raise BackupError(f"--{what}: this memstack-ops has no backup.{what}; update it, or remove --{what} from "
+                              f"the schedule (`backup.schedule --cron ...` again without it).")
+    t = target(c, stack, stage, overlay)
+    now = dt.datetime.now(dt.UTC)
+    say(f"== {now.isoformat(timespec='seconds')} backup.run of stack {t.stack.name} on {t.where}")
+    shell = shell_for(c)
+    root = backups_root(t)
+    common = {"stack": stack, "stage": stage, "overlay": overlay}
+    with stack_lock(shell, root, "backup.run"):  # the whole run: a second one refuses, naming this one
+        backup_all(c, **common)
+        if push:
+            steps["push"](c, to=push, **common)  # type: ignore[misc]
+        if drill:
+            stamp = shell.read_text(drill_stamp_path(root))
+            last = parse_time(stamp.strip()) if stamp else None
+            if sch.drill_due(drill, last.timestamp() if last else None, time.time()):
+                steps["drill"](c, **common)  # type: ignore[misc]
+                shell.write_text(drill_stamp_path(root), dt.datetime.now(dt.UTC).isoformat(timespec="seconds") + "\n")
+            else:
+                say(f"Drill not due yet ({drill}; last scheduled drill {stamp.strip() if stamp else 'never'}).")
+    say(f"== backup.run of stack {t.stack.name} finished in {(dt.datetime.now(dt.UTC) - now).total_seconds():.1f} s")
+
+
 backup_ns = Collection("backup", backup_postgres, backup_mysql, backup_redis, backup_neo4j, backup_volumes, backup_all,
-                       backup_list, backup_verify, backup_prune, backup_fetch, backup_push)
+                       backup_list, backup_verify, backup_prune, backup_fetch, backup_push, backup_schedule,
+                       backup_run)
 restore_ns = Collection("restore", restore_postgres, restore_mysql, restore_redis, restore_neo4j, restore_volumes,
                         restore_all)

@@ -163,6 +163,7 @@ def status(c: Context, stack: str | None = None, stage: str | None = None, overl
            "detail"], rows)
     for a in alerts:
         warn(f"ALERT {a}")
+    _backup_ages(t)
     if down:  # non-zero exit, so a cron job or a script notices (one-shot jobs that exited 0 are fine)
         from ..errors import HealthError
 
@@ -170,6 +171,24 @@ def status(c: Context, stack: str | None = None, stage: str | None = None, overl
         why = f"See `memstack-ops logs --service {stopped[0]}` for why; " if stopped else ""
         raise HealthError(f"Not running as it should: {'; '.join(down)}. {why}`memstack-ops up` starts the "
                           f"stack's services again.")
+
+
+def _backup_ages(t: Any) -> None:
+    """The age of the newest backup and drill, flagged past backup_max_age_h / drill_max_age_h."""
+    from ..backup.freshness import ages
+    from ..output import say, warn
+
+    try:
+        found = ages(t)
+    except Exception as e:  # noqa: BLE001 - status reports the services whatever the backups folder holds
+        warn(f"warning: could not read the backups of stack {t.stack.name}: {e}")
+        return
+    for a in found:
+        say(a.line())
+    for a in found:
+        if a.old():
+            why = "missing" if a.when is None else f"older than {a.limit_h:g} h"
+            warn(f"ALERT the newest {a.what} is {why} ({a.what}_max_age_h = {a.limit_h:g})")
 
 
 @ops_task(iterable=["profile"], help={**EXTRA_HELP, "service": "one service; default all",

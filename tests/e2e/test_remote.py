@@ -103,6 +103,20 @@ def test_bootstrap_makes_a_bare_host_ready_and_a_second_run_changes_nothing(bare
     # and the bootstrapped host takes a deploy
     ok(p.run("-H", "bare", "deploy", timeout=600))
     assert set(running(bare_host, p)) == {"cache", "app"}
+    # no systemd there: bootstrap installed cron and started it, and a schedule fires (a stand-in for the
+    # tool, which is not installed on the host, records each start; `* * * * *`: within two minutes)
+    assert "installed cron" in out and "[bare] " in again and "cron running" in again
+    tool = "/opt/mso/memstack-ops"
+    bare_host.sh(f"mkdir -p /opt/mso && printf '#!/bin/sh\\necho \"fired $PWD $*\"\\n' > {tool} && chmod +x {tool}")
+    ok(p.run("-H", "bare", "backup.schedule", "--cron", "* * * * *", "--bin", tool))
+    log = f"/var/log/memstack-ops/memstack-ops-{p.name}.log"
+    try:
+        wait_for(bare_host, f"grep -q '^fired {p.stack_root}/schedule backup.run --stack tiny' {log}", seconds=150)
+    except subprocess.CalledProcessError:
+        state = bare_host.sh(f"date; pgrep -a cron; ls -la /etc/cron.d /var/log/memstack-ops; cat /etc/cron.d/*; "
+                             f"cat {log}; ls -la {p.stack_root}/schedule/", check=False)
+        raise AssertionError(f"the schedule did not fire within 150 s:\n{state}") from None
+    ok(p.run("-H", "bare", "backup.schedule", "--remove"))
 
 
 def test_deploy_to_three_hosts_in_parallel_and_every_task_runs_there(remote_project, hosts):
