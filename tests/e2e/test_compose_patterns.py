@@ -7,6 +7,7 @@ profiles (8), `wget --spider` healthchecks (9), the real etcd and a real S3 API 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import socket
 import subprocess
@@ -299,6 +300,22 @@ def test_backup_all_tars_a_bind_mounted_data_folder_names_the_binds_left_out_and
     assert "stopping files" in out, out
     assert files_exec(LISTING) == before
     assert containers(docker_client, p)["files"].status == "running"
+
+
+def test_on_a_host_backup_all_tars_the_data_folder_there_and_restore_binds_puts_it_back(remote_project, hosts):
+    p, box = remote_project, hosts["h1"]
+    host_copy(p)
+    ok(p.run("-H", "h1", "-f", SHOP, "deploy", timeout=600))
+    files = f"{p.name}-files-1"
+    box.sh(f"docker exec {files} sh -c {shlex.quote(SEED_FILES)}")
+    before = box.sh(f"docker exec {files} sh -c {shlex.quote(LISTING)}")
+    out = ok(p.run("-H", "h1", "-f", SHOP, "backup.all", "--stop", timeout=600))
+    assert "./redis.conf (mounted by cache at /etc/redis/shop.conf): a single file: config, not data" in out
+    assert "stopping files" in out
+    assert "./data/files (tar-bind)" in ok(p.run("-H", "h1", "-f", SHOP, "backup.list"))
+    box.sh(f"docker exec {files} sh -c 'rm -rf /srv/files/* && echo other > /srv/files/other.txt'")
+    ok(p.run("-H", "h1", "-f", SHOP, "restore.binds", "--yes", timeout=600))
+    assert box.sh(f"docker exec {files} sh -c {shlex.quote(LISTING)}") == before
 
 
 # --- pattern 2: one-shot jobs -------------------------------------------------------------------
