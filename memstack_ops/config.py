@@ -164,6 +164,8 @@ _STACK_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "api_key": ((dict,), 'a table with service = "postgres" (and table, prefix)'),
     "profiles": ((list,), 'a list of compose profiles, e.g. profiles = ["observability"]'),
     "port_offset": ((int,), "a whole number, e.g. port_offset = 100"),
+    "backup_binds": ((list,), 'a list of bind sources backup.all includes although they are outside the project '
+                              'folder, e.g. backup_binds = ["/srv/shop/uploads"]'),
     "file": ((str, list), "a compose file's path relative to this file's folder, e.g. file = "
                           '"shop/docker-compose.yml" (or a list of them, merged like repeated -f)'),
 }
@@ -218,6 +220,8 @@ def _check_types(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         for key, (types, how) in _STACK_TYPES.items():
             if key in table and not isinstance(table[key], types):
                 raise bad(f"stacks.{name}.{key}", table[key], how)
+        if any(not isinstance(b, str) for b in table.get("backup_binds") or []):
+            raise bad(f"stacks.{name}.backup_binds", table["backup_binds"], _STACK_TYPES["backup_binds"][1])
         files = table.get("file")
         if isinstance(files, list) and (not files or any(not isinstance(f, str) for f in files)):
             raise bad(f"stacks.{name}.file", table["file"], _STACK_TYPES["file"][1])

@@ -14,7 +14,7 @@ from typing import Any
 from ..kinds import DB_KINDS
 from ..output import human_size
 from ..target import Target
-from .engines import COMPRESSIONS, ENGINES, Job, Plan, Volume, stack_volumes
+from .engines import COMPRESSIONS, ENGINES, Bind, Job, Plan, Volume, stack_binds, stack_volumes
 from .lock import exclusive
 from .sets import MANIFEST, VERIFY, BackupSet, iso, list_sets, load_set, manifest_json, new_id, select_keep, utcnow
 from .shell import BackupError, Shell, shell_for
@@ -167,20 +167,61 @@ def select_volumes(model: dict[str, Any], keys: Iterable[str], exclude_db: bool 
     return vols
 
 
+def select_binds(job: Job, keys: Iterable[str], exclude: Iterable[str] = (),
+                 exclude_db: bool = False) -> tuple[list[Bind], list[dict[str, str]]]:
+    """The stack's bind-mounted data folders (all, or those ``keys`` name: ``./data/files`` as
+    ``backup.list`` shows them, or a service's name for every folder it mounts), and the binds
+    not included, each with the reason. ``exclude`` leaves folders out the same way;
+    ``exclude_db``: a database's own folder is left to its dump (as its named volume is)."""
+    binds, skipped = stack_binds(job)
+    if exclude_db:
+        dbs = dict(db_services(job.model))
+        for b in [b for b in binds if set(b.services) & set(dbs)]:
+            binds.remove(b)
+            db = next(s for s in b.services if s in dbs)
+            skipped.append({"service": ", ".join(b.services), "source": b.key,
+                            "target": ", ".join(x.split(":", 1)[1] for x in b.targets),
+                            "reason": f"the files of database {db}, which its {dbs[db]} dump in this set holds"})
+    keys, exclude = list(keys), set(exclude)
+
+    def named(b: Bind, names: Iterable[str]) -> bool:
+        return any(n in (b.key, b.key.removeprefix("./"), b.source) or n in b.services for n in names)
+
+    if keys:
+        bad = [k for k in keys if not any(named(b, [k]) for b in binds)]
+        why = {d["source"]: d["reason"] for d in skipped}
+        if bad:
+            raise BackupError("Not a bind-mounted data folder of the stack: " + "; ".join(
+                f"{k} ({why[k]})" if k in why else k for k in bad) + ". Its data folders: "
+                + (", ".join(b.key for b in binds) or "none") + ".")
+        binds = [b for b in binds if named(b, keys)]
+    return [b for b in binds if not named(b, exclude)], skipped
+
+
+def say_not_included(job: Job, skipped: list[dict[str, str]]) -> None:
+    """One line per bind mount a backup leaves out, with the reason: never skipped silently."""
+    if skipped:
+        job.say("  not included (bind mounts):")
+    for d in skipped:
+        job.say(f"    {d['source']} (mounted by {d['service']} at {d['target']}): {d['reason']}")
+
+
 # --------------------------------------------------------------------------- backup
 
 @exclusive("backup.{kind}")
-def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable[str] = (), compress: str = "zstd",
+def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable[str] = (), binds: Iterable[str] = (),
+           compress: str = "zstd",
            dry_run: bool = False, space_check: bool = True, stop: bool = False, exclude: Iterable[str] = (),
            reason: str = "manual", shell: Shell | None = None, job: Job | None = None,
            plans: list[Plan] | None = None, stopped: Iterable[str] = ()) -> BackupSet | None:
-    """Make one backup set of ``kind`` (postgres, mysql, redis, neo4j, volumes or all).
+    """Make one backup set of ``kind`` (postgres, mysql, redis, neo4j, volumes, binds or all).
     ``stopped``: services the caller has already stopped (a restore's safety backup)."""
     job = job or make_job(t, shell, compress)
     shell = job.shell
     model = job.model
     exclude = set(exclude)
     stopped = list(stopped)
+    not_included: list[dict[str, str]] = []
     if plans is None:
         plans = []
         if kind in DB_KINDS:
@@ -199,7 +240,12 @@ def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable
             if missing:
                 job.say(f"  skipping volume(s) not created yet: {', '.join(v.key for v in missing)}")
                 vols = [v for v in vols if v not in missing]
-        plans = [ENGINES[x.kind].plan(job, x, stop=stop) for x in targets + vols]
+        folders: list[Bind] = []
+        if kind in ("binds", "all"):
+            folders, skipped = select_binds(job, binds, exclude, exclude_db=kind == "all")
+            say_not_included(job, skipped)
+            not_included = skipped
+        plans = [ENGINES[x.kind].plan(job, x, stop=stop) for x in targets + vols + folders]
     if not plans:
         raise BackupError(f"Nothing to back up in stack {t.stack.name}.")
     estimate = sum(p.estimate for p in plans)
@@ -256,6 +302,8 @@ def backup(t: Target, kind: str, services: Iterable[str] = (), volumes: Iterable
             "duration_s": round(time.monotonic() - t0, 3), "entries": entries,
             "files": [f for e in entries for f in e["files"]],
         }
+        if not_included:
+            manifest["not_included"] = not_included
         shell.write_text(f"{part}/{MANIFEST}", manifest_json(manifest))
         shell.rename(part, f"{root}/{set_id}")
     except BaseException:
@@ -458,10 +506,14 @@ def restore(t: Target, kind: str, set_id: str | None = None, service: str | None
 
     shell = shell or shell_for(t.c)
     root = backups_root(t)
-    s = find_set(list_sets(shell, root), set_id, kind, service if kind != "volumes" else None, t.stack.name, say=say)
+    s = find_set(list_sets(shell, root), set_id, kind, service if kind not in ("volumes", "binds") else None,
+                 t.stack.name, say=say)
     if kind == "volumes":
         return _restore_volumes(t, make_job(t, shell), s, volumes, yes, safety, dry_run, space_check, checked,
                                 allow_foreign)
+    if kind == "binds":
+        return _restore_binds(t, make_job(t, shell), s, opts.get("binds") or (), yes, safety, dry_run, space_check,
+                              checked, allow_foreign)
     entries = [e for e in s.entries if e.get("kind") == kind]
     if service:
         cand = [e for e in entries if e.get("service") == service] or (entries if len(entries) == 1 else [])
@@ -586,10 +638,78 @@ def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes
             "seconds": round(time.monotonic() - t0, 1)}
 
 
+def _restore_binds(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,
+                   space_check: bool, checked: bool = False, allow_foreign: bool = False) -> dict[str, Any]:
+    """Put the tars of bind-mounted folders back into their sources (found by the key, the source
+    relative to the project folder, so another checkout or release of the project works): their
+    services and what depends on them are stopped meanwhile and started again; a folder that is
+    gone is created again."""
+    from ..output import confirm
+
+    entries = [e for e in s.entries if e.get("kind") == "binds"]
+    keys = [k if k.startswith(("/", "./")) else "./" + k for k in keys]
+    if keys:
+        missing = [k for k in keys if k not in {e["bind"] for e in entries}]
+        if missing:
+            raise BackupError(f"Backup {s.id} holds no tar of {', '.join(missing)}; it has "
+                              f"{', '.join(e['bind'] for e in entries) or 'none'}.")
+        entries = [e for e in entries if e["bind"] in keys]
+    if not entries:
+        raise BackupError(f"Backup {s.id} holds no bind-mounted folder.")
+    from ..binds import folder_binds, key_of
+    from .engines import project_dir
+
+    pdir = project_dir(t)
+    here: dict[str, Bind] = {}
+    for svc, v in folder_binds(job.model):
+        key = key_of(str(v["source"]), pdir)
+        b = here.setdefault(key, Bind(key, str(v["source"]), [], str(job.model["services"][svc].get("image") or "")))
+        if svc not in b.services:
+            b.services.append(svc)
+    unknown = [e["bind"] for e in entries if e["bind"] not in here]
+    if unknown:
+        raise BackupError(f"No service of stack {t.stack.name} bind-mounts {', '.join(unknown)} any more (its binds: "
+                          f"{', '.join(here) or 'none'}): nothing to restore it into. Nothing was touched.")
+    check_origin(t, s, allow_foreign, "folder(s) " + ", ".join(f"{e['bind']} -> {here[e['bind']].source}"
+                                                               for e in entries), job.say)
+    problems = [] if checked else check_files(job.shell, s, [f["name"] for e in entries for f in e["files"]])
+    if problems:
+        record_verify(job.shell, s, False, "checksum", problems)
+        raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. "
+                          f"Nothing was touched.")
+    names = [e["bind"] for e in entries]
+    users = sorted({u for k in names for u in here[k].services})
+    users += [d for u in list(users) for d in dependants(job.model, u) if d not in users]
+    job.say(f"Restore folder(s) {', '.join(names)} of stack {t.stack.name} from backup {s.id}; checksums OK. "
+            f"Services stopped meanwhile: {', '.join(users) or 'none'}.")
+    if dry_run:
+        job.say("Nothing was changed.")
+        return {"dry_run": True, "backup": s.id}
+    confirm(f"This REPLACES the contents of {', '.join(names)} of stack {t.stack.name!r} with backup {s.id}.",
+            t.stack.name, yes=yes)
+    safety_id = None
+    if safety:
+        job.say("Safety backup of the folders first (skip with --no-safety-backup):")
+        present = [b.key for b in stack_binds(job)[0] if b.key in names]
+        if present:
+            made = backup(t, "binds", binds=present, job=job, reason=f"safety before restoring {s.id}",
+                          space_check=space_check, stop=True)
+            safety_id = made.id if made else None
+        else:
+            job.say("  none needed: the folders do not exist")
+    t0 = time.monotonic()
+    with job.stopped(users) as down:
+        for e in entries:
+            ENGINES["binds"].restore(job, e, s.path, here[e["bind"]], None)
+    return {"backup": s.id, "binds": names, "safety_backup": safety_id, "downtime_s": down.seconds,
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
 @exclusive("restore.all")
 def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety: bool = True, dry_run: bool = False,
                 shell: Shell | None = None, allow_foreign: bool = False) -> list[tuple[str, Any]]:
-    """Restore every database of a backup.all set, then its volumes; one confirmation."""
+    """Restore every database of a backup.all set, then its volumes and bind-mounted folders; one
+    confirmation."""
     from ..output import confirm
 
     job = make_job(t, shell)
@@ -602,7 +722,9 @@ def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety:
                           f"Nothing was touched.")
     dbs = [e for e in s.entries if e.get("kind") in DB_KINDS]
     vols = [e["volume"] for e in s.entries if e.get("kind") == "volumes"]
-    what = [f"{e['service']} ({e['kind']})" for e in dbs] + [f"volume {v}" for v in vols]
+    folders = [e["bind"] for e in s.entries if e.get("kind") == "binds"]
+    what = [f"{e['service']} ({e['kind']})" for e in dbs] + [f"volume {v}" for v in vols] + [
+        f"folder {b}" for b in folders]
     job.say(f"Restore {', '.join(what)} of stack {t.stack.name} from backup {s.id}; checksums OK.")
     if dry_run:
         job.say("Nothing was changed.")
@@ -618,6 +740,10 @@ def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety:
         r = restore(t, "volumes", s.id, yes=True, safety=safety, volumes=vols, shell=job.shell, checked=True,
                     allow_foreign=allow_foreign)
         results.append(("volumes", {k: v for k, v in r.items() if k != "backup"}))
+    if folders:
+        r = restore(t, "binds", s.id, yes=True, safety=safety, binds=folders, shell=job.shell, checked=True,
+                    allow_foreign=allow_foreign)
+        results.append(("binds", {k: v for k, v in r.items() if k != "backup"}))
     return results
 
 
@@ -635,7 +761,10 @@ def list_rows(t: Target, kind: str | None = None, shell: Shell | None = None) ->
         label = s.kind + (" (safety)" if str(s.manifest.get("reason", "")).startswith("safety") else "")
         if not s.error and foreign(t, s):
             label += f" (FOREIGN: {origin(s)})"
-        rows.append([s.id, label, ", ".join(s.services) or "?", human_size(s.size), human_age(s.time),
+        # an entry whose method is a short name (tar-bind) shows it: how it was made is part of what it is
+        shown = [f"{n} ({e['method']})" if " " not in str(e.get("method") or " ") else n
+                 for n, e in zip(s.services, s.entries, strict=True)]
+        rows.append([s.id, label, ", ".join(shown) or "?", human_size(s.size), human_age(s.time),
                      f"UNREADABLE, skipped: {s.error}" if s.error else verified_label(s)])
     return rows, partial_sets(shell, root)
 

@@ -19,7 +19,7 @@ from typing import Any
 from ..kinds import DB_KINDS
 from ..output import human_size as human_size  # re-exported (the one home is output.py)
 
-KINDS = DB_KINDS + ("volumes", "all")
+KINDS = DB_KINDS + ("volumes", "binds", "all")
 ID_RE = re.compile(r"^(?P<ts>\d{8}T\d{6}Z)(?:-(?P<seq>\d{1,3}))?-(?P<kind>" + "|".join(KINDS) + r")$")
 MANIFEST, VERIFY = "manifest.json", "verify.json"
 FORMAT = 1
@@ -119,7 +119,7 @@ class BackupSet:
 
 # --------------------------------------------------------------------------- manifest validation
 
-ENTRY_KINDS = ("postgres", "mysql", "redis", "neo4j", "volumes")
+ENTRY_KINDS = ("postgres", "mysql", "redis", "neo4j", "volumes", "binds")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

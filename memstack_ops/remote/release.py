@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..binds import is_data_bind
 from ..config import Settings, Stack
 from ..errors import EnvFileError
 from . import RemoteError
@@ -109,13 +110,6 @@ def prepare(settings: Settings, host: Host, dest: Path, services: Iterable[str] 
     return Release(rid, stack, manifest, files, private)
 
 
-def is_data_bind(vol: dict[str, Any], source: Path) -> bool:
-    """A bind mount that holds a service's data rather than its configuration: writable, and a
-    folder (or not there yet: Docker creates a folder). Read-only binds and single files are
-    configuration. (backup.all uses the same rule: memstack_ops/backup/engines/binds.py.)"""
-    return not vol.get("read_only") and not source.is_file()
-
-
 def file_stack_files(st: Stack) -> tuple[dict[Path, str], set[Path], Path]:
     """What a release of a compose file anywhere holds: the compose files, the env files compose
     reads (its .env or --env-file, the services' ``env_file:``), the configuration the services
@@ -148,7 +142,7 @@ def file_stack_files(st: Stack) -> tuple[dict[Path, str], set[Path], Path]:
     for svc in (model.get("services") or {}).values():
         for vol in svc.get("volumes") or []:
             src = relative(vol.get("source")) if vol.get("type") == "bind" else None
-            if src is None or not src.exists() or is_data_bind(vol, src):
+            if src is None or not src.exists() or is_data_bind(vol, src.is_file()):
                 continue
             (folders if src.is_dir() else wanted).append(src)
         build = svc.get("build") or {}

@@ -167,14 +167,27 @@ def backup_volumes(c: Context, volume: list[str] | None = None, stop: bool = Fal
             stop=stop)
 
 
+@ops_task(name="binds", iterable=["bind"], help={
+    "bind": "bind-mounted folder to back up, as ./path relative to the compose file's folder, or a service's name "
+            "for every folder it mounts (repeatable); default every data folder",
+    "stop": "stop the services mounting the folders while they are copied (consistent copy), start them after",
+    **BACKUP_HELP})
+def backup_binds(c: Context, bind: list[str] | None = None, stop: bool = False, compress: str = "zstd",
+                 dry_run: bool = False, no_space_check: bool = False, fetch: bool = False, stack: str | None = None,
+                 stage: str | None = None, overlay: str | None = None) -> None:
+    """Back up bind-mounted data folders (./data/x:/data) as tar streams from one-off containers."""
+    _backup(c, "binds", stack, stage, overlay, dry_run, no_space_check, compress, fetch, binds=bind or (), stop=stop)
+
+
 @ops_task(name="all", iterable=["exclude"], help={
-    "exclude": "service or volume to leave out (repeatable)", "stop": "stop services while their volumes are copied",
+    "exclude": "service, volume or bind-mounted folder (./path) to leave out (repeatable)",
+    "stop": "stop services while their volumes and data folders are copied",
     "push": "then push the set to this off-site target ([offsite.NAME]); a failed push keeps the local set and "
             "exits non-zero", **BACKUP_HELP})
 def backup_all(c: Context, exclude: list[str] | None = None, stop: bool = False, compress: str = "zstd",
                dry_run: bool = False, no_space_check: bool = False, fetch: bool = False, push: str | None = None,
                stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
-    """Back up everything the stack has in one set: every database, plus the volumes no database owns."""
+    """Back up everything the stack has in one set: every database, the volumes and data folders no database owns."""
     _backup(c, "all", stack, stage, overlay, dry_run, no_space_check, compress, fetch, push, exclude=exclude or (),
             stop=stop)
 
@@ -210,7 +223,7 @@ def backup_fetch(c: Context, backup: str | None = None, stack: str | None = None
     _fetch(target(c, stack, stage, overlay, require_env=False), set_id=backup)
 
 
-@ops_task(name="list", help={"kind": "only sets of this kind (postgres, mysql, redis, neo4j, volumes, all)",
+@ops_task(name="list", help={"kind": "only sets of this kind (postgres, mysql, redis, neo4j, volumes, binds, all)",
                              "offsite": "list the sets in this off-site target instead ([offsite.NAME])"})
 def backup_list(c: Context, kind: str | None = None, offsite: str | None = None, stack: str | None = None,
                 stage: str | None = None, overlay: str | None = None) -> None:
@@ -406,6 +419,19 @@ def restore_volumes(c: Context, backup: str | None = None, volume: list[str] | N
              snapshot, volumes=volume or ())
 
 
+@ops_task(name="binds", iterable=["bind"], help={
+    "backup": BACKUP, "bind": "folder to restore, as ./path (see backup.list; repeatable); default all in the backup",
+    "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY, "allow_foreign": FOREIGN, "from_": FROM,
+    "snapshot": SNAPSHOT})
+def restore_binds(c: Context, backup: str | None = None, bind: list[str] | None = None, yes: bool = False,
+                  no_safety_backup: bool = False, dry_run: bool = False, allow_foreign: bool = False,
+                  from_: str | None = None, snapshot: str | None = None, stack: str | None = None,
+                  stage: str | None = None, overlay: str | None = None) -> None:
+    """Restore bind-mounted data folders: stop their services, replace the contents, start them again."""
+    _restore(c, "binds", stack, stage, overlay, backup, yes, no_safety_backup, dry_run, allow_foreign, from_,
+             snapshot, binds=bind or ())
+
+
 @ops_task(name="all", help={"backup": "backup id of a backup.all set; default the newest one", "yes": YES,
                             "no_safety_backup": NO_SAFETY, "dry_run": DRY, "allow_foreign": FOREIGN, "from_": FROM,
                             "snapshot": SNAPSHOT})
@@ -413,7 +439,7 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
                 dry_run: bool = False, allow_foreign: bool = False, from_: str | None = None,
                 snapshot: str | None = None, stack: str | None = None, stage: str | None = None,
                 overlay: str | None = None) -> None:
-    """Restore everything in a backup.all set: every database, then the volumes."""
+    """Restore everything in a backup.all set: every database, then the volumes and data folders."""
     import time
 
     from .. import backup as core
@@ -603,8 +629,8 @@ def backup_run(c: Context, push: str | None = None, drill: str | None = None, lo
     say(f"== backup.run of stack {t.stack.name} finished in {(dt.datetime.now(dt.UTC) - now).total_seconds():.1f} s")
 
 
-backup_ns = Collection("backup", backup_postgres, backup_mysql, backup_redis, backup_neo4j, backup_volumes, backup_all,
-                       backup_list, backup_verify, backup_prune, backup_fetch, backup_push, backup_schedule,
-                       backup_run)
+backup_ns = Collection("backup", backup_postgres, backup_mysql, backup_redis, backup_neo4j, backup_volumes,
+                       backup_binds, backup_all, backup_list, backup_verify, backup_prune, backup_fetch, backup_push,
+                       backup_schedule, backup_run)
 restore_ns = Collection("restore", restore_postgres, restore_mysql, restore_redis, restore_neo4j, restore_volumes,
-                        restore_all)
+                        restore_binds, restore_all)

@@ -1,12 +1,13 @@
 """End to end: compose files written as their authors write them (issue 13), each a small project
 under tests/fixtures/compose/<pattern>/, operated through the CLI without editing the file:
-a compose file anywhere with -f (1, tests/fixtures/anywhere/), one-shot jobs (2), missing
-bind-mounted files (6), hard-coded ports and container names (7),
+a compose file anywhere with -f (1, tests/fixtures/anywhere/), one-shot jobs (2), bind-mounted
+data (5, on the anywhere fixture), missing bind-mounted files (6), hard-coded ports and container names (7),
 profiles (8), `wget --spider` healthchecks (9), the real etcd and a real S3 API (10)."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import socket
 import subprocess
@@ -226,6 +227,95 @@ def test_port_offset_on_a_host_writes_its_overlay_in_the_release(remote_project,
     assert f"127.0.0.1:{port + 7}->6379" in ports, ports
     r = ok(p.run("-H", "h1", "-f", SHOP, "urls", "--port-offset", "7"))
     assert f"redis://127.0.0.1:{port + 7}" in r
+
+
+# --- pattern 5: bind-mounted data -----------------------------------------------------------------
+
+# A second -f file giving the shop's files service the binds real files have besides its data
+# folder: a read-only config folder and the engine's socket.
+BINDS_EXTRA = """services:
+  files:
+    volumes:
+      - ./conf:/etc/shop:ro
+      - /var/run/docker.sock:/var/run/docker.sock:ro
+"""
+# What the files service's data folder holds, written by root inside the container: a nested
+# folder, bytes that are not text, a file of another owner with its own mode.
+SEED_FILES = ("mkdir -p /srv/files/img/2024 && head -c 300000 /dev/urandom > /srv/files/img/2024/a.bin && "
+              "printf 'hello\\n' > /srv/files/readme.txt && chown 1234:2345 /srv/files/readme.txt && "
+              "chmod 640 /srv/files/readme.txt")
+LISTING = "cd /srv/files && find . -mindepth 1 | sort | while read f; do stat -c '%n %u:%g %a %F' \"$f\"; done && " \
+          "find . -type f | sort | xargs sha256sum"
+
+
+def test_backup_all_tars_a_bind_mounted_data_folder_names_the_binds_left_out_and_restore_brings_it_back(
+        anywhere, docker_client):
+    p = anywhere()
+    shop = p.root / "anywhere" / "shop"
+    (shop / "conf").mkdir()
+    (shop / "conf" / "shop.ini").write_text("[shop]\n")
+    (shop / "binds.yml").write_text(BINDS_EXTRA)
+    f = ("-f", SHOP, "-f", "anywhere/shop/binds.yml")
+    ok(p.run(*f, "up"))
+
+    def files_exec(cmd: str) -> str:
+        r = containers(docker_client, p)["files"].exec_run(["sh", "-c", cmd])
+        assert r.exit_code == 0, r.output.decode()
+        return str(r.output.decode())
+
+    files_exec(SEED_FILES)
+    before = files_exec(LISTING)
+    assert "./readme.txt 1234:2345 640 regular file" in before and "a.bin" in before
+
+    out = ok(p.run(*f, "backup.all"))
+    assert "not included (bind mounts):" in out
+    assert "./redis.conf (mounted by cache at /etc/redis/shop.conf): a single file: config, not data" in out
+    assert "./conf (mounted by files at /etc/shop): read-only: config, not data" in out
+    assert "/var/run/docker.sock (mounted by files at /var/run/docker.sock): a socket, not data" in out
+    sets = sorted((shop / "backups" / p.name).iterdir())  # backups_dir is relative to the project folder
+    manifest = json.loads((sets[-1] / "manifest.json").read_text())
+    (entry,) = [e for e in manifest["entries"] if e["kind"] == "binds"]
+    assert (entry["method"], entry["source"], entry["used_by"]) == ("tar-bind", "./data/files", ["files"])
+    listed = {x["name"]: x for x in manifest["files"]}
+    assert {k: listed[entry["files"][0]["name"]][k] for k in ("size", "sha256")} == {
+        k: entry["files"][0][k] for k in ("size", "sha256")}
+    assert {d["source"]: d["reason"] for d in manifest["not_included"]} == {
+        "./redis.conf": "a single file: config, not data", "./conf": "read-only: config, not data",
+        "/var/run/docker.sock": "a socket, not data"}
+    assert [e["kind"] for e in manifest["entries"]] == ["redis", "binds"]
+    assert "./data/files (tar-bind)" in ok(p.run(*f, "backup.list"))
+    assert "tar: " in ok(p.run(*f, "backup.verify", "--restore-test"))
+
+    # the folder is gone (stack down, folder deleted): restore.binds creates it again, byte for byte
+    ok(p.run(*f, "down"))
+    shutil.rmtree(shop / "data" / "files")
+    out = ok(p.run(*f, "restore.binds", "--yes"))
+    assert "none needed: the folders do not exist" in out
+    ok(p.run(*f, "up"))
+    assert files_exec(LISTING) == before
+
+    # while it runs, a changed and an added file: restore.all stops the service, puts the folder back
+    files_exec("echo changed > /srv/files/readme.txt && touch /srv/files/new.txt")
+    out = ok(p.run(*f, "restore.all", "--backup", sets[-1].name, "--yes"))
+    assert "stopping files" in out, out
+    assert files_exec(LISTING) == before
+    assert containers(docker_client, p)["files"].status == "running"
+
+
+def test_on_a_host_backup_all_tars_the_data_folder_there_and_restore_binds_puts_it_back(remote_project, hosts):
+    p, box = remote_project, hosts["h1"]
+    host_copy(p)
+    ok(p.run("-H", "h1", "-f", SHOP, "deploy", timeout=600))
+    files = f"{p.name}-files-1"
+    box.sh(f"docker exec {files} sh -c {shlex.quote(SEED_FILES)}")
+    before = box.sh(f"docker exec {files} sh -c {shlex.quote(LISTING)}")
+    out = ok(p.run("-H", "h1", "-f", SHOP, "backup.all", "--stop", timeout=600))
+    assert "./redis.conf (mounted by cache at /etc/redis/shop.conf): a single file: config, not data" in out
+    assert "stopping files" in out
+    assert "./data/files (tar-bind)" in ok(p.run("-H", "h1", "-f", SHOP, "backup.list"))
+    box.sh(f"docker exec {files} sh -c 'rm -rf /srv/files/* && echo other > /srv/files/other.txt'")
+    ok(p.run("-H", "h1", "-f", SHOP, "restore.binds", "--yes", timeout=600))
+    assert box.sh(f"docker exec {files} sh -c {shlex.quote(LISTING)}") == before
 
 
 # --- pattern 2: one-shot jobs -------------------------------------------------------------------

@@ -455,6 +455,7 @@ STEPS = [
     # --stop: a tar of a live database's volume can fail ("file changed as we read it") or be torn
     Step(("backup.volumes", "--stop"), same=lines_with("Backup ", "Backing up", "pgdump", ".zst", "rdb:")),
     Step(("backup.all",), same=lines_with("Backup ", "Backing up", "pgdump", ".zst", "rdb:")),
+    Step(("backup.binds",), rc=1, same=lines_with("Nothing to back up")),  # no bind mounts here
     Step(("backup.mysql",), rc=None, same=lines_with("error")),
     Step(("backup.neo4j",), rc=None, same=lines_with("error")),
     Step(("backup.list",), same=backup_kinds),
@@ -467,6 +468,7 @@ STEPS = [
          same=lines_with("Restore ", "Restored", "Services stopped")),
     Step(("restore.all", "--yes", "--no-safety-backup"), before=mark("v4"), check=both_marks("v1"),
          same=lines_with("Restore ", "Restored", "Services stopped")),
+    Step(("restore.binds", "--yes"), rc=1, same=lines_with("No binds backup found")),
     Step(("restore.mysql", "--yes"), rc=None, same=lines_with("error")),
     Step(("restore.neo4j", "--yes"), rc=None, same=lines_with("error")),
     Step(("backup.prune", "--keep-last", "2"), same=lines_with("kept", "deleted", "Deleted", "Kept")),

@@ -37,7 +37,7 @@ def test_the_backups_use_the_registry_and_the_kind_modules_auth():
     from memstack_ops.backup import core, engines, sets
 
     assert core.DB_KINDS is kinds.DB_KINDS
-    assert sets.KINDS == kinds.DB_KINDS + ("volumes", "all")
+    assert sets.KINDS == kinds.DB_KINDS + ("volumes", "binds", "all")
     assert (engines.PG_AUTH, engines.MY_AUTH, engines.REDIS_AUTH, engines.NEO4J_AUTH) == (
         postgres.AUTH, mysql.AUTH, redis.AUTH, neo4j.AUTH)
 

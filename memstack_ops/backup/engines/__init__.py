@@ -12,6 +12,7 @@ from .base import (
     COMPRESSIONS,
     DECOMPRESS,
     EXT,
+    Bind,
     Engine,
     Job,
     Plan,
@@ -27,6 +28,7 @@ from .base import (
     script,
     wrap_compress,
 )
+from .binds import Binds, project_dir, stack_binds
 from .checks import compare_counts, image_for
 from .mysql import Mysql
 from .neo4j import Neo4j
@@ -34,9 +36,10 @@ from .postgres import Postgres, parse_marked
 from .redis import Redis
 from .volumes import Volumes, stack_volumes
 
-ENGINES: dict[str, Engine] = {e.kind: e for e in (Postgres(), Mysql(), Redis(), Neo4j(), Volumes())}
+ENGINES: dict[str, Engine] = {e.kind: e for e in (Postgres(), Mysql(), Redis(), Neo4j(), Volumes(), Binds())}
 
-__all__ = ["COMPRESSIONS", "DB_KINDS", "DECOMPRESS", "ENGINES", "EXT", "Engine", "Job", "MY_AUTH", "Mysql",
-           "NEO4J_AUTH", "Neo4j", "PG_AUTH", "Plan", "Postgres", "REDIS_AUTH", "Redis", "Safety", "Stopped", "Svc",
-           "Volume", "Volumes", "compare_counts", "container_state", "file_entry", "image_for", "inspect_service",
-           "oneoff_name", "packaged_scripts", "parse_marked", "script", "stack_volumes", "wrap_compress"]
+__all__ = ["COMPRESSIONS", "DB_KINDS", "DECOMPRESS", "ENGINES", "EXT", "Bind", "Binds", "Engine", "Job", "MY_AUTH",
+           "Mysql", "NEO4J_AUTH", "Neo4j", "PG_AUTH", "Plan", "Postgres", "REDIS_AUTH", "Redis", "Safety", "Stopped",
+           "Svc", "Volume", "Volumes", "compare_counts", "container_state", "file_entry", "image_for",
+           "inspect_service", "oneoff_name", "packaged_scripts", "parse_marked", "project_dir", "script", "stack_binds",
+           "stack_volumes", "wrap_compress"]

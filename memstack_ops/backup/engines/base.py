@@ -94,6 +94,18 @@ class Volume:
     image: str  # an image with tar and sh: one of its services'
 
 
+@dataclass
+class Bind:
+    """A bind-mounted data folder of the stack: what the binds engine backs up (``ENGINES[b.kind]``)."""
+
+    kind: ClassVar[str] = "binds"
+    key: str  # its source relative to the project folder (./data/files), or absolute outside it
+    source: str  # the absolute path on the host that runs the containers
+    services: list[str]
+    image: str  # an image with tar and sh: one of its services'
+    targets: list[str] = field(default_factory=list)  # where the services mount it
+
+
 def inspect_service(t: Target, shell: Shell, model: dict[str, Any], name: str,
                     ps: list[dict[str, Any]] | None = None) -> Svc:
     """The service and its container (``ps``: rows of ``compose ps`` already at hand)."""
@@ -374,7 +386,7 @@ class Plan:
     """What a backup of one target will do; built (read-only) before anything is written."""
 
     engine: Engine
-    target: Svc | Volume  # what the engine backs up: the service of a database, or a named volume
+    target: Svc | Volume | Bind  # what the engine backs up: a database's service, a named volume, a bind
     estimate: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     note: str = ""
@@ -394,6 +406,13 @@ class Plan:
         """The named volume, for the volumes engine."""
         if not isinstance(self.target, Volume):
             raise TypeError(f"a {self.engine.kind} plan targets {self.target!r}, not a volume")
+        return self.target
+
+    @property
+    def bind(self) -> Bind:
+        """The bind-mounted folder, for the binds engine."""
+        if not isinstance(self.target, Bind):
+            raise TypeError(f"a {self.engine.kind} plan targets {self.target!r}, not a bind mount")
         return self.target
 
     @property

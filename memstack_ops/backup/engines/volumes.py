@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from typing import Any
@@ -87,7 +88,8 @@ class Volumes(Engine):
 
     def restore_test(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> tuple[str, list[str]]:
         f = entry["files"][0]
-        vol = oneoff_name(job.project, entry["volume"].replace("_", "-"), "scratch")
+        vol = oneoff_name(job.project, re.sub(r"[^A-Za-z0-9_.-]+", "-", str(entry.get("volume") or entry["service"])
+                                              ).strip("-.").replace("_", "-") or "bind", "scratch")
         try:
             job.shell.run(["docker", "volume", "create", vol], timeout=60)
             r = job.shell.feed(f"{set_dir}/{f['name']}", job.oneoff(
