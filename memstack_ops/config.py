@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "disk_alert_pct": 90.0,
     "profiles": [],  # compose profiles to activate (--profile), besides services without one
     "port_offset": 0,  # added to every published host port, container_name suffixed (overrides.py)
+    "drain_timeout": 30.0,  # seconds a start-first rollout waits for the old container's requests (rollout.py)
     "stacks": {},  # per-stack overrides: project name, probes, extra ports ...
     "hosts": {},  # remote hosts: [hosts] defaults and [hosts.NAME] tables (memstack_ops/remote/inventory.py)
 }
@@ -65,6 +66,7 @@ _SCALARS: dict[str, Callable[[str], Any]] = {
     "disk_alert_pct": float,
     "profiles": lambda v: [p for p in (s.strip() for s in v.split(",")) if p],
     "port_offset": int,
+    "drain_timeout": float,
 }
 STAGES = ("dev", "staging", "prod")
 

@@ -238,6 +238,17 @@ class Watch:
         out = (r.stdout + r.stderr).strip()
         return bool(r.ok), out or f"exit {r.return_code}"
 
+    def check_container(self, name: str, container: str, engine_health: str = "") -> tuple[bool, str, str]:
+        """One round of the check `up` uses, on one given container of service ``name`` (a
+        start-first rollout judges the new container while the old one still runs):
+        (ready, output, detail). Raises HealthError when a database refuses its credentials."""
+        try:
+            return self._run_check(Status(name, state="running", health=engine_health, container=container),
+                                   engine_health == "healthy")
+        except _Refused as e:
+            raise HealthError(f"{name} ({container}) answers over TCP but refuses the credentials from its "
+                              f"container's environment: {e}") from None
+
     def _run_check(self, st: Status, engine_healthy: bool = False) -> tuple[bool, str, str]:
         """(ready, output, detail) of one check round. The compose healthcheck (or, without one,
         a configured probe) runs first, unless the engine already says healthy; a database of a

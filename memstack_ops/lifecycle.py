@@ -97,6 +97,16 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     if not wait:
         t.compose.check(t.c, "up", "--detach", *extra, *order, what="Starting the stack")
         return {}
+    # Start-first services (rollout.py) that run and changed are rolled, not recreated; refused
+    # before anything starts when they cannot run twice. The edge proxy's config follows what runs.
+    from . import proxy as edge
+    from . import rollout
+
+    rollable = rollout.check_rollable(model, order)
+    rolling = set(rollout.outdated(t, model, rollable))
+    px = edge.Proxy(t, model) if edge.proxy_service(model) else None
+    if px is not None:
+        px.apply()
     watch = Watch(t.c, t.compose, model, probes=t.probes, one_shot=one_shot_services(model))
     started: set[str] = set()  # compose up submitted
     active: set[str] = set()  # compose up completed: only these are judged by the watch
@@ -119,6 +129,12 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             started.add(s)
             active.add(s)
             watch.mark_done(s, "completed in an earlier up, definition unchanged: not run again")
+        for s in [s for s in batch if s in rolling]:
+            batch.remove(s)
+            started.add(s)
+            inflight[pool.submit(rollout.roll, t, model, s, timeout, px, sleep)] = [s]
+        if px is not None and px.service in batch:
+            px.apply()  # its upstreams are ready by now: it starts with them
         if batch:
             started.update(batch)
             # --no-deps: we order and gate the start ourselves; compose would otherwise wait for
@@ -138,6 +154,8 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
         pool.shutdown(wait=True)
     for f in inflight:
         f.result()
+    if px is not None:
+        px.apply()  # upstreams: the containers that run now (a service started fresh, a rollout)
     return watch.statuses
 
 
