@@ -146,7 +146,10 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     try:
         with Display(order) as display:
             watch.on_change = display
-            watch.wait(order, time.monotonic() + timeout, float(t.settings["interval"]), sleep=sleep,
+            # a rollout's health gate has `timeout` itself; its drain and the old container's stop come on top
+            more = sum(rollout.drain_timeout(t, model["services"][s]) + rollout.grace(model["services"][s]) + 30
+                        for s in rolling)
+            watch.wait(order, time.monotonic() + timeout + more, float(t.settings["interval"]), sleep=sleep,
                        before_poll=start_unblocked, active=active)
             # a job nothing waits for counted as ready while it ran: one that failed since fails `up`
             watch.recheck(order)

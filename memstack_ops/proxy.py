@@ -383,3 +383,33 @@ def ensure_overlay(t: Target) -> Target:
     if px.read(CONF_NAME) is None:  # a first config, so the proxy can start (its upstreams follow with `up`)
         px.write(CONF_NAME, render(px.routes, {}, Maintenance()))
     return t
+
+
+def set_maintenance(t: Target, on: bool, message: str = "") -> Maintenance:
+    """Maintenance on: every path of the proxy answers 503 with the page (``message`` in it);
+    off: the routes again. The upstreams stay those of the config in place (what runs)."""
+    px = Proxy(t, t.compose.model(t.c))
+    m = Maintenance(on, message if on else "")
+    ups = px.current_upstreams() or px.running_upstreams()
+    px.apply(ups, maintenance=m)
+    if px.container() is None:
+        from .output import warn
+
+        warn(f"The proxy service {px.service} does not run: the config is written and takes effect when it starts.")
+    return m
+
+
+def maintenance_line(t: Target) -> str | None:
+    """One line for `status` about the edge proxy (None when the stack has none)."""
+    if not declares_proxy(t):
+        return None
+    model = t.compose.model(t.c)
+    if proxy_service(model) is None:
+        return None
+    px = Proxy(t, model)
+    m = px.maintenance()
+    if m.on:
+        return f"maintenance: ON: proxy {px.service} answers 503 with the page ({m.message or DEFAULT_MESSAGE})"
+    ups = px.current_upstreams()
+    where = "; ".join(f"{s} -> {', '.join(v) or 'none'}" for s, v in ups.items())
+    return f"maintenance: off; proxy {px.service} routes {where or 'nothing'}"

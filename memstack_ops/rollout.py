@@ -90,9 +90,9 @@ def check_rollable(model: Mapping[str, Any], names: Iterable[str]) -> list[str]:
         if svc.get("container_name"):
             problems.append(f"{name} has container_name: {svc['container_name']} (two containers cannot share a name); "
                             f"remove container_name and reach it by its service name or a network alias")
-        published = [p for p in svc.get("ports") or [] if p.get("published")]
+        published = list(svc.get("ports") or [])  # a random host port too: the proxy owns the published ports
         if published:
-            ports = ", ".join(str(p.get("published")) for p in published)
+            ports = ", ".join(f"{p.get('published') or 'random'}->{p.get('target')}" for p in published)
             problems.append(f"{name} publishes host port(s) {ports} (two containers cannot bind one port); remove its "
                             f"ports: and let the edge proxy publish them (label the proxy service "
                             f"`memstack-ops.proxy: nginx`, this one `{PORT_LABEL}: <container port>`)")

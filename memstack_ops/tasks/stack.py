@@ -163,6 +163,12 @@ def status(c: Context, stack: str | None = None, stage: str | None = None, overl
            "detail"], rows)
     for a in alerts:
         warn(f"ALERT {a}")
+    from ..output import say
+    from ..proxy import maintenance_line
+
+    line = maintenance_line(t)  # stacks with an edge proxy: maintenance on or off, where it routes
+    if line:
+        say(line)
     if down:  # non-zero exit, so a cron job or a script notices (one-shot jobs that exited 0 are fine)
         from ..errors import HealthError
 
@@ -170,6 +176,26 @@ def status(c: Context, stack: str | None = None, stage: str | None = None, overl
         why = f"See `memstack-ops logs --service {stopped[0]}` for why; " if stopped else ""
         raise HealthError(f"Not running as it should: {'; '.join(down)}. {why}`memstack-ops up` starts the "
                           f"stack's services again.")
+
+
+@ops_task(positional=["state"], help={
+    "state": "on (the edge proxy answers 503 with a maintenance page on every path) or off",
+    "message": "the text of the maintenance page (default: down for maintenance, back shortly)",
+})
+def maintenance(c: Context, state: str, message: str = "", stack: str | None = None, stage: str | None = None,
+                overlay: str | None = None) -> None:
+    """Maintenance mode of the stack's edge proxy: `maintenance on [--message M]`, `maintenance off`."""
+    from ..errors import ConfigError
+    from ..output import say
+    from ..proxy import set_maintenance
+
+    if state not in ("on", "off"):
+        raise ConfigError(f"maintenance takes on or off, got {state!r}: `memstack-ops maintenance on --message "
+                          f"'Back at 14:00'`, `memstack-ops maintenance off`.")
+    t = target(c, stack, stage, overlay)
+    set_maintenance(t, state == "on", message)
+    say("Maintenance on: the proxy answers 503 with the maintenance page." if state == "on"
+        else "Maintenance off: the proxy routes to the services again.")
 
 
 @ops_task(iterable=["profile"], help={**EXTRA_HELP, "service": "one service; default all",
