@@ -182,3 +182,47 @@ def test_a_database_labelled_start_first_is_refused(tmp_path, docker_client):
                                   capture_output=True, text=True).stdout.strip()
     finally:
         p.destroy()
+
+
+def test_the_same_rollout_over_ssh_to_a_host_drops_no_request(tmp_path, hosts, ssh_key, app_images):
+    """`-H h1 deploy` of a new api image (images shipped over SSH, no registry) rolls it
+    start-first on the host, under load sent to the host container's proxy port."""
+    import shutil
+    import uuid
+
+    from memstack_ops.testing_hosts import RemoteProject, clear_stack
+
+    box = hosts["h1"]
+    root = tmp_path / "proj"
+    shutil.copytree(FIXTURE / "compose", root / "compose")
+    (root / "env" / "web").mkdir(parents=True)
+    (root / "env" / "web" / ".env.example").write_text(
+        f"PROXY_BIND=0.0.0.0\nPROXY_HOST_PORT=8080\nPROXY_IMAGE=local/nginx:1\nAPP_IMAGE={app_images['v1']}\n"
+        f"WORKER_IMAGE={app_images['v1']}\n")
+    name = f"mstestzdt{uuid.uuid4().hex[:8]}"
+    known = root / "known_hosts"
+    (root / "memstack-ops.toml").write_text(
+        f'stack = "web"\ntimeout = 120\n\n[stacks.web]\nproject = "{name}"\n\n'
+        f'[hosts]\nuser = "root"\nkey = "{ssh_key.private}"\nknown_hosts = "{known}"\nhost_key_policy = "accept-new"\n'
+        f'root = "/srv/{name}"\nship_images = true\n\n[hosts.h1]\naddress = "127.0.0.1"\nport = {box.port}\n')
+    p = RemoteProject(root, name, stack="web", overlays=(), stack_root=f"/srv/{name}", known_hosts=known)
+    ok(p.run("env.init"))
+    try:
+        ok(p.run("-H", "h1", "deploy", timeout=900))
+        ip = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                    box.container).stdout.split()[0]
+        with Load(8080, host=ip, rate=50, long_path="/slow?s=5", long_every=25, max_seconds=600) as load:
+            set_env(p, APP_IMAGE=app_images["v2"])
+            out = ok(p.run("-H", "h1", "deploy", timeout=900))
+            time.sleep(2)
+        assert "api: rolled out start-first" in out and "Deployed: current ->" in out, out
+        res = load.result
+        assert res.sent > 0 and res.failed == 0 and res.long_ok == res.long_sent, res.summary()
+        assert set(res.versions) == {"v1", "v2"} or res.versions.get("v2"), res.summary()
+        api = box.sh(f"docker ps -q --filter label=com.docker.compose.project={name} "
+                     f"--filter label=com.docker.compose.service=api").split()
+        assert len(api) == 1
+        conf = box.sh(f"cat /srv/{name}/proxy/{name}/memstack-ops.conf")
+        assert f"{name}-api-2:8000" in conf, conf
+    finally:
+        clear_stack(box, p)
