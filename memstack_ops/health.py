@@ -200,6 +200,11 @@ class Watch:
         st = self.statuses.setdefault(name, Status(name))
         self._set(st, state="exited", ready=True, detail=detail)
 
+    def mark_ready(self, name: str, detail: str) -> None:
+        """A service another check just found ready (a start-first rollout's health gate)."""
+        st = self.statuses.setdefault(name, Status(name))
+        self._set(st, state="running", ready=True, detail=detail)
+
     def recheck(self, services: Iterable[str]) -> None:
         """Judge again services that were ready by running but may end by exiting (jobs nothing
         waits for): one that has exited non-zero (or crash-loops) by now fails the wait, with its

@@ -103,7 +103,9 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     from . import rollout
 
     rollable = rollout.check_rollable(model, order)
-    rolling = set(rollout.outdated(t, model, rollable))
+    changed, current = rollout.survey(t, model, order)
+    rolling = set(changed) & set(rollable)
+    # running, one container, made from today's definition and image: `compose up` would change nothing
     px = edge.Proxy(t, model) if edge.proxy_service(model) else None
     if px is not None:
         px.apply()
@@ -119,8 +121,10 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     def start_unblocked() -> None:
         for f in [f for f in inflight if f.done()]:
             batch = inflight.pop(f)
-            f.result()  # a failed `compose up` surfaces here, with compose's own message
+            rolled = f.result()  # a failed `compose up` surfaces here, with compose's own message
             active.update(batch)
+            if isinstance(rolled, rollout.Rolled):  # its gate just passed: no second round needed
+                watch.mark_ready(rolled.service, f"healthy, rolled out start-first ({rolled.detail})")
         ready = {s for s, st in watch.statuses.items() if st.ready}
         batch = [s for s in order if s not in started
                  and all(d in (active if cond[s].get(d) == "service_started" else ready) for d in deps[s])]
@@ -129,6 +133,10 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             started.add(s)
             active.add(s)
             watch.mark_done(s, "completed in an earlier up, definition unchanged: not run again")
+        for s in [s for s in batch if s in current]:
+            batch.remove(s)
+            started.add(s)
+            active.add(s)
         for s in [s for s in batch if s in rolling]:
             batch.remove(s)
             started.add(s)

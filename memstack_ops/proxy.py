@@ -249,10 +249,13 @@ class Proxy:
         return Maintenance(bool(data.get("on")), str(data.get("message") or ""))
 
     # -- the container -------------------------------------------------------------------
-    def container(self) -> str | None:
-        """The proxy's running container (None when it does not run)."""
-        rows = [r for r in self.t.compose.ps(self.t.c, [self.service]) if r.get("State") == "running"]
-        return str(rows[0].get("Name")) if rows else None
+    def container(self, fresh: bool = False) -> str | None:
+        """The proxy's running container (None when it does not run); looked up once, then again
+        only when ``fresh`` or when it did not run."""
+        if fresh or not getattr(self, "_container", None):
+            rows = [r for r in self.t.compose.ps(self.t.c, [self.service]) if r.get("State") == "running"]
+            self._container = str(rows[0].get("Name")) if rows else None
+        return self._container
 
     def running_upstreams(self) -> dict[str, list[str]]:
         """Upstream addresses from what runs now: every running container of each routed service."""
@@ -324,14 +327,13 @@ class Proxy:
         was taking connections before is shutting down or gone (bounded: 15 s)."""
         from .compose import first_line
 
-        test = self.exec(container, "nginx", "-t", "-q")
-        if test.failed:
+        old = {p for p, title in self.workers(container).items() if title == "nginx: worker process"}
+        r = self.exec(container, "sh", "-c", 'nginx -t -q || exit 90; nginx -s reload')
+        if r.return_code == 90:
             if previous is not None:
                 self.write(CONF_NAME, previous)
             raise ProxyError(f"The generated proxy config fails `nginx -t` in {container} (the previous config was "
-                             f"put back, nothing was reloaded): {first_line(test.stderr or test.stdout)}")
-        old = {p for p, title in self.workers(container).items() if title == "nginx: worker process"}
-        r = self.exec(container, "nginx", "-s", "reload")
+                             f"put back, nothing was reloaded): {first_line(r.stderr or r.stdout)}")
         if r.failed:
             raise ProxyError(f"Reloading nginx in {container} failed: {first_line(r.stderr or r.stdout)}")
         from .health import poll

@@ -113,31 +113,49 @@ def _ids(t: Target, containers: list[str]) -> dict[str, str]:
 def outdated(t: Target, model: Mapping[str, Any], names: Iterable[str]) -> list[str]:
     """Those of ``names`` that run now and whose running container is not what ``up`` would make:
     its definition (compose's config hash) or its image (the ID the image reference names now) changed."""
+    return survey(t, model, names)[0]
+
+
+def survey(t: Target, model: Mapping[str, Any], names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(changed, current) among ``names``: changed ones run and their container is not what ``up``
+    would make (definition, i.e. compose's config hash, or image ID differ); current ones have
+    exactly one container, running, made from the current definition and image (and no replica
+    count), so a `compose up` of them would change nothing."""
     from .lifecycle import CONFIG_HASH
 
     names = list(names)
     if not names:
-        return []
-    rows = [r for r in t.compose.ps(t.c, names) if r.get("State") == "running"]
+        return [], []
+    every = t.compose.ps(t.c, names)
+    rows = [r for r in every if r.get("State") == "running"]
     if not rows:
-        return []
+        return [], []
     services = sorted({str(r.get("Service")) for r in rows})
     r = t.compose.run(t.c, "config", "--hash", ",".join(services))
     want = dict(ln.split(None, 1) for ln in r.stdout.splitlines() if len(ln.split()) == 2) if r.ok else {}
     images = sorted({str(model["services"][s].get("image") or "") for s in services} - {""})
-    have = {}
+    have: dict[str, str] = {}
     if images:
         ri = run(t.c, ["docker", "image", "inspect", "--format", "{{.Id}}", *images], timeout=60)
-        have = dict(zip(images, ri.stdout.split(), strict=False)) if ri.ok else {}
+        ids = ri.stdout.split()
+        have = dict(zip(images, ids, strict=True)) if ri.ok and len(ids) == len(images) else {}
     running = _ids(t, [str(r.get("Name")) for r in rows])
-    out = set()
+    changed, fine = set(), set()
     for row in rows:
         s, name = str(row.get("Service")), str(row.get("Name"))
         m = CONFIG_HASH.search(str(row.get("Labels") or ""))
         image = str(model["services"][s].get("image") or "")
         if (not m or want.get(s) != m.group(1)) or (image in have and running.get(name) not in (None, have[image])):
-            out.add(s)
-    return [n for n in names if n in out]
+            changed.add(s)
+        elif image in have and running.get(name) == have[image]:
+            fine.add(s)
+    count: dict[str, int] = {}
+    for row in every:
+        count[str(row.get("Service"))] = count.get(str(row.get("Service")), 0) + 1
+    svcs = model["services"]
+    current = [n for n in names if n in fine and n not in changed and count.get(n) == 1
+               and not (svcs[n].get("deploy") or {}).get("replicas") and not svcs[n].get("scale")]
+    return [n for n in names if n in changed], current
 
 
 @dataclass
@@ -148,6 +166,7 @@ class Rolled:
     took: float
     drained: float  # seconds waited for the old container's requests
     drain_complete: bool
+    detail: str = ""  # what the health gate found
 
 
 def _state(t: Target, container: str) -> tuple[str, str, str, str]:
@@ -319,5 +338,5 @@ def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None =
     remove(t, old, stop_time=grace(svc))
     took = time.monotonic() - t0
     say(f"  {name}: rolled out start-first in {took:.1f} s ({', '.join(old)} -> {new})")
-    return Rolled(name, old, new, took, waited, complete)
+    return Rolled(name, old, new, took, waited, complete, detail)
 
