@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "files": [],
     "env_files": [],
     "project_name": "",
+    "drain_timeout": 30.0,  # seconds a start-first rollout waits for the old container's requests (rollout.py)
     "stacks": {},  # per-stack overrides: project name, probes, extra ports ...
     "hosts": {},  # remote hosts: [hosts] defaults and [hosts.NAME] tables (memstack_ops/remote/inventory.py)
     "offsite": {},  # off-site restic repositories: [offsite.NAME] tables (``Offsite`` below)
@@ -85,6 +86,7 @@ _SCALARS: dict[str, Callable[[str], Any]] = {
     "port_offset": int,
     "backup_max_age_h": float,
     "drill_max_age_h": float,
+    "drain_timeout": float,
 }
 STAGES = ("dev", "staging", "prod")
 

@@ -200,6 +200,11 @@ class Watch:
         st = self.statuses.setdefault(name, Status(name))
         self._set(st, state="exited", ready=True, detail=detail)
 
+    def mark_ready(self, name: str, detail: str) -> None:
+        """A service another check just found ready (a start-first rollout's health gate)."""
+        st = self.statuses.setdefault(name, Status(name))
+        self._set(st, state="running", ready=True, detail=detail)
+
     def recheck(self, services: Iterable[str]) -> None:
         """Judge again services that were ready by running but may end by exiting (jobs nothing
         waits for): one that has exited non-zero (or crash-loops) by now fails the wait, with its
@@ -237,6 +242,17 @@ class Watch:
             return False, f"check timed out after {timeout:.0f} s"
         out = (r.stdout + r.stderr).strip()
         return bool(r.ok), out or f"exit {r.return_code}"
+
+    def check_container(self, name: str, container: str, engine_health: str = "") -> tuple[bool, str, str]:
+        """One round of the check `up` uses, on one given container of service ``name`` (a
+        start-first rollout judges the new container while the old one still runs):
+        (ready, output, detail). Raises HealthError when a database refuses its credentials."""
+        try:
+            return self._run_check(Status(name, state="running", health=engine_health, container=container),
+                                   engine_health == "healthy")
+        except _Refused as e:
+            raise HealthError(f"{name} ({container}) answers over TCP but refuses the credentials from its "
+                              f"container's environment: {e}") from None
 
     def _run_check(self, st: Status, engine_healthy: bool = False) -> tuple[bool, str, str]:
         """(ready, output, detail) of one check round. The compose healthcheck (or, without one,

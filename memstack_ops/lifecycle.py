@@ -97,6 +97,18 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     if not wait:
         t.compose.check(t.c, "up", "--detach", *extra, *order, what="Starting the stack")
         return {}
+    # Start-first services (rollout.py) that run and changed are rolled, not recreated; refused
+    # before anything starts when they cannot run twice. The edge proxy's config follows what runs.
+    from . import proxy as edge
+    from . import rollout
+
+    rollable = rollout.check_rollable(model, order)
+    changed, current = rollout.survey(t, model, order)
+    rolling = set(changed) & set(rollable)
+    # running, one container, made from today's definition and image: `compose up` would change nothing
+    px = edge.Proxy(t, model) if edge.proxy_service(model) else None
+    if px is not None:
+        px.apply()
     watch = Watch(t.c, t.compose, model, probes=t.probes, one_shot=one_shot_services(model))
     started: set[str] = set()  # compose up submitted
     active: set[str] = set()  # compose up completed: only these are judged by the watch
@@ -109,8 +121,10 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     def start_unblocked() -> None:
         for f in [f for f in inflight if f.done()]:
             batch = inflight.pop(f)
-            f.result()  # a failed `compose up` surfaces here, with compose's own message
+            rolled = f.result()  # a failed `compose up` surfaces here, with compose's own message
             active.update(batch)
+            if isinstance(rolled, rollout.Rolled):  # its gate just passed: no second round needed
+                watch.mark_ready(rolled.service, f"healthy, rolled out start-first ({rolled.detail})")
         ready = {s for s, st in watch.statuses.items() if st.ready}
         batch = [s for s in order if s not in started
                  and all(d in (active if cond[s].get(d) == "service_started" else ready) for d in deps[s])]
@@ -119,6 +133,16 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             started.add(s)
             active.add(s)
             watch.mark_done(s, "completed in an earlier up, definition unchanged: not run again")
+        for s in [s for s in batch if s in current]:
+            batch.remove(s)
+            started.add(s)
+            active.add(s)
+        for s in [s for s in batch if s in rolling]:
+            batch.remove(s)
+            started.add(s)
+            inflight[pool.submit(rollout.roll, t, model, s, timeout, px, sleep)] = [s]
+        if px is not None and px.service in batch:
+            px.apply()  # its upstreams are ready by now: it starts with them
         if batch:
             started.update(batch)
             # --no-deps: we order and gate the start ourselves; compose would otherwise wait for
@@ -130,7 +154,10 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     try:
         with Display(order) as display:
             watch.on_change = display
-            watch.wait(order, time.monotonic() + timeout, float(t.settings["interval"]), sleep=sleep,
+            # a rollout's health gate has `timeout` itself; its drain and the old container's stop come on top
+            more = sum(rollout.drain_timeout(t, model["services"][s]) + rollout.grace(model["services"][s]) + 30
+                        for s in rolling)
+            watch.wait(order, time.monotonic() + timeout + more, float(t.settings["interval"]), sleep=sleep,
                        before_poll=start_unblocked, active=active)
             # a job nothing waits for counted as ready while it ran: one that failed since fails `up`
             watch.recheck(order)
@@ -138,6 +165,8 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
         pool.shutdown(wait=True)
     for f in inflight:
         f.result()
+    if px is not None:
+        px.apply()  # upstreams: the containers that run now (a service started fresh, a rollout)
     return watch.statuses
 
 

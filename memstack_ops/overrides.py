@@ -94,7 +94,8 @@ def offset_overlay(model: Mapping[str, Any], offset: int, project: str) -> str:
 
 def apply(t: Target) -> Target:
     """Give the Target's compose the active profiles and, with a port offset, the generated
-    overlay (written where compose runs: the project root, or the release folder on a host)."""
+    overlay (written where compose runs: the project root, or the release folder on a host); and
+    the edge proxy's overlay when the stack has one (memstack_ops/proxy.py)."""
     profiles = setting(t.settings, t.stack, "profiles") or []
     if isinstance(profiles, str):
         profiles = [p.strip() for p in profiles.split(",") if p.strip()]
@@ -104,8 +105,14 @@ def apply(t: Target) -> Target:
         offset = int(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"port_offset must be a whole number, got {raw!r}.") from None
-    if not offset:
-        return t
+    if offset:
+        _offset(t, offset)
+    from .proxy import ensure_overlay
+
+    return ensure_overlay(t)  # the edge proxy's config folder, when the stack declares one
+
+
+def _offset(t: Target, offset: int) -> None:
     from .compose import Script, run
 
     text = offset_overlay(t.compose.model(t.c), offset, t.stack.project)
@@ -122,4 +129,3 @@ def apply(t: Target) -> Target:
     stack = dataclasses.replace(t.stack, compose_files=(*t.stack.compose_files, rel))
     t.stack = stack
     t.compose.stack = stack
-    return t

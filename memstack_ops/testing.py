@@ -153,3 +153,111 @@ def wait_for(pred: Callable[[], object], what: str, timeout: float = 180.0, poll
             return
         time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
+@dataclass
+class LoadResult:
+    """What a ``Load`` saw: every request's outcome (status, or the connection error's text)."""
+
+    sent: int = 0
+    ok: int = 0
+    non_2xx: list[tuple[str, int]] = field(default_factory=list)  # (path, status)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
+    long_sent: int = 0
+    long_ok: int = 0
+    unfinished: int = 0  # requests still running when the wait for them ended
+    versions: dict[str, int] = field(default_factory=dict)  # "version" in the answers -> count
+
+    @property
+    def failed(self) -> int:
+        return len(self.non_2xx) + len(self.errors) + self.unfinished
+
+    def summary(self) -> str:
+        return (f"{self.sent} requests ({self.long_sent} long): {self.ok} ok, {len(self.non_2xx)} non-2xx, "
+                f"{len(self.errors)} connection errors, {self.unfinished} unfinished; versions {self.versions}"
+                + (f"; first failures {(self.non_2xx + self.errors)[:3]}" if self.non_2xx or self.errors else ""))
+
+
+class Load:
+    """A steady stream of HTTP GETs to ``127.0.0.1:port`` (threads and http.client, one connection
+    per request): ``rate`` requests per second, every ``long_every``-th one to ``long_path`` (a slow
+    request). Bounded: it stops by itself after ``max_seconds``; ``stop`` waits for the requests in
+    flight (at most ``timeout`` s each)."""
+
+    def __init__(self, port: int, rate: float = 50.0, path: str = "/", long_path: str = "/slow?s=10",
+                 long_every: int = 25, timeout: float = 60.0, max_seconds: float = 900.0, host: str = "127.0.0.1"):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.host, self.port, self.rate, self.path = host, port, rate, path
+        self.long_path, self.long_every, self.timeout, self.max_seconds = long_path, long_every, timeout, max_seconds
+        self.result = LoadResult()
+        self.lock = threading.Lock()
+        self.halt = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=int(rate * 2 + rate * timeout / max(long_every, 1)) + 16,
+                                       thread_name_prefix="load")
+        self.futures: list[Any] = []
+        self.thread = threading.Thread(target=self._schedule, name="load-scheduler", daemon=True)
+
+    def __enter__(self) -> Load:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _schedule(self) -> None:
+        import time
+
+        t0 = time.monotonic()
+        n = 0
+        while not self.halt.is_set() and time.monotonic() - t0 < self.max_seconds:
+            n += 1
+            long = self.long_every > 0 and n % self.long_every == 0
+            self.futures.append(self.pool.submit(self._one, self.long_path if long else self.path, long))
+            delay = t0 + n / self.rate - time.monotonic()
+            if delay > 0:
+                self.halt.wait(delay)
+
+    def _one(self, path: str, long: bool) -> None:
+        import http.client
+        import json
+
+        with self.lock:
+            self.result.sent += 1
+            self.result.long_sent += long
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request("GET", path, headers={"Connection": "close"})
+            resp = conn.getresponse()
+            body = resp.read()
+            status = resp.status
+        except (OSError, http.client.HTTPException) as e:
+            with self.lock:
+                self.result.errors.append((path, f"{type(e).__name__}: {e}"))
+            return
+        finally:
+            conn.close()
+        with self.lock:
+            if 200 <= status < 300:
+                self.result.ok += 1
+                self.result.long_ok += long
+                try:
+                    v = str(json.loads(body).get("version"))
+                    self.result.versions[v] = self.result.versions.get(v, 0) + 1
+                except (ValueError, AttributeError):
+                    pass
+            else:
+                self.result.non_2xx.append((path, status))
+
+    def stop(self) -> LoadResult:
+        """Stop sending; wait (bounded) for every request in flight; the result."""
+        from concurrent.futures import wait
+
+        self.halt.set()
+        self.thread.join(timeout=10)
+        _, pending = wait(list(self.futures), timeout=self.timeout + 10)
+        self.result.unfinished = len(pending)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        return self.result

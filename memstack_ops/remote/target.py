@@ -46,7 +46,10 @@ class RemoteCompose(Compose):
 def make(c: Any, settings: Settings, stack: Stack, remote_root: str | None, require_env: bool = True) -> Target:
     env = read_env_files(stack, require_env, " from the release: deploy again.")
     compose = RemoteCompose(stack, secrets=env, remote_root=remote_root, where=where(c))
-    return Target(c, settings, stack, compose, env, release_dir=remote_root)
+    from ..proxy import ensure_overlay
+
+    # the edge proxy's overlay (its config folder, the same for every release) when the stack has one
+    return ensure_overlay(Target(c, settings, stack, compose, env, release_dir=remote_root))
 
 
 def release_settings(settings: Settings, manifest: dict[str, Any]) -> Settings:

@@ -164,6 +164,12 @@ def status(c: Context, stack: str | None = None, stage: str | None = None, overl
     for a in alerts:
         warn(f"ALERT {a}")
     _backup_ages(t)
+    from ..output import say
+    from ..proxy import maintenance_line
+
+    line = maintenance_line(t)  # stacks with an edge proxy: maintenance on or off, where it routes
+    if line:
+        say(line)
     if down:  # non-zero exit, so a cron job or a script notices (one-shot jobs that exited 0 are fine)
         from ..errors import HealthError
 
@@ -189,6 +195,24 @@ def _backup_ages(t: Any) -> None:
         if a.old():
             why = "missing" if a.when is None else f"older than {a.limit_h:g} h"
             warn(f"ALERT the newest {a.what} is {why} ({a.what}_max_age_h = {a.limit_h:g})")
+@ops_task(positional=["state"], help={
+    "state": "on (the edge proxy answers 503 with a maintenance page on every path) or off",
+    "message": "the text of the maintenance page (default: down for maintenance, back shortly)",
+})
+def maintenance(c: Context, state: str, message: str = "", stack: str | None = None, stage: str | None = None,
+                overlay: str | None = None) -> None:
+    """Maintenance mode of the stack's edge proxy: `maintenance on [--message M]`, `maintenance off`."""
+    from ..errors import ConfigError
+    from ..output import say
+    from ..proxy import set_maintenance
+
+    if state not in ("on", "off"):
+        raise ConfigError(f"maintenance takes on or off, got {state!r}: `memstack-ops maintenance on --message "
+                          f"'Back at 14:00'`, `memstack-ops maintenance off`.")
+    t = target(c, stack, stage, overlay)
+    set_maintenance(t, state == "on", message)
+    say("Maintenance on: the proxy answers 503 with the maintenance page." if state == "on"
+        else "Maintenance off: the proxy routes to the services again.")
 
 
 @ops_task(iterable=["profile"], help={**EXTRA_HELP, "service": "one service; default all",

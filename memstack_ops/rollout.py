@@ -1,0 +1,342 @@
+"""Start-first rollouts: a new container beside the old one, health-gated, then the switch.
+
+For a stateless service (label ``memstack-ops.rollout: start-first``, the default of a service
+routed by the edge proxy, memstack_ops/proxy.py) whose definition or image changed, ``up`` (and
+so ``deploy``) does not let compose recreate the container. Instead ``roll``:
+
+1. starts one new container beside the running one (``compose up --no-deps --no-recreate
+   --scale svc=N+1``: same networks and aliases, new definition, no published port);
+2. passes the tool's own health gate on that container (its compose healthcheck run directly,
+   the kind's query, and the route's health path fetched from inside the proxy container);
+3. routed service: points the proxy's upstream at the new container (config regenerated, checked,
+   graceful ``nginx -s reload``), then drains the old one: waits until the nginx workers of the old
+   config have finished their requests and exited, and the old container holds no open connection on
+   its port, bounded by ``drain_timeout`` (default 30 s, label ``memstack-ops.drain-timeout``);
+4. stops the old container with its ``stop_grace_period`` (its stop signal first, SIGTERM unless
+   set: a worker finishes the job in flight) and removes it, so compose sees one container again.
+
+If the new container never gets healthy it is removed and nothing else changed: the old one
+served all along and the proxy config was not touched; the error names the service, the check's
+last output and the new container's last log lines. Databases and other stateful kinds are never
+started twice on the same volume: they keep compose's recreate.
+
+Plain functions taking a Target, so ``-H`` runs them unchanged over SSH.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .compose import first_line, run
+from .errors import ConfigError, HealthError, MemstackError, Refused
+from .health import _seconds, poll
+from .output import say
+from .proxy import PORT_LABEL, Proxy, Route, labels, proxy_service
+
+if TYPE_CHECKING:
+    from .target import Target
+
+ROLLOUT_LABEL = "memstack-ops.rollout"
+DRAIN_LABEL = "memstack-ops.drain-timeout"
+STRATEGIES = ("start-first", "recreate")
+
+
+class RolloutError(MemstackError):
+    """A start-first rollout failed; what served before still serves."""
+
+
+def strategy(model: Mapping[str, Any], name: str) -> str:
+    """``start-first`` or ``recreate`` (compose's own stop-then-start) for one service."""
+    svc = model["services"][name]
+    lab = labels(svc)
+    value = lab.get(ROLLOUT_LABEL)
+    if value is None:
+        return "start-first" if PORT_LABEL in lab and name != proxy_service(model) else "recreate"
+    if value not in STRATEGIES:
+        raise ConfigError(f"Service {name}: label {ROLLOUT_LABEL}={value!r}: use one of {', '.join(STRATEGIES)}.")
+    return value
+
+
+def stateful(svc: Mapping[str, Any]) -> str:
+    """The kind of a service that must never run twice on its data ("" for a stateless one)."""
+    from .kinds import READY_KINDS, kind_of
+
+    kind = kind_of(svc)
+    return kind if kind in READY_KINDS else ""
+
+
+def check_rollable(model: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """The start-first services among ``names``. Refuses (before anything changes), naming the
+    fix, a start-first service that cannot run twice: a fixed ``container_name``, its own
+    published ports, a stateful kind, or the edge proxy itself."""
+    out, problems = [], []
+    px = proxy_service(model)
+    for name in names:
+        if strategy(model, name) != "start-first":
+            continue
+        svc = model["services"][name]
+        kind = stateful(svc)
+        if kind:
+            problems.append(f"{name} is a {kind} service: stateful kinds are never started twice on the same volume; "
+                            f"remove its label {ROLLOUT_LABEL}: start-first")
+            continue
+        if name == px:
+            problems.append(f"{name} is the edge proxy, which owns the published ports: remove its label "
+                            f"{ROLLOUT_LABEL}: start-first")
+            continue
+        if svc.get("container_name"):
+            problems.append(f"{name} has container_name: {svc['container_name']} (two containers cannot share a name); "
+                            f"remove container_name and reach it by its service name or a network alias")
+        published = list(svc.get("ports") or [])  # a random host port too: the proxy owns the published ports
+        if published:
+            ports = ", ".join(f"{p.get('published') or 'random'}->{p.get('target')}" for p in published)
+            problems.append(f"{name} publishes host port(s) {ports} (two containers cannot bind one port); remove its "
+                            f"ports: and let the edge proxy publish them (label the proxy service "
+                            f"`memstack-ops.proxy: nginx`, this one `{PORT_LABEL}: <container port>`)")
+        out.append(name)
+    if problems:
+        raise Refused("Cannot roll out start-first (nothing was changed): " + "; ".join(problems) + ".")
+    return out
+
+
+def _ids(t: Target, containers: list[str]) -> dict[str, str]:
+    """container name -> image ID it runs."""
+    if not containers:
+        return {}
+    r = run(t.c, ["docker", "inspect", "--format", "{{.Name}} {{.Image}}", *containers], timeout=60)
+    return {a.lstrip("/"): b for a, _, b in (ln.partition(" ") for ln in r.stdout.splitlines()) if b}
+
+
+def outdated(t: Target, model: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """Those of ``names`` that run now and whose running container is not what ``up`` would make:
+    its definition (compose's config hash) or its image (the ID the image reference names now) changed."""
+    return survey(t, model, names)[0]
+
+
+def survey(t: Target, model: Mapping[str, Any], names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(changed, current) among ``names``: changed ones run and their container is not what ``up``
+    would make (definition, i.e. compose's config hash, or image ID differ); current ones have
+    exactly one container, running, made from the current definition and image (and no replica
+    count), so a `compose up` of them would change nothing."""
+    from .lifecycle import CONFIG_HASH
+
+    names = list(names)
+    if not names:
+        return [], []
+    every = t.compose.ps(t.c, names)
+    rows = [r for r in every if r.get("State") == "running"]
+    if not rows:
+        return [], []
+    services = sorted({str(r.get("Service")) for r in rows})
+    r = t.compose.run(t.c, "config", "--hash", ",".join(services))
+    want = dict(ln.split(None, 1) for ln in r.stdout.splitlines() if len(ln.split()) == 2) if r.ok else {}
+    images = sorted({str(model["services"][s].get("image") or "") for s in services} - {""})
+    have: dict[str, str] = {}
+    if images:
+        ri = run(t.c, ["docker", "image", "inspect", "--format", "{{.Id}}", *images], timeout=60)
+        ids = ri.stdout.split()
+        have = dict(zip(images, ids, strict=True)) if ri.ok and len(ids) == len(images) else {}
+    running = _ids(t, [str(r.get("Name")) for r in rows])
+    changed, fine = set(), set()
+    for row in rows:
+        s, name = str(row.get("Service")), str(row.get("Name"))
+        m = CONFIG_HASH.search(str(row.get("Labels") or ""))
+        image = str(model["services"][s].get("image") or "")
+        if (not m or want.get(s) != m.group(1)) or (image in have and running.get(name) not in (None, have[image])):
+            changed.add(s)
+        elif image in have and running.get(name) == have[image]:
+            fine.add(s)
+    count: dict[str, int] = {}
+    for row in every:
+        count[str(row.get("Service"))] = count.get(str(row.get("Service")), 0) + 1
+    svcs = model["services"]
+    current = [n for n in names if n in fine and n not in changed and count.get(n) == 1
+               and not (svcs[n].get("deploy") or {}).get("replicas") and not svcs[n].get("scale")]
+    return [n for n in names if n in changed], current
+
+
+@dataclass
+class Rolled:
+    service: str
+    old: list[str]
+    new: str
+    took: float
+    drained: float  # seconds waited for the old container's requests
+    drain_complete: bool
+    detail: str = ""  # what the health gate found
+
+
+def _state(t: Target, container: str) -> tuple[str, str, str, str]:
+    """(status, health, exit code, restart count) of a container."""
+    r = run(t.c, ["docker", "inspect", "--format",
+                  "{{.State.Status}}|{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{.State.ExitCode}}|"
+                  "{{.RestartCount}}", container], timeout=30)
+    parts = (r.stdout.strip().split("|") + ["", "", "", ""])[:4] if r.ok else ["gone", "", "", ""]
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+HTTP_CHECK = ('if command -v curl >/dev/null 2>&1; then curl -fsS -o /dev/null --max-time 3 "$1"; '
+              'else wget -q -O /dev/null -T 3 "$1"; fi')
+
+
+def gate(t: Target, model: Mapping[str, Any], name: str, container: str, timeout: float, interval: float,
+         proxy: Proxy | None = None, route: Route | None = None) -> str:
+    """Wait until ``container`` (of service ``name``) passes the tool's health gate: the check ``up``
+    uses, and the route's health path fetched from inside the proxy container (so the proxy can
+    reach it). Returns the detail; raises HealthError with the last check output when it fails
+    (exits, crash-loops, is marked unhealthy, or is not ready within ``timeout``)."""
+    from .health import Watch
+
+    watch = Watch(t.c, t.compose, model, probes={})
+    last = {"out": "", "detail": "not checked yet"}
+    proxy_container = proxy.container() if proxy is not None and route is not None and route.health else None
+
+    def ready() -> bool:
+        status, health, code, restarts = _state(t, container)
+        if status in ("exited", "dead", "gone"):
+            raise HealthError(f"the new container {status}" + (f" with code {code}" if status != "gone" else ""))
+        if status == "restarting" or (restarts not in ("", "0")):
+            raise HealthError("the new container is restarting (crash loop)")
+        if health == "unhealthy":
+            raise HealthError("the engine marked the new container unhealthy")
+        if status != "running":
+            return False
+        ok, out, detail = watch.check_container(name, container, health)
+        last.update(out=out, detail=detail)
+        if ok and proxy_container and route is not None:
+            url = f"http://{container}:{route.port}{route.health}"
+            r = run(t.c, ["docker", "exec", proxy_container, "sh", "-c", HTTP_CHECK, "sh", url], timeout=10)
+            if r.failed:
+                last.update(out=(r.stderr or r.stdout).strip(), detail=f"{route.health} not answering from the proxy")
+                return False
+            detail += f", {route.health} answers from the proxy"
+            last.update(detail=detail)
+        return bool(ok)
+
+    try:
+        if poll(ready, timeout, interval):
+            return last["detail"]
+    except HealthError as e:
+        raise HealthError(f"{e}; last check: {last['detail']}\n--- last health-check output ---\n"
+                          f"{t.compose.scrub(last['out']) or '(no output)'}") from None
+    finally:
+        watch.pool.shutdown(wait=False, cancel_futures=True)
+    raise HealthError(f"not ready after {timeout:.0f} s ({last['detail']})\n--- last health-check output ---\n"
+                      f"{t.compose.scrub(last['out']) or '(no output)'}")
+
+
+def connections(t: Target, container: str, port: int) -> int | None:
+    """Established TCP connections on ``port`` of ``container`` (its /proc/net/tcp{,6}); None
+    when they cannot be read (no sh or cat in the image)."""
+    r = run(t.c, ["docker", "exec", container, "sh", "-c", "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null"],
+            timeout=15)
+    if r.failed or not r.stdout.strip():
+        return None
+    want = f"{port:04X}"
+    n = 0
+    for line in r.stdout.splitlines()[1:]:
+        f = line.split()
+        if len(f) > 3 and ":" in f[1] and f[1].rsplit(":", 1)[1] == want and f[3] == "01":
+            n += 1
+    return n
+
+
+def _idle(t: Target, container: str, port: int) -> Callable[[], bool]:
+    """A readiness test: ``container`` holds no open connection on ``port`` (or cannot tell)."""
+    return lambda: connections(t, container, port) in (0, None)
+
+
+def grace(svc: Mapping[str, Any]) -> float:
+    """The service's stop_grace_period in seconds (compose's default 10 s)."""
+    return _seconds(svc.get("stop_grace_period"), 10.0)
+
+
+def drain_timeout(t: Target, svc: Mapping[str, Any]) -> float:
+    value = labels(svc).get(DRAIN_LABEL)
+    try:
+        return float(value) if value is not None else float(t.settings["drain_timeout"])
+    except ValueError:
+        raise ConfigError(f"Label {DRAIN_LABEL}={value!r} must be a number of seconds.") from None
+
+
+def logs(t: Target, container: str, tail: int = 50) -> str:
+    r = run(t.c, ["docker", "logs", "--tail", str(tail), container], timeout=30)
+    return t.compose.scrub((r.stdout + r.stderr).rstrip()) or "(no log lines)"
+
+
+def remove(t: Target, containers: Iterable[str], stop_time: float | None = None) -> None:
+    """Stop (with ``stop_time`` seconds for the stop signal to work, then SIGKILL) and remove."""
+    containers = list(containers)
+    if not containers:
+        return
+    if stop_time is not None:
+        secs = max(0, int(round(stop_time)))
+        r = run(t.c, ["docker", "stop", "--time", str(secs), *containers], timeout=secs + 60)
+        if r.failed and "No such container" not in r.stderr:
+            raise RolloutError(f"Stopping {', '.join(containers)} failed: {first_line(r.stderr)}")
+    r = run(t.c, ["docker", "rm", "--force", *containers], timeout=60)
+    if r.failed and "No such container" not in r.stderr:
+        raise RolloutError(f"Removing {', '.join(containers)} failed: {first_line(r.stderr)}")
+
+
+def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None = None,
+         proxy: Proxy | None = None, sleep: Callable[[float], None] = time.sleep) -> Rolled:
+    """Roll service ``name`` start-first (module docstring). Raises RolloutError, after removing
+    the new container, when it does not pass the health gate; the old one never stopped serving."""
+    t0 = time.monotonic()
+    svc = model["services"][name]
+    timeout = float(timeout if timeout is not None else t.settings["timeout"])
+    interval = float(t.settings["interval"])
+    rows = t.compose.ps(t.c, [name])
+    old = sorted(str(r.get("Name")) for r in rows if r.get("State") == "running")
+    stale = [str(r.get("Name")) for r in rows if r.get("State") != "running"]
+    remove(t, stale)  # stopped leftovers would be started again by --scale instead of a new container
+    t.compose.check(t.c, "up", "--detach", "--no-deps", "--no-recreate", "--scale", f"{name}={len(old) + 1}", name,
+                    what=f"Starting a new {name} container beside {', '.join(old) or 'none'}")
+    now = [str(r.get("Name")) for r in t.compose.ps(t.c, [name])]
+    fresh = [c for c in now if c not in old and c not in stale]
+    if len(fresh) != 1:
+        raise RolloutError(f"Starting a new {name} container beside {', '.join(old)} gave {len(fresh)} new "
+                           f"containers ({', '.join(fresh) or 'none'}); see `memstack-ops status`.")
+    new = fresh[0]
+    route = next((r for r in (proxy.routes if proxy else []) if r.service == name), None)
+    say(f"  {name}: new container {new} started beside {', '.join(old) or 'none'}; health gate ...")
+    try:
+        detail = gate(t, model, name, new, timeout, interval, proxy, route)
+    except (HealthError, KeyboardInterrupt) as e:
+        verdict = time.monotonic()
+        last = logs(t, new) if isinstance(e, HealthError) else ""
+        remove(t, [new])
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        say(f"  {name}: rolled back in {time.monotonic() - verdict:.1f} s: {new} removed, {', '.join(old)} "
+            f"kept serving, proxy unchanged")
+        raise RolloutError(f"Service {name!r}: the new container {new} did not pass the health gate: {e}\n"
+                           f"--- last 50 log lines of {new} ---\n{last}\n\n"
+                           f"Rolled back: {new} was removed; {', '.join(old) or 'the old container'} kept serving "
+                           f"the whole time and the proxy config was not changed. Fix the image or its "
+                           f"healthcheck, then deploy again.") from None
+    say(f"  {name}: {new} is healthy ({detail})")
+    waited, complete = 0.0, True
+    if proxy is not None and route is not None:
+        ups = proxy.current_upstreams()
+        ups[name] = [f"{new}:{route.port}"]
+        proxy.apply(ups)
+        say(f"  {name}: proxy switched to {new}; draining {', '.join(old)} ...")
+        limit = drain_timeout(t, svc)
+        d0 = time.monotonic()
+        complete = poll(proxy.drained, limit, 0.2)
+        for c in old:
+            left = max(0.0, limit - (time.monotonic() - d0))
+            complete = poll(_idle(t, c, route.port), left, 0.2) and complete
+        waited = time.monotonic() - d0
+        say(f"  {name}: drained in {waited:.1f} s" if complete else
+            f"  {name}: drain timeout ({limit:.0f} s) reached: requests still open on {', '.join(old)} are cut")
+    remove(t, old, stop_time=grace(svc))
+    took = time.monotonic() - t0
+    say(f"  {name}: rolled out start-first in {took:.1f} s ({', '.join(old)} -> {new})")
+    return Rolled(name, old, new, took, waited, complete, detail)
+

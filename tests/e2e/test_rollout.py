@@ -1,0 +1,228 @@
+"""Zero-downtime deploys end to end (issue 14): the real engine, the real nginx (local/nginx:1) as
+the edge proxy, the fixture stack tests/fixtures/rollout (an HTTP app with slow requests and a
+worker with 5 s jobs), a load generator of our own (memstack_ops.testing.Load) sending steady
+traffic to 127.0.0.1 through the proxy while `up` rolls new images start-first."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from memstack_ops.testing import Load, Project, scratch_project
+from memstack_ops.testing_hosts import LABEL, RUN_ID, docker
+
+pytestmark = pytest.mark.e2e
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "rollout"
+IMAGE = f"local/mstest-zdt-app:{RUN_ID}"
+
+
+def ok(r) -> str:
+    assert r.returncode == 0, f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def build(version: str, broken: bool = False) -> str:
+    tag = f"{IMAGE}-{version}"
+    docker("build", "-q", "-t", tag, "--label", LABEL, "--build-arg", f"VERSION={version}",
+           "--build-arg", f"BROKEN={int(broken)}", str(FIXTURE / "app"), timeout=300)
+    return tag
+
+
+@pytest.fixture(scope="session")
+def app_images(docker_client):
+    """The fixture app built 12 times: v1..v11 (new image IDs) and one whose healthcheck never passes."""
+    tags = {f"v{i}": build(f"v{i}") for i in range(1, 12)}
+    tags["broken"] = build("broken", broken=True)
+    yield tags
+    docker("rmi", "-f", *tags.values(), check=False)
+
+
+def set_env(p: Project, **values: str) -> None:
+    f = p.root / "env" / p.stack / ".env"
+    lines = f.read_text().splitlines()
+    for k, v in values.items():
+        lines = [f"{k}={v}" if ln.startswith(f"{k}=") else ln for ln in lines]
+    f.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def web(tmp_path, app_images):
+    p = scratch_project(tmp_path / "proj", FIXTURE, stack="web", overlays=(), prefix="mstestzdt")
+    set_env(p, APP_IMAGE=app_images["v1"], WORKER_IMAGE=app_images["v1"])
+    yield p
+    p.destroy()
+
+
+def containers(p: Project, service: str) -> list[str]:
+    out = docker("ps", "-a", "--filter", f"label=com.docker.compose.project={p.name}", "--filter",
+                 f"label=com.docker.compose.service={service}", "--format", "{{.ID}} {{.Names}}").stdout
+    return sorted(out.split("\n")[:-1])
+
+
+def get(p: Project, path: str = "/") -> tuple[int, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", p.ports["PROXY_HOST_PORT"], timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def proxy_conf(p: Project) -> str:
+    return (p.root / ".memstack-ops" / f"{p.name}.proxy" / "memstack-ops.conf").read_text()
+
+
+def test_ten_deploys_under_steady_load_drop_no_request(web, app_images):
+    """50 requests/s through the proxy, every 25th one 10 s long, while `up` rolls 10 new api
+    images one after another: no non-2xx answer, no connection error, every long request done."""
+    ok(web.run("up"))
+    assert json.loads(get(web)[1])["version"] == "v1"
+    port = web.ports["PROXY_HOST_PORT"]
+    with Load(port, rate=50, long_path="/slow?s=10", long_every=25, max_seconds=900) as load:
+        for i in range(2, 12):
+            set_env(web, APP_IMAGE=app_images[f"v{i}"])
+            out = ok(web.run("up", timeout=600))
+            assert "api: rolled out start-first" in out, out
+            assert "worker: new container" not in out  # unchanged: not touched
+            assert len(containers(web, "api")) == 1
+        for _ in range(600):  # at least 2,000 requests (bounded: 60 s more at most)
+            if load.result.sent >= 2000:
+                break
+            time.sleep(0.1)
+    res = load.result
+    assert res.sent >= 2000, res.summary()
+    assert not res.non_2xx and not res.errors and res.unfinished == 0, res.summary()
+    assert res.long_sent > 0 and res.long_ok == res.long_sent, res.summary()
+    assert json.loads(get(web)[1])["version"] == "v11"
+    assert set(res.versions) >= {"v1", "v11"}, res.summary()
+    assert f"{containers(web, 'api')[0].split()[1]}:8000" in proxy_conf(web)
+
+
+def test_a_broken_image_is_rolled_back_and_the_old_container_kept_serving(web, app_images):
+    ok(web.run("up"))
+    before, conf = containers(web, "api"), proxy_conf(web)
+    with Load(web.ports["PROXY_HOST_PORT"], rate=50, long_path="/slow?s=3", long_every=25, max_seconds=300) as load:
+        set_env(web, APP_IMAGE=app_images["broken"])
+        r = web.run("up", "--timeout", "20", timeout=300)
+        time.sleep(1)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "Service 'api'" in out and "did not pass the health gate" in out, out
+    assert "--- last health-check output ---" in out and "--- last 50 log lines of" in out, out
+    assert "Rolled back" in out and "proxy config was not changed" in out, out
+    assert containers(web, "api") == before  # the same container, never restarted
+    assert proxy_conf(web) == conf
+    res = load.result
+    assert res.sent > 0 and res.failed == 0, res.summary()
+    assert set(res.versions) == {"v1"}, res.summary()
+
+
+def test_a_worker_finishes_its_job_in_flight_when_it_is_replaced(web, app_images):
+    ok(web.run("up"))
+    old_id = containers(web, "worker")[0].split()[0]
+    old_host = docker("inspect", "--format", "{{.Config.Hostname}}", old_id).stdout.strip()
+    log = "cat /jobs/jobs.log"
+    for _ in range(100):  # a job of the old worker is in flight (bounded: 10 s)
+        if f"start {old_host}-" in docker("exec", old_id, "sh", "-c", log, check=False).stdout:
+            break
+        time.sleep(0.1)
+    set_env(web, WORKER_IMAGE=app_images["v2"])
+    out = ok(web.run("up"))
+    assert "worker: rolled out start-first" in out, out
+    new_id = containers(web, "worker")[0].split()[0]
+    assert new_id != old_id and len(containers(web, "worker")) == 1
+    lines = docker("exec", new_id, "sh", "-c", log).stdout.splitlines()
+    started = {ln.split()[1] for ln in lines if ln.startswith(f"start {old_host}-")}
+    done = {ln.split()[1] for ln in lines if ln.startswith(f"done {old_host}-")}
+    assert started and started == done, lines  # every job it began, it finished
+    assert f"exit {old_host}" in lines  # and it exited on SIGTERM by itself, not killed
+
+
+def test_maintenance_answers_503_with_the_page_and_status_says_so(web):
+    ok(web.run("up"))
+    assert get(web)[0] == 200
+    out = ok(web.run("maintenance", "on", "--message", "Migrating the database, back at 14:00"))
+    assert "Maintenance on" in out
+    code, body = get(web, "/any/path")
+    assert code == 503 and "Migrating the database, back at 14:00" in body and "<html>" in body
+    assert "maintenance: ON" in ok(web.run("status"))
+    ok(web.run("maintenance", "off"))
+    assert get(web)[0] == 200
+    assert "maintenance: off" in ok(web.run("status"))
+
+
+def test_a_start_first_service_with_a_published_port_or_container_name_is_refused_before_anything_starts(web):
+    f = web.root / "compose" / "web" / "compose.yml"
+    f.write_text(f.read_text().replace('    command: ["api"]\n', '    command: ["api"]\n    container_name: the-api\n'
+                                       '    ports: ["127.0.0.1::8000"]\n'))
+    r = web.run("up")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert "container_name: the-api" in out and "publishes host port" in out and "nothing was changed" in out, out
+    assert containers(web, "api") == [] and containers(web, "proxy") == []
+
+
+def test_a_database_labelled_start_first_is_refused(tmp_path, docker_client):
+    p = scratch_project(tmp_path / "proj", FIXTURE, stack="web", overlays=(), prefix="mstestzdt")
+    f = p.root / "compose" / "web" / "compose.yml"
+    f.write_text(f.read_text().replace("volumes:\n  jobs:\n", "  cache:\n    image: local/redis:7\n    labels:\n"
+                                       "      memstack-ops.rollout: start-first\nvolumes:\n  jobs:\n"))
+    try:
+        r = p.run("up", "--service", "cache")
+        assert r.returncode == 2 and "cache is a redis service" in r.stdout + r.stderr, r.stdout + r.stderr
+        assert not subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={p.name}"],
+                                  capture_output=True, text=True).stdout.strip()
+    finally:
+        p.destroy()
+
+
+def test_the_same_rollout_over_ssh_to_a_host_drops_no_request(tmp_path, hosts, ssh_key, app_images):
+    """`-H h1 deploy` of a new api image (images shipped over SSH, no registry) rolls it
+    start-first on the host, under load sent to the host container's proxy port."""
+    import shutil
+    import uuid
+
+    from memstack_ops.testing_hosts import RemoteProject, clear_stack
+
+    box = hosts["h1"]
+    root = tmp_path / "proj"
+    shutil.copytree(FIXTURE / "compose", root / "compose")
+    (root / "env" / "web").mkdir(parents=True)
+    (root / "env" / "web" / ".env.example").write_text(
+        f"PROXY_BIND=0.0.0.0\nPROXY_HOST_PORT=8080\nPROXY_IMAGE=local/nginx:1\nAPP_IMAGE={app_images['v1']}\n"
+        f"WORKER_IMAGE={app_images['v1']}\n")
+    name = f"mstestzdt{uuid.uuid4().hex[:8]}"
+    known = root / "known_hosts"
+    (root / "memstack-ops.toml").write_text(
+        f'stack = "web"\ntimeout = 120\n\n[stacks.web]\nproject = "{name}"\n\n'
+        f'[hosts]\nuser = "root"\nkey = "{ssh_key.private}"\nknown_hosts = "{known}"\nhost_key_policy = "accept-new"\n'
+        f'root = "/srv/{name}"\nship_images = true\n\n[hosts.h1]\naddress = "127.0.0.1"\nport = {box.port}\n')
+    p = RemoteProject(root, name, stack="web", overlays=(), stack_root=f"/srv/{name}", known_hosts=known)
+    ok(p.run("env.init"))
+    try:
+        ok(p.run("-H", "h1", "deploy", timeout=900))
+        ip = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                    box.container).stdout.split()[0]
+        with Load(8080, host=ip, rate=50, long_path="/slow?s=5", long_every=25, max_seconds=600) as load:
+            set_env(p, APP_IMAGE=app_images["v2"])
+            out = ok(p.run("-H", "h1", "deploy", timeout=900))
+            time.sleep(2)
+        assert "api: rolled out start-first" in out and "Deployed: current ->" in out, out
+        res = load.result
+        assert res.sent > 0 and res.failed == 0 and res.long_ok == res.long_sent, res.summary()
+        assert set(res.versions) == {"v1", "v2"} or res.versions.get("v2"), res.summary()
+        api = box.sh(f"docker ps -q --filter label=com.docker.compose.project={name} "
+                     f"--filter label=com.docker.compose.service=api").split()
+        assert len(api) == 1
+        conf = box.sh(f"cat /srv/{name}/proxy/{name}/memstack-ops.conf")
+        assert f"{name}-api-2:8000" in conf, conf
+    finally:
+        clear_stack(box, p)
