@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..kinds import DB_KINDS
@@ -21,17 +21,28 @@ from .shell import BackupError, Shell, shell_for
 
 
 def backups_root(t: Target, here: bool = False) -> str:
-    """``<backups_dir>/<stack>``; a relative backups_dir is relative to the project root, and on a
-    remote host (``-H``) to its deploy root (beside ``releases/``, so backups outlive releases).
-    ``here``: the root on this machine even when ``t`` targets a host (where --fetch puts sets)."""
+    """``<backups_dir>/<stack>``; a relative backups_dir is relative to the project folder: the
+    project root, or for a compose file anywhere (``-f``, ``[stacks.NAME] file``) that file's
+    folder, where compose reads its ``.env``. On a remote host (``-H``) it is relative to the
+    deploy root (beside ``releases/``, so backups outlive releases). ``here``: the folder on this
+    machine even when ``t`` targets a host (where --fetch and ``--from`` put sets), the same one
+    a command without ``-H`` uses, so it lists and restores them."""
     d = PurePosixPath(str(t.settings["backups_dir"]))
     if not d.is_absolute():
         remote = t.release_dir if t.remote and not here else None
-        # here: the project's own root (on a host target, stack.root is a temporary mirror of the release)
-        base = remote.rsplit("/releases/", 1)[0] if remote else str(
-            (getattr(t.settings, "root", None) if here else None) or t.stack.root)
-        d = PurePosixPath(base) / d
+        d = PurePosixPath(remote.rsplit("/releases/", 1)[0] if remote else str(local_project_dir(t))) / d
     return str(d / t.stack.name)
+
+
+def local_project_dir(t: Target) -> Path:
+    """The project folder on this machine: a compose file anywhere's folder, else the project root
+    (on a host target, ``t.stack.root`` is a temporary copy of the release)."""
+    if not t.remote:
+        return Path(t.stack.root)  # a compose file anywhere's stack root is its folder (config.file_stack)
+    files = t.settings.compose_files() if hasattr(t.settings, "compose_files") else []
+    if files:
+        return files[0].parent.resolve()
+    return Path(getattr(t.settings, "root", None) or t.stack.root)
 
 
 def ensure_private_dir(shell: Shell, root: str) -> None:

@@ -126,7 +126,7 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
         try:
             host_checks(make(c, s, rel.stack, None, require_env=False))
             checkpoint(c, lock)
-            rdir = upload(c, root, rel)
+            rdir = upload(c, root, rel, prev)
             say(f"Uploaded release {rel.id} ({len(rel.files)} files; env files mode 0600) to {rdir}")
             t = make(c, s, rel.stack, rdir)
             model = release_checks(t)

@@ -2,6 +2,11 @@
 its env files (0600), the env template, ``db/<stack>/`` (migrations and seed data) when the project has one, and
 ``release.json`` (the manifest: stack, stage, overlays, files, services, image IDs, who, when).
 ``<root>/current`` is a symlink to the running release, switched atomically (rename). A
+service's data folders (writable folder binds by relative path, ``./data/files:/srv/files``) are
+not part of a release: they live in ``<root>/shared/<stack>/`` at their place under the stack's
+compose folder, and each release holds a symlink there (as Capistrano's and Kamal's shared
+folders), so a new release starts with the data the last one wrote, and deleting an old release
+(``rm -rf`` removes a symlink, never what it points at) never deletes data. A
 ``STATUS`` file in each release says how its deploy ended. ``<root>/audit.log`` gets one line per
 deploy or rollback. An upload goes to ``releases/.partial-<id>`` and is renamed when complete, so
 a lost connection never leaves something that looks like a release.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shlex
 import shutil
 import subprocess
@@ -36,6 +42,7 @@ class Release:
     manifest: dict[str, Any]
     files: list[str] = field(default_factory=list)  # relative to stack.root
     private: set[str] = field(default_factory=set)  # env files: uploaded 0600
+    shared: list[str] = field(default_factory=list)  # data folders: symlinks into <root>/shared/<stack>/
 
 
 def git_sha(root: Path) -> tuple[str, bool]:
@@ -78,8 +85,17 @@ def prepare(settings: Settings, host: Host, dest: Path, services: Iterable[str] 
         if secret:
             private.add(rel)
 
+    for f in (st.env_file, host.env_file):
+        if f and not (src / f).is_file():
+            raise EnvFileError(f"The env file {f} is missing in {src}: create it (`memstack-ops env.init "
+                               f"--stack {st.name}`) before deploying; it is uploaded with the release.")
+    top = src.resolve()
+    # data folders inside the project (a compose file can name ../../x: no place in a release)
+    data = [d for d in data_folders(render(st), (src / st.compose_files[0]).parent.resolve()) if d.is_relative_to(top)]
+    data = shareable(data, [(src / f).resolve() for f in (*st.compose_files, *st.env_files, st.env_template)
+                            if f] + [top / "db" / st.name])
     for p in sorted((src / "compose" / st.name).rglob("*")):
-        if p.is_file():
+        if p.is_file() and not any(p.resolve().is_relative_to(d) for d in data):
             copy(str(p.relative_to(src)))
     mig = src / "db" / st.name  # migrations and seed data (memstack_ops/db.py)
     if mig.is_dir():
@@ -107,65 +123,109 @@ def prepare(settings: Settings, host: Host, dest: Path, services: Iterable[str] 
         "files": files, "git": sha, "dirty": dirty, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "by": operator(), "images": {},
     }
-    return Release(rid, stack, manifest, files, private)
+    shared = [str(d.relative_to(src.resolve())) for d in data]
+    manifest["shared"] = shared
+    return Release(rid, stack, manifest, files, private, shared)
 
 
-def file_stack_files(st: Stack) -> tuple[dict[Path, str], set[Path], Path]:
-    """What a release of a compose file anywhere holds: the compose files, the env files compose
-    reads (its .env or --env-file, the services' ``env_file:``), the configuration the services
-    bind-mount by relative path (files, read-only folders) and relative build contexts, each at
-    its place relative to the folder holding them all (``base``), so the same relative paths
-    resolve on the host. Data folders (writable folder binds) and absolute paths (the host's own)
-    are not uploaded. Returns ({local path: path in base}, the private ones, base)."""
+def render(st: Stack) -> dict[str, Any]:
+    """The stack's compose model as compose renders it here, paths as written (relative ones
+    relative to the project directory)."""
     from ..compose import Compose
-    from ..config import service_env_files
 
-    projdir = (st.root / st.compose_files[0]).parent.resolve()
     argv = Compose(st).argv("config", "--format", "json", "--no-path-resolution")
     r = subprocess.run(argv, cwd=st.root, capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         raise RemoteError(f"Rendering {', '.join(st.compose_files)} in {st.root} with docker compose here failed "
-                          f"(a release of a compose file holds what it references): {r.stderr.strip()[:600]} Fix "
+                          f"(a release holds what the compose files reference): {r.stderr.strip()[:600]} Fix "
                           f"the file (or install compose v2 on this machine), then deploy again.")
-    model = json.loads(r.stdout)
+    return dict(json.loads(r.stdout))
+
+
+def relative_source(raw: Any, projdir: Path) -> Path | None:
+    """A bind source or build context given by relative path, resolved against the project
+    directory; None for absolute, home, variable or URL ones (the host's own)."""
+    text = str(raw or "")
+    if not text or text.startswith(("/", "~", "$")) or "://" in text:
+        return None
+    return (projdir / text).resolve()
+
+
+def data_folders(model: dict[str, Any], projdir: Path) -> list[Path]:
+    """The data folders of the model: writable folder binds by relative path (one that does not
+    exist here is a folder Docker creates), resolved here. A release does not hold them: they
+    live in the host's shared folder (``link_shared``)."""
+    out: list[Path] = []
+    for svc in (model.get("services") or {}).values():
+        for vol in svc.get("volumes") or []:
+            src = relative_source(vol.get("source"), projdir) if vol.get("type") == "bind" else None
+            if src is not None and is_data_bind(vol, src.is_file()) and src not in out:
+                out.append(src)
+    return out
+
+
+def shareable(data: list[Path], uploaded: Iterable[Path]) -> list[Path]:
+    """The data folders a release can link to the shared folder: not one that holds the compose
+    files or other configuration the release uploads (a writable ``.:/app``), which stays in the
+    release as a plain folder, with a warning (its data is not carried to the next release)."""
+    from ..output import warn
+
+    uploaded = list(uploaded)
+    out = []
+    for d in data:
+        if any(u.is_relative_to(d) for u in uploaded):
+            warn(f"The writable bind {d} holds files the release uploads (compose or configuration files), so it "
+                 f"stays inside each release rather than in the host's shared folder: what the services write there "
+                 f"is not carried over to the next release. Mount a subfolder for the data instead.")
+        else:
+            out.append(d)
+    return out
+
+
+def file_stack_files(st: Stack) -> tuple[dict[Path, str], set[Path], Path, list[Path]]:
+    """What a release of a compose file anywhere holds: the compose files, the env files compose
+    reads (its .env or --env-file, the services' ``env_file:``), the configuration the services
+    bind-mount by relative path (files, read-only folders) and relative build contexts, each at
+    its place relative to the folder holding them all (``base``), so the same relative paths
+    resolve on the host. Data folders (writable folder binds) are not uploaded: they are linked to
+    the host's shared folder at their place under ``base``; absolute paths are the host's own.
+    Returns ({local path: path in base}, the private ones, base, the data folders)."""
+    from ..config import service_env_files
+
+    projdir = (st.root / st.compose_files[0]).parent.resolve()
+    model = render(st)
     wanted: list[Path] = [(st.root / f).resolve() for f in st.compose_files]
     private = {(st.root / f).resolve() for f in st.env_files}
     private |= {(projdir / f).resolve() for f in service_env_files(st) if (projdir / f).is_file()}
     folders: list[Path] = []
-
-    def relative(raw: Any) -> Path | None:
-        text = str(raw or "")
-        if not text or text.startswith(("/", "~", "$")) or "://" in text:
-            return None
-        return (projdir / text).resolve()
-
     for svc in (model.get("services") or {}).values():
         for vol in svc.get("volumes") or []:
-            src = relative(vol.get("source")) if vol.get("type") == "bind" else None
+            src = relative_source(vol.get("source"), projdir) if vol.get("type") == "bind" else None
             if src is None or not src.exists() or is_data_bind(vol, src.is_file()):
                 continue
             (folders if src.is_dir() else wanted).append(src)
         build = svc.get("build") or {}
-        ctx = relative(build.get("context") if isinstance(build, dict) else build)
+        ctx = relative_source(build.get("context") if isinstance(build, dict) else build, projdir)
         if ctx is not None and ctx.is_dir():
             folders.append(ctx)
     for kind in ("configs", "secrets"):
         for item in (model.get(kind) or {}).values():
-            src = relative((item or {}).get("file"))
+            src = relative_source((item or {}).get("file"), projdir)
             if src is not None and src.is_file():
                 wanted.append(src)
+    data = shareable(data_folders(model, projdir), [*wanted, *private, *folders])
     for d in folders:
-        wanted += [p for p in sorted(d.rglob("*")) if p.is_file()]
+        wanted += [p for p in sorted(d.rglob("*")) if p.is_file() and not any(p.is_relative_to(x) for x in data)]
     every = [*wanted, *private]
-    base = Path(os.path.commonpath([projdir, *[p.parent for p in every]]))
-    return {p: str(p.relative_to(base)) for p in dict.fromkeys([*every])}, private, base
+    base = Path(os.path.commonpath([projdir, *[p.parent for p in every], *data]))
+    return {p: str(p.relative_to(base)) for p in dict.fromkeys([*every])}, private, base, data
 
 
 def _prepare_file_stack(settings: Settings, st: Stack, host: Host, dest: Path, services: Iterable[str],
                         now: float | None) -> Release:
     """``prepare`` for a compose file anywhere: its files under ``compose/<stack>/`` of the release,
     at the same places relative to each other as here."""
-    where, private, base = file_stack_files(st)
+    where, private, base, data = file_stack_files(st)
     prefix = f"compose/{st.name}"
     files: list[str] = []
     secret: set[str] = set()
@@ -195,7 +255,9 @@ def _prepare_file_stack(settings: Settings, st: Stack, host: Host, dest: Path, s
         "files": files, "git": sha, "dirty": dirty, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "by": operator(), "images": {}, "from_file": [str(st.root / f) for f in st.compose_files],
     }
-    return Release(rid, stack, manifest, files, secret)
+    shared = [f"{prefix}/{d.relative_to(base)}" for d in data]
+    manifest["shared"] = shared
+    return Release(rid, stack, manifest, files, secret, shared)
 
 
 def releases_dir(root: str) -> str:
@@ -229,9 +291,70 @@ def write_manifest(c: Any, root: str, rid: str, manifest: dict[str, Any], partia
     put_text(c, json.dumps(manifest, indent=2, sort_keys=True) + "\n", f"{d}/{MANIFEST}")
 
 
-def upload(c: Any, root: str, rel: Release) -> str:
-    """Upload the prepared release over SFTP (env files 0600) into a partial folder, then rename it
-    into place. Returns the release folder."""
+def shared_dir(root: str, stack: str) -> str:
+    return f"{root}/shared/{stack}"
+
+
+def shared_place(root: str, stack: str, path: str) -> str:
+    """Where the data folder at ``path`` of a release (``compose/<stack>/shop/data/files``) lives
+    on the host: ``<root>/shared/<stack>/shop/data/files``."""
+    sub = path.removeprefix(f"compose/{stack}/")
+    return posixpath.normpath(f"{shared_dir(root, stack)}/{sub}")
+
+
+def link_target(stack: str, path: str) -> str:
+    """The symlink a release holds at ``path``: relative (``../../../../shared/...``), so it holds
+    whatever the deploy root is called, and the same in every release (and in the folder being
+    uploaded: ``releases/.partial-<id>`` is as deep as ``releases/<id>``)."""
+    return posixpath.relpath(shared_place("/R", stack, path), posixpath.dirname(f"/R/releases/ID/{path}"))
+
+
+# For each data folder ("$@": path in the release, shared place, link target, the previous
+# release's path or ""): a previous release that still holds the folder itself (deployed before
+# releases had shared folders) has the live data there: it moves to the shared place (a rename:
+# running containers keep their mount) and that release gets the symlink too. Then the shared
+# place exists and the new release links to it.
+LINK_SHARED = r"""set -e
+while [ $# -gt 0 ]; do
+  l=$1 s=$2 t=$3 p=$4; shift 4
+  if [ -n "$p" ] && [ ! -e "$s" ] && [ ! -L "$p" ] && [ -d "$p" ]; then
+    mkdir -p "$(dirname "$s")"
+    mv -T "$p" "$s"
+    ln -s "$t" "$p"
+    echo "moved $p -> $s"
+  fi
+  mkdir -p "$s"
+  mkdir -p "$(dirname "$l")"
+  ln -s "$t" "$l"
+done
+"""
+
+
+def link_shared(c: Any, root: str, rel: Release, folder: str, prev: str | None) -> None:
+    """Give the release in ``folder`` its data folders: symlinks into ``<root>/shared/<stack>/``."""
+    if not rel.shared:
+        return
+    args: list[str] = []
+    for path in rel.shared:
+        args += [f"{folder}/{path}", shared_place(root, rel.stack.name, path), link_target(rel.stack.name, path),
+                 f"{release_dir(root, prev)}/{path}" if prev else ""]
+    r = c.run(shlex.join(["sh", "-c", LINK_SHARED, "sh", *args]), hide=True, warn=True, in_stream=False)
+    if r.failed:
+        raise RemoteError(f"Linking the release's data folders ({', '.join(rel.shared)}) to "
+                          f"{shared_dir(root, rel.stack.name)} failed: {(r.stderr or r.stdout).strip()[-600:]} "
+                          f"Nothing was started; the data is where it was. Fix that (is {root} writable by this "
+                          f"user, and is the folder of a previous release owned by another user?), then deploy again.")
+    from ..output import say
+
+    for line in r.stdout.splitlines():
+        if line.startswith("moved "):
+            say(f"Data folder {line.removeprefix('moved ')} (the shared folder every release links to).")
+
+
+def upload(c: Any, root: str, rel: Release, prev: str | None = None) -> str:
+    """Upload the prepared release over SFTP (env files 0600) into a partial folder, link its data
+    folders to the shared ones (``prev``: the release running now, whose data folder moves there
+    when it still holds it itself), then rename it into place. Returns the release folder."""
     from .files import put_text
 
     partial, final = f"{root}/releases/.partial-{rel.id}", release_dir(root, rel.id)
@@ -256,6 +379,7 @@ def upload(c: Any, root: str, rel: Release) -> str:
         else:
             sftp.put(str(rel.stack.root / f), f"{partial}/{f}")
     write_manifest(c, root, rel.id, rel.manifest, partial=True)
+    link_shared(c, root, rel, partial, prev)
     r = c.run(f"mv -T {q(partial)} {q(final)}", hide=True, warn=True, in_stream=False)
     if r.failed:
         raise RemoteError(f"Cannot move the uploaded release into place: {r.stderr.strip()}")
@@ -298,7 +422,9 @@ def listing(c: Any, root: str) -> list[dict[str, Any]]:
 
 def prune(c: Any, root: str, keep: int, protect: Iterable[str]) -> list[str]:
     """Delete releases beyond the newest ``keep`` (never a protected one) and leftovers of uploads
-    that never completed. Call with the lock held."""
+    that never completed. Call with the lock held. A release's data folders are symlinks into
+    ``<root>/shared/``: ``rm -rf`` removes a symlink and never follows it (POSIX rm), so the data
+    stays (tests/e2e/test_compose_patterns.py prunes with data in place)."""
     r = c.run(f"ls -1a {shlex.quote(releases_dir(root))}", hide=True, warn=True, in_stream=False)
     names = [n for n in r.stdout.split() if n not in (".", "..")] if r.ok else []
     keep_set = set(protect) | set(sorted(n for n in names if not n.startswith("."))[-keep:])

@@ -318,6 +318,67 @@ def test_on_a_host_backup_all_tars_the_data_folder_there_and_restore_binds_puts_
     assert box.sh(f"docker exec {files} sh -c {shlex.quote(LISTING)}") == before
 
 
+def test_on_a_host_a_data_folder_outlives_its_release_new_deploys_and_pruning(remote_project, hosts):
+    """A data folder (./data/files:/srv/files) lives in <root>/shared/<stack>/, linked from each
+    release: a new release sees what the last one wrote, and pruning old releases deletes the
+    links, never the data; backup.binds and restore.binds find it through the link."""
+    p, box = remote_project, hosts["h1"]
+    host_copy(p)
+    toml = p.root / "memstack-ops.toml"
+    toml.write_text(toml.read_text().replace("ship_images = true\n", "ship_images = true\nkeep_releases = 1\n"))
+    files = f"{p.name}-files-1"
+
+    def listing() -> str:
+        return box.sh(f"docker exec {files} sh -c {shlex.quote(LISTING)}")
+
+    def deploy() -> str:
+        out = ok(p.run("-H", "h1", "-f", SHOP, "deploy", timeout=600))
+        return out.split(" release ", 1)[1].split()[0]
+
+    first = deploy()
+    box.sh(f"docker exec {files} sh -c {shlex.quote(SEED_FILES)}")
+    before = listing()
+    assert "./readme.txt 1234:2345 640 regular file" in before
+
+    second = deploy()
+    assert listing() == before  # the new release's container mounts the same folder
+    link = f"{p.stack_root}/releases/{second}/compose/{p.name}/shop/data/files"
+    shared = f"{p.stack_root}/shared/{p.name}/shop/data/files"
+    assert box.sh(f"readlink -f {link}").strip() == shared
+    assert box.sh(f"cat {shared}/readme.txt") == "hello\n"
+
+    third = deploy()  # keep_releases = 1: the first release is deleted (the second is the previous one)
+    assert first not in box.sh(f"ls -1 {p.stack_root}/releases") and second != third
+    assert listing() == before
+    assert box.sh(f"cat {shared}/readme.txt") == "hello\n"
+
+    out = ok(p.run("-H", "h1", "-f", SHOP, "backup.binds", "--stop", timeout=600))
+    assert "stopping files" in out, out
+    assert "./data/files (tar-bind)" in ok(p.run("-H", "h1", "-f", SHOP, "backup.list"))
+    box.sh(f"docker exec {files} sh -c 'rm -rf /srv/files/* && echo other > /srv/files/other.txt'")
+    ok(p.run("-H", "h1", "-f", SHOP, "restore.binds", "--yes", timeout=600))
+    assert listing() == before
+    link = f"{p.stack_root}/releases/{third}/compose/{p.name}/shop/data/files"
+    assert box.sh(f"test -L {link} && readlink -f {link}").strip() == shared  # still a link, not a folder
+
+
+def test_on_a_host_the_first_deploy_with_shared_folders_moves_the_running_releases_data_there(
+        remote_project, hosts):
+    """A release deployed before releases had shared folders holds its data folder itself: the next
+    deploy moves it to <root>/shared/<stack>/ (the new release sees it) and leaves a link in its place."""
+    p, box = remote_project, hosts["h1"]
+    host_copy(p)
+    first = ok(p.run("-H", "h1", "-f", SHOP, "deploy", timeout=600)).split(" release ", 1)[1].split()[0]
+    old = f"{p.stack_root}/releases/{first}/compose/{p.name}/shop/data/files"
+    shared = f"{p.stack_root}/shared/{p.name}/shop/data/files"
+    # as an older memstack-ops left it: the folder in the release, no shared folder
+    box.sh(f"rm {old} && rm -rf {p.stack_root}/shared && mkdir {old} && echo written-before > {old}/readme.txt")
+    out = ok(p.run("-H", "h1", "-f", SHOP, "deploy", timeout=600))
+    assert f"Data folder {old} -> {shared}" in out, out
+    assert box.sh(f"docker exec {p.name}-files-1 cat /srv/files/readme.txt") == "written-before\n"
+    assert box.sh(f"test -L {old} && readlink -f {old}").strip() == shared  # a rollback finds it too
+
+
 # --- pattern 2: one-shot jobs -------------------------------------------------------------------
 
 def test_a_bucket_setup_job_runs_once_and_its_dependants_start_after_it_exited_0(projects, docker_client):

@@ -59,6 +59,27 @@ def test_backups_dir_is_relative_to_the_project_root_unless_absolute(tmp_path):
     assert core.backups_root(on_host, here=True) == f"{tmp_path}/project/backups/memstack"
 
 
+def test_a_compose_file_anywheres_backups_are_beside_it_here_and_when_fetched_from_a_host(tmp_path):
+    """-f ~/src/shop/docker-compose.yml: its stack root is the file's folder, so its sets are in
+    ~/src/shop/backups/<stack>/; a set fetched from a host (--fetch, --from) goes there too, where
+    backup.list and restore.* without -H look (not the memstack-ops project root)."""
+    shop = tmp_path / "src" / "shop"
+    local = _target(shop)
+    assert core.backups_root(local) == f"{shop}/backups/memstack"
+
+    class Settings(dict):
+        root = tmp_path / "project"
+
+        def compose_files(self) -> list[Path]:
+            return [shop / "docker-compose.yml"]
+
+    on_host = _target(tmp_path / "mirror")
+    on_host.remote, on_host.release_dir = True, "/srv/app/releases/20260101T000000Z-abc"
+    on_host.settings = Settings(on_host.settings)
+    assert core.backups_root(on_host) == "/srv/app/backups/memstack"
+    assert core.backups_root(on_host, here=True) == core.backups_root(local)
+
+
 
 # --------------------------------------------------------------------------- checksums
 

@@ -27,6 +27,35 @@ def test_prepare_copies_the_stack_with_env_files_private_and_takes_the_runs_time
     assert rel.manifest["services"] == ["db"] and rel.manifest["env_files"] == ["env/memstack/.env"]
 
 
+def test_a_data_folder_of_a_stack_is_not_uploaded_but_linked_to_the_shared_folder(project, tmp_path):
+    """compose/<stack>/ with a writable ./ bind: the folder's files here (this machine's data) stay
+    here, and the release names the folder as shared: on the host it is a link into
+    <root>/shared/<stack>/, the same from every release."""
+    write(project, "env/memstack/.env", "DB_PASSWORD=s3cret\n", mode=0o600)
+    write(project, "compose/memstack/compose.yml", "services:\n  files:\n    image: debian\n    volumes:\n"
+          "      - ./data/files:/srv/files\n      - ./conf:/etc/x:ro\n")
+    write(project, "compose/memstack/data/files/upload.bin", "this machine's data")
+    write(project, "compose/memstack/conf/x.ini", "[x]\n")
+    rel = release.prepare(resolve(root=project, environ={}), Host("h1", "h1"), tmp_path / "release", now=NOW)
+    assert "compose/memstack/conf/x.ini" in rel.files
+    assert not [f for f in rel.files if "upload.bin" in f]
+    assert rel.shared == rel.manifest["shared"] == ["compose/memstack/data/files"]
+    assert release.shared_place("/srv/x", "memstack", "compose/memstack/data/files") == \
+        "/srv/x/shared/memstack/data/files"
+    target = release.link_target("memstack", "compose/memstack/data/files")
+    assert target == "../../../../../shared/memstack/data/files"
+    assert os.path.normpath(f"/srv/x/releases/R/compose/memstack/data/{target}") == "/srv/x/shared/memstack/data/files"
+
+
+def test_a_writable_bind_holding_the_compose_file_stays_in_the_release(project, tmp_path, capsys):
+    write(project, "env/memstack/.env", "DB_PASSWORD=s3cret\n", mode=0o600)
+    write(project, "compose/memstack/compose.yml", "services:\n  app:\n    image: debian\n    volumes:\n"
+          "      - .:/app\n")
+    rel = release.prepare(resolve(root=project, environ={}), Host("h1", "h1"), tmp_path / "release", now=NOW)
+    assert rel.shared == [] and "compose/memstack/compose.yml" in rel.files
+    assert "stays inside each release" in capsys.readouterr().err
+
+
 def test_a_release_id_is_the_given_run_time_else_now(tmp_path):
     """Hosts deployed in parallel computed their ids a second apart (…40Z on two, …41Z on one):
     the run's start time now travels with each host's connection (see test_fanout)."""
