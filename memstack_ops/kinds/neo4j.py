@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DbError
-from .spec import Password, no_auth_input, sh_ready
+from .spec import Password, Probe, no_auth_input, sh_ready
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
@@ -66,14 +66,28 @@ def ensure(db: Db) -> list[str]:
     return [f"APOC {r.stdout.strip().splitlines()[-1].strip(chr(34))} present"]
 
 
+APPLIED = ("MATCH (m:MemstackMigration) RETURN m.track, m.version, m.name, m.checksum, m.applied_at, "
+           "m.duration_ms, m.state ORDER BY m.version;")
+
+
+def _rows(out: str) -> list[list[str]]:
+    lines = out.splitlines()[1:]
+    return [next(csv.reader([ln], skipinitialspace=True, escapechar="\\")) for ln in lines if ln.strip()]
+
+
 def applied(db: Db) -> list[list[str]]:
     """Rows of :MemstackMigration nodes: track, version, name, checksum, applied_at, duration_ms, state."""
-    r = db.exec("MATCH (m:MemstackMigration) RETURN m.track, m.version, m.name, m.checksum, m.applied_at, "
-                "m.duration_ms, m.state ORDER BY m.version;")
+    r = db.exec(APPLIED)
     if r.failed:
         raise db.fail("Reading applied migrations", r)
-    lines = r.stdout.splitlines()[1:]
-    return [next(csv.reader([ln], skipinitialspace=True, escapechar="\\")) for ln in lines if ln.strip()]
+    return _rows(r.stdout)
+
+
+def probe(db: Db) -> Probe | None:
+    """The migration records read through cypher-shell (it answers queries: ready), then APOC
+    when the compose config asks for it (``ensure``)."""
+    r = db.exec(APPLIED, timeout=30)
+    return None if r.failed else Probe(_rows(r.stdout), notes=ensure(db))
 
 
 def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:

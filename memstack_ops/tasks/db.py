@@ -50,7 +50,10 @@ def init(c: Context, only: str | None = None, timeout: int = 120, stack: str | N
 
     t0 = time.monotonic()
     t, model = _model_and_target(c, stack, stage, overlay)
-    reports = apikey.init(t, model, [only] if only else (), timeout=float(timeout))  # the stack's default API key too
+    from ..db import engine_containers
+
+    reports = apikey.init(t, model, [only] if only else (), timeout=float(timeout),  # the stack's default API key too
+                          containers=engine_containers(t))
     _print_reports(reports, t0)
 
 
@@ -69,7 +72,8 @@ def migrate(c: Context, only: str | None = None, dry_run: bool = False, stack: s
     if only and missing:
         raise db.DbError(f"No migration directory db/{t.stack.name}/{missing[0]}/: create it with files named "
                          f"NNNN_name.sql (or .cypher for Neo4j).")
-    _print_reports(db.init(t, model, [only] if only else (), tracks=("schema",), dry_run=dry_run), t0)
+    _print_reports(db.init(t, model, [only] if only else (), tracks=("schema",), dry_run=dry_run,
+                           containers=db.engine_containers(t)), t0)
 
 
 @ops_task(help={"only": ONLY_HELP, "dry_run": "list what would run, change nothing"})
@@ -82,7 +86,8 @@ def seed(c: Context, only: str | None = None, dry_run: bool = False, stack: str 
 
     t0 = time.monotonic()
     t, model = _model_and_target(c, stack, stage, overlay)
-    _print_reports(db.init(t, model, [only] if only else (), tracks=("seed",), dry_run=dry_run), t0)
+    _print_reports(db.init(t, model, [only] if only else (), tracks=("seed",), dry_run=dry_run,
+                           containers=db.engine_containers(t)), t0)
 
 
 @ops_task(help={"only": ONLY_HELP})
