@@ -139,6 +139,10 @@ class Db:
     # its running container when the engine listed it (``engine_containers``): reached with one
     # ``docker exec`` instead of ``compose exec`` (no compose start-up and project load per call)
     container: str = ""
+    # a read-only query the probe runs in its same exec (kinds whose probe takes one), and its
+    # output: for a step after the migrations (the API key), valid while nothing was applied
+    ask: str = ""
+    answer: str | None = None
 
     @property
     def spec(self) -> DbKind:
@@ -366,15 +370,17 @@ def pending(db: Db, root: Path, tracks: Iterable[str] = ("schema", "seed"),
 
 def init(t: Target, model: dict[str, Any], only: Iterable[str] = (), timeout: float = 120,
          tracks: Iterable[str] = ("schema", "seed"), dry_run: bool = False,
-         after: dict[str, Any] | None = None, containers: Mapping[str, str] | None = None) -> list[Report]:
+         after: dict[str, Any] | None = None, containers: Mapping[str, str] | None = None,
+         ask: Mapping[str, str] | None = None) -> list[Report]:
     """Wait, ensure, migrate, seed: idempotent; a second run changes nothing. The databases are
     independent, so they are handled in parallel; errors are raised after all have finished.
 
     With ``containers`` (``engine_containers``), each database whose container the engine named is
     reached with ``docker exec`` and first asked its kind's ``probe``: one exec that answers
     whether it is ready, its database there, and what is recorded. An up-to-date database then
-    costs that one exec (plus the ``after`` step); any other answer takes the step-by-step path
-    (wait, create, read, apply under the kind's lock), which says what is wrong."""
+    costs that one exec (``ask[service]``, a read-only query for its ``after`` step, rides along in
+    it); any other answer takes the step-by-step path (wait, create, read, apply under the kind's
+    lock), which says what is wrong."""
     from concurrent.futures import ThreadPoolExecutor
 
     tracks = tuple(tracks)
@@ -389,6 +395,7 @@ def init(t: Target, model: dict[str, Any], only: Iterable[str] = (), timeout: fl
             else:  # drift refused here too; what is pending is applied under the kind's lock
                 todo, _ = pending(db, t.stack.root, tracks, db.records(probe.applied))
                 rep.applied = db.apply(todo, t.stack.root)
+            db.answer = probe.answer if not rep.applied else None
             if after and db.service in after:
                 rep.extra = after[db.service](db)
             return rep
@@ -408,6 +415,8 @@ def init(t: Target, model: dict[str, Any], only: Iterable[str] = (), timeout: fl
         return rep
 
     dbs = databases(t, model, only, containers)
+    for d in dbs:
+        d.ask = (ask or {}).get(d.service, "")
     with ThreadPoolExecutor(max_workers=max(1, len(dbs))) as pool:
         futures = [pool.submit(one, db) for db in dbs]
     errors = [f.exception() for f in futures if f.exception()]

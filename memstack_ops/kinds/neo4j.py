@@ -52,10 +52,14 @@ ready = sh_ready(READY)
 auth_input = no_auth_input
 
 
+def wants_apoc(db: Db) -> bool:
+    """The compose config asks for APOC (NEO4J_PLUGINS)."""
+    return "apoc" in db.env.get("NEO4J_PLUGINS", "") + db.env.get("NEO4JLABS_PLUGINS", "")
+
+
 def ensure(db: Db) -> list[str]:
     """Nothing to create; APOC checked when the compose config asks for it."""
-    plugins = db.env.get("NEO4J_PLUGINS", "") + db.env.get("NEO4JLABS_PLUGINS", "")
-    if "apoc" not in plugins:
+    if not wants_apoc(db):
         return []
     r = db.exec("RETURN apoc.version();", timeout=30)
     if r.failed:
@@ -84,10 +88,22 @@ def applied(db: Db) -> list[list[str]]:
 
 
 def probe(db: Db) -> Probe | None:
-    """The migration records read through cypher-shell (it answers queries: ready), then APOC
-    when the compose config asks for it (``ensure``)."""
-    r = db.exec(APPLIED, timeout=30)
-    return None if r.failed else Probe(_rows(r.stdout), notes=ensure(db))
+    """One cypher-shell call: APOC's version when the compose config asks for it, then the
+    migration records (each result comes with its header line). It answers: ready; APOC missing
+    fails the call, and ``ensure`` on the step-by-step path says so."""
+    apoc = wants_apoc(db)
+    r = db.exec(("RETURN apoc.version();\n" if apoc else "") + APPLIED, timeout=30)
+    if r.failed:
+        return None
+    lines = r.stdout.splitlines()
+    notes = []
+    if apoc:
+        at = next((i for i, ln in enumerate(lines) if ln.strip() == "apoc.version()"), None)
+        if at is None or at + 1 >= len(lines):
+            return None
+        notes.append(f"APOC {lines[at + 1].strip().strip(chr(34))} present")
+    head = next((i for i, ln in enumerate(lines) if ln.startswith("m.track")), None)
+    return Probe(_rows("\n".join(lines[head:])) if head is not None else [], notes=notes)
 
 
 def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:

@@ -93,11 +93,17 @@ def applied(db: Db) -> list[list[str]]:
     return [ln.split("|") for ln in r.stdout.splitlines() if ln.strip()]
 
 
+ANSWER = "memstack-ops:answer"
+
+
 def probe(db: Db) -> Probe | None:
     """One psql session over TCP in the service's own database: it answers queries (ready), the
-    database exists (or the connection fails), and its migration records."""
-    r = db.exec(APPLIED, timeout=30)
-    return None if r.failed else Probe([ln.split("|") for ln in r.stdout.splitlines() if ln.strip()])
+    database exists (or the connection fails), its migration records, then ``db.ask``."""
+    r = db.exec(APPLIED + (f"\\echo {ANSWER}\n{db.ask}\n" if db.ask else ""), timeout=30)
+    if r.failed:
+        return None
+    records, _, answer = r.stdout.partition(f"{ANSWER}\n")
+    return Probe([ln.split("|") for ln in records.splitlines() if ln.strip()], answer=answer if db.ask else None)
 
 
 def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:

@@ -40,6 +40,7 @@ class Probe:
     applied: list[list[str]] = field(default_factory=list)
     contents: str = ""
     notes: list[str] = field(default_factory=list)
+    answer: str | None = None  # the output of ``Db.ask``, when the kind's probe runs it
 
 
 @dataclass(frozen=True)

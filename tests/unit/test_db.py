@@ -335,3 +335,22 @@ def test_a_container_replaced_since_the_engine_listed_it_is_asked_through_compos
     d = db.Db(t, "pg", "postgres", model(pg=pg()), "p-pg-1")
     d.wait_ready(timeout=5, interval=0.01)
     assert d.container == "" and " exec -T pg " in sent(t)[-1][0]
+
+
+def test_the_after_steps_query_rides_in_the_probes_exec_and_is_dropped_once_something_was_applied(tmp_path):
+    write(tmp_path, "db/memstack/pg/0001_init.sql", "SELECT 1;\n")
+    rec = "schema|1|init|" + db.discover(tmp_path, "memstack", "pg", "postgres")[0].checksum + "|t|3|applied\n"
+    seen = []
+    t = target(tmp_path, {DEXEC: [Result(rec + "memstack-ops:answer\nms_sk_ab|2026-01-01T00:00:00Z\n")]})
+    db.init(t, model(pg=pg()), containers={"pg": "p-pg-1"}, ask={"pg": "SELECT key_prefix FROM keys;"},
+            after={"pg": lambda d: seen.append(d.answer)})
+    assert seen == ["ms_sk_ab|2026-01-01T00:00:00Z\n"]
+    [(_, script)] = sent(t)
+    assert script.endswith("\\echo memstack-ops:answer\nSELECT key_prefix FROM keys;\n")
+
+    write(tmp_path, "db/memstack/pg/0002_more.sql", "SELECT 2;\n")  # pending: applied, then the answer is stale
+    t = target(tmp_path, {DEXEC: [Result(rec + "memstack-ops:answer\nms_sk_ab|x\n"),
+                                  Result("memstack-ops:applied schema 2\n")]})
+    db.init(t, model(pg=pg()), containers={"pg": "p-pg-1"}, ask={"pg": "SELECT 1;"},
+            after={"pg": lambda d: seen.append(d.answer)})
+    assert seen[-1] is None
