@@ -354,3 +354,23 @@ def test_the_after_steps_query_rides_in_the_probes_exec_and_is_dropped_once_some
     db.init(t, model(pg=pg()), containers={"pg": "p-pg-1"}, ask={"pg": "SELECT 1;"},
             after={"pg": lambda d: seen.append(d.answer)})
     assert seen[-1] is None
+
+
+def test_the_neo4j_probe_reads_apoc_and_the_records_in_one_call(tmp_path):
+    from memstack_ops.kinds import neo4j
+
+    row = '"schema", 1, "init", "' + "a" * 64 + '", "2026-01-01T00:00:00Z", 12, "applied"'
+    head = "m.track, m.version, m.name, m.checksum, m.applied_at, m.duration_ms, m.state"
+    out = f'apoc.version()\n"5.26.0"\n{head}\n{row}\n'
+    svc = {"image": "neo4j:5.26", "environment": {"NEO4J_AUTH": "neo4j/pw", "NEO4J_PLUGINS": '["apoc"]'}}
+    t = target(tmp_path, {DEXEC: [Result(out), Result(stderr="Unknown function 'apoc.version'", exited=1)]})
+    d = db.Db(t, "graph", "neo4j", model(graph=svc), "p-graph-1")
+    p = d.probe()
+    assert p is not None and p.notes == ["APOC 5.26.0 present"]
+    assert db.Db.records(p.applied)[("schema", 1)].checksum == "a" * 64
+    assert sent(t)[0][1].startswith("RETURN apoc.version();\nMATCH (m:MemstackMigration)")
+    assert d.probe() is None  # no APOC: the step-by-step path's ensure says so
+    plain = {"image": "neo4j:5.26", "environment": {"NEO4J_AUTH": "neo4j/pw"}}
+    t = target(tmp_path, {DEXEC: [Result("m.track, m.version\n")]})
+    p = neo4j.probe(db.Db(t, "graph", "neo4j", model(graph=plain), "p-graph-1"))
+    assert p is not None and p.applied == [] and p.notes == [] and sent(t)[0][1].startswith("MATCH")
