@@ -12,6 +12,7 @@ from ..shell import BackupError, StreamFailed
 from .base import (
     DECOMPRESS,
     EXT,
+    IN_CONTAINER,
     Engine,
     Job,
     Plan,
@@ -32,8 +33,8 @@ AS = PG_AUTH + 'PGUSER=$1; PGDATABASE=$2; export PGUSER PGDATABASE; '
 # pg_restore connects only when given -d: an empty one leaves the database to PGDATABASE
 PG_RESTORE = 'pg_restore --single-transaction --exit-on-error -d "" '
 RESTORE = AS + "exec " + PG_RESTORE
-# zstd -1: on incompressible columns as small as zlib -6 and about 20x faster (BENCHMARKS.md)
-PG_ZSTD = "zstd -q -c -1 -T0"
+# zstd -1: on incompressible columns as small as zlib -6 and about 10x faster (BENCHMARKS.md)
+PG_ZSTD = IN_CONTAINER["zstd"]
 
 
 class Postgres(Engine):
