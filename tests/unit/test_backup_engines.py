@@ -253,7 +253,7 @@ def test_pg_dump_compresses_in_the_container_when_it_can(num, compress, zstd_ins
 def test_a_pg_dump_is_decompressed_only_when_its_manifest_says_its_stream_is(dump, zstd_inside, reader):
     from memstack_ops.backup.engines.postgres import dump_reader
 
-    job = SimpleNamespace(has_tool=lambda svc, tool: zstd_inside)
+    job = SimpleNamespace(has_tool=lambda svc, tool: zstd_inside, shell=SimpleNamespace(which=lambda tool: True))
     assert dump_reader(job, Svc("pg", "postgres", {}, container="c"), dump) == reader
     assert dump_reader(job, None, dump)[0] == ""  # no container (a one-off check): on this machine
 
@@ -263,6 +263,9 @@ def test_a_pg_dump_in_an_unknown_stream_compression_is_refused_by_name():
 
     with pytest.raises(BackupError, match="pg.pgdump.xz is compressed with xz"):
         dump_reader(SimpleNamespace(), None, {"name": "pg.pgdump.xz", "stream_compression": "xz"})
+    job = SimpleNamespace(has_tool=lambda svc, tool: False, shell=SimpleNamespace(which=lambda tool: False))
+    with pytest.raises(BackupError, match=r"installed neither in the container .* nor on this machine"):
+        dump_reader(job, Svc("pg", "postgres", {}, container="c"), {"name": "p.zst", "stream_compression": "zstd"})
 
 
 def test_a_zstd_pg_backup_records_its_stream_compression_and_the_stream_holds_pg_dumps_archive(tmp_path):

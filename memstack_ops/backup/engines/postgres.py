@@ -61,7 +61,7 @@ class Postgres(Engine):
         """(pg_dump's flags, the description of the compression, the compressor its archive streams
         through inside the container or None). pg_dump's built-in zlib compresses at about 20 MB/s
         on incompressible columns (embeddings): with zstd in the container, ``-Z0 | zstd -1 -T0``
-        there is 4-8x faster than the default ``-Fc`` and the file no larger; it stays in the
+        there is several times faster than the default ``-Fc`` and the file no larger; it stays in the
         container because an uncompressed stream through ``docker exec`` is what made host-side
         compression slower than plain ``-Fc`` on compressible data (BENCHMARKS.md)."""
         major = plan.info["version_num"] // 10000
@@ -212,6 +212,10 @@ def dump_reader(job: Job, svc: Svc | None, dump: dict[str, Any]) -> tuple[str, l
                           f"the memstack-ops version that made it.")
     if svc is not None and svc.container and job.has_tool(svc, algo):
         return shlex.join(DECOMPRESS[algo]), None
+    if not job.shell.which(algo):
+        raise BackupError(f"{dump['name']} is compressed with {algo}, which is installed neither in the container "
+                          f"that reads it nor on this machine: install it here (`apt-get install {algo}`); nothing "
+                          f"was changed.")
     return "", DECOMPRESS[algo]
 
 
