@@ -83,14 +83,25 @@ def _q(s: str) -> str:
     return s.replace("'", "''")
 
 
+def read_sql(cfg: KeyConfig) -> str:
+    return (f"SELECT key_prefix, to_char(created_at, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM {cfg.table} "
+            f"WHERE name = '{DEFAULT_NAME}';")
+
+
 def read(db: Any, cfg: KeyConfig) -> tuple[str, str] | None:
-    """(key_prefix, created_at) of the default key, or None when there is none."""
+    """(key_prefix, created_at) of the default key, or None when there is none. db.init asks it in
+    the same exec as its probe (``Db.ask``): that answer is used when nothing was applied since."""
     _check_kind(db, cfg)
-    r = db.exec(f"SELECT key_prefix, to_char(created_at, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM {cfg.table} "
-                f"WHERE name = '{DEFAULT_NAME}';")
-    if r.failed:
-        raise db.fail("Reading API keys", r, hint=f"Is there a migration creating {cfg.table}? (db.migrate applies it)")
-    line = r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
+    answer = getattr(db, "answer", None)
+    if answer is not None:
+        db.answer = None  # once: a second read (after an INSERT lost to a concurrent run) asks again
+    else:
+        r = db.exec(read_sql(cfg))
+        if r.failed:
+            raise db.fail("Reading API keys", r,
+                          hint=f"Is there a migration creating {cfg.table}? (db.migrate applies it)")
+        answer = r.stdout
+    line = answer.strip().splitlines()[0] if answer.strip() else ""
     if not line:
         return None
     prefix, _, created = line.partition("|")
@@ -138,6 +149,7 @@ def init(t: Any, model: dict[str, Any], only: Iterable[str] = (), **kw: Any) -> 
             return res
 
         after[cfg.service] = make_key
+        kw.setdefault("ask", {cfg.service: read_sql(cfg)})
     try:
         reports = dbmod.init(t, model, only, after=after, **kw)
     finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,11 @@ from . import kinds
 from .compose import service_env
 from .errors import DbError
 from .kinds import DB_KINDS, kind_of
-from .kinds.spec import TABLE, DbKind
+from .kinds.spec import TABLE, DbKind, Probe
 from .target import Target
 
 __all__ = ["DB_KINDS", "TABLE", "Applied", "Db", "DbError", "Migration", "Report", "databases", "discover", "drift",
-           "init", "pending", "status"]
+           "engine_containers", "init", "pending", "status"]
 
 _FILE = re.compile(r"^(\d{4})_([A-Za-z0-9_\-]+)\.(sql|cypher)$")
 
@@ -136,6 +136,13 @@ class Db:
     service: str
     kind: str
     model: dict[str, Any]
+    # its running container when the engine listed it (``engine_containers``): reached with one
+    # ``docker exec`` instead of ``compose exec`` (no compose start-up and project load per call)
+    container: str = ""
+    # a read-only query the probe runs in its same exec (kinds whose probe takes one), and its
+    # output: for a step after the migrations (the API key), valid while nothing was applied
+    ask: str = ""
+    answer: str | None = None
 
     @property
     def spec(self) -> DbKind:
@@ -177,12 +184,17 @@ class Db:
         return self._run(self.argv(self.spec.CLIENT, database), self.spec.auth_input(self.svc) + script, timeout)
 
     def _run(self, argv: list[str] | tuple[str, ...], stdin: str | None, timeout: float | None = None) -> Any:
-        """``compose exec -T SERVICE argv`` with ``stdin`` fed to it."""
-        from .compose import Script
+        """``compose exec -T SERVICE argv`` with ``stdin`` fed to it; ``docker exec [-i]
+        CONTAINER argv`` when the engine named the container (the same process in the same
+        container: compose exec runs it as the service's user there too)."""
+        from .compose import Script, run
 
         kw: dict[str, Any] = {"in_stream": Script(stdin)} if stdin is not None else {}
         if timeout:
             kw["timeout"] = timeout
+        if self.container:
+            return run(self.t.c, ["docker", "exec", *(["-i"] if stdin is not None else []), self.container, *argv],
+                       **kw)
         return self.t.compose.run(self.t.c, "exec", "-T", self.service, *argv, **kw)
 
     def fail(self, what: str, r: Any, hint: str = "") -> DbError:
@@ -226,6 +238,8 @@ class Db:
                 raise self.fail("Connecting", r)
             rows = {r.get("Service"): r for r in self.t.compose.ps(self.t.c, [self.service])}
             row = rows.get(self.service)
+            if row and row.get("Name") != self.container:
+                self.container = ""  # gone or replaced since the engine listed it: ask compose from now on
             if not row or row.get("State") not in ("running",):
                 logs = self.t.compose.logs(self.t.c, self.service, 50) if row else ""
                 state = row.get("State") if row else "no container"
@@ -245,6 +259,13 @@ class Db:
 
     # ---- the kind's own steps
 
+    def probe(self) -> Probe | None:
+        """The kind's one-exec question (``probe`` in its module): is it ready, is its database
+        there, and what is recorded; None when the answer is not a plain yes, or the kind has
+        no such question (then init waits, creates and reads step by step)."""
+        fn = getattr(self.spec, "probe", None)
+        return fn(self) if fn is not None else None
+
     def ensure(self) -> list[str]:
         """Create what is missing (database, character set); notes on what was done."""
         return self.spec.ensure(self)
@@ -260,8 +281,12 @@ class Db:
         return f"{answer} {unit}"
 
     def applied(self) -> dict[tuple[str, int], Applied]:
+        return self.records(self.spec.applied(self))
+
+    @staticmethod
+    def records(rows: list[list[str]]) -> dict[tuple[str, int], Applied]:
         out = {}
-        for row in self.spec.applied(self):
+        for row in rows:
             if len(row) < 7:
                 continue
             a = Applied(row[0], int(row[1]), row[2], row[3], row[4], row[5] if row[5] != "NULL" else "",
@@ -296,14 +321,33 @@ class Db:
 
 # --------------------------------------------------------------------------- orchestration
 
-def databases(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> list[Db]:
-    """The stack's database services, optionally filtered by service name or kind."""
+def engine_containers(t: Target) -> dict[str, str]:
+    """Service -> its running container (number 1, not a one-off ``compose run``), as the engine
+    lists the project's containers: one ``docker ps``, no compose call. Empty when the engine does
+    not answer (db.* then asks compose, which says why)."""
+    from .compose import run
+
+    r = run(t.c, ["docker", "ps", "--filter", f"label=com.docker.compose.project={t.stack.project}", "--format",
+                  '{{.Label "com.docker.compose.service"}}\t{{.Label "com.docker.compose.container-number"}}\t'
+                  '{{.Label "com.docker.compose.oneoff"}}\t{{.Names}}'], timeout=30)
+    out: dict[str, str] = {}
+    for line in (r.stdout.splitlines() if r.ok else []):
+        parts = line.split("\t")
+        if len(parts) == 4 and parts[0] and parts[1] in ("1", "") and parts[2] != "True":
+            out.setdefault(parts[0], parts[3])
+    return out
+
+
+def databases(t: Target, model: dict[str, Any], only: Iterable[str] = (),
+              containers: Mapping[str, str] | None = None) -> list[Db]:
+    """The stack's database services, optionally filtered by service name or kind; each with its
+    running container when ``containers`` (``engine_containers``) names it."""
     only = [o for o in only if o]
     out = []
     for name, svc in (model.get("services") or {}).items():
         kind = kind_of(svc)
         if kind in DB_KINDS and (not only or name in only or kind in only):
-            out.append(Db(t, name, kind, model))
+            out.append(Db(t, name, kind, model, (containers or {}).get(name, "")))
     if only and not out:
         have = ", ".join(f"{n} ({kind_of(s)})" for n, s in model.get("services", {}).items() if kind_of(s) in DB_KINDS)
         raise DbError(f"No database matches {', '.join(only)} in stack {t.stack.name}; its databases are: "
@@ -311,11 +355,13 @@ def databases(t: Target, model: dict[str, Any], only: Iterable[str] = ()) -> lis
     return out
 
 
-def pending(db: Db, root: Path,
-            tracks: Iterable[str] = ("schema", "seed")) -> tuple[list[Migration], dict[tuple[str, int], Applied]]:
-    """Pending migrations for ``db`` (and what is applied); refuses drift before anything runs."""
+def pending(db: Db, root: Path, tracks: Iterable[str] = ("schema", "seed"),
+            applied: dict[tuple[str, int], Applied] | None = None,
+            ) -> tuple[list[Migration], dict[tuple[str, int], Applied]]:
+    """Pending migrations for ``db`` (and what is applied: read from it unless given); refuses
+    drift before anything runs."""
     files = [m for tr in tracks for m in discover(root, db.t.stack.name, db.service, db.kind, tr)]
-    applied = db.applied()
+    applied = db.applied() if applied is None else applied
     problems = drift(files, applied, root)
     if problems:
         raise DbError(f"Refusing to migrate {db.service}: " + "; ".join(problems) + ".")
@@ -324,15 +370,35 @@ def pending(db: Db, root: Path,
 
 def init(t: Target, model: dict[str, Any], only: Iterable[str] = (), timeout: float = 120,
          tracks: Iterable[str] = ("schema", "seed"), dry_run: bool = False,
-         after: dict[str, Any] | None = None) -> list[Report]:
+         after: dict[str, Any] | None = None, containers: Mapping[str, str] | None = None,
+         ask: Mapping[str, str] | None = None) -> list[Report]:
     """Wait, ensure, migrate, seed: idempotent; a second run changes nothing. The databases are
-    independent, so they are handled in parallel; errors are raised after all have finished."""
+    independent, so they are handled in parallel; errors are raised after all have finished.
+
+    With ``containers`` (``engine_containers``), each database whose container the engine named is
+    reached with ``docker exec`` and first asked its kind's ``probe``: one exec that answers
+    whether it is ready, its database there, and what is recorded. An up-to-date database then
+    costs that one exec (``ask[service]``, a read-only query for its ``after`` step, rides along in
+    it); any other answer takes the step-by-step path (wait, create, read, apply under the kind's
+    lock), which says what is wrong."""
     from concurrent.futures import ThreadPoolExecutor
 
     tracks = tuple(tracks)
 
     def one(db: Db) -> Report:
         rep = Report(db.service, db.kind, migrates=db.migrates)
+        probe = db.probe() if db.container and not dry_run else None
+        if probe is not None:
+            rep.notes += probe.notes
+            if not db.migrates:
+                rep.notes.append(f"ready, {probe.contents}")
+            else:  # drift refused here too; what is pending is applied under the kind's lock
+                todo, _ = pending(db, t.stack.root, tracks, db.records(probe.applied))
+                rep.applied = db.apply(todo, t.stack.root)
+            db.answer = probe.answer if not rep.applied else None
+            if after and db.service in after:
+                rep.extra = after[db.service](db)
+            return rep
         db.wait_ready(timeout)
         if dry_run:
             todo, _ = pending(db, t.stack.root, tracks) if db.migrates else ([], {})
@@ -348,7 +414,9 @@ def init(t: Target, model: dict[str, Any], only: Iterable[str] = (), timeout: fl
             rep.extra = after[db.service](db)
         return rep
 
-    dbs = databases(t, model, only)
+    dbs = databases(t, model, only, containers)
+    for d in dbs:
+        d.ask = (ask or {}).get(d.service, "")
     with ThreadPoolExecutor(max_workers=max(1, len(dbs))) as pool:
         futures = [pool.submit(one, db) for db in dbs]
     errors = [f.exception() for f in futures if f.exception()]

@@ -156,6 +156,8 @@ def _check_file(f: Any, where: str) -> dict[str, Any]:
             and len(pieces["sha256"]) == -(-f["size"] // pieces["size"])
         if not ok:
             raise ManifestError(f"{where} ({f['name']}) has malformed piece hashes")
+    if not isinstance(f.get("stream_compression", "none"), str):  # how a restore decompresses it
+        raise ManifestError(f"{where} ({f['name']}) has a stream_compression that is not a string")
     return f
 
 
@@ -200,9 +202,9 @@ def check_manifest(m: Any, set_id: str = "") -> None:
             if top is None:
                 raise ManifestError(f"entry {i} ({e[who]}) uses {f['name']}, which its 'files' list (the "
                                     f"checksummed files) does not name")
-            if any(f.get(k) != top.get(k) for k in ("size", "sha256", "pieces")):
-                raise ManifestError(f"entry {i} ({e[who]}) gives {f['name']} another size or sha256 than its "
-                                    f"'files' list")
+            if any(f.get(k) != top.get(k) for k in ("size", "sha256", "pieces", "stream_compression")):
+                raise ManifestError(f"entry {i} ({e[who]}) gives {f['name']} another size, sha256 or compression "
+                                    f"than its 'files' list")
             if "role" in f and not isinstance(f["role"], str):
                 raise ManifestError(f"entry {i} ({e[who]}) file {f['name']} has a role that is not a string")
 

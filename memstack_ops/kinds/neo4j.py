@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DbError
-from .spec import Password, no_auth_input, sh_ready
+from .spec import Password, Probe, no_auth_input, sh_ready
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
@@ -52,10 +52,14 @@ ready = sh_ready(READY)
 auth_input = no_auth_input
 
 
+def wants_apoc(db: Db) -> bool:
+    """The compose config asks for APOC (NEO4J_PLUGINS)."""
+    return "apoc" in db.env.get("NEO4J_PLUGINS", "") + db.env.get("NEO4JLABS_PLUGINS", "")
+
+
 def ensure(db: Db) -> list[str]:
     """Nothing to create; APOC checked when the compose config asks for it."""
-    plugins = db.env.get("NEO4J_PLUGINS", "") + db.env.get("NEO4JLABS_PLUGINS", "")
-    if "apoc" not in plugins:
+    if not wants_apoc(db):
         return []
     r = db.exec("RETURN apoc.version();", timeout=30)
     if r.failed:
@@ -66,14 +70,40 @@ def ensure(db: Db) -> list[str]:
     return [f"APOC {r.stdout.strip().splitlines()[-1].strip(chr(34))} present"]
 
 
+APPLIED = ("MATCH (m:MemstackMigration) RETURN m.track, m.version, m.name, m.checksum, m.applied_at, "
+           "m.duration_ms, m.state ORDER BY m.version;")
+
+
+def _rows(out: str) -> list[list[str]]:
+    lines = out.splitlines()[1:]
+    return [next(csv.reader([ln], skipinitialspace=True, escapechar="\\")) for ln in lines if ln.strip()]
+
+
 def applied(db: Db) -> list[list[str]]:
     """Rows of :MemstackMigration nodes: track, version, name, checksum, applied_at, duration_ms, state."""
-    r = db.exec("MATCH (m:MemstackMigration) RETURN m.track, m.version, m.name, m.checksum, m.applied_at, "
-                "m.duration_ms, m.state ORDER BY m.version;")
+    r = db.exec(APPLIED)
     if r.failed:
         raise db.fail("Reading applied migrations", r)
-    lines = r.stdout.splitlines()[1:]
-    return [next(csv.reader([ln], skipinitialspace=True, escapechar="\\")) for ln in lines if ln.strip()]
+    return _rows(r.stdout)
+
+
+def probe(db: Db) -> Probe | None:
+    """One cypher-shell call: APOC's version when the compose config asks for it, then the
+    migration records (each result comes with its header line). It answers: ready; APOC missing
+    fails the call, and ``ensure`` on the step-by-step path says so."""
+    apoc = wants_apoc(db)
+    r = db.exec(("RETURN apoc.version();\n" if apoc else "") + APPLIED, timeout=30)
+    if r.failed:
+        return None
+    lines = r.stdout.splitlines()
+    notes = []
+    if apoc:
+        at = next((i for i, ln in enumerate(lines) if ln.strip() == "apoc.version()"), None)
+        if at is None or at + 1 >= len(lines):
+            return None
+        notes.append(f"APOC {lines[at + 1].strip().strip(chr(34))} present")
+    head = next((i for i, ln in enumerate(lines) if ln.startswith("m.track")), None)
+    return Probe(_rows("\n".join(lines[head:])) if head is not None else [], notes=notes)
 
 
 def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:

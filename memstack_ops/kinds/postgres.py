@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..compose import service_env
-from .spec import TABLE, Password, Ready, no_auth_input, quote
+from .spec import TABLE, Password, Probe, Ready, no_auth_input, quote
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
@@ -80,14 +80,30 @@ def ensure(db: Db) -> list[str]:
     return [f"created database {name}"]
 
 
+APPLIED = (f"SELECT to_regclass('{TABLE}') IS NOT NULL AS present \\gset\n\\if :present\n"
+           f"SELECT track, version, name, checksum, to_char(applied_at, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+           f"duration_ms, 'applied' FROM {TABLE} ORDER BY track, version;\n\\endif\n")
+
+
 def applied(db: Db) -> list[list[str]]:
     """Rows of the migrations table: track, version, name, checksum, applied_at, duration_ms, state."""
-    r = db.exec(f"SELECT to_regclass('{TABLE}') IS NOT NULL AS present \\gset\n\\if :present\n"
-                f"SELECT track, version, name, checksum, to_char(applied_at, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-                f"duration_ms, 'applied' FROM {TABLE} ORDER BY track, version;\n\\endif\n")
+    r = db.exec(APPLIED)
     if r.failed:
         raise db.fail("Reading applied migrations", r)
     return [ln.split("|") for ln in r.stdout.splitlines() if ln.strip()]
+
+
+ANSWER = "memstack-ops:answer"
+
+
+def probe(db: Db) -> Probe | None:
+    """One psql session over TCP in the service's own database: it answers queries (ready), the
+    database exists (or the connection fails), its migration records, then ``db.ask``."""
+    r = db.exec(APPLIED + (f"\\echo {ANSWER}\n{db.ask}\n" if db.ask else ""), timeout=30)
+    if r.failed:
+        return None
+    records, _, answer = r.stdout.partition(f"{ANSWER}\n")
+    return Probe([ln.split("|") for ln in records.splitlines() if ln.strip()], answer=answer if db.ask else None)
 
 
 def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..compose import unescape
-from .spec import Password, Ready
+from .spec import Password, Probe, Ready
 
 if TYPE_CHECKING:
     from ..db import Db, Migration
@@ -126,3 +126,12 @@ def applied(db: Db) -> list[list[str]]:
 
 def apply(db: Db, pending: list[Migration], root: Path) -> list[str]:
     return []  # no migrations
+
+
+def probe(db: Db) -> Probe | None:
+    """PING and DBSIZE in one client call: ready (PONG, not LOADING or NOAUTH) and the key count."""
+    r = db.exec("PING\nDBSIZE\n", timeout=30)
+    lines = [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
+    if r.failed or len(lines) != 2 or lines[0] != "PONG" or not lines[1].isdigit():
+        return None
+    return Probe(contents=f"{lines[1]} {CONTENTS[1] if CONTENTS else 'keys'}")

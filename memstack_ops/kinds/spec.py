@@ -8,7 +8,7 @@ kind is one module that has them all, plus its name in ``kinds.DB_KINDS`` or ``k
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from re import Pattern
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,6 +29,18 @@ class Ready:
 
     argv: tuple[str, ...]
     stdin: str | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A database kind's answer to its one-exec question (``probe``, optional in a kind module):
+    ready, its database there, and ``applied`` (the rows ``applied`` returns) or, for a kind
+    without migrations, ``contents`` (what status shows); ``notes`` from the checks it made."""
+
+    applied: list[list[str]] = field(default_factory=list)
+    contents: str = ""
+    notes: list[str] = field(default_factory=list)
+    answer: str | None = None  # the output of ``Db.ask``, when the kind's probe runs it
 
 
 @dataclass(frozen=True)

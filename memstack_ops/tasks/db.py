@@ -22,6 +22,21 @@ def _model_and_target(c: Context, stack: str | None, stage: str | None,
     return t, t.compose.model(c)
 
 
+def _with_containers(c: Context, stack: str | None, stage: str | None,
+                     overlay: str | None) -> tuple[Target, dict[str, Any], dict[str, str]]:
+    """The target, its compose model and the engine's list of its running containers, the last
+    two asked at the same time (``db.engine_containers``: one ``docker ps``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..db import engine_containers
+
+    t = target(c, stack, stage, overlay)
+    with ThreadPoolExecutor(1, "docker-ps") as pool:
+        listing = pool.submit(engine_containers, t)
+        model = t.compose.model(c)
+        return t, model, listing.result()
+
+
 def _print_reports(reports: list[Report], t0: float) -> None:
     import time
 
@@ -49,8 +64,9 @@ def init(c: Context, only: str | None = None, timeout: int = 120, stack: str | N
     from .. import apikey
 
     t0 = time.monotonic()
-    t, model = _model_and_target(c, stack, stage, overlay)
-    reports = apikey.init(t, model, [only] if only else (), timeout=float(timeout))  # the stack's default API key too
+    t, model, containers = _with_containers(c, stack, stage, overlay)
+    reports = apikey.init(t, model, [only] if only else (), timeout=float(timeout),  # the stack's default API key too
+                          containers=containers)
     _print_reports(reports, t0)
 
 
@@ -63,13 +79,14 @@ def migrate(c: Context, only: str | None = None, dry_run: bool = False, stack: s
     from .. import db
 
     t0 = time.monotonic()
-    t, model = _model_and_target(c, stack, stage, overlay)
+    t, model, containers = _with_containers(c, stack, stage, overlay)
     dbs = db.databases(t, model, [only] if only else ())
     missing = [d.service for d in dbs if d.migrates and not (t.stack.root / "db" / t.stack.name / d.service).is_dir()]
     if only and missing:
         raise db.DbError(f"No migration directory db/{t.stack.name}/{missing[0]}/: create it with files named "
                          f"NNNN_name.sql (or .cypher for Neo4j).")
-    _print_reports(db.init(t, model, [only] if only else (), tracks=("schema",), dry_run=dry_run), t0)
+    _print_reports(db.init(t, model, [only] if only else (), tracks=("schema",), dry_run=dry_run,
+                           containers=containers), t0)
 
 
 @ops_task(help={"only": ONLY_HELP, "dry_run": "list what would run, change nothing"})
@@ -81,8 +98,9 @@ def seed(c: Context, only: str | None = None, dry_run: bool = False, stack: str 
     from .. import db
 
     t0 = time.monotonic()
-    t, model = _model_and_target(c, stack, stage, overlay)
-    _print_reports(db.init(t, model, [only] if only else (), tracks=("seed",), dry_run=dry_run), t0)
+    t, model, containers = _with_containers(c, stack, stage, overlay)
+    _print_reports(db.init(t, model, [only] if only else (), tracks=("seed",), dry_run=dry_run,
+                           containers=containers), t0)
 
 
 @ops_task(help={"only": ONLY_HELP})

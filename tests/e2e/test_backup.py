@@ -85,6 +85,10 @@ def manifest(path):
     return json.loads((path / "manifest.json").read_text())
 
 
+def unzstd(path):
+    return subprocess.run(["zstd", "-q", "-dc", str(path)], capture_output=True, check=True).stdout
+
+
 def secrets_of(project):
     env = dict(line.split("=", 1) for line in (project.root / "env/memstack/.env").read_text().splitlines()
                if "=" in line and not line.startswith("#"))
@@ -128,8 +132,10 @@ def test_postgres_round_trip_with_manifest_safety_backup_and_restore_test(projec
         data = (s / f["name"]).read_bytes()
         assert f["size"] == len(data) and f["sha256"] == hashlib.sha256(data).hexdigest()
     assert {f["role"] for f in m["files"]} == {"dump", "globals"}
-    assert (s / "postgres.pgdump").read_bytes()[:5] == b"PGDMP"
-    assert oct((s / "postgres.pgdump").stat().st_mode & 0o777) == "0o600"
+    [dump] = [f for f in m["files"] if f["role"] == "dump"]  # zstd in the container, around pg_dump's archive
+    assert dump["name"] == "postgres.pgdump.zst" and dump["stream_compression"] == "zstd"
+    assert unzstd(s / "postgres.pgdump.zst")[:5] == b"PGDMP"
+    assert oct((s / "postgres.pgdump.zst").stat().st_mode & 0o777) == "0o600"
     text = (s / "manifest.json").read_text() + r.stdout + r.stderr
     assert not [p for p in secrets_of(project) if p in text], "a password leaked into the manifest or output"
 
@@ -153,6 +159,35 @@ def test_postgres_round_trip_with_manifest_safety_backup_and_restore_test(projec
     row = next(ln for ln in lines if ln.startswith(s.name))
     assert "postgres" in row and "restore-test" in row
     assert any(ln.startswith(safety[0].name) and "(safety)" in ln for ln in lines)
+
+
+def test_postgres_sets_restore_whatever_compresses_their_dump_old_sets_too(project, docker_client):
+    """Sets made before the dump went through zstd (plain pg_dump -Fc, no stream_compression in the
+    manifest) still verify and restore, and so do the zstd ones, in the same database."""
+    up(project, "postgres")
+    psql(project, "CREATE TABLE t (id int PRIMARY KEY, body text); "
+                  "INSERT INTO t SELECT g, repeat('memory ', g % 50) FROM generate_series(1, 3000) g")
+    ok(project.run("backup.postgres", "--compress", "gzip"))
+    [old] = sets(project)
+    m = manifest(old)  # what the earlier version wrote: the same file, without the new field
+    for f in [*m["files"], *m["entries"][0]["files"]]:
+        if f["role"] == "dump":
+            assert f.pop("stream_compression") == "none" and f["name"] == "postgres.pgdump"
+    (old / "manifest.json").write_text(json.dumps(m))
+    assert (old / "postgres.pgdump").read_bytes()[:5] == b"PGDMP"
+    psql(project, "DELETE FROM t WHERE id > 1000")
+    ok(project.run("backup.postgres"))
+    [new] = [s for s in sets(project) if s != old]
+    assert [f["stream_compression"] for f in manifest(new)["files"] if f["role"] == "dump"] == ["zstd"]
+
+    psql(project, "DELETE FROM t")
+    r = ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", old.name))
+    assert psql(project, "SELECT count(*) FROM t") == "3000"
+    r = ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", new.name))
+    assert psql(project, "SELECT count(*), max(id) FROM t") == "1000|1000"
+    for s in (old, new):  # pg_restore -l on the archive (decompressed on this machine) and a scratch restore
+        r = ok(project.run("backup.verify", "--backup", s.name, "--restore-test"))
+        assert "pg_restore -l: 1 table(s) with data" in r.stdout and "counts match" in r.stdout, r.stdout
 
 
 def test_mariadb_round_trip(project, docker_client):
@@ -289,8 +324,8 @@ def test_the_same_code_works_through_a_shell_only_host(project, docker_client):
         shell = RemoteShell(t.c)
         s = core.backup(t, "postgres", shell=shell)
         assert s is not None and s.files and all(len(f["sha256"]) == 64 for f in s.files)
-        digest = hashlib.sha256(Path(s.path, "postgres.pgdump").read_bytes()).hexdigest()
-        assert digest == s.file("postgres.pgdump")["sha256"]
+        digest = hashlib.sha256(Path(s.path, "postgres.pgdump.zst").read_bytes()).hexdigest()
+        assert digest == s.file("postgres.pgdump.zst")["sha256"]
         core.verify(t, s.id, shell=shell)
         psql(project, "DELETE FROM t")
         core.restore(t, "postgres", s.id, yes=True, safety=False, shell=shell)
@@ -307,7 +342,7 @@ def test_a_corrupted_backup_is_refused_before_touching_the_database(project, doc
     psql(project, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 100)")
     ok(project.run("backup.postgres"))
     [s] = sets(project)
-    dump = s / "postgres.pgdump"
+    dump = s / "postgres.pgdump.zst"
     data = bytearray(dump.read_bytes())
     data[len(data) // 2] ^= 0xFF
     dump.write_bytes(bytes(data))
@@ -434,7 +469,7 @@ def test_a_corrupt_manifest_beside_a_good_set_still_lets_the_good_one_restore(pr
     r = ok(project.run("backup.verify"))
     assert f"Skipping backup {bad.name}" in r.stdout
     ok(project.run("backup.prune", "--keep-last", "1"))
-    assert bad.is_dir() and (bad / "postgres.pgdump").is_file() and good.is_dir()
+    assert bad.is_dir() and (bad / "postgres.pgdump.zst").is_file() and good.is_dir()
 
 
 def test_a_set_made_for_another_stack_is_refused_unless_allow_foreign(tmp_path, project, docker_client):

@@ -121,3 +121,11 @@ def test_rotate_with_the_wrong_name_typed_changes_nothing(monkeypatch):
     with pytest.raises(Refused, match="Not confirmed"):
         apikey.rotate(d.t, {})
     assert d.sql == []
+
+
+def test_a_key_read_in_db_inits_probe_is_used_once_without_asking_again():
+    d = FakeDb(rows="ms_sk_other|2026-01-01T00:00:00Z\n")
+    d.answer = "ms_sk_abcdef|2026-01-01T00:00:00Z\n"
+    cfg = apikey.config(d.t)
+    assert apikey.read(d, cfg) == ("ms_sk_abcdef", "2026-01-01T00:00:00Z") and d.sql == []
+    assert apikey.read(d, cfg) == ("ms_sk_other", "2026-01-01T00:00:00Z") and len(d.sql) == 1

@@ -26,6 +26,7 @@ from memstack_ops.backup.engines import (
     script,
     wrap_compress,
 )
+from memstack_ops.backup.shell import BackupError, Captured
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -229,13 +230,95 @@ def test_counts_and_notes_travel_on_stderr():
         "table b: backup had 2, scratch restore has 3", "table c: backup had none, scratch restore has 0"]
 
 
-@pytest.mark.parametrize("num,compress,flags", [(150018, "zstd", ["-Fc"]), (160002, "zstd", ["-Fc", "-Z", "zstd"]),
-                                                (150018, "none", ["-Fc", "-Z0"]), (170000, "gzip", ["-Fc"])])
-def test_pg_dump_uses_its_own_compression(num, compress, flags):
-    job = SimpleNamespace(compress=compress)
-    plan = Plan(Postgres(), Svc("postgres", "postgres", {}), info={"version_num": num})
-    assert Postgres().dump_flags(job, plan)[0] == flags
+@pytest.mark.parametrize("num,compress,zstd_inside,flags,inside", [
+    (150018, "zstd", True, ["-Fc", "-Z0"], "zstd -q -c -1 -T0"),  # zstd around an uncompressed archive
+    (160002, "zstd", True, ["-Fc", "-Z0"], "zstd -q -c -1 -T0"),
+    (160002, "zstd", False, ["-Fc", "-Z", "zstd:1"], None),  # pg_dump's own zstd
+    (150018, "zstd", False, ["-Fc", "-Z1"], None),  # neither: zlib at its fastest level
+    (150018, "none", True, ["-Fc", "-Z0"], None), (170000, "gzip", True, ["-Fc"], None)])
+def test_pg_dump_compresses_in_the_container_when_it_can(num, compress, zstd_inside, flags, inside):
+    job = SimpleNamespace(compress=compress, has_tool=lambda svc, tool: zstd_inside and tool == "zstd")
+    plan = Plan(Postgres(), Svc("postgres", "postgres", {}, container="c"), info={"version_num": num})
+    got_flags, comp, got_inside = Postgres().dump_flags(job, plan)
+    assert (got_flags, got_inside) == (flags, inside)
+    assert comp.split()[0] == {"zstd": "zstd" if zstd_inside or num >= 160000 else "gzip"}.get(compress, compress)
 
+
+@pytest.mark.parametrize("dump,zstd_inside,reader", [
+    ({"name": "pg.pgdump", "compression": "gzip (pg_dump built-in)"}, True, ("", None)),  # a set from before
+    ({"name": "pg.pgdump", "stream_compression": "none", "compression": "zstd level 1 (pg_dump built-in)"}, True,
+     ("", None)),
+    ({"name": "pg.pgdump.zst", "stream_compression": "zstd"}, True, ("zstd -q -dc", None)),
+    ({"name": "pg.pgdump.zst", "stream_compression": "zstd"}, False, ("", ["zstd", "-q", "-dc"]))])
+def test_a_pg_dump_is_decompressed_only_when_its_manifest_says_its_stream_is(dump, zstd_inside, reader):
+    from memstack_ops.backup.engines.postgres import dump_reader
+
+    job = SimpleNamespace(has_tool=lambda svc, tool: zstd_inside, shell=SimpleNamespace(which=lambda tool: True))
+    assert dump_reader(job, Svc("pg", "postgres", {}, container="c"), dump) == reader
+    assert dump_reader(job, None, dump)[0] == ""  # no container (a one-off check): on this machine
+
+
+def test_a_pg_dump_in_an_unknown_stream_compression_is_refused_by_name():
+    from memstack_ops.backup.engines.postgres import dump_reader
+
+    with pytest.raises(BackupError, match="pg.pgdump.xz is compressed with xz"):
+        dump_reader(SimpleNamespace(), None, {"name": "pg.pgdump.xz", "stream_compression": "xz"})
+    job = SimpleNamespace(has_tool=lambda svc, tool: False, shell=SimpleNamespace(which=lambda tool: False))
+    with pytest.raises(BackupError, match=r"installed neither in the container .* nor on this machine"):
+        dump_reader(job, Svc("pg", "postgres", {}, container="c"), {"name": "p.zst", "stream_compression": "zstd"})
+
+
+def test_a_zstd_pg_backup_records_its_stream_compression_and_the_stream_holds_pg_dumps_archive(tmp_path):
+    """The manifest says the dump file is zstd around pg_dump's archive (restore decompresses it);
+    the script really pipes pg_dump through zstd in a POSIX sh, and pg_dump's failure survives."""
+    bindir = tmp_path / "bin"
+    _fake_tool(bindir, "pg_dump", 'printf "PGDMP archive %s" "$*"; exit "${FAIL:-0}"\n')
+    _fake_tool(bindir, "psql", "echo 'no snapshot' >&2; exit 1\n")
+    scripts = []
+
+    class Shell:
+        def which(self, tool):
+            return True
+
+        def capture(self, argv, dest, compress=None, progress=None):
+            scripts.append(argv)
+            Path(dest).write_bytes(b"x")
+            return Captured(dest, 1, "0" * 64, "memstack-ops-count|public.t|3\n")
+
+    t = SimpleNamespace(compose=SimpleNamespace(scrub=lambda text: text), stack=SimpleNamespace(project="p"))
+    job = engines.Job(t=t, shell=Shell(), model={"services": {}}, say=lambda m: None)
+    job._tools[("c", "zstd")] = True
+    svc = Svc("pg", "postgres", {}, container="c", state="running", image="local/postgres:15")
+    plan = Plan(Postgres(), svc, info={"user": "app", "database": "appdb", "version": "15.4", "version_num": 150004})
+    entry = Postgres().backup(job, plan, str(tmp_path))
+    [dump] = [f for f in entry["files"] if f["role"] == "dump"]
+    assert dump["name"] == "pg.pgdump.zst" and dump["stream_compression"] == "zstd"
+    assert dump["compression"].startswith("zstd -1 (in the container") and entry["counts"] == {"public.t": 3}
+    assert "-Z0 | zstd -q -c -1 -T0" in entry["command"]
+    [argv] = [a for a in scripts if "pg_export_snapshot" in a[a.index("sh") + 2]]
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "POSTGRES_PASSWORD": "pw"}
+    for fail, rc in (("0", 0), ("3", 3)):
+        r = subprocess.run(argv[argv.index("sh"):], env={**env, "FAIL": fail}, capture_output=True, timeout=60)
+        assert r.returncode == rc, r.stderr
+        out = subprocess.run(["zstd", "-q", "-dc"], input=r.stdout, capture_output=True, check=True).stdout
+        assert out.startswith(b"PGDMP archive ") and b"-Fc -Z0" in out
+    shellcheck(argv[argv.index("sh") + 2], "the pg_dump script through zstd", "SC2016")
+
+
+def test_a_zstd_pg_restore_decompresses_in_the_container_and_fails_with_either_stage(tmp_path):
+    from memstack_ops.backup.engines.postgres import reading
+
+    bindir = tmp_path / "bin"
+    _fake_tool(bindir, "pg_restore", 'echo "$*" > "$OUT"; cat > "$OUT.data"; exit "${FAIL:-0}"\n')
+    data = subprocess.run(["zstd", "-q", "-c"], input=b"PGDMP...", capture_output=True, check=True).stdout
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "POSTGRES_PASSWORD": "pw", "OUT": str(tmp_path / "out")}
+    for stdin, fail, rc in ((data, "0", 0), (data, "4", 4), (b"not zstd", "0", 1)):
+        r = subprocess.run(["sh", "-c", reading("zstd -q -dc", "--clean"), "sh", "app", "appdb"], input=stdin,
+                           env={**env, "FAIL": fail}, capture_output=True, timeout=60)
+        assert r.returncode == rc, r.stderr
+    r = subprocess.run(["sh", "-c", reading("zstd -q -dc", "--clean"), "sh", "app", "appdb"], input=data, env=env,
+                       capture_output=True, timeout=60)
+    assert (tmp_path / "out.data").read_bytes() == b"PGDMP..." and "--clean" in (tmp_path / "out").read_text()
 
 
 # --------------------------------------------------------------------------- names as the engines pass them

@@ -39,6 +39,9 @@ def test_a_manifest_written_by_backup_passes():
     check_manifest(m)
     v = {"kind": "volumes", "volume": "data", "files": [_file("data.tar.zst")]}
     check_manifest({"kind": "volumes", "entries": [v], "files": [_file("data.tar.zst")]}, "20260101T000000Z-volumes")
+    m = good()  # a PostgreSQL dump in a zstd stream (sets without the field: pg_dump's archive as it is)
+    m["files"][0]["stream_compression"] = m["entries"][0]["files"][0]["stream_compression"] = "zstd"
+    check_manifest(m)
 
 
 def _bad(edit):
@@ -61,14 +64,17 @@ def _bad(edit):
     (_bad(lambda m: m.update(kind="redis")), "the folder's name says 'postgres'"),
     # M1: an entry's file that the checksummed list does not name, or names differently
     (_bad(lambda m: m["entries"][0]["files"].append(_file("extra.sql"))), "uses extra.sql, which its 'files'"),
-    (_bad(lambda m: m["entries"][0]["files"][0].update(sha256="0" * 64)), "another size or sha256"),
-    (_bad(lambda m: m["entries"][0]["files"][0].update(size=2)), "another size or sha256"),
+    (_bad(lambda m: m["entries"][0]["files"][0].update(sha256="0" * 64)), "another size, sha256"),
+    (_bad(lambda m: m["entries"][0]["files"][0].update(size=2)), "another size, sha256"),
     (_bad(lambda m: m["files"].append(copy.deepcopy(m["files"][0]))), "lists db.pgdump twice"),
     (_bad(lambda m: m["files"][0].update(size="1")), "has no size"),
     (_bad(lambda m: m["files"][0].update(size=True)), "has no size"),
     (_bad(lambda m: m["files"][0].update(sha256="abc")), "has no sha256"),
     (_bad(lambda m: m["files"][0].update(pieces={"size": 1, "sha256": "x"})), "malformed piece hashes"),
     (_bad(lambda m: m["files"][0].update(pieces={"size": 0, "sha256": []})), "malformed piece hashes"),
+    (_bad(lambda m: [f.update(stream_compression=["zstd"]) for f in (m["files"][0], m["entries"][0]["files"][0])]),
+     "stream_compression that is not a string"),
+    (_bad(lambda m: m["entries"][0]["files"][0].update(stream_compression="zstd")), "another size, sha256 or comp"),
 ])
 def test_shapes_and_types_are_checked(m, why):
     with pytest.raises(ManifestError, match=why):

@@ -268,3 +268,109 @@ def test_the_model_environment_is_read_as_the_container_gets_it(tmp_path):
     t = target(tmp_path, {})
     d = db.Db(t, "postgres", "postgres", model(postgres=pg(POSTGRES_DB="it's $$(touch x) $$$$HOME")))
     assert d.database == "it's $(touch x) $$HOME"  # compose config writes a literal $ as $$
+
+
+# --------------------------------------------------------------------------- through the engine (issue 17)
+
+DEXEC = re.compile(r"^docker exec ")
+
+
+def test_engine_containers_names_each_services_first_container_and_skips_one_offs(tmp_path):
+    rows = ("postgres\t1\tFalse\tp-postgres-1\nworker\t2\tFalse\tp-worker-2\nworker\t1\tFalse\tp-worker-1\n"
+            "postgres\t1\tTrue\tp-postgres-run-1f2e\n\t\t\tsomething-else\n")
+    t = target(tmp_path, {re.compile(r"^docker ps "): [Result(rows)]})
+    assert db.engine_containers(t) == {"postgres": "p-postgres-1", "worker": "p-worker-1"}
+    [(cmd, _)] = sent(t)
+    assert f"label=com.docker.compose.project={t.stack.project}" in cmd
+    t = target(tmp_path, {re.compile(r"^docker ps "): [Result(stderr="Cannot connect", exited=1)]})
+    assert db.engine_containers(t) == {}  # compose is asked then, and says why
+
+
+def test_an_up_to_date_database_the_engine_knows_is_one_docker_exec_and_no_compose_call(tmp_path):
+    write(tmp_path, "db/memstack/pg/0001_init.sql", "SELECT 1;\n")
+    rec = "schema|1|init|" + db.discover(tmp_path, "memstack", "pg", "postgres")[0].checksum + "|t|3|applied\n"
+    t = target(tmp_path, {DEXEC: [Result(rec), Result("PONG\n7\n")]})
+    reps = db.init(t, model(pg=pg(), cache={"image": "redis:7"}), containers={"pg": "p-pg-1", "cache": "p-cache-1"})
+    assert [(r.notes, r.applied) for r in reps] == [([], []), (["ready, 7 keys"], [])]
+    calls = sent(t)
+    assert len(calls) == 2 and not [c for c, _ in calls if "docker compose" in c]
+    pg_call = next((c, s) for c, s in calls if "p-pg-1" in c)
+    assert shlex.split(pg_call[0])[:4] == ["docker", "exec", "-i", "p-pg-1"] and "to_regclass" in pg_call[1]
+    assert shlex.split(pg_call[0])[4:] == ["sh", "-c", postgres.CLIENT, "sh", "app"]
+    assert next(s for c, s in calls if "p-cache-1" in c).endswith("PING\nDBSIZE\n")
+
+
+def test_a_pending_migration_after_the_probe_is_applied_under_the_lock(tmp_path):
+    write(tmp_path, "db/memstack/pg/0001_init.sql", "CREATE TABLE t (x int);\n")
+    t = target(tmp_path, {DEXEC: [Result(""), Result("memstack-ops:applied schema 1\n")]})
+    [rep] = db.init(t, model(pg=pg()), containers={"pg": "p-pg-1"})
+    assert rep.applied == ["schema 0001"]
+    (_, probe), (_, script) = sent(t)
+    assert "to_regclass" in probe and "pg_advisory_lock" in script and "CREATE TABLE t (x int);" in script
+
+
+def test_drift_is_refused_on_the_probes_records_too(tmp_path):
+    write(tmp_path, "db/memstack/pg/0001_init.sql", "SELECT 2;\n")
+    t = target(tmp_path, {DEXEC: [Result("schema|1|init|" + "a" * 64 + "|t|3|applied\n")]})
+    with pytest.raises(DbError, match=r"Refusing to migrate pg: db/memstack/pg/0001_init.sql changed"):
+        db.init(t, model(pg=pg()), containers={"pg": "p-pg-1"})
+    assert len(sent(t)) == 1
+
+
+def test_a_probe_that_is_not_a_plain_yes_takes_the_step_by_step_path(tmp_path):
+    """Not ready yet (LOADING): the readiness wait, through the same container, then DBSIZE."""
+    running = Result(ndjson({"Service": "cache", "State": "running", "Name": "p-cache-1"}))
+    t = target(tmp_path, {DEXEC: [Result("LOADING Redis is loading\n"), Result("LOADING\n", exited=1),
+                                  Result("PONG\n"), Result("7\n")], PS: [running]})
+    [rep] = db.init(t, model(cache={"image": "redis:7"}), containers={"cache": "p-cache-1"})
+    assert rep.notes == ["ready, 7 keys"]
+    scripts = [a[a.index("-c") + 1] for a in (shlex.split(c) for c, _ in sent(t) if c.startswith("docker exec"))]
+    assert scripts == [redis.CLIENT, redis.READY, redis.READY, redis.CLIENT]
+
+
+def test_a_container_replaced_since_the_engine_listed_it_is_asked_through_compose(tmp_path):
+    new = Result(ndjson({"Service": "pg", "State": "running", "Name": "p-pg-1-new"}))
+    t = target(tmp_path, {DEXEC: [Result(stderr="No such container: p-pg-1", exited=1)] * 2,
+                          PS: [new], EXEC: [Result("1\n")]})
+    d = db.Db(t, "pg", "postgres", model(pg=pg()), "p-pg-1")
+    d.wait_ready(timeout=5, interval=0.01)
+    assert d.container == "" and " exec -T pg " in sent(t)[-1][0]
+
+
+def test_the_after_steps_query_rides_in_the_probes_exec_and_is_dropped_once_something_was_applied(tmp_path):
+    write(tmp_path, "db/memstack/pg/0001_init.sql", "SELECT 1;\n")
+    rec = "schema|1|init|" + db.discover(tmp_path, "memstack", "pg", "postgres")[0].checksum + "|t|3|applied\n"
+    seen = []
+    t = target(tmp_path, {DEXEC: [Result(rec + "memstack-ops:answer\nms_sk_ab|2026-01-01T00:00:00Z\n")]})
+    db.init(t, model(pg=pg()), containers={"pg": "p-pg-1"}, ask={"pg": "SELECT key_prefix FROM keys;"},
+            after={"pg": lambda d: seen.append(d.answer)})
+    assert seen == ["ms_sk_ab|2026-01-01T00:00:00Z\n"]
+    [(_, script)] = sent(t)
+    assert script.endswith("\\echo memstack-ops:answer\nSELECT key_prefix FROM keys;\n")
+
+    write(tmp_path, "db/memstack/pg/0002_more.sql", "SELECT 2;\n")  # pending: applied, then the answer is stale
+    t = target(tmp_path, {DEXEC: [Result(rec + "memstack-ops:answer\nms_sk_ab|x\n"),
+                                  Result("memstack-ops:applied schema 2\n")]})
+    db.init(t, model(pg=pg()), containers={"pg": "p-pg-1"}, ask={"pg": "SELECT 1;"},
+            after={"pg": lambda d: seen.append(d.answer)})
+    assert seen[-1] is None
+
+
+def test_the_neo4j_probe_reads_apoc_and_the_records_in_one_call(tmp_path):
+    from memstack_ops.kinds import neo4j
+
+    row = '"schema", 1, "init", "' + "a" * 64 + '", "2026-01-01T00:00:00Z", 12, "applied"'
+    head = "m.track, m.version, m.name, m.checksum, m.applied_at, m.duration_ms, m.state"
+    out = f'apoc.version()\n"5.26.0"\n{head}\n{row}\n'
+    svc = {"image": "neo4j:5.26", "environment": {"NEO4J_AUTH": "neo4j/pw", "NEO4J_PLUGINS": '["apoc"]'}}
+    t = target(tmp_path, {DEXEC: [Result(out), Result(stderr="Unknown function 'apoc.version'", exited=1)]})
+    d = db.Db(t, "graph", "neo4j", model(graph=svc), "p-graph-1")
+    p = d.probe()
+    assert p is not None and p.notes == ["APOC 5.26.0 present"]
+    assert db.Db.records(p.applied)[("schema", 1)].checksum == "a" * 64
+    assert sent(t)[0][1].startswith("RETURN apoc.version();\nMATCH (m:MemstackMigration)")
+    assert d.probe() is None  # no APOC: the step-by-step path's ensure says so
+    plain = {"image": "neo4j:5.26", "environment": {"NEO4J_AUTH": "neo4j/pw"}}
+    t = target(tmp_path, {DEXEC: [Result("m.track, m.version\n")]})
+    p = neo4j.probe(db.Db(t, "graph", "neo4j", model(graph=plain), "p-graph-1"))
+    assert p is not None and p.applied == [] and p.notes == [] and sent(t)[0][1].startswith("MATCH")

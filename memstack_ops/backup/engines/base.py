@@ -22,8 +22,10 @@ from ...compose import Script, service_env
 from ...target import Target
 from ..shell import BackupError, Captured, Shell, StreamFailed
 
-IN_CONTAINER = {"zstd": "zstd -q -c -3 -T0", "gzip": "gzip -c -6"}
-HOST_COMPRESS = {"zstd": ["zstd", "-q", "-c", "-3", "-T0"], "gzip": ["gzip", "-c", "-6"]}
+# zstd -1: the dumps are bound by the compressor's speed, and -1 is as fast or faster than -3 with
+# files within a few percent (smaller than gzip -6's); multi-threaded (BENCHMARKS.md, issue 17)
+IN_CONTAINER = {"zstd": "zstd -q -c -1 -T0", "gzip": "gzip -c -6"}
+HOST_COMPRESS = {"zstd": ["zstd", "-q", "-c", "-1", "-T0"], "gzip": ["gzip", "-c", "-6"]}
 DECOMPRESS = {"zstd": ["zstd", "-q", "-dc"], "gzip": ["gzip", "-dc"]}
 EXT = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 COMPRESSIONS = ("zstd", "gzip", "none")

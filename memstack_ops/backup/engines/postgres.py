@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from typing import Any
 
 from ...kinds import postgres as kind
 from ...kinds.postgres import AUTH as PG_AUTH
 from ..shell import BackupError, StreamFailed
-from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, oneoff_name, script
+from .base import (
+    DECOMPRESS,
+    EXT,
+    IN_CONTAINER,
+    Engine,
+    Job,
+    Plan,
+    Safety,
+    Svc,
+    fail_capture,
+    file_entry,
+    oneoff_name,
+    script,
+    wrap_compress,
+)
 from .checks import check_compressed, compare_counts, image_for, scratch_server, wait_scratch
 
 # The prelude of every script here: the password from the container's environment (THE auth
@@ -16,7 +31,10 @@ from .checks import check_compressed, compare_counts, image_for, scratch_server,
 # pg_dump and pg_restore read a -d value holding "=" as a connection string.
 AS = PG_AUTH + 'PGUSER=$1; PGDATABASE=$2; export PGUSER PGDATABASE; '
 # pg_restore connects only when given -d: an empty one leaves the database to PGDATABASE
-RESTORE = AS + 'exec pg_restore --single-transaction --exit-on-error -d "" '
+PG_RESTORE = 'pg_restore --single-transaction --exit-on-error -d "" '
+RESTORE = AS + "exec " + PG_RESTORE
+# zstd -1: on incompressible columns as small as zlib -6 and about 10x faster (BENCHMARKS.md)
+PG_ZSTD = IN_CONTAINER["zstd"]
 
 
 class Postgres(Engine):
@@ -39,20 +57,31 @@ class Postgres(Engine):
         return Plan(self, svc, int(size), {"user": user, "database": db, "version": version.split()[0],
                                            "version_num": int(num)})
 
-    def dump_flags(self, job: Job, plan: Plan) -> tuple[list[str], str]:
+    def dump_flags(self, job: Job, plan: Plan) -> tuple[list[str], str, str | None]:
+        """(pg_dump's flags, the description of the compression, the compressor its archive streams
+        through inside the container or None). pg_dump's built-in zlib compresses at about 20 MB/s
+        on incompressible columns (embeddings): with zstd in the container, ``-Z0 | zstd -1 -T0``
+        there is several times faster than the default ``-Fc`` and the file no larger; it stays in the
+        container because an uncompressed stream through ``docker exec`` is what made host-side
+        compression slower than plain ``-Fc`` on compressible data (BENCHMARKS.md)."""
         major = plan.info["version_num"] // 10000
         if job.compress == "none":
-            return ["-Fc", "-Z0"], "none"
-        if job.compress == "zstd" and major >= 16:
-            return ["-Fc", "-Z", "zstd"], "zstd (pg_dump built-in)"
-        return ["-Fc"], "gzip (pg_dump built-in)" + (" - zstd needs pg_dump 16+" if job.compress == "zstd" else "")
+            return ["-Fc", "-Z0"], "none", None
+        if job.compress != "zstd":
+            return ["-Fc"], "gzip (pg_dump built-in)", None
+        if plan.svc.container and job.has_tool(plan.svc, "zstd"):
+            return ["-Fc", "-Z0"], "zstd -1 (in the container, around pg_dump -Fc -Z0)", PG_ZSTD
+        if major >= 16:
+            return ["-Fc", "-Z", "zstd:1"], "zstd level 1 (pg_dump built-in)", None
+        return ["-Fc", "-Z1"], "gzip level 1 (pg_dump built-in; zstd needs pg_dump 16+ or zstd in the container)", None
 
     def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, info = plan.svc, plan.info
         user, db = info["user"], info["database"]
-        flags, comp = self.dump_flags(job, plan)
-        name = f"{svc.name}.pgdump"
-        argv = job.exec_argv(svc, self.with_prelude("pg_dump.sh"), user, db, script("pg_count.sql"), *flags)
+        flags, comp, inside = self.dump_flags(job, plan)
+        name = f"{svc.name}.pgdump" + (".zst" if inside else "")
+        dump = self.with_prelude("pg_dump.sh") if not inside else AS + wrap_compress(script("pg_dump.sh"), inside)
+        argv = job.exec_argv(svc, dump, user, db, script("pg_count.sql"), *flags)
         t0 = time.time()
         from concurrent.futures import ThreadPoolExecutor
 
@@ -64,14 +93,15 @@ class Postgres(Engine):
                 raise fail_capture(job, svc, e, f"pg_dump of {svc.name}") from None
             gfile, gnotes = roles.result()
         counts, notes = parse_marked(cap.stderr)
-        files = [file_entry(name, cap, "dump", comp, svc.name)] + ([gfile] if gfile else [])
+        dfile = {**file_entry(name, cap, "dump", comp, svc.name), "stream_compression": "zstd" if inside else "none"}
+        files = [dfile] + ([gfile] if gfile else [])
         notes += gnotes
         return {"service": svc.name, "kind": self.kind, "image": svc.image, "image_id": svc.image_id,
                 "db_version": info["version"], "db_version_num": info["version_num"], "database": db, "user": user,
-                "method": "pg_dump -Fc inside the service's container, in an exported snapshot; roles with "
-                          "pg_dumpall --globals-only",
+                "method": "pg_dump -Fc inside the service's container, in an exported snapshot"
+                          + (", through zstd there" if inside else "") + "; roles with pg_dumpall --globals-only",
                 "command": f"docker exec {svc.container} pg_dump --snapshot=<exported> -U {user} -d {db} "
-                           f"{' '.join(flags)}",
+                           f"{' '.join(flags)}" + (f" | {inside}" if inside else ""),
                 "counts": counts, "notes": notes, "files": files, "duration_s": round(time.time() - t0, 3)}
 
     def dump_globals(self, job: Job, svc: Svc, user: str, set_dir: str) -> tuple[dict[str, Any] | None, list[str]]:
@@ -93,9 +123,13 @@ class Postgres(Engine):
     def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
         dump = next(f for f in entry["files"] if f["role"] == "dump")
         image = image_for(job.shell, entry, svc)
+        _, unpack = dump_reader(job, None, dump)
+        if unpack:  # the whole stream checked first: pg_restore -l reads only the head of it
+            check_compressed(job, f"{set_dir}/{dump['name']}", {**dump, "compression": dump["stream_compression"]})
+            unpack = ["sh", "-c", f'{shlex.join(unpack)}; s=$?; [ "$s" = 0 ] || [ "$s" = 141 ]']  # 141: SIGPIPE
         r = job.shell.feed(f"{set_dir}/{dump['name']}",
                           job.oneoff(oneoff_name(job.project, entry["service"], "check"), image, stdin=True,
-                                     entrypoint="pg_restore", args=("-l",)), timeout=3600)
+                                     entrypoint="pg_restore", args=("-l",)), unpack, timeout=3600)
         if r.failed:
             raise BackupError(f"pg_restore -l rejects {dump['name']}: {job.scrub(r.stderr.strip())[-500:]}")
         tables = sum(1 for ln in r.stdout.splitlines() if " TABLE DATA " in ln)
@@ -113,7 +147,9 @@ class Postgres(Engine):
         with scratch_server(job, image_for(job.shell, entry, svc), entry, self.kind, env) as scratch:
             wait_scratch(job, scratch.container, lambda: job.shell.run(job.exec_argv(
                 scratch, AS + 'exec pg_isready -q -h 127.0.0.1', user, db), timeout=30).ok, 180)
-            r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(scratch, RESTORE, user, db, stdin=True))
+            inside, unpack = dump_reader(job, scratch, dump)
+            r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(scratch, reading(inside), user, db,
+                                                                          stdin=True), unpack)
             if r.failed:
                 raise BackupError(f"Scratch restore of {dump['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
             out = job.query(scratch, AS + 'psql -X -At -c "$3"', user, db, script("pg_count.sql"),
@@ -151,14 +187,42 @@ class Postgres(Engine):
                     job.say(f"  roles: some statements failed (existing roles are kept): "
                             f"{job.scrub(r.stderr.strip())[-300:]}")
         dump = next(f for f in entry["files"] if f["role"] == "dump")
+        inside, unpack = dump_reader(job, svc, dump)
         r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
-            svc, RESTORE + "--clean --if-exists", user, db, stdin=True))
+            svc, reading(inside, "--clean --if-exists"), user, db, stdin=True), unpack)
         if r.failed:
             raise BackupError(f"pg_restore into {svc.name} failed and its single transaction was rolled back, so the "
                               f"database is as it was before:\n{job.scrub(r.stderr.strip())[-1500:]}")
         counts = entry.get("counts") or {}
         return {"database": db, "tables": len(counts) if counts else "?",
                 "rows": sum(counts.values()) if counts else "?"}
+
+
+def dump_reader(job: Job, svc: Svc | None, dump: dict[str, Any]) -> tuple[str, list[str] | None]:
+    """How a dump file becomes the archive pg_restore reads: (a decompressor inside ``svc``'s
+    container, a decompressor on the machine that holds the file). ("", None) when the file is
+    pg_dump's archive as it wrote it: every set from before ``stream_compression`` (plain -Fc),
+    and pg_dump's built-in compression. The container's own zstd keeps the stream through
+    ``docker exec`` compressed (it is the slow part on compressible data)."""
+    algo = str(dump.get("stream_compression") or "none")
+    if algo == "none":
+        return "", None
+    if algo not in DECOMPRESS:
+        raise BackupError(f"{dump['name']} is compressed with {algo}, which this version cannot read: restore it with "
+                          f"the memstack-ops version that made it.")
+    if svc is not None and svc.container and job.has_tool(svc, algo):
+        return shlex.join(DECOMPRESS[algo]), None
+    if not job.shell.which(algo):
+        raise BackupError(f"{dump['name']} is compressed with {algo}, which is installed neither in the container "
+                          f"that reads it nor on this machine: install it here (`apt-get install {algo}`); nothing "
+                          f"was changed.")
+    return "", DECOMPRESS[algo]
+
+
+def reading(inside: str, flags: str = "") -> str:
+    """The restore script: pg_restore (with ``flags``) reading its stdin, through ``inside`` (a
+    decompressor in the container) when given; either one's failure is the exit code."""
+    return AS + wrap_compress(inside, PG_RESTORE + flags) if inside else RESTORE + flags
 
 
 def parse_marked(stderr: str) -> tuple[dict[str, int], list[str]]:
