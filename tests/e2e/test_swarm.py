@@ -5,6 +5,7 @@ between them) made into one swarm by the real CLI: h1 the manager, h2 and h3 wor
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -177,3 +178,75 @@ def test_leave_takes_a_worker_out_and_off_the_manager_and_a_second_leave_changes
     assert "is a swarm manager" in err and "--force" in err, err
     assert "joined swarm" in ok(p.run("-H", "h3", "swarm.join"))  # and back again
 
+
+
+TRAPS = """\
+name: traps
+services:
+  db:
+    image: local/postgres:15
+    container_name: traps-db
+    restart: unless-stopped
+    env_file: [{path: app.env, required: true}]
+    volumes: [pg:/var/lib/postgresql/data]
+    healthcheck: {test: ["CMD", "pg_isready"], interval: 5s, timeout: 3s, retries: 5, start_period: 20s,
+                  start_interval: 1s}
+  migrate:
+    image: local/postgres:15
+    command: ["true"]
+    depends_on: [db]
+  api:
+    build: ./api
+    image: traps/api:1
+    pull_policy: never
+    mem_limit: 256m
+    depends_on:
+      db: {condition: service_healthy}
+      migrate: {condition: service_completed_successfully}
+    env_file: [{path: app.env, required: false}]
+    ports: ["127.0.0.1:8080:8000"]
+    profiles: [web]
+volumes: {pg: {}}
+"""
+
+
+def stack_config(tmp_path, stack: dict) -> str:
+    """``docker stack config`` (this machine's client, no swarm needed) validates a stack file
+    against the schema stack deploy uses; it exits non-zero on any key it does not accept."""
+    import json
+
+    f = tmp_path / "stack.yml"
+    f.write_text(json.dumps(stack, indent=1))  # JSON is YAML
+    r = docker("stack", "config", "-c", str(f), check=False)
+    assert r.returncode == 0, f"{r.stderr}\n{f.read_text()}"
+    return r.stdout
+
+
+def test_rendered_stack_files_pass_the_stack_schema_where_the_compose_files_do_not(tmp_path, docker_client):
+    import json
+
+    from memstack_ops.swarm_render import render
+
+    (tmp_path / "api").mkdir()
+    (tmp_path / "app.env").write_text("POSTGRES_PASSWORD='pa$word'\n")  # quoted: a literal $
+    (tmp_path / "compose.yml").write_text(TRAPS)
+    raw = docker("stack", "config", "-c", str(tmp_path / "compose.yml"), check=False)
+    assert raw.returncode != 0, raw.stdout  # what the issue's traps make of stack deploy
+    m = json.loads(docker("compose", "--profile", "web", "config", "--format", "json", cwd=tmp_path).stdout)
+    r = render(m, replicas={"api": 3})
+    out = stack_config(tmp_path, r.stack)
+    # stack deploy interpolates once more: the model's $$ must reach the container as one $
+    assert out.count("POSTGRES_PASSWORD: pa$word") == 2, out
+    assert "node.labels.memstack-ops.db == true" in out and "replicas: 3" in out
+
+
+def test_the_memstack_stack_renders_to_a_valid_stack_file(project, tmp_path):
+    import json
+
+    from memstack_ops.swarm_render import render
+
+    m = json.loads(subprocess.run(project.compose_argv("config", "--format", "json"), cwd=project.root,
+                                  capture_output=True, text=True, check=True).stdout)
+    r = render(m, replicas={"api": 3} if "api" in m["services"] else {})
+    out = stack_config(tmp_path, r.stack)
+    assert "node.labels.memstack-ops.postgres == true" in out and "endpoint_mode: dnsrr" in out
