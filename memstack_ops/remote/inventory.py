@@ -11,6 +11,8 @@ In ``memstack-ops.toml`` (or the machine-local ``memstack-ops.local.toml``)::
     address = "203.0.113.10"
     stage = "prod"
     disk_min_gb = 20             # any setting: a per-host override
+    swarm = "manager"            # Swarm role (memstack_ops/swarm.py): "manager" or "worker"
+    labels = { "memstack-ops.postgres" = "true" }   # Swarm node labels set at init/join
 
 ``-H`` takes inventory names or plain ``user@host:port`` (comma separated). A name that is in
 neither form is refused with the inventory listed. No SSH here: this module is pure data.
@@ -46,10 +48,17 @@ HOST_KEYS: dict[str, tuple[type, Any, str]] = {
     "parallel": (int, 4, "how many hosts a multi-host run works on at once"),
     "env_file": (str, None, "extra env file (project-relative) uploaded after the stage's ones"),
     "keep_releases": (int, 5, "releases kept on the host (older ones are deleted)"),
+    "swarm": (str, None, 'the host\'s Swarm role: "manager" (swarm.init runs there; swarm.join reads the join '
+                         'token from it) or "worker"'),
+    "labels": (dict, {}, "Swarm node labels swarm.init/swarm.join set on the host's node, e.g. "
+                         '{ "memstack-ops.postgres" = "true" }'),
+    "advertise_addr": (str, None, "the address other Swarm nodes reach this host at (default: address; "
+                                  "needed when address is a loopback or NAT address)"),
 }
 # Settings a host may override (the stack itself is chosen per run, not per host).
 SETTING_KEYS = frozenset(DEFAULTS) - {"hosts", "stacks", "stack", "stage"}
 POLICIES = ("strict", "accept-new")
+SWARM_ROLES = ("manager", "worker")
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,9 @@ class Host:
     parallel: int = 4
     env_file: str | None = None
     keep_releases: int = 5
+    swarm: str | None = None  # "manager" | "worker" (memstack_ops/swarm.py)
+    labels: Mapping[str, str] = field(default_factory=dict)  # Swarm node labels
+    advertise_addr: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)  # per-host settings
 
     @property
@@ -101,6 +113,12 @@ def _typed(where: str, key: str, value: Any) -> Any:
         value = float(value)
     if kind is list and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(value)
+    if kind is dict:
+        if not isinstance(value, Mapping) or not all(
+                isinstance(v, (str, int, float, bool)) and not isinstance(v, Mapping) for v in value.values()):
+            raise ConfigError(f"{where}: {key} must be a table of names to plain values, e.g. "
+                              f'{key} = {{ "memstack-ops.postgres" = "true" }}; got {value!r}.')
+        return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: {key} must be a {'list of strings' if kind is list else kind.__name__}, "
                           f"got {value!r}.")
@@ -125,6 +143,9 @@ def _make(name: str, table: Mapping[str, Any], where: str, **fixed: Any) -> Host
         raise ConfigError(f"{where}: stage {kw['stage']!r} is not one of {', '.join(STAGES)}.")
     if kw.get("host_key_policy", "strict") not in POLICIES:
         raise ConfigError(f"{where}: host_key_policy must be one of {', '.join(POLICIES)}.")
+    if kw.get("swarm") is not None and kw["swarm"] not in SWARM_ROLES:
+        raise ConfigError(f"{where}: swarm = {kw['swarm']!r}: use \"manager\" or \"worker\" (or leave it out for "
+                          f"a host outside the swarm).")
     for k in ("parallel", "keep_releases", "port"):
         if k in kw and kw[k] < 1:
             raise ConfigError(f"{where}: {k} must be at least 1.")

@@ -26,3 +26,7 @@ from . import backup as _backup  # noqa: E402  (issue 5: backup.* and restore.*)
 
 ns.add_collection(_backup.backup_ns)
 ns.add_collection(_backup.restore_ns)
+
+from . import swarm as _swarm  # noqa: E402  (issue 15: swarm.*)
+
+ns.add_collection(Collection.from_module(_swarm, name="swarm"))

@@ -1,0 +1,252 @@
+"""Swarm clusters end to end (issue 15, first slice): the three session hosts (containers with their
+own sshd and dockerd, on the engine's default bridge network, so Swarm's 2377/7946/4789 pass
+between them) made into one swarm by the real CLI: h1 the manager, h2 and h3 workers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from memstack_ops.testing_hosts import clear_stack, docker, make_project
+
+pytestmark = pytest.mark.e2e
+ROLES = {"h1": "manager", "h2": "worker", "h3": "worker"}
+
+
+def ok(r) -> str:
+    assert r.returncode == 0, f"exit {r.returncode}\n--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def failed(r) -> str:
+    assert r.returncode != 0, f"expected a failure\n{r.stdout}\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def bridge_ip(container: str) -> str:
+    return docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", container).stdout.strip()
+
+
+def swarm_inventory(p, hosts, extra: dict[str, str] | None = None) -> None:
+    """Give each host of ``p``'s inventory its swarm role and the address the others reach it at
+    (the tool connects through 127.0.0.1:<published port>, which the other nodes cannot use)."""
+    toml = p.root / "memstack-ops.toml"
+    text = toml.read_text()
+    for name, box in hosts.items():
+        keys = f'swarm = "{ROLES[name]}"\nadvertise_addr = "{bridge_ip(box.container)}"\n' + (extra or {}).get(name, "")
+        text = text.replace(f"[hosts.{name}]\n", f"[hosts.{name}]\n{keys}", 1)
+    toml.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def swarm_project(tmp_path_factory, hosts, ssh_key):
+    """A project whose inventory makes the session hosts a swarm (h2 labelled in the inventory).
+    Module-scoped: afterwards every host leaves the swarm, so the other remote tests find the
+    hosts as they were."""
+    for b in hosts.values():  # a crashed earlier run of this module may have left one
+        b.sh("docker swarm leave --force >/dev/null 2>&1 || true")
+    p = make_project(tmp_path_factory.mktemp("swarm") / "proj", hosts, ssh_key.private)
+    swarm_inventory(p, hosts, {"h2": 'labels = { "memstack-ops.postgres" = "true" }\n'})
+    yield p
+    for b in hosts.values():
+        b.sh("docker swarm leave --force >/dev/null 2>&1 || true", check=False)
+        clear_stack(b, p)
+
+
+def tokens(hosts) -> list[str]:
+    h1 = hosts["h1"]
+    return [h1.sh(f"docker swarm join-token -q {role}").strip() for role in ("worker", "manager")]
+
+
+def node_rows(out: str) -> dict[str, list[str]]:
+    """swarm.nodes' plain table (its lines prefixed by the host it ran on): {node: its cells}."""
+    rows = {}
+    for ln in out.splitlines():
+        m = re.match(r"\[h\d\] (.*)", ln)
+        if not m:
+            continue  # the per-host summary table
+        cells = re.split(r"\s{2,}", m.group(1).strip())
+        if cells and cells[0] in ROLES:
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_init_and_join_twice_change_nothing_the_second_time_and_nodes_shows_three_ready(swarm_project, hosts):
+    p = swarm_project
+    outputs = []
+
+    first = ok(p.run("-H", "h1", "swarm.init"))
+    outputs.append(first)
+    assert "new swarm" in first and "is its manager" in first, first
+    again = ok(p.run("-H", "h1", "swarm.init"))
+    outputs.append(again)
+    assert "already the manager" in again and "nothing to do" in again, again
+
+    joined = ok(p.run("-H", "h2,h3", "swarm.join", timeout=300))
+    outputs.append(joined)
+    assert joined.count("joined swarm") == 2 and "as a worker" in joined, joined
+    assert "memstack-ops.postgres=true" in joined  # h2's inventory labels, set on its node
+    again = ok(p.run("-H", "h2,h3", "swarm.join"))
+    outputs.append(again)
+    assert again.count("already a node of swarm") == 2 and "joined swarm" not in again, again
+    # the manager itself has nothing to join
+    outputs.append(ok(p.run("-H", "h1", "swarm.join")))
+    assert "nothing to join" in outputs[-1]
+
+    out = ok(p.run("-H", "h1", "swarm.nodes"))
+    outputs.append(out)
+    rows = node_rows(out)
+    assert set(rows) == {"h1", "h2", "h3"}, out
+    for name, cells in rows.items():
+        assert "ready" in cells and "active" in cells, (name, out)
+        assert cells[1] == name, out  # the inventory host of each node
+    assert rows["h1"][2] == "manager (leader)" and rows["h2"][2] == rows["h3"][2] == "worker", out
+    assert "memstack-ops.postgres=true" in rows["h2"], out
+    # from a worker, swarm.nodes asks the inventory's manager
+    outputs.append(ok(p.run("-H", "h3", "swarm.nodes")))
+    assert set(node_rows(outputs[-1])) == {"h1", "h2", "h3"} and "from h1" in outputs[-1], outputs[-1]
+
+    secret = tokens(hosts)
+    assert all(t.startswith("SWMTKN-") for t in secret)
+    for text in outputs:
+        for t in secret:
+            assert t not in text and t.rsplit("-", 1)[-1] not in text
+    # nor in the joining hosts' sshd logs (the SSH exec command line)
+    for name in ("h2", "h3"):
+        log = hosts[name].sh("cat /var/log/sshd.log 2>/dev/null || true", check=False)
+        assert not any(t in log for t in secret)
+
+
+def ensure_swarm(p) -> None:
+    ok(p.run("-H", "h1", "swarm.init"))
+    ok(p.run("-H", "h2,h3", "swarm.join", timeout=300))
+
+
+def test_label_drain_and_activate_are_idempotent_and_an_unknown_node_is_named(swarm_project, hosts):
+    p = swarm_project
+    ensure_swarm(p)
+    out = ok(p.run("-H", "h1", "swarm.label", "h3", "memstack-ops.neo4j=true"))
+    assert "label memstack-ops.neo4j=true set" in out, out
+    out = ok(p.run("-H", "h1", "swarm.label", "h3", "memstack-ops.neo4j=true"))
+    assert "already has" in out and "nothing to do" in out, out
+    assert hosts["h1"].sh("docker node inspect h3 --format '{{index .Spec.Labels \"memstack-ops.neo4j\"}}'").strip() \
+        == "true"
+
+    out = ok(p.run("-H", "h1", "swarm.drain", "h2"))
+    assert "drained" in out, out
+    assert hosts["h1"].sh("docker node inspect h2 --format '{{.Spec.Availability}}'").strip() == "drain"
+    assert "already drain" in ok(p.run("-H", "h1", "swarm.drain", "h2"))
+    rows = node_rows(ok(p.run("-H", "h1", "swarm.nodes")))
+    assert "drain" in rows["h2"], rows
+    out = ok(p.run("-H", "h1", "swarm.activate", "h2"))
+    assert "active" in out, out
+    assert hosts["h1"].sh("docker node inspect h2 --format '{{.Spec.Availability}}'").strip() == "active"
+    assert "already active" in ok(p.run("-H", "h1", "swarm.activate", "h2"))
+
+    err = failed(p.run("-H", "h1", "swarm.drain", "nosuchnode"))
+    assert "No swarm node 'nosuchnode'" in err and "h1" in err and "h3" in err, err
+
+
+def test_join_names_an_unreachable_manager_and_a_missing_one(swarm_project, hosts, tmp_path):
+    p = swarm_project
+    ensure_swarm(p)
+    toml = p.root / "memstack-ops.toml"
+    saved = toml.read_text()
+    try:
+        # the inventory's manager is h1 moved to a port nothing listens on
+        toml.write_text(re.sub(r"(\[hosts\.h1\]\n(?:.*\n)*?port = )\d+", r"\g<1>1", saved, count=1))
+        err = failed(p.run("-H", "h3", "swarm.join"))
+        # h3 is in a swarm already, but only the manager can say whether it is that one
+        assert "the swarm manager h1" in err and "unreachable" in err, err
+        toml.write_text(saved.replace('swarm = "manager"\n', ""))
+        err = failed(p.run("-H", "h3", "swarm.join"))
+        assert "No swarm manager in the inventory" in err and 'swarm = "manager"' in err, err
+    finally:
+        toml.write_text(saved)
+
+
+def test_leave_takes_a_worker_out_and_off_the_manager_and_a_second_leave_changes_nothing(swarm_project, hosts):
+    p = swarm_project
+    ensure_swarm(p)
+    out = ok(p.run("-H", "h3", "swarm.leave"))
+    assert "left the swarm" in out and "removed on h1" in out, out
+    assert "nothing to do" in ok(p.run("-H", "h3", "swarm.leave"))
+    assert set(node_rows(ok(p.run("-H", "h1", "swarm.nodes")))) == {"h1", "h2"}
+    err = failed(p.run("-H", "h1", "swarm.leave"))
+    assert "is a swarm manager" in err and "--force" in err, err
+    assert "joined swarm" in ok(p.run("-H", "h3", "swarm.join"))  # and back again
+
+
+
+TRAPS = """\
+name: traps
+services:
+  db:
+    image: local/postgres:15
+    container_name: traps-db
+    restart: unless-stopped
+    env_file: [{path: app.env, required: true}]
+    volumes: [pg:/var/lib/postgresql/data]
+    healthcheck: {test: ["CMD", "pg_isready"], interval: 5s, timeout: 3s, retries: 5, start_period: 20s,
+                  start_interval: 1s}
+  migrate:
+    image: local/postgres:15
+    command: ["true"]
+    depends_on: [db]
+  api:
+    build: ./api
+    image: traps/api:1
+    pull_policy: never
+    mem_limit: 256m
+    depends_on:
+      db: {condition: service_healthy}
+      migrate: {condition: service_completed_successfully}
+    env_file: [{path: app.env, required: false}]
+    ports: ["127.0.0.1:8080:8000"]
+    profiles: [web]
+volumes: {pg: {}}
+"""
+
+
+def stack_config(tmp_path, stack: dict) -> str:
+    """``docker stack config`` (this machine's client, no swarm needed) validates a stack file
+    against the schema stack deploy uses; it exits non-zero on any key it does not accept."""
+    import json
+
+    f = tmp_path / "stack.yml"
+    f.write_text(json.dumps(stack, indent=1))  # JSON is YAML
+    r = docker("stack", "config", "-c", str(f), check=False)
+    assert r.returncode == 0, f"{r.stderr}\n{f.read_text()}"
+    return r.stdout
+
+
+def test_rendered_stack_files_pass_the_stack_schema_where_the_compose_files_do_not(tmp_path, docker_client):
+    import json
+
+    from memstack_ops.swarm_render import render
+
+    (tmp_path / "api").mkdir()
+    (tmp_path / "app.env").write_text("POSTGRES_PASSWORD='pa$word'\n")  # quoted: a literal $
+    (tmp_path / "compose.yml").write_text(TRAPS)
+    raw = docker("stack", "config", "-c", str(tmp_path / "compose.yml"), check=False)
+    assert raw.returncode != 0, raw.stdout  # what the issue's traps make of stack deploy
+    m = json.loads(docker("compose", "--profile", "web", "config", "--format", "json", cwd=tmp_path).stdout)
+    r = render(m, replicas={"api": 3})
+    out = stack_config(tmp_path, r.stack)
+    # stack deploy interpolates once more: the model's $$ must reach the container as one $
+    assert out.count("POSTGRES_PASSWORD: pa$word") == 2, out
+    assert "node.labels.memstack-ops.db == true" in out and "replicas: 3" in out
+
+
+def test_the_memstack_stack_renders_to_a_valid_stack_file(project, tmp_path):
+    import json
+
+    from memstack_ops.swarm_render import render
+
+    m = json.loads(subprocess.run(project.compose_argv("config", "--format", "json"), cwd=project.root,
+                                  capture_output=True, text=True, check=True).stdout)
+    r = render(m, replicas={"api": 3} if "api" in m["services"] else {})
+    out = stack_config(tmp_path, r.stack)
+    assert "node.labels.memstack-ops.postgres == true" in out and "endpoint_mode: dnsrr" in out

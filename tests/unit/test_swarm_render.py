@@ -1,0 +1,178 @@
+"""swarm_render.py: the Swarm stack file of a compose model, one test per stack-deploy trap (issue 15)."""
+
+from __future__ import annotations
+
+import pytest
+
+from memstack_ops.errors import ConfigError
+from memstack_ops.swarm_render import duration, monitor_seconds, parse_replicas, render, seconds
+
+HC = {"test": ["CMD", "true"], "interval": "5s", "timeout": "3s", "retries": 5, "start_period": "20s"}
+
+
+def model(**services):
+    return {"name": "demo", "services": services,
+            "networks": {"default": {"name": "demo_default", "ipam": {}}},
+            "volumes": {"pg": {"name": "demo_pg"}}}
+
+
+def api(**extra):
+    return {"image": "demo/api:1", "command": None, "entrypoint": None, "networks": {"default": None}, **extra}
+
+
+def pg(**extra):
+    return {"image": "postgres:15", "volumes": [{"type": "volume", "source": "pg", "target": "/var/lib/postgresql/data",
+                                                 "volume": {}}], "healthcheck": HC, **extra}
+
+
+def test_build_container_name_profiles_and_depends_on_are_dropped_and_the_image_kept():
+    m = model(api=api(build={"context": "/src/api", "dockerfile": "Dockerfile"}, container_name="demo-api",
+                      profiles=["web"], depends_on={"db": {"condition": "service_healthy", "required": True}}),
+              db=pg(depends_on={}))
+    r = render(m)
+    s = r.stack["services"]["api"]
+    assert s["image"] == "demo/api:1"
+    assert not {"build", "container_name", "profiles", "depends_on", "command", "entrypoint"} & set(s)
+    assert any("depends_on dropped" in n for n in r.notes)
+    assert r.stack["version"] == "3.8" and "name" not in r.stack
+
+
+def test_a_built_service_without_an_image_is_refused_naming_the_fix():
+    with pytest.raises(ConfigError, match="api is built here.*add image:"):
+        render(model(api={"build": {"context": "/src/api"}}))
+
+
+def test_restart_becomes_deploy_restart_policy():
+    m = model(a=api(restart="unless-stopped"), b=api(restart="no"), c=api(restart="on-failure:4"), d=api(),
+              e=api(restart="always", deploy={"restart_policy": {"condition": "on-failure"}}))
+    svcs = render(m).stack["services"]
+    assert svcs["a"]["deploy"]["restart_policy"] == {"condition": "any"}
+    assert svcs["b"]["deploy"]["restart_policy"] == {"condition": "none"}
+    assert svcs["c"]["deploy"]["restart_policy"] == {"condition": "on-failure", "max_attempts": 4}
+    assert "restart_policy" not in svcs["d"]["deploy"]  # Swarm's own default (any)
+    assert svcs["e"]["deploy"]["restart_policy"] == {"condition": "on-failure"}  # the file's own wins
+    assert not any("restart" in s for s in svcs.values())
+
+
+def test_a_one_shot_job_runs_once_and_is_not_restarted():
+    m = model(job=api(command=["true"]), app=api(depends_on={"job": {"condition": "service_completed_successfully"}}))
+    svcs = render(m).stack["services"]
+    assert svcs["job"]["deploy"]["restart_policy"] == {"condition": "none"}
+    assert svcs["job"]["deploy"]["replicas"] == 1
+    with pytest.raises(ConfigError, match="one-shot job"):
+        render(m, replicas={"job": 2})
+
+
+def test_stateful_kinds_get_one_replica_stop_first_and_a_placement_constraint_on_their_label():
+    m = model(db=pg(deploy={"placement": {"constraints": ["node.role == worker"]}}),
+              cache={"image": "redis:7"}, api=api())
+    svcs = render(m, replicas={"api": 3}).stack["services"]
+    db = svcs["db"]["deploy"]
+    assert db["replicas"] == 1
+    assert db["placement"]["constraints"] == ["node.role == worker", "node.labels.memstack-ops.db == true"]
+    assert db["update_config"]["order"] == "stop-first"  # never two postgres on one volume
+    assert svcs["cache"]["deploy"]["placement"]["constraints"] == ["node.labels.memstack-ops.cache == true"]
+    assert svcs["api"]["deploy"]["replicas"] == 3 and "placement" not in svcs["api"]["deploy"]
+    with pytest.raises(ConfigError, match="db is a postgres.*cannot have 2 replicas"):
+        render(m, replicas={"db": 2})
+    # the kind label makes any service stateful
+    m2 = model(store={"image": "acme/store:1", "labels": {"memstack-ops.kind": "minio"}})
+    assert render(m2).stack["services"]["store"]["deploy"]["placement"]["constraints"] == [
+        "node.labels.memstack-ops.store == true"]
+
+
+def test_stateless_replicas_come_from_the_flag_else_the_file_else_one():
+    m = model(a=api(deploy={"replicas": 2}), b=api(), c=api(deploy={"replicas": 0}))
+    svcs = render(m, replicas={"b": 4}).stack["services"]
+    assert [svcs[n]["deploy"]["replicas"] for n in "abc"] == [2, 4, 0]
+    assert render(m, replicas={"a": 5}).stack["services"]["a"]["deploy"]["replicas"] == 5
+    with pytest.raises(ConfigError, match="--replicas names nope.*its services: a, b, c"):
+        render(m, replicas={"nope": 2})
+
+
+def test_update_and_rollback_config_start_first_rollback_and_monitor_covering_the_healthcheck():
+    m = model(api=api(healthcheck=HC), bare=api(),
+              old=api(healthcheck=HC, deploy={"update_config": {"monitor": "10s", "parallelism": 2}}))
+    r = render(m)
+    up = r.stack["services"]["api"]["deploy"]["update_config"]
+    assert up == {"parallelism": 1, "order": "start-first", "failure_action": "rollback", "monitor": "45s"}  # 20+5x5
+    rb = r.stack["services"]["api"]["deploy"]["rollback_config"]
+    assert rb["order"] == "start-first" and rb["monitor"] == "45s" and rb["failure_action"] == "pause"
+    assert "monitor" not in r.stack["services"]["bare"]["deploy"]["update_config"]  # no healthcheck: engine default
+    old = r.stack["services"]["old"]["deploy"]["update_config"]
+    assert old["monitor"] == "45s" and old["parallelism"] == 2  # raised, the rest kept
+    assert any("old: update_config monitor 10s -> 45s" in n for n in r.notes)
+
+
+def test_monitor_uses_dockers_defaults_for_missing_fields_and_none_when_disabled():
+    assert monitor_seconds({"test": ["CMD", "true"]}) == 90.0  # 0 + 30 s x 3
+    assert monitor_seconds({"test": ["CMD", "true"], "interval": "1m30s", "retries": 2}) == 180.0
+    assert monitor_seconds({"test": ["NONE"]}) is None
+    assert monitor_seconds({"disable": True}) is None
+    assert monitor_seconds(None) is None
+    assert seconds("1m30s") == 90 and seconds("500ms") == 0.5 and seconds(7) == 7
+    assert duration(45) == "45s" and duration(1.5) == "1500ms"
+    with pytest.raises(ConfigError, match="Cannot read the duration 'soon'"):
+        seconds("soon")
+
+
+def test_endpoint_mode_is_dnsrr_by_default_and_published_ports_go_host_mode_then():
+    port = {"mode": "ingress", "target": 8000, "published": "8080", "protocol": "tcp", "host_ip": "127.0.0.1"}
+    r = render(model(api=api(ports=[port, {"target": 9000, "protocol": "tcp", "mode": "ingress"}])))
+    d = r.stack["services"]["api"]
+    assert d["deploy"]["endpoint_mode"] == "dnsrr"
+    assert d["ports"][0] == {"mode": "host", "target": 8000, "published": 8080, "protocol": "tcp"}
+    assert d["ports"][1] == {"target": 9000, "protocol": "tcp", "mode": "ingress"}  # not published: no mesh
+    assert any("bound to 127.0.0.1 only" in n for n in r.notes)
+    vip = render(model(api=api(ports=[port])), endpoint_mode="vip").stack["services"]["api"]
+    assert vip["deploy"]["endpoint_mode"] == "vip" and vip["ports"][0]["mode"] == "ingress"
+    with pytest.raises(ConfigError, match="range"):
+        render(model(api=api(ports=[{**port, "published": "8080-8081"}])))
+    with pytest.raises(ConfigError, match="dnsrr .* or vip"):
+        render(model(api=api()), endpoint_mode="mesh")
+
+
+def test_networks_become_overlay_and_named_volumes_keep_their_compose_names():
+    m = model(api=api(), db=pg())
+    m["networks"]["ext"] = {"name": "shared", "external": True}
+    st = render(m).stack
+    assert st["networks"]["default"] == {"driver": "overlay", "attachable": True}  # stack deploy names it
+    assert st["networks"]["ext"] == {"name": "shared", "external": True}
+    assert st["volumes"] == {"pg": {"name": "demo_pg"}}
+    assert st["services"]["db"]["volumes"] == [{"type": "volume", "source": "pg",
+                                                "target": "/var/lib/postgresql/data"}]
+    bare = render({"services": {"api": {"image": "a"}}}).stack
+    assert bare["networks"] == {"default": {"driver": "overlay", "attachable": True}}
+
+
+def test_env_file_left_in_the_model_is_inlined_environment_wins_and_dollars_are_escaped(tmp_path):
+    f = tmp_path / "app.env"
+    f.write_text("A=from-file\nPW=pa$word\nONLY=file\n")
+    m = model(api=api(env_file=[{"path": str(f), "required": True}, {"path": str(tmp_path / "opt.env"),
+                                                                      "required": False}],
+                      environment={"A": "from-environment", "B": "x$$y"}))
+    env = render(m).stack["services"]["api"]["environment"]
+    assert env == {"A": "from-environment", "B": "x$$y", "PW": "pa$$word", "ONLY": "file"}
+    assert "env_file" not in render(m).stack["services"]["api"]
+    with pytest.raises(ConfigError, match="env_file .*missing.env does not exist"):
+        render(model(api=api(env_file=[str(tmp_path / "missing.env")])))
+
+
+def test_compose_only_keys_are_mapped_or_dropped_with_a_note():
+    m = model(api=api(pull_policy="always", mem_limit="1073741824", cpus=0.5, links=["db"],
+                      healthcheck={**HC, "start_interval": "1s"},
+                      deploy={"resources": {"limits": {"pids": 10, "memory": "512M"}}, "x-extra": 1}))
+    r = render(m)
+    s = r.stack["services"]["api"]
+    assert not {"pull_policy", "mem_limit", "cpus", "links"} & set(s)
+    assert s["deploy"]["resources"] == {"limits": {"memory": "512M", "cpus": "0.5"}}  # the file's memory wins
+    assert "start_interval" not in s["healthcheck"]
+    text = "\n".join(r.notes)
+    assert "pull_policy dropped" in text and "start_interval dropped" in text and "deploy.x-extra dropped" in text
+
+
+def test_parse_replicas_reads_repeated_and_comma_separated_flags():
+    assert parse_replicas(["api=3", "worker=2,chat=1"]) == {"api": 3, "worker": 2, "chat": 1}
+    for bad in ("api", "api=x", "=3", "api=-1"):
+        with pytest.raises(ConfigError, match="write SERVICE=N"):
+            parse_replicas([bad])
