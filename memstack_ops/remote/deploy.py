@@ -169,7 +169,10 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
                 # the databases among the services deployed (none named: all), and the stack's
                 # default API key shown once to whoever deploys, as the db.init task does
                 dbs = [n for n in services if kind_of(model["services"].get(n) or {}) in DB_KINDS]
-                apikey.init(t, model, dbs, timeout=float(s["timeout"]))
+                from ..db import engine_containers
+
+                # one `docker ps` instead of a compose call per database, as db.init does
+                apikey.init(t, model, dbs, timeout=float(s["timeout"]), containers=engine_containers(t))
                 say("db.init: done.")
             except MemstackError as e:
                 if isinstance(e, RemoteError):
