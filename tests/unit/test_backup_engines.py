@@ -285,10 +285,15 @@ def test_postgres_backups_give_the_database_in_pgdatabase_never_as_a_connection_
     entry = {"files": [{"role": "dump", "name": "pg.pgdump"}], "db_version_num": 150004}
     Postgres().restore(job, entry, str(tmp_path), svc, None, plan=plan)
     calls = log.read_text().split("\n")
-    assert f"psql PGUSER=app PGDATABASE={name}" in calls and f"pg_restore PGUSER=app PGDATABASE={name}" in calls
+    # pg_restore goes into a new database beside the live one (its name plus __restore_<id>)
+    [into] = [c for c in calls if c.startswith("pg_restore ")]
+    assert f"psql PGUSER=app PGDATABASE={name}" in calls and into.startswith(f"pg_restore PGUSER=app "
+                                                                               f"PGDATABASE={name}__restore_")
     assert not any(c.startswith(("arg=-U", "arg=-d")) and c not in ("arg=-d", "arg=-U") for c in calls)
-    assert f"arg={name}" not in calls  # nowhere an argument
-    restore_args = calls[calls.index(f"pg_restore PGUSER=app PGDATABASE={name}") + 1:]
+    # the name is never an argument but as a psql variable (-v live=NAME) or quoted in SQL
+    assert not [c for c in calls if c.startswith("arg=") and name in c
+                and not c.startswith(("arg=live=", "arg=new=", "arg=old=", 'arg=DROP DATABASE IF EXISTS "'))]
+    restore_args = calls[calls.index(into) + 1:]
     assert restore_args[restore_args.index("arg=-d") + 1] == "arg="  # connect, to PGDATABASE
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
+from ...compose import Script
 from ...kinds import postgres as kind
 from ...kinds.postgres import AUTH as PG_AUTH
 from ..shell import BackupError, StreamFailed
-from .base import EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, oneoff_name, script
+from .base import DECOMPRESS, EXT, Engine, Job, Plan, Safety, Svc, fail_capture, file_entry, oneoff_name, script
 from .checks import check_compressed, compare_counts, image_for, scratch_server, wait_scratch
 
 # The prelude of every script here: the password from the container's environment (THE auth
@@ -17,12 +19,15 @@ from .checks import check_compressed, compare_counts, image_for, scratch_server,
 AS = PG_AUTH + 'PGUSER=$1; PGDATABASE=$2; export PGUSER PGDATABASE; '
 # pg_restore connects only when given -d: an empty one leaves the database to PGDATABASE
 RESTORE = AS + 'exec pg_restore --single-transaction --exit-on-error -d "" '
+# psql in the database $2 with the variables live ($3), new ($4) and old ($5), SQL on stdin
+PSQL_VARS = 'exec psql -X -q -At -v ON_ERROR_STOP=1 -v live="$3" -v new="$4" -v old="$5" -f -'
 
 
 class Postgres(Engine):
     kind = "postgres"
     restore_plans = True
-    scripts = {"pg_dump.sh": AS, "pg_globals.sh": AS}
+    restore_beside = True
+    scripts = {"pg_dump.sh": AS, "pg_globals.sh": AS, "pg_restore_new.sh": AS}
 
     @staticmethod
     def who(svc: Svc) -> tuple[str, str]:
@@ -151,14 +156,97 @@ class Postgres(Engine):
                     job.say(f"  roles: some statements failed (existing roles are kept): "
                             f"{job.scrub(r.stderr.strip())[-300:]}")
         dump = next(f for f in entry["files"] if f["role"] == "dump")
-        r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
-            svc, RESTORE + "--clean --if-exists", user, db, stdin=True))
-        if r.failed:
-            raise BackupError(f"pg_restore into {svc.name} failed and its single transaction was rolled back, so the "
-                              f"database is as it was before:\n{job.scrub(r.stderr.strip())[-1500:]}")
+        return self.restore_exact(job, entry, f"{set_dir}/{dump['name']}", svc, plan, dump_decompress(dump))
+
+    def restore_exact(self, job: Job, entry: dict[str, Any], path: str, svc: Svc, plan: Plan,
+                      decompress: list[str] | None, jobs: int | None = None) -> dict[str, Any]:
+        """The exact restore: ``pg_restore -j`` into a new database beside the live one, its row
+        counts checked against the backup's, then the two swapped by name in one transaction
+        (``pg_swap.sql``) and the old one dropped. Until the swap the live database is untouched,
+        and on any failure (or Ctrl-C) before it the half-restored copy is dropped."""
+        from ...interrupt import phase, undoing, undone
+
+        user, db = plan.info["user"], plan.info["database"]
+        rid = uuid.uuid4().hex[:8]
+        new, old = side_name(db, "restore", rid), side_name(db, "old", rid)
+        maint = "template1" if db == "postgres" else "postgres"
+        force = plan.info["version_num"] >= 130000
+        swapped = False
+        try:
+            with phase(f"creating {new}"):
+                job.query(svc, AS + PSQL_VARS, user, maint, db, new, old, stdin=script("pg_create_like.sql"),
+                          what=f"Creating the database {new} beside {db}")
+            with phase(f"pg_restore -j into {new}"):
+                r = job.shell.feed(path, job.exec_argv(svc, self.with_prelude("pg_restore_new.sh"), user, new,
+                                                       str(jobs or ""), stdin=True), decompress)
+            if r.failed:
+                raise BackupError(f"pg_restore into the new database {new} failed; {db} was not touched and {new} "
+                                  f"is dropped:\n{job.scrub(r.stderr.strip())[-1500:]}")
+            expected = entry.get("counts") or {}
+            with phase(f"counting rows in {new}"):
+                got = self.count_rows(job, svc, user, new)
+            problems = compare_counts(expected, got, "table") if expected else []
+            if problems:
+                raise BackupError(f"The restored copy {new} does not match the backup ({'; '.join(problems[:5])}"
+                                  f"{f'; {len(problems) - 5} more' if len(problems) > 5 else ''}): {db} was not "
+                                  f"touched and {new} is dropped.".replace("scratch restore", "the restored copy"))
+            with phase(f"swapping {new} and {db}"):
+                sw = job.shell.run(job.exec_argv(svc, AS + PSQL_VARS, user, maint, db, new, old, stdin=True),
+                                   in_stream=Script(script("pg_swap.sql")), timeout=300)
+                if sw.failed:
+                    job.shell.run(job.exec_argv(svc, AS + 'psql -X -q -c "$3"', user, maint,
+                                                f"ALTER DATABASE {kind.ident(db)} WITH ALLOW_CONNECTIONS true"),
+                                  timeout=120)
+                    raise BackupError(f"Swapping the restored copy {new} in place of {db} failed, so nothing was "
+                                      f"renamed and {db} is as it was; {new} is dropped: "
+                                      f"{job.scrub(sw.stderr.strip())[-800:]}")
+            swapped = True
+        except BaseException as e:
+            if not swapped:
+                with undoing(isinstance(e, KeyboardInterrupt)):
+                    if self.drop(job, svc, user, maint, new, force):
+                        undone(f"the half-restored copy {new} dropped; {db} was not touched")
+                    else:
+                        undone(f"dropping the half-restored copy {new} FAILED: drop it with DROP DATABASE")
+            raise
+        note = ""
+        if not self.drop(job, svc, user, maint, old, force):
+            note = f"the previous database, now named {old}, could not be dropped: drop it with DROP DATABASE"
+            job.say(f"  WARNING: {note}")
         counts = entry.get("counts") or {}
         return {"database": db, "tables": len(counts) if counts else "?",
-                "rows": sum(counts.values()) if counts else "?"}
+                "rows": sum(counts.values()) if counts else "?",
+                "method": f"pg_restore -j into {new}, row counts checked, swapped in one transaction"
+                          + (f"; {note}" if note else "")}
+
+    def count_rows(self, job: Job, svc: Svc, user: str, db: str) -> dict[str, int]:
+        out = job.query(svc, AS + 'psql -X -At -c "$3"', user, db, script("pg_count.sql"),
+                        what=f"Counting rows in {db}")
+        return {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
+
+    @staticmethod
+    def drop(job: Job, svc: Svc, user: str, maint: str, name: str, force: bool) -> bool:
+        """DROP DATABASE IF EXISTS (ending its sessions first); whether it is gone."""
+        sql = f"DROP DATABASE IF EXISTS {kind.ident(name)}" + (" WITH (FORCE)" if force else "")
+        r = job.shell.run(job.exec_argv(svc, AS + 'psql -X -q -v ON_ERROR_STOP=1 -c "$3"', user, maint, sql),
+                          timeout=600)
+        return bool(r.ok)
+
+
+def side_name(db: str, what: str, rid: str) -> str:
+    """``<db>__<what>_<rid>`` within PostgreSQL's 63 bytes (the database's name shortened if need be)."""
+    suffix = f"__{what}_{rid}"
+    head = db.encode()[:63 - len(suffix)].decode(errors="ignore")
+    return head + suffix
+
+
+def dump_decompress(f: dict[str, Any]) -> list[str] | None:
+    """The host command that turns a dump file into what pg_restore reads: none for pg_dump's own
+    compression (inside the custom format), the compressor's for a dump compressed as a stream."""
+    comp = str(f.get("compression", "none"))
+    if comp == "none" or "built-in" in comp:
+        return None
+    return DECOMPRESS.get(comp.split()[0])
 
 
 def parse_marked(stderr: str) -> tuple[dict[str, int], list[str]]:
