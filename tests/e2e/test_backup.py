@@ -190,6 +190,7 @@ def test_mariadb_round_trip(project, docker_client):
     assert mysql("SELECT GROUP_CONCAT(name ORDER BY id) FROM items") == "ünïcødé,记忆,plain"
     assert mysql("SHOW TABLES LIKE 'later'") == ""  # the dump drops and recreates the database
     assert mysql("SHOW TRIGGERS").startswith("items_ai")
+    assert mysql("SHOW DATABASES LIKE 'app%'") == "app"  # the copy it was checked in is gone
 
 
 def test_redis_round_trip_with_appendonly_survives_a_restart(project, docker_client):
@@ -726,6 +727,60 @@ def test_a_postgres_restore_that_fails_midway_leaves_the_live_database_untouched
     ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", s.name))
     assert psql(project, "SELECT count(*), to_regclass('later') IS NULL FROM t") == "3000|t"
     assert databases(project) == ["memstack"]
+
+
+def mariadb(project, q):
+    return project.exec("mysql", "sh", "-c", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -N -B app -e "$1"',
+                        "sh", q).strip()
+
+
+def test_a_mariadb_restore_is_exact_and_a_failing_one_leaves_the_live_database_untouched(project, docker_client):
+    project.overlay("mysql", MYSQL_OVERLAY)
+    project.overlays = ("local", "mysql")
+    ov = {"MEMSTACK_OVERLAYS": "local,mysql"}
+    ok(project.run("up", "--service", "mysql", "--skip-checks", **ov))
+    mariadb(project, "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(50)) CHARACTER SET utf8mb4; "
+                     "CREATE TABLE posts (id INT PRIMARY KEY, user_id INT, body TEXT, "
+                     "FOREIGN KEY (user_id) REFERENCES users (id)); "
+                     "INSERT INTO users VALUES (1, '记忆'), (2, 'b'); "
+                     "INSERT INTO posts VALUES (1, 1, 'x'), (2, 2, 'y')")
+    ok(project.run("backup.mysql", **ov))
+    [s] = sets(project)
+    mariadb(project, "DELETE FROM posts WHERE id = 2; CREATE TABLE later (x INT); INSERT INTO later VALUES (1)")
+
+    def schemas():
+        return mariadb(project, "SELECT GROUP_CONCAT(schema_name ORDER BY schema_name) FROM "
+                                "information_schema.schemata WHERE schema_name LIKE 'app%'")
+
+    # a dump that breaks in the middle (after the first table's rows): the live database is untouched
+    def break_midway(sql):
+        head, sep, tail = sql.partition(b"\nUNLOCK TABLES;\n")
+        assert sep
+        return head + sep + b"INSERT INTO nowhere VALUES (1);\n" + tail
+
+    bad = forge(s, "mysql.sql.zst", break_midway)
+    r = project.run("restore.mysql", "--yes", "--no-safety-backup", "--backup", bad.name, **ov)
+    assert r.returncode != 0 and "was not touched" in r.stderr and "nowhere" in r.stderr, r.stderr
+    assert mariadb(project, "SELECT COUNT(*) FROM posts") == "1" and mariadb(project, "SELECT x FROM later") == "1"
+    assert schemas() == "app"
+
+    # a dump whose tables are not those the backup counted: refused by the probes before the swap
+    m = manifest(bad)
+    m["entries"][0]["counts"]["ghost"] = 0
+    (bad / "manifest.json").write_text(json.dumps(m, indent=2))
+    fix = forge(bad, "mysql.sql.zst", lambda sql: sql.replace(b"INSERT INTO nowhere VALUES (1);\n", b""))
+    r = project.run("restore.mysql", "--yes", "--no-safety-backup", "--backup", fix.name, **ov)
+    assert r.returncode != 0 and "ghost" in r.stderr and "was not touched" in r.stderr, r.stderr
+    assert mariadb(project, "SELECT COUNT(*) FROM posts") == "1" and schemas() == "app"
+
+    r = ok(project.run("restore.mysql", "--yes", "--no-safety-backup", "--backup", s.name, **ov))
+    assert "RENAME TABLE" in r.stdout
+    assert mariadb(project, "SHOW TABLES") == "posts\nusers"  # the table made after the backup is gone
+    assert mariadb(project, "SELECT GROUP_CONCAT(body ORDER BY id) FROM posts") == "x,y"
+    assert mariadb(project, "SELECT name FROM users WHERE id = 1") == "记忆"
+    assert mariadb(project, "SELECT COUNT(*) FROM information_schema.referential_constraints WHERE "
+                            "constraint_schema = 'app' AND referenced_table_name = 'users'") == "1"
+    assert schemas() == "app"
 
 
 # --------------------------------------------------------------------------- on a remote host (-H)
