@@ -710,7 +710,7 @@ def test_a_postgres_restore_that_fails_midway_leaves_the_live_database_untouched
     wrong = forge(s, "postgres.pgdump", lambda b: b)  # for the second case below
     bad = forge(wrong, "postgres.pgdump", corrupt)
     r = project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", bad.name)
-    assert r.returncode != 0 and "pg_restore into the new database" in r.stderr and "not touched" in r.stderr, \
+    assert r.returncode != 0 and "Restoring into the new database" in r.stderr and "not touched" in r.stderr, \
         r.stderr
     assert psql(project, "SELECT count(*) FROM t") == "10" and psql(project, "SELECT to_regclass('later')") == "later"
     assert databases(project) == ["memstack"]

@@ -277,7 +277,9 @@ def test_postgres_backups_give_the_database_in_pgdatabase_never_as_a_connection_
     """psql/pg_dump/pg_restore read a -d value holding "=" as a connection string (host=...)."""
     name = "app db=x host=evil"
     env = {"POSTGRES_USER": "app", "POSTGRES_DB": name, "POSTGRES_PASSWORD": "pw"}
-    job, log = local_job(tmp_path, env, psql="15.4 (Debian)|150004|1234\n", pg_restore="")
+    # psql answers the plan (its last line) and the swap (its memstack-ops- lines)
+    job, log = local_job(tmp_path, env, pg_restore="",
+                         psql="memstack-ops-swapped t\nmemstack-ops-dropped t\n15.4 (Debian)|150004|1234\n")
     svc = Svc("pg", "postgres", {"environment": env}, container="p-pg-1", state="running")
     plan = Postgres().plan(job, svc)
     assert plan.info == {"user": "app", "database": name, "version": "15.4", "version_num": 150004}
@@ -293,6 +295,7 @@ def test_postgres_backups_give_the_database_in_pgdatabase_never_as_a_connection_
     # the name is never an argument but as a psql variable (-v live=NAME) or quoted in SQL
     assert not [c for c in calls if c.startswith("arg=") and name in c
                 and not c.startswith(("arg=live=", "arg=new=", "arg=old=", 'arg=DROP DATABASE IF EXISTS "'))]
+    assert "arg=force=WITH (FORCE)" in calls  # PostgreSQL 13+ ends the old database's sessions as it drops it
     restore_args = calls[calls.index(into) + 1:]
     assert restore_args[restore_args.index("arg=-d") + 1] == "arg="  # connect, to PGDATABASE
 

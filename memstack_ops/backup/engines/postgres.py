@@ -19,8 +19,8 @@ from .checks import check_compressed, compare_counts, image_for, scratch_server,
 AS = PG_AUTH + 'PGUSER=$1; PGDATABASE=$2; export PGUSER PGDATABASE; '
 # pg_restore connects only when given -d: an empty one leaves the database to PGDATABASE
 RESTORE = AS + 'exec pg_restore --single-transaction --exit-on-error -d "" '
-# psql in the database $2 with the variables live ($3), new ($4) and old ($5), SQL on stdin
-PSQL_VARS = 'exec psql -X -q -At -v ON_ERROR_STOP=1 -v live="$3" -v new="$4" -v old="$5" -f -'
+# psql in the database $2 with the variables live ($3), new ($4), old ($5) and force ($6), SQL on stdin
+PSQL_VARS = 'exec psql -X -q -At -v live="$3" -v new="$4" -v old="$5" -v force="$6" -f -'
 
 
 class Postgres(Engine):
@@ -170,37 +170,32 @@ class Postgres(Engine):
         rid = uuid.uuid4().hex[:8]
         new, old = side_name(db, "restore", rid), side_name(db, "old", rid)
         maint = "template1" if db == "postgres" else "postgres"
-        force = plan.info["version_num"] >= 130000
+        force = "WITH (FORCE)" if plan.info["version_num"] >= 130000 else ""
         swapped = False
         try:
-            with phase(f"creating {new}"):
-                job.query(svc, AS + PSQL_VARS, user, maint, db, new, old, stdin=script("pg_create_like.sql"),
-                          what=f"Creating the database {new} beside {db}")
             with phase(f"pg_restore -j into {new}"):
-                r = job.shell.feed(path, job.exec_argv(svc, self.with_prelude("pg_restore_new.sh"), user, new,
-                                                       str(jobs or ""), stdin=True), decompress)
+                r = job.shell.feed(path, job.exec_argv(
+                    svc, self.with_prelude("pg_restore_new.sh"), user, maint, db, new, str(jobs or ""),
+                    script("pg_create_like.sql"), script("pg_count.sql"), stdin=True), decompress)
             if r.failed:
-                raise BackupError(f"pg_restore into the new database {new} failed; {db} was not touched and {new} "
+                raise BackupError(f"Restoring into the new database {new} failed; {db} was not touched and {new} "
                                   f"is dropped:\n{job.scrub(r.stderr.strip())[-1500:]}")
+            got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in r.stdout.splitlines() if ln.startswith("count|")}
             expected = entry.get("counts") or {}
-            with phase(f"counting rows in {new}"):
-                got = self.count_rows(job, svc, user, new)
             problems = compare_counts(expected, got, "table") if expected else []
             if problems:
                 raise BackupError(f"The restored copy {new} does not match the backup ({'; '.join(problems[:5])}"
                                   f"{f'; {len(problems) - 5} more' if len(problems) > 5 else ''}): {db} was not "
                                   f"touched and {new} is dropped.".replace("scratch restore", "the restored copy"))
             with phase(f"swapping {new} and {db}"):
-                sw = job.shell.run(job.exec_argv(svc, AS + PSQL_VARS, user, maint, db, new, old, stdin=True),
-                                   in_stream=Script(script("pg_swap.sql")), timeout=300)
-                if sw.failed:
-                    job.shell.run(job.exec_argv(svc, AS + 'psql -X -q -c "$3"', user, maint,
-                                                f"ALTER DATABASE {kind.ident(db)} WITH ALLOW_CONNECTIONS true"),
-                                  timeout=120)
-                    raise BackupError(f"Swapping the restored copy {new} in place of {db} failed, so nothing was "
-                                      f"renamed and {db} is as it was; {new} is dropped: "
-                                      f"{job.scrub(sw.stderr.strip())[-800:]}")
-            swapped = True
+                sw = job.shell.run(job.exec_argv(svc, AS + PSQL_VARS, user, maint, db, new, old, force, stdin=True),
+                                   in_stream=Script(script("pg_swap.sql")), timeout=600)
+            marks = dict(ln.split(" ", 1) for ln in sw.stdout.splitlines() if ln.startswith("memstack-ops-"))
+            swapped = marks.get("memstack-ops-swapped") == "t"
+            if not swapped:
+                raise BackupError(f"Swapping the restored copy {new} in place of {db} failed, so nothing was "
+                                  f"renamed and {db} is as it was; {new} is dropped: "
+                                  f"{job.scrub(sw.stderr.strip())[-800:]}")
         except BaseException as e:
             if not swapped:
                 with undoing(isinstance(e, KeyboardInterrupt)):
@@ -210,24 +205,18 @@ class Postgres(Engine):
                         undone(f"dropping the half-restored copy {new} FAILED: drop it with DROP DATABASE")
             raise
         note = ""
-        if not self.drop(job, svc, user, maint, old, force):
+        if marks.get("memstack-ops-dropped") != "t":
             note = f"the previous database, now named {old}, could not be dropped: drop it with DROP DATABASE"
-            job.say(f"  WARNING: {note}")
-        counts = entry.get("counts") or {}
-        return {"database": db, "tables": len(counts) if counts else "?",
-                "rows": sum(counts.values()) if counts else "?",
+            job.say(f"  WARNING: {note}: {job.scrub(sw.stderr.strip())[-300:]}")
+        counts = entry.get("counts") or got
+        return {"database": db, "tables": len(counts), "rows": sum(counts.values()),
                 "method": f"pg_restore -j into {new}, row counts checked, swapped in one transaction"
                           + (f"; {note}" if note else "")}
 
-    def count_rows(self, job: Job, svc: Svc, user: str, db: str) -> dict[str, int]:
-        out = job.query(svc, AS + 'psql -X -At -c "$3"', user, db, script("pg_count.sql"),
-                        what=f"Counting rows in {db}")
-        return {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
-
     @staticmethod
-    def drop(job: Job, svc: Svc, user: str, maint: str, name: str, force: bool) -> bool:
-        """DROP DATABASE IF EXISTS (ending its sessions first); whether it is gone."""
-        sql = f"DROP DATABASE IF EXISTS {kind.ident(name)}" + (" WITH (FORCE)" if force else "")
+    def drop(job: Job, svc: Svc, user: str, maint: str, name: str, force: str) -> bool:
+        """DROP DATABASE IF EXISTS (``force``: WITH (FORCE), where the server has it); whether it is gone."""
+        sql = f"DROP DATABASE IF EXISTS {kind.ident(name)} {force}".rstrip()
         r = job.shell.run(job.exec_argv(svc, AS + 'psql -X -q -v ON_ERROR_STOP=1 -c "$3"', user, maint, sql),
                           timeout=600)
         return bool(r.ok)
