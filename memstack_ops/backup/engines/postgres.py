@@ -172,6 +172,7 @@ class Postgres(Engine):
         maint = "template1" if db == "postgres" else "postgres"
         force = "WITH (FORCE)" if plan.info["version_num"] >= 130000 else ""
         swapped = False
+        t0 = time.monotonic()
         try:
             with phase(f"pg_restore -j into {new}"):
                 r = job.shell.feed(path, job.exec_argv(
@@ -187,6 +188,7 @@ class Postgres(Engine):
                 raise BackupError(f"The restored copy {new} does not match the backup ({'; '.join(problems[:5])}"
                                   f"{f'; {len(problems) - 5} more' if len(problems) > 5 else ''}): {db} was not "
                                   f"touched and {new} is dropped.".replace("scratch restore", "the restored copy"))
+            t1 = time.monotonic()
             with phase(f"swapping {new} and {db}"):
                 sw = job.shell.run(job.exec_argv(svc, AS + PSQL_VARS, user, maint, db, new, old, force, stdin=True),
                                    in_stream=Script(script("pg_swap.sql")), timeout=600)
@@ -211,7 +213,9 @@ class Postgres(Engine):
         counts = entry.get("counts") or got
         return {"database": db, "tables": len(counts), "rows": sum(counts.values()),
                 "method": f"pg_restore -j into {new}, row counts checked, swapped in one transaction"
-                          + (f"; {note}" if note else "")}
+                          + (f"; {note}" if note else ""),
+                "load_s": round(t1 - t0, 1), "swap_and_drop_s": round(time.monotonic() - t1, 1),
+                "drop_s": marks.get("memstack-ops-drop-seconds", "?")}
 
     @staticmethod
     def drop(job: Job, svc: Svc, user: str, maint: str, name: str, force: str) -> bool:

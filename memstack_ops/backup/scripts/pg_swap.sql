@@ -16,9 +16,12 @@ COMMIT;
 SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'old') AS swapped \gset
 \echo memstack-ops-swapped :swapped
 \if :swapped
+SELECT clock_timestamp() AS t0 \gset
 DROP DATABASE :"old" :force;
-SELECT NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'old') AS dropped \gset
+SELECT NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'old') AS dropped,
+       round(extract(epoch FROM clock_timestamp() - :'t0'::timestamptz)::numeric, 2) AS seconds \gset
 \echo memstack-ops-dropped :dropped
+\echo memstack-ops-drop-seconds :seconds
 \else
 ALTER DATABASE :"live" WITH ALLOW_CONNECTIONS true;
 \endif
