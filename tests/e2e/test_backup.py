@@ -691,6 +691,20 @@ def test_a_postgres_restore_is_exact_keeps_database_settings_and_swaps_under_a_c
                          "shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'memstack'") == \
         "t|the app's data"
     assert databases(project) == ["memstack"]  # no __restore / __old copies left
+    assert "rows over" in r.stdout  # the rows were dealt out over several sessions
+
+    # a table whose name holds a newline and a psql meta-command: pg_restore's COPY line for it spans
+    # two lines, which the row splitter does not pass to psql; the restore falls back to pg_restore -j
+    marker = f"/tmp/memstack-ops-pwned-{os.getpid()}"
+    odd = f'"odd\n\\! touch {marker}"'
+    psql(project, f"CREATE TABLE {odd} (x int); INSERT INTO {odd} VALUES (1), (2)")
+    ok(project.run("backup.postgres"))
+    s2 = sets(project)[-1]
+    psql(project, f"DELETE FROM {odd}")
+    r = ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", s2.name))
+    assert "not of a known shape" in r.stdout and "pg_restore -j" in r.stdout, r.stdout
+    assert psql(project, f"SELECT count(*) FROM {odd}") == "2" and databases(project) == ["memstack"]
+    assert project.exec("postgres", "sh", "-c", f"ls {marker} 2>/dev/null || echo none").strip() == "none"
 
 
 def test_a_postgres_restore_that_fails_midway_leaves_the_live_database_untouched(project, docker_client):

@@ -288,9 +288,11 @@ def test_postgres_backups_give_the_database_in_pgdatabase_never_as_a_connection_
     Postgres().restore(job, entry, str(tmp_path), svc, None, plan=plan)
     calls = log.read_text().split("\n")
     # pg_restore goes into a new database beside the live one (its name plus __restore_<id>)
-    [into] = [c for c in calls if c.startswith("pg_restore ")]
+    restores = [c for c in calls if c.startswith("pg_restore ")]  # sections, lists, one database
+    into = restores[0]
     assert f"psql PGUSER=app PGDATABASE={name}" in calls and into.startswith(f"pg_restore PGUSER=app "
                                                                                f"PGDATABASE={name}__restore_")
+    assert set(restores) == {into}
     assert not any(c.startswith(("arg=-U", "arg=-d")) and c not in ("arg=-d", "arg=-U") for c in calls)
     # the name is never an argument but as a psql variable (-v live=NAME) or quoted in SQL
     assert not [c for c in calls if c.startswith("arg=") and name in c

@@ -123,7 +123,7 @@ class Postgres(Engine):
                 raise BackupError(f"Scratch restore of {dump['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
             out = job.query(scratch, AS + 'psql -X -At -c "$3"', user, db, script("pg_count.sql"),
                             what="Counting rows in the scratch restore")
-            got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
+            got = parse_counts(out)
         expected = entry.get("counts") or {}
         detail = f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s)"
         if not expected:
@@ -174,14 +174,23 @@ class Postgres(Engine):
         swapped = False
         t0 = time.monotonic()
         try:
-            with phase(f"pg_restore -j into {new}"):
-                r = job.shell.feed(path, job.exec_argv(
-                    svc, self.with_prelude("pg_restore_new.sh"), user, maint, db, new, str(jobs or ""),
-                    script("pg_create_like.sql"), script("pg_count.sql"), stdin=True), decompress)
+            with phase(f"the restore into {new}"):
+                for mode in ("split", "direct"):
+                    r = job.shell.feed(path, job.exec_argv(
+                        svc, self.with_prelude("pg_restore_new.sh"), user, maint, db, new, str(jobs or ""),
+                        script("pg_create_like.sql"), script("pg_count.sql"), mode, stdin=True), decompress)
+                    fallback = [ln for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-fallback: ")]
+                    if not (r.failed and fallback):
+                        break
+                    job.say(f"  {fallback[0].split(': ', 1)[1]}: restoring with a plain pg_restore -j instead")
+                    if not self.drop(job, svc, user, maint, new, force):
+                        raise BackupError(f"Dropping the half-restored copy {new} failed: drop it with DROP DATABASE")
+            how = next((ln.split(": ", 1)[1] for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-note: ")),
+                       "")
             if r.failed:
                 raise BackupError(f"Restoring into the new database {new} failed; {db} was not touched and {new} "
                                   f"is dropped:\n{job.scrub(r.stderr.strip())[-1500:]}")
-            got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in r.stdout.splitlines() if ln.startswith("count|")}
+            got = parse_counts(r.stdout)
             expected = entry.get("counts") or {}
             problems = compare_counts(expected, got, "table") if expected else []
             if problems:
@@ -212,7 +221,7 @@ class Postgres(Engine):
             job.say(f"  WARNING: {note}: {job.scrub(sw.stderr.strip())[-300:]}")
         counts = entry.get("counts") or got
         return {"database": db, "tables": len(counts), "rows": sum(counts.values()),
-                "method": f"pg_restore -j into {new}, row counts checked, swapped in one transaction"
+                "method": f"restored into {new} ({how}), row counts checked, swapped in one transaction"
                           + (f"; {note}" if note else ""),
                 "load_s": round(t1 - t0, 1), "swap_and_drop_s": round(time.monotonic() - t1, 1),
                 "drop_s": marks.get("memstack-ops-drop-seconds", "?")}
@@ -240,6 +249,16 @@ def dump_decompress(f: dict[str, Any]) -> list[str] | None:
     if comp == "none" or "built-in" in comp:
         return None
     return DECOMPRESS.get(comp.split()[0])
+
+
+def parse_counts(out: str, mark: str = "count|") -> dict[str, int]:
+    """The ``count|table|n`` lines of pg_count.sql (a table's name may hold ``|``)."""
+    counts = {}
+    for ln in out.splitlines():
+        if ln.startswith(mark):
+            table, _, n = ln[len(mark):].rpartition("|")
+            counts[table] = int(n)
+    return counts
 
 
 def parse_marked(stderr: str) -> tuple[dict[str, int], list[str]]:

@@ -1,13 +1,26 @@
 # The exact restore's first step, after the engine's prelude (which sets PGUSER to $1 and
 # PGDATABASE to $2, a maintenance database): create the database $4 like the live one $3
-# (pg_create_like.sql, $6), restore the dump (on stdin) into it with pg_restore -j, and count its
-# rows (pg_count.sql, $7; "count|table|n" lines on stdout). The live database is only read.
-# pg_restore -j reads its pieces by seeking, which a pipe cannot do: the dump goes to a temporary
-# file first (while the database is created). $5: the number of jobs, or "" for the container's
-# CPU count (at least 2). The sessions commit without waiting for the WAL flush
-# (synchronous_commit=off): the copy is used only after the swap, whose own commit flushes all
-# WAL written before it, so nothing a crash could lose ever becomes live.
-live=$3; new=$4; n=$5; create=$6; count=$7
+# (pg_create_like.sql, $6), restore the dump (on stdin) into it, and count its rows
+# (pg_count.sql, $7: "count|table|n" lines on stdout). The live database is only read.
+#
+# In parallel, over $5 sessions ("" for the container's CPU count, at least 2):
+# - the dump goes to a temporary file first (while the database is created): pg_restore reads
+#   sections and entries of a file by seeking, which a pipe cannot do;
+# - pre-data (tables, types, functions) with one pg_restore;
+# - the rows of every table split over the sessions: pg_restore writes the table data as COPY
+#   text (one row per line), an awk deals the rows out in turn to one psql per session, each in
+#   its own COPY of the same table. pg_restore -j alone loads each table in one session, which
+#   leaves the cores idle on the big table that takes most of the time. Only pg_restore's own
+#   lines of known shape reach those psql: its SET lines, each table's COPY line (no backslash in
+#   either, so no psql meta-command), its \restrict pair, and the rows inside COPY (which psql
+#   never reads as commands); any other line stops the load (exit 3), and the engine falls back
+#   to a plain pg_restore -j. The rest of the data (sequence values, large objects) goes by
+#   pg_restore straight to the server;
+# - post-data (indexes, constraints, triggers) with pg_restore -j, one index per session.
+# The sessions commit without waiting for the WAL flush (synchronous_commit=off): the copy is used
+# only after the swap, whose own commit flushes all WAL written before it, so nothing a crash could
+# lose ever becomes live. $8 "direct": pg_restore -j for everything (the fallback).
+live=$3; new=$4; n=$5; create=$6; count=$7; mode=${8:-}
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM HUP
@@ -25,6 +38,44 @@ fi
 [ -n "$n" ] || n=$(nproc 2>/dev/null) || n=2
 [ "$n" -ge 2 ] 2>/dev/null || n=2
 PGDATABASE=$new; PGOPTIONS="${PGOPTIONS:-} -c synchronous_commit=off"; export PGDATABASE PGOPTIONS
-pg_restore --exit-on-error -j "$n" -d "" "$tmp/dump" || exit $?
-echo "memstack-ops-note: pg_restore -j $n" >&2
+d=$tmp/dump
+if [ "$mode" = direct ] || ! command -v awk >/dev/null; then
+  pg_restore --exit-on-error -j "$n" -d "" "$d" || exit $?
+  echo "memstack-ops-note: pg_restore -j $n" >&2
+  exec psql -X -At -c "$count"
+fi
+pg_restore --exit-on-error --section=pre-data -d "" "$d" || exit $?
+pg_restore -l "$d" > "$tmp/toc" || exit 1
+grep -E '^[0-9]+; [0-9]+ [0-9]+ TABLE DATA ' "$tmp/toc" > "$tmp/rows.list"
+grep -v -E '^[0-9]+; [0-9]+ [0-9]+ TABLE DATA ' "$tmp/toc" > "$tmp/other.list"
+mkdir "$tmp/p" || exit 1
+i=0; pids=
+while [ "$i" -lt "$n" ]; do
+  mkfifo "$tmp/p/$i" || exit 1
+  # the shell opens the fifo before psql runs: a psql that fails to connect still leaves a reader,
+  # so the awk never blocks opening its end (it gets SIGPIPE and stops instead)
+  psql -X -q -v ON_ERROR_STOP=1 -f - < "$tmp/p/$i" > /dev/null 2> "$tmp/p/$i.err" &
+  pids="$pids $!"; i=$((i+1))
+done
+{ pg_restore --section=data -L "$tmp/rows.list" -f - "$d"; echo $? > "$tmp/rc.dump"; } | N=$n P=$tmp/p awk '
+  function all(s,   i) { for (i = 0; i < N; i++) print s > (P "/" i) }
+  BEGIN { N = ENVIRON["N"] + 0; P = ENVIRON["P"]; for (i = 0; i < N; i++) printf "" > (P "/" i) }
+  incopy { if ($0 == "\\.") { all($0); incopy = 0 } else { print > (P "/" k); k = (k + 1) % N }; next }
+  /^--/ || /^$/ { next }
+  /^\\(un)?restrict [A-Za-z0-9]+$/ { all($0); next }
+  /^SET [a-z_]+ = [^\\;]*;$/ || $0 == "SELECT pg_catalog.set_config('"'"'search_path'"'"', '"'"''"'"', false);" { all($0); next }
+  /^COPY [^\\]* FROM stdin;$/ { all($0); incopy = 1; k = 0; next }
+  { print "memstack-ops-fallback: line " NR " of the data is not of a known shape" > "/dev/stderr"; exit 3 }'
+rc=$?
+failed=0
+for p in $pids; do wait "$p" || failed=1; done
+[ "$rc" = 3 ] && exit 3
+if [ "$rc" != 0 ] || [ "$(cat "$tmp/rc.dump")" != 0 ] || [ "$failed" = 1 ]; then
+  cat "$tmp"/p/*.err >&2
+  echo "memstack-ops-note: loading the rows failed (pg_restore $(cat "$tmp/rc.dump"), split $rc)" >&2
+  exit 1
+fi
+pg_restore --exit-on-error --section=data -L "$tmp/other.list" -d "" "$d" || exit $?
+pg_restore --exit-on-error --section=post-data -j "$n" -d "" "$d" || exit $?
+echo "memstack-ops-note: rows over $n sessions, post-data with pg_restore -j $n" >&2
 exec psql -X -At -c "$count"
