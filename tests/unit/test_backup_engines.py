@@ -372,3 +372,14 @@ def test_one_off_containers_blank_the_compose_labels_their_image_may_carry():
     assert labels == ["memstack-ops.project=p", "memstack-ops.role=backup", "com.docker.compose.project=",
                       "com.docker.compose.service="]
     assert argv[-2:] == ["p-db:latest", "true"]
+
+
+def test_the_restore_script_keeps_the_ctrl_c_marker_to_itself():
+    """In the PostgreSQL container PID 1 is the postmaster: an orphan of ours that ends by a signal
+    restarts the server. Only the script's shell carries the marker the tool signals on Ctrl-C; it
+    stops and waits for its children itself."""
+    from memstack_ops.interrupt import MARK
+
+    text = script("pg_restore_new.sh")
+    assert f"unset {MARK}\n" in text and "trap stop INT TERM HUP" in text
+

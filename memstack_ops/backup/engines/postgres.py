@@ -183,8 +183,10 @@ class Postgres(Engine):
                     if not (r.failed and fallback):
                         break
                     job.say(f"  {fallback[0].split(': ', 1)[1]}: restoring with a plain pg_restore -j instead")
-                    if not self.drop(job, svc, user, maint, new, force):
-                        raise BackupError(f"Dropping the half-restored copy {new} failed: drop it with DROP DATABASE")
+                    why = self.drop(job, svc, user, maint, new, force)
+                    if why:
+                        raise BackupError(f"Dropping the half-restored copy {new} failed ({why}): drop it with DROP "
+                                          f"DATABASE")
             how = next((ln.split(": ", 1)[1] for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-note: ")),
                        "")
             if r.failed:
@@ -210,10 +212,9 @@ class Postgres(Engine):
         except BaseException as e:
             if not swapped:
                 with undoing(isinstance(e, KeyboardInterrupt)):
-                    if self.drop(job, svc, user, maint, new, force):
-                        undone(f"the half-restored copy {new} dropped; {db} was not touched")
-                    else:
-                        undone(f"dropping the half-restored copy {new} FAILED: drop it with DROP DATABASE")
+                    why = self.drop(job, svc, user, maint, new, force)
+                    undone(f"dropping the half-restored copy {new} FAILED ({why}): drop it with DROP DATABASE; {db} "
+                           f"was not touched" if why else f"the half-restored copy {new} dropped; {db} was not touched")
             raise
         note = ""
         if marks.get("memstack-ops-dropped") != "t":
@@ -227,12 +228,13 @@ class Postgres(Engine):
                 "drop_s": marks.get("memstack-ops-drop-seconds", "?")}
 
     @staticmethod
-    def drop(job: Job, svc: Svc, user: str, maint: str, name: str, force: str) -> bool:
-        """DROP DATABASE IF EXISTS (``force``: WITH (FORCE), where the server has it); whether it is gone."""
+    def drop(job: Job, svc: Svc, user: str, maint: str, name: str, force: str) -> str:
+        """DROP DATABASE IF EXISTS (``force``: WITH (FORCE), where the server has it); "" once it is
+        gone, else why not."""
         sql = f"DROP DATABASE IF EXISTS {kind.ident(name)} {force}".rstrip()
         r = job.shell.run(job.exec_argv(svc, AS + 'psql -X -q -v ON_ERROR_STOP=1 -c "$3"', user, maint, sql),
                           timeout=600)
-        return bool(r.ok)
+        return "" if r.ok else job.scrub((r.stderr or r.stdout).strip())[-300:] or f"exit {r.return_code}"
 
 
 def side_name(db: str, what: str, rid: str) -> str:
