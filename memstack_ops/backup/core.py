@@ -589,9 +589,13 @@ def restore(t: Target, kind: str, set_id: str | None = None, service: str | None
                 job.wait_healthy([target])  # after any restore
     except KeyboardInterrupt:
         if interrupt.hit() == restoring:  # the load itself was cut: say what the data may be now
-            interrupt.undone(f"{target} may hold part of {s.id}: " + (
-                f"`restore.{kind} --backup {safety_ids[0]} --yes` brings back what it held before" if safety_ids
-                else "no safety backup was taken"))
+            if eng.restore_beside:
+                interrupt.undone(f"{target} holds what it held before, unless the swap with the restored copy had "
+                                 f"already happened (then it holds {s.id})")
+            else:
+                interrupt.undone(f"{target} may hold part of {s.id}: " + (
+                    f"`restore.{kind} --backup {safety_ids[0]} --yes` brings back what it held before" if safety_ids
+                    else "no safety backup was taken"))
         raise
     finally:
         interrupt.enter(outer)

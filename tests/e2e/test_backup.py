@@ -217,6 +217,7 @@ def test_mariadb_round_trip(project, docker_client):
     assert mysql("SELECT GROUP_CONCAT(name ORDER BY id) FROM items") == "ünïcødé,记忆,plain"
     assert mysql("SHOW TABLES LIKE 'later'") == ""  # the dump drops and recreates the database
     assert mysql("SHOW TRIGGERS").startswith("items_ai")
+    assert mysql("SHOW DATABASES LIKE 'app%'") == "app"  # the copy it was checked in is gone
 
 
 def test_redis_round_trip_with_appendonly_survives_a_restart(project, docker_client):
@@ -604,7 +605,7 @@ def forge(set_dir, name, edit):
     shutil.copytree(set_dir, dest)
     m = manifest(dest)
     f = next(x for x in m["files"] if x["name"] == name)
-    algo = f["compression"].split()[0]
+    algo = "none" if "built-in" in f["compression"] else f["compression"].split()[0]
     raw = (dest / name).read_bytes()
     if algo != "none":
         raw = subprocess.run([algo, "-dc"], input=raw, capture_output=True, check=True).stdout
@@ -671,6 +672,156 @@ def test_a_roles_file_with_a_psql_meta_command_is_refused_before_anything_is_app
     # the real roles file (with PostgreSQL's own \\restrict pair) is applied, then the dump
     ok(project.run("restore.postgres", "--yes", "--roles", "--no-safety-backup", "--backup", s.name))
     assert psql(project, "SELECT count(*) FROM t") == "5"
+
+
+# --------------------------------------------------------------------------- exact restores (issue 16, item 2)
+
+def databases(project):
+    return psql(project, "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database "
+                         "WHERE datname LIKE 'memstack%'").split(",")
+
+
+def test_a_postgres_restore_is_exact_keeps_database_settings_and_swaps_under_a_connected_client(project,
+                                                                                                   docker_client):
+    """--clean --if-exists dropped only what the dump holds: a table made after the backup survived."""
+    up(project, "postgres")
+    psql(project, "CREATE TABLE notes (id int PRIMARY KEY, body text); CREATE INDEX notes_body ON notes (body); "
+                  "INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 300) g; "
+                  "CREATE SCHEMA extra; CREATE TABLE extra.t (x int); INSERT INTO extra.t VALUES (1), (2); "
+                  "CREATE ROLE reader; GRANT CONNECT ON DATABASE memstack TO reader; "
+                  "ALTER DATABASE memstack SET work_mem = '7MB'; "
+                  "ALTER DATABASE memstack SET search_path = extra, public; "
+                  "COMMENT ON DATABASE memstack IS 'the app''s data'")
+    ok(project.run("backup.postgres"))
+    [s] = sets(project)
+    psql(project, "CREATE TABLE later (x int); INSERT INTO later VALUES (1); CREATE SCHEMA newer; "
+                  "CREATE TABLE newer.y (x int); DELETE FROM notes WHERE id > 100; DROP TABLE extra.t")
+    # a client holding the live database open: the swap ends its session
+    holder = subprocess.Popen(["docker", "exec", f"{project.name}-postgres-1", "psql", "-X", "-q", "-U", "memstack",
+                               "-d", "memstack", "-c", "SELECT pg_sleep(120)"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: psql(project, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                                       "'SELECT pg_sleep%'") == "1", 60, "the holding session")
+        r = ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", s.name))
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert "swapped" in r.stdout
+    assert psql(project, "SELECT to_regclass('public.later') IS NULL, to_regnamespace('newer') IS NULL") == "t|t"
+    assert psql(project, "SELECT count(*), max(id) FROM notes") == "300|300"
+    assert psql(project, "SELECT count(*) FROM extra.t") == "2"
+    assert psql(project, "SELECT indexdef FROM pg_indexes WHERE indexname = 'notes_body'").endswith("(body)")
+    # what the dump does not hold (it is made without --create) is the live database's, kept
+    assert psql(project, "SELECT current_setting('work_mem'), current_setting('search_path')") == "7MB|extra, public"
+    assert psql(project, "SELECT has_database_privilege('reader', 'memstack', 'CONNECT'), "
+                         "shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'memstack'") == \
+        "t|the app's data"
+    assert databases(project) == ["memstack"]  # no __restore / __old copies left
+    assert "rows over" in r.stdout  # the rows were dealt out over several sessions
+
+    # a table whose name holds a newline and a psql meta-command: pg_restore's COPY line for it spans
+    # two lines, which the row splitter does not pass to psql; the restore falls back to pg_restore -j
+    marker = f"/tmp/memstack-ops-pwned-{os.getpid()}"
+    odd = f'"odd\n\\! touch {marker}"'
+    psql(project, f"CREATE TABLE {odd} (x int); INSERT INTO {odd} VALUES (1), (2)")
+    ok(project.run("backup.postgres"))
+    s2 = sets(project)[-1]
+    psql(project, f"DELETE FROM {odd}")
+    r = ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", s2.name))
+    assert "not of a known shape" in r.stdout and "pg_restore -j" in r.stdout, r.stdout
+    assert psql(project, f"SELECT count(*) FROM {odd}") == "2" and databases(project) == ["memstack"]
+    assert project.exec("postgres", "sh", "-c", f"ls {marker} 2>/dev/null || echo none").strip() == "none"
+
+
+def test_a_postgres_restore_that_fails_midway_leaves_the_live_database_untouched(project, docker_client):
+    up(project, "postgres")
+    psql(project, "CREATE EXTENSION IF NOT EXISTS pgcrypto; CREATE TABLE t (id int, b bytea); "
+                  "INSERT INTO t SELECT g, gen_random_bytes(1000) FROM generate_series(1, 3000) g")
+    ok(project.run("backup.postgres"))
+    [s] = sets(project)
+    psql(project, "DELETE FROM t WHERE id > 10; CREATE TABLE later (x int)")
+
+    def corrupt(data):  # the middle of the table's compressed data: pg_restore fails part-way through
+        data = bytearray(data)
+        for i in range(len(data) // 2, len(data) // 2 + 64):
+            data[i] ^= 0x5A
+        return bytes(data)
+
+    wrong = forge(s, "postgres.pgdump", lambda b: b)  # for the second case below
+    bad = forge(wrong, "postgres.pgdump", corrupt)
+    r = project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", bad.name)
+    assert r.returncode != 0 and "Restoring into the new database" in r.stderr and "not touched" in r.stderr, \
+        r.stderr
+    assert psql(project, "SELECT count(*) FROM t") == "10" and psql(project, "SELECT to_regclass('later')") == "later"
+    assert databases(project) == ["memstack"]
+
+    # a dump that loads but does not hold what the backup counted: refused by the probes before the swap
+    m = manifest(wrong)
+    m["entries"][0]["counts"]["public.t"] = 2999
+    (wrong / "manifest.json").write_text(json.dumps(m, indent=2))
+    r = project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", wrong.name)
+    assert r.returncode != 0 and "does not match the backup" in r.stderr and "public.t" in r.stderr, r.stderr
+    assert psql(project, "SELECT count(*) FROM t") == "10" and databases(project) == ["memstack"]
+    assert psql(project, "SELECT datallowconn FROM pg_database WHERE datname = 'memstack'") == "t"
+
+    ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", s.name))
+    assert psql(project, "SELECT count(*), to_regclass('later') IS NULL FROM t") == "3000|t"
+    assert databases(project) == ["memstack"]
+
+
+def mariadb(project, q):
+    return project.exec("mysql", "sh", "-c", 'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb -uroot -N -B app -e "$1"',
+                        "sh", q).strip()
+
+
+def test_a_mariadb_restore_is_exact_and_a_failing_one_leaves_the_live_database_untouched(project, docker_client):
+    project.overlay("mysql", MYSQL_OVERLAY)
+    project.overlays = ("local", "mysql")
+    ov = {"MEMSTACK_OVERLAYS": "local,mysql"}
+    ok(project.run("up", "--service", "mysql", "--skip-checks", **ov))
+    mariadb(project, "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(50)) CHARACTER SET utf8mb4; "
+                     "CREATE TABLE posts (id INT PRIMARY KEY, user_id INT, body TEXT, "
+                     "FOREIGN KEY (user_id) REFERENCES users (id)); "
+                     "INSERT INTO users VALUES (1, '记忆'), (2, 'b'); "
+                     "INSERT INTO posts VALUES (1, 1, 'x'), (2, 2, 'y')")
+    ok(project.run("backup.mysql", **ov))
+    [s] = sets(project)
+    mariadb(project, "DELETE FROM posts WHERE id = 2; CREATE TABLE later (x INT); INSERT INTO later VALUES (1)")
+
+    def schemas():
+        return mariadb(project, "SELECT GROUP_CONCAT(schema_name ORDER BY schema_name) FROM "
+                                "information_schema.schemata WHERE schema_name LIKE 'app%'")
+
+    # a dump that breaks in the middle (after the first table's rows): the live database is untouched
+    def break_midway(sql):
+        head, sep, tail = sql.partition(b"\nUNLOCK TABLES;\n")
+        assert sep
+        return head + sep + b"INSERT INTO nowhere VALUES (1);\n" + tail
+
+    bad = forge(s, "mysql.sql.zst", break_midway)
+    r = project.run("restore.mysql", "--yes", "--no-safety-backup", "--backup", bad.name, **ov)
+    assert r.returncode != 0 and "was not touched" in r.stderr and "nowhere" in r.stderr, r.stderr
+    assert mariadb(project, "SELECT COUNT(*) FROM posts") == "1" and mariadb(project, "SELECT x FROM later") == "1"
+    assert schemas() == "app"
+
+    # a dump whose tables are not those the backup counted: refused by the probes before the swap
+    m = manifest(bad)
+    m["entries"][0]["counts"]["ghost"] = 0
+    (bad / "manifest.json").write_text(json.dumps(m, indent=2))
+    fix = forge(bad, "mysql.sql.zst", lambda sql: sql.replace(b"INSERT INTO nowhere VALUES (1);\n", b""))
+    r = project.run("restore.mysql", "--yes", "--no-safety-backup", "--backup", fix.name, **ov)
+    assert r.returncode != 0 and "ghost" in r.stderr and "was not touched" in r.stderr, r.stderr
+    assert mariadb(project, "SELECT COUNT(*) FROM posts") == "1" and schemas() == "app"
+
+    r = ok(project.run("restore.mysql", "--yes", "--no-safety-backup", "--backup", s.name, **ov))
+    assert "RENAME TABLE" in r.stdout
+    assert mariadb(project, "SHOW TABLES") == "posts\nusers"  # the table made after the backup is gone
+    assert mariadb(project, "SELECT GROUP_CONCAT(body ORDER BY id) FROM posts") == "x,y"
+    assert mariadb(project, "SELECT name FROM users WHERE id = 1") == "记忆"
+    assert mariadb(project, "SELECT COUNT(*) FROM information_schema.referential_constraints WHERE "
+                            "constraint_schema = 'app' AND referenced_table_name = 'users'") == "1"
+    assert schemas() == "app"
 
 
 # --------------------------------------------------------------------------- on a remote host (-H)

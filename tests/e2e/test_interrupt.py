@@ -229,11 +229,15 @@ def test_ctrl_c_during_a_postgres_dump_stops_pg_dump_in_the_container(project, d
 
 # --------------------------------------------------------------------------- restore
 
-def test_ctrl_c_during_a_postgres_restore_stops_pg_restore_and_names_the_safety_backup(project, docker_client):
+def test_ctrl_c_during_a_postgres_restore_stops_pg_restore_drops_the_copy_and_leaves_the_live_database(
+        project, docker_client):
+    """The restore goes into a copy beside the live database (issue 16): cut short, the copy is
+    dropped and the live database holds what it held."""
     compose_up(project, "postgres")
     fill_postgres(project)
     r = project.run("backup.postgres", "--compress", "none")
     assert r.returncode == 0, r.stderr
+    psql(project, "DELETE FROM blobs WHERE ctid IN (SELECT ctid FROM blobs LIMIT 10); CREATE TABLE later (x int)")
     proc = start(project, "restore.postgres", "--yes")
     lines = read_until(proc, "safety backup: ")
     safety = lines[-1].split("safety backup: ", 1)[1].strip()
@@ -241,11 +245,15 @@ def test_ctrl_c_during_a_postgres_restore_stops_pg_restore_and_names_the_safety_
     out, err = ctrl_c(proc)
     assert proc.returncode == 130, "".join(lines) + out + err
     line = one_line(err)
-    assert line.startswith("Interrupted during the restore of postgres from "), line
-    assert f"`restore.postgres --backup {safety} --yes` brings back what it held before" in line
+    assert line.startswith("Interrupted during the restore into memstack__restore_"), line
+    assert "dropped; memstack was not touched" in line, line
     assert not any("pg_restore" in p for p in processes(docker_client, project, "postgres"))
     assert state(docker_client, project, "postgres") == "running"
     assert not leftovers(project)
+    assert psql(project, "SELECT count(*) FROM blobs") == "149990"
+    assert psql(project, "SELECT to_regclass('later')") == "later"
+    assert psql(project, "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'memstack%'") == \
+        "memstack"
     r = project.run("backup.verify", "--backup", safety)  # the safety set is complete and sound
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -360,7 +360,9 @@ def test_postgres_backups_give_the_database_in_pgdatabase_never_as_a_connection_
     """psql/pg_dump/pg_restore read a -d value holding "=" as a connection string (host=...)."""
     name = "app db=x host=evil"
     env = {"POSTGRES_USER": "app", "POSTGRES_DB": name, "POSTGRES_PASSWORD": "pw"}
-    job, log = local_job(tmp_path, env, psql="15.4 (Debian)|150004|1234\n", pg_restore="")
+    # psql answers the plan (its last line) and the swap (its memstack-ops- lines)
+    job, log = local_job(tmp_path, env, pg_restore="",
+                         psql="memstack-ops-swapped t\nmemstack-ops-dropped t\n15.4 (Debian)|150004|1234\n")
     svc = Svc("pg", "postgres", {"environment": env}, container="p-pg-1", state="running")
     plan = Postgres().plan(job, svc)
     assert plan.info == {"user": "app", "database": name, "version": "15.4", "version_num": 150004}
@@ -368,10 +370,18 @@ def test_postgres_backups_give_the_database_in_pgdatabase_never_as_a_connection_
     entry = {"files": [{"role": "dump", "name": "pg.pgdump"}], "db_version_num": 150004}
     Postgres().restore(job, entry, str(tmp_path), svc, None, plan=plan)
     calls = log.read_text().split("\n")
-    assert f"psql PGUSER=app PGDATABASE={name}" in calls and f"pg_restore PGUSER=app PGDATABASE={name}" in calls
+    # pg_restore goes into a new database beside the live one (its name plus __restore_<id>)
+    restores = [c for c in calls if c.startswith("pg_restore ")]  # sections, lists, one database
+    into = restores[0]
+    assert f"psql PGUSER=app PGDATABASE={name}" in calls and into.startswith(f"pg_restore PGUSER=app "
+                                                                               f"PGDATABASE={name}__restore_")
+    assert set(restores) == {into}
     assert not any(c.startswith(("arg=-U", "arg=-d")) and c not in ("arg=-d", "arg=-U") for c in calls)
-    assert f"arg={name}" not in calls  # nowhere an argument
-    restore_args = calls[calls.index(f"pg_restore PGUSER=app PGDATABASE={name}") + 1:]
+    # the name is never an argument but as a psql variable (-v live=NAME) or quoted in SQL
+    assert not [c for c in calls if c.startswith("arg=") and name in c
+                and not c.startswith(("arg=live=", "arg=new=", "arg=old=", 'arg=DROP DATABASE IF EXISTS "'))]
+    assert "arg=force=WITH (FORCE)" in calls  # PostgreSQL 13+ ends the old database's sessions as it drops it
+    restore_args = calls[calls.index(into) + 1:]
     assert restore_args[restore_args.index("arg=-d") + 1] == "arg="  # connect, to PGDATABASE
 
 
@@ -445,3 +455,14 @@ def test_one_off_containers_blank_the_compose_labels_their_image_may_carry():
     assert labels == ["memstack-ops.project=p", "memstack-ops.role=backup", "com.docker.compose.project=",
                       "com.docker.compose.service="]
     assert argv[-2:] == ["p-db:latest", "true"]
+
+
+def test_the_restore_script_keeps_the_ctrl_c_marker_to_itself():
+    """In the PostgreSQL container PID 1 is the postmaster: an orphan of ours that ends by a signal
+    restarts the server. Only the script's shell carries the marker the tool signals on Ctrl-C; it
+    stops and waits for its children itself."""
+    from memstack_ops.interrupt import MARK
+
+    text = script("pg_restore_new.sh")
+    assert f"unset {MARK}\n" in text and "trap stop INT TERM HUP" in text
+

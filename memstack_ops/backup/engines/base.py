@@ -440,6 +440,9 @@ class Engine(abc.ABC):
     downtime: ClassVar[bool] = False
     restore_stops: ClassVar[bool] = False  # restore stops the service and starts it again (waiting for health) itself
     restore_plans: ClassVar[bool] = False  # restore uses the live plan: core makes it while the checksums run
+    # restore loads into a copy beside the live data and swaps it in only once checked: until the
+    # swap, a failure or Ctrl-C leaves the live data as it was
+    restore_beside: ClassVar[bool] = False
     # the packaged scripts this engine runs, each with the prelude that goes before it ("" for none)
     scripts: ClassVar[dict[str, str]] = {}
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shlex
 import time
+import uuid
 from typing import Any
 
+from ...compose import Script
 from ...kinds import postgres as kind
 from ...kinds.postgres import AUTH as PG_AUTH
 from ..shell import BackupError, StreamFailed
@@ -35,12 +37,15 @@ PG_RESTORE = 'pg_restore --single-transaction --exit-on-error -d "" '
 RESTORE = AS + "exec " + PG_RESTORE
 # zstd -1: on incompressible columns as small as zlib -6 and about 10x faster (BENCHMARKS.md)
 PG_ZSTD = IN_CONTAINER["zstd"]
+# psql in the database $2 with the variables live ($3), new ($4), old ($5) and force ($6), SQL on stdin
+PSQL_VARS = 'exec psql -X -q -At -v live="$3" -v new="$4" -v old="$5" -v force="$6" -f -'
 
 
 class Postgres(Engine):
     kind = "postgres"
     restore_plans = True
-    scripts = {"pg_dump.sh": AS, "pg_globals.sh": AS}
+    restore_beside = True
+    scripts = {"pg_dump.sh": AS, "pg_globals.sh": AS, "pg_restore_new.sh": AS}
 
     @staticmethod
     def who(svc: Svc) -> tuple[str, str]:
@@ -154,7 +159,7 @@ class Postgres(Engine):
                 raise BackupError(f"Scratch restore of {dump['name']} failed: {job.scrub(r.stderr.strip())[-800:]}")
             out = job.query(scratch, AS + 'psql -X -At -c "$3"', user, db, script("pg_count.sql"),
                             what="Counting rows in the scratch restore")
-            got = {ln.split("|")[1]: int(ln.split("|")[2]) for ln in out.splitlines() if ln.startswith("count|")}
+            got = parse_counts(out)
         expected = entry.get("counts") or {}
         detail = f"scratch restore in {entry.get('image')}: {len(got)} table(s), {sum(got.values())} row(s)"
         if not expected:
@@ -187,15 +192,115 @@ class Postgres(Engine):
                     job.say(f"  roles: some statements failed (existing roles are kept): "
                             f"{job.scrub(r.stderr.strip())[-300:]}")
         dump = next(f for f in entry["files"] if f["role"] == "dump")
+        # the dump's stream compression is undone in the container when it has the tool, else here
         inside, unpack = dump_reader(job, svc, dump)
-        r = job.shell.feed(f"{set_dir}/{dump['name']}", job.exec_argv(
-            svc, reading(inside, "--clean --if-exists"), user, db, stdin=True), unpack)
-        if r.failed:
-            raise BackupError(f"pg_restore into {svc.name} failed and its single transaction was rolled back, so the "
-                              f"database is as it was before:\n{job.scrub(r.stderr.strip())[-1500:]}")
-        counts = entry.get("counts") or {}
-        return {"database": db, "tables": len(counts) if counts else "?",
-                "rows": sum(counts.values()) if counts else "?"}
+        return self.restore_exact(job, entry, f"{set_dir}/{dump['name']}", svc, plan, unpack, unpack_inside=inside)
+
+    def restore_exact(self, job: Job, entry: dict[str, Any], path: str, svc: Svc, plan: Plan,
+                      decompress: list[str] | None, jobs: int | None = None,
+                      unpack_inside: str = "") -> dict[str, Any]:
+        """The exact restore: ``pg_restore -j`` into a new database beside the live one, its row
+        counts checked against the backup's, then the two swapped by name in one transaction
+        (``pg_swap.sql``) and the old one dropped. Until the swap the live database is untouched,
+        and on any failure (or Ctrl-C) before it the half-restored copy is dropped."""
+        from ...interrupt import phase, undoing, undone
+
+        user, db = plan.info["user"], plan.info["database"]
+        rid = uuid.uuid4().hex[:8]
+        new, old = side_name(db, "restore", rid), side_name(db, "old", rid)
+        maint = "template1" if db == "postgres" else "postgres"
+        force = "WITH (FORCE)" if plan.info["version_num"] >= 130000 else ""
+        swapped = False
+        t0 = time.monotonic()
+        try:
+            with phase(f"the restore into {new}"):
+                for mode in ("split", "direct"):
+                    r = job.shell.feed(path, job.exec_argv(
+                        svc, self.with_prelude("pg_restore_new.sh"), user, maint, db, new, str(jobs or ""),
+                        script("pg_create_like.sql"), script("pg_count.sql"), mode, unpack_inside, stdin=True),
+                        decompress)
+                    fallback = [ln for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-fallback: ")]
+                    if not (r.failed and fallback):
+                        break
+                    job.say(f"  {fallback[0].split(': ', 1)[1]}: restoring with a plain pg_restore -j instead")
+                    why = self.drop(job, svc, user, maint, new, force)
+                    if why:
+                        raise BackupError(f"Dropping the half-restored copy {new} failed ({why}): drop it with DROP "
+                                          f"DATABASE")
+            how = next((ln.split(": ", 1)[1] for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-note: ")),
+                       "")
+            if r.failed:
+                raise BackupError(f"Restoring into the new database {new} failed; {db} was not touched and {new} "
+                                  f"is dropped:\n{job.scrub(r.stderr.strip())[-1500:]}")
+            got = parse_counts(r.stdout)
+            expected = entry.get("counts") or {}
+            problems = compare_counts(expected, got, "table") if expected else []
+            if problems:
+                raise BackupError(f"The restored copy {new} does not match the backup ({'; '.join(problems[:5])}"
+                                  f"{f'; {len(problems) - 5} more' if len(problems) > 5 else ''}): {db} was not "
+                                  f"touched and {new} is dropped.".replace("scratch restore", "the restored copy"))
+            t1 = time.monotonic()
+            with phase(f"swapping {new} and {db}"):
+                sw = job.shell.run(job.exec_argv(svc, AS + PSQL_VARS, user, maint, db, new, old, force, stdin=True),
+                                   in_stream=Script(script("pg_swap.sql")), timeout=600)
+            marks = dict(ln.split(" ", 1) for ln in sw.stdout.splitlines() if ln.startswith("memstack-ops-"))
+            swapped = marks.get("memstack-ops-swapped") == "t"
+            if not swapped:
+                raise BackupError(f"Swapping the restored copy {new} in place of {db} failed, so nothing was "
+                                  f"renamed and {db} is as it was; {new} is dropped: "
+                                  f"{job.scrub(sw.stderr.strip())[-800:]}")
+        except BaseException as e:
+            if not swapped:
+                with undoing(isinstance(e, KeyboardInterrupt)):
+                    why = self.drop(job, svc, user, maint, new, force)
+                    undone(f"dropping the half-restored copy {new} FAILED ({why}): drop it with DROP DATABASE; {db} "
+                           f"was not touched" if why else f"the half-restored copy {new} dropped; {db} was not touched")
+            raise
+        note = ""
+        if marks.get("memstack-ops-dropped") != "t":
+            note = f"the previous database, now named {old}, could not be dropped: drop it with DROP DATABASE"
+            job.say(f"  WARNING: {note}: {job.scrub(sw.stderr.strip())[-300:]}")
+        counts = entry.get("counts") or got
+        return {"database": db, "tables": len(counts), "rows": sum(counts.values()),
+                "method": f"restored into {new} ({how}), row counts checked, swapped in one transaction"
+                          + (f"; {note}" if note else ""),
+                "load_s": round(t1 - t0, 1), "swap_and_drop_s": round(time.monotonic() - t1, 1),
+                "drop_s": marks.get("memstack-ops-drop-seconds", "?")}
+
+    @staticmethod
+    def drop(job: Job, svc: Svc, user: str, maint: str, name: str, force: str) -> str:
+        """DROP DATABASE IF EXISTS (``force``: WITH (FORCE), where the server has it); "" once it is
+        gone, else why not."""
+        sql = f"DROP DATABASE IF EXISTS {kind.ident(name)} {force}".rstrip()
+        r = job.shell.run(job.exec_argv(svc, AS + 'psql -X -q -v ON_ERROR_STOP=1 -c "$3"', user, maint, sql),
+                          timeout=600)
+        return "" if r.ok else job.scrub((r.stderr or r.stdout).strip())[-300:] or f"exit {r.return_code}"
+
+
+def side_name(db: str, what: str, rid: str) -> str:
+    """``<db>__<what>_<rid>`` within PostgreSQL's 63 bytes (the database's name shortened if need be)."""
+    suffix = f"__{what}_{rid}"
+    head = db.encode()[:63 - len(suffix)].decode(errors="ignore")
+    return head + suffix
+
+
+def dump_decompress(f: dict[str, Any]) -> list[str] | None:
+    """The host command that turns a dump file into what pg_restore reads: none for pg_dump's own
+    compression (inside the custom format), the compressor's for a dump compressed as a stream."""
+    comp = str(f.get("compression", "none"))
+    if comp == "none" or "built-in" in comp:
+        return None
+    return DECOMPRESS.get(comp.split()[0])
+
+
+def parse_counts(out: str, mark: str = "count|") -> dict[str, int]:
+    """The ``count|table|n`` lines of pg_count.sql (a table's name may hold ``|``)."""
+    counts = {}
+    for ln in out.splitlines():
+        if ln.startswith(mark):
+            table, _, n = ln[len(mark):].rpartition("|")
+            counts[table] = int(n)
+    return counts
 
 
 def dump_reader(job: Job, svc: Svc | None, dump: dict[str, Any]) -> tuple[str, list[str] | None]:

@@ -1,0 +1,120 @@
+# The exact restore's first step, after the engine's prelude (which sets PGUSER to $1 and
+# PGDATABASE to $2, a maintenance database): create the database $4 like the live one $3
+# (pg_create_like.sql, $6), restore the dump (on stdin) into it, and count its rows
+# (pg_count.sql, $7: "count|table|n" lines on stdout). The live database is only read.
+#
+# In parallel, over $5 sessions ("" for the container's CPU count, at least 2):
+# - the dump goes to a temporary file first (while the database is created): pg_restore reads
+#   sections and entries of a file by seeking, which a pipe cannot do;
+# - pre-data (tables, types, functions) with one pg_restore;
+# - the rows of every table split over the sessions: pg_restore writes the table data as COPY
+#   text (one row per line), an awk deals the rows out in turn to one psql per session, each in
+#   its own COPY of the same table. pg_restore -j alone loads each table in one session, which
+#   leaves the cores idle on the big table that takes most of the time. Only pg_restore's own
+#   lines of known shape reach those psql: its SET lines, each table's COPY line (no backslash in
+#   either, so no psql meta-command), its \restrict pair, and the rows inside COPY (which psql
+#   never reads as commands); any other line stops the load (exit 3), and the engine falls back
+#   to a plain pg_restore -j. The rest of the data (sequence values, large objects) goes by
+#   pg_restore straight to the server;
+# - post-data (indexes, constraints, triggers) with pg_restore -j, one index per session.
+# The sessions commit without waiting for the WAL flush (synchronous_commit=off): the copy is used
+# only after the swap, whose own commit flushes all WAL written before it, so nothing a crash could
+# lose ever becomes live. $8 "direct": pg_restore -j for everything (the fallback).
+# In the database's own container PID 1 is the postmaster, which takes every orphaned process as
+# its own child and, when one ends other than with exit 0 or 1 (a signal, psql's exit 2 or 3),
+# treats it as a crashed backend and restarts the whole server. So no process here may outlive
+# its parent: every command is a direct child of this shell, which waits for it; the Ctrl-C
+# marker (MEMSTACK_OPS_RUN, which the tool's interrupt handling finds processes by) is taken out
+# of the children's environment, so that only this shell gets the tool's signals, and on one it
+# stops its children (SIGTERM) and waits for them before it exits. pg_restore -j's own workers,
+# which outlive their leader on SIGTERM, end with exit 1, which the postmaster ignores.
+unset MEMSTACK_OPS_RUN
+live=$3; new=$4; n=$5; create=$6; count=$7; mode=${8:-}
+# $9: the decompressor of the dump's stream compression when the container has it ("zstd -dc"),
+# so the compressed stream is what crosses docker exec; "" when the dump arrives as pg_dump wrote it
+unpack=${9:-}
+kids=
+stop() {
+  trap '' INT TERM HUP
+  # shellcheck disable=SC2086  # a list of pids
+  [ -z "$kids" ] || kill -s TERM $kids 2>/dev/null
+  wait
+  exit 130
+}
+trap stop INT TERM HUP
+# a child this shell can stop and wait for (an asynchronous command reads /dev/null unless its own
+# redirection says otherwise: the two that read stdin are started by hand)
+run() { "$@" & kid=$!; kids="$kids $kid"; wait "$kid"; }
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+exec 3<&0  # the dump
+printf '%s\n' "$create" > "$tmp/create.sql" || exit 1
+psql -X -q -At -v ON_ERROR_STOP=1 -v live="$live" -v new="$new" -f "$tmp/create.sql" > "$tmp/create" 2>&1 &
+pid=$!; kids="$kids $pid"
+if [ -n "$unpack" ]; then
+  # shellcheck disable=SC2086  # a command and its flags
+  $unpack <&3 > "$tmp/dump" &
+else
+  cat <&3 > "$tmp/dump" &
+fi
+kid=$!; kids="$kids $kid"
+if ! wait "$kid"; then
+  wait "$pid"
+  echo "memstack-ops-note: could not write the dump to $tmp in the container (disk full?)" >&2
+  exit 1
+fi
+exec 3<&-
+if ! wait "$pid"; then
+  echo "memstack-ops-note: creating the database $new failed: $(head -c 600 "$tmp/create")" >&2
+  exit 1
+fi
+[ -n "$n" ] || n=$(nproc 2>/dev/null) || n=2
+[ "$n" -ge 2 ] 2>/dev/null || n=2
+PGDATABASE=$new; PGOPTIONS="${PGOPTIONS:-} -c synchronous_commit=off"; export PGDATABASE PGOPTIONS
+d=$tmp/dump
+if [ "$mode" = direct ] || ! command -v awk >/dev/null; then
+  run pg_restore --exit-on-error -j "$n" -d "" "$d" || exit $?
+  echo "memstack-ops-note: pg_restore -j $n" >&2
+  run psql -X -At -c "$count"; exit $?
+fi
+run pg_restore --exit-on-error --section=pre-data -d "" "$d" || exit $?
+run pg_restore -l "$d" > "$tmp/toc" || exit 1
+grep -E '^[0-9]+; [0-9]+ [0-9]+ TABLE DATA ' "$tmp/toc" > "$tmp/rows.list"
+grep -v -E '^[0-9]+; [0-9]+ [0-9]+ TABLE DATA ' "$tmp/toc" > "$tmp/other.list"
+mkdir "$tmp/p" || exit 1
+i=0; sessions=
+while [ "$i" -lt "$n" ]; do
+  mkfifo "$tmp/p/$i" || exit 1
+  # the shell opens the fifo before psql runs: a psql that fails to connect still leaves a reader,
+  # so the awk never blocks opening its end (it gets SIGPIPE and stops instead)
+  psql -X -q -v ON_ERROR_STOP=1 -f - < "$tmp/p/$i" > /dev/null 2> "$tmp/p/$i.err" &
+  sessions="$sessions $!"; i=$((i+1))
+done
+kids="$kids $sessions"
+N=$n P=$tmp/p; export N P
+# both commands of a pipeline are children of this shell; pg_restore's errors go to a file (its
+# exit status is not at hand here), and rows lost to one would also show in the row counts
+pg_restore --section=data -L "$tmp/rows.list" -f - "$d" 2> "$tmp/rows.err" | awk '
+  function all(s,   i) { for (i = 0; i < N; i++) print s > (P "/" i) }
+  BEGIN { N = ENVIRON["N"] + 0; P = ENVIRON["P"]; for (i = 0; i < N; i++) printf "" > (P "/" i) }
+  incopy { if ($0 == "\\.") { all($0); incopy = 0 } else { print > (P "/" k); k = (k + 1) % N }; next }
+  /^--/ || /^$/ { next }
+  /^\\(un)?restrict [A-Za-z0-9]+$/ { all($0); next }
+  /^SET [a-z_]+ = [^\\;]*;$/ || $0 == "SELECT pg_catalog.set_config('"'"'search_path'"'"', '"'"''"'"', false);" { all($0); next }
+  /^COPY [^\\]* FROM stdin;$/ { all($0); incopy = 1; k = 0; next }
+  { print "memstack-ops-fallback: line " NR " of the data is not of a known shape" > "/dev/stderr"; exit 3 }' &
+kid=$!; kids="$kids $kid"
+wait "$kid"; rc=$?
+failed=0
+for p in $sessions; do wait "$p" || failed=1; done
+wait  # pg_restore too: a child left to the postmaster must not end by a signal
+[ "$rc" = 3 ] && exit 3
+if [ "$rc" != 0 ] || [ -s "$tmp/rows.err" ] || [ "$failed" = 1 ]; then
+  cat "$tmp/rows.err" "$tmp"/p/*.err >&2
+  echo "memstack-ops-note: loading the rows failed (exit $rc)" >&2
+  exit 1
+fi
+run pg_restore --exit-on-error --section=data -L "$tmp/other.list" -d "" "$d" || exit $?
+run pg_restore --exit-on-error --section=post-data -j "$n" -d "" "$d" || exit $?
+echo "memstack-ops-note: rows over $n sessions, post-data with pg_restore -j $n" >&2
+run psql -X -At -c "$count"
