@@ -101,9 +101,9 @@ def copy_target(t: Target, project: str, model: dict[str, Any]) -> Target:
     return t2
 
 
-def teardown(t2: Target, shell: Shell) -> list[str]:
+def teardown(t2: Target, shell: Shell, overlay: bool = True) -> list[str]:
     """``down -v`` of the copy, then any volume of its project left over (one a restore made by
-    name); the overlay file removed. Returns what could not be removed."""
+    name); the overlay file removed (``overlay``). Returns what could not be removed."""
     from ..compose import run
 
     left: list[str] = []
@@ -116,6 +116,8 @@ def teardown(t2: Target, shell: Shell) -> list[str]:
         if name.startswith(prefix) and shell.run(["docker", "volume", "rm", "-f", name], timeout=120).failed:
             left.append(f"volume {name}")
     rel = t2.stack.compose_files[-1]
+    if not overlay:
+        return left
     run(t2.c, ["rm", "-f", "--", rel], cwd=t2.release_dir if t2.remote else t2.stack.root)
     if t2.remote:
         (t2.stack.root / rel).unlink(missing_ok=True)
@@ -250,7 +252,7 @@ def drill(t: Target, set_id: str | None = None, shell: Shell | None = None,
     result = DrillResult(s.id, project, False, 0.0, skipped=skipped)
     outer = interrupt.enter(f"the drill of {s.id}")
     try:
-        teardown(t2, shell)  # a copy an earlier drill of this set left behind (killed)
+        teardown(t2, shell, overlay=False)  # a copy an earlier drill of this set left behind (killed)
         services = [str(e["service"]) for e in dbs]
         if services:
             say(f"  starting {', '.join(services)} (empty) in {project}")
