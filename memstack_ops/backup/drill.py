@@ -91,11 +91,11 @@ def drill_overlay(model: dict[str, Any], project: str) -> str:
 def copy_target(t: Target, project: str, model: dict[str, Any]) -> Target:
     """A Target for the same compose files, settings and env under another project name, with the
     drill overlay as its last compose file."""
-    from ..compose import Compose
     from ..overrides import OVERRIDES_DIR, add_overlay
 
     stack = dataclasses.replace(t.stack, project=project)
-    compose = Compose(stack, secrets=dict(t.compose.secrets), found=set(t.compose.found), profiles=t.compose.profiles)
+    # the same kind of Compose (on a host: the one that runs in the release folder there), another project
+    compose = dataclasses.replace(t.compose, stack=stack, secrets=dict(t.compose.secrets), found=set(t.compose.found))
     t2 = Target(t.c, t.settings, stack, compose, dict(t.env), t.release_dir)
     add_overlay(t2, f"{OVERRIDES_DIR}/{project}.drill.yml", drill_overlay(model, project), "restore drill")
     return t2
@@ -238,6 +238,9 @@ def drill(t: Target, set_id: str | None = None, shell: Shell | None = None,
     vols = [str(e["volume"]) for e in s.entries if e.get("kind") == "volumes"]
     skipped = [f"{e.get('bind')} (bind-mounted folder: the copy would mount the live folder)"
                for e in s.entries if e.get("kind") == "binds"]
+    if not dbs and not vols:
+        raise BackupError(f"Backup {s.id} holds no database or volume, which is what a drill restores and compares"
+                          + (f" ({', '.join(skipped)})" if skipped else "") + ". Nothing was done.")
     model = t.compose.model(t.c)
     missing = [str(e["service"]) for e in dbs if e["service"] not in (model.get("services") or {})]
     if missing:
@@ -285,9 +288,10 @@ def drill(t: Target, set_id: str | None = None, shell: Shell | None = None,
         result.ok = not result.mismatches
     except BaseException as err:
         result.seconds = time.monotonic() - t0
-        why = str(err) if not isinstance(err, KeyboardInterrupt) else "interrupted (Ctrl-C)"
+        why = str(err).splitlines()[0] if str(err) else repr(err)
         try:
-            record(shell, t, s, False, result.seconds, [f"the drill failed: {why.splitlines()[0] if why else err!r}"])
+            if not isinstance(err, KeyboardInterrupt):  # an interrupted drill says nothing about the backup
+                record(shell, t, s, False, result.seconds, [f"the drill failed: {why}"])
         finally:
             with interrupt.undoing(isinstance(err, KeyboardInterrupt)):
                 left = teardown(t2, shell)

@@ -73,15 +73,26 @@ def test_drill_restores_a_copy_beside_the_live_stack_records_it_and_removes_it(p
     cfg = project.root / "memstack-ops.toml"
     cfg.write_text(cfg.read_text() + f'\n[metrics]\npath = "{prom}"\n')
     seed(project)
+    # a volume no database owns (grafana's, never started: made as compose would, filled by hand)
+    vol = f"{project.name}_grafana_data"
+    docker_client.volumes.create(vol, labels={"com.docker.compose.project": project.name,
+                                              "com.docker.compose.volume": "grafana_data"})
+    docker_client.containers.run("local/grafana-standin:11", ["-c", "mkdir -p /v/p && echo keep > /v/p/a.txt && "
+                                                              "printf 12345 > /v/b"],
+                                 entrypoint="sh", volumes={vol: {"bind": "/v"}}, user="0", remove=True)
     ok(project.run("backup.all", "--exclude", "neo4j"))
     [s] = sets(project)
     entries = {e["kind"]: e for e in manifest(s)["entries"]}
     assert entries["postgres"]["counts"] == {"public.notes": 300, "public.tags": 2}
     assert entries["redis"]["keyspace"] == {"db0": 2, "db3": 1}  # keys per database, recorded at backup time
+    assert entries["volumes"]["volume"] == "grafana_data"
+    assert entries["volumes"]["probe"] == {"files": 2, "bytes": 10}  # files and bytes, recorded at backup time
     before = live(docker_client, project)
 
     r = ok(project.run("backup.drill"))
     assert f"Drill of backup {s.name} OK" in r.stdout and "recovery time" in r.stdout
+    assert [ln.split()[-1] for ln in r.stdout.splitlines() if ln.startswith(("postgres ", "redis ", "grafana_data "))] \
+        == ["match"] * 3
     drilled = json.loads((s / "drill.json").read_text())
     assert drilled["ok"] is True and drilled["mismatches"] == [] and drilled["seconds"] > 0
     assert drilled["time"].endswith("Z")
