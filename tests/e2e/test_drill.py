@@ -145,7 +145,8 @@ def test_a_drill_whose_copy_differs_fails_listing_the_probes_and_still_removes_t
     assert not result.ok
     assert sorted(result.mismatches) == [
         "postgres: rows public.notes: backup had 300, the restored copy has 250",
-        "redis: keys db0: backup had 2, the restored copy has 1"]
+        "redis: keys db0: backup had 2, the restored copy has 1",
+        "redis: keys: backup had 3, the restored copy has 2"]
     drilled = json.loads((s / "drill.json").read_text())
     assert drilled["ok"] is False and sorted(drilled["mismatches"]) == sorted(result.mismatches)
     assert live(docker_client, project) == before

@@ -19,7 +19,7 @@ services:
     image: local/postgres:15
     container_name: livedb
     ports: ["127.0.0.1:5433:5432"]
-    volumes: [pgdata:/var/lib/postgresql/data, shared:/shared]
+    volumes: [pgdata:/var/lib/postgresql/data, shared:/shared, ./files:/files, ./conf:/etc/conf:ro]
     networks: [back]
   edge:
     image: local/nginx
@@ -56,7 +56,7 @@ def test_the_overlay_leaves_the_copy_no_port_name_volume_or_network_of_the_live_
         return json.loads(r.stdout)
 
     live = render("compose.yml", project="memstack")
-    (tmp_path / "drill.yml").write_text(drill_overlay(live, "memstack-drill-x"))
+    (tmp_path / "drill.yml").write_text(drill_overlay(live, "memstack-drill-x", str(tmp_path)))
     copy = render("compose.yml", "drill.yml", project="memstack-drill-x")
     for name, svc in copy["services"].items():
         assert not svc.get("ports"), name
@@ -64,7 +64,12 @@ def test_the_overlay_leaves_the_copy_no_port_name_volume_or_network_of_the_live_
         assert svc.get("network_mode") in (None, ""), name
     assert "memstack-ops.proxy" not in (copy["services"]["edge"].get("labels") or {})
     assert {k: (v.get("name"), bool(v.get("external"))) for k, v in copy["volumes"].items()} == {
-        "pgdata": ("memstack-drill-x_pgdata", False), "shared": ("memstack-drill-x_shared", False)}
+        "pgdata": ("memstack-drill-x_pgdata", False), "shared": ("memstack-drill-x_shared", False),
+        "drill_bind_files": ("memstack-drill-x_drill_bind_files", False)}
+    # a writable bind (data) becomes a volume of the copy; a read-only one (configuration) stays
+    mounts = {m["target"]: (m["type"], m["source"]) for m in copy["services"]["db"]["volumes"]}
+    assert mounts["/files"] == ("volume", "drill_bind_files")
+    assert mounts["/etc/conf"] == ("bind", str(tmp_path / "conf"))
     assert copy["networks"]["back"]["name"] == "memstack-drill-x_back" and not copy["networks"]["back"].get("external")
     assert copy["services"]["db"]["image"] == live["services"]["db"]["image"]  # the same images
 
@@ -73,7 +78,8 @@ def test_expected_probes_per_kind():
     assert expected({"kind": "postgres", "counts": {"public.t": 3}}) == {"rows public.t": 3}
     assert expected({"kind": "mysql", "counts": {"t": 0}}) == {"rows t": 0}
     assert expected({"kind": "redis", "counts": {"keys": 3}, "keyspace": {"db0": 2, "db3": 1}}) == {
-        "keys db0": 2, "keys db3": 1}
+        "keys": 3, "keys db0": 2, "keys db3": 1}
+    assert expected({"kind": "redis", "counts": {"keys": 0}, "keyspace": {}}) == {"keys": 0}  # empty, still a probe
     assert expected({"kind": "redis", "counts": {"keys": 3}}) == {"keys": 3}  # a set made before keyspace
     assert expected({"kind": "neo4j", "counts": {"nodes": 4, "relationships": 1},
                      "labels": {"label Person": 4, "type KNOWS": 1}}) == {
