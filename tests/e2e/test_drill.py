@@ -154,3 +154,33 @@ def test_a_drill_whose_copy_differs_fails_listing_the_probes_and_still_removes_t
     assert leftovers(docker_client, project) == []
     listed = ok(project.run("backup.list")).stdout
     assert "drilled FAILED" in listed
+
+
+def test_ctrl_c_during_a_drill_takes_the_copy_down_and_records_nothing(project, docker_client):
+    import signal
+    import subprocess
+    import sys
+
+    from memstack_ops.testing import wait_for
+
+    seed(project)
+    ok(project.run("backup.all", "--exclude", "neo4j"))
+    [s] = sets(project)
+    before = live(docker_client, project)
+    proc = subprocess.Popen([sys.executable, "-m", "memstack_ops", "backup.drill"], cwd=project.root,
+                            env=project.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        # the copy's containers exist: the drill is under way
+        wait_for(lambda: any("postgres" in x for x in leftovers(docker_client, project)), "the drill's copy",
+                 timeout=240, poll=0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "Interrupted" in err and "drill copy" in err, err
+    assert leftovers(docker_client, project) == []
+    assert not (s / "drill.json").exists()  # an interrupted drill says nothing about the backup
+    assert live(docker_client, project) == before
+    assert psql(project, "SELECT count(*) FROM notes") == "300"
