@@ -66,6 +66,7 @@ def seed(project) -> None:
     redis(project, "SET", "a", "1")
     redis(project, "SET", "b", "2")
     redis(project, "-n", "3", "SET", "c", "3")
+    redis(project, "SET", "session", "x", "EX", "3600")  # a key with a TTL: it may expire before a drill
 
 
 def test_drill_restores_a_copy_beside_the_live_stack_records_it_and_removes_it(project, docker_client, tmp_path):
@@ -84,7 +85,8 @@ def test_drill_restores_a_copy_beside_the_live_stack_records_it_and_removes_it(p
     [s] = sets(project)
     entries = {e["kind"]: e for e in manifest(s)["entries"]}
     assert entries["postgres"]["counts"] == {"public.notes": 300, "public.tags": 2}
-    assert entries["redis"]["keyspace"] == {"db0": 2, "db3": 1}  # keys per database, recorded at backup time
+    # keys per database and those with a TTL, recorded at backup time
+    assert (entries["redis"]["keyspace"], entries["redis"]["volatile"]) == ({"db0": 3, "db3": 1}, {"db0": 1, "db3": 0})
     assert entries["volumes"]["volume"] == "grafana_data"
     assert entries["volumes"]["probe"] == {"files": 2, "bytes": 10}  # files and bytes, recorded at backup time
     before = live(docker_client, project)
@@ -99,7 +101,7 @@ def test_drill_restores_a_copy_beside_the_live_stack_records_it_and_removes_it(p
     # the live stack: same containers (not recreated, not restarted), same data
     assert live(docker_client, project) == before
     assert psql(project, "SELECT count(*) FROM notes") == "300"
-    assert redis(project, "DBSIZE") == "2"
+    assert redis(project, "DBSIZE") == "3"
     assert leftovers(docker_client, project) == []
     assert not list((project.root / ".memstack-ops").glob("*.drill.yml"))
     # recorded where backup.list, status and Prometheus look
@@ -128,8 +130,9 @@ def test_a_drill_whose_copy_differs_fails_listing_the_probes_and_still_removes_t
         seen["project"] = t2.stack.project
         t2.compose.check(t2.c, "exec", "-T", "postgres", "psql", "-X", "-q", "-U", "memstack", "-d", "memstack",
                          "-c", "DELETE FROM notes WHERE id > 250", what="damaging the copy")
-        t2.compose.check(t2.c, "exec", "-T", "redis", "sh", "-c", 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli DEL a',
-                         what="damaging the copy")
+        # "a" lost; "session" gone as if its TTL had run out (no mismatch: a key with a TTL may expire)
+        t2.compose.check(t2.c, "exec", "-T", "redis", "sh", "-c",
+                         'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli DEL a session', what="damaging the copy")
 
     env = project.env()
     old = dict(os.environ)
@@ -145,8 +148,8 @@ def test_a_drill_whose_copy_differs_fails_listing_the_probes_and_still_removes_t
     assert not result.ok
     assert sorted(result.mismatches) == [
         "postgres: rows public.notes: backup had 300, the restored copy has 250",
-        "redis: keys db0: backup had 2, the restored copy has 1",
-        "redis: keys: backup had 3, the restored copy has 2"]
+        "redis: keys (no TTL): backup had 3, the restored copy has 2",
+        "redis: keys db0 (no TTL): backup had 2, the restored copy has 1"]
     drilled = json.loads((s / "drill.json").read_text())
     assert drilled["ok"] is False and sorted(drilled["mismatches"]) == sorted(result.mismatches)
     assert live(docker_client, project) == before

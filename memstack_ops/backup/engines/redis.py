@@ -25,6 +25,7 @@ class Redis(Engine):
                         stdin=auth_input(svc.spec))
         info: dict[str, Any] = {}
         keyspace: dict[str, int] = {}
+        volatile: dict[str, int] = {}  # keys with a TTL, per database
         for ln in out.splitlines():
             if "=" in ln and ":" not in ln.split("=", 1)[0]:
                 k, v = ln.split("=", 1)
@@ -32,7 +33,8 @@ class Redis(Engine):
             elif ":" in ln:
                 k, v = ln.split(":", 1)
                 if k.startswith("db") and k[2:].isdigit():
-                    keyspace[k] = int(dict(x.split("=") for x in v.split(","))["keys"])
+                    db = dict(x.split("=") for x in v.split(","))
+                    keyspace[k], volatile[k] = int(db["keys"]), int(db.get("expires") or 0)
                 else:
                     info[k] = v.strip()
         info["dir"] = info.get("dir") or "/data"
@@ -40,6 +42,7 @@ class Redis(Engine):
         info["appenddirname"] = info.get("appenddirname") or "appendonlydir"
         info["keys"] = sum(keyspace.values())
         info["keyspace"] = keyspace  # keys per database (db0, db1, ...): a restore drill's probe
+        info["volatile"] = volatile
         size = int(info.get("used_memory_dataset") or info.get("used_memory") or 0)
         return Plan(self, svc, size, info)
 
@@ -68,7 +71,8 @@ class Redis(Engine):
                           " from the service's container; restores load the RDB",
                 "command": f"docker exec {svc.container} redis-cli BGSAVE; docker exec {svc.container} tar -C "
                            f"{info['dir']} -cf - {' '.join(members)}",
-                "counts": {"keys": info["keys"]}, "keyspace": info["keyspace"], "counts_snapshot": "separate",
+                "counts": {"keys": info["keys"]}, "keyspace": info["keyspace"], "volatile": info["volatile"],
+                "counts_snapshot": "separate",
                 "notes": [],
                 "files": [file_entry(name, cap, "rdb-tar", comp, svc.name)], "duration_s": round(time.time() - t0, 3)}
 
