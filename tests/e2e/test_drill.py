@@ -44,14 +44,15 @@ def manifest(path):
 
 def live(client, project) -> dict[str, tuple[str, str]]:
     """Container name -> (id, start time) of the live project."""
-    cs = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project.name}"})
+    cs = client.containers.list(all=True, ignore_removed=True,
+                                filters={"label": f"com.docker.compose.project={project.name}"})
     return {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in cs}
 
 
 def leftovers(client, project) -> list[str]:
     """Containers, volumes and networks of any drill project of this project."""
     prefix = f"{project.name}-drill-"
-    found = [c.name for c in client.containers.list(all=True)
+    found = [c.name for c in client.containers.list(all=True, ignore_removed=True)
              if str(c.labels.get("com.docker.compose.project", "")).startswith(prefix)]
     found += [v.name for v in client.volumes.list() if v.name.startswith(prefix)]
     found += [n.name for n in client.networks.list() if n.name.startswith(prefix)]
@@ -187,3 +188,20 @@ def test_ctrl_c_during_a_drill_takes_the_copy_down_and_records_nothing(project, 
     assert not (s / "drill.json").exists()  # an interrupted drill says nothing about the backup
     assert live(docker_client, project) == before
     assert psql(project, "SELECT count(*) FROM notes") == "300"
+
+
+def test_drill_of_a_neo4j_set_compares_its_graph(project, docker_client):
+    up(project, "neo4j")
+    for i in (1, 2, 3):
+        project.exec("neo4j", "sh", "-c", 'NEO4J_USERNAME=neo4j NEO4J_PASSWORD="${NEO4J_AUTH#*/}" cypher-shell "$1"',
+                     "sh", f"CREATE (:Memory {{i: {i}}})")
+    ok(project.run("backup.neo4j"))
+    [s] = sets(project)
+    [e] = manifest(s)["entries"]
+    assert e["counts"]["nodes"] == 3
+    before = live(docker_client, project)
+    r = ok(project.run("backup.drill"))
+    assert f"Drill of backup {s.name} OK" in r.stdout
+    assert [ln.split()[-1] for ln in r.stdout.splitlines() if ln.startswith("neo4j ")] == ["match"]
+    assert live(docker_client, project) == before
+    assert leftovers(docker_client, project) == []
