@@ -264,9 +264,11 @@ def record(shell: Shell, t: Target, s: BackupSet, ok: bool, seconds: float, mism
 def drill(t: Target, set_id: str | None = None, shell: Shell | None = None,
           before_compare: Callable[[Target], None] | None = None) -> DrillResult:
     """Restore ``set_id`` (default the newest) into a throwaway copy of the stack, health-gate it,
-    compare its probes with the manifest's, record the result, take the copy down. Raises
-    BackupError when the set is damaged, the copy fails, or a probe differs (after recording).
-    ``before_compare``: called with the copy's Target just before the probes (tests)."""
+    compare its probes with the manifest's, record the result, take the copy down. Returns the
+    result (``ok`` false and ``mismatches`` when a probe differs; the task exits non-zero then);
+    raises BackupError when the set is damaged or the copy cannot be brought up or restored
+    (recorded as a failed drill too). ``before_compare``: called with the copy's Target just
+    before the probes (tests)."""
     from .. import interrupt, lifecycle
     from ..output import say
     from . import core
