@@ -113,15 +113,20 @@ def apply(t: Target) -> Target:
 
 
 def _offset(t: Target, offset: int) -> None:
+    text = offset_overlay(t.compose.model(t.c), offset, t.stack.project)
+    add_overlay(t, f"{OVERRIDES_DIR}/{t.stack.project}.ports.yml", text, "port-offset")
+
+
+def add_overlay(t: Target, rel: str, text: str, what: str) -> None:
+    """Write a generated overlay ``rel`` (relative to where compose runs: the project root, or the
+    release folder on a host) and add it as the Target's last compose file."""
     from .compose import Script, run
 
-    text = offset_overlay(t.compose.model(t.c), offset, t.stack.project)
-    rel = f"{OVERRIDES_DIR}/{t.stack.project}.ports.yml"
     where = t.release_dir if t.remote else t.stack.root
     r = run(t.c, ["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1"', "sh", rel], cwd=where,
             in_stream=Script(text))
     if r.failed:
-        raise ConfigError(f"Writing the port-offset overlay {rel} failed: {(r.stderr or r.stdout).strip()}")
+        raise ConfigError(f"Writing the {what} overlay {rel} failed: {(r.stderr or r.stdout).strip()}")
     if t.remote:  # and in this machine's copy of the release, which the local readers read (env, binds)
         local = t.stack.root / rel
         local.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,19 @@ from ..output import human_size
 from ..target import Target
 from .engines import COMPRESSIONS, ENGINES, Bind, Job, Plan, Volume, stack_binds, stack_volumes
 from .lock import exclusive
-from .sets import MANIFEST, VERIFY, BackupSet, iso, list_sets, load_set, manifest_json, new_id, select_keep, utcnow
+from .sets import (
+    DRILL,
+    MANIFEST,
+    VERIFY,
+    BackupSet,
+    iso,
+    list_sets,
+    load_set,
+    manifest_json,
+    new_id,
+    select_keep,
+    utcnow,
+)
 from .shell import BackupError, Shell, shell_for
 
 
@@ -765,7 +777,7 @@ def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety:
 # --------------------------------------------------------------------------- list and prune
 
 def list_rows(t: Target, kind: str | None = None, shell: Shell | None = None) -> tuple[list[list[str]], list[str]]:
-    from .sets import human_age, partial_sets, verified_label
+    from .sets import drilled_label, human_age, partial_sets, verified_label
 
     shell = shell or shell_for(t.c)
     root = backups_root(t)
@@ -780,7 +792,8 @@ def list_rows(t: Target, kind: str | None = None, shell: Shell | None = None) ->
         shown = [f"{n} ({e['method']})" if " " not in str(e.get("method") or " ") else n
                  for n, e in zip(s.services, s.entries, strict=True)]
         rows.append([s.id, label, ", ".join(shown) or "?", human_size(s.size), human_age(s.time),
-                     f"UNREADABLE, skipped: {s.error}" if s.error else verified_label(s)])
+                     f"UNREADABLE, skipped: {s.error}" if s.error else
+                     ", ".join(x for x in (verified_label(s), drilled_label(s)) if x)])
     return rows, partial_sets(shell, root)
 
 
@@ -807,6 +820,7 @@ def prune(t: Target, keep_last: int = 0, keep_daily: int = 0, keep_weekly: int =
                     continue
                 shell.remove(f"{s.path}/{name}")
             shell.remove(f"{s.path}/{VERIFY}")
+            shell.remove(f"{s.path}/{DRILL}")
             shell.remove(f"{s.path}/{MANIFEST}")
             shell.rmdir(s.path)  # fails, and keeps the folder, if anything else is in it
     return doomed, keep

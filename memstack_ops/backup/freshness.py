@@ -13,9 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .sets import human_age, load_set, parse_id, utcnow
-
-DRILL = "drill.json"
+from .sets import DRILL, human_age, load_set, parse_id, utcnow
 
 
 def drill_stamp_path(root: str) -> str:

@@ -21,7 +21,7 @@ from ..output import human_size as human_size  # re-exported (the one home is ou
 
 KINDS = DB_KINDS + ("volumes", "binds", "all")
 ID_RE = re.compile(r"^(?P<ts>\d{8}T\d{6}Z)(?:-(?P<seq>\d{1,3}))?-(?P<kind>" + "|".join(KINDS) + r")$")
-MANIFEST, VERIFY = "manifest.json", "verify.json"
+MANIFEST, VERIFY, DRILL = "manifest.json", "verify.json", "drill.json"
 FORMAT = 1
 
 
@@ -64,6 +64,7 @@ class BackupSet:
     path: str
     manifest: dict[str, Any] = field(default_factory=dict)
     verify: dict[str, Any] | None = None
+    drill: dict[str, Any] | None = None  # drill.json: the newest restore drill of this set (backup.drill)
     error: str = ""  # manifest unreadable
 
     @property
@@ -131,7 +132,7 @@ def safe_name(name: Any) -> str:
     """A backup file's name: a plain name inside the set's folder (no ``/``, no leading dot, not
     the set's own manifest.json or verify.json). Raises ManifestError otherwise."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or "\0" in name \
-            or name.startswith(".") or name in (MANIFEST, VERIFY):
+            or name.startswith(".") or name in (MANIFEST, VERIFY, DRILL):
         raise ManifestError(f"it lists a file named {name!r}; a backup file is a plain name inside the set's folder")
     return name
 
@@ -254,6 +255,18 @@ def load_set(shell: Any, root: str, name: str) -> BackupSet | None:
             pass
         if not isinstance(s.verify, dict):
             s.verify = {"ok": False, "error": "verify.json unreadable"}
+    if not s.error:
+        try:
+            dtext = shell.read_text(f"{path}/{DRILL}")
+        except UnicodeDecodeError:
+            dtext = "-"
+        if dtext:
+            try:
+                s.drill = json.loads(dtext)
+            except ValueError:
+                pass
+            if not isinstance(s.drill, dict):
+                s.drill = {"ok": False, "error": "drill.json unreadable"}
     return s
 
 
@@ -322,6 +335,20 @@ def verified_label(s: BackupSet, now: dt.datetime | None = None) -> str:
     if not s.verify.get("ok"):
         return f"FAILED{age}"
     return f"{s.verify.get('level', 'yes')}{age}"
+
+
+def drilled_label(s: BackupSet, now: dt.datetime | None = None) -> str:
+    """"drilled OK 3h ago, 41.2 s" (or FAILED), "" when the set was never drilled."""
+    if not s.drill:
+        return ""
+    age = ""
+    try:
+        age = " " + human_age(dt.datetime.fromisoformat(str(s.drill.get("time")).replace("Z", "+00:00")), now)
+    except ValueError:
+        pass
+    secs = s.drill.get("seconds")
+    return f"drilled {'OK' if s.drill.get('ok') else 'FAILED'}{age}" + (
+        f", {float(secs):.1f} s" if isinstance(secs, (int, float)) else "")
 
 
 def manifest_json(data: dict[str, Any]) -> str:

@@ -245,7 +245,7 @@ def backup_list(c: Context, kind: str | None = None, offsite: str | None = None,
         return
     rows, partial = core.list_rows(t, kind)
     table(f"backups of stack {t.stack.name} ({core.backups_root(t)})",
-          ["id", "kind", "service", "size", "age", "verified"], rows)
+          ["id", "kind", "service", "size", "age", "verified, drilled"], rows)
     if not rows:
         say("No backups yet: make one with `memstack-ops backup.all`.")
     if partial:
@@ -340,7 +340,7 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
         (f" Safety backup of the previous data: {summary['safety_backup']}." if summary.get("safety_backup") else ""))
 
 
-def _from_offsite(t: Target, from_: str | None, snapshot: str | None, backup: str | None, kind: str) -> str:
+def _from_offsite(t: Target, from_: str | None, snapshot: str | None, backup: str | None, kind: str | None) -> str:
     """Fetch the set to restore from an off-site target into this machine's backups; its id."""
     from ..backup import BackupError
     from ..backup.offsite import fetch
@@ -454,6 +454,31 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
     if results:
         table("restore summary", ["what", "result"], [[k, str(v)] for k, v in results])
         say(f"Restored in {time.monotonic() - t0:.1f} s; healthy again.")
+
+
+@ops_task(name="drill", help={
+    "backup": "backup id (see backup.list); default the newest set that is not a safety backup",
+    "from_": "fetch the set from this off-site target ([offsite.NAME]) first (the newest, or --snapshot): a drill of "
+             "the off-site copy",
+    "snapshot": SNAPSHOT})
+def backup_drill(c: Context, backup: str | None = None, from_: str | None = None, snapshot: str | None = None,
+                 stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
+    """Restore a backup into a throwaway copy of the stack, check it against the backup's probes, report the recovery time."""  # noqa: E501 (the first line is `inv --list`'s help)
+    from ..backup import BackupError
+    from ..backup.drill import drill
+    from ..output import say, table
+
+    t = target(c, stack, stage, overlay)
+    if from_ or snapshot:
+        backup = _from_offsite(t, from_, snapshot, backup, None)
+    r = drill(t, backup)
+    table(f"drill of {r.set_id} (project {r.project}, removed)", ["what", "probes", "backup total", "restored copy"],
+          r.rows)
+    if not r.ok:
+        raise BackupError(f"Drill of backup {r.set_id} FAILED after {r.seconds:.1f} s: {len(r.mismatches)} probe(s) "
+                          f"differ between the backup and its restored copy:\n  " + "\n  ".join(r.mismatches))
+    say(f"Drill of backup {r.set_id} OK: restored and verified in {r.seconds:.1f} s (the recovery time); "
+        f"recorded in the set (backup.list).")
 
 
 # --------------------------------------------------------------------------- schedules (issue 16)
@@ -631,6 +656,6 @@ def backup_run(c: Context, push: str | None = None, drill: str | None = None, lo
 
 backup_ns = Collection("backup", backup_postgres, backup_mysql, backup_redis, backup_neo4j, backup_volumes,
                        backup_binds, backup_all, backup_list, backup_verify, backup_prune, backup_fetch, backup_push,
-                       backup_schedule, backup_run)
+                       backup_schedule, backup_run, backup_drill)
 restore_ns = Collection("restore", restore_postgres, restore_mysql, restore_redis, restore_neo4j, restore_volumes,
                         restore_binds, restore_all)

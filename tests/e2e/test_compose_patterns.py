@@ -285,6 +285,14 @@ def test_backup_all_tars_a_bind_mounted_data_folder_names_the_binds_left_out_and
     assert [e["kind"] for e in manifest["entries"]] == ["redis", "binds"]
     assert "./data/files (tar-bind)" in ok(p.run(*f, "backup.list"))
     assert "tar: " in ok(p.run(*f, "backup.verify", "--restore-test"))
+    # a restore drill: the folder goes into a volume of the throwaway copy, never into the live one
+    live_files = containers(docker_client, p)["files"]
+    out = ok(p.run(*f, "backup.drill"))
+    assert f"Drill of backup {sets[-1].name} OK" in out, out
+    assert [ln.split()[-1] for ln in out.splitlines() if ln.startswith(("./data/files ", "cache "))] == ["match"] * 2
+    assert files_exec(LISTING) == before
+    assert containers(docker_client, p)["files"].attrs["State"]["StartedAt"] == live_files.attrs["State"]["StartedAt"]
+    assert not [v.name for v in docker_client.volumes.list() if v.name.startswith(f"{p.name}-drill-")]
 
     # the folder is gone (stack down, folder deleted): restore.binds creates it again, byte for byte
     ok(p.run(*f, "down"))

@@ -195,3 +195,21 @@ def test_push_to_sftp_prune_restore_and_a_corrupted_pack_found_by_check(sftp_pro
     r = project.run("backup.verify", "--offsite", "box", "--read-data")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "restic check found damage" in r.stderr and "rebuild-index" in r.stderr, r.stderr
+
+
+def test_drill_from_s3_on_a_machine_with_nothing_but_the_tool_the_key_and_the_target(project, s3, keys, docker_client):
+    s3_target(project, s3, keys)
+    ok(project.run("up", "--service", "postgres", "--service", "redis", "--skip-checks"))
+    psql(project, "CREATE TABLE notes (id int PRIMARY KEY); INSERT INTO notes SELECT generate_series(1, 120)")
+    redis(project, "SET", "k", "v")
+    ok(project.run("backup.all", "--exclude", "neo4j", "--push", "s3"))
+    [s] = sets(project)
+    ok(project.run("down", "--volumes", "--yes"))  # no stack, no local backups
+    shutil.rmtree(project.root / "backups")
+    r = ok(project.run("backup.drill", "--from", "s3"))
+    assert f"Drill of backup {s.name} OK" in r.stdout, r.stdout
+    [back] = sets(project)
+    drilled = json.loads((back / "drill.json").read_text())
+    assert back.name == s.name and drilled["ok"] and drilled["mismatches"] == []
+    assert not [c.name for c in docker_client.containers.list(all=True, ignore_removed=True)
+                if str(c.labels.get("com.docker.compose.project", "")).startswith(f"{project.name}-drill-")]

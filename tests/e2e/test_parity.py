@@ -407,6 +407,12 @@ def same_key_shown(side: Side, r: Result) -> None:
     assert side.snapshot()["api key"] == "the one shown"
 
 
+def drilled_and_gone(side: Side, r: Result) -> None:
+    assert "drilled OK" in side.run("backup.list").out
+    assert not side.sh(f"docker ps -aq --filter name={side.project}-drill-; "
+                       f"docker volume ls -q --filter name={side.project}-drill-").strip()
+
+
 def pg_mark(value: str) -> Callable[[Side, Result], None]:
     def check(side: Side, r: Result) -> None:
         assert side.psql("SELECT string_agg(m, ',') FROM parity_marks") == value
@@ -460,6 +466,8 @@ STEPS = [
     Step(("backup.neo4j",), rc=None, same=lines_with("error")),
     Step(("backup.list",), same=backup_kinds),
     Step(("backup.verify",), same=lines_with("verified", "OK", "ok")),
+    # a restore drill: a throwaway copy on the engine's machine, compared, recorded in the set, gone afterwards
+    Step(("backup.drill",), same=lines_with("OK: restored and verified"), check=drilled_and_gone),
     Step(("restore.postgres", "--yes"), before=mark("v2"), check=pg_mark("v1"),
          same=lines_with("Restore ", "Restored", "Services stopped")),
     Step(("restore.redis", "--yes", "--no-safety-backup"), check=both_marks("v1"),

@@ -31,6 +31,7 @@ def test_prune_deletes_only_what_manifests_list(tmp_path):
     mid = backup_set(root, "20260102T000000Z-redis", files={"r.tar": b"x", "r2.tar": b"y"})
     new = backup_set(root, "20260103T000000Z-redis")
     (mid / "mine.txt").write_text("foreign")
+    (old / "drill.json").write_text('{"time": "2026-01-01T01:00:00Z", "ok": true}')  # a drill's record goes too
     (root / "README").write_text("foreign")
     t = _target(tmp_path)
     shell = LocalShell(t.c)

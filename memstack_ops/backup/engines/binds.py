@@ -103,9 +103,12 @@ class Binds(Volumes):
             raise fail_capture(job, None, e, f"The tar of {b.key}") from None
         finally:
             job.remove_container(name)
+        from .volumes import tree_probe
+
+        probe = tree_probe(job, b.image, b.source)  # files and bytes: what a drill would compare
         return {"service": b.key, "bind": b.key, "source": b.key, "source_path": b.source, "kind": self.kind,
                 "image": b.image, "used_by": b.services, "mounted_at": b.targets, "method": METHOD,
-                "command": shlex.join(argv), "counts": {}, "notes": [],
+                "command": shlex.join(argv), "counts": {}, "probe": probe, "notes": [],
                 "files": [file_entry(fname, cap, "tar", comp, b.key)], "duration_s": round(time.time() - t0, 3)}
 
     def restore(self, job: Job, entry: dict[str, Any], set_dir: str, b: Bind, safety: Safety | None, /,  # type: ignore[override]

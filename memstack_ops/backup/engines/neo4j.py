@@ -14,6 +14,30 @@ from .checks import compare_counts, image_for, wait_scratch
 COUNT_NODES = NEO4J_AUTH + 'cypher-shell --format plain "MATCH (n) RETURN count(n) AS nodes"'
 
 
+GRAPH = {"nodes": "MATCH (n) RETURN count(n) AS nodes",
+         "relationships": "MATCH ()-[r]->() RETURN count(r) AS relationships",
+         "label": "MATCH (n) UNWIND labels(n) AS l RETURN l, count(*) ORDER BY l",
+         "type": "MATCH ()-[r]->() RETURN type(r), count(*) ORDER BY 1"}
+
+
+def graph_counts(job: Job, svc: Svc) -> dict[str, int]:
+    """Nodes, relationships, nodes per label (``label X``) and relationships per type (``type T``),
+    as far as the server answers (a query that fails is left out): the probes a drill compares."""
+    out: dict[str, int] = {}
+    for what, query in GRAPH.items():
+        r = job.shell.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain "$1"', query), timeout=300)
+        lines = r.stdout.strip().splitlines()[1:] if r.ok else []
+        for ln in lines:
+            if what in ("nodes", "relationships"):
+                if ln.strip().isdigit():
+                    out[what] = int(ln.strip())
+                continue
+            name, _, n = ln.rpartition(",")
+            if n.strip().isdigit():
+                out[f"{what} {name.strip().strip(chr(34))}"] = int(n.strip())
+    return out
+
+
 class Neo4j(Engine):
     kind = "neo4j"
     downtime = True
@@ -27,14 +51,9 @@ class Neo4j(Engine):
                              'echo "owner=$(stat -c %u:%g /data)"; echo "size=$(du -sk /data | cut -f1)"',
                         what="Reading the Neo4j version")
         info: dict[str, Any] = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
-        counts: dict[str, int] = {}
-        r = job.shell.run(job.exec_argv(svc, COUNT_NODES), timeout=120)
-        if r.ok and r.stdout.strip().rpartition("\n")[2].strip().isdigit():
-            counts["nodes"] = int(r.stdout.strip().rpartition("\n")[2])
-        r = job.shell.run(job.exec_argv(svc, NEO4J_AUTH + 'cypher-shell --format plain '
-                                            '"MATCH ()-[r]->() RETURN count(r) AS relationships"'), timeout=120)
-        if r.ok and r.stdout.strip().rpartition("\n")[2].strip().isdigit():
-            counts["relationships"] = int(r.stdout.strip().rpartition("\n")[2])
+        every = graph_counts(job, svc)
+        counts = {k: v for k, v in every.items() if k in ("nodes", "relationships")}
+        info["labels"] = {k: v for k, v in every.items() if k not in counts}
         info["counts"] = counts
         return Plan(self, svc, int(info.get("size") or 0) * 1024, info,
                     note=f"{svc.name} is stopped during the dump (Neo4j community dumps offline only)", stop=[svc.name])
@@ -67,7 +86,8 @@ class Neo4j(Engine):
                           "container of the same image on the same volumes, server started again",
                 "command": f"docker run --rm --volumes-from {svc.container} --user {owner} --entrypoint neo4j-admin "
                            f"{svc.image} database dump <db> --to-stdout",
-                "counts": info.get("counts", {}), "notes": [], "downtime_s": None,  # core fills it in (downtime)
+                "counts": info.get("counts", {}), "labels": info.get("labels", {}), "notes": [],
+                "downtime_s": None,  # core fills it in (downtime)
                 "files": files, "duration_s": round(time.time() - t0, 3)}
 
     def _info(self, job: Job, image: str, path: str, db: str, service: str) -> str:

@@ -24,7 +24,8 @@ class Redis(Engine):
         out = job.query(svc, self.with_prelude("redis_info.sh"), what="Reading the Redis configuration",
                         stdin=auth_input(svc.spec))
         info: dict[str, Any] = {}
-        keys = 0
+        keyspace: dict[str, int] = {}
+        volatile: dict[str, int] = {}  # keys with a TTL, per database
         for ln in out.splitlines():
             if "=" in ln and ":" not in ln.split("=", 1)[0]:
                 k, v = ln.split("=", 1)
@@ -32,13 +33,16 @@ class Redis(Engine):
             elif ":" in ln:
                 k, v = ln.split(":", 1)
                 if k.startswith("db") and k[2:].isdigit():
-                    keys += int(dict(x.split("=") for x in v.split(","))["keys"])
+                    db = dict(x.split("=") for x in v.split(","))
+                    keyspace[k], volatile[k] = int(db["keys"]), int(db.get("expires") or 0)
                 else:
                     info[k] = v.strip()
         info["dir"] = info.get("dir") or "/data"
         info["dbfilename"] = info.get("dbfilename") or "dump.rdb"
         info["appenddirname"] = info.get("appenddirname") or "appendonlydir"
-        info["keys"] = keys
+        info["keys"] = sum(keyspace.values())
+        info["keyspace"] = keyspace  # keys per database (db0, db1, ...): a restore drill's probe
+        info["volatile"] = volatile
         size = int(info.get("used_memory_dataset") or info.get("used_memory") or 0)
         return Plan(self, svc, size, info)
 
@@ -67,7 +71,9 @@ class Redis(Engine):
                           " from the service's container; restores load the RDB",
                 "command": f"docker exec {svc.container} redis-cli BGSAVE; docker exec {svc.container} tar -C "
                            f"{info['dir']} -cf - {' '.join(members)}",
-                "counts": {"keys": info["keys"]}, "counts_snapshot": "separate", "notes": [],
+                "counts": {"keys": info["keys"]}, "keyspace": info["keyspace"], "volatile": info["volatile"],
+                "counts_snapshot": "separate",
+                "notes": [],
                 "files": [file_entry(name, cap, "rdb-tar", comp, svc.name)], "duration_s": round(time.time() - t0, 3)}
 
     def _feed_rdb(self, job: Job, entry: dict[str, Any], set_dir: str, image: str, what: str, text: str) -> Any:

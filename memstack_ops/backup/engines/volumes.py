@@ -26,6 +26,23 @@ def stack_volumes(model: dict[str, Any]) -> list[Volume]:
     return out
 
 
+# files and their bytes under "$1" (regular files; busybox and GNU alike): "<files> <bytes>"
+TREE = 'find "$1" -type f -exec stat -c %s {} + | awk \'{n++; b+=$1} END {printf "%d %d\\n", n, b}\''
+
+
+def tree_probe(job: Job, image: str, source: str) -> dict[str, int]:
+    """Regular files and their bytes in a volume (or a host folder: ``source`` an absolute path),
+    read from a one-off container of ``image``: what a restore drill compares. {} when it cannot
+    be read (no such tools in the image)."""
+    r = job.shell.run(job.oneoff(f"{job.project}-probe-{int(time.time() * 1000) % 10**8}", image,
+                                 volumes=(f"{source}:/v:ro",), user="0", entrypoint="sh",
+                                 args=("-c", TREE, "sh", "/v")), timeout=600)
+    parts = r.stdout.split() if r.ok else []
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return {}
+    return {"files": int(parts[0]), "bytes": int(parts[1])}
+
+
 class Volumes(Engine):
     kind = "volumes"
     scripts = {"volume_restore.sh": ""}
@@ -70,9 +87,10 @@ class Volumes(Engine):
             raise fail_capture(job, None, e, f"The tar of volume {vol.key}") from None
         finally:
             job.remove_container(name)
+        probe = tree_probe(job, vol.image, vol.name)
         return {"service": vol.key, "volume": vol.key, "volume_name": vol.name, "kind": self.kind, "image": vol.image,
                 "used_by": vol.services, "method": "tar of the named volume from a one-off container",
-                "command": shlex.join(argv), "counts": {}, "notes": [],
+                "command": shlex.join(argv), "counts": {}, "probe": probe, "notes": [],
                 "files": [file_entry(fname, cap, "tar", comp, vol.key)], "duration_s": round(time.time() - t0, 3)}
 
     def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
