@@ -224,5 +224,22 @@ def test_the_same_rollout_over_ssh_to_a_host_drops_no_request(tmp_path, hosts, s
         assert len(api) == 1
         conf = box.sh(f"cat /srv/{name}/proxy/{name}/memstack-ops.conf")
         assert f"{name}-api-2:8000" in conf, conf
+
+        # maintenance mode on the host's proxy, through the same task
+        def status_code() -> int:
+            import http.client
+
+            conn = http.client.HTTPConnection(ip, 8080, timeout=10)
+            try:
+                conn.request("GET", "/any/path")
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        assert "Maintenance on" in ok(p.run("-H", "h1", "maintenance", "on", "--message", "Back at 14:00"))
+        assert status_code() == 503
+        assert "maintenance: ON" in ok(p.run("-H", "h1", "status"))
+        ok(p.run("-H", "h1", "maintenance", "off"))
+        assert status_code() == 200
     finally:
         clear_stack(box, p)
