@@ -29,6 +29,7 @@ ENGINE_FIX = ("Start it: `sudo systemctl start docker` on a systemd host, otherw
 PS_ATTEMPTS = 4  # `compose ps` tries when a container vanished mid-listing (see Compose.ps)
 PS_RETRY_WAIT = 0.25  # seconds between them
 _MODELS: dict[tuple[Any, ...], dict[str, Any]] = {}  # Compose.model, per files (see there)
+_HASHES: dict[tuple[Any, ...], Any] = {}  # Compose.prefetch_hashes: futures of {service: config hash}
 
 
 def sh(*argv: str) -> str:
@@ -85,6 +86,10 @@ def run(c: Any, argv: Iterable[str], cwd: Any = None, **kw: Any) -> Any:
     kw.setdefault("in_stream", False)
     with guarded(c, list(argv), cwd) as argv:
         return c.run(in_dir(cwd, argv) if cwd is not None else sh(*argv), **kw)
+
+
+def _parse_hashes(text: str) -> dict[str, str]:
+    return dict(ln.split(None, 1) for ln in text.splitlines() if len(ln.split()) == 2)
 
 
 def first_line(text: str) -> str:
@@ -176,6 +181,36 @@ class Compose:
         key = self._model_key()
         if key is not None:
             _MODELS[key] = copy.deepcopy(dict(model))
+
+    def hashes(self, c: Any, services: Iterable[str]) -> dict[str, str]:
+        """``compose config --hash`` of ``services`` (service -> hash; {} when compose fails): the
+        prefetched answer (``prefetch_hashes``) when the files did not change since."""
+        services = list(services)
+        key = self._model_key()
+        pending = _HASHES.get(key) if key is not None else None
+        if pending is not None:
+            got = pending.result()
+            if all(s in got for s in services):
+                return {s: got[s] for s in services}
+        r = self.run(c, "config", "--hash", ",".join(services))
+        return _parse_hashes(r.stdout) if r.ok else {}
+
+    def prefetch_hashes(self, c: Any) -> None:
+        """Start ``compose config --hash '*'`` in the background (``hashes`` uses it while the
+        files stay as they are): ``up`` needs it, and it can run while the model is rendered."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        key = self._model_key()
+        if key is None or key in _HASHES:
+            return
+
+        def every() -> dict[str, str]:
+            r = self.run(c, "config", "--hash", "*")
+            return _parse_hashes(r.stdout) if r.ok else {}
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="config-hash")
+        _HASHES[key] = pool.submit(every)
+        pool.shutdown(wait=False)
 
     def _model_key(self) -> tuple[Any, ...] | None:
         """The files' identity here, or None when one cannot be read here (a release on a host)."""

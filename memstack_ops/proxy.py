@@ -391,17 +391,27 @@ def ensure_overlay(t: Target) -> Target:
     rel = f"{OVERRIDES_DIR}/{t.stack.project}.proxy.yml"
     if rel in t.stack.compose_files or (t.remote and not t.release_dir) or not declares_proxy(t):
         return t
+    stack = dataclasses.replace(t.stack, compose_files=(*t.stack.compose_files, rel))
+    existing = None
+    if not t.remote:  # the overlay of an earlier run: the config hashes `up` needs are asked meanwhile
+        try:
+            existing = (t.stack.root / rel).read_text()
+        except OSError:
+            pass
+        else:
+            dataclasses.replace(t.compose, stack=stack).prefetch_hashes(t.c)
     model = t.compose.model(t.c)
     name = proxy_service(model)
     if name is None:
         return t
     folder = conf_dir(t)
     where = t.release_dir if t.remote else t.stack.root
-    r = run(t.c, ["sh", "-c", 'mkdir -p "$(dirname "$1")" "$2" && cat > "$1"', "sh", rel, folder], cwd=where,
-            in_stream=Script(overlay(name, folder)))
-    if r.failed:
-        raise ConfigError(f"Writing the proxy overlay {rel} failed: {(r.stderr or r.stdout).strip()}")
-    stack = dataclasses.replace(t.stack, compose_files=(*t.stack.compose_files, rel))
+    text = overlay(name, folder)
+    if text != existing:  # written only when it changes (the same files keep the prefetched hashes)
+        r = run(t.c, ["sh", "-c", 'mkdir -p "$(dirname "$1")" "$2" && cat > "$1"', "sh", rel, folder], cwd=where,
+                in_stream=Script(text))
+        if r.failed:
+            raise ConfigError(f"Writing the proxy overlay {rel} failed: {(r.stderr or r.stdout).strip()}")
     t.stack = stack
     t.compose.stack = stack
     # what compose renders with the overlay: the same model, the proxy's conf.d mount replaced

@@ -124,13 +124,11 @@ def survey(t: Target, model: Mapping[str, Any], names: Iterable[str],
         return [], []
     services = sorted({str(r.get("Service")) for r in running})
     images = sorted({str(model["services"][s].get("image") or "") for s in services} - {""})
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="survey") as pool:
-        fh = pool.submit(t.compose.run, t.c, "config", "--hash", ",".join(services))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="survey") as pool:
         fi = pool.submit(run, t.c, ["docker", "image", "inspect", "--format", "{{.Id}}", *images],
                          timeout=60) if images else None
-        r = fh.result()
+        want = t.compose.hashes(t.c, services)
         ri = fi.result() if fi is not None else None
-    want = dict(ln.split(None, 1) for ln in r.stdout.splitlines() if len(ln.split()) == 2) if r.ok else {}
     have: dict[str, str] = {}
     if ri is not None:
         ids = ri.stdout.split()
@@ -202,19 +200,27 @@ def gate(t: Target, model: Mapping[str, Any], name: str, container: str, timeout
             raise HealthError("the engine marked the new container unhealthy")
         return status == "running"
 
+    def from_proxy() -> Any:
+        assert proxy_container and route is not None
+        url = f"http://{container}:{route.port}{route.health}"
+        return run(t.c, ["docker", "exec", proxy_container, "sh", "-c", HTTP_CHECK, "sh", url], timeout=10)
+
     def ready() -> bool:
         # with a healthcheck, the check runs first and the container's state is read only when it
-        # does not pass (a passing check ran in the running container): one docker call a round
+        # does not pass (a passing check ran in the running container): one docker call a round;
+        # the health path is fetched from the proxy at the same time (both must pass)
         if not has_test and not state():
             return False
+        via = watch.pool.submit(from_proxy) if proxy_container and route is not None else None
         ok, out, detail = watch.check_container(name, container, "")
         last.update(out=out, detail=detail)
         if not ok:
+            if via is not None:
+                via.result()
             state()
             return False
-        if proxy_container and route is not None:
-            url = f"http://{container}:{route.port}{route.health}"
-            r = run(t.c, ["docker", "exec", proxy_container, "sh", "-c", HTTP_CHECK, "sh", url], timeout=10)
+        if via is not None and route is not None:
+            r = via.result()
             if r.failed:
                 last.update(out=(r.stderr or r.stdout).strip(), detail=f"{route.health} not answering from the proxy")
                 return False
