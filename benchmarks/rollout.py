@@ -12,13 +12,17 @@ images; a steady 50 requests/s to 127.0.0.1 through the proxy, every 25th reques
     0.5 s, ``docker stop`` + ``docker rm`` the old one, ``--scale api=1``; same proxy config as (a);
 (c) ``memstack-ops up`` (the tool's start-first rollout: health gate, proxy switch, drain).
 
-Prints per round and the medians; (c) should have 0 failed requests and take at most 1.2x (b).
-    .venv/bin/python benchmarks/rollout.py [--rounds 3]
+One stack per method, all up from the start; each round deploys with every method in turn, the
+order reversed every other round (so neither (b) nor (c) always runs first, on a machine whose
+load changes). Prints per round (with the load average) and the medians with min-max; (c) should
+have 0 failed requests and take at most 1.2x (b).
+    .venv/bin/python benchmarks/rollout.py [--rounds 5] [--methods abc]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import tempfile
@@ -121,43 +125,61 @@ def round_(p: Project, deploy: Any, image: str) -> tuple[int, int, float]:
     return load.result.failed, load.result.sent, took
 
 
+METHODS = {"a": ("(a) docker compose up -d", plain), "b": ("(b) scale to two by hand", by_hand),
+           "c": ("(c) memstack-ops up", ours)}
+
+
+def spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.1f} s ({min(xs):.1f}-{max(xs):.1f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--methods", default="abc", help="which of a, b, c to run (default all)")
     args = ap.parse_args()
+    keys = [k for k in "abc" if k in args.methods]
     images = []
     for i in range(args.rounds + 1):
         tag = f"{TAG}:v{i}"
         sh("docker", "build", "-q", "-t", tag, "--build-arg", f"VERSION=v{i}", str(FIXTURE / "app"))
         images.append(tag)
-    results: dict[str, list[tuple[int, int, float]]] = {}
-    try:
-        for label, deploy in (("(a) docker compose up -d", plain), ("(b) scale to two by hand", by_hand),
-                              ("(c) memstack-ops up", ours)):
-            with tempfile.TemporaryDirectory() as tmp:
-                p = scratch_project(Path(tmp) / "proj", FIXTURE, stack="web", overlays=(), prefix="msbench")
-                try:
-                    set_env(p, APP_IMAGE=images[0], WORKER_IMAGE=images[0])
-                    r = p.run("up")
-                    assert r.returncode == 0, r.stdout + r.stderr
-                    if deploy is not ours:
-                        use_dns_proxy(p)
-                    for i in range(1, args.rounds + 1):
-                        failed, sent, took = round_(p, deploy, images[i])
-                        results.setdefault(label, []).append((failed, sent, took))
-                        print(f"{label} round {i}: {failed} failed of {sent} requests, deploy {took:.1f} s", flush=True)
-                finally:
-                    p.destroy()
-    finally:
-        sh("docker", "rmi", "-f", *images, check=False)
-    print("\n| method | failed requests (sum) | requests | deploy time (median) |")
+    results: dict[str, list[tuple[int, int, float]]] = {k: [] for k in keys}
+    projects: dict[str, Project] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for k in keys:  # one stack per method, all up from the start; only the one deployed gets load
+                p = scratch_project(Path(tmp) / k, FIXTURE, stack="web", overlays=(), prefix="msbench")
+                projects[k] = p
+                set_env(p, APP_IMAGE=images[0], WORKER_IMAGE=images[0])
+                r = p.run("up")
+                assert r.returncode == 0, r.stdout + r.stderr
+                if k != "c":
+                    use_dns_proxy(p)
+            for i in range(1, args.rounds + 1):
+                order = keys if i % 2 else keys[::-1]  # alternating: who goes first changes every round
+                for k in order:
+                    label, deploy = METHODS[k]
+                    failed, sent, took = round_(projects[k], deploy, images[i])
+                    results[k].append((failed, sent, took))
+                    print(f"round {i} {label}: {failed} failed of {sent} requests, deploy {took:.1f} s, "
+                          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        finally:
+            for p in projects.values():
+                p.destroy()
+            sh("docker", "rmi", "-f", *images, check=False)
+    print("\n| method | failed requests (sum) | requests | deploy time: median (min-max) |")
     print("|---|---|---|---|")
-    for label, rows in results.items():
-        print(f"| {label} | {sum(r[0] for r in rows)} | {sum(r[1] for r in rows)} | "
-              f"{statistics.median(r[2] for r in rows):.1f} s |")
-    b = statistics.median(r[2] for r in results["(b) scale to two by hand"])
-    c = statistics.median(r[2] for r in results["(c) memstack-ops up"])
-    print(f"\nratio (c)/(b): {c / b:.2f} (target <= 1.2)")
+    for k in keys:
+        rows = results[k]
+        print(f"| {METHODS[k][0]} | {sum(r[0] for r in rows)} | {sum(r[1] for r in rows)} | "
+              f"{spread([r[2] for r in rows])} |")
+    if "b" in results and "c" in results:
+        b = [r[2] for r in results["b"]]
+        c = [r[2] for r in results["c"]]
+        per = [y / x for x, y in zip(b, c, strict=True)]
+        print(f"\n(c)/(b): ratio of medians {statistics.median(c) / statistics.median(b):.2f}, per-round ratios "
+              f"median {statistics.median(per):.2f} ({min(per):.2f}-{max(per):.2f}) (target <= 1.2)")
 
 
 if __name__ == "__main__":

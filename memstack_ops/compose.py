@@ -7,12 +7,15 @@ remote host unchanged. argv is built as a list and joined with ``shlex.join`` on
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import os
 import shlex
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import Stack
@@ -25,6 +28,8 @@ ENGINE_FIX = ("Start it: `sudo systemctl start docker` on a systemd host, otherw
 
 PS_ATTEMPTS = 4  # `compose ps` tries when a container vanished mid-listing (see Compose.ps)
 PS_RETRY_WAIT = 0.25  # seconds between them
+_MODELS: dict[tuple[Any, ...], dict[str, Any]] = {}  # Compose.model, per files (see there)
+_HASHES: dict[tuple[Any, ...], Any] = {}  # Compose.prefetch_hashes: futures of {service: config hash}
 
 
 def sh(*argv: str) -> str:
@@ -81,6 +86,10 @@ def run(c: Any, argv: Iterable[str], cwd: Any = None, **kw: Any) -> Any:
     kw.setdefault("in_stream", False)
     with guarded(c, list(argv), cwd) as argv:
         return c.run(in_dir(cwd, argv) if cwd is not None else sh(*argv), **kw)
+
+
+def _parse_hashes(text: str) -> dict[str, str]:
+    return dict(ln.split(None, 1) for ln in text.splitlines() if len(ln.split()) == 2)
 
 
 def first_line(text: str) -> str:
@@ -149,13 +158,71 @@ class Compose:
         return scrub(text, self.secrets, self.found)
 
     def model(self, c: Any) -> dict[str, Any]:
-        """The rendered, validated compose model (compose's own errors name file and line)."""
+        """The rendered, validated compose model (compose's own errors name file and line).
+
+        Rendered once per process for the same files (argv, and every compose and env file
+        unchanged: path, size, mtime), so the preflight, ``up`` and the URLs share one
+        ``compose config``; a copy each time, so callers may change theirs."""
         from .envfiles import model_secrets
 
+        key = self._model_key()
+        if key is not None and key in _MODELS:
+            return copy.deepcopy(_MODELS[key])
         r = self.check(c, "config", "--format", "json", what=f"Validating the {self.stack.name} compose files")
         model = dict(json.loads(r.stdout))
         self.found |= model_secrets(model)  # from now on masked in every message, like the env's secrets
+        if key is not None:
+            _MODELS[key] = copy.deepcopy(model)
         return model
+
+    def remember(self, model: Mapping[str, Any]) -> None:
+        """Take ``model`` as what ``compose config`` renders for the current files (a caller
+        that wrote an overlay whose effect it knows exactly)."""
+        key = self._model_key()
+        if key is not None:
+            _MODELS[key] = copy.deepcopy(dict(model))
+
+    def hashes(self, c: Any, services: Iterable[str]) -> dict[str, str]:
+        """``compose config --hash`` of ``services`` (service -> hash; {} when compose fails): the
+        prefetched answer (``prefetch_hashes``) when the files did not change since."""
+        services = list(services)
+        key = self._model_key()
+        pending = _HASHES.get(key) if key is not None else None
+        if pending is not None:
+            got = pending.result()
+            if all(s in got for s in services):
+                return {s: got[s] for s in services}
+        r = self.run(c, "config", "--hash", ",".join(services))
+        return _parse_hashes(r.stdout) if r.ok else {}
+
+    def prefetch_hashes(self, c: Any) -> None:
+        """Start ``compose config --hash '*'`` in the background (``hashes`` uses it while the
+        files stay as they are): ``up`` needs it, and it can run while the model is rendered."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        key = self._model_key()
+        if key is None or key in _HASHES:
+            return
+
+        def every() -> dict[str, str]:
+            r = self.run(c, "config", "--hash", "*")
+            return _parse_hashes(r.stdout) if r.ok else {}
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="config-hash")
+        _HASHES[key] = pool.submit(every)
+        pool.shutdown(wait=False)
+
+    def _model_key(self) -> tuple[Any, ...] | None:
+        """The files' identity here, or None when one cannot be read here (a release on a host)."""
+        root = Path(self.stack.root)
+        files = []
+        for f in (*self.stack.compose_files, *self.stack.env_files):
+            try:
+                st = (root / f).stat()
+            except OSError:
+                return None
+            files.append((f, st.st_size, st.st_mtime_ns))
+        return (str(root), tuple(self.argv()), tuple(files), tuple(sorted(os.environ.items())))
 
     def ps(self, c: Any, services: Iterable[str] = ()) -> list[dict[str, Any]]:
         """The project's containers, one dict per container (compose's own JSON rows).
@@ -178,6 +245,40 @@ class Compose:
         if text.startswith("["):  # older compose: one JSON array
             return list(json.loads(text))
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def containers(self, c: Any, services: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """The project's service containers like ``ps`` rows (Service, Name, State, Health,
+        ExitCode, Labels as ``k=v,...``, plus ``ImageID``), read with one ``docker ps`` +
+        ``docker inspect`` (one shell; no compose project load, ~10x faster than ``compose ps``).
+        One-off ``compose run`` containers are left out, as ``compose ps`` does."""
+        fmt = ("{{json .Name}}\t{{json .Config.Labels}}\t{{json .State.Status}}\t"
+               "{{if .State.Health}}{{json .State.Health.Status}}{{else}}\"\"{{end}}\t"
+               "{{.State.ExitCode}}\t{{json .Image}}")
+        script = ('ids=$(docker ps --all --quiet --no-trunc --filter "label=com.docker.compose.project=$1") || exit 1; '
+                  '[ -z "$ids" ] || docker inspect --format "$2" $ids 2>/dev/null; true')
+        want = set(services)
+        for _ in range(PS_ATTEMPTS):
+            r = run(c, ["sh", "-c", script, "sh", self.stack.project, fmt], timeout=60)
+            if r.ok:
+                break
+            time.sleep(PS_RETRY_WAIT)
+        if r.failed:
+            msg = self.scrub((r.stderr or r.stdout).strip())
+            raise ComposeError(f"Listing containers failed (docker exited {r.return_code}):\n{msg}")
+        out = []
+        for line in r.stdout.splitlines():
+            parts = line.split("\t")
+            if len(parts) != 6:
+                continue
+            name, lab, state, health, code, image = parts
+            labels = json.loads(lab) or {}
+            svc = labels.get("com.docker.compose.service")
+            if not svc or labels.get("com.docker.compose.oneoff") == "True" or (want and svc not in want):
+                continue
+            out.append({"Service": svc, "Name": json.loads(name).lstrip("/"), "State": json.loads(state),
+                        "Health": json.loads(health), "ExitCode": int(code) if code.isdigit() else code,
+                        "Labels": ",".join(f"{k}={v}" for k, v in labels.items()), "ImageID": json.loads(image)})
+        return sorted(out, key=lambda row: (row["Service"], row["Name"]))
 
     def attach(self, c: Any, service: str, *command: str) -> int:
         """``compose exec`` wired to this process's terminal (db.shell), through ``run`` so it runs

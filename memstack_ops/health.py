@@ -301,7 +301,10 @@ class Watch:
         by this run yet, so an old container of theirs (stopped, or healthy with an old config)
         says nothing about them."""
         services = list(services)
-        rows = {r.get("Service"): r for r in self.compose.ps(self.c, services)}
+        judged = [s for s in services if not self.statuses.setdefault(s, Status(s)).ready
+                  and (active is None or s in active)]
+        # nothing to judge this round (the rest waits for its start or a rollout): no listing
+        rows = {r.get("Service"): r for r in self.compose.ps(self.c, services)} if judged else {}
         to_check: list[Status] = []
         for name in services:
             st = self.statuses.setdefault(name, Status(name))

@@ -6,6 +6,7 @@ Plain functions taking an invoke Context first; tasks only resolve settings and 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .compose import dependencies, topo_layers, validate_services
-from .errors import ComposeError
+from .errors import ComposeError, MemstackError
 from .health import Status, Watch
 from .output import confirm, interactive, say
 from .target import Target, target  # noqa: F401 - target: re-exported (older callers)
@@ -81,34 +82,39 @@ def one_shot_services(model: Mapping[str, Any]) -> set[str]:
 
 
 def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
-       wait: bool = True, build: bool = False, sleep: Callable[[float], None] = time.sleep) -> dict[str, Status]:
+       wait: bool = True, build: bool = False, sleep: Callable[[float], None] = time.sleep,
+       preflight: Callable[[], None] | None = None) -> dict[str, Status]:
     """Start services (and what they depend on); each service starts as soon as all its own
-    dependencies pass their healthchecks; wait until all are ready, or fail fast."""
+    dependencies pass their healthchecks; wait until all are ready, or fail fast.
+
+    ``preflight`` (the task's checks, running meanwhile) is waited for before anything changes;
+    its error comes first when reading the stack failed too."""
+    try:
+        plan = _plan(t, services, wait)
+    except MemstackError:
+        if preflight is not None:
+            preflight()  # the check's message names the cause (no engine, no compose, a bad file)
+        raise
+    if preflight is not None:
+        preflight()
+    model, names, deps, order, cond, rows, changed, current = plan
     timeout = float(timeout if timeout is not None else t.settings["timeout"])
-    model = t.compose.model(t.c)
-    names = validate_services(model, services, t.stack.name)
-    deps = dependencies(model, names)
-    order = [s for layer in topo_layers(deps) for s in layer]  # also rejects cycles
-    # depends_on conditions: service_started needs the dependency started by this run; healthy
-    # and completed_successfully need it ready (healthy, or exited 0 for one-shot services).
-    cond = {s: {d: str((spec or {}).get("condition", "service_started"))
-                for d, spec in (model["services"][s].get("depends_on") or {}).items()} for s in deps}
     extra = ["--build"] if build else []
     if not wait:
         t.compose.check(t.c, "up", "--detach", *extra, *order, what="Starting the stack")
         return {}
-    # Start-first services (rollout.py) that run and changed are rolled, not recreated; refused
-    # before anything starts when they cannot run twice. The edge proxy's config follows what runs.
     from . import proxy as edge
     from . import rollout
 
     rollable = rollout.check_rollable(model, order)
-    changed, current = rollout.survey(t, model, order)
     rolling = set(changed) & set(rollable)
-    # running, one container, made from today's definition and image: `compose up` would change nothing
+    # unchanged and healthy by the engine's own check: ready without a round of ours (a database
+    # kind still gets its query from the watch)
+    healthy = {str(r.get("Service")) for r in rows if r.get("State") == "running" and r.get("Health") == "healthy"
+               and not rollout.stateful(model["services"][str(r.get("Service"))])}
     px = edge.Proxy(t, model) if edge.proxy_service(model) else None
     if px is not None:
-        px.apply()
+        px.apply(rows=rows)
     watch = Watch(t.c, t.compose, model, probes=t.probes, one_shot=one_shot_services(model))
     started: set[str] = set()  # compose up submitted
     active: set[str] = set()  # compose up completed: only these are judged by the watch
@@ -117,6 +123,15 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     # (a job named with --service is); they count as done from the start.
     done = completed_jobs(t, [s for s in order if s in watch.one_shot and s not in set(services)])
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose-up")
+    # rollouts of several services at once (each its own new container, gate and drain; the
+    # proxy changes one at a time, Proxy.lock)
+    rollers = ThreadPoolExecutor(max_workers=max(1, len(rolling)), thread_name_prefix="rollout")
+    notes: list[str] = []  # what a rollout undid after a Ctrl-C (said in the one line)
+    wake = threading.Event()  # a start or rollout finished: the next round need not wait the interval
+
+    def nap(seconds: float) -> None:
+        wake.wait(seconds)
+        wake.clear()
 
     def start_unblocked() -> None:
         for f in [f for f in inflight if f.done()]:
@@ -125,22 +140,32 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             active.update(batch)
             if isinstance(rolled, rollout.Rolled):  # its gate just passed: no second round needed
                 watch.mark_ready(rolled.service, f"healthy, rolled out start-first ({rolled.detail})")
-        ready = {s for s, st in watch.statuses.items() if st.ready}
-        batch = [s for s in order if s not in started
-                 and all(d in (active if cond[s].get(d) == "service_started" else ready) for d in deps[s])]
-        for s in [s for s in batch if s in done]:
-            batch.remove(s)
-            started.add(s)
-            active.add(s)
-            watch.mark_done(s, "completed in an earlier up, definition unchanged: not run again")
-        for s in [s for s in batch if s in current]:
-            batch.remove(s)
-            started.add(s)
-            active.add(s)
+        while True:  # a current service marked ready here may unblock its dependants at once
+            ready = {s for s, st in watch.statuses.items() if st.ready}
+            batch = [s for s in order if s not in started
+                     and all(d in (active if cond[s].get(d) == "service_started" else ready) for d in deps[s])]
+            progress = False
+            for s in [s for s in batch if s in done]:
+                batch.remove(s)
+                started.add(s)
+                active.add(s)
+                watch.mark_done(s, "completed in an earlier up, definition unchanged: not run again")
+                progress = True
+            for s in [s for s in batch if s in current]:
+                batch.remove(s)
+                started.add(s)
+                active.add(s)
+                progress = True
+                if s in healthy:  # the engine said healthy when this run began, and nothing changes it
+                    watch.mark_ready(s, "healthy (engine), unchanged: no compose call")
+            if not progress:
+                break
         for s in [s for s in batch if s in rolling]:
             batch.remove(s)
             started.add(s)
-            inflight[pool.submit(rollout.roll, t, model, s, timeout, px, sleep)] = [s]
+            f = rollers.submit(rollout.roll, t, model, s, timeout, px, sleep, notes)
+            f.add_done_callback(lambda _: wake.set())
+            inflight[f] = [s]
         if px is not None and px.service in batch:
             px.apply()  # its upstreams are ready by now: it starts with them
         if batch:
@@ -148,8 +173,10 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             # --no-deps: we order and gate the start ourselves; compose would otherwise wait for
             # the engine's next healthcheck tick (10 s in the seeds) before starting dependants.
             # In the background, so polling the services already started goes on meanwhile.
-            inflight[pool.submit(t.compose.check, t.c, "up", "--detach", "--no-deps", *extra, *batch,
-                                 what=f"Starting {', '.join(batch)}")] = batch
+            f = pool.submit(t.compose.check, t.c, "up", "--detach", "--no-deps", *extra, *batch,
+                            what=f"Starting {', '.join(batch)}")
+            f.add_done_callback(lambda _: wake.set())
+            inflight[f] = batch
 
     try:
         with Display(order) as display:
@@ -157,17 +184,48 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             # a rollout's health gate has `timeout` itself; its drain and the old container's stop come on top
             more = sum(rollout.drain_timeout(t, model["services"][s]) + rollout.grace(model["services"][s]) + 30
                         for s in rolling)
-            watch.wait(order, time.monotonic() + timeout + more, float(t.settings["interval"]), sleep=sleep,
+            watch.wait(order, time.monotonic() + timeout + more, float(t.settings["interval"]),
+                       sleep=nap if sleep is time.sleep else sleep,
                        before_poll=start_unblocked, active=active)
             # a job nothing waits for counted as ready while it ran: one that failed since fails `up`
             watch.recheck(order)
     finally:
         pool.shutdown(wait=True)
+        rollers.shutdown(wait=True)
+        if notes:
+            from .interrupt import undone
+
+            for note in notes:
+                undone(note)
     for f in inflight:
         f.result()
-    if px is not None:
-        px.apply()  # upstreams: the containers that run now (a service started fresh, a rollout)
+    if px is not None and set(started) - set(current) - set(done) - rolling:
+        px.apply()  # upstreams: the containers that run now (a service started fresh)
     return watch.statuses
+
+
+def _plan(t: Target, services: Iterable[str], wait: bool) -> tuple[Any, ...]:
+    """What ``up`` reads before it changes anything: the model, the services in start order with
+    their dependencies and conditions, and (waiting) what runs: changed and current services.
+    Start-first services (rollout.py) that run and changed are rolled, not recreated; refused
+    before anything starts when they cannot run twice."""
+    from . import rollout
+
+    model = t.compose.model(t.c)
+    names = validate_services(model, services, t.stack.name)
+    deps = dependencies(model, names)
+    order = [s for layer in topo_layers(deps) for s in layer]  # also rejects cycles
+    # depends_on conditions: service_started needs the dependency started by this run; healthy
+    # and completed_successfully need it ready (healthy, or exited 0 for one-shot services).
+    cond = {s: {d: str((spec or {}).get("condition", "service_started"))
+                for d, spec in (model["services"][s].get("depends_on") or {}).items()} for s in deps}
+    if not wait:
+        return model, names, deps, order, cond, [], [], []
+    rollout.check_rollable(model, order)
+    rows = t.compose.containers(t.c, order)  # what runs: one docker listing, shared below
+    # current: running, one container, made from today's definition and image (`compose up` would change nothing)
+    changed, current = rollout.survey(t, model, order, rows)
+    return model, names, deps, order, cond, rows, changed, current
 
 
 CONFIG_HASH = re.compile(r"(?:^|,)com\.docker\.compose\.config-hash=([0-9a-f]+)")

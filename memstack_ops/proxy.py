@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -216,6 +217,7 @@ class Proxy:
             raise ConfigError(f"Stack {t.stack.name} has no edge proxy: label one nginx service "
                               f"`{PROXY_LABEL}: nginx` (see README, Zero-downtime deploys).")
         self.t, self.model, self.service = t, model, name
+        self.lock = threading.RLock()  # one config change at a time (rollouts of several services run at once)
         self.routes = routes(model)
         self.dir = conf_dir(t)
 
@@ -253,18 +255,19 @@ class Proxy:
         """The proxy's running container (None when it does not run); looked up once, then again
         only when ``fresh`` or when it did not run."""
         if fresh or not getattr(self, "_container", None):
-            rows = [r for r in self.t.compose.ps(self.t.c, [self.service]) if r.get("State") == "running"]
+            rows = [r for r in self.t.compose.containers(self.t.c, [self.service]) if r.get("State") == "running"]
             self._container = str(rows[0].get("Name")) if rows else None
         return self._container
 
-    def running_upstreams(self) -> dict[str, list[str]]:
-        """Upstream addresses from what runs now: every running container of each routed service."""
+    def running_upstreams(self, rows: list[dict[str, Any]] | None = None) -> dict[str, list[str]]:
+        """Upstream addresses from what runs now (``rows``: ``Compose.containers``, given or read
+        here): every running container of each routed service."""
         names = [r.service for r in self.routes]
         by: dict[str, list[str]] = {n: [] for n in names}
         if not names:
             return by
         ports = {r.service: r.port for r in self.routes}
-        for row in self.t.compose.ps(self.t.c, names):
+        for row in rows if rows is not None else self.t.compose.containers(self.t.c, names):
             s = str(row.get("Service"))
             if row.get("State") == "running" and s in by:
                 by[s].append(f"{row.get('Name')}:{ports[s]}")
@@ -288,9 +291,7 @@ class Proxy:
     def workers(self, container: str) -> dict[str, str]:
         """nginx worker processes in the proxy container: pid -> title ("nginx: worker process",
         "nginx: worker process is shutting down" while it finishes requests after a reload)."""
-        script = ('for d in /proc/[0-9]*; do t=$(tr "\\0" " " < "$d/cmdline" 2>/dev/null); '
-                  'case "$t" in "nginx: worker process"*) echo "${d#/proc/} $t";; esac; done')
-        r = self.exec(container, "sh", "-c", script)
+        r = self.exec(container, "sh", "-c", _WORKERS + "workers")
         out = {}
         for line in r.stdout.splitlines() if r.ok else []:
             pid, _, title = line.strip().partition(" ")
@@ -300,61 +301,83 @@ class Proxy:
 
     # -- apply ---------------------------------------------------------------------------
     def apply(self, upstreams: Mapping[str, Iterable[str]] | None = None, maintenance: Maintenance | None = None,
-              reload: bool = True) -> bool:
-        """Write the config for ``upstreams`` (default: what runs now) and the maintenance state
-        (default: unchanged); when the proxy runs, check it with ``nginx -t`` (a failing config is
-        put back) and reload gracefully. Returns whether the config text changed. After the
-        reload returns, every worker that takes new connections runs the new config (waited for,
-        bounded), so the caller may stop what the old config pointed at once the old workers are gone."""
-        ups = {k: list(v) for k, v in (upstreams if upstreams is not None else self.running_upstreams()).items()}
-        m = maintenance if maintenance is not None else self.maintenance()
-        text = render(self.routes, ups, m, generation=f"{time.time():.3f}")
-        before = self.read(CONF_NAME)
-        same = before is not None and before.split("\n", 2)[2:] == text.split("\n", 2)[2:]
-        if maintenance is not None:
-            self.write(PAGE_NAME, page(m))
-            self.write(STATE_NAME, json.dumps({"on": m.on, "message": m.message}) + "\n")
-        if same:
-            return False
-        self.write(CONF_NAME, text)
-        container = self.container() if reload else None
-        if container:
-            self.reload(container, before)
-        return True
+              reload: bool = True, rows: list[dict[str, Any]] | None = None) -> bool:
+        """Write the config for ``upstreams`` (default: what runs now, from ``rows`` when given)
+        and the maintenance state (default: unchanged); when the proxy runs, check it with
+        ``nginx -t`` (a failing config is put back) and reload gracefully. Returns whether the
+        config text changed. After the reload returns, every worker that takes new connections
+        runs the new config (waited for, bounded), so the caller may stop what the old config
+        pointed at once the old workers are gone (``old_workers``, ``drained``)."""
+        with self.lock:
+            ups = {k: list(v) for k, v in (upstreams if upstreams is not None
+                                           else self.running_upstreams(rows)).items()}
+            m = maintenance if maintenance is not None else self.maintenance()
+            text = render(self.routes, ups, m, generation=f"{time.time():.3f}")
+            before = self.read(CONF_NAME)
+            same = before is not None and before.split("\n", 2)[2:] == text.split("\n", 2)[2:]
+            if maintenance is not None:
+                self.write(PAGE_NAME, page(m))
+                self.write(STATE_NAME, json.dumps({"on": m.on, "message": m.message}) + "\n")
+            self.old_workers: set[str] = set()
+            if same:
+                return False
+            self.write(CONF_NAME, text)
+            container = self.container() if reload else None
+            if container:
+                self.reload(container, before)
+            return True
 
-    def reload(self, container: str, previous: str | None = None) -> None:
-        """``nginx -t`` then ``nginx -s reload`` in ``container``; waits until every worker that
-        was taking connections before is shutting down or gone (bounded: 15 s)."""
+    def reload(self, container: str, previous: str | None = None) -> set[str]:
+        """``nginx -t`` then ``nginx -s reload`` in ``container``, in one exec that also waits
+        until every worker that was taking connections before is shutting down or gone and a new
+        one runs (bounded: 15 s). Returns those old workers' pids (also in ``old_workers``)."""
         from .compose import first_line
 
-        old = {p for p, title in self.workers(container).items() if title == "nginx: worker process"}
-        r = self.exec(container, "sh", "-c", 'nginx -t -q || exit 90; nginx -s reload')
+        r = self.exec(container, "sh", "-c", _WORKERS + _RELOAD, timeout=60)
         if r.return_code == 90:
             if previous is not None:
                 self.write(CONF_NAME, previous)
             raise ProxyError(f"The generated proxy config fails `nginx -t` in {container} (the previous config was "
                              f"put back, nothing was reloaded): {first_line(r.stderr or r.stdout)}")
-        if r.failed:
-            raise ProxyError(f"Reloading nginx in {container} failed: {first_line(r.stderr or r.stdout)}")
-        from .health import poll
-
-        def switched() -> bool:
-            now = self.workers(container)
-            return not any(now.get(p) == "nginx: worker process" for p in old) and bool(now)
-
-        if not poll(switched, 15.0, 0.1):
+        if r.return_code == 92:
             raise ProxyError(f"nginx in {container} did not take the new config within 15 s (its old workers still "
                              f"accept connections); see `memstack-ops logs --service {self.service}`.")
-        self.old_workers = old
+        if r.failed:
+            raise ProxyError(f"Reloading nginx in {container} failed: {first_line(r.stderr or r.stdout)}")
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("old")), "old")
+        self.old_workers = {p for p in line.split()[1:] if p.isdigit()}
+        return set(self.old_workers)
 
-    def drained(self) -> bool:
-        """Whether the workers that ran before the last reload have all exited (they finish the
-        requests they hold first)."""
+    def drained(self, old: Iterable[str] | None = None, limit: float = 0.0) -> bool:
+        """Whether the workers ``old`` (default: those of the last reload) have all exited (they
+        finish the requests they hold first); with ``limit``, waits for that inside the proxy
+        container (one exec, checked every 0.2 s) up to ``limit`` seconds."""
+        pids = sorted(set(old) if old is not None else getattr(self, "old_workers", set()))
         container = self.container()
-        if not container:
+        if not container or not pids:
             return True
-        now = self.workers(container)
-        return not any(p in now for p in getattr(self, "old_workers", set()))
+        r = self.exec(container, "sh", "-c", _WORKERS + _DRAINED, "sh", str(max(0, int(limit + 0.999))), *pids,
+                      timeout=limit + 60)
+        return bool(r.return_code == 0)
+
+
+# Shell for the proxy container. workers: "pid title" of every nginx worker; alive PID: whether PID
+# is still an nginx worker (an exited one's zombie has no cmdline).
+_WORKERS = ('workers() { for d in /proc/[0-9]*; do t=$(tr "\\0" " " 2>/dev/null < "$d/cmdline"); '
+            'case "$t" in "nginx: worker process"*) echo "${d#/proc/} $t";; esac; done; }; '
+            'taking() { workers | while read -r p t; do [ "$t" = "nginx: worker process" ] && echo "$p"; done; }; '
+            'alive() { case "$(tr "\\0" " " 2>/dev/null < "/proc/$1/cmdline")" in "nginx: worker"*) return 0;; '
+            'esac; return 1; }; ')
+# reload: the old workers, nginx -t (90 when it fails), reload, then until none of the old ones
+# takes connections and a new one does (92 after 15 s)
+_RELOAD = ('old=$(taking); nginx -t -q || exit 90; nginx -s reload || exit 91; i=0; '
+           'while [ $i -lt 150 ]; do now=" $(taking | tr "\\n" " ") "; busy=; '
+           'for p in $old; do case "$now" in *" $p "*) busy=1;; esac; done; '
+           'if [ -z "$busy" ] && [ "$now" != "  " ]; then echo old $old; exit 0; fi; sleep 0.1; i=$((i+1)); done; '
+           'exit 92')
+# drained SECONDS PID...: 0 once none of the PIDs is an nginx worker any more, 1 after SECONDS
+_DRAINED = ('end=$(( $(date +%s) + $1 )); shift; while :; do left=; for p in "$@"; do alive "$p" && left=1; done; '
+            '[ -z "$left" ] && exit 0; [ "$(date +%s)" -ge "$end" ] && exit 1; sleep 0.2; done')
 
 
 def ensure_overlay(t: Target) -> Target:
@@ -368,19 +391,37 @@ def ensure_overlay(t: Target) -> Target:
     rel = f"{OVERRIDES_DIR}/{t.stack.project}.proxy.yml"
     if rel in t.stack.compose_files or (t.remote and not t.release_dir) or not declares_proxy(t):
         return t
+    stack = dataclasses.replace(t.stack, compose_files=(*t.stack.compose_files, rel))
+    existing = None
+    if not t.remote:  # the overlay of an earlier run: the config hashes `up` needs are asked meanwhile
+        try:
+            existing = (t.stack.root / rel).read_text()
+        except OSError:
+            pass
+        else:
+            dataclasses.replace(t.compose, stack=stack).prefetch_hashes(t.c)
     model = t.compose.model(t.c)
     name = proxy_service(model)
     if name is None:
         return t
     folder = conf_dir(t)
     where = t.release_dir if t.remote else t.stack.root
-    r = run(t.c, ["sh", "-c", 'mkdir -p "$(dirname "$1")" "$2" && cat > "$1"', "sh", rel, folder], cwd=where,
-            in_stream=Script(overlay(name, folder)))
-    if r.failed:
-        raise ConfigError(f"Writing the proxy overlay {rel} failed: {(r.stderr or r.stdout).strip()}")
-    stack = dataclasses.replace(t.stack, compose_files=(*t.stack.compose_files, rel))
+    text = overlay(name, folder)
+    if text != existing:  # written only when it changes (the same files keep the prefetched hashes)
+        r = run(t.c, ["sh", "-c", 'mkdir -p "$(dirname "$1")" "$2" && cat > "$1"', "sh", rel, folder], cwd=where,
+                in_stream=Script(text))
+        if r.failed:
+            raise ConfigError(f"Writing the proxy overlay {rel} failed: {(r.stderr or r.stdout).strip()}")
     t.stack = stack
     t.compose.stack = stack
+    # what compose renders with the overlay: the same model, the proxy's conf.d mount replaced
+    # (compose merges volumes by target), so no second `compose config` is needed
+    svc = model["services"][name]
+    entry = {"type": "bind", "source": folder, "target": CONF_TARGET, "read_only": True}
+    svc["volumes"] = [v for v in svc.get("volumes") or []
+                      if not (isinstance(v, dict) and v.get("target") == CONF_TARGET)]
+    svc["volumes"].append(entry)
+    t.compose.remember(model)
     px = Proxy(t, model)
     if px.read(CONF_NAME) is None:  # a first config, so the proxy can start (its upstreams follow with `up`)
         px.write(CONF_NAME, render(px.routes, {}, Maintenance()))

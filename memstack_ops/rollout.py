@@ -102,52 +102,46 @@ def check_rollable(model: Mapping[str, Any], names: Iterable[str]) -> list[str]:
     return out
 
 
-def _ids(t: Target, containers: list[str]) -> dict[str, str]:
-    """container name -> image ID it runs."""
-    if not containers:
-        return {}
-    r = run(t.c, ["docker", "inspect", "--format", "{{.Name}} {{.Image}}", *containers], timeout=60)
-    return {a.lstrip("/"): b for a, _, b in (ln.partition(" ") for ln in r.stdout.splitlines()) if b}
-
-
-def outdated(t: Target, model: Mapping[str, Any], names: Iterable[str]) -> list[str]:
-    """Those of ``names`` that run now and whose running container is not what ``up`` would make:
-    its definition (compose's config hash) or its image (the ID the image reference names now) changed."""
-    return survey(t, model, names)[0]
-
-
-def survey(t: Target, model: Mapping[str, Any], names: Iterable[str]) -> tuple[list[str], list[str]]:
+def survey(t: Target, model: Mapping[str, Any], names: Iterable[str],
+           rows: list[dict[str, Any]] | None = None) -> tuple[list[str], list[str]]:
     """(changed, current) among ``names``: changed ones run and their container is not what ``up``
     would make (definition, i.e. compose's config hash, or image ID differ); current ones have
     exactly one container, running, made from the current definition and image (and no replica
-    count), so a `compose up` of them would change nothing."""
+    count), so a `compose up` of them would change nothing.
+
+    What runs is read with one docker listing (``rows``: ``Compose.containers``, given or read
+    here); the wanted config hashes and the image IDs are asked at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .lifecycle import CONFIG_HASH
 
     names = list(names)
     if not names:
         return [], []
-    every = t.compose.ps(t.c, names)
-    rows = [r for r in every if r.get("State") == "running"]
-    if not rows:
+    every = [r for r in (rows if rows is not None else t.compose.containers(t.c, names)) if r.get("Service") in names]
+    running = [r for r in every if r.get("State") == "running"]
+    if not running:
         return [], []
-    services = sorted({str(r.get("Service")) for r in rows})
-    r = t.compose.run(t.c, "config", "--hash", ",".join(services))
-    want = dict(ln.split(None, 1) for ln in r.stdout.splitlines() if len(ln.split()) == 2) if r.ok else {}
+    services = sorted({str(r.get("Service")) for r in running})
     images = sorted({str(model["services"][s].get("image") or "") for s in services} - {""})
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="survey") as pool:
+        fi = pool.submit(run, t.c, ["docker", "image", "inspect", "--format", "{{.Id}}", *images],
+                         timeout=60) if images else None
+        want = t.compose.hashes(t.c, services)
+        ri = fi.result() if fi is not None else None
     have: dict[str, str] = {}
-    if images:
-        ri = run(t.c, ["docker", "image", "inspect", "--format", "{{.Id}}", *images], timeout=60)
+    if ri is not None:
         ids = ri.stdout.split()
         have = dict(zip(images, ids, strict=True)) if ri.ok and len(ids) == len(images) else {}
-    running = _ids(t, [str(r.get("Name")) for r in rows])
     changed, fine = set(), set()
-    for row in rows:
-        s, name = str(row.get("Service")), str(row.get("Name"))
+    for row in running:
+        s = str(row.get("Service"))
         m = CONFIG_HASH.search(str(row.get("Labels") or ""))
         image = str(model["services"][s].get("image") or "")
-        if (not m or want.get(s) != m.group(1)) or (image in have and running.get(name) not in (None, have[image])):
+        runs = row.get("ImageID")
+        if (not m or want.get(s) != m.group(1)) or (image in have and runs not in (None, have[image])):
             changed.add(s)
-        elif image in have and running.get(name) == have[image]:
+        elif image in have and runs == have[image]:
             fine.add(s)
     count: dict[str, int] = {}
     for row in every:
@@ -194,7 +188,9 @@ def gate(t: Target, model: Mapping[str, Any], name: str, container: str, timeout
     last = {"out": "", "detail": "not checked yet"}
     proxy_container = proxy.container() if proxy is not None and route is not None and route.health else None
 
-    def ready() -> bool:
+    has_test = bool(watch._test(name))
+
+    def state() -> bool:
         status, health, code, restarts = _state(t, container)
         if status in ("exited", "dead", "gone"):
             raise HealthError(f"the new container {status}" + (f" with code {code}" if status != "gone" else ""))
@@ -202,19 +198,35 @@ def gate(t: Target, model: Mapping[str, Any], name: str, container: str, timeout
             raise HealthError("the new container is restarting (crash loop)")
         if health == "unhealthy":
             raise HealthError("the engine marked the new container unhealthy")
-        if status != "running":
+        return status == "running"
+
+    def from_proxy() -> Any:
+        assert proxy_container and route is not None
+        url = f"http://{container}:{route.port}{route.health}"
+        return run(t.c, ["docker", "exec", proxy_container, "sh", "-c", HTTP_CHECK, "sh", url], timeout=10)
+
+    def ready() -> bool:
+        # with a healthcheck, the check runs first and the container's state is read only when it
+        # does not pass (a passing check ran in the running container): one docker call a round;
+        # the health path is fetched from the proxy at the same time (both must pass)
+        if not has_test and not state():
             return False
-        ok, out, detail = watch.check_container(name, container, health)
+        via = watch.pool.submit(from_proxy) if proxy_container and route is not None else None
+        ok, out, detail = watch.check_container(name, container, "")
         last.update(out=out, detail=detail)
-        if ok and proxy_container and route is not None:
-            url = f"http://{container}:{route.port}{route.health}"
-            r = run(t.c, ["docker", "exec", proxy_container, "sh", "-c", HTTP_CHECK, "sh", url], timeout=10)
+        if not ok:
+            if via is not None:
+                via.result()
+            state()
+            return False
+        if via is not None and route is not None:
+            r = via.result()
             if r.failed:
                 last.update(out=(r.stderr or r.stdout).strip(), detail=f"{route.health} not answering from the proxy")
                 return False
             detail += f", {route.health} answers from the proxy"
             last.update(detail=detail)
-        return bool(ok)
+        return True
 
     try:
         if poll(ready, timeout, interval):
@@ -283,20 +295,29 @@ def remove(t: Target, containers: Iterable[str], stop_time: float | None = None)
 
 
 def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None = None,
-         proxy: Proxy | None = None, sleep: Callable[[float], None] = time.sleep) -> Rolled:
+         proxy: Proxy | None = None, sleep: Callable[[float], None] = time.sleep,
+         notes: list[str] | None = None) -> Rolled:
     """Roll service ``name`` start-first (module docstring). Raises RolloutError, after removing
-    the new container, when it does not pass the health gate; the old one never stopped serving."""
+    the new container, when it does not pass the health gate; the old one never stopped serving.
+
+    Ctrl-C (KeyboardInterrupt, re-raised after the undo; what was done is appended to ``notes``):
+    before the switch, the new container is removed (the old one served all along); from the
+    switch on, the proxy stays on the new container (healthy, serving) and the old one is stopped
+    with its stop signal (it finishes the requests it holds, bounded by its stop_grace_period)
+    and removed, so one container serves, as after a complete rollout."""
+    from .interrupt import undoing
+
     t0 = time.monotonic()
     svc = model["services"][name]
     timeout = float(timeout if timeout is not None else t.settings["timeout"])
     interval = float(t.settings["interval"])
-    rows = t.compose.ps(t.c, [name])
+    rows = t.compose.containers(t.c, [name])
     old = sorted(str(r.get("Name")) for r in rows if r.get("State") == "running")
     stale = [str(r.get("Name")) for r in rows if r.get("State") != "running"]
     remove(t, stale)  # stopped leftovers would be started again by --scale instead of a new container
     t.compose.check(t.c, "up", "--detach", "--no-deps", "--no-recreate", "--scale", f"{name}={len(old) + 1}", name,
                     what=f"Starting a new {name} container beside {', '.join(old) or 'none'}")
-    now = [str(r.get("Name")) for r in t.compose.ps(t.c, [name])]
+    now = [str(r.get("Name")) for r in t.compose.containers(t.c, [name])]
     fresh = [c for c in now if c not in old and c not in stale]
     if len(fresh) != 1:
         raise RolloutError(f"Starting a new {name} container beside {', '.join(old)} gave {len(fresh)} new "
@@ -308,9 +329,14 @@ def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None =
         detail = gate(t, model, name, new, timeout, interval, proxy, route)
     except (HealthError, KeyboardInterrupt) as e:
         verdict = time.monotonic()
-        last = logs(t, new) if isinstance(e, HealthError) else ""
-        remove(t, [new])
-        if isinstance(e, KeyboardInterrupt):
+        interrupted = isinstance(e, KeyboardInterrupt)
+        with undoing(interrupted):
+            last = logs(t, new) if not interrupted else ""
+            remove(t, [new])
+        if interrupted:
+            if notes is not None:
+                notes.append(f"{name}: the new container {new} removed before the switch; "
+                             f"{', '.join(old) or 'the old container'} kept serving")
             raise
         say(f"  {name}: rolled back in {time.monotonic() - verdict:.1f} s: {new} removed, {', '.join(old)} "
             f"kept serving, proxy unchanged")
@@ -321,22 +347,43 @@ def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None =
                            f"healthcheck, then deploy again.") from None
     say(f"  {name}: {new} is healthy ({detail})")
     waited, complete = 0.0, True
-    if proxy is not None and route is not None:
-        ups = proxy.current_upstreams()
-        ups[name] = [f"{new}:{route.port}"]
-        proxy.apply(ups)
-        say(f"  {name}: proxy switched to {new}; draining {', '.join(old)} ...")
-        limit = drain_timeout(t, svc)
-        d0 = time.monotonic()
-        complete = poll(proxy.drained, limit, 0.2)
-        for c in old:
-            left = max(0.0, limit - (time.monotonic() - d0))
-            complete = poll(_idle(t, c, route.port), left, 0.2) and complete
-        waited = time.monotonic() - d0
-        say(f"  {name}: drained in {waited:.1f} s" if complete else
-            f"  {name}: drain timeout ({limit:.0f} s) reached: requests still open on {', '.join(old)} are cut")
-    remove(t, old, stop_time=grace(svc))
+    switching = False
+    try:
+        if proxy is not None and route is not None:
+            with proxy.lock:
+                switching = True  # from here on the proxy may send to the new container: it stays there
+                ups = proxy.current_upstreams()
+                ups[name] = [f"{new}:{route.port}"]
+                proxy.apply(ups)
+                old_workers = set(proxy.old_workers)
+            say(f"  {name}: proxy switched to {new}; draining {', '.join(old)} ...")
+            limit = drain_timeout(t, svc)
+            d0 = time.monotonic()
+            complete = proxy.drained(old_workers, limit)
+            for c in old:
+                left = max(0.0, limit - (time.monotonic() - d0))
+                complete = poll(_idle(t, c, route.port), left, 0.2) and complete
+            waited = time.monotonic() - d0
+            say(f"  {name}: drained in {waited:.1f} s" if complete else
+                f"  {name}: drain timeout ({limit:.0f} s) reached: requests still open on {', '.join(old)} are cut")
+        remove(t, old, stop_time=grace(svc))
+    except KeyboardInterrupt:
+        with undoing(True):
+            if route is not None and not switching:  # the proxy was not touched: back to the old one
+                remove(t, [new])
+                note = f"the new container {new} removed before the switch; {', '.join(old)} kept serving"
+            else:
+                if proxy is not None and route is not None:
+                    container = proxy.container()
+                    if container:  # the config may be written but not loaded yet: load it (idempotent)
+                        proxy.reload(container)
+                remove(t, old, stop_time=grace(svc))
+                note = (f"the proxy stays on {new} (healthy, serving); " if route is not None else
+                        f"{new} (healthy) runs; ") + (f"{', '.join(old)} stopped (its requests in flight finished "
+                                                      f"first) and removed" if old else "")
+        if notes is not None:
+            notes.append(f"{name}: {note}")
+        raise
     took = time.monotonic() - t0
     say(f"  {name}: rolled out start-first in {took:.1f} s ({', '.join(old)} -> {new})")
     return Rolled(name, old, new, took, waited, complete, detail)
-

@@ -67,10 +67,20 @@ def up(c: Context, service: list[str] | None = None, timeout: str | None = None,
         prod = " and the prod password check" if t.stack.stage == "prod" else ""
         warn(f"--skip-checks: skipped the preflight checks: engine, compose, env files ({', '.join(t.stack.env_files)}"
              f"{prod}), compose files, ports.")
-    else:
-        checks = run_checks(t, full=False)
-        if failed(checks):
-            _checks_or_exit(checks, "preflight")
+    preflight = None
+    if not skip_checks:
+        # the checks run while `up` reads what runs (nothing changes before they passed)
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight")
+        pending = pool.submit(run_checks, t, False)
+        pool.shutdown(wait=False)
+
+        def preflight() -> None:
+            checks = pending.result()
+            if failed(checks):
+                _checks_or_exit(checks, "preflight")
+
     if "local" in t.settings["overlays"]:
         say("Using the local images (compose.local.yml): real PostgreSQL/Redis/Prometheus from Debian, "
             "stand-ins for Neo4j, Grafana and the API/worker, because no registry is reachable.")
@@ -79,7 +89,7 @@ def up(c: Context, service: list[str] | None = None, timeout: str | None = None,
     from ..interrupt import phase
 
     with phase("the start and health wait (what started keeps running)"):
-        statuses = lifecycle.up(t, service or (), wait=not no_wait, build=build) or {}
+        statuses = lifecycle.up(t, service or (), wait=not no_wait, build=build, preflight=preflight) or {}
     say(f"{'Healthy' if not no_wait else 'Started'} in {time.monotonic() - t0:.1f} s.")
     # the URLs of what this run started and found healthy (with --no-wait: of what it started)
     shown = [s for s, st in statuses.items() if st.ready] if not no_wait else (service or None)

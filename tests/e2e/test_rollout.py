@@ -243,3 +243,52 @@ def test_the_same_rollout_over_ssh_to_a_host_drops_no_request(tmp_path, hosts, s
         assert status_code() == 200
     finally:
         clear_stack(box, p)
+
+
+def test_ctrl_c_during_the_drain_leaves_the_new_container_serving_and_the_old_one_removed(web, app_images):
+    """Before: a Ctrl-C while the old container drained left both running, the proxy on the new one.
+    Now the rollout finishes the switch: the old one is stopped with its stop signal (its requests
+    in flight complete) and removed; no request fails; the one line says so."""
+    import os
+    import selectors
+    import signal
+    import sys
+
+    ok(web.run("up"))
+    old = containers(web, "api")
+    set_env(web, APP_IMAGE=app_images["v2"])
+    with Load(web.ports["PROXY_HOST_PORT"], rate=20, long_path="/slow?s=8", long_every=10, max_seconds=300) as load:
+        time.sleep(2)  # long requests in flight on the old container: the drain waits for them
+        proc = subprocess.Popen([sys.executable, "-m", "memstack_ops", "up"], cwd=web.root, env=web.env(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            sel = selectors.DefaultSelector()
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            seen: list[str] = []
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and not any("draining" in ln for ln in seen):
+                if sel.select(timeout=1):
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    seen.append(line)
+            assert "draining" in "".join(seen), "".join(seen) + proc.stderr.read()
+            os.killpg(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(10)  # the long requests sent meanwhile finish before counting
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    now = containers(web, "api")
+    assert len(now) == 1 and now[0] not in old, (old, now)  # one api container: the new one
+    new_name = now[0].split()[1]
+    assert "the proxy stays on " + new_name in err and "removed" in err, err
+    assert f"server {new_name}:8000;" in proxy_conf(web)
+    assert docker("inspect", "--format", "{{.State.Status}}", new_name).stdout.strip() == "running"
+    assert get(web, "/")[0] == 200
+    r = load.result
+    assert r.sent >= 100 and not r.non_2xx and not r.errors and r.unfinished == 0, r
+    assert r.long_sent >= 5 and r.long_ok == r.long_sent, r

@@ -343,3 +343,25 @@ def test_secrets_written_in_the_compose_files_are_scrubbed_once_the_model_was_re
     with pytest.raises(ComposeError) as e:
         comp.check(c, "up", what="Starting")
     assert str(e.value).endswith("NOAUTH ****; ****")
+
+
+def test_the_model_is_rendered_once_per_process_until_a_file_changes(tmp_path):
+    """`up` reads the model in the overlay step, the preflight, up itself and the URLs: one
+    `compose config` for all of them, and a new one as soon as a compose or env file changes."""
+    stack = make_stack(tmp_path, project="cachep")
+    for f in (*stack.compose_files, *stack.env_files):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("services: {}\n")
+    comp = cmod.Compose(stack)
+    cmd = ccmd(comp, "config", "--format", "json")
+    c = MockContext(run={cmd: Result(json.dumps({"services": {"a": {"image": "x"}}}))}, repeat=True)
+    first = comp.model(c)
+    first["services"]["a"]["image"] = "changed by a caller"
+    assert comp.model(c) == {"services": {"a": {"image": "x"}}}  # a copy each time
+    assert sum(1 for call in c.run.call_args_list if call.args[0] == cmd) == 1
+    (tmp_path / stack.compose_files[0]).write_text("services: {a: {image: y}}\n")
+    comp.model(c)
+    assert sum(1 for call in c.run.call_args_list if call.args[0] == cmd) == 2
+    comp.remember({"services": {"b": {}}})  # an overlay's known effect, taken as rendered
+    assert comp.model(c) == {"services": {"b": {}}}
+    assert sum(1 for call in c.run.call_args_list if call.args[0] == cmd) == 2

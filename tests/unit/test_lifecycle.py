@@ -131,6 +131,16 @@ class FakeEngine(MockContext):
                 return Result("")
             if args[0] == "logs":
                 return Result("log line")
+        if argv[:2] == ["sh", "-c"] and "docker ps --all --quiet" in argv[2]:  # Compose.containers
+            with self.lock:
+                self.on_ps()
+                lines = []
+                for s_, state in self.state.items():
+                    labels = dict(kv.split("=", 1) for kv in self.labels.get(s_, "").split(",") if "=" in kv)
+                    labels["com.docker.compose.service"] = s_
+                    lines.append("\t".join([json.dumps(f"/p-{s_}-1"), json.dumps(labels), json.dumps(state), '""',
+                                             str(self.codes.get(s_, 0)), json.dumps("")]))
+            return Result("".join(ln + "\n" for ln in lines))
         if argv[:2] == ["docker", "exec"]:
             return Result("accepting connections")
         if argv[:2] == ["docker", "inspect"]:
