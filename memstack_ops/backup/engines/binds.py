@@ -14,8 +14,8 @@ from typing import Any
 
 from ...binds import PROBE, classify, folder_binds, key_of
 from ...target import Target
-from ..shell import BackupError, StreamFailed
-from .base import EXT, Bind, Job, Plan, Safety, fail_capture, file_entry, oneoff_name
+from ..shell import BackupError
+from .base import EXT, Bind, Job, Plan, Safety, file_entry, oneoff_name
 from .volumes import Volumes
 
 METHOD = "tar-bind"
@@ -91,18 +91,9 @@ class Binds(Volumes):
         b = plan.bind
         if not b.image:
             raise BackupError(f"No service that mounts {b.key} names an image: nothing to read it with.")
-        name = oneoff_name(job.project, slug(b.key), "tar")
-        argv = job.oneoff(name, b.image, volumes=(f"{b.source}:/v:ro",), user="0", entrypoint="tar",
-                          args=("-C", "/v", "-cf", "-", "."))
-        _, host_c, comp = job.compression(None)
-        fname = f"bind-{slug(b.key)}.tar{EXT[job.compress]}"
         t0 = time.time()
-        try:
-            cap = job.capture(f"bind {b.key}", argv, f"{set_dir}/{fname}", host_c)
-        except StreamFailed as e:
-            raise fail_capture(job, None, e, f"The tar of {b.key}") from None
-        finally:
-            job.remove_container(name)
+        fname = f"bind-{slug(b.key)}.tar{EXT[job.compress]}"
+        argv, cap, comp = self.tar(job, set_dir, fname, slug(b.key), b.image, b.source, f"bind {b.key}")
         from .volumes import tree_probe
 
         probe = tree_probe(job, b.image, b.source)  # files and bytes: what a drill would compare

@@ -75,23 +75,33 @@ class Volumes(Engine):
             raise BackupError(f"No service of the stack uses volume {vol.key}: no image to read it with.")
         if job.shell.run(["docker", "volume", "inspect", vol.name], timeout=60).failed:
             raise BackupError(f"Volume {vol.name} does not exist yet (start the stack once first).")
-        name = oneoff_name(job.project, vol.key.replace("_", "-"), "tar")
-        argv = job.oneoff(name, vol.image, volumes=(f"{vol.name}:/v:ro",), user="0", entrypoint="tar",
-                          args=("-C", "/v", "-cf", "-", "."))
-        _, host_c, comp = job.compression(None)
-        fname = f"volume-{vol.key}.tar{EXT[job.compress]}"
         t0 = time.time()
-        try:
-            cap = job.capture(f"volume {vol.key}", argv, f"{set_dir}/{fname}", host_c)
-        except StreamFailed as e:
-            raise fail_capture(job, None, e, f"The tar of volume {vol.key}") from None
-        finally:
-            job.remove_container(name)
+        fname = f"volume-{vol.key}.tar{EXT[job.compress]}"
+        argv, cap, comp = self.tar(job, set_dir, fname, vol.key.replace("_", "-"), vol.image, vol.name,
+                                   f"volume {vol.key}")
         probe = tree_probe(job, vol.image, vol.name)
         return {"service": vol.key, "volume": vol.key, "volume_name": vol.name, "kind": self.kind, "image": vol.image,
                 "used_by": vol.services, "method": "tar of the named volume from a one-off container",
                 "command": shlex.join(argv), "counts": {}, "probe": probe, "notes": [],
                 "files": [file_entry(fname, cap, "tar", comp, vol.key)], "duration_s": round(time.time() - t0, 3)}
+
+    @staticmethod
+    def tar(job: Job, set_dir: str, fname: str, slug: str, image: str, source: str,
+            what: str) -> tuple[list[str], Any, str]:
+        """A tar of ``source`` (a volume's name or a bind's folder), mounted read-only in a one-off
+        container of ``image`` run as root, captured into ``set_dir/fname`` through this job's
+        compression: (the container's argv, the capture, the compression's description)."""
+        name = oneoff_name(job.project, slug, "tar")
+        argv = job.oneoff(name, image, volumes=(f"{source}:/v:ro",), user="0", entrypoint="tar",
+                          args=("-C", "/v", "-cf", "-", "."))
+        _, host_c, comp = job.compression(None)
+        try:
+            cap = job.capture(what, argv, f"{set_dir}/{fname}", host_c)
+        except StreamFailed as e:
+            raise fail_capture(job, None, e, f"The tar of {what}") from None
+        finally:
+            job.remove_container(name)
+        return argv, cap, comp
 
     def check(self, job: Job, entry: dict[str, Any], set_dir: str, svc: Svc | None, /) -> str:
         f = entry["files"][0]
