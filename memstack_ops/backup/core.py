@@ -616,6 +616,13 @@ def restore(t: Target, kind: str, set_id: str | None = None, service: str | None
     return summary
 
 
+def _stopped_while_restoring(job: Job, services: Iterable[str]) -> list[str]:
+    """The services that mount what a volume or folder restore replaces (sorted), then what depends
+    on them: all are stopped meanwhile and started again after."""
+    users = sorted(set(services))
+    return users + [d for u in list(users) for d in dependants(job.model, u) if d not in users]
+
+
 def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,
                      space_check: bool, checked: bool = False, allow_foreign: bool = False) -> dict[str, Any]:
     from ..output import confirm
@@ -641,8 +648,7 @@ def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes
         record_verify(job.shell, s, False, "checksum", problems)
         raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. "
                           f"Nothing was touched.")
-    users = sorted({u for e in entries for u in vols[e["volume"]].services})
-    users += [d for u in list(users) for d in dependants(job.model, u) if d not in users]
+    users = _stopped_while_restoring(job, (u for e in entries for u in vols[e["volume"]].services))
     names = [e["volume"] for e in entries]
     job.say(f"Restore volume(s) {', '.join(names)} of stack {t.stack.name} from backup {s.id}; checksums OK. "
             f"Services stopped meanwhile: {', '.join(users) or 'none'}.")
@@ -705,8 +711,7 @@ def _restore_binds(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes: 
         raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. "
                           f"Nothing was touched.")
     names = [e["bind"] for e in entries]
-    users = sorted({u for k in names for u in here[k].services})
-    users += [d for u in list(users) for d in dependants(job.model, u) if d not in users]
+    users = _stopped_while_restoring(job, (u for k in names for u in here[k].services))
     job.say(f"Restore folder(s) {', '.join(names)} of stack {t.stack.name} from backup {s.id}; checksums OK. "
             f"Services stopped meanwhile: {', '.join(users) or 'none'}.")
     if dry_run:
