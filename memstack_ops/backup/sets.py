@@ -46,15 +46,17 @@ def parse_id(name: str) -> tuple[dt.datetime, int, str] | None:
 
 
 def new_id(kind: str, taken: Iterable[str], now: dt.datetime | None = None) -> str:
-    """``<UTC timestamp>-<kind>``; ``-N`` before the kind when that second is taken already."""
+    """``<UTC timestamp>-<kind>``; ``-N`` before the kind when that second is taken already, by a
+    set of any kind: (timestamp, N) orders the sets of one machine by creation, so a redis set taken
+    in the second of a postgres set still counts as the newer one (``status``, retention)."""
     if kind not in KINDS:
         raise ValueError(kind)
-    taken = {t.removesuffix(".partial") for t in taken}
     ts = stamp(now or utcnow())
+    used = {(p[0], p[1]) for p in (parse_id(t.removesuffix(".partial")) for t in taken) if p}
+    when = dt.datetime.strptime(ts, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
     for n in range(1000):
-        cand = f"{ts}-{kind}" if n == 0 else f"{ts}-{n}-{kind}"
-        if cand not in taken:
-            return cand
+        if (when, n) not in used:
+            return f"{ts}-{kind}" if n == 0 else f"{ts}-{n}-{kind}"
     raise RuntimeError("more than 1000 backup sets in one second")
 
 

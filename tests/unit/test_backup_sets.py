@@ -33,6 +33,9 @@ def test_ids_are_utc_timestamp_and_kind_and_never_collide():
     c = new_id("postgres", [a, b + ".partial"], now)
     assert (b, c) == ("20260102T030405Z-1-postgres", "20260102T030405Z-2-postgres")
     assert parse_id(c) == (now, 2, "postgres")
+    # another kind in the same second comes after them all: the names order the sets by creation
+    d = new_id("redis", [a, b, c + ".partial"], now)
+    assert d == "20260102T030405Z-3-redis" and parse_id(d)[:2] > parse_id(c)[:2]  # type: ignore[index]
     for foreign in ("notes.txt", "20260102T030405Z-postgres.partial", "20260102T030405Z-oracle",
                     "x20260102T030405Z-redis", "20260102T030405Z-redis-copy"):
         assert parse_id(foreign) is None
