@@ -113,6 +113,19 @@ def interrupted(everywhere: bool = True) -> None:
         _state.at = _state.phase
 
 
+def generation() -> int:
+    """How many Ctrl-Cs came so far (a worker thread keeps the value it started with, for ``check``)."""
+    return _generation
+
+
+def check(since: int) -> None:
+    """For a worker thread between two runs: raise KeyboardInterrupt when a Ctrl-C came after
+    ``since`` (``generation()`` when its work began). Its runs hear of a Ctrl-C only while one is in
+    flight; a run it starts after the Ctrl-C goes through, and its work would go on unasked."""
+    if _generation != since and not shielded():
+        raise KeyboardInterrupt
+
+
 def hit() -> str | None:
     """The phase the Ctrl-C hit (None when none came)."""
     return _state.at

@@ -177,12 +177,14 @@ HTTP_CHECK = ('if command -v curl >/dev/null 2>&1; then curl -fsS -o /dev/null -
 
 
 def gate(t: Target, model: Mapping[str, Any], name: str, container: str, timeout: float, interval: float,
-         proxy: Proxy | None = None, route: Route | None = None) -> str:
+         proxy: Proxy | None = None, route: Route | None = None, since: int | None = None) -> str:
     """Wait until ``container`` (of service ``name``) passes the tool's health gate: the check ``up``
     uses, and the route's health path fetched from inside the proxy container (so the proxy can
     reach it). Returns the detail; raises HealthError with the last check output when it fails
-    (exits, crash-loops, is marked unhealthy, or is not ready within ``timeout``)."""
+    (exits, crash-loops, is marked unhealthy, or is not ready within ``timeout``). With ``since``
+    (interrupt.generation()), raises KeyboardInterrupt at the next round after a Ctrl-C."""
     from .health import Watch
+    from .interrupt import check
 
     watch = Watch(t.c, t.compose, model, probes={})
     last = {"out": "", "detail": "not checked yet"}
@@ -209,6 +211,8 @@ def gate(t: Target, model: Mapping[str, Any], name: str, container: str, timeout
         # with a healthcheck, the check runs first and the container's state is read only when it
         # does not pass (a passing check ran in the running container): one docker call a round;
         # the health path is fetched from the proxy at the same time (both must pass)
+        if since is not None:
+            check(since)
         if not has_test and not state():
             return False
         via = watch.pool.submit(from_proxy) if proxy_container and route is not None else None
@@ -256,9 +260,17 @@ def connections(t: Target, container: str, port: int) -> int | None:
     return n
 
 
-def _idle(t: Target, container: str, port: int) -> Callable[[], bool]:
-    """A readiness test: ``container`` holds no open connection on ``port`` (or cannot tell)."""
-    return lambda: connections(t, container, port) in (0, None)
+def _idle(t: Target, container: str, port: int, since: int | None = None) -> Callable[[], bool]:
+    """A readiness test: ``container`` holds no open connection on ``port`` (or cannot tell). With
+    ``since`` (interrupt.generation()), it raises KeyboardInterrupt after a Ctrl-C instead."""
+    from .interrupt import check
+
+    def idle() -> bool:
+        if since is not None:
+            check(since)
+        return connections(t, container, port) in (0, None)
+
+    return idle
 
 
 def grace(svc: Mapping[str, Any]) -> float:
@@ -305,8 +317,11 @@ def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None =
     switch on, the proxy stays on the new container (healthy, serving) and the old one is stopped
     with its stop signal (it finishes the requests it holds, bounded by its stop_grace_period)
     and removed, so one container serves, as after a complete rollout."""
-    from .interrupt import undoing
+    from .interrupt import check, generation, undoing
 
+    # this runs in a worker thread: a Ctrl-C reaches it through a run in flight, or through
+    # check(since) between runs (else a rollout between two polls would go on to its end)
+    since = generation()
     t0 = time.monotonic()
     svc = model["services"][name]
     timeout = float(timeout if timeout is not None else t.settings["timeout"])
@@ -326,7 +341,7 @@ def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None =
     route = next((r for r in (proxy.routes if proxy else []) if r.service == name), None)
     say(f"  {name}: new container {new} started beside {', '.join(old) or 'none'}; health gate ...")
     try:
-        detail = gate(t, model, name, new, timeout, interval, proxy, route)
+        detail = gate(t, model, name, new, timeout, interval, proxy, route, since)
     except (HealthError, KeyboardInterrupt) as e:
         verdict = time.monotonic()
         interrupted = isinstance(e, KeyboardInterrupt)
@@ -349,6 +364,7 @@ def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None =
     waited, complete = 0.0, True
     switching = False
     try:
+        check(since)  # not switched yet: the handler below removes the new container
         if proxy is not None and route is not None:
             with proxy.lock:
                 switching = True  # from here on the proxy may send to the new container: it stays there
@@ -362,10 +378,11 @@ def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None =
             complete = proxy.drained(old_workers, limit)
             for c in old:
                 left = max(0.0, limit - (time.monotonic() - d0))
-                complete = poll(_idle(t, c, route.port), left, 0.2) and complete
+                complete = poll(_idle(t, c, route.port, since), left, 0.2) and complete
             waited = time.monotonic() - d0
             say(f"  {name}: drained in {waited:.1f} s" if complete else
                 f"  {name}: drain timeout ({limit:.0f} s) reached: requests still open on {', '.join(old)} are cut")
+        check(since)
         remove(t, old, stop_time=grace(svc))
     except KeyboardInterrupt:
         with undoing(True):

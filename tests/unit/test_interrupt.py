@@ -15,6 +15,11 @@ from invoke import Config, Context
 from memstack_ops import interrupt
 
 
+@pytest.fixture(autouse=True)
+def _task() -> None:
+    interrupt.begin()  # each test is a task of its own (as each task of a run is)
+
+
 def ctx() -> Context:
     return Context(Config(overrides={"runners": interrupt.RUNNERS}))
 
@@ -106,6 +111,42 @@ def test_a_run_in_a_worker_thread_stops_when_ctrl_c_comes(tmp_path):
     th.join(60)
     assert not th.is_alive() and seen and isinstance(seen[0], KeyboardInterrupt)
     assert not alive(int(pids.read_text().split()[0]))
+
+
+def test_a_worker_thread_between_two_runs_hears_of_ctrl_c_through_check(tmp_path):
+    """The race a rollout's drain hit: the worker slept between two polls when Ctrl-C came; its
+    next run started after it and went through (runs hear of a Ctrl-C only while in flight), and
+    the rollout finished unasked. ``check(since)`` between its runs raises instead."""
+    seen: list[BaseException] = []
+    ran: list[str] = []
+    pause, between = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        since = interrupt.generation()
+        try:
+            ctx().run("true", hide=True, in_stream=False)
+            between.set()
+            pause.wait(30)  # the Ctrl-C comes here, between two runs
+            ran.append(ctx().run("echo after", hide=True, in_stream=False).stdout.strip())  # not cancelled ...
+            interrupt.check(since)  # ... but this says the Ctrl-C came
+            ran.append("went on")
+        except BaseException as e:  # noqa: BLE001
+            seen.append(e)
+
+    th = threading.Thread(target=worker)
+    th.start()
+    assert between.wait(30)
+    interrupt.interrupted()
+    pause.set()
+    th.join(60)
+    assert ran == ["after"] and seen and isinstance(seen[0], KeyboardInterrupt), (ran, seen)
+    since = interrupt.generation()
+    interrupt.check(since)  # no Ctrl-C since: nothing raised
+    interrupt.interrupted()
+    with interrupt.undoing(after_interrupt=True):
+        interrupt.check(since)  # undo work is never cancelled
+    with pytest.raises(KeyboardInterrupt):
+        interrupt.check(since)
 
 
 def test_undo_work_is_not_cancelled_and_holds_a_second_ctrl_c(tmp_path):
