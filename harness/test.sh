@@ -10,4 +10,4 @@ bash harness/build-images.sh
 bash harness/venv.sh
 .venv/bin/ruff check memstack_ops tests benchmarks tasks.py
 .venv/bin/mypy
-exec .venv/bin/python -m pytest tests "$@"
+exec .venv/bin/python -m pytest tests --durations=40 "$@"
