@@ -30,3 +30,7 @@ ns.add_collection(_backup.restore_ns)
 from . import swarm as _swarm  # noqa: E402  (issue 15: swarm.*)
 
 ns.add_collection(Collection.from_module(_swarm, name="swarm"))
+
+from . import k8s as _k8s  # noqa: E402  (issue 15: k8s.render)
+
+ns.add_collection(Collection.from_module(_k8s, name="k8s"))
