@@ -538,14 +538,15 @@ def _container(name: str, kname: str, svc: Mapping[str, Any], model: Mapping[str
 
 
 def _service(kname: str, ctx: _Ctx, ports: list[tuple[int, str]], selector: bool,
-             headless: bool = False) -> dict[str, Any]:
+             headless: bool = False, app: str = "") -> dict[str, Any]:
+    """The Service ``kname`` of the pods of service ``app`` (default: ``kname``; another name: an alias)."""
     spec: dict[str, Any] = {"ports": [{"name": _port_name(p, proto), "port": p, "targetPort": p, "protocol": proto}
                                       for p, proto in ports]}
     if selector:
-        spec["selector"] = _selector(kname, ctx.stack)
+        spec["selector"] = _selector(app or kname, ctx.stack)
     if headless:
         spec["clusterIP"] = "None"
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(kname, ctx.stack), "spec": spec}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(kname, ctx.stack, app), "spec": spec}
 
 
 def _configmap(name: str, kname: str, ctx: _Ctx, data: dict[str, str], file: str) -> Manifest:
@@ -655,7 +656,7 @@ def render(model: Mapping[str, Any], stack: str, replicas: Mapping[str, int] | N
             f"{probe.source or 'nothing (see the warnings)'}."))
         if ports:
             out.append(Manifest(_service(kname, ctx, ports, selector=True), file))
-            out += [Manifest({**_service(k8s_name(a, "alias"), ctx, ports, selector=True)}, file,
+            out += [Manifest(_service(k8s_name(a, "alias"), ctx, ports, selector=True, app=kname), file,
                              f"{name}: its compose network alias {a}.")
                     for a in _aliases(svc) if k8s_name(a, "alias") not in names.values()]
         if n > 1:
@@ -694,7 +695,7 @@ def _external(name: str, kname: str, kind: str, svc: Mapping[str, Any], ports: l
            f"  spec: {{type: ExternalName, externalName: db.example.com}}\n"
            f"Its credentials stay in the Secret {ctx.secret_name} of the services that use it.")
     out = [Manifest(_service(kname, ctx, ports, selector=False), file, how)]
-    out += [Manifest(_service(k8s_name(a, "alias"), ctx, ports, selector=False), file,
+    out += [Manifest(_service(k8s_name(a, "alias"), ctx, ports, selector=False, app=kname), file,
                      f"{name}: its compose network alias {a}: point it at the same database.")
             for a in _aliases(svc) if k8s_name(a, "alias") != kname]
     return out
@@ -723,7 +724,8 @@ def _statefulset(name: str, kname: str, kind: str, svc: Mapping[str, Any], model
     if ports:
         out.append(Manifest(_service(kname, ctx, ports, selector=True, headless=True), file,
                             f"{name}: headless Service (its pod's own address under the name {kname})."))
-        out += [Manifest(_service(k8s_name(a, "alias"), ctx, ports, selector=True, headless=True), file,
+        out += [Manifest(_service(k8s_name(a, "alias"), ctx, ports, selector=True, headless=True, app=kname),
+                         file,
                          f"{name}: its compose network alias {a}.")
                 for a in _aliases(svc) if k8s_name(a, "alias") != kname]
     return out

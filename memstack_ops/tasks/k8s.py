@@ -32,6 +32,8 @@ def render(c: Context, out: str | None = None, replicas: list[str] | None = None
     written = k8s_render.write(rendered, folder)
     for w in rendered.warnings:
         warn(f"warning: {w}")
+    secret = any(m.file == k8s_render.SECRET_FILE for m in rendered.manifests)
     say(f"Wrote {len(written)} files ({len(rendered.manifests)} objects) to {folder}: "
-        f"{', '.join(p.name for p in written)}. Nothing was applied: create the Secret as "
-        f"{k8s_render.SECRET_FILE} says, then `kubectl apply -f {folder}`.")
+        f"{', '.join(p.name for p in written)}. Nothing was applied: "
+        + (f"create the Secret as {k8s_render.SECRET_FILE} says, then " if secret else "")
+        + f"`kubectl apply -f {folder}`.")

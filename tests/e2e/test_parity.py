@@ -540,7 +540,9 @@ def test_every_task_does_on_a_host_what_it_does_here(pair, step):
 
 # --------------------------------------------------------------------------- coverage
 
-LOCAL_ONLY = ("stacks", "env.init", "env.check", "env.show", "backup.push")
+# Tasks that work on this machine's project files only (-H refused): k8s.render renders the local
+# compose files into manifests and contacts no host nor cluster.
+LOCAL_ONLY = ("stacks", "env.init", "env.check", "env.show", "backup.push", "k8s.render")
 # Tasks whose -H behaviour needs more than this pair's stack (a swarm, an edge proxy, a cron daemon),
 # each with the e2e test that runs it over -H on a test host; the coverage test below checks that
 # every test named here exists, so a task cannot be waved through.

@@ -24,8 +24,6 @@ STATEFUL = {"memstack": {"neo4j", "postgres", "redis"},
             "memos": {"neo4j", "qdrant", "etcd", "minio", "milvus"}}
 PROJECTS = {"memstack": "memstack", "memos": "memos-dev"}
 
-pytestmark = pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI's compose plugin")
-
 
 def secret(stack: str, key: str) -> str:
     return f"K8s-Test-Secret-{stack}-{key}-7f3a9c"  # one per key: a wrong secretKeyRef cannot hide
