@@ -61,7 +61,7 @@ HANDLED = frozenset({
     "image", "build", "command", "entrypoint", "environment", "env_file", "healthcheck", "ports", "expose",
     "volumes", "labels", "deploy", "mem_limit", "mem_reservation", "cpus", "restart", "depends_on", "networks",
     "container_name", "hostname", "profiles", "stop_grace_period", "working_dir", "user", "read_only", "tmpfs",
-    "pull_policy", "links", "stdin_open", "tty", "init"})
+    "pull_policy", "links", "stdin_open", "tty", "init", "logging"})
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1035 label: Service names and the rest
 _PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*")
 _YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"})

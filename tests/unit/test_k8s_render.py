@@ -21,8 +21,9 @@ from memstack_ops.errors import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.30"
 STATEFUL = {"memstack": {"neo4j", "postgres", "redis"},
-            "memos": {"neo4j", "qdrant", "etcd", "minio", "milvus"}}
-PROJECTS = {"memstack": "memstack", "memos": "memos-dev"}
+            "memos": {"neo4j", "qdrant", "etcd", "minio", "milvus"},
+            "sanic-web": {"mysql", "minio", "neo4j-apoc"}}
+PROJECTS = {"memstack": "memstack", "memos": "memos-dev", "sanic-web": "sanic-web"}
 
 
 def secret(stack: str, key: str) -> str:
@@ -65,7 +66,7 @@ def validate_all(r: k8s_render.Rendered) -> None:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("stack", ["memstack", "memos"])
+@pytest.mark.parametrize("stack", ["memstack", "memos", "sanic-web"])
 @pytest.mark.parametrize("databases", ["external", "statefulset"])
 def test_the_default_stacks_render_valid_production_shaped_manifests(tmp_path, stack, databases):
     m = model(tmp_path, stack)
