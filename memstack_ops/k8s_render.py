@@ -34,7 +34,6 @@ is returned.
 
 from __future__ import annotations
 
-import json
 import math
 import posixpath
 import re
@@ -63,8 +62,6 @@ HANDLED = frozenset({
     "container_name", "hostname", "profiles", "stop_grace_period", "working_dir", "user", "read_only", "tmpfs",
     "pull_policy", "links", "stdin_open", "tty", "init", "logging"})
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1035 label: Service names and the rest
-_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*")
-_YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"})
 
 
 @dataclass
@@ -103,50 +100,12 @@ def _wrap(comment: str) -> list[str]:
     return out
 
 
-def _scalar(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return json.dumps(v)
-    if isinstance(v, dict):
-        return "{}"
-    if isinstance(v, list):
-        return "[]"
-    s = str(v)
-    if _PLAIN.fullmatch(s) and s.lower() not in _YAML_WORDS:
-        return s
-    # a JSON string is a YAML double-quoted scalar; these three are line breaks to YAML 1.1
-    return json.dumps(s, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") \
-        .replace("\x85", "\\x85")
-
-
-def _block(v: Any, pad: str, out: list[str]) -> None:
-    if isinstance(v, dict):
-        for k, x in v.items():
-            key = _scalar(str(k))
-            if isinstance(x, (dict, list)) and x:
-                out.append(f"{pad}{key}:")
-                _block(x, pad + "  ", out)
-            else:
-                out.append(f"{pad}{key}: {_scalar(x)}")
-        return
-    for x in v:
-        if isinstance(x, (dict, list)) and x:
-            sub: list[str] = []
-            _block(x, "", sub)
-            out.append(f"{pad}- {sub[0]}")
-            out.extend(f"{pad}  {line}" for line in sub[1:])
-        else:
-            out.append(f"{pad}- {_scalar(x)}")
-
-
 def to_yaml(obj: Mapping[str, Any]) -> str:
-    """One object as block-style YAML (strings that could read as anything else are JSON-quoted)."""
-    out: list[str] = []
-    _block(dict(obj), "", out)
-    return "\n".join(out) + "\n"
+    """One object as block-style YAML, keys in the order built (PyYAML quotes what YAML would read
+    as something else: "on", "0.10", "*")."""
+    import yaml
+
+    return str(yaml.safe_dump(dict(obj), sort_keys=False, default_flow_style=False, allow_unicode=True, width=120))
 
 
 # --------------------------------------------------------------------------- small helpers
