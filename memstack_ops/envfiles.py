@@ -115,6 +115,13 @@ def is_secret(key: str, value: str | None = None) -> bool:
     return bool(secret_parts(key, value))
 
 
+def env_secret(key: str, value: str) -> bool:
+    """Does this env entry belong out of a plain environment (a Kubernetes Secret, a Swarm secret
+    file)? Its value holds a secret (by name and shape, or a URL password), or its key names one
+    (``OPENAI_API_KEY=123`` too: a numeric key is still the key)."""
+    return bool(secret_parts(key, value)) or is_secret(key)
+
+
 def mask_urls(text: str) -> str:
     """``scheme://user:****@host``: the password of every URL in ``text`` masked."""
     return _URL.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:****@" if m.group("pw") is not None

@@ -328,7 +328,7 @@ def _environment(ctx: _Ctx, name: str, kname: str, svc: Mapping[str, Any],
                  read_env: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """(env entries referencing the Secret, the ConfigMap's data) of one service."""
     from .compose import unescape
-    from .envfiles import is_secret, secret_parts
+    from .envfiles import env_secret
 
     env = _env(svc)
     if svc.get("env_file"):  # compose left it in the model (older compose): read it, environment wins
@@ -342,7 +342,7 @@ def _environment(ctx: _Ctx, name: str, kname: str, svc: Mapping[str, Any],
         if raw is None:
             continue
         value = unescape(raw)
-        if secret_parts(key, value) or is_secret(key):
+        if env_secret(key, value):
             ref = _secret_key(ctx, kname, key, value)
             # empty in the env (an optional API key): the pod starts without it until it is set
             ref_spec = {"name": ctx.secret_name, "key": ref, **({} if value else {"optional": True})}
