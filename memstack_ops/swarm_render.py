@@ -30,7 +30,11 @@ of ``docker stack deploy``, plus notes on what was changed that the operator sho
   (``pull_policy``, ``mem_limit``, ``start_interval``, ...) are mapped (``mem_limit``/``cpus`` to
   ``deploy.resources``) or dropped, each noted;
 - networks become overlay networks (attachable, named by stack deploy after the stack); named
-  volumes keep their compose names, so a stack moved from compose keeps its data on its node.
+  volumes keep their compose names, so a stack moved from compose keeps its data on its node;
+- a service's environment is printed by ``docker service inspect``: env secrets become Swarm
+  secrets named by content hash (they cannot change in place, moby/moby#33808), read through the
+  images' ``*_FILE`` variables (memstack_ops/swarm_secrets.py); ``Rendered.secrets`` is the plan
+  the deploy executes (create the missing ones, prune the old ones).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .swarm_secrets import SecretPlan
 
 VERSION = "3.8"
 LABEL_PREFIX = "memstack-ops."  # the placement label of stateful service S: memstack-ops.S == true
@@ -81,6 +86,7 @@ _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "
 class Rendered:
     stack: dict[str, Any]
     notes: list[str] = field(default_factory=list)  # what changed that the operator should know
+    secrets: SecretPlan = field(default_factory=SecretPlan)  # the Swarm secrets it references (values apart)
 
 
 def seconds(value: Any, what: str = "duration") -> float:
@@ -268,9 +274,16 @@ def one_shot(model: Mapping[str, Any]) -> set[str]:
 
 
 def render(model: Mapping[str, Any], replicas: Mapping[str, int] | None = None, endpoint_mode: str = "dnsrr",
-           read_env: Callable[[str], dict[str, str]] = read_env_file) -> Rendered:
-    """The stack file (as a dict) of a compose model, and notes on what was changed."""
+           read_env: Callable[[str], dict[str, str]] = read_env_file, stack: str | None = None,
+           allow_env_secrets: bool = False) -> Rendered:
+    """The stack file (as a dict) of a compose model, notes on what was changed, and the plan of
+    its Swarm secrets. ``stack``: the stack's name (default: the model's project name), which
+    names its secrets. A secret left in an environment (its image does not read ``KEY_FILE``, as
+    far as the tool knows) is refused unless ``allow_env_secrets``."""
+    from .envfiles import model_secrets
+    from .kinds import kind_of
     from .rollout import stateful as stateful_kind
+    from .swarm_secrets import check_no_secret, refuse_or_note, to_files
 
     if endpoint_mode not in ENDPOINT_MODES:
         raise ConfigError(f"endpoint_mode {endpoint_mode!r}: use dnsrr (no IPVS needed) or vip.")
@@ -282,6 +295,8 @@ def render(model: Mapping[str, Any], replicas: Mapping[str, int] | None = None, 
                           f"{', '.join(sorted(services))}.")
     jobs = one_shot(model)
     notes: list[str] = []
+    plan = SecretPlan(str(stack if stack is not None else model.get("name") or ""))
+    left: dict[str, list[str]] = {}
     out_services: dict[str, Any] = {}
     for name, raw in services.items():
         svc = _clean(copy.deepcopy(dict(raw)))
@@ -304,6 +319,7 @@ def render(model: Mapping[str, Any], replicas: Mapping[str, int] | None = None, 
         if svc.get("env_file"):  # compose left it in the model: inline it (stack deploy never reads it)
             from_files = {k: v.replace("$", "$$") for k, v in _env_files(name, svc["env_file"], read_env).items()}
             env = {**from_files, **env}
+        left[name] = to_files(plan, name, out, kind_of(svc), env)
         if env:
             out["environment"] = env
         if "healthcheck" in out:
@@ -355,7 +371,7 @@ def render(model: Mapping[str, Any], replicas: Mapping[str, int] | None = None, 
         out["deploy"] = deploy
         out_services[name] = out
 
-    stack: dict[str, Any] = {"version": VERSION, "services": out_services}
+    doc: dict[str, Any] = {"version": VERSION, "services": out_services}
     networks = {}
     for key, net in dict(model.get("networks") or {}).items():
         net = dict(net or {})
@@ -373,13 +389,18 @@ def render(model: Mapping[str, Any], replicas: Mapping[str, int] | None = None, 
     if not networks and any("networks" not in s for s in out_services.values()):
         networks["default"] = {"driver": "overlay", "attachable": True}
     if networks:
-        stack["networks"] = networks
+        doc["networks"] = networks
     for top, keys in (("volumes", TOP_VOLUME_KEYS), ("configs", TOP_FILE_KEYS), ("secrets", TOP_FILE_KEYS)):
         items = {k: {kk: vv for kk, vv in dict(v or {}).items() if kk in keys}
                  for k, v in dict(model.get(top) or {}).items()}
         if items:
-            stack[top] = items
-    return Rendered(stack, notes)
+            doc[top] = items
+    if plan.keys:
+        doc["secrets"] = {**doc.get("secrets", {}), **{n: {"external": True, "name": n} for n in sorted(plan.keys)}}
+    refuse_or_note(left, allow_env_secrets, notes)
+    if not allow_env_secrets:
+        check_no_secret(doc, model_secrets(model) | set(plan.values.values()))
+    return Rendered(doc, notes, plan)
 
 
 def stateful_services(model: Mapping[str, Any]) -> dict[str, str]:
