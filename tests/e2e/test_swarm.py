@@ -233,10 +233,13 @@ def test_rendered_stack_files_pass_the_stack_schema_where_the_compose_files_do_n
     raw = docker("stack", "config", "-c", str(tmp_path / "compose.yml"), check=False)
     assert raw.returncode != 0, raw.stdout  # what the traps make of stack deploy
     m = json.loads(docker("compose", "--profile", "web", "config", "--format", "json", cwd=tmp_path).stdout)
-    r = render(m, replicas={"api": 3})
+    r = render(m, replicas={"api": 3}, allow_env_secrets=True)  # api (an app image) keeps it in its env
     out = stack_config(tmp_path, r.stack)
     # stack deploy interpolates once more: the model's $$ must reach the container as one $
-    assert out.count("POSTGRES_PASSWORD: pa$word") == 2, out
+    assert out.count("POSTGRES_PASSWORD: pa$word") == 1, out
+    # the postgres image reads it from its Swarm secret file; the secret's content is the container's value
+    assert "POSTGRES_PASSWORD_FILE: /run/secrets/POSTGRES_PASSWORD" in out and "external: true" in out, out
+    assert [r.secrets.value(n) for n in r.secrets.wanted()] == ["pa$word"]
     assert "node.labels.memstack-ops.db == true" in out and "replicas: 3" in out
 
 
@@ -247,6 +250,7 @@ def test_the_memstack_stack_renders_to_a_valid_stack_file(project, tmp_path):
 
     m = json.loads(subprocess.run(project.compose_argv("config", "--format", "json"), cwd=project.root,
                                   capture_output=True, text=True, check=True).stdout)
-    r = render(m, replicas={"api": 3} if "api" in m["services"] else {})
-    out = stack_config(tmp_path, r.stack)
+    r = render(m, replicas={"api": 3} if "api" in m["services"] else {}, allow_env_secrets=True)
+    out = stack_config(tmp_path, r.stack)  # the secret mounts and external secrets pass the schema too
+    assert "POSTGRES_PASSWORD_FILE: /run/secrets/POSTGRES_PASSWORD" in out, out
     assert "node.labels.memstack-ops.postgres == true" in out and "endpoint_mode: dnsrr" in out
