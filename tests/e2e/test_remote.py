@@ -179,6 +179,7 @@ def test_db_shell_on_a_host_with_a_terminal_is_the_interactive_client(remote_pro
     import fcntl
     import os
     import pty
+    import select
     import termios
 
     p = remote_project
@@ -189,17 +190,37 @@ def test_db_shell_on_a_host_with_a_terminal_is_the_interactive_client(remote_pro
                             cwd=REPO, env=p.env(), stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
     os.close(slave)
+    assert proc.stdout is not None
+    seen = b""
+
+    def until(token: bytes, seconds: float = 120) -> bool:
+        """Read the client's output until ``token`` shows (an operator types after the prompt:
+        redis-cli sets raw mode with TCSAFLUSH before each prompt, which drops what was typed
+        before it; typing blind after a sleep lost the `quit` under load and the client hung)."""
+        nonlocal seen
+        deadline = time.monotonic() + seconds
+        while not re.search(token, seen) and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([proc.stdout], [], [], 1)[0]:
+                seen += os.read(proc.stdout.fileno(), 65536)
+        return bool(re.search(token, seen))
+
     try:
-        time.sleep(3)  # the client's prompt; typing earlier would only be buffered
+        prompt = until(rb"[\w.]+:\d+> ")  # redis-cli's prompt: 127.0.0.1:6379>
         os.write(master, b"ECHO typed-at-a-terminal\r")
-        time.sleep(2)
+        # the reply, then the next prompt: linenoise flushes (TCSAFLUSH) what comes before it again
+        replied = until(rb'"typed-at-a-terminal"\r?\n[\w.]+:\d+> ')
         os.write(master, b"quit\r")
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
         os.close(master)
-    text = out.decode(errors="replace") + err.decode(errors="replace")
+    text = (seen + out).decode(errors="replace") + err.decode(errors="replace")
+    assert prompt and replied, text
     assert proc.returncode == 0, text
     assert '"typed-at-a-terminal"' in text and "> " in text, text  # redis-cli's prompt and its quoted reply
 
