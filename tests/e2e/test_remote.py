@@ -193,15 +193,24 @@ def test_db_shell_on_a_host_with_a_terminal_is_the_interactive_client(remote_pro
     assert proc.stdout is not None
     seen = b""
 
+    asked = 0
+
     def until(token: bytes, seconds: float = 120) -> bool:
-        """Read the client's output until ``token`` shows (an operator types after the prompt:
-        redis-cli sets raw mode with TCSAFLUSH before each prompt, which drops what was typed
-        before it; typing blind after a sleep lost the `quit` under load and the client hung)."""
-        nonlocal seen
+        """Read the client's output until ``token`` shows, answering as a terminal does.
+        - An operator types after the prompt: redis-cli sets raw mode with TCSAFLUSH before each
+          prompt, which drops what was typed before it (typed blind after sleeps, the `quit` was
+          lost under load and the client hung).
+        - A terminal answers the cursor-position query (ESC[6n). linenoise asks it when its window
+          has 0 columns, which happens when redis-cli starts before engine 20.10 applies the exec's
+          tty size (a resize after the start); it then waits for the answer forever."""
+        nonlocal seen, asked
         deadline = time.monotonic() + seconds
         while not re.search(token, seen) and time.monotonic() < deadline and proc.poll() is None:
             if select.select([proc.stdout], [], [], 1)[0]:
                 seen += os.read(proc.stdout.fileno(), 65536)
+                for _ in range(seen.count(b"\x1b[6n") - asked):  # linenoise: where the cursor is, then at col 999
+                    os.write(master, b"\x1b[1;1R" if asked % 2 == 0 else b"\x1b[1;80R")
+                    asked += 1
         return bool(re.search(token, seen))
 
     try:
