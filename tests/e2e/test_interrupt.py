@@ -241,7 +241,9 @@ def test_ctrl_c_during_a_postgres_restore_stops_pg_restore_drops_the_copy_and_le
     proc = start(project, "restore.postgres", "--yes")
     lines = read_until(proc, "safety backup: ")
     safety = lines[-1].split("safety backup: ", 1)[1].strip()
-    wait_for(lambda: any("pg_restore" in p for p in processes(docker_client, project, "postgres")), "pg_restore")
+    wait_for(lambda: proc.poll() is not None or any("pg_restore" in p for p in processes(docker_client, project,
+                                                                                            "postgres")), "pg_restore")
+    assert proc.poll() is None, "".join(lines) + "".join(proc.communicate())  # it ended before pg_restore ran
     out, err = ctrl_c(proc)
     assert proc.returncode == 130, "".join(lines) + out + err
     line = one_line(err)
