@@ -270,11 +270,27 @@ class Postgres(Engine):
     @staticmethod
     def drop(job: Job, svc: Svc, user: str, maint: str, name: str, force: str) -> str:
         """DROP DATABASE IF EXISTS (``force``: WITH (FORCE), where the server has it); "" once it is
-        gone, else why not."""
+        gone, else why not. A Ctrl-C can stop the restore while its CREATE DATABASE runs: psql is
+        gone, but the server finishes the statement and commits it (it notices the lost client
+        only when it answers), after a plain DROP found nothing. So statements that still name the
+        copy are cancelled first, and the drop is repeated until none runs and the copy is gone."""
         sql = f"DROP DATABASE IF EXISTS {kind.ident(name)} {force}".rstrip()
-        r = job.shell.run(job.exec_argv(svc, AS + 'psql -X -q -v ON_ERROR_STOP=1 -c "$3"', user, maint, sql),
-                          timeout=600)
+        r = job.shell.run(job.exec_argv(svc, AS + _DROP, user, maint, sql, name), timeout=600)
         return "" if r.ok else job.scrub((r.stderr or r.stdout).strip())[-300:] or f"exit {r.return_code}"
+
+
+# drop $3 (the DROP statement) of the database $4, see Postgres.drop; q: one query, the name as
+# the psql variable :'new' (quoted by psql); at most 100 rounds, 0.2 s apart
+_RUNNING = ("SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND state = 'active' AND position(:'new' in query) > 0")
+_DROP = ('q() { printf "%s\\n" "$1" | psql -X -q -At -v ON_ERROR_STOP=1 -v new="$4"; }; i=0; '
+         'while :; do '
+         f'q "{_RUNNING}" > /dev/null || exit 1; '
+         'psql -X -q -v ON_ERROR_STOP=1 -c "$3" || exit 1; '
+         f'left=$(q "SELECT ({_RUNNING}) + (SELECT count(*) FROM pg_database WHERE datname = :\'new\')") || exit 1; '
+         '[ "$left" = 0 ] && exit 0; i=$((i+1)); '
+         '[ "$i" -lt 100 ] || { echo "the database $4 is still being created or used" >&2; exit 1; }; '
+         'sleep 0.2; done')
 
 
 def side_name(db: str, what: str, rid: str) -> str:
