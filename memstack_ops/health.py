@@ -39,8 +39,8 @@ class Status:
     ready_after: float | None = None
 
 
-def check_argv(container: str, test: list[str]) -> list[str] | None:
-    """The docker exec argv that runs a compose healthcheck ``test`` in ``container``.
+def test_argv(test: list[str]) -> list[str] | None:
+    """The command a compose healthcheck ``test`` runs in its container (None: no test).
 
     ``compose config`` re-escapes a literal ``$`` as ``$$`` (so its output can be parsed again);
     the engine runs the test with single ``$``, and so must we."""
@@ -48,10 +48,16 @@ def check_argv(container: str, test: list[str]) -> list[str] | None:
         return None
     test = [unescape(a) for a in test]
     if test[0] == "CMD-SHELL":
-        return ["docker", "exec", container, "/bin/sh", "-c", " ".join(test[1:])]
+        return ["/bin/sh", "-c", " ".join(test[1:])]
     if test[0] == "CMD":
-        return ["docker", "exec", container, *test[1:]]
-    return ["docker", "exec", container, "/bin/sh", "-c", " ".join(test)]
+        return test[1:]
+    return ["/bin/sh", "-c", " ".join(test)]
+
+
+def check_argv(container: str, test: list[str]) -> list[str] | None:
+    """The docker exec argv that runs a compose healthcheck ``test`` in ``container``."""
+    argv = test_argv(test)
+    return None if argv is None else ["docker", "exec", container, *argv]
 
 
 def rule(service: Mapping[str, Any], probe: str | None = None, one_shot: bool = False) -> str:

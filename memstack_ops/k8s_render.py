@@ -146,19 +146,11 @@ def _secs(value: Any, default: float, what: str) -> int:
 
 
 def _test_argv(test: Any) -> list[str] | None:
-    """A compose healthcheck test as an exec probe's command (None: no test)."""
-    from .compose import unescape
+    """A compose healthcheck test as an exec probe's command (None: no test, or an empty one)."""
+    from .health import test_argv
 
-    items = [str(x) for x in (test if isinstance(test, list) else [test] if test else [])]
-    if not items or items[0] == "NONE":
-        return None
-    if items[0] == "CMD-SHELL":
-        argv = ["/bin/sh", "-c", " ".join(items[1:])]
-    elif items[0] == "CMD":
-        argv = items[1:]
-    else:  # a string test runs in a shell
-        argv = ["/bin/sh", "-c", " ".join(items)]
-    return [unescape(a) for a in argv] if argv and any(a.strip() for a in argv[-1:]) else None
+    argv = test_argv([str(x) for x in (test if isinstance(test, list) else [test] if test else [])])
+    return argv if argv and argv[-1].strip() else None
 
 
 def _labels(svc: Mapping[str, Any]) -> dict[str, str]:
@@ -169,11 +161,9 @@ def _labels(svc: Mapping[str, Any]) -> dict[str, str]:
 
 def _env(svc: Mapping[str, Any]) -> dict[str, str | None]:
     """The service's environment as compose renders it (``$$`` for a literal ``$``); None: unset."""
-    env = svc.get("environment") or {}
-    if isinstance(env, list):
-        pairs = (str(x).partition("=") for x in env)
-        return {k: (v if eq else None) for k, eq, v in pairs}
-    return {str(k): (None if v is None else str(v)) for k, v in dict(env).items()}
+    from .swarm_render import _environment
+
+    return {str(k): (None if v is None else str(v)) for k, v in _environment(svc.get("environment")).items()}
 
 
 def _argv(value: Any) -> list[str] | None:
