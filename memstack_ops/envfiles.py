@@ -225,6 +225,13 @@ def argv_secrets(argv: Iterable[str] | str) -> set[str]:
     return out
 
 
+def holds_secret(text: str, secrets: Iterable[str]) -> bool:
+    """Does ``text`` hold one of ``secrets`` (long ones only: a short value such as 'memstack'
+    would match names) or anything ``scrub`` masks? The renderers' last guard before writing."""
+    long = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
+    return scrub(text, extra=long) != text
+
+
 def model_secrets(model: Mapping[str, Any]) -> set[str]:
     """Secrets written directly in a rendered compose model (``docker compose config --format
     json``): environment entries that are secrets (by name and shape) or hold URL passwords, and

@@ -703,11 +703,10 @@ def _secret(ctx: _Ctx) -> Manifest:
 def _check_no_secret(rendered: Rendered, secrets: set[str]) -> None:
     """The last guard: no secret of the model in the text (long ones: a short value such as
     'memstack' would match names)."""
-    from .envfiles import MIN_SECRET_LEN, scrub
+    from .envfiles import holds_secret
 
-    long = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
     for file, text in rendered.files().items():
-        if scrub(text, extra=long) != text:
+        if holds_secret(text, secrets):
             raise ConfigError(f"The rendered {file} would hold a secret of the compose model; nothing was "
                               f"written. Move the secret to an env variable of the service (report this if it "
                               f"is one already).")

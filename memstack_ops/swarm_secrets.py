@@ -260,12 +260,11 @@ def check_no_secret(stack: Mapping[str, Any], secrets: Iterable[str]) -> None:
     one such as 'memstack' would match names."""
     import json
 
-    from .envfiles import MIN_SECRET_LEN, scrub
+    from .envfiles import holds_secret
 
-    long = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
+    secrets = list(secrets)
     for name, svc in dict(stack.get("services") or {}).items():
-        text = json.dumps(svc, ensure_ascii=False)
-        if scrub(text, extra=long) != text:
+        if holds_secret(json.dumps(svc, ensure_ascii=False), secrets):
             raise ConfigError(f"Service {name}: the stack file would hold a secret of the compose model outside its "
                               f"environment (its command, entrypoint or healthcheck, or a URL with a password), "
                               f"which docker service inspect prints. Have the container read it from its "
