@@ -63,9 +63,9 @@ class ReadsFile:
 
 # What the official images read through *_FILE (their entrypoints' file_env, grafana's run.sh,
 # minio's readFromSecret), by kind (memstack_ops/kinds: image name or the memstack-ops.kind label).
-# The local harness images do not read *_FILE yet. Neo4j 5.24+ reads NEO4J_AUTH_FILE, but the
-# tool's own neo4j prelude (db.*, backups) and the usual healthcheck read NEO4J_AUTH: opt in with
-# the label once they read the file.
+# The local harness images read them too (postgres, mariadb, the minio stand-in). Neo4j 5.24+
+# reads NEO4J_AUTH_FILE, but the tool's own neo4j prelude (db.*, backups) and the usual
+# healthcheck read NEO4J_AUTH: opt in with the label once they read the file.
 READS_FILE: dict[str, ReadsFile] = {
     "postgres": ReadsFile(frozenset({"POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "POSTGRES_INITDB_ARGS"})),
     "mysql": ReadsFile(frozenset({f"{p}_{k}" for p in ("MYSQL", "MARIADB")

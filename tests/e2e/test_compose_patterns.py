@@ -590,3 +590,54 @@ def test_the_real_etcd_runs_the_upstream_command_and_answers_etcdctl(projects):
     assert "compose check + etcd query" in " ".join(rows["etcd"]), rows
     status = json.loads(p.exec("etcd", "etcdctl", "endpoint", "status", "--write-out", "json"))
     assert status[0]["Status"]["header"]["revision"] >= 2  # a real store: the put made a revision
+
+
+# --- passwords in files (`*_FILE`, as Swarm secrets mount them; issue 15) -------------------------
+
+def env_values(p, service: str) -> dict[str, str]:
+    cid = p.compose("ps", "-q", service).stdout.strip()
+    env = json.loads(subprocess.run(["docker", "inspect", "--format", "{{json .Config.Env}}", cid],
+                                    capture_output=True, text=True, check=True, timeout=60).stdout)
+    return dict(e.split("=", 1) for e in env)
+
+
+def test_databases_that_read_their_passwords_from_files_start_answer_and_back_up(projects):
+    """The local postgres, mariadb and minio images read *_FILE as the official ones do, and the
+    tool's readiness checks and backups find the passwords there: no password in any environment."""
+    p = projects("secret-files")
+    env = dict(ln.split("=", 1) for ln in (p.root / "env/secret-files/.env").read_text().splitlines() if "=" in ln)
+    pg_pw, my_pw, s3_pw = env["PG_PASSWORD"], env["MYSQL_ROOT_PASSWORD"], env["S3_PASSWORD"]
+    assert min(len(pg_pw), len(my_pw), len(s3_pw)) >= 16
+    r = p.run("up")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for svc, var in (("postgres", "POSTGRES_PASSWORD"), ("mysql", "MYSQL_ROOT_PASSWORD"),
+                     ("s3", "MINIO_ROOT_PASSWORD")):
+        seen = env_values(p, svc)
+        assert var not in seen and f"{var}_FILE" in seen, seen.keys()
+        assert not {pg_pw, my_pw, s3_pw} & set(seen.values())
+    # each server took the password from its file: a TCP login with it works, a wrong one does not
+    q = 'PGPASSWORD="$1" psql -h 127.0.0.1 -U app -d app -tAc "SELECT 41+1"'
+    assert p.exec("postgres", "sh", "-c", q, "-", pg_pw).strip() == "42"
+    bad = p.compose("exec", "-T", "postgres", "sh", "-c", q, "-", "wrong", check=False)
+    assert bad.returncode != 0 and "password authentication failed" in bad.stderr
+    q = 'MYSQL_PWD="$1" mariadb -h 127.0.0.1 -uroot -N -e "SELECT 6*7"'
+    assert p.exec("mysql", "sh", "-c", q, "-", my_pw).strip() == "42"
+    assert p.compose("exec", "-T", "mysql", "sh", "-c", q, "-", "wrong", check=False).returncode != 0
+    s3 = 'mc alias set me http://127.0.0.1:9000 fixture "$1" >/dev/null && mc mb me/files >/dev/null && mc ls me'
+    assert "files/" in p.exec("s3", "sh", "-c", s3, "-", s3_pw)
+    assert p.compose("exec", "-T", "s3", "sh", "-c", s3.replace("files", "other"), "-", "wrong",
+                     check=False).returncode != 0
+    # the tool's own database steps read the files too
+    r = p.run("backup.all")
+    assert r.returncode == 0, r.stdout + r.stderr
+    listing = p.run("backup.list")
+    assert listing.returncode == 0 and "postgres" in listing.stdout and "mysql" in listing.stdout, listing.stdout
+    for secret in (pg_pw, my_pw, s3_pw):
+        assert secret not in r.stdout + r.stderr + listing.stdout
+
+
+def test_a_password_given_both_ways_is_refused_by_the_image_as_the_official_ones_do(docker_client):
+    for image, var in (("local/postgres:15", "POSTGRES_PASSWORD"), ("local/mariadb:10.11", "MYSQL_ROOT_PASSWORD")):
+        r = subprocess.run(["docker", "run", "--rm", "-e", f"{var}=x", "-e", f"{var}_FILE=/etc/hostname", image],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and f"both {var} and {var}_FILE are set" in r.stderr, (image, r.stderr)

