@@ -26,6 +26,10 @@ gives the database its in-cluster name, with a comment on pointing it at the rea
 ``statefulset`` renders a StatefulSet (replicas 1, a volumeClaimTemplate per named volume) and its
 headless Service.
 
+The stack's edge proxy (memstack_ops/proxy.py) is not rendered, with a warning: its config is
+written by the tool at deploy time, and in a cluster the Services and rolling Deployments do its
+work; an Ingress publishes the routes.
+
 Secrets (envfiles.secret_parts: by name and shape, URL passwords) go in one Secret per stack,
 referenced by secretKeyRef and rendered without any value: a comment gives the ``kubectl create
 secret`` line to fill it. No secret of the model is ever written: the text is checked before it
@@ -558,7 +562,16 @@ def render(model: Mapping[str, Any], stack: str, replicas: Mapping[str, int] | N
             ctx.warnings.append(f"{name}: named {kname} in the cluster (Kubernetes names are lowercase, '-' only): "
                                 f"services that reach it as {name} must use {kname}")
 
+    from .proxy import proxy_service
+
+    edge = proxy_service(model)
     for name, raw in services.items():
+        if name == edge:  # its config is written by the tool at deploy time, its switching is the cluster's
+            ctx.warnings.append(f"{name}: the stack's edge proxy is not rendered: in the cluster each routed "
+                                f"service's Service reaches its pods and the Deployment rolls them; publish them "
+                                f"with an Ingress (the proxy's routes: label memstack-ops.http.path) or a "
+                                f"LoadBalancer Service")
+            continue
         svc = dict(raw)
         kname, kind = names[name], stateful(svc)
         file = f"{kname}.yaml"

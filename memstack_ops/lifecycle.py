@@ -444,8 +444,11 @@ def urls(t: Target, services: Iterable[str] | None = None, public: str = "127.0.
     """Where to reach each published port from the engine's host (of ``services`` only, when
     given); ports published on every interface are shown at ``public`` (this host's loopback
     locally; a remote host's address)."""
+    from .proxy import proxy_service, routes
+
     model = t.compose.model(t.c)
     only = None if services is None else set(services)
+    edge = proxy_service(model)
     out = []
     for name, svc in model.get("services", {}).items():
         if only is not None and name not in only:
@@ -453,7 +456,10 @@ def urls(t: Target, services: Iterable[str] | None = None, public: str = "127.0.
         labels = svc.get("labels") or {}
         for bind, port, container_port in published(model, name):
             address = public if bind in ALL_INTERFACES else bind
-            out.append([name, labels.get("memstack-ops.url") or url(name, container_port, address, port)])
+            path_of = name
+            if name == edge:  # the edge proxy's port: the path of the service it routes / there to
+                path_of = next((r.service for r in routes(model) if r.listen == container_port and r.path == "/"), name)
+            out.append([name, labels.get("memstack-ops.url") or url(path_of, container_port, address, port)])
     return out
 
 

@@ -8,7 +8,17 @@ It owns the published ports; the services behind it publish none and say how to 
 - ``memstack-ops.http.path``: the path prefix routed to it (default ``/``);
 - ``memstack-ops.http.listen``: the proxy's container port that serves that path (default 80);
 - ``memstack-ops.http.health``: a path that answers 2xx when the service is ready; before the
-  proxy is switched to a new container, that path must answer from inside the proxy container.
+  proxy is switched to a new container, that path must answer from inside the proxy container;
+- ``memstack-ops.http.strip-path``: ``true``: the path prefix is removed before the request
+  reaches the service (``/sanic/x`` arrives as ``/x``, nginx's ``proxy_pass http://up/``);
+- ``memstack-ops.http.listen-all``: more proxy ports (comma list) whose every path goes to the
+  service: the host port it published itself before the proxy, now the proxy's;
+- ``memstack-ops.http.max-body``: the largest request body (nginx ``client_max_body_size``, e.g.
+  ``50m``; nginx's default is 1m); ``memstack-ops.http.read-timeout``: how long the proxy waits
+  for the service's answer (default ``300s``).
+
+Every route speaks HTTP/1.1 to the service with WebSocket upgrades passed on, and unbuffered, so
+streamed answers (server-sent events, token streams) reach the client as they are written.
 
 ``render`` is a pure function of the routes, the upstream addresses per service (``host:port``
 strings: a container name, a swarm ``tasks.<svc>`` name, an IP) and the maintenance state, so
@@ -39,6 +49,8 @@ if TYPE_CHECKING:
 PROXY_LABEL = "memstack-ops.proxy"
 PORT_LABEL, PATH_LABEL = "memstack-ops.http.port", "memstack-ops.http.path"
 LISTEN_LABEL, HEALTH_LABEL = "memstack-ops.http.listen", "memstack-ops.http.health"
+STRIP_LABEL, LISTEN_ALL_LABEL = "memstack-ops.http.strip-path", "memstack-ops.http.listen-all"
+BODY_LABEL, READ_TIMEOUT_LABEL = "memstack-ops.http.max-body", "memstack-ops.http.read-timeout"
 CONF_TARGET = "/etc/nginx/conf.d"  # where the proxy container reads the generated folder
 CONF_NAME = "memstack-ops.conf"
 STATE_NAME = "maintenance.json"
@@ -67,6 +79,9 @@ class Route:
     path: str = "/"  # location prefix on the proxy
     listen: int = 80  # the proxy's container port
     health: str = ""  # health path checked from the proxy before a switch ("" none)
+    strip: bool = False  # remove ``path`` before passing the request on
+    max_body: str = ""  # client_max_body_size ("" nginx's default)
+    read_timeout: str = "300s"
 
     @property
     def upstream(self) -> str:
@@ -83,8 +98,22 @@ def _int(value: str, what: str) -> int:
     return n
 
 
+def _flag(value: str, what: str) -> bool:
+    v = value.strip().lower()
+    if v not in ("true", "false", "yes", "no", "1", "0", ""):
+        raise ConfigError(f"{what} must be true or false, got {value!r}.")
+    return v in ("true", "yes", "1")
+
+
+def _size(value: str, pattern: str, what: str, example: str) -> str:
+    if value and not re.fullmatch(pattern, value.strip()):
+        raise ConfigError(f"{what} must be like {example}, got {value!r}.")
+    return value.strip()
+
+
 def routes(model: Mapping[str, Any]) -> list[Route]:
-    """The routes the labels of a rendered compose model declare (services in model order)."""
+    """The routes the labels of a rendered compose model declare (services in model order; a
+    service's ``listen-all`` ports after its path route)."""
     out = []
     for name, svc in (model.get("services") or {}).items():
         lab = labels(svc)
@@ -96,8 +125,19 @@ def routes(model: Mapping[str, Any]) -> list[Route]:
             if p and (not p.startswith("/") or re.search(r"[\s;{}'\"\\]", p)):
                 raise ConfigError(f"Service {name}: label {what}={p!r} must be a path starting with / without "
                                   f"spaces, quotes, braces or semicolons.")
-        out.append(Route(name, _int(lab[PORT_LABEL], f"Service {name}: label {PORT_LABEL}"), path,
-                         _int(lab.get(LISTEN_LABEL, "80"), f"Service {name}: label {LISTEN_LABEL}"), health))
+        port = _int(lab[PORT_LABEL], f"Service {name}: label {PORT_LABEL}")
+        strip = _flag(lab.get(STRIP_LABEL, ""), f"Service {name}: label {STRIP_LABEL}")
+        if strip and not path.endswith("/"):
+            raise ConfigError(f"Service {name}: label {STRIP_LABEL} needs a {PATH_LABEL} that ends with / "
+                              f"(got {path!r}), so /prefix/x reaches the service as /x.")
+        body = _size(lab.get(BODY_LABEL, ""), r"\d+[kKmMgG]?", f"Service {name}: label {BODY_LABEL}", "50m")
+        read = _size(lab.get(READ_TIMEOUT_LABEL, ""), r"\d+(ms|s|m|h)?", f"Service {name}: label {READ_TIMEOUT_LABEL}",
+                     "600s") or "300s"
+        out.append(Route(name, port, path, _int(lab.get(LISTEN_LABEL, "80"), f"Service {name}: label {LISTEN_LABEL}"),
+                         health, strip and path != "/", body, read))
+        for extra in [x.strip() for x in lab.get(LISTEN_ALL_LABEL, "").split(",") if x.strip()]:
+            out.append(Route(name, port, "/", _int(extra, f"Service {name}: label {LISTEN_ALL_LABEL}"), health,
+                             False, body, read))
     seen: dict[tuple[int, str], str] = {}
     for r in out:
         other = seen.setdefault((r.listen, r.path), r.service)
@@ -145,7 +185,9 @@ def render(rts: Iterable[Route], upstreams: Mapping[str, Iterable[str]], mainten
     m = maintenance or Maintenance()
     lines = ["# Generated by memstack-ops from the stack's labels: do not edit (it is rewritten on every deploy).",
              f"# generation {generation}" if generation else "# generation -", ""]
-    for r in rts:
+    if rts:  # WebSocket upgrades passed on; a plain request's upstream connection is closed after it
+        lines += ["map $http_upgrade $ms_connection_upgrade {", "    default upgrade;", "    '' close;", "}", ""]
+    for r in {r.service: r for r in rts}.values():  # one upstream block per service
         servers = list(upstreams.get(r.service) or [])
         lines.append(f"upstream {r.upstream} {{")
         for s in servers or [NO_UPSTREAM]:
@@ -164,13 +206,18 @@ def render(rts: Iterable[Route], upstreams: Mapping[str, Iterable[str]], mainten
         else:
             for r in [r for r in rts if r.listen == port]:
                 lines += [f"    location {r.path} {{",
-                          f"        proxy_pass http://{r.upstream};",
+                          f"        proxy_pass http://{r.upstream}{'/' if r.strip else ''};",
+                          "        proxy_http_version 1.1;",
                           "        proxy_set_header Host $http_host;",
                           "        proxy_set_header X-Real-IP $remote_addr;",
                           "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
                           "        proxy_set_header X-Forwarded-Proto $scheme;",
-                          "        proxy_read_timeout 300s;",
-                          "    }"]
+                          "        proxy_set_header Upgrade $http_upgrade;",
+                          "        proxy_set_header Connection $ms_connection_upgrade;",
+                          "        proxy_buffering off;",
+                          f"        proxy_read_timeout {r.read_timeout};"]
+                lines += [f"        client_max_body_size {r.max_body};"] if r.max_body else []
+                lines += ["    }"]
         lines += ["}", ""]
     return "\n".join(lines)
 

@@ -90,6 +90,17 @@ class Project:
     def overlay(self, name: str, text: str) -> None:
         (self.root / "compose" / self.stack / f"compose.{name}.yml").write_text(text)
 
+    def containers(self, service: str) -> list[str]:
+        """"ID name" of every container of ``service`` (running or not), sorted."""
+        out = subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={self.name}",
+                              "--filter", f"label=com.docker.compose.service={service}", "--format",
+                              "{{.ID}} {{.Names}}"], capture_output=True, text=True, check=True, timeout=60).stdout
+        return sorted(out.split("\n")[:-1])
+
+    def proxy_conf(self) -> str:
+        """The edge proxy's generated config (memstack_ops/proxy.py) of this local project."""
+        return (self.root / ".memstack-ops" / f"{self.name}.proxy" / "memstack-ops.conf").read_text()
+
     def destroy(self) -> None:
         subprocess.run(["docker", "compose", "--project-name", self.name, "down", "--volumes", "--remove-orphans",
                         "--timeout", "3"], cwd=self.root, capture_output=True, timeout=120)
@@ -142,6 +153,19 @@ def scratch_project(dest: Path, source: Path, stack: str = "memstack", overlays:
              for ln in env_file.read_text().splitlines()]
     env_file.write_text("\n".join(lines) + "\n")
     return p
+
+
+def http_get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float = 10) -> tuple[int, str]:
+    """(status, body) of one GET to ``host:port``."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
 
 
 def wait_for(pred: Callable[[], object], what: str, timeout: float = 180.0, poll: float = 0.05) -> None:

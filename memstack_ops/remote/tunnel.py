@@ -142,6 +142,15 @@ def tunnel(c: Any, settings: Settings, service: str, local_port: int | None = No
     ports = published(model, service)
     if port:
         ports = [p for p in ports if int(port) in (p[1], p[2])]
+    if not ports and not published(model, service):
+        from ..proxy import proxy_service, routes
+
+        edge = proxy_service(model)
+        via = sorted({r.listen for r in routes(model) if r.service == service}) if edge else []
+        if edge and via:
+            raise RemoteError(f"{service} publishes no port on {host.label}: the edge proxy {edge} owns its "
+                              f"published port(s) and routes to it (proxy container port(s) "
+                              f"{', '.join(map(str, via))}): run `memstack-ops -H {host.name} tunnel {edge}`.")
     if not ports:
         have = ", ".join(f"{b or '*'}:{p}->{tp}" for b, p, tp in published(model, service)) or "none"
         raise RemoteError(f"{service} publishes no port{f' {port}' if port else ''} on {host.label} (published: "

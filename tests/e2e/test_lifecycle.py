@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = {"neo4j", "postgres", "redis", "api", "worker", "prometheus", "grafana"}
+SERVICES = {"neo4j", "postgres", "redis", "api", "worker", "prometheus", "grafana", "proxy"}
 
 
 def containers(client, project):

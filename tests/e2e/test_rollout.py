@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from memstack_ops.testing import Load, Project, scratch_project
+from memstack_ops.testing import Load, Project, http_get, scratch_project
 from memstack_ops.testing_hosts import LABEL, RUN_ID, docker
 
 pytestmark = pytest.mark.e2e
@@ -59,25 +59,15 @@ def web(tmp_path, app_images):
 
 
 def containers(p: Project, service: str) -> list[str]:
-    out = docker("ps", "-a", "--filter", f"label=com.docker.compose.project={p.name}", "--filter",
-                 f"label=com.docker.compose.service={service}", "--format", "{{.ID}} {{.Names}}").stdout
-    return sorted(out.split("\n")[:-1])
+    return p.containers(service)
 
 
 def get(p: Project, path: str = "/") -> tuple[int, str]:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", p.ports["PROXY_HOST_PORT"], timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
+    return http_get(p.ports["PROXY_HOST_PORT"], path)
 
 
 def proxy_conf(p: Project) -> str:
-    return (p.root / ".memstack-ops" / f"{p.name}.proxy" / "memstack-ops.conf").read_text()
+    return p.proxy_conf()
 
 
 def test_ten_deploys_under_steady_load_drop_no_request(web, app_images):

@@ -1,6 +1,7 @@
 """The other seed stacks (AgentChat, sanic-web, MemOS) and a user's own compose file, operated by
 the same commands as MemStack, on the local images (real MariaDB, Redis and nginx; stand-ins for
-the rest)."""
+the rest); and every shipped stack's edge proxy: it owns the host ports, the app containers
+publish none, and a new app image rolls start-first behind it while requests keep answering."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from memstack_ops.testing import scratch_project
+from memstack_ops.testing import Load, Project, http_get, scratch_project
+from memstack_ops.testing_hosts import LABEL, RUN_ID, docker
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = {
     "agentchat": {"mysql", "redis", "backend", "frontend", "nginx"},
-    "sanic-web": {"chat-web", "chat-service", "mysql", "minio", "neo4j-apoc", "mcphub", "gpt-vis-api"},
-    "memos": {"neo4j", "qdrant", "etcd", "minio", "milvus", "attu", "memos-api"},
+    "sanic-web": {"proxy", "chat-web", "chat-service", "mysql", "minio", "neo4j-apoc", "mcphub", "gpt-vis-api"},
+    "memos": {"proxy", "neo4j", "qdrant", "etcd", "minio", "milvus", "attu", "memos-api"},
 }
 
 
@@ -33,6 +35,60 @@ def stack_project(tmp_path, docker_client, request):
     yield make
     for p in made:
         p.destroy()
+
+
+@pytest.fixture
+def new_image():
+    """``make(base, tag)``: an image built FROM ``base`` with one more label: a new image ID for the
+    same software (a cached one-line build). Removed after the test."""
+    made: list[str] = []
+
+    def make(base: str, tag: str) -> str:
+        name = f"local/mstest-edge:{RUN_ID}-{tag}"
+        docker("build", "-q", "-t", name, "--label", LABEL, "-",
+               input=f"FROM {base}\nLABEL memstack-ops-test.v={tag}\n", timeout=300)
+        made.append(name)
+        return name
+
+    yield make
+    if made:
+        docker("rmi", "-f", *made, check=False)
+
+
+def host_ports(p: Project, service: str) -> set[int]:
+    """The host ports the (one) container of ``service`` publishes."""
+    (row,) = p.containers(service)
+    raw = docker("inspect", "--format", "{{json .HostConfig.PortBindings}}", row.split()[0]).stdout
+    return {int(b["HostPort"]) for binds in (json.loads(raw) or {}).values() for b in binds or [] if b.get("HostPort")}
+
+
+def set_image(p: Project, service: str, image: str) -> None:
+    """Point ``service`` at ``image`` in the project's local-images overlay."""
+    f = p.root / "compose" / p.stack / "compose.local.yml"
+    text = f.read_text()
+    head = f"  {service}:\n    image: "
+    start = text.index(head) + len(head)
+    f.write_text(text[:start] + image + text[text.index("\n", start):])
+
+
+def roll_under_load(p: Project, service: str, image: str, port: int, path: str, *up: str) -> None:
+    """`up` with a new image of ``service`` while a bounded stream of GETs goes to 127.0.0.1:port
+    through the proxy: the service is rolled out start-first (old container replaced, the proxy
+    switched to the new one) and no request fails."""
+    (old,) = p.containers(service)
+    set_image(p, service, image)
+    with Load(port, rate=20, path=path, long_every=0, timeout=30, max_seconds=600) as load:
+        r = p.run("up", *up, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert f"{service}: rolled out start-first" in out and f"{service}: proxy switched to" in out, out
+    (new,) = p.containers(service)
+    assert new != old, (old, new)
+    new_id, new_name = new.split()
+    assert docker("inspect", "--format", "{{.Config.Image}}", new_id).stdout.strip() == image
+    assert f"server {new_name}:" in p.proxy_conf() and old.split()[1] not in p.proxy_conf()
+    res = load.result
+    assert res.sent > 0 and res.failed == 0, res.summary()
 
 
 def running(client, project) -> dict[str, str]:
@@ -75,15 +131,25 @@ def test_agentchat_keeps_its_env_in_docker_env_and_refuses_to_start_without_it(s
     assert "env/agentchat/docker.env is missing" in r.stderr and "env.init" in r.stderr
 
 
-def test_agentchat_proxy_db_init_and_prod_weak_password(stack_project):
+def test_agentchat_proxy_db_init_and_prod_weak_password(stack_project, new_image):
     p = stack_project("agentchat")
     assert p.run("up").returncode == 0
-    # nginx (real, from Debian) proxies /api/ to the backend and / to the frontend
+    # its nginx (real, from Debian) is the edge proxy: /api/ to the backend and / to the frontend, as
+    # the seed's nginx.conf; the backend's and frontend's own host ports are the proxy's
     port = p.ports["NGINX_HOST_PORT"]
     out = subprocess.run(["curl", "-fsS", f"http://127.0.0.1:{port}/api/health"], capture_output=True, text=True)
     assert out.returncode == 0 and json.loads(out.stdout)["standin"] == "agentchat-backend"
     out = subprocess.run(["curl", "-fsS", f"http://127.0.0.1:{port}/"], capture_output=True, text=True)
     assert json.loads(out.stdout)["standin"] == "agentchat-frontend"
+    for key, who in (("BACKEND_HOST_PORT", "agentchat-backend"), ("FRONTEND_HOST_PORT", "agentchat-frontend")):
+        code, body = http_get(p.ports[key], "/")
+        assert code == 200 and json.loads(body)["standin"] == who
+    keys = ("NGINX_HOST_PORT", "BACKEND_HOST_PORT", "FRONTEND_HOST_PORT")
+    assert host_ports(p, "nginx") == {p.ports[k] for k in keys}
+    assert host_ports(p, "backend") == set() and host_ports(p, "frontend") == set()
+    # a new backend image rolls start-first behind it: /api/ keeps answering
+    roll_under_load(p, "backend", new_image("local/web-standin:latest", "backend2"), port, "/api/health")
+    assert json.loads(http_get(p.ports["BACKEND_HOST_PORT"], "/health")[1])["standin"] == "agentchat-backend"
     r = p.run("db.init")
     assert r.returncode == 0, r.stderr
     assert "mysql: migrations up to date" in r.stdout and "redis: ready" in r.stdout
@@ -128,6 +194,47 @@ def test_memos_reset_wipes_one_services_data_after_confirmation(stack_project, d
     assert gone.returncode != 0  # milvus' data is gone ...
     assert "points" in p.exec("qdrant", "cat", "/qdrant/storage/collection.marker")  # ... qdrant's is not
     assert running(docker_client, p)["attu"] == "running"  # the dependant was started again
+
+
+def test_memstack_api_is_behind_the_proxy_and_a_new_api_image_rolls_start_first(stack_project, new_image):
+    """The proxy owns API_HOST_PORT, the api container publishes nothing; `up` with a new api image
+    starts a new api beside the old one, switches the proxy, drains and removes the old one, while
+    requests through the proxy keep answering."""
+    p = stack_project("memstack")
+    r = p.run("up", "--service", "proxy")  # the proxy, the api and the databases it needs
+    assert r.returncode == 0, r.stdout + r.stderr
+    port = p.ports["API_HOST_PORT"]
+    assert f"http://127.0.0.1:{port}/docs" in r.stdout  # the API's URL, now on the proxy's port
+    assert host_ports(p, "proxy") == {port} and host_ports(p, "api") == set()
+    code, body = http_get(port, "/health")
+    assert code == 200 and json.loads(body)["status"] == "healthy"
+    roll_under_load(p, "api", new_image("local/memstack-api-standin:latest", "api2"), port, "/health",
+                    "--service", "proxy")
+    assert host_ports(p, "api") == set() and http_get(port, "/docs")[0] == 200
+
+
+def test_memos_api_is_behind_the_proxy_and_rolls_start_first(stack_project, new_image):
+    p = stack_project("memos")
+    r = p.run("up", "--service", "proxy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    port = p.ports["MEMOS_API_HOST_PORT"]
+    assert host_ports(p, "proxy") == {port} and host_ports(p, "memos-api") == set()
+    assert json.loads(http_get(port, "/docs")[1])["standin"] == "memos-api"
+    roll_under_load(p, "memos-api", new_image("local/web-standin:latest", "memos2"), port, "/docs",
+                    "--service", "proxy")
+
+
+def test_sanic_web_proxy_routes_chat_web_chat_service_and_sanic_prefix(stack_project):
+    p = stack_project("sanic-web")
+    r = p.run("up", "--service", "proxy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    web, service = p.ports["CHAT_WEB_HOST_PORT"], p.ports["CHAT_SERVICE_HOST_PORT"]
+    assert host_ports(p, "proxy") == {web, service}
+    assert host_ports(p, "chat-web") == set() and host_ports(p, "chat-service") == set()
+    assert json.loads(http_get(web, "/")[1])["standin"] == "chat-web"
+    assert json.loads(http_get(service, "/")[1])["standin"] == "chat-service"
+    # /sanic/ on chat-web's port reaches chat-service with the prefix removed (its stand-in answers / only)
+    assert json.loads(http_get(web, "/sanic/")[1])["standin"] == "chat-service"
 
 
 USER_COMPOSE = """

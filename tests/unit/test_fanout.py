@@ -170,3 +170,27 @@ def test_urls_on_a_host_name_its_loopback_and_give_the_ssh_line_that_reaches_it(
     out = capsys.readouterr().out
     assert "URLs on web1 (deploy@203.0.113.10:2222)" in out
     assert "127.0.0.1 in these URLs is web1's own loopback" in out and "memstack-ops -H web1 tunnel SERVICE" in out
+
+
+def test_a_service_behind_the_edge_proxy_is_reached_through_the_proxys_port(monkeypatch, capsys):
+    """The proxy owns the published ports: `urls` shows the API's URL (its path) on the proxy's
+    port, and `tunnel api` names the proxy to tunnel to instead of "publish it"."""
+    from types import SimpleNamespace
+
+    import memstack_ops.target as target_mod
+    from memstack_ops.remote import RemoteError
+    from memstack_ops.remote.inventory import Host
+    from memstack_ops.remote.tunnel import show_urls, tunnel
+
+    model = {"services": {
+        "proxy": {"labels": {"memstack-ops.proxy": "nginx"},
+                  "ports": [{"target": 80, "published": "8000", "host_ip": "127.0.0.1"}]},
+        "api": {"labels": {"memstack-ops.http.port": "8000"}},
+    }}
+    host = Host("web1", "203.0.113.10", user="deploy")
+    c = SimpleNamespace(inventory=host)
+    t = SimpleNamespace(c=c, compose=SimpleNamespace(model=lambda c: model), stack=SimpleNamespace(name="memstack"))
+    assert [r[:2] for r in show_urls(t)] == [["proxy", "http://127.0.0.1:8000/docs"]]
+    monkeypatch.setattr(target_mod, "target", lambda c, settings: t)
+    with pytest.raises(RemoteError, match=r"the edge proxy proxy owns its published port\(s\).*tunnel proxy"):
+        tunnel(c, {}, "api")

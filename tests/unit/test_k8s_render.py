@@ -73,8 +73,11 @@ def test_the_default_stacks_render_valid_production_shaped_manifests(tmp_path, s
     r = k8s_render.render(m, stack, databases=databases, root=str(REPO))
     validate_all(r)
     deployments = by_name(r, "Deployment")
-    stateless = set(m["services"]) - STATEFUL[stack]
+    stateless = set(m["services"]) - STATEFUL[stack] - {"proxy"}
     assert set(deployments) == stateless and stateless
+    # the edge proxy is not rendered (its config is the tool's, at deploy time): said in a warning
+    assert "proxy" in m["services"] and "proxy" not in by_name(r, "Service")
+    assert any(w.startswith("proxy: the stack's edge proxy is not rendered") for w in r.warnings)
     hpas, pdbs, services = by_name(r, "HorizontalPodAutoscaler"), by_name(r, "PodDisruptionBudget"), \
         by_name(r, "Service")
     for name, d in deployments.items():
@@ -133,14 +136,16 @@ def test_probes_come_from_the_http_label_the_healthcheck_the_kind_or_the_port(tm
     deps = by_name(memos, "Deployment")
     attu = deps["attu"]["spec"]["template"]["spec"]["containers"][0]  # no healthcheck: TCP on its port
     assert attu["readinessProbe"]["tcpSocket"] == {"port": 3000}
-    api = deps["memos-api"]["spec"]["template"]["spec"]["containers"][0]
-    assert api["livenessProbe"]["exec"]["command"][:2] == ["/bin/sh", "-c"]
+    api = deps["memos-api"]["spec"]["template"]["spec"]["containers"][0]  # its proxy route's health path
+    assert api["livenessProbe"]["httpGet"] == {"path": "/docs", "port": 8000}
     assert api["startupProbe"]["failureThreshold"] == 2 + 5  # start_period 20s / 10s + retries
     assert api["readinessProbe"]["periodSeconds"] == 10 and api["readinessProbe"]["failureThreshold"] == 5
     # compose aliases keep their names in the cluster
     assert by_name(memos, "Service")["neo4j-docker"]["spec"]["selector"]["app.kubernetes.io/name"] == "neo4j"
-    pg = by_name(k8s_render.render(model(tmp_path, "memstack"), "memstack", databases="statefulset"),
-                 "StatefulSet")["postgres"]["spec"]["template"]["spec"]["containers"][0]
+    memstack = k8s_render.render(model(tmp_path, "memstack"), "memstack", databases="statefulset")
+    worker = by_name(memstack, "Deployment")["worker"]["spec"]["template"]["spec"]["containers"][0]
+    assert worker["livenessProbe"]["exec"]["command"][:2] == ["/bin/sh", "-c"]  # the compose healthcheck
+    pg = by_name(memstack, "StatefulSet")["postgres"]["spec"]["template"]["spec"]["containers"][0]
     assert "SELECT 1" in pg["readinessProbe"]["exec"]["command"][2]  # the kind's own query, as `up` asks
     assert "pg_isready" in pg["livenessProbe"]["exec"]["command"][2]  # the compose healthcheck
     labelled = {"name": "demo", "services": {"web": {

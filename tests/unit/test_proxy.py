@@ -82,3 +82,43 @@ def test_a_database_or_the_proxy_labelled_start_first_is_refused():
 def test_the_overlay_mounts_the_config_folder_read_only():
     text = overlay("proxy", "/srv/x/proxy/p")
     assert '"source": "/srv/x/proxy/p", "target": "/etc/nginx/conf.d", "read_only": true' in text
+
+
+AGENTCHAT_LIKE = {"services": {
+    "nginx": {"image": "nginx", "labels": {"memstack-ops.proxy": "nginx"}},
+    "backend": {"labels": {"memstack-ops.http.port": "7860", "memstack-ops.http.path": "/api/",
+                           "memstack-ops.http.listen-all": "7860", "memstack-ops.http.max-body": "50m"}},
+    "frontend": {"labels": {"memstack-ops.http.port": "8090", "memstack-ops.http.listen-all": "8090"}},
+    "svc": {"labels": {"memstack-ops.http.port": "8089", "memstack-ops.http.path": "/sanic/",
+                       "memstack-ops.http.strip-path": "true", "memstack-ops.http.read-timeout": "600s"}},
+}}
+
+
+def test_a_service_keeps_its_own_port_on_the_proxy_and_a_prefix_can_be_stripped():
+    rts = routes(AGENTCHAT_LIKE)
+    assert [(r.service, r.listen, r.path, r.strip) for r in rts] == [
+        ("backend", 80, "/api/", False), ("backend", 7860, "/", False), ("frontend", 80, "/", False),
+        ("frontend", 8090, "/", False), ("svc", 80, "/sanic/", True)]
+    text = render(rts, {"backend": ["b-1:7860"], "frontend": ["f-1:8090"], "svc": ["s-1:8089"]})
+    assert text.count("upstream ms_backend {") == 1  # one upstream per service, however many routes
+    assert [ln.strip() for ln in text.splitlines() if ln.strip().startswith("listen")] == \
+        ["listen 80;", "listen 7860;", "listen 8090;"]
+    assert "location /sanic/ {\n        proxy_pass http://ms_svc/;" in text  # /sanic/x arrives as /x
+    assert "location /api/ {\n        proxy_pass http://ms_backend;" in text  # /api/x arrives as /api/x
+    assert "client_max_body_size 50m;" in text and "proxy_read_timeout 600s;" in text
+    # WebSocket upgrades passed on, streamed answers not buffered
+    assert "map $http_upgrade $ms_connection_upgrade {" in text and "proxy_buffering off;" in text
+
+
+@pytest.mark.parametrize("label, value, why", [
+    ("memstack-ops.http.strip-path", "maybe", "must be true or false"),
+    ("memstack-ops.http.max-body", "50 MB", "must be like 50m"),
+    ("memstack-ops.http.read-timeout", "10;", "must be like 600s"),
+    ("memstack-ops.http.listen-all", "http", "must be a port number"),
+])
+def test_bad_route_labels_are_refused_naming_the_label(label, value, why):
+    model = {"services": {"a": {"labels": {"memstack-ops.http.port": "1", "memstack-ops.http.path": "/a/",
+                                           label: value}}}}
+    with pytest.raises(ConfigError, match=why) as e:
+        routes(model)
+    assert label in str(e.value)
