@@ -220,46 +220,57 @@ def host_api(box, p) -> list[str]:
                   f"--filter label=com.docker.compose.service=api").split()
 
 
-def test_the_same_rollout_over_ssh_to_a_host_drops_no_request(tmp_path, hosts, ssh_key, app_images):
-    """`-H h1 deploy` of a new api image (images shipped over SSH, no registry) rolls it
-    start-first on the host, under load sent to the host container's proxy port."""
+def container_name(box, cid: str) -> str:
+    return box.sh(f"docker inspect --format '{{{{.Name}}}}' {cid}").strip().lstrip("/")
+
+
+@pytest.fixture(scope="module")
+def h1_web(tmp_path_factory, hosts, ssh_key, app_images):
+    """The rollout stack deployed once on h1 (v1), shared by the tests that roll it there."""
     from memstack_ops.testing_hosts import clear_stack
 
-    box = hosts["h1"]
-    p = remote_web(tmp_path, hosts, ssh_key, app_images, ("h1",))
+    p = remote_web(tmp_path_factory.mktemp("h1web"), hosts, ssh_key, app_images, ("h1",))
     try:
         ok(p.run("-H", "h1", "deploy", timeout=900))
-        ip = host_ip(box)
-        with Load(8080, host=ip, rate=50, long_path="/slow?s=5", long_every=25, max_seconds=600) as load:
-            set_env(p, APP_IMAGE=app_images["v2"])
-            out = ok(p.run("-H", "h1", "deploy", timeout=900))
-            time.sleep(2)
-        assert "api: rolled out start-first" in out and "Deployed: current ->" in out, out
-        res = load.result
-        assert res.sent > 0 and res.failed == 0 and res.long_ok == res.long_sent, res.summary()
-        assert set(res.versions) == {"v1", "v2"} or res.versions.get("v2"), res.summary()
-        assert len(host_api(box, p)) == 1
-        conf = box.sh(f"cat /srv/{p.name}/proxy/{p.name}/memstack-ops.conf")
-        assert f"{p.name}-api-2:8000" in conf, conf
-
-        # maintenance mode on the host's proxy, through the same task
-        def status_code() -> int:
-            import http.client
-
-            conn = http.client.HTTPConnection(ip, 8080, timeout=10)
-            try:
-                conn.request("GET", "/any/path")
-                return conn.getresponse().status
-            finally:
-                conn.close()
-
-        assert "Maintenance on" in ok(p.run("-H", "h1", "maintenance", "on", "--message", "Back at 14:00"))
-        assert status_code() == 503
-        assert "maintenance: ON" in ok(p.run("-H", "h1", "status"))
-        ok(p.run("-H", "h1", "maintenance", "off"))
-        assert status_code() == 200
+        yield p
     finally:
-        clear_stack(box, p)
+        clear_stack(hosts["h1"], p)
+
+
+def test_the_same_rollout_over_ssh_to_a_host_drops_no_request(h1_web, hosts, app_images):
+    """`-H h1 deploy` of a new api image (images shipped over SSH, no registry) rolls it
+    start-first on the host, under load sent to the host container's proxy port."""
+    box, p = hosts["h1"], h1_web
+    ip = host_ip(box)
+    with Load(8080, host=ip, rate=50, long_path="/slow?s=5", long_every=25, max_seconds=600) as load:
+        set_env(p, APP_IMAGE=app_images["v2"])
+        out = ok(p.run("-H", "h1", "deploy", timeout=900))
+        time.sleep(2)
+    assert "api: rolled out start-first" in out and "Deployed: current ->" in out, out
+    res = load.result
+    assert res.sent > 0 and res.failed == 0 and res.long_ok == res.long_sent, res.summary()
+    assert set(res.versions) == {"v1", "v2"} or res.versions.get("v2"), res.summary()
+    api = host_api(box, p)
+    assert len(api) == 1
+    conf = box.sh(f"cat /srv/{p.name}/proxy/{p.name}/memstack-ops.conf")
+    assert f"server {container_name(box, api[0])}:8000;" in conf, conf
+
+    # maintenance mode on the host's proxy, through the same task
+    def status_code() -> int:
+        import http.client
+
+        conn = http.client.HTTPConnection(ip, 8080, timeout=10)
+        try:
+            conn.request("GET", "/any/path")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    assert "Maintenance on" in ok(p.run("-H", "h1", "maintenance", "on", "--message", "Back at 14:00"))
+    assert status_code() == 503
+    assert "maintenance: ON" in ok(p.run("-H", "h1", "status"))
+    ok(p.run("-H", "h1", "maintenance", "off"))
+    assert status_code() == 200
 
 
 def test_a_rolling_deploy_to_two_hosts_goes_batch_by_batch_drops_no_request_and_stops_at_a_failed_batch(
@@ -313,8 +324,7 @@ def test_a_rolling_deploy_to_two_hosts_goes_batch_by_batch_drops_no_request_and_
             clear_stack(hosts[n], p)
 
 
-def test_ctrl_c_during_a_rollout_on_a_host_finishes_the_switch_there_and_exits_130(
-        tmp_path, hosts, ssh_key, app_images):
+def test_ctrl_c_during_a_rollout_on_a_host_finishes_the_switch_there_and_exits_130(h1_web, hosts, app_images):
     """The drain test's Ctrl-C, over SSH: the rollout on h1 is told through its connection; the
     new container serves, the old one is stopped with its stop signal and removed, one line, 130."""
     import os
@@ -322,50 +332,43 @@ def test_ctrl_c_during_a_rollout_on_a_host_finishes_the_switch_there_and_exits_1
     import signal
     import sys
 
-    from memstack_ops.testing_hosts import clear_stack
-
-    box = hosts["h1"]
-    p = remote_web(tmp_path, hosts, ssh_key, app_images, ("h1",))
-    try:
-        ok(p.run("-H", "h1", "deploy", timeout=900))
-        old = host_api(box, p)
-        set_env(p, APP_IMAGE=app_images["v2"])
-        with Load(8080, host=host_ip(box), rate=20, long_path="/slow?s=8", long_every=10, max_seconds=300) as load:
-            time.sleep(2)  # long requests in flight on the old container: the drain waits for them
-            proc = subprocess.Popen([sys.executable, "-m", "memstack_ops", "-H", "h1", "deploy"], cwd=p.root,
-                                    env=p.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
-            try:
-                sel = selectors.DefaultSelector()
-                sel.register(proc.stdout, selectors.EVENT_READ)
-                seen: list[str] = []
-                deadline = time.monotonic() + 400
-                while time.monotonic() < deadline and not any("draining" in ln for ln in seen):
-                    if sel.select(timeout=1):
-                        line = proc.stdout.readline()
-                        if not line:
-                            break
-                        seen.append(line)
-                assert "draining" in "".join(seen), "".join(seen) + proc.stderr.read()
-                os.killpg(proc.pid, signal.SIGINT)
-                out, err = proc.communicate(timeout=180)
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-            time.sleep(10)  # the long requests sent meanwhile finish before counting
-        assert proc.returncode == 130, "".join(seen) + out + err
-        assert "Traceback" not in err, err
-        now = host_api(box, p)
-        assert len(now) == 1 and now != old, (old, now)
-        new_name = box.sh(f"docker inspect --format '{{{{.Name}}}}' {now[0]}").strip().lstrip("/")
-        assert "the proxy stays on " + new_name in err and "removed" in err, err
-        conf = box.sh(f"cat /srv/{p.name}/proxy/{p.name}/memstack-ops.conf")
-        assert f"server {new_name}:8000;" in conf, conf
-        r = load.result
-        assert r.sent >= 100 and not r.non_2xx and not r.errors and r.unfinished == 0, r.summary()
-        assert r.long_sent >= 5 and r.long_ok == r.long_sent, r.summary()
-    finally:
-        clear_stack(box, p)
+    box, p = hosts["h1"], h1_web
+    old = host_api(box, p)
+    set_env(p, APP_IMAGE=app_images["v3"])
+    with Load(8080, host=host_ip(box), rate=20, long_path="/slow?s=8", long_every=10, max_seconds=300) as load:
+        time.sleep(2)  # long requests in flight on the old container: the drain waits for them
+        proc = subprocess.Popen([sys.executable, "-m", "memstack_ops", "-H", "h1", "deploy"], cwd=p.root,
+                                env=p.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            sel = selectors.DefaultSelector()
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            seen: list[str] = []
+            deadline = time.monotonic() + 400
+            while time.monotonic() < deadline and not any("draining" in ln for ln in seen):
+                if sel.select(timeout=1):
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    seen.append(line)
+            assert "draining" in "".join(seen), "".join(seen) + proc.stderr.read()
+            os.killpg(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(10)  # the long requests sent meanwhile finish before counting
+    assert proc.returncode == 130, "".join(seen) + out + err
+    assert "Traceback" not in err, err
+    now = host_api(box, p)
+    assert len(now) == 1 and now != old, (old, now)
+    new_name = container_name(box, now[0])
+    assert "the proxy stays on " + new_name in err and "removed" in err, err
+    conf = box.sh(f"cat /srv/{p.name}/proxy/{p.name}/memstack-ops.conf")
+    assert f"server {new_name}:8000;" in conf, conf
+    r = load.result
+    assert r.sent >= 100 and not r.non_2xx and not r.errors and r.unfinished == 0, r.summary()
+    assert r.long_sent >= 5 and r.long_ok == r.long_sent, r.summary()
 
 
 def test_ctrl_c_during_the_drain_leaves_the_new_container_serving_and_the_old_one_removed(web, app_images):
