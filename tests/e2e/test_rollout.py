@@ -174,15 +174,14 @@ def test_a_database_labelled_start_first_is_refused(tmp_path, docker_client):
         p.destroy()
 
 
-def test_the_same_rollout_over_ssh_to_a_host_drops_no_request(tmp_path, hosts, ssh_key, app_images):
-    """`-H h1 deploy` of a new api image (images shipped over SSH, no registry) rolls it
-    start-first on the host, under load sent to the host container's proxy port."""
+def remote_web(tmp_path, hosts, ssh_key, app_images, names: tuple[str, ...]):
+    """The rollout fixture stack as a project whose inventory is the test hosts ``names`` (images
+    shipped over SSH, no registry; the proxy publishes 8080 on each host's own address)."""
     import shutil
     import uuid
 
-    from memstack_ops.testing_hosts import RemoteProject, clear_stack
+    from memstack_ops.testing_hosts import RemoteProject
 
-    box = hosts["h1"]
     root = tmp_path / "proj"
     shutil.copytree(FIXTURE / "compose", root / "compose")
     (root / "env" / "web").mkdir(parents=True)
@@ -191,48 +190,175 @@ def test_the_same_rollout_over_ssh_to_a_host_drops_no_request(tmp_path, hosts, s
         f"WORKER_IMAGE={app_images['v1']}\n")
     name = f"mstestzdt{uuid.uuid4().hex[:8]}"
     known = root / "known_hosts"
+    inv = "".join(f"[hosts.{n}]\naddress = \"127.0.0.1\"\nport = {hosts[n].port}\n" for n in names)
     (root / "memstack-ops.toml").write_text(
         f'stack = "web"\ntimeout = 120\n\n[stacks.web]\nproject = "{name}"\n\n'
         f'[hosts]\nuser = "root"\nkey = "{ssh_key.private}"\nknown_hosts = "{known}"\nhost_key_policy = "accept-new"\n'
-        f'root = "/srv/{name}"\nship_images = true\n\n[hosts.h1]\naddress = "127.0.0.1"\nport = {box.port}\n')
+        f'root = "/srv/{name}"\nship_images = true\n\n{inv}')
     p = RemoteProject(root, name, stack="web", overlays=(), stack_root=f"/srv/{name}", known_hosts=known)
     ok(p.run("env.init"))
+    return p
+
+
+def host_ip(box) -> str:
+    return docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                  box.container).stdout.split()[0]
+
+
+def host_api(box, p) -> list[str]:
+    return box.sh(f"docker ps -q --filter label=com.docker.compose.project={p.name} "
+                  f"--filter label=com.docker.compose.service=api").split()
+
+
+def container_name(box, cid: str) -> str:
+    return box.sh(f"docker inspect --format '{{{{.Name}}}}' {cid}").strip().lstrip("/")
+
+
+@pytest.fixture(scope="module")
+def h1_web(tmp_path_factory, hosts, ssh_key, app_images):
+    """The rollout stack deployed once on h1 (v1), shared by the tests that roll it there."""
+    from memstack_ops.testing_hosts import clear_stack
+
+    p = remote_web(tmp_path_factory.mktemp("h1web"), hosts, ssh_key, app_images, ("h1",))
     try:
         ok(p.run("-H", "h1", "deploy", timeout=900))
-        ip = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                    box.container).stdout.split()[0]
-        with Load(8080, host=ip, rate=50, long_path="/slow?s=5", long_every=25, max_seconds=600) as load:
-            set_env(p, APP_IMAGE=app_images["v2"])
-            out = ok(p.run("-H", "h1", "deploy", timeout=900))
-            time.sleep(2)
-        assert "api: rolled out start-first" in out and "Deployed: current ->" in out, out
-        res = load.result
-        assert res.sent > 0 and res.failed == 0 and res.long_ok == res.long_sent, res.summary()
-        assert set(res.versions) == {"v1", "v2"} or res.versions.get("v2"), res.summary()
-        api = box.sh(f"docker ps -q --filter label=com.docker.compose.project={name} "
-                     f"--filter label=com.docker.compose.service=api").split()
-        assert len(api) == 1
-        conf = box.sh(f"cat /srv/{name}/proxy/{name}/memstack-ops.conf")
-        assert f"{name}-api-2:8000" in conf, conf
-
-        # maintenance mode on the host's proxy, through the same task
-        def status_code() -> int:
-            import http.client
-
-            conn = http.client.HTTPConnection(ip, 8080, timeout=10)
-            try:
-                conn.request("GET", "/any/path")
-                return conn.getresponse().status
-            finally:
-                conn.close()
-
-        assert "Maintenance on" in ok(p.run("-H", "h1", "maintenance", "on", "--message", "Back at 14:00"))
-        assert status_code() == 503
-        assert "maintenance: ON" in ok(p.run("-H", "h1", "status"))
-        ok(p.run("-H", "h1", "maintenance", "off"))
-        assert status_code() == 200
+        yield p
     finally:
-        clear_stack(box, p)
+        clear_stack(hosts["h1"], p)
+
+
+def test_the_same_rollout_over_ssh_to_a_host_drops_no_request(h1_web, hosts, app_images):
+    """`-H h1 deploy` of a new api image (images shipped over SSH, no registry) rolls it
+    start-first on the host, under load sent to the host container's proxy port."""
+    box, p = hosts["h1"], h1_web
+    ip = host_ip(box)
+    with Load(8080, host=ip, rate=50, long_path="/slow?s=5", long_every=25, max_seconds=600) as load:
+        set_env(p, APP_IMAGE=app_images["v2"])
+        out = ok(p.run("-H", "h1", "deploy", timeout=900))
+        time.sleep(2)
+    assert "api: rolled out start-first" in out and "Deployed: current ->" in out, out
+    res = load.result
+    assert res.sent > 0 and res.failed == 0 and res.long_ok == res.long_sent, res.summary()
+    assert set(res.versions) == {"v1", "v2"} or res.versions.get("v2"), res.summary()
+    api = host_api(box, p)
+    assert len(api) == 1
+    conf = box.sh(f"cat /srv/{p.name}/proxy/{p.name}/memstack-ops.conf")
+    assert f"server {container_name(box, api[0])}:8000;" in conf, conf
+
+    # maintenance mode on the host's proxy, through the same task
+    def status_code() -> int:
+        import http.client
+
+        conn = http.client.HTTPConnection(ip, 8080, timeout=10)
+        try:
+            conn.request("GET", "/any/path")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    assert "Maintenance on" in ok(p.run("-H", "h1", "maintenance", "on", "--message", "Back at 14:00"))
+    assert status_code() == 503
+    assert "maintenance: ON" in ok(p.run("-H", "h1", "status"))
+    ok(p.run("-H", "h1", "maintenance", "off"))
+    assert status_code() == 200
+
+
+def test_a_rolling_deploy_to_two_hosts_goes_batch_by_batch_drops_no_request_and_stops_at_a_failed_batch(
+        tmp_path, hosts, ssh_key, app_images):
+    """`-H h2,h3 deploy --batch 1` (Kamal's boot limit): one host at a time, each rolled start-first
+    under load on its own proxy; a broken image fails the first batch, which rolls back with its
+    old container serving, and the second batch is never started."""
+    from memstack_ops.testing_hosts import clear_stack
+
+    names = ("h2", "h3")
+    p = remote_web(tmp_path, hosts, ssh_key, app_images, names)
+    try:
+        ok(p.run("-H", "h2,h3", "deploy", timeout=900))
+        before = {n: host_api(hosts[n], p) for n in names}
+        assert all(len(v) == 1 for v in before.values()), before
+        set_env(p, APP_IMAGE=app_images["v2"])
+        with Load(8080, host=host_ip(hosts["h2"]), rate=25, long_path="/slow?s=3", long_every=25,
+                  max_seconds=600) as load2, \
+             Load(8080, host=host_ip(hosts["h3"]), rate=25, long_path="/slow?s=3", long_every=25,
+                  max_seconds=600) as load3:
+            r = p.run("-H", "h2,h3", "deploy", "--batch", "1", timeout=900)
+            time.sleep(2)
+        out = ok(r)
+        assert "batch 1/2: h2" in out and "batch 2/2: h3" in out, out
+        assert out.index("batch 1/2: h2") < out.index("batch 2/2: h3")
+        assert out.count("api: rolled out start-first") == 2, out
+        for load in (load2, load3):
+            res = load.result
+            assert res.sent > 0 and res.failed == 0 and res.long_ok == res.long_sent, res.summary()
+            assert res.versions.get("v2"), res.summary()
+        rolled = {n: host_api(hosts[n], p) for n in names}
+        assert all(len(rolled[n]) == 1 and rolled[n] != before[n] for n in names), (before, rolled)
+
+        set_env(p, APP_IMAGE=app_images["broken"])
+        with Load(8080, host=host_ip(hosts["h2"]), rate=25, long_path="/slow?s=3", long_every=25,
+                  max_seconds=600) as load2:
+            r = p.run("-H", "h2,h3", "deploy", "--batch", "1", "--timeout", "20", timeout=900)
+            time.sleep(1)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0, out
+        assert "did not pass the health gate" in out and "Rolled back" in out, out
+        assert "A host of batch 1 failed: the later batches are not started." in out, out
+        assert "h3" in out and "not started" in out, out
+        res = load2.result
+        assert res.sent > 0 and res.failed == 0 and set(res.versions) == {"v2"}, res.summary()
+        assert {n: host_api(hosts[n], p) for n in names} == rolled  # both still on their v2 container
+        h3_image = hosts["h3"].sh(f"docker inspect --format '{{{{.Config.Image}}}}' {rolled['h3'][0]}").strip()
+        assert h3_image == app_images["v2"]
+    finally:
+        for n in names:
+            clear_stack(hosts[n], p)
+
+
+def test_ctrl_c_during_a_rollout_on_a_host_finishes_the_switch_there_and_exits_130(h1_web, hosts, app_images):
+    """The drain test's Ctrl-C, over SSH: the rollout on h1 is told through its connection; the
+    new container serves, the old one is stopped with its stop signal and removed, one line, 130."""
+    import os
+    import selectors
+    import signal
+    import sys
+
+    box, p = hosts["h1"], h1_web
+    old = host_api(box, p)
+    set_env(p, APP_IMAGE=app_images["v3"])
+    with Load(8080, host=host_ip(box), rate=20, long_path="/slow?s=8", long_every=10, max_seconds=300) as load:
+        time.sleep(2)  # long requests in flight on the old container: the drain waits for them
+        proc = subprocess.Popen([sys.executable, "-m", "memstack_ops", "-H", "h1", "deploy"], cwd=p.root,
+                                env=p.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            sel = selectors.DefaultSelector()
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            seen: list[str] = []
+            deadline = time.monotonic() + 400
+            while time.monotonic() < deadline and not any("draining" in ln for ln in seen):
+                if sel.select(timeout=1):
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    seen.append(line)
+            assert "draining" in "".join(seen), "".join(seen) + proc.stderr.read()
+            os.killpg(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(10)  # the long requests sent meanwhile finish before counting
+    assert proc.returncode == 130, "".join(seen) + out + err
+    assert "Traceback" not in err, err
+    now = host_api(box, p)
+    assert len(now) == 1 and now != old, (old, now)
+    new_name = container_name(box, now[0])
+    assert "the proxy stays on " + new_name in err and "removed" in err, err
+    conf = box.sh(f"cat /srv/{p.name}/proxy/{p.name}/memstack-ops.conf")
+    assert f"server {new_name}:8000;" in conf, conf
+    r = load.result
+    assert r.sent >= 100 and not r.non_2xx and not r.errors and r.unfinished == 0, r.summary()
+    assert r.long_sent >= 5 and r.long_ok == r.long_sent, r.summary()
 
 
 def test_ctrl_c_during_the_drain_leaves_the_new_container_serving_and_the_old_one_removed(web, app_images):
