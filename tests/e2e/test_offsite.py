@@ -216,11 +216,12 @@ def test_drill_from_s3_on_a_machine_with_nothing_but_the_tool_the_key_and_the_ta
                 if str(c.labels.get("com.docker.compose.project", "")).startswith(f"{project.name}-drill-")]
 
 
-def test_disaster_recovery_onto_a_fresh_host_with_the_key_kept_on_this_machine(tmp_path, hosts, ssh_key, keys):
+def test_disaster_recovery_onto_a_fresh_host_with_the_key_kept_on_this_machine(tmp_path, hosts, ssh_key, keys, s3):
     """The machine that ran the stack is gone; a new host (h2, which never saw this stack) gets
-    `deploy`, then `-H h2 restore.redis --from box`: restic runs here with the key, the set is sent
-    to h2 and checked there. A wrong key fails before anything is sent; the key never reaches h2.
-    Then `-H h2 backup.drill --from box` finds the set on h2 already and drills it there."""
+    `deploy`, then `-H h2 restore.redis --from box` (SFTP on h3): restic runs here with the key, the
+    set is sent to h2 and checked there. A wrong key fails before anything is sent; the key never
+    reaches h2. Then `-H h2 backup.drill --from s3` (an S3 bucket on this machine's 127.0.0.1, which
+    h2 cannot reach) fetches the same set from S3 here, finds it on h2 already and drills it there."""
     from memstack_ops.testing_hosts import clear_stack, make_project
 
     fresh, box = hosts["h2"], hosts["h3"]  # h3 holds the restic repository (SFTP)
@@ -229,6 +230,7 @@ def test_disaster_recovery_onto_a_fresh_host_with_the_key_kept_on_this_machine(t
     secret = uuid.uuid4().hex
     pw = private(keys / "box.pass", secret + "\n")
     add_config(p, f'[offsite.box]\ntype = "sftp"\nhost = "h3"\npath = "{path}"\npassword_file = "{pw}"\n')
+    s3_pw = s3_target(p, s3, keys)
     host_sets = f"{p.stack_root}/backups/tiny"
 
     def cache(*args, on=None):
@@ -243,8 +245,9 @@ def test_disaster_recovery_onto_a_fresh_host_with_the_key_kept_on_this_machine(t
         for i in range(30):
             cache("SET", f"k{i}", f"v{i}")
         ok(p.run("backup.redis", "--service", "cache"))
-        r = ok(p.run("backup.push", "--to", "box", timeout=300))
-        assert "Pushed" in r.stdout
+        for name in ("box", "s3"):
+            r = ok(p.run("backup.push", "--to", name, timeout=300))
+            assert "Pushed" in r.stdout
         [s] = [d.name for d in (p.root / "backups" / "tiny").iterdir()]
         # ... and is lost: no stack, no local backups; the tool, the project, the key and the target are left
         ok(p.run("down", "--volumes", "--yes"))
@@ -267,7 +270,7 @@ def test_disaster_recovery_onto_a_fresh_host_with_the_key_kept_on_this_machine(t
         assert "restic and the repository key stay here" in r.stdout and f"Sent {s} to h2" in r.stdout, r.stdout
         assert "sha256 of every file taken on h2 matches" in r.stdout
         assert cache("DBSIZE", on=fresh) == "30" and cache("GET", "k7", on=fresh) == "v7"
-        assert secret not in r.stdout + r.stderr
+        no_secrets(p, s3, pw, r.stdout, r.stderr)
         # the set on h2: complete, private, saying where it came from; no .partial left
         assert fresh.sh(f"ls -A {host_sets}").split() == [s]
         assert fresh.sh(f"stat -c %a {host_sets} {host_sets}/{s}").split() == ["700", "700"]
@@ -277,12 +280,16 @@ def test_disaster_recovery_onto_a_fresh_host_with_the_key_kept_on_this_machine(t
         assert v["ok"] and v["level"] == "checksum" and v["sent_from"]["id"] == s
         assert v["source_verify"]["fetched_from"]["offsite"] == "box"
         # the key never reached the host: no password file there, its content in no file of the usual places
-        assert fresh.sh("find / -xdev -name box.pass 2>/dev/null || true").strip() == ""
-        assert fresh.sh(f"grep -rlF {secret} /srv /root /tmp /etc /var/log 2>/dev/null || true").strip() == ""
+        assert fresh.sh("find / -xdev -name '*.pass' 2>/dev/null || true").strip() == ""
+        for key in (secret, s3_pw.read_text().strip(), s3.secret_key):
+            assert fresh.sh(f"grep -rlF {key} /srv /root /tmp /etc /var/log 2>/dev/null || true").strip() == ""
 
-        # a drill of the off-site copy on h2: fetched already here, on h2 already, drilled there
-        r = ok(p.run("-H", "h2", "backup.drill", "--from", "box", timeout=600))
-        assert f"Backup {s} is on h2 already" in r.stdout and f"Drill of backup {s} OK" in r.stdout, r.stdout
+        # a drill of the S3 copy on h2: fetched from S3 here again, on h2 already (not sent), drilled there
+        shutil.rmtree(p.root / "backups")
+        r = ok(p.run("-H", "h2", "backup.drill", "--from", "s3", timeout=600))
+        assert f"Fetched {s} from s3" in r.stdout and f"Backup {s} is on h2 already" in r.stdout, r.stdout
+        assert f"Drill of backup {s} OK" in r.stdout, r.stdout
+        no_secrets(p, s3, s3_pw, r.stdout, r.stderr)
         assert json.loads(fresh.sh(f"cat {host_sets}/{s}/drill.json"))["ok"]
     finally:
         p.run("down", "--volumes", "--yes")
