@@ -191,17 +191,23 @@ def _put(c: Any, src: str, dest: str, size: int, label: str) -> None:
 
 
 def from_offsite(t: Target, target: Any, snapshot: str | None, kind: str | None,
-                 say: Callable[[str], None] = print) -> str:
-    """``-H HOST restore.* --from NAME`` / ``backup.drill --from NAME``: fetch the set from the
-    off-site ``target`` to this machine (restic runs here, with the key), send it to the host,
-    checked there; the set's id on the host, for the normal remote restore or drill."""
+                 say: Callable[[str], None] = print, dry_run: bool = False) -> str | None:
+    """``-H HOST restore.* --from NAME`` / ``backup.drill --from NAME`` (``kind`` None): fetch the
+    set from the off-site ``target`` to this machine (restic runs here, with the key), send it to
+    the host, checked there; the set's id on the host, for the normal remote restore or drill.
+    ``dry_run``: fetched here (as a local ``--from --dry-run`` does), not sent; None."""
     from . import offsite
 
     label = host_label(t.c)
-    say(f"Restoring from off-site target {target.name} onto {label}: the set is fetched to this machine (restic "
-        f"and the repository key stay here), checked, then sent to {label} and checked there.")
+    then = "the drill" if kind is None else "the restore"
+    say(f"Off-site target {target.name} -> {label}: the set is fetched to this machine (restic and the repository key "
+        f"stay here), checked, then sent to {label} and checked there, before {then} runs on {label}.")
     with _here_lock:  # hosts in threads: the first one fetches, the others find the set here
         local = offsite.fetch(t, target, snapshot, kind, say=say)
+    if dry_run:
+        say(f"Dry run: backup {local.id} ({human_size(local.size)}, {len(local.files)} file(s)) would be sent to "
+            f"{label} and restored there; nothing was sent. It stays here: {local.path}.")
+        return None
     sent = send(t, local, say)
     if not sent.already:
         rate = sent.copied / max(sent.seconds, 1e-6)

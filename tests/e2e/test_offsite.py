@@ -264,6 +264,8 @@ def test_disaster_recovery_onto_a_fresh_host_with_the_key_kept_on_this_machine(t
         assert fresh.sh(f"ls -A {host_sets} 2>/dev/null || true").strip() == ""
         assert not (p.root / "backups" / "tiny").exists() or not any((p.root / "backups" / "tiny").iterdir())
         private(pw, secret + "\n")
+        r = ok(p.run("-H", "h2", "restore.redis", "--service", "cache", "--from", "box", "--dry-run", timeout=300))
+        assert "nothing was sent" in r.stdout and fresh.sh(f"ls -A {host_sets} 2>/dev/null || true").strip() == ""
 
         r = ok(p.run("-H", "h2", "restore.redis", "--service", "cache", "--from", "box", "--yes",
                      "--no-safety-backup", timeout=600))
