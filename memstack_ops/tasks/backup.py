@@ -330,7 +330,9 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
     t0 = time.monotonic()
     t = target(c, stack, stage, overlay)
     if from_ or snapshot:
-        backup = _from_offsite(t, from_, snapshot, backup, kind)
+        backup = _from_offsite(t, from_, snapshot, backup, kind, dry_run)
+        if backup is None:  # -H --dry-run: fetched here, not sent
+            return
     summary = core.restore(t, kind, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run,
                            allow_foreign=allow_foreign, **kw)
     if summary.get("dry_run"):
@@ -340,8 +342,11 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
         (f" Safety backup of the previous data: {summary['safety_backup']}." if summary.get("safety_backup") else ""))
 
 
-def _from_offsite(t: Target, from_: str | None, snapshot: str | None, backup: str | None, kind: str | None) -> str:
-    """Fetch the set to restore from an off-site target into this machine's backups; its id."""
+def _from_offsite(t: Target, from_: str | None, snapshot: str | None, backup: str | None, kind: str | None,
+                  dry_run: bool = False) -> str | None:
+    """Fetch the set to restore from an off-site target into this machine's backups; its id. With
+    -H, the set is then sent to the host (checked there), and its id there is returned (None for a
+    dry run: nothing is sent)."""
     from ..backup import BackupError
     from ..backup.offsite import fetch
     from ..config import offsite_target
@@ -350,17 +355,17 @@ def _from_offsite(t: Target, from_: str | None, snapshot: str | None, backup: st
     if backup:
         raise BackupError("--backup names a set on this machine, --from/--snapshot one in an off-site target: give "
                           "one or the other. Nothing was done.")
-    if t.remote:
-        raise BackupError("restore --from fetches the set from the off-site target to this machine; restoring it "
-                          "onto a host (-H) is not supported yet: run the restore on the host itself (bootstrap "
-                          "installs restic; put memstack-ops.toml's [offsite.NAME] and its password file there). "
-                          "Nothing was done.")
     dest = offsite_target(t.settings, from_)
+    if t.remote:  # restic and the repository key stay here; the host gets the checked set (backup/send.py)
+        from ..backup.send import from_offsite
+
+        return from_offsite(t, dest, snapshot, kind, say=say, dry_run=dry_run)
     return fetch(t, dest, snapshot, kind, say=say).id
 
 
 FROM = ("fetch the set from this off-site target ([offsite.NAME]) first: the newest with this kind, or --snapshot; "
-        "works on a machine that has only the project, the password file and the target")
+        "works on a machine that has only the project, the password file and the target; with -H the set is "
+        "fetched here (the key never leaves this machine), sent to the host and checked there")
 SNAPSHOT = "with --from: the set id (see `backup.list --offsite NAME`) or restic snapshot id to fetch"
 RESTORE_HELP = {"backup": BACKUP, "service": RSERVICE, "yes": YES, "no_safety_backup": NO_SAFETY, "dry_run": DRY,
                 "allow_foreign": FOREIGN, "from_": FROM, "snapshot": SNAPSHOT}
@@ -448,7 +453,9 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
     t0 = time.monotonic()
     t = target(c, stack, stage, overlay)
     if from_ or snapshot:
-        backup = _from_offsite(t, from_, snapshot, backup, "all")
+        backup = _from_offsite(t, from_, snapshot, backup, "all", dry_run)
+        if backup is None:
+            return
     results = core.restore_all(t, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run,
                                allow_foreign=allow_foreign)
     if results:
@@ -471,6 +478,7 @@ def backup_drill(c: Context, backup: str | None = None, from_: str | None = None
     t = target(c, stack, stage, overlay)
     if from_ or snapshot:
         backup = _from_offsite(t, from_, snapshot, backup, None)
+        assert backup is not None
     r = drill(t, backup)
     table(f"drill of {r.set_id} (project {r.project}, removed)", ["what", "probes", "backup total", "restored copy"],
           r.rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -213,3 +214,86 @@ def test_drill_from_s3_on_a_machine_with_nothing_but_the_tool_the_key_and_the_ta
     assert back.name == s.name and drilled["ok"] and drilled["mismatches"] == []
     assert not [c.name for c in docker_client.containers.list(all=True, ignore_removed=True)
                 if str(c.labels.get("com.docker.compose.project", "")).startswith(f"{project.name}-drill-")]
+
+
+def test_disaster_recovery_onto_a_fresh_host_with_the_key_kept_on_this_machine(tmp_path, hosts, ssh_key, keys, s3):
+    """The machine that ran the stack is gone; a new host (h2, which never saw this stack) gets
+    `deploy`, then `-H h2 restore.redis --from box` (SFTP on h3): restic runs here with the key, the
+    set is sent to h2 and checked there. A wrong key fails before anything is sent; the key never
+    reaches h2. Then `-H h2 backup.drill --from s3` (an S3 bucket on this machine's 127.0.0.1, which
+    h2 cannot reach) fetches the same set from S3 here, finds it on h2 already and drills it there."""
+    from memstack_ops.testing_hosts import clear_stack, make_project
+
+    fresh, box = hosts["h2"], hosts["h3"]  # h3 holds the restic repository (SFTP)
+    p = make_project(tmp_path / "proj", {"h2": fresh, "h3": box}, ssh_key.private)
+    path = f"/srv/restic-{p.name}"
+    secret = uuid.uuid4().hex
+    pw = private(keys / "box.pass", secret + "\n")
+    add_config(p, f'[offsite.box]\ntype = "sftp"\nhost = "h3"\npath = "{path}"\npassword_file = "{pw}"\n')
+    s3_pw = s3_target(p, s3, keys)
+    host_sets = f"{p.stack_root}/backups/tiny"
+
+    def cache(*args, on=None):
+        argv = ["docker", "exec", f"{p.name}-cache-1", "redis-cli", *args]
+        if on is not None:
+            return on.sh(" ".join(argv)).strip()
+        return ok(subprocess.run(argv, capture_output=True, text=True, timeout=60)).stdout.strip()
+
+    try:
+        # the old machine: the tiny stack runs here, is backed up and pushed to the SFTP target
+        ok(p.run("up", "--service", "cache", "--skip-checks", timeout=300))
+        for i in range(30):
+            cache("SET", f"k{i}", f"v{i}")
+        ok(p.run("backup.redis", "--service", "cache"))
+        for name in ("box", "s3"):
+            r = ok(p.run("backup.push", "--to", name, timeout=300))
+            assert "Pushed" in r.stdout
+        [s] = [d.name for d in (p.root / "backups" / "tiny").iterdir()]
+        # ... and is lost: no stack, no local backups; the tool, the project, the key and the target are left
+        ok(p.run("down", "--volumes", "--yes"))
+        shutil.rmtree(p.root / "backups")
+
+        ok(p.run("-H", "h2", "deploy", timeout=600))
+        assert cache("DBSIZE", on=fresh) == "0"
+
+        # a wrong key: one clear paragraph, before anything reaches the host (or this machine)
+        private(pw, "not the password\n")
+        r = p.run("-H", "h2", "restore.redis", "--service", "cache", "--from", "box", "--yes", timeout=300)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        assert "does not open" in r.stderr and str(pw) in r.stderr, r.stderr
+        assert fresh.sh(f"ls -A {host_sets} 2>/dev/null || true").strip() == ""
+        assert not (p.root / "backups" / "tiny").exists() or not any((p.root / "backups" / "tiny").iterdir())
+        private(pw, secret + "\n")
+        r = ok(p.run("-H", "h2", "restore.redis", "--service", "cache", "--from", "box", "--dry-run", timeout=300))
+        assert "nothing was sent" in r.stdout and fresh.sh(f"ls -A {host_sets} 2>/dev/null || true").strip() == ""
+
+        r = ok(p.run("-H", "h2", "restore.redis", "--service", "cache", "--from", "box", "--yes",
+                     "--no-safety-backup", timeout=600))
+        assert "restic and the repository key stay here" in r.stdout and f"Sent {s} to h2" in r.stdout, r.stdout
+        assert "sha256 of every file taken on h2 matches" in r.stdout
+        assert cache("DBSIZE", on=fresh) == "30" and cache("GET", "k7", on=fresh) == "v7"
+        no_secrets(p, s3, pw, r.stdout, r.stderr)
+        # the set on h2: complete, private, saying where it came from; no .partial left
+        assert fresh.sh(f"ls -A {host_sets}").split() == [s]
+        assert fresh.sh(f"stat -c %a {host_sets} {host_sets}/{s}").split() == ["700", "700"]
+        modes = set(fresh.sh(f"stat -c %a {host_sets}/{s}/*").split())
+        assert modes == {"600"}, modes
+        v = json.loads(fresh.sh(f"cat {host_sets}/{s}/verify.json"))
+        assert v["ok"] and v["level"] == "checksum" and v["sent_from"]["id"] == s
+        assert v["source_verify"]["fetched_from"]["offsite"] == "box"
+        # the key never reached the host: no password file there, its content in no file of the usual places
+        assert fresh.sh("find / -xdev -name '*.pass' 2>/dev/null || true").strip() == ""
+        for key in (secret, s3_pw.read_text().strip(), s3.secret_key):
+            assert fresh.sh(f"grep -rlF {key} /srv /root /tmp /etc /var/log 2>/dev/null || true").strip() == ""
+
+        # a drill of the S3 copy on h2: fetched from S3 here again, on h2 already (not sent), drilled there
+        shutil.rmtree(p.root / "backups")
+        r = ok(p.run("-H", "h2", "backup.drill", "--from", "s3", timeout=600))
+        assert f"Fetched {s} from s3" in r.stdout and f"Backup {s} is on h2 already" in r.stdout, r.stdout
+        assert f"Drill of backup {s} OK" in r.stdout, r.stdout
+        no_secrets(p, s3, s3_pw, r.stdout, r.stderr)
+        assert json.loads(fresh.sh(f"cat {host_sets}/{s}/drill.json"))["ok"]
+    finally:
+        p.run("down", "--volumes", "--yes")
+        clear_stack(fresh, p)
+        box.sh(f"rm -rf {path}", check=False)
