@@ -433,7 +433,7 @@ def test_swarm_deploy_refuses_a_stateful_service_with_no_labelled_node_before_an
     p = swarm_stack
     ensure_swarm(p)
     good = p.compose_file().read_text()
-    extra = ("  search:\n    image: local/postgres:15\n    environment: {POSTGRES_PASSWORD: ${PG_PASSWORD}}\n")
+    extra = "  search:\n    image: local/postgres:15\n    environment:\n      POSTGRES_PASSWORD: ${PG_PASSWORD}\n"
     unique = f"{p.name}x"
     toml = p.root / "memstack-ops.toml"
     saved = toml.read_text()
