@@ -357,7 +357,8 @@ def image_plan(settings: Settings, model: Mapping[str, Any], nodes: list[Node],
             host = hosts.get(inventory_name(settings, n))
             plan.setdefault(n.hostname, (host, n, set()))[2].add(image)
     orphans = sorted(h for h, (host, _, _) in plan.items() if host is None)
-    if orphans and ship_all:
+    shipping = ship_all or any(host is not None and host.ship_images for host, _, _ in plan.values())
+    if orphans and shipping:
         raise ConfigError(f"Swarm node(s) {', '.join(orphans)} may run services of this stack but are no inventory "
                           f"host, so the images cannot be shipped to them: add a [hosts.NAME] table with the node's "
                           f"address, or drain them (swarm.drain NODE).")

@@ -144,3 +144,54 @@ def test_engine_setting_and_flag(tmp_path, monkeypatch):
     (tmp_path / "memstack-ops.toml").write_text('stack = "shop"\n[stacks.shop]\nengine = "nomad"\n')
     with pytest.raises(ConfigError, match="stacks.shop.engine"):
         resolve(root=tmp_path, environ={})
+
+
+INVENTORY = '''stack = "shop"
+[stacks.shop]
+engine = "swarm"
+[hosts.w1]
+address = "10.0.0.2"
+swarm = "worker"
+[hosts.m1]
+address = "10.0.0.1"
+swarm = "manager"
+[hosts.w2]
+address = "10.0.0.3"
+swarm = "worker"
+'''
+
+
+def test_a_swarm_deploy_runs_once_on_the_manager(tmp_path):
+    from memstack_ops.config import resolve
+    from memstack_ops.tasks.remote import _deploy_hosts
+
+    (tmp_path / "compose" / "shop").mkdir(parents=True)
+    (tmp_path / "compose" / "shop" / "compose.yml").write_text("services: {}\n")
+    (tmp_path / "memstack-ops.toml").write_text(INVENTORY)
+    s = resolve(root=tmp_path, environ={})
+    assert [h.name for h in _deploy_hosts(s, {}, None)] == ["m1"]  # no -H: the inventory's manager
+    assert [h.name for h in _deploy_hosts(s, {}, "w1,m1,w2")] == ["m1"]
+    assert [h.name for h in _deploy_hosts(s, {}, "w2")] == ["w2"]  # it reaches the manager from there
+    assert _deploy_hosts(s, {"engine": "compose"}, None) is None  # compose: every host, as before
+    (tmp_path / "memstack-ops.toml").write_text(INVENTORY.replace('swarm = "manager"\n', ""))
+    with pytest.raises(ConfigError, match="No swarm manager in the inventory"):
+        _deploy_hosts(resolve(root=tmp_path, environ={}), {}, None)
+
+
+def test_a_node_that_needs_images_shipped_but_is_no_inventory_host_is_refused(tmp_path):
+    from memstack_ops.config import resolve
+    from memstack_ops.swarm_deploy import image_plan
+
+    (tmp_path / "compose" / "shop").mkdir(parents=True)
+    (tmp_path / "compose" / "shop" / "compose.yml").write_text("services: {}\n")
+    (tmp_path / "memstack-ops.toml").write_text(INVENTORY)
+    s = resolve(root=tmp_path, environ={})
+    nodes = [Node(id="a", hostname="m1", role="manager", availability="active", state="ready", addr="10.0.0.1",
+                  labels={"memstack-ops.db": "true"}),
+             Node(id="b", hostname="x9", role="worker", availability="active", state="ready", addr="10.9.9.9")]
+    plan = image_plan(s, MODEL, nodes, ship_all=False)  # the nodes pull: x9 needs no inventory entry
+    assert {k: sorted(v[2]) for k, v in plan.items()} == {"m1": ["example/api:1", "postgres:16"],
+                                                          "x9": ["example/api:1"]}
+    assert plan["m1"][0] is not None and plan["m1"][0].name == "m1" and plan["x9"][0] is None
+    with pytest.raises(ConfigError, match="x9 may run services of this stack but are no inventory host"):
+        image_plan(s, MODEL, nodes, ship_all=True)
