@@ -471,6 +471,7 @@ def render_stack(settings: Settings, replicas: Iterable[str] = (), allow_env_sec
 
 def deploy(c: Any, settings: Settings, replicas: Iterable[str] = (), ship_all: bool = False,
            allow_env_secrets: bool = False, lock_wait: float = 0.0, message: str = "") -> dict[str, Any]:
+    from .interrupt import phase
     from .lifecycle import one_shot_services
     from .remote.deploy import cancel_sleep
     from .remote.lock import Lock
@@ -516,7 +517,9 @@ def deploy(c: Any, settings: Settings, replicas: Iterable[str] = (), ship_all: b
                 f"{len(updated)} updated ({', '.join(sorted(updated)) or '-'}), "
                 f"{len(existed - updated)} unchanged. Waiting up to {timeout:g} s for them to converge ...")
             jobs = one_shot_services(model)
-            outcome, last = wait(mc, stack, names, jobs, updated, before_tasks, timeout, sleep=sleep)
+            with phase(f"the convergence wait of swarm stack {stack} (the swarm keeps converging to what was "
+                       f"deployed; nothing is rolled back)"):
+                outcome, last = wait(mc, stack, names, jobs, updated, before_tasks, timeout, sleep=sleep)
             if not outcome.ok:
                 last.nodes = {n.id: n.hostname for n in nodes}
                 detail = failure(mc, stack, outcome, last, updated, set(created), t.compose.scrub, timeout,

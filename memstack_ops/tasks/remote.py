@@ -76,12 +76,16 @@ def _deploy_hosts(s: Any, kwargs: dict[str, Any], spec: str | None) -> list[Any]
     engine; for the swarm engine one host, the swarm's manager: the first -H host that is
     swarm = "manager", else the first -H host (it reaches the inventory's manager), else the
     inventory's manager."""
+    from ..errors import MemstackError
     from ..remote.inventory import resolve_hosts
     from ..swarm import _no_manager, managers
     from ..swarm_deploy import engine
 
-    if engine(s, kwargs.get("engine")) != "swarm":
-        return None
+    try:
+        if engine(s, kwargs.get("engine")) != "swarm":
+            return None
+    except MemstackError:
+        return None  # the deploy on each host says what is wrong with the stack, as it always did
     if spec:
         given = resolve_hosts(s, spec)
         return ([h for h in given if h.swarm == "manager"] or given)[:1]
