@@ -170,7 +170,14 @@ _STACK_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
                               'folder, e.g. backup_binds = ["/srv/shop/uploads"]'),
     "file": ((str, list), "a compose file's path relative to this file's folder, e.g. file = "
                           '"shop/docker-compose.yml" (or a list of them, merged like repeated -f)'),
+    "engine": ((str,), 'what deploy runs the stack with: engine = "compose" (each host its own copy, the '
+                       'default) or "swarm" (one stack across the inventory\'s swarm)'),
+    "replicas": ((dict,), "a table of service = N, the replicas of stateless services on a swarm, e.g. "
+                          "replicas = { api = 3 }"),
+    "endpoint_mode": ((str,), 'how a swarm stack\'s services are reached: endpoint_mode = "dnsrr" (the default, '
+                              'no IPVS needed) or "vip"'),
 }
+ENGINES = ("compose", "swarm")
 # Settings given on the command line only (core flags: -f, --env-file, --project-name).
 CLI_ONLY = {"files": "-f FILE", "env_files": "--env-file FILE", "project_name": "--project-name NAME"}
 
@@ -227,6 +234,13 @@ def _check_types(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         files = table.get("file")
         if isinstance(files, list) and (not files or any(not isinstance(f, str) for f in files)):
             raise bad(f"stacks.{name}.file", table["file"], _STACK_TYPES["file"][1])
+        if table.get("engine", "compose") not in ENGINES:
+            raise bad(f"stacks.{name}.engine", table["engine"], _STACK_TYPES["engine"][1])
+        if table.get("endpoint_mode", "dnsrr") not in ("dnsrr", "vip"):
+            raise bad(f"stacks.{name}.endpoint_mode", table["endpoint_mode"], _STACK_TYPES["endpoint_mode"][1])
+        for svc, n in (table.get("replicas") or {}).items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise bad(f"stacks.{name}.replicas.{svc}", n, "a whole number of replicas, e.g. api = 3")
         for svc, probe in (table.get("probes") or {}).items():
             if not isinstance(probe, str):
                 raise bad(f"stacks.{name}.probes.{svc}", probe, 'a string: "tcp:PORT" or an http:// URL')

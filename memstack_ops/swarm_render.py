@@ -183,10 +183,16 @@ def _restart_policy(name: str, svc: Mapping[str, Any], job: bool) -> tuple[dict[
 
 
 def _update_config(given: Mapping[str, Any] | None, monitor: float | None, stateful: bool,
-                   rollback: bool) -> tuple[dict[str, Any], str | None]:
+                   rollback: bool, job: bool = False) -> tuple[dict[str, Any], str | None]:
     cfg = {k: v for k, v in dict(given or {}).items() if k in UPDATE_KEYS}
     cfg.setdefault("parallelism", 1)
     cfg.setdefault("order", "stop-first" if stateful else "start-first")
+    if job:
+        # a one-shot job's task exits by design: the updater counts that as a failed task, and
+        # failure_action rollback would run the job's old version again right after the new one
+        # (seen on 20.10). The deploy judges a job by its exit code instead.
+        cfg.setdefault("failure_action", "continue")
+        return cfg, None
     cfg.setdefault("failure_action", "pause" if rollback else "rollback")
     raised = None
     if monitor is not None:
@@ -307,7 +313,8 @@ def render(model: Mapping[str, Any], replicas: Mapping[str, int] | None = None, 
         if not svc.get("image"):
             raise ConfigError(f"Service {name} has no image: a Swarm stack needs one per service.")
         if svc.get("depends_on"):
-            notes.append(f"{name}: depends_on dropped (Swarm starts every service at once; the tool orders them)")
+            notes.append(f"{name}: depends_on dropped (Swarm starts every service at once and restarts a task "
+                         f"until what it needs answers; the deploy waits for all of them)")
         if svc.get("links"):
             notes.append(f"{name}: links dropped (services reach each other by name on the stack's network)")
         for key in sorted(set(svc) - SERVICE_KEYS - HANDLED):
@@ -364,7 +371,7 @@ def render(model: Mapping[str, Any], replicas: Mapping[str, int] | None = None, 
             deploy["replicas"] = int(1 if n is None else n)
         monitor = monitor_seconds(svc.get("healthcheck"))
         for key, rollback in (("update_config", False), ("rollback_config", True)):
-            deploy[key], raised = _update_config(given.get(key), monitor, bool(kind), rollback)
+            deploy[key], raised = _update_config(given.get(key), monitor, bool(kind), rollback, name in jobs)
             if raised:
                 notes.append(f"{name}: {key} {raised}: shorter than start_period + interval x retries, an update "
                              f"would be declared a success before the healthcheck could fail it")

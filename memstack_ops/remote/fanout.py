@@ -230,7 +230,10 @@ def run_calls(executor: Any, calls: list[Any], spec: str | None, debug: bool = F
         kw = call.kwargs
         try:
             s = settings(kw.get("stack"), kw.get("stage"), kw.get("overlay"))
-            hosts = resolve_hosts(s, spec) if spec else stage_hosts(s, s["stage"])
+            pick = getattr(call.task, "pick_hosts", None)  # deploy --engine swarm: once, on the manager
+            hosts = pick(s, kw, spec) if pick is not None else None
+            if hosts is None:
+                hosts = resolve_hosts(s, spec) if spec else stage_hosts(s, s["stage"])
             par, _ = schedule(hosts, kw.get("parallel"), kw.get("batch"))
         except MemstackError as e:
             raise Exit(f"error: {e}", code=e.exit_code) from None

@@ -8,6 +8,8 @@ memstack_ops/remote/program.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 from invoke import Collection, Context
 
 from ._common import ops_task, settings
@@ -19,7 +21,7 @@ FANOUT_HELP = {
 LOCK_WAIT_HELP = "seconds to queue behind another deploy's lock on the host (default 0: fail at once, naming it)"
 
 
-@ops_task(remote_only=True, iterable=["service"], auto_shortflags=False, help={
+@ops_task(remote_only=True, iterable=["service", "replicas"], auto_shortflags=False, help={
     "service": "service to deploy (repeatable); default all",
     "ship_images": "stream images from this machine (docker save | zstd | docker load over SSH) instead of "
                    "pulling on the host; only images whose ID the host lacks are sent",
@@ -27,17 +29,73 @@ LOCK_WAIT_HELP = "seconds to queue behind another deploy's lock on the host (def
     "lock_wait": LOCK_WAIT_HELP,
     "message": "a note recorded in the lock and the audit log",
     "timeout": "seconds the health gate waits (default: timeout setting, 300)",
+    "engine": "compose (default: each host runs its own copy) or swarm (one stack across the inventory's swarm, "
+              "deployed once through its manager); default: the stack's engine setting",
+    "replicas": "swarm: replicas of a stateless service, SERVICE=N (repeatable, or api=3,worker=2); default: the "
+                "stack's replicas setting, else the file's",
+    "allow_env_secrets": "swarm: deploy secrets that would stay in a service's environment (visible in docker "
+                         "service inspect) instead of refusing",
     **FANOUT_HELP,
 })
 def deploy(c: Context, service: list[str] | None = None, ship_images: bool = False, backup: bool = False,
-           lock_wait: int = 0, message: str = "", timeout: str | None = None, parallel: str | None = None,
+           lock_wait: int = 0, message: str = "", timeout: str | None = None, engine: str | None = None,
+           replicas: list[str] | None = None, allow_env_secrets: bool = False, parallel: str | None = None,
            batch: str | None = None, stack: str | None = None, stage: str | None = None,
            overlay: str | None = None) -> None:
-    """Deploy a release to hosts: lock, doctor, upload, images, health-gated up (rollback on failure), switch."""
+    """Deploy a release to hosts: lock, doctor, upload, images, health-gated up (rollback on failure), switch.
+    With --engine swarm: one stack across the swarm (images shipped to its nodes, secrets as Swarm secrets,
+    the tool's own convergence wait, rollback on failure)."""
+    s = settings(stack, stage, overlay, timeout=timeout)
+    from ..swarm_deploy import engine as engine_of
+
+    if engine_of(s, engine) == "swarm":
+        from ..errors import ConfigError
+        from ..remote.inventory import host_settings
+        from ..swarm_deploy import deploy as swarm_deploy
+
+        if service or backup:
+            raise ConfigError("deploy --engine swarm deploys the whole stack (--service and --backup are for the "
+                              "compose engine): the swarm updates only the services whose definition changed.")
+        host = getattr(c, "inventory", None)
+        swarm_deploy(c, host_settings(s, host) if host is not None else s, replicas or (), ship_all=ship_images,
+                     allow_env_secrets=allow_env_secrets, lock_wait=float(lock_wait or 0), message=message)
+        return
+    if replicas or allow_env_secrets:
+        from ..errors import ConfigError
+
+        raise ConfigError("--replicas and --allow-env-secrets are options of deploy --engine swarm (or engine = "
+                          "\"swarm\" in the stack's [stacks.NAME] table).")
     from ..remote.deploy import deploy as run
 
-    run(c, settings(stack, stage, overlay, timeout=timeout), service or (), ship_images=ship_images,
-        backup=backup, lock_wait=float(lock_wait or 0), message=message)
+    run(c, s, service or (), ship_images=ship_images, backup=backup, lock_wait=float(lock_wait or 0),
+        message=message)
+
+
+def _deploy_hosts(s: Any, kwargs: dict[str, Any], spec: str | None) -> list[Any] | None:
+    """The hosts deploy runs on: None (the usual ones: -H, else the stage's) for the compose
+    engine; for the swarm engine one host, the swarm's manager: the first -H host that is
+    swarm = "manager", else the first -H host (it reaches the inventory's manager), else the
+    inventory's manager."""
+    from ..errors import MemstackError
+    from ..remote.inventory import resolve_hosts
+    from ..swarm import _no_manager, managers
+    from ..swarm_deploy import engine
+
+    try:
+        if engine(s, kwargs.get("engine")) != "swarm":
+            return None
+    except MemstackError:
+        return None  # the deploy on each host says what is wrong with the stack, as it always did
+    if spec:
+        given = resolve_hosts(s, spec)
+        return ([h for h in given if h.swarm == "manager"] or given)[:1]
+    found = managers(s)[:1]
+    if not found:
+        raise _no_manager(s)
+    return found
+
+
+deploy.pick_hosts = _deploy_hosts
 
 
 @ops_task(remote_only=True, auto_shortflags=False, help=FANOUT_HELP)

@@ -254,3 +254,198 @@ def test_the_memstack_stack_renders_to_a_valid_stack_file(project, tmp_path):
     out = stack_config(tmp_path, r.stack)  # the secret mounts and external secrets pass the schema too
     assert "POSTGRES_PASSWORD_FILE: /run/secrets/POSTGRES_PASSWORD" in out, out
     assert "node.labels.memstack-ops.postgres == true" in out and "endpoint_mode: dnsrr" in out
+
+
+# ---------------------------------------------------------------- deploy --engine swarm
+
+SWARM_COMPOSE = """\
+# A tiny swarm stack: a cache and an app of 3 replicas (stateless: kind generic), PostgreSQL pinned
+# to its labelled node with its password as a Swarm secret, a one-shot job; the app reads its token
+# from a Swarm secret file (label), and a long-form depends_on the stack file must lose.
+services:
+  cache:
+    image: local/redis:7
+    command: ["redis-server", "--save", "", "--appendonly", "no"]
+    labels: {memstack-ops.kind: generic}
+    healthcheck: {test: ["CMD-SHELL", "redis-cli ping | grep -q PONG"], interval: 2s, timeout: 2s, retries: 3}
+  app:
+    image: local/redis:7
+    command: ["redis-server", "--save", ""]
+    labels: {memstack-ops.kind: generic, memstack-ops.secrets-as-files: "APP_TOKEN"}
+    environment:
+      APP_TOKEN: ${APP_TOKEN}
+      APP_MODE: ${APP_MODE:-normal}
+    depends_on:
+      cache: {condition: service_healthy}
+      setup: {condition: service_completed_successfully}
+    healthcheck: {test: ["CMD-SHELL", "redis-cli ping | grep -q PONG"], interval: 2s, timeout: 2s, retries: 3}
+  setup:
+    image: local/redis:7
+    labels: {memstack-ops.kind: generic}
+    command: ["sh", "-c", "echo setup done"]
+  postgres:
+    image: local/postgres:15
+    environment:
+      POSTGRES_PASSWORD: ${PG_PASSWORD}
+    volumes: [pgdata:/var/lib/postgresql/data]
+    healthcheck: {test: ["CMD-SHELL", "pg_isready -U postgres -h 127.0.0.1"], interval: 2s, timeout: 3s,
+                  retries: 5, start_period: 10s}
+volumes: {pgdata: {}}
+"""
+SWARM_TEMPLATE = "APP_TOKEN=  # generate\nAPP_MODE=normal\nPG_PASSWORD=  # generate\n"
+
+
+def manager_sh(hosts, script: str, check: bool = True) -> str:
+    return hosts["h1"].sh(script, check=check, timeout=120)
+
+
+def stack_rm(hosts, name: str) -> None:
+    """Take swarm stack ``name`` off the swarm and wait (bounded) until its tasks' containers and
+    its network are gone on every node; then its secrets and volumes."""
+    manager_sh(hosts, f"docker stack rm {name} >/dev/null 2>&1 || true", check=False)
+    script = (f"for i in $(seq 1 120); do [ -z \"$(docker ps -aq --filter label={STACK_NS}={name})\" ] && "
+              f"[ -z \"$(docker network ls -q --filter label={STACK_NS}={name})\" ] && exit 0; sleep 1; done; exit 1")
+    for b in hosts.values():
+        b.sh(script, check=False, timeout=150)
+    manager_sh(hosts, f"docker secret ls -q --filter label=memstack-ops.stack={name} | xargs -r docker secret rm "
+                      f">/dev/null 2>&1 || true", check=False)
+    for b in hosts.values():
+        b.sh(f"docker volume ls -q --filter label={STACK_NS}={name} | xargs -r docker volume rm -f >/dev/null 2>&1; "
+             f"rm -rf /srv/{name}", check=False)
+
+
+STACK_NS = "com.docker.stack.namespace"
+
+
+@pytest.fixture(scope="module")
+def swarm_stack(swarm_project, hosts, ssh_key, tmp_path_factory):
+    """A project (stack tiny, its own unique name) for swarm deploys; the swarm stack is removed
+    afterwards, with its networks, secrets and volumes, so the module's other tests find a clean
+    swarm."""
+    p = make_project(tmp_path_factory.mktemp("swarmdeploy") / "proj", hosts, ssh_key.private)
+    p.compose_file().write_text(SWARM_COMPOSE)
+    (p.root / "env" / "tiny" / ".env.example").write_text(SWARM_TEMPLATE)
+    p.env_file.unlink()
+    assert p.run("env.init").returncode == 0
+    swarm_inventory(p, hosts, {"h2": 'labels = { "memstack-ops.postgres" = "true" }\n'})
+    toml = p.root / "memstack-ops.toml"
+    toml.write_text(toml.read_text().replace(f'project = "{p.name}"\n',
+                                             f'project = "{p.name}"\nengine = "swarm"\nreplicas = {{ app = 3 }}\n', 1))
+    yield p
+    stack_rm(hosts, p.name)
+
+
+def env_value(p, key: str) -> str:
+    return next(ln.split("=", 1)[1] for ln in p.env_file.read_text().splitlines() if ln.startswith(f"{key}="))
+
+
+def services(hosts, name: str) -> dict[str, dict]:
+    import json
+
+    ids = manager_sh(hosts, f"docker service ls -q --filter label={STACK_NS}={name}").split()
+    if not ids:
+        return {}
+    return {s["Spec"]["Name"].removeprefix(f"{name}_"): s
+            for s in json.loads(manager_sh(hosts, f"docker service inspect {' '.join(ids)}"))}
+
+
+def running_nodes(hosts, name: str, service: str) -> list[str]:
+    out = manager_sh(hosts, f"docker service ps --filter desired-state=running --format '{{{{.Node}}}} "
+                            f"{{{{.CurrentState}}}}' {name}_{service}")
+    return sorted(ln.split()[0] for ln in out.splitlines() if " Running " in f" {ln} ")
+
+
+def secrets_of(hosts, name: str) -> list[str]:
+    return sorted(manager_sh(hosts, f"docker secret ls --filter label=memstack-ops.stack={name} "
+                                    f"--format '{{{{.Name}}}}'").split())
+
+
+def test_swarm_deploy_converges_pins_postgres_spreads_replicas_and_keeps_passwords_out(swarm_stack, hosts):
+    p = swarm_stack
+    ensure_swarm(p)
+    out = ok(p.run("deploy", timeout=600))  # engine = "swarm" in the stack's table; no -H: the manager
+    assert "[h1]" in out and "[h2]" not in out, out  # once, on the manager
+    assert "Deployed: swarm stack" in out and "converged" in out, out
+    assert "4 service(s) created" in out, out
+    assert running_nodes(hosts, p.name, "postgres") == ["h2"]  # the node labelled memstack-ops.postgres
+    assert running_nodes(hosts, p.name, "app") == ["h1", "h2", "h3"]  # 3 replicas, one per node
+    assert len(running_nodes(hosts, p.name, "cache")) == 1
+    job = manager_sh(hosts, f"docker service ps --format '{{{{.CurrentState}}}}' {p.name}_setup")
+    assert job.startswith("Complete"), job
+    # no password anywhere the engine shows: service specs, tasks, the deploy's own output
+    pg, token = env_value(p, "PG_PASSWORD"), env_value(p, "APP_TOKEN")
+    assert len(pg) >= 16 and len(token) >= 16
+    specs = manager_sh(hosts, f"docker service inspect $(docker service ls -q --filter label={STACK_NS}={p.name})")
+    tasks = manager_sh(hosts, f"docker inspect $(docker stack ps -q {p.name})")
+    for text in (specs, tasks, out):
+        assert pg not in text and token not in text
+    assert "POSTGRES_PASSWORD_FILE=/run/secrets/POSTGRES_PASSWORD" in specs
+    names = secrets_of(hosts, p.name)
+    assert len(names) == 2 and all(n.startswith(f"{p.name}_") for n in names), names
+    # postgres took the file's password: a TCP login with it works, inside its container on h2
+    ctr = hosts["h2"].sh(f"docker ps -q --filter label=com.docker.swarm.service.name={p.name}_postgres").strip()
+    assert hosts["h2"].sh(f"docker exec {ctr} cat /run/secrets/POSTGRES_PASSWORD") == pg
+    login = hosts["h2"].sh(f"docker exec {ctr} sh -c 'PGPASSWORD=\"$(cat /run/secrets/POSTGRES_PASSWORD)\" "
+                           f"psql -h 127.0.0.1 -U postgres -tAc \"select 42\"'")
+    assert login.strip() == "42", login
+
+    # a second deploy of the same files changes nothing and returns
+    again = ok(p.run("deploy", timeout=600))
+    assert "0 service(s) created" in again and "0 updated" in again, again
+    assert secrets_of(hosts, p.name) == names
+
+    # a changed secret deploys under a new name (secrets cannot change in place) and the old one goes
+    old = next(n for n in names if "_APP_TOKEN_" in n)
+    p.set_env("APP_TOKEN", "x" * 20 + "rotated-token-value")
+    out = ok(p.run("deploy", timeout=600))
+    assert "1 updated (app)" in out, out
+    now = secrets_of(hosts, p.name)
+    assert old not in now and len(now) == 2, now
+    assert f"removed: {old}" in out, out
+    assert "rotated-token-value" not in out
+    # (a start-first update places each new task beside the old ones: no spread promised after it)
+    assert len(running_nodes(hosts, p.name, "app")) == 3
+
+
+def test_swarm_deploy_of_a_broken_app_fails_naming_it_and_rolls_it_back(swarm_stack, hosts):
+    p = swarm_stack
+    ensure_swarm(p)
+    ok(p.run("deploy", timeout=600))  # the good version runs (deployed by the test before, or now)
+    before = services(hosts, p.name)["app"]["Spec"]["TaskTemplate"]["ContainerSpec"]
+    good = p.compose_file().read_text()
+    try:
+        p.break_app()
+        assert p.compose_file().read_text() != good
+        r = p.run("deploy", timeout=600)
+        err = failed(r)
+    finally:
+        p.compose_file().write_text(good)
+    assert "service app:" in err and "non-zero exit (3)" in err, err
+    assert "this release is broken" in err, err  # the failing task's last log lines
+    assert "Rolled back: app" in err, err
+    after = services(hosts, p.name)["app"]
+    assert after["Spec"]["TaskTemplate"]["ContainerSpec"] == before
+    assert after["UpdateStatus"]["State"] == "rollback_completed"
+    assert len(running_nodes(hosts, p.name, "app")) == 3
+
+
+def test_swarm_deploy_refuses_a_stateful_service_with_no_labelled_node_before_any_change(swarm_stack, hosts):
+    p = swarm_stack
+    ensure_swarm(p)
+    good = p.compose_file().read_text()
+    extra = "  search:\n    image: local/postgres:15\n    environment:\n      POSTGRES_PASSWORD: ${PG_PASSWORD}\n"
+    unique = f"{p.name}x"
+    toml = p.root / "memstack-ops.toml"
+    saved = toml.read_text()
+    try:
+        p.compose_file().write_text(good.replace("volumes: {pgdata: {}}\n", "") + extra + "volumes: {pgdata: {}}\n")
+        toml.write_text(saved.replace(f'project = "{p.name}"', f'project = "{unique}"', 1))
+        err = failed(p.run("deploy", timeout=300))
+    finally:
+        p.compose_file().write_text(good)
+        toml.write_text(saved)
+    assert "search" in err and "memstack-ops.search=true" in err and "swarm.label" in err, err
+    assert "nothing changed" in err, err
+    assert services(hosts, unique) == {}
+    assert secrets_of(hosts, unique) == []
+    assert manager_sh(hosts, f"docker network ls -q --filter label={STACK_NS}={unique}").strip() == ""

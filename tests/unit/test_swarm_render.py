@@ -59,6 +59,11 @@ def test_a_one_shot_job_runs_once_and_is_not_restarted():
     svcs = render(m).stack["services"]
     assert svcs["job"]["deploy"]["restart_policy"] == {"condition": "none"}
     assert svcs["job"]["deploy"]["replicas"] == 1
+    # its task exits by design: an update must not take that for a failure and roll the job back
+    # (which runs its old version again); the deploy judges it by its exit code
+    for key in ("update_config", "rollback_config"):
+        assert svcs["job"]["deploy"][key]["failure_action"] == "continue"
+        assert svcs["app"]["deploy"][key]["failure_action"] in ("rollback", "pause")
     with pytest.raises(ConfigError, match="one-shot job"):
         render(m, replicas={"job": 2})
 
