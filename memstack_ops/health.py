@@ -454,7 +454,11 @@ class Watch:
         def round_() -> bool:
             if before_poll:
                 before_poll()
-            return self.poll(services, active)
+            was = {s for s, st in self.statuses.items() if st.ready}
+            done = self.poll(services, active)
+            if before_poll and not done and {s for s, st in self.statuses.items() if st.ready} - was:
+                before_poll()  # what waited for a service that just turned ready starts now, not an interval later
+            return done
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_delay(budget) | tenacity.stop_after_attempt(max_polls),

@@ -347,8 +347,23 @@ def test_wait_returns_once_every_service_is_ready_sleeping_the_interval_between_
     w = watch(c, comp, pool=pool)
     w.wait(["db", "plain"], time.monotonic() + 60, 2.5, sleep=slept.append, before_poll=lambda: rounds.append(1))
     assert all(st.ready for st in w.statuses.values())
-    assert slept == [2.5, 2.5] and len(rounds) == 3
+    # 3 rounds, plus one call right after round 1, where `plain` turned ready: what waits for it
+    # starts then, not an interval later
+    assert slept == [2.5, 2.5] and len(rounds) == 4
     assert pool.shut_down  # wait always closes its pool
+
+
+def test_what_waits_for_a_service_starts_in_the_round_it_turned_ready_not_an_interval_later(comp):
+    events: list[str] = []
+    c = MockContext(run={
+        ps_cmd(comp, "db", "plain"): Result(ndjson(row("db", health="starting"), row("plain"))),
+        DB_CHECK: [Result(exited=1), Result("ok")],
+    })
+    w = watch(c, comp, pool=SyncPool())
+    w.wait(["db", "plain"], time.monotonic() + 60, 2.5, sleep=lambda s: events.append("sleep"),
+           before_poll=lambda: events.append("ready:" + ",".join(sorted(s for s, st in w.statuses.items()
+                                                                        if st.ready))))
+    assert events == ["ready:", "ready:plain", "sleep", "ready:plain"], events
 
 
 def test_wait_times_out_deterministically_after_max_polls_naming_the_service(comp):

@@ -117,7 +117,7 @@ class FakeEngine(MockContext):
                     return Result(stderr=f"Error response from daemon: {self.up_fails} image not found", exited=1)
                 with self.lock:
                     for n in names:
-                        self.state[n] = "running"
+                        self.state[n] = "created" if "--no-start" in args else "running"
                 return Result("")
             if args[0] == "ps":
                 services = [a for a in args[4:]] or list(self.model_["services"])
@@ -143,12 +143,33 @@ class FakeEngine(MockContext):
             return Result("".join(ln + "\n" for ln in lines))
         if argv[:2] == ["docker", "exec"]:
             return Result("accepting connections")
+        if argv[:2] == ["docker", "start"]:
+            with self.lock:
+                for name in argv[2:]:
+                    svc = name.removeprefix("p-").removesuffix("-1")
+                    assert self.state.get(svc) == "created", f"docker start of {name}: {self.state.get(svc)}"
+                    self.state[svc] = "running"
+            return Result("")
         if argv[:2] == ["docker", "inspect"]:
             return Result("null")
         raise NotImplementedError(command)
 
     def on_ps(self):
         """Called (under the lock) before each `compose ps` answer: subclasses change states there."""
+
+    def started(self, command):
+        """The services ``command`` starts: a `compose up` without --no-start, or `docker start`."""
+        cwd, argv = split_cd(command)
+        prefix = self.compose.argv()
+        if argv[:len(prefix)] == prefix and argv[len(prefix):][:1] == ["up"] and "--no-start" not in argv:
+            return [a for a in argv[len(prefix) + 1:] if not a.startswith("--")]
+        if argv[:2] == ["docker", "start"]:
+            return [n.removeprefix("p-").removesuffix("-1") for n in argv[2:]]
+        return []
+
+    def starts(self):
+        """The services each start (compose up or docker start) started, in order."""
+        return [b for b in (self.started(e) for e in self.events) if b]
 
     def ups(self):
         """The arguments of each `docker compose ... up` run, in order."""
@@ -167,11 +188,13 @@ def test_up_starts_each_layer_once_its_dependencies_are_ready_and_waits_for_heal
     t.c = c
     statuses = lifecycle.up(t, ["api"], sleep=fast_sleep)
     assert set(statuses) == {"api", "cache", "db"} and all(s.ready for s in statuses.values())
-    assert c.ups() == [["up", "--detach", "--no-deps", "cache", "db"], ["up", "--detach", "--no-deps", "api"]]
+    # api, which has no container yet, is created while its dependencies start (one compose run
+    # queued after theirs) and started with one `docker start` once they are ready
+    assert c.ups() == [["up", "--detach", "--no-deps", "cache", "db"], ["up", "--no-start", "--no-deps", "api"]]
     # api was started only after db's own check had passed
     first_check = next(i for i, e in enumerate(c.events) if e.startswith("docker exec p-db-1"))
-    api_up = next(i for i, e in enumerate(c.events) if e.endswith("up --detach --no-deps api"))
-    assert first_check < api_up
+    api_start = next(i for i, e in enumerate(c.events) if e == "docker start p-api-1")
+    assert first_check < api_start
     out = capsys.readouterr().out
     assert "  db: ready after" in out and "  api: ready after" in out
     assert "grafana" not in out  # not asked for, not a dependency
@@ -200,7 +223,7 @@ def test_up_surfaces_a_failed_compose_up_with_composes_message(settings):
     t.c = c
     with pytest.raises(ComposeError, match="(?s)Starting cache, db failed .*cache image not found"):
         lifecycle.up(t, ["api"], timeout=5, sleep=fast_sleep)
-    assert ["up", "--detach", "--no-deps", "api"] not in c.ups()
+    assert ["api"] not in c.starts()
 
 
 def test_up_fails_fast_when_a_started_service_crashes(settings):
@@ -219,7 +242,7 @@ def test_up_fails_fast_when_a_started_service_crashes(settings):
     t.c = c
     with pytest.raises(HealthError, match="Service 'cache' failed: container exited with code 3"):
         lifecycle.up(t, ["api"], timeout=30, sleep=fast_sleep)
-    assert ["up", "--detach", "--no-deps", "api"] not in c.ups()
+    assert ["api"] not in c.starts()
 
 
 def test_up_starts_a_stopped_stack_again(settings):
@@ -235,7 +258,7 @@ def test_up_on_a_running_stack_still_runs_compose_up_for_every_service(settings)
     c = FakeEngine(t.compose, UP_MODEL, existing={"db": "running", "cache": "running", "api": "running"})
     t.c = c
     lifecycle.up(t, ["api"], timeout=30, sleep=fast_sleep)
-    assert ["up", "--detach", "--no-deps", "api"] in c.ups()
+    assert ["api"] in c.starts()
 
 
 # --- down / restart ---------------------------------------------------------------------------
@@ -475,15 +498,15 @@ class Jobs(FakeEngine):
         self._set("before_up", {})  # the states seen when each `compose up` came, by its last argument
 
     def run(self, command, *a, **kw):
-        if " up " in command:
-            with self.lock:
-                self.before_up[command.split()[-1]] = dict(self.state)
+        starting = self.started(command)
+        with self.lock:
+            for s in starting:
+                self.before_up[s] = dict(self.state)
         r = super().run(command, *a, **kw)
-        if " up " in command:
-            with self.lock:
-                for s in self.runs:
-                    if re.search(rf"\s{re.escape(s)}(\s|$)", command):
-                        self.left[s] = self.runs[s]
+        with self.lock:
+            for s in starting:
+                if s in self.runs:
+                    self.left[s] = self.runs[s]
         return r
 
     def on_ps(self):
@@ -502,8 +525,8 @@ def test_a_dependant_of_a_job_starts_only_after_the_job_exited_0(settings, capsy
     statuses = lifecycle.up(t, ["app", "announce"], timeout=30, sleep=fast_sleep)
     assert all(s.ready for s in statuses.values())
     assert statuses["setup"].detail == "completed successfully"
-    # running was not enough: app's `up` came after setup had exited
-    assert c.ups()[-1] == ["up", "--detach", "--no-deps", "app"]
+    # running was not enough: app started after setup had exited
+    assert c.starts()[-1] == ["app"]
     assert c.before_up["app"]["setup"] == "exited"
     out = capsys.readouterr().out
     assert "setup: ready after" in out and "announce: ready after" in out
@@ -515,7 +538,7 @@ def test_a_job_that_fails_after_running_a_while_fails_up_and_its_dependant_is_no
     t.c = c
     with pytest.raises(HealthError, match=r"Service 'setup' failed: the one-shot job exited with code 2"):
         lifecycle.up(t, ["app"], timeout=30, sleep=fast_sleep)
-    assert ["up", "--detach", "--no-deps", "app"] not in c.ups()
+    assert ["app"] not in c.starts()
 
 
 def test_a_job_nothing_waits_for_is_done_when_it_exits_0(settings):
@@ -544,8 +567,8 @@ def test_a_job_that_completed_before_with_the_same_definition_is_not_run_again(s
     t.c = c
     statuses = lifecycle.up(t, ["app"], timeout=30, sleep=fast_sleep)
     assert statuses["setup"].ready and "not run again" in statuses["setup"].detail
-    assert not any("setup" in u for u in c.ups())
-    assert c.ups()[-1] == ["up", "--detach", "--no-deps", "app"]
+    assert not any("setup" in b for b in c.starts())
+    assert c.starts()[-1] == ["app"]
 
 
 @pytest.mark.parametrize("current_hash, services", [("def456", ["app"]), ("abc123", ["app", "setup"])],
@@ -558,7 +581,7 @@ def test_a_completed_job_runs_again_when_its_definition_changed_or_it_is_named(s
     t.c = c
     statuses = lifecycle.up(t, services, timeout=30, sleep=fast_sleep)
     assert statuses["setup"].ready
-    assert any("setup" in u for u in c.ups())
+    assert any("setup" in b for b in c.starts())
 
 
 def test_status_counts_a_job_that_exited_0_as_fine_and_a_non_zero_one_as_down(settings):
