@@ -228,6 +228,14 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
                        before_poll=start_unblocked, active=active)
             # a job nothing waits for counted as ready while it ran: one that failed since fails `up`
             watch.recheck(order)
+    except BaseException:
+        pool.shutdown(wait=True)
+        # containers created ahead for services that never started: gone again, as if never made
+        # (`docker rm` without -f leaves a container that runs meanwhile alone)
+        left = [n for s, names in created.items() if s not in started for n in names]
+        if left:
+            run(t.c, ["docker", "rm", *left], timeout=60)
+        raise
     finally:
         pool.shutdown(wait=True)
         starter.shutdown(wait=True)
