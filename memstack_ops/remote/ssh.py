@@ -475,7 +475,7 @@ class OpenSsh:
         import subprocess
 
         self.c, self.command = c, command
-        self.proc = subprocess.Popen([*argv, f"echo {READY} && {{ {command}\n}}"],
+        self.proc = subprocess.Popen([*argv, f"echo {READY}; {command}"],
                                      stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
         assert self.proc.stdout is not None and self.proc.stderr is not None  # PIPE
