@@ -10,6 +10,7 @@ images the hosts already hold (after a warm-up deploy that ships them): the stea
 (2) ships a fresh image ID each time (a label on local/redis:7, 212 MB uncompressed), alternating
 with the baselines. Everything is removed at the end. Run:
     .venv/bin/python benchmarks/remote.py [--rounds 3] [--only ship] [--zstd-level -1|--fast=3|...]
+(for shipping, a multiple of 3 rounds: each of the three goes first equally often)
 """
 
 from __future__ import annotations
@@ -118,7 +119,10 @@ def measure_shipping(p, h1, tmp_p: Path, rounds: int) -> None:
                                        f"'zstd -d -q | docker load'", shell=True, check=True, capture_output=True,
                                        timeout=600, executable="/bin/bash")
 
-                    # rotate which goes first (page cache, other load on the machine)
+                    # rotate which goes first: the first of a round is slower (the engines are still busy with the
+                    # images just built and the last round's removal), so --rounds should be a multiple of 3
+                    subprocess.run(["sync"], check=True)
+                    h1.sh("sync")
                     order = [(ours, ours_), (raw, raw_), (rawz, rawz_)]
                     for out, fn in order[i % 3:] + order[:i % 3]:
                         out.append(timed(fn))
