@@ -510,7 +510,6 @@ class OpenSsh:
             if cancel is not None and cancel.is_set():
                 raise KeyboardInterrupt
             if time.monotonic() > deadline or len(got) > 65536:
-                self.stop()
                 return self._failed(f"no {READY} line within {timeout:.0f} s")
             poll.poll(200)
             self.read_err()
@@ -526,12 +525,14 @@ class OpenSsh:
                 why = self.stderr.decode(errors="replace")
                 refused = refusal(self.c, why)
                 if refused:
+                    self.stop()
                     raise RemoteError(refused)
                 return self._failed(f"exit {self.proc.returncode}: {last_lines(why)}")
             got += b
         return True
 
     def _failed(self, why: str) -> bool:
+        self.stop()
         self.c._openssh_failed = why
         log.info("%s: the OpenSSH client could not connect (%s); bulk transfers use paramiko", self.c.host, why)
         return False
