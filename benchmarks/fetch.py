@@ -6,8 +6,8 @@ manifest (made on the host with head -c from /dev/urandom and sha256sum: what a 
 Then, alternating, each round:
 - raw: `scp -P PORT root@127.0.0.1:FILE DEST` (OpenSSH), then `sha256sum DEST` (the check a careful
   operator would do by hand);
-- ours: `memstack-ops -H h1 backup.fetch --backup ID` (paramiko SFTP, hashed on the way, fsync,
-  rename), with its peak RSS.
+- ours: `memstack-ops -H h1 backup.fetch --backup ID` (`cat` on the host through the OpenSSH client
+  where installed, else a paramiko channel; hashed on the way, fsync, rename), with its peak RSS.
 Everything is removed at the end. Run:
     .venv/bin/python benchmarks/fetch.py [--size-mb 1000] [--rounds 3]
 """
@@ -64,7 +64,7 @@ def main() -> None:
             ssh_opts = ["-o", f"UserKnownHostsFile={p.known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
                         "-i", str(key), "-P", str(box.port)]
             raw, ours, rss = [], [], []
-            for i in range(args.rounds):
+            def by_hand() -> None:
                 raw_dest.unlink(missing_ok=True)
                 subprocess.run(["sync"], check=True)
                 t0 = time.perf_counter()
@@ -72,18 +72,28 @@ def main() -> None:
                 got = subprocess.run(["sha256sum", str(raw_dest)], capture_output=True, text=True, check=True)
                 raw.append(time.perf_counter() - t0)
                 assert got.stdout.split()[0] == digest
+
+            def tool() -> None:
                 shutil.rmtree(local, ignore_errors=True)
                 subprocess.run(["sync"], check=True)
                 wall, hwm, _, out = timed_tool(p, "-H", "h1", "backup.fetch", "--backup", SET_ID)
                 assert "sha256 of every file matches" in out, out
                 ours.append(wall)
                 rss.append(hwm)
-                print(f"round {i + 1}: scp + sha256sum {raw[-1]:.2f} s, memstack-ops backup.fetch {wall:.2f} s "
+
+            for i in range(args.rounds):
+                for step in ((by_hand, tool) if i % 2 == 0 else (tool, by_hand)):  # alternate the order
+                    step()
+                hwm = rss[-1]
+                print(f"round {i + 1}: scp + sha256sum {raw[-1]:.2f} s, memstack-ops backup.fetch {ours[-1]:.2f} s "
                       f"(peak RSS {hwm / 1024:.0f} MB)", flush=True)
+            raw_dest.unlink(missing_ok=True)
             mr, mo = statistics.median(raw), statistics.median(ours)
+            per = ", ".join(f"{o / r:.2f}" for o, r in zip(ours, raw, strict=True))
             print(f"\nsummary ({size / 1e6:.0f} MB, median of {args.rounds}): backup.fetch {mo:.2f} s "
                   f"({size / 1e6 / mo:.0f} MB/s) vs scp + sha256sum {mr:.2f} s ({size / 1e6 / mr:.0f} MB/s): "
-                  f"ratio {mo / mr:.2f}; peak RSS of memstack-ops {max(rss) / 1024:.0f} MB")
+                  f"ratio {mo / mr:.2f} (per round {per}; ours {min(ours):.2f}-{max(ours):.2f} s, by hand "
+                  f"{min(raw):.2f}-{max(raw):.2f} s); peak RSS of memstack-ops {max(rss) / 1024:.0f} MB")
         finally:
             if box:
                 remove_hosts([box])

@@ -140,7 +140,7 @@ def fetch(t: Target, set_id: str | None = None, s: BackupSet | None = None, say:
     copied = 0
     for name, size, digest in todo:
         with progress_bar(f"{name} from {label}", size) as bar:
-            got_size, got_digest = _get(t.c, f"{s.path}/{name}", f"{part}/{name}", bar.update, label)
+            got_size, got_digest = _get(t.c, f"{s.path}/{name}", f"{part}/{name}", bar.update, label, size)
         copied += got_size
         if (got_size, got_digest) != (size, digest):
             os.unlink(f"{part}/{name}")
@@ -250,17 +250,119 @@ class _HashingFile:
             os.close(self.fd)
 
 
-def _get(c: Any, src: str, dest: str, progress: Any, label: str) -> tuple[int, str]:
-    """``cat`` the file on the host over its own SSH channel and write it here, hashing on the way.
-    SSH flow control (the channel window) bounds what is in flight, so memory stays flat.
-    (paramiko's SFTP prefetch is not bounded: on 1 GB it held the whole file in memory and
-    slowed to 5 MB/s scanning its own buffers.)"""
+OPENSSH_MIN = 8 << 20  # smaller files go over the open paramiko connection: an ssh handshake costs more
+
+
+def _get(c: Any, src: str, dest: str, progress: Any, label: str, size: int | None = None) -> tuple[int, str]:
+    """``cat`` the file on the host and write it here, hashing on the way; returns (bytes, sha256).
+    Over the OpenSSH client when it can (remote/ssh.py ``openssh_argv``: paramiko's pure-Python
+    packet handling was the measured gap to ``scp``) and the file is big enough to pay for its
+    handshake, else over the paramiko connection. Either way flow control (the pipe from ssh, or
+    the channel window) bounds what is in flight, so memory stays flat. (paramiko's SFTP prefetch
+    is not bounded: on 1 GB it held the whole file in memory and slowed to 5 MB/s scanning its own
+    buffers.)"""
+    from ..remote.ssh import openssh_argv
+
+    if size is None or size >= OPENSSH_MIN:
+        argv = openssh_argv(c)
+        if argv is not None:
+            got = _get_openssh(c, argv, src, dest, progress, label)
+            if got is not None:
+                return got
+    return _get_paramiko(c, src, dest, progress, label)
+
+
+def _fail(e: OSError, src: str, dest: str, label: str) -> BackupError:
+    if getattr(e, "errno", None) == 28:
+        return BackupError(f"This machine's disk filled up while fetching {os.path.basename(dest)}: free some space "
+                           f"and run the fetch again (files already checked are kept).")
+    return BackupError(f"Reading {src} on {label} failed: {e or type(e).__name__}. Run the fetch again; files "
+                       f"already checked are kept.")
+
+
+def _failed_status(src: str, label: str, status: int, err: bytes) -> BackupError:
+    why = err.decode(errors="replace").strip()[-300:]
+    return BackupError(f"Reading {src} on {label} failed (cat exited {status})" + (f": {why}" if why else "") +
+                       ". Check the file on the host; files already checked here are kept for the next try.")
+
+
+def _get_openssh(c: Any, argv: list[str], src: str, dest: str, progress: Any, label: str) -> tuple[int, str] | None:
+    """``_get`` through an ``ssh`` process: its stdout pipe read in large reads straight into the
+    hashing file. None when ssh could not connect (nothing was read: paramiko takes over)."""
+    import select
+    import shlex
+
+    from ..remote.ssh import OpenSsh, last_lines
+
+    cancel = getattr(c, "cancel", None)
+    s = OpenSsh(c, argv, f"cat -- {shlex.quote(src)}", stdin=False)
+    try:
+        if not s.start(cancel, timeout=max(30.0, 3 * c.inventory.connect_timeout)):
+            return None
+    except BaseException:
+        s.stop()
+        raise
+    out = _HashingFile(dest)
+    try:
+        last = time.monotonic()
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
+            try:
+                b = os.read(s.out, CHUNK)
+            except BlockingIOError:
+                s.read_err()
+                select.select([s.out], [], [], 0.5)
+                if time.monotonic() - last > STALL:  # no byte for this long: a dead host, not a slow one
+                    raise TimeoutError("timed out") from None
+                continue
+            if not b:
+                break
+            out.write(b)
+            progress(out.n)
+            last = time.monotonic()
+        deadline = time.monotonic() + STALL
+        while s.proc.poll() is None:  # cat ended: ssh follows at once
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
+            if time.monotonic() > deadline:
+                raise TimeoutError("timed out")
+            select.select([s.err], [], [], 0.2)
+            s.read_err()
+        s.read_err()
+    except OSError as e:
+        s.stop()
+        out.close()
+        os.unlink(dest)
+        raise _fail(e, src, dest, label) from None
+    except BaseException:
+        s.stop()
+        out.close()
+        os.unlink(dest)
+        raise
+    s.stop()
+    out.close()
+    status = s.proc.returncode
+    if status == 255:
+        os.unlink(dest)
+        raise BackupError(f"Reading {src} on {label} failed: the SSH connection was lost "
+                          f"({last_lines(s.stderr.decode(errors='replace')) or 'ssh exited 255'}). Run the fetch "
+                          f"again; files already checked are kept.")
+    if status != 0:
+        os.unlink(dest)
+        raise _failed_status(src, label, status, bytes(s.stderr))
+    return out.n, out.h.hexdigest()
+
+
+def _get_paramiko(c: Any, src: str, dest: str, progress: Any, label: str) -> tuple[int, str]:
+    """``_get`` over a channel of the paramiko connection."""
     import shlex
 
     transport = c.client.get_transport() if getattr(c, "client", None) is not None else None
     if transport is None or not transport.is_active():
         c.open()
         transport = c.client.get_transport()
+    cancel = getattr(c, "cancel", None)
     out = _HashingFile(dest)
     try:
         chan = transport.open_session(window_size=WINDOW, max_packet_size=1 << 15)
@@ -268,6 +370,8 @@ def _get(c: Any, src: str, dest: str, progress: Any, label: str) -> tuple[int, s
             chan.settimeout(STALL)  # no byte for this long: a dead host, not a slow one
             chan.exec_command(f"cat -- {shlex.quote(src)}")
             while True:
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt
                 b = chan.recv(CHUNK)
                 if not b:
                     break
@@ -282,11 +386,7 @@ def _get(c: Any, src: str, dest: str, progress: Any, label: str) -> tuple[int, s
     except OSError as e:  # socket.timeout and paramiko's SSHException are OSErrors or wrap them
         out.close()
         os.unlink(dest)
-        if getattr(e, "errno", None) == 28:
-            raise BackupError(f"This machine's disk filled up while fetching {os.path.basename(dest)}: free some space "
-                              f"and run the fetch again (files already checked are kept).") from None
-        raise BackupError(f"Reading {src} on {label} failed: {e or type(e).__name__}. Run the fetch again; files "
-                          f"already checked are kept.") from None
+        raise _fail(e, src, dest, label) from None
     except BaseException:
         out.close()
         os.unlink(dest)
@@ -294,9 +394,7 @@ def _get(c: Any, src: str, dest: str, progress: Any, label: str) -> tuple[int, s
     out.close()
     if status != 0:
         os.unlink(dest)
-        why = err.decode(errors="replace").strip()[-300:]
-        raise BackupError(f"Reading {src} on {label} failed (cat exited {status})" + (f": {why}" if why else "") +
-                          ". Check the file on the host; files already checked here are kept for the next try.")
+        raise _failed_status(src, label, status, err)
     return out.n, out.h.hexdigest()
 
 

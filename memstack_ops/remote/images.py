@@ -18,6 +18,11 @@ from ..output import human_size
 from ..target import Target
 from . import RemoteError
 
+# zstd's level for shipping: on a fast link the CPU is the bottleneck (save, compress, load share
+# the cores); level 1 still makes the stream 2-3x smaller for slow links. benchmarks/remote.py
+# --zstd-level compares others.
+ZSTD_LEVEL = "-1"
+
 
 @dataclass
 class Shipment:
@@ -114,15 +119,13 @@ def ship(c: Any, images: list[str], cancel: threading.Event | None = None) -> Sh
             todo.append(ref)
     if not todo:
         return result
-    # zstd -1: on a fast link the CPU is the bottleneck (save, compress, load share the cores);
-    # level 1 still makes the stream 2-3x smaller for slow links.
     compress = shutil.which("zstd") is not None and zstd_there
     save = subprocess.Popen(["docker", "save", *todo], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs = [save]
     assert save.stdout is not None  # stdout=PIPE
     source: IO[bytes] = save.stdout
     if compress:
-        z = subprocess.Popen(["zstd", "-q", "-T0", "-1", "-c"], stdin=source, stdout=subprocess.PIPE)
+        z = subprocess.Popen(["zstd", "-q", "-T0", ZSTD_LEVEL, "-c"], stdin=source, stdout=subprocess.PIPE)
         source.close()
         procs.append(z)
         assert z.stdout is not None  # stdout=PIPE
