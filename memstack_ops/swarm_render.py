@@ -31,6 +31,9 @@ of ``docker stack deploy``, plus notes on what was changed that the operator sho
   ``deploy.resources``) or dropped, each noted;
 - networks become overlay networks (attachable, named by stack deploy after the stack); named
   volumes keep their compose names, so a stack moved from compose keeps its data on its node;
+- the edge proxy (the service labelled ``memstack-ops.proxy``) runs on the nodes labelled
+  ``memstack-ops.proxy=true``, ports in host mode, its config a Swarm config routing to
+  ``tasks.<svc>`` (memstack_ops/swarm_proxy.py; ``Rendered.proxy``);
 - a service's environment is printed by ``docker service inspect``: env secrets become Swarm
   secrets named by content hash (they cannot change in place, moby/moby#33808), read through the
   images' ``*_FILE`` variables (memstack_ops/swarm_secrets.py); ``Rendered.secrets`` is the plan

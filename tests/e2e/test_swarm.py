@@ -593,3 +593,26 @@ def test_the_edge_proxy_rolls_api_under_load_without_a_failed_request_and_a_brok
     api = services(hosts, p.name)["api"]
     assert api["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].startswith(images["v2"])
     assert len(running_nodes(hosts, p.name, "api")) == 3
+
+
+def test_doctor_finds_no_ipvs_on_the_nodes_says_dnsrr_and_a_vip_deploy_is_refused_before_any_change(edge_stack,
+                                                                                                      hosts):
+    p, _ = edge_stack
+    ensure_swarm(p)
+    ok(p.run("-H", "h1", "swarm.label", "h2", "memstack-ops.cache=true"))  # placement passes: vip is what fails
+    ok(p.run("-H", "h1", "swarm.label", "h3", "memstack-ops.proxy=true"))
+    out = p.run("doctor").stdout
+    assert "swarm IPVS" in out and "use endpoint_mode dnsrr" in out, out
+    assert all(f"{h}: absent" in out for h in ("h1", "h2", "h3")), out  # these kernels have no ip_vs
+    toml = p.root / "memstack-ops.toml"
+    saved = toml.read_text()
+    unique = f"{p.name}v"
+    try:
+        toml.write_text(saved.replace(f'project = "{p.name}"\n', f'project = "{unique}"\nendpoint_mode = "vip"\n', 1))
+        out = p.run("doctor")
+        assert out.returncode != 0 and 'endpoint_mode = "vip" needs IPVS on every node' in out.stdout, out.stdout
+        err = failed(p.run("deploy", timeout=300))
+    finally:
+        toml.write_text(saved)
+    assert "needs IPVS on every node" in err and "nothing changed" in err, err
+    assert services(hosts, unique) == {}
