@@ -328,6 +328,76 @@ def check_images(t: Target, model: dict[str, Any], ask_registry: bool = True) ->
     return Check("images", OK, f"{len(missing)} to pull: {', '.join(missing)}")
 
 
+# IPVS, which Swarm's VIP and routing mesh need: "loaded" (the module or built in: /proc/net/ip_vs
+# exists in every network namespace then), "loadable" (modprobe would load it), else "absent".
+IPVS_PROBE = ('if [ -e /proc/net/ip_vs ] || grep -qs "^ip_vs " /proc/modules; then echo loaded; '
+              'elif modprobe -n -q ip_vs 2>/dev/null; then echo loadable; else echo absent; fi')
+
+
+def ipvs(c: Any) -> str:
+    """loaded | loadable | absent | unknown (the probe did not answer) for the kernel ``c`` runs on."""
+    r = run(c, ["sh", "-c", IPVS_PROBE], timeout=30)
+    state = r.stdout.strip() if r.ok else ""
+    return state if state in ("loaded", "loadable", "absent") else "unknown"
+
+
+def ipvs_of_nodes(settings: Any, config: Any = None) -> dict[str, str]:
+    """inventory host -> its IPVS state, for every host with a swarm role (SSH, in parallel; a host
+    that cannot be reached is ``unreachable: <why>``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .remote.inventory import inventory
+    from .remote.ssh import connect
+
+    hosts = [h for h in inventory(settings)[1].values() if h.swarm]
+
+    def one(host: Any) -> str:
+        try:
+            conn = connect(host, config)
+        except MemstackError as e:
+            return f"unreachable: {first_line(str(e))}"
+        try:
+            return ipvs(conn)
+        finally:
+            conn.close()
+
+    if not hosts:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(hosts)), thread_name_prefix="ipvs") as pool:
+        return dict(zip((h.name for h in hosts), pool.map(one, hosts), strict=True))
+
+
+def endpoint_check(states: dict[str, str], mode: str) -> Check:
+    """Which endpoint_mode the nodes allow: vip only where every node has IPVS (loaded or loadable)."""
+    if not states:
+        return Check("swarm IPVS", WARN, "no host of the inventory has a swarm role, so no node was checked",
+                     'give the nodes swarm = "manager" | "worker" in the inventory')
+    lacking = sorted(h for h, s in states.items() if s not in ("loaded", "loadable"))
+    shown = "; ".join(f"{h}: {states[h]}" for h in sorted(states))
+    if lacking and mode == "vip":
+        return Check("swarm IPVS", FAIL, f"endpoint_mode = \"vip\" needs IPVS on every node ({shown})",
+                     'remove endpoint_mode = "vip" from the stack\'s table (dnsrr, the default, needs no IPVS: the '
+                     'edge proxy resolves tasks.<service>), or load ip_vs on ' + ", ".join(lacking))
+    if lacking:
+        return Check("swarm IPVS", OK, f"use endpoint_mode dnsrr (the default): no IPVS on {', '.join(lacking)} "
+                                       f"({shown}), so Swarm's VIP and routing mesh cannot work there")
+    return Check("swarm IPVS", OK, f"IPVS on every node ({shown}): endpoint_mode = \"vip\" may be set "
+                                   f"(now {mode}); dnsrr works too")
+
+
+def check_ipvs(t: Target) -> Check | None:
+    """For a swarm stack (engine = "swarm"): the IPVS of every swarm node of the inventory, or of
+    the -H host itself when doctor runs there; which endpoint_mode to use. None for a compose stack."""
+    from .target import on_host, where
+
+    if str(t.stack.options.get("engine") or "compose") != "swarm":
+        return None
+    mode = str(t.stack.options.get("endpoint_mode") or "dnsrr")
+    if on_host(t.c):
+        return endpoint_check({where(t.c): ipvs(t.c)}, mode)
+    return endpoint_check(ipvs_of_nodes(t.settings, getattr(t.c, "config", None)), mode)
+
+
 def run_checks(t: Target, full: bool = True) -> list[Check]:
     """Engine and compose first: without them nothing else can be checked."""
     checks = [check_engine(t)]
@@ -345,6 +415,8 @@ def run_checks(t: Target, full: bool = True) -> list[Check]:
         checks.append(check_names(t, model))
         if full:
             checks += [check_disk(t), check_memory(t, model), check_images(t, model)]
+            swarm = check_ipvs(t)
+            checks += [swarm] if swarm is not None else []
     elif full:
         checks.append(check_disk(t))
     return checks

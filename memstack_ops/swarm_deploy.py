@@ -311,7 +311,10 @@ def rollback(mc: Any, stack: str, names: Iterable[str], look_now: Look) -> tuple
 # ---------------------------------------------------------------- placement and images
 
 def check_placement(model: Mapping[str, Any], nodes: list[Node], stack: str) -> None:
-    """Refuse, before any change, a stateful service no ready, active node may run."""
+    """Refuse, before any change, a stateful service no ready, active node may run, and an edge
+    proxy when no ready, active node is labelled for it."""
+    from .proxy import proxy_service
+    from .swarm_proxy import EDGE_LABEL
     from .swarm_render import stateful_services
 
     problems = []
@@ -327,16 +330,33 @@ def check_placement(model: Mapping[str, Any], nodes: list[Node], stack: str) -> 
             problems.append(f"{name} runs only on a node labelled {label}=true, and "
                             f"{', '.join(f'{n.hostname} ({n.state}, {n.availability})' for n in labelled)} "
                             f"cannot take tasks now: bring it back (swarm.activate) or label another node")
+    edge = proxy_service(model)
+    if edge is not None:
+        labelled = [n for n in nodes if n.labels.get(EDGE_LABEL) == "true"]
+        if not any(n.state == "ready" and n.availability == "active" for n in labelled):
+            problems.append(f"the edge proxy {edge} runs on the node(s) labelled {EDGE_LABEL}=true, publishing its "
+                            f"ports there, and "
+                            + (f"{', '.join(f'{n.hostname} ({n.state}, {n.availability})' for n in labelled)} "
+                               f"cannot take tasks now: bring one back (swarm.activate) or label another node"
+                               if labelled else
+                               f"no node has that label: set it on the node(s) whose address clients reach with "
+                               f"`memstack-ops swarm.label NODE {EDGE_LABEL}=true` (or labels = "
+                               f"{{ \"{EDGE_LABEL}\" = \"true\" }} in that host's inventory table, then swarm.join)"))
     if problems:
         raise Refused(f"Stack {stack} was not deployed (nothing changed): " + "; ".join(problems) + ".")
 
 
 def nodes_for(model: Mapping[str, Any], nodes: list[Node]) -> dict[str, list[Node]]:
-    """service -> the nodes that may run it: the labelled ones for a stateful service, every
-    ready, active node for the others."""
+    """service -> the nodes that may run it: the labelled ones for a stateful service and the edge
+    proxy, every ready, active node for the others."""
+    from .proxy import proxy_service
+    from .swarm_proxy import EDGE_LABEL
     from .swarm_render import stateful_services
 
     pinned = stateful_services(model)
+    edge = proxy_service(model)
+    if edge is not None:
+        pinned[edge] = EDGE_LABEL
     ready = [n for n in nodes if n.state == "ready" and n.availability == "active"]
     return {name: [n for n in ready if name not in pinned or n.labels.get(pinned[name]) == "true"]
             for name in model.get("services") or {}}
@@ -410,6 +430,45 @@ def create_secrets(mc: Any, rendered: Rendered) -> list[str]:
                              f"{_said(c)}.")
         made.append(f"{s.name} ({s.key}, for {', '.join(s.services)})")
     return made
+
+
+def create_proxy_config(mc: Any, rendered: Rendered) -> str | None:
+    """Create the edge proxy's Swarm config when the swarm lacks it (its text on stdin)."""
+    cfg = rendered.proxy
+    if cfg is None:
+        return None
+    r = _run(mc, "docker config ls --format '{{.Name}}'")
+    if not r.ok:
+        raise SwarmError(f"{where(mc)}: cannot list the swarm's configs: {_said(r)}.")
+    if cfg.name in r.stdout.split():
+        return None
+    c = _run(mc, shlex.join(cfg.create_argv()), in_stream=_script(cfg.text))
+    if not c.ok:
+        raise SwarmError(f"{where(mc)}: cannot create the Swarm config {cfg.name} (the config of the edge proxy "
+                         f"{cfg.service}): {_said(c)}.")
+    return cfg.name
+
+
+def prune_proxy_configs(mc: Any, rendered: Rendered) -> tuple[list[str], list[str]]:
+    """Remove the stack's earlier proxy configs: (removed, kept because the engine refused)."""
+    from .swarm_secrets import STACK_LABEL
+
+    cfg = rendered.proxy
+    if cfg is None:
+        return [], []
+    r = _run(mc, f"docker config ls --filter {shlex.quote(f'label={STACK_LABEL}={cfg.stack}')} "
+                 f"--format '{{{{.Name}}}}'")
+    if not r.ok:
+        return [], [f"(cannot list them: {_said(r)})"]
+    removed: list[str] = []
+    kept: list[str] = []
+    for name in cfg.prune(r.stdout.split()):
+        rm = _run(mc, f"docker config rm {shlex.quote(name)}")
+        if rm.ok:
+            removed.append(name)
+        else:
+            kept.append(f"{name} ({_said(rm)})")
+    return removed, kept
 
 
 def prune_secrets(mc: Any, rendered: Rendered) -> tuple[list[str], list[str]]:
@@ -489,6 +548,12 @@ def deploy(c: Any, settings: Settings, replicas: Iterable[str] = (), ship_all: b
             f"{where(mc)}")
         nodes = list_nodes(mc)
         check_placement(model, nodes, stack)
+        if str(t.stack.options.get("endpoint_mode") or "dnsrr") == "vip":  # doctor's check of the nodes, refused
+            from .doctor import FAIL, endpoint_check, ipvs_of_nodes
+
+            chk = endpoint_check(ipvs_of_nodes(settings, getattr(c, "config", None)), "vip")
+            if chk.result == FAIL:
+                raise Refused(f"Stack {stack} was not deployed (nothing changed): {chk.detail}. Fix: {chk.fix}.")
         plan = image_plan(settings, model, nodes, ship_all)
         host = host_of(mc)
         root = host.root_for(t.stack.name) if host is not None else f"/tmp/memstack-ops-{stack}"
@@ -501,6 +566,9 @@ def deploy(c: Any, settings: Settings, replicas: Iterable[str] = (), ship_all: b
                 say(f"Images: {line}")
             for made in create_secrets(mc, rendered):
                 say(f"Swarm secret created: {made}")
+            made_config = create_proxy_config(mc, rendered)
+            if made_config:
+                say(f"Swarm config created: {made_config} (the edge proxy's nginx config)")
             before = look(mc, stack)
             before_tasks = {x.id for x in before.tasks}
             r = _run(mc, f"sh -c {shlex.quote(DEPLOY)} sh {shlex.quote(stack)}",
@@ -532,6 +600,11 @@ def deploy(c: Any, settings: Settings, replicas: Iterable[str] = (), ship_all: b
                 say(f"Swarm secrets no longer used, removed: {', '.join(removed)}")
             if kept:
                 warn(f"warning: Swarm secrets of the stack no longer in its file but kept: {', '.join(kept)}")
+            removed, kept = prune_proxy_configs(mc, rendered)
+            if removed:
+                say(f"Earlier proxy configs removed: {', '.join(removed)}")
+            if kept:
+                warn(f"warning: earlier proxy configs of the stack kept: {', '.join(kept)}")
             result = "deployed"
             spread = placement_summary(last, nodes, names)
             detail = f"swarm stack {stack} converged: {spread}"

@@ -31,6 +31,9 @@ of ``docker stack deploy``, plus notes on what was changed that the operator sho
   ``deploy.resources``) or dropped, each noted;
 - networks become overlay networks (attachable, named by stack deploy after the stack); named
   volumes keep their compose names, so a stack moved from compose keeps its data on its node;
+- the edge proxy (the service labelled ``memstack-ops.proxy``) runs on the nodes labelled
+  ``memstack-ops.proxy=true``, ports in host mode, its config a Swarm config routing to
+  ``tasks.<svc>`` (memstack_ops/swarm_proxy.py; ``Rendered.proxy``);
 - a service's environment is printed by ``docker service inspect``: env secrets become Swarm
   secrets named by content hash (they cannot change in place, moby/moby#33808), read through the
   images' ``*_FILE`` variables (memstack_ops/swarm_secrets.py); ``Rendered.secrets`` is the plan
@@ -47,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .swarm_proxy import ProxyConfig
 from .swarm_secrets import SecretPlan
 
 VERSION = "3.8"
@@ -87,6 +91,7 @@ class Rendered:
     stack: dict[str, Any]
     notes: list[str] = field(default_factory=list)  # what changed that the operator should know
     secrets: SecretPlan = field(default_factory=SecretPlan)  # the Swarm secrets it references (values apart)
+    proxy: ProxyConfig | None = None  # the edge proxy's Swarm config (memstack_ops/swarm_proxy.py)
 
 
 def seconds(value: Any, what: str = "duration") -> float:
@@ -289,6 +294,7 @@ def render(model: Mapping[str, Any], replicas: Mapping[str, int] | None = None, 
     from .envfiles import model_secrets
     from .kinds import kind_of
     from .rollout import stateful as stateful_kind
+    from .swarm_proxy import shape as shape_proxy
     from .swarm_secrets import check_no_secret, refuse_or_note, to_files
 
     if endpoint_mode not in ENDPOINT_MODES:
@@ -404,10 +410,11 @@ def render(model: Mapping[str, Any], replicas: Mapping[str, int] | None = None, 
             doc[top] = items
     if plan.keys:
         doc["secrets"] = {**doc.get("secrets", {}), **{n: {"external": True, "name": n} for n in sorted(plan.keys)}}
+    proxy = shape_proxy(doc, model, plan.stack, replicas, notes)
     refuse_or_note(left, allow_env_secrets, notes)
     if not allow_env_secrets:
         check_no_secret(doc, model_secrets(model) | set(plan.values.values()))
-    return Rendered(doc, notes, plan)
+    return Rendered(doc, notes, plan, proxy)
 
 
 def stateful_services(model: Mapping[str, Any]) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -449,3 +450,169 @@ def test_swarm_deploy_refuses_a_stateful_service_with_no_labelled_node_before_an
     assert services(hosts, unique) == {}
     assert secrets_of(hosts, unique) == []
     assert manager_sh(hosts, f"docker network ls -q --filter label={STACK_NS}={unique}").strip() == ""
+
+
+# ---------------------------------------------------------------- the edge proxy on the swarm
+
+ROLLOUT_APP = Path(__file__).resolve().parent.parent / "fixtures" / "rollout" / "app"
+EDGE_PORT = 18080  # published in host mode on the edge node (h3), reached at h3's own address
+EDGE_COMPOSE = f"""\
+# The rollout fixture app behind the edge proxy on a swarm: api x3 (tasks.api), a tiny stateful
+# cache pinned to its labelled node, the proxy on the node labelled memstack-ops.proxy=true.
+services:
+  proxy:
+    image: local/nginx:1
+    labels: {{memstack-ops.proxy: nginx}}
+    ports: ["{EDGE_PORT}:80"]
+    healthcheck:
+      test: ["CMD-SHELL", "curl -fsS -o /dev/null http://127.0.0.1/__memstack-ops/ping"]
+      interval: 2s
+      timeout: 2s
+      retries: 3
+  api:
+    image: ${{APP_IMAGE}}
+    command: ["api"]
+    labels: {{memstack-ops.http.port: "8000", memstack-ops.http.health: /health}}
+    healthcheck:
+      test: ["CMD-SHELL", "curl -fsS -o /dev/null http://127.0.0.1:8000/health"]
+      interval: 2s
+      timeout: 2s
+      retries: 3
+    stop_grace_period: 15s
+  cache:
+    image: local/redis:7
+    command: ["redis-server", "--save", "", "--appendonly", "no"]
+"""
+
+
+def build_app(version: str, broken: bool = False) -> str:
+    from memstack_ops.testing_hosts import LABEL, RUN_ID
+
+    tag = f"local/mstest-swarm-app:{RUN_ID}-{version}"
+    docker("build", "-q", "-t", tag, "--label", LABEL, "--build-arg", f"VERSION={version}",
+           "--build-arg", f"BROKEN={int(broken)}", str(ROLLOUT_APP), timeout=300)
+    return tag
+
+
+@pytest.fixture(scope="module")
+def edge_stack(swarm_project, hosts, ssh_key, tmp_path_factory):
+    """The edge stack's project (images v1, v2 and one whose healthcheck never passes); the swarm
+    stack, its configs and the edge node labels are removed afterwards."""
+    p = make_project(tmp_path_factory.mktemp("swarmedge") / "proj", hosts, ssh_key.private)
+    images = {"v1": build_app("v1"), "v2": build_app("v2"), "broken": build_app("broken", broken=True)}
+    p.compose_file().write_text(EDGE_COMPOSE)
+    (p.root / "env" / "tiny" / ".env.example").write_text(f"APP_IMAGE={images['v1']}\n")
+    p.env_file.unlink()
+    assert p.run("env.init").returncode == 0
+    swarm_inventory(p, hosts)
+    toml = p.root / "memstack-ops.toml"
+    toml.write_text(toml.read_text().replace(f'project = "{p.name}"\n',
+                                             f'project = "{p.name}"\nengine = "swarm"\nreplicas = {{ api = 3 }}\n', 1))
+    yield p, images
+    stack_rm(hosts, p.name)
+    manager_sh(hosts, f"docker config ls -q --filter label=memstack-ops.stack={p.name} | xargs -r docker config rm "
+                      f">/dev/null 2>&1; for n in h2 h3; do docker node update --label-rm memstack-ops.proxy "
+                      f"--label-rm memstack-ops.cache $n >/dev/null 2>&1; done; true", check=False)
+
+
+def edge_get(ip: str, path: str = "/") -> tuple[int, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection(ip, EDGE_PORT, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def rolled_under_load(p, ip: str, image: str) -> tuple[subprocess.CompletedProcess, object]:
+    """Deploy ``image`` as the api under steady load through the proxy (one connection per request,
+    every 25th a 3 s request); the load goes on after the deploy until 1,000 requests were sent
+    (bounded: 120 s)."""
+    import time
+
+    from memstack_ops.testing import Load
+
+    with Load(EDGE_PORT, host=ip, rate=40, long_path="/slow?s=3", long_every=25, max_seconds=900) as load:
+        p.set_env("APP_IMAGE", image)
+        r = p.run("deploy", timeout=900)
+        end = time.monotonic() + 120
+        while load.result.sent < 1000 and time.monotonic() < end:
+            time.sleep(0.5)
+        time.sleep(2)
+    return r, load.result
+
+
+def test_the_edge_proxy_rolls_api_under_load_without_a_failed_request_and_a_broken_image_rolls_back(edge_stack,
+                                                                                                    hosts):
+    import json
+
+    p, images = edge_stack
+    ensure_swarm(p)
+    ok(p.run("-H", "h1", "swarm.label", "h2", "memstack-ops.cache=true"))
+    # no edge node yet: refused before any change
+    err = failed(p.run("deploy", timeout=300))
+    assert "edge proxy proxy runs on the node(s) labelled memstack-ops.proxy=true" in err and "nothing changed" in err
+    assert services(hosts, p.name) == {}
+    ok(p.run("-H", "h1", "swarm.label", "h3", "memstack-ops.proxy=true"))
+
+    out = ok(p.run("deploy", timeout=900))
+    assert "3 service(s) created" in out and "Swarm config created" in out, out
+    assert running_nodes(hosts, p.name, "proxy") == ["h3"] and running_nodes(hosts, p.name, "cache") == ["h2"]
+    assert len(running_nodes(hosts, p.name, "api")) == 3
+    spec = services(hosts, p.name)["proxy"]["Spec"]
+    assert spec["EndpointSpec"]["Ports"][0]["PublishMode"] == "host"
+    assert spec["EndpointSpec"]["Mode"] == "dnsrr" and "Global" in spec["Mode"]
+    (cfg,) = spec["TaskTemplate"]["ContainerSpec"]["Configs"]
+    conf = manager_sh(hosts, f"docker config inspect --pretty {cfg['ConfigName']}")
+    assert 'set $ms_api "tasks.api:8000"' in conf and "resolver 127.0.0.11" in conf, conf
+    ip = bridge_ip(hosts["h3"].container)
+    seen = set()
+    for _ in range(30):  # every task answers through the proxy (nginx rotates the resolved addresses)
+        status, body = edge_get(ip)
+        assert status == 200, body
+        seen.add(json.loads(body)["host"])
+        assert json.loads(body)["version"] == "v1"
+    assert len(seen) == 3, seen
+
+    r, res = rolled_under_load(p, ip, images["v2"])
+    out = ok(r)
+    assert "1 updated (api)" in out and "Deployed: swarm stack" in out, out
+    assert res.sent >= 1000 and res.failed == 0 and res.long_ok == res.long_sent, res.summary()
+    assert res.versions.get("v2"), res.summary()
+    assert {json.loads(edge_get(ip)[1])["version"] for _ in range(10)} == {"v2"}
+    assert cfg["ConfigName"] in manager_sh(hosts, "docker config ls --format '{{.Name}}'")  # unchanged: kept
+
+    r, res = rolled_under_load(p, ip, images["broken"])
+    err = failed(r)
+    assert "service api:" in err and "Rolled back: api" in err, err
+    assert res.sent >= 1000 and res.failed == 0 and res.long_ok == res.long_sent, res.summary()
+    assert set(res.versions) == {"v2"}, res.summary()  # the broken tasks never passed their healthcheck: no traffic
+    api = services(hosts, p.name)["api"]
+    assert api["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].startswith(images["v2"])
+    assert len(running_nodes(hosts, p.name, "api")) == 3
+
+
+def test_doctor_finds_no_ipvs_on_the_nodes_says_dnsrr_and_a_vip_deploy_is_refused_before_any_change(edge_stack,
+                                                                                                      hosts):
+    p, _ = edge_stack
+    ensure_swarm(p)
+    ok(p.run("-H", "h1", "swarm.label", "h2", "memstack-ops.cache=true"))  # placement passes: vip is what fails
+    ok(p.run("-H", "h1", "swarm.label", "h3", "memstack-ops.proxy=true"))
+    out = p.run("doctor").stdout
+    assert "swarm IPVS" in out and "use endpoint_mode dnsrr" in out, out
+    assert all(f"{h}: absent" in out for h in ("h1", "h2", "h3")), out  # these kernels have no ip_vs
+    toml = p.root / "memstack-ops.toml"
+    saved = toml.read_text()
+    unique = f"{p.name}v"
+    try:
+        toml.write_text(saved.replace(f'project = "{p.name}"\n', f'project = "{unique}"\nendpoint_mode = "vip"\n', 1))
+        out = p.run("doctor")
+        assert out.returncode != 0 and 'endpoint_mode = "vip" needs IPVS on every node' in out.stdout, out.stdout
+        err = failed(p.run("deploy", timeout=300))
+    finally:
+        toml.write_text(saved)
+    assert "needs IPVS on every node" in err and "nothing changed" in err, err
+    assert services(hosts, unique) == {}

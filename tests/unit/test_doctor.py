@@ -429,3 +429,36 @@ def test_a_container_name_held_by_another_project_is_named(tmp_path):
     # no fixed names: no docker call
     c3 = MockContext(run={})
     assert doctor.check_names(target(tmp_path, c3), {"services": {"db": {}}}).result == OK and commands(c3) == []
+
+
+# --- swarm: IPVS on the nodes, which endpoint_mode ---------------------------------------------
+
+def test_the_ipvs_probe_reads_loaded_loadable_absent_and_anything_else_as_unknown():
+    probe = shlex.join(["sh", "-c", doctor.IPVS_PROBE])
+    for said, state in (("loaded\n", "loaded"), ("loadable\n", "loadable"), ("absent\n", "absent"),
+                        ("", "unknown")):
+        assert doctor.ipvs(MockContext(run={probe: Result(said)})) == state
+    assert doctor.ipvs(MockContext(run={probe: Result("", exited=1)})) == "unknown"
+
+
+def test_the_endpoint_check_says_dnsrr_without_ipvs_and_refuses_vip_there():
+    none = {"h1": "absent", "h2": "absent", "h3": "loaded"}
+    chk = doctor.endpoint_check(none, "dnsrr")
+    assert chk.result == OK and "use endpoint_mode dnsrr" in chk.detail and "no IPVS on h1, h2" in chk.detail
+    chk = doctor.endpoint_check(none, "vip")
+    assert chk.result == FAIL and "needs IPVS on every node" in chk.detail and "h1: absent" in chk.detail
+    assert 'remove endpoint_mode = "vip"' in chk.fix and "load ip_vs on h1, h2" in chk.fix
+    chk = doctor.endpoint_check({"h1": "loaded", "h2": "loadable"}, "dnsrr")
+    assert chk.result == OK and 'endpoint_mode = "vip" may be set' in chk.detail
+    assert doctor.endpoint_check({"h1": "loaded"}, "vip").result == OK
+    assert doctor.endpoint_check({"h1": "unreachable: timed out"}, "vip").result == FAIL
+    assert doctor.endpoint_check({}, "dnsrr").result == WARN
+
+
+def test_the_ipvs_check_runs_for_a_swarm_stack_only(tmp_path, monkeypatch):
+    t = target(tmp_path, MockContext(run={}))
+    assert doctor.check_ipvs(t) is None  # a compose stack: no command run
+    t.stack = make_stack(tmp_path, project="p", options={"engine": "swarm"})
+    monkeypatch.setattr(doctor, "ipvs_of_nodes", lambda settings, config=None: {"h1": "absent"})
+    chk = doctor.check_ipvs(t)
+    assert chk is not None and chk.name == "swarm IPVS" and "dnsrr" in chk.detail

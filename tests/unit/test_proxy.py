@@ -122,3 +122,24 @@ def test_bad_route_labels_are_refused_naming_the_label(label, value, why):
     with pytest.raises(ConfigError, match=why) as e:
         routes(model)
     assert label in str(e.value)
+
+
+def test_with_a_resolver_a_dns_name_is_resolved_per_request_and_a_failed_connection_tries_the_next_address():
+    rts = [Route("api", 8000, "/", 80, "/health"), Route("docs", 8080, "/docs/", 80, "", strip=True),
+           Route("static", 80, "/s/", 80)]
+    text = render(rts, {"api": ["tasks.api:8000"], "docs": ["tasks.docs:8080"], "static": ["10.0.0.5:80"]},
+                  resolver="127.0.0.11")
+    assert "resolver 127.0.0.11 valid=1s ipv6=off;" in text
+    # open-source nginx re-resolves only a name it gets through a variable: no upstream block for those
+    assert "upstream ms_api" not in text and "upstream ms_docs" not in text
+    assert 'set $ms_api "tasks.api:8000";\n        proxy_pass http://$ms_api;' in text
+    assert "proxy_next_upstream error timeout;" in text and "proxy_connect_timeout 2s;" in text
+    # with a variable proxy_pass passes the URI as is: the prefix is stripped by a rewrite
+    assert "rewrite ^/docs/(.*)$ /$1 break;\n        proxy_pass http://$ms_docs;" in text
+    # an address that is already an IP needs no resolving: a plain upstream block
+    assert "upstream ms_static {\n    server 10.0.0.5:80;\n}" in text and "proxy_pass http://ms_static;" in text
+    # without a resolver nothing changes
+    plain = render(rts, {"api": ["tasks.api:8000"]})
+    assert "resolver" not in plain and "upstream ms_api {\n    server tasks.api:8000;\n}" in plain
+    with pytest.raises(ConfigError, match="not a host:port"):
+        render(rts[:1], {"api": ["tasks.api:8000;evil"]}, resolver="127.0.0.11")

@@ -195,3 +195,16 @@ def test_a_node_that_needs_images_shipped_but_is_no_inventory_host_is_refused(tm
     assert plan["m1"][0] is not None and plan["m1"][0].name == "m1" and plan["x9"][0] is None
     with pytest.raises(ConfigError, match="x9 may run services of this stack but are no inventory host"):
         image_plan(s, MODEL, nodes, ship_all=True)
+
+
+def test_a_stack_with_an_edge_proxy_is_refused_when_no_usable_node_is_labelled_for_it():
+    edge = {"services": {"proxy": {"image": "local/nginx:1", "labels": {"memstack-ops.proxy": "nginx"}},
+                         "api": {"image": "example/api:1"}}}
+    with pytest.raises(Refused, match=r"the edge proxy proxy runs on the node\(s\) labelled memstack-ops.proxy=true.*"
+                                      r"no node has that label.*swarm.label NODE memstack-ops.proxy=true"):
+        check_placement(edge, [node("h1"), node("h2")], "shop")
+    with pytest.raises(Refused, match=r"h2 \(ready, drain\) cannot take tasks now"):
+        check_placement(edge, [node("h1"), node("h2", {"memstack-ops.proxy": "true"}, availability="drain")], "shop")
+    check_placement(edge, [node("h1"), node("h2", {"memstack-ops.proxy": "true"})], "shop")
+    assert [n.hostname for n in nodes_for(edge, [node("h1"), node("h2", {"memstack-ops.proxy": "true"})])["proxy"]] \
+        == ["h2"]

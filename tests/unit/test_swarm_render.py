@@ -183,3 +183,40 @@ def test_parse_replicas_reads_repeated_and_comma_separated_flags():
     for bad in ("api", "api=x", "=3", "api=-1"):
         with pytest.raises(ConfigError, match="write SERVICE=N"):
             parse_replicas([bad])
+
+
+def edge_model():
+    return model(proxy=api(image="local/nginx:1", labels={"memstack-ops.proxy": "nginx"},
+                           ports=[{"mode": "ingress", "target": 80, "published": "8080", "protocol": "tcp"}],
+                           volumes=[{"type": "bind", "source": "/proj/.memstack-ops/demo.proxy",
+                                     "target": "/etc/nginx/conf.d", "read_only": True, "bind": {}}]),
+                 api=api(labels={"memstack-ops.http.port": "8000", "memstack-ops.http.health": "/health"},
+                         healthcheck=HC))
+
+
+def test_the_edge_proxy_runs_on_the_labelled_edge_nodes_in_host_mode_with_its_config_as_a_swarm_config():
+    r = render(edge_model(), replicas={"api": 3}, endpoint_mode="vip")
+    px = r.stack["services"]["proxy"]
+    assert px["deploy"]["mode"] == "global" and "replicas" not in px["deploy"]
+    assert px["deploy"]["placement"]["constraints"] == ["node.labels.memstack-ops.proxy == true"]
+    assert px["ports"] == [{"mode": "host", "target": 80, "published": 8080, "protocol": "tcp"}]  # vip too
+    assert px["deploy"]["update_config"]["order"] == px["deploy"]["rollback_config"]["order"] == "stop-first"
+    # the compose overlay's config folder (on this machine only) is replaced by the Swarm config
+    assert "volumes" not in px and not any("bind mount" in n for n in r.notes)
+    cfg = r.proxy
+    assert cfg is not None and cfg.service == "proxy" and cfg.name.startswith("demo_proxy_")
+    assert px["configs"] == [{"source": cfg.name, "target": "/etc/nginx/conf.d/memstack-ops.conf", "mode": 0o444}]
+    assert r.stack["configs"][cfg.name] == {"external": True, "name": cfg.name}
+    assert 'set $ms_api "tasks.api:8000";' in cfg.text and "resolver 127.0.0.11" in cfg.text
+    assert r.stack["services"]["api"]["deploy"]["replicas"] == 3
+    # the name follows the text: the same routes keep it, another route changes it
+    assert render(edge_model(), replicas={"api": 2}).proxy.name == cfg.name
+    other = edge_model()
+    other["services"]["api"]["labels"]["memstack-ops.http.port"] = "9000"
+    assert render(other).proxy.name != cfg.name
+    assert cfg.prune([cfg.name, "demo_proxy_0123456789", "demo_PG_0123456789", "demox_proxy_0123456789"]) == \
+        ["demo_proxy_0123456789"]
+    assert cfg.create_argv() == ["docker", "config", "create", "--label", "memstack-ops.stack=demo", cfg.name, "-"]
+    with pytest.raises(ConfigError, match="edge proxy: on a swarm it runs once on every node labelled"):
+        render(edge_model(), replicas={"proxy": 2})
+    assert render(model(api=api())).proxy is None
