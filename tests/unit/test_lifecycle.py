@@ -143,6 +143,13 @@ class FakeEngine(MockContext):
             return Result("".join(ln + "\n" for ln in lines))
         if argv[:2] == ["docker", "exec"]:
             return Result("accepting connections")
+        if argv[:2] == ["docker", "rm"]:  # only created containers: `docker rm` without -f
+            with self.lock:
+                for name in argv[2:]:
+                    svc = name.removeprefix("p-").removesuffix("-1")
+                    assert self.state.get(svc) == "created", f"docker rm of {name}: {self.state.get(svc)}"
+                    del self.state[svc]
+            return Result("")
         if argv[:2] == ["docker", "start"]:
             with self.lock:
                 for name in argv[2:]:
@@ -224,6 +231,7 @@ def test_up_surfaces_a_failed_compose_up_with_composes_message(settings):
     with pytest.raises(ComposeError, match="(?s)Starting cache, db failed .*cache image not found"):
         lifecycle.up(t, ["api"], timeout=5, sleep=fast_sleep)
     assert ["api"] not in c.starts()
+    assert "api" not in c.state  # created ahead, removed again: as if never made
 
 
 def test_up_fails_fast_when_a_started_service_crashes(settings):
