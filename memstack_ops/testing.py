@@ -168,6 +168,22 @@ def http_get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float
         conn.close()
 
 
+def state(client: Any, project: Project, service: str) -> str:
+    """The status of ``service``'s container in ``project`` ("absent" when there is none). The
+    listing ignores containers removed between docker's list and inspect (the tool's one-off
+    containers come and go meanwhile)."""
+    cs = client.containers.list(
+        all=True, ignore_removed=True, filters={"label": [f"com.docker.compose.project={project.name}",
+                                                            f"com.docker.compose.service={service}"]})
+    return str(cs[0].status) if cs else "absent"
+
+
+def oneoffs(client: Any, project: Project) -> list[Any]:
+    """The tool's own one-off containers of ``project`` (dumps, probes), as listed right now."""
+    return list(client.containers.list(all=True, ignore_removed=True,
+                                       filters={"label": f"memstack-ops.project={project.name}"}))
+
+
 def wait_for(pred: Callable[[], object], what: str, timeout: float = 180.0, poll: float = 0.05) -> None:
     """Poll ``pred`` until it is true; AssertionError naming ``what`` after ``timeout`` seconds
     (bounded in time; each poll is as long as ``pred`` takes plus ``poll``)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from memstack_ops.testing import wait_for
+from memstack_ops.testing import oneoffs, state, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -93,18 +93,6 @@ def secrets_of(project):
     env = dict(line.split("=", 1) for line in (project.root / "env/memstack/.env").read_text().splitlines()
                if "=" in line and not line.startswith("#"))
     return [v for k, v in env.items() if "PASSWORD" in k and v]
-
-
-def state(client, project, service):
-    cs = client.containers.list(
-        all=True, ignore_removed=True, filters={"label": [f"com.docker.compose.project={project.name}",
-                                                            f"com.docker.compose.service={service}"]})
-    return cs[0].status if cs else "absent"
-
-
-def oneoffs(client, project):
-    return client.containers.list(
-        all=True, ignore_removed=True, filters={"label": f"memstack-ops.project={project.name}"})
 
 
 def popen(project, *args):

@@ -54,7 +54,8 @@ def projects(tmp_path, docker_client):
 
 def containers(client, project) -> dict:
     return {c.labels["com.docker.compose.service"]: c
-            for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project.name}"})}
+            for c in client.containers.list(all=True, ignore_removed=True,
+                                            filters={"label": f"com.docker.compose.project={project.name}"})}
 
 
 def when(stamp: str) -> datetime:

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from memstack_ops.testing import wait_for
+from memstack_ops.testing import oneoffs, state, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -111,22 +111,12 @@ def one_line(err):
     return lines[0]
 
 
-def state(client, project, service):
-    cs = client.containers.list(all=True, filters={"label": [f"com.docker.compose.project={project.name}",
-                                                            f"com.docker.compose.service={service}"]})
-    return cs[0].status if cs else "absent"
-
-
 def processes(client, project, service):
     """Command lines of the processes running in the service's container (docker top, from the
     host). A zombie (``[pg_dump] <defunct>``: killed, not yet reaped by its parent) runs no more."""
     c = client.containers.get(f"{project.name}-{service}-1")
     top = c.top(ps_args="-eo pid,stat,args")
     return [p[-1] for p in top.get("Processes") or [] if not p[1].startswith("Z")]
-
-
-def oneoffs(client, project):
-    return client.containers.list(all=True, filters={"label": f"memstack-ops.project={project.name}"})
 
 
 def leftovers(project):
