@@ -168,11 +168,13 @@ def rows(last: Look, nodes: Mapping[str, str]) -> list[Row]:
             health = "scaled to 0"
         elif len(running) == desired and not starting:
             health = "healthy" if has_check(svc) else "running (no healthcheck)"
-        else:
-            health = ", ".join(x for x in (f"{len(starting)} {'starting' if has_check(svc) else 'not running'}"
-                                           if starting else "",
-                                           f"{desired - len(running)} missing" if len(running) < desired else "")
-                               if x) or "converging"
+        else:  # the tasks not running yet by state (starting: its healthcheck has not passed yet)
+            states: dict[str, int] = {}
+            for t in starting:
+                states[t.state] = states.get(t.state, 0) + 1
+            health = ", ".join([*(f"{k} {st}" for st, k in sorted(states.items())),
+                                *([f"{desired - len(running)} missing"] if len(running) < desired else [])]) \
+                or "converging"
         short = len(running) < desired
         out.append(Row(name, len(running), desired, spread(nodes.get(t.node_id, t.node_id[:12]) for t in running),
                        health, image_of(svc), "; ".join(x for x in (why if short or starting else "", update) if x),
@@ -621,9 +623,19 @@ def db_targets(c: Any, settings: Settings, kind: str | None = None, services: It
         yield found
 
 
+def stops_itself(kind: str, what: str) -> bool:
+    """The kind's backup (or restore) stops its own service: compose does that, the swarm would
+    start a new task at once (not yet done on a swarm)."""
+    from .backup.engines import ENGINES
+
+    eng = ENGINES[kind]
+    return bool(eng.downtime if what == "backup" else eng.restore_stops)
+
+
 def refuse_here(settings: Settings, what: str) -> None:
     """Refuse a step that has no swarm form yet, naming it."""
     if is_swarm(settings):
-        raise Refused(f"{what} is not available on a swarm stack yet (engine = \"swarm\"): back up and restore "
-                      f"its databases with backup.<kind> / restore.<kind>, which run on the node of their task.")
+        raise Refused(f"{what} is not available on a swarm stack yet (engine = \"swarm\"): nothing was done. "
+                      f"backup.postgres/mysql/redis and restore.postgres/mysql run on the node of the database's "
+                      f"task; for the rest, run the step on that node's engine by hand.")
 

@@ -62,7 +62,7 @@ def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay
             require_remote(c)  # before anything is made
         _backup_on(target(c, stack, stage, overlay), t0, kind, dry_run, no_space_check, compress, fetch, push, **kw)
         return
-    if kind not in DB_KINDS:
+    if kind not in DB_KINDS or swarm_ops.stops_itself(kind, "backup"):
         swarm_ops.refuse_here(s, f"backup.{kind}")
     with swarm_ops.db_targets(c, s, kind=kind, services=kw.pop("services", ())) as found:  # each on its node
         for t, names in found:
@@ -346,7 +346,7 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
     if swarm_ops.is_swarm(s):  # on the node that runs the database's task
         from ..kinds import DB_KINDS
 
-        if kind not in DB_KINDS or from_ or snapshot:
+        if kind not in DB_KINDS or from_ or snapshot or swarm_ops.stops_itself(kind, "restore"):
             swarm_ops.refuse_here(s, f"restore.{kind}" + (" --from/--snapshot" if from_ or snapshot else ""))
         with swarm_ops.db_targets(c, s, kind=kind, services=[kw["service"]] if kw.get("service") else ()) as found:
             if len(found) != 1 or len(found[0][1]) != 1:

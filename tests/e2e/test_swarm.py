@@ -509,8 +509,9 @@ def test_status_scale_rollback_and_merged_logs_on_a_swarm_stack(swarm_stack, hos
     assert "Rolled back: app: 3/3 running (rolled back)" in out, out
     assert len(converged_nodes(hosts, p.name, "app", 3)) == 3
 
-    # a short service makes status exit non-zero, naming it
-    manager_sh(hosts, f"docker service update --detach --constraint-add node.labels.nosuch==true {p.name}_cache")
+    # a short service makes status exit non-zero, naming it (stop-first: its task goes, none can replace it)
+    manager_sh(hosts, f"docker service update --detach --update-order stop-first --constraint-add "
+                      f"node.labels.nosuch==true {p.name}_cache")
     try:
         for _ in range(60):
             r = p.run("status")
@@ -518,8 +519,10 @@ def test_status_scale_rollback_and_merged_logs_on_a_swarm_stack(swarm_stack, hos
                 break
         err = failed(r)
         assert "cache: 0/1 running" in err, err
+        assert "1 pending, 1 missing" in status_rows(r.stdout)["cache"], r.stdout
     finally:
-        manager_sh(hosts, f"docker service update --detach --constraint-rm node.labels.nosuch==true {p.name}_cache")
+        manager_sh(hosts, f"docker service update --detach --update-order start-first --constraint-rm "
+                          f"node.labels.nosuch==true {p.name}_cache")
     converged_nodes(hosts, p.name, "cache", 1)
 
     out = ok(p.run("logs", "--tail", "20"))
