@@ -500,11 +500,16 @@ def placed(mc: Any, project: str, services: Iterable[str]) -> dict[str, Placed]:
     if not r.ok:
         raise SwarmError(f"{where(mc)}: cannot inspect the tasks of stack {project}: {_said(r)}.")
     nodes = _node_names(mc)
-    r = _run(mc, f"docker service inspect --format '{{{{.ID}}}} {{{{.Spec.Name}}}}' {shlex.join(full)}")
+    ids_r = _run(mc, f"docker service inspect --format '{{{{.ID}}}} {{{{.Spec.Name}}}}' {shlex.join(full)}")
     by_service = {i: n.removeprefix(f"{project}_") for i, _, n in
-                  (ln.partition(" ") for ln in (r.stdout or "").splitlines()) if n}
+                  (ln.partition(" ") for ln in (ids_r.stdout or "").splitlines()) if n}
     out: dict[str, Placed] = {}
-    for t in json.loads(r.stdout or "[]"):
+    try:
+        tasks = json.loads(r.stdout or "[]")
+    except ValueError:
+        raise SwarmError(f"{where(mc)}: the engine's answer about the tasks of stack {project} is not JSON this tool "
+                         f"reads: {r.stdout.strip()[:300]!r}.") from None
+    for t in tasks:
         st = t.get("Status") or {}
         svc = by_service.get(str(t.get("ServiceID") or ""))
         cid = str((st.get("ContainerStatus") or {}).get("ContainerID") or "")
