@@ -101,3 +101,17 @@ def test_a_node_compose_lists_the_stacks_containers_as_compose_rows_the_task_fir
     assert [(r["Service"], r["Name"], r["State"]) for r in found] == [
         ("postgres", "ms_postgres.1.new", "running"), ("postgres", "ms_postgres.1.old", "exited")]
     assert " com.docker.stack.namespace=ms " in c.run.call_args_list[0].args[0]
+
+
+def test_a_stack_is_found_on_the_swarm_only_when_this_engine_manages_services_of_its_project():
+    from memstack_ops.swarm_ops import deployed_on_swarm
+
+    manager = json.dumps({"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n1"})
+    c = MockContext(run={"docker info --format '{{json .Swarm}}'": Result(manager),
+                         "docker service ls -q --filter label=com.docker.stack.namespace=ms": Result("abc\n")})
+    assert deployed_on_swarm(c, "ms")
+    c = MockContext(run={"docker info --format '{{json .Swarm}}'": Result(manager),
+                         "docker service ls -q --filter label=com.docker.stack.namespace=ms": Result("")})
+    assert not deployed_on_swarm(c, "ms")
+    c = MockContext(run={"docker info --format '{{json .Swarm}}'": Result(json.dumps({"LocalNodeState": "inactive"}))})
+    assert not deployed_on_swarm(c, "ms")  # and nothing else asked
