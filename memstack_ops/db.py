@@ -324,8 +324,13 @@ class Db:
 def engine_containers(t: Target) -> dict[str, str]:
     """Service -> its running container (number 1, not a one-off ``compose run``), as the engine
     lists the project's containers: one ``docker ps``, no compose call. Empty when the engine does
-    not answer (db.* then asks compose, which says why)."""
+    not answer (db.* then asks compose, which says why). A swarm stack's Target on a node knows
+    its tasks' containers already (memstack_ops/swarm_ops.py)."""
     from .compose import run
+
+    known = getattr(t.compose, "task_containers", None)
+    if known is not None:
+        return dict(known)
 
     r = run(t.c, ["docker", "ps", "--filter", f"label=com.docker.compose.project={t.stack.project}", "--format",
                   '{{.Label "com.docker.compose.service"}}\t{{.Label "com.docker.compose.container-number"}}\t'

@@ -12,7 +12,7 @@ from . import apikey, db, env, remote, stack
 ns = Collection()
 ns.configure({"runners": RUNNERS})  # Ctrl-C really stops a command (memstack_ops/interrupt.py)
 for name in ("up", "down", "restart", "reset", "status", "logs", "pull", "build", "config_", "urls", "doctor",
-             "stacks", "maintenance"):
+             "stacks", "maintenance", "scale"):
     ns.add_task(getattr(stack, name))
 ns.add_collection(Collection.from_module(env, name="env"))
 db_ns = Collection.from_module(db, name="db")

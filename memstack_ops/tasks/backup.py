@@ -50,14 +50,29 @@ def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay
             **kw: Any) -> None:
     import time
 
+    from .. import swarm_ops
+    from ..kinds import DB_KINDS
+
+    t0 = time.monotonic()
+    s = settings(stack, stage, overlay)
+    if not swarm_ops.is_swarm(s):
+        if fetch:
+            from ..backup.fetch import require_remote
+
+            require_remote(c)  # before anything is made
+        _backup_on(target(c, stack, stage, overlay), t0, kind, dry_run, no_space_check, compress, fetch, push, **kw)
+        return
+    if kind not in DB_KINDS or swarm_ops.stops_itself(kind, "backup"):
+        swarm_ops.refuse_here(s, f"backup.{kind}")
+    with swarm_ops.db_targets(c, s, kind=kind, services=kw.pop("services", ())) as found:  # each on its node
+        for t, names in found:
+            _backup_on(t, t0, kind, dry_run, no_space_check, compress, fetch, push, services=names, **kw)
+
+
+def _backup_on(t: Target, t0: float, kind: str, dry_run: bool, no_space_check: bool, compress: str, fetch: bool,
+               push: str | None, **kw: Any) -> None:
     from .. import backup as core
 
-    if fetch:
-        from ..backup.fetch import require_remote
-
-        require_remote(c)  # before anything is made
-    t0 = time.monotonic()
-    t = target(c, stack, stage, overlay)
     offsite = None
     if push:
         from ..config import offsite_target
@@ -324,15 +339,40 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
              **kw: Any) -> None:
     import time
 
-    from .. import backup as core
-    from ..output import say, table
+    from .. import swarm_ops
 
     t0 = time.monotonic()
+    s = settings(stack, stage, overlay)
+    if swarm_ops.is_swarm(s):  # on the node that runs the database's task
+        from ..kinds import DB_KINDS
+
+        if kind not in DB_KINDS or from_ or snapshot or swarm_ops.stops_itself(kind, "restore"):
+            swarm_ops.refuse_here(s, f"restore.{kind}" + (" --from/--snapshot" if from_ or snapshot else ""))
+        with swarm_ops.db_targets(c, s, kind=kind, services=[kw["service"]] if kw.get("service") else ()) as found:
+            if len(found) != 1 or len(found[0][1]) != 1:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"Stack {s['stack']} has several {kind} services "
+                                  f"({', '.join(n for _, names in found for n in names)}): pick one with --service.")
+            t, names = found[0]
+            _restore_on(t, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **{**kw,
+                                                                                             "service": names[0]})
+        return
     t = target(c, stack, stage, overlay)
     if from_ or snapshot:
         backup = _from_offsite(t, from_, snapshot, backup, kind, dry_run)
         if backup is None:  # -H --dry-run: fetched here, not sent
             return
+    _restore_on(t, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **kw)
+
+
+def _restore_on(t: Target, t0: float, kind: str, backup: str | None, yes: bool, no_safety_backup: bool, dry_run: bool,
+                allow_foreign: bool, **kw: Any) -> None:
+    import time
+
+    from .. import backup as core
+    from ..output import say, table
+
     summary = core.restore(t, kind, backup, yes=yes, safety=not no_safety_backup, dry_run=dry_run,
                            allow_foreign=allow_foreign, **kw)
     if summary.get("dry_run"):
@@ -448,9 +488,11 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
     import time
 
     from .. import backup as core
+    from .. import swarm_ops
     from ..output import say, table
 
     t0 = time.monotonic()
+    swarm_ops.refuse_here(settings(stack, stage, overlay), "restore.all")
     t = target(c, stack, stage, overlay)
     if from_ or snapshot:
         backup = _from_offsite(t, from_, snapshot, backup, "all", dry_run)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Context
 
-from ._common import ops_task, target
+from ._common import ops_task, settings, target
 
 if TYPE_CHECKING:
 
@@ -22,19 +22,26 @@ def _model_and_target(c: Context, stack: str | None, stage: str | None,
     return t, t.compose.model(c)
 
 
-def _with_containers(c: Context, stack: str | None, stage: str | None,
-                     overlay: str | None) -> tuple[Target, dict[str, Any], dict[str, str]]:
-    """The target, its compose model and the engine's list of its running containers, the last
-    two asked at the same time (``db.engine_containers``: one ``docker ps``)."""
+def _targets(c: Context, stack: str | None, stage: str | None, overlay: str | None, only: str | None) -> Any:
+    """A context of [(Target, the databases to act on there)]: here or on the -H host, one Target and
+    ``--only``; on a swarm stack, one Target per node that runs a selected database's task
+    (memstack_ops/swarm_ops.py)."""
+    from ..swarm_ops import db_targets
+
+    return db_targets(c, settings(stack, stage, overlay), only=[only] if only else ())
+
+
+def _with_containers(t: Target) -> tuple[dict[str, Any], dict[str, str]]:
+    """The compose model and the engine's list of the target's running containers, asked at the
+    same time (``db.engine_containers``: one ``docker ps``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..db import engine_containers
 
-    t = target(c, stack, stage, overlay)
     with ThreadPoolExecutor(1, "docker-ps") as pool:
         listing = pool.submit(engine_containers, t)
-        model = t.compose.model(c)
-        return t, model, listing.result()
+        model = t.compose.model(t.c)
+        return model, listing.result()
 
 
 def _print_reports(reports: list[Report], t0: float) -> None:
@@ -64,10 +71,12 @@ def init(c: Context, only: str | None = None, timeout: int = 120, stack: str | N
     from .. import apikey
 
     t0 = time.monotonic()
-    t, model, containers = _with_containers(c, stack, stage, overlay)
-    reports = apikey.init(t, model, [only] if only else (), timeout=float(timeout),  # the stack's default API key too
-                          containers=containers)
-    _print_reports(reports, t0)
+    with _targets(c, stack, stage, overlay, only) as found:
+        for t, names in found:
+            model, containers = _with_containers(t)
+            reports = apikey.init(t, model, names or ([only] if only else ()), timeout=float(timeout),
+                                  containers=containers)  # the stack's default API key too
+            _print_reports(reports, t0)
 
 
 @ops_task(aliases=["schema"], help={"only": ONLY_HELP, "dry_run": "list what would run, change nothing"})
@@ -79,14 +88,17 @@ def migrate(c: Context, only: str | None = None, dry_run: bool = False, stack: s
     from .. import db
 
     t0 = time.monotonic()
-    t, model, containers = _with_containers(c, stack, stage, overlay)
-    dbs = db.databases(t, model, [only] if only else ())
-    missing = [d.service for d in dbs if d.migrates and not (t.stack.root / "db" / t.stack.name / d.service).is_dir()]
-    if only and missing:
-        raise db.DbError(f"No migration directory db/{t.stack.name}/{missing[0]}/: create it with files named "
-                         f"NNNN_name.sql (or .cypher for Neo4j).")
-    _print_reports(db.init(t, model, [only] if only else (), tracks=("schema",), dry_run=dry_run,
-                           containers=containers), t0)
+    with _targets(c, stack, stage, overlay, only) as found:
+        for t, names in found:
+            model, containers = _with_containers(t)
+            dbs = db.databases(t, model, names or ([only] if only else ()))
+            missing = [d.service for d in dbs
+                       if d.migrates and not (t.stack.root / "db" / t.stack.name / d.service).is_dir()]
+            if only and missing:
+                raise db.DbError(f"No migration directory db/{t.stack.name}/{missing[0]}/: create it with files "
+                                 f"named NNNN_name.sql (or .cypher for Neo4j).")
+            _print_reports(db.init(t, model, names or ([only] if only else ()), tracks=("schema",), dry_run=dry_run,
+                                   containers=containers), t0)
 
 
 @ops_task(help={"only": ONLY_HELP, "dry_run": "list what would run, change nothing"})
@@ -98,9 +110,11 @@ def seed(c: Context, only: str | None = None, dry_run: bool = False, stack: str 
     from .. import db
 
     t0 = time.monotonic()
-    t, model, containers = _with_containers(c, stack, stage, overlay)
-    _print_reports(db.init(t, model, [only] if only else (), tracks=("seed",), dry_run=dry_run,
-                           containers=containers), t0)
+    with _targets(c, stack, stage, overlay, only) as found:
+        for t, names in found:
+            model, containers = _with_containers(t)
+            _print_reports(db.init(t, model, names or ([only] if only else ()), tracks=("seed",), dry_run=dry_run,
+                                   containers=containers), t0)
 
 
 @ops_task(help={"only": ONLY_HELP})
@@ -110,10 +124,11 @@ def status(c: Context, only: str | None = None, stack: str | None = None, stage:
     from .. import db
     from ..output import table
 
-    t, model = _model_and_target(c, stack, stage, overlay)
-    for d, rows in db.status(t, model, [only] if only else ()):
-        table(f"{d.service} ({d.kind})", ["track", "version", "name", "checksum", "applied_at", "duration", "state"],
-              rows or [["", "", "(no migrations)", "", "", "", ""]])
+    with _targets(c, stack, stage, overlay, only) as found:
+        for t, names in found:
+            for d, rows in db.status(t, t.compose.model(t.c), names or ([only] if only else ())):
+                table(f"{d.service} ({d.kind})", ["track", "version", "name", "checksum", "applied_at", "duration",
+                                                  "state"], rows or [["", "", "(no migrations)", "", "", "", ""]])
 
 
 @ops_task(positional=["service"], help={"service": "the database service (e.g. postgres, neo4j, redis)"})

@@ -107,16 +107,35 @@ def bootstrap(c: Context, parallel: str | None = None, batch: str | None = None,
     run(c, settings(stack, stage, overlay))
 
 
-@ops_task(remote_only=True, auto_shortflags=False,
+@ops_task(remote_only=True, auto_shortflags=False, iterable=["service"],
           help={"to": "release to go back to (default: the previous deployed one); see `releases`",
+                "service": "swarm: only this service (repeatable); default every service with a previous definition",
+                "timeout": "swarm: seconds to wait for convergence (default: the timeout setting, 300)",
                 "lock_wait": LOCK_WAIT_HELP, **FANOUT_HELP})
-def rollback(c: Context, to: str | None = None, lock_wait: int = 0, parallel: str | None = None,
-             batch: str | None = None, stack: str | None = None, stage: str | None = None,
-             overlay: str | None = None) -> None:
-    """Bring an earlier release back (its files and image IDs), health-gated, and point current at it."""
+def rollback(c: Context, to: str | None = None, service: list[str] | None = None, timeout: str | None = None,
+             lock_wait: int = 0, parallel: str | None = None, batch: str | None = None, stack: str | None = None,
+             stage: str | None = None, overlay: str | None = None) -> None:
+    """Bring an earlier release back (its files and image IDs), health-gated, and point current at it.
+    A swarm stack: `docker service rollback` of its services (or --service), once, through the manager."""
+    from .. import swarm_ops
+    from ..errors import ConfigError
+
+    s = settings(stack, stage, overlay, timeout=timeout)
+    if swarm_ops.is_swarm(s):
+        if to:
+            raise ConfigError("rollback --to names a release of a compose host; a swarm stack's services go back to "
+                              "their previous definition (docker service rollback): drop --to.")
+        swarm_ops.rollback(c, swarm_ops.swarm_settings(c, s), service or ())
+        return
+    if service:
+        raise ConfigError("rollback --service is for a swarm stack; a compose host's rollback brings a whole release "
+                          "back (--to R).")
     from ..remote.deploy import rollback as run
 
-    run(c, settings(stack, stage, overlay), to=to, lock_wait=float(lock_wait or 0))
+    run(c, s, to=to, lock_wait=float(lock_wait or 0))
+
+
+rollback.pick_hosts = _deploy_hosts  # a swarm stack: once, on the manager
 
 
 @ops_task(remote_only=True)

@@ -162,12 +162,22 @@ def restart(c: Context, service: list[str] | None = None, timeout: str | None = 
 def status(c: Context, stack: str | None = None, stage: str | None = None, overlay: str | None = None,
            profile: list[str] | None = None, port_offset: str | None = None) -> None:
     """Table of services: state (exit code), health (the tool's own check), the rule that judges it,
-    restarts, ports, uptime, image, the engine's word. Exits non-zero when a service should run and does not."""
-    from .. import lifecycle
+    restarts, ports, uptime, image, the engine's word. Exits non-zero when a service should run and does not.
+    A swarm stack: replicas running/desired, the node of each task, health, image (from a manager)."""
+    from .. import lifecycle, swarm_ops
     from ..output import table, warn
+    from ..target import target as make_target
 
-    t = target(c, stack, stage, overlay, **_extra(profile, port_offset))
+    s = settings(stack, stage, overlay, **_extra(profile, port_offset))
+    if swarm_ops.is_swarm(s):
+        swarm_ops.status(c, swarm_ops.swarm_settings(c, s))
+        return
+    t = make_target(c, s)
     rows, alerts, down = lifecycle.status(t)
+    if down and len(down) == len(rows) and all(d.endswith(": not created") for d in down) \
+            and not t.remote and swarm_ops.deployed_on_swarm(c, t.stack.project):
+        swarm_ops.status(c, s)  # nothing of it here as compose, but this engine manages it as a swarm stack
+        return
     table(f"stack {t.stack.name} (project {t.stack.project})",
           ["service", "state", "health", "judged by", "restarts", "ports", "uptime", "cpu", "mem", "image",
            "detail"], rows)
@@ -231,8 +241,16 @@ def maintenance(c: Context, state: str, message: str = "", stack: str | None = N
 def logs(c: Context, service: str | None = None, follow: bool = False, tail: int = 100, stack: str | None = None,
          stage: str | None = None, overlay: str | None = None, profile: list[str] | None = None,
          port_offset: str | None = None) -> None:
-    """Show service logs."""
-    t = target(c, stack, stage, overlay, **_extra(profile, port_offset))
+    """Show service logs (a swarm stack: every task's, on every node, merged in time order)."""
+    from .. import swarm_ops
+
+    s = settings(stack, stage, overlay, **_extra(profile, port_offset))
+    if swarm_ops.is_swarm(s):
+        swarm_ops.logs(c, swarm_ops.swarm_settings(c, s), service, follow=follow, tail=int(tail))
+        return
+    from ..target import target as make_target
+
+    t = make_target(c, s)
     if service:
         from ..compose import validate_services
 
@@ -240,6 +258,23 @@ def logs(c: Context, service: str | None = None, follow: bool = False, tail: int
     args = ["logs", "--no-color", "--tail", str(tail)] + (["--follow"] if follow else [])
     args += [service] if service else []
     t.compose.run(c, *args, hide=False)
+
+
+@ops_task(positional=["replicas"], help={
+    "replicas": "SERVICE=N (several: api=3,worker=2)",
+    "timeout": "seconds to wait for the services to converge (default: the timeout setting, 300)",
+})
+def scale(c: Context, replicas: str, timeout: str | None = None, stack: str | None = None, stage: str | None = None,
+          overlay: str | None = None) -> None:
+    """Swarm stack: set the replicas of stateless services (`scale api=3`) and wait until they converge."""
+    from .. import swarm_ops
+    from ..errors import ConfigError
+
+    s = settings(stack, stage, overlay, timeout=timeout)
+    if not swarm_ops.is_swarm(s):
+        raise ConfigError(f"scale is for a swarm stack (engine = \"swarm\" in [stacks.{s['stack']}], deployed with "
+                          f"`deploy --engine swarm`): a compose stack runs one container per service.")
+    swarm_ops.scale(c, swarm_ops.swarm_settings(c, s), [replicas])
 
 
 @ops_task(iterable=["service", "profile"], help={**EXTRA_HELP, "service": "service to pull (repeatable); default all"})

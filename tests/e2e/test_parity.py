@@ -556,6 +556,7 @@ ELSEWHERE = {
        for t in ("label", "drain", "activate")},
     "swarm.leave":
     "test_swarm.py::test_leave_takes_a_worker_out_and_off_the_manager_and_a_second_leave_changes_nothing",
+    "scale": "test_swarm.py::test_status_scale_rollback_and_merged_logs_on_a_swarm_stack",
 }
 
 

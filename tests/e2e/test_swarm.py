@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from memstack_ops.swarm_ops import spread
 from memstack_ops.testing_hosts import clear_stack, docker, make_project
 
 pytestmark = pytest.mark.e2e
@@ -616,3 +617,134 @@ def test_doctor_finds_no_ipvs_on_the_nodes_says_dnsrr_and_a_vip_deploy_is_refuse
         toml.write_text(saved)
     assert "needs IPVS on every node" in err and "nothing changed" in err, err
     assert services(hosts, unique) == {}
+
+
+# ---------------------------------------------------------------- the rest of the tool on a swarm stack
+
+def status_rows(out: str) -> dict[str, list[str]]:
+    """The swarm status table's rows (with or without a [h1] prefix): {service: its cells}."""
+    rows = {}
+    for ln in out.splitlines():
+        cells = re.split(r"\s{2,}", re.sub(r"^\[h\d\] ", "", ln).strip())
+        if len(cells) >= 4 and cells[0] in ("app", "cache", "setup", "postgres"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def pg(hosts, name: str, sql: str) -> str:
+    """SQL in the postgres task's container on h2 (its labelled node), as the tool's own login does."""
+    ctr = hosts["h2"].sh(f"docker ps -q --filter label=com.docker.swarm.service.name={name}_postgres").strip()
+    assert ctr, "no postgres task container on h2"
+    return hosts["h2"].sh(f"docker exec -i {ctr} sh -c 'PGPASSWORD=\"$(cat /run/secrets/POSTGRES_PASSWORD)\" "
+                          f"psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -tA -f -' <<'SQL'\n{sql}\nSQL\n")
+
+
+def converged_nodes(hosts, name: str, service: str, want: int, avoid: str = "") -> list[str]:
+    """The nodes of ``service``'s running tasks once ``want`` run (none on ``avoid``); bounded."""
+    import time
+
+    nodes: list[str] = []
+    for _ in range(120):
+        nodes = running_nodes(hosts, name, service)
+        if len(nodes) == want and avoid not in nodes:
+            return nodes
+        time.sleep(1)
+    raise AssertionError(f"{service}: running on {nodes}, wanted {want} tasks and none on {avoid!r}")
+
+
+def test_status_scale_rollback_and_merged_logs_on_a_swarm_stack(swarm_stack, hosts):
+    p = swarm_stack
+    ensure_swarm(p)
+    ok(p.run("deploy", timeout=600))
+    out = ok(p.run("status"))  # no -H: through the inventory's manager
+    rows = status_rows(out)
+    # (earlier start-first updates may have placed two app tasks on one node)
+    assert rows["app"][1] == "3/3" and rows["app"][3] == "healthy", out
+    assert rows["app"][2] == spread(running_nodes(hosts, p.name, "app")), out
+    assert rows["postgres"][1] == "1/1" and rows["postgres"][2] == "h2" and "local/postgres:15" in rows["postgres"]
+    assert rows["setup"][1] == "job" and "completed (exit 0)" in rows["setup"], out
+
+    out = ok(p.run("-H", "h1", "scale", "app=2"))
+    assert "app 3 -> 2" in out and "Scaled: app: 2/2 running" in out, out
+    assert len(running_nodes(hosts, p.name, "app")) == 2
+    assert status_rows(ok(p.run("-H", "h1", "status")))["app"][1] == "2/2"
+
+    err = failed(p.run("scale", "postgres=2"))
+    assert "postgres (postgres)" in err and "stateful" in err and "Replicas 1 is their rule" in err, err
+    assert services(hosts, p.name)["postgres"]["Spec"]["Mode"]["Replicated"]["Replicas"] == 1
+
+    # rollback of app goes back to its previous definition: 3 replicas
+    out = ok(p.run("rollback", "--service", "app", timeout=600))
+    assert "[h1]" in out and "[h2]" not in out, out  # once, on the manager
+    assert "Rolled back: app: 3/3 running (rolled back)" in out, out
+    assert len(converged_nodes(hosts, p.name, "app", 3)) == 3
+
+    # a short service makes status exit non-zero, naming it (stop-first: its task goes, none can replace it)
+    manager_sh(hosts, f"docker service update --detach --update-order stop-first --constraint-add "
+                      f"node.labels.nosuch==true {p.name}_cache")
+    try:
+        for _ in range(60):
+            r = p.run("status")
+            if r.returncode:
+                break
+        err = failed(r)
+        assert "cache: 0/1 running" in err, err
+        assert "1 missing" in status_rows(r.stdout)["cache"], r.stdout
+    finally:
+        manager_sh(hosts, f"docker service update --detach --update-order start-first --constraint-rm "
+                          f"node.labels.nosuch==true {p.name}_cache")
+    converged_nodes(hosts, p.name, "cache", 1)
+
+    out = ok(p.run("logs", "--tail", "20"))
+    assert "setup done" in out and "database system is ready to accept connections" in out, out
+    assert "Ready to accept connections" in out, out  # redis, the app's and the cache's tasks
+    stamps = re.findall(r"\b(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z)", out)
+    assert len(stamps) > 5 and stamps == sorted(stamps, key=lambda s: s.replace("Z", "").ljust(30, "0")), out
+    for key in ("PG_PASSWORD", "APP_TOKEN"):
+        assert env_value(p, key) not in out
+    one = ok(p.run("logs", "--service", "setup"))
+    assert "setup done" in one and "database system" not in one, one
+
+
+def test_postgres_backup_and_restore_round_trip_on_its_node_through_the_swarm(swarm_stack, hosts):
+    p = swarm_stack
+    ensure_swarm(p)
+    ok(p.run("deploy", timeout=600))
+    out = ok(p.run("db.init"))
+    assert "postgres: on swarm node h2" in out, out
+    pg(hosts, p.name, "DROP TABLE IF EXISTS marks; CREATE TABLE marks (v text); INSERT INTO marks VALUES ('kept');")
+    out = ok(p.run("backup.postgres", timeout=600))
+    assert "postgres: on swarm node h2" in out and "complete" in out, out
+    sets = hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split()
+    assert len([s for s in sets if s.endswith("-postgres")]) == 1, sets
+    assert env_value(p, "PG_PASSWORD") not in out
+    pg(hosts, p.name, "INSERT INTO marks VALUES ('lost');")
+    out = ok(p.run("restore.postgres", "--yes", timeout=600))
+    assert "Restored from" in out, out
+    assert pg(hosts, p.name, "SELECT v FROM marks ORDER BY v;").split() == ["kept"]
+    out = ok(p.run("db.status"))
+    assert "postgres (postgres)" in out, out
+
+
+def test_draining_a_worker_moves_its_app_tasks_and_postgres_stays_with_its_data(swarm_stack, hosts):
+    p = swarm_stack
+    ensure_swarm(p)
+    ok(p.run("deploy", timeout=600))
+    # down to one task and up again: the swarm spreads a service's new tasks over the nodes with fewest of them
+    ok(p.run("scale", "app=1"))
+    ok(p.run("scale", "app=3"))
+    assert converged_nodes(hosts, p.name, "app", 3) == ["h1", "h2", "h3"]
+    pg(hosts, p.name, "DROP TABLE IF EXISTS drained; CREATE TABLE drained (v text); "
+                      "INSERT INTO drained VALUES ('still here');")
+    pg_task = manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_postgres").strip()
+    try:
+        ok(p.run("swarm.drain", "h3"))
+        assert sorted(set(converged_nodes(hosts, p.name, "app", 3, avoid="h3"))) == ["h1", "h2"]
+        rows = status_rows(ok(p.run("status")))
+        assert rows["app"][1] == "3/3" and "h3" not in rows["app"][2], rows
+        assert rows["postgres"][2] == "h2"
+        assert manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_postgres").strip() \
+            == pg_task  # the same task: never moved nor restarted
+        assert pg(hosts, p.name, "SELECT v FROM drained;").strip() == "still here"
+    finally:
+        ok(p.run("swarm.activate", "h3"))

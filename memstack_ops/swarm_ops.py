@@ -1,0 +1,646 @@
+"""The rest of the tool on a swarm stack (issue 15): ``status``, ``logs``, ``scale``, ``rollback``,
+and ``db.*``/``backup.*``/``restore.*`` on the node that runs a database's task.
+
+A stack is a swarm stack when its engine is ``swarm`` (``engine = "swarm"`` in its
+``[stacks.NAME]`` table: ``is_swarm``), or, for ``status``, when compose finds none of its
+containers here and this machine's engine manages a swarm stack of its project name
+(``deployed_on_swarm``). Everything about the services is asked of a manager
+(``swarm.manager``: the -H host when its engine is one, else the inventory's manager):
+
+- ``status``: per service, its tasks running/desired, the node of each running task, health (a task
+  with a healthcheck is ``running`` only once healthy: until then its state is ``starting``, and the
+  engine fails it when it turns unhealthy), image, and what is wrong (the newest failed task's error,
+  an update that did not complete). Exits non-zero when a service is short of tasks or a one-shot
+  job failed, as the compose status does for a stopped service;
+- ``logs``: ``docker service logs`` of each of the stack's services (every task, every node),
+  merged in time order (bounded: ``--tail`` per service, and a timeout, since a node that is down
+  makes it wait);
+- ``scale svc=N``: stateless services only (a stateful one is pinned to the node that holds its
+  data: one task is its rule), then swarm_deploy's convergence wait;
+- ``rollback [--service S]``: ``docker service rollback`` of the services that have a previous
+  definition, then the same wait.
+
+Databases: the compose model is rendered here (as ``deploy --engine swarm`` does), the manager
+says which node runs each database's task (``docker inspect`` of the running tasks: node and
+container ID), and the tool connects to that node over SSH (``node_targets``). There the same code
+runs as on a ``-H`` host, with a Target whose compose (``SwarmCompose``) addresses the task's
+container (labels ``com.docker.swarm.service.name=<stack>_<svc>``,
+``com.docker.stack.namespace=<stack>``) instead of compose's project labels: ``exec`` becomes
+``docker exec`` of that container, ``ps`` lists the stack's containers on that node. The model there
+has no ``depends_on`` (the swarm runs none: services start in no order), so a restore stops no
+other service; a restore that must stop the database itself (redis, neo4j) is refused for now.
+Backups are kept on the node, in ``<root>/backups/<stack>`` (``root`` of its inventory host).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .compose import Compose
+from .compose import run as run_argv
+from .errors import ConfigError, HealthError, MemstackError, Refused
+from .output import say, table
+from .swarm import SwarmError, _run, _said
+from .target import Target, where
+
+if TYPE_CHECKING:
+    from .config import Settings, Stack
+    from .swarm_deploy import Look, Service
+
+SERVICE_LABEL = "com.docker.swarm.service.name"
+NAMESPACE = "com.docker.stack.namespace"
+LOG_TIMEOUT = 60  # seconds for one `docker service logs` (a node that is down makes it wait)
+STAMP = re.compile(r"\b(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)\b")
+
+
+def is_swarm(settings: Settings) -> bool:
+    """The stack's engine setting says swarm."""
+    from .swarm_deploy import engine
+
+    return engine(settings) == "swarm"
+
+
+def deployed_on_swarm(c: Any, project: str) -> bool:
+    """``c``'s own engine is a swarm manager with services of stack ``project`` (no SSH)."""
+    from .swarm import info
+
+    try:
+        mine = info(c)
+    except MemstackError:
+        return False
+    if mine.state != "active" or not mine.manager:
+        return False
+    r = _run(c, f"docker service ls -q --filter {shlex.quote(f'label={NAMESPACE}={project}')}")
+    return bool(r.ok and r.stdout.strip())
+
+
+def swarm_settings(c: Any, settings: Settings) -> Settings:
+    """The settings as seen for the -H host (its inventory's overrides), like deploy's."""
+    from .remote.inventory import host_settings
+
+    host = getattr(c, "inventory", None)
+    return host_settings(settings, host) if host is not None else settings
+
+
+# ---------------------------------------------------------------- status
+
+@dataclass
+class Row:
+    service: str
+    running: int
+    desired: int | None  # None: a one-shot job
+    nodes: str
+    health: str
+    image: str
+    detail: str = ""
+    short: bool = False  # fewer tasks running than desired, or a failed job
+
+    @property
+    def replicas(self) -> str:
+        return "job" if self.desired is None else f"{self.running}/{self.desired}"
+
+
+def spec_of(svc: Service) -> dict[str, Any]:
+    """The service's task template (ContainerSpec, RestartPolicy, ...)."""
+    return dict(json.loads(svc.template or "{}"))
+
+
+def is_job(svc: Service) -> bool:
+    """A one-shot job: its tasks are never restarted (the renderer's restart_policy none)."""
+    return str((spec_of(svc).get("RestartPolicy") or {}).get("Condition") or "") == "none"
+
+
+def image_of(svc: Service) -> str:
+    return str((spec_of(svc).get("ContainerSpec") or {}).get("Image") or "").split("@sha256:", 1)[0]
+
+
+def has_check(svc: Service) -> bool:
+    test = ((spec_of(svc).get("ContainerSpec") or {}).get("Healthcheck") or {}).get("Test") or []
+    return bool(test) and test[0] != "NONE"
+
+
+def spread(names: Iterable[str]) -> str:
+    """``h1, h2 x2``: the nodes of some tasks, each with its count."""
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return ", ".join(f"{n} x{k}" if k > 1 else n for n, k in sorted(counts.items()))
+
+
+def rows(last: Look, nodes: Mapping[str, str]) -> list[Row]:
+    """One row per service of the stack (see the module docstring)."""
+    out = []
+    for name in sorted(last.services):
+        svc = last.services[name]
+        tasks = last.of(name)
+        failed = [t for t in tasks if t.state in ("failed", "rejected", "orphaned")
+                  or t.state == "complete" and t.exit_code not in (0, None)]
+        why = ""
+        if failed:
+            f = failed[-1]
+            why = (f"last failed task on {nodes.get(f.node_id, f.node_id[:12] or '(no node)')}: {f.state}"
+                   + (f", exit {f.exit_code}" if f.exit_code is not None else "") + (f", {f.err}" if f.err else ""))
+        update = f"update {svc.update_state}: {svc.update_message}" if svc.update_state not in ("", "completed") \
+            else ""
+        if is_job(svc):
+            newest = tasks[-1] if tasks else None
+            state = newest.state if newest else "no task"
+            bad = state in ("failed", "rejected", "orphaned") or (state == "complete" and newest is not None
+                                                                   and newest.exit_code not in (0, None))
+            health = "completed (exit 0)" if state == "complete" and not bad else state
+            where_ = nodes.get(newest.node_id, "") if newest else ""
+            out.append(Row(name, int(state == "running"), None, where_, health, image_of(svc),
+                           "; ".join(x for x in (why if bad else "", update) if x), short=bad))
+            continue
+        live = [t for t in tasks if t.desired == "running"]
+        running = [t for t in live if t.state == "running"]
+        starting = [t for t in live if t.state != "running"]
+        desired = svc.replicas if svc.replicas is not None else len(live)
+        if desired == 0:
+            health = "scaled to 0"
+        elif len(running) == desired and not starting:
+            health = "healthy" if has_check(svc) else "running (no healthcheck)"
+        else:  # the tasks not running yet by state (starting: its healthcheck has not passed yet)
+            states: dict[str, int] = {}
+            for t in starting:
+                states[t.state] = states.get(t.state, 0) + 1
+            health = ", ".join([*(f"{k} {st}" for st, k in sorted(states.items())),
+                                *([f"{desired - len(running)} missing"] if len(running) < desired else [])]) \
+                or "converging"
+        short = len(running) < desired
+        out.append(Row(name, len(running), desired, spread(nodes.get(t.node_id, t.node_id[:12]) for t in running),
+                       health, image_of(svc), "; ".join(x for x in (why if short or starting else "", update) if x),
+                       short=short))
+    return out
+
+
+def status(c: Any, settings: Settings) -> list[Row]:
+    """The swarm stack's table (from a manager); HealthError when a service is short of tasks."""
+    from .swarm import list_nodes, manager
+    from .swarm_deploy import look
+
+    stack = settings.stack()
+    with manager(c, settings) as (mc, _):
+        last = look(mc, stack.project)
+        nodes = {n.id: n.hostname for n in list_nodes(mc)}
+        src = where(mc)
+    if not last.services:
+        raise HealthError(f"Swarm stack {stack.project} has no service on the swarm of {src}: deploy it with "
+                          f"`memstack-ops deploy --engine swarm` (or engine = \"swarm\" in [stacks.{stack.name}]).")
+    found = rows(last, nodes)
+    table(f"swarm stack {stack.project} (stack {stack.name}, from {src})",
+          ["service", "replicas", "nodes", "health", "image", "detail"],
+          [[r.service, r.replicas, r.nodes, r.health, r.image, r.detail] for r in found])
+    short = [r for r in found if r.short]
+    if short:
+        what = "; ".join(f"{r.service}: {r.replicas} running" if r.desired is not None else f"{r.service}: job failed"
+                         for r in short)
+        raise HealthError(f"Not running as it should on the swarm: {what}. `memstack-ops logs --service "
+                          f"{short[0].service}` shows why; `memstack-ops swarm.nodes` whether a node is down or "
+                          f"drained.")
+    return found
+
+
+# ---------------------------------------------------------------- logs
+
+# Each service's logs (bounded in lines and time), one block per service after a marker line.
+LOGS = ('n=$1; t=$2; shift 2; for s in "$@"; do echo "@@@ $s"; '
+        'timeout "$t" docker service logs --no-trunc --timestamps --tail "$n" "$s" 2>&1; done; true')
+FOLLOW = ('n=$1; shift; for s in "$@"; do docker service logs --no-trunc --timestamps --follow --tail "$n" "$s" & '
+          'done; wait')
+
+
+def merge(text: str) -> list[str]:
+    """The blocks of ``LOGS`` as one list of lines in time order (by each line's RFC 3339
+    timestamp; a line without one stays after the line before it)."""
+    keyed: list[tuple[str, int, str]] = []
+    last = ""
+    for i, ln in enumerate(text.splitlines()):
+        if ln.startswith("@@@ ") or not ln.strip():
+            continue
+        m = STAMP.search(ln)
+        if m:
+            head, _, frac = m.group(1).rstrip("Z").partition(".")
+            last = f"{head}.{frac.ljust(9, '0')}"
+        keyed.append((last, i, ln))
+    return [ln for _, _, ln in sorted(keyed)]
+
+
+def logs(c: Any, settings: Settings, service: str | None = None, follow: bool = False, tail: int = 100) -> None:
+    """The stack's services' logs (every task on every node), merged in time order; secrets masked."""
+    from .swarm import manager
+    from .swarm_deploy import look
+
+    stack = settings.stack()
+    scrub = _scrubber(settings)
+    with manager(c, settings) as (mc, _):
+        names = sorted(look(mc, stack.project).services)
+        if service:
+            if service not in names:
+                raise ConfigError(f"Swarm stack {stack.project} has no service {service!r}; its services are: "
+                                  f"{', '.join(names) or 'none'}.")
+            names = [service]
+        full = [f"{stack.project}_{n}" for n in names]
+        if not full:
+            raise SwarmError(f"Swarm stack {stack.project} has no service on {where(mc)}: deploy it first.")
+        if follow:  # until Ctrl-C; each service's own stream, as the engine sends it
+            mc.run(f"sh -c {shlex.quote(FOLLOW)} sh {int(tail)} {shlex.join(full)}", hide=False, warn=True,
+                   in_stream=False)
+            return
+        r = _run(mc, f"sh -c {shlex.quote(LOGS)} sh {int(tail)} {LOG_TIMEOUT} {shlex.join(full)}",
+                 timeout=LOG_TIMEOUT * len(full) + 30)
+    for ln in merge(scrub(r.stdout or "")):
+        print(ln)
+
+
+def _scrubber(settings: Settings) -> Any:
+    """Masks the stack's env secrets (this machine's env files) in what the engine says."""
+    from .envfiles import scrub
+    from .target import read_env_files
+
+    try:
+        env = read_env_files(settings.stack(), False, "")
+    except MemstackError:
+        env = {}
+    return lambda text: scrub(text, env, set())
+
+
+# ---------------------------------------------------------------- scale and rollback
+
+def stateful(settings: Settings) -> dict[str, str]:
+    """{service: its kind} of the stack's stateful services, from this machine's compose model."""
+    from invoke import Context
+
+    from .kinds import kind_of
+    from .swarm_render import stateful_services
+    from .target import target
+
+    t = target(Context(), settings)
+    model = t.compose.model(t.c)
+    return {n: kind_of(model["services"][n]) for n in stateful_services(model)}
+
+
+@contextmanager
+def _locked(mc: Any, stack: Stack, what: str) -> Iterator[dict[str, str]]:
+    """The deploy lock of the swarm stack on the manager (the one deploy takes) and one audit line;
+    the caller puts its outcome in the yielded dict (result, detail)."""
+    from .remote.lock import Lock
+    from .remote.release import audit
+    from .swarm import host_of
+
+    host = host_of(mc)
+    root = host.root_for(stack.name) if host is not None else f"/tmp/memstack-ops-{stack.project}"
+    lock = Lock(mc, root, f"swarm {what} of {stack.project}")
+    lock.acquire(0.0, sleep=time.sleep, say=say)
+    outcome = {"result": "failed", "detail": ""}
+    try:
+        yield outcome
+    except MemstackError as e:
+        outcome["detail"] = outcome["detail"] or str(e).splitlines()[0]
+        raise
+    finally:
+        try:
+            audit(mc, root, f"swarm {what}", stack.project, outcome["result"], outcome["detail"])
+        finally:
+            lock.release()
+
+
+def scale(c: Any, settings: Settings, specs: Iterable[str]) -> None:
+    """``scale api=3[,worker=2]``: set the replicas of stateless services and wait until converged."""
+    from .swarm import manager
+    from .swarm_deploy import look, wait
+    from .swarm_render import parse_replicas
+
+    wanted = parse_replicas(specs)
+    if not wanted:
+        raise ConfigError("scale takes SERVICE=N (several: api=3,worker=2).")
+    stack = settings.stack()
+    pinned = {n: k for n, k in stateful(settings).items() if n in wanted}
+    if pinned:
+        raise Refused(f"Not scaled (nothing changed): {', '.join(f'{n} ({k})' for n, k in sorted(pinned.items()))} "
+                      f"{'is' if len(pinned) == 1 else 'are'} stateful: exactly one task, pinned to the node labelled "
+                      f"memstack-ops.<service>=true that holds its data; a second task would start a second "
+                      f"database on another node's empty volume. Replicas 1 is their rule; scale the stateless "
+                      f"services (api, workers) instead.")
+    timeout = float(settings["timeout"])
+    with manager(c, settings) as (mc, _):
+        before = look(mc, stack.project)
+        missing = sorted(set(wanted) - set(before.services))
+        if missing:
+            raise ConfigError(f"Swarm stack {stack.project} has no service {', '.join(missing)}; its services are: "
+                              f"{', '.join(sorted(before.services)) or 'none (deploy it first)'}.")
+        jobs = sorted(n for n in wanted if is_job(before.services[n]))
+        if jobs:
+            raise Refused(f"{', '.join(jobs)}: one-shot job(s), run once per deploy: there is nothing to scale.")
+        with _locked(mc, stack, "scale") as outcome:
+            args = " ".join(shlex.quote(f"{stack.project}_{n}={k}") for n, k in sorted(wanted.items()))
+            r = _run(mc, f"docker service scale --detach {args}")
+            if not r.ok:
+                raise SwarmError(f"{where(mc)}: docker service scale failed: {_said(r)}.")
+            say(f"Scaling {', '.join(f'{n} {before.services[n].replicas} -> {k}' for n, k in sorted(wanted.items()))}"
+                f"; waiting up to {timeout:g} s for them to converge ...")
+            result, last = wait(mc, stack.project, sorted(wanted), set(), set(), {t.id for t in before.tasks},
+                                timeout)
+            detail = "; ".join(f"{n}: {v.detail}" for n, v in sorted(result.verdicts.items()))
+            if not result.ok:
+                outcome["detail"] = f"not converged: {detail}"
+                raise SwarmError(f"Scaling did not converge within {timeout:g} s: {detail}. `memstack-ops status` "
+                                 f"shows where the tasks are; `memstack-ops logs --service SERVICE` why.")
+            outcome.update(result="scaled", detail=detail)
+    say(f"Scaled: {detail}.")
+
+
+def rollback(c: Any, settings: Settings, services: Iterable[str] = ()) -> None:
+    """``docker service rollback`` of the stack's services (or some) to their previous definition,
+    then the convergence wait."""
+    from .swarm import manager
+    from .swarm_deploy import look, wait
+
+    stack = settings.stack()
+    timeout = float(settings["timeout"])
+    with manager(c, settings) as (mc, _):
+        before = look(mc, stack.project)
+        names = list(services) or sorted(before.services)
+        missing = sorted(set(names) - set(before.services))
+        if missing or not names:
+            raise ConfigError(f"Swarm stack {stack.project} has no service {', '.join(missing)}; its services are: "
+                              f"{', '.join(sorted(before.services)) or 'none (deploy it first)'}.")
+        able = [n for n in names if before.services[n].previous]
+        none = [n for n in names if n not in able]
+        if none:
+            say(f"No previous definition to go back to (never updated): {', '.join(none)}.")
+        if not able:
+            if services:
+                raise Refused(f"{', '.join(names)}: no previous definition on the swarm (never updated since it was "
+                              f"created): nothing to roll back.")
+            say("Nothing to roll back.")
+            return
+        with _locked(mc, stack, "rollback") as outcome:
+            bad = []
+            for n in able:
+                r = _run(mc, f"docker service rollback --detach {shlex.quote(f'{stack.project}_{n}')}")
+                if not r.ok:
+                    bad.append(f"{n} ({_said(r)})")
+            if bad:
+                raise SwarmError(f"{where(mc)}: docker service rollback failed for {'; '.join(bad)}.")
+            say(f"Rolling back {', '.join(able)} to their previous definition; waiting up to {timeout:g} s ...")
+            jobs = {n for n in able if is_job(before.services[n])}
+            result, _ = wait(mc, stack.project, able, jobs, set(), {t.id for t in before.tasks}, timeout,
+                             rolling_back=True)
+            detail = "; ".join(f"{n}: {v.detail}" for n, v in sorted(result.verdicts.items()))
+            if not result.ok:
+                outcome["detail"] = detail
+                raise SwarmError(f"The rollback did not converge within {timeout:g} s: {detail}.")
+            outcome.update(result="rolled back", detail=detail)
+    say(f"Rolled back: {detail}.")
+
+
+# ---------------------------------------------------------------- the databases, on their nodes
+
+@dataclass
+class SwarmCompose(Compose):
+    """Compose for a swarm stack's tasks on one node (``c``: a connection to it): ``exec`` runs in
+    the service's running task container there (``docker exec``), ``ps``/``containers`` list the
+    stack's containers on that node as compose's rows, ``model`` is the model rendered here with
+    no ``depends_on``. Anything else compose would do has no meaning on a swarm node: refused."""
+
+    task_containers: dict[str, str] = field(default_factory=dict)  # service -> its running task's container there
+    node: str = ""
+    rendered: dict[str, Any] = field(default_factory=dict)
+
+    def model(self, c: Any) -> dict[str, Any]:
+        return copy.deepcopy(self.rendered)
+
+    def container(self, service: str) -> str:
+        ctr = self.task_containers.get(service)
+        if not ctr:
+            raise SwarmError(f"No running task of {service} on swarm node {self.node}: `memstack-ops status` shows "
+                             f"where it runs.")
+        return ctr
+
+    def run(self, c: Any, *args: str, **kw: Any) -> Any:
+        rest = list(args)
+        if rest[:1] == ["exec"]:
+            rest.pop(0)
+            tty = rest[:1] != ["-T"]
+            if not tty:
+                rest.pop(0)
+            service, argv = rest[0], rest[1:]
+            return run_argv(c, ["docker", "exec", "-i", *(["-t"] if tty else []), self.container(service), *argv],
+                            **kw)
+        if rest[:1] == ["logs"]:
+            tail = rest[rest.index("--tail") + 1] if "--tail" in rest else "100"
+            return run_argv(c, ["docker", "logs", "--tail", tail, self.container(rest[-1])], **kw)
+        raise SwarmError(f"`docker compose {' '.join(args[:1])}` has no meaning for swarm stack {self.stack.project} "
+                         f"(node {self.node}): the swarm runs its services. This step is not available on a swarm "
+                         f"stack yet.")
+
+    def ps(self, c: Any, services: Iterable[str] = ()) -> list[dict[str, Any]]:
+        return self.containers(c, services)
+
+    def containers(self, c: Any, services: Iterable[str] = ()) -> list[dict[str, Any]]:
+        fmt = ("{{json .Name}}\t{{json .Config.Labels}}\t{{json .State.Status}}\t"
+               "{{if .State.Health}}{{json .State.Health.Status}}{{else}}\"\"{{end}}\t"
+               "{{.State.ExitCode}}\t{{json .Image}}\t{{.Id}}")
+        script = ('ids=$(docker ps --all --quiet --no-trunc --filter "label=$1") || exit 1; '
+                  '[ -z "$ids" ] || docker inspect --format "$2" $ids 2>/dev/null; true')
+        r = run_argv(c, ["sh", "-c", script, "sh", f"{NAMESPACE}={self.stack.project}", fmt], timeout=60)
+        if r.failed:
+            raise SwarmError(f"{self.node}: listing the stack's containers failed: {self.scrub(_said(r))}.")
+        want, out = set(services), []
+        for line in r.stdout.splitlines():
+            parts = line.split("\t")
+            if len(parts) != 7:
+                continue
+            name, lab, state, health, code, image, cid = parts
+            labels = json.loads(lab) or {}
+            svc = str(labels.get(SERVICE_LABEL) or "").removeprefix(f"{self.stack.project}_")
+            if not svc or (want and svc not in want):
+                continue
+            out.append({"Service": svc, "Name": json.loads(name).lstrip("/"), "ID": cid, "State": json.loads(state),
+                        "Health": json.loads(health), "ExitCode": int(code) if code.isdigit() else code,
+                        "Labels": ",".join(f"{k}={v}" for k, v in labels.items()), "ImageID": json.loads(image)})
+        # the task the manager named first, then the running ones (old task containers stay exited)
+        return sorted(out, key=lambda row: (row["Service"], row["ID"] != self.task_containers.get(row["Service"]),
+                                            row["State"] != "running", row["Name"]))
+
+    def logs(self, c: Any, service: str, tail: int = 50) -> str:
+        r = run_argv(c, ["docker", "logs", "--tail", str(tail), self.container(service)], timeout=60)
+        return self.scrub((r.stdout + r.stderr).rstrip())
+
+
+@dataclass
+class Placed:
+    """A running task of a service: the node (hostname, ID) and its container ID."""
+
+    service: str
+    node_id: str
+    node: str
+    container: str
+
+
+def placed(mc: Any, project: str, services: Iterable[str]) -> dict[str, Placed]:
+    """service -> its running task (the manager's view); a service with none is left out."""
+    script = ('for s in "$@"; do docker service ps -q --no-trunc --filter desired-state=running "$s" '
+              '2>/dev/null; done')
+    full = [f"{project}_{s}" for s in services]
+    r = _run(mc, f"sh -c {shlex.quote(script)} sh {shlex.join(full)}")
+    ids = r.stdout.split() if r.ok else []
+    if not ids:
+        return {}
+    r = _run(mc, f"docker inspect --type task {shlex.join(ids)}")
+    if not r.ok:
+        raise SwarmError(f"{where(mc)}: cannot inspect the tasks of stack {project}: {_said(r)}.")
+    nodes = _node_names(mc)
+    ids_r = _run(mc, f"docker service inspect --format '{{{{.ID}}}} {{{{.Spec.Name}}}}' {shlex.join(full)}")
+    by_service = {i: n.removeprefix(f"{project}_") for i, _, n in
+                  (ln.partition(" ") for ln in (ids_r.stdout or "").splitlines()) if n}
+    out: dict[str, Placed] = {}
+    try:
+        tasks = json.loads(r.stdout or "[]")
+    except ValueError:
+        raise SwarmError(f"{where(mc)}: the engine's answer about the tasks of stack {project} is not JSON this tool "
+                         f"reads: {r.stdout.strip()[:300]!r}.") from None
+    for t in tasks:
+        st = t.get("Status") or {}
+        svc = by_service.get(str(t.get("ServiceID") or ""))
+        cid = str((st.get("ContainerStatus") or {}).get("ContainerID") or "")
+        if svc and st.get("State") == "running" and cid:
+            out.setdefault(svc, Placed(svc, str(t.get("NodeID")), nodes.get(str(t.get("NodeID")), ""), cid))
+    return out
+
+
+def _node_names(mc: Any) -> dict[str, str]:
+    from .swarm import list_nodes
+
+    return {n.id: n.hostname for n in list_nodes(mc)}
+
+
+def database_services(model: Mapping[str, Any], kind: str | None = None, only: Iterable[str] = ()) -> list[str]:
+    """The model's database services, of ``kind`` when given, filtered by service name or kind."""
+    from .kinds import DB_KINDS, kind_of
+
+    only = [o for o in only if o]
+    return [n for n, s in (model.get("services") or {}).items()
+            if kind_of(s) in DB_KINDS and (kind is None or kind_of(s) == kind)
+            and (not only or n in only or kind_of(s) in only)]
+
+
+@contextmanager
+def node_targets(c: Any, settings: Settings, services: Iterable[str] | None = None, kind: str | None = None,
+                 only: Iterable[str] = ()) -> Iterator[list[tuple[Target, list[str]]]]:
+    """[(Target on a node, the selected services whose task runs there)], one per node: the
+    connections are closed on the way out. ``services`` (names; default every database of
+    ``kind``, filtered by ``only``) must each have a running task."""
+    from invoke import Context
+
+    from .remote import RemoteError
+    from .remote.inventory import inventory
+    from .remote.ssh import connect
+    from .swarm import Node, inventory_name, list_nodes, manager
+    from .target import target
+
+    local = target(Context(), settings)
+    model = local.compose.model(local.c)
+    names = list(services) if services else database_services(model, kind, only)
+    if not names:
+        raise ConfigError(f"Stack {local.stack.name} has no {kind or 'database'} service"
+                          + (f" matching {', '.join(only)}" if only else "") + ".")
+    swarm_model = copy.deepcopy(model)
+    for svc in (swarm_model.get("services") or {}).values():
+        svc.pop("depends_on", None)  # the swarm starts services in no order, and runs no depends_on
+    project = local.stack.project
+    hosts = inventory(settings)[1]
+    conns: list[Any] = []
+    try:
+        with manager(c, settings) as (mc, boss):
+            found = placed(mc, project, names)
+            absent = [n for n in names if n not in found]
+            if absent:
+                raise SwarmError(f"No running task of {', '.join(absent)} in swarm stack {project}: `memstack-ops "
+                                 f"status` shows why (deploy it with `memstack-ops deploy --engine swarm`).")
+            by_node: dict[str, list[Placed]] = {}
+            for p in found.values():
+                by_node.setdefault(p.node_id, []).append(p)
+            nodes: dict[str, Node] = {n.id: n for n in list_nodes(mc)}
+            out = []
+            for node_id, tasks in by_node.items():
+                node = nodes.get(node_id)
+                label = node.hostname if node else node_id[:12]
+                if node_id == boss.node_id:
+                    nc = mc  # the manager runs it: no second connection
+                else:
+                    host = hosts.get(inventory_name(settings, node)) if node else None
+                    if host is None:
+                        raise ConfigError(f"Swarm node {label} runs {', '.join(p.service for p in tasks)} but is no "
+                                          f"inventory host, so the tool cannot reach it: add a [hosts.NAME] table "
+                                          f"with its address (and swarm = \"worker\").")
+                    try:
+                        nc = connect(host, getattr(c, "config", None))
+                    except RemoteError as e:
+                        raise SwarmError(f"Swarm node {label} runs {', '.join(p.service for p in tasks)}, and it "
+                                         f"is unreachable: {e}") from None
+                    conns.append(nc)
+                out.append((node_target(nc, settings, local, swarm_model, label,
+                                        {p.service: p.container for p in tasks}), [p.service for p in tasks]))
+            for t, svcs in out:
+                say(f"{', '.join(svcs)}: on swarm node {t.where}")
+            yield out
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def node_target(nc: Any, settings: Settings, local: Target, model: dict[str, Any], node: str,
+                tasks: dict[str, str]) -> Target:
+    """The Target of a swarm stack on one node: this machine's stack files and env (migrations,
+    secrets to mask), commands on the node. Its ``release_dir`` stands for the stack's folder there
+    (``<root>/releases/swarm``: no release is deployed on a swarm node), so that backups go to
+    ``<root>/backups/<stack>`` as on a compose host."""
+    from .swarm import host_of
+
+    compose = SwarmCompose(local.stack, secrets=dict(local.env), found=set(local.compose.found), task_containers=tasks,
+                           node=node, rendered=model)
+    host = host_of(nc)
+    base = host.root_for(local.stack.name) if host is not None else f"/var/lib/memstack-ops/{local.stack.name}"
+    return Target(nc, settings, local.stack, compose, dict(local.env), release_dir=f"{base}/releases/swarm")
+
+
+@contextmanager
+def db_targets(c: Any, settings: Settings, kind: str | None = None, services: Iterable[str] = (),
+               only: Iterable[str] = ()) -> Iterator[list[tuple[Target, list[str]]]]:
+    """Where database tasks run, for any engine: compose, [(the usual Target, ``services``)];
+    swarm, ``node_targets``."""
+    if not is_swarm(settings):
+        from .target import target
+
+        yield [(target(c, settings), list(services))]
+        return
+    with node_targets(c, swarm_settings(c, settings), list(services) or None, kind, only) as found:
+        yield found
+
+
+def stops_itself(kind: str, what: str) -> bool:
+    """The kind's backup (or restore) stops its own service: compose does that, the swarm would
+    start a new task at once (not yet done on a swarm)."""
+    from .backup.engines import ENGINES
+
+    eng = ENGINES[kind]
+    return bool(eng.downtime if what == "backup" else eng.restore_stops)
+
+
+def refuse_here(settings: Settings, what: str) -> None:
+    """Refuse a step that has no swarm form yet, naming it."""
+    if is_swarm(settings):
+        raise Refused(f"{what} is not available on a swarm stack yet (engine = \"swarm\"): nothing was done. "
+                      f"backup.postgres/mysql/redis and restore.postgres/mysql run on the node of the database's "
+                      f"task; for the rest, run the step on that node's engine by hand.")
+

@@ -1,0 +1,117 @@
+"""The swarm stack's status rows, merged logs and its node's compose (memstack_ops/swarm_ops.py):
+the pure parts; tests/e2e/test_swarm.py runs them on a real swarm."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from invoke import MockContext, Result
+
+from memstack_ops.config import Stack
+from memstack_ops.swarm import SwarmError
+from memstack_ops.swarm_deploy import Look, Service, Task
+from memstack_ops.swarm_ops import SwarmCompose, merge, rows, spread
+
+NODES = {"n1": "h1", "n2": "h2", "n3": "h3"}
+
+
+def svc(name: str, replicas: int | None = 3, check: bool = True, restart: str = "any", image: str = "local/app:1",
+        state: str = "") -> Service:
+    spec = {"ContainerSpec": {"Image": image + "@sha256:abc",
+                              **({"Healthcheck": {"Test": ["CMD", "true"]}} if check else {})},
+            "RestartPolicy": {"Condition": restart}}
+    return Service(f"id-{name}", name, replicas, json.dumps(spec), update_state=state)
+
+
+def task(service: str, node: str, state: str = "running", desired: str = "running", code: int | None = None,
+         err: str = "", when: str = "2024-01-01T00:00:01Z") -> Task:
+    return Task(f"t-{service}-{node}-{state}", f"id-{service}", 1, node, desired, state, err, code, when)
+
+
+def test_rows_give_replicas_nodes_health_and_image_and_mark_a_short_service():
+    look = Look({"app": svc("app"), "db": svc("db", replicas=1), "job": svc("job", 1, check=False, restart="none"),
+                 "web": svc("web", 2, check=False)},
+                [task("app", "n1"), task("app", "n2"), task("app", "n2", "starting"),
+                 task("app", "n3", "failed", "shutdown", code=1, err="task: non-zero exit (1)",
+                      when="2024-01-01T00:00:00Z"),
+                 task("db", "n2"), task("job", "n1", "complete", "shutdown", code=0),
+                 task("web", "n1"), task("web", "n3")], NODES)
+    found = {r.service: r for r in rows(look, NODES)}
+    app = found["app"]
+    assert (app.replicas, app.nodes, app.image, app.short) == ("2/3", "h1, h2", "local/app:1", True)
+    assert app.health == "1 starting, 1 missing" and "h3: failed, exit 1" in app.detail
+    assert (found["db"].replicas, found["db"].nodes, found["db"].health) == ("1/1", "h2", "healthy")
+    assert (found["job"].replicas, found["job"].health, found["job"].short) == ("job", "completed (exit 0)", False)
+    assert (found["web"].health, found["web"].nodes) == ("running (no healthcheck)", "h1, h3")
+
+
+def test_a_failed_job_is_short_and_an_unfinished_update_is_said():
+    look = Look({"job": svc("job", 1, restart="none"), "app": svc("app", 1, state="paused")},
+                [task("job", "n1", "failed", "shutdown", code=3, err="non-zero exit (3)"), task("app", "n1")], NODES)
+    found = {r.service: r for r in rows(look, NODES)}
+    assert found["job"].short and "exit 3" in found["job"].detail
+    assert not found["app"].short and "update paused" in found["app"].detail
+
+
+def test_spread_counts_tasks_per_node():
+    assert spread(["h2", "h1", "h2"]) == "h1, h2 x2"
+
+
+def test_logs_of_several_services_merge_in_time_order_whatever_the_fraction():
+    text = ("@@@ s_api\n"
+            "s_api.1.x@h1    | 2024-05-01T10:00:02.5Z second\n"
+            "s_api.1.x@h1    | 2024-05-01T10:00:04.000000001Z fourth\n"
+            "@@@ s_db\n"
+            "s_db.1.y@h2    | 2024-05-01T10:00:01.123456789Z first\n"
+            "s_db.1.y@h2    | a continuation line\n"
+            "s_db.1.y@h2    | 2024-05-01T10:00:03.1Z third\n")
+    assert [ln.split()[-1] for ln in merge(text)] == ["first", "line", "second", "third", "fourth"]
+
+
+def node_compose(c: MockContext) -> SwarmCompose:
+    stack = Stack(name="memstack", stage="dev", project="ms", root=".", compose_files=("compose.yml",),
+                  env_files=(), env_template="")
+    return SwarmCompose(stack, task_containers={"postgres": "c0ffee"}, node="h2", rendered={"services": {}})
+
+
+def test_a_node_compose_execs_in_the_tasks_container_and_refuses_what_compose_would_do():
+    c = MockContext(run=Result(""), repeat=True)
+    comp = node_compose(c)
+    comp.run(c, "exec", "-T", "postgres", "psql", "-c", "select 1")
+    comp.run(c, "exec", "postgres", "psql")
+    cmds = [call.args[0] for call in c.run.call_args_list]
+    assert cmds == ["docker exec -i c0ffee psql -c 'select 1'", "docker exec -i -t c0ffee psql"]
+    with pytest.raises(SwarmError, match="no meaning for swarm stack ms"):
+        comp.run(c, "stop", "postgres")
+    with pytest.raises(SwarmError, match="No running task of redis on swarm node h2"):
+        comp.run(c, "exec", "-T", "redis", "true")
+
+
+def test_a_node_compose_lists_the_stacks_containers_as_compose_rows_the_task_first():
+    def line(name: str, cid: str, state: str, svc_name: str = "ms_postgres") -> str:
+        labels = {"com.docker.swarm.service.name": svc_name, "com.docker.stack.namespace": "ms"}
+        return "\t".join([json.dumps(f"/{name}"), json.dumps(labels), json.dumps(state), '""', "0",
+                          json.dumps("sha256:1"), cid])
+
+    out = "\n".join([line("ms_postgres.1.old", "dead0", "exited"), line("ms_postgres.1.new", "c0ffee", "running"),
+                     line("ms_app.1.x", "a1", "running", "ms_app")]) + "\n"
+    c = MockContext(run=Result(out), repeat=True)
+    found = node_compose(c).ps(c, ["postgres"])
+    assert [(r["Service"], r["Name"], r["State"]) for r in found] == [
+        ("postgres", "ms_postgres.1.new", "running"), ("postgres", "ms_postgres.1.old", "exited")]
+    assert " com.docker.stack.namespace=ms " in c.run.call_args_list[0].args[0]
+
+
+def test_a_stack_is_found_on_the_swarm_only_when_this_engine_manages_services_of_its_project():
+    from memstack_ops.swarm_ops import deployed_on_swarm
+
+    manager = json.dumps({"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n1"})
+    c = MockContext(run={"docker info --format '{{json .Swarm}}'": Result(manager),
+                         "docker service ls -q --filter label=com.docker.stack.namespace=ms": Result("abc\n")})
+    assert deployed_on_swarm(c, "ms")
+    c = MockContext(run={"docker info --format '{{json .Swarm}}'": Result(manager),
+                         "docker service ls -q --filter label=com.docker.stack.namespace=ms": Result("")})
+    assert not deployed_on_swarm(c, "ms")
+    c = MockContext(run={"docker info --format '{{json .Swarm}}'": Result(json.dumps({"LocalNodeState": "inactive"}))})
+    assert not deployed_on_swarm(c, "ms")  # and nothing else asked
