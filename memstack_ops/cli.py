@@ -42,4 +42,11 @@ program = Program(namespace=ns, version=__version__, name="memstack-ops", binary
 
 
 def main() -> None:
-    program.run()
+    try:
+        program.run()
+        sys.stdout.flush()
+    except BrokenPipeError:  # printed outside `say` to a reader that went away: quietly, as cat does
+        from .output import reader_gone
+
+        reader_gone()
+        raise SystemExit(141) from None  # 128 + SIGPIPE, what a shell reports for `cat big | head`

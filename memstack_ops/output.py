@@ -42,8 +42,22 @@ def raw_terminal(stream: Any) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+def reader_gone() -> None:
+    """Standard output's reader went away (`status | head`): what is left to print goes nowhere,
+    and the work goes on. A backup or a deploy must not stop half-way because the pager closed
+    (a shell's SIGPIPE would kill it there); its exit code says how it ended."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def say(msg: str = "") -> None:
-    print(msg, flush=True)
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        reader_gone()
 
 
 def warn(msg: str) -> None:

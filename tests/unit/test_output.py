@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from memstack_ops import output
 from memstack_ops.errors import Refused
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeTTY(io.StringIO):
@@ -84,3 +89,29 @@ def test_one_human_size_in_decimal_units_for_backups_and_shipped_images():
     assert [human_size(n) for n in (0, 999, 1000, 1_500_000, 2.5e9)] == ["0 B", "999 B", "1.0 KB", "1.5 MB", "2.5 GB"]
     assert sets.human_size is human_size
     assert "(470.0 MB" in Shipment(shipped=["a"], bytes=470_000_000).describe()  # was 448.2 "MB" (MiB)
+
+
+def _closed_pipe_run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run argv with standard output a pipe whose reader is already gone (`... | head` after head
+    exited): every write to it fails with EPIPE."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run(argv, stdout=w, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(w)
+
+
+def test_a_reader_that_went_away_is_no_traceback_and_exits_141_as_cat_does():
+    res = _closed_pipe_run([sys.executable, "-m", "memstack_ops", "--help"])
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+    assert res.returncode == 141, (res.returncode, res.stderr)
+
+
+def test_say_keeps_the_work_going_when_the_reader_went_away():
+    code = ("import sys; from memstack_ops.output import say\n"
+            "for i in range(3): say(f'line {i}')\n"
+            "sys.stderr.write('work finished\\n')")
+    res = _closed_pipe_run([sys.executable, "-c", code])
+    assert res.returncode == 0 and res.stderr == "work finished\n", res.stderr
