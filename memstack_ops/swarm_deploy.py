@@ -449,47 +449,35 @@ def create_proxy_config(mc: Any, rendered: Rendered) -> str | None:
     return cfg.name
 
 
-def prune_proxy_configs(mc: Any, rendered: Rendered) -> tuple[list[str], list[str]]:
-    """Remove the stack's earlier proxy configs: (removed, kept because the engine refused)."""
+def _prune(mc: Any, kind: str, stack: str, prune: Callable[[list[str]], list[str]]) -> tuple[list[str], list[str]]:
+    """Remove the ``kind`` objects (``secret`` or ``config``) labelled for ``stack`` that
+    ``prune`` picks from them: (removed, kept because the engine refused: a service still uses them)."""
     from .swarm_secrets import STACK_LABEL
 
-    cfg = rendered.proxy
-    if cfg is None:
-        return [], []
-    r = _run(mc, f"docker config ls --filter {shlex.quote(f'label={STACK_LABEL}={cfg.stack}')} "
-                 f"--format '{{{{.Name}}}}'")
+    r = _run(mc, f"docker {kind} ls --filter {shlex.quote(f'label={STACK_LABEL}={stack}')} --format '{{{{.Name}}}}'")
     if not r.ok:
         return [], [f"(cannot list them: {_said(r)})"]
     removed: list[str] = []
     kept: list[str] = []
-    for name in cfg.prune(r.stdout.split()):
-        rm = _run(mc, f"docker config rm {shlex.quote(name)}")
+    for name in prune(r.stdout.split()):
+        rm = _run(mc, f"docker {kind} rm {shlex.quote(name)}")
         if rm.ok:
             removed.append(name)
         else:
             kept.append(f"{name} ({_said(rm)})")
     return removed, kept
+
+
+def prune_proxy_configs(mc: Any, rendered: Rendered) -> tuple[list[str], list[str]]:
+    """Remove the stack's earlier proxy configs: (removed, kept because the engine refused)."""
+    cfg = rendered.proxy
+    return ([], []) if cfg is None else _prune(mc, "config", cfg.stack, cfg.prune)
 
 
 def prune_secrets(mc: Any, rendered: Rendered) -> tuple[list[str], list[str]]:
     """Remove the stack's Swarm secrets (labelled for it) that the stack file no longer uses:
     (removed, kept because the engine refused: a service still uses them)."""
-    from .swarm_secrets import STACK_LABEL
-
-    plan = rendered.secrets
-    label = shlex.quote(f"label={STACK_LABEL}={plan.stack}")
-    r = _run(mc, f"docker secret ls --filter {label} --format '{{{{.Name}}}}'")
-    if not r.ok:
-        return [], [f"(cannot list them: {_said(r)})"]
-    removed: list[str] = []
-    kept: list[str] = []
-    for name in plan.prune(r.stdout.split()):
-        rm = _run(mc, f"docker secret rm {shlex.quote(name)}")
-        if rm.ok:
-            removed.append(name)
-        else:
-            kept.append(f"{name} ({_said(rm)})")
-    return removed, kept
+    return _prune(mc, "secret", rendered.secrets.stack, rendered.secrets.prune)
 
 
 # ---------------------------------------------------------------- the deploy

@@ -317,38 +317,14 @@ def test_a_rolling_deploy_to_two_hosts_goes_batch_by_batch_drops_no_request_and_
 def test_ctrl_c_during_a_rollout_on_a_host_finishes_the_switch_there_and_exits_130(h1_web, hosts, app_images):
     """The drain test's Ctrl-C, over SSH: the rollout on h1 is told through its connection; the
     new container serves, the old one is stopped with its stop signal and removed, one line, 130."""
-    import os
-    import selectors
-    import signal
-    import sys
-
     box, p = hosts["h1"], h1_web
     old = host_api(box, p)
     set_env(p, APP_IMAGE=app_images["v3"])
     with Load(8080, host=host_ip(box), rate=20, long_path="/slow?s=8", long_every=10, max_seconds=300) as load:
         time.sleep(2)  # long requests in flight on the old container: the drain waits for them
-        proc = subprocess.Popen([sys.executable, "-m", "memstack_ops", "-H", "h1", "deploy"], cwd=p.root,
-                                env=p.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            sel = selectors.DefaultSelector()
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            seen: list[str] = []
-            deadline = time.monotonic() + 400
-            while time.monotonic() < deadline and not any("draining" in ln for ln in seen):
-                if sel.select(timeout=1):
-                    line = proc.stdout.readline()
-                    if not line:
-                        break
-                    seen.append(line)
-            assert "draining" in "".join(seen), "".join(seen) + proc.stderr.read()
-            os.killpg(proc.pid, signal.SIGINT)
-            out, err = proc.communicate(timeout=180)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        code, out, err = ctrl_c_while_draining(p, "-H", "h1", "deploy", wait=400)
         time.sleep(10)  # the long requests sent meanwhile finish before counting
-    assert proc.returncode == 130, "".join(seen) + out + err
+    assert code == 130, out + err
     assert "Traceback" not in err, err
     now = host_api(box, p)
     assert len(now) == 1 and now != old, (old, now)
@@ -361,42 +337,50 @@ def test_ctrl_c_during_a_rollout_on_a_host_finishes_the_switch_there_and_exits_1
     assert r.long_sent >= 5 and r.long_ok == r.long_sent, r.summary()
 
 
-def test_ctrl_c_during_the_drain_leaves_the_new_container_serving_and_the_old_one_removed(web, app_images):
-    """Before: a Ctrl-C while the old container drained left both running, the proxy on the new one.
-    Now the rollout finishes the switch: the old one is stopped with its stop signal (its requests
-    in flight complete) and removed; no request fails; the one line says so."""
+def ctrl_c_while_draining(p: Project, *args: str, wait: float = 240) -> tuple[int, str, str]:
+    """Run the CLI (``args``) in its own session, wait (bounded) until it says it is draining,
+    then Ctrl-C its process group: (exit code, stdout, stderr)."""
     import os
     import selectors
     import signal
     import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "memstack_ops", *args], cwd=p.root, env=p.env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        seen: list[str] = []
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not any("draining" in ln for ln in seen):
+            if sel.select(timeout=1):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                seen.append(line)
+        assert "draining" in "".join(seen), "".join(seen) + proc.stderr.read()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, "".join(seen) + out, err
+
+
+def test_ctrl_c_during_the_drain_leaves_the_new_container_serving_and_the_old_one_removed(web, app_images):
+    """Before: a Ctrl-C while the old container drained left both running, the proxy on the new one.
+    Now the rollout finishes the switch: the old one is stopped with its stop signal (its requests
+    in flight complete) and removed; no request fails; the one line says so."""
 
     ok(web.run("up"))
     old = containers(web, "api")
     set_env(web, APP_IMAGE=app_images["v2"])
     with Load(web.ports["PROXY_HOST_PORT"], rate=20, long_path="/slow?s=8", long_every=10, max_seconds=300) as load:
         time.sleep(2)  # long requests in flight on the old container: the drain waits for them
-        proc = subprocess.Popen([sys.executable, "-m", "memstack_ops", "up"], cwd=web.root, env=web.env(),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            sel = selectors.DefaultSelector()
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            seen: list[str] = []
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and not any("draining" in ln for ln in seen):
-                if sel.select(timeout=1):
-                    line = proc.stdout.readline()
-                    if not line:
-                        break
-                    seen.append(line)
-            assert "draining" in "".join(seen), "".join(seen) + proc.stderr.read()
-            os.killpg(proc.pid, signal.SIGINT)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        code, out, err = ctrl_c_while_draining(web, "up")
         time.sleep(10)  # the long requests sent meanwhile finish before counting
-    assert proc.returncode == 130, out + err
+    assert code == 130, out + err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     now = containers(web, "api")
     assert len(now) == 1 and now[0] not in old, (old, now)  # one api container: the new one
