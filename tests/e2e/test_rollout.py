@@ -372,7 +372,6 @@ def test_ctrl_c_during_the_drain_leaves_the_new_container_serving_and_the_old_on
     """Before: a Ctrl-C while the old container drained left both running, the proxy on the new one.
     Now the rollout finishes the switch: the old one is stopped with its stop signal (its requests
     in flight complete) and removed; no request fails; the one line says so."""
-
     ok(web.run("up"))
     old = containers(web, "api")
     set_env(web, APP_IMAGE=app_images["v2"])
