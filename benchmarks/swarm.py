@@ -37,42 +37,19 @@ from typing import Any
 
 from memstack_ops.testing import Load
 from memstack_ops.testing_hosts import (
-    LABEL,
-    RUN_ID,
+    build_rollout_app,
     cleanup_run,
     docker,
+    edge_compose,
     make_project,
     make_ssh_key,
     remove_hosts,
     start_host,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-APP = REPO / "tests" / "fixtures" / "rollout" / "app"
 PORT = 18080
 REPLICAS = 3
-COMPOSE = f"""\
-services:
-  proxy:
-    image: local/nginx:1
-    labels: {{memstack-ops.proxy: nginx}}
-    ports: ["{PORT}:80"]
-    healthcheck:
-      test: ["CMD-SHELL", "curl -fsS -o /dev/null http://127.0.0.1/__memstack-ops/ping"]
-      interval: 2s
-      timeout: 2s
-      retries: 3
-  api:
-    image: ${{APP_IMAGE}}
-    command: ["api"]
-    labels: {{memstack-ops.http.port: "8000", memstack-ops.http.health: /health}}
-    healthcheck:
-      test: ["CMD-SHELL", "curl -fsS -o /dev/null http://127.0.0.1:8000/health"]
-      interval: 2s
-      timeout: 2s
-      retries: 3
-    stop_grace_period: 15s
-"""
+COMPOSE = edge_compose(PORT)
 
 
 def ok(r: subprocess.CompletedProcess[str]) -> str:
@@ -82,9 +59,7 @@ def ok(r: subprocess.CompletedProcess[str]) -> str:
 
 
 def build(version: str) -> str:
-    tag = f"local/msbench-swarm-app:{RUN_ID}-{version}"
-    docker("build", "-q", "-t", tag, "--label", LABEL, "--build-arg", f"VERSION={version}", str(APP), timeout=600)
-    return tag
+    return build_rollout_app("msbench-swarm-app", version)
 
 
 def load_on(boxes: dict[str, Any], images: list[str]) -> None:

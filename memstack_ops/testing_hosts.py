@@ -61,8 +61,48 @@ TINY_TEMPLATE = "APP_TOKEN=  # generate\nAPP_MODE=normal\nCACHE_IMAGE=local/redi
 BROKEN_APP = '["sh", "-c", "echo this release is broken; exit 3"]'
 
 
+ROLLOUT_APP = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "rollout" / "app"
+
+
+def edge_compose(port: int, extra: str = "") -> str:
+    """A stack for a swarm: the edge proxy publishing ``port`` and the rollout fixture app as api
+    (``${APP_IMAGE}``, routed by its labels), plus ``extra`` services (YAML under ``services:``)."""
+    return f"""\
+services:
+  proxy:
+    image: local/nginx:1
+    labels: {{memstack-ops.proxy: nginx}}
+    ports: ["{port}:80"]
+    healthcheck:
+      test: ["CMD-SHELL", "curl -fsS -o /dev/null http://127.0.0.1/__memstack-ops/ping"]
+      interval: 2s
+      timeout: 2s
+      retries: 3
+  api:
+    image: ${{APP_IMAGE}}
+    command: ["api"]
+    labels: {{memstack-ops.http.port: "8000", memstack-ops.http.health: /health}}
+    healthcheck:
+      test: ["CMD-SHELL", "curl -fsS -o /dev/null http://127.0.0.1:8000/health"]
+      interval: 2s
+      timeout: 2s
+      retries: 3
+    stop_grace_period: 15s
+{extra}"""
+
+
 def docker(*args: str, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout, **kw)
+
+
+def build_rollout_app(name: str, version: str, broken: bool = False) -> str:
+    """The rollout fixture app (tests/fixtures/rollout/app: /, /slow, /health, a worker mode)
+    built as ``local/<name>:<run id>-<version>``, labelled for this run; ``broken``: its
+    healthcheck never passes."""
+    tag = f"local/{name}:{RUN_ID}-{version}"
+    docker("build", "-q", "-t", tag, "--label", LABEL, "--build-arg", f"VERSION={version}",
+           "--build-arg", f"BROKEN={int(broken)}", str(ROLLOUT_APP), timeout=600)
+    return tag
 
 
 @dataclass

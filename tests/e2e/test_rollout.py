@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from memstack_ops.testing import Load, Project, http_get, scratch_project
-from memstack_ops.testing_hosts import LABEL, RUN_ID, docker
+from memstack_ops.testing_hosts import build_rollout_app, docker
 
 pytestmark = pytest.mark.e2e
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "rollout"
-IMAGE = f"local/mstest-zdt-app:{RUN_ID}"
 
 
 def ok(r) -> str:
@@ -27,10 +26,7 @@ def ok(r) -> str:
 
 
 def build(version: str, broken: bool = False) -> str:
-    tag = f"{IMAGE}-{version}"
-    docker("build", "-q", "-t", tag, "--label", LABEL, "--build-arg", f"VERSION={version}",
-           "--build-arg", f"BROKEN={int(broken)}", str(FIXTURE / "app"), timeout=300)
-    return tag
+    return build_rollout_app("mstest-zdt-app", version, broken)
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from memstack_ops.swarm_ops import spread
-from memstack_ops.testing_hosts import clear_stack, docker, make_project
+from memstack_ops.testing_hosts import build_rollout_app, clear_stack, docker, edge_compose, make_project
 
 pytestmark = pytest.mark.e2e
 ROLES = {"h1": "manager", "h2": "worker", "h3": "worker"}
@@ -455,44 +454,18 @@ def test_swarm_deploy_refuses_a_stateful_service_with_no_labelled_node_before_an
 
 # ---------------------------------------------------------------- the edge proxy on the swarm
 
-ROLLOUT_APP = Path(__file__).resolve().parent.parent / "fixtures" / "rollout" / "app"
 EDGE_PORT = 18080  # published in host mode on the edge node (h3), reached at h3's own address
-EDGE_COMPOSE = f"""\
 # The rollout fixture app behind the edge proxy on a swarm: api x3 (tasks.api), a tiny stateful
 # cache pinned to its labelled node, the proxy on the node labelled memstack-ops.proxy=true.
-services:
-  proxy:
-    image: local/nginx:1
-    labels: {{memstack-ops.proxy: nginx}}
-    ports: ["{EDGE_PORT}:80"]
-    healthcheck:
-      test: ["CMD-SHELL", "curl -fsS -o /dev/null http://127.0.0.1/__memstack-ops/ping"]
-      interval: 2s
-      timeout: 2s
-      retries: 3
-  api:
-    image: ${{APP_IMAGE}}
-    command: ["api"]
-    labels: {{memstack-ops.http.port: "8000", memstack-ops.http.health: /health}}
-    healthcheck:
-      test: ["CMD-SHELL", "curl -fsS -o /dev/null http://127.0.0.1:8000/health"]
-      interval: 2s
-      timeout: 2s
-      retries: 3
-    stop_grace_period: 15s
+EDGE_COMPOSE = edge_compose(EDGE_PORT, """\
   cache:
     image: local/redis:7
     command: ["redis-server", "--save", "", "--appendonly", "no"]
-"""
+""")
 
 
 def build_app(version: str, broken: bool = False) -> str:
-    from memstack_ops.testing_hosts import LABEL, RUN_ID
-
-    tag = f"local/mstest-swarm-app:{RUN_ID}-{version}"
-    docker("build", "-q", "-t", tag, "--label", LABEL, "--build-arg", f"VERSION={version}",
-           "--build-arg", f"BROKEN={int(broken)}", str(ROLLOUT_APP), timeout=300)
-    return tag
+    return build_rollout_app("mstest-swarm-app", version, broken)
 
 
 @pytest.fixture(scope="module")
