@@ -9,7 +9,9 @@ through ``core.restore`` (the same code a real restore runs, so the drill tests 
 waits for health again; then probes the copy and compares with the probes in the manifest:
 
 - PostgreSQL and MySQL: row counts per table (``counts``, taken in the dump's snapshot for
-  PostgreSQL, just before it for MySQL);
+  PostgreSQL, just before it for MySQL) and, per table with a primary key, the md5 of its first 100
+  rows in key order (``samples``, in the same snapshot as the counts; sets made before them: none),
+  so a change that keeps every count is found too;
 - Redis: keys without a TTL, in all and per database (``keyspace`` less ``volatile``: a key with a
   TTL may have expired since, and loading the RDB drops it; older sets: every key);
 - Neo4j: nodes and relationships, and nodes per label and relationships per type (``labels``);
@@ -31,7 +33,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,11 +162,15 @@ def teardown(t2: Target, shell: Shell, overlay: bool = True) -> list[str]:
 
 # --------------------------------------------------------------------------- probes
 
-def expected(entry: dict[str, Any]) -> dict[str, int]:
+Probes = Mapping[str, int | str]  # probe -> a count, or a sample's md5
+
+
+def expected(entry: dict[str, Any]) -> Probes:
     """The probes recorded at backup time for one entry, as ``{probe: value}``."""
     kind, counts = entry.get("kind"), entry.get("counts") or {}
     if kind in ("postgres", "mysql"):
-        return {f"rows {k}": int(v) for k, v in counts.items()}
+        rows: dict[str, int | str] = {f"rows {k}": int(v) for k, v in counts.items()}
+        return rows | {f"sample {k}": str(v) for k, v in (entry.get("samples") or {}).items()}
     if kind == "redis":
         if isinstance(entry.get("volatile"), dict):
             return without_ttl(entry.get("keyspace") or {}, entry["volatile"])
@@ -184,23 +190,30 @@ def without_ttl(keyspace: dict[str, Any], volatile: dict[str, Any]) -> dict[str,
     return {"keys (no TTL)": sum(per_db.values())} | {k: v for k, v in per_db.items() if v}
 
 
-def probe(job: Job, entry: dict[str, Any], target: Any, want: dict[str, int]) -> dict[str, int]:
-    """The same probes on the restored copy (``target``: its service, or its volume's name)."""
+def probe(job: Job, entry: dict[str, Any], target: Any, want: Probes) -> Probes:
+    """The same probes on the restored copy (``target``: its service, or its volume's name). The
+    samples only for a set that recorded them (``samples``, even empty: no table with a key)."""
     kind = entry["kind"]
+    sampled = isinstance(entry.get("samples"), dict)
+    out: dict[str, int | str]
     if kind == "postgres":
-        from .engines.postgres import AS, parse_marked
+        from .engines.postgres import AS, parse_counts, parse_samples, probe_sql
 
-        out = job.query(target, AS + 'psql -X -At -c "$3"', str(entry.get("user") or "postgres"),
-                        str(entry.get("database") or "postgres"), script("pg_count.sql"), what="Counting rows")
-        counts, _ = parse_marked("\n".join("memstack-ops-" + ln for ln in out.splitlines() if ln.startswith("count|")))
-        return {f"rows {k}": v for k, v in counts.items()}
+        sql = probe_sql() if sampled else script("pg_count.sql")
+        text = job.query(target, AS + "exec psql -X -q -At -v ON_ERROR_STOP=1 -f -",
+                         str(entry.get("user") or "postgres"), str(entry.get("database") or "postgres"), stdin=sql,
+                         what="Counting rows")
+        out = {f"rows {k}": v for k, v in parse_counts(text).items()}
+        return out | ({f"sample {k}": v for k, v in parse_samples(text).items()} if sampled else {})
     if kind == "mysql":
-        from .engines.mysql import SQL
+        from .engines.mysql import SQL, parse_probes, probe_sql
 
         if not entry.get("database"):
             return {}
-        out = job.query(target, SQL, script("my_count.sql"), str(entry["database"]), what="Counting rows")
-        return {f"rows {ln.split(chr(9))[0]}": int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
+        counts, samples = parse_probes(job.query(target, SQL, probe_sql() if sampled else script("my_count.sql"),
+                                                 str(entry["database"]), what="Counting rows"))
+        out = {f"rows {k}": v for k, v in counts.items()}
+        return out | ({f"sample {k}": v for k, v in samples.items()} if sampled else {})
     if kind == "redis":
         from .engines.redis import Redis
 
@@ -221,7 +234,7 @@ def probe(job: Job, entry: dict[str, Any], target: Any, want: dict[str, int]) ->
     raise BackupError(f"A drill cannot probe a {kind} entry.")
 
 
-def compare(want: dict[str, int], got: dict[str, int]) -> list[tuple[str, Any, Any]]:
+def compare(want: Probes, got: Probes) -> list[tuple[str, Any, Any]]:
     """(probe, backup, copy) for every probe that differs (one missing on either side too)."""
     return [(k, want.get(k, "none"), got.get(k, "none")) for k in sorted(set(want) | set(got))
             if want.get(k) != got.get(k)]
@@ -331,7 +344,7 @@ def drill(t: Target, set_id: str | None = None, shell: Shell | None = None,
             got = probe(job, e, target, want)
             bad = compare(want, got)
             result.mismatches += [f"{who}: {k}: backup had {a}, the restored copy has {b}" for k, a, b in bad]
-            result.rows.append([who, f"{len(want)} probe(s)", str(sum(want.values())),
+            result.rows.append([who, f"{len(want)} probe(s)", str(sum(v for v in want.values() if isinstance(v, int))),
                                 "match" if not bad else f"{len(bad)} MISMATCH(ES)"])
         result.seconds = time.monotonic() - t0
         result.ok = not result.mismatches

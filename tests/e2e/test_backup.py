@@ -196,6 +196,10 @@ def test_mariadb_round_trip(project, docker_client):
     [s] = sets(project)
     e = manifest(s)["entries"][0]
     assert e["kind"] == "mysql" and e["counts"] == {"items": 3} and e["files"][0]["name"] == "mysql.sql.zst"
+    # the sample: the md5 of the rows' md5s in key order, each row its columns quoted as bytes
+    assert e["samples"] == {"items": mysql(
+        "SELECT MD5(GROUP_CONCAT(MD5(CONCAT_WS(',', QUOTE(CAST(id AS BINARY)), QUOTE(CAST(name AS BINARY)))) "
+        "ORDER BY id SEPARATOR '')) FROM items")}
     text = (s / "manifest.json").read_text() + r.stdout + r.stderr
     assert not [p for p in secrets_of(project) if p in text]
     mysql("DELETE FROM items WHERE id < 3; CREATE TABLE later (x INT)")
@@ -206,6 +210,9 @@ def test_mariadb_round_trip(project, docker_client):
     assert mysql("SHOW TABLES LIKE 'later'") == ""  # the dump drops and recreates the database
     assert mysql("SHOW TRIGGERS").startswith("items_ai")
     assert mysql("SHOW DATABASES LIKE 'app%'") == "app"  # the copy it was checked in is gone
+    # a drill of the set: counts and the sample match in the throwaway copy (loaded from the dump)
+    r = ok(project.run("backup.drill", "--backup", s.name, **ov))
+    assert "OK: restored and verified" in r.stdout and "2 probe(s)" in r.stdout
 
 
 def test_redis_round_trip_with_appendonly_survives_a_restart(project, docker_client):

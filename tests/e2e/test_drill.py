@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -61,8 +62,10 @@ def leftovers(client, project) -> list[str]:
 
 def seed(project) -> None:
     up(project, "postgres", "redis")
-    psql(project, "CREATE TABLE notes (id int PRIMARY KEY, body text); "
-                  "INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 300) g; "
+    # a time zone, a float and a date: their text form (the samples') depends on the session's settings
+    psql(project, "CREATE TABLE notes (id int PRIMARY KEY, body text, at timestamptz, score float8); "
+                  "INSERT INTO notes SELECT g, 'note ' || g, timestamptz '2024-01-01 00:00+00' + g * interval '1 h', "
+                  "g / 7.0 FROM generate_series(1, 300) g; "
                   "CREATE TABLE tags (x int); INSERT INTO tags VALUES (1), (2)")
     redis(project, "SET", "a", "1")
     redis(project, "SET", "b", "2")
@@ -86,6 +89,9 @@ def test_drill_restores_a_copy_beside_the_live_stack_records_it_and_removes_it(p
     [s] = sets(project)
     entries = {e["kind"]: e for e in manifest(s)["entries"]}
     assert entries["postgres"]["counts"] == {"public.notes": 300, "public.tags": 2}
+    # a sample of each table with a primary key (tags has none), in the dump's snapshot
+    assert list(entries["postgres"]["samples"]) == ["public.notes"]
+    assert re.fullmatch(r"[0-9a-f]{32}", entries["postgres"]["samples"]["public.notes"])
     # keys per database and those with a TTL, recorded at backup time
     assert (entries["redis"]["keyspace"], entries["redis"]["volatile"]) == ({"db0": 3, "db3": 1}, {"db0": 1, "db3": 0})
     assert entries["volumes"]["volume"] == "grafana_data"
@@ -121,8 +127,11 @@ def test_a_drill_whose_copy_differs_fails_listing_the_probes_and_still_removes_t
     from memstack_ops.lifecycle import target
 
     seed(project)
+    psql(project, "CREATE TABLE prices (id int PRIMARY KEY, amount numeric); "
+                  "INSERT INTO prices SELECT g, g * 1.5 FROM generate_series(1, 20) g")
     ok(project.run("backup.all", "--exclude", "neo4j"))
     [s] = sets(project)
+    sample = next(e for e in manifest(s)["entries"] if e["kind"] == "postgres")["samples"]["public.prices"]
     before = live(docker_client, project)
     seen = {}
 
@@ -131,6 +140,14 @@ def test_a_drill_whose_copy_differs_fails_listing_the_probes_and_still_removes_t
         seen["project"] = t2.stack.project
         t2.compose.check(t2.c, "exec", "-T", "postgres", "psql", "-X", "-q", "-U", "memstack", "-d", "memstack",
                          "-c", "DELETE FROM notes WHERE id > 250", what="damaging the copy")
+        # a value changed, every row count kept: only the table's sample tells. The copy's session
+        # defaults changed too: the samples render rows in settings of their own, so notes (its
+        # first 100 rows untouched) still matches
+        t2.compose.check(t2.c, "exec", "-T", "postgres", "psql", "-X", "-q", "-U", "memstack", "-d", "memstack",
+                         "-c", "UPDATE prices SET amount = amount + 1 WHERE id = 7",
+                         "-c", "ALTER DATABASE memstack SET timezone = 'Pacific/Chatham'",
+                         "-c", "ALTER DATABASE memstack SET datestyle = 'SQL, DMY'",
+                         "-c", "ALTER DATABASE memstack SET extra_float_digits = -3", what="damaging the copy")
         # "a" lost; "session" gone as if its TTL had run out (no mismatch: a key with a TTL may expire)
         t2.compose.check(t2.c, "exec", "-T", "redis", "sh", "-c",
                          'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli DEL a session', what="damaging the copy")
@@ -147,8 +164,12 @@ def test_a_drill_whose_copy_differs_fails_listing_the_probes_and_still_removes_t
         os.environ.update(old)
     assert seen["project"] == f"{project.name}-drill-{s.name.split('-')[0].lower()}"
     assert not result.ok
+    [changed] = [m for m in result.mismatches if "sample public.prices" in m]
+    assert changed.startswith(f"postgres: sample public.prices: backup had {sample}, the restored copy has ")
+    assert not changed.endswith(sample)
     assert sorted(result.mismatches) == [
         "postgres: rows public.notes: backup had 300, the restored copy has 250",
+        changed,
         "redis: keys (no TTL): backup had 3, the restored copy has 2",
         "redis: keys db0 (no TTL): backup had 2, the restored copy has 1"]
     drilled = json.loads((s / "drill.json").read_text())

@@ -230,6 +230,39 @@ def test_counts_and_notes_travel_on_stderr():
         "table b: backup had 2, scratch restore has 3", "table c: backup had none, scratch restore has 0"]
 
 
+def test_samples_travel_on_stderr_beside_the_counts_and_are_taken_in_their_snapshot():
+    from memstack_ops.backup.engines.postgres import parse_samples, probe_sql
+
+    err = ("memstack-ops-count|public.t|12\nmemstack-ops-sample|public.t|0c1a8fb5b931a59f9606b45fb0998ae0\n"
+           "memstack-ops-sample|s.\"u|v\"|d41d8cd98f00b204e9800998ecf8427e\n")
+    assert parse_samples(err, "memstack-ops-sample|") == {"public.t": "0c1a8fb5b931a59f9606b45fb0998ae0",
+                                                           's."u|v"': "d41d8cd98f00b204e9800998ecf8427e"}
+    assert parse_marked(err)[0] == {"public.t": 12}  # the sample lines are no counts
+    assert parse_samples("sample|public.t|ab\ncount|public.t|1\n") == {"public.t": "ab"}
+    # pg_dump.sh runs the counts then the samples in its transaction (the dump's snapshot); the
+    # samples' text form does not depend on the session's settings
+    sql = probe_sql()
+    assert sql.index("count|") < sql.index("sample|")
+    for setting in ("datestyle", "intervalstyle", "timezone", "extra_float_digits", "bytea_output", "lc_monetary"):
+        assert f"SET {setting} = " in sql
+    assert "ORDER BY %s LIMIT 100" in sql and "indisprimary" in sql
+    assert "s/^sample|/memstack-ops-sample|/p" in script("pg_dump.sh")
+
+
+def test_mysql_samples_are_taken_in_the_counts_snapshot_and_parsed_apart_from_them():
+    from memstack_ops.backup.engines.mysql import parse_probes, probe_sql
+
+    sql = probe_sql()
+    start, sample, commit = (sql.index("START TRANSACTION WITH CONSISTENT SNAPSHOT"), sql.index("'SELECT ''sample''"),
+                             sql.rindex("COMMIT;"))
+    assert start < sample < commit and sql.count("COMMIT;") == 1
+    assert "LIMIT 100" in sql and "index_name = 'PRIMARY'" in sql
+    counts, samples = parse_probes("items\t2\nsample\t5\nsample\titems\t8158778baede9504b68653fc56ed29a0\n"
+                                   "sample\tsample\t111d29cb9a49ad237a6a98128c095469\n")
+    assert counts == {"items": 2, "sample": 5}  # a table named "sample" keeps its count
+    assert samples == {"items": "8158778baede9504b68653fc56ed29a0", "sample": "111d29cb9a49ad237a6a98128c095469"}
+
+
 @pytest.mark.parametrize("num,compress,zstd_inside,flags,inside", [
     (150018, "zstd", True, ["-Fc", "-Z0"], "zstd -q -c -1 -T0"),  # zstd around an uncompressed archive
     (160002, "zstd", True, ["-Fc", "-Z0"], "zstd -q -c -1 -T0"),

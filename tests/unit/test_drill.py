@@ -77,6 +77,11 @@ def test_the_overlay_leaves_the_copy_no_port_name_volume_or_network_of_the_live_
 def test_expected_probes_per_kind():
     assert expected({"kind": "postgres", "counts": {"public.t": 3}}) == {"rows public.t": 3}
     assert expected({"kind": "mysql", "counts": {"t": 0}}) == {"rows t": 0}
+    # the sample of each table with a primary key, beside its count (sets made before samples: counts only)
+    assert expected({"kind": "postgres", "counts": {"public.t": 3, "public.nokey": 1},
+                     "samples": {"public.t": "ab12"}}) == {
+        "rows public.t": 3, "rows public.nokey": 1, "sample public.t": "ab12"}
+    assert expected({"kind": "mysql", "counts": {"t": 0}, "samples": {}}) == {"rows t": 0}
     assert expected({"kind": "redis", "counts": {"keys": 3}, "keyspace": {"db0": 2, "db3": 1}}) == {
         "keys": 3, "keys db0": 2, "keys db3": 1}
     assert expected({"kind": "redis", "counts": {"keys": 0}, "keyspace": {}}) == {"keys": 0}  # empty, still a probe
@@ -97,6 +102,9 @@ def test_compare_lists_every_difference_and_what_is_missing_on_either_side():
     assert compare({"a": 1, "b": 2}, {"a": 1, "b": 2}) == []
     assert compare({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 0}) == [("b", 2, 3), ("c", "none", 0)]
     assert compare({"a": 1}, {}) == [("a", 1, "none")]
+    # a change that keeps every count shows as its table's sample
+    assert compare({"rows t": 2, "sample t": "1a2b"}, {"rows t": 2, "sample t": "3c4d"}) == [
+        ("sample t", "1a2b", "3c4d")]
 
 
 def test_drill_json_is_read_with_the_set_and_shown_by_list(tmp_path):

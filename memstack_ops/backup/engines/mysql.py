@@ -42,9 +42,9 @@ class Mysql(Engine):
     def backup(self, job: Job, plan: Plan, set_dir: str, /, **opts: Any) -> dict[str, Any]:
         svc, db = plan.svc, plan.info["database"]
         counts: dict[str, int] = {}
-        if db:
-            out = job.query(svc, SQL, script("my_count.sql"), db, what="Counting rows")
-            counts = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in out.splitlines() if "\t" in ln}
+        samples: dict[str, str] = {}
+        if db:  # counts and samples in one snapshot, taken just before the dump's own
+            counts, samples = parse_probes(job.query(svc, SQL, probe_sql(), db, what="Counting rows"))
         # --add-drop-database only for the app's database: never emit DROP DATABASE mysql
         flags = ("--single-transaction --routines --triggers --events --hex-blob --no-tablespaces "
                 "--default-character-set=utf8mb4" + (" --add-drop-database" if db else ""))
@@ -63,7 +63,7 @@ class Mysql(Engine):
                 "method": "mysqldump/mariadb-dump --single-transaction inside the service's container",
                 "command": f"docker exec {svc.container} mysqldump {flags} "
                            + (f"--databases {db}" if db else "--all-databases"),
-                "counts": counts, "counts_snapshot": "separate",
+                "counts": counts, "samples": samples, "counts_snapshot": "separate",
                 "notes": [],
                 "files": [file_entry(name, cap, "dump", comp, svc.name)], "duration_s": round(time.time() - t0, 3)}
 
@@ -267,3 +267,27 @@ def side_name(db: str, what: str, rid: str) -> str:
     """``<db>__<what>_<rid>`` within MySQL's 64 characters (the database's name shortened if need be)."""
     suffix = f"__{what}_{rid}"
     return db[:64 - len(suffix)] + suffix
+
+
+def probe_sql() -> str:
+    """my_count.sql with my_sample.sql before its COMMIT: the row counts and the samples of every
+    table in one consistent snapshot."""
+    count = script("my_count.sql")
+    head, sep, tail = count.rpartition("\nCOMMIT;")
+    if not sep:
+        raise AssertionError("my_count.sql ends without COMMIT;")
+    return f"{head}\n{script('my_sample.sql')}{sep}{tail}"
+
+
+def parse_probes(out: str) -> tuple[dict[str, int], dict[str, str]]:
+    """(row counts, samples) from the output of ``probe_sql``: ``table<TAB>n`` and
+    ``sample<TAB>table<TAB>md5`` rows (a table named "sample" has a two-field count row)."""
+    counts: dict[str, int] = {}
+    samples: dict[str, str] = {}
+    for ln in out.splitlines():
+        parts = ln.split("\t")
+        if len(parts) == 3 and parts[0] == "sample":
+            samples[parts[1]] = parts[2]
+        elif len(parts) == 2:
+            counts[parts[0]] = int(parts[1])
+    return counts, samples

@@ -86,7 +86,7 @@ class Postgres(Engine):
         flags, comp, inside = self.dump_flags(job, plan)
         name = f"{svc.name}.pgdump" + (".zst" if inside else "")
         dump = self.with_prelude("pg_dump.sh") if not inside else AS + wrap_compress(script("pg_dump.sh"), inside)
-        argv = job.exec_argv(svc, dump, user, db, script("pg_count.sql"), *flags)
+        argv = job.exec_argv(svc, dump, user, db, probe_sql(), *flags)
         t0 = time.time()
         from concurrent.futures import ThreadPoolExecutor
 
@@ -98,6 +98,7 @@ class Postgres(Engine):
                 raise fail_capture(job, svc, e, f"pg_dump of {svc.name}") from None
             gfile, gnotes = roles.result()
         counts, notes = parse_marked(cap.stderr)
+        samples = parse_samples(cap.stderr, "memstack-ops-sample|")
         dfile = {**file_entry(name, cap, "dump", comp, svc.name), "stream_compression": "zstd" if inside else "none"}
         files = [dfile] + ([gfile] if gfile else [])
         notes += gnotes
@@ -107,7 +108,8 @@ class Postgres(Engine):
                           + (", through zstd there" if inside else "") + "; roles with pg_dumpall --globals-only",
                 "command": f"docker exec {svc.container} pg_dump --snapshot=<exported> -U {user} -d {db} "
                            f"{' '.join(flags)}" + (f" | {inside}" if inside else ""),
-                "counts": counts, "notes": notes, "files": files, "duration_s": round(time.time() - t0, 3)}
+                "counts": counts, "samples": samples, "notes": notes, "files": files,
+                "duration_s": round(time.time() - t0, 3)}
 
     def dump_globals(self, job: Job, svc: Svc, user: str, set_dir: str) -> tuple[dict[str, Any] | None, list[str]]:
         """Roles and tablespaces (pg_dumpall --globals-only); without passwords when not a superuser."""
@@ -344,6 +346,22 @@ def reading(inside: str, flags: str = "") -> str:
     """The restore script: pg_restore (with ``flags``) reading its stdin, through ``inside`` (a
     decompressor in the container) when given; either one's failure is the exit code."""
     return AS + wrap_compress(inside, PG_RESTORE + flags) if inside else RESTORE + flags
+
+
+def probe_sql() -> str:
+    """The row counts (pg_count.sql), then the samples (pg_sample.sql): what pg_dump.sh runs in the
+    dump's snapshot and the drill in the copy."""
+    return script("pg_count.sql") + "\n" + script("pg_sample.sql")
+
+
+def parse_samples(out: str, mark: str = "sample|") -> dict[str, str]:
+    """The ``sample|table|md5`` lines of pg_sample.sql (a table's name may hold ``|``)."""
+    samples = {}
+    for ln in out.splitlines():
+        if ln.startswith(mark):
+            table, _, md5 = ln[len(mark):].rpartition("|")
+            samples[table] = md5
+    return samples
 
 
 def parse_marked(stderr: str) -> tuple[dict[str, int], list[str]]:

@@ -1,8 +1,8 @@
-# pg_dump in the snapshot of a transaction that also counts every table's rows (concurrently
-# with the dump): the counts match the dump exactly, for the restore test to compare.
+# pg_dump in the snapshot of a transaction that also counts every table's rows and samples it
+# (concurrently with the dump): both match the dump exactly, for the restore test and drill to compare.
 # Runs after the engine's prelude, which connects as $1 to the database $2 (PGUSER, PGDATABASE).
-# $3 the row-count SQL (pg_count.sql), then pg_dump's own flags. Counts and notes go to stderr as
-# memstack-ops-count|/-note: lines.
+# $3 the row-count and sample SQL (pg_count.sql, pg_sample.sql), then pg_dump's own flags. Counts,
+# samples and notes go to stderr as memstack-ops-count|/-sample|/-note: lines.
 trap '' PIPE
 sql=$3; shift 3
 tmp=$(mktemp -d) || exit 1
@@ -32,5 +32,5 @@ printf '%s\n' "COMMIT;" >&3
 exec 3>&-
 wait "$pid"
 if [ -s "$tmp/err" ]; then echo "memstack-ops-note: counting rows failed: $(head -c 300 "$tmp/err")" >&2
-else sed -n 's/^count|/memstack-ops-count|/p' "$tmp/out" >&2; fi
+else sed -n 's/^count|/memstack-ops-count|/p; s/^sample|/memstack-ops-sample|/p' "$tmp/out" >&2; fi
 exit $rc
