@@ -187,23 +187,31 @@ def _choose(here: LocalShell, root: str, s: BackupSet, source: dict[str, str]) -
         if not parse_id(base):
             continue
         if n.endswith(".partial"):
-            if _read_json(f"{root}/{n}/{SOURCE}") == source:
+            if read_json(here, f"{root}/{n}/{SOURCE}") == source:
                 return base, f"{root}/{n}", False
         else:
             local = load_set(here, root, n)
             if local and local.manifest == s.manifest and not check_files(here, local):
                 return n, f"{root}/{n}", True
+    return (*new_partial(here, root, names, s, source, "fetched"), False)
+
+
+def new_partial(shell: Any, root: str, names: list[str], s: BackupSet, source: dict[str, str],
+                what: str) -> tuple[str, str]:
+    """(id, folder): a new ``<id>.partial`` folder in ``root`` for a copy of set ``s``, holding
+    the ``source`` record. The id is the set's own unless ``names`` (what ``root`` holds) or a
+    concurrent copy has it, then the next free ``<time>-N-<kind>``."""
     parsed = parse_id(s.id)
     assert parsed
     taken = list(names)
     for _ in range(100):
         cand = s.id if s.id not in {x.removesuffix(".partial") for x in taken} else new_id(parsed[2], taken, parsed[0])
         part = f"{root}/{cand}.partial"
-        if here.mkdir_new(part):
-            here.write_text(f"{part}/{SOURCE}", json.dumps(source))
-            return cand, part, False
+        if shell.mkdir_new(part):
+            shell.write_text(f"{part}/{SOURCE}", json.dumps(source))
+            return cand, part
         taken.append(cand)
-    raise BackupError(f"Could not create a folder for the fetched backup in {root}.")
+    raise BackupError(f"Could not create a folder for the {what} backup in {root}.")
 
 
 def _remove_empty(part: str) -> None:
@@ -213,11 +221,11 @@ def _remove_empty(part: str) -> None:
         os.rmdir(part)
 
 
-def _read_json(path: str) -> Any:
+def read_json(shell: Any, path: str) -> Any:
+    """The JSON in ``path`` through ``shell`` (here or on a host); None when missing or unreadable."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return json.loads(shell.read_text(path) or "null")
+    except ValueError:
         return None
 
 

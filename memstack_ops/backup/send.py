@@ -33,7 +33,6 @@ How the send is safe, as a fetch is:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
@@ -43,8 +42,8 @@ from typing import Any
 
 from ..output import human_size
 from ..target import Target
-from .fetch import SOURCE, _local_context, host_label, require_remote, safe_name
-from .sets import MANIFEST, VERIFY, BackupSet, iso, load_set, manifest_json, new_id, parse_id, utcnow
+from .fetch import SOURCE, _local_context, host_label, new_partial, read_json, require_remote, safe_name
+from .sets import MANIFEST, VERIFY, BackupSet, iso, load_set, manifest_json, parse_id, utcnow
 from .shell import BackupError, LocalShell, Shell, q, shell_for
 
 _here_lock = threading.Lock()  # -H a,b restore --from runs hosts in threads: one fetch into this machine at a time
@@ -143,28 +142,13 @@ def _choose(remote: Shell, root: str, s: BackupSet, source: dict[str, str]) -> t
         if not p:
             continue
         if n.endswith(".partial"):
-            if _read_json(remote, f"{root}/{n}/{SOURCE}") == source:
+            if read_json(remote, f"{root}/{n}/{SOURCE}") == source:
                 return base, f"{root}/{n}", False
         elif (p[0], p[2]) == (parsed[0], parsed[2]):  # the same set has the same time and kind (its id may differ)
             there = load_set(remote, root, n)
             if there and not there.error and there.manifest == s.manifest and not check_files(remote, there):
                 return n, f"{root}/{n}", True
-    taken = list(names)
-    for _ in range(100):
-        cand = s.id if s.id not in {x.removesuffix(".partial") for x in taken} else new_id(parsed[2], taken, parsed[0])
-        part = f"{root}/{cand}.partial"
-        if remote.mkdir_new(part):
-            remote.write_text(f"{part}/{SOURCE}", json.dumps(source))
-            return cand, part, False
-        taken.append(cand)
-    raise BackupError(f"Could not create a folder for the sent backup in {root}.")
-
-
-def _read_json(shell: Shell, path: str) -> Any:
-    try:
-        return json.loads(shell.read_text(path) or "null")
-    except ValueError:
-        return None
+    return (*new_partial(remote, root, names, s, source, "sent"), False)
 
 
 def _complete(remote: Shell, path: str, size: int, digest: str) -> bool:
