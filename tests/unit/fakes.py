@@ -180,3 +180,32 @@ def cli(project: Path, *args: str, binary: str = "memstack-ops") -> subprocess.C
         [str(REPO / ".venv" / "bin" / "inv"), *args]
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL)
+
+
+class FakeHost:
+    """A host's Connection whose shell commands run here, its SSH ``client`` a test's fake
+    (test_fetch's and test_send's channels run ``cat`` here too)."""
+
+    def __init__(self, client: Any):
+        from types import SimpleNamespace
+
+        self.client = client
+        self.inventory = SimpleNamespace(name="h9")
+
+    def run(self, command: str, **kw: Any) -> Any:
+        from invoke import Context
+
+        return Context().run(command, **kw)
+
+    def open(self) -> None:
+        pass
+
+
+def host_target(tmp_path: Path, client: Any) -> Any:
+    """A remote Target of stack memstack on a FakeHost: this machine's side in ``tmp_path/here``,
+    the host's release (and so its backups) under ``tmp_path/host``."""
+    from types import SimpleNamespace
+
+    stack = SimpleNamespace(name="memstack", root=tmp_path / "here", project="p", stage="prod")
+    return SimpleNamespace(c=FakeHost(client), settings={"backups_dir": "backups", "timeout": 10}, stack=stack,
+                           remote=True, release_dir=str(tmp_path / "host" / "releases" / "20260101T0-abc"))

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fakes import host_target
 from invoke import Context
 
 from memstack_ops.backup import fetch as fetchmod
@@ -81,26 +82,6 @@ class FakeChannel:
             self.proc.stderr.close()
 
 
-class FakeHost:
-    """Runs the 'remote' shell commands here; its SSH channels run ``cat`` here too."""
-
-    def __init__(self, sftp: FakeSftp):
-        self.client = sftp
-        self.inventory = SimpleNamespace(name="h9")
-
-    def run(self, command, **kw):
-        return Context().run(command, **kw)
-
-    def open(self):
-        pass
-
-
-def _target(tmp_path: Path, sftp: FakeSftp) -> SimpleNamespace:
-    stack = SimpleNamespace(name="memstack", root=tmp_path / "here", project="p", stage="prod")
-    return SimpleNamespace(c=FakeHost(sftp), settings={"backups_dir": "backups", "timeout": 10}, stack=stack,
-                           remote=True, release_dir=str(tmp_path / "host" / "releases" / "20260101T0-abc"))
-
-
 def _remote_set(tmp_path: Path, set_id: str = "20261123T020000Z-all", files: dict[str, bytes] | None = None) -> Path:
     d = tmp_path / "host" / "backups" / "memstack" / set_id
     d.mkdir(parents=True)
@@ -123,7 +104,7 @@ def test_fetch_copies_every_file_checks_it_and_records_where_it_came_from(tmp_pa
     src = _remote_set(tmp_path)
     sftp = FakeSftp()
     msgs: list[str] = []
-    f = fetch(_target(tmp_path, sftp), say=_say(msgs))
+    f = fetch(host_target(tmp_path, sftp), say=_say(msgs))
     here = tmp_path / "here" / "backups" / "memstack" / src.name
     assert f.set.path == str(here) and not f.already and f.host == "h9" and f.kept == []
     assert f.copied == 270_000 and sorted(sftp.got) == ["postgres.pgdump", "redis.redis.tar.zst"]
@@ -142,9 +123,9 @@ def test_fetch_copies_every_file_checks_it_and_records_where_it_came_from(tmp_pa
 
 def test_a_second_fetch_of_the_same_set_copies_nothing(tmp_path):
     _remote_set(tmp_path)
-    fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
+    fetch(host_target(tmp_path, FakeSftp()), say=lambda m: None)
     sftp = FakeSftp()
-    f = fetch(_target(tmp_path, sftp), say=lambda m: None)
+    f = fetch(host_target(tmp_path, sftp), say=lambda m: None)
     assert f.already and f.copied == 0 and sftp.got == []
 
 
@@ -152,11 +133,11 @@ def test_an_interrupted_fetch_leaves_no_set_and_the_next_one_resumes(tmp_path):
     src = _remote_set(tmp_path)
     root = tmp_path / "here" / "backups" / "memstack"
     with pytest.raises(BackupError, match="Reading .*redis.redis.tar.zst on h9 failed: Socket is closed"):
-        fetch(_target(tmp_path, FakeSftp(fail_on="redis.redis.tar.zst")), say=lambda m: None)
+        fetch(host_target(tmp_path, FakeSftp(fail_on="redis.redis.tar.zst")), say=lambda m: None)
     assert list_sets(LocalShell(None), str(root)) == []  # nothing that looks like a finished set
     assert sorted(os.listdir(root / f"{src.name}.partial")) == [".fetch-source", "postgres.pgdump"]
     sftp = FakeSftp()
-    f = fetch(_target(tmp_path, sftp), say=lambda m: None)
+    f = fetch(host_target(tmp_path, sftp), say=lambda m: None)
     assert f.kept == ["postgres.pgdump"] and sftp.got == ["redis.redis.tar.zst"] and f.copied == 70_000
     assert os.listdir(root) == [src.name]
 
@@ -167,7 +148,7 @@ def test_a_file_damaged_on_the_host_is_refused_and_named(tmp_path):
     data[1000] ^= 0xFF
     (src / "postgres.pgdump").write_bytes(bytes(data))
     with pytest.raises(BackupError) as e:
-        fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
+        fetch(host_target(tmp_path, FakeSftp()), say=lambda m: None)
     assert "postgres.pgdump" in str(e.value) and "does not match its manifest either" in str(e.value)
     part = tmp_path / "here" / "backups" / "memstack" / f"{src.name}.partial"
     assert "postgres.pgdump" not in os.listdir(part)  # the bad copy is gone
@@ -177,7 +158,7 @@ def test_a_file_damaged_on_the_host_is_refused_and_named(tmp_path):
 def test_bytes_changed_in_transit_are_refused_and_the_host_copy_is_called_intact(tmp_path):
     _remote_set(tmp_path)
     with pytest.raises(BackupError, match="intact, so it changed in transit: run the fetch again"):
-        fetch(_target(tmp_path, FakeSftp(corrupt="redis.redis.tar.zst")), say=lambda m: None)
+        fetch(host_target(tmp_path, FakeSftp(corrupt="redis.redis.tar.zst")), say=lambda m: None)
 
 
 def test_a_different_set_with_the_same_id_here_is_not_touched(tmp_path):
@@ -187,7 +168,7 @@ def test_a_different_set_with_the_same_id_here_is_not_touched(tmp_path):
     (mine / "x.dump").write_bytes(b"other host")
     digest = hashlib.sha256(b"other host").hexdigest()
     (mine / "manifest.json").write_text(json.dumps({"files": [{"name": "x.dump", "size": 10, "sha256": digest}]}))
-    f = fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
+    f = fetch(host_target(tmp_path, FakeSftp()), say=lambda m: None)
     assert f.set.id == "20261123T020000Z-1-all" and (mine / "x.dump").read_bytes() == b"other host"
 
 
@@ -195,7 +176,7 @@ def test_not_enough_space_here_changes_nothing(tmp_path, monkeypatch):
     _remote_set(tmp_path)
     monkeypatch.setattr(LocalShell, "free_bytes", lambda self, path: 1000)
     with pytest.raises(BackupError, match=r"Not enough free space .* 270.0 KB to copy, 1.0 KB free"):
-        fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
+        fetch(host_target(tmp_path, FakeSftp()), say=lambda m: None)
     assert os.listdir(tmp_path / "here" / "backups" / "memstack") == []
 
 
@@ -205,7 +186,7 @@ def test_a_manifest_naming_a_path_outside_the_set_is_refused(tmp_path):
     m["files"][0]["name"] = "../../etc/passwd"
     (src / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BackupError, match="a backup file is a plain name"):
-        fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
+        fetch(host_target(tmp_path, FakeSftp()), say=lambda m: None)
     assert not (tmp_path / "here" / "backups").exists()
 
 
@@ -221,5 +202,5 @@ def test_a_file_missing_on_the_host_fails_the_fetch_and_leaves_no_set(tmp_path):
     (src / "redis.redis.tar.zst").unlink()
     with pytest.raises(BackupError,
                        match=r"redis.redis.tar.zst on h9 failed \(cat exited 1\): cat: .*No such file or directory"):
-        fetch(_target(tmp_path, FakeSftp()), say=lambda m: None)
+        fetch(host_target(tmp_path, FakeSftp()), say=lambda m: None)
     assert list_sets(LocalShell(None), str(tmp_path / "here" / "backups" / "memstack")) == []

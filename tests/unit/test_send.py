@@ -9,10 +9,9 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from invoke import Context
+from fakes import host_target
 
 from memstack_ops.backup.send import send
 from memstack_ops.backup.sets import list_sets, load_set, parse_id
@@ -87,24 +86,6 @@ class FakeChannel:
                     f.close()
 
 
-class FakeHost:
-    def __init__(self, transport: FakeTransport):
-        self.client = transport
-        self.inventory = SimpleNamespace(name="h9")
-
-    def run(self, command, **kw):
-        return Context().run(command, **kw)
-
-    def open(self):
-        pass
-
-
-def _target(tmp_path: Path, transport: FakeTransport) -> SimpleNamespace:
-    stack = SimpleNamespace(name="memstack", root=tmp_path / "here", project="p", stage="prod")
-    return SimpleNamespace(c=FakeHost(transport), settings={"backups_dir": "backups", "timeout": 10}, stack=stack,
-                           remote=True, release_dir=str(tmp_path / "host" / "releases" / "20260101T0-abc"))
-
-
 def _local_set(tmp_path: Path, set_id: str = "20261123T020000Z-all"):
     d = tmp_path / "here" / "backups" / "memstack" / set_id
     d.mkdir(parents=True)
@@ -128,7 +109,7 @@ def test_send_copies_every_file_checks_it_on_the_host_and_records_where_it_came_
     s = _local_set(tmp_path)
     tr = FakeTransport()
     msgs: list[str] = []
-    r = send(_target(tmp_path, tr), s, msgs.append)
+    r = send(host_target(tmp_path, tr), s, msgs.append)
     there = tmp_path.joinpath(*HOST, s.id)
     assert r.set.path == str(there) and not r.already and r.copied == 270_000 and r.kept == []
     assert sorted(tr.got) == ["postgres.pgdump", "redis.redis.tar.zst"]
@@ -144,7 +125,7 @@ def test_send_copies_every_file_checks_it_on_the_host_and_records_where_it_came_
     assert any("Sending backup" in m and "h9" in m for m in msgs)
 
     tr2 = FakeTransport()
-    again = send(_target(tmp_path, tr2), s, msgs.append)  # the same set, intact there: nothing sent
+    again = send(host_target(tmp_path, tr2), s, msgs.append)  # the same set, intact there: nothing sent
     assert again.already and again.copied == 0 and tr2.got == [] and again.set.id == s.id
     assert os.listdir(there.parent) == [s.id]
 
@@ -153,13 +134,13 @@ def test_an_interrupted_send_leaves_only_a_partial_folder_and_the_next_one_resum
     s = _local_set(tmp_path)
     root = tmp_path.joinpath(*HOST)
     with pytest.raises(BackupError, match="Sending postgres.pgdump to h9 failed: .*Socket is closed"):
-        send(_target(tmp_path, FakeTransport(fail_on="postgres.pgdump")), s, lambda m: None)
+        send(host_target(tmp_path, FakeTransport(fail_on="postgres.pgdump")), s, lambda m: None)
     assert list_sets(LocalShell(None), str(root)) == [] and os.listdir(root) == [f"{s.id}.partial"]
     tr = FakeTransport()
     with pytest.raises(BackupError):  # the other file this time: the first one is kept
-        send(_target(tmp_path, FakeTransport(fail_on="redis.redis.tar.zst")), s, lambda m: None)
+        send(host_target(tmp_path, FakeTransport(fail_on="redis.redis.tar.zst")), s, lambda m: None)
     assert "postgres.pgdump" in os.listdir(root / f"{s.id}.partial")
-    r = send(_target(tmp_path, tr), s, lambda m: None)
+    r = send(host_target(tmp_path, tr), s, lambda m: None)
     assert r.kept == ["postgres.pgdump"] and tr.got == ["redis.redis.tar.zst"] and r.copied == 70_000
     assert os.listdir(root) == [s.id]
 
@@ -167,7 +148,7 @@ def test_an_interrupted_send_leaves_only_a_partial_folder_and_the_next_one_resum
 def test_bytes_changed_in_transit_are_refused_and_the_bad_copy_deleted(tmp_path):
     s = _local_set(tmp_path)
     with pytest.raises(BackupError, match="redis.redis.tar.zst arrived with 70000 bytes and sha256"):
-        send(_target(tmp_path, FakeTransport(corrupt="redis.redis.tar.zst")), s, lambda m: None)
+        send(host_target(tmp_path, FakeTransport(corrupt="redis.redis.tar.zst")), s, lambda m: None)
     part = tmp_path.joinpath(*HOST, f"{s.id}.partial")
     assert sorted(os.listdir(part)) == [".fetch-source", "postgres.pgdump"]
 
@@ -180,7 +161,7 @@ def test_a_damaged_local_set_is_not_sent(tmp_path):
     p.write_bytes(bytes(data))
     tr = FakeTransport()
     with pytest.raises(BackupError, match="damaged .*postgres.pgdump.*Nothing was sent"):
-        send(_target(tmp_path, tr), s, lambda m: None)
+        send(host_target(tmp_path, tr), s, lambda m: None)
     assert tr.got == [] and not tmp_path.joinpath(*HOST).exists()
 
 
@@ -193,5 +174,5 @@ def test_a_different_set_with_the_same_id_on_the_host_is_not_touched(tmp_path):
     (theirs / "x.dump").write_bytes(b"the host's own")
     digest = hashlib.sha256(b"the host's own").hexdigest()
     (theirs / "manifest.json").write_text(json.dumps({"files": [{"name": "x.dump", "size": 14, "sha256": digest}]}))
-    r = send(_target(tmp_path, FakeTransport()), s, lambda m: None)
+    r = send(host_target(tmp_path, FakeTransport()), s, lambda m: None)
     assert r.set.id == "20261123T020000Z-1-all" and (theirs / "x.dump").read_bytes() == b"the host's own"
