@@ -102,6 +102,7 @@ def up_gated(t: Target, services: Iterable[str], c: Any) -> float:
 
 def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images: bool = False,
            backup: bool = False, lock_wait: float = 0.0, message: str = "") -> dict[str, Any]:
+    from ..interrupt import enter
     from .lock import Lock
     from .release import audit, current, prepare, prune, set_status, switch, upload, write_manifest
     from .target import make, release_target
@@ -126,6 +127,7 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
         try:
             host_checks(make(c, s, rel.stack, None, require_env=False))
             checkpoint(c, lock)
+            enter(f"the upload of release {rel.id} (current is still {prev or 'none'})")
             rdir = upload(c, root, rel, prev)
             say(f"Uploaded release {rel.id} ({len(rel.files)} files; env files mode 0600) to {rdir}")
             t = make(c, s, rel.stack, rdir)
@@ -135,6 +137,7 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
             from .images import ship as ship_refs
 
             wanted = refs(model, services)
+            enter(f"the image {'shipping' if ship else 'pull'} of release {rel.id} (current is still {prev or 'none'})")
             if ship:
                 shipment = ship_refs(c, wanted, cancel=c.cancel)
                 say(f"Images: {shipment.describe()}")
@@ -159,6 +162,8 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
                     say(f"Backup before deploying: {made.id if made else '-'}")
             checkpoint(c, lock)
             phase = "health gate"
+            enter(f"the start and health wait of release {rel.id} (current is still {prev or 'none'}; what "
+                  f"started keeps running)")
             try:
                 took = up_gated(t, services, c)
                 say(f"Release {rel.id} is healthy ({took:.1f} s).")

@@ -169,6 +169,8 @@ def one_host(call: Any, host: Host, config: Any, cancel: threading.Event, out: T
 
 def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = None,
             batch: int | None = None, debug: bool = False) -> list[Outcome]:
+    from ..interrupt import held, interrupted
+
     par, batches = schedule(hosts, parallel, batch)
     cancel = threading.Event()
     outcomes: dict[str, Outcome] = {}
@@ -181,8 +183,15 @@ def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = No
             if len(batches) > 1:
                 print(f"batch {i + 1}/{len(batches)}: {', '.join(h.name for h in group)}", flush=True)
             pool = ThreadPoolExecutor(max_workers=min(par, len(group)), thread_name_prefix="host")
-            futures = {pool.submit(one_host, call, h, config, cancel, out, err, started, debug): h for h in group}
+            futures: dict[Any, Host] = {}
             try:
+                # a Ctrl-C while the pool starts its threads (a host may be at work already) is
+                # held back until every host's future is known: each host is then told and waited for
+                with held() as hits:
+                    for h in group:
+                        futures[pool.submit(one_host, call, h, config, cancel, out, err, started, debug)] = h
+                if hits:
+                    raise KeyboardInterrupt
                 pending = set(futures)
                 while pending:
                     done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -190,6 +199,9 @@ def fan_out(call: Any, hosts: list[Host], config: Any, parallel: int | None = No
                         o = f.result()
                         outcomes[o.host.name] = o
             except KeyboardInterrupt:
+                # runs in flight stop on `cancel`; work between two runs (a rollout's drain, in its
+                # own thread) checks interrupt.generation(), which the SIGINT here must bump too
+                interrupted()
                 cancel.set()
                 print("Interrupted: stopping every host at its next step (locks are released)...",
                       file=saved[1], flush=True)

@@ -194,3 +194,39 @@ def test_a_service_behind_the_edge_proxy_is_reached_through_the_proxys_port(monk
     monkeypatch.setattr(target_mod, "target", lambda c, settings: t)
     with pytest.raises(RemoteError, match=r"the edge proxy proxy owns its published port\(s\).*tunnel proxy"):
         tunnel(c, {}, "api")
+
+
+def test_ctrl_c_reaches_host_work_that_is_between_two_runs(connections):
+    """CI: a Ctrl-C during `-H h1 deploy` came while the rollout's drain (its own thread) was
+    between two runs; only runs in flight heard of it, so the rollout went on to its end and the
+    one line said "nothing needed undoing". Work between runs checks interrupt.generation()."""
+    import _thread
+    import threading
+    import time
+
+    from invoke.exceptions import Exit
+
+    from memstack_ops.interrupt import check, generation
+    from memstack_ops.remote.fanout import fan_out
+
+    started, heard = threading.Event(), []
+
+    def work(c):
+        since = generation()
+        started.set()
+        for _ in range(400):  # bounded: 20 s
+            try:
+                check(since)
+            except KeyboardInterrupt:
+                heard.append(True)
+                raise Exit("interrupted", code=130) from None
+            time.sleep(0.05)  # not the connection's cancel event: a sleep between two runs
+
+    def ctrl_c():
+        if started.wait(10):
+            _thread.interrupt_main()
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    outcomes = fan_out(call(work), HOSTS[:1], config=None)
+    assert heard == [True]
+    assert [(o.result, o.code) for o in outcomes] == [("interrupted", 130)]
