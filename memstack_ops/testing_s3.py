@@ -59,7 +59,9 @@ class S3Server:
                                                                           "secretKey": self.secret_key}],
                                        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
         argv = [self.weed, "server", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0", "-s3",
+                # one master: its raft election after a restart took the default 10 s timeout and more
+                "-master.telemetry=false", "-master.electionTimeout=1s", "-master.volumeSizeLimitMB=64",
+                "-volume.max=0", "-s3",
                 f"-s3.config={conf}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
         for r in ROLES:
             argv += [f"-{r}.port={self.ports[r]}", f"-{r}.port.grpc={self.ports[r + '.grpc']}"]
@@ -85,13 +87,11 @@ class S3Server:
         raise RuntimeError(f"SeaweedFS S3 on {self.endpoint} did not become ready within {seconds} s:\n{tail}")
 
     def stop(self) -> None:
+        """Kill the server (as a crash would: a target that goes down). Its graceful stop waits
+        15 s for its own gRPC streams every time (SIGTERM and SIGINT alike, seaweedfs 4.x)."""
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
+            self.proc.kill()
+            self.proc.wait(15)
         self.proc = None
 
 

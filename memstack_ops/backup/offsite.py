@@ -129,6 +129,8 @@ class Repo:
     url: str
     env: dict[str, str]
     args: list[str] = field(default_factory=list)
+    endpoint: str = ""  # S3: checked to answer before the first restic command (``answers``)
+    answered: bool = False
 
     @property
     def label(self) -> str:
@@ -136,6 +138,14 @@ class Repo:
 
     def argv(self, *args: str) -> list[str]:
         return ["restic", *self.args, *args]
+
+    def popen(self, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
+        """Start ``restic ARGS`` (its own process group); the first one checks that an S3 endpoint
+        answers at all (``answers``)."""
+        if self.endpoint and not self.answered:
+            answers(self.endpoint, self.label, self.env)
+            self.answered = True
+        return subprocess.Popen(self.argv(*args), env=self.env, process_group=kw.pop("process_group", 0), **kw)
 
 
 def _read_credentials(path: str) -> dict[str, str]:
@@ -150,6 +160,37 @@ def _read_credentials(path: str) -> dict[str, str]:
         raise OffsiteError(f"The credentials file {path} has no {' or '.join(missing)}: write the S3 access key as "
                            f"AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... lines. Nothing was done.")
     return {k: vals[k] for k in (*keys, "AWS_SESSION_TOKEN") if vals.get(k)}
+
+
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def answers(endpoint: str, label: str, env: dict[str, str], tries: int = 3) -> None:
+    """Raise TargetDown unless the S3 endpoint accepts a TCP connection (``tries`` attempts, 1 s
+    then 2 s apart, 5 s each at most). restic itself retries a refused connection ten times with
+    backoff, about a minute in silence per command, before it says anything: an operator whose
+    target is down hears it in seconds instead. Skipped when a proxy is set (restic goes through it)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import tenacity
+
+    if any(env.get(k) for k in PROXY_VARS):
+        return
+    u = urlsplit(endpoint)
+    host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
+    t0 = time.monotonic()
+    try:
+        for attempt in tenacity.Retrying(stop=tenacity.stop_after_attempt(tries), reraise=True,
+                                         wait=tenacity.wait_exponential(multiplier=1, max=4),
+                                         retry=tenacity.retry_if_exception_type(OSError)):
+            with attempt:
+                socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise TargetDown(f"The {label} cannot be reached: a connection to {host}:{port} failed {tries} times in "
+                         f"{time.monotonic() - t0:.0f} s ({why}). Check that the S3 server runs and that this "
+                         f"machine reaches it (endpoint in memstack-ops.toml).") from None
 
 
 def _no_space(value: str, what: str, target: str) -> str:
@@ -197,7 +238,7 @@ def repo_for(settings: Settings, target: Offsite) -> Repo:
         url, ssh = sftp_command(settings, target)
         args = ["-o", "sftp.command=" + ssh]
     env["RESTIC_REPOSITORY"] = url
-    return Repo(target, url, env, args)
+    return Repo(target, url, env, args, endpoint=endpoint if target.type == "s3" else "")
 
 
 def sftp_command(settings: Settings, target: Offsite) -> tuple[str, str]:
@@ -270,8 +311,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def restic(repo: Repo, *args: str, what: str, timeout: float = 3600) -> str:
     """Run one restic command to the end; its stdout, or a failure() error."""
-    p = subprocess.Popen(repo.argv(*args), env=repo.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, process_group=0)
+    p = repo.popen(*args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = p.communicate(timeout=timeout)
     except BaseException:
@@ -372,8 +412,7 @@ def backup_stream(repo: Repo, source: str, codec: str | None, path: str, tags: l
     with _errfile() as rerr, _errfile() as derr, open(source, "rb", buffering=0) as src:
         try:
             direct = known is not None and not codec
-            r = subprocess.Popen(repo.argv(*args), env=repo.env, stdin=src if direct else subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=rerr, process_group=0)
+            r = repo.popen(*args, stdin=src if direct else subprocess.PIPE, stdout=subprocess.PIPE, stderr=rerr)
             procs.append(r)
             feed: IO[bytes] = src
             if codec:
@@ -421,8 +460,7 @@ def dump_stream(repo: Repo, snap: str, path: str, dest: str, codec: str | None,
     try:
         with _errfile() as rerr, _errfile() as cerr:
             try:
-                r = subprocess.Popen(repo.argv("dump", snap, path), env=repo.env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=rerr, process_group=0)
+                r = repo.popen("dump", snap, path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=rerr)
                 procs.append(r)
                 assert r.stdout is not None
                 if codec:
@@ -744,8 +782,7 @@ def check(settings: Settings, target: Offsite, read_data: bool = False, say: Cal
     repo = repo or repo_for(settings, target)
     say(f"  restic check{' --read-data' if read_data else ''} of {target.name}")
     args = ["check", *(["--read-data"] if read_data else [])]
-    p = subprocess.Popen(repo.argv(*args), env=repo.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, process_group=0)
+    p = repo.popen(*args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         out_b, _ = p.communicate(timeout=6 * 3600)
     except BaseException:

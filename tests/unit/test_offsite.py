@@ -139,3 +139,32 @@ def _repo(tmp_path):
 def test_restic_failures_are_told_apart(tmp_path, stderr, cls, words):
     e = offsite.failure(_repo(tmp_path), "Pushing", stderr)
     assert type(e) is cls and words in str(e) and "\n" not in str(e)
+
+
+def test_an_s3_endpoint_that_refuses_is_told_in_seconds_before_restic_runs(monkeypatch):
+    """restic retries a refused connection ten times with backoff (about a minute, silent) before it
+    says anything; the first command checks that the endpoint answers at all."""
+    import socket
+
+    ran: list[tuple[str, ...]] = []
+    monkeypatch.setattr(offsite.subprocess, "Popen", lambda argv, **kw: ran.append(tuple(argv)))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: refused
+        repo = offsite.Repo(None, f"s3:http://127.0.0.1:{port}/b", {}, endpoint=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+        monkeypatch.setattr(offsite.Repo, "label", property(lambda r: "off-site target far"))
+        with pytest.raises(offsite.TargetDown, match=rf"far cannot be reached: a connection to 127.0.0.1:{port} "
+                                                     rf"failed 2 times in \d+ s \(Connection refused\)"):
+            offsite.answers(repo.endpoint, "off-site target far", {}, tries=2)
+        with pytest.raises(offsite.TargetDown):
+            repo.popen("snapshots")
+        assert ran == [] and not repo.answered  # restic never started
+        offsite.answers(repo.endpoint, "x", {"HTTPS_PROXY": "http://127.0.0.1:3128"}, tries=1)  # via a proxy: skipped
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        repo = offsite.Repo(None, f"s3:http://127.0.0.1:{port}/b", {}, endpoint=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+        repo.popen("snapshots")
+        repo.popen("check")
+        assert [a[1:] for a in ran] == [("snapshots",), ("check",)] and repo.answered
