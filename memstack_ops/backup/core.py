@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..compose import dependants
 from ..kinds import DB_KINDS
 from ..output import human_size
 from ..target import Target
@@ -504,20 +505,6 @@ def verify(t: Target, set_id: str | None = None, restore_test: bool = False,
 
 # --------------------------------------------------------------------------- restore
 
-def dependants(model: dict[str, Any], name: str) -> list[str]:
-    """Services that depend on ``name``, directly or not."""
-    services = model.get("services") or {}
-    out: list[str] = []
-    todo = [name]
-    while todo:
-        cur = todo.pop()
-        for n, spec in services.items():
-            if cur in (spec.get("depends_on") or {}) and n not in out and n != name:
-                out.append(n)
-                todo.append(n)
-    return out
-
-
 @exclusive("restore.{kind}")
 def restore(t: Target, kind: str, set_id: str | None = None, service: str | None = None, yes: bool = False,
             safety: bool = True, dry_run: bool = False, volumes: Iterable[str] = (), shell: Shell | None = None,
@@ -568,7 +555,7 @@ def restore(t: Target, kind: str, set_id: str | None = None, service: str | None
         record_verify(shell, s, False, "checksum", problems)
         raise BackupError(f"Backup {s.id} is damaged ({'; '.join(problems)}): refusing to restore it. Nothing was "
                           f"touched. Pick an older backup with --backup (see `memstack-ops backup.list`).")
-    deps = [d for d in dependants(model, target)]
+    deps = dependants(model, [target])
     job.say(f"Restore {target} of stack {t.stack.name} (project {t.stack.project}) from backup {s.id} "
             f"({entry['service']}, {entry.get('image')}, {entry.get('db_version', '')}, "
             f"{human_size(sum(int(f['size']) for f in entry['files']))}); checksums OK.")
@@ -620,7 +607,7 @@ def _stopped_while_restoring(job: Job, services: Iterable[str]) -> list[str]:
     """The services that mount what a volume or folder restore replaces (sorted), then what depends
     on them: all are stopped meanwhile and started again after."""
     users = sorted(set(services))
-    return users + [d for u in list(users) for d in dependants(job.model, u) if d not in users]
+    return users + dependants(job.model, users)  # named once, also when users share dependants
 
 
 def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,

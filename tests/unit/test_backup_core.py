@@ -122,8 +122,20 @@ def test_service_selection_by_kind():
         core.select_services(model, "redis", ["pg"], "s")
     with pytest.raises(BackupError, match="no mysql service"):
         core.select_services(model, "mysql", [], "s")
-    assert core.dependants({"services": {"a": {}, "b": {"depends_on": {"a": {}}}, "c": {"depends_on": {"b": {}}}}},
-                           "a") == ["b", "c"]
+    model = {"services": {"a": {}, "b": {"depends_on": {"a": {}}}, "c": {"depends_on": {"b": {}}}}}
+    assert core.dependants(model, ["a"]) == ["b", "c"]
+
+
+def test_a_restore_names_each_service_it_stops_once():
+    """restore.all of MemOS said "Services stopped meanwhile: etcd, milvus, minio, qdrant, attu,
+    memos-api, proxy, attu, memos-api, proxy, ...": each user's dependants were added again."""
+    from types import SimpleNamespace
+
+    model = {"services": {"etcd": {}, "minio": {}, "milvus": {"depends_on": {"etcd": {}, "minio": {}}},
+                          "api": {"depends_on": {"milvus": {}}}, "proxy": {"depends_on": {"api": {}}}}}
+    job = SimpleNamespace(model=model)
+    assert core._stopped_while_restoring(job, ["minio", "etcd", "milvus", "minio"]) == [
+        "etcd", "milvus", "minio", "api", "proxy"]
 
 
 
