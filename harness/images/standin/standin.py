@@ -314,19 +314,24 @@ def minio():
     weed_log = open("/tmp/weed.log", "ab")
     # Everything on 127.0.0.1 inside the container; no telemetry (this machine talks to no one).
     proc = subprocess.Popen([WEED, "server", "-dir=" + store, "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                             "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0",
+                             # one master: a restart's raft election took the default 10 s timeout and more
+                             "-master.telemetry=false", "-master.electionTimeout=1s",
+                             "-master.volumeSizeLimitMB=64", "-volume.max=0",
                              "-s3", "-s3.port=%d" % S3_PORT, "-s3.config=" + conf],
                             stdout=weed_log, stderr=subprocess.STDOUT)
 
     stopping = []
 
     def stop(*_):
+        # MinIO exits at once on SIGTERM; weed's graceful stop waits 15 s for its own gRPC streams
+        # (longer than `docker stop`'s 10 s). What it wrote is in its files already: a short grace.
         stopping.append(True)
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(2)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(5)
         sys.exit(0)
 
     def watch():
