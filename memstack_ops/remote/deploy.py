@@ -186,6 +186,7 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
                 result, detail = rollback_after_failure(c, s, root, prev, rel.id, e, phase)
                 report.update(result=result, detail=detail)
                 raise RemoteError(detail) from None
+            enter(f"the switch of current to release {rel.id} (healthy; current was {prev or 'none'})")
             switch(c, root, rel.id)
             set_status(c, root, rel.id, "deployed")
             pruned = prune(c, root, host.keep_releases, protect={rel.id, prev or rel.id})
