@@ -751,19 +751,42 @@ def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety:
     confirm(f"This REPLACES the data of {', '.join(what)} in stack {t.stack.name!r} with backup {s.id}.",
             t.stack.name, yes=yes)
     results: list[tuple[str, Any]] = []
-    for e in dbs:
-        r = restore(t, e["kind"], s.id, e["service"], yes=True, safety=safety, shell=job.shell, checked=True,
-                    allow_foreign=allow_foreign)
-        results.append((str(e["service"]), {k: v for k, v in r.items() if k not in ("backup", "service")}))
-    if vols:
-        r = restore(t, "volumes", s.id, yes=True, safety=safety, volumes=vols, shell=job.shell, checked=True,
-                    allow_foreign=allow_foreign)
-        results.append(("volumes", {k: v for k, v in r.items() if k != "backup"}))
-    if folders:
-        r = restore(t, "binds", s.id, yes=True, safety=safety, binds=folders, shell=job.shell, checked=True,
-                    allow_foreign=allow_foreign)
-        results.append(("binds", {k: v for k, v in r.items() if k != "backup"}))
+    apps = _apps_of_restore_all(job, s.entries, vols, folders)
+    with job.stopped(apps) as down:  # once for the whole restore, not once per step
+        for e in dbs:
+            r = restore(t, e["kind"], s.id, e["service"], yes=True, safety=safety, shell=job.shell, checked=True,
+                        allow_foreign=allow_foreign)
+            results.append((str(e["service"]), _step_result(r)))
+        if vols:
+            r = restore(t, "volumes", s.id, yes=True, safety=safety, volumes=vols, shell=job.shell, checked=True,
+                        allow_foreign=allow_foreign)
+            results.append(("volumes", _step_result(r)))
+        if folders:
+            r = restore(t, "binds", s.id, yes=True, safety=safety, binds=folders, shell=job.shell, checked=True,
+                        allow_foreign=allow_foreign)
+            results.append(("binds", _step_result(r)))
+    if down.stopped:
+        results.append(("stopped for the whole restore", {"services": down.stopped, "downtime_s": down.seconds}))
     return results
+
+
+def _step_result(r: dict[str, Any]) -> dict[str, Any]:
+    """A restore.all step's row: without the set's id, and without a downtime when the step
+    stopped nothing itself (the apps were down for the whole restore: its own row says how long)."""
+    return {k: v for k, v in r.items() if k not in ("backup", "service") and not (k == "downtime_s" and v is None)}
+
+
+def _apps_of_restore_all(job: Job, entries: list[dict[str, Any]], vols: list[str], folders: list[str]) -> list[str]:
+    """What restore.all stops once for all its steps: the services that depend on a database it
+    restores, and those that mount (or depend on what mounts) a volume or folder it restores; not
+    the databases themselves (each engine's restore decides whether its database runs). Each step
+    stopped and started these again: MemOS's api went down and came back twice in one restore."""
+    engines = {str(e["service"]) for e in entries if e.get("kind") in DB_KINDS}
+    mounts = {u for v in stack_volumes(job.model) if v.key in vols for u in v.services}
+    mounts |= {str(u) for e in entries if e.get("kind") == "binds" and e.get("bind") in folders
+               for u in e.get("used_by") or [] if u in (job.model.get("services") or {})}
+    users = sorted(mounts - engines)
+    return [x for x in users + dependants(job.model, sorted(engines | mounts)) if x not in engines]
 
 
 # --------------------------------------------------------------------------- list and prune

@@ -259,3 +259,30 @@ def test_stop_windows_group_consecutive_plans():
          Plan(on, Volume("v", "v", ["u"], "i"), stop=["u"]), Plan(on, Volume("w", "w", ["u2"], "i"), stop=["u2"]),
          Plan(on, Svc("c", "x", {}))]
     assert [[x.label for x in w] for w in core.stop_windows(p)] == [["a", "b"], ["n"], ["v", "w"], ["c"]]
+
+
+def test_restore_all_stops_the_apps_once_and_leaves_the_databases_to_their_engines():
+    """MemOS: the neo4j step stopped memos-api and proxy and started them again, then the volume
+    step stopped them once more. restore.all now stops them once, for all its steps."""
+    from types import SimpleNamespace
+
+    def vol(name):
+        return {"type": "volume", "source": name, "target": "/data"}
+
+    model = {"volumes": {"etcd_data": {}, "milvus_data": {}, "qdrant_data": {}, "neo4j_data": {}, "logs": {}},
+             "services": {"neo4j": {"volumes": [vol("neo4j_data")]}, "etcd": {"volumes": [vol("etcd_data")]},
+                          "milvus": {"volumes": [vol("milvus_data")], "depends_on": {"etcd": {}}},
+                          "qdrant": {"volumes": [vol("qdrant_data")]},
+                          "api": {"depends_on": {"neo4j": {}, "milvus": {}, "qdrant": {}}},
+                          "proxy": {"depends_on": {"api": {}}}, "attu": {"depends_on": {"milvus": {}}},
+                          "files": {}, "logger": {"volumes": [vol("logs")]}}}
+    entries = [{"kind": "neo4j", "service": "neo4j"}, {"kind": "volumes", "volume": "etcd_data"},
+               {"kind": "volumes", "volume": "milvus_data"}, {"kind": "volumes", "volume": "qdrant_data"},
+               {"kind": "binds", "bind": "./data/files", "used_by": ["files", "gone"]}]
+    job = SimpleNamespace(model=model)
+    apps = core._apps_of_restore_all(job, entries, ["etcd_data", "milvus_data", "qdrant_data"], ["./data/files"])
+    assert apps[:4] == ["etcd", "files", "milvus", "qdrant"]  # what mounts a restored volume or folder
+    assert sorted(apps[4:]) == ["api", "attu", "proxy"]  # what depends on a restored database or mount
+    # the database is its engine's to stop or not; a service the set does not touch keeps running
+    assert "neo4j" not in apps and "logger" not in apps and "gone" not in apps
+    assert core._apps_of_restore_all(job, entries[:1], [], []) == ["api", "proxy"]
