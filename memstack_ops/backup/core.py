@@ -610,6 +610,22 @@ def _stopped_while_restoring(job: Job, services: Iterable[str]) -> list[str]:
     return users + dependants(job.model, users)  # named once, also when users share dependants
 
 
+def _folders_here(t: Target, job: Job) -> dict[str, Bind]:
+    """The stack's bind-mounted folders now, by their key (path relative to the compose file's
+    folder), each with the services that mount it: where a folder restore puts a set's tar."""
+    from ..binds import folder_binds, key_of
+    from .engines import project_dir
+
+    pdir = project_dir(t)
+    here: dict[str, Bind] = {}
+    for svc, v in folder_binds(job.model):
+        key = key_of(str(v["source"]), pdir)
+        b = here.setdefault(key, Bind(key, str(v["source"]), [], str(job.model["services"][svc].get("image") or "")))
+        if svc not in b.services:
+            b.services.append(svc)
+    return here
+
+
 def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,
                      space_check: bool, checked: bool = False, allow_foreign: bool = False) -> dict[str, Any]:
     from ..output import confirm
@@ -676,16 +692,7 @@ def _restore_binds(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes: 
         entries = [e for e in entries if e["bind"] in keys]
     if not entries:
         raise BackupError(f"Backup {s.id} holds no bind-mounted folder.")
-    from ..binds import folder_binds, key_of
-    from .engines import project_dir
-
-    pdir = project_dir(t)
-    here: dict[str, Bind] = {}
-    for svc, v in folder_binds(job.model):
-        key = key_of(str(v["source"]), pdir)
-        b = here.setdefault(key, Bind(key, str(v["source"]), [], str(job.model["services"][svc].get("image") or "")))
-        if svc not in b.services:
-            b.services.append(svc)
+    here = _folders_here(t, job)
     unknown = [e["bind"] for e in entries if e["bind"] not in here]
     if unknown:
         raise BackupError(f"No service of stack {t.stack.name} bind-mounts {', '.join(unknown)} any more (its binds: "
@@ -751,7 +758,7 @@ def restore_all(t: Target, set_id: str | None = None, yes: bool = False, safety:
     confirm(f"This REPLACES the data of {', '.join(what)} in stack {t.stack.name!r} with backup {s.id}.",
             t.stack.name, yes=yes)
     results: list[tuple[str, Any]] = []
-    apps = _apps_of_restore_all(job, s.entries, vols, folders)
+    apps = _apps_of_restore_all(job, s.entries, vols, _folders_here(t, job) if folders else {}, folders)
     with job.stopped(apps) as down:  # once for the whole restore, not once per step
         for e in dbs:
             r = restore(t, e["kind"], s.id, e["service"], yes=True, safety=safety, shell=job.shell, checked=True,
@@ -776,15 +783,15 @@ def _step_result(r: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in r.items() if k not in ("backup", "service") and not (k == "downtime_s" and v is None)}
 
 
-def _apps_of_restore_all(job: Job, entries: list[dict[str, Any]], vols: list[str], folders: list[str]) -> list[str]:
+def _apps_of_restore_all(job: Job, entries: list[dict[str, Any]], vols: list[str], here: dict[str, Bind],
+                         folders: list[str]) -> list[str]:
     """What restore.all stops once for all its steps: the services that depend on a database it
     restores, and those that mount (or depend on what mounts) a volume or folder it restores; not
     the databases themselves (each engine's restore decides whether its database runs). Each step
     stopped and started these again: MemOS's api went down and came back twice in one restore."""
     engines = {str(e["service"]) for e in entries if e.get("kind") in DB_KINDS}
     mounts = {u for v in stack_volumes(job.model) if v.key in vols for u in v.services}
-    mounts |= {str(u) for e in entries if e.get("kind") == "binds" and e.get("bind") in folders
-               for u in e.get("used_by") or [] if u in (job.model.get("services") or {})}
+    mounts |= {u for k in folders if k in here for u in here[k].services}  # as restore.binds finds them
     users = sorted(mounts - engines)
     return [x for x in users + dependants(job.model, sorted(engines | mounts)) if x not in engines]
 

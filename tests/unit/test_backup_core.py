@@ -280,9 +280,11 @@ def test_restore_all_stops_the_apps_once_and_leaves_the_databases_to_their_engin
                {"kind": "volumes", "volume": "milvus_data"}, {"kind": "volumes", "volume": "qdrant_data"},
                {"kind": "binds", "bind": "./data/files", "used_by": ["files", "gone"]}]
     job = SimpleNamespace(model=model)
-    apps = core._apps_of_restore_all(job, entries, ["etcd_data", "milvus_data", "qdrant_data"], ["./data/files"])
+    here = {"./data/files": core.Bind("./data/files", "./data/files", ["files"], "")}
+    apps = core._apps_of_restore_all(job, entries, ["etcd_data", "milvus_data", "qdrant_data"], here,
+                                     ["./data/files"])
     assert apps[:4] == ["etcd", "files", "milvus", "qdrant"]  # what mounts a restored volume or folder
     assert sorted(apps[4:]) == ["api", "attu", "proxy"]  # what depends on a restored database or mount
     # the database is its engine's to stop or not; a service the set does not touch keeps running
     assert "neo4j" not in apps and "logger" not in apps and "gone" not in apps
-    assert core._apps_of_restore_all(job, entries[:1], [], []) == ["api", "proxy"]
+    assert core._apps_of_restore_all(job, entries[:1], [], {}, []) == ["api", "proxy"]
