@@ -536,10 +536,11 @@ def database_services(model: Mapping[str, Any], kind: str | None = None, only: I
 
 @contextmanager
 def node_targets(c: Any, settings: Settings, services: Iterable[str] | None = None, kind: str | None = None,
-                 only: Iterable[str] = ()) -> Iterator[list[tuple[Target, list[str]]]]:
+                 only: Iterable[str] = (), absent_ok: bool = False) -> Iterator[list[tuple[Target, list[str]]]]:
     """[(Target on a node, the selected services whose task runs there)], one per node: the
     connections are closed on the way out. ``services`` (names; default every database of
-    ``kind``, filtered by ``only``) must each have a running task."""
+    ``kind``, filtered by ``only``) must each have a running task; with ``absent_ok`` one with
+    none is named in a warning and left out (at least one must run)."""
     from invoke import Context
 
     from .remote import RemoteError
@@ -564,7 +565,12 @@ def node_targets(c: Any, settings: Settings, services: Iterable[str] | None = No
         with manager(c, settings) as (mc, boss):
             found = placed(mc, project, names)
             absent = [n for n in names if n not in found]
-            if absent:
+            if absent and absent_ok and found:
+                from .output import warn
+
+                warn(f"warning: no running task of {', '.join(absent)} in swarm stack {project}, so the node that "
+                     f"holds its backups is not known and is left out (`memstack-ops status` shows why).")
+            elif absent:
                 raise SwarmError(f"No running task of {', '.join(absent)} in swarm stack {project}: `memstack-ops "
                                  f"status` shows why (deploy it with `memstack-ops deploy --engine swarm`).")
             by_node: dict[str, list[Placed]] = {}
@@ -628,6 +634,15 @@ def db_targets(c: Any, settings: Settings, kind: str | None = None, services: It
         yield found
 
 
+@contextmanager
+def backup_targets(c: Any, settings: Settings) -> Iterator[list[Target]]:
+    """The Targets of the nodes that hold a swarm stack's backup sets: a set is made on the node
+    that runs its database's task, in ``<root>/backups/<stack>`` there (the databases are pinned
+    to their labelled nodes, so that is where their sets stay)."""
+    with node_targets(c, swarm_settings(c, settings), absent_ok=True) as found:
+        yield [t for t, _ in found]
+
+
 def stops_itself(kind: str, what: str) -> bool:
     """The kind's backup (or restore) stops its own service: compose does that, the swarm would
     start a new task at once (not yet done on a swarm)."""
@@ -641,6 +656,7 @@ def refuse_here(settings: Settings, what: str) -> None:
     """Refuse a step that has no swarm form yet, naming it."""
     if is_swarm(settings):
         raise Refused(f"{what} is not available on a swarm stack yet (engine = \"swarm\"): nothing was done. "
-                      f"backup.postgres/mysql/redis and restore.postgres/mysql run on the node of the database's "
-                      f"task; for the rest, run the step on that node's engine by hand.")
+                      f"backup.postgres/mysql/redis, restore.postgres/mysql and backup.list/verify/prune/fetch run "
+                      f"on the node of the database's task; for the rest, run the step on that node's engine by "
+                      f"hand.")
 

@@ -6,6 +6,7 @@ Backups go to ``<backups_dir>/<stack>/<UTC time>-<kind>/`` (backups_dir is a set
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from invoke import Collection, Context
@@ -228,14 +229,21 @@ def backup_push(c: Context, to: str | None = None, backup: str | None = None, st
     _push(t, offsite, find_set(sets, backup, stack=t.stack.name, say=say))
 
 
-@ops_task(name="fetch", help={"backup": "backup id on the host (see `-H HOST backup.list`); default the newest"})
+@ops_task(name="fetch", help={"backup": "backup id on the host (see `-H HOST backup.list`); default the newest (on a "
+                                        "swarm stack: the newest on each node that holds sets)"})
 def backup_fetch(c: Context, backup: str | None = None, stack: str | None = None, stage: str | None = None,
                  overlay: str | None = None) -> None:
     """With -H: copy a backup set from the host to this machine's backups/, checking every sha256 (resumes)."""
+    from .. import swarm_ops
     from ..backup.fetch import require_remote
 
-    require_remote(c)
-    _fetch(target(c, stack, stage, overlay, require_env=False), set_id=backup)
+    s = settings(stack, stage, overlay)
+    if not swarm_ops.is_swarm(s):
+        require_remote(c)
+        _fetch(target(c, stack, stage, overlay, require_env=False), set_id=backup)
+        return
+    for h in _holders_of(c, target(c, stack, stage, overlay, require_env=False), backup):  # from its node
+        _fetch(h, set_id=backup)
 
 
 @ops_task(name="list", help={"kind": "only sets of this kind (postgres, mysql, redis, neo4j, volumes, binds, all)",
@@ -258,14 +266,33 @@ def backup_list(c: Context, kind: str | None = None, offsite: str | None = None,
         if not orows:
             say(f"No sets there yet: `memstack-ops backup.push --to {dest.name}`.")
         return
-    rows, partial = core.list_rows(t, kind)
-    table(f"backups of stack {t.stack.name} ({core.backups_root(t)})",
-          ["id", "kind", "service", "size", "age", "verified, drilled"], rows)
-    if not rows:
-        say("No backups yet: make one with `memstack-ops backup.all`.")
-    if partial:
-        say(f"{len(partial)} unfinished backup folder(s) (*.partial) from interrupted runs: {', '.join(partial)}; "
-            f"they are not backups and may be deleted.")
+    for h in _set_holders(c, t):
+        rows, partial = core.list_rows(h, kind)
+        table(f"backups of stack {h.stack.name} ({core.backups_root(h)}{_on_node(h)})",
+              ["id", "kind", "service", "size", "age", "verified, drilled"], rows)
+        if not rows:
+            say("No backups yet: make one with `memstack-ops backup.all`.")
+        if partial:
+            say(f"{len(partial)} unfinished backup folder(s) (*.partial) from interrupted runs: {', '.join(partial)}; "
+                f"they are not backups and may be deleted.")
+
+
+def _set_holders(c: Context, t: Target) -> Iterator[Target]:
+    """Where the stack's backup sets are: ``t`` itself, or for a swarm stack each node that runs
+    one of its databases' tasks (its sets are made there); the nodes' connections close after."""
+    from .. import swarm_ops
+
+    if not swarm_ops.is_swarm(t.settings):
+        yield t
+        return
+    with swarm_ops.backup_targets(c, t.settings) as nodes:
+        yield from nodes
+
+
+def _on_node(t: Target) -> str:
+    from ..swarm_ops import SwarmCompose
+
+    return f" on swarm node {t.where}" if isinstance(t.compose, SwarmCompose) else ""
 
 
 @ops_task(name="verify", help={
@@ -291,9 +318,45 @@ def backup_verify(c: Context, backup: str | None = None, restore_test: bool = Fa
         say(f"Off-site target {dest.name}: restic check{' --read-data' if read_data else ''} found no errors.")
         return
     t = target(c, stack, stage, overlay)
-    rows = core.verify(t, backup, restore_test=restore_test)
-    table("verification", ["service", "check", "result"], rows)
-    say("Backup verified" + (" by a scratch restore." if restore_test else " (checksums and format)."))
+    for h in _holders_of(c, t, backup):
+        if restore_test and _on_node(h):
+            from ..backup import BackupError
+
+            raise BackupError("--restore-test makes a scratch container beside the database, which is not available "
+                              "on a swarm stack yet. Verify without it (checksums and format checks). Nothing was "
+                              "done.")
+        rows = core.verify(h, backup, restore_test=restore_test)
+        table(f"verification{_on_node(h)}", ["service", "check", "result"], rows)
+        say("Backup verified" + (" by a scratch restore." if restore_test else " (checksums and format)."))
+
+
+def _holders_of(c: Context, t: Target, set_id: str | None) -> Iterator[Target]:
+    """Where set ``set_id`` is: ``t``, or on a swarm stack the node that holds that set; with no id,
+    every node that holds sets (each verifies its own newest)."""
+    from .. import backup as core
+    from .. import swarm_ops
+    from ..backup import BackupError
+    from ..backup.sets import list_sets
+    from ..backup.shell import shell_for
+
+    if not swarm_ops.is_swarm(t.settings):
+        yield t
+        return
+    with swarm_ops.backup_targets(c, t.settings) as nodes:  # open until the caller is done with them
+        holders = []
+        for n in nodes:
+            ids = {x.id for x in list_sets(shell_for(n.c), core.backups_root(n)) if not x.error}
+            if set_id is None and ids:
+                holders.append(n)
+            elif set_id is not None and (set_id in ids or set_id.rstrip("/").rsplit("/", 1)[-1] in ids):
+                holders = [n]
+                break
+        if not holders:
+            what = f"backup set {set_id}" if set_id else "readable backup set"
+            raise BackupError(f"No {what} on the swarm nodes that hold stack {t.stack.name}'s sets "
+                              f"({', '.join(n.where for n in nodes)}): `memstack-ops backup.list` lists them. "
+                              f"Nothing was done.")
+        yield from holders
 
 
 @ops_task(name="prune", help={
@@ -326,11 +389,14 @@ def backup_prune(c: Context, keep_last: int = 0, keep_daily: int = 0, keep_weekl
             + (": " + ", ".join(r.removed) if r.removed else "") + f"; kept {len(r.kept)}"
             + ("." if dry_run else f"; restic check: {r.check}."))
         return
-    doomed, keep = core.prune(t, int(keep_last), int(keep_daily), int(keep_weekly), int(keep_monthly), dry_run, kind)
-    table("kept", ["id", "why"], [[k, ", ".join(v)] for k, v in sorted(keep.items(), reverse=True)])
-    verb = "Would delete" if dry_run else "Deleted"
-    say(f"{verb} {len(doomed)} backup set(s)" + (": " + ", ".join(s.id for s in doomed) if doomed else "") +
-        (f" ({human_size(sum(s.size for s in doomed))})." if doomed else "."))
+    for h in _set_holders(c, t):
+        doomed, keep = core.prune(h, int(keep_last), int(keep_daily), int(keep_weekly), int(keep_monthly), dry_run,
+                                  kind)
+        table(f"kept{_on_node(h)}", ["id", "why"], [[k, ", ".join(v)] for k, v in sorted(keep.items(), reverse=True)])
+        verb = "Would delete" if dry_run else "Deleted"
+        say(f"{verb} {len(doomed)} backup set(s){_on_node(h)}" +
+            (": " + ", ".join(s.id for s in doomed) if doomed else "") +
+            (f" ({human_size(sum(s.size for s in doomed))})." if doomed else "."))
 
 
 def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overlay: str | None,

@@ -679,7 +679,7 @@ def test_status_scale_rollback_and_merged_logs_on_a_swarm_stack(swarm_stack, hos
     assert "setup done" in one and "database system" not in one, one
 
 
-def test_postgres_backup_and_restore_round_trip_on_its_node_through_the_swarm(swarm_stack, hosts):
+def test_postgres_sets_are_made_listed_verified_fetched_pruned_and_restored_on_its_node(swarm_stack, hosts):
     p = swarm_stack
     ensure_swarm(p)
     ok(p.run("deploy", timeout=600))
@@ -688,9 +688,26 @@ def test_postgres_backup_and_restore_round_trip_on_its_node_through_the_swarm(sw
     pg(hosts, p.name, "DROP TABLE IF EXISTS marks; CREATE TABLE marks (v text); INSERT INTO marks VALUES ('kept');")
     out = ok(p.run("backup.postgres", timeout=600))
     assert "postgres: on swarm node h2" in out and "complete" in out, out
-    sets = hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split()
-    assert len([s for s in sets if s.endswith("-postgres")]) == 1, sets
     assert env_value(p, "PG_PASSWORD") not in out
+    ok(p.run("backup.postgres", timeout=600))
+    sets = sorted(s for s in hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split() if s.endswith("-postgres"))
+    assert len(sets) == 2, sets
+    # the sets are where the database's task runs: list, verify, fetch and prune find them there
+    out = ok(p.run("backup.list"))
+    assert "on swarm node h2" in out and sets[0] in out and sets[1] in out, out
+    out = ok(p.run("backup.verify"))
+    assert "verification on swarm node h2" in out and "Backup verified" in out, out
+    listed = ok(p.run("backup.list")).splitlines()
+    rows = {ln.split()[0]: ln for ln in listed if ln.split()[:1] in ([sets[0]], [sets[1]])}
+    assert " format " in rows[sets[1]] + " " and " no" in rows[sets[0]], rows  # the newest verified, recorded there
+    out = ok(p.run("backup.fetch", "--backup", sets[0], timeout=300))
+    assert "Fetched" in out and (p.root / "backups" / "tiny" / sets[0] / "manifest.json").is_file(), out
+    out = failed(p.run("backup.verify", "--backup", "20000101T000000Z-postgres"))
+    assert "No backup set 20000101T000000Z-postgres on the swarm nodes" in out and "h2" in out, out
+    out = ok(p.run("backup.prune", "--keep-last", "1"))
+    assert f"Deleted 1 backup set(s) on swarm node h2: {sets[0]}" in out, out
+    assert [s for s in hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split() if s.endswith("-postgres")] \
+        == [sets[1]]
     pg(hosts, p.name, "INSERT INTO marks VALUES ('lost');")
     out = ok(p.run("restore.postgres", "--yes", timeout=600))
     assert "Restored from" in out, out

@@ -115,3 +115,82 @@ def test_a_stack_is_found_on_the_swarm_only_when_this_engine_manages_services_of
     assert not deployed_on_swarm(c, "ms")
     c = MockContext(run={"docker info --format '{{json .Swarm}}'": Result(json.dumps({"LocalNodeState": "inactive"}))})
     assert not deployed_on_swarm(c, "ms")  # and nothing else asked
+
+
+# ---------------------------------------------------------------- the sets on the nodes
+
+
+def _node(tmp_path, name: str, set_ids: list[str]):
+    from types import SimpleNamespace
+
+    from invoke import MockContext
+
+    from tests.unit.test_backup_manifest import _real_set
+
+    root = tmp_path / name
+    for sid in set_ids:
+        _real_set(root / "backups" / "tiny", sid, kind=sid.rsplit("-", 1)[1])
+    stack = SimpleNamespace(name="tiny", root=root, project="p", stage="dev")
+    return SimpleNamespace(c=MockContext(), settings={"backups_dir": "backups", "timeout": 10}, stack=stack,
+                           remote=False, release_dir=None, where=name)
+
+
+@pytest.fixture
+def nodes(tmp_path, monkeypatch):
+    """Two swarm nodes holding sets (h2: postgres, h3: redis) and one with none (h1)."""
+    from contextlib import contextmanager
+
+    from memstack_ops import swarm_ops
+
+    found = [_node(tmp_path, "h1", []), _node(tmp_path, "h2", ["20260101T000000Z-postgres"]),
+             _node(tmp_path, "h3", ["20260102T000000Z-redis", "20260103T000000Z-redis"])]
+    opened = []
+
+    @contextmanager
+    def backup_targets(c, settings):
+        opened.append("open")
+        try:
+            yield found
+        finally:
+            opened.append("closed")
+
+    monkeypatch.setattr(swarm_ops, "is_swarm", lambda s: True)
+    monkeypatch.setattr(swarm_ops, "backup_targets", backup_targets)
+    return found, opened
+
+
+def test_a_set_id_is_looked_up_on_every_node_and_found_where_it_is(nodes):
+    from memstack_ops.tasks.backup import _holders_of
+
+    found, opened = nodes
+    got = list(_holders_of(None, found[0], "20260102T000000Z-redis"))
+    assert [n.where for n in got] == ["h3"] and opened == ["open", "closed"]
+
+
+def test_without_an_id_every_node_that_holds_sets_is_given_while_the_connections_are_open(nodes):
+    from memstack_ops.tasks.backup import _holders_of
+
+    found, opened = nodes
+    seen = []
+    for n in _holders_of(None, found[0], None):
+        seen.append((n.where, list(opened)))  # still open while the caller works on it
+    assert seen == [("h2", ["open"]), ("h3", ["open"])] and opened == ["open", "closed"]
+
+
+def test_an_unknown_set_id_names_the_nodes_searched(nodes):
+    from memstack_ops.backup import BackupError
+    from memstack_ops.tasks.backup import _holders_of
+
+    found, opened = nodes
+    with pytest.raises(BackupError, match=r"No backup set 20200101T000000Z-postgres on the swarm nodes that hold "
+                                          r"stack tiny's sets \(h1, h2, h3\)"):
+        list(_holders_of(None, found[0], "20200101T000000Z-postgres"))
+    assert opened == ["open", "closed"]
+
+
+def test_a_set_folder_path_finds_its_node_by_the_folder_name(nodes):
+    from memstack_ops.tasks.backup import _holders_of
+
+    found, _ = nodes
+    got = list(_holders_of(None, found[0], "/srv/x/backups/tiny/20260101T000000Z-postgres/"))
+    assert [n.where for n in got] == ["h2"]
