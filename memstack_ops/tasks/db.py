@@ -141,9 +141,10 @@ def shell(c: Context, service: str, stack: str | None = None, stage: str | None 
 
     from .. import db
 
-    t, model = _model_and_target(c, stack, stage, overlay)
-    d = db.databases(t, model, [service])[0]
-    code = t.compose.attach(c, d.service, *d.shell_argv())
+    with _targets(c, stack, stage, overlay, service) as found:  # a swarm stack: on the node of its task
+        t = found[0][0]
+        d = db.databases(t, t.compose.model(t.c), [service])[0]
+        code = t.compose.attach(t.c, d.service, *d.shell_argv())
     if code:
         raise Exit(code=code)
 
@@ -157,9 +158,10 @@ def shell(c: Context, service: str, stack: str | None = None, stage: str | None 
 def reset(c: Context, service: str, yes: bool = False, force_prod: bool = False, timeout: int = 180,
           stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """DESTROY one database's data, start it empty and initialise it again (migrations, seeds)."""
-    from .. import db, lifecycle
+    from .. import db, lifecycle, swarm_ops
     from ..output import say
 
+    swarm_ops.refuse_here(settings(stack, stage, overlay), "db.reset")  # it would remove a volume on the node
     t, model = _model_and_target(c, stack, stage, overlay)
     d = db.databases(t, model, [service])[0]
     lifecycle.reset(t, [d.service], yes=yes, force_prod=force_prod, timeout=float(timeout))

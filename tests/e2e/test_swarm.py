@@ -714,6 +714,14 @@ def test_postgres_sets_are_made_listed_verified_fetched_pruned_and_restored_on_i
     assert pg(hosts, p.name, "SELECT v FROM marks ORDER BY v;").split() == ["kept"]
     out = ok(p.run("db.status"))
     assert "postgres (postgres)" in out, out
+    with open(p.root / "q.sql", "w+") as f:  # db.shell opens the client in the task's container, on its node
+        f.write("SELECT 'swarm-' || 6 * 7;\n")
+        f.seek(0)
+        out = ok(p.run("db.shell", "postgres", stdin=f))
+    assert "swarm-42" in out, out
+    out = failed(p.run("db.reset", "postgres", "--yes"))
+    assert "db.reset is not available on a swarm stack yet" in out, out
+    assert pg(hosts, p.name, "SELECT v FROM marks ORDER BY v;").split() == ["kept"]  # nothing was reset
 
 
 def test_draining_a_worker_moves_its_app_tasks_and_postgres_stays_with_its_data(swarm_stack, hosts):
