@@ -608,8 +608,8 @@ def node_targets(c: Any, settings: Settings, services: Iterable[str] | None = No
 def node_target(nc: Any, settings: Settings, local: Target, model: dict[str, Any], node: str,
                 tasks: dict[str, str]) -> Target:
     """The Target of a swarm stack on one node: this machine's stack files and env (migrations,
-    secrets to mask), commands on the node. Its ``release_dir`` stands for the stack's folder there
-    (``<root>/releases/swarm``: no release is deployed on a swarm node), so that backups go to
+    secrets to mask), commands on the node. No release is deployed on a swarm node (no
+    ``release_dir``); its ``deploy_root`` is the stack's folder there, so that backups go to
     ``<root>/backups/<stack>`` as on a compose host."""
     from .swarm import host_of
 
@@ -617,7 +617,7 @@ def node_target(nc: Any, settings: Settings, local: Target, model: dict[str, Any
                            node=node, rendered=model)
     host = host_of(nc)
     base = host.root_for(local.stack.name) if host is not None else f"/var/lib/memstack-ops/{local.stack.name}"
-    return Target(nc, settings, local.stack, compose, dict(local.env), release_dir=f"{base}/releases/swarm")
+    return Target(nc, settings, local.stack, compose, dict(local.env), deploy_root=base)
 
 
 @contextmanager

@@ -42,8 +42,8 @@ def backups_root(t: Target, here: bool = False) -> str:
     a command without ``-H`` uses, so it lists and restores them."""
     d = PurePosixPath(str(t.settings["backups_dir"]))
     if not d.is_absolute():
-        remote = t.release_dir if t.remote and not here else None
-        d = PurePosixPath(remote.rsplit("/releases/", 1)[0] if remote else str(local_project_dir(t))) / d
+        remote = t.deploy_root if t.remote and not here else None
+        d = PurePosixPath(remote or str(local_project_dir(t))) / d
     return str(d / t.stack.name)
 
 

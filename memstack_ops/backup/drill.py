@@ -124,7 +124,7 @@ def copy_target(t: Target, project: str, model: dict[str, Any], shell: Shell) ->
     stack = dataclasses.replace(t.stack, project=project)
     # the same kind of Compose (on a host: the one that runs in the release folder there), another project
     compose = dataclasses.replace(t.compose, stack=stack, secrets=dict(t.compose.secrets), found=set(t.compose.found))
-    t2 = Target(t.c, t.settings, stack, compose, dict(t.env), t.release_dir)
+    t2 = dataclasses.replace(t, stack=stack, compose=compose, env=dict(t.env))
     from .engines.binds import project_dir
 
     keep = set()

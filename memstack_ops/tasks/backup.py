@@ -630,8 +630,8 @@ def _pythonpath() -> str | None:
 
 def _host_folder(t: Target) -> str:
     """The project folder a schedule runs in on a host: ``<deploy root>/schedule`` (schedule.host_folder)."""
-    assert t.release_dir
-    return t.release_dir.rsplit("/releases/", 1)[0] + "/schedule"
+    assert t.deploy_root
+    return t.deploy_root + "/schedule"
 
 
 @ops_task(name="schedule", help={

@@ -208,4 +208,5 @@ def host_target(tmp_path: Path, client: Any) -> Any:
 
     stack = SimpleNamespace(name="memstack", root=tmp_path / "here", project="p", stage="prod")
     return SimpleNamespace(c=FakeHost(client), settings={"backups_dir": "backups", "timeout": 10}, stack=stack,
-                           remote=True, release_dir=str(tmp_path / "host" / "releases" / "20260101T0-abc"))
+                           remote=True, release_dir=str(tmp_path / "host" / "releases" / "20260101T0-abc"),
+                           deploy_root=str(tmp_path / "host"))

@@ -132,7 +132,7 @@ def _node(tmp_path, name: str, set_ids: list[str]):
         _real_set(root / "backups" / "tiny", sid, kind=sid.rsplit("-", 1)[1])
     stack = SimpleNamespace(name="tiny", root=root, project="p", stage="dev")
     return SimpleNamespace(c=MockContext(), settings={"backups_dir": "backups", "timeout": 10}, stack=stack,
-                           remote=False, release_dir=None, where=name)
+                           remote=False, release_dir=None, deploy_root=None, where=name)
 
 
 @pytest.fixture
