@@ -412,8 +412,8 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
     if swarm_ops.is_swarm(s):  # on the node that runs the database's task
         from ..kinds import DB_KINDS
 
-        if kind not in DB_KINDS or from_ or snapshot or swarm_ops.stops_itself(kind, "restore"):
-            swarm_ops.refuse_here(s, f"restore.{kind}" + (" --from/--snapshot" if from_ or snapshot else ""))
+        if kind not in DB_KINDS or swarm_ops.stops_itself(kind, "restore"):
+            swarm_ops.refuse_here(s, f"restore.{kind}")
         with swarm_ops.db_targets(c, s, kind=kind, services=[kw["service"]] if kw.get("service") else ()) as found:
             if len(found) != 1 or len(found[0][1]) != 1:
                 from ..errors import ConfigError
@@ -421,6 +421,10 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
                 raise ConfigError(f"Stack {s['stack']} has several {kind} services "
                                   f"({', '.join(n for _, names in found for n in names)}): pick one with --service.")
             t, names = found[0]
+            if from_ or snapshot:  # fetched here (restic and the key stay here), sent to the node, checked there
+                backup = _from_offsite(t, from_, snapshot, backup, kind, dry_run)
+                if backup is None:  # --dry-run: fetched here, not sent
+                    return
             _restore_on(t, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **{**kw,
                                                                                              "service": names[0]})
         return

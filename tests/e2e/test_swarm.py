@@ -4,7 +4,9 @@ between them) made into one swarm by the real CLI: h1 the manager, h2 and h3 wor
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -722,6 +724,34 @@ def test_postgres_sets_are_made_listed_verified_fetched_pruned_and_restored_on_i
     out = failed(p.run("db.reset", "postgres", "--yes"))
     assert "db.reset is not available on a swarm stack yet" in out, out
     assert pg(hosts, p.name, "SELECT v FROM marks ORDER BY v;").split() == ["kept"]  # nothing was reset
+
+
+def test_restore_from_s3_onto_the_node_of_the_database_when_no_set_is_left_anywhere(swarm_stack, hosts, s3,
+                                                                                    tmp_path):
+    """A swarm stack's set, fetched here and pushed off-site; every copy of it (on the node, here) is
+    lost: `restore.postgres --from s3` fetches it here (restic and the key stay here), sends it to
+    the node that runs postgres, checks it there and restores it."""
+    from tests.e2e.test_offsite import no_secrets, s3_target
+
+    p = swarm_stack
+    ensure_swarm(p)
+    ok(p.run("deploy", timeout=600))
+    pw = s3_target(p, s3, tmp_path / "keys")
+    pg(hosts, p.name, "DROP TABLE IF EXISTS far; CREATE TABLE far (v text); INSERT INTO far VALUES ('off-site');")
+    out = ok(p.run("backup.postgres", "--fetch", timeout=600))
+    sid = next(s for s in os.listdir(p.root / "backups" / "tiny") if s.endswith("-postgres"))
+    out += ok(p.run("backup.push", "--to", "s3", "--backup", sid, timeout=600))
+    assert "Pushed" in out, out
+    hosts["h2"].sh(f"rm -rf /srv/{p.name}/backups/tiny")
+    shutil.rmtree(p.root / "backups" / "tiny")
+    pg(hosts, p.name, "DROP TABLE far;")
+    r = ok(p.run("restore.postgres", "--from", "s3", "--yes", timeout=600))
+    out += r
+    assert "-> h2" in r and "Restored from" in r, r
+    assert pg(hosts, p.name, "SELECT v FROM far;").strip() == "off-site"
+    assert sid in hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/")  # sent there, checked, kept as the node's set
+    no_secrets(p, s3, pw, out)
+    assert env_value(p, "PG_PASSWORD") not in out
 
 
 def test_draining_a_worker_moves_its_app_tasks_and_postgres_stays_with_its_data(swarm_stack, hosts):
