@@ -643,6 +643,90 @@ def backup_targets(c: Any, settings: Settings) -> Iterator[list[Target]]:
         yield [t for t, _ in found]
 
 
+@dataclass
+class NodePart:
+    """What ``backup.all``/``backup.volumes`` of a swarm stack takes on one node: the databases
+    whose task runs there (dumped in their containers) and the named volumes only services
+    running there use (a tar from a one-off container: the volume is that node's)."""
+
+    databases: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+
+
+def backup_services(model: Mapping[str, Any], kind: str, volumes: Iterable[str] = (),
+                    exclude: Iterable[str] = ()) -> list[str]:
+    """The stateful services whose node a set of ``kind`` (all or volumes) needs to know: for
+    ``all`` every one not excluded, except the databases whose backup stops them (left out, see
+    ``backup_parts``); for ``volumes`` those that use the volumes wanted (default all)."""
+    from .backup.engines import ENGINES
+    from .backup.engines.volumes import stack_volumes
+    from .kinds import DB_KINDS, kind_of
+    from .swarm_render import stateful_services
+
+    services = model.get("services") or {}
+    pinned = list(stateful_services(model))
+    if kind == "all":
+        exclude = set(exclude)
+        return [n for n in pinned if n not in exclude
+                and not (kind_of(services[n]) in DB_KINDS and ENGINES[kind_of(services[n])].downtime)]
+    wanted = set(volumes)
+    users = {s for v in stack_volumes(dict(model)) if not wanted or v.key in wanted for s in v.services}
+    return [n for n in pinned if n in users]
+
+
+def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kind: str, volumes: Iterable[str] = (),
+                 exclude: Iterable[str] = ()) -> tuple[dict[str, NodePart], list[str]]:
+    """Per node (``on_node``: node -> the stateful services whose task runs there), what a set of
+    ``kind`` (all or volumes) takes there; and one note per thing left out, with why (never
+    skipped silently). A volume named in ``volumes`` that no one node holds is an error, as is an
+    unknown one. Pure: the caller found where the tasks run."""
+    from .backup import BackupError
+    from .backup.engines import ENGINES
+    from .backup.engines.volumes import stack_volumes
+    from .kinds import DB_KINDS, kind_of
+
+    services = model.get("services") or {}
+    exclude = set(exclude)
+    node_of = {s: n for n, names in on_node.items() for s in names}
+    parts: dict[str, NodePart] = {n: NodePart() for n in on_node}
+    notes: list[str] = []
+    dbs = {n for n, s in services.items() if kind_of(s) in DB_KINDS}
+    if kind == "all":
+        for name in sorted(dbs - exclude):
+            k = kind_of(services[name])
+            if ENGINES[k].downtime:
+                notes.append(f"{name}: not included: its {k} backup stops it, which is not available on a swarm "
+                             f"stack yet")
+            elif name in node_of:
+                parts[node_of[name]].databases.append(name)
+    vols = {v.key: v for v in stack_volumes(dict(model))}
+    wanted = list(volumes) or [k for k in vols if k not in exclude]
+    unknown = [k for k in wanted if k not in vols]
+    if unknown:
+        raise BackupError(f"Unknown volume(s) {', '.join(unknown)}; the stack's named volumes: "
+                          f"{', '.join(vols) or 'none'}. Nothing was done.")
+    for key in wanted:
+        v = vols[key]
+        if kind == "all" and set(v.services) & dbs:
+            continue  # a database's own files: its dump holds them
+        nodes = {node_of.get(s) for s in v.services}
+        if v.services and len(nodes) == 1 and None not in nodes:
+            parts[str(nodes.pop())].volumes.append(key)
+            continue
+        why = (f"used by {', '.join(s for s in v.services if s not in node_of)}, which is not one task pinned to "
+               f"a node (each node that runs it has its own copy of the volume)" if v.services else
+               "no service uses it")
+        if volumes:
+            raise BackupError(f"Volume {key} cannot be backed up on a swarm stack: {why}. Nothing was done.")
+        notes.append(f"volume {key}: not included: {why}")
+    binds = sorted(n for n, s in services.items()
+                   if any(isinstance(m, dict) and m.get("type") == "bind" for m in s.get("volumes") or []))
+    if kind == "all" and binds:
+        notes.append(f"bind-mounted folders of {', '.join(binds)}: not included: the folders are on the nodes, "
+                     f"which is not available on a swarm stack yet")
+    return {n: p for n, p in parts.items() if p.databases or p.volumes}, notes
+
+
 def stops_itself(kind: str, what: str) -> bool:
     """The kind's backup (or restore) stops its own service: compose does that, the swarm would
     start a new task at once (not yet done on a swarm)."""
@@ -656,7 +740,7 @@ def refuse_here(settings: Settings, what: str) -> None:
     """Refuse a step that has no swarm form yet, naming it."""
     if is_swarm(settings):
         raise Refused(f"{what} is not available on a swarm stack yet (engine = \"swarm\"): nothing was done. "
-                      f"backup.postgres/mysql/redis, restore.postgres/mysql and backup.list/verify/prune/fetch run "
-                      f"on the node of the database's task; for the rest, run the step on that node's engine by "
-                      f"hand.")
+                      f"backup.all/volumes/postgres/mysql/redis, restore.postgres/mysql (also from an `all` set: "
+                      f"--backup ID) and backup.list/verify/prune/fetch run on the node of the database's task; "
+                      f"for the rest, run the step on that node's engine by hand.")
 

@@ -63,11 +63,70 @@ def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay
             require_remote(c)  # before anything is made
         _backup_on(target(c, stack, stage, overlay), t0, kind, dry_run, no_space_check, compress, fetch, push, **kw)
         return
+    if kind in ("all", "volumes"):
+        _backup_swarm_nodes(c, s, t0, kind, dry_run, no_space_check, compress, fetch, push, **kw)
+        return
     if kind not in DB_KINDS or swarm_ops.stops_itself(kind, "backup"):
         swarm_ops.refuse_here(s, f"backup.{kind}")
     with swarm_ops.db_targets(c, s, kind=kind, services=kw.pop("services", ())) as found:  # each on its node
         for t, names in found:
             _backup_on(t, t0, kind, dry_run, no_space_check, compress, fetch, push, services=names, **kw)
+
+
+def _backup_swarm_nodes(c: Context, s: Any, t0: float, kind: str, dry_run: bool, no_space_check: bool,
+                        compress: str, fetch: bool, push: str | None, volumes: Any = (), exclude: Any = (),
+                        stop: bool = False) -> None:
+    """backup.all / backup.volumes of a swarm stack: one set on each node that runs a stateful
+    service's task (its databases dumped in their containers, the volumes only it uses tarred
+    there), each made as on a compose host (swarm_ops.backup_parts says what goes where)."""
+    from .. import backup as core
+    from .. import swarm_ops
+    from ..backup.core import make_job
+    from ..backup.engines import ENGINES, stack_volumes
+    from ..errors import Refused
+    from ..output import say
+    from ..target import target as target_of
+
+    if push:
+        from ..config import offsite_target
+
+        offsite_target(s, push)  # a wrong name fails before the backup
+        if not fetch:
+            raise core.BackupError(f"--push sends a set from this machine to the off-site target; on a swarm stack "
+                                   f"the sets are made on the nodes: add --fetch to bring them here first "
+                                   f"(`memstack-ops backup.{kind} --fetch --push {push}`). Nothing was done.")
+    if stop:
+        raise Refused("--stop on a swarm stack would stop swarm services, which is not available yet: back up without "
+                      "it (the databases are dumped consistently in their running containers). Nothing was done.")
+    st = swarm_ops.swarm_settings(c, s)
+    here = target_of(Context(), st)  # this machine's stack files: which services are pinned to a node
+    lookup = swarm_ops.backup_services(here.compose.model(here.c), kind, volumes, exclude)
+    if not lookup:
+        swarm_ops.backup_parts(here.compose.model(here.c), {}, kind, volumes, exclude)  # an unknown volume: named
+        raise core.BackupError(f"Swarm stack {st['stack']} has no stateful service (one task pinned to a node) "
+                               f"whose data this {kind} backup could take. Nothing was done.")
+    with swarm_ops.node_targets(c, st, lookup) as found:
+        on_node = {t.where: names for t, names in found}
+        model = found[0][0].compose.model(found[0][0].c)
+        parts, notes = swarm_ops.backup_parts(model, on_node, kind, volumes, exclude)
+        for n in notes:
+            say(f"  {n}")
+        if not parts:
+            raise core.BackupError(f"Nothing to back up in swarm stack {st['stack']}" + (": " + "; ".join(notes)
+                                                                                         if notes else "."))
+        for t, _ in found:
+            part = parts.get(t.where)
+            if part is None:
+                continue
+            say(f"{kind} on swarm node {t.where}: " + ", ".join(part.databases + [f"volume {v}" for v in part.volumes]))
+            job = make_job(t, compress=compress, model=model)
+            vols = {v.key: v for v in stack_volumes(model)}
+            plans = [ENGINES[x.kind].plan(job, x) for x in [job.inspect(n) for n in part.databases] +
+                     [vols[k] for k in part.volumes]]
+            made = core.backup(t, kind, compress=compress, dry_run=dry_run, space_check=not no_space_check, job=job,
+                               plans=plans)
+            if made is not None:
+                _after_backup(t, made, t0, fetch, push)
 
 
 def _backup_on(t: Target, t0: float, kind: str, dry_run: bool, no_space_check: bool, compress: str, fetch: bool,
@@ -87,12 +146,21 @@ def _backup_on(t: Target, t0: float, kind: str, dry_run: bool, no_space_check: b
                               f"{push}`). Nothing was done.")
     s = core.backup(t, kind, compress=compress, dry_run=dry_run, space_check=not no_space_check, **kw)
     if s is not None:
-        _print_set(s, t0)
-        _backup_metrics(t, s)
-        if fetch:
-            s = _fetch(t, s)
-        if offsite is not None:
-            _push(t, offsite, s, after_backup=True)
+        _after_backup(t, s, t0, fetch, offsite)
+
+
+def _after_backup(t: Target, s: BackupSet, t0: float, fetch: bool, offsite: Any) -> None:
+    """Show the finished set, write its metrics, then --fetch it here and --push it off-site."""
+    if isinstance(offsite, str):
+        from ..config import offsite_target
+
+        offsite = offsite_target(t.settings, offsite)
+    _print_set(s, t0)
+    _backup_metrics(t, s)
+    if fetch:
+        s = _fetch(t, s)
+    if offsite is not None:
+        _push(t, offsite, s, after_backup=True)
 
 
 def _push(t: Target, offsite: Any, s: BackupSet, after_backup: bool = False) -> None:

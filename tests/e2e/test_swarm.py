@@ -726,6 +726,34 @@ def test_postgres_sets_are_made_listed_verified_fetched_pruned_and_restored_on_i
     assert pg(hosts, p.name, "SELECT v FROM marks ORDER BY v;").split() == ["kept"]  # nothing was reset
 
 
+def test_backup_all_and_volumes_make_their_sets_on_the_node_of_each_stateful_task(swarm_stack, hosts):
+    import json
+
+    p = swarm_stack
+    ensure_swarm(p)
+    ok(p.run("deploy", timeout=600))
+    pg(hosts, p.name, "DROP TABLE IF EXISTS whole; CREATE TABLE whole (v text); INSERT INTO whole VALUES ('all');")
+    before = set(hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/ 2>/dev/null || true").split())
+    out = ok(p.run("backup.all", timeout=600))
+    assert "all on swarm node h2: postgres" in out and "complete" in out, out
+    out = ok(p.run("backup.volumes", "--volume", "pgdata", timeout=600))
+    assert "volumes on swarm node h2: volume pgdata" in out and "complete" in out, out
+    new = sorted(set(hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split()) - before)
+    assert [s.rsplit("-", 1)[1] for s in new] == ["all", "volumes"], new
+    kinds = {s: [e["kind"] for e in json.loads(hosts["h2"].sh(f"cat /srv/{p.name}/backups/tiny/{s}/manifest.json"))
+                 ["entries"]] for s in new}
+    assert kinds == {new[0]: ["postgres"], new[1]: ["volumes"]}, kinds
+    assert "--stop on a swarm stack" in failed(p.run("backup.all", "--stop"))
+    out = failed(p.run("backup.volumes", "--volume", "nope"))
+    assert "Unknown volume(s) nope" in out and "pgdata" in out, out
+    assert "restore.all is not available on a swarm stack yet" in failed(p.run("restore.all", "--yes"))
+    pg(hosts, p.name, "DROP TABLE whole;")
+    out = ok(p.run("restore.postgres", "--backup", new[0], "--yes", timeout=600))  # from the node's "all" set
+    assert "Restored from" in out, out
+    assert pg(hosts, p.name, "SELECT v FROM whole;").strip() == "all"
+    assert env_value(p, "PG_PASSWORD") not in out
+
+
 def test_restore_from_s3_onto_the_node_of_the_database_when_no_set_is_left_anywhere(swarm_stack, hosts, s3,
                                                                                     tmp_path):
     """A swarm stack's set, fetched here and pushed off-site; every copy of it (on the node, here) is

@@ -194,3 +194,63 @@ def test_a_set_folder_path_finds_its_node_by_the_folder_name(nodes):
     found, _ = nodes
     got = list(_holders_of(None, found[0], "/srv/x/backups/tiny/20260101T000000Z-postgres/"))
     assert [n.where for n in got] == ["h2"]
+
+
+# ---------------------------------------------------------------- backup.all / backup.volumes on the nodes
+
+def _vol(source: str, target: str = "/data") -> dict:
+    return {"type": "volume", "source": source, "target": target}
+
+
+BACKUP_MODEL = {
+    "services": {
+        "postgres": {"image": "postgres:15", "volumes": [_vol("pgdata")]},
+        "neo4j": {"image": "neo4j:5", "volumes": [_vol("graph")]},
+        "minio": {"image": "minio/minio", "volumes": [_vol("objects")]},
+        "api": {"image": "app", "volumes": [_vol("uploads"), _vol("shared"),
+                                            {"type": "bind", "source": "/srv/x", "target": "/x"}]},
+        "redis": {"image": "redis:7", "volumes": [_vol("shared", "/s")]},
+    },
+    "volumes": {k: {"name": f"p_{k}"} for k in ("pgdata", "graph", "objects", "uploads", "shared", "unused")},
+}
+
+
+def test_backup_all_looks_up_the_pinned_services_but_not_those_whose_backup_stops_them():
+    from memstack_ops.swarm_ops import backup_services
+
+    assert backup_services(BACKUP_MODEL, "all") == ["postgres", "minio", "redis"]
+    assert backup_services(BACKUP_MODEL, "all", exclude=["minio"]) == ["postgres", "redis"]
+    assert backup_services(BACKUP_MODEL, "volumes") == ["postgres", "neo4j", "minio", "redis"]
+    assert backup_services(BACKUP_MODEL, "volumes", ["objects"]) == ["minio"]
+
+
+def test_backup_all_takes_each_node_its_databases_and_the_volumes_only_its_tasks_use_and_names_the_rest():
+    from memstack_ops.swarm_ops import NodePart, backup_parts
+
+    parts, notes = backup_parts(BACKUP_MODEL, {"h2": ["postgres"], "h3": ["minio", "redis"]}, "all")
+    assert parts == {"h2": NodePart(["postgres"], []), "h3": NodePart(["redis"], ["objects"])}
+    assert notes == [
+        "neo4j: not included: its neo4j backup stops it, which is not available on a swarm stack yet",
+        "volume uploads: not included: used by api, which is not one task pinned to a node (each node that runs "
+        "it has its own copy of the volume)",
+        "volume unused: not included: no service uses it",
+        "bind-mounted folders of api: not included: the folders are on the nodes, which is not available on a "
+        "swarm stack yet",
+    ]  # pgdata and graph are databases' own files (their dumps), shared is redis's own (its dump)
+
+
+def test_backup_volumes_on_a_swarm_refuses_a_volume_no_one_node_holds_or_an_unknown_one():
+    from memstack_ops.backup import BackupError
+    from memstack_ops.swarm_ops import NodePart, backup_parts
+
+    on = {"h1": ["neo4j"], "h2": ["postgres"], "h3": ["minio", "redis"]}
+    parts, notes = backup_parts(BACKUP_MODEL, on, "volumes", ["graph", "objects"])
+    assert parts == {"h1": NodePart([], ["graph"]), "h3": NodePart([], ["objects"])} and notes == []
+    with pytest.raises(BackupError, match=r"Volume shared cannot be backed up on a swarm stack: used by api, which "
+                                          r"is not one task pinned to a node"):
+        backup_parts(BACKUP_MODEL, on, "volumes", ["shared"])
+    with pytest.raises(BackupError, match=r"Unknown volume\(s\) nope; the stack's named volumes: pgdata, graph"):
+        backup_parts(BACKUP_MODEL, on, "volumes", ["nope"])
+    parts, notes = backup_parts(BACKUP_MODEL, on, "volumes")  # all: the others named, not an error
+    assert sorted(parts) == ["h1", "h2", "h3"] and parts["h2"].volumes == ["pgdata"]
+    assert [n.split(":")[0] for n in notes] == ["volume uploads", "volume shared", "volume unused"]
