@@ -827,9 +827,15 @@ def backup_run(c: Context, push: str | None = None, drill: str | None = None, lo
     shell = shell_for(c)
     root = backups_root(t)
     common = {"stack": stack, "stage": stage, "overlay": overlay}
+    from ..swarm_ops import is_swarm
+
+    swarm = is_swarm(t.settings)
     with stack_lock(shell, root, "backup.run"):  # the whole run: a second one refuses, naming this one
-        backup_all(c, **common)
-        if push:
+        if swarm:  # the sets are made on the nodes: each is fetched here to be pushed
+            backup_all(c, fetch=bool(push), push=push, **common)
+        else:
+            backup_all(c, **common)
+        if push and not swarm:
             steps["push"](c, to=push, **common)  # type: ignore[misc]
         if drill:
             stamp = shell.read_text(drill_stamp_path(root))

@@ -756,9 +756,10 @@ def test_backup_all_and_volumes_make_their_sets_on_the_node_of_each_stateful_tas
 
 def test_restore_from_s3_onto_the_node_of_the_database_when_no_set_is_left_anywhere(swarm_stack, hosts, s3,
                                                                                     tmp_path):
-    """A swarm stack's set, fetched here and pushed off-site; every copy of it (on the node, here) is
-    lost: `restore.postgres --from s3` fetches it here (restic and the key stay here), sends it to
-    the node that runs postgres, checks it there and restores it."""
+    """What a schedule runs (`backup.run --push s3`) makes the swarm stack's set on the node, fetches
+    it here and pushes it off-site; every copy of it (on the node, here) is lost: `restore.postgres
+    --from s3` fetches it here (restic and the key stay here), sends it to the node that runs
+    postgres, checks it there and restores it."""
     from tests.e2e.test_offsite import no_secrets, s3_target
 
     p = swarm_stack
@@ -766,10 +767,9 @@ def test_restore_from_s3_onto_the_node_of_the_database_when_no_set_is_left_anywh
     ok(p.run("deploy", timeout=600))
     pw = s3_target(p, s3, tmp_path / "keys")
     pg(hosts, p.name, "DROP TABLE IF EXISTS far; CREATE TABLE far (v text); INSERT INTO far VALUES ('off-site');")
-    out = ok(p.run("backup.postgres", "--fetch", timeout=600))
-    sid = next(s for s in os.listdir(p.root / "backups" / "tiny") if s.endswith("-postgres"))
-    out += ok(p.run("backup.push", "--to", "s3", "--backup", sid, timeout=600))
-    assert "Pushed" in out, out
+    out = ok(p.run("backup.run", "--push", "s3", timeout=600))
+    assert "all on swarm node h2: postgres" in out and "Fetched" in out and "Pushed" in out, out
+    [sid] = [s for s in os.listdir(p.root / "backups" / "tiny") if s.endswith("-all")]
     hosts["h2"].sh(f"rm -rf /srv/{p.name}/backups/tiny")
     shutil.rmtree(p.root / "backups" / "tiny")
     pg(hosts, p.name, "DROP TABLE far;")
