@@ -4,6 +4,7 @@ between them) made into one swarm by the real CLI: h1 the manager, h2 and h3 wor
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -338,6 +339,12 @@ def swarm_stack(swarm_project, hosts, ssh_key, tmp_path_factory):
     stack_rm(hosts, p.name)
 
 
+def when(stamp: str) -> str:
+    """An engine time stamp (RFC 3339, its fraction of varying length) as a string that sorts by time."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return f"{head}.{frac.ljust(9, '0')}"
+
+
 def env_value(p, key: str) -> str:
     return next(ln.split("=", 1)[1] for ln in p.env_file.read_text().splitlines() if ln.startswith(f"{key}="))
 
@@ -370,6 +377,12 @@ def test_swarm_deploy_converges_pins_postgres_spreads_replicas_and_keeps_passwor
     assert "[h1]" in out and "[h2]" not in out, out  # once, on the manager
     assert "Deployed: swarm stack" in out and "converged" in out, out
     assert "4 service(s) created" in out, out
+    # the swarm runs no depends_on: the tool created app only once cache was healthy and setup had exited 0
+    assert "Start order of the new services (their depends_on; the swarm runs none): cache, postgres, setup -> app" \
+        in out, out
+    app_created = when(json.loads(manager_sh(hosts, f"docker service inspect {p.name}_app"))[0]["CreatedAt"])
+    setup_task = json.loads(manager_sh(hosts, f"docker inspect --type task $(docker service ps -q {p.name}_setup)"))
+    assert setup_task[0]["Status"]["State"] == "complete" and when(setup_task[0]["Status"]["Timestamp"]) <= app_created
     assert running_nodes(hosts, p.name, "postgres") == ["h2"]  # the node labelled memstack-ops.postgres
     assert running_nodes(hosts, p.name, "app") == ["h1", "h2", "h3"]  # 3 replicas, one per node
     assert len(running_nodes(hosts, p.name, "cache")) == 1
