@@ -740,7 +740,7 @@ def refuse_here(settings: Settings, what: str) -> None:
     """Refuse a step that has no swarm form yet, naming it."""
     if is_swarm(settings):
         raise Refused(f"{what} is not available on a swarm stack yet (engine = \"swarm\"): nothing was done. "
-                      f"backup.all/volumes/postgres/mysql/redis, restore.postgres/mysql (also from an `all` set: "
-                      f"--backup ID) and backup.list/verify/prune/fetch run on the node of the database's task; "
-                      f"for the rest, run the step on that node's engine by hand.")
+                      f"backup.all/volumes/postgres/mysql/redis, restore.all/postgres/mysql and "
+                      f"backup.list/verify/prune/fetch run on the node of the database's task; for the rest, run "
+                      f"the step on that node's engine by hand.")
 

@@ -630,7 +630,10 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
     from ..output import say, table
 
     t0 = time.monotonic()
-    swarm_ops.refuse_here(settings(stack, stage, overlay), "restore.all")
+    s = settings(stack, stage, overlay)
+    if swarm_ops.is_swarm(s):
+        _restore_all_swarm(c, s, t0, backup, yes, no_safety_backup, dry_run, allow_foreign, from_, snapshot)
+        return
     t = target(c, stack, stage, overlay)
     if from_ or snapshot:
         backup = _from_offsite(t, from_, snapshot, backup, "all", dry_run)
@@ -641,6 +644,102 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
     if results:
         table("restore summary", ["what", "result"], [[k, str(v)] for k, v in results])
         say(f"Restored in {time.monotonic() - t0:.1f} s; healthy again.")
+
+
+def _restore_all_swarm(c: Context, s: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,
+                       dry_run: bool, allow_foreign: bool, from_: str | None, snapshot: str | None) -> None:
+    """restore.all of a swarm stack: a backup.all set is one node's (swarm_ops.backup_parts), so
+    each database entry of it is restored on that node as restore.<db> would (beside the live
+    database, then swapped); the newest such set of each node without --backup. A set holding
+    entries that a swarm cannot restore yet (a volume, or a database whose restore stops it) is
+    refused before any change, naming them."""
+    from .. import backup as core
+    from .. import swarm_ops
+    from ..backup.sets import list_sets
+    from ..backup.shell import shell_for
+    from ..output import say
+
+    st = swarm_ops.swarm_settings(c, s)
+    if from_ or snapshot:
+        _restore_all_swarm_from(c, st, t0, backup, yes, no_safety_backup, dry_run, allow_foreign, from_, snapshot)
+        return
+    with swarm_ops.backup_targets(c, st) as nodes:
+        picks = []
+        for n in nodes:
+            sets = [x for x in list_sets(shell_for(n.c), core.backups_root(n)) if not x.error]
+            if backup:
+                name = backup.rstrip("/").rsplit("/", 1)[-1]
+                hit = [x for x in sets if x.id == name]
+                if hit:
+                    picks = [(n, hit[0])]
+                    break
+                continue
+            newest = [x for x in sets if x.kind == "all" and not str(x.manifest.get("reason", "")).startswith("safety")]
+            if newest:
+                picks.append((n, newest[0]))
+        if not picks:
+            what = f"backup set {backup}" if backup else "backup.all set"
+            raise core.BackupError(f"No {what} on the swarm nodes that hold stack {st['stack']}'s sets "
+                                   f"({', '.join(n.where for n in nodes)}): `memstack-ops backup.list` lists them. "
+                                   f"Nothing was done.")
+        for n, found in picks:
+            _swarm_restorable(found, n.where)
+        for n, found in picks:
+            say(f"restore.all of {found.id} on swarm node {n.where}: {', '.join(found.services)}")
+            for e in found.entries:
+                _restore_on(n, t0, str(e["kind"]), found.id, yes, no_safety_backup, dry_run, allow_foreign,
+                            service=str(e["service"]))
+
+
+def _swarm_restorable(found: BackupSet, node: str) -> None:
+    """Refuse (before any change) a set with entries a swarm stack cannot restore yet."""
+    from .. import swarm_ops
+    from ..errors import Refused
+    from ..kinds import DB_KINDS
+
+    blocked = [f"{e['service']} ({e['kind']})" for e in found.entries
+               if e.get("kind") not in DB_KINDS or swarm_ops.stops_itself(str(e["kind"]), "restore")]
+    if blocked:
+        raise Refused(f"Set {found.id} (on {node}) holds {', '.join(blocked)}, whose restore stops services, which is "
+                      f"not available on a swarm stack yet. Nothing was done. Its other databases restore one by one: "
+                      f"`memstack-ops restore.<kind> --backup {found.id} --service NAME`.")
+
+
+def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,
+                            dry_run: bool, allow_foreign: bool, from_: str | None, snapshot: str | None) -> None:
+    """restore.all --from of a swarm stack: the set is fetched here (restic and the key stay here),
+    sent to the node that runs its databases' tasks, checked there, restored there."""
+    from invoke import Context as Local
+
+    from .. import swarm_ops
+    from ..backup import BackupError
+    from ..backup.offsite import fetch
+    from ..backup.send import send
+    from ..config import offsite_target
+    from ..output import say
+    from ..target import target as target_of
+
+    if backup:
+        raise BackupError("--backup names a set on the nodes, --from/--snapshot one in an off-site target: give one "
+                          "or the other. Nothing was done.")
+    dest = offsite_target(st, from_)
+    local = fetch(target_of(Local(), st), dest, snapshot, "all", say=say)
+    _swarm_restorable(local, "this machine")
+    if dry_run:
+        say(f"Dry run: backup {local.id} would be sent to the node of {', '.join(local.services)} and restored there; "
+            f"nothing was sent. It stays here: {local.path}.")
+        return
+    with swarm_ops.node_targets(c, st, [str(e["service"]) for e in local.entries]) as found:
+        if len(found) != 1:
+            raise BackupError(f"The databases of set {local.id} run on several swarm nodes now "
+                              f"({', '.join(t.where for t, _ in found)}); restore them one by one with "
+                              f"`memstack-ops restore.<kind> --from {from_} --snapshot {local.id}`. Nothing was done.")
+        n = found[0][0]
+        sent = send(n, local, say)
+        say(f"Sent {local.id} to {n.where} as {sent.set.path}, sha256 of every file checked there.")
+        for e in sent.set.entries:
+            _restore_on(n, t0, str(e["kind"]), sent.set.id, yes, no_safety_backup, dry_run, allow_foreign,
+                        service=str(e["service"]))
 
 
 @ops_task(name="drill", help={

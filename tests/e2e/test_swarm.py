@@ -759,20 +759,22 @@ def test_backup_all_and_volumes_make_their_sets_on_the_node_of_each_stateful_tas
     assert "--stop on a swarm stack" in failed(p.run("backup.all", "--stop"))
     out = failed(p.run("backup.volumes", "--volume", "nope"))
     assert "Unknown volume(s) nope" in out and "pgdata" in out, out
-    assert "restore.all is not available on a swarm stack yet" in failed(p.run("restore.all", "--yes"))
+    out = failed(p.run("restore.all", "--backup", new[1], "--yes"))  # a volume's restore stops its users
+    assert f"Set {new[1]} (on h2) holds pgdata (volumes)" in out and "Nothing was done" in out, out
     pg(hosts, p.name, "DROP TABLE whole;")
-    out = ok(p.run("restore.postgres", "--backup", new[0], "--yes", timeout=600))  # from the node's "all" set
-    assert "Restored from" in out, out
+    out = ok(p.run("restore.all", "--yes", timeout=600))  # the newest `all` set of each node that holds sets
+    assert f"restore.all of {new[0]} on swarm node h2: postgres" in out and "Restored from" in out, out
     assert pg(hosts, p.name, "SELECT v FROM whole;").strip() == "all"
     assert env_value(p, "PG_PASSWORD") not in out
 
 
-def test_restore_from_s3_onto_the_node_of_the_database_when_no_set_is_left_anywhere(swarm_stack, hosts, s3,
-                                                                                    tmp_path):
+def test_restore_all_and_postgres_from_s3_onto_the_database_node_when_no_set_is_left_anywhere(swarm_stack, hosts, s3,
+                                                                                               tmp_path):
     """What a schedule runs (`backup.run --push s3`) makes the swarm stack's set on the node, fetches
     it here and pushes it off-site; every copy of it (on the node, here) is lost: `restore.postgres
     --from s3` fetches it here (restic and the key stay here), sends it to the node that runs
-    postgres, checks it there and restores it."""
+    postgres, checks it there and restores it (restore.all: the set's databases, restore.postgres:
+    the newest set with a postgres dump, the same one)."""
     from tests.e2e.test_offsite import no_secrets, s3_target
 
     p = swarm_stack
@@ -783,14 +785,15 @@ def test_restore_from_s3_onto_the_node_of_the_database_when_no_set_is_left_anywh
     out = ok(p.run("backup.run", "--push", "s3", timeout=600))
     assert "all on swarm node h2: postgres" in out and "Fetched" in out and "Pushed" in out, out
     [sid] = [s for s in os.listdir(p.root / "backups" / "tiny") if s.endswith("-all")]
-    hosts["h2"].sh(f"rm -rf /srv/{p.name}/backups/tiny")
-    shutil.rmtree(p.root / "backups" / "tiny")
-    pg(hosts, p.name, "DROP TABLE far;")
-    r = ok(p.run("restore.postgres", "--from", "s3", "--yes", timeout=600))
-    out += r
-    assert "-> h2" in r and "Restored from" in r, r
-    assert pg(hosts, p.name, "SELECT v FROM far;").strip() == "off-site"
-    assert sid in hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/")  # sent there, checked, kept as the node's set
+    for cmd in ("restore.all", "restore.postgres"):
+        hosts["h2"].sh(f"rm -rf /srv/{p.name}/backups/tiny")
+        shutil.rmtree(p.root / "backups" / "tiny")
+        pg(hosts, p.name, "DROP TABLE far;")
+        r = ok(p.run(cmd, "--from", "s3", "--yes", timeout=600))
+        out += r
+        assert "Restored from" in r and ("-> h2" in r if cmd == "restore.postgres" else f"Sent {sid} to h2" in r), r
+        assert pg(hosts, p.name, "SELECT v FROM far;").strip() == "off-site"
+        assert sid in hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/")  # sent there, checked, kept as the node's
     no_secrets(p, s3, pw, out)
     assert env_value(p, "PG_PASSWORD") not in out
 
