@@ -254,3 +254,19 @@ def test_backup_volumes_on_a_swarm_refuses_a_volume_no_one_node_holds_or_an_unkn
     parts, notes = backup_parts(BACKUP_MODEL, on, "volumes")  # all: the others named, not an error
     assert sorted(parts) == ["h1", "h2", "h3"] and parts["h2"].volumes == ["pgdata"]
     assert [n.split(":")[0] for n in notes] == ["volume uploads", "volume shared", "volume unused"]
+
+
+def test_restore_all_on_a_swarm_refuses_a_set_with_a_volume_or_a_stopping_restore_naming_them():
+    from types import SimpleNamespace
+
+    from memstack_ops.errors import Refused
+    from memstack_ops.tasks.backup import _swarm_restorable
+
+    ok = SimpleNamespace(id="20260101T000000Z-all", entries=[{"service": "postgres", "kind": "postgres"},
+                                                             {"service": "mysql", "kind": "mysql"}])
+    _swarm_restorable(ok, "h2")  # restored beside the live database and swapped: no stop
+    bad = SimpleNamespace(id="20260101T000000Z-all", entries=[*ok.entries, {"service": "cache", "kind": "redis"},
+                                                              {"service": "files", "kind": "volumes"}])
+    with pytest.raises(Refused, match=r"Set 20260101T000000Z-all \(on h2\) holds cache \(redis\), files \(volumes\), "
+                                      r"whose restore stops services.*Nothing was done"):
+        _swarm_restorable(bad, "h2")
