@@ -541,6 +541,15 @@ def deploy(c: Any, settings: Settings, replicas: Iterable[str] = (), ship_all: b
             f"{where(mc)}")
         nodes = list_nodes(mc)
         check_placement(model, nodes, stack)
+        if rendered.proxy is not None:  # a proxy in maintenance stays in it (maintenance off ends it)
+            from .swarm_ops import current_maintenance
+            from .swarm_proxy import switched
+
+            m = current_maintenance(mc, stack, rendered.proxy.service)
+            if m.on:
+                rendered.proxy = switched(rendered.stack, rendered.proxy, model, m)
+                say(f"note: the edge proxy {rendered.proxy.service} is in maintenance and stays in it "
+                    f"(`memstack-ops maintenance off` ends it)")
         if str(t.stack.options.get("endpoint_mode") or "dnsrr") == "vip":  # doctor's check of the nodes, refused
             from .doctor import FAIL, endpoint_check, ipvs_of_nodes
 

@@ -53,6 +53,7 @@ from .target import Target, where
 
 if TYPE_CHECKING:
     from .config import Settings, Stack
+    from .proxy import Maintenance
     from .swarm_deploy import Look, Service
 
 SERVICE_LABEL = "com.docker.swarm.service.name"
@@ -188,10 +189,12 @@ def status(c: Any, settings: Settings) -> list[Row]:
     from .swarm_deploy import look
 
     stack = settings.stack()
+    proxy = _proxy_of(settings)
     with manager(c, settings) as (mc, _):
         last = look(mc, stack.project)
         nodes = {n.id: n.hostname for n in list_nodes(mc)}
         src = where(mc)
+        m = current_maintenance(mc, stack.project, proxy) if proxy and proxy in last.services else None
     if not last.services:
         raise HealthError(f"Swarm stack {stack.project} has no service on the swarm of {src}: deploy it with "
                           f"`memstack-ops deploy --engine swarm` (or engine = \"swarm\" in [stacks.{stack.name}]).")
@@ -199,6 +202,11 @@ def status(c: Any, settings: Settings) -> list[Row]:
     table(f"swarm stack {stack.project} (stack {stack.name}, from {src})",
           ["service", "replicas", "nodes", "health", "image", "detail"],
           [[r.service, r.replicas, r.nodes, r.health, r.image, r.detail] for r in found])
+    if m is not None:
+        from .proxy import DEFAULT_MESSAGE
+
+        say(f"maintenance: ON: proxy {proxy} answers 503 with the page ({m.message or DEFAULT_MESSAGE})" if m.on else
+            f"maintenance: off; proxy {proxy} routes to the tasks of its services (tasks.<service>)")
     short = [r for r in found if r.short]
     if short:
         what = "; ".join(f"{r.service}: {r.replicas} running" if r.desired is not None else f"{r.service}: job failed"
@@ -207,6 +215,20 @@ def status(c: Any, settings: Settings) -> list[Row]:
                           f"{short[0].service}` shows why; `memstack-ops swarm.nodes` whether a node is down or "
                           f"drained.")
     return found
+
+
+def _proxy_of(settings: Settings) -> str | None:
+    """The stack's edge proxy service, from this machine's compose model (None without one)."""
+    from invoke import Context
+
+    from .proxy import proxy_service
+    from .target import target
+
+    try:
+        t = target(Context(), settings, require_env=False)
+        return proxy_service(t.compose.model(t.c))
+    except MemstackError:  # status shows the services whatever this machine's compose files say
+        return None
 
 
 # ---------------------------------------------------------------- logs
@@ -401,6 +423,90 @@ def rollback(c: Any, settings: Settings, services: Iterable[str] = ()) -> None:
                 raise SwarmError(f"The rollback did not converge within {timeout:g} s: {detail}.")
             outcome.update(result="rolled back", detail=detail)
     say(f"Rolled back: {detail}.")
+
+
+# ---------------------------------------------------------------- maintenance of the edge proxy
+
+def proxy_config_of(mc: Any, project: str, proxy: str) -> tuple[str, str]:
+    """(name, text) of the Swarm config the running proxy service mounts as its nginx config
+    (("", "") when the service or its config is not there)."""
+    import base64
+
+    from .proxy import CONF_NAME, CONF_TARGET
+
+    r = _run(mc, f"docker service inspect --format '{{{{json .Spec.TaskTemplate.ContainerSpec.Configs}}}}' "
+                 f"{shlex.quote(f'{project}_{proxy}')}")
+    try:
+        mounted = json.loads(r.stdout or "null") if r.ok else None
+    except ValueError:
+        mounted = None
+    name = next((str(x.get("ConfigName")) for x in mounted or []
+                 if (x.get("File") or {}).get("Name") == f"{CONF_TARGET}/{CONF_NAME}"), "")
+    if not name:
+        return "", ""
+    r = _run(mc, f"docker config inspect --format '{{{{json .Spec.Data}}}}' {shlex.quote(name)}")
+    try:
+        return name, base64.b64decode(json.loads(r.stdout)).decode() if r.ok else ""
+    except (ValueError, TypeError):
+        return name, ""
+
+
+def maintenance(c: Any, settings: Settings, on: bool, message: str = "") -> str:
+    """``maintenance on|off`` of a swarm stack's edge proxy: its config for that state (a new Swarm
+    config: configs cannot change in place) swapped into the proxy service (``docker service
+    update --config-rm/--config-add``, stop-first: the new task needs the host port), waited for,
+    the old config removed. The state lives in the config (swarm_proxy.MARK), so a deploy keeps
+    it. Returns what was done, for the task's line."""
+    from .proxy import CONF_NAME, CONF_TARGET, Maintenance, proxy_service
+    from .swarm import manager
+    from .swarm_deploy import look, prune_proxy_configs, render_stack, wait
+    from .swarm_proxy import maintenance_of, switched
+
+    t, model, rendered = render_stack(settings, allow_env_secrets=True)
+    proxy = proxy_service(model)
+    if proxy is None or rendered.proxy is None:
+        raise ConfigError(f"Stack {t.stack.name} has no edge proxy (a service labelled memstack-ops.proxy: nginx): "
+                          f"there is nothing to put in maintenance.")
+    stack = t.stack
+    want = Maintenance(on, message if on else "")
+    cfg = switched(rendered.stack, rendered.proxy, model, want)
+    timeout = float(settings["timeout"])
+    with manager(c, settings) as (mc, _):
+        now_name, now_text = proxy_config_of(mc, stack.project, proxy)
+        if not now_name:
+            raise ConfigError(f"Swarm stack {stack.project} has no running proxy service {proxy} with its config: "
+                              f"deploy it first (`memstack-ops deploy`).")
+        if now_name == cfg.name or (maintenance_of(now_text) == want and not on):
+            return f"already {'on' if on else 'off'}: nothing changed"
+        with _locked(mc, stack, f"maintenance {'on' if on else 'off'}") as outcome:
+            rendered.proxy = cfg
+            from .swarm_deploy import create_proxy_config
+
+            create_proxy_config(mc, rendered)
+            before = look(mc, stack.project)
+            target = f"{CONF_TARGET}/{CONF_NAME}"
+            r = _run(mc, f"docker service update --detach --config-rm {shlex.quote(now_name)} --config-add "
+                         f"{shlex.quote(f'source={cfg.name},target={target},mode=0444')} "
+                         f"{shlex.quote(f'{stack.project}_{proxy}')}")
+            if not r.ok:
+                raise SwarmError(f"{where(mc)}: docker service update of {proxy} failed: {_said(r)}.")
+            say(f"Proxy {proxy}: config {now_name} -> {cfg.name}; waiting up to {timeout:g} s for its tasks ...")
+            result, _ = wait(mc, stack.project, [proxy], set(), {proxy}, {x.id for x in before.tasks}, timeout)
+            if not result.ok:
+                detail = "; ".join(f"{n}: {v.detail}" for n, v in result.verdicts.items())
+                outcome["detail"] = detail
+                raise SwarmError(f"The proxy {proxy} did not converge within {timeout:g} s with its new config: "
+                                 f"{detail}. The swarm rolls a failed update back by itself.")
+            removed, _ = prune_proxy_configs(mc, rendered)
+            outcome.update(result=f"maintenance {'on' if on else 'off'}", detail=cfg.name)
+    return f"proxy {proxy} now runs with config {cfg.name}" + (f"; removed {', '.join(removed)}" if removed else "")
+
+
+def current_maintenance(mc: Any, project: str, proxy: str) -> Maintenance:
+    """The maintenance state of the running proxy service (off when it has none)."""
+    from .swarm_proxy import maintenance_of
+
+    return maintenance_of(proxy_config_of(mc, project, proxy)[1])
 
 
 # ---------------------------------------------------------------- the databases, on their nodes

@@ -584,6 +584,35 @@ def test_the_edge_proxy_rolls_api_under_load_without_a_failed_request_and_a_brok
     assert len(running_nodes(hosts, p.name, "api")) == 3
 
 
+def test_maintenance_on_the_swarm_proxy_answers_503_stays_through_a_deploy_and_off_routes_again(edge_stack, hosts):
+    p, _ = edge_stack
+    ensure_swarm(p)
+    ok(p.run("-H", "h1", "swarm.label", "h2", "memstack-ops.cache=true"))
+    ok(p.run("-H", "h1", "swarm.label", "h3", "memstack-ops.proxy=true"))
+    ok(p.run("deploy", timeout=900))
+    ip = bridge_ip(hosts["h3"].container)
+    assert edge_get(ip)[0] == 200
+
+    out = ok(p.run("maintenance", "on", "--message", "Back at 14:00 ($5)", timeout=600))
+    assert "Maintenance on" in out and "now runs with config" in out, out
+    status, body = edge_get(ip, "/any/path")
+    assert status == 503 and "Back at 14:00 (&#36;5)" in body and "Down for maintenance" in body, body
+    assert edge_get(ip, "/__memstack-ops/ping")[0] == 200  # the proxy's own healthcheck still passes
+    assert "maintenance: ON: proxy proxy answers 503" in ok(p.run("status"))
+    assert "already on" in ok(p.run("maintenance", "on", "--message", "Back at 14:00 ($5)"))
+    out = ok(p.run("deploy", timeout=900))  # a deploy keeps the proxy in maintenance
+    assert "is in maintenance and stays in it" in out, out
+    assert edge_get(ip)[0] == 503
+
+    out = ok(p.run("maintenance", "off", timeout=600))
+    assert "Maintenance off" in out, out
+    status, body = edge_get(ip)
+    assert status == 200 and json.loads(body)["version"], body
+    assert "maintenance: off; proxy proxy routes" in ok(p.run("status"))
+    configs = manager_sh(hosts, f"docker config ls --filter label=memstack-ops.stack={p.name} --format '{{{{.Name}}}}'")
+    assert len(configs.split()) == 1, configs  # the maintenance config is removed once off
+
+
 def test_doctor_finds_no_ipvs_on_the_nodes_says_dnsrr_and_a_vip_deploy_is_refused_before_any_change(edge_stack,
                                                                                                       hosts):
     p, _ = edge_stack
