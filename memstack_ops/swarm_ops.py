@@ -521,6 +521,104 @@ class SwarmCompose(Compose):
     task_containers: dict[str, str] = field(default_factory=dict)  # service -> its running task's container there
     node: str = ""
     rendered: dict[str, Any] = field(default_factory=dict)
+    manager: Any = None  # the manager's connection: a stop is a scale of the service to 0 there
+    mounts: dict[str, list[str]] = field(default_factory=dict)  # a stopped task's container -> its -v mounts
+    replaced: dict[str, str] = field(default_factory=dict)  # a stopped task's container -> its successor's
+
+    # -- a stop window (a backup or restore that needs the database down) -------------------------
+    def stop_services(self, c: Any, services: list[str], timeout: float = 120.0) -> None:
+        """Stop the services' tasks for a while: the swarm would start a new task for a container
+        stopped by hand, so each service is scaled to 0 through the manager, and this node waits
+        until its container is gone. Its volume mounts are kept first (``mounts``): the one-off
+        containers of the window mount the same volumes by name (a removed task's container
+        cannot lend them with --volumes-from). Refused, before anything stops, when the service's
+        placement label is on any other ready node than this one: the new task of ``start_services``
+        could land there, away from the data the window wrote."""
+        from .swarm import list_nodes
+        from .swarm_render import placement_label, stateful_services
+
+        if self.manager is None:
+            raise SwarmError(f"Stopping {', '.join(services)} needs the swarm's manager: not available here.")
+        loose = [s for s in services if s not in stateful_services(self.rendered)]
+        if loose:  # scaled back to 1 afterwards: only a service that runs one task pinned to its node
+            raise SwarmError(f"{', '.join(loose)} would have to be stopped, which is not available on a swarm stack "
+                             f"for a service that is not one task pinned to its node (nothing changed).")
+        nodes = list_nodes(self.manager)
+        for svc in services:
+            label = placement_label(svc)
+            others = [n.hostname for n in nodes if n.labels.get(label) == "true" and n.hostname != self.node
+                      and n.state == "ready" and n.availability == "active"]
+            if others:
+                raise SwarmError(f"{svc} is not stopped (nothing changed): besides {self.node}, node(s) "
+                                 f"{', '.join(others)} carry its label {label}=true, so its next task could start "
+                                 f"there, away from the data on {self.node}. Keep the label on the node that holds "
+                                 f"its data only (`memstack-ops swarm.label NODE {label}=false` on the others).")
+        for svc in services:
+            ctr = self.container(svc)
+            r = run_argv(c, ["docker", "inspect", "--format", "{{json .Mounts}}", ctr], timeout=60)
+            try:
+                mounts = json.loads(r.stdout) if r.ok else None
+            except ValueError:
+                mounts = None
+            if not isinstance(mounts, list):
+                raise SwarmError(f"{svc} is not stopped (nothing changed): its container on {self.node} cannot be "
+                                 f"inspected: {self.scrub(_said(r))}.")
+            anonymous = [str(m.get("Destination")) for m in mounts if m.get("Type") == "volume"
+                         and re.fullmatch(r"[0-9a-f]{64}", str(m.get("Name") or ""))]
+            if anonymous:  # a new task gets a new anonymous volume: what the window wrote would be lost
+                raise SwarmError(f"{svc} is not stopped (nothing changed): its data at {', '.join(anonymous)} is in an "
+                                 f"anonymous volume, which its next task would not get. Give it a named volume in "
+                                 f"the compose file (volumes: [NAME:{anonymous[0]}]) and deploy again.")
+            self.mounts[ctr] = [f"{m.get('Name') if m.get('Type') == 'volume' else m.get('Source')}:"
+                                f"{m.get('Destination')}" + ("" if m.get("RW", True) else ":ro")
+                                for m in mounts if m.get("Type") in ("volume", "bind")]
+        args = " ".join(shlex.quote(f"{self.stack.project}_{s}=0") for s in services)
+        r = _run(self.manager, f"docker service scale --detach {args}")
+        if not r.ok:
+            raise SwarmError(f"{where(self.manager)}: docker service scale {args} failed: {self.scrub(_said(r))}.")
+        names = " ".join(shlex.quote(f"label={SERVICE_LABEL}={self.stack.project}_{s}") for s in services)
+        script = (f"for i in $(seq 1 {int(timeout * 5)}); do busy=; for f in {names}; do "
+                  f"[ -n \"$(docker ps -q --filter \"$f\")\" ] && busy=1; done; [ -z \"$busy\" ] && exit 0; "
+                  f"sleep 0.2; done; exit 1")
+        r = run_argv(c, ["sh", "-c", script], timeout=timeout + 30)
+        if r.failed:
+            raise SwarmError(f"{', '.join(services)} still run on {self.node} {timeout:g} s after being scaled to 0.")
+
+    def start_services(self, c: Any, services: list[str], timeout: float) -> None:
+        """The end of a stop window: each service scaled back to 1 through the manager, the swarm's
+        convergence wait (a task with a healthcheck runs only once healthy), then its new task's
+        container noted (``replaced``), which must be on this node, with the data."""
+        from .swarm_deploy import look, wait
+
+        if self.manager is None:
+            raise SwarmError(f"Starting {', '.join(services)} needs the swarm's manager: not available here.")
+        before = look(self.manager, self.stack.project)
+        args = " ".join(shlex.quote(f"{self.stack.project}_{s}=1") for s in services)
+        r = _run(self.manager, f"docker service scale --detach {args}")
+        if not r.ok:
+            raise SwarmError(f"{where(self.manager)}: docker service scale {args} failed: {self.scrub(_said(r))}.")
+        result, _ = wait(self.manager, self.stack.project, services, set(), set(), {t.id for t in before.tasks},
+                         timeout)
+        if not result.ok:
+            detail = "; ".join(f"{n}: {v.detail}" for n, v in sorted(result.verdicts.items()))
+            raise SwarmError(f"{', '.join(services)} did not run again within {timeout:g} s: {detail}. `memstack-ops "
+                             f"status` shows where its task is; `memstack-ops logs --service {services[0]}` why.")
+        now = placed(self.manager, self.stack.project, services)
+        for svc in services:
+            p = now.get(svc)
+            if p is None or p.node != self.node:
+                raise SwarmError(f"{svc} runs again, but on {p.node if p else 'no node'}, not on {self.node}, where "
+                                 f"its data is: keep its label on {self.node} only, and scale it to 0 and back.")
+            old = self.task_containers.get(svc, "")
+            self.replaced[old] = p.container
+            self.task_containers[svc] = p.container
+
+    def current(self, container: str) -> str:
+        """The container now running in place of ``container`` (itself when it was not replaced)."""
+        seen = 0
+        while container in self.replaced and seen < 100:  # a chain of windows, bounded
+            container, seen = self.replaced[container], seen + 1
+        return container
 
     def model(self, c: Any) -> dict[str, Any]:
         return copy.deepcopy(self.rendered)
@@ -702,7 +800,8 @@ def node_targets(c: Any, settings: Settings, services: Iterable[str] | None = No
                                          f"is unreachable: {e}") from None
                     conns.append(nc)
                 out.append((node_target(nc, settings, local, swarm_model, label,
-                                        {p.service: p.container for p in tasks}), [p.service for p in tasks]))
+                                        {p.service: p.container for p in tasks}, manager=mc),
+                            [p.service for p in tasks]))
             for t, svcs in out:
                 say(f"{', '.join(svcs)}: on swarm node {t.where}")
             yield out
@@ -712,7 +811,7 @@ def node_targets(c: Any, settings: Settings, services: Iterable[str] | None = No
 
 
 def node_target(nc: Any, settings: Settings, local: Target, model: dict[str, Any], node: str,
-                tasks: dict[str, str]) -> Target:
+                tasks: dict[str, str], manager: Any = None) -> Target:
     """The Target of a swarm stack on one node: this machine's stack files and env (migrations,
     secrets to mask), commands on the node. No release is deployed on a swarm node (no
     ``release_dir``); its ``deploy_root`` is the stack's folder there, so that backups go to
@@ -720,7 +819,7 @@ def node_target(nc: Any, settings: Settings, local: Target, model: dict[str, Any
     from .swarm import host_of
 
     compose = SwarmCompose(local.stack, secrets=dict(local.env), found=set(local.compose.found), task_containers=tasks,
-                           node=node, rendered=model)
+                           node=node, rendered=model, manager=manager)
     host = host_of(nc)
     base = host.root_for(local.stack.name) if host is not None else f"/var/lib/memstack-ops/{local.stack.name}"
     return Target(nc, settings, local.stack, compose, dict(local.env), deploy_root=base)
@@ -762,19 +861,15 @@ class NodePart:
 def backup_services(model: Mapping[str, Any], kind: str, volumes: Iterable[str] = (),
                     exclude: Iterable[str] = ()) -> list[str]:
     """The stateful services whose node a set of ``kind`` (all or volumes) needs to know: for
-    ``all`` every one not excluded, except the databases whose backup stops them (left out, see
-    ``backup_parts``); for ``volumes`` those that use the volumes wanted (default all)."""
-    from .backup.engines import ENGINES
+    ``all`` every one not excluded; for ``volumes`` those that use the volumes wanted (default
+    all)."""
     from .backup.engines.volumes import stack_volumes
-    from .kinds import DB_KINDS, kind_of
     from .swarm_render import stateful_services
 
-    services = model.get("services") or {}
     pinned = list(stateful_services(model))
     if kind == "all":
         exclude = set(exclude)
-        return [n for n in pinned if n not in exclude
-                and not (kind_of(services[n]) in DB_KINDS and ENGINES[kind_of(services[n])].downtime)]
+        return [n for n in pinned if n not in exclude]
     wanted = set(volumes)
     users = {s for v in stack_volumes(dict(model)) if not wanted or v.key in wanted for s in v.services}
     return [n for n in pinned if n in users]
@@ -787,7 +882,6 @@ def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kin
     skipped silently). A volume named in ``volumes`` that no one node holds is an error, as is an
     unknown one. Pure: the caller found where the tasks run."""
     from .backup import BackupError
-    from .backup.engines import ENGINES
     from .backup.engines.volumes import stack_volumes
     from .kinds import DB_KINDS, kind_of
 
@@ -799,11 +893,7 @@ def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kin
     dbs = {n for n, s in services.items() if kind_of(s) in DB_KINDS}
     if kind == "all":
         for name in sorted(dbs - exclude):
-            k = kind_of(services[name])
-            if ENGINES[k].downtime:
-                notes.append(f"{name}: not included: its {k} backup stops it, which is not available on a swarm "
-                             f"stack yet")
-            elif name in node_of:
+            if name in node_of:  # one whose backup stops it (neo4j): a stop window on its node
                 parts[node_of[name]].databases.append(name)
     vols = {v.key: v for v in stack_volumes(dict(model))}
     wanted = list(volumes) or [k for k in vols if k not in exclude]
@@ -833,20 +923,11 @@ def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kin
     return {n: p for n, p in parts.items() if p.databases or p.volumes}, notes
 
 
-def stops_itself(kind: str, what: str) -> bool:
-    """The kind's backup (or restore) stops its own service: compose does that, the swarm would
-    start a new task at once (not yet done on a swarm)."""
-    from .backup.engines import ENGINES
-
-    eng = ENGINES[kind]
-    return bool(eng.downtime if what == "backup" else eng.restore_stops)
-
-
 def refuse_here(settings: Settings, what: str) -> None:
     """Refuse a step that has no swarm form yet, naming it."""
     if is_swarm(settings):
         raise Refused(f"{what} is not available on a swarm stack yet (engine = \"swarm\"): nothing was done. "
-                      f"backup.all/volumes/postgres/mysql/redis, restore.all/postgres/mysql and "
+                      f"backup.all/volumes and restore.all (their databases), backup.<db>, restore.<db> and "
                       f"backup.list/verify/prune/fetch run on the node of the database's task; for the rest, run "
                       f"the step on that node's engine by hand.")
 

@@ -66,7 +66,7 @@ def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay
     if kind in ("all", "volumes"):
         _backup_swarm_nodes(c, s, t0, kind, dry_run, no_space_check, compress, fetch, push, **kw)
         return
-    if kind not in DB_KINDS or swarm_ops.stops_itself(kind, "backup"):
+    if kind not in DB_KINDS:  # a database whose backup stops it: a stop window on its node (swarm_ops)
         swarm_ops.refuse_here(s, f"backup.{kind}")
     with swarm_ops.db_targets(c, s, kind=kind, services=kw.pop("services", ())) as found:  # each on its node
         for t, names in found:
@@ -480,7 +480,7 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
     if swarm_ops.is_swarm(s):  # on the node that runs the database's task
         from ..kinds import DB_KINDS
 
-        if kind not in DB_KINDS or swarm_ops.stops_itself(kind, "restore"):
+        if kind not in DB_KINDS:
             swarm_ops.refuse_here(s, f"restore.{kind}")
         with swarm_ops.db_targets(c, s, kind=kind, services=[kw["service"]] if kw.get("service") else ()) as found:
             if len(found) != 1 or len(found[0][1]) != 1:
@@ -693,16 +693,14 @@ def _restore_all_swarm(c: Context, s: Any, t0: float, backup: str | None, yes: b
 
 def _swarm_restorable(found: BackupSet, node: str) -> None:
     """Refuse (before any change) a set with entries a swarm stack cannot restore yet."""
-    from .. import swarm_ops
     from ..errors import Refused
     from ..kinds import DB_KINDS
 
-    blocked = [f"{e['service']} ({e['kind']})" for e in found.entries
-               if e.get("kind") not in DB_KINDS or swarm_ops.stops_itself(str(e["kind"]), "restore")]
+    blocked = [f"{e['service']} ({e['kind']})" for e in found.entries if e.get("kind") not in DB_KINDS]
     if blocked:
-        raise Refused(f"Set {found.id} (on {node}) holds {', '.join(blocked)}, whose restore stops services, which is "
-                      f"not available on a swarm stack yet. Nothing was done. Its other databases restore one by one: "
-                      f"`memstack-ops restore.<kind> --backup {found.id} --service NAME`.")
+        raise Refused(f"Set {found.id} (on {node}) holds {', '.join(blocked)}, whose restore stops the services that "
+                      f"use them, which is not available on a swarm stack yet. Nothing was done. Its databases "
+                      f"restore one by one: `memstack-ops restore.<kind> --backup {found.id} --service NAME`.")
 
 
 def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,

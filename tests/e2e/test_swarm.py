@@ -264,8 +264,9 @@ def test_the_memstack_stack_renders_to_a_valid_stack_file(project, tmp_path):
 
 SWARM_COMPOSE = """\
 # A tiny swarm stack: a cache and an app of 3 replicas (stateless: kind generic), PostgreSQL pinned
-# to its labelled node with its password as a Swarm secret, a one-shot job; the app reads its token
-# from a Swarm secret file (label), and a long-form depends_on the stack file must lose.
+# to its labelled node with its password as a Swarm secret, a Redis (kv) pinned there too, whose
+# restore stops it, a one-shot job; the app reads its token from a Swarm secret file (label), and a
+# long-form depends_on the stack file must lose.
 services:
   cache:
     image: local/redis:7
@@ -294,7 +295,12 @@ services:
     volumes: [pgdata:/var/lib/postgresql/data]
     healthcheck: {test: ["CMD-SHELL", "pg_isready -U postgres -h 127.0.0.1"], interval: 2s, timeout: 3s,
                   retries: 5, start_period: 10s}
-volumes: {pgdata: {}}
+  kv:
+    image: local/redis:7
+    command: ["redis-server", "--appendonly", "yes"]
+    volumes: [kvdata:/data]
+    healthcheck: {test: ["CMD-SHELL", "redis-cli ping | grep -q PONG"], interval: 2s, timeout: 2s, retries: 3}
+volumes: {pgdata: {}, kvdata: {}}
 """
 SWARM_TEMPLATE = "APP_TOKEN=  # generate\nAPP_MODE=normal\nPG_PASSWORD=  # generate\n"
 
@@ -331,7 +337,7 @@ def swarm_stack(swarm_project, hosts, ssh_key, tmp_path_factory):
     (p.root / "env" / "tiny" / ".env.example").write_text(SWARM_TEMPLATE)
     p.env_file.unlink()
     assert p.run("env.init").returncode == 0
-    swarm_inventory(p, hosts, {"h2": 'labels = { "memstack-ops.postgres" = "true" }\n'})
+    swarm_inventory(p, hosts, {"h2": 'labels = { "memstack-ops.postgres" = "true", "memstack-ops.kv" = "true" }\n'})
     toml = p.root / "memstack-ops.toml"
     toml.write_text(toml.read_text().replace(f'project = "{p.name}"\n',
                                              f'project = "{p.name}"\nengine = "swarm"\nreplicas = {{ app = 3 }}\n', 1))
@@ -376,14 +382,15 @@ def test_swarm_deploy_converges_pins_postgres_spreads_replicas_and_keeps_passwor
     out = ok(p.run("deploy", timeout=600))  # engine = "swarm" in the stack's table; no -H: the manager
     assert "[h1]" in out and "[h2]" not in out, out  # once, on the manager
     assert "Deployed: swarm stack" in out and "converged" in out, out
-    assert "4 service(s) created" in out, out
+    assert "5 service(s) created" in out, out
     # the swarm runs no depends_on: the tool created app only once cache was healthy and setup had exited 0
-    assert "Start order of the new services (their depends_on; the swarm runs none): cache, postgres, setup -> app" \
-        in out, out
+    assert "Start order of the new services (their depends_on; the swarm runs none): cache, kv, postgres, setup -> " \
+        "app" in out, out
     app_created = when(json.loads(manager_sh(hosts, f"docker service inspect {p.name}_app"))[0]["CreatedAt"])
     setup_task = json.loads(manager_sh(hosts, f"docker inspect --type task $(docker service ps -q {p.name}_setup)"))
     assert setup_task[0]["Status"]["State"] == "complete" and when(setup_task[0]["Status"]["Timestamp"]) <= app_created
     assert running_nodes(hosts, p.name, "postgres") == ["h2"]  # the node labelled memstack-ops.postgres
+    assert running_nodes(hosts, p.name, "kv") == ["h2"]
     assert running_nodes(hosts, p.name, "app") == ["h1", "h2", "h3"]  # 3 replicas, one per node
     assert len(running_nodes(hosts, p.name, "cache")) == 1
     job = manager_sh(hosts, f"docker service ps --format '{{{{.CurrentState}}}}' {p.name}_setup")
@@ -454,7 +461,8 @@ def test_swarm_deploy_refuses_a_stateful_service_with_no_labelled_node_before_an
     toml = p.root / "memstack-ops.toml"
     saved = toml.read_text()
     try:
-        p.compose_file().write_text(good.replace("volumes: {pgdata: {}}\n", "") + extra + "volumes: {pgdata: {}}\n")
+        vols = "volumes: {pgdata: {}, kvdata: {}}\n"
+        p.compose_file().write_text(good.replace(vols, "") + extra + vols)
         toml.write_text(saved.replace(f'project = "{p.name}"', f'project = "{unique}"', 1))
         err = failed(p.run("deploy", timeout=300))
     finally:
@@ -656,6 +664,13 @@ def pg(hosts, name: str, sql: str) -> str:
                           f"psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -tA -f -' <<'SQL'\n{sql}\nSQL\n")
 
 
+def kv(hosts, name: str, *args: str) -> str:
+    """redis-cli in the kv task's container on h2 (its labelled node)."""
+    ctr = hosts["h2"].sh(f"docker ps -q --filter label=com.docker.swarm.service.name={name}_kv").strip()
+    assert ctr, "no kv task container on h2"
+    return hosts["h2"].sh(f"docker exec {ctr} redis-cli {' '.join(args)}").strip()
+
+
 def converged_nodes(hosts, name: str, service: str, want: int, avoid: str = "") -> list[str]:
     """The nodes of ``service``'s running tasks once ``want`` run (none on ``avoid``); bounded."""
     import time
@@ -775,25 +790,33 @@ def test_backup_all_and_volumes_make_their_sets_on_the_node_of_each_stateful_tas
     ensure_swarm(p)
     ok(p.run("deploy", timeout=600))
     pg(hosts, p.name, "DROP TABLE IF EXISTS whole; CREATE TABLE whole (v text); INSERT INTO whole VALUES ('all');")
+    assert kv(hosts, p.name, "SET", "mark", "kept") == "OK"
     before = set(hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/ 2>/dev/null || true").split())
     out = ok(p.run("backup.all", timeout=600))
-    assert "all on swarm node h2: postgres" in out and "complete" in out, out
+    assert "all on swarm node h2: kv, postgres" in out and "complete" in out, out
     out = ok(p.run("backup.volumes", "--volume", "pgdata", timeout=600))
     assert "volumes on swarm node h2: volume pgdata" in out and "complete" in out, out
     new = sorted(set(hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split()) - before)
     assert [s.rsplit("-", 1)[1] for s in new] == ["all", "volumes"], new
     kinds = {s: [e["kind"] for e in json.loads(hosts["h2"].sh(f"cat /srv/{p.name}/backups/tiny/{s}/manifest.json"))
                  ["entries"]] for s in new}
-    assert kinds == {new[0]: ["postgres"], new[1]: ["volumes"]}, kinds
+    assert {s: sorted(k) for s, k in kinds.items()} == {new[0]: ["postgres", "redis"], new[1]: ["volumes"]}, kinds
     assert "--stop on a swarm stack" in failed(p.run("backup.all", "--stop"))
     out = failed(p.run("backup.volumes", "--volume", "nope"))
     assert "Unknown volume(s) nope" in out and "pgdata" in out, out
     out = failed(p.run("restore.all", "--backup", new[1], "--yes"))  # a volume's restore stops its users
     assert f"Set {new[1]} (on h2) holds pgdata (volumes)" in out and "Nothing was done" in out, out
     pg(hosts, p.name, "DROP TABLE whole;")
+    kv(hosts, p.name, "SET", "mark", "changed")
+    kv_task = manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_kv").strip()
     out = ok(p.run("restore.all", "--yes", timeout=600))  # the newest `all` set of each node that holds sets
-    assert f"restore.all of {new[0]} on swarm node h2: postgres" in out and "Restored from" in out, out
+    assert f"restore.all of {new[0]} on swarm node h2: kv, postgres" in out and "Restored from" in out, out
     assert pg(hosts, p.name, "SELECT v FROM whole;").strip() == "all"
+    # redis's restore stops it: on a swarm, a stop window (scaled to 0 and back on its node, its named volume kept)
+    assert "stopping kv" in out and "starting kv and waiting for health" in out, out
+    assert kv(hosts, p.name, "GET", "mark") == "kept"
+    assert manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_kv").strip() != kv_task
+    assert running_nodes(hosts, p.name, "kv") == ["h2"]
     assert env_value(p, "PG_PASSWORD") not in out
 
 
@@ -812,7 +835,7 @@ def test_restore_all_and_postgres_from_s3_onto_the_database_node_when_no_set_is_
     pw = s3_target(p, s3, tmp_path / "keys")
     pg(hosts, p.name, "DROP TABLE IF EXISTS far; CREATE TABLE far (v text); INSERT INTO far VALUES ('off-site');")
     out = ok(p.run("backup.run", "--push", "s3", timeout=600))
-    assert "all on swarm node h2: postgres" in out and "Fetched" in out and "Pushed" in out, out
+    assert "all on swarm node h2: kv, postgres" in out and "Fetched" in out and "Pushed" in out, out
     [sid] = [s for s in os.listdir(p.root / "backups" / "tiny") if s.endswith("-all")]
     for cmd in ("restore.all", "restore.postgres"):
         hosts["h2"].sh(f"rm -rf /srv/{p.name}/backups/tiny")

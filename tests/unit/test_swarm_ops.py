@@ -215,11 +215,11 @@ BACKUP_MODEL = {
 }
 
 
-def test_backup_all_looks_up_the_pinned_services_but_not_those_whose_backup_stops_them():
+def test_backup_all_looks_up_every_pinned_service_not_excluded():
     from memstack_ops.swarm_ops import backup_services
 
-    assert backup_services(BACKUP_MODEL, "all") == ["postgres", "minio", "redis"]
-    assert backup_services(BACKUP_MODEL, "all", exclude=["minio"]) == ["postgres", "redis"]
+    assert backup_services(BACKUP_MODEL, "all") == ["postgres", "neo4j", "minio", "redis"]
+    assert backup_services(BACKUP_MODEL, "all", exclude=["minio", "neo4j"]) == ["postgres", "redis"]
     assert backup_services(BACKUP_MODEL, "volumes") == ["postgres", "neo4j", "minio", "redis"]
     assert backup_services(BACKUP_MODEL, "volumes", ["objects"]) == ["minio"]
 
@@ -227,10 +227,11 @@ def test_backup_all_looks_up_the_pinned_services_but_not_those_whose_backup_stop
 def test_backup_all_takes_each_node_its_databases_and_the_volumes_only_its_tasks_use_and_names_the_rest():
     from memstack_ops.swarm_ops import NodePart, backup_parts
 
-    parts, notes = backup_parts(BACKUP_MODEL, {"h2": ["postgres"], "h3": ["minio", "redis"]}, "all")
-    assert parts == {"h2": NodePart(["postgres"], []), "h3": NodePart(["redis"], ["objects"])}
+    on = {"h1": ["neo4j"], "h2": ["postgres"], "h3": ["minio", "redis"]}
+    parts, notes = backup_parts(BACKUP_MODEL, on, "all")  # neo4j's backup stops it: a stop window on h1
+    assert parts == {"h1": NodePart(["neo4j"], []), "h2": NodePart(["postgres"], []),
+                     "h3": NodePart(["redis"], ["objects"])}
     assert notes == [
-        "neo4j: not included: its neo4j backup stops it, which is not available on a swarm stack yet",
         "volume uploads: not included: used by api, which is not one task pinned to a node (each node that runs "
         "it has its own copy of the volume)",
         "volume unused: not included: no service uses it",
@@ -256,7 +257,7 @@ def test_backup_volumes_on_a_swarm_refuses_a_volume_no_one_node_holds_or_an_unkn
     assert [n.split(":")[0] for n in notes] == ["volume uploads", "volume shared", "volume unused"]
 
 
-def test_restore_all_on_a_swarm_refuses_a_set_with_a_volume_or_a_stopping_restore_naming_them():
+def test_restore_all_on_a_swarm_refuses_a_set_with_a_volume_or_a_folder_naming_them():
     from types import SimpleNamespace
 
     from memstack_ops.errors import Refused
@@ -265,8 +266,91 @@ def test_restore_all_on_a_swarm_refuses_a_set_with_a_volume_or_a_stopping_restor
     ok = SimpleNamespace(id="20260101T000000Z-all", entries=[{"service": "postgres", "kind": "postgres"},
                                                              {"service": "mysql", "kind": "mysql"}])
     _swarm_restorable(ok, "h2")  # restored beside the live database and swapped: no stop
-    bad = SimpleNamespace(id="20260101T000000Z-all", entries=[*ok.entries, {"service": "cache", "kind": "redis"},
-                                                              {"service": "files", "kind": "volumes"}])
-    with pytest.raises(Refused, match=r"Set 20260101T000000Z-all \(on h2\) holds cache \(redis\), files \(volumes\), "
-                                      r"whose restore stops services.*Nothing was done"):
+    _swarm_restorable(SimpleNamespace(id="x", entries=[{"service": "cache", "kind": "redis"}]), "h2")  # a stop window
+    bad = SimpleNamespace(id="20260101T000000Z-all", entries=[*ok.entries, {"service": "files", "kind": "volumes"},
+                                                              {"service": "./data", "kind": "binds"}])
+    with pytest.raises(Refused, match=r"Set 20260101T000000Z-all \(on h2\) holds files \(volumes\), ./data \(binds\), "
+                                      r"whose restore stops the services that use them.*Nothing was done"):
         _swarm_restorable(bad, "h2")
+
+
+# ---------------------------------------------------------------- a stop window on the database's node
+
+class Recorder:
+    """A Context that answers each command with the first rule whose needle it contains."""
+
+    def __init__(self, rules: dict[str, tuple[int, str]] | None = None):
+        self.rules, self.ran = rules or {}, []
+
+    def run(self, command: str, **kw):
+        self.ran.append(command)
+        for needle, (code, out) in self.rules.items():
+            if needle in command:
+                return Result(stdout=out, exited=code, command=command)
+        return Result(stdout="", exited=0, command=command)
+
+
+def _window(monkeypatch, labelled=("h2",), placed_on="h2"):
+    from types import SimpleNamespace
+
+    from memstack_ops import swarm, swarm_deploy, swarm_ops
+    from memstack_ops.swarm import Node
+
+    model = {"services": {"neo4j": {"image": "local/neo4j-standin:5.26"}, "api": {"image": "app"}}}
+    nodes = [Node(f"id{h}", h, "worker", "active", "ready", "", labels={"memstack-ops.neo4j": "true"}
+                  if h in labelled else {}) for h in ("h1", "h2", "h3")]
+    monkeypatch.setattr(swarm, "list_nodes", lambda mc: nodes)
+    monkeypatch.setattr(swarm_deploy, "look", lambda mc, stack: Look({}, []))
+    monkeypatch.setattr(swarm_deploy, "wait", lambda *a, **k: (SimpleNamespace(ok=True, verdicts={}), Look({}, [])))
+    monkeypatch.setattr(swarm_ops, "placed", lambda mc, project, names: {
+        n: swarm_ops.Placed(n, f"id{placed_on}", placed_on, "new-ctr") for n in names})
+    mounts = json.dumps([{"Type": "volume", "Name": "p_neo4j_data", "Destination": "/data", "RW": True},
+                         {"Type": "bind", "Source": "/srv/conf", "Destination": "/conf", "RW": False}])
+    node, mc = Recorder({"docker inspect --format": (0, mounts)}), Recorder()
+    stack = Stack(name="s", stage="dev", project="p", root=None, compose_files=(), env_files=(), env_template="")
+    compose = SwarmCompose(stack, task_containers={"neo4j": "old-ctr"}, node="h2", rendered=model, manager=mc)
+    return compose, node, mc
+
+
+def test_a_stop_window_scales_the_pinned_service_to_0_keeps_its_mounts_and_finds_its_successor(monkeypatch):
+    compose, node, mc = _window(monkeypatch)
+    compose.stop_services(node, ["neo4j"], timeout=5)
+    assert compose.mounts == {"old-ctr": ["p_neo4j_data:/data", "/srv/conf:/conf:ro"]}
+    assert mc.ran == ["docker service scale --detach p_neo4j=0"]
+    assert any("label=com.docker.swarm.service.name=p_neo4j" in r for r in node.ran)  # waited for it to go
+    compose.start_services(node, ["neo4j"], timeout=5)
+    assert mc.ran[-1] == "docker service scale --detach p_neo4j=1"
+    assert compose.current("old-ctr") == "new-ctr" and compose.container("neo4j") == "new-ctr"
+
+
+def test_a_stop_window_is_refused_before_anything_stops_when_another_node_carries_the_label(monkeypatch):
+    compose, node, mc = _window(monkeypatch, labelled=("h2", "h3"))
+    with pytest.raises(SwarmError, match=r"neo4j is not stopped \(nothing changed\): besides h2, node\(s\) h3 carry "
+                                         r"its label memstack-ops.neo4j=true"):
+        compose.stop_services(node, ["neo4j"], timeout=5)
+    assert mc.ran == [] and node.ran == []
+    with pytest.raises(SwarmError, match="not one task pinned to its node"):
+        compose.stop_services(node, ["api"], timeout=5)  # a replicated service would come back as 1
+
+
+def test_a_successor_on_another_node_is_an_error_naming_where_the_data_is(monkeypatch):
+    compose, node, _ = _window(monkeypatch, placed_on="h3")
+    compose.stop_services(node, ["neo4j"], timeout=5)
+    with pytest.raises(SwarmError, match="neo4j runs again, but on h3, not on h2, where its data is"):
+        compose.start_services(node, ["neo4j"], timeout=5)
+
+
+def test_the_one_offs_of_a_window_mount_the_stopped_tasks_volumes_and_exec_reaches_its_successor(monkeypatch):
+    from types import SimpleNamespace
+
+    from memstack_ops.backup.engines.base import Job
+
+    compose, node, _ = _window(monkeypatch)
+    job = Job(SimpleNamespace(compose=compose, c=node, stack=compose.stack), None, {}, "zstd")
+    compose.mounts["old-ctr"] = ["p_neo4j_data:/data"]
+    argv = job.oneoff("x", "img", volumes_from="old-ctr", entrypoint="neo4j-admin")
+    assert "--volumes-from" not in argv and argv[argv.index("-v") + 1] == "p_neo4j_data:/data"
+    assert "--volumes-from" in job.oneoff("x", "img", volumes_from="other")  # not stopped by a window: as on compose
+    compose.replaced["old-ctr"] = "new-ctr"
+    svc = SimpleNamespace(name="neo4j", container="old-ctr")
+    assert job.exec_argv(svc, "true")[2] == "new-ctr"
