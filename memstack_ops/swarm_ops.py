@@ -876,7 +876,7 @@ def backup_services(model: Mapping[str, Any], kind: str, volumes: Iterable[str] 
 
 
 def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kind: str, volumes: Iterable[str] = (),
-                 exclude: Iterable[str] = ()) -> tuple[dict[str, NodePart], list[str]]:
+                 exclude: Iterable[str] = (), verb: str = "backed up") -> tuple[dict[str, NodePart], list[str]]:
     """Per node (``on_node``: node -> the stateful services whose task runs there), what a set of
     ``kind`` (all or volumes) takes there; and one note per thing left out, with why (never
     skipped silently). A volume named in ``volumes`` that no one node holds is an error, as is an
@@ -913,7 +913,7 @@ def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kin
                f"a node (each node that runs it has its own copy of the volume)" if v.services else
                "no service uses it")
         if volumes:
-            raise BackupError(f"Volume {key} cannot be backed up on a swarm stack: {why}. Nothing was done.")
+            raise BackupError(f"Volume {key} cannot be {verb} on a swarm stack: {why}. Nothing was done.")
         notes.append(f"volume {key}: not included: {why}")
     binds = sorted(n for n, s in services.items()
                    if any(isinstance(m, dict) and m.get("type") == "bind" for m in s.get("volumes") or []))

@@ -83,7 +83,6 @@ def _backup_swarm_nodes(c: Context, s: Any, t0: float, kind: str, dry_run: bool,
     from .. import swarm_ops
     from ..backup.core import make_job
     from ..backup.engines import ENGINES, stack_volumes
-    from ..errors import Refused
     from ..output import say
     from ..target import target as target_of
 
@@ -95,9 +94,6 @@ def _backup_swarm_nodes(c: Context, s: Any, t0: float, kind: str, dry_run: bool,
             raise core.BackupError(f"--push sends a set from this machine to the off-site target; on a swarm stack "
                                    f"the sets are made on the nodes: add --fetch to bring them here first "
                                    f"(`memstack-ops backup.{kind} --fetch --push {push}`). Nothing was done.")
-    if stop:
-        raise Refused("--stop on a swarm stack would stop swarm services, which is not available yet: back up without "
-                      "it (the databases are dumped consistently in their running containers). Nothing was done.")
     st = swarm_ops.swarm_settings(c, s)
     here = target_of(Context(), st)  # this machine's stack files: which services are pinned to a node
     lookup = swarm_ops.backup_services(here.compose.model(here.c), kind, volumes, exclude)
@@ -121,8 +117,8 @@ def _backup_swarm_nodes(c: Context, s: Any, t0: float, kind: str, dry_run: bool,
             say(f"{kind} on swarm node {t.where}: " + ", ".join(part.databases + [f"volume {v}" for v in part.volumes]))
             job = make_job(t, compress=compress, model=model)
             vols = {v.key: v for v in stack_volumes(model)}
-            plans = [ENGINES[x.kind].plan(job, x) for x in [job.inspect(n) for n in part.databases] +
-                     [vols[k] for k in part.volumes]]
+            plans = [ENGINES[x.kind].plan(job, x, stop=stop) for x in [job.inspect(n) for n in part.databases] +
+                     [vols[k] for k in part.volumes]]  # --stop: a stop window of the volumes' users
             made = core.backup(t, kind, compress=compress, dry_run=dry_run, space_check=not no_space_check, job=job,
                                plans=plans)
             if made is not None:
@@ -480,8 +476,11 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
     if swarm_ops.is_swarm(s):  # on the node that runs the database's task
         from ..kinds import DB_KINDS
 
+        if kind == "volumes" and not (from_ or snapshot):
+            _restore_volumes_swarm(c, s, t0, backup, yes, no_safety_backup, dry_run, allow_foreign, kw["volumes"])
+            return
         if kind not in DB_KINDS:
-            swarm_ops.refuse_here(s, f"restore.{kind}")
+            swarm_ops.refuse_here(s, f"restore.{kind}" + (" --from" if from_ or snapshot else ""))
         with swarm_ops.db_targets(c, s, kind=kind, services=[kw["service"]] if kw.get("service") else ()) as found:
             if len(found) != 1 or len(found[0][1]) != 1:
                 from ..errors import ConfigError
@@ -502,6 +501,43 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
         if backup is None:  # -H --dry-run: fetched here, not sent
             return
     _restore_on(t, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **kw)
+
+
+def _restore_volumes_swarm(c: Context, s: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,
+                           dry_run: bool, allow_foreign: bool, volumes: Any) -> None:
+    """restore.volumes of a swarm stack, on the node that holds the volumes: the node of the pinned
+    services that use them (--volume), or the node that holds the set (--backup); their users are
+    stopped meanwhile in a stop window (swarm_ops.SwarmCompose.stop_services)."""
+    from invoke import Context as Local
+
+    from .. import swarm_ops
+    from ..backup import BackupError
+    from ..target import target as target_of
+
+    st = swarm_ops.swarm_settings(c, s)
+    here = target_of(Local(), st)
+    volumes = list(volumes)
+    if not volumes and not backup:
+        raise BackupError("On a swarm stack, say which volumes: --volume NAME (restored on the node of the services "
+                          "that use it) or --backup ID (on the node that holds the set). Nothing was done.")
+    if not volumes:
+        for h in _holders_of(c, here, backup):
+            _restore_on(h, t0, "volumes", backup, yes, no_safety_backup, dry_run, allow_foreign, volumes=())
+        return
+    model = here.compose.model(here.c)
+    lookup = swarm_ops.backup_services(model, "volumes", volumes)
+    if not lookup:  # names an unknown volume, or one no pinned service uses: backup_parts says which
+        swarm_ops.backup_parts(model, {}, "volumes", volumes, verb="restored")
+        raise BackupError(f"Volume(s) {', '.join(volumes)}: no service pinned to a node uses them. Nothing was done.")
+    with swarm_ops.node_targets(c, st, lookup) as found:
+        if len(found) != 1:
+            raise BackupError(f"Volume(s) {', '.join(volumes)} are on several nodes "
+                              f"({', '.join(t.where for t, _ in found)}): restore each node's with --volume. "
+                              f"Nothing was done.")
+        swarm_ops.backup_parts(model, {found[0][0].where: found[0][1]}, "volumes", volumes,
+                               verb="restored")  # each used only by services on that node
+        _restore_on(found[0][0], t0, "volumes", backup, yes, no_safety_backup, dry_run, allow_foreign,
+                    volumes=volumes)
 
 
 def _restore_on(t: Target, t0: float, kind: str, backup: str | None, yes: bool, no_safety_backup: bool, dry_run: bool,
@@ -686,9 +722,19 @@ def _restore_all_swarm(c: Context, s: Any, t0: float, backup: str | None, yes: b
             _swarm_restorable(found, n.where)
         for n, found in picks:
             say(f"restore.all of {found.id} on swarm node {n.where}: {', '.join(found.services)}")
-            for e in found.entries:
-                _restore_on(n, t0, str(e["kind"]), found.id, yes, no_safety_backup, dry_run, allow_foreign,
-                            service=str(e["service"]))
+            _restore_entries(n, t0, found, yes, no_safety_backup, dry_run, allow_foreign)
+
+
+def _restore_entries(n: Target, t0: float, found: BackupSet, yes: bool, no_safety_backup: bool, dry_run: bool,
+                     allow_foreign: bool) -> None:
+    """Each database of a node's set as restore.<db> does, then its volumes (one stop window)."""
+    vols = [str(e["volume"]) for e in found.entries if e.get("kind") == "volumes"]
+    for e in found.entries:
+        if e.get("kind") != "volumes":
+            _restore_on(n, t0, str(e["kind"]), found.id, yes, no_safety_backup, dry_run, allow_foreign,
+                        service=str(e["service"]))
+    if vols:
+        _restore_on(n, t0, "volumes", found.id, yes, no_safety_backup, dry_run, allow_foreign, volumes=vols)
 
 
 def _swarm_restorable(found: BackupSet, node: str) -> None:
@@ -696,11 +742,11 @@ def _swarm_restorable(found: BackupSet, node: str) -> None:
     from ..errors import Refused
     from ..kinds import DB_KINDS
 
-    blocked = [f"{e['service']} ({e['kind']})" for e in found.entries if e.get("kind") not in DB_KINDS]
+    blocked = [f"{e['service']} ({e['kind']})" for e in found.entries if e.get("kind") not in (*DB_KINDS, "volumes")]
     if blocked:
-        raise Refused(f"Set {found.id} (on {node}) holds {', '.join(blocked)}, whose restore stops the services that "
-                      f"use them, which is not available on a swarm stack yet. Nothing was done. Its databases "
-                      f"restore one by one: `memstack-ops restore.<kind> --backup {found.id} --service NAME`.")
+        raise Refused(f"Set {found.id} (on {node}) holds {', '.join(blocked)}: bind-mounted folders are on the nodes, "
+                      f"which is not available on a swarm stack yet. Nothing was done. Its databases and volumes "
+                      f"restore one by one: `memstack-ops restore.<kind> --backup {found.id}`.")
 
 
 def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,
@@ -735,9 +781,7 @@ def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, 
         n = found[0][0]
         sent = send(n, local, say)
         say(f"Sent {local.id} to {n.where} as {sent.set.path}, sha256 of every file checked there.")
-        for e in sent.set.entries:
-            _restore_on(n, t0, str(e["kind"]), sent.set.id, yes, no_safety_backup, dry_run, allow_foreign,
-                        service=str(e["service"]))
+        _restore_entries(n, t0, sent.set, yes, no_safety_backup, dry_run, allow_foreign)
 
 
 @ops_task(name="drill", help={

@@ -783,7 +783,7 @@ def test_postgres_sets_are_made_listed_verified_fetched_pruned_and_restored_on_i
     assert pg(hosts, p.name, "SELECT v FROM marks ORDER BY v;").split() == ["kept"]  # nothing was reset
 
 
-def test_backup_all_and_volumes_make_their_sets_on_the_node_of_each_stateful_task(swarm_stack, hosts):
+def test_backup_all_volumes_and_their_restores_run_on_the_node_of_each_stateful_task(swarm_stack, hosts):
     import json
 
     p = swarm_stack
@@ -794,18 +794,22 @@ def test_backup_all_and_volumes_make_their_sets_on_the_node_of_each_stateful_tas
     before = set(hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/ 2>/dev/null || true").split())
     out = ok(p.run("backup.all", timeout=600))
     assert "all on swarm node h2: kv, postgres" in out and "complete" in out, out
-    out = ok(p.run("backup.volumes", "--volume", "pgdata", timeout=600))
+    out = ok(p.run("backup.volumes", "--volume", "pgdata", "--stop", timeout=600))  # postgres in a stop window
     assert "volumes on swarm node h2: volume pgdata" in out and "complete" in out, out
+    assert "stopping postgres" in out and "starting postgres and waiting for health" in out, out
     new = sorted(set(hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split()) - before)
     assert [s.rsplit("-", 1)[1] for s in new] == ["all", "volumes"], new
     kinds = {s: [e["kind"] for e in json.loads(hosts["h2"].sh(f"cat /srv/{p.name}/backups/tiny/{s}/manifest.json"))
                  ["entries"]] for s in new}
     assert {s: sorted(k) for s, k in kinds.items()} == {new[0]: ["postgres", "redis"], new[1]: ["volumes"]}, kinds
-    assert "--stop on a swarm stack" in failed(p.run("backup.all", "--stop"))
     out = failed(p.run("backup.volumes", "--volume", "nope"))
     assert "Unknown volume(s) nope" in out and "pgdata" in out, out
-    out = failed(p.run("restore.all", "--backup", new[1], "--yes"))  # a volume's restore stops its users
-    assert f"Set {new[1]} (on h2) holds pgdata (volumes)" in out and "Nothing was done" in out, out
+    assert "say which volumes" in failed(p.run("restore.volumes", "--yes"))
+    pg(hosts, p.name, "DROP TABLE whole;")
+    out = ok(p.run("restore.volumes", "--volume", "pgdata", "--yes", "--no-safety-backup", timeout=600))
+    assert f"from backup {new[1]}" in out and "Services stopped meanwhile: postgres" in out, out
+    assert pg(hosts, p.name, "SELECT v FROM whole;").strip() == "all"
+    assert running_nodes(hosts, p.name, "postgres") == ["h2"]
     pg(hosts, p.name, "DROP TABLE whole;")
     kv(hosts, p.name, "SET", "mark", "changed")
     kv_task = manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_kv").strip()

@@ -257,7 +257,7 @@ def test_backup_volumes_on_a_swarm_refuses_a_volume_no_one_node_holds_or_an_unkn
     assert [n.split(":")[0] for n in notes] == ["volume uploads", "volume shared", "volume unused"]
 
 
-def test_restore_all_on_a_swarm_refuses_a_set_with_a_volume_or_a_folder_naming_them():
+def test_restore_all_on_a_swarm_refuses_a_set_with_a_folder_naming_it():
     from types import SimpleNamespace
 
     from memstack_ops.errors import Refused
@@ -266,11 +266,11 @@ def test_restore_all_on_a_swarm_refuses_a_set_with_a_volume_or_a_folder_naming_t
     ok = SimpleNamespace(id="20260101T000000Z-all", entries=[{"service": "postgres", "kind": "postgres"},
                                                              {"service": "mysql", "kind": "mysql"}])
     _swarm_restorable(ok, "h2")  # restored beside the live database and swapped: no stop
-    _swarm_restorable(SimpleNamespace(id="x", entries=[{"service": "cache", "kind": "redis"}]), "h2")  # a stop window
-    bad = SimpleNamespace(id="20260101T000000Z-all", entries=[*ok.entries, {"service": "files", "kind": "volumes"},
-                                                              {"service": "./data", "kind": "binds"}])
-    with pytest.raises(Refused, match=r"Set 20260101T000000Z-all \(on h2\) holds files \(volumes\), ./data \(binds\), "
-                                      r"whose restore stops the services that use them.*Nothing was done"):
+    stopping = [{"service": "cache", "kind": "redis"}, {"service": "files", "kind": "volumes"}]
+    _swarm_restorable(SimpleNamespace(id="x", entries=stopping), "h2")  # in stop windows
+    bad = SimpleNamespace(id="20260101T000000Z-all", entries=[*ok.entries, {"service": "./data", "kind": "binds"}])
+    with pytest.raises(Refused, match=r"Set 20260101T000000Z-all \(on h2\) holds ./data \(binds\): bind-mounted "
+                                      r"folders are on the nodes.*Nothing was done"):
         _swarm_restorable(bad, "h2")
 
 
