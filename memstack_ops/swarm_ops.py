@@ -569,9 +569,14 @@ class SwarmCompose(Compose):
                 raise SwarmError(f"{svc} is not stopped (nothing changed): its data at {', '.join(anonymous)} is in an "
                                  f"anonymous volume, which its next task would not get. Give it a named volume in "
                                  f"the compose file (volumes: [NAME:{anonymous[0]}]) and deploy again.")
+            # its volumes, and the folders its compose file binds (not what the engine mounts itself: secrets)
+            declared = {str(v.get("target") or "").rstrip("/") for v in
+                        ((self.rendered.get("services") or {}).get(svc) or {}).get("volumes") or []
+                        if isinstance(v, dict)}
             self.mounts[ctr] = [f"{m.get('Name') if m.get('Type') == 'volume' else m.get('Source')}:"
                                 f"{m.get('Destination')}" + ("" if m.get("RW", True) else ":ro")
-                                for m in mounts if m.get("Type") in ("volume", "bind")]
+                                for m in mounts if m.get("Type") == "volume" or
+                                (m.get("Type") == "bind" and str(m.get("Destination")).rstrip("/") in declared)]
         args = " ".join(shlex.quote(f"{self.stack.project}_{s}=0") for s in services)
         r = _run(self.manager, f"docker service scale --detach {args}")
         if not r.ok:

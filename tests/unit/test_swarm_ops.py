@@ -296,7 +296,9 @@ def _window(monkeypatch, labelled=("h2",), placed_on="h2"):
     from memstack_ops import swarm, swarm_deploy, swarm_ops
     from memstack_ops.swarm import Node
 
-    model = {"services": {"neo4j": {"image": "local/neo4j-standin:5.26"}, "api": {"image": "app"}}}
+    model = {"services": {"neo4j": {"image": "local/neo4j-standin:5.26", "volumes": [
+        {"type": "volume", "source": "neo4j_data", "target": "/data"}, {"type": "bind", "source": "/srv/conf",
+                                                                        "target": "/conf"}]}, "api": {"image": "app"}}}
     nodes = [Node(f"id{h}", h, "worker", "active", "ready", "", labels={"memstack-ops.neo4j": "true"}
                   if h in labelled else {}) for h in ("h1", "h2", "h3")]
     monkeypatch.setattr(swarm, "list_nodes", lambda mc: nodes)
@@ -305,7 +307,9 @@ def _window(monkeypatch, labelled=("h2",), placed_on="h2"):
     monkeypatch.setattr(swarm_ops, "placed", lambda mc, project, names: {
         n: swarm_ops.Placed(n, f"id{placed_on}", placed_on, "new-ctr") for n in names})
     mounts = json.dumps([{"Type": "volume", "Name": "p_neo4j_data", "Destination": "/data", "RW": True},
-                         {"Type": "bind", "Source": "/srv/conf", "Destination": "/conf", "RW": False}])
+                         {"Type": "bind", "Source": "/srv/conf", "Destination": "/conf", "RW": False},
+                         {"Type": "bind", "Source": "/var/lib/docker/containers/x/mounts/secrets/s1",
+                          "Destination": "/run/secrets/NEO4J_PASSWORD", "RW": False}])
     node, mc = Recorder({"docker inspect --format": (0, mounts)}), Recorder()
     stack = Stack(name="s", stage="dev", project="p", root=None, compose_files=(), env_files=(), env_template="")
     compose = SwarmCompose(stack, task_containers={"neo4j": "old-ctr"}, node="h2", rendered=model, manager=mc)
@@ -354,3 +358,13 @@ def test_the_one_offs_of_a_window_mount_the_stopped_tasks_volumes_and_exec_reach
     compose.replaced["old-ctr"] = "new-ctr"
     svc = SimpleNamespace(name="neo4j", container="old-ctr")
     assert job.exec_argv(svc, "true")[2] == "new-ctr"
+
+
+def test_a_stop_window_is_refused_for_data_in_an_anonymous_volume(monkeypatch):
+    compose, node, mc = _window(monkeypatch)
+    node.rules["docker inspect --format"] = (0, json.dumps([{"Type": "volume", "Name": "a" * 64,
+                                                              "Destination": "/data", "RW": True}]))
+    with pytest.raises(SwarmError, match=r"its data at /data is in an anonymous volume, which its next task would "
+                                         r"not get"):
+        compose.stop_services(node, ["neo4j"], timeout=5)
+    assert mc.ran == []  # nothing scaled
