@@ -523,6 +523,7 @@ class SwarmCompose(Compose):
     rendered: dict[str, Any] = field(default_factory=dict)
     manager: Any = None  # the manager's connection: a stop is a scale of the service to 0 there
     mounts: dict[str, list[str]] = field(default_factory=dict)  # a stopped task's container -> its -v mounts
+    volumes: dict[str, list[str]] = field(default_factory=dict)  # a stopped task's container -> its volumes' names
     replaced: dict[str, str] = field(default_factory=dict)  # a stopped task's container -> its successor's
 
     # -- a stop window (a backup or restore that needs the database down) -------------------------
@@ -573,6 +574,7 @@ class SwarmCompose(Compose):
             declared = {str(v.get("target") or "").rstrip("/") for v in
                         ((self.rendered.get("services") or {}).get(svc) or {}).get("volumes") or []
                         if isinstance(v, dict)}
+            self.volumes[ctr] = [str(m.get("Name")) for m in mounts if m.get("Type") == "volume"]
             self.mounts[ctr] = [f"{m.get('Name') if m.get('Type') == 'volume' else m.get('Source')}:"
                                 f"{m.get('Destination')}" + ("" if m.get("RW", True) else ":ro")
                                 for m in mounts if m.get("Type") == "volume" or
@@ -617,6 +619,24 @@ class SwarmCompose(Compose):
             old = self.task_containers.get(svc, "")
             self.replaced[old] = p.container
             self.task_containers[svc] = p.container
+
+    def reset_services(self, c: Any, services: list[str], timeout: float) -> list[str]:
+        """``db.reset`` on a swarm: each service stopped in a stop window, its named volumes removed
+        on this node, started again on a fresh one; the volumes removed."""
+        old = {s: self.container(s) for s in services}
+        self.stop_services(c, services)
+        gone: list[str] = []
+        try:
+            for s in services:
+                for v in self.volumes.get(old[s], []):
+                    r = run_argv(c, ["docker", "volume", "rm", v], timeout=120)
+                    if r.failed and "No such volume" not in (r.stderr or ""):
+                        raise SwarmError(f"Removing volume {v} on {self.node} failed: {self.scrub(_said(r))}. "
+                                         f"{', '.join(services)} start again on the data they had.")
+                    gone.append(v)
+        finally:
+            self.start_services(c, services, timeout)
+        return gone
 
     def current(self, container: str) -> str:
         """The container now running in place of ``container`` (itself when it was not replaced)."""

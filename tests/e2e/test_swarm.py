@@ -778,9 +778,12 @@ def test_postgres_sets_are_made_listed_verified_fetched_pruned_and_restored_on_i
         f.seek(0)
         out = ok(p.run("db.shell", "postgres", stdin=f))
     assert "swarm-42" in out, out
-    out = failed(p.run("db.reset", "postgres", "--yes"))
-    assert "db.reset is not available on a swarm stack yet" in out, out
-    assert pg(hosts, p.name, "SELECT v FROM marks ORDER BY v;").split() == ["kept"]  # nothing was reset
+    task = manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_postgres").strip()
+    out = ok(p.run("db.reset", "postgres", "--yes", timeout=600))  # its volume removed on h2, a fresh one
+    assert f"volume(s) {p.name}_pgdata removed on h2" in out and "postgres was reset" in out, out
+    assert pg(hosts, p.name, "SELECT to_regclass('marks') IS NULL;").strip() == "t"
+    assert manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_postgres").strip() != task
+    assert running_nodes(hosts, p.name, "postgres") == ["h2"]
 
 
 def test_backup_all_volumes_and_their_restores_run_on_the_node_of_each_stateful_task(swarm_stack, hosts):
