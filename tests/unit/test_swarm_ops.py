@@ -368,3 +368,18 @@ def test_a_stop_window_is_refused_for_data_in_an_anonymous_volume(monkeypatch):
                                          r"not get"):
         compose.stop_services(node, ["neo4j"], timeout=5)
     assert mc.ran == []  # nothing scaled
+
+
+def test_a_reset_removes_the_stopped_tasks_named_volumes_on_its_node_and_starts_it_again(monkeypatch):
+    compose, node, mc = _window(monkeypatch)
+    gone = compose.reset_services(node, ["neo4j"], timeout=5)
+    assert gone == ["p_neo4j_data"]
+    assert any("volume rm p_neo4j_data" in r for r in node.ran)
+    assert mc.ran == ["docker service scale --detach p_neo4j=0", "docker service scale --detach p_neo4j=1"]
+    assert compose.container("neo4j") == "new-ctr"
+    # a volume that cannot be removed: started again on the data it had, and said
+    compose, node, mc = _window(monkeypatch)
+    node.rules["volume rm"] = (1, "")
+    with pytest.raises(SwarmError, match="Removing volume p_neo4j_data on h2 failed.*start again on the data"):
+        compose.reset_services(node, ["neo4j"], timeout=5)
+    assert mc.ran[-1] == "docker service scale --detach p_neo4j=1"
