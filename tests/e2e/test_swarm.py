@@ -754,11 +754,12 @@ def test_postgres_sets_are_made_listed_verified_fetched_pruned_and_restored_on_i
     # the sets are where the database's task runs: list, verify, fetch and prune find them there
     out = ok(p.run("backup.list"))
     assert "on swarm node h2" in out and sets[0] in out and sets[1] in out, out
-    out = ok(p.run("backup.verify"))
-    assert "verification on swarm node h2" in out and "Backup verified" in out, out
+    out = ok(p.run("backup.verify", "--restore-test", timeout=600))  # a scratch server of its image on h2
+    assert "verification on swarm node h2" in out and "Backup verified by a scratch restore" in out, out
+    assert "restore-test" in out and "counts match" in out, out
     listed = ok(p.run("backup.list")).splitlines()
     rows = {ln.split()[0]: ln for ln in listed if ln.split()[:1] in ([sets[0]], [sets[1]])}
-    assert " format " in rows[sets[1]] + " " and " no" in rows[sets[0]], rows  # the newest verified, recorded there
+    assert "restore-test" in rows[sets[1]] and " no" in rows[sets[0]], rows  # the newest verified, recorded there
     out = ok(p.run("backup.fetch", "--backup", sets[0], timeout=300))
     assert "Fetched" in out and (p.root / "backups" / "tiny" / sets[0] / "manifest.json").is_file(), out
     out = failed(p.run("backup.verify", "--backup", "20000101T000000Z-postgres"))
