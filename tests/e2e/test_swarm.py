@@ -817,7 +817,7 @@ def test_backup_all_volumes_and_their_restores_run_on_the_node_of_each_stateful_
     pg(hosts, p.name, "DROP TABLE whole;")
     kv(hosts, p.name, "SET", "mark", "changed")
     kv_task = manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_kv").strip()
-    out = ok(p.run("restore.all", "--yes", timeout=600))  # the newest `all` set of each node that holds sets
+    out = ok(p.run("restore.all", "--yes", "--no-safety-backup", timeout=600))  # the newest `all` set of each node
     assert f"restore.all of {new[0]} on swarm node h2: kv, postgres" in out and "Restored from" in out, out
     assert pg(hosts, p.name, "SELECT v FROM whole;").strip() == "all"
     # redis's restore stops it: on a swarm, a stop window (scaled to 0 and back on its node, its named volume kept)
@@ -849,7 +849,7 @@ def test_restore_all_and_postgres_from_s3_onto_the_database_node_when_no_set_is_
         hosts["h2"].sh(f"rm -rf /srv/{p.name}/backups/tiny")
         shutil.rmtree(p.root / "backups" / "tiny")
         pg(hosts, p.name, "DROP TABLE far;")
-        r = ok(p.run(cmd, "--from", "s3", "--yes", timeout=600))
+        r = ok(p.run(cmd, "--from", "s3", "--yes", "--no-safety-backup", timeout=600))
         out += r
         assert "Restored from" in r and ("-> h2" in r if cmd == "restore.postgres" else f"Sent {sid} to h2" in r), r
         assert pg(hosts, p.name, "SELECT v FROM far;").strip() == "off-site"
