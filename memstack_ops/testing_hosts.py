@@ -197,7 +197,7 @@ def missing_images() -> list[str]:
 
 def clear_stack(box: HostBox, p: RemoteProject) -> None:
     """Take project ``p``'s stack and deploy root off a shared host."""
-    box.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 1 >/dev/null 2>&1; "
+    box.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 0 >/dev/null 2>&1; "
            f"docker ps -aq --filter label=com.docker.compose.project={p.name} | xargs -r docker rm -f >/dev/null; "
            f"rm -rf {p.stack_root}", check=False)
 
