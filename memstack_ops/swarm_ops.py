@@ -628,6 +628,8 @@ class SwarmCompose(Compose):
         gone: list[str] = []
         try:
             for s in services:
+                # the stopped task's container may stay (exited) until the swarm reaps it, holding the volume
+                run_argv(c, ["docker", "rm", "-f", old[s]], timeout=120)
                 for v in self.volumes.get(old[s], []):
                     r = run_argv(c, ["docker", "volume", "rm", v], timeout=120)
                     if r.failed and "No such volume" not in (r.stderr or ""):
