@@ -880,3 +880,67 @@ def test_draining_a_worker_moves_its_app_tasks_and_postgres_stays_with_its_data(
         assert pg(hosts, p.name, "SELECT v FROM drained;").strip() == "still here"
     finally:
         ok(p.run("swarm.activate", "h3"))
+
+
+# ---------------------------------------------------------------- the MemStack stack itself on the swarm
+
+# The MemStack stack on the local images: its databases (postgres, neo4j, redis, pinned to h2) and
+# its api with 3 replicas. The worker, the observability services and the edge proxy are left out
+# by a profile, so that the nested engines (vfs: every container copies its image) hold few tasks.
+MEMSTACK_SWARM = """\
+services:
+  worker: {profiles: [full]}
+  prometheus: {profiles: [full]}
+  grafana: {profiles: [full]}
+  proxy: {profiles: [full]}
+"""
+DB_LABELS = ('labels = { "memstack-ops.postgres" = "true", "memstack-ops.neo4j" = "true", '
+             '"memstack-ops.redis" = "true" }\n')
+
+
+@pytest.fixture(scope="module")
+def memstack_swarm(swarm_project, hosts, ssh_key, tmp_path_factory):
+    """A MemStack project (the repo's compose files and env template, a unique project name)
+    whose inventory is the swarm; the swarm stack is removed afterwards."""
+    from pathlib import Path
+
+    from memstack_ops.testing import scratch_project
+    from memstack_ops.testing_hosts import inventory
+
+    dest = tmp_path_factory.mktemp("msswarm") / "proj"
+    p = scratch_project(dest, Path(__file__).resolve().parents[2])
+    p.overlay("swarmtest", MEMSTACK_SWARM)
+    p.overlays = ("local", "swarmtest")
+    toml = p.root / "memstack-ops.toml"
+    text = toml.read_text().replace('overlays = ["local"]', 'overlays = ["local", "swarmtest"]', 1)
+    swarm = f'project = "{p.name}"\nengine = "swarm"\nreplicas = {{ api = 3 }}\n'
+    text = text.replace(f'project = "{p.name}"\n', swarm, 1)
+    toml.write_text(text + "\n" + inventory(hosts, ssh_key.private, dest / "known_hosts", f"/srv/{p.name}"))
+    swarm_inventory(p, hosts, {"h2": DB_LABELS})
+    yield p
+    stack_rm(hosts, p.name)
+
+
+def test_the_memstack_stack_on_the_swarm_pins_its_databases_spreads_its_api_and_round_trips_a_backup(
+        memstack_swarm, hosts):
+    p = memstack_swarm
+    ensure_swarm(p)
+    out = ok(p.run("deploy", "--allow-env-secrets", timeout=1200))
+    assert "Deployed: swarm stack" in out, out
+    assert "-> api" in out, out  # the api was created once its databases were healthy (its depends_on)
+    for db in ("postgres", "neo4j", "redis"):
+        assert running_nodes(hosts, p.name, db) == ["h2"], db  # on the node labelled for it
+    assert converged_nodes(hosts, p.name, "api", 3) == ["h1", "h2", "h3"]  # 3 replicas, one per node
+    out = ok(p.run("db.init", timeout=600))
+    assert "postgres: on swarm node h2" in out and "neo4j: on swarm node h2" in out, out
+    again = ok(p.run("db.init", timeout=600))
+    assert "Everything is up to date" in again, again
+    out = ok(p.run("backup.postgres", timeout=600))
+    assert "complete" in out, out
+    out = ok(p.run("restore.postgres", "--yes", "--no-safety-backup", timeout=600))
+    assert "Restored from" in out, out
+    assert "Everything is up to date" in ok(p.run("db.init", timeout=600))  # the restored schema, as it was
+    status = ok(p.run("status"))
+    assert "api" in status and "3/3" in status, status
+    specs = manager_sh(hosts, f"docker service inspect $(docker service ls -q --filter label={STACK_NS}={p.name})")
+    assert "POSTGRES_PASSWORD_FILE=/run/secrets/POSTGRES_PASSWORD" in specs
