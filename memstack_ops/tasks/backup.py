@@ -786,15 +786,23 @@ def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, 
 def backup_drill(c: Context, backup: str | None = None, from_: str | None = None, snapshot: str | None = None,
                  stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Restore a backup into a throwaway copy of the stack, check it against the backup's probes, report the recovery time."""  # noqa: E501 (the first line is `inv --list`'s help)
-    from ..backup import BackupError
+    from .. import swarm_ops
     from ..backup.drill import drill
-    from ..output import say, table
 
     t = target(c, stack, stage, overlay)
+    if swarm_ops.is_swarm(t.settings) and not (from_ or snapshot):
+        _drill_swarm_sets(c, t, backup)
+        return
     if from_ or snapshot:
         backup = _from_offsite(t, from_, snapshot, backup, None)
         assert backup is not None
-    r = drill(t, backup)
+    _drill_report(drill(t, backup))
+
+
+def _drill_report(r: Any) -> None:
+    from ..backup import BackupError
+    from ..output import say, table
+
     table(f"drill of {r.set_id} (project {r.project}, removed)", ["what", "probes", "backup total", "restored copy"],
           r.rows)
     if not r.ok:
@@ -802,6 +810,30 @@ def backup_drill(c: Context, backup: str | None = None, from_: str | None = None
                           f"differ between the backup and its restored copy:\n  " + "\n  ".join(r.mismatches))
     say(f"Drill of backup {r.set_id} OK: restored and verified in {r.seconds:.1f} s (the recovery time); "
         f"recorded in the set (backup.list).")
+
+
+def _drill_swarm_sets(c: Context, t: Target, backup: str | None) -> None:
+    """backup.drill of a swarm stack: the set (or the newest of each node that holds sets) is
+    fetched here from its node, checked, and drilled on this machine's engine (a throwaway copy
+    of the same images, never on the nodes that run the stack); the result is recorded in the
+    node's set too, where backup.list shows it."""
+    from .. import backup as core
+    from ..backup.core import find_set
+    from ..backup.drill import drill
+    from ..backup.sets import DRILL, list_sets
+    from ..backup.shell import LocalShell, shell_for
+
+    for h in _holders_of(c, t, backup):
+        sets = list_sets(shell_for(h.c), core.backups_root(h))
+        if not backup:  # the newest set that is not a safety backup
+            sets = [x for x in sets if not str(x.manifest.get("reason", "")).startswith("safety")]
+        there = find_set(sets, backup, stack=t.stack.name)
+        here = _fetch(h, set_id=there.id)
+        r = drill(t, here.id)
+        text = LocalShell(t.c).read_text(f"{here.path}/{DRILL}")
+        if text:
+            shell_for(h.c).write_text(f"{there.path}/{DRILL}", text)
+        _drill_report(r)
 
 
 # --------------------------------------------------------------------------- schedules (issue 16)

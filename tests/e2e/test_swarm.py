@@ -825,6 +825,11 @@ def test_backup_all_volumes_and_their_restores_run_on_the_node_of_each_stateful_
     assert kv(hosts, p.name, "GET", "mark") == "kept"
     assert manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_kv").strip() != kv_task
     assert running_nodes(hosts, p.name, "kv") == ["h2"]
+    # a drill of the node's set runs here (fetched, a throwaway copy on this engine), recorded on the node too
+    out = ok(p.run("backup.drill", "--backup", new[0], timeout=600))
+    assert "Fetched" in out and f"Drill of backup {new[0]} OK" in out, out
+    listed = ok(p.run("backup.list")).splitlines()
+    assert "drilled OK" in next(ln for ln in listed if ln.startswith(new[0])), listed
     assert env_value(p, "PG_PASSWORD") not in out
 
 
