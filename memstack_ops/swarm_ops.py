@@ -877,19 +877,61 @@ def backup_targets(c: Any, settings: Settings) -> Iterator[list[Target]]:
 
 @dataclass
 class NodePart:
-    """What ``backup.all``/``backup.volumes`` of a swarm stack takes on one node: the databases
-    whose task runs there (dumped in their containers) and the named volumes only services
-    running there use (a tar from a one-off container: the volume is that node's)."""
+    """What ``backup.all``/``volumes``/``binds`` of a swarm stack takes on one node: the databases
+    whose task runs there (dumped in their containers), the named volumes and the bind-mounted
+    folders (by source) only services running there use (a tar from a one-off container: the
+    volume or folder is that node's)."""
 
     databases: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
+    binds: list[str] = field(default_factory=list)
+
+
+def _bind_users(model: Mapping[str, Any], project_dir: str) -> dict[str, tuple[str, list[str]]]:
+    """source -> (its key, the services that mount it) of the model's writable bind mounts."""
+    from .binds import folder_binds, is_data_bind, key_of
+
+    out: dict[str, tuple[str, list[str]]] = {}
+    for svc, v in folder_binds(dict(model)):
+        if not is_data_bind(v, False):
+            continue  # read-only (a config file): no data of the node's
+        src = str(v["source"])
+        key, users = out.setdefault(src, (key_of(src, project_dir), []))
+        if svc not in users:
+            users.append(svc)
+    return out
+
+
+def bind_keys(model: Mapping[str, Any], project_dir: str, sources: Iterable[str]) -> list[tuple[str, str]]:
+    """(key, source) of ``sources`` among the model's writable binds."""
+    found = _bind_users(model, project_dir)
+    return [(found[s][0], s) for s in sources if s in found]
+
+
+def _wanted_binds(found: dict[str, tuple[str, list[str]]], binds: Iterable[str]) -> list[str]:
+    """The sources ``binds`` names (a key as backup.list shows it, ./ optional, a source, or a
+    service for every folder it mounts); every source when none is named. Unknown: an error."""
+    from .backup import BackupError
+
+    binds = list(binds)
+    if not binds:
+        return list(found)
+    out = []
+    for b in binds:
+        k = b if b.startswith(("/", "./")) else "./" + b
+        hit = [s for s, (key, users) in found.items() if key == k or s == b or b in users]
+        if not hit:
+            raise BackupError(f"Not a bind-mounted data folder of the stack: {b}. Its data folders: "
+                              f"{', '.join(key for key, _ in found.values()) or 'none'}. Nothing was done.")
+        out += [s for s in hit if s not in out]
+    return out
 
 
 def backup_services(model: Mapping[str, Any], kind: str, volumes: Iterable[str] = (),
-                    exclude: Iterable[str] = ()) -> list[str]:
-    """The stateful services whose node a set of ``kind`` (all or volumes) needs to know: for
-    ``all`` every one not excluded; for ``volumes`` those that use the volumes wanted (default
-    all)."""
+                    exclude: Iterable[str] = (), binds: Iterable[str] = (), project_dir: str = "") -> list[str]:
+    """The stateful services whose node a set of ``kind`` (all, volumes or binds) needs to know:
+    for ``all`` every one not excluded; for ``volumes``/``binds`` those that use the volumes or
+    folders wanted (default all)."""
     from .backup.engines.volumes import stack_volumes
     from .swarm_render import stateful_services
 
@@ -897,17 +939,23 @@ def backup_services(model: Mapping[str, Any], kind: str, volumes: Iterable[str] 
     if kind == "all":
         exclude = set(exclude)
         return [n for n in pinned if n not in exclude]
+    if kind == "binds":
+        found = _bind_users(model, project_dir)
+        users = {s for src in _wanted_binds(found, binds) for s in found[src][1]}
+        return [n for n in pinned if n in users]
     wanted = set(volumes)
     users = {s for v in stack_volumes(dict(model)) if not wanted or v.key in wanted for s in v.services}
     return [n for n in pinned if n in users]
 
 
 def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kind: str, volumes: Iterable[str] = (),
-                 exclude: Iterable[str] = (), verb: str = "backed up") -> tuple[dict[str, NodePart], list[str]]:
+                 exclude: Iterable[str] = (), verb: str = "backed up", binds: Iterable[str] = (),
+                 project_dir: str = "") -> tuple[dict[str, NodePart], list[str]]:
     """Per node (``on_node``: node -> the stateful services whose task runs there), what a set of
-    ``kind`` (all or volumes) takes there; and one note per thing left out, with why (never
-    skipped silently). A volume named in ``volumes`` that no one node holds is an error, as is an
-    unknown one. Pure: the caller found where the tasks run."""
+    ``kind`` (all, volumes or binds) takes there; and one note per thing left out, with why (never
+    skipped silently). A volume or folder named that no one node holds is an error, as is an
+    unknown one. Pure: the caller found where the tasks run (bind keys are relative to
+    ``project_dir``, the compose file's folder, as on a compose host)."""
     from .backup import BackupError
     from .backup.engines.volumes import stack_volumes
     from .kinds import DB_KINDS, kind_of
@@ -922,6 +970,8 @@ def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kin
         for name in sorted(dbs - exclude):
             if name in node_of:  # one whose backup stops it (neo4j): a stop window on its node
                 parts[node_of[name]].databases.append(name)
+    if kind == "binds":
+        return _bind_parts(model, node_of, parts, notes, binds, project_dir, verb, set()), notes
     vols = {v.key: v for v in stack_volumes(dict(model))}
     wanted = list(volumes) or [k for k in vols if k not in exclude]
     unknown = [k for k in wanted if k not in vols]
@@ -942,19 +992,40 @@ def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kin
         if volumes:
             raise BackupError(f"Volume {key} cannot be {verb} on a swarm stack: {why}. Nothing was done.")
         notes.append(f"volume {key}: not included: {why}")
-    binds = sorted(n for n, s in services.items()
-                   if any(isinstance(m, dict) and m.get("type") == "bind" for m in s.get("volumes") or []))
-    if kind == "all" and binds:
-        notes.append(f"bind-mounted folders of {', '.join(binds)}: not included: the folders are on the nodes, "
-                     f"which is not available on a swarm stack yet")
-    return {n: p for n, p in parts.items() if p.databases or p.volumes}, notes
+    if kind == "all":
+        return _bind_parts(model, node_of, parts, notes, (), project_dir, verb, dbs | exclude), notes
+    return {n: p for n, p in parts.items() if p.databases or p.volumes or p.binds}, notes
+
+
+def _bind_parts(model: Mapping[str, Any], node_of: Mapping[str, str], parts: dict[str, NodePart], notes: list[str],
+                binds: Iterable[str], project_dir: str, verb: str, leave: set[str]) -> dict[str, NodePart]:
+    """Add to ``parts`` the folders (sources) wanted whose users all run on one node; note (or,
+    when named, refuse) the others. ``leave``: services whose folders are not taken (a database's
+    own: its dump holds them; the excluded)."""
+    from .backup import BackupError
+
+    found = _bind_users(model, project_dir)
+    named = list(binds)
+    for src in _wanted_binds(found, named):
+        key, users = found[src]
+        if set(users) & leave or key in leave or src in leave:
+            continue
+        nodes = {node_of.get(s) for s in users}
+        if len(nodes) == 1 and None not in nodes:
+            parts[str(nodes.pop())].binds.append(src)
+            continue
+        why = (f"mounted by {', '.join(s for s in users if s not in node_of)}, which is not one task pinned to a "
+               f"node (each node that runs it has its own folder)")
+        if named:
+            raise BackupError(f"Folder {key} cannot be {verb} on a swarm stack: {why}. Nothing was done.")
+        notes.append(f"folder {key}: not included: {why}")
+    return {n: p for n, p in parts.items() if p.databases or p.volumes or p.binds}
 
 
 def refuse_here(settings: Settings, what: str) -> None:
     """Refuse a step that has no swarm form yet, naming it."""
     if is_swarm(settings):
         raise Refused(f"{what} is not available on a swarm stack yet (engine = \"swarm\"): nothing was done. "
-                      f"backup.all/volumes and restore.all (their databases), backup.<db>, restore.<db> and "
-                      f"backup.list/verify/prune/fetch run on the node of the database's task; for the rest, run "
-                      f"the step on that node's engine by hand.")
+                      f"restore.all --from NAME restores a set's databases, volumes and folders on their node; "
+                      f"every other backup.* and restore.* runs on the node of the task whose data it is.")
 

@@ -63,7 +63,7 @@ def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay
             require_remote(c)  # before anything is made
         _backup_on(target(c, stack, stage, overlay), t0, kind, dry_run, no_space_check, compress, fetch, push, **kw)
         return
-    if kind in ("all", "volumes"):
+    if kind in ("all", "volumes", "binds"):
         _backup_swarm_nodes(c, s, t0, kind, dry_run, no_space_check, compress, fetch, push, **kw)
         return
     if kind not in DB_KINDS:  # a database whose backup stops it: a stop window on its node (swarm_ops)
@@ -75,14 +75,15 @@ def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay
 
 def _backup_swarm_nodes(c: Context, s: Any, t0: float, kind: str, dry_run: bool, no_space_check: bool,
                         compress: str, fetch: bool, push: str | None, volumes: Any = (), exclude: Any = (),
-                        stop: bool = False) -> None:
+                        stop: bool = False, binds: Any = ()) -> None:
     """backup.all / backup.volumes of a swarm stack: one set on each node that runs a stateful
     service's task (its databases dumped in their containers, the volumes only it uses tarred
     there), each made as on a compose host (swarm_ops.backup_parts says what goes where)."""
     from .. import backup as core
     from .. import swarm_ops
-    from ..backup.core import make_job
-    from ..backup.engines import ENGINES, stack_volumes
+    from ..backup.core import make_job, say_not_included
+    from ..backup.engines import ENGINES, stack_binds, stack_volumes
+    from ..backup.engines.binds import project_dir
     from ..output import say
     from ..target import target as target_of
 
@@ -96,15 +97,16 @@ def _backup_swarm_nodes(c: Context, s: Any, t0: float, kind: str, dry_run: bool,
                                    f"(`memstack-ops backup.{kind} --fetch --push {push}`). Nothing was done.")
     st = swarm_ops.swarm_settings(c, s)
     here = target_of(Context(), st)  # this machine's stack files: which services are pinned to a node
-    lookup = swarm_ops.backup_services(here.compose.model(here.c), kind, volumes, exclude)
-    if not lookup:
-        swarm_ops.backup_parts(here.compose.model(here.c), {}, kind, volumes, exclude)  # an unknown volume: named
+    pdir = project_dir(here)  # bind keys are relative to the compose file's folder, as on a compose host
+    lookup = swarm_ops.backup_services(here.compose.model(here.c), kind, volumes, exclude, binds, pdir)
+    if not lookup:  # an unknown volume or folder: named
+        swarm_ops.backup_parts(here.compose.model(here.c), {}, kind, volumes, exclude, binds=binds, project_dir=pdir)
         raise core.BackupError(f"Swarm stack {st['stack']} has no stateful service (one task pinned to a node) "
                                f"whose data this {kind} backup could take. Nothing was done.")
     with swarm_ops.node_targets(c, st, lookup) as found:
         on_node = {t.where: names for t, names in found}
         model = found[0][0].compose.model(found[0][0].c)
-        parts, notes = swarm_ops.backup_parts(model, on_node, kind, volumes, exclude)
+        parts, notes = swarm_ops.backup_parts(model, on_node, kind, volumes, exclude, binds=binds, project_dir=pdir)
         for n in notes:
             say(f"  {n}")
         if not parts:
@@ -114,11 +116,16 @@ def _backup_swarm_nodes(c: Context, s: Any, t0: float, kind: str, dry_run: bool,
             part = parts.get(t.where)
             if part is None:
                 continue
-            say(f"{kind} on swarm node {t.where}: " + ", ".join(part.databases + [f"volume {v}" for v in part.volumes]))
             job = make_job(t, compress=compress, model=model)
             vols = {v.key: v for v in stack_volumes(model)}
+            folders, skipped = stack_binds(job) if part.binds else ([], [])  # probed on the node
+            folders = [b for b in folders if b.source in part.binds]
+            say(f"{kind} on swarm node {t.where}: " + ", ".join(part.databases + [f"volume {v}" for v in part.volumes]
+                                                               + [f"folder {b.key}" for b in folders]))
+            say_not_included(job, [d for d in skipped if d["source"] in {k for k, _ in
+                                                                         swarm_ops.bind_keys(model, pdir, part.binds)}])
             plans = [ENGINES[x.kind].plan(job, x, stop=stop) for x in [job.inspect(n) for n in part.databases] +
-                     [vols[k] for k in part.volumes]]  # --stop: a stop window of the volumes' users
+                     [vols[k] for k in part.volumes] + folders]  # --stop: a stop window of their users
             made = core.backup(t, kind, compress=compress, dry_run=dry_run, space_check=not no_space_check, job=job,
                                plans=plans)
             if made is not None:
@@ -470,8 +477,8 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
     if swarm_ops.is_swarm(s):  # on the node that runs the database's task
         from ..kinds import DB_KINDS
 
-        if kind == "volumes" and not (from_ or snapshot):
-            _restore_volumes_swarm(c, s, t0, backup, yes, no_safety_backup, dry_run, allow_foreign, kw["volumes"])
+        if kind in ("volumes", "binds") and not (from_ or snapshot):
+            _restore_folders_swarm(c, s, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, kw[kind])
             return
         if kind not in DB_KINDS:
             swarm_ops.refuse_here(s, f"restore.{kind}" + (" --from" if from_ or snapshot else ""))
@@ -497,41 +504,44 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
     _restore_on(t, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **kw)
 
 
-def _restore_volumes_swarm(c: Context, s: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,
-                           dry_run: bool, allow_foreign: bool, volumes: Any) -> None:
-    """restore.volumes of a swarm stack, on the node that holds the volumes: the node of the pinned
-    services that use them (--volume), or the node that holds the set (--backup); their users are
-    stopped meanwhile in a stop window (swarm_ops.SwarmCompose.stop_services)."""
+def _restore_folders_swarm(c: Context, s: Any, t0: float, kind: str, backup: str | None, yes: bool,
+                           no_safety_backup: bool, dry_run: bool, allow_foreign: bool, names: Any) -> None:
+    """restore.volumes / restore.binds of a swarm stack, on the node that holds the volumes or
+    folders: the node of the pinned services that use them (--volume / --bind), or the node that
+    holds the set (--backup); their users are stopped meanwhile in a stop window
+    (swarm_ops.SwarmCompose.stop_services)."""
     from invoke import Context as Local
 
     from .. import swarm_ops
     from ..backup import BackupError
+    from ..backup.engines.binds import project_dir
     from ..target import target as target_of
 
     st = swarm_ops.swarm_settings(c, s)
     here = target_of(Local(), st)
-    volumes = list(volumes)
-    if not volumes and not backup:
-        raise BackupError("On a swarm stack, say which volumes: --volume NAME (restored on the node of the services "
-                          "that use it) or --backup ID (on the node that holds the set). Nothing was done.")
-    if not volumes:
+    names = list(names)
+    flag = "--volume NAME" if kind == "volumes" else "--bind ./PATH"
+    if not names and not backup:
+        raise BackupError(f"On a swarm stack, say which {kind}: {flag} (restored on the node of the services that "
+                          f"use it) or --backup ID (on the node that holds the set). Nothing was done.")
+    if not names:
         for h in _holders_of(c, here, backup):
-            _restore_on(h, t0, "volumes", backup, yes, no_safety_backup, dry_run, allow_foreign, volumes=())
+            _restore_on(h, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **{kind: ()})
         return
     model = here.compose.model(here.c)
-    lookup = swarm_ops.backup_services(model, "volumes", volumes)
-    if not lookup:  # names an unknown volume, or one no pinned service uses: backup_parts says which
-        swarm_ops.backup_parts(model, {}, "volumes", volumes, verb="restored")
-        raise BackupError(f"Volume(s) {', '.join(volumes)}: no service pinned to a node uses them. Nothing was done.")
+    pdir = project_dir(here)
+    which = {"volumes": names} if kind == "volumes" else {"binds": names}
+    lookup = swarm_ops.backup_services(model, kind, project_dir=pdir, **which)
+    if not lookup:  # names an unknown volume or folder, or one no pinned service uses: backup_parts says which
+        swarm_ops.backup_parts(model, {}, kind, verb="restored", project_dir=pdir, **which)
+        raise BackupError(f"{', '.join(names)}: no service pinned to a node uses them. Nothing was done.")
     with swarm_ops.node_targets(c, st, lookup) as found:
         if len(found) != 1:
-            raise BackupError(f"Volume(s) {', '.join(volumes)} are on several nodes "
-                              f"({', '.join(t.where for t, _ in found)}): restore each node's with --volume. "
-                              f"Nothing was done.")
-        swarm_ops.backup_parts(model, {found[0][0].where: found[0][1]}, "volumes", volumes,
-                               verb="restored")  # each used only by services on that node
-        _restore_on(found[0][0], t0, "volumes", backup, yes, no_safety_backup, dry_run, allow_foreign,
-                    volumes=volumes)
+            raise BackupError(f"{', '.join(names)} are on several nodes ({', '.join(t.where for t, _ in found)}): "
+                              f"restore each node's with {flag}. Nothing was done.")
+        swarm_ops.backup_parts(model, {found[0][0].where: found[0][1]}, kind, verb="restored", project_dir=pdir,
+                               **which)  # each used only by services on that node
+        _restore_on(found[0][0], t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **{kind: names})
 
 
 def _restore_on(t: Target, t0: float, kind: str, backup: str | None, yes: bool, no_safety_backup: bool, dry_run: bool,
@@ -679,10 +689,8 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
 def _restore_all_swarm(c: Context, s: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,
                        dry_run: bool, allow_foreign: bool, from_: str | None, snapshot: str | None) -> None:
     """restore.all of a swarm stack: a backup.all set is one node's (swarm_ops.backup_parts), so
-    each database entry of it is restored on that node as restore.<db> would (beside the live
-    database, then swapped); the newest such set of each node without --backup. A set holding
-    entries that a swarm cannot restore yet (a volume, or a database whose restore stops it) is
-    refused before any change, naming them."""
+    it is restored on that node (``_restore_entries``); the newest such set of each node without
+    --backup."""
     from .. import backup as core
     from .. import swarm_ops
     from ..backup.sets import list_sets
@@ -713,34 +721,24 @@ def _restore_all_swarm(c: Context, s: Any, t0: float, backup: str | None, yes: b
                                    f"({', '.join(n.where for n in nodes)}): `memstack-ops backup.list` lists them. "
                                    f"Nothing was done.")
         for n, found in picks:
-            _swarm_restorable(found, n.where)
-        for n, found in picks:
             say(f"restore.all of {found.id} on swarm node {n.where}: {', '.join(found.services)}")
             _restore_entries(n, t0, found, yes, no_safety_backup, dry_run, allow_foreign)
 
 
 def _restore_entries(n: Target, t0: float, found: BackupSet, yes: bool, no_safety_backup: bool, dry_run: bool,
                      allow_foreign: bool) -> None:
-    """Each database of a node's set as restore.<db> does, then its volumes (one stop window)."""
+    """Each database of a node's set as restore.<db> does, then its volumes and its folders (a stop
+    window each)."""
     vols = [str(e["volume"]) for e in found.entries if e.get("kind") == "volumes"]
+    folders = [str(e["bind"]) for e in found.entries if e.get("kind") == "binds"]
     for e in found.entries:
-        if e.get("kind") != "volumes":
+        if e.get("kind") not in ("volumes", "binds"):
             _restore_on(n, t0, str(e["kind"]), found.id, yes, no_safety_backup, dry_run, allow_foreign,
                         service=str(e["service"]))
     if vols:
         _restore_on(n, t0, "volumes", found.id, yes, no_safety_backup, dry_run, allow_foreign, volumes=vols)
-
-
-def _swarm_restorable(found: BackupSet, node: str) -> None:
-    """Refuse (before any change) a set with entries a swarm stack cannot restore yet."""
-    from ..errors import Refused
-    from ..kinds import DB_KINDS
-
-    blocked = [f"{e['service']} ({e['kind']})" for e in found.entries if e.get("kind") not in (*DB_KINDS, "volumes")]
-    if blocked:
-        raise Refused(f"Set {found.id} (on {node}) holds {', '.join(blocked)}: bind-mounted folders are on the nodes, "
-                      f"which is not available on a swarm stack yet. Nothing was done. Its databases and volumes "
-                      f"restore one by one: `memstack-ops restore.<kind> --backup {found.id}`.")
+    if folders:
+        _restore_on(n, t0, "binds", found.id, yes, no_safety_backup, dry_run, allow_foreign, binds=folders)
 
 
 def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,
@@ -762,7 +760,6 @@ def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, 
                           "or the other. Nothing was done.")
     dest = offsite_target(st, from_)
     local = fetch(target_of(Local(), st), dest, snapshot, "all", say=say)
-    _swarm_restorable(local, "this machine")
     if dry_run:
         say(f"Dry run: backup {local.id} would be sent to the node of {', '.join(local.services)} and restored there; "
             f"nothing was sent. It stays here: {local.path}.")

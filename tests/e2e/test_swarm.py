@@ -265,8 +265,9 @@ def test_the_memstack_stack_renders_to_a_valid_stack_file(project, tmp_path):
 SWARM_COMPOSE = """\
 # A tiny swarm stack: a cache and an app of 3 replicas (stateless: kind generic), PostgreSQL pinned
 # to its labelled node with its password as a Swarm secret, a Redis (kv) pinned there too, whose
-# restore stops it, a one-shot job; the app reads its token from a Swarm secret file (label), and a
-# long-form depends_on the stack file must lose.
+# restore stops it, with a data folder (a bind the fixture makes on that node), a one-shot job;
+# the app reads its token from a Swarm secret file (label), and a long-form depends_on the stack
+# file must lose.
 services:
   cache:
     image: local/redis:7
@@ -298,7 +299,7 @@ services:
   kv:
     image: local/redis:7
     command: ["redis-server", "--appendonly", "yes"]
-    volumes: [kvdata:/data]
+    volumes: [kvdata:/data, ./kvfiles:/files]
     healthcheck: {test: ["CMD-SHELL", "redis-cli ping | grep -q PONG"], interval: 2s, timeout: 2s, retries: 3}
 volumes: {pgdata: {}, kvdata: {}}
 """
@@ -341,8 +342,15 @@ def swarm_stack(swarm_project, hosts, ssh_key, tmp_path_factory):
     toml = p.root / "memstack-ops.toml"
     toml.write_text(toml.read_text().replace(f'project = "{p.name}"\n',
                                              f'project = "{p.name}"\nengine = "swarm"\nreplicas = {{ app = 3 }}\n', 1))
+    hosts["h2"].sh(f"mkdir -p {kv_files(p)}")  # a swarm creates no bind source: it must be on the node
     yield p
     stack_rm(hosts, p.name)
+    hosts["h2"].sh(f"rm -rf {p.root}", check=False)
+
+
+def kv_files(p) -> str:
+    """kv's data folder (./kvfiles beside the compose file), at the same absolute path on its node."""
+    return str(p.root / "compose" / "tiny" / "kvfiles")
 
 
 def when(stamp: str) -> str:
@@ -795,9 +803,10 @@ def test_backup_all_volumes_and_their_restores_run_on_the_node_of_each_stateful_
     ok(p.run("deploy", timeout=600))
     pg(hosts, p.name, "DROP TABLE IF EXISTS whole; CREATE TABLE whole (v text); INSERT INTO whole VALUES ('all');")
     assert kv(hosts, p.name, "SET", "mark", "kept") == "OK"
+    hosts["h2"].sh(f"echo kept > {kv_files(p)}/note.txt")
     before = set(hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/ 2>/dev/null || true").split())
     out = ok(p.run("backup.all", timeout=600))
-    assert "all on swarm node h2: kv, postgres" in out and "complete" in out, out
+    assert "all on swarm node h2: kv, postgres, folder ./kvfiles" in out and "complete" in out, out
     out = ok(p.run("backup.volumes", "--volume", "pgdata", "--stop", timeout=600))  # postgres in a stop window
     assert "volumes on swarm node h2: volume pgdata" in out and "complete" in out, out
     assert "stopping postgres" in out and "starting postgres and waiting for health" in out, out
@@ -805,7 +814,8 @@ def test_backup_all_volumes_and_their_restores_run_on_the_node_of_each_stateful_
     assert [s.rsplit("-", 1)[1] for s in new] == ["all", "volumes"], new
     kinds = {s: [e["kind"] for e in json.loads(hosts["h2"].sh(f"cat /srv/{p.name}/backups/tiny/{s}/manifest.json"))
                  ["entries"]] for s in new}
-    assert {s: sorted(k) for s, k in kinds.items()} == {new[0]: ["postgres", "redis"], new[1]: ["volumes"]}, kinds
+    assert {s: sorted(k) for s, k in kinds.items()} == {new[0]: ["binds", "postgres", "redis"],
+                                                        new[1]: ["volumes"]}, kinds
     out = failed(p.run("backup.volumes", "--volume", "nope"))
     assert "Unknown volume(s) nope" in out and "pgdata" in out, out
     assert "say which volumes" in failed(p.run("restore.volumes", "--yes"))
@@ -816,13 +826,19 @@ def test_backup_all_volumes_and_their_restores_run_on_the_node_of_each_stateful_
     assert running_nodes(hosts, p.name, "postgres") == ["h2"]
     pg(hosts, p.name, "DROP TABLE whole;")
     kv(hosts, p.name, "SET", "mark", "changed")
+    hosts["h2"].sh(f"echo changed > {kv_files(p)}/note.txt")
     kv_task = manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_kv").strip()
     out = ok(p.run("restore.all", "--yes", "--no-safety-backup", timeout=600))  # the newest `all` set of each node
-    assert f"restore.all of {new[0]} on swarm node h2: kv, postgres" in out and "Restored from" in out, out
+    assert f"restore.all of {new[0]} on swarm node h2: kv, postgres, ./kvfiles" in out and "Restored from" in out, out
     assert pg(hosts, p.name, "SELECT v FROM whole;").strip() == "all"
     # redis's restore stops it: on a swarm, a stop window (scaled to 0 and back on its node, its named volume kept)
     assert "stopping kv" in out and "starting kv and waiting for health" in out, out
     assert kv(hosts, p.name, "GET", "mark") == "kept"
+    assert hosts["h2"].sh(f"cat {kv_files(p)}/note.txt").strip() == "kept"  # the folder, in kv's stop window
+    hosts["h2"].sh(f"rm {kv_files(p)}/note.txt")
+    out = ok(p.run("restore.binds", "--bind", "./kvfiles", "--yes", "--no-safety-backup", timeout=600))
+    assert "Services stopped meanwhile: kv" in out, out
+    assert hosts["h2"].sh(f"cat {kv_files(p)}/note.txt").strip() == "kept"
     assert manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_kv").strip() != kv_task
     assert running_nodes(hosts, p.name, "kv") == ["h2"]
     # a drill of the node's set runs here (fetched, a throwaway copy on this engine), recorded on the node too
@@ -848,7 +864,7 @@ def test_restore_all_and_postgres_from_s3_onto_the_database_node_when_no_set_is_
     pw = s3_target(p, s3, tmp_path / "keys")
     pg(hosts, p.name, "DROP TABLE IF EXISTS far; CREATE TABLE far (v text); INSERT INTO far VALUES ('off-site');")
     out = ok(p.run("backup.run", "--push", "s3", timeout=600))
-    assert "all on swarm node h2: kv, postgres" in out and "Fetched" in out and "Pushed" in out, out
+    assert "all on swarm node h2: kv, postgres, folder ./kvfiles" in out and "Fetched" in out and "Pushed" in out, out
     [sid] = [s for s in os.listdir(p.root / "backups" / "tiny") if s.endswith("-all")]
     for cmd in ("restore.all", "restore.postgres"):
         hosts["h2"].sh(f"rm -rf /srv/{p.name}/backups/tiny")

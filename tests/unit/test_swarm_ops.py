@@ -235,8 +235,8 @@ def test_backup_all_takes_each_node_its_databases_and_the_volumes_only_its_tasks
         "volume uploads: not included: used by api, which is not one task pinned to a node (each node that runs "
         "it has its own copy of the volume)",
         "volume unused: not included: no service uses it",
-        "bind-mounted folders of api: not included: the folders are on the nodes, which is not available on a "
-        "swarm stack yet",
+        "folder /srv/x: not included: mounted by api, which is not one task pinned to a node (each node that runs "
+        "it has its own folder)",
     ]  # pgdata and graph are databases' own files (their dumps), shared is redis's own (its dump)
 
 
@@ -255,23 +255,6 @@ def test_backup_volumes_on_a_swarm_refuses_a_volume_no_one_node_holds_or_an_unkn
     parts, notes = backup_parts(BACKUP_MODEL, on, "volumes")  # all: the others named, not an error
     assert sorted(parts) == ["h1", "h2", "h3"] and parts["h2"].volumes == ["pgdata"]
     assert [n.split(":")[0] for n in notes] == ["volume uploads", "volume shared", "volume unused"]
-
-
-def test_restore_all_on_a_swarm_refuses_a_set_with_a_folder_naming_it():
-    from types import SimpleNamespace
-
-    from memstack_ops.errors import Refused
-    from memstack_ops.tasks.backup import _swarm_restorable
-
-    ok = SimpleNamespace(id="20260101T000000Z-all", entries=[{"service": "postgres", "kind": "postgres"},
-                                                             {"service": "mysql", "kind": "mysql"}])
-    _swarm_restorable(ok, "h2")  # restored beside the live database and swapped: no stop
-    stopping = [{"service": "cache", "kind": "redis"}, {"service": "files", "kind": "volumes"}]
-    _swarm_restorable(SimpleNamespace(id="x", entries=stopping), "h2")  # in stop windows
-    bad = SimpleNamespace(id="20260101T000000Z-all", entries=[*ok.entries, {"service": "./data", "kind": "binds"}])
-    with pytest.raises(Refused, match=r"Set 20260101T000000Z-all \(on h2\) holds ./data \(binds\): bind-mounted "
-                                      r"folders are on the nodes.*Nothing was done"):
-        _swarm_restorable(bad, "h2")
 
 
 # ---------------------------------------------------------------- a stop window on the database's node
@@ -383,3 +366,36 @@ def test_a_reset_removes_the_stopped_tasks_named_volumes_on_its_node_and_starts_
     with pytest.raises(SwarmError, match="Removing volume p_neo4j_data on h2 failed.*start again on the data"):
         compose.reset_services(node, ["neo4j"], timeout=5)
     assert mc.ran[-1] == "docker service scale --detach p_neo4j=1"
+
+
+def test_folders_go_to_the_node_of_their_pinned_users_keyed_as_on_a_compose_host():
+    from memstack_ops.backup import BackupError
+    from memstack_ops.swarm_ops import NodePart, backup_parts, backup_services, bind_keys
+
+    pdir = "/proj/compose/s"
+    model = {"services": {
+        "minio": {"image": "minio/minio", "volumes": [{"type": "bind", "source": f"{pdir}/data/objects",
+                                                       "target": "/data"}]},
+        "postgres": {"image": "postgres:15", "volumes": [{"type": "bind", "source": f"{pdir}/data/pg",
+                                                          "target": "/var/lib/postgresql/data"}]},
+        "api": {"image": "app", "volumes": [{"type": "bind", "source": f"{pdir}/conf", "target": "/conf",
+                                             "read_only": True},
+                                            {"type": "bind", "source": f"{pdir}/uploads", "target": "/up"}]}}}
+    on = {"h2": ["postgres"], "h3": ["minio"]}
+    assert backup_services(model, "binds", project_dir=pdir) == ["minio", "postgres"]
+    assert backup_services(model, "binds", binds=["./data/objects"], project_dir=pdir) == ["minio"]
+    assert backup_services(model, "binds", binds=["minio"], project_dir=pdir) == ["minio"]  # a service: its folders
+    parts, notes = backup_parts(model, on, "all", project_dir=pdir)  # postgres's own folder: its dump holds it
+    assert parts == {"h2": NodePart(["postgres"], [], []), "h3": NodePart([], [], [f"{pdir}/data/objects"])}
+    assert notes == ["folder ./uploads: not included: mounted by api, which is not one task pinned to a node (each "
+                     "node that runs it has its own folder)"]  # the read-only config is no data: not named
+    parts, _ = backup_parts(model, on, "all", exclude=["./data/objects"], project_dir=pdir)
+    assert parts == {"h2": NodePart(["postgres"], [], [])}
+    parts, _ = backup_parts(model, on, "binds", binds=["data/objects"], project_dir=pdir)
+    assert parts == {"h3": NodePart([], [], [f"{pdir}/data/objects"])}
+    with pytest.raises(BackupError, match=r"Folder ./uploads cannot be restored on a swarm stack: mounted by api"):
+        backup_parts(model, on, "binds", binds=["./uploads"], verb="restored", project_dir=pdir)
+    with pytest.raises(BackupError, match=r"Not a bind-mounted data folder of the stack: ./nope. Its data folders: "
+                                          r"./data/objects, ./data/pg, ./uploads"):
+        backup_parts(model, on, "binds", binds=["./nope"], project_dir=pdir)
+    assert bind_keys(model, pdir, [f"{pdir}/data/objects"]) == [("./data/objects", f"{pdir}/data/objects")]
