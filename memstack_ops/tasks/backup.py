@@ -759,20 +759,38 @@ def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, 
         raise BackupError("--backup names a set on the nodes, --from/--snapshot one in an off-site target: give one "
                           "or the other. Nothing was done.")
     dest = offsite_target(st, from_)
-    local = fetch(target_of(Local(), st), dest, snapshot, "all", say=say)
+    here = target_of(Local(), st)
+    local = fetch(here, dest, snapshot, "all", say=say)
     if dry_run:
         say(f"Dry run: backup {local.id} would be sent to the node of {', '.join(local.services)} and restored there; "
             f"nothing was sent. It stays here: {local.path}.")
         return
-    with swarm_ops.node_targets(c, st, [str(e["service"]) for e in local.entries]) as found:
+    with swarm_ops.node_targets(c, st, _users_of_set(here, local)) as found:
         if len(found) != 1:
-            raise BackupError(f"The databases of set {local.id} run on several swarm nodes now "
+            raise BackupError(f"What set {local.id} holds runs on several swarm nodes now "
                               f"({', '.join(t.where for t, _ in found)}); restore them one by one with "
                               f"`memstack-ops restore.<kind> --from {from_} --snapshot {local.id}`. Nothing was done.")
         n = found[0][0]
         sent = send(n, local, say)
         say(f"Sent {local.id} to {n.where} as {sent.set.path}, sha256 of every file checked there.")
         _restore_entries(n, t0, sent.set, yes, no_safety_backup, dry_run, allow_foreign)
+
+
+def _users_of_set(here: Target, s: BackupSet) -> list[str]:
+    """The services whose node a set's entries belong on: its databases, and the pinned services
+    that use its volumes and folders (from this machine's compose model)."""
+    from .. import swarm_ops
+    from ..backup.engines.binds import project_dir
+
+    model = here.compose.model(here.c)
+    vols = [str(e["volume"]) for e in s.entries if e.get("kind") == "volumes"]
+    folders = [str(e["bind"]) for e in s.entries if e.get("kind") == "binds"]
+    out = [str(e["service"]) for e in s.entries if e.get("kind") not in ("volumes", "binds")]
+    if vols:
+        out += swarm_ops.backup_services(model, "volumes", volumes=vols)
+    if folders:
+        out += swarm_ops.backup_services(model, "binds", binds=folders, project_dir=project_dir(here))
+    return list(dict.fromkeys(out))
 
 
 @ops_task(name="drill", help={
