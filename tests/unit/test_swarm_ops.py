@@ -399,3 +399,21 @@ def test_folders_go_to_the_node_of_their_pinned_users_keyed_as_on_a_compose_host
                                           r"./data/objects, ./data/pg, ./uploads"):
         backup_parts(model, on, "binds", binds=["./nope"], project_dir=pdir)
     assert bind_keys(model, pdir, [f"{pdir}/data/objects"]) == [("./data/objects", f"{pdir}/data/objects")]
+
+
+def test_a_sets_entries_belong_on_the_node_of_their_databases_and_of_the_pinned_users_of_its_folders():
+    from types import SimpleNamespace
+
+    from memstack_ops.tasks.backup import _users_of_set
+
+    model = {"services": {
+        "postgres": {"image": "postgres:15"},
+        "minio": {"image": "minio/minio", "volumes": [{"type": "volume", "source": "objects", "target": "/data"}]},
+        "kv": {"image": "redis:7", "volumes": [{"type": "bind", "source": "/p/compose/s/kvfiles", "target": "/f"}]}},
+        "volumes": {"objects": {"name": "p_objects"}}}
+    here = SimpleNamespace(remote=False, release_dir=None, c=None, compose=SimpleNamespace(model=lambda c: model),
+                           stack=SimpleNamespace(root="/p", compose_files=("compose/s/compose.yml",)))
+    s = SimpleNamespace(entries=[{"kind": "postgres", "service": "postgres"},
+                                 {"kind": "volumes", "service": "objects", "volume": "objects"},
+                                 {"kind": "binds", "service": "./kvfiles", "bind": "./kvfiles"}])
+    assert _users_of_set(here, s) == ["postgres", "minio", "kv"]
