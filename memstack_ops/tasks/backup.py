@@ -477,7 +477,11 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
     if swarm_ops.is_swarm(s):  # on the node that runs the database's task
         from ..kinds import DB_KINDS
 
-        if kind in ("volumes", "binds") and not (from_ or snapshot):
+        if kind in ("volumes", "binds") and (from_ or snapshot):
+            _restore_all_swarm_from(c, swarm_ops.swarm_settings(c, s), t0, backup, yes, no_safety_backup, dry_run,
+                                    allow_foreign, from_, snapshot, kind=kind, names=kw[kind])
+            return
+        if kind in ("volumes", "binds"):
             _restore_folders_swarm(c, s, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, kw[kind])
             return
         if kind not in DB_KINDS:
@@ -742,9 +746,11 @@ def _restore_entries(n: Target, t0: float, found: BackupSet, yes: bool, no_safet
 
 
 def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,
-                            dry_run: bool, allow_foreign: bool, from_: str | None, snapshot: str | None) -> None:
-    """restore.all --from of a swarm stack: the set is fetched here (restic and the key stay here),
-    sent to the node that runs its databases' tasks, checked there, restored there."""
+                            dry_run: bool, allow_foreign: bool, from_: str | None, snapshot: str | None,
+                            kind: str = "all", names: Any = ()) -> None:
+    """restore.all (or restore.volumes/binds, ``kind``) --from of a swarm stack: the set is fetched
+    here (restic and the key stay here), sent to the node that runs the tasks whose data it holds,
+    checked there, restored there (for volumes/binds: ``names``, default all it holds)."""
     from invoke import Context as Local
 
     from .. import swarm_ops
@@ -760,7 +766,7 @@ def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, 
                           "or the other. Nothing was done.")
     dest = offsite_target(st, from_)
     here = target_of(Local(), st)
-    local = fetch(here, dest, snapshot, "all", say=say)
+    local = fetch(here, dest, snapshot, kind, say=say)
     if dry_run:
         say(f"Dry run: backup {local.id} would be sent to the node of {', '.join(local.services)} and restored there; "
             f"nothing was sent. It stays here: {local.path}.")
@@ -773,7 +779,10 @@ def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, 
         n = found[0][0]
         sent = send(n, local, say)
         say(f"Sent {local.id} to {n.where} as {sent.set.path}, sha256 of every file checked there.")
-        _restore_entries(n, t0, sent.set, yes, no_safety_backup, dry_run, allow_foreign)
+        if kind == "all":
+            _restore_entries(n, t0, sent.set, yes, no_safety_backup, dry_run, allow_foreign)
+        else:
+            _restore_on(n, t0, kind, sent.set.id, yes, no_safety_backup, dry_run, allow_foreign, **{kind: list(names)})
 
 
 def _users_of_set(here: Target, s: BackupSet) -> list[str]:
