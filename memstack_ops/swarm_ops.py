@@ -993,22 +993,28 @@ def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kin
             raise BackupError(f"Volume {key} cannot be {verb} on a swarm stack: {why}. Nothing was done.")
         notes.append(f"volume {key}: not included: {why}")
     if kind == "all":
-        return _bind_parts(model, node_of, parts, notes, (), project_dir, verb, dbs | exclude), notes
+        return _bind_parts(model, node_of, parts, notes, (), project_dir, verb, exclude, dbs), notes
     return {n: p for n, p in parts.items() if p.databases or p.volumes or p.binds}, notes
 
 
 def _bind_parts(model: Mapping[str, Any], node_of: Mapping[str, str], parts: dict[str, NodePart], notes: list[str],
-                binds: Iterable[str], project_dir: str, verb: str, leave: set[str]) -> dict[str, NodePart]:
+                binds: Iterable[str], project_dir: str, verb: str, leave: set[str],
+                dbs: frozenset[str] | set[str] = frozenset()) -> dict[str, NodePart]:
     """Add to ``parts`` the folders (sources) wanted whose users all run on one node; note (or,
-    when named, refuse) the others. ``leave``: services whose folders are not taken (a database's
-    own: its dump holds them; the excluded)."""
+    when named, refuse) the others. ``leave``: services, keys or sources left out (excluded);
+    ``dbs``: databases, whose own folders their dumps hold (for backup.all)."""
     from .backup import BackupError
 
     found = _bind_users(model, project_dir)
     named = list(binds)
     for src in _wanted_binds(found, named):
         key, users = found[src]
-        if set(users) & leave or key in leave or src in leave:
+        if key in leave or src in leave or set(users) & leave:
+            continue  # excluded
+        own = sorted(set(users) & dbs)
+        if own:
+            notes.append(f"folder {key}: not included: the files of database {own[0]}, which its dump in this set "
+                         f"holds (backup.binds takes it)")
             continue
         nodes = {node_of.get(s) for s in users}
         if len(nodes) == 1 and None not in nodes:

@@ -120,7 +120,7 @@ def _backup_swarm_nodes(c: Context, s: Any, t0: float, kind: str, dry_run: bool,
             vols = {v.key: v for v in stack_volumes(model)}
             folders, skipped = stack_binds(job) if part.binds else ([], [])  # probed on the node
             folders = [b for b in folders if b.source in part.binds]
-            say(f"{kind} on swarm node {t.where}: " + ", ".join(part.databases + [f"volume {v}" for v in part.volumes]
+            say(f"{kind} on swarm node {_node(t)}: " + ", ".join(part.databases + [f"volume {v}" for v in part.volumes]
                                                                + [f"folder {b.key}" for b in folders]))
             say_not_included(job, [d for d in skipped if d["source"] in {k for k, _ in
                                                                          swarm_ops.bind_keys(model, pdir, part.binds)}])
@@ -363,7 +363,12 @@ def _set_holders(c: Context, t: Target) -> Iterator[Target]:
 def _on_node(t: Target) -> str:
     from ..swarm_ops import SwarmCompose
 
-    return f" on swarm node {t.where}" if isinstance(t.compose, SwarmCompose) else ""
+    return f" on swarm node {t.compose.node}" if isinstance(t.compose, SwarmCompose) else ""
+
+
+def _node(t: Target) -> str:
+    """A swarm node target's node (its hostname), for messages."""
+    return str(getattr(t.compose, "node", "") or t.where)
 
 
 @ops_task(name="verify", help={
@@ -725,7 +730,7 @@ def _restore_all_swarm(c: Context, s: Any, t0: float, backup: str | None, yes: b
                                    f"({', '.join(n.where for n in nodes)}): `memstack-ops backup.list` lists them. "
                                    f"Nothing was done.")
         for n, found in picks:
-            say(f"restore.all of {found.id} on swarm node {n.where}: {', '.join(found.services)}")
+            say(f"restore.all of {found.id} on swarm node {_node(n)}: {', '.join(found.services)}")
             _restore_entries(n, t0, found, yes, no_safety_backup, dry_run, allow_foreign)
 
 
@@ -778,7 +783,7 @@ def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, 
                               f"`memstack-ops restore.<kind> --from {from_} --snapshot {local.id}`. Nothing was done.")
         n = found[0][0]
         sent = send(n, local, say)
-        say(f"Sent {local.id} to {n.where} as {sent.set.path}, sha256 of every file checked there.")
+        say(f"Sent {local.id} to {_node(n)} as {sent.set.path}, sha256 of every file checked there.")
         if kind == "all":
             _restore_entries(n, t0, sent.set, yes, no_safety_backup, dry_run, allow_foreign)
         else:

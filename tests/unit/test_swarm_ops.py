@@ -387,7 +387,9 @@ def test_folders_go_to_the_node_of_their_pinned_users_keyed_as_on_a_compose_host
     assert backup_services(model, "binds", binds=["minio"], project_dir=pdir) == ["minio"]  # a service: its folders
     parts, notes = backup_parts(model, on, "all", project_dir=pdir)  # postgres's own folder: its dump holds it
     assert parts == {"h2": NodePart(["postgres"], [], []), "h3": NodePart([], [], [f"{pdir}/data/objects"])}
-    assert notes == ["folder ./uploads: not included: mounted by api, which is not one task pinned to a node (each "
+    assert notes == ["folder ./data/pg: not included: the files of database postgres, which its dump in this set "
+                     "holds (backup.binds takes it)",
+                     "folder ./uploads: not included: mounted by api, which is not one task pinned to a node (each "
                      "node that runs it has its own folder)"]  # the read-only config is no data: not named
     parts, _ = backup_parts(model, on, "all", exclude=["./data/objects"], project_dir=pdir)
     assert parts == {"h2": NodePart(["postgres"], [], [])}
