@@ -641,10 +641,14 @@ class SwarmCompose(Compose):
         return gone
 
     def current(self, container: str) -> str:
-        """The container now running in place of ``container`` (itself when it was not replaced)."""
+        """The container now running in place of ``container``, an ID or a task container's name
+        (``<stack>_<service>.<slot>.<task>``); itself when it was not replaced."""
         seen = 0
         while container in self.replaced and seen < 100:  # a chain of windows, bounded
             container, seen = self.replaced[container], seen + 1
+        for svc, now in self.task_containers.items():  # a name: its service's task now
+            if container.startswith(f"{self.stack.project}_{svc}.") and container not in self.replaced.values():
+                return now
         return container
 
     def model(self, c: Any) -> dict[str, Any]:

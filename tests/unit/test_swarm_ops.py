@@ -308,6 +308,8 @@ def test_a_stop_window_scales_the_pinned_service_to_0_keeps_its_mounts_and_finds
     compose.start_services(node, ["neo4j"], timeout=5)
     assert mc.ran[-1] == "docker service scale --detach p_neo4j=1"
     assert compose.current("old-ctr") == "new-ctr" and compose.container("neo4j") == "new-ctr"
+    assert compose.current("p_neo4j.1.oldtaskid") == "new-ctr"  # the rows of ps name a task's container by name
+    assert compose.current("p_api.1.x") == "p_api.1.x"  # not restarted: itself
 
 
 def test_a_stop_window_is_refused_before_anything_stops_when_another_node_carries_the_label(monkeypatch):
