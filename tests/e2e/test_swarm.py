@@ -869,7 +869,7 @@ def test_restore_all_and_postgres_from_s3_onto_the_database_node_when_no_set_is_
     pg(hosts, p.name, "DROP TABLE IF EXISTS far; CREATE TABLE far (v text); INSERT INTO far VALUES ('off-site');")
     out = ok(p.run("backup.run", "--push", "s3", timeout=600))
     assert "all on swarm node h2: kv, postgres" in out and "Fetched" in out and "Pushed" in out, out
-    [sid] = [s for s in os.listdir(p.root / "backups" / "tiny") if s.endswith("-all")]
+    sid = max(s for s in os.listdir(p.root / "backups" / "tiny") if s.endswith("-all"))  # this run's: the newest
     for cmd in ("restore.all", "restore.postgres"):
         hosts["h2"].sh(f"rm -rf /srv/{p.name}/backups/tiny")
         shutil.rmtree(p.root / "backups" / "tiny")
