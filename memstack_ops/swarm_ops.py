@@ -893,17 +893,9 @@ class NodePart:
 
 def _bind_users(model: Mapping[str, Any], project_dir: str) -> dict[str, tuple[str, list[str]]]:
     """source -> (its key, the services that mount it) of the model's writable bind mounts."""
-    from .binds import folder_binds, is_data_bind, key_of
+    from .binds import users_by_source
 
-    out: dict[str, tuple[str, list[str]]] = {}
-    for svc, v in folder_binds(dict(model)):
-        if not is_data_bind(v, False):
-            continue  # read-only (a config file): no data of the node's
-        src = str(v["source"])
-        key, users = out.setdefault(src, (key_of(src, project_dir), []))
-        if svc not in users:
-            users.append(svc)
-    return out
+    return users_by_source(dict(model), project_dir, data_only=True)
 
 
 def bind_keys(model: Mapping[str, Any], project_dir: str, sources: Iterable[str]) -> list[tuple[str, str]]:
