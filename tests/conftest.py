@@ -39,19 +39,3 @@ def project(tmp_path, docker_client):
     p = scratch_project(tmp_path / "proj", REPO)
     yield p
     p.destroy()
-
-
-def pytest_collection_modifyitems(config, items):
-    """README's test command runs two pytest-xdist workers (``-n 2 --dist loadgroup``): a unit of
-    work goes whole to one worker. The tests on the session's three host containers are one unit
-    (they deploy onto the same hosts), the swarm module another (it makes them a swarm for a
-    while): a worker that gets both makes the hosts once, and two workers each have their own.
-    Every other module is a unit of its own, so its module fixtures (a stack, a set of databases)
-    are made once too. Without xdist the marks change nothing."""
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        if "hosts" in getattr(item, "fixturenames", ()):
-            group = "swarm" if module.endswith("/test_swarm.py") else "hosts"
-        else:
-            group = module
-        item.add_marker(pytest.mark.xdist_group(group))
