@@ -16,6 +16,7 @@ with the baselines. Everything is removed at the end. Run:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import tempfile
@@ -64,8 +65,11 @@ def main() -> None:
 
 
 def measure_deploys(p, rounds: int) -> None:
+    # MEMSTACK_OPS_TRACE (one timed line per remote command) reaches the deploys: Project.run drops MEMSTACK_*
+    trace = {"MEMSTACK_OPS_TRACE": os.environ["MEMSTACK_OPS_TRACE"]} if os.environ.get("MEMSTACK_OPS_TRACE") else {}
+
     def deploy(spec: str) -> None:
-        r = p.run("-H", spec, "deploy", "--parallel", "4", timeout=900)
+        r = p.run("-H", spec, "deploy", "--parallel", "4", timeout=900, **trace)
         assert r.returncode == 0, r.stdout + r.stderr
 
     print("warm-up: first deploy to the 4 hosts (ships the images)", flush=True)

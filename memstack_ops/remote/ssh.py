@@ -131,7 +131,7 @@ class HostConnection(fabric.Connection):  # type: ignore[misc]  # fabric ships n
 
 
 # MEMSTACK_OPS_TRACE=FILE: one line per remote command (start, seconds, host, the command's first
-# 100 characters) appended to FILE, to see where a slow deploy spends its time. Commands never
+# 240 characters) appended to FILE, to see where a slow deploy spends its time. Commands never
 # carry secrets (they are in 0600 files on the host), so neither does the trace.
 TRACE = os.environ.get("MEMSTACK_OPS_TRACE", "")
 _T0 = time.monotonic()
@@ -139,7 +139,7 @@ _trace_lock = threading.Lock()
 
 
 def trace(c: Any, command: str, t0: float) -> None:
-    line = " ".join(command.split())[:100]
+    line = " ".join(command.split())[:240]
     host = c.inventory.name if c.inventory is not None else c.host
     with _trace_lock, open(os.open(TRACE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as f:
         f.write(f"{t0 - _T0:8.3f} {time.monotonic() - t0:7.3f} {host} {line}\n")

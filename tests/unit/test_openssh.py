@@ -201,11 +201,11 @@ def test_the_trace_has_one_line_per_remote_command_with_its_time_and_is_private(
     monkeypatch.setattr(sshmod, "TRACE", str(out))
     c = conn(tmp_path)
     t0 = sshmod.time.monotonic() - 1.5
-    sshmod.trace(c, "docker   compose\n  up -d " + "x" * 200, t0)
+    sshmod.trace(c, "docker   compose\n  up -d " + "x" * 300, t0)
     sshmod.trace(c, "true", sshmod.time.monotonic())
     lines = out.read_text().splitlines()
     assert len(lines) == 2, lines
     start, took, host, cmd = lines[0].split(maxsplit=3)
-    assert float(took) >= 1.5 and host == "web1" and cmd.startswith("docker compose up -d xxx") and len(cmd) == 100
+    assert float(took) >= 1.5 and host == "web1" and cmd.startswith("docker compose up -d xxx") and len(cmd) == 240
     assert lines[1].split()[2:] == ["web1", "true"]
     assert out.stat().st_mode & 0o777 == 0o600
