@@ -19,6 +19,7 @@ decompressed on the way, so it gives the same figures as this.
 
 Not run in CI (minutes, GBs of disk). Run:
     .venv/bin/python benchmarks/offsite.py [--size-gb 1.0] [--days 30] [--rounds 2] [--spread clustered]
+        [--only dedup|push]
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--spread", choices=("clustered", "uniform"), default="clustered")
+    ap.add_argument("--only", choices=("dedup", "push"),
+                    help="one of the two (dedup is a ratio of bytes: it may run on a busy machine; push is a time)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="msbench-offsite-"))
     keys = work / "keys"
@@ -91,40 +94,43 @@ def main() -> None:
         print(f"database: {size / 1e9:.2f} GB, {rows} rows", flush=True)
         sets_dir = p.root / "backups" / "memstack"
 
-        # ---- throughput: push vs raw restic backup --stdin of the same dump, fresh repositories
-        settle(p, container)
-        run("backup.postgres", "--compress", "none")
-        [set_dir] = [d for d in sets_dir.iterdir()]
-        dump = set_dir / "postgres.pgdump"
-        ops, raw = [], []
-        for i in range(a.rounds):
-            target(f"tp{i}")
-            env = restic_env(f"raw{i}")
-            for prefix in (f"raw{i}", f"tp{i}"):  # both repositories made beforehand: init is not timed
-                subprocess.run(["restic", "init"], env=restic_env(prefix), check=True, capture_output=True)
+        ops: list[float] = []
+        raw: list[float] = []
+        if a.only != "dedup":
+            # ---- throughput: push vs raw restic backup --stdin of the same dump, fresh repositories
+            settle(p, container)
+            run("backup.postgres", "--compress", "none")
+            [set_dir] = [d for d in sets_dir.iterdir()]
+            dump = set_dir / "postgres.pgdump"
+            for i in range(a.rounds):
+                target(f"tp{i}")
+                env = restic_env(f"raw{i}")
+                for prefix in (f"raw{i}", f"tp{i}"):  # both repositories made beforehand: init is not timed
+                    subprocess.run(["restic", "init"], env=restic_env(prefix), check=True, capture_output=True)
 
-            def tool() -> float:
-                t0 = time.perf_counter()
-                run("backup.push", "--to", f"tp{i}")  # noqa: B023
-                return time.perf_counter() - t0
+                def tool() -> float:
+                    t0 = time.perf_counter()
+                    run("backup.push", "--to", f"tp{i}")  # noqa: B023
+                    return time.perf_counter() - t0
 
-            def bare() -> float:
-                t0 = time.perf_counter()
-                with open(dump, "rb") as f:
-                    subprocess.run(["restic", "backup", "--stdin", "--stdin-filename", "postgres.pgdump",  # noqa: B023
-                                    "--compression", "auto", "--quiet"], stdin=f, env=env, check=True)  # noqa: B023
-                return time.perf_counter() - t0
+                def bare() -> float:
+                    t0 = time.perf_counter()
+                    with open(dump, "rb") as f:
+                        subprocess.run(["restic", "backup", "--stdin", "--stdin-filename", "postgres.pgdump",  # noqa: B023
+                                        "--compression", "auto", "--quiet"], stdin=f, env=env, check=True)  # noqa: B023
+                    return time.perf_counter() - t0
 
-            order = (tool, bare) if i % 2 == 0 else (bare, tool)
-            for fn in order:
-                (ops if fn is tool else raw).append(fn())
-            print(f"  round {i + 1}: push {ops[-1]:.1f} s, raw restic {raw[-1]:.1f} s", flush=True)
-        shutil.rmtree(set_dir)
+                order = (tool, bare) if i % 2 == 0 else (bare, tool)
+                for fn in order:
+                    (ops if fn is tool else raw).append(fn())
+                print(f"  round {i + 1}: push {ops[-1]:.1f} s, raw restic {raw[-1]:.1f} s", flush=True)
+            shutil.rmtree(set_dir)
 
         # ---- dedup: daily pushes with ~1% of the rows changed
         target("daily")
         logical = 0
-        for day in range(a.days):
+        stored = 0
+        for day in range(a.days if a.only != "push" else 0):
             if day:
                 change = "UPDATE memories SET body = md5(random()::text), embedding = gen_random_bytes(768) WHERE "
                 if a.spread == "uniform":
@@ -143,13 +149,16 @@ def main() -> None:
                                            check=True, capture_output=True, text=True).stdout)
             print(f"  day {day + 1}: logical {logical / 1e9:.2f} GB, stored {st['total_size'] / 1e9:.3f} GB "
                   f"({st['total_size'] / logical:.3f})", flush=True)
-        stored = int(st["total_size"])
-        print(f"\nDEDUP ({a.spread} changes): {a.days} daily pushes of {size / 1e9:.2f} GB: logical "
-              f"{logical / 1e9:.2f} GB, stored {stored / 1e9:.3f} GB, ratio {stored / logical:.3f} (target <= 0.10)")
-        print(f"THROUGHPUT: push {statistics.median(ops):.1f} s vs raw restic {statistics.median(raw):.1f} s "
-              f"(median of {a.rounds}), ratio of medians {statistics.median(ops) / statistics.median(raw):.3f}, "
-              f"median per-round ratio {statistics.median(o / r for o, r in zip(ops, raw, strict=True)):.3f} "
-              f"(target <= 1.1)")
+            stored = int(st["total_size"])
+        if a.only != "push":
+            print(f"\nDEDUP ({a.spread} changes): {a.days} daily pushes of {size / 1e9:.2f} GB: logical "
+                  f"{logical / 1e9:.2f} GB, stored {stored / 1e9:.3f} GB, ratio {stored / logical:.3f} "
+                  f"(target <= 0.10)")
+        if a.only != "dedup":
+            print(f"THROUGHPUT: push {statistics.median(ops):.1f} s vs raw restic {statistics.median(raw):.1f} s "
+                  f"(median of {a.rounds}), ratio of medians {statistics.median(ops) / statistics.median(raw):.3f}, "
+                  f"median per-round ratio {statistics.median(o / r for o, r in zip(ops, raw, strict=True)):.3f} "
+                  f"(target <= 1.1)")
     finally:
         p.destroy()
         server.stop()

@@ -10,4 +10,6 @@ bash harness/build-images.sh
 bash harness/venv.sh
 .venv/bin/ruff check memstack_ops tests benchmarks tasks.py
 .venv/bin/mypy
-exec .venv/bin/python -m pytest tests --durations=40 "$@"
+# two workers: most end-to-end time is waiting (health gates, drains, SSH), not the two cores. A test
+# file goes whole to one worker, in its order (module fixtures made once, steps that build on each other)
+exec .venv/bin/python -m pytest tests -n 2 --dist loadfile --durations=40 "$@"

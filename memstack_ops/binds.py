@@ -36,6 +36,21 @@ def folder_binds(model: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             if isinstance(v, dict) and v.get("type") == "bind" and v.get("source")]
 
 
+def users_by_source(model: dict[str, Any], project_dir: str,
+                    data_only: bool = False) -> dict[str, tuple[str, list[str]]]:
+    """source -> (its key, the services that mount it, in file order) of the model's bind mounts;
+    ``data_only``: only the writable ones (``is_data_bind``; a read-only one is configuration)."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for svc, v in folder_binds(model):
+        if data_only and not is_data_bind(v, False):
+            continue
+        src = str(v["source"])
+        users = out.setdefault(src, (key_of(src, project_dir), []))[1]
+        if svc not in users:
+            users.append(svc)
+    return out
+
+
 def under(path: str, folder: str) -> bool:
     path, folder = posixpath.normpath(path), posixpath.normpath(folder)
     return path == folder or path.startswith(folder.rstrip("/") + "/")

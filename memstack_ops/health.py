@@ -218,7 +218,7 @@ class Watch:
         services = [s for s in services if self.ends_by_exiting(s) and s not in self.one_shot]
         if not services:
             return
-        rows = {r.get("Service"): r for r in self.compose.ps(self.c, services)}
+        rows = {r.get("Service"): r for r in self.compose.containers(self.c, services)}
         bad = []
         for name in services:
             row, st = rows.get(name), self.statuses.setdefault(name, Status(name))
@@ -309,8 +309,10 @@ class Watch:
         services = list(services)
         judged = [s for s in services if not self.statuses.setdefault(s, Status(s)).ready
                   and (active is None or s in active)]
-        # nothing to judge this round (the rest waits for its start or a rollout): no listing
-        rows = {r.get("Service"): r for r in self.compose.ps(self.c, services)} if judged else {}
+        # nothing to judge this round (the rest waits for its start or a rollout): no listing. One
+        # `docker ps` + `docker inspect` rather than `compose ps`, which loads the project every
+        # round (a few times the CPU: it adds up on a host that several deploys share)
+        rows = {r.get("Service"): r for r in self.compose.containers(self.c, services)} if judged else {}
         to_check: list[Status] = []
         for name in services:
             st = self.statuses.setdefault(name, Status(name))

@@ -13,7 +13,12 @@ inventory's manager over SSH):
 4. the Swarm secrets the stack lacks are created, each value on ``docker secret create``'s stdin
    (never in an argv, a file or a log), labelled ``memstack-ops.stack=<stack>``;
 5. ``docker stack deploy --resolve-image never`` with the stack file written 0600 to a temporary
-   file on the manager and removed afterwards (it holds no secret value anyway);
+   file on the manager and removed afterwards (it holds no secret value anyway). The swarm runs no
+   ``depends_on``, so the services this deploy creates are deployed in waves (``start_waves``):
+   each wave's file adds the services whose dependencies the earlier waves started, and is
+   waited for (healthy, or a job's exit 0) before the next; ``docker stack deploy`` removes no
+   service a file leaves out. Existing services count as started: their updates roll in the first
+   wave's deploy;
 6. the tool's own convergence wait (``wait``), bounded by the stack's timeout: no
    ``--detach=false``, which hangs when a one-shot service completes (docker/cli#5299) and does
    not exist in 20.10 clients;
@@ -536,6 +541,15 @@ def deploy(c: Any, settings: Settings, replicas: Iterable[str] = (), ship_all: b
             f"{where(mc)}")
         nodes = list_nodes(mc)
         check_placement(model, nodes, stack)
+        if rendered.proxy is not None:  # a proxy in maintenance stays in it (maintenance off ends it)
+            from .swarm_ops import current_maintenance
+            from .swarm_proxy import switched
+
+            m = current_maintenance(mc, stack, rendered.proxy.service)
+            if m.on:
+                rendered.proxy = switched(rendered.stack, rendered.proxy, model, m)
+                say(f"note: the edge proxy {rendered.proxy.service} is in maintenance and stays in it "
+                    f"(`memstack-ops maintenance off` ends it)")
         if str(t.stack.options.get("endpoint_mode") or "dnsrr") == "vip":  # doctor's check of the nodes, refused
             from .doctor import FAIL, endpoint_check, ipvs_of_nodes
 
@@ -559,12 +573,31 @@ def deploy(c: Any, settings: Settings, replicas: Iterable[str] = (), ship_all: b
                 say(f"Swarm config created: {made_config} (the edge proxy's nginx config)")
             before = look(mc, stack)
             before_tasks = {x.id for x in before.tasks}
-            r = _run(mc, f"sh -c {shlex.quote(DEPLOY)} sh {shlex.quote(stack)}",
-                     in_stream=_script(json.dumps(rendered.stack, indent=1)))
-            if not r.ok:
-                raise SwarmError(f"{where(mc)}: docker stack deploy of {stack} failed: {t.compose.scrub(_said(r))}")
-            after = look(mc, stack)
             names = sorted(rendered.stack["services"])
+            jobs = one_shot_services(model)
+            waves = start_waves(model, [n for n in names if n not in before.services])
+            deadline = time.monotonic() + timeout
+            if len(waves) > 1:
+                say("Start order of the new services (their depends_on; the swarm runs none): "
+                    + " -> ".join(", ".join(w) for w in waves))
+            for i, wave in enumerate(waves[:-1]):  # deployed wave by wave, each waited for before the next
+                present = [n for n in names if n in before.services] + [n for w in waves[:i + 1] for n in w]
+                _stack_deploy(mc, stack, _subset(rendered.stack, present), t.compose.scrub)
+                with phase(f"the start of {', '.join(wave)} on swarm stack {stack} (the later services are not "
+                           f"created yet)"):
+                    outcome, last = wait(mc, stack, wave, jobs, set(), before_tasks,
+                                         max(1.0, deadline - time.monotonic()), sleep=sleep)
+                if not outcome.ok:
+                    last.nodes = {n.id: n.hostname for n in nodes}
+                    later = [n for w in waves[i + 1:] for n in w]
+                    detail = failure(mc, stack, outcome, last, set(), set(wave), t.compose.scrub, timeout,
+                                     before_tasks, jobs, sleep=sleep)
+                    head, nl, rest = detail.partition("\n")
+                    detail = f"{head} Not created, as they wait for it: {', '.join(later)}.{nl}{rest}"
+                    report.update(result="failed", detail=detail.splitlines()[0])
+                    raise SwarmError(detail)
+            _stack_deploy(mc, stack, rendered.stack, t.compose.scrub)
+            after = look(mc, stack)
             existed = {n for n in names if n in before.services}
             updated = {n for n in existed if n in after.services
                        and after.services[n].template != before.services[n].template}
@@ -572,10 +605,10 @@ def deploy(c: Any, settings: Settings, replicas: Iterable[str] = (), ship_all: b
             say(f"docker stack deploy: {len(created)} service(s) created ({', '.join(created) or '-'}), "
                 f"{len(updated)} updated ({', '.join(sorted(updated)) or '-'}), "
                 f"{len(existed - updated)} unchanged. Waiting up to {timeout:g} s for them to converge ...")
-            jobs = one_shot_services(model)
             with phase(f"the convergence wait of swarm stack {stack} (the swarm keeps converging to what was "
                        f"deployed; nothing is rolled back)"):
-                outcome, last = wait(mc, stack, names, jobs, updated, before_tasks, timeout, sleep=sleep)
+                outcome, last = wait(mc, stack, names, jobs, updated, before_tasks,
+                                     max(1.0, deadline - time.monotonic()), sleep=sleep)
             if not outcome.ok:
                 last.nodes = {n.id: n.hostname for n in nodes}
                 detail = failure(mc, stack, outcome, last, updated, set(created), t.compose.scrub, timeout,
@@ -613,6 +646,39 @@ def deploy(c: Any, settings: Settings, replicas: Iterable[str] = (), ship_all: b
                           message=message)
                 finally:
                     lock.release()
+
+
+def start_waves(model: Mapping[str, Any], create: Iterable[str]) -> list[list[str]]:
+    """The services this deploy creates, in the order their ``depends_on`` asks (the swarm itself
+    runs no ``depends_on``): each wave's dependencies among them are in earlier waves; a service
+    that exists already counts as started. Within a wave, in name order."""
+    create = set(create)
+    services = model.get("services") or {}
+    needs = {n: {d for d in (services.get(n) or {}).get("depends_on") or {} if d in create and d != n}
+             for n in create}
+    waves: list[list[str]] = []
+    done: set[str] = set()
+    while len(done) < len(create):
+        wave = sorted(n for n in create - done if needs[n] <= done)
+        if not wave:  # a cycle (compose refuses one before this): the rest together
+            wave = sorted(create - done)
+        waves.append(wave)
+        done |= set(wave)
+    return waves
+
+
+def _subset(stack_file: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The stack file with only the services ``names`` (its networks, secrets and configs kept:
+    ``docker stack deploy`` removes no service that a file leaves out, without --prune)."""
+    keep = set(names)
+    return {**stack_file, "services": {n: s for n, s in (stack_file.get("services") or {}).items() if n in keep}}
+
+
+def _stack_deploy(mc: Any, stack: str, stack_file: Mapping[str, Any], scrub: Callable[[str], str]) -> None:
+    r = _run(mc, f"sh -c {shlex.quote(DEPLOY)} sh {shlex.quote(stack)}", in_stream=_script(json.dumps(stack_file,
+                                                                                                   indent=1)))
+    if not r.ok:
+        raise SwarmError(f"{where(mc)}: docker stack deploy of {stack} failed: {scrub(_said(r))}")
 
 
 def _script(text: str) -> Any:

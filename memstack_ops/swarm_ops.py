@@ -53,6 +53,7 @@ from .target import Target, where
 
 if TYPE_CHECKING:
     from .config import Settings, Stack
+    from .proxy import Maintenance
     from .swarm_deploy import Look, Service
 
 SERVICE_LABEL = "com.docker.swarm.service.name"
@@ -188,10 +189,12 @@ def status(c: Any, settings: Settings) -> list[Row]:
     from .swarm_deploy import look
 
     stack = settings.stack()
+    proxy = _proxy_of(settings)
     with manager(c, settings) as (mc, _):
         last = look(mc, stack.project)
         nodes = {n.id: n.hostname for n in list_nodes(mc)}
         src = where(mc)
+        m = current_maintenance(mc, stack.project, proxy) if proxy and proxy in last.services else None
     if not last.services:
         raise HealthError(f"Swarm stack {stack.project} has no service on the swarm of {src}: deploy it with "
                           f"`memstack-ops deploy --engine swarm` (or engine = \"swarm\" in [stacks.{stack.name}]).")
@@ -199,6 +202,11 @@ def status(c: Any, settings: Settings) -> list[Row]:
     table(f"swarm stack {stack.project} (stack {stack.name}, from {src})",
           ["service", "replicas", "nodes", "health", "image", "detail"],
           [[r.service, r.replicas, r.nodes, r.health, r.image, r.detail] for r in found])
+    if m is not None:
+        from .proxy import DEFAULT_MESSAGE
+
+        say(f"maintenance: ON: proxy {proxy} answers 503 with the page ({m.message or DEFAULT_MESSAGE})" if m.on else
+            f"maintenance: off; proxy {proxy} routes to the tasks of its services (tasks.<service>)")
     short = [r for r in found if r.short]
     if short:
         what = "; ".join(f"{r.service}: {r.replicas} running" if r.desired is not None else f"{r.service}: job failed"
@@ -207,6 +215,20 @@ def status(c: Any, settings: Settings) -> list[Row]:
                           f"{short[0].service}` shows why; `memstack-ops swarm.nodes` whether a node is down or "
                           f"drained.")
     return found
+
+
+def _proxy_of(settings: Settings) -> str | None:
+    """The stack's edge proxy service, from this machine's compose model (None without one)."""
+    from invoke import Context
+
+    from .proxy import proxy_service
+    from .target import target
+
+    try:
+        t = target(Context(), settings, require_env=False)
+        return proxy_service(t.compose.model(t.c))
+    except MemstackError:  # status shows the services whatever this machine's compose files say
+        return None
 
 
 # ---------------------------------------------------------------- logs
@@ -403,6 +425,90 @@ def rollback(c: Any, settings: Settings, services: Iterable[str] = ()) -> None:
     say(f"Rolled back: {detail}.")
 
 
+# ---------------------------------------------------------------- maintenance of the edge proxy
+
+def proxy_config_of(mc: Any, project: str, proxy: str) -> tuple[str, str]:
+    """(name, text) of the Swarm config the running proxy service mounts as its nginx config
+    (("", "") when the service or its config is not there)."""
+    import base64
+
+    from .proxy import CONF_NAME, CONF_TARGET
+
+    r = _run(mc, f"docker service inspect --format '{{{{json .Spec.TaskTemplate.ContainerSpec.Configs}}}}' "
+                 f"{shlex.quote(f'{project}_{proxy}')}")
+    try:
+        mounted = json.loads(r.stdout or "null") if r.ok else None
+    except ValueError:
+        mounted = None
+    name = next((str(x.get("ConfigName")) for x in mounted or []
+                 if (x.get("File") or {}).get("Name") == f"{CONF_TARGET}/{CONF_NAME}"), "")
+    if not name:
+        return "", ""
+    r = _run(mc, f"docker config inspect --format '{{{{json .Spec.Data}}}}' {shlex.quote(name)}")
+    try:
+        return name, base64.b64decode(json.loads(r.stdout)).decode() if r.ok else ""
+    except (ValueError, TypeError):
+        return name, ""
+
+
+def maintenance(c: Any, settings: Settings, on: bool, message: str = "") -> str:
+    """``maintenance on|off`` of a swarm stack's edge proxy: its config for that state (a new Swarm
+    config: configs cannot change in place) swapped into the proxy service (``docker service
+    update --config-rm/--config-add``, stop-first: the new task needs the host port), waited for,
+    the old config removed. The state lives in the config (swarm_proxy.MARK), so a deploy keeps
+    it. Returns what was done, for the task's line."""
+    from .proxy import CONF_NAME, CONF_TARGET, Maintenance, proxy_service
+    from .swarm import manager
+    from .swarm_deploy import look, prune_proxy_configs, render_stack, wait
+    from .swarm_proxy import maintenance_of, switched
+
+    t, model, rendered = render_stack(settings, allow_env_secrets=True)
+    proxy = proxy_service(model)
+    if proxy is None or rendered.proxy is None:
+        raise ConfigError(f"Stack {t.stack.name} has no edge proxy (a service labelled memstack-ops.proxy: nginx): "
+                          f"there is nothing to put in maintenance.")
+    stack = t.stack
+    want = Maintenance(on, message if on else "")
+    cfg = switched(rendered.stack, rendered.proxy, model, want)
+    timeout = float(settings["timeout"])
+    with manager(c, settings) as (mc, _):
+        now_name, now_text = proxy_config_of(mc, stack.project, proxy)
+        if not now_name:
+            raise ConfigError(f"Swarm stack {stack.project} has no running proxy service {proxy} with its config: "
+                              f"deploy it first (`memstack-ops deploy`).")
+        if now_name == cfg.name or (maintenance_of(now_text) == want and not on):
+            return f"already {'on' if on else 'off'}: nothing changed"
+        with _locked(mc, stack, f"maintenance {'on' if on else 'off'}") as outcome:
+            rendered.proxy = cfg
+            from .swarm_deploy import create_proxy_config
+
+            create_proxy_config(mc, rendered)
+            before = look(mc, stack.project)
+            target = f"{CONF_TARGET}/{CONF_NAME}"
+            r = _run(mc, f"docker service update --detach --config-rm {shlex.quote(now_name)} --config-add "
+                         f"{shlex.quote(f'source={cfg.name},target={target},mode=0444')} "
+                         f"{shlex.quote(f'{stack.project}_{proxy}')}")
+            if not r.ok:
+                raise SwarmError(f"{where(mc)}: docker service update of {proxy} failed: {_said(r)}.")
+            say(f"Proxy {proxy}: config {now_name} -> {cfg.name}; waiting up to {timeout:g} s for its tasks ...")
+            result, _ = wait(mc, stack.project, [proxy], set(), {proxy}, {x.id for x in before.tasks}, timeout)
+            if not result.ok:
+                detail = "; ".join(f"{n}: {v.detail}" for n, v in result.verdicts.items())
+                outcome["detail"] = detail
+                raise SwarmError(f"The proxy {proxy} did not converge within {timeout:g} s with its new config: "
+                                 f"{detail}. The swarm rolls a failed update back by itself.")
+            removed, _ = prune_proxy_configs(mc, rendered)
+            outcome.update(result=f"maintenance {'on' if on else 'off'}", detail=cfg.name)
+    return f"proxy {proxy} now runs with config {cfg.name}" + (f"; removed {', '.join(removed)}" if removed else "")
+
+
+def current_maintenance(mc: Any, project: str, proxy: str) -> Maintenance:
+    """The maintenance state of the running proxy service (off when it has none)."""
+    from .swarm_proxy import maintenance_of
+
+    return maintenance_of(proxy_config_of(mc, project, proxy)[1])
+
+
 # ---------------------------------------------------------------- the databases, on their nodes
 
 @dataclass
@@ -415,6 +521,135 @@ class SwarmCompose(Compose):
     task_containers: dict[str, str] = field(default_factory=dict)  # service -> its running task's container there
     node: str = ""
     rendered: dict[str, Any] = field(default_factory=dict)
+    manager: Any = None  # the manager's connection: a stop is a scale of the service to 0 there
+    mounts: dict[str, list[str]] = field(default_factory=dict)  # a stopped task's container -> its -v mounts
+    volumes: dict[str, list[str]] = field(default_factory=dict)  # a stopped task's container -> its volumes' names
+    replaced: dict[str, str] = field(default_factory=dict)  # a stopped task's container -> its successor's
+
+    # -- a stop window (a backup or restore that needs the database down) -------------------------
+    def stop_services(self, c: Any, services: list[str], timeout: float = 120.0) -> None:
+        """Stop the services' tasks for a while: the swarm would start a new task for a container
+        stopped by hand, so each service is scaled to 0 through the manager, and this node waits
+        until its container is gone. Its volume mounts are kept first (``mounts``): the one-off
+        containers of the window mount the same volumes by name (a removed task's container
+        cannot lend them with --volumes-from). Refused, before anything stops, when the service's
+        placement label is on any other ready node than this one: the new task of ``start_services``
+        could land there, away from the data the window wrote."""
+        from .swarm import list_nodes
+        from .swarm_render import placement_label, stateful_services
+
+        if self.manager is None:
+            raise SwarmError(f"Stopping {', '.join(services)} needs the swarm's manager: not available here.")
+        loose = [s for s in services if s not in stateful_services(self.rendered)]
+        if loose:  # scaled back to 1 afterwards: only a service that runs one task pinned to its node
+            raise SwarmError(f"{', '.join(loose)} would have to be stopped, which is not available on a swarm stack "
+                             f"for a service that is not one task pinned to its node (nothing changed).")
+        nodes = list_nodes(self.manager)
+        for svc in services:
+            label = placement_label(svc)
+            others = [n.hostname for n in nodes if n.labels.get(label) == "true" and n.hostname != self.node
+                      and n.state == "ready" and n.availability == "active"]
+            if others:
+                raise SwarmError(f"{svc} is not stopped (nothing changed): besides {self.node}, node(s) "
+                                 f"{', '.join(others)} carry its label {label}=true, so its next task could start "
+                                 f"there, away from the data on {self.node}. Keep the label on the node that holds "
+                                 f"its data only (`memstack-ops swarm.label NODE {label}=false` on the others).")
+        for svc in services:
+            ctr = self.container(svc)
+            r = run_argv(c, ["docker", "inspect", "--format", "{{json .Mounts}}", ctr], timeout=60)
+            try:
+                mounts = json.loads(r.stdout) if r.ok else None
+            except ValueError:
+                mounts = None
+            if not isinstance(mounts, list):
+                raise SwarmError(f"{svc} is not stopped (nothing changed): its container on {self.node} cannot be "
+                                 f"inspected: {self.scrub(_said(r))}.")
+            anonymous = [str(m.get("Destination")) for m in mounts if m.get("Type") == "volume"
+                         and re.fullmatch(r"[0-9a-f]{64}", str(m.get("Name") or ""))]
+            if anonymous:  # a new task gets a new anonymous volume: what the window wrote would be lost
+                raise SwarmError(f"{svc} is not stopped (nothing changed): its data at {', '.join(anonymous)} is in an "
+                                 f"anonymous volume, which its next task would not get. Give it a named volume in "
+                                 f"the compose file (volumes: [NAME:{anonymous[0]}]) and deploy again.")
+            # its volumes, and the folders its compose file binds (not what the engine mounts itself: secrets)
+            declared = {str(v.get("target") or "").rstrip("/") for v in
+                        ((self.rendered.get("services") or {}).get(svc) or {}).get("volumes") or []
+                        if isinstance(v, dict)}
+            self.volumes[ctr] = [str(m.get("Name")) for m in mounts if m.get("Type") == "volume"]
+            self.mounts[ctr] = [f"{m.get('Name') if m.get('Type') == 'volume' else m.get('Source')}:"
+                                f"{m.get('Destination')}" + ("" if m.get("RW", True) else ":ro")
+                                for m in mounts if m.get("Type") == "volume" or
+                                (m.get("Type") == "bind" and str(m.get("Destination")).rstrip("/") in declared)]
+        args = " ".join(shlex.quote(f"{self.stack.project}_{s}=0") for s in services)
+        r = _run(self.manager, f"docker service scale --detach {args}")
+        if not r.ok:
+            raise SwarmError(f"{where(self.manager)}: docker service scale {args} failed: {self.scrub(_said(r))}.")
+        names = " ".join(shlex.quote(f"label={SERVICE_LABEL}={self.stack.project}_{s}") for s in services)
+        script = (f"for i in $(seq 1 {int(timeout * 5)}); do busy=; for f in {names}; do "
+                  f"[ -n \"$(docker ps -q --filter \"$f\")\" ] && busy=1; done; [ -z \"$busy\" ] && exit 0; "
+                  f"sleep 0.2; done; exit 1")
+        r = run_argv(c, ["sh", "-c", script], timeout=timeout + 30)
+        if r.failed:
+            raise SwarmError(f"{', '.join(services)} still run on {self.node} {timeout:g} s after being scaled to 0.")
+
+    def start_services(self, c: Any, services: list[str], timeout: float) -> None:
+        """The end of a stop window: each service scaled back to 1 through the manager, the swarm's
+        convergence wait (a task with a healthcheck runs only once healthy), then its new task's
+        container noted (``replaced``), which must be on this node, with the data."""
+        from .swarm_deploy import look, wait
+
+        if self.manager is None:
+            raise SwarmError(f"Starting {', '.join(services)} needs the swarm's manager: not available here.")
+        before = look(self.manager, self.stack.project)
+        args = " ".join(shlex.quote(f"{self.stack.project}_{s}=1") for s in services)
+        r = _run(self.manager, f"docker service scale --detach {args}")
+        if not r.ok:
+            raise SwarmError(f"{where(self.manager)}: docker service scale {args} failed: {self.scrub(_said(r))}.")
+        result, _ = wait(self.manager, self.stack.project, services, set(), set(), {t.id for t in before.tasks},
+                         timeout)
+        if not result.ok:
+            detail = "; ".join(f"{n}: {v.detail}" for n, v in sorted(result.verdicts.items()))
+            raise SwarmError(f"{', '.join(services)} did not run again within {timeout:g} s: {detail}. `memstack-ops "
+                             f"status` shows where its task is; `memstack-ops logs --service {services[0]}` why.")
+        now = placed(self.manager, self.stack.project, services)
+        for svc in services:
+            p = now.get(svc)
+            if p is None or p.node != self.node:
+                raise SwarmError(f"{svc} runs again, but on {p.node if p else 'no node'}, not on {self.node}, where "
+                                 f"its data is: keep its label on {self.node} only, and scale it to 0 and back.")
+            old = self.task_containers.get(svc, "")
+            self.replaced[old] = p.container
+            self.task_containers[svc] = p.container
+
+    def reset_services(self, c: Any, services: list[str], timeout: float) -> list[str]:
+        """``db.reset`` on a swarm: each service stopped in a stop window, its named volumes removed
+        on this node, started again on a fresh one; the volumes removed."""
+        old = {s: self.container(s) for s in services}
+        self.stop_services(c, services)
+        gone: list[str] = []
+        try:
+            for s in services:
+                # the stopped task's container may stay (exited) until the swarm reaps it, holding the volume
+                run_argv(c, ["docker", "rm", "-f", old[s]], timeout=120)
+                for v in self.volumes.get(old[s], []):
+                    r = run_argv(c, ["docker", "volume", "rm", v], timeout=120)
+                    if r.failed and "No such volume" not in (r.stderr or ""):
+                        raise SwarmError(f"Removing volume {v} on {self.node} failed: {self.scrub(_said(r))}. "
+                                         f"{', '.join(services)} start again on the data they had.")
+                    gone.append(v)
+        finally:
+            self.start_services(c, services, timeout)
+        return gone
+
+    def current(self, container: str) -> str:
+        """The container now running in place of ``container``, an ID or a task container's name
+        (``<stack>_<service>.<slot>.<task>``); itself when it was not replaced."""
+        seen = 0
+        while container in self.replaced and seen < 100:  # a chain of windows, bounded
+            container, seen = self.replaced[container], seen + 1
+        for svc, now in self.task_containers.items():  # a name: its service's task now
+            if container.startswith(f"{self.stack.project}_{svc}.") and container not in self.replaced.values():
+                return now
+        return container
 
     def model(self, c: Any) -> dict[str, Any]:
         return copy.deepcopy(self.rendered)
@@ -536,10 +771,11 @@ def database_services(model: Mapping[str, Any], kind: str | None = None, only: I
 
 @contextmanager
 def node_targets(c: Any, settings: Settings, services: Iterable[str] | None = None, kind: str | None = None,
-                 only: Iterable[str] = ()) -> Iterator[list[tuple[Target, list[str]]]]:
+                 only: Iterable[str] = (), absent_ok: bool = False) -> Iterator[list[tuple[Target, list[str]]]]:
     """[(Target on a node, the selected services whose task runs there)], one per node: the
     connections are closed on the way out. ``services`` (names; default every database of
-    ``kind``, filtered by ``only``) must each have a running task."""
+    ``kind``, filtered by ``only``) must each have a running task; with ``absent_ok`` one with
+    none is named in a warning and left out (at least one must run)."""
     from invoke import Context
 
     from .remote import RemoteError
@@ -564,7 +800,12 @@ def node_targets(c: Any, settings: Settings, services: Iterable[str] | None = No
         with manager(c, settings) as (mc, boss):
             found = placed(mc, project, names)
             absent = [n for n in names if n not in found]
-            if absent:
+            if absent and absent_ok and found:
+                from .output import warn
+
+                warn(f"warning: no running task of {', '.join(absent)} in swarm stack {project}, so the node that "
+                     f"holds its backups is not known and is left out (`memstack-ops status` shows why).")
+            elif absent:
                 raise SwarmError(f"No running task of {', '.join(absent)} in swarm stack {project}: `memstack-ops "
                                  f"status` shows why (deploy it with `memstack-ops deploy --engine swarm`).")
             by_node: dict[str, list[Placed]] = {}
@@ -590,7 +831,8 @@ def node_targets(c: Any, settings: Settings, services: Iterable[str] | None = No
                                          f"is unreachable: {e}") from None
                     conns.append(nc)
                 out.append((node_target(nc, settings, local, swarm_model, label,
-                                        {p.service: p.container for p in tasks}), [p.service for p in tasks]))
+                                        {p.service: p.container for p in tasks}, manager=mc),
+                            [p.service for p in tasks]))
             for t, svcs in out:
                 say(f"{', '.join(svcs)}: on swarm node {t.where}")
             yield out
@@ -600,18 +842,18 @@ def node_targets(c: Any, settings: Settings, services: Iterable[str] | None = No
 
 
 def node_target(nc: Any, settings: Settings, local: Target, model: dict[str, Any], node: str,
-                tasks: dict[str, str]) -> Target:
+                tasks: dict[str, str], manager: Any = None) -> Target:
     """The Target of a swarm stack on one node: this machine's stack files and env (migrations,
-    secrets to mask), commands on the node. Its ``release_dir`` stands for the stack's folder there
-    (``<root>/releases/swarm``: no release is deployed on a swarm node), so that backups go to
+    secrets to mask), commands on the node. No release is deployed on a swarm node (no
+    ``release_dir``); its ``deploy_root`` is the stack's folder there, so that backups go to
     ``<root>/backups/<stack>`` as on a compose host."""
     from .swarm import host_of
 
     compose = SwarmCompose(local.stack, secrets=dict(local.env), found=set(local.compose.found), task_containers=tasks,
-                           node=node, rendered=model)
+                           node=node, rendered=model, manager=manager)
     host = host_of(nc)
     base = host.root_for(local.stack.name) if host is not None else f"/var/lib/memstack-ops/{local.stack.name}"
-    return Target(nc, settings, local.stack, compose, dict(local.env), release_dir=f"{base}/releases/swarm")
+    return Target(nc, settings, local.stack, compose, dict(local.env), deploy_root=base)
 
 
 @contextmanager
@@ -628,19 +870,164 @@ def db_targets(c: Any, settings: Settings, kind: str | None = None, services: It
         yield found
 
 
-def stops_itself(kind: str, what: str) -> bool:
-    """The kind's backup (or restore) stops its own service: compose does that, the swarm would
-    start a new task at once (not yet done on a swarm)."""
-    from .backup.engines import ENGINES
+@contextmanager
+def backup_targets(c: Any, settings: Settings) -> Iterator[list[Target]]:
+    """The Targets of the nodes that hold a swarm stack's backup sets: a set is made on the node
+    that runs its database's task, in ``<root>/backups/<stack>`` there (the databases are pinned
+    to their labelled nodes, so that is where their sets stay)."""
+    with node_targets(c, swarm_settings(c, settings), absent_ok=True) as found:
+        yield [t for t, _ in found]
 
-    eng = ENGINES[kind]
-    return bool(eng.downtime if what == "backup" else eng.restore_stops)
+
+@dataclass
+class NodePart:
+    """What ``backup.all``/``volumes``/``binds`` of a swarm stack takes on one node: the databases
+    whose task runs there (dumped in their containers), the named volumes and the bind-mounted
+    folders (by source) only services running there use (a tar from a one-off container: the
+    volume or folder is that node's)."""
+
+    databases: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    binds: list[str] = field(default_factory=list)
+
+
+def _bind_users(model: Mapping[str, Any], project_dir: str) -> dict[str, tuple[str, list[str]]]:
+    """source -> (its key, the services that mount it) of the model's writable bind mounts."""
+    from .binds import users_by_source
+
+    return users_by_source(dict(model), project_dir, data_only=True)
+
+
+def bind_keys(model: Mapping[str, Any], project_dir: str, sources: Iterable[str]) -> list[tuple[str, str]]:
+    """(key, source) of ``sources`` among the model's writable binds."""
+    found = _bind_users(model, project_dir)
+    return [(found[s][0], s) for s in sources if s in found]
+
+
+def _wanted_binds(found: dict[str, tuple[str, list[str]]], binds: Iterable[str]) -> list[str]:
+    """The sources ``binds`` names (a key as backup.list shows it, ./ optional, a source, or a
+    service for every folder it mounts); every source when none is named. Unknown: an error."""
+    from .backup import BackupError
+
+    binds = list(binds)
+    if not binds:
+        return list(found)
+    out = []
+    for b in binds:
+        k = b if b.startswith(("/", "./")) else "./" + b
+        hit = [s for s, (key, users) in found.items() if key == k or s == b or b in users]
+        if not hit:
+            raise BackupError(f"Not a bind-mounted data folder of the stack: {b}. Its data folders: "
+                              f"{', '.join(key for key, _ in found.values()) or 'none'}. Nothing was done.")
+        out += [s for s in hit if s not in out]
+    return out
+
+
+def backup_services(model: Mapping[str, Any], kind: str, volumes: Iterable[str] = (),
+                    exclude: Iterable[str] = (), binds: Iterable[str] = (), project_dir: str = "") -> list[str]:
+    """The stateful services whose node a set of ``kind`` (all, volumes or binds) needs to know:
+    for ``all`` every one not excluded; for ``volumes``/``binds`` those that use the volumes or
+    folders wanted (default all)."""
+    from .backup.engines.volumes import stack_volumes
+    from .swarm_render import stateful_services
+
+    pinned = list(stateful_services(model))
+    if kind == "all":
+        exclude = set(exclude)
+        return [n for n in pinned if n not in exclude]
+    if kind == "binds":
+        found = _bind_users(model, project_dir)
+        users = {s for src in _wanted_binds(found, binds) for s in found[src][1]}
+        return [n for n in pinned if n in users]
+    wanted = set(volumes)
+    users = {s for v in stack_volumes(dict(model)) if not wanted or v.key in wanted for s in v.services}
+    return [n for n in pinned if n in users]
+
+
+def backup_parts(model: Mapping[str, Any], on_node: Mapping[str, list[str]], kind: str, volumes: Iterable[str] = (),
+                 exclude: Iterable[str] = (), verb: str = "backed up", binds: Iterable[str] = (),
+                 project_dir: str = "") -> tuple[dict[str, NodePart], list[str]]:
+    """Per node (``on_node``: node -> the stateful services whose task runs there), what a set of
+    ``kind`` (all, volumes or binds) takes there; and one note per thing left out, with why (never
+    skipped silently). A volume or folder named that no one node holds is an error, as is an
+    unknown one. Pure: the caller found where the tasks run (bind keys are relative to
+    ``project_dir``, the compose file's folder, as on a compose host)."""
+    from .backup import BackupError
+    from .backup.engines.volumes import stack_volumes
+    from .kinds import DB_KINDS, kind_of
+
+    services = model.get("services") or {}
+    exclude = set(exclude)
+    node_of = {s: n for n, names in on_node.items() for s in names}
+    parts: dict[str, NodePart] = {n: NodePart() for n in on_node}
+    notes: list[str] = []
+    dbs = {n for n, s in services.items() if kind_of(s) in DB_KINDS}
+    if kind == "all":
+        for name in sorted(dbs - exclude):
+            if name in node_of:  # one whose backup stops it (neo4j): a stop window on its node
+                parts[node_of[name]].databases.append(name)
+    if kind == "binds":
+        return _bind_parts(model, node_of, parts, notes, binds, project_dir, verb, set()), notes
+    vols = {v.key: v for v in stack_volumes(dict(model))}
+    wanted = list(volumes) or [k for k in vols if k not in exclude]
+    unknown = [k for k in wanted if k not in vols]
+    if unknown:
+        raise BackupError(f"Unknown volume(s) {', '.join(unknown)}; the stack's named volumes: "
+                          f"{', '.join(vols) or 'none'}. Nothing was done.")
+    for key in wanted:
+        v = vols[key]
+        if kind == "all" and set(v.services) & dbs:
+            continue  # a database's own files: its dump holds them
+        nodes = {node_of.get(s) for s in v.services}
+        if v.services and len(nodes) == 1 and None not in nodes:
+            parts[str(nodes.pop())].volumes.append(key)
+            continue
+        why = (f"used by {', '.join(s for s in v.services if s not in node_of)}, which is not one task pinned to "
+               f"a node (each node that runs it has its own copy of the volume)" if v.services else
+               "no service uses it")
+        if volumes:
+            raise BackupError(f"Volume {key} cannot be {verb} on a swarm stack: {why}. Nothing was done.")
+        notes.append(f"volume {key}: not included: {why}")
+    if kind == "all":
+        return _bind_parts(model, node_of, parts, notes, (), project_dir, verb, exclude, dbs), notes
+    return {n: p for n, p in parts.items() if p.databases or p.volumes or p.binds}, notes
+
+
+def _bind_parts(model: Mapping[str, Any], node_of: Mapping[str, str], parts: dict[str, NodePart], notes: list[str],
+                binds: Iterable[str], project_dir: str, verb: str, leave: set[str],
+                dbs: frozenset[str] | set[str] = frozenset()) -> dict[str, NodePart]:
+    """Add to ``parts`` the folders (sources) wanted whose users all run on one node; note (or,
+    when named, refuse) the others. ``leave``: services, keys or sources left out (excluded);
+    ``dbs``: databases, whose own folders their dumps hold (for backup.all)."""
+    from .backup import BackupError
+
+    found = _bind_users(model, project_dir)
+    named = list(binds)
+    for src in _wanted_binds(found, named):
+        key, users = found[src]
+        if key in leave or src in leave or set(users) & leave:
+            continue  # excluded
+        own = sorted(set(users) & dbs)
+        if own:
+            notes.append(f"folder {key}: not included: the files of database {own[0]}, which its dump in this set "
+                         f"holds (backup.binds takes it)")
+            continue
+        nodes = {node_of.get(s) for s in users}
+        if len(nodes) == 1 and None not in nodes:
+            parts[str(nodes.pop())].binds.append(src)
+            continue
+        why = (f"mounted by {', '.join(s for s in users if s not in node_of)}, which is not one task pinned to a "
+               f"node (each node that runs it has its own folder)")
+        if named:
+            raise BackupError(f"Folder {key} cannot be {verb} on a swarm stack: {why}. Nothing was done.")
+        notes.append(f"folder {key}: not included: {why}")
+    return {n: p for n, p in parts.items() if p.databases or p.volumes or p.binds}
 
 
 def refuse_here(settings: Settings, what: str) -> None:
     """Refuse a step that has no swarm form yet, naming it."""
     if is_swarm(settings):
         raise Refused(f"{what} is not available on a swarm stack yet (engine = \"swarm\"): nothing was done. "
-                      f"backup.postgres/mysql/redis and restore.postgres/mysql run on the node of the database's "
-                      f"task; for the rest, run the step on that node's engine by hand.")
+                      f"restore.all --from NAME restores a set's databases, volumes and folders on their node; "
+                      f"every other backup.* and restore.* runs on the node of the task whose data it is.")
 

@@ -37,11 +37,15 @@ keeps that proxy on a swarm, shaped here from the rendered stack file (a pure fu
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .proxy import Maintenance
 
 EDGE_LABEL = "memstack-ops.proxy"  # node label of the edge node(s): the proxy runs there, publishing its ports
 HASH_LEN = 10
@@ -78,12 +82,52 @@ def config_name(stack: str, text: str) -> str:
     return _prefix(stack) + digest
 
 
-def config_text(model: Mapping[str, Any]) -> str:
-    """The proxy's nginx config on a swarm: every route to ``tasks.<svc>:<port>``, resolved per request."""
+MARK = "# memstack-ops maintenance "  # the first line of a config in maintenance: its state, as JSON
+
+
+def config_text(model: Mapping[str, Any], maintenance: Maintenance | None = None) -> str:
+    """The proxy's nginx config on a swarm: every route to ``tasks.<svc>:<port>``, resolved per
+    request; in maintenance every path answers 503 with the page (in the config: the proxy has no
+    other file), and the first line records the state, so a deploy keeps it."""
     from .proxy import SWARM_RESOLVER, render, routes
 
     rts = routes(model)
-    return render(rts, {r.service: [f"tasks.{r.service}:{r.port}"] for r in rts}, resolver=SWARM_RESOLVER)
+    text = render(rts, {r.service: [f"tasks.{r.service}:{r.port}"] for r in rts}, maintenance, resolver=SWARM_RESOLVER,
+                  page_inline=True)
+    if maintenance is not None and maintenance.on:
+        text = MARK + json.dumps({"on": True, "message": maintenance.message}) + "\n" + text
+    return text
+
+
+def maintenance_of(text: str) -> Maintenance:
+    """The maintenance state a config's text records (off when it records none)."""
+    from .proxy import Maintenance
+
+    first = text.split("\n", 1)[0]
+    if first.startswith(MARK):
+        try:
+            data = json.loads(first[len(MARK):])
+        except ValueError:
+            return Maintenance()
+        if isinstance(data, dict):
+            return Maintenance(bool(data.get("on")), str(data.get("message") or ""))
+    return Maintenance()
+
+
+def switched(doc: dict[str, Any], cfg: ProxyConfig, model: Mapping[str, Any], m: Maintenance) -> ProxyConfig:
+    """The stack file ``doc`` (from ``shape``) with its proxy's config for maintenance state ``m``:
+    a new text, so a new config name, in the service's configs and the file's external configs."""
+    text = config_text(model, m)
+    new = ProxyConfig(cfg.service, config_name(cfg.stack, text), text, cfg.stack)
+    if new.name == cfg.name:
+        return cfg
+    svc = doc["services"][cfg.service]
+    svc["configs"] = [{**c, "source": new.name} if isinstance(c, Mapping) and c.get("source") == cfg.name else c
+                      for c in svc.get("configs") or []]
+    configs = doc.setdefault("configs", {})
+    configs.pop(cfg.name, None)
+    configs[new.name] = {"external": True, "name": new.name}
+    return new
 
 
 def shape(doc: dict[str, Any], model: Mapping[str, Any], stack: str, replicas: Mapping[str, int],

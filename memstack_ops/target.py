@@ -38,8 +38,10 @@ def where(c: Any) -> str:
 @dataclass
 class Target:
     """A stack and the Context that reaches it. On a host, ``stack.root`` is a private local copy
-    of the release's files (for reading env values) and ``release_dir`` is the release folder on
-    the host (None when nothing is deployed there yet)."""
+    of the release's files (for reading env values), ``release_dir`` is the release folder on the
+    host (None when nothing is deployed there yet, and on a swarm node, which runs tasks, not
+    releases) and ``deploy_root`` the stack's folder there (``<root>``: releases/, backups/ and
+    schedule/ are in it)."""
 
     c: Any
     settings: Settings
@@ -47,6 +49,7 @@ class Target:
     compose: Compose
     env: dict[str, str] = field(default_factory=dict)
     release_dir: str | None = None
+    deploy_root: str | None = None
 
     @property
     def remote(self) -> bool:

@@ -30,6 +30,16 @@ def is_port_key(key: str) -> bool:
 _handed_out: set[int] = set()
 
 
+def port_range() -> tuple[int, int]:
+    """20000-31999, or this pytest-xdist worker's share of it: two workers picking from the same
+    range could both find a port free before either container binds it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    span = 12000 // max(1, count)
+    return 20000 + index * span, 20000 + (index + 1) * span - 1
+
+
 def free_port() -> int:
     """A port free now on 127.0.0.1, picked below the kernel's ephemeral range (32768-60999 on
     Linux). Port 0 would come from that range, and so do outgoing connections and Docker's random
@@ -37,8 +47,9 @@ def free_port() -> int:
     container's bind ("port is already allocated") in a full e2e run."""
     import random
 
+    lo, hi = port_range()
     for _ in range(500):  # bounded
-        port = random.randint(20000, 32000)
+        port = random.randint(lo, hi)
         if port in _handed_out:
             continue
         with socket.socket() as s:
@@ -102,8 +113,10 @@ class Project:
         return (self.root / ".memstack-ops" / f"{self.name}.proxy" / "memstack-ops.conf").read_text()
 
     def destroy(self) -> None:
+        """Take the throwaway project down with its volumes: killed at once (--timeout 0), its data
+        is thrown away anyway, so waiting for a graceful stop only costs the suite time."""
         subprocess.run(["docker", "compose", "--project-name", self.name, "down", "--volumes", "--remove-orphans",
-                        "--timeout", "3"], cwd=self.root, capture_output=True, timeout=120)
+                        "--timeout", "0"], cwd=self.root, capture_output=True, timeout=120)
 
 
 def _toml(v: Any) -> str:

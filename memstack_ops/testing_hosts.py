@@ -197,7 +197,7 @@ def missing_images() -> list[str]:
 
 def clear_stack(box: HostBox, p: RemoteProject) -> None:
     """Take project ``p``'s stack and deploy root off a shared host."""
-    box.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 1 >/dev/null 2>&1; "
+    box.sh(f"cd {p.stack_root}/current 2>/dev/null && docker compose -p {p.name} down -v -t 0 >/dev/null 2>&1; "
            f"docker ps -aq --filter label=com.docker.compose.project={p.name} | xargs -r docker rm -f >/dev/null; "
            f"rm -rf {p.stack_root}", check=False)
 
@@ -233,6 +233,15 @@ class RemoteProject(Project):
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def inventory(boxes: dict[str, HostBox], key: Path, known: Path, root: str, host_settings: str = "") -> str:
+    """The ``[hosts]`` tables of a project whose inventory is ``boxes``: root over SSH with ``key``,
+    accept-new host keys in ``known``, its own deploy ``root``, images shipped (no registry)."""
+    inv = "".join(f'[hosts.{b.name}]\naddress = "127.0.0.1"\nport = {b.port}\n{host_settings}\n'
+                  for b in boxes.values())
+    return (f'[hosts]\nuser = "root"\nkey = "{key}"\nknown_hosts = "{known}"\nhost_key_policy = "accept-new"\n'
+            f'root = "{root}"\nship_images = true\n\n{inv}')
+
+
 def make_project(dest: Path, boxes: dict[str, HostBox], key: Path, extra_hosts: str = "",
                  host_settings: str = "") -> RemoteProject:
     """A throwaway project: stack tiny, its own compose project name and deploy root on the hosts
@@ -243,12 +252,9 @@ def make_project(dest: Path, boxes: dict[str, HostBox], key: Path, extra_hosts: 
     (dest / "env" / "tiny" / ".env.example").write_text(TINY_TEMPLATE)
     name = f"tiny{uuid.uuid4().hex[:8]}"
     known = dest / "known_hosts"
-    inv = "".join(f'[hosts.{b.name}]\naddress = "127.0.0.1"\nport = {b.port}\n{host_settings}\n'
-                  for b in boxes.values())
     (dest / "memstack-ops.toml").write_text(
         f'stack = "tiny"\ntimeout = 90\n\n[stacks.tiny]\nproject = "{name}"\n\n'
-        f'[hosts]\nuser = "root"\nkey = "{key}"\nknown_hosts = "{known}"\nhost_key_policy = "accept-new"\n'
-        f'root = "/srv/{name}"\nship_images = true\n\n{inv}{extra_hosts}')
+        + inventory(boxes, key, known, f"/srv/{name}", host_settings) + extra_hosts)
     p = RemoteProject(dest, name, stack="tiny", overlays=(), stack_root=f"/srv/{name}", known_hosts=known)
     r = p.run("env.init")
     assert r.returncode == 0, r.stderr

@@ -42,8 +42,8 @@ def backups_root(t: Target, here: bool = False) -> str:
     a command without ``-H`` uses, so it lists and restores them."""
     d = PurePosixPath(str(t.settings["backups_dir"]))
     if not d.is_absolute():
-        remote = t.release_dir if t.remote and not here else None
-        d = PurePosixPath(remote.rsplit("/releases/", 1)[0] if remote else str(local_project_dir(t))) / d
+        remote = t.deploy_root if t.remote and not here else None
+        d = PurePosixPath(remote or str(local_project_dir(t))) / d
     return str(d / t.stack.name)
 
 
@@ -613,17 +613,12 @@ def _stopped_while_restoring(job: Job, services: Iterable[str]) -> list[str]:
 def _folders_here(t: Target, job: Job) -> dict[str, Bind]:
     """The stack's bind-mounted folders now, by their key (path relative to the compose file's
     folder), each with the services that mount it: where a folder restore puts a set's tar."""
-    from ..binds import folder_binds, key_of
+    from ..binds import users_by_source
     from .engines import project_dir
 
-    pdir = project_dir(t)
-    here: dict[str, Bind] = {}
-    for svc, v in folder_binds(job.model):
-        key = key_of(str(v["source"]), pdir)
-        b = here.setdefault(key, Bind(key, str(v["source"]), [], str(job.model["services"][svc].get("image") or "")))
-        if svc not in b.services:
-            b.services.append(svc)
-    return here
+    services = job.model.get("services") or {}
+    return {key: Bind(key, src, users, str(services[users[0]].get("image") or ""))
+            for src, (key, users) in users_by_source(job.model, project_dir(t)).items()}
 
 
 def _restore_volumes(t: Target, job: Job, s: BackupSet, keys: Iterable[str], yes: bool, safety: bool, dry_run: bool,

@@ -124,7 +124,7 @@ def copy_target(t: Target, project: str, model: dict[str, Any], shell: Shell) ->
     stack = dataclasses.replace(t.stack, project=project)
     # the same kind of Compose (on a host: the one that runs in the release folder there), another project
     compose = dataclasses.replace(t.compose, stack=stack, secrets=dict(t.compose.secrets), found=set(t.compose.found))
-    t2 = Target(t.c, t.settings, stack, compose, dict(t.env), t.release_dir)
+    t2 = dataclasses.replace(t, stack=stack, compose=compose, env=dict(t.env))
     from .engines.binds import project_dir
 
     keep = set()
@@ -149,7 +149,18 @@ def teardown(t2: Target, shell: Shell, overlay: bool = True) -> list[str]:
     prefix = f"{t2.stack.project}_"
     r = shell.run(["docker", "volume", "ls", "-q", "--filter", f"name={prefix}"], timeout=60)
     for name in (r.stdout.split() if r.ok else []):
-        if name.startswith(prefix) and shell.run(["docker", "volume", "rm", "-f", name], timeout=120).failed:
+        if not name.startswith(prefix):
+            continue
+        # A one-off job container of the copy (a restore's `docker run --rm` that a Ctrl-C stopped)
+        # can still hold the volume while the engine removes it: it is the copy's, so it goes first.
+        users = shell.run(["docker", "ps", "-aq", "--filter", f"volume={name}"], timeout=60)
+        if users.ok and users.stdout.split():
+            shell.run(["docker", "rm", "-f", "-v", *users.stdout.split()], timeout=120)
+        for _ in range(20):  # bounded: an autoremove in progress ends within seconds
+            if shell.run(["docker", "volume", "rm", "-f", name], timeout=120).ok:
+                break
+            time.sleep(0.5)
+        else:
             left.append(f"volume {name}")
     rel = t2.stack.compose_files[-1]
     if not overlay:

@@ -125,7 +125,7 @@ def deploy(c: Any, settings: Settings, services: Iterable[str] = (), ship_images
         prev = current(c, root)
         result, detail = "failed", ""
         try:
-            host_checks(make(c, s, rel.stack, None, require_env=False))
+            host_checks(make(c, s, rel.stack, None, require_env=False, deploy_root=root))
             checkpoint(c, lock)
             enter(f"the upload of release {rel.id} (current is still {prev or 'none'})")
             rdir = upload(c, root, rel, prev)

@@ -43,13 +43,18 @@ class RemoteCompose(Compose):
         return run(c, self.argv(*args), cwd=self.remote_root, **kw)
 
 
-def make(c: Any, settings: Settings, stack: Stack, remote_root: str | None, require_env: bool = True) -> Target:
+def make(c: Any, settings: Settings, stack: Stack, remote_root: str | None, require_env: bool = True,
+         deploy_root: str | None = None) -> Target:
+    """The Target of release folder ``remote_root`` (None: none deployed yet) of the stack whose
+    folder on the host is ``deploy_root`` (default: the release's, ``<root>/releases/<id>``)."""
+    if deploy_root is None and remote_root is not None:
+        deploy_root = remote_root.rsplit("/releases/", 1)[0]
     env = read_env_files(stack, require_env, " from the release: deploy again.")
     compose = RemoteCompose(stack, secrets=env, remote_root=remote_root, where=where(c))
     from ..proxy import ensure_overlay
 
     # the edge proxy's overlay (its config folder, the same for every release) when the stack has one
-    return ensure_overlay(Target(c, settings, stack, compose, env, release_dir=remote_root))
+    return ensure_overlay(Target(c, settings, stack, compose, env, release_dir=remote_root, deploy_root=deploy_root))
 
 
 def release_settings(settings: Settings, manifest: dict[str, Any]) -> Settings:
@@ -129,7 +134,7 @@ def release_target(c: Any, settings: Settings, root: str, rid: str, require_env:
             p.touch(mode=0o600 if f in private else 0o644)
             p.write_bytes(data)
     s = release_settings(settings, manifest)
-    return make(c, s, stack_of(manifest, mirror, s), release_dir(root, rid), require_env)
+    return make(c, s, stack_of(manifest, mirror, s), release_dir(root, rid), require_env, deploy_root=root)
 
 
 def host_target(c: Any, settings: Settings, require_env: bool = True) -> Target:
@@ -148,4 +153,4 @@ def host_target(c: Any, settings: Settings, require_env: bool = True) -> Target:
                            f"`deploy` to it first (or `bootstrap` if the host is new).")
     # doctor on a host with nothing deployed yet: host checks work, compose ones say "deploy first".
     stack = s.stack()
-    return make(c, s, stack, None, require_env=False)
+    return make(c, s, stack, None, require_env=False, deploy_root=root)

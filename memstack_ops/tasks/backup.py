@@ -6,6 +6,7 @@ Backups go to ``<backups_dir>/<stack>/<UTC time>-<kind>/`` (backups_dir is a set
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from invoke import Collection, Context
@@ -62,11 +63,73 @@ def _backup(c: Context, kind: str, stack: str | None, stage: str | None, overlay
             require_remote(c)  # before anything is made
         _backup_on(target(c, stack, stage, overlay), t0, kind, dry_run, no_space_check, compress, fetch, push, **kw)
         return
-    if kind not in DB_KINDS or swarm_ops.stops_itself(kind, "backup"):
+    if kind in ("all", "volumes", "binds"):
+        _backup_swarm_nodes(c, s, t0, kind, dry_run, no_space_check, compress, fetch, push, **kw)
+        return
+    if kind not in DB_KINDS:  # a database whose backup stops it: a stop window on its node (swarm_ops)
         swarm_ops.refuse_here(s, f"backup.{kind}")
     with swarm_ops.db_targets(c, s, kind=kind, services=kw.pop("services", ())) as found:  # each on its node
         for t, names in found:
             _backup_on(t, t0, kind, dry_run, no_space_check, compress, fetch, push, services=names, **kw)
+
+
+def _backup_swarm_nodes(c: Context, s: Any, t0: float, kind: str, dry_run: bool, no_space_check: bool,
+                        compress: str, fetch: bool, push: str | None, volumes: Any = (), exclude: Any = (),
+                        stop: bool = False, binds: Any = ()) -> None:
+    """backup.all / backup.volumes of a swarm stack: one set on each node that runs a stateful
+    service's task (its databases dumped in their containers, the volumes only it uses tarred
+    there), each made as on a compose host (swarm_ops.backup_parts says what goes where)."""
+    from .. import backup as core
+    from .. import swarm_ops
+    from ..backup.core import make_job, say_not_included
+    from ..backup.engines import ENGINES, stack_binds, stack_volumes
+    from ..backup.engines.binds import project_dir
+    from ..output import say
+    from ..target import target as target_of
+
+    if push:
+        from ..config import offsite_target
+
+        offsite_target(s, push)  # a wrong name fails before the backup
+        if not fetch:
+            raise core.BackupError(f"--push sends a set from this machine to the off-site target; on a swarm stack "
+                                   f"the sets are made on the nodes: add --fetch to bring them here first "
+                                   f"(`memstack-ops backup.{kind} --fetch --push {push}`). Nothing was done.")
+    st = swarm_ops.swarm_settings(c, s)
+    here = target_of(Context(), st)  # this machine's stack files: which services are pinned to a node
+    pdir = project_dir(here)  # bind keys are relative to the compose file's folder, as on a compose host
+    lookup = swarm_ops.backup_services(here.compose.model(here.c), kind, volumes, exclude, binds, pdir)
+    if not lookup:  # an unknown volume or folder: named
+        swarm_ops.backup_parts(here.compose.model(here.c), {}, kind, volumes, exclude, binds=binds, project_dir=pdir)
+        raise core.BackupError(f"Swarm stack {st['stack']} has no stateful service (one task pinned to a node) "
+                               f"whose data this {kind} backup could take. Nothing was done.")
+    with swarm_ops.node_targets(c, st, lookup) as found:
+        on_node = {t.where: names for t, names in found}
+        model = found[0][0].compose.model(found[0][0].c)
+        parts, notes = swarm_ops.backup_parts(model, on_node, kind, volumes, exclude, binds=binds, project_dir=pdir)
+        for n in notes:
+            say(f"  {n}")
+        if not parts:
+            raise core.BackupError(f"Nothing to back up in swarm stack {st['stack']}" + (": " + "; ".join(notes)
+                                                                                         if notes else "."))
+        for t, _ in found:
+            part = parts.get(t.where)
+            if part is None:
+                continue
+            job = make_job(t, compress=compress, model=model)
+            vols = {v.key: v for v in stack_volumes(model)}
+            folders, skipped = stack_binds(job) if part.binds else ([], [])  # probed on the node
+            folders = [b for b in folders if b.source in part.binds]
+            say(f"{kind} on swarm node {_node(t)}: " + ", ".join(part.databases + [f"volume {v}" for v in part.volumes]
+                                                               + [f"folder {b.key}" for b in folders]))
+            say_not_included(job, [d for d in skipped if d["source"] in {k for k, _ in
+                                                                         swarm_ops.bind_keys(model, pdir, part.binds)}])
+            plans = [ENGINES[x.kind].plan(job, x, stop=stop) for x in [job.inspect(n) for n in part.databases] +
+                     [vols[k] for k in part.volumes] + folders]  # --stop: a stop window of their users
+            made = core.backup(t, kind, compress=compress, dry_run=dry_run, space_check=not no_space_check, job=job,
+                               plans=plans)
+            if made is not None:
+                _after_backup(t, made, t0, fetch, push)
 
 
 def _backup_on(t: Target, t0: float, kind: str, dry_run: bool, no_space_check: bool, compress: str, fetch: bool,
@@ -86,12 +149,21 @@ def _backup_on(t: Target, t0: float, kind: str, dry_run: bool, no_space_check: b
                               f"{push}`). Nothing was done.")
     s = core.backup(t, kind, compress=compress, dry_run=dry_run, space_check=not no_space_check, **kw)
     if s is not None:
-        _print_set(s, t0)
-        _backup_metrics(t, s)
-        if fetch:
-            s = _fetch(t, s)
-        if offsite is not None:
-            _push(t, offsite, s, after_backup=True)
+        _after_backup(t, s, t0, fetch, offsite)
+
+
+def _after_backup(t: Target, s: BackupSet, t0: float, fetch: bool, offsite: Any) -> None:
+    """Show the finished set, write its metrics, then --fetch it here and --push it off-site."""
+    if isinstance(offsite, str):
+        from ..config import offsite_target
+
+        offsite = offsite_target(t.settings, offsite)
+    _print_set(s, t0)
+    _backup_metrics(t, s)
+    if fetch:
+        s = _fetch(t, s)
+    if offsite is not None:
+        _push(t, offsite, s, after_backup=True)
 
 
 def _push(t: Target, offsite: Any, s: BackupSet, after_backup: bool = False) -> None:
@@ -228,14 +300,21 @@ def backup_push(c: Context, to: str | None = None, backup: str | None = None, st
     _push(t, offsite, find_set(sets, backup, stack=t.stack.name, say=say))
 
 
-@ops_task(name="fetch", help={"backup": "backup id on the host (see `-H HOST backup.list`); default the newest"})
+@ops_task(name="fetch", help={"backup": "backup id on the host (see `-H HOST backup.list`); default the newest (on a "
+                                        "swarm stack: the newest on each node that holds sets)"})
 def backup_fetch(c: Context, backup: str | None = None, stack: str | None = None, stage: str | None = None,
                  overlay: str | None = None) -> None:
     """With -H: copy a backup set from the host to this machine's backups/, checking every sha256 (resumes)."""
+    from .. import swarm_ops
     from ..backup.fetch import require_remote
 
-    require_remote(c)
-    _fetch(target(c, stack, stage, overlay, require_env=False), set_id=backup)
+    s = settings(stack, stage, overlay)
+    if not swarm_ops.is_swarm(s):
+        require_remote(c)
+        _fetch(target(c, stack, stage, overlay, require_env=False), set_id=backup)
+        return
+    for h in _holders_of(c, target(c, stack, stage, overlay, require_env=False), backup):  # from its node
+        _fetch(h, set_id=backup)
 
 
 @ops_task(name="list", help={"kind": "only sets of this kind (postgres, mysql, redis, neo4j, volumes, binds, all)",
@@ -258,14 +337,38 @@ def backup_list(c: Context, kind: str | None = None, offsite: str | None = None,
         if not orows:
             say(f"No sets there yet: `memstack-ops backup.push --to {dest.name}`.")
         return
-    rows, partial = core.list_rows(t, kind)
-    table(f"backups of stack {t.stack.name} ({core.backups_root(t)})",
-          ["id", "kind", "service", "size", "age", "verified, drilled"], rows)
-    if not rows:
-        say("No backups yet: make one with `memstack-ops backup.all`.")
-    if partial:
-        say(f"{len(partial)} unfinished backup folder(s) (*.partial) from interrupted runs: {', '.join(partial)}; "
-            f"they are not backups and may be deleted.")
+    for h in _set_holders(c, t):
+        rows, partial = core.list_rows(h, kind)
+        table(f"backups of stack {h.stack.name} ({core.backups_root(h)}{_on_node(h)})",
+              ["id", "kind", "service", "size", "age", "verified, drilled"], rows)
+        if not rows:
+            say("No backups yet: make one with `memstack-ops backup.all`.")
+        if partial:
+            say(f"{len(partial)} unfinished backup folder(s) (*.partial) from interrupted runs: {', '.join(partial)}; "
+                f"they are not backups and may be deleted.")
+
+
+def _set_holders(c: Context, t: Target) -> Iterator[Target]:
+    """Where the stack's backup sets are: ``t`` itself, or for a swarm stack each node that runs
+    one of its databases' tasks (its sets are made there); the nodes' connections close after."""
+    from .. import swarm_ops
+
+    if not swarm_ops.is_swarm(t.settings):
+        yield t
+        return
+    with swarm_ops.backup_targets(c, t.settings) as nodes:
+        yield from nodes
+
+
+def _on_node(t: Target) -> str:
+    from ..swarm_ops import SwarmCompose
+
+    return f" on swarm node {t.compose.node}" if isinstance(t.compose, SwarmCompose) else ""
+
+
+def _node(t: Target) -> str:
+    """A swarm node target's node (its hostname), for messages."""
+    return str(getattr(t.compose, "node", "") or t.where)
 
 
 @ops_task(name="verify", help={
@@ -291,9 +394,39 @@ def backup_verify(c: Context, backup: str | None = None, restore_test: bool = Fa
         say(f"Off-site target {dest.name}: restic check{' --read-data' if read_data else ''} found no errors.")
         return
     t = target(c, stack, stage, overlay)
-    rows = core.verify(t, backup, restore_test=restore_test)
-    table("verification", ["service", "check", "result"], rows)
-    say("Backup verified" + (" by a scratch restore." if restore_test else " (checksums and format)."))
+    for h in _holders_of(c, t, backup):  # a swarm node: its scratch containers run there, beside the task
+        rows = core.verify(h, backup, restore_test=restore_test)
+        table(f"verification{_on_node(h)}", ["service", "check", "result"], rows)
+        say("Backup verified" + (" by a scratch restore." if restore_test else " (checksums and format)."))
+
+
+def _holders_of(c: Context, t: Target, set_id: str | None) -> Iterator[Target]:
+    """Where set ``set_id`` is: ``t``, or on a swarm stack the node that holds that set; with no id,
+    every node that holds sets (each verifies its own newest)."""
+    from .. import backup as core
+    from .. import swarm_ops
+    from ..backup import BackupError
+    from ..backup.sets import list_sets
+    from ..backup.shell import shell_for
+
+    if not swarm_ops.is_swarm(t.settings):
+        yield t
+        return
+    with swarm_ops.backup_targets(c, t.settings) as nodes:  # open until the caller is done with them
+        holders = []
+        for n in nodes:
+            ids = {x.id for x in list_sets(shell_for(n.c), core.backups_root(n)) if not x.error}
+            if set_id is None and ids:
+                holders.append(n)
+            elif set_id is not None and (set_id in ids or set_id.rstrip("/").rsplit("/", 1)[-1] in ids):
+                holders = [n]
+                break
+        if not holders:
+            what = f"backup set {set_id}" if set_id else "readable backup set"
+            raise BackupError(f"No {what} on the swarm nodes that hold stack {t.stack.name}'s sets "
+                              f"({', '.join(n.where for n in nodes)}): `memstack-ops backup.list` lists them. "
+                              f"Nothing was done.")
+        yield from holders
 
 
 @ops_task(name="prune", help={
@@ -326,11 +459,14 @@ def backup_prune(c: Context, keep_last: int = 0, keep_daily: int = 0, keep_weekl
             + (": " + ", ".join(r.removed) if r.removed else "") + f"; kept {len(r.kept)}"
             + ("." if dry_run else f"; restic check: {r.check}."))
         return
-    doomed, keep = core.prune(t, int(keep_last), int(keep_daily), int(keep_weekly), int(keep_monthly), dry_run, kind)
-    table("kept", ["id", "why"], [[k, ", ".join(v)] for k, v in sorted(keep.items(), reverse=True)])
-    verb = "Would delete" if dry_run else "Deleted"
-    say(f"{verb} {len(doomed)} backup set(s)" + (": " + ", ".join(s.id for s in doomed) if doomed else "") +
-        (f" ({human_size(sum(s.size for s in doomed))})." if doomed else "."))
+    for h in _set_holders(c, t):
+        doomed, keep = core.prune(h, int(keep_last), int(keep_daily), int(keep_weekly), int(keep_monthly), dry_run,
+                                  kind)
+        table(f"kept{_on_node(h)}", ["id", "why"], [[k, ", ".join(v)] for k, v in sorted(keep.items(), reverse=True)])
+        verb = "Would delete" if dry_run else "Deleted"
+        say(f"{verb} {len(doomed)} backup set(s){_on_node(h)}" +
+            (": " + ", ".join(s.id for s in doomed) if doomed else "") +
+            (f" ({human_size(sum(s.size for s in doomed))})." if doomed else "."))
 
 
 def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overlay: str | None,
@@ -346,8 +482,15 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
     if swarm_ops.is_swarm(s):  # on the node that runs the database's task
         from ..kinds import DB_KINDS
 
-        if kind not in DB_KINDS or from_ or snapshot or swarm_ops.stops_itself(kind, "restore"):
-            swarm_ops.refuse_here(s, f"restore.{kind}" + (" --from/--snapshot" if from_ or snapshot else ""))
+        if kind in ("volumes", "binds") and (from_ or snapshot):
+            _restore_all_swarm_from(c, swarm_ops.swarm_settings(c, s), t0, backup, yes, no_safety_backup, dry_run,
+                                    allow_foreign, from_, snapshot, kind=kind, names=kw[kind])
+            return
+        if kind in ("volumes", "binds"):
+            _restore_folders_swarm(c, s, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, kw[kind])
+            return
+        if kind not in DB_KINDS:
+            swarm_ops.refuse_here(s, f"restore.{kind}" + (" --from" if from_ or snapshot else ""))
         with swarm_ops.db_targets(c, s, kind=kind, services=[kw["service"]] if kw.get("service") else ()) as found:
             if len(found) != 1 or len(found[0][1]) != 1:
                 from ..errors import ConfigError
@@ -355,6 +498,10 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
                 raise ConfigError(f"Stack {s['stack']} has several {kind} services "
                                   f"({', '.join(n for _, names in found for n in names)}): pick one with --service.")
             t, names = found[0]
+            if from_ or snapshot:  # fetched here (restic and the key stay here), sent to the node, checked there
+                backup = _from_offsite(t, from_, snapshot, backup, kind, dry_run)
+                if backup is None:  # --dry-run: fetched here, not sent
+                    return
             _restore_on(t, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **{**kw,
                                                                                              "service": names[0]})
         return
@@ -364,6 +511,46 @@ def _restore(c: Context, kind: str, stack: str | None, stage: str | None, overla
         if backup is None:  # -H --dry-run: fetched here, not sent
             return
     _restore_on(t, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **kw)
+
+
+def _restore_folders_swarm(c: Context, s: Any, t0: float, kind: str, backup: str | None, yes: bool,
+                           no_safety_backup: bool, dry_run: bool, allow_foreign: bool, names: Any) -> None:
+    """restore.volumes / restore.binds of a swarm stack, on the node that holds the volumes or
+    folders: the node of the pinned services that use them (--volume / --bind), or the node that
+    holds the set (--backup); their users are stopped meanwhile in a stop window
+    (swarm_ops.SwarmCompose.stop_services)."""
+    from invoke import Context as Local
+
+    from .. import swarm_ops
+    from ..backup import BackupError
+    from ..backup.engines.binds import project_dir
+    from ..target import target as target_of
+
+    st = swarm_ops.swarm_settings(c, s)
+    here = target_of(Local(), st)
+    names = list(names)
+    flag = "--volume NAME" if kind == "volumes" else "--bind ./PATH"
+    if not names and not backup:
+        raise BackupError(f"On a swarm stack, say which {kind}: {flag} (restored on the node of the services that "
+                          f"use it) or --backup ID (on the node that holds the set). Nothing was done.")
+    if not names:
+        for h in _holders_of(c, here, backup):
+            _restore_on(h, t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **{kind: ()})
+        return
+    model = here.compose.model(here.c)
+    pdir = project_dir(here)
+    which = {"volumes": names} if kind == "volumes" else {"binds": names}
+    lookup = swarm_ops.backup_services(model, kind, project_dir=pdir, **which)
+    if not lookup:  # names an unknown volume or folder, or one no pinned service uses: backup_parts says which
+        swarm_ops.backup_parts(model, {}, kind, verb="restored", project_dir=pdir, **which)
+        raise BackupError(f"{', '.join(names)}: no service pinned to a node uses them. Nothing was done.")
+    with swarm_ops.node_targets(c, st, lookup) as found:
+        if len(found) != 1:
+            raise BackupError(f"{', '.join(names)} are on several nodes ({', '.join(t.where for t, _ in found)}): "
+                              f"restore each node's with {flag}. Nothing was done.")
+        swarm_ops.backup_parts(model, {found[0][0].where: found[0][1]}, kind, verb="restored", project_dir=pdir,
+                               **which)  # each used only by services on that node
+        _restore_on(found[0][0], t0, kind, backup, yes, no_safety_backup, dry_run, allow_foreign, **{kind: names})
 
 
 def _restore_on(t: Target, t0: float, kind: str, backup: str | None, yes: bool, no_safety_backup: bool, dry_run: bool,
@@ -492,7 +679,10 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
     from ..output import say, table
 
     t0 = time.monotonic()
-    swarm_ops.refuse_here(settings(stack, stage, overlay), "restore.all")
+    s = settings(stack, stage, overlay)
+    if swarm_ops.is_swarm(s):
+        _restore_all_swarm(c, s, t0, backup, yes, no_safety_backup, dry_run, allow_foreign, from_, snapshot)
+        return
     t = target(c, stack, stage, overlay)
     if from_ or snapshot:
         backup = _from_offsite(t, from_, snapshot, backup, "all", dry_run)
@@ -505,6 +695,118 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
         say(f"Restored in {time.monotonic() - t0:.1f} s; healthy again.")
 
 
+def _restore_all_swarm(c: Context, s: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,
+                       dry_run: bool, allow_foreign: bool, from_: str | None, snapshot: str | None) -> None:
+    """restore.all of a swarm stack: a backup.all set is one node's (swarm_ops.backup_parts), so
+    it is restored on that node (``_restore_entries``); the newest such set of each node without
+    --backup."""
+    from .. import backup as core
+    from .. import swarm_ops
+    from ..backup.sets import list_sets
+    from ..backup.shell import shell_for
+    from ..output import say
+
+    st = swarm_ops.swarm_settings(c, s)
+    if from_ or snapshot:
+        _restore_all_swarm_from(c, st, t0, backup, yes, no_safety_backup, dry_run, allow_foreign, from_, snapshot)
+        return
+    with swarm_ops.backup_targets(c, st) as nodes:
+        picks = []
+        for n in nodes:
+            sets = [x for x in list_sets(shell_for(n.c), core.backups_root(n)) if not x.error]
+            if backup:
+                name = backup.rstrip("/").rsplit("/", 1)[-1]
+                hit = [x for x in sets if x.id == name]
+                if hit:
+                    picks = [(n, hit[0])]
+                    break
+                continue
+            newest = [x for x in sets if x.kind == "all" and not str(x.manifest.get("reason", "")).startswith("safety")]
+            if newest:
+                picks.append((n, newest[0]))
+        if not picks:
+            what = f"backup set {backup}" if backup else "backup.all set"
+            raise core.BackupError(f"No {what} on the swarm nodes that hold stack {st['stack']}'s sets "
+                                   f"({', '.join(n.where for n in nodes)}): `memstack-ops backup.list` lists them. "
+                                   f"Nothing was done.")
+        for n, found in picks:
+            say(f"restore.all of {found.id} on swarm node {_node(n)}: {', '.join(found.services)}")
+            _restore_entries(n, t0, found, yes, no_safety_backup, dry_run, allow_foreign)
+
+
+def _restore_entries(n: Target, t0: float, found: BackupSet, yes: bool, no_safety_backup: bool, dry_run: bool,
+                     allow_foreign: bool) -> None:
+    """Each database of a node's set as restore.<db> does, then its volumes and its folders (a stop
+    window each)."""
+    vols = [str(e["volume"]) for e in found.entries if e.get("kind") == "volumes"]
+    folders = [str(e["bind"]) for e in found.entries if e.get("kind") == "binds"]
+    for e in found.entries:
+        if e.get("kind") not in ("volumes", "binds"):
+            _restore_on(n, t0, str(e["kind"]), found.id, yes, no_safety_backup, dry_run, allow_foreign,
+                        service=str(e["service"]))
+    if vols:
+        _restore_on(n, t0, "volumes", found.id, yes, no_safety_backup, dry_run, allow_foreign, volumes=vols)
+    if folders:
+        _restore_on(n, t0, "binds", found.id, yes, no_safety_backup, dry_run, allow_foreign, binds=folders)
+
+
+def _restore_all_swarm_from(c: Context, st: Any, t0: float, backup: str | None, yes: bool, no_safety_backup: bool,
+                            dry_run: bool, allow_foreign: bool, from_: str | None, snapshot: str | None,
+                            kind: str = "all", names: Any = ()) -> None:
+    """restore.all (or restore.volumes/binds, ``kind``) --from of a swarm stack: the set is fetched
+    here (restic and the key stay here), sent to the node that runs the tasks whose data it holds,
+    checked there, restored there (for volumes/binds: ``names``, default all it holds)."""
+    from invoke import Context as Local
+
+    from .. import swarm_ops
+    from ..backup import BackupError
+    from ..backup.offsite import fetch
+    from ..backup.send import send
+    from ..config import offsite_target
+    from ..output import say
+    from ..target import target as target_of
+
+    if backup:
+        raise BackupError("--backup names a set on the nodes, --from/--snapshot one in an off-site target: give one "
+                          "or the other. Nothing was done.")
+    dest = offsite_target(st, from_)
+    here = target_of(Local(), st)
+    local = fetch(here, dest, snapshot, kind, say=say)
+    if dry_run:
+        say(f"Dry run: backup {local.id} would be sent to the node of {', '.join(local.services)} and restored there; "
+            f"nothing was sent. It stays here: {local.path}.")
+        return
+    with swarm_ops.node_targets(c, st, _users_of_set(here, local)) as found:
+        if len(found) != 1:
+            raise BackupError(f"What set {local.id} holds runs on several swarm nodes now "
+                              f"({', '.join(t.where for t, _ in found)}); restore them one by one with "
+                              f"`memstack-ops restore.<kind> --from {from_} --snapshot {local.id}`. Nothing was done.")
+        n = found[0][0]
+        sent = send(n, local, say)
+        say(f"Sent {local.id} to {_node(n)} as {sent.set.path}, sha256 of every file checked there.")
+        if kind == "all":
+            _restore_entries(n, t0, sent.set, yes, no_safety_backup, dry_run, allow_foreign)
+        else:
+            _restore_on(n, t0, kind, sent.set.id, yes, no_safety_backup, dry_run, allow_foreign, **{kind: list(names)})
+
+
+def _users_of_set(here: Target, s: BackupSet) -> list[str]:
+    """The services whose node a set's entries belong on: its databases, and the pinned services
+    that use its volumes and folders (from this machine's compose model)."""
+    from .. import swarm_ops
+    from ..backup.engines.binds import project_dir
+
+    model = here.compose.model(here.c)
+    vols = [str(e["volume"]) for e in s.entries if e.get("kind") == "volumes"]
+    folders = [str(e["bind"]) for e in s.entries if e.get("kind") == "binds"]
+    out = [str(e["service"]) for e in s.entries if e.get("kind") not in ("volumes", "binds")]
+    if vols:
+        out += swarm_ops.backup_services(model, "volumes", volumes=vols)
+    if folders:
+        out += swarm_ops.backup_services(model, "binds", binds=folders, project_dir=project_dir(here))
+    return list(dict.fromkeys(out))
+
+
 @ops_task(name="drill", help={
     "backup": "backup id (see backup.list); default the newest set that is not a safety backup",
     "from_": "fetch the set from this off-site target ([offsite.NAME]) first (the newest, or --snapshot): a drill of "
@@ -513,15 +815,23 @@ def restore_all(c: Context, backup: str | None = None, yes: bool = False, no_saf
 def backup_drill(c: Context, backup: str | None = None, from_: str | None = None, snapshot: str | None = None,
                  stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """Restore a backup into a throwaway copy of the stack, check it against the backup's probes, report the recovery time."""  # noqa: E501 (the first line is `inv --list`'s help)
-    from ..backup import BackupError
+    from .. import swarm_ops
     from ..backup.drill import drill
-    from ..output import say, table
 
     t = target(c, stack, stage, overlay)
+    if swarm_ops.is_swarm(t.settings) and not (from_ or snapshot):
+        _drill_swarm_sets(c, t, backup)
+        return
     if from_ or snapshot:
         backup = _from_offsite(t, from_, snapshot, backup, None)
         assert backup is not None
-    r = drill(t, backup)
+    _drill_report(drill(t, backup))
+
+
+def _drill_report(r: Any) -> None:
+    from ..backup import BackupError
+    from ..output import say, table
+
     table(f"drill of {r.set_id} (project {r.project}, removed)", ["what", "probes", "backup total", "restored copy"],
           r.rows)
     if not r.ok:
@@ -529,6 +839,30 @@ def backup_drill(c: Context, backup: str | None = None, from_: str | None = None
                           f"differ between the backup and its restored copy:\n  " + "\n  ".join(r.mismatches))
     say(f"Drill of backup {r.set_id} OK: restored and verified in {r.seconds:.1f} s (the recovery time); "
         f"recorded in the set (backup.list).")
+
+
+def _drill_swarm_sets(c: Context, t: Target, backup: str | None) -> None:
+    """backup.drill of a swarm stack: the set (or the newest of each node that holds sets) is
+    fetched here from its node, checked, and drilled on this machine's engine (a throwaway copy
+    of the same images, never on the nodes that run the stack); the result is recorded in the
+    node's set too, where backup.list shows it."""
+    from .. import backup as core
+    from ..backup.core import find_set
+    from ..backup.drill import drill
+    from ..backup.sets import DRILL, list_sets
+    from ..backup.shell import LocalShell, shell_for
+
+    for h in _holders_of(c, t, backup):
+        sets = list_sets(shell_for(h.c), core.backups_root(h))
+        if not backup:  # the newest set that is not a safety backup
+            sets = [x for x in sets if not str(x.manifest.get("reason", "")).startswith("safety")]
+        there = find_set(sets, backup, stack=t.stack.name)
+        here = _fetch(h, set_id=there.id)
+        r = drill(t, here.id)
+        text = LocalShell(t.c).read_text(f"{here.path}/{DRILL}")
+        if text:
+            shell_for(h.c).write_text(f"{there.path}/{DRILL}", text)
+        _drill_report(r)
 
 
 # --------------------------------------------------------------------------- schedules (issue 16)
@@ -564,8 +898,8 @@ def _pythonpath() -> str | None:
 
 def _host_folder(t: Target) -> str:
     """The project folder a schedule runs in on a host: ``<deploy root>/schedule`` (schedule.host_folder)."""
-    assert t.release_dir
-    return t.release_dir.rsplit("/releases/", 1)[0] + "/schedule"
+    assert t.deploy_root
+    return t.deploy_root + "/schedule"
 
 
 @ops_task(name="schedule", help={
@@ -689,9 +1023,15 @@ def backup_run(c: Context, push: str | None = None, drill: str | None = None, lo
     shell = shell_for(c)
     root = backups_root(t)
     common = {"stack": stack, "stage": stage, "overlay": overlay}
+    from ..swarm_ops import is_swarm
+
+    swarm = is_swarm(t.settings)
     with stack_lock(shell, root, "backup.run"):  # the whole run: a second one refuses, naming this one
-        backup_all(c, **common)
-        if push:
+        if swarm:  # the sets are made on the nodes: each is fetched here to be pushed
+            backup_all(c, fetch=bool(push), push=push, **common)
+        else:
+            backup_all(c, **common)
+        if push and not swarm:
             steps["push"](c, to=push, **common)  # type: ignore[misc]
         if drill:
             stamp = shell.read_text(drill_stamp_path(root))

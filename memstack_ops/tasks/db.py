@@ -141,9 +141,10 @@ def shell(c: Context, service: str, stack: str | None = None, stage: str | None 
 
     from .. import db
 
-    t, model = _model_and_target(c, stack, stage, overlay)
-    d = db.databases(t, model, [service])[0]
-    code = t.compose.attach(c, d.service, *d.shell_argv())
+    with _targets(c, stack, stage, overlay, service) as found:  # a swarm stack: on the node of its task
+        t = found[0][0]
+        d = db.databases(t, t.compose.model(t.c), [service])[0]
+        code = t.compose.attach(t.c, d.service, *d.shell_argv())
     if code:
         raise Exit(code=code)
 
@@ -157,11 +158,37 @@ def shell(c: Context, service: str, stack: str | None = None, stage: str | None 
 def reset(c: Context, service: str, yes: bool = False, force_prod: bool = False, timeout: int = 180,
           stack: str | None = None, stage: str | None = None, overlay: str | None = None) -> None:
     """DESTROY one database's data, start it empty and initialise it again (migrations, seeds)."""
-    from .. import db, lifecycle
+    from .. import db, lifecycle, swarm_ops
     from ..output import say
 
+    if swarm_ops.is_swarm(settings(stack, stage, overlay)):
+        _reset_on_swarm(c, service, yes, force_prod, timeout, stack, stage, overlay)
+        return
     t, model = _model_and_target(c, stack, stage, overlay)
     d = db.databases(t, model, [service])[0]
     lifecycle.reset(t, [d.service], yes=yes, force_prod=force_prod, timeout=float(timeout))
     reports = db.init(t, model, [d.service], timeout=float(timeout))
+    say(f"{d.service} was reset: " + ", ".join(reports[0].applied or ["no migrations"]) + " applied.")
+
+
+def _reset_on_swarm(c: Context, service: str, yes: bool, force_prod: bool, timeout: int, stack: str | None,
+                    stage: str | None, overlay: str | None) -> None:
+    """db.reset of a swarm stack's database, on the node of its task: a stop window in which its
+    named volumes are removed there, so its next task starts on fresh ones; then db.init."""
+    from .. import db
+    from ..errors import Refused
+    from ..output import confirm, say
+
+    with _targets(c, stack, stage, overlay, service) as found:
+        t = found[0][0]
+        model = t.compose.model(t.c)
+        d = db.databases(t, model, [service])[0]
+        if t.stack.stage == "prod" and not force_prod:
+            raise Refused(f"reset {d.service} refused in stage prod: it deletes all of its data. Take a backup first, "
+                          f"then add --force-prod if you really mean it.")
+        confirm(f"This deletes ALL data of {d.service} in swarm stack {t.stack.project!r} (its volumes on node "
+                f"{t.where}); it is stopped meanwhile.", t.stack.name, yes=yes)
+        gone = t.compose.reset_services(t.c, [d.service], float(timeout))
+        say(f"{d.service}: volume(s) {', '.join(gone) or 'none'} removed on {t.where}; started again on fresh ones.")
+        reports = db.init(t, model, [d.service], timeout=float(timeout))
     say(f"{d.service} was reset: " + ", ".join(reports[0].applied or ["no migrations"]) + " applied.")

@@ -229,6 +229,14 @@ def maintenance(c: Context, state: str, message: str = "", stack: str | None = N
     if state not in ("on", "off"):
         raise ConfigError(f"maintenance takes on or off, got {state!r}: `memstack-ops maintenance on --message "
                           f"'Back at 14:00'`, `memstack-ops maintenance off`.")
+    from .. import swarm_ops
+
+    s = settings(stack, stage, overlay)
+    if swarm_ops.is_swarm(s):  # the proxy on the edge node(s): its Swarm config swapped for one in that state
+        done = swarm_ops.maintenance(c, swarm_ops.swarm_settings(c, s), state == "on", message)
+        say(f"Maintenance {state} ({done}): " + ("every path of the proxy answers 503 with the maintenance page."
+                                                 if state == "on" else "the proxy routes to the services again."))
+        return
     t = target(c, stack, stage, overlay)
     set_maintenance(t, state == "on", message)
     say("Maintenance on: the proxy answers 503 with the maintenance page." if state == "on"

@@ -47,6 +47,17 @@ def hosts(ssh_key, docker_client):
         cleanup_run()
 
 
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 server (SeaweedFS on 127.0.0.1) for the off-site tests; every test uses its own
+    bucket prefix and password file."""
+    from memstack_ops.testing_s3 import s3_server
+
+    server = s3_server(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def bare_host(ssh_key, docker_client):
     """A fresh host with sshd only (no Docker): bootstrap's job."""

@@ -221,17 +221,6 @@ def test_reset_refuses_without_a_terminal_and_in_prod(dbs):
     assert sql(dbs, "select count(*) from memstack_api_keys") == "0"  # the old key is gone with the data
 
 
-def test_real_neo4j_image_when_present(project, docker_client):
-    if not docker_client.images.list(name="neo4j:5.26-community"):
-        pytest.skip("neo4j:5.26-community is not on this engine (no registry here): covered by the stand-in tests")
-    project.overlay("realneo4j", "services:\n  neo4j:\n    image: neo4j:5.26-community\n")
-    assert project.run("up", "--overlay", "local,realneo4j", "--service", "neo4j", "--timeout", "240").returncode == 0
-    r = project.run("db.init", "--overlay", "local,realneo4j", "--only", "neo4j")
-    assert r.returncode == 0, r.stderr
-    again = project.run("db.init", "--overlay", "local,realneo4j", "--only", "neo4j")
-    assert "Everything is up to date" in again.stdout
-
-
 # --------------------------------------------------------------------------- hostile values (M2, M6)
 
 HOSTILE_PASSWORD = 'Pa#ss "q" back\\slash $HOME sp ace lit\\nnl; end'

@@ -52,13 +52,6 @@ def add_config(project, text: str) -> None:
     cfg.write_text(cfg.read_text() + "\n" + text)
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory):
-    server = s3_server(tmp_path_factory.mktemp("s3"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def keys(tmp_path):
     """A folder outside the project for the password and credentials files."""

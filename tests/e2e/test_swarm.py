@@ -4,7 +4,10 @@ between them) made into one swarm by the real CLI: h1 the manager, h2 and h3 wor
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -261,8 +264,10 @@ def test_the_memstack_stack_renders_to_a_valid_stack_file(project, tmp_path):
 
 SWARM_COMPOSE = """\
 # A tiny swarm stack: a cache and an app of 3 replicas (stateless: kind generic), PostgreSQL pinned
-# to its labelled node with its password as a Swarm secret, a one-shot job; the app reads its token
-# from a Swarm secret file (label), and a long-form depends_on the stack file must lose.
+# to its labelled node with its password as a Swarm secret, a Redis (kv) pinned there too, whose
+# restore stops it, with a data folder (a bind the fixture makes on that node), a one-shot job;
+# the app reads its token from a Swarm secret file (label), and a long-form depends_on the stack
+# file must lose.
 services:
   cache:
     image: local/redis:7
@@ -291,7 +296,12 @@ services:
     volumes: [pgdata:/var/lib/postgresql/data]
     healthcheck: {test: ["CMD-SHELL", "pg_isready -U postgres -h 127.0.0.1"], interval: 2s, timeout: 3s,
                   retries: 5, start_period: 10s}
-volumes: {pgdata: {}}
+  kv:
+    image: local/redis:7
+    command: ["redis-server", "--appendonly", "yes"]
+    volumes: [kvdata:/data, ./kvfiles:/files]
+    healthcheck: {test: ["CMD-SHELL", "redis-cli ping | grep -q PONG"], interval: 2s, timeout: 2s, retries: 3}
+volumes: {pgdata: {}, kvdata: {}}
 """
 SWARM_TEMPLATE = "APP_TOKEN=  # generate\nAPP_MODE=normal\nPG_PASSWORD=  # generate\n"
 
@@ -328,12 +338,25 @@ def swarm_stack(swarm_project, hosts, ssh_key, tmp_path_factory):
     (p.root / "env" / "tiny" / ".env.example").write_text(SWARM_TEMPLATE)
     p.env_file.unlink()
     assert p.run("env.init").returncode == 0
-    swarm_inventory(p, hosts, {"h2": 'labels = { "memstack-ops.postgres" = "true" }\n'})
+    swarm_inventory(p, hosts, {"h2": 'labels = { "memstack-ops.postgres" = "true", "memstack-ops.kv" = "true" }\n'})
     toml = p.root / "memstack-ops.toml"
     toml.write_text(toml.read_text().replace(f'project = "{p.name}"\n',
                                              f'project = "{p.name}"\nengine = "swarm"\nreplicas = {{ app = 3 }}\n', 1))
+    hosts["h2"].sh(f"mkdir -p {kv_files(p)}")  # a swarm creates no bind source: it must be on the node
     yield p
     stack_rm(hosts, p.name)
+    hosts["h2"].sh(f"rm -rf {p.root}", check=False)
+
+
+def kv_files(p) -> str:
+    """kv's data folder (./kvfiles beside the compose file), at the same absolute path on its node."""
+    return str(p.root / "compose" / "tiny" / "kvfiles")
+
+
+def when(stamp: str) -> str:
+    """An engine time stamp (RFC 3339, its fraction of varying length) as a string that sorts by time."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return f"{head}.{frac.ljust(9, '0')}"
 
 
 def env_value(p, key: str) -> str:
@@ -367,8 +390,15 @@ def test_swarm_deploy_converges_pins_postgres_spreads_replicas_and_keeps_passwor
     out = ok(p.run("deploy", timeout=600))  # engine = "swarm" in the stack's table; no -H: the manager
     assert "[h1]" in out and "[h2]" not in out, out  # once, on the manager
     assert "Deployed: swarm stack" in out and "converged" in out, out
-    assert "4 service(s) created" in out, out
+    assert "5 service(s) created" in out, out
+    # the swarm runs no depends_on: the tool created app only once cache was healthy and setup had exited 0
+    assert "Start order of the new services (their depends_on; the swarm runs none): cache, kv, postgres, setup -> " \
+        "app" in out, out
+    app_created = when(json.loads(manager_sh(hosts, f"docker service inspect {p.name}_app"))[0]["CreatedAt"])
+    setup_task = json.loads(manager_sh(hosts, f"docker inspect --type task $(docker service ps -q {p.name}_setup)"))
+    assert setup_task[0]["Status"]["State"] == "complete" and when(setup_task[0]["Status"]["Timestamp"]) <= app_created
     assert running_nodes(hosts, p.name, "postgres") == ["h2"]  # the node labelled memstack-ops.postgres
+    assert running_nodes(hosts, p.name, "kv") == ["h2"]
     assert running_nodes(hosts, p.name, "app") == ["h1", "h2", "h3"]  # 3 replicas, one per node
     assert len(running_nodes(hosts, p.name, "cache")) == 1
     job = manager_sh(hosts, f"docker service ps --format '{{{{.CurrentState}}}}' {p.name}_setup")
@@ -439,7 +469,8 @@ def test_swarm_deploy_refuses_a_stateful_service_with_no_labelled_node_before_an
     toml = p.root / "memstack-ops.toml"
     saved = toml.read_text()
     try:
-        p.compose_file().write_text(good.replace("volumes: {pgdata: {}}\n", "") + extra + "volumes: {pgdata: {}}\n")
+        vols = "volumes: {pgdata: {}, kvdata: {}}\n"
+        p.compose_file().write_text(good.replace(vols, "") + extra + vols)
         toml.write_text(saved.replace(f'project = "{p.name}"', f'project = "{unique}"', 1))
         err = failed(p.run("deploy", timeout=300))
     finally:
@@ -569,6 +600,36 @@ def test_the_edge_proxy_rolls_api_under_load_without_a_failed_request_and_a_brok
     assert len(running_nodes(hosts, p.name, "api")) == 3
 
 
+def test_maintenance_on_the_swarm_proxy_answers_503_stays_through_a_deploy_and_off_routes_again(edge_stack, hosts):
+    p, images = edge_stack
+    p.set_env("APP_IMAGE", images["v2"])  # the test before leaves its broken image in the env
+    ensure_swarm(p)
+    ok(p.run("-H", "h1", "swarm.label", "h2", "memstack-ops.cache=true"))
+    ok(p.run("-H", "h1", "swarm.label", "h3", "memstack-ops.proxy=true"))
+    ok(p.run("deploy", timeout=900))
+    ip = bridge_ip(hosts["h3"].container)
+    assert edge_get(ip)[0] == 200
+
+    out = ok(p.run("maintenance", "on", "--message", "Back at 14:00 ($5)", timeout=600))
+    assert "Maintenance on" in out and "now runs with config" in out, out
+    status, body = edge_get(ip, "/any/path")
+    assert status == 503 and "Back at 14:00 (&#36;5)" in body and "Down for maintenance" in body, body
+    assert edge_get(ip, "/__memstack-ops/ping")[0] == 200  # the proxy's own healthcheck still passes
+    assert "maintenance: ON: proxy proxy answers 503" in ok(p.run("status"))
+    assert "already on" in ok(p.run("maintenance", "on", "--message", "Back at 14:00 ($5)"))
+    out = ok(p.run("deploy", timeout=900))  # a deploy keeps the proxy in maintenance
+    assert "is in maintenance and stays in it" in out, out
+    assert edge_get(ip)[0] == 503
+
+    out = ok(p.run("maintenance", "off", timeout=600))
+    assert "Maintenance off" in out, out
+    status, body = edge_get(ip)
+    assert status == 200 and json.loads(body)["version"], body
+    assert "maintenance: off; proxy proxy routes" in ok(p.run("status"))
+    configs = manager_sh(hosts, f"docker config ls --filter label=memstack-ops.stack={p.name} --format '{{{{.Name}}}}'")
+    assert len(configs.split()) == 1, configs  # the maintenance config is removed once off
+
+
 def test_doctor_finds_no_ipvs_on_the_nodes_says_dnsrr_and_a_vip_deploy_is_refused_before_any_change(edge_stack,
                                                                                                       hosts):
     p, _ = edge_stack
@@ -610,6 +671,13 @@ def pg(hosts, name: str, sql: str) -> str:
     assert ctr, "no postgres task container on h2"
     return hosts["h2"].sh(f"docker exec -i {ctr} sh -c 'PGPASSWORD=\"$(cat /run/secrets/POSTGRES_PASSWORD)\" "
                           f"psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -tA -f -' <<'SQL'\n{sql}\nSQL\n")
+
+
+def kv(hosts, name: str, *args: str) -> str:
+    """redis-cli in the kv task's container on h2 (its labelled node)."""
+    ctr = hosts["h2"].sh(f"docker ps -q --filter label=com.docker.swarm.service.name={name}_kv").strip()
+    assert ctr, "no kv task container on h2"
+    return hosts["h2"].sh(f"docker exec {ctr} redis-cli {' '.join(args)}").strip()
 
 
 def converged_nodes(hosts, name: str, service: str, want: int, avoid: str = "") -> list[str]:
@@ -679,7 +747,7 @@ def test_status_scale_rollback_and_merged_logs_on_a_swarm_stack(swarm_stack, hos
     assert "setup done" in one and "database system" not in one, one
 
 
-def test_postgres_backup_and_restore_round_trip_on_its_node_through_the_swarm(swarm_stack, hosts):
+def test_postgres_sets_are_made_listed_verified_fetched_pruned_and_restored_on_its_node(swarm_stack, hosts):
     p = swarm_stack
     ensure_swarm(p)
     ok(p.run("deploy", timeout=600))
@@ -688,15 +756,131 @@ def test_postgres_backup_and_restore_round_trip_on_its_node_through_the_swarm(sw
     pg(hosts, p.name, "DROP TABLE IF EXISTS marks; CREATE TABLE marks (v text); INSERT INTO marks VALUES ('kept');")
     out = ok(p.run("backup.postgres", timeout=600))
     assert "postgres: on swarm node h2" in out and "complete" in out, out
-    sets = hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split()
-    assert len([s for s in sets if s.endswith("-postgres")]) == 1, sets
     assert env_value(p, "PG_PASSWORD") not in out
+    ok(p.run("backup.postgres", timeout=600))
+    sets = sorted(s for s in hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split() if s.endswith("-postgres"))
+    assert len(sets) == 2, sets
+    # the sets are where the database's task runs: list, verify, fetch and prune find them there
+    out = ok(p.run("backup.list"))
+    assert "on swarm node h2" in out and sets[0] in out and sets[1] in out, out
+    out = ok(p.run("backup.verify", "--restore-test", timeout=600))  # a scratch server of its image on h2
+    assert "verification on swarm node h2" in out and "Backup verified by a scratch restore" in out, out
+    assert "restore-test" in out and "counts match" in out, out
+    listed = ok(p.run("backup.list")).splitlines()
+    rows = {ln.split()[0]: ln for ln in listed if ln.split()[:1] in ([sets[0]], [sets[1]])}
+    assert "restore-test" in rows[sets[1]] and " no" in rows[sets[0]], rows  # the newest verified, recorded there
+    out = ok(p.run("backup.fetch", "--backup", sets[0], timeout=300))
+    assert "Fetched" in out and (p.root / "backups" / "tiny" / sets[0] / "manifest.json").is_file(), out
+    out = failed(p.run("backup.verify", "--backup", "20000101T000000Z-postgres"))
+    assert "No backup set 20000101T000000Z-postgres on the swarm nodes" in out and "h2" in out, out
+    out = ok(p.run("backup.prune", "--keep-last", "1"))
+    assert f"Deleted 1 backup set(s) on swarm node h2: {sets[0]}" in out, out
+    assert [s for s in hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split() if s.endswith("-postgres")] \
+        == [sets[1]]
     pg(hosts, p.name, "INSERT INTO marks VALUES ('lost');")
     out = ok(p.run("restore.postgres", "--yes", timeout=600))
     assert "Restored from" in out, out
     assert pg(hosts, p.name, "SELECT v FROM marks ORDER BY v;").split() == ["kept"]
     out = ok(p.run("db.status"))
     assert "postgres (postgres)" in out, out
+    with open(p.root / "q.sql", "w+") as f:  # db.shell opens the client in the task's container, on its node
+        f.write("SELECT 'swarm-' || 6 * 7;\n")
+        f.seek(0)
+        out = ok(p.run("db.shell", "postgres", stdin=f))
+    assert "swarm-42" in out, out
+    task = manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_postgres").strip()
+    out = ok(p.run("db.reset", "postgres", "--yes", timeout=600))  # its volume removed on h2, a fresh one
+    assert f"volume(s) {p.name}_pgdata removed on h2" in out and "postgres was reset" in out, out
+    assert pg(hosts, p.name, "SELECT to_regclass('marks') IS NULL;").strip() == "t"
+    assert manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_postgres").strip() != task
+    assert running_nodes(hosts, p.name, "postgres") == ["h2"]
+
+
+def test_backup_all_volumes_and_their_restores_run_on_the_node_of_each_stateful_task(swarm_stack, hosts):
+    import json
+
+    p = swarm_stack
+    ensure_swarm(p)
+    ok(p.run("deploy", timeout=600))
+    pg(hosts, p.name, "DROP TABLE IF EXISTS whole; CREATE TABLE whole (v text); INSERT INTO whole VALUES ('all');")
+    assert kv(hosts, p.name, "SET", "mark", "kept") == "OK"
+    hosts["h2"].sh(f"echo kept > {kv_files(p)}/note.txt")
+    before = set(hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/ 2>/dev/null || true").split())
+    out = ok(p.run("backup.all", timeout=600))
+    assert "all on swarm node h2: kv, postgres" in out and "complete" in out, out
+    assert "folder ./kvfiles: not included: the files of database kv" in out, out  # as on a compose host
+    out = ok(p.run("backup.volumes", "--volume", "pgdata", "--stop", timeout=600))  # postgres in a stop window
+    assert "volumes on swarm node h2: volume pgdata" in out and "complete" in out, out
+    assert "stopping postgres" in out and "starting postgres and waiting for health" in out, out
+    out = ok(p.run("backup.binds", timeout=600))  # kv's data folder, on its node
+    assert "binds on swarm node h2: folder ./kvfiles" in out and "complete" in out, out
+    made = sorted(set(hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/").split()) - before)
+    new = [next(s for s in made if s.endswith(f"-{k}")) for k in ("all", "volumes", "binds")]
+    assert len(made) == 3, made
+    kinds = {s: [e["kind"] for e in json.loads(hosts["h2"].sh(f"cat /srv/{p.name}/backups/tiny/{s}/manifest.json"))
+                 ["entries"]] for s in new}
+    assert {s: sorted(k) for s, k in kinds.items()} == {new[0]: ["postgres", "redis"], new[1]: ["volumes"],
+                                                        new[2]: ["binds"]}, kinds
+    out = failed(p.run("backup.volumes", "--volume", "nope"))
+    assert "Unknown volume(s) nope" in out and "pgdata" in out, out
+    assert "say which volumes" in failed(p.run("restore.volumes", "--yes"))
+    pg(hosts, p.name, "DROP TABLE whole;")
+    out = ok(p.run("restore.volumes", "--volume", "pgdata", "--yes", "--no-safety-backup", timeout=600))
+    assert f"from backup {new[1]}" in out and "Services stopped meanwhile: postgres" in out, out
+    assert pg(hosts, p.name, "SELECT v FROM whole;").strip() == "all"
+    assert running_nodes(hosts, p.name, "postgres") == ["h2"]
+    pg(hosts, p.name, "DROP TABLE whole;")
+    kv(hosts, p.name, "SET", "mark", "changed")
+    hosts["h2"].sh(f"echo changed > {kv_files(p)}/note.txt")
+    kv_task = manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_kv").strip()
+    out = ok(p.run("restore.all", "--yes", "--no-safety-backup", timeout=600))  # the newest `all` set of each node
+    assert f"restore.all of {new[0]} on swarm node h2: kv, postgres" in out and "Restored from" in out, out
+    assert pg(hosts, p.name, "SELECT v FROM whole;").strip() == "all"
+    # redis's restore stops it: on a swarm, a stop window (scaled to 0 and back on its node, its named volume kept)
+    assert "stopping kv" in out and "starting kv and waiting for health" in out, out
+    assert kv(hosts, p.name, "GET", "mark") == "kept"
+    hosts["h2"].sh(f"rm {kv_files(p)}/note.txt")  # the folder: from the binds set, in a stop window of kv
+    out = ok(p.run("restore.binds", "--bind", "./kvfiles", "--yes", "--no-safety-backup", timeout=600))
+    assert f"from backup {new[2]}" in out and "Services stopped meanwhile: kv" in out, out
+    assert hosts["h2"].sh(f"cat {kv_files(p)}/note.txt").strip() == "kept"
+    assert manager_sh(hosts, f"docker service ps -q --filter desired-state=running {p.name}_kv").strip() != kv_task
+    assert running_nodes(hosts, p.name, "kv") == ["h2"]
+    # a drill of the node's set runs here (fetched, a throwaway copy on this engine), recorded on the node too
+    out = ok(p.run("backup.drill", "--backup", new[0], timeout=600))
+    assert "Fetched" in out and f"Drill of backup {new[0]} OK" in out, out
+    listed = ok(p.run("backup.list")).splitlines()
+    assert "drilled OK" in next(ln for ln in listed if ln.startswith(new[0])), listed
+    assert env_value(p, "PG_PASSWORD") not in out
+
+
+def test_restore_all_and_postgres_from_s3_onto_the_database_node_when_no_set_is_left_anywhere(swarm_stack, hosts, s3,
+                                                                                               tmp_path):
+    """What a schedule runs (`backup.run --push s3`) makes the swarm stack's set on the node, fetches
+    it here and pushes it off-site; every copy of it (on the node, here) is lost: `restore.postgres
+    --from s3` fetches it here (restic and the key stay here), sends it to the node that runs
+    postgres, checks it there and restores it (restore.all: the set's databases, restore.postgres:
+    the newest set with a postgres dump, the same one)."""
+    from tests.e2e.test_offsite import no_secrets, s3_target
+
+    p = swarm_stack
+    ensure_swarm(p)
+    ok(p.run("deploy", timeout=600))
+    pw = s3_target(p, s3, tmp_path / "keys")
+    pg(hosts, p.name, "DROP TABLE IF EXISTS far; CREATE TABLE far (v text); INSERT INTO far VALUES ('off-site');")
+    out = ok(p.run("backup.run", "--push", "s3", timeout=600))
+    assert "all on swarm node h2: kv, postgres" in out and "Fetched" in out and "Pushed" in out, out
+    sid = max(s for s in os.listdir(p.root / "backups" / "tiny") if s.endswith("-all"))  # this run's: the newest
+    for cmd in ("restore.all", "restore.postgres"):
+        hosts["h2"].sh(f"rm -rf /srv/{p.name}/backups/tiny")
+        shutil.rmtree(p.root / "backups" / "tiny")
+        pg(hosts, p.name, "DROP TABLE far;")
+        r = ok(p.run(cmd, "--from", "s3", "--yes", "--no-safety-backup", timeout=600))
+        out += r
+        assert "Restored from" in r and ("-> h2" in r if cmd == "restore.postgres" else f"Sent {sid} to h2" in r), r
+        assert pg(hosts, p.name, "SELECT v FROM far;").strip() == "off-site"
+        assert sid in hosts["h2"].sh(f"ls /srv/{p.name}/backups/tiny/")  # sent there, checked, kept as the node's
+    no_secrets(p, s3, pw, out)
+    assert env_value(p, "PG_PASSWORD") not in out
 
 
 def test_draining_a_worker_moves_its_app_tasks_and_postgres_stays_with_its_data(swarm_stack, hosts):
@@ -721,3 +905,67 @@ def test_draining_a_worker_moves_its_app_tasks_and_postgres_stays_with_its_data(
         assert pg(hosts, p.name, "SELECT v FROM drained;").strip() == "still here"
     finally:
         ok(p.run("swarm.activate", "h3"))
+
+
+# ---------------------------------------------------------------- the MemStack stack itself on the swarm
+
+# The MemStack stack on the local images: its databases (postgres, neo4j, redis, pinned to h2) and
+# its api with 3 replicas. The worker, the observability services and the edge proxy are left out
+# by a profile, so that the nested engines (vfs: every container copies its image) hold few tasks.
+MEMSTACK_SWARM = """\
+services:
+  worker: {profiles: [full]}
+  prometheus: {profiles: [full]}
+  grafana: {profiles: [full]}
+  proxy: {profiles: [full]}
+"""
+DB_LABELS = ('labels = { "memstack-ops.postgres" = "true", "memstack-ops.neo4j" = "true", '
+             '"memstack-ops.redis" = "true" }\n')
+
+
+@pytest.fixture(scope="module")
+def memstack_swarm(swarm_project, hosts, ssh_key, tmp_path_factory):
+    """A MemStack project (the repo's compose files and env template, a unique project name)
+    whose inventory is the swarm; the swarm stack is removed afterwards."""
+    from pathlib import Path
+
+    from memstack_ops.testing import scratch_project
+    from memstack_ops.testing_hosts import inventory
+
+    dest = tmp_path_factory.mktemp("msswarm") / "proj"
+    p = scratch_project(dest, Path(__file__).resolve().parents[2])
+    p.overlay("swarmtest", MEMSTACK_SWARM)
+    p.overlays = ("local", "swarmtest")
+    toml = p.root / "memstack-ops.toml"
+    text = toml.read_text().replace('overlays = ["local"]', 'overlays = ["local", "swarmtest"]', 1)
+    swarm = f'project = "{p.name}"\nengine = "swarm"\nreplicas = {{ api = 3 }}\n'
+    text = text.replace(f'project = "{p.name}"\n', swarm, 1)
+    toml.write_text(text + "\n" + inventory(hosts, ssh_key.private, dest / "known_hosts", f"/srv/{p.name}"))
+    swarm_inventory(p, hosts, {"h2": DB_LABELS})
+    yield p
+    stack_rm(hosts, p.name)
+
+
+def test_the_memstack_stack_on_the_swarm_pins_its_databases_spreads_its_api_and_round_trips_a_backup(
+        memstack_swarm, hosts):
+    p = memstack_swarm
+    ensure_swarm(p)
+    out = ok(p.run("deploy", "--allow-env-secrets", timeout=1200))
+    assert "Deployed: swarm stack" in out, out
+    assert "-> api" in out, out  # the api was created once its databases were healthy (its depends_on)
+    for db in ("postgres", "neo4j", "redis"):
+        assert running_nodes(hosts, p.name, db) == ["h2"], db  # on the node labelled for it
+    assert converged_nodes(hosts, p.name, "api", 3) == ["h1", "h2", "h3"]  # 3 replicas, one per node
+    out = ok(p.run("db.init", timeout=600))
+    assert "neo4j, postgres, redis: on swarm node h2" in out, out
+    again = ok(p.run("db.init", timeout=600))
+    assert "Everything is up to date" in again, again
+    out = ok(p.run("backup.postgres", timeout=600))
+    assert "complete" in out, out
+    out = ok(p.run("restore.postgres", "--yes", "--no-safety-backup", timeout=600))
+    assert "Restored from" in out, out
+    assert "Everything is up to date" in ok(p.run("db.init", timeout=600))  # the restored schema, as it was
+    status = ok(p.run("status"))
+    assert "api" in status and "3/3" in status, status
+    specs = manager_sh(hosts, f"docker service inspect $(docker service ls -q --filter label={STACK_NS}={p.name})")
+    assert "POSTGRES_PASSWORD_FILE=/run/secrets/POSTGRES_PASSWORD" in specs

@@ -105,6 +105,33 @@ def ndjson(*rows: dict) -> str:
     return "\n".join(json.dumps(r) for r in rows) + "\n"
 
 
+def containers_cmd(compose: Compose) -> str:
+    """The exact command line of ``Compose.containers`` (one ``docker ps`` + ``docker inspect``)."""
+    captured: list[str] = []
+
+    class Capture:
+        def run(self, command: str, **kw: Any) -> Any:
+            from invoke import Result
+
+            captured.append(command)
+            return Result("")
+
+    compose.containers(Capture())
+    return captured[0]
+
+
+def inspect_lines(*rows: dict) -> str:
+    """``compose ps``-like rows as ``Compose.containers`` reads them from ``docker inspect``."""
+    out = []
+    for r in rows:
+        labels = {"com.docker.compose.service": r["Service"]}
+        labels.update(kv.split("=", 1) for kv in str(r.get("Labels") or "").split(",") if "=" in kv)
+        out.append("\t".join([json.dumps("/" + r.get("Name", f"p-{r['Service']}-1")), json.dumps(labels),
+                              json.dumps(r.get("State", "running")), json.dumps(r.get("Health", "")),
+                              str(r.get("ExitCode", 0)), json.dumps(r.get("ImageID", ""))]))
+    return "".join(line + "\n" for line in out)
+
+
 def parse_cli(argv: list[str], program_class: Any = None) -> Any:
     """Parse a command line the way the `memstack-ops` console script does, without running it.
     Returns the Program (``.tasks`` holds the parsed calls); raises invoke's ParseError.
@@ -208,4 +235,5 @@ def host_target(tmp_path: Path, client: Any) -> Any:
 
     stack = SimpleNamespace(name="memstack", root=tmp_path / "here", project="p", stage="prod")
     return SimpleNamespace(c=FakeHost(client), settings={"backups_dir": "backups", "timeout": 10}, stack=stack,
-                           remote=True, release_dir=str(tmp_path / "host" / "releases" / "20260101T0-abc"))
+                           remote=True, release_dir=str(tmp_path / "host" / "releases" / "20260101T0-abc"),
+                           deploy_root=str(tmp_path / "host"))

@@ -20,7 +20,7 @@ from memstack_ops.backup.shell import BackupError, LocalShell
 def _target(root: Path, backups: str = "backups") -> SimpleNamespace:
     stack = SimpleNamespace(name="memstack", root=root, project="p", stage="dev")
     return SimpleNamespace(c=MockContext(), settings={"backups_dir": backups, "timeout": 10}, stack=stack,
-                           remote=False, release_dir=None)
+                           remote=False, release_dir=None, deploy_root=None)
 
 
 # --------------------------------------------------------------------------- prune and where sets live
@@ -49,7 +49,12 @@ def test_backups_dir_is_relative_to_the_project_root_unless_absolute(tmp_path):
     assert core.backups_root(_target(tmp_path)) == f"{tmp_path}/backups/memstack"
     assert core.backups_root(_target(tmp_path, "/srv/bk")) == "/srv/bk/memstack"
     on_host = _target(tmp_path)  # -H: the stack runs from <root>/releases/<id> on the host
-    on_host.remote, on_host.release_dir = True, "/srv/app/releases/20260101T000000Z-abc"
+    on_host.remote, on_host.deploy_root = True, "/srv/app"
+    on_host.release_dir = "/srv/app/releases/20260101T000000Z-abc"
+    assert core.backups_root(on_host) == "/srv/app/backups/memstack"
+    # a host with no release yet (a new host in a disaster recovery), or a swarm node (it runs tasks, not
+    # releases): still the stack's folder there, never this machine's project folder
+    on_host.release_dir = None
     assert core.backups_root(on_host) == "/srv/app/backups/memstack"
 
     class Settings(dict):  # on a host, stack.root is a temporary mirror: --fetch must use the project root
@@ -75,7 +80,8 @@ def test_a_compose_file_anywheres_backups_are_beside_it_here_and_when_fetched_fr
             return [shop / "docker-compose.yml"]
 
     on_host = _target(tmp_path / "mirror")
-    on_host.remote, on_host.release_dir = True, "/srv/app/releases/20260101T000000Z-abc"
+    on_host.remote, on_host.deploy_root = True, "/srv/app"
+    on_host.release_dir = "/srv/app/releases/20260101T000000Z-abc"
     on_host.settings = Settings(on_host.settings)
     assert core.backups_root(on_host) == "/srv/app/backups/memstack"
     assert core.backups_root(on_host, here=True) == core.backups_root(local)

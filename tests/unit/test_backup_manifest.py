@@ -160,7 +160,7 @@ def test_check_files_fails_for_names_the_manifest_does_not_list(tmp_path):
 def _target(root: Path) -> SimpleNamespace:
     stack = SimpleNamespace(name="memstack", root=root, project="p", stage="dev")
     return SimpleNamespace(c=MockContext(), settings={"backups_dir": "backups", "timeout": 10}, stack=stack,
-                           remote=False, release_dir=None)
+                           remote=False, release_dir=None, deploy_root=None)
 
 
 def test_m5_one_corrupt_set_is_listed_skipped_and_never_pruned(tmp_path):

@@ -124,3 +124,42 @@ def test_drill_json_is_read_with_the_set_and_shown_by_list(tmp_path):
     failed = BackupSet("20261201T010000Z-all", str(d), drill={"time": "2026-12-01T03:59:00Z", "ok": False})
     assert drilled_label(failed, now) == "drilled FAILED 1m ago"
     assert drilled_label(BackupSet("20261201T010000Z-all", str(d))) == ""
+
+
+def test_teardown_removes_a_job_container_that_still_holds_a_volume_of_the_copy(monkeypatch, tmp_path):
+    """A Ctrl-C can stop a restore's one-off container (`docker run --rm`) while the engine still
+    removes it: it holds the copy's volume, so `volume rm` fails until it is gone. The teardown
+    removes it and tries the volume again (bounded) instead of leaving the volume behind."""
+    from types import SimpleNamespace
+
+    from invoke import Result
+
+    import memstack_ops.backup.drill as drill_mod
+    from memstack_ops.backup.drill import teardown
+
+    monkeypatch.setattr(drill_mod.time, "sleep", lambda s: None)
+    vol = "live-drill-20260101_pgdata"
+    state = {"holder": True, "rm_tries": 0}
+    calls = []
+
+    class FakeShell:
+        def run(self, argv, **kw):
+            calls.append(argv)
+            if argv[:3] == ["docker", "volume", "ls"]:
+                return Result(f"{vol}\nlive_pgdata\n")
+            if argv[:3] == ["docker", "ps", "-aq"]:
+                return Result("c0ffee\n" if state["holder"] else "")
+            if argv[:2] == ["docker", "rm"]:
+                state["holder"] = False
+                return Result("")
+            if argv[:3] == ["docker", "volume", "rm"]:
+                state["rm_tries"] += 1
+                return Result(exited=1, stderr="volume is in use") if state["rm_tries"] < 3 else Result("")
+            raise AssertionError(argv)
+
+    t2 = SimpleNamespace(stack=SimpleNamespace(project="live-drill-20260101", compose_files=("compose.yml",)),
+                         compose=SimpleNamespace(run=lambda c, *a, **kw: Result("")), c=None)
+    assert teardown(t2, FakeShell(), overlay=False) == []
+    assert ["docker", "rm", "-f", "-v", "c0ffee"] in calls
+    assert state["rm_tries"] == 3  # retried while the engine finished the removal
+    assert not any("live_pgdata" in a for argv in calls for a in argv[2:] if argv[1] == "volume" and argv[2] == "rm")

@@ -9,7 +9,7 @@ import shlex
 import time
 
 import pytest
-from fakes import SyncPool, ccmd, commands, make_stack, ndjson, parse_cli
+from fakes import SyncPool, ccmd, commands, containers_cmd, inspect_lines, make_stack, parse_cli
 from invoke import MockContext, Result
 from invoke.exceptions import CommandTimedOut
 
@@ -111,7 +111,8 @@ def row(service: str, state: str = "running", health: str = "", **kw) -> dict:
 
 
 def ps_cmd(comp, *services):
-    return ccmd(comp, "ps", "--all", "--format", "json", *services)
+    """The listing a poll makes (one for the project; the services are picked from it)."""
+    return containers_cmd(comp)
 
 
 def exec_cmd(service: str, test: list[str]) -> str:
@@ -137,7 +138,7 @@ def watch(c, comp, **kw) -> Watch:
 def test_a_service_goes_from_starting_to_ready_when_its_own_check_passes(comp):
     changes = []
     c = MockContext(run={
-        ps_cmd(comp, "db"): Result(ndjson(row("db", health="starting"))),
+        ps_cmd(comp, "db"): Result(inspect_lines(row("db", health="starting"))),
         DB_CHECK: [Result(stderr="no response", exited=2), Result("accepting connections\n")],
     })
     w = watch(c, comp, on_change=lambda st: changes.append((st.state, st.health, st.ready)))
@@ -156,14 +157,15 @@ def test_a_service_goes_from_starting_to_ready_when_its_own_check_passes(comp):
 
 
 def test_a_ready_service_is_not_checked_again(comp):
-    c = MockContext(run={ps_cmd(comp, "db"): Result(ndjson(row("db", health="starting"))), DB_CHECK: Result("ok")})
+    c = MockContext(run={ps_cmd(comp, "db"): Result(inspect_lines(row("db", health="starting"))),
+                         DB_CHECK: Result("ok")})
     w = watch(c, comp)
     assert w.poll(["db"]) and w.poll(["db"])
     assert commands(c).count(DB_CHECK) == 1
 
 
 def test_engine_healthy_counts_as_ready_without_running_the_check(comp):
-    c = MockContext(run={ps_cmd(comp, "db"): Result(ndjson(row("db", health="healthy")))})
+    c = MockContext(run={ps_cmd(comp, "db"): Result(inspect_lines(row("db", health="healthy")))})
     w = watch(c, comp)
     assert w.poll(["db"]) is True
     assert w.statuses["db"].detail == "healthy (engine)"
@@ -171,14 +173,14 @@ def test_engine_healthy_counts_as_ready_without_running_the_check(comp):
 
 
 def test_a_service_without_a_container_is_pending(comp):
-    c = MockContext(run={ps_cmd(comp, "db", "api"): Result(ndjson(row("db", health="healthy")))})
+    c = MockContext(run={ps_cmd(comp, "db", "api"): Result(inspect_lines(row("db", health="healthy")))})
     w = watch(c, comp)
     assert w.poll(["db", "api"]) is False
     assert (w.statuses["api"].state, w.statuses["api"].detail) == ("pending", "no container yet")
 
 
 def test_a_created_container_waits_without_a_check(comp):
-    c = MockContext(run={ps_cmd(comp, "db"): Result(ndjson(row("db", state="created")))})
+    c = MockContext(run={ps_cmd(comp, "db"): Result(inspect_lines(row("db", state="created")))})
     w = watch(c, comp)
     assert w.poll(["db"]) is False
     assert commands(c) == [ps_cmd(comp, "db")]
@@ -186,7 +188,7 @@ def test_a_created_container_waits_without_a_check(comp):
 
 def test_cmd_checks_run_directly_with_their_parsed_timeout(comp):
     check = exec_cmd("api", ["CMD", "curl", "-f", "http://localhost:8000/health"])
-    c = MockContext(run={ps_cmd(comp, "api"): Result(ndjson(row("api"))), check: Result("")})
+    c = MockContext(run={ps_cmd(comp, "api"): Result(inspect_lines(row("api"))), check: Result("")})
     w = watch(c, comp)
     assert w.poll(["api"]) is True
     call = next(call for call in c.run.call_args_list if call.args[0] == check)
@@ -196,13 +198,13 @@ def test_cmd_checks_run_directly_with_their_parsed_timeout(comp):
 
 def test_a_string_healthcheck_test_runs_through_the_shell(comp):
     check = exec_cmd("strtest", ["CMD-SHELL", "redis-cli ping"])
-    c = MockContext(run={ps_cmd(comp, "strtest"): Result(ndjson(row("strtest"))), check: Result("PONG")})
+    c = MockContext(run={ps_cmd(comp, "strtest"): Result(inspect_lines(row("strtest"))), check: Result("PONG")})
     assert watch(c, comp).poll(["strtest"]) is True
 
 
 def test_a_service_with_a_probe_is_ready_when_the_probe_passes(comp):
     probe = shlex.join(probe_argv("tcp:8080"))
-    c = MockContext(run={ps_cmd(comp, "web"): Result(ndjson(row("web"))), probe: [Result(exited=1), Result("")]})
+    c = MockContext(run={ps_cmd(comp, "web"): Result(inspect_lines(row("web"))), probe: [Result(exited=1), Result("")]})
     w = watch(c, comp, probes={"web": "tcp:8080"})
     assert w.poll(["web"]) is False
     assert w.poll(["web"]) is True
@@ -211,7 +213,7 @@ def test_a_service_with_a_probe_is_ready_when_the_probe_passes(comp):
 
 @pytest.mark.parametrize("service", ["plain", "nocheck"])
 def test_a_running_service_without_a_check_or_probe_is_ready(comp, service):
-    c = MockContext(run={ps_cmd(comp, service): Result(ndjson(row(service)))})
+    c = MockContext(run={ps_cmd(comp, service): Result(inspect_lines(row(service)))})
     w = watch(c, comp)
     assert w.poll([service]) is True
     assert w.statuses[service].output == "no healthcheck: running counts as ready"
@@ -219,7 +221,7 @@ def test_a_running_service_without_a_check_or_probe_is_ready(comp, service):
 
 
 def test_a_one_shot_service_that_exited_0_is_ready(comp):
-    c = MockContext(run={ps_cmd(comp, "migrate"): Result(ndjson(row("migrate", state="exited", ExitCode=0)))})
+    c = MockContext(run={ps_cmd(comp, "migrate"): Result(inspect_lines(row("migrate", state="exited", ExitCode=0)))})
     w = watch(c, comp, one_shot={"migrate"})
     assert w.poll(["migrate"]) is True
     assert w.statuses["migrate"].detail == "completed successfully"
@@ -232,7 +234,7 @@ def test_a_check_that_times_out_is_not_passing_and_says_so(comp):
                 raise CommandTimedOut(Result(command=command), timeout=kw["timeout"])
             return super().run(command, *a, **kw)
 
-    c = TimingOut(run={ps_cmd(comp, "db"): Result(ndjson(row("db", health="starting")))})
+    c = TimingOut(run={ps_cmd(comp, "db"): Result(inspect_lines(row("db", health="starting")))})
     w = watch(c, comp)
     assert w.poll(["db"]) is False
     assert w.statuses["db"].output == "check timed out after 5 s"
@@ -242,7 +244,7 @@ def _failing(comp, svc_row, logs="line one\nFATAL: password Sup3rS3cretValue rej
     service = svc_row["Service"]
     health = {"Status": "unhealthy", "Log": [{"Output": "old"}, {"Output": health_log}]} if health_log else None
     return MockContext(run={
-        ps_cmd(comp, service): Result(ndjson(svc_row)),
+        ps_cmd(comp, service): Result(inspect_lines(svc_row)),
         logs_cmd(comp, service): Result(logs),
         inspect_cmd(service): Result(json.dumps(health)),
     })
@@ -290,7 +292,7 @@ def test_a_one_shot_service_that_exited_non_zero_fails(comp):
 
 def test_every_failed_service_is_reported_not_just_the_first(comp):
     c = MockContext(run={
-        ps_cmd(comp, "db", "api"): Result(ndjson(row("db", state="exited", ExitCode=1),
+        ps_cmd(comp, "db", "api"): Result(inspect_lines(row("db", state="exited", ExitCode=1),
                                                  row("api", state="restarting"))),
         logs_cmd(comp, "db"): Result("boom"),
         logs_cmd(comp, "api"): Result("boom"),
@@ -320,7 +322,8 @@ def test_the_logs_command_suggested_after_a_failure_is_a_valid_invocation(comp):
 
 def test_checks_run_in_the_background_and_are_picked_up_by_a_later_poll(comp):
     """With the real thread pool: a poll never blocks on a check; its result lands in a later poll."""
-    c = MockContext(run={ps_cmd(comp, "db"): Result(ndjson(row("db", health="starting"))), DB_CHECK: Result("ok")})
+    c = MockContext(run={ps_cmd(comp, "db"): Result(inspect_lines(row("db", health="starting"))),
+                         DB_CHECK: Result("ok")})
     w = Watch(c, comp, MODEL)
     try:
         deadline = time.monotonic() + 5
@@ -340,7 +343,7 @@ def test_checks_run_in_the_background_and_are_picked_up_by_a_later_poll(comp):
 def test_wait_returns_once_every_service_is_ready_sleeping_the_interval_between_rounds(comp):
     slept, rounds = [], []
     c = MockContext(run={
-        ps_cmd(comp, "db", "plain"): Result(ndjson(row("db", health="starting"), row("plain"))),
+        ps_cmd(comp, "db", "plain"): Result(inspect_lines(row("db", health="starting"), row("plain"))),
         DB_CHECK: [Result(exited=1), Result(exited=1), Result("ok")],
     })
     pool = SyncPool()
@@ -356,7 +359,7 @@ def test_wait_returns_once_every_service_is_ready_sleeping_the_interval_between_
 def test_what_waits_for_a_service_starts_in_the_round_it_turned_ready_not_an_interval_later(comp):
     events: list[str] = []
     c = MockContext(run={
-        ps_cmd(comp, "db", "plain"): Result(ndjson(row("db", health="starting"), row("plain"))),
+        ps_cmd(comp, "db", "plain"): Result(inspect_lines(row("db", health="starting"), row("plain"))),
         DB_CHECK: [Result(exited=1), Result("ok")],
     })
     w = watch(c, comp, pool=SyncPool())
@@ -369,7 +372,7 @@ def test_what_waits_for_a_service_starts_in_the_round_it_turned_ready_not_an_int
 def test_wait_times_out_deterministically_after_max_polls_naming_the_service(comp):
     slept = []
     c = MockContext(run={
-        ps_cmd(comp, "db"): Result(ndjson(row("db", health="starting"))),
+        ps_cmd(comp, "db"): Result(inspect_lines(row("db", health="starting"))),
         DB_CHECK: Result(stdout="still warming up", exited=1),
         logs_cmd(comp, "db"): Result("waiting for WAL"),
     })
@@ -386,7 +389,7 @@ def test_wait_times_out_deterministically_after_max_polls_naming_the_service(com
 
 def test_wait_times_out_naming_only_the_services_not_ready(comp):
     c = MockContext(run={
-        ps_cmd(comp, "db", "api"): Result(ndjson(row("db", health="healthy"))),
+        ps_cmd(comp, "db", "api"): Result(inspect_lines(row("db", health="healthy"))),
         logs_cmd(comp, "api"): Result(""),
     })
     w = watch(c, comp)
@@ -399,7 +402,7 @@ def test_wait_times_out_naming_only_the_services_not_ready(comp):
 
 def test_wait_with_a_deadline_already_passed_polls_once_then_times_out(comp):
     slept = []
-    c = MockContext(run={ps_cmd(comp, "db"): Result(ndjson(row("db", state="created"))),
+    c = MockContext(run={ps_cmd(comp, "db"): Result(inspect_lines(row("db", state="created"))),
                          logs_cmd(comp, "db"): Result(""), inspect_cmd("db"): Result("null")})
     with pytest.raises(HealthError, match="not ready after"):
         watch(c, comp).wait(["db"], time.monotonic() - 1, 1.0, sleep=slept.append)
@@ -429,7 +432,7 @@ def test_a_quick_check_is_judged_in_the_round_that_started_it(comp):
     class Slow:
         def run(self, cmd, **kw):
             if cmd == ps_cmd(comp, "db"):
-                return Result(ndjson(row("db", health="starting")))
+                return Result(inspect_lines(row("db", health="starting")))
             assert cmd == DB_CHECK
             _time.sleep(0.05)
             return Result("accepting connections\n")
@@ -470,7 +473,7 @@ def test_a_passing_socket_check_is_not_enough_for_a_postgres_that_refuses_tcp(co
     """Issue 12: the temporary init server answers pg_isready on the socket; dependants connect
     over TCP, where nothing listens yet."""
     c = MockContext(run={
-        ps_cmd(comp, "pg"): Result(ndjson(row("pg", health="starting"))),
+        ps_cmd(comp, "pg"): Result(inspect_lines(row("pg", health="starting"))),
         PG_SOCKET: Result("/var/run/postgresql:5432 - accepting connections"),
         tcp("pg", "postgres"): [Result(stderr="psql: error: connection to server at \"127.0.0.1\", port 5432 failed: "
                                               "Connection refused", exited=2),
@@ -486,7 +489,7 @@ def test_a_passing_socket_check_is_not_enough_for_a_postgres_that_refuses_tcp(co
 
 
 def test_engine_healthy_is_not_enough_either_but_the_compose_check_is_not_run_again(comp):
-    c = MockContext(run={ps_cmd(comp, "pg"): Result(ndjson(row("pg", health="healthy"))),
+    c = MockContext(run={ps_cmd(comp, "pg"): Result(inspect_lines(row("pg", health="healthy"))),
                          tcp("pg", "postgres"): Result("1\n")})
     w = kwatch(c, comp)
     assert w.poll(["pg"]) is True
@@ -497,7 +500,7 @@ def test_engine_healthy_is_not_enough_either_but_the_compose_check_is_not_run_ag
 def test_the_query_must_pass_again_after_the_settle(comp):
     """The init server can answer once and then restart: one success is not enough."""
     pauses = []
-    c = MockContext(run={ps_cmd(comp, "pgbare"): Result(ndjson(row("pgbare"))),
+    c = MockContext(run={ps_cmd(comp, "pgbare"): Result(inspect_lines(row("pgbare"))),
                          tcp("pgbare", "postgres"): [Result("1\n"),
                                                      Result(stderr="the database system is shutting down", exited=2)]})
     w = kwatch(c, comp, pause=pauses.append, confirm_after=1.5)
@@ -507,7 +510,7 @@ def test_the_query_must_pass_again_after_the_settle(comp):
 
 
 def test_a_database_without_a_healthcheck_is_not_ready_just_because_it_runs(comp):
-    c = MockContext(run={ps_cmd(comp, "pgbare"): Result(ndjson(row("pgbare"))),
+    c = MockContext(run={ps_cmd(comp, "pgbare"): Result(inspect_lines(row("pgbare"))),
                          tcp("pgbare", "postgres"): [Result(stderr="Connection refused", exited=2), Result("1"),
                                                      Result("1")]})
     w = kwatch(c, comp)
@@ -517,7 +520,7 @@ def test_a_database_without_a_healthcheck_is_not_ready_just_because_it_runs(comp
 
 
 def test_a_service_of_no_known_kind_without_a_check_keeps_the_running_rule(comp):
-    c = MockContext(run={ps_cmd(comp, "web"): Result(ndjson(row("web")))})
+    c = MockContext(run={ps_cmd(comp, "web"): Result(inspect_lines(row("web")))})
     w = kwatch(c, comp)
     assert w.poll(["web"]) is True
     assert w.statuses["web"].detail == "no healthcheck: running counts as ready"
@@ -525,7 +528,7 @@ def test_a_service_of_no_known_kind_without_a_check_keeps_the_running_rule(comp)
 
 
 def test_a_database_refusing_the_password_from_its_environment_fails_at_once(comp):
-    c = MockContext(run={ps_cmd(comp, "pgbare"): Result(ndjson(row("pgbare"))),
+    c = MockContext(run={ps_cmd(comp, "pgbare"): Result(inspect_lines(row("pgbare"))),
                          tcp("pgbare", "postgres"): Result(
                              stderr='FATAL:  password authentication failed for user "app"', exited=2),
                          logs_cmd(comp, "pgbare"): Result(""), inspect_cmd("pgbare"): Result("null")})
@@ -538,7 +541,7 @@ def test_a_redis_password_in_the_command_goes_to_the_check_on_stdin(comp):
     argv, stdin = ready_argv("p-kv-1", "redis", KIND_MODEL["services"]["kv"])
     assert "Sup3rS3cretValue" not in shlex.join(argv) and stdin == "Sup3rS3cretValue\n6380\n\n"  # port, no config
     assert argv[:3] == ["docker", "exec", "-i"]
-    c = MockContext(run={ps_cmd(comp, "kv"): Result(ndjson(row("kv"))), tcp("kv", "redis"): Result("PONG\n")})
+    c = MockContext(run={ps_cmd(comp, "kv"): Result(inspect_lines(row("kv"))), tcp("kv", "redis"): Result("PONG\n")})
     assert kwatch(c, comp).poll(["kv"]) is True
     fed = [call.kwargs["in_stream"].read() for call in c.run.call_args_list if call.args[0] == tcp("kv", "redis")]
     assert fed == ["Sup3rS3cretValue\n6380\n\n"] * 2

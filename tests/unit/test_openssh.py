@@ -194,3 +194,18 @@ def test_pump_moves_every_byte_pipe_to_pipe_and_stops_on_cancel():
 
 def test_ready_is_a_plain_line():
     assert READY.isascii() and "\n" not in READY and "'" not in READY
+
+
+def test_the_trace_has_one_line_per_remote_command_with_its_time_and_is_private(tmp_path, monkeypatch):
+    out = tmp_path / "trace"
+    monkeypatch.setattr(sshmod, "TRACE", str(out))
+    c = conn(tmp_path)
+    t0 = sshmod.time.monotonic() - 1.5
+    sshmod.trace(c, "docker   compose\n  up -d " + "x" * 300, t0)
+    sshmod.trace(c, "true", sshmod.time.monotonic())
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2, lines
+    start, took, host, cmd = lines[0].split(maxsplit=3)
+    assert float(took) >= 1.5 and host == "web1" and cmd.startswith("docker compose up -d xxx") and len(cmd) == 240
+    assert lines[1].split()[2:] == ["web1", "true"]
+    assert out.stat().st_mode & 0o777 == 0o600

@@ -208,3 +208,33 @@ def test_a_stack_with_an_edge_proxy_is_refused_when_no_usable_node_is_labelled_f
     check_placement(edge, [node("h1"), node("h2", {"memstack-ops.proxy": "true"})], "shop")
     assert [n.hostname for n in nodes_for(edge, [node("h1"), node("h2", {"memstack-ops.proxy": "true"})])["proxy"]] \
         == ["h2"]
+
+
+def test_the_new_services_start_in_waves_of_their_depends_on_and_existing_ones_count_as_started():
+    from memstack_ops.swarm_deploy import start_waves
+
+    model = {"services": {
+        "postgres": {}, "redis": {},
+        "migrate": {"depends_on": {"postgres": {"condition": "service_healthy"}}},
+        "api": {"depends_on": {"postgres": {"condition": "service_healthy"}, "redis": {"condition": "service_started"},
+                               "migrate": {"condition": "service_completed_successfully"}}},
+        "worker": {"depends_on": {"api": {"condition": "service_healthy"}}},
+        "proxy": {"depends_on": {"api": {}}},
+    }}
+    assert start_waves(model, model["services"]) == [["postgres", "redis"], ["migrate"], ["api"], ["proxy", "worker"]]
+    # postgres and migrate run already (a later deploy that adds services): not waited for again
+    assert start_waves(model, ["redis", "api", "worker"]) == [["redis"], ["api"], ["worker"]]
+    assert start_waves(model, ["worker"]) == [["worker"]]
+    assert start_waves(model, []) == []
+    cyclic = {"services": {"a": {"depends_on": {"b": {}}}, "b": {"depends_on": {"a": {}}}, "c": {}}}
+    assert start_waves(cyclic, ["a", "b", "c"]) == [["c"], ["a", "b"]]  # never loops
+
+
+def test_a_wave_file_keeps_everything_but_the_later_services():
+    from memstack_ops.swarm_deploy import _subset
+
+    stack = {"version": "3.8", "services": {"a": {"image": "x"}, "b": {"image": "y"}}, "networks": {"n": {}},
+             "secrets": {"s": {"external": True}}}
+    assert _subset(stack, ["a"]) == {"version": "3.8", "services": {"a": {"image": "x"}}, "networks": {"n": {}},
+                                     "secrets": {"s": {"external": True}}}
+    assert stack["services"] == {"a": {"image": "x"}, "b": {"image": "y"}}  # the original is untouched

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from memstack_ops.errors import ConfigError
@@ -220,3 +222,35 @@ def test_the_edge_proxy_runs_on_the_labelled_edge_nodes_in_host_mode_with_its_co
     with pytest.raises(ConfigError, match="edge proxy: on a swarm it runs once on every node labelled"):
         render(edge_model(), replicas={"proxy": 2})
     assert render(model(api=api())).proxy is None
+
+
+def test_maintenance_on_a_swarm_is_a_config_of_its_own_that_records_its_state_and_holds_its_page():
+    from memstack_ops.proxy import Maintenance
+    from memstack_ops.swarm_proxy import config_text, maintenance_of, switched
+
+    m = edge_model()
+    r = render(m, replicas={"api": 3})
+    off = r.proxy
+    assert maintenance_of(off.text) == Maintenance() and "return 503" not in off.text
+    doc = json.loads(json.dumps(r.stack))
+    on = switched(doc, off, m, Maintenance(True, "Back at 14:00 ($5 'off' \\ <b>)"))
+    assert on.name != off.name and on.name.startswith("demo_proxy_") and on.service == "proxy"
+    assert maintenance_of(on.text) == Maintenance(True, "Back at 14:00 ($5 'off' \\ <b>)")  # a deploy reads it back
+    # the page is in the config (the proxy has no other file); nothing in it nginx would read as a variable,
+    # an escape or the end of the string, and the message is HTML-escaped
+    line = next(ln for ln in on.text.splitlines() if "return 503" in ln)
+    assert line.strip().startswith("return 503 '<!doctype html>") and line.strip().endswith("</html>';")
+    body = line.strip()[len("return 503 '"):-2]
+    assert "$" not in body and "\\" not in body and "'" not in body and "<b>" not in body
+    assert "Back at 14:00 (&#36;5 &#x27;off&#x27; &#92; &lt;b&gt;)" in body
+    assert "location = /__memstack-ops/ping" in on.text  # the proxy's healthcheck still answers 200
+    # the stack file now mounts the new config, declared external; the old one is gone from it
+    px = doc["services"]["proxy"]
+    assert px["configs"] == [{"source": on.name, "target": "/etc/nginx/conf.d/memstack-ops.conf", "mode": 0o444}]
+    assert set(doc["configs"]) == {on.name} and doc["configs"][on.name] == {"external": True, "name": on.name}
+    # off again: the very config of a deploy (same text, same name)
+    back = switched(doc, on, m, Maintenance())
+    assert back.name == off.name and back.text == off.text == config_text(m)
+    assert doc["services"]["proxy"]["configs"][0]["source"] == off.name
+    assert switched(doc, back, m, Maintenance()) is back  # unchanged state: nothing to switch
+    assert maintenance_of("# memstack-ops maintenance {broken\nserver {}") == Maintenance()

@@ -177,7 +177,9 @@ class Job:
         if not svc.container:
             raise BackupError(f"Service {svc.name} has no container: start it first "
                               f"(`memstack-ops up --service {svc.name}`).")
-        return ["docker", "exec", *(["-i"] if stdin else []), svc.container, "sh", "-c", script, "sh", *args]
+        current = getattr(self.t.compose, "current", None)  # a swarm task restarted by a stop window: its successor
+        ctr = current(svc.container) if current else svc.container
+        return ["docker", "exec", *(["-i"] if stdin else []), ctr, "sh", "-c", script, "sh", *args]
 
     def query(self, svc: Svc, script: str, *args: str, what: str, timeout: float | None = 120,
               stdin: str | None = None) -> str:
@@ -235,7 +237,10 @@ class Job:
         argv += ["-d"] if detach else ["--rm"]
         if stdin:
             argv.append("-i")
-        if volumes_from:
+        saved = getattr(self.t.compose, "mounts", {}).get(volumes_from) if volumes_from else None
+        if saved is not None:  # a swarm task stopped for this window: its container is gone, its volumes are not
+            volumes = (*saved, *volumes)
+        elif volumes_from:
             argv += ["--volumes-from", volumes_from]
         for v in volumes:
             argv += ["-v", v]
@@ -260,7 +265,11 @@ class Job:
             self._ps = None
             self.say(f"  stopping {', '.join(running)}")
             with phase(f"stopping {', '.join(running)}"):
-                self.t.compose.check(self.t.c, "stop", *running, what=f"Stopping {', '.join(running)}")
+                on_swarm = getattr(self.t.compose, "stop_services", None)  # scaled to 0 by the swarm's manager
+                if on_swarm is not None:
+                    on_swarm(self.t.c, running)
+                else:
+                    self.t.compose.check(self.t.c, "stop", *running, what=f"Stopping {', '.join(running)}")
         return running
 
     def start(self, services: list[str]) -> None:
@@ -271,6 +280,10 @@ class Job:
 
         self.say(f"  starting {', '.join(services)} and waiting for health")
         self._ps = None
+        on_swarm = getattr(self.t.compose, "start_services", None)  # scaled back to 1, the swarm's wait
+        if on_swarm is not None:
+            on_swarm(self.t.c, services, self.timeout)
+            return
         lifecycle.up(self.t, services)
 
     def wait_healthy(self, services: list[str]) -> None:
