@@ -146,6 +146,22 @@ def teardown(t2: Target, shell: Shell, overlay: bool = True) -> list[str]:
     r = t2.compose.run(t2.c, "down", "--volumes", "--remove-orphans", "--timeout", "10", timeout=600)
     if r.failed:
         left.append(f"compose down: {t2.compose.scrub((r.stderr or r.stdout).strip())[-300:]}")
+    # A Ctrl-C can stop compose in the middle of creating the copy's containers: the engine still
+    # finishes the creates it was asked for, after `down` looked. So the copy's containers, by its
+    # project label, until two listings a moment apart find none (bounded: about 5 s).
+    label = f"label=com.docker.compose.project={t2.stack.project}"
+    empty = 0
+    for _ in range(10):
+        r = shell.run(["docker", "ps", "-aq", "--filter", label], timeout=60)
+        ids = r.stdout.split() if r.ok else []
+        if ids:
+            shell.run(["docker", "rm", "-f", "-v", *ids], timeout=120)
+            empty = 0
+        else:
+            empty += 1
+            if empty == 2:
+                break
+        time.sleep(0.5)
     prefix = f"{t2.stack.project}_"
     r = shell.run(["docker", "volume", "ls", "-q", "--filter", f"name={prefix}"], timeout=60)
     for name in (r.stdout.split() if r.ok else []):

@@ -126,7 +126,7 @@ def test_drill_json_is_read_with_the_set_and_shown_by_list(tmp_path):
     assert drilled_label(BackupSet("20261201T010000Z-all", str(d))) == ""
 
 
-def test_teardown_removes_a_job_container_that_still_holds_a_volume_of_the_copy(monkeypatch, tmp_path):
+def test_teardown_removes_what_the_engine_made_after_down_and_a_job_container_holding_a_volume(monkeypatch, tmp_path):
     """A Ctrl-C can stop a restore's one-off container (`docker run --rm`) while the engine still
     removes it: it holds the copy's volume, so `volume rm` fails until it is gone. The teardown
     removes it and tries the volume again (bounded) instead of leaving the volume behind."""
@@ -139,7 +139,7 @@ def test_teardown_removes_a_job_container_that_still_holds_a_volume_of_the_copy(
 
     monkeypatch.setattr(drill_mod.time, "sleep", lambda s: None)
     vol = "live-drill-20260101_pgdata"
-    state = {"holder": True, "rm_tries": 0}
+    state = {"holder": True, "rm_tries": 0, "late": 2}
     calls = []
 
     class FakeShell:
@@ -147,8 +147,13 @@ def test_teardown_removes_a_job_container_that_still_holds_a_volume_of_the_copy(
             calls.append(argv)
             if argv[:3] == ["docker", "volume", "ls"]:
                 return Result(f"{vol}\nlive_pgdata\n")
+            if argv[:3] == ["docker", "ps", "-aq"] and argv[-1].startswith("label="):
+                state["late"] -= 1  # created by the engine after `down`: found by the second listing
+                return Result("late1\n" if state["late"] == 0 else "")
             if argv[:3] == ["docker", "ps", "-aq"]:
                 return Result("c0ffee\n" if state["holder"] else "")
+            if argv[:2] == ["docker", "rm"] and argv[-1] == "late1":
+                return Result("")
             if argv[:2] == ["docker", "rm"]:
                 state["holder"] = False
                 return Result("")
@@ -161,5 +166,9 @@ def test_teardown_removes_a_job_container_that_still_holds_a_volume_of_the_copy(
                          compose=SimpleNamespace(run=lambda c, *a, **kw: Result("")), c=None)
     assert teardown(t2, FakeShell(), overlay=False) == []
     assert ["docker", "rm", "-f", "-v", "c0ffee"] in calls
+    # a container the engine created after `down` (a create in flight when Ctrl-C stopped compose) goes too
+    assert ["docker", "rm", "-f", "-v", "late1"] in calls
+    assert [a for a in calls if a[:3] == ["docker", "ps", "-aq"] and a[-1].startswith("label=")][-1][-1] == \
+        "label=com.docker.compose.project=live-drill-20260101"
     assert state["rm_tries"] == 3  # retried while the engine finished the removal
     assert not any("live_pgdata" in a for argv in calls for a in argv[2:] if argv[1] == "volume" and argv[2] == "rm")
