@@ -64,16 +64,17 @@ def main() -> None:
             cleanup_run()
 
 
-def host_cpu(boxes) -> float:
-    """CPU seconds the host containers used so far (cgroup v1 cpuacct: their nested dockerd and
-    containers included); 0.0 where the engine keeps no such file."""
-    total = 0
-    for b in boxes:
-        ident = subprocess.run(["docker", "inspect", "--format", "{{.Id}}", b.container], capture_output=True,
-                               text=True, timeout=30).stdout.strip()
-        f = Path(f"/sys/fs/cgroup/cpuacct/docker/{ident}/cpuacct.usage")
-        total += int(f.read_text()) if f.is_file() else 0
-    return total / 1e9
+def cpuacct_files(boxes) -> list[Path]:
+    """The cgroup v1 cpuacct usage file of each host container (its nested dockerd and containers
+    included), looked up once."""
+    ids = subprocess.run(["docker", "inspect", "--format", "{{.Id}}", *[b.container for b in boxes]],
+                         capture_output=True, text=True, timeout=30).stdout.split()
+    return [Path(f"/sys/fs/cgroup/cpuacct/docker/{ident}/cpuacct.usage") for ident in ids]
+
+
+def host_cpu(files: list[Path]) -> float:
+    """CPU seconds the host containers used so far; 0.0 where the engine keeps no such file."""
+    return sum(int(f.read_text()) for f in files if f.is_file()) / 1e9
 
 
 def local_cpu() -> float:
@@ -97,11 +98,13 @@ def measure_deploys(p, rounds: int, boxes) -> None:
     print(f"  cold deploy to 4 hosts with image shipping: {cold:.2f} s", flush=True)
     one, four = [], []
 
-    def cpu_of(fn) -> tuple[float, float]:
+    files = cpuacct_files(boxes)
+
+    def cpu_of(fn) -> tuple[float, str]:
         """(wall seconds, 'CPU here + CPU on the hosts' as text)"""
-        lc, hc = local_cpu(), host_cpu(boxes)
+        lc, hc = local_cpu(), host_cpu(files)
         wall = timed(fn)
-        return wall, f"CPU here {local_cpu() - lc:.2f} s, on the hosts {host_cpu(boxes) - hc:.2f} s"
+        return wall, f"CPU here {local_cpu() - lc:.2f} s, on the hosts {host_cpu(files) - hc:.2f} s"
 
     for i in range(rounds):
         w1, c1 = cpu_of(lambda: deploy("h1"))
