@@ -84,8 +84,17 @@ def run(c: Any, argv: Iterable[str], cwd: Any = None, **kw: Any) -> Any:
     kw.setdefault("hide", True)
     kw.setdefault("warn", True)
     kw.setdefault("in_stream", False)
+    from . import trace as tracing
+
     with guarded(c, list(argv), cwd) as argv:
-        return c.run(in_dir(cwd, argv) if cwd is not None else sh(*argv), **kw)
+        command = in_dir(cwd, argv) if cwd is not None else sh(*argv)
+        if not tracing.TRACE or hasattr(c, "host"):  # a Connection traces its own commands, by host
+            return c.run(command, **kw)
+        t0 = time.monotonic()
+        try:
+            return c.run(command, **kw)
+        finally:
+            tracing.trace("local", command, t0)
 
 
 def _parse_hashes(text: str) -> dict[str, str]:

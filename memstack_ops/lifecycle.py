@@ -18,6 +18,7 @@ from .errors import ComposeError, MemstackError
 from .health import Status, Watch
 from .output import confirm, interactive, say
 from .target import Target, target  # noqa: F401 - target: re-exported (older callers)
+from .trace import trace
 
 
 class Display:
@@ -61,6 +62,8 @@ class Display:
 
     def __call__(self, st: Status) -> None:
         self.statuses[st.service] = st
+        mark = "ready" if st.ready else "failed" if st.failed else st.state
+        trace("local", f"# {st.service}: {mark}", time.monotonic())
         if self.live:
             self.live.update(self._table())
         elif st.ready:

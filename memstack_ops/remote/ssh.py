@@ -29,6 +29,7 @@ from typing import IO, Any
 import fabric
 import paramiko
 
+from .. import trace as tracing
 from . import ConnectionLost, RemoteError
 from .inventory import Host
 
@@ -100,7 +101,7 @@ class HostConnection(fabric.Connection):  # type: ignore[misc]  # fabric ships n
         if not kwargs.get("hide") and self.out_writer is not None:
             kwargs.setdefault("out_stream", self.out_writer)
             kwargs.setdefault("err_stream", self.err_writer)
-        if not TRACE:
+        if not tracing.TRACE:
             return super().run(command, **kwargs)
         t0 = time.monotonic()
         try:
@@ -130,19 +131,9 @@ class HostConnection(fabric.Connection):  # type: ignore[misc]  # fabric ships n
                 self._mirror = None
 
 
-# MEMSTACK_OPS_TRACE=FILE: one line per remote command (start, seconds, host, the command's first
-# 240 characters) appended to FILE, to see where a slow deploy spends its time. Commands never
-# carry secrets (they are in 0600 files on the host), so neither does the trace.
-TRACE = os.environ.get("MEMSTACK_OPS_TRACE", "")
-_T0 = time.monotonic()
-_trace_lock = threading.Lock()
-
-
 def trace(c: Any, command: str, t0: float) -> None:
-    line = " ".join(command.split())[:240]
-    host = c.inventory.name if c.inventory is not None else c.host
-    with _trace_lock, open(os.open(TRACE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as f:
-        f.write(f"{t0 - _T0:8.3f} {time.monotonic() - t0:7.3f} {host} {line}\n")
+    """The trace line (memstack_ops.trace) of a remote command, named by the host."""
+    tracing.trace(c.inventory.name if c.inventory is not None else c.host, command, t0)
 
 
 def check_host_keys(client: Any, host: Host) -> None:

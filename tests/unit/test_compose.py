@@ -365,3 +365,20 @@ def test_the_model_is_rendered_once_per_process_until_a_file_changes(tmp_path):
     comp.remember({"services": {"b": {}}})  # an overlay's known effect, taken as rendered
     assert comp.model(c) == {"services": {"b": {}}}
     assert sum(1 for call in c.run.call_args_list if call.args[0] == cmd) == 2
+
+
+def test_the_trace_has_one_line_per_local_engine_command_but_a_connection_traces_its_own(tmp_path, monkeypatch):
+    from memstack_ops import trace as tracing
+
+    out = tmp_path / "trace"
+    monkeypatch.setattr(tracing, "TRACE", str(out))
+    monkeypatch.setattr(tracing, "_started", False)
+    c = MockContext(run={"docker ps": Result("")})
+    cmod.run(c, ["docker", "ps"])
+    first, line = out.read_text().splitlines()
+    assert "# process start" in first
+    assert line.split()[2:] == ["local", "docker", "ps"], line
+    remote = MockContext(run={"docker ps": Result("")})
+    remote.host = "web1"  # a fabric Connection: ssh.py writes its line, named by the host
+    cmod.run(remote, ["docker", "ps"])
+    assert len(out.read_text().splitlines()) == 2

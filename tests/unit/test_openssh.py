@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -198,12 +199,14 @@ def test_ready_is_a_plain_line():
 
 def test_the_trace_has_one_line_per_remote_command_with_its_time_and_is_private(tmp_path, monkeypatch):
     out = tmp_path / "trace"
-    monkeypatch.setattr(sshmod, "TRACE", str(out))
+    monkeypatch.setattr(sshmod.tracing, "TRACE", str(out))
+    monkeypatch.setattr(sshmod.tracing, "_started", False)
     c = conn(tmp_path)
-    t0 = sshmod.time.monotonic() - 1.5
+    t0 = time.monotonic() - 1.5
     sshmod.trace(c, "docker   compose\n  up -d " + "x" * 300, t0)
-    sshmod.trace(c, "true", sshmod.time.monotonic())
-    lines = out.read_text().splitlines()
+    sshmod.trace(c, "true", time.monotonic())
+    first, *lines = out.read_text().splitlines()
+    assert "# process start" in first and f"pid {os.getpid()}" in first, first
     assert len(lines) == 2, lines
     start, took, host, cmd = lines[0].split(maxsplit=3)
     assert float(took) >= 1.5 and host == "web1" and cmd.startswith("docker compose up -d xxx") and len(cmd) == 240
