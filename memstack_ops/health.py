@@ -166,6 +166,9 @@ class Watch:
     # once and then restart (the official images stop their temporary server before the real one).
     confirm_after: float = 1.0
     pause: Callable[[float], None] = time.sleep
+    # called (from a check's thread) when a check passes: `up` wakes its wait so the next round,
+    # and the start of what waited for that service, come at once instead of after the interval
+    on_pass: Callable[[], None] | None = None
 
     def _svc(self, name: str) -> dict[str, Any]:
         return dict(self.model["services"][name])
@@ -300,6 +303,28 @@ class Watch:
             passed.append(f"{kind} answers over TCP")
         return True, out, f"healthy ({', '.join(passed)})"
 
+    def _passed(self, fut: Future[tuple[bool, str, str]]) -> None:
+        """A check that passed ends the wait for the next round (its dependants start at once)."""
+        if self.on_pass is not None and not fut.cancelled() and fut.exception() is None and fut.result()[0]:
+            self.on_pass()
+
+    def _take(self, st: Status, fut: Future[tuple[bool, str, str]]) -> None:
+        """Judge ``st`` by its finished check."""
+        del self.inflight[st.service]
+        try:
+            ok, out, detail = fut.result()
+        except _Refused as e:
+            st.output = str(e)
+            var = password_var(self._kind(st.service), self._svc(st.service))
+            self._set(st, failed=True, detail=f"it answers over TCP but refuses the credentials from its "
+                                              f"container's environment ({var or 'its password'}: the "
+                                              f"database keeps the password it was first initialised with; "
+                                              f"put that value back in the env file, or change the password "
+                                              f"inside the database too)")
+            return
+        st.output = out
+        self._set(st, ready=ok, detail=detail)
+
     def poll(self, services: Iterable[str], active: set[str] | None = None) -> bool:
         """One round: refresh every service's status; True when all are ready.
         Raises HealthError at once for a service that exited, crash-loops or is unhealthy.
@@ -348,8 +373,15 @@ class Watch:
         pending = []
         for st in to_check:
             fut = self.inflight.get(st.service)
+            if fut is not None and fut.done():  # finished since the last round
+                self._take(st, fut)
+                if st.ready or st.failed:
+                    continue
+                fut = None  # not ready yet: the next check goes out now, not a round later
             if fut is None:
                 self.inflight[st.service] = fut = self.pool.submit(self._run_check, st, st.health == "healthy")
+                if self.on_pass is not None:
+                    fut.add_done_callback(self._passed)
             pending.append((st, fut))
         if pending and self.settle > 0:  # a quick check is judged this round, not one interval later
             from concurrent.futures import wait as wait_futures
@@ -357,20 +389,7 @@ class Watch:
             wait_futures([f for _, f in pending], timeout=self.settle)
         for st, fut in pending:
             if fut.done():
-                del self.inflight[st.service]
-                try:
-                    ok, out, detail = fut.result()
-                except _Refused as e:
-                    st.output = str(e)
-                    var = password_var(self._kind(st.service), self._svc(st.service))
-                    self._set(st, failed=True, detail=f"it answers over TCP but refuses the credentials from its "
-                                                      f"container's environment ({var or 'its password'}: the "
-                                                      f"database keeps the password it was first initialised with; "
-                                                      f"put that value back in the env file, or change the password "
-                                                      f"inside the database too)")
-                    continue
-                st.output = out
-                self._set(st, ready=ok, detail=detail)
+                self._take(st, fut)
         failed = [self.statuses[s] for s in services if self.statuses[s].failed]
         if failed:
             raise HealthError(self.report(failed))
@@ -451,7 +470,8 @@ class Watch:
 
         services = list(services)
         budget = max(0.0, deadline - time.monotonic())
-        max_polls = max_polls or int(budget / interval) + 2
+        # a round also comes early when a start or a passing check wakes it: at most a few per service
+        max_polls = max_polls or int(budget / interval) + 2 + 4 * len(services)
 
         def round_() -> bool:
             if before_poll:

@@ -157,7 +157,8 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
     # proxy changes one at a time, Proxy.lock)
     rollers = ThreadPoolExecutor(max_workers=max(1, len(rolling)), thread_name_prefix="rollout")
     notes: list[str] = []  # what a rollout undid after a Ctrl-C (said in the one line)
-    wake = threading.Event()  # a start or rollout finished: the next round need not wait the interval
+    wake = threading.Event()  # a start, rollout or passing check finished: the next round need not wait the interval
+    watch.on_pass = wake.set
 
     def nap(seconds: float) -> None:
         wake.wait(seconds)

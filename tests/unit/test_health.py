@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import threading
 import time
 
 import pytest
@@ -441,6 +442,52 @@ def test_a_quick_check_is_judged_in_the_round_that_started_it(comp):
     w = Watch(Slow(), comp, MODEL, pool=ThreadPoolExecutor(2), settle=0)
     assert w.poll(["db"]) is False and w.inflight  # without settle: judged one round later
     w.close()
+
+
+
+def test_a_slow_check_that_failed_is_followed_by_the_next_in_the_round_that_judges_it(comp):
+    """A check slower than the settle is judged a round later; when it failed, that same round sends
+    the next one (not the round after: one check per round, not one per two)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate = threading.Event()
+    checks = []
+
+    class Slow:
+        def run(self, cmd, **kw):
+            if cmd == ps_cmd(comp, "db"):
+                return Result(inspect_lines(row("db", health="starting")))
+            assert cmd == DB_CHECK
+            checks.append(cmd)
+            gate.wait(5)
+            return Result("no response\n", exited=2) if len(checks) == 1 else Result("accepting connections\n")
+
+    w = Watch(Slow(), comp, MODEL, pool=ThreadPoolExecutor(2), settle=0)
+    try:
+        assert w.poll(["db"]) is False and len(checks) == 1
+        gate.set()
+        for _ in range(100):  # the first check finishes (bounded: 5 s)
+            if w.inflight["db"].done():
+                break
+            time.sleep(0.05)
+        assert w.poll(["db"]) is False
+        assert w.statuses["db"].output == "no response"
+        for _ in range(100):
+            if len(checks) == 2:
+                break
+            time.sleep(0.05)
+        assert len(checks) == 2, "the next check was not sent in the round that judged the failed one"
+    finally:
+        w.close()
+
+
+def test_a_passing_check_wakes_the_wait_a_failing_one_does_not(comp):
+    woken = []
+    results = [Result("no response\n", exited=2), Result("accepting connections\n")]
+    c = MockContext(run={ps_cmd(comp, "db"): Result(inspect_lines(row("db", health="starting"))), DB_CHECK: results})
+    w = watch(c, comp, on_pass=lambda: woken.append(1))
+    assert w.poll(["db"]) is False and woken == []
+    assert w.poll(["db"]) is True and woken == [1]
 
 
 # --- readiness per kind: a real query over TCP inside the container -----------------------------
