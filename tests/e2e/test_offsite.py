@@ -124,6 +124,41 @@ def test_wrong_key_and_unprotected_key_are_clear_errors(project, s3, keys):
     assert r.returncode == 1 and "UNPROTECTED" in r.stderr and "chmod 600" in r.stderr
 
 
+
+def repo_snapshots(project, server: S3Server, pw: Path, name: str = "s3") -> list[dict]:
+    env = {"PATH": os.environ["PATH"], "RESTIC_PASSWORD_FILE": str(pw), "AWS_ACCESS_KEY_ID": server.access_key,
+           "AWS_SECRET_ACCESS_KEY": server.secret_key,
+           "RESTIC_REPOSITORY": f"s3:{server.endpoint}/backups/{project.name}/{name}"}
+    r = subprocess.run(["restic", "snapshots", "--json", "--no-lock"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout or "[]") or []
+
+
+def test_a_damaged_set_is_not_pushed_and_what_was_sent_of_it_is_forgotten(project, s3, keys):
+    """The local files are hashed while restic takes their data: a damaged set gets no set.json, and
+    the data snapshots already made of it are forgotten."""
+    pw = s3_target(project, s3, keys)
+    ok(project.run("up", "--service", "postgres", "--skip-checks"))
+    psql(project, "CREATE TABLE filler AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 50000) g")
+    ok(project.run("backup.postgres"))
+    [s] = sets(project)
+    manifest = json.loads((s / "manifest.json").read_text())
+    dump = next(f for e in manifest["entries"] for f in e["files"] if f["role"] == "dump")
+    assert dump["size"] > (1 << 20), dump  # big enough to travel as its own snapshot, not inside set.json
+    with open(s / dump["name"], "r+b") as f:  # same size, other bytes: only its checksum tells
+        f.seek(dump["size"] // 2)
+        byte = f.read(1)
+        f.seek(dump["size"] // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    r = project.run("backup.push", "--to", "s3")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert "is damaged" in r.stderr and "not pushed" in r.stderr and dump["name"] in r.stderr, r.stderr
+    assert repo_snapshots(project, s3, pw) == []  # no set.json, and its data snapshot forgotten
+    listed = ok(project.run("backup.list", "--offsite", "s3"))
+    assert s.name not in listed.stdout
+
+
 def test_a_target_down_keeps_the_local_set_and_says_how_to_retry(project, keys, tmp_path):
     server = s3_server(tmp_path / "s3down")
     try:
