@@ -150,15 +150,18 @@ def measure_shipping(p, h1, tmp_p: Path, rounds: int) -> None:
                                f"'zstd -d -q | docker load'", shell=True, check=True, capture_output=True,
                                timeout=600, executable="/bin/bash")
 
-            # rotate which goes first: the first of a round is slower (the engines are still busy with the
-            # images just built and the last round's removal), so --rounds should be a multiple of 3
-            subprocess.run(["sync"], check=True)
-            h1.sh("sync")
-            order = [(ours, ours_), (raw, raw_), (rawz, rawz_)]
-            for out, fn in order[i % 3:] + order[:i % 3]:
+            # The three images share their layers (a label apart), so the first load of a round wrote the
+            # layers on the host and the other two found them there: the first took 2-4 s more, whoever it
+            # was. So each one's image is removed on the host (its layers with it) before the next goes,
+            # and every transfer loads the same layers into an engine that lacks them. The order still
+            # rotates (--rounds a multiple of 3).
+            order = [(ours, ours_, a), (raw, raw_, b), (rawz, rawz_, z)]
+            for out, fn, image in order[i % 3:] + order[:i % 3]:
+                subprocess.run(["sync"], check=True)
+                h1.sh("sync")
                 out.append(timed(fn))
+                h1.sh(f"docker rmi {image} >/dev/null")
             sizes.append(got.bytes)
-            h1.sh(f"docker rmi {a} {b} {z} >/dev/null")
             subprocess.run(["docker", "rmi", a, b, z], capture_output=True)
             print(f"round {i + 1}: ship {ours[-1]:.2f} s ({got.bytes / 2**20:.0f} MB on the wire, zstd "
                   f"{level}), raw docker save | ssh docker load {raw[-1]:.2f} s, by hand with zstd "
