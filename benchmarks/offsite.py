@@ -122,6 +122,9 @@ def main() -> None:
 
                 order = (tool, bare) if i % 2 == 0 else (bare, tool)
                 for fn in order:
+                    # each starts with nothing dirty in the page cache: the first of round 1 otherwise
+                    # shared the disk with the writeback of the dump just made (or of the last push)
+                    subprocess.run(["sync"], check=True)
                     (ops if fn is tool else raw).append(fn())
                 print(f"  round {i + 1}: push {ops[-1]:.1f} s, raw restic {raw[-1]:.1f} s", flush=True)
             shutil.rmtree(set_dir)
