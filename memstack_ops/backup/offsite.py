@@ -398,6 +398,19 @@ def _tail(f: IO[bytes]) -> str:
     return f.read()[-8000:].decode(errors="replace")
 
 
+def _summary(out: bytes) -> dict[str, Any]:
+    """The summary line of ``restic backup --json`` output ({} if none)."""
+    return next((json.loads(ln) for ln in out.decode(errors="replace").splitlines()
+                 if ln.startswith("{") and '"summary"' in ln), {})
+
+
+def _snapshot_id(out: bytes) -> str:
+    try:
+        return str(_summary(out).get("snapshot_id") or "")
+    except ValueError:
+        return ""
+
+
 def backup_stream(repo: Repo, source: str, codec: str | None, path: str, tags: list[str], when: dt.datetime,
                   progress: Callable[[int], None] | None = None,
                   known: tuple[int, str] | None = None) -> tuple[str, int, str, int]:
@@ -438,14 +451,19 @@ def backup_stream(repo: Repo, source: str, codec: str | None, path: str, tags: l
             _stop(procs)
             raise
         if codec and procs[1].returncode:
+            # restic took the stream's end as the end of the file and made a snapshot of the part it
+            # got: forgotten again, so nothing of a damaged file stays in the repository
+            part = _snapshot_id(out)
+            if part and not r.returncode:
+                subprocess.run(repo.argv("forget", part), env=repo.env, capture_output=True, timeout=600,
+                               stdin=subprocess.DEVNULL)
             raise OffsiteError(f"Decompressing {source} ({codec}) failed: {_tail(derr).strip()[-300:]} The local file "
                                f"may be damaged: `memstack-ops backup.verify`.")
         if r.returncode:
             raise failure(repo, f"Pushing {os.path.basename(source)}", _tail(rerr))
         if pump and pump.error and not isinstance(pump.error, BrokenPipeError):
             raise OffsiteError(f"Reading {source} failed: {pump.error}")
-    summary: dict[str, Any] = next((json.loads(ln) for ln in out.decode(errors="replace").splitlines()
-                    if ln.startswith("{") and '"summary"' in ln), {})
+    summary = _summary(out)
     snap = str(summary.get("snapshot_id") or "")
     if not snap:
         raise OffsiteError(f"restic backup of {os.path.basename(source)} to the {repo.label} gave no snapshot id.")

@@ -140,7 +140,8 @@ def test_a_damaged_set_is_not_pushed_and_what_was_sent_of_it_is_forgotten(projec
     the data snapshots already made of it are forgotten."""
     pw = s3_target(project, s3, keys)
     ok(project.run("up", "--service", "postgres", "--skip-checks"))
-    psql(project, "CREATE TABLE filler AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 50000) g")
+    psql(project, "CREATE TABLE filler AS SELECT g AS id, md5(random()::text) AS body "
+                  "FROM generate_series(1, 200000) g")
     ok(project.run("backup.postgres"))
     [s] = sets(project)
     manifest = json.loads((s / "manifest.json").read_text())
@@ -325,3 +326,30 @@ def test_disaster_recovery_onto_a_fresh_host_with_the_key_kept_on_this_machine(t
         p.run("down", "--volumes", "--yes")
         clear_stack(fresh, p)
         box.sh(f"rm -rf {path}", check=False)
+
+
+def test_a_stream_that_fails_to_decompress_leaves_no_snapshot(tmp_path):
+    """restic takes the end of a broken decompression as the end of the file and makes a snapshot of
+    the part it got: backup_stream forgets it again and says the file may be damaged."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from memstack_ops.backup import offsite
+    from memstack_ops.errors import MemstackError
+
+    pw = private(tmp_path / "keys" / "pass", uuid.uuid4().hex + "\n")
+    env = {"PATH": os.environ["PATH"], "RESTIC_REPOSITORY": str(tmp_path / "repo"), "RESTIC_PASSWORD_FILE": str(pw)}
+    subprocess.run(["restic", "init"], env=env, check=True, capture_output=True, timeout=120)
+    good = tmp_path / "dump"
+    good.write_bytes(os.urandom(4 << 20))
+    subprocess.run(["zstd", "-q", "-1", str(good), "-o", str(tmp_path / "dump.zst")], check=True, timeout=60)
+    data = bytearray((tmp_path / "dump.zst").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a block in the middle: zstd stops there, after writing what came before
+    (tmp_path / "dump.zst").write_bytes(bytes(data))
+    repo = offsite.Repo(SimpleNamespace(name="t"), str(tmp_path / "repo"), env)
+    with pytest.raises(MemstackError, match="Decompressing .*dump.zst.* failed.*may be damaged"):
+        offsite.backup_stream(repo, str(tmp_path / "dump.zst"), "zstd", "/x/postgres.pgdump", ["memstack-ops"],
+                              dt.datetime.now(dt.UTC))
+    r = subprocess.run(["restic", "snapshots", "--json", "--no-lock"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout or "[]") in ([], None), r.stdout
