@@ -63,5 +63,8 @@ if want host; then
   docker build -q -t local/host:bookworm "$ctx" >/dev/null
   rm -rf "$ctx"
   build local/host-bare:bookworm host-bare
+  # The same host with systemd as PID 1 (backup.schedule installs a systemd timer there): local/host
+  # plus systemd, sharing its layers.
+  build local/host-systemd:bookworm host-systemd
 fi
 log "done"

@@ -1,6 +1,7 @@
 """Test hosts for memstack-ops' remote tests and benchmarks (tests/e2e/conftest.py makes fixtures
 of them; benchmarks/remote.py and fetch.py use them directly): real hosts as containers with their
-own sshd and dockerd (local/host:bookworm) or sshd only (local/host-bare:bookworm), published on
+own sshd and dockerd (local/host:bookworm), the same with systemd as PID 1 and sshd and dockerd as
+its services (local/host-systemd:bookworm), or sshd only (local/host-bare:bookworm), published on
 127.0.0.1, reached with an SSH key made by ssh-keygen, and tiny throwaway projects whose inventory
 points at them. Everything created is labelled ``memstack-ops-test=<run id>``; ``cleanup_run``
 removes it, also what a crashed run left.
@@ -8,6 +9,7 @@ removes it, also what a crashed run left.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -22,6 +24,10 @@ from memstack_ops.testing import Project
 RUN_ID = uuid.uuid4().hex[:8]
 LABEL = f"memstack-ops-test={RUN_ID}"
 HOST_IMAGE, BARE_IMAGE = "local/host:bookworm", "local/host-bare:bookworm"
+SYSTEMD_IMAGE = "local/host-systemd:bookworm"
+# Containers and volumes are named <prefix>-<run id>-<host>: another prefix keeps runs that share
+# one Docker engine apart by name too (they are already apart by their run's label).
+PREFIX = os.environ.get("MEMSTACK_TEST_HOST_PREFIX", "mshost")
 # What works here instead of --privileged (see the issue's test-host notes).
 HOST_FLAGS = [
     *[a for cap in ("SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP",
@@ -29,6 +35,9 @@ HOST_FLAGS = [
     "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined", "--cgroupns=host",
     "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--init",
 ]
+# A systemd host: systemd itself is PID 1 (no --init), with its own /run; cgroup v1 as above (systemd
+# makes its slices under the container's own cgroup). The image's STOPSIGNAL (SIGRTMIN+3) shuts it down.
+SYSTEMD_FLAGS = [*(f for f in HOST_FLAGS if f != "--init"), "--tmpfs", "/run", "--tmpfs", "/run/lock"]
 
 TINY_COMPOSE = """\
 # A tiny stack for remote tests: two services on the local Redis image, a secret in the env.
@@ -107,12 +116,13 @@ def build_rollout_app(name: str, version: str, broken: bool = False) -> str:
 
 @dataclass
 class HostBox:
-    """One test host: a container with its own sshd (and dockerd unless bare)."""
+    """One test host: a container with its own sshd (and dockerd unless bare; systemd as PID 1 if systemd)."""
 
     name: str
     container: str
     port: int
     bare: bool = False
+    systemd: bool = False
 
     def sh(self, script: str, check: bool = True, timeout: float = 120) -> str:
         return docker("exec", self.container, "sh", "-c", script, check=check, timeout=timeout).stdout
@@ -141,17 +151,23 @@ def wait_ssh(port: int, seconds: float = 60) -> None:
     raise RuntimeError(f"sshd on 127.0.0.1:{port} did not answer within {seconds} s")
 
 
-def start_host(name: str, pubkey: str, bare: bool = False) -> HostBox:
-    container = f"mshost-{RUN_ID}-{name}"
-    args = ["run", "-d", "--name", container, "--hostname", name, "--label", LABEL, *HOST_FLAGS,
-            "-e", f"AUTHORIZED_KEY={pubkey}", "-p", "127.0.0.1::22"]
+def start_host(name: str, pubkey: str, bare: bool = False, systemd: bool = False) -> HostBox:
+    container = f"{PREFIX}-{RUN_ID}-{name}"
+    args = ["run", "-d", "--name", container, "--hostname", name, "--label", LABEL,
+            *(SYSTEMD_FLAGS if systemd else HOST_FLAGS), "-e", f"AUTHORIZED_KEY={pubkey}", "-p", "127.0.0.1::22"]
     vol = f"{container}-docker"
     docker("volume", "create", "--label", LABEL, vol)
     args += ["-v", f"{vol}:/var/lib/docker"]
-    docker(*args, BARE_IMAGE if bare else HOST_IMAGE)
+    docker(*args, SYSTEMD_IMAGE if systemd else BARE_IMAGE if bare else HOST_IMAGE)
     port = int(docker("port", container, "22").stdout.split(":")[-1])
-    box = HostBox(name, container, port, bare)
+    box = HostBox(name, container, port, bare, systemd)
     wait_ssh(port)
+    if systemd:  # booted: every unit started (or failed, which the state says), sshd and dockerd among them
+        state = box.sh("timeout 90 systemctl is-system-running --wait || true", timeout=120).strip()
+        if state not in ("running", "degraded"):
+            raise RuntimeError(f"systemd in {container} did not finish booting: {state!r}\n"
+                               + box.sh("systemctl --failed --no-legend; journalctl -b --no-pager | tail -30",
+                                        check=False))
     if not bare:
         box.sh("for i in $(seq 1 120); do docker version >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1",
                timeout=90)
@@ -190,8 +206,8 @@ def make_ssh_key(d: Path) -> SshKey:
     return SshKey(d, d / "id", (d / "id.pub").read_text().strip())
 
 
-def missing_images() -> list[str]:
-    return [i for i in (HOST_IMAGE, BARE_IMAGE, "local/redis:7")
+def missing_images(*extra: str) -> list[str]:
+    return [i for i in (HOST_IMAGE, BARE_IMAGE, "local/redis:7", *extra)
             if docker("image", "inspect", i, check=False).returncode != 0]
 
 

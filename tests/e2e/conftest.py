@@ -1,7 +1,8 @@
 """Fixtures for the remote-host tests (test_remote.py, the remote tests of test_backup.py): an SSH
 key and three ready hosts made once per session and shared by every test that needs them (each
 test deploys its own throwaway project with its own deploy root and compose project name, and
-takes it off the hosts afterwards), a fresh bare host per test that wants one. The host
+takes it off the hosts afterwards), a fresh bare host per test that wants one, and a fresh
+systemd host (systemd as PID 1, sshd and dockerd its services) for the systemd timer schedule. The host
 containers are memstack_ops/testing_hosts.py's, labelled for this run and removed at the end."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from memstack_ops.testing_hosts import (
+    SYSTEMD_IMAGE,
     HostBox,
     SshKey,
     cleanup_run,
@@ -21,8 +23,8 @@ from memstack_ops.testing_hosts import (
 )
 
 
-def require_images() -> None:
-    missing = missing_images()
+def require_images(*extra: str) -> None:
+    missing = missing_images(*extra)
     if missing:
         pytest.fail(f"Images missing: {', '.join(missing)}. Run `bash harness/build-images.sh` "
                     f"(README command 2 does).", pytrace=False)
@@ -65,6 +67,18 @@ def bare_host(ssh_key, docker_client):
     boxes: list[HostBox] = []
     try:
         boxes.append(start_host("bare", ssh_key.public, bare=True))
+        yield boxes[0]
+    finally:
+        remove_hosts(boxes)
+
+
+@pytest.fixture
+def systemd_host(ssh_key, docker_client):
+    """A fresh host whose PID 1 is systemd (own sshd and dockerd, as systemd services)."""
+    require_images(SYSTEMD_IMAGE)
+    boxes: list[HostBox] = []
+    try:
+        boxes.append(start_host("sysd", ssh_key.public, systemd=True))
         yield boxes[0]
     finally:
         remove_hosts(boxes)
