@@ -235,8 +235,11 @@ def strip_block(text: str, name: str) -> str:
 
 
 def systemd_units(p: Plan) -> dict[str, str]:
+    """The timer and its service. ``User=root`` (system units are installed as root only): without a
+    User= systemd gives the service no HOME, USER, LOGNAME or SHELL, which cron sets from the
+    password database; restic then runs with no cache (``neither $XDG_CACHE_HOME nor $HOME``)."""
     env = "".join(f"Environment={shlex.quote(f'{k}={v}')}\n" for k, v in p.env.items())
-    service = (f"[Unit]\nDescription={p.description}\n# {MARK[2:]}\n\n[Service]\nType=oneshot\n"
+    service = (f"[Unit]\nDescription={p.description}\n# {MARK[2:]}\n\n[Service]\nType=oneshot\nUser=root\n"
                f"WorkingDirectory={p.cwd}\n{env}ExecStart={shlex.join(p.argv)}\n"
                f"StandardOutput=append:{p.log}\nStandardError=append:{p.log}\n")
     timer = (f"[Unit]\nDescription={p.description} (timer; cron {p.cron})\n\n[Timer]\n"

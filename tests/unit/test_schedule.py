@@ -58,6 +58,8 @@ def test_systemd_units():
     svc = units["memstack-ops-p.service"]
     assert "ExecStart=/opt/bin/memstack-ops backup.run --stack s" in svc
     assert "StandardOutput=append:/var/log/memstack-ops/p.log" in svc
+    # root's HOME, USER, LOGNAME, SHELL as cron gives them: systemd sets them only with a User=
+    assert "\nUser=root\n" in svc.split("[Service]")[1]
 
 
 def test_rotate_log_copy_truncates_by_size(tmp_path):
