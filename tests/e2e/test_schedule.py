@@ -312,6 +312,91 @@ def test_schedule_on_a_host_over_ssh(remote_project, hosts):
     h1.sh("rm -rf /opt/memstack-ops")
 
 
+def host_wait(box, script: str, seconds: float) -> bool:
+    """Poll the host until ``script`` succeeds (bounded in time and count); whether it did."""
+    out = box.sh(f"for i in $(seq 1 {int(seconds * 5)}); do {{ {script}; }} >/dev/null 2>&1 && echo yes && exit 0; "
+                 f"sleep 0.2; done; echo no", timeout=seconds + 30)
+    return out.strip() == "yes"
+
+
+def test_schedule_on_a_systemd_host_is_a_timer_that_fires_once_at_a_time_and_goes(systemd_host, tmp_path, ssh_key):
+    from memstack_ops.testing_hosts import make_project
+
+    box = systemd_host
+    assert box.sh("cat /proc/1/comm").strip() == "systemd"
+    assert box.sh("systemctl is-system-running || true").strip() in ("running", "degraded")
+    p = make_project(tmp_path / "proj", {"sysd": box}, ssh_key.private)
+    ok(p.run("-H", "sysd", "deploy", timeout=600))
+    name = f"memstack-ops-{p.name}"
+    timer, service = f"/etc/systemd/system/{name}.timer", f"/etc/systemd/system/{name}.service"
+    log = f"/var/log/memstack-ops/{name}.log"
+    # a stand-in for the tool (not installed on the host) records each start: where, MEMSTACK_ROOT, HOME (cron
+    # sets it; restic keeps its cache there), its arguments; while /tmp/hold exists it stays running (bounded),
+    # so a second start would show
+    tool = "/opt/mso/memstack-ops"
+    box.sh(f"mkdir -p /opt/mso && printf '%s\\n' '#!/bin/sh' 'echo \"start $$ $PWD|$MEMSTACK_ROOT|$HOME|$*\"' "
+           f"'for i in $(seq 1 600); do [ -e /tmp/hold ] || break; sleep 0.1; done' 'echo \"end $$\"' > {tool} "
+           f"&& chmod +x {tool}")
+
+    args = ("-H", "sysd", "backup.schedule", "--cron", "* * * * *", "--bin", tool, "--push", "offsite1")
+    out = ok(p.run(*args))
+    assert "[sysd] Installed the backup schedule of stack tiny on sysd" in out, out
+    assert f"(systemd: {timer}, {service})" in out and "no cron daemon" not in out, out
+    assert "Already installed, unchanged" in ok(p.run(*args))
+    assert box.sh(f"ls /etc/cron.d/{name} 2>/dev/null || echo none").strip() == "none"
+    # systemd took the units as written: loaded, no warnings about their syntax, the timer enabled and waiting
+    assert box.sh(f"systemctl is-enabled {name}.timer; systemctl is-active {name}.timer").split() == \
+        ["enabled", "active"]
+    assert box.sh(f"systemctl show -p LoadState --value {name}.service {name}.timer").split() == ["loaded", "loaded"]
+    verify = box.sh(f"systemd-analyze verify {timer} {service} 2>&1 || echo FAILED", check=False)
+    assert name not in verify and "FAILED" not in verify, verify
+    listed = box.sh(f"systemctl list-timers --all --no-legend {name}.timer")
+    assert f"{name}.timer" in listed and f"{name}.service" in listed and "n/a" not in listed.split(name)[0], listed
+    shown = ok(p.run("-H", "sysd", "backup.schedule", "--show"))
+    assert f"(systemd: {timer}, {service})" in shown and "OnCalendar=*-*-* *:*:00" in shown
+    assert "next run: " in shown and f"{name}.timer" in shown.split("next run: ")[1], shown
+
+    # the timer fires (every minute: within 70 s) and the service runs the tool as the schedule says
+    if not host_wait(box, f"grep -q '^end ' {log}", 75):
+        state = box.sh(f"date; systemctl list-timers --all; systemctl status {name}.service --no-pager; cat {log}; "
+                       f"journalctl -u {name}.service --no-pager | tail -20", check=False)
+        raise AssertionError(f"the timer did not run the service within 75 s:\n{state}")
+    first = [ln.split(" ", 2)[2] for ln in box.sh(f"cat {log}").splitlines() if ln.startswith("start ")][0]
+    assert first == (f"{p.stack_root}/schedule|{p.stack_root}/schedule|/root|backup.run --stack tiny --stage dev "
+                     f"--push offsite1 --log {log}"), first
+    result = sorted(box.sh(f"systemctl show -p Result,ExecMainStatus,NRestarts {name}.service").split())
+    assert result == ["ExecMainStatus=0", "NRestarts=0", "Result=success"], result
+
+    # installing another time replaces the timer: systemd runs the new calendar (1 January 03:00, so it
+    # does not fire during the rest of this test), not the old one
+    ok(p.run("-H", "sysd", "backup.schedule", "--cron", "0 3 1 1 *", "--bin", tool, "--push", "offsite1"))
+    assert box.sh(f"grep -c OnCalendar= {timer}").strip() == "1"
+    nxt = box.sh(f"systemctl show -p NextElapseUSecRealtime --value {name}.timer").split()
+    assert nxt[1:3] == [f"{nxt[1][:4]}-01-01", "03:00:00"], nxt
+
+    # two starts at once: one run; the second start joins the running one instead of starting the tool again
+    before = box.sh(f"grep -c '^start ' {log}").strip()
+    box.sh(f"touch /tmp/hold && systemctl start --no-block {name}.service")
+    assert host_wait(box, f"[ $(grep -c '^start ' {log}) -gt {before} ]", 30)
+    assert box.sh(f"systemctl is-active {name}.service || true").strip() == "activating"
+    box.sh(f"systemctl start --no-block {name}.service; systemctl start --no-block {name}.service; sleep 2")
+    box.sh("rm -f /tmp/hold")
+    assert host_wait(box, f"[ \"$(systemctl is-active {name}.service)\" = inactive ]", 60)
+    lines = box.sh(f"cat {log}").splitlines()
+    assert len([ln for ln in lines if ln.startswith("start ")]) == int(before) + 1, lines
+    assert lines[-1].startswith("end ") and lines[-2].startswith("start "), lines
+
+    out = ok(p.run("-H", "sysd", "backup.schedule", "--remove"))
+    assert timer in out and service in out, out
+    assert box.sh(f"ls {timer} {service} /etc/systemd/system/timers.target.wants/{name}.timer 2>/dev/null "
+                  f"|| true").strip() == ""
+    assert name not in box.sh("systemctl list-timers --all --no-legend")
+    assert box.sh(f"systemctl show -p LoadState --value {name}.timer {name}.service").split() == \
+        ["not-found", "not-found"]
+    assert "No backup schedule" in ok(p.run("-H", "sysd", "backup.schedule", "--show"))
+    assert box.sh(f"test -e {p.stack_root}/schedule && echo yes || echo no").strip() == "no"
+
+
 def test_a_failed_deploy_notifies_naming_the_host(remote_project, hosts, receiver):
     p = remote_project
     configure(p, f'[notify]\nurl = "{receiver.url}"\n')
