@@ -63,7 +63,7 @@ class Display:
     def __call__(self, st: Status) -> None:
         self.statuses[st.service] = st
         mark = "ready" if st.ready else "failed" if st.failed else st.state
-        trace("local", f"# {st.service}: {mark}", time.monotonic())
+        trace("up", f"# {st.service}: {mark}", time.monotonic())
         if self.live:
             self.live.update(self._table())
         elif st.ready:
