@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import trace as tracing
 from .config import Stack
 from .errors import ComposeError, EngineError
 
@@ -84,8 +85,6 @@ def run(c: Any, argv: Iterable[str], cwd: Any = None, **kw: Any) -> Any:
     kw.setdefault("hide", True)
     kw.setdefault("warn", True)
     kw.setdefault("in_stream", False)
-    from . import trace as tracing
-
     with guarded(c, list(argv), cwd) as argv:
         command = in_dir(cwd, argv) if cwd is not None else sh(*argv)
         if not tracing.TRACE or hasattr(c, "host"):  # a Connection traces its own commands, by host

@@ -11,8 +11,7 @@ import threading
 import time
 
 TRACE = os.environ.get("MEMSTACK_OPS_TRACE", "")
-_T0 = time.monotonic()
-_WALL0 = time.time() - (time.monotonic() - _T0)
+_T0, _WALL0 = time.monotonic(), time.time()  # this module is imported as the process starts
 _lock = threading.Lock()
 _started = False
 

@@ -29,6 +29,7 @@ its environment: never argv, never a log line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -399,16 +400,12 @@ def _tail(f: IO[bytes]) -> str:
 
 
 def _summary(out: bytes) -> dict[str, Any]:
-    """The summary line of ``restic backup --json`` output ({} if none)."""
-    return next((json.loads(ln) for ln in out.decode(errors="replace").splitlines()
-                 if ln.startswith("{") and '"summary"' in ln), {})
-
-
-def _snapshot_id(out: bytes) -> str:
+    """The summary line of ``restic backup --json`` output ({} if none, or not JSON)."""
     try:
-        return str(_summary(out).get("snapshot_id") or "")
+        return next((json.loads(ln) for ln in out.decode(errors="replace").splitlines()
+                     if ln.startswith("{") and '"summary"' in ln), {})
     except ValueError:
-        return ""
+        return {}
 
 
 def backup_stream(repo: Repo, source: str, codec: str | None, path: str, tags: list[str], when: dt.datetime,
@@ -453,10 +450,10 @@ def backup_stream(repo: Repo, source: str, codec: str | None, path: str, tags: l
         if codec and procs[1].returncode:
             # restic took the stream's end as the end of the file and made a snapshot of the part it
             # got: forgotten again, so nothing of a damaged file stays in the repository
-            part = _snapshot_id(out)
+            part = str(_summary(out).get("snapshot_id") or "")
             if part and not r.returncode:
-                subprocess.run(repo.argv("forget", part), env=repo.env, capture_output=True, timeout=600,
-                               stdin=subprocess.DEVNULL)
+                with contextlib.suppress(OffsiteError):  # the decompression's error below says what matters
+                    restic(repo, "forget", part, what=f"Forgetting the partial snapshot {part}", timeout=600)
             raise OffsiteError(f"Decompressing {source} ({codec}) failed: {_tail(derr).strip()[-300:]} The local file "
                                f"may be damaged: `memstack-ops backup.verify`.")
         if r.returncode:
