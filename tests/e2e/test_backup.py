@@ -586,9 +586,10 @@ def test_the_standin_refuses_a_dump_while_its_server_runs(project, docker_client
 
 # --------------------------------------------------------------------------- a dump that carries client commands
 
-def forge(set_dir, name, edit):
+def forge(set_dir, name, edit, stored=False):
     """A copy of a real set (a newer id) whose file ``name`` is ``edit``ed (decompressed bytes in,
-    bytes out) and whose manifest carries the new sizes and sha256s, so every checksum passes."""
+    bytes out; ``stored``: the file's bytes as they are, compressed or not) and whose manifest
+    carries the new sizes and sha256s, so every checksum passes."""
     import shutil
     from datetime import timedelta
 
@@ -600,7 +601,7 @@ def forge(set_dir, name, edit):
     shutil.copytree(set_dir, dest)
     m = manifest(dest)
     f = next(x for x in m["files"] if x["name"] == name)
-    algo = "none" if "built-in" in f["compression"] else f["compression"].split()[0]
+    algo = "none" if "built-in" in f["compression"] or stored else f["compression"].split()[0]
     raw = (dest / name).read_bytes()
     if algo != "none":
         raw = subprocess.run([algo, "-dc"], input=raw, capture_output=True, check=True).stdout
@@ -764,6 +765,43 @@ def test_a_postgres_restore_that_fails_midway_leaves_the_live_database_untouched
     ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", s.name))
     assert psql(project, "SELECT count(*), to_regclass('later') IS NULL FROM t") == "3000|t"
     assert databases(project) == ["memstack"]
+
+
+def test_a_postgres_restore_whose_stream_breaks_midway_stops_cleanly_and_leaves_the_live_database(
+        project, docker_client):
+    """The restore reads the dump while it is still being unpacked in the container: when the
+    unpacking fails part-way (here a damaged zstd stream whose checksums were forged to pass), the
+    restore says so, drops the copy, leaves no process behind in the container, and the server
+    never restarts (a process left to the postmaster that ends by a signal would restart it)."""
+    up(project, "postgres")
+    psql(project, "CREATE EXTENSION IF NOT EXISTS pgcrypto; CREATE TABLE t (id int, b bytea); "
+                  "INSERT INTO t SELECT g, gen_random_bytes(1000) FROM generate_series(1, 20000) g")
+    ok(project.run("backup.postgres"))  # the default: pg_dump's archive through zstd
+    [s] = sets(project)
+    name = next(f["name"] for f in manifest(s)["files"] if f["name"].startswith("postgres.pgdump"))
+    assert name.endswith(".zst"), name
+    psql(project, "DELETE FROM t WHERE id > 10")
+
+    def damage(data):  # a few bytes past the middle of the stream: zstd stops there with an error
+        data = bytearray(data)
+        for i in range(len(data) * 2 // 3, len(data) * 2 // 3 + 64):
+            data[i] ^= 0x5A
+        return bytes(data)
+
+    bad = forge(s, name, damage, stored=True)
+    started = psql(project, "SELECT pg_postmaster_start_time()")
+    r = project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", bad.name)
+    assert r.returncode != 0 and "Restoring into the new database" in r.stderr and "not touched" in r.stderr, \
+        r.stdout + r.stderr
+    assert "could not unpack or write the dump" in r.stderr, r.stderr
+    assert psql(project, "SELECT count(*) FROM t") == "10" and databases(project) == ["memstack"]
+    assert psql(project, "SELECT pg_postmaster_start_time()") == started
+    c = docker_client.containers.get(f"{project.name}-postgres-1")
+    left = [p[-1] for p in c.top(ps_args="-eo pid,stat,args").get("Processes") or []
+            if any(w in p[-1] for w in ("tail ", "zstd", "pg_restore", "awk ", "psql"))]
+    assert left == [], left
+    ok(project.run("restore.postgres", "--yes", "--no-safety-backup", "--backup", s.name))
+    assert psql(project, "SELECT count(*) FROM t") == "20000" and databases(project) == ["memstack"]
 
 
 def mariadb(project, q):

@@ -4,8 +4,8 @@
 # (pg_count.sql, $7: "count|table|n" lines on stdout). The live database is only read.
 #
 # In parallel, over $5 sessions ("" for the container's CPU count, at least 2):
-# - the dump goes to a temporary file first (while the database is created): pg_restore reads
-#   sections and entries of a file by seeking, which a pipe cannot do;
+# - the dump goes to a temporary file (while the database is created); the table of contents,
+#   pre-data and the rows read it as it is written (below), the rest needs the whole file;
 # - pre-data (tables, types, functions) with one pg_restore;
 # - the rows of every table split over the sessions: pg_restore writes the table data as COPY
 #   text (one row per line), an awk deals the rows out in turn to one psql per session, each in
@@ -45,46 +45,85 @@ trap stop INT TERM HUP
 # a child this shell can stop and wait for (an asynchronous command reads /dev/null unless its own
 # redirection says otherwise: the two that read stdin are started by hand)
 run() { "$@" & kid=$!; kids="$kids $kid"; wait "$kid"; }
+# the same, reading the file $1 on stdin (pg_restore opens a named file twice: not a fifo)
+run_in() { f=$1; shift; "$@" < "$f" & kid=$!; kids="$kids $kid"; wait "$kid"; }
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
-exec 3<&0  # the dump
+# stop the children and leave with $1; say so when writing the dump failed (the writer's own
+# failure, not the TERM sent here: 143)
+fail() {
+  trap '' INT TERM HUP
+  # shellcheck disable=SC2086  # a list of pids
+  [ -z "$kids" ] || kill -s TERM $kids 2>/dev/null
+  if [ -n "$writer" ]; then
+    wait "$writer"; w=$?
+    [ "$w" = 0 ] || [ "$w" = 143 ] || echo "$unwritten" >&2
+  fi
+  wait
+  exit "$1"
+}
+unwritten="memstack-ops-note: could not unpack or write the dump into $tmp in the container (a damaged stream, or the disk full?)"
 printf '%s\n' "$create" > "$tmp/create.sql" || exit 1
 psql -X -q -At -v ON_ERROR_STOP=1 -v live="$live" -v new="$new" -f "$tmp/create.sql" > "$tmp/create" 2>&1 &
 pid=$!; kids="$kids $pid"
+d=$tmp/dump
+: > "$d" || exit 1  # there before the writer starts, for the tails below
+exec 3<&0  # the dump (an asynchronous command reads /dev/null unless its own redirection says otherwise)
 if [ -n "$unpack" ]; then
   # shellcheck disable=SC2086  # a command and its flags
-  $unpack <&3 > "$tmp/dump" &
+  $unpack <&3 > "$d" &
 else
-  cat <&3 > "$tmp/dump" &
+  cat <&3 > "$d" &
 fi
-kid=$!; kids="$kids $kid"
-if ! wait "$kid"; then
-  wait "$pid"
-  echo "memstack-ops-note: could not write the dump to $tmp in the container (disk full?)" >&2
-  exit 1
-fi
+writer=$!; kids="$kids $writer"
 exec 3<&-
+# From here on the dump is read while it is still being written, where the container's tail can
+# follow a file until its writer ends (GNU tail --pid): the table of contents, pre-data and the
+# rows each read it through a fifo that a tail fills, so the restore starts at the first bytes
+# instead of after the last. pg_restore reads such input in order, which is the order pg_dump
+# wrote (the rows' list is in that order). The rest (other data, post-data with -j) needs to seek,
+# so it waits for the whole file. Without such a tail, everything waits for the whole file.
+follow=
+tail -c +1 --pid="$$" /dev/null > /dev/null 2>&1 && [ "$mode" != direct ] && follow=1
+written() {  # wait for the whole file (once)
+  [ -n "$writer" ] || return 0
+  wait "$writer"; w=$?; writer=
+  [ "$w" = 0 ] || { echo "$unwritten" >&2; fail 1; }
+}
+feeds=0
+# the dump for one pg_restore, in $src: a fifo a tail fills while the file is written, or the file
+src() {
+  if [ -n "$follow" ]; then
+    feeds=$((feeds + 1)); src=$tmp/feed$feeds
+    mkfifo "$src" || fail 1
+    tail -c +1 -s 0.2 --pid="$writer" -f "$d" > "$src" 2> /dev/null &
+    kids="$kids $!"
+  else
+    written; src=$d
+  fi
+}
 if ! wait "$pid"; then
   echo "memstack-ops-note: creating the database $new failed: $(head -c 600 "$tmp/create")" >&2
-  exit 1
+  fail 1
 fi
 [ -n "$n" ] || n=$(nproc 2>/dev/null) || n=2
 [ "$n" -ge 2 ] 2>/dev/null || n=2
 PGDATABASE=$new; PGOPTIONS="${PGOPTIONS:-} -c synchronous_commit=off"; export PGDATABASE PGOPTIONS
-d=$tmp/dump
 if [ "$mode" = direct ] || ! command -v awk >/dev/null; then
-  run pg_restore --exit-on-error -j "$n" -d "" "$d" || exit $?
+  follow=; written
+  run pg_restore --exit-on-error -j "$n" -d "" "$d" || fail $?
   echo "memstack-ops-note: pg_restore -j $n" >&2
-  run psql -X -At -c "$count"; exit $?
+  run psql -X -At -c "$count" || fail $?
+  wait; exit 0
 fi
-run pg_restore --exit-on-error --section=pre-data -d "" "$d" || exit $?
-run pg_restore -l "$d" > "$tmp/toc" || exit 1
+src; run_in "$src" pg_restore -l > "$tmp/toc" || fail 1
+src; run_in "$src" pg_restore --exit-on-error --section=pre-data -d "" || fail $?
 grep -E '^[0-9]+; [0-9]+ [0-9]+ TABLE DATA ' "$tmp/toc" > "$tmp/rows.list"
 grep -v -E '^[0-9]+; [0-9]+ [0-9]+ TABLE DATA ' "$tmp/toc" > "$tmp/other.list"
-mkdir "$tmp/p" || exit 1
+mkdir "$tmp/p" || fail 1
 i=0; sessions=
 while [ "$i" -lt "$n" ]; do
-  mkfifo "$tmp/p/$i" || exit 1
+  mkfifo "$tmp/p/$i" || fail 1
   # the shell opens the fifo before psql runs: a psql that fails to connect still leaves a reader,
   # so the awk never blocks opening its end (it gets SIGPIPE and stops instead)
   psql -X -q -v ON_ERROR_STOP=1 -f - < "$tmp/p/$i" > /dev/null 2> "$tmp/p/$i.err" &
@@ -94,7 +133,8 @@ kids="$kids $sessions"
 N=$n P=$tmp/p; export N P
 # both commands of a pipeline are children of this shell; pg_restore's errors go to a file (its
 # exit status is not at hand here), and rows lost to one would also show in the row counts
-pg_restore --section=data -L "$tmp/rows.list" -f - "$d" 2> "$tmp/rows.err" | awk '
+src
+pg_restore --section=data -L "$tmp/rows.list" -f - < "$src" 2> "$tmp/rows.err" | awk '
   function all(s,   i) { for (i = 0; i < N; i++) print s > (P "/" i) }
   BEGIN { N = ENVIRON["N"] + 0; P = ENVIRON["P"]; for (i = 0; i < N; i++) printf "" > (P "/" i) }
   incopy { if ($0 == "\\.") { all($0); incopy = 0 } else { print > (P "/" k); k = (k + 1) % N }; next }
@@ -107,13 +147,14 @@ kid=$!; kids="$kids $kid"
 wait "$kid"; rc=$?
 failed=0
 for p in $sessions; do wait "$p" || failed=1; done
-wait  # pg_restore too: a child left to the postmaster must not end by a signal
-[ "$rc" = 3 ] && exit 3
+[ "$rc" = 3 ] && fail 3
 if [ "$rc" != 0 ] || [ -s "$tmp/rows.err" ] || [ "$failed" = 1 ]; then
   cat "$tmp/rows.err" "$tmp"/p/*.err >&2
   echo "memstack-ops-note: loading the rows failed (exit $rc)" >&2
-  exit 1
+  fail 1
 fi
+follow=; written
+wait  # pg_restore and the tails too: a child left to the postmaster must not end by a signal
 run pg_restore --exit-on-error --section=data -L "$tmp/other.list" -d "" "$d" || exit $?
 run pg_restore --exit-on-error --section=post-data -j "$n" -d "" "$d" || exit $?
 echo "memstack-ops-note: rows over $n sessions, post-data with pg_restore -j $n" >&2
