@@ -330,7 +330,8 @@ def urls(c: Context, stack: str | None = None, stage: str | None = None, overlay
 @ops_task(iterable=["profile"], help={**EXTRA_HELP, "quick": "only the cheap checks that `up` runs"})
 def doctor(c: Context, quick: bool = False, stack: str | None = None, stage: str | None = None,
            overlay: str | None = None, profile: list[str] | None = None, port_offset: str | None = None) -> None:
-    """Preflight: engine, compose v2, env file, ports, disk, memory, images; fixes for failures."""
+    """Preflight: engine, compose v2, env file, ports, disk, memory, images, unmapped image VOLUMEs;
+    fixes for failures."""
     from ..doctor import run_checks
 
     t = target(c, stack, stage, overlay, **_extra(profile, port_offset), require_env=False)
