@@ -1,8 +1,8 @@
 """Preflight checks. Each check returns a Check with a fix when it does not pass.
 
 ``cheap`` checks (engine, compose, env file, compose config, ports) run before every `up`;
-`doctor` adds disk, memory and images. All shell work goes through ``c.run``, so doctor runs on
-a remote host unchanged.
+`doctor` adds disk, memory, images and the images' unmapped VOLUMEs. All shell work goes through
+``c.run``, so doctor runs on a remote host unchanged.
 """
 
 from __future__ import annotations
@@ -328,6 +328,67 @@ def check_images(t: Target, model: dict[str, Any], ask_registry: bool = True) ->
     return Check("images", OK, f"{len(missing)} to pull: {', '.join(missing)}")
 
 
+# one line per image present on the engine: the name as given, a tab, its Config.Volumes as JSON
+# (an image that is not there prints nothing: it is not pulled for this)
+_IMAGE_VOLUMES_PROBE = ('for i; do v=$(docker image inspect --format "{{json .Config.Volumes}}" "$i" 2>/dev/null) '
+                        '|| continue; printf "%s\\t%s\\n" "$i" "$v"; done')
+
+
+def _covered(path: str, targets: list[str]) -> bool:
+    """A mount at ``path`` or at a folder above it covers ``path``."""
+    return any(path == t or path.startswith(t.rstrip("/") + "/") for t in targets)
+
+
+def image_volumes(t: Any, model: dict[str, Any]) -> tuple[list[tuple[str, str, str]], int, list[str]]:
+    """(service, image, path) of each ``VOLUME`` an image declares that no volume, bind or tmpfs
+    of its service covers (the engine gives it an anonymous volume: gone from the stack at each
+    `down`); how many images were read; the images not present on the engine (not read)."""
+    import json
+
+    services = {name: svc for name, svc in (model.get("services") or {}).items()
+                if svc.get("image") and not svc.get("volumes_from")}  # volumes_from: another's mounts
+    images = sorted({str(svc["image"]) for svc in services.values()})
+    if not images:
+        return [], 0, []
+    r = run(t.c, ["sh", "-c", _IMAGE_VOLUMES_PROBE, "sh", *images], timeout=60)
+    declared: dict[str, list[str]] = {}
+    for line in r.stdout.splitlines():
+        image, _, vols = line.partition("\t")
+        try:
+            declared[image] = sorted(json.loads(vols) or {})
+        except ValueError:
+            continue
+    out = []
+    for name, svc in sorted(services.items()):
+        targets = [str(v.get("target")) for v in svc.get("volumes") or [] if v.get("target")]
+        tmpfs = svc.get("tmpfs") or []
+        targets += [str(x).split(":")[0] for x in ([tmpfs] if isinstance(tmpfs, str) else tmpfs)]
+        out += [(name, str(svc["image"]), path) for path in declared.get(str(svc["image"]), [])
+                if not _covered(path, targets)]
+    return out, len(declared), [i for i in images if i not in declared]
+
+
+def check_image_volumes(t: Any, model: dict[str, Any]) -> Check:
+    """A warning, never a failure, for data a service keeps in an unnamed image ``VOLUME``: each
+    `down` leaves it behind as an anonymous volume that compose never reuses (the next `up` starts
+    with an empty one). Reads only images present on the engine; pulls nothing."""
+    bare, read, absent = image_volumes(t, model)
+    if not read:
+        return Check("image volumes", SKIP, "no image of the stack is on the engine yet: nothing to read")
+    unread = f"; not read (not on the engine): {', '.join(absent)}" if absent else ""
+    if not bare:
+        return Check("image volumes", OK, f"every VOLUME of the {read} image(s) read is mapped{unread}")
+    svc, _, path = bare[0]
+    example = f"{svc}_data"
+    return Check("image volumes", WARN,
+                 "; ".join(f"{s} ({image}) keeps {p} in an anonymous volume" for s, image, p in bare)
+                 + ": no named volume, bind or tmpfs of the service covers it, so each `down` leaves it behind "
+                   "and the next `up` starts with an empty one" + unread,
+                 f"map a named volume to {'each such path' if len(bare) > 1 else path} in the compose file "
+                 f"(`- {example}:{path}` under {svc}'s volumes:, and `{example}:` under the top-level volumes:), "
+                 f"or a tmpfs if the data is throwaway")
+
+
 # IPVS, which Swarm's VIP and routing mesh need: "loaded" (the module or built in: /proc/net/ip_vs
 # exists in every network namespace then), "loadable" (modprobe would load it), else "absent".
 IPVS_PROBE = ('if [ -e /proc/net/ip_vs ] || grep -qs "^ip_vs " /proc/modules; then echo loaded; '
@@ -414,7 +475,7 @@ def run_checks(t: Target, full: bool = True) -> list[Check]:
         checks.append(check_ports(t, model))
         checks.append(check_names(t, model))
         if full:
-            checks += [check_disk(t), check_memory(t, model), check_images(t, model)]
+            checks += [check_disk(t), check_memory(t, model), check_images(t, model), check_image_volumes(t, model)]
             swarm = check_ipvs(t)
             checks += [swarm] if swarm is not None else []
     elif full:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -301,14 +302,95 @@ def completed_jobs(t: Target, jobs: list[str]) -> set[str]:
     return out
 
 
-def down(t: Target, volumes: bool = False, yes: bool = False) -> None:
+def down(t: Target, volumes: bool = False, yes: bool = False) -> list[Anonymous]:
+    """Stop and remove the stack's containers; with ``volumes``, its volumes too (after the typed
+    confirmation). Returns the anonymous volumes a plain down leaves behind (see
+    ``anonymous_volumes``; with ``volumes`` compose removes them, so none)."""
     if volumes:
         vols = sorted(t.compose.model(t.c).get("volumes", {}) or {})
         confirm(f"This deletes ALL data of stack {t.stack.name!r} (project {t.stack.project}): "
                 f"volumes {', '.join(vols) or '(none)'}.", t.stack.name, yes=yes)
         t.compose.check(t.c, "down", "--volumes", "--remove-orphans", what="Stopping and removing data")
-    else:
-        t.compose.check(t.c, "down", "--remove-orphans", what="Stopping the stack")
+        return []
+    left = anonymous_volumes(t)  # read before: once the containers are gone, nothing points at them
+    t.compose.check(t.c, "down", "--remove-orphans", what="Stopping the stack")
+    return left
+
+
+@dataclass(frozen=True)
+class Anonymous:
+    """An anonymous volume: the engine's name for it, and the service and path that mount it."""
+
+    volume: str
+    service: str
+    path: str
+
+
+# the project's containers (one-off ones too: `down --remove-orphans` removes them as well), one
+# line each: name, labels, mounts. A container removed between ps and inspect is just missing.
+MOUNTS_FORMAT = "{{json .Name}}\t{{json .Config.Labels}}\t{{json .Mounts}}"
+MOUNTS_SCRIPT = ('ids=$(docker ps --all --quiet --no-trunc --filter "label=com.docker.compose.project=$1") || exit 1; '
+                 '[ -z "$ids" ] || docker inspect --format "$2" $ids 2>/dev/null; true')
+
+
+def named_volumes(t: Target, model: Mapping[str, Any]) -> set[str]:
+    """Engine names of the stack's named volumes (the compose model's top-level ``volumes:``;
+    compose names one ``<project>_<key>`` unless it says ``name:``)."""
+    return {str((spec or {}).get("name") or f"{t.stack.project}_{key}")
+            for key, spec in (model.get("volumes") or {}).items()}
+
+
+def anonymous_volumes(t: Target) -> list[Anonymous]:
+    """The volumes the project's containers mount that are none of its named volumes: those the
+    engine made for an image's ``VOLUME`` (or a ``volumes: - /path`` entry without a name) that no
+    named volume covers. Compose never reattaches them to a new container, and once the containers
+    are removed nothing points at them. One ``docker ps`` + ``docker inspect`` (one shell: one
+    round trip on a host); the compose model only when some container mounts a volume. Best
+    effort: [] when the engine or the compose files cannot be read (compose then says what is wrong)."""
+    import json
+
+    r = run(t.c, ["sh", "-c", MOUNTS_SCRIPT, "sh", t.stack.project, MOUNTS_FORMAT], timeout=60)
+    found: list[Anonymous] = []
+    for line in r.stdout.splitlines() if r.ok else []:
+        parts = line.split("\t")
+        if len(parts) != 3:
+            continue
+        try:
+            name, labels, mounts = json.loads(parts[0]), json.loads(parts[1]) or {}, json.loads(parts[2]) or []
+        except ValueError:
+            continue
+        service = str(labels.get("com.docker.compose.service") or str(name).lstrip("/"))
+        found += [Anonymous(str(m["Name"]), service, str(m.get("Destination") or ""))
+                  for m in mounts if m.get("Type") == "volume" and m.get("Name")]
+    if not found:
+        return []
+    try:
+        named = named_volumes(t, t.compose.model(t.c))
+    except MemstackError:
+        return []
+    return sorted({a for a in found if a.volume not in named}, key=lambda a: (a.service, a.path, a.volume))
+
+
+def anonymous_note(t: Target, left: Iterable[Anonymous]) -> str:
+    """One paragraph for what ``down`` left behind: each volume in full (the thing to act on), the
+    service and path that used it, and what to do about it."""
+    by_volume: dict[str, list[Anonymous]] = {}
+    for a in left:
+        by_volume.setdefault(a.volume, []).append(a)
+    n = len(by_volume)
+    if not n:
+        return ""
+    one = n == 1
+    listed = ", ".join(f"{v} (service {', '.join(dict.fromkeys(a.service for a in users))}, "
+                       f"{', '.join(dict.fromkeys(a.path for a in users))})" for v, users in by_volume.items())
+    paths = list(dict.fromkeys(a.path for users in by_volume.values() for a in users))
+    on = f" on {t.where}" if t.remote else ""
+    return (f"down left {n} anonymous volume{'' if one else 's'}{on}: {listed}. Compose will not reuse "
+            f"{'it' if one else 'them'}: the next `up` makes {'a new one' if one else 'new ones'}, and "
+            f"`down --volumes` can no longer find {'it' if one else 'them'}. If {'it holds' if one else 'they hold'} "
+            f"nothing you need: `docker volume rm {' '.join(by_volume)}`{on}. To keep this data across `down`, map "
+            f"a named volume to {', '.join(paths)} in the compose file; to delete it with the stack, run "
+            f"`down --volumes` instead of `down` (it deletes the stack's named volumes too).")
 
 
 def reset(t: Target, services: Iterable[str], yes: bool = False, force_prod: bool = False,

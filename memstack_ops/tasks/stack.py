@@ -110,18 +110,21 @@ def _show_urls(t: Target, services: list[str] | None = None) -> None:
 
 
 @ops_task(iterable=["profile"], help={**EXTRA_HELP,
-    "volumes": "also delete the stack's named volumes (ALL DATA); asks for the stack name typed",
+    "volumes": "also delete the stack's volumes, named and anonymous (ALL DATA); asks for the stack name typed",
     "yes": "do not ask; required for --volumes when stdin is not a terminal",
 })
 def down(c: Context, volumes: bool = False, yes: bool = False, stack: str | None = None, stage: str | None = None,
          overlay: str | None = None, profile: list[str] | None = None, port_offset: str | None = None) -> None:
-    """Stop and remove the stack's containers; data volumes are kept unless --volumes."""
+    """Stop and remove the stack's containers; data volumes are kept unless --volumes. Names the
+    anonymous volumes (an image's VOLUME no named volume covers) a plain down leaves behind."""
     from .. import lifecycle
-    from ..output import say
+    from ..output import say, warn
 
     t = target(c, stack, stage, overlay, **_extra(profile, port_offset))
-    lifecycle.down(t, volumes=volumes, yes=yes)
+    left = lifecycle.down(t, volumes=volumes, yes=yes)
     say(f"Stack {t.stack.name} is down; " + ("its volumes were deleted." if volumes else "its data volumes are kept."))
+    if left:
+        warn(lifecycle.anonymous_note(t, left))
 
 
 @ops_task(iterable=["profile"], positional=["services"], help={**EXTRA_HELP,
@@ -327,7 +330,8 @@ def urls(c: Context, stack: str | None = None, stage: str | None = None, overlay
 @ops_task(iterable=["profile"], help={**EXTRA_HELP, "quick": "only the cheap checks that `up` runs"})
 def doctor(c: Context, quick: bool = False, stack: str | None = None, stage: str | None = None,
            overlay: str | None = None, profile: list[str] | None = None, port_offset: str | None = None) -> None:
-    """Preflight: engine, compose v2, env file, ports, disk, memory, images; fixes for failures."""
+    """Preflight: engine, compose v2, env file, ports, disk, memory, images, unmapped image VOLUMEs;
+    fixes for failures."""
     from ..doctor import run_checks
 
     t = target(c, stack, stage, overlay, **_extra(profile, port_offset), require_env=False)

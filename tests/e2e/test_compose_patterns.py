@@ -6,6 +6,7 @@ profiles (8), `wget --spider` healthchecks (9), the real etcd and a real S3 API 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import shutil
@@ -105,11 +106,51 @@ SHOP = "anywhere/shop/docker-compose.yml"
 EXTRA = "anywhere/shop/docker-compose.extra.yml"
 
 
+def anonymous_volumes(client, project) -> dict[str, str]:
+    """The anonymous volumes the project's containers mount now (volume -> its path): the shop's
+    cache runs local/redis:7, whose image declares VOLUME /data, and the file maps no named volume
+    there. Compose labels the volumes it names; the engine's anonymous ones have no such label."""
+    out = {}
+    for c in containers(client, project).values():
+        for m in c.attrs.get("Mounts") or []:
+            if m.get("Type") == "volume" and "com.docker.compose.volume" not in (
+                    client.volumes.get(m["Name"]).attrs.get("Labels") or {}):
+                out[m["Name"]] = m["Destination"]
+    return out
+
+
+def volume_exists(client, name: str) -> bool:
+    import docker.errors
+
+    try:
+        client.volumes.get(name)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+@pytest.fixture
+def leftovers(docker_client):
+    """Volume names a test makes and must see gone by its end; whatever of them is still there
+    afterwards (the test failed half-way) is removed, so no run leaks one. One still in use is
+    the project's own, which its teardown (`down --volumes`) removes."""
+    import docker.errors
+
+    names: set[str] = set()
+    yield names
+    for name in names:
+        with contextlib.suppress(docker.errors.APIError):  # NotFound is one: gone already
+            docker_client.volumes.get(name).remove()
+
+
 def test_f_runs_a_compose_file_in_a_nested_folder_with_its_env_env_file_name_and_bind_mounted_config(
-        anywhere, docker_client):
+        anywhere, docker_client, leftovers):
     p = anywhere()
     r = p.run("-f", SHOP, "up")
     assert r.returncode == 0, r.stdout + r.stderr
+    anon = anonymous_volumes(docker_client, p)
+    leftovers.update(anon)
+    assert list(anon.values()) == ["/data"], anon
     assert f"Starting stack {p.name} (project {p.name}" in r.stdout  # the file's name: key
     assert f"redis://127.0.0.1:{p.ports['CACHE_PORT']}" in r.stdout  # ${CACHE_PORT} from the folder's .env
     c = containers(docker_client, p)
@@ -125,6 +166,26 @@ def test_f_runs_a_compose_file_in_a_nested_folder_with_its_env_env_file_name_and
     r = p.run("-f", SHOP, "down")
     assert r.returncode == 0, r.stdout + r.stderr
     assert containers(docker_client, p) == {}
+    # the cache's /data was an anonymous volume: down keeps it (it may be the only copy of the data)
+    # and names it in full, with the command that removes it and how to keep such data
+    (name,) = anon
+    assert f"down left 1 anonymous volume: {name} (service cache, /data). Compose will not reuse it" in r.stderr
+    assert f"`docker volume rm {name}`" in r.stderr and "map a named volume to /data" in r.stderr
+    assert volume_exists(docker_client, name)
+    docker_client.volumes.get(name).remove()  # what the message says to do with it
+    assert not volume_exists(docker_client, name)
+
+
+def test_down_volumes_removes_the_anonymous_volumes_too_and_names_none(anywhere, docker_client, leftovers):
+    p = anywhere()
+    ok(p.run("-f", SHOP, "up", "--service", "cache"))
+    anon = anonymous_volumes(docker_client, p)
+    leftovers.update(anon)
+    assert list(anon.values()) == ["/data"], anon
+    out = ok(p.run("-f", SHOP, "down", "--volumes", "--yes"))
+    assert "its volumes were deleted" in out and "anonymous volume" not in out, out
+    assert containers(docker_client, p) == {}
+    assert not [n for n in anon if volume_exists(docker_client, n)]
 
 
 def test_project_name_overrides_the_files_name_key(anywhere, docker_client):
@@ -250,7 +311,7 @@ LISTING = "cd /srv/files && find . -mindepth 1 | sort | while read f; do stat -c
 
 
 def test_backup_all_tars_a_bind_mounted_data_folder_names_the_binds_left_out_and_restore_brings_it_back(
-        anywhere, docker_client):
+        anywhere, docker_client, leftovers):
     p = anywhere()
     shop = p.root / "anywhere" / "shop"
     (shop / "conf").mkdir()
@@ -296,7 +357,12 @@ def test_backup_all_tars_a_bind_mounted_data_folder_names_the_binds_left_out_and
     assert not [v.name for v in docker_client.volumes.list() if v.name.startswith(f"{p.name}-drill-")]
 
     # the folder is gone (stack down, folder deleted): restore.binds creates it again, byte for byte
-    ok(p.run(*f, "down"))
+    anon = anonymous_volumes(docker_client, p)  # the cache's /data: down leaves it, named
+    leftovers.update(anon)
+    out = ok(p.run(*f, "down"))
+    assert anon and all(f"`docker volume rm {n}`" in out for n in anon), out
+    for n in anon:
+        docker_client.volumes.get(n).remove()
     shutil.rmtree(shop / "data" / "files")
     out = ok(p.run(*f, "restore.binds", "--yes"))
     assert "none needed: the folders do not exist" in out

@@ -75,6 +75,7 @@ def test_down_keeps_data_and_up_brings_it_back(project, docker_client):
     r = project.run("down")
     assert r.returncode == 0, r.stderr
     assert "data volumes are kept" in r.stdout
+    assert "anonymous volume" not in r.stderr, r.stderr  # every image VOLUME of MemStack's is a named volume
     assert containers(docker_client, project) == {}
     assert f"{project.name}_postgres_data" in volumes(docker_client, project)
     assert project.run("up", "--service", "postgres").returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from types import SimpleNamespace
@@ -296,6 +297,23 @@ def test_run_checks_quick_runs_the_cheap_checks_in_order(tmp_path):
     assert doctor.failed(checks) == []
 
 
+def test_run_checks_full_adds_disk_memory_images_and_image_volumes_whose_warning_fails_nothing(tmp_path):
+    model = {"services": {"cache": {"image": "redis:7"}}}
+    c = MockContext(run={ENGINE: Result("27.3.1"), COMPOSE_V: Result("2.29.7"), ROOT_CMD: Result("/var/lib/docker"),
+                         "df -Pk /var/lib/docker": df(50 * 1024 ** 2), MEM_CMD: Result(str(8 * GIB)),
+                         "docker images --format '{{.Repository}}:{{.Tag}}'": Result("redis:7\n"),
+                         image_volumes_probe("redis:7"): Result('redis:7\t{"/data":{}}\n')})
+    t = target(tmp_path, c)
+    c.set_result_for("run", ccmd(t.compose, "config", "--format", "json"), Result(json.dumps(model)))
+    write(tmp_path, "env/memstack/.env.example", "DB_PASSWORD=  # generate\n")
+    write(tmp_path, "env/memstack/.env", "DB_PASSWORD=Zx8Kq2Lm9Pw4Rt7Yv3Nb6Hc1\n", mode=0o600)
+    checks = run_checks(t)
+    assert [(k.name, k.result) for k in checks][-4:] == [("disk", OK), ("memory", OK), ("images", OK),
+                                                          ("image volumes", WARN)]
+    assert doctor.failed(checks) == []
+    assert "image volumes" not in [k.name for k in run_checks(t, full=False)]
+
+
 def test_the_env_check_reports_a_missing_env_file_with_env_init(tmp_path):
     write(tmp_path, "env/memstack/.env.example", "DB_PASSWORD=  # generate\n")
     chk = doctor.check_env(target(tmp_path, MockContext(run={})))
@@ -462,3 +480,55 @@ def test_the_ipvs_check_runs_for_a_swarm_stack_only(tmp_path, monkeypatch):
     monkeypatch.setattr(doctor, "ipvs_of_nodes", lambda settings, config=None: {"h1": "absent"})
     chk = doctor.check_ipvs(t)
     assert chk is not None and chk.name == "swarm IPVS" and "dnsrr" in chk.detail
+
+
+# --- image volumes ----------------------------------------------------------------------------
+
+def image_volumes_probe(*images: str) -> str:
+    return shlex.join(["sh", "-c", doctor._IMAGE_VOLUMES_PROBE, "sh", *images])
+
+
+def test_an_image_volume_no_mount_covers_is_a_warning_naming_service_path_and_the_fix(tmp_path):
+    model = {"services": {
+        "cache": {"image": "local/redis:7", "volumes": [{"type": "bind", "source": "/x/redis.conf",
+                                                         "target": "/etc/redis/shop.conf"}]},
+        "db": {"image": "postgres:16",
+               "volumes": [{"type": "volume", "source": "pg", "target": "/var/lib/postgresql"}]},
+        "prom": {"image": "prom/prometheus", "tmpfs": ["/prometheus:size=64m"]},
+        "web": {"image": "nginx:1"},
+        "api": {"image": "me/api:dev", "build": {"context": "."}},  # not built yet: not read, never pulled
+    }}
+    probe = image_volumes_probe("local/redis:7", "me/api:dev", "nginx:1", "postgres:16", "prom/prometheus")
+    c = MockContext(run={probe: Result('local/redis:7\t{"/data":{}}\nnginx:1\tnull\n'
+                                       'postgres:16\t{"/var/lib/postgresql/data":{}}\nprom/prometheus\t{"/prometheus":{}}\n')})
+    chk = doctor.check_image_volumes(target(tmp_path, c), model)
+    assert chk.result == WARN
+    assert chk.detail == ("cache (local/redis:7) keeps /data in an anonymous volume: no named volume, bind or tmpfs "
+                          "of the service covers it, so each `down` leaves it behind and the next `up` starts with "
+                          "an empty one; not read (not on the engine): me/api:dev")
+    assert chk.fix.startswith("map a named volume to /data in the compose file (`- cache_data:/data` under cache's "
+                              "volumes:, and `cache_data:` under the top-level volumes:)")
+    assert commands(c) == [probe]
+    assert not any("pull" in cmd or "manifest" in cmd for cmd in commands(c))
+
+
+def test_image_volumes_all_mapped_pass_and_several_unmapped_are_each_named(tmp_path):
+    covered = {"services": {"cache": {"image": "redis:7", "volumes": [{"type": "volume", "source": "d",
+                                                                       "target": "/data"}]}}}
+    c = MockContext(run={image_volumes_probe("redis:7"): Result('redis:7\t{"/data":{}}\n')})
+    assert doctor.check_image_volumes(target(tmp_path, c), covered).result == OK
+    bare = {"services": {"cache": {"image": "redis:7"}, "db": {"image": "mariadb:10"}}}
+    c = MockContext(run={image_volumes_probe("mariadb:10", "redis:7"):
+                         Result('mariadb:10\t{"/var/lib/mysql":{}}\nredis:7\t{"/data":{}}\n')})
+    chk = doctor.check_image_volumes(target(tmp_path, c), bare)
+    assert chk.result == WARN and chk.detail.startswith(
+        "cache (redis:7) keeps /data in an anonymous volume; "
+        "db (mariadb:10) keeps /var/lib/mysql in an anonymous volume")
+    assert chk.fix.startswith("map a named volume to each such path in the compose file")
+
+
+def test_image_volumes_skip_when_no_image_is_on_the_engine_yet(tmp_path):
+    c = MockContext(run={image_volumes_probe("redis:7"): Result("")})
+    chk = doctor.check_image_volumes(target(tmp_path, c), {"services": {"cache": {"image": "redis:7"}}})
+    assert chk.result == doctor.SKIP and chk.result != FAIL
+    assert doctor.check_image_volumes(target(tmp_path, MockContext(run={})), {"services": {}}).result == doctor.SKIP

@@ -271,12 +271,92 @@ def test_up_on_a_running_stack_still_runs_compose_up_for_every_service(settings)
 
 # --- down / restart ---------------------------------------------------------------------------
 
+def mounts_cmd(t) -> str:
+    """The exact command line that lists the project's containers and their mounts."""
+    return shlex.join(["sh", "-c", lifecycle.MOUNTS_SCRIPT, "sh", t.stack.project, lifecycle.MOUNTS_FORMAT])
+
+
+ANON = "4f1c" + "0" * 56 + "beef"  # the engine names an anonymous volume with 64 hex digits
+
+
+def mounts_line(name: str, service: str, *mounts: dict) -> str:
+    labels = {"com.docker.compose.project": "memstack", "com.docker.compose.service": service}
+    return "\t".join([json.dumps(f"/{name}"), json.dumps(labels), json.dumps(list(mounts))])
+
+
+def volume(name: str, dest: str) -> dict:
+    return {"Type": "volume", "Name": name, "Source": f"/var/lib/docker/volumes/{name}/_data", "Destination": dest}
+
+
 def test_down_keeps_volumes_by_default(settings):
     t = tgt(settings)
-    c = MockContext(run={ccmd(t.compose, "down", "--remove-orphans"): Result("")})
+    c = MockContext(run={mounts_cmd(t): Result(""), ccmd(t.compose, "down", "--remove-orphans"): Result("")})
     t.c = c
-    lifecycle.down(t)
-    assert commands(c) == [ccmd(t.compose, "down", "--remove-orphans")]
+    assert lifecycle.down(t) == []
+    assert commands(c) == [mounts_cmd(t), ccmd(t.compose, "down", "--remove-orphans")]  # no compose model needed
+
+
+def test_down_names_the_anonymous_volumes_it_leaves_behind_and_not_the_named_ones(settings):
+    t = tgt(settings)
+    model = {"services": {"cache": {}, "db": {}}, "volumes": {"pg_data": {"name": "memstack_pg_data"},
+                                                               "shared": {"name": "shared", "external": True}}}
+    listing = "\n".join([
+        mounts_line("memstack-cache-1", "cache", volume(ANON, "/data"),
+                    {"Type": "bind", "Source": "/srv/redis.conf", "Destination": "/etc/redis.conf"}),
+        mounts_line("memstack-db-1", "db", volume("memstack_pg_data", "/var/lib/postgresql/data"),
+                    volume("shared", "/shared"), {"Type": "tmpfs", "Destination": "/run"}),
+        "garbage"]) + "\n"
+    c = MockContext(run={mounts_cmd(t): Result(listing), ccmd(t.compose, "config", "--format", "json"):
+                         Result(json.dumps(model)), ccmd(t.compose, "down", "--remove-orphans"): Result("")})
+    t.c = c
+    left = lifecycle.down(t)
+    assert left == [lifecycle.Anonymous(ANON, "cache", "/data")]
+    assert commands(c)[-1] == ccmd(t.compose, "down", "--remove-orphans")
+    assert lifecycle.anonymous_note(t, left) == (
+        f"down left 1 anonymous volume: {ANON} (service cache, /data). Compose will not reuse it: the next `up` "
+        f"makes a new one, and `down --volumes` can no longer find it. If it holds nothing you need: "
+        f"`docker volume rm {ANON}`. To keep this data across `down`, map a named volume to /data in the compose "
+        f"file; to delete it with the stack, run `down --volumes` instead of `down` (it deletes the stack's named "
+        f"volumes too).")
+
+
+def test_the_note_counts_several_volumes_in_full_and_says_which_host(settings):
+    t = tgt(settings)
+    other = "9" * 64
+    left = [lifecycle.Anonymous(ANON, "cache", "/data"), lifecycle.Anonymous(other, "db", "/var/lib/mysql")]
+    note = lifecycle.anonymous_note(t, left)
+    assert note.startswith(f"down left 2 anonymous volumes: {ANON} (service cache, /data), {other} (service db, "
+                           f"/var/lib/mysql). Compose will not reuse them: the next `up` makes new ones")
+    assert f"`docker volume rm {ANON} {other}`." in note and "map a named volume to /data, /var/lib/mysql in" in note
+    t.c = type("Conn", (), {"host": "h1"})()
+    assert "2 anonymous volumes on h1:" in lifecycle.anonymous_note(t, left)
+    assert f"`docker volume rm {ANON} {other}` on h1." in lifecycle.anonymous_note(t, left)
+    assert lifecycle.anonymous_note(t, []) == ""
+
+
+def test_a_compose_volume_without_a_name_key_is_named_after_the_project(settings):
+    t = tgt(settings)
+    assert lifecycle.named_volumes(t, {"volumes": {"data": {}, "logs": None, "ext": {"name": "ext"}}}) == {
+        "memstack_data", "memstack_logs", "ext"}
+
+
+@pytest.mark.parametrize("probe", [Result(stderr="Cannot connect to the Docker daemon", exited=1), Result("")])
+def test_down_goes_on_when_the_mounts_cannot_be_read_and_says_nothing(settings, probe):
+    t = tgt(settings)
+    c = MockContext(run={mounts_cmd(t): probe, ccmd(t.compose, "down", "--remove-orphans"): Result("")})
+    t.c = c
+    assert lifecycle.down(t) == []
+    assert commands(c)[-1] == ccmd(t.compose, "down", "--remove-orphans")
+
+
+def test_down_reports_nothing_when_the_compose_files_cannot_be_read(settings):
+    t = tgt(settings)
+    c = MockContext(run={mounts_cmd(t): Result(mounts_line("memstack-cache-1", "cache", volume(ANON, "/data"))),
+                         ccmd(t.compose, "config", "--format", "json"): Result(stderr="yaml: line 3", exited=15),
+                         ccmd(t.compose, "down", "--remove-orphans"): Result("")})
+    t.c = c
+    assert lifecycle.down(t) == []  # without the model, a named volume cannot be told from an anonymous one
+    assert commands(c)[-1] == ccmd(t.compose, "down", "--remove-orphans")
 
 
 def test_down_volumes_refuses_without_a_terminal_and_deletes_nothing(settings, monkeypatch):

@@ -139,6 +139,26 @@ def test_down_volumes_without_a_terminal_exits_with_code_2(root, monkeypatch):
     assert not any(" down " in call.args[0] for call in c.run.call_args_list)
 
 
+def test_plain_down_says_it_is_down_then_names_the_anonymous_volume_it_left(root, capsys):
+    from memstack_ops import lifecycle
+
+    write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\n", mode=0o600)
+    anon = "a" * 64
+    line = "\t".join([json.dumps("/memstack-db-1"), json.dumps({"com.docker.compose.service": "db"}),
+                      json.dumps([{"Type": "volume", "Name": anon, "Destination": "/var/lib/postgresql/data"}])])
+    compose = re.escape(f"cd {shlex.quote(str(root))} && docker compose ")
+    c = MockContext(run={
+        shlex.join(["sh", "-c", lifecycle.MOUNTS_SCRIPT, "sh", "memstack", lifecycle.MOUNTS_FORMAT]): Result(line),
+        re.compile(compose + r".* config --format json$"): Result(json.dumps({"services": {"db": {}}})),
+        re.compile(compose + r".* down --remove-orphans$"): Result(""),
+    })
+    stack_tasks.down(c)
+    out, err = capsys.readouterr()
+    assert "Stack memstack is down; its data volumes are kept." in out
+    assert err.startswith(f"down left 1 anonymous volume: {anon} (service db, /var/lib/postgresql/data).")
+    assert f"`docker volume rm {anon}`" in err
+
+
 def test_a_missing_env_file_makes_up_exit_saying_env_init(root):
     with pytest.raises(Exit) as e:
         stack_tasks.up(MockContext(run={}))
