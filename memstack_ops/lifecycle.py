@@ -395,7 +395,8 @@ def anonymous_note(t: Target, left: Iterable[Anonymous]) -> str:
 
 def reset(t: Target, services: Iterable[str], yes: bool = False, force_prod: bool = False,
           timeout: float | None = None) -> list[str]:
-    """Wipe the data of ``services`` (their named volumes) and bring them back empty and healthy,
+    """Wipe the data of ``services`` (their named volumes, and the anonymous volumes of their
+    containers) and bring them back empty and healthy,
     with the services that depend on them stopped meanwhile and started again afterwards."""
     from .compose import dependants, run, volumes_of
     from .errors import Refused
@@ -415,7 +416,7 @@ def reset(t: Target, services: Iterable[str], yes: bool = False, force_prod: boo
             t.stack.name, yes=yes)
     if deps:
         t.compose.check(t.c, "stop", *deps, what=f"Stopping {', '.join(deps)}")
-    t.compose.check(t.c, "rm", "--stop", "--force", *names, what=f"Removing {', '.join(names)}")
+    t.compose.check(t.c, "rm", "--stop", "--force", "--volumes", *names, what=f"Removing {', '.join(names)}")
     for v in vols:
         r = run(t.c, ["docker", "volume", "rm", v])
         if r.failed and "No such volume" not in r.stderr:

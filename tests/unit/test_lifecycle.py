@@ -693,3 +693,17 @@ def test_up_urls_can_be_limited_to_the_services_started(settings):
     t.c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model))})
     assert lifecycle.urls(t, ["b"]) == [["b", "http://127.0.0.1:8081"]]
     assert lifecycle.urls(t, []) == []
+
+
+def test_reset_removes_the_services_anonymous_volumes_with_their_containers(settings, monkeypatch):
+    """reset wipes a service's data: an image VOLUME no named volume covers is data too, and once
+    the container is gone nothing would point at its anonymous volume (`down` names such leftovers)."""
+    t = tgt(settings)
+    model = {"services": {"cache": {"image": "local/redis:7"}}}
+    rm = ccmd(t.compose, "rm", "--stop", "--force", "--volumes", "cache")
+    c = MockContext(run={ccmd(t.compose, "config", "--format", "json"): Result(json.dumps(model)), rm: Result("")})
+    t.c = c
+    started = []
+    monkeypatch.setattr(lifecycle, "up", lambda t_, names, timeout=None: started.append(names))
+    assert lifecycle.reset(t, ["cache"], yes=True) == []
+    assert rm in commands(c) and started == [["cache"]]
