@@ -77,6 +77,13 @@ def in_dir(root: Any, argv: Iterable[str]) -> str:
     return f"cd {shlex.quote(str(root))} && {sh(*argv)}"
 
 
+# `sh -c INSPECT_PROJECT sh <project> <format>`: `docker inspect --format <format>` of every container
+# of the compose project (one-off ones too), one shell (one round trip on a host); a container
+# removed between ps and inspect is just missing
+INSPECT_PROJECT = ('ids=$(docker ps --all --quiet --no-trunc --filter "label=com.docker.compose.project=$1") '
+                   '|| exit 1; [ -z "$ids" ] || docker inspect --format "$2" $ids 2>/dev/null; true')
+
+
 def run(c: Any, argv: Iterable[str], cwd: Any = None, **kw: Any) -> Any:
     """Run argv through the Context (in ``cwd`` if given), quietly, never raising on a non-zero exit.
     A docker exec/run is marked so that a Ctrl-C or timeout stops it in the container too."""
@@ -262,11 +269,9 @@ class Compose:
         fmt = ("{{json .Name}}\t{{json .Config.Labels}}\t{{json .State.Status}}\t"
                "{{if .State.Health}}{{json .State.Health.Status}}{{else}}\"\"{{end}}\t"
                "{{.State.ExitCode}}\t{{json .Image}}")
-        script = ('ids=$(docker ps --all --quiet --no-trunc --filter "label=com.docker.compose.project=$1") || exit 1; '
-                  '[ -z "$ids" ] || docker inspect --format "$2" $ids 2>/dev/null; true')
         want = set(services)
         for _ in range(PS_ATTEMPTS):
-            r = run(c, ["sh", "-c", script, "sh", self.stack.project, fmt], timeout=60)
+            r = run(c, ["sh", "-c", INSPECT_PROJECT, "sh", self.stack.project, fmt], timeout=60)
             if r.ok:
                 break
             time.sleep(PS_RETRY_WAIT)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .compose import dependencies, run, topo_layers, validate_services
+from .compose import INSPECT_PROJECT, dependencies, run, topo_layers, validate_services
 from .errors import ComposeError, MemstackError
 from .health import Status, Watch
 from .output import confirm, interactive, say
@@ -327,10 +327,8 @@ class Anonymous:
 
 
 # the project's containers (one-off ones too: `down --remove-orphans` removes them as well), one
-# line each: name, labels, mounts. A container removed between ps and inspect is just missing.
+# line each through compose.INSPECT_PROJECT: name, labels, mounts
 MOUNTS_FORMAT = "{{json .Name}}\t{{json .Config.Labels}}\t{{json .Mounts}}"
-MOUNTS_SCRIPT = ('ids=$(docker ps --all --quiet --no-trunc --filter "label=com.docker.compose.project=$1") || exit 1; '
-                 '[ -z "$ids" ] || docker inspect --format "$2" $ids 2>/dev/null; true')
 
 
 def named_volumes(t: Target, model: Mapping[str, Any]) -> set[str]:
@@ -349,7 +347,7 @@ def anonymous_volumes(t: Target) -> list[Anonymous]:
     effort: [] when the engine or the compose files cannot be read (compose then says what is wrong)."""
     import json
 
-    r = run(t.c, ["sh", "-c", MOUNTS_SCRIPT, "sh", t.stack.project, MOUNTS_FORMAT], timeout=60)
+    r = run(t.c, ["sh", "-c", INSPECT_PROJECT, "sh", t.stack.project, MOUNTS_FORMAT], timeout=60)
     found: list[Anonymous] = []
     for line in r.stdout.splitlines() if r.ok else []:
         parts = line.split("\t")

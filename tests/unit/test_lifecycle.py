@@ -15,7 +15,7 @@ import pytest
 from fakes import ccmd, commands, make_project, ndjson, split_cd, write
 from invoke import MockContext, Result
 
-from memstack_ops import lifecycle
+from memstack_ops import compose, lifecycle
 from memstack_ops.config import resolve
 from memstack_ops.errors import ComposeError, EnvFileError, HealthError, Refused
 
@@ -273,7 +273,7 @@ def test_up_on_a_running_stack_still_runs_compose_up_for_every_service(settings)
 
 def mounts_cmd(t) -> str:
     """The exact command line that lists the project's containers and their mounts."""
-    return shlex.join(["sh", "-c", lifecycle.MOUNTS_SCRIPT, "sh", t.stack.project, lifecycle.MOUNTS_FORMAT])
+    return shlex.join(["sh", "-c", compose.INSPECT_PROJECT, "sh", t.stack.project, lifecycle.MOUNTS_FORMAT])
 
 
 ANON = "4f1c" + "0" * 56 + "beef"  # the engine names an anonymous volume with 64 hex digits

@@ -141,6 +141,7 @@ def test_down_volumes_without_a_terminal_exits_with_code_2(root, monkeypatch):
 
 def test_plain_down_says_it_is_down_then_names_the_anonymous_volume_it_left(root, capsys):
     from memstack_ops import lifecycle
+    from memstack_ops.compose import INSPECT_PROJECT
 
     write(root, "env/memstack/.env", f"DB_PASSWORD={SECRET}\n", mode=0o600)
     anon = "a" * 64
@@ -148,7 +149,7 @@ def test_plain_down_says_it_is_down_then_names_the_anonymous_volume_it_left(root
                       json.dumps([{"Type": "volume", "Name": anon, "Destination": "/var/lib/postgresql/data"}])])
     compose = re.escape(f"cd {shlex.quote(str(root))} && docker compose ")
     c = MockContext(run={
-        shlex.join(["sh", "-c", lifecycle.MOUNTS_SCRIPT, "sh", "memstack", lifecycle.MOUNTS_FORMAT]): Result(line),
+        shlex.join(["sh", "-c", INSPECT_PROJECT, "sh", "memstack", lifecycle.MOUNTS_FORMAT]): Result(line),
         re.compile(compose + r".* config --format json$"): Result(json.dumps({"services": {"db": {}}})),
         re.compile(compose + r".* down --remove-orphans$"): Result(""),
     })

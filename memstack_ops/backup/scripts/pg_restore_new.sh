@@ -84,7 +84,7 @@ exec 3<&-
 # wrote (the rows' list is in that order). The rest (other data, post-data with -j) needs to seek,
 # so it waits for the whole file. Without such a tail, everything waits for the whole file.
 follow=
-tail -c +1 --pid="$$" /dev/null > /dev/null 2>&1 && [ "$mode" != direct ] && follow=1
+tail -c +1 --pid="$$" /dev/null > /dev/null 2>&1 && follow=1
 written() {  # wait for the whole file (once)
   [ -n "$writer" ] || return 0
   wait "$writer"; w=$?; writer=
@@ -110,7 +110,7 @@ fi
 [ "$n" -ge 2 ] 2>/dev/null || n=2
 PGDATABASE=$new; PGOPTIONS="${PGOPTIONS:-} -c synchronous_commit=off"; export PGDATABASE PGOPTIONS
 if [ "$mode" = direct ] || ! command -v awk >/dev/null; then
-  follow=; written
+  written
   run pg_restore --exit-on-error -j "$n" -d "" "$d" || fail $?
   echo "memstack-ops-note: pg_restore -j $n" >&2
   run psql -X -At -c "$count" || fail $?
@@ -153,7 +153,7 @@ if [ "$rc" != 0 ] || [ -s "$tmp/rows.err" ] || [ "$failed" = 1 ]; then
   echo "memstack-ops-note: loading the rows failed (exit $rc)" >&2
   fail 1
 fi
-follow=; written
+written
 wait  # pg_restore and the tails too: a child left to the postmaster must not end by a signal
 # The rows go to disk while the indexes are built: the swap's DROP DATABASE forces a checkpoint,
 # which then finds little left to write. Best effort (a role without the right skips it).
