@@ -82,7 +82,7 @@ def test_fetch_and_image_shipping_stream_through_the_openssh_client_with_the_con
     kh = tmp_path / "known_hosts"
     c = open_conn(h1, ssh_key, kh)
     path, digest = big_file(h1, 20)
-    ref = unique_image("ossh")
+    ref = unique_image("ossh", mb=8)  # 8 MiB of its own: bytes to stream to any host
     try:
         seen: list[int] = []
         dest = tmp_path / "got.bin"
@@ -177,7 +177,7 @@ def test_cancel_stops_an_openssh_fetch_and_shipping_here_and_on_the_host(tmp_pat
     c = open_conn(h3, ssh_key, tmp_path / "known_hosts")
     path, _ = big_file(h3, 64)
     fifo = f"/tmp/ossh-{uuid.uuid4().hex[:8]}.fifo"
-    ref = unique_image("ossh-cancel")
+    ref = unique_image("ossh-cancel", mb=128)  # a load long enough to cancel
     try:
         dest = tmp_path / "got.bin"
 
@@ -220,3 +220,46 @@ def test_cancel_stops_an_openssh_fetch_and_shipping_here_and_on_the_host(tmp_pat
         c.close()
         h3.sh(f"pkill -f '[c]at -- {fifo}' || true; rm -f {path} {fifo}")
         docker("rmi", ref, check=False)
+
+
+def test_shipping_leaves_out_the_layers_the_host_holds_and_sends_them_all_when_it_lost_one(
+        tmp_path, hosts, ssh_key, monkeypatch):
+    from memstack_ops.remote import images
+    from memstack_ops.remote.layers import chain_ids
+
+    h2 = hosts["h2"]
+    c = open_conn(h2, ssh_key, tmp_path / "known_hosts")
+    had_redis = host_id(h2, "local/redis:7") != ""
+    ref, lost = unique_image("layers", mb=8), unique_image("layers-lost", mb=1)
+    try:
+        images.ship(c, ["local/redis:7"])  # the previous release: the host holds redis's layers
+        got = images.ship(c, [ref])
+        # redis's three layers stayed here; the new one (8 MiB of random bytes) went
+        assert got.shipped == [ref] and got.layers_left == 3 and got.bytes_left > 100 * MB, got
+        assert 8 * MB < got.bytes < 12 * MB and not got.retried, got
+        assert host_id(h2, ref) == docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip()
+        assert h2.sh(f"docker run --rm --entrypoint sh {ref} -c 'wc -c < /unique-layers; redis-server --version'"
+                     ).split()[0] == str(8 * MB)
+
+        # the host "holds" every layer of the next image, its own new one too (as if it lost that
+        # one after it was asked): the load without it fails, and every layer goes again
+        real = images.host_images
+
+        def claims_all(c_, names, layers=False):
+            got_ = real(c_, names, layers)
+            if layers:
+                got_.chains |= set(chain_ids(images.local_images([lost])[lost][1]))
+            return got_
+
+        monkeypatch.setattr(images, "host_images", claims_all)
+        again = images.ship(c, [lost])
+        assert again.shipped == [lost] and again.retried and again.layers_left == 0, again
+        assert "every layer sent" in again.describe() and again.retried in again.describe()
+        assert again.bytes > 80 * MB  # all of it: redis's layers too
+        assert host_id(h2, lost) == docker("image", "inspect", "--format", "{{.Id}}", lost).stdout.strip()
+        assert h2.sh(f"docker run --rm --entrypoint sh {lost} -c 'wc -c < /unique-layers-lost'").strip() == str(MB)
+    finally:
+        c.close()
+        h2.sh(f"docker rmi {ref} {lost} >/dev/null 2>&1; {'true' if had_redis else 'docker rmi local/redis:7'} "
+              f">/dev/null 2>&1 || true")
+        docker("rmi", ref, lost, check=False)
