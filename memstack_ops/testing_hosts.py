@@ -277,8 +277,11 @@ def make_project(dest: Path, boxes: dict[str, HostBox], key: Path, extra_hosts: 
     return p
 
 
-def unique_image(tag_hint: str = "ship") -> str:
-    """A new image ID built on local/redis:7 (a label only): shipping it moves real bytes."""
+def unique_image(tag_hint: str = "ship", mb: int = 0) -> str:
+    """A new image ID built on local/redis:7: a label only, or with ``mb`` a layer of that many MiB
+    of random bytes on top. Shipping moves that layer's bytes even to a host that holds redis's
+    layers (the others are left out of the stream then, remote/layers.py)."""
     tag = f"local/mstest-{tag_hint}:{RUN_ID}-{uuid.uuid4().hex[:6]}"
-    docker("build", "-q", "-t", tag, "--label", LABEL, "-", input=f"FROM local/redis:7\nLABEL run={tag}\n")
+    run = f"RUN head -c {mb}M /dev/urandom > /unique-{tag_hint}\n" if mb else ""
+    docker("build", "-q", "-t", tag, "--label", LABEL, "-", input=f"FROM local/redis:7\nLABEL run={tag}\n{run}")
     return tag

@@ -276,7 +276,7 @@ def test_a_broken_release_rolls_back_by_itself(remote_project, hosts):
 def test_sshd_killed_mid_deploy_leaves_a_consistent_release_and_a_stale_lock(remote_project, hosts):
     p, h3 = remote_project, hosts["h3"]
     good = release_of(ok(p.run("-H", "h3", "deploy", timeout=600)))
-    p.set_env("CACHE_IMAGE", unique_image("cut"))  # the next deploy has 200 MB to ship
+    p.set_env("CACHE_IMAGE", unique_image("cut", mb=128))  # the next deploy has 128 MiB of new layer to ship
     proc = p.popen("-H", "h3", "deploy")
     try:
         wait_for(h3, "pgrep -fx 'docker load' >/dev/null")
@@ -312,7 +312,7 @@ def test_sshd_killed_mid_deploy_leaves_a_consistent_release_and_a_stale_lock(rem
 
 def test_two_deploys_at_once_the_second_fails_naming_the_holder_or_waits(remote_project, hosts):
     p, h1 = remote_project, hosts["h1"]
-    p.set_env("CACHE_IMAGE", unique_image("lock"))
+    p.set_env("CACHE_IMAGE", unique_image("lock", mb=128))  # a load long enough to deploy beside
     first = p.popen("-H", "h1", "deploy", "--message", "first one")
     try:
         wait_for(h1, "pgrep -fx 'docker load' >/dev/null")  # first is mid-deploy, holding the lock
@@ -339,7 +339,7 @@ def test_two_deploys_at_once_the_second_fails_naming_the_holder_or_waits(remote_
 def test_secrets_never_appear_in_the_remote_process_list_or_logs(remote_project, hosts):
     p, h2 = remote_project, hosts["h2"]
     secret = p.secret()
-    p.set_env("CACHE_IMAGE", unique_image("secret"))  # a longer deploy: more samples
+    p.set_env("CACHE_IMAGE", unique_image("secret", mb=128))  # a longer deploy: more samples
     samples: list[str] = []
     stop = threading.Event()
 
