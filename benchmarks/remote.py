@@ -7,8 +7,10 @@ load` of an image of the same size (target <= 1.0x), and the same pipeline with 
 Hosts are containers with their own sshd and dockerd (local/host:bookworm, as in the e2e tests),
 published on 127.0.0.1. (1) times a deploy of a new release of a tiny two-service stack whose
 images the hosts already hold (after a warm-up deploy that ships them): the steady-state deploy.
-(2) ships a fresh image ID each time (a label on local/redis:7, 212 MB uncompressed), alternating
-with the baselines. Everything is removed at the end. Run:
+(2) ships a fresh image ID each time, alternating with the baselines: first to a host that holds
+none of its layers (a label on local/redis:7, 212 MB uncompressed: a first deploy), then to a host
+that holds local/redis:7 (a new 32 MiB layer on it: a new release, where the tool leaves the layers
+the host has out of the stream and raw `docker save` sends them all). Everything is removed at the end. Run:
     .venv/bin/python benchmarks/remote.py [--rounds 3] [--only ship] [--zstd-level -1|--fast=3|...]
 (for shipping, a multiple of 3 rounds: each of the three goes first equally often)
 """
@@ -131,48 +133,61 @@ def measure_shipping(p, h1, tmp_p: Path, rounds: int) -> None:
     from memstack_ops.remote import images
 
     level = getattr(images, "ZSTD_LEVEL", "-1")  # (the code before it had -1)
-    ours, raw, rawz, sizes = [], [], [], []
     try:
-        for i in range(rounds):
-            a, b, z = unique_image("bench"), unique_image("bench"), unique_image("bench")
-            got = None
-
-            def ours_(a: str = a) -> None:
-                nonlocal got
-                got = ship(conn, [a])
-
-            def raw_(b: str = b) -> None:
-                subprocess.run(f"docker save {b} | {' '.join(ssh)} docker load", shell=True, check=True,
-                               capture_output=True, timeout=600)
-
-            def rawz_(z: str = z) -> None:
-                subprocess.run(f"set -o pipefail; docker save {z} | zstd -q -T0 {level} -c | {' '.join(ssh)} "
-                               f"'zstd -d -q | docker load'", shell=True, check=True, capture_output=True,
-                               timeout=600, executable="/bin/bash")
-
-            # The three images share their layers (a label apart), so the first load of a round wrote the
-            # layers on the host and the other two found them there: the first took 2-4 s more, whoever it
-            # was. So each one's image is removed on the host (its layers with it) before the next goes,
-            # and every transfer loads the same layers into an engine that lacks them. The order still
-            # rotates (--rounds a multiple of 3).
-            order = [(ours, ours_, a), (raw, raw_, b), (rawz, rawz_, z)]
-            for out, fn, image in order[i % 3:] + order[:i % 3]:
-                subprocess.run(["sync"], check=True)
-                h1.sh("sync")
-                out.append(timed(fn))
-                h1.sh(f"docker rmi {image} >/dev/null")
-            sizes.append(got.bytes)
-            subprocess.run(["docker", "rmi", a, b, z], capture_output=True)
-            print(f"round {i + 1}: ship {ours[-1]:.2f} s ({got.bytes / 2**20:.0f} MB on the wire, zstd "
-                  f"{level}), raw docker save | ssh docker load {raw[-1]:.2f} s, by hand with zstd "
-                  f"{rawz[-1]:.2f} s", flush=True)
+        # a first deploy: the host holds none of the image's layers (each one is removed after it)
+        compare(conn, h1, ssh, level, rounds, "first ship (the host has none of its layers)",
+                lambda: unique_image("bench"))
+        # a new release: the host holds the previous one (local/redis:7); the new image is that plus
+        # a layer of its own (32 MiB of random bytes: nothing for zstd to gain on it)
+        got = ship(conn, ["local/redis:7"])
+        print(f"base on the host: {got.describe()}", flush=True)
+        compare(conn, h1, ssh, level, rounds, "new release (the host has the base: local/redis:7)",
+                lambda: unique_image("bench", mb=32))
     finally:
         conn.close()
+
+
+def compare(conn, h1, ssh: list[str], level: str, rounds: int, title: str, make) -> None:
+    from memstack_ops.remote.images import ship
+
+    print(f"-- {title}", flush=True)
+    ours, raw, rawz, sizes = [], [], [], []
+    for i in range(rounds):
+        a, b, z = make(), make(), make()
+        got = None
+
+        def ours_(a: str = a) -> None:
+            nonlocal got
+            got = ship(conn, [a])
+
+        def raw_(b: str = b) -> None:
+            subprocess.run(f"docker save {b} | {' '.join(ssh)} docker load", shell=True, check=True,
+                           capture_output=True, timeout=600)
+
+        def rawz_(z: str = z) -> None:
+            subprocess.run(f"set -o pipefail; docker save {z} | zstd -q -T0 {level} -c | {' '.join(ssh)} "
+                           f"'zstd -d -q | docker load'", shell=True, check=True, capture_output=True,
+                           timeout=600, executable="/bin/bash")
+
+        # The three images of a round share their lower layers, so the first load of a round would
+        # write them on the host and the other two would find them there: each one's image is
+        # removed on the host (its own layers with it) before the next goes, and every transfer
+        # loads the same layers into the same engine. The order rotates (--rounds a multiple of 3).
+        order = [(ours, ours_, a), (raw, raw_, b), (rawz, rawz_, z)]
+        for out, fn, image in order[i % 3:] + order[:i % 3]:
+            subprocess.run(["sync"], check=True)
+            h1.sh("sync")
+            out.append(timed(fn))
+            h1.sh(f"docker rmi {image} >/dev/null")
+        sizes.append(got.bytes)
+        subprocess.run(["docker", "rmi", a, b, z], capture_output=True)
+        print(f"round {i + 1}: ship {ours[-1]:.2f} s ({got.describe()}, zstd {level}), raw docker save | ssh "
+              f"docker load {raw[-1]:.2f} s, by hand with zstd {rawz[-1]:.2f} s", flush=True)
     mo, mr, mz = statistics.median(ours), statistics.median(raw), statistics.median(rawz)
     print(f"median: ship {mo:.2f} s ({min(ours):.2f}-{max(ours):.2f}), raw {mr:.2f} s "
           f"({min(raw):.2f}-{max(raw):.2f}), by hand with zstd {mz:.2f} s ({min(rawz):.2f}-{max(rawz):.2f}); "
           f"ratio ship/raw {mo / mr:.2f} (target <= 1.00), ship/by-hand-zstd {mo / mz:.2f}; per round "
-          f"ship/raw {', '.join(f'{o / r:.2f}' for o, r in zip(ours, raw, strict=True))}")
+          f"ship/raw {', '.join(f'{o / r:.2f}' for o, r in zip(ours, raw, strict=True))}", flush=True)
 
 
 if __name__ == "__main__":
