@@ -388,7 +388,9 @@ class Undo:
             r = run(c, ["docker", "ps", "-aq", "--filter", f"label={LABEL}={self.token}"], timeout=60)
             ids = r.stdout.split() if r.ok else []
             if ids:
-                run(c, ["docker", "rm", "-f", *ids], timeout=120)
+                # -v as its --rm would have: its anonymous volumes go with it (a volume it shares
+                # by --volumes-from or by name stays: the engine removes neither)
+                run(c, ["docker", "rm", "-f", "-v", *ids], timeout=120)
                 return "one-off container removed"
             return ""
         for argv in self.commands():

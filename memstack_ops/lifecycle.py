@@ -235,11 +235,12 @@ def up(t: Target, services: Iterable[str] = (), timeout: float | None = None,
             watch.recheck(order)
     except BaseException:
         pool.shutdown(wait=True)
-        # containers created ahead for services that never started: gone again, as if never made
-        # (`docker rm` without -f leaves a container that runs meanwhile alone)
+        # containers created ahead for services that never started: gone again, as if never made,
+        # with the anonymous volumes their create made (they hold the image's files, nothing else;
+        # `docker rm` without -f leaves a container that runs meanwhile alone)
         left = [n for s, names in created.items() if s not in started for n in names]
         if left:
-            run(t.c, ["docker", "rm", *left], timeout=60)
+            run(t.c, ["docker", "rm", "-v", *left], timeout=60)
         raise
     finally:
         pool.shutdown(wait=True)
@@ -338,16 +339,22 @@ def named_volumes(t: Target, model: Mapping[str, Any]) -> set[str]:
             for key, spec in (model.get("volumes") or {}).items()}
 
 
-def anonymous_volumes(t: Target) -> list[Anonymous]:
-    """The volumes the project's containers mount that are none of its named volumes: those the
-    engine made for an image's ``VOLUME`` (or a ``volumes: - /path`` entry without a name) that no
-    named volume covers. Compose never reattaches them to a new container, and once the containers
-    are removed nothing points at them. One ``docker ps`` + ``docker inspect`` (one shell: one
-    round trip on a host); the compose model only when some container mounts a volume. Best
-    effort: [] when the engine or the compose files cannot be read (compose then says what is wrong)."""
+def anonymous_volumes(t: Target, containers: Iterable[str] = (),
+                      model: Mapping[str, Any] | None = None) -> list[Anonymous]:
+    """The volumes the project's containers (or just ``containers``) mount that are none of its
+    named volumes: those the engine made for an image's ``VOLUME`` (or a ``volumes: - /path`` entry
+    without a name) that no named volume covers. Compose never reattaches them to a new container,
+    and once the containers are removed nothing points at them. One ``docker ps`` + ``docker
+    inspect`` (one shell: one round trip on a host); the compose model (unless given) only when
+    some container mounts a volume. Best effort: [] when the engine or the compose files cannot be
+    read (compose then says what is wrong)."""
     import json
 
-    r = run(t.c, ["sh", "-c", INSPECT_PROJECT, "sh", t.stack.project, MOUNTS_FORMAT], timeout=60)
+    names = list(containers)
+    if names:
+        r = run(t.c, ["docker", "inspect", "--type", "container", "--format", MOUNTS_FORMAT, *names], timeout=60)
+    else:
+        r = run(t.c, ["sh", "-c", INSPECT_PROJECT, "sh", t.stack.project, MOUNTS_FORMAT], timeout=60)
     found: list[Anonymous] = []
     for line in r.stdout.splitlines() if r.ok else []:
         parts = line.split("\t")
@@ -363,15 +370,16 @@ def anonymous_volumes(t: Target) -> list[Anonymous]:
     if not found:
         return []
     try:
-        named = named_volumes(t, t.compose.model(t.c))
+        named = named_volumes(t, model if model is not None else t.compose.model(t.c))
     except MemstackError:
         return []
     return sorted({a for a in found if a.volume not in named}, key=lambda a: (a.service, a.path, a.volume))
 
 
-def anonymous_note(t: Target, left: Iterable[Anonymous]) -> str:
-    """One paragraph for what ``down`` left behind: each volume in full (the thing to act on), the
-    service and path that used it, and what to do about it."""
+def anonymous_note(t: Target, left: Iterable[Anonymous], by: str = "down") -> str:
+    """One paragraph for the anonymous volumes ``by`` (``down``, or a rollout: ``the rollout of
+    api``) left behind: each volume in full (the thing to act on), the service and path that used
+    it, and what to do about it."""
     by_volume: dict[str, list[Anonymous]] = {}
     for a in left:
         by_volume.setdefault(a.volume, []).append(a)
@@ -379,16 +387,21 @@ def anonymous_note(t: Target, left: Iterable[Anonymous]) -> str:
     if not n:
         return ""
     one = n == 1
+    it, them = ("it", "it holds") if one else ("them", "they hold")
     listed = ", ".join(f"{v} (service {', '.join(dict.fromkeys(a.service for a in users))}, "
                        f"{', '.join(dict.fromkeys(a.path for a in users))})" for v, users in by_volume.items())
-    paths = list(dict.fromkeys(a.path for users in by_volume.values() for a in users))
+    paths = ", ".join(dict.fromkeys(a.path for users in by_volume.values() for a in users))
     on = f" on {t.where}" if t.remote else ""
-    return (f"down left {n} anonymous volume{'' if one else 's'}{on}: {listed}. Compose will not reuse "
-            f"{'it' if one else 'them'}: the next `up` makes {'a new one' if one else 'new ones'}, and "
-            f"`down --volumes` can no longer find {'it' if one else 'them'}. If {'it holds' if one else 'they hold'} "
-            f"nothing you need: `docker volume rm {' '.join(by_volume)}`{on}. To keep this data across `down`, map "
-            f"a named volume to {', '.join(paths)} in the compose file; to delete it with the stack, run "
-            f"`down --volumes` instead of `down` (it deletes the stack's named volumes too).")
+    head = f"{by} left {n} anonymous volume{'' if one else 's'}{on}: {listed}."
+    rm = f"If {them} nothing you need: `docker volume rm {' '.join(by_volume)}`{on}."
+    if by == "down":
+        return (f"{head} Compose will not reuse {it}: the next `up` makes {'a new one' if one else 'new ones'}, "
+                f"and `down --volumes` can no longer find {it}. {rm} To keep this data across `down`, map a "
+                f"named volume to {paths} in the compose file; to delete it with the stack, run `down --volumes` "
+                f"instead of `down` (it deletes the stack's named volumes too).")
+    return (f"{head} The new container has {'a new one' if one else 'new ones'}: a start-first rollout never "
+            f"lets two containers share one, and nothing reattaches {it}. {rm} To keep this data across deploys, "
+            f"map a named volume to {paths} in the compose file.")
 
 
 def reset(t: Target, services: Iterable[str], yes: bool = False, force_prod: bool = False,

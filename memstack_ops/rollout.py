@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .compose import first_line, run
 from .errors import ConfigError, HealthError, MemstackError, Refused
 from .health import _seconds, poll
-from .output import say
+from .output import say, warn
 from .proxy import PORT_LABEL, Proxy, Route, labels, proxy_service
 
 if TYPE_CHECKING:
@@ -291,19 +291,28 @@ def logs(t: Target, container: str, tail: int = 50) -> str:
     return t.compose.scrub((r.stdout + r.stderr).rstrip()) or "(no log lines)"
 
 
-def remove(t: Target, containers: Iterable[str], stop_time: float | None = None) -> None:
-    """Stop (with ``stop_time`` seconds for the stop signal to work, then SIGKILL) and remove."""
+def remove(t: Target, containers: Iterable[str], stop_time: float | None = None, scratch: bool = False,
+           model: Mapping[str, Any] | None = None, by: str = "") -> None:
+    """Stop (with ``stop_time`` seconds for the stop signal to work, then SIGKILL) and remove.
+    ``scratch``: containers that never served (a new one removed before the switch): their anonymous
+    volumes go with them. Else those volumes may hold what the service wrote: they are kept, and
+    named in a warning (``by`` says who left them)."""
+    from .lifecycle import anonymous_note, anonymous_volumes
+
     containers = list(containers)
     if not containers:
         return
+    left = [] if scratch else anonymous_volumes(t, containers, model)  # before: after, nothing points at them
     if stop_time is not None:
         secs = max(0, int(round(stop_time)))
         r = run(t.c, ["docker", "stop", "--time", str(secs), *containers], timeout=secs + 60)
         if r.failed and "No such container" not in r.stderr:
             raise RolloutError(f"Stopping {', '.join(containers)} failed: {first_line(r.stderr)}")
-    r = run(t.c, ["docker", "rm", "--force", *containers], timeout=60)
+    r = run(t.c, ["docker", "rm", "--force", *(["-v"] if scratch else []), *containers], timeout=60)
     if r.failed and "No such container" not in r.stderr:
         raise RolloutError(f"Removing {', '.join(containers)} failed: {first_line(r.stderr)}")
+    if left:
+        warn(anonymous_note(t, left, by=by or f"removing {', '.join(containers)}"))
 
 
 def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None = None,
@@ -329,7 +338,8 @@ def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None =
     rows = t.compose.containers(t.c, [name])
     old = sorted(str(r.get("Name")) for r in rows if r.get("State") == "running")
     stale = [str(r.get("Name")) for r in rows if r.get("State") != "running"]
-    remove(t, stale)  # stopped leftovers would be started again by --scale instead of a new container
+    # stopped leftovers would be started again by --scale instead of a new container
+    remove(t, stale, model=model, by=f"the rollout of {name}")
     t.compose.check(t.c, "up", "--detach", "--no-deps", "--no-recreate", "--scale", f"{name}={len(old) + 1}", name,
                     what=f"Starting a new {name} container beside {', '.join(old) or 'none'}")
     now = [str(r.get("Name")) for r in t.compose.containers(t.c, [name])]
@@ -347,7 +357,7 @@ def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None =
         interrupted = isinstance(e, KeyboardInterrupt)
         with undoing(interrupted):
             last = logs(t, new) if not interrupted else ""
-            remove(t, [new])
+            remove(t, [new], scratch=True)
         if interrupted:
             if notes is not None:
                 notes.append(f"{name}: the new container {new} removed before the switch; "
@@ -383,18 +393,18 @@ def roll(t: Target, model: Mapping[str, Any], name: str, timeout: float | None =
             say(f"  {name}: drained in {waited:.1f} s" if complete else
                 f"  {name}: drain timeout ({limit:.0f} s) reached: requests still open on {', '.join(old)} are cut")
         check(since)
-        remove(t, old, stop_time=grace(svc))
+        remove(t, old, stop_time=grace(svc), model=model, by=f"the rollout of {name}")
     except KeyboardInterrupt:
         with undoing(True):
             if route is not None and not switching:  # the proxy was not touched: back to the old one
-                remove(t, [new])
+                remove(t, [new], scratch=True)
                 note = f"the new container {new} removed before the switch; {', '.join(old)} kept serving"
             else:
                 if proxy is not None and route is not None:
                     container = proxy.container()
                     if container:  # the config may be written but not loaded yet: load it (idempotent)
                         proxy.reload(container)
-                remove(t, old, stop_time=grace(svc))
+                remove(t, old, stop_time=grace(svc), model=model, by=f"the rollout of {name}")
                 note = (f"the proxy stays on {new} (healthy, serving); " if route is not None else
                         f"{new} (healthy) runs; ") + (f"{', '.join(old)} stopped (its requests in flight finished "
                                                       f"first) and removed" if old else "")

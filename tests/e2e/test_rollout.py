@@ -132,6 +132,69 @@ def test_a_worker_finishes_its_job_in_flight_when_it_is_replaced(web, app_images
     assert f"exit {old_host}" in lines  # and it exited on SIGTERM by itself, not killed
 
 
+class Mounts:
+    """The volumes the project's containers mount while the block runs: the engine's event stream
+    (containers created with the project's label, then the volume mounts naming those containers),
+    read live: a ``docker events --since`` query would return only the engine's last 256 events,
+    and other tests' host containers make hundreds. Other tests' volumes are not counted."""
+
+    def __init__(self, p: Project):
+        self.p = p
+        self.found: set[str] = set()
+
+    def __enter__(self) -> Mounts:
+        self.proc = subprocess.Popen(["docker", "events", "--format", "{{json .}}", "--filter", "type=container",
+                                      "--filter", "type=volume"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # subscribed before the first event of the block
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.5)  # the block's last events are delivered
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        events = [json.loads(e) for e in out.splitlines() if e.strip()]
+        ids = {e["Actor"]["ID"] for e in events if e.get("Type") == "container" and e.get("Action") == "create"
+               and e["Actor"].get("Attributes", {}).get("com.docker.compose.project") == self.p.name}
+        self.found = {e["Actor"]["ID"] for e in events if e.get("Type") == "volume" and e.get("Action") == "mount"
+                      and e["Actor"].get("Attributes", {}).get("container") in ids}
+
+
+def test_anonymous_volumes_the_new_container_made_go_with_it_and_the_old_ones_are_named_and_kept(web, app_images):
+    """An api with an anonymous volume (``- /scratch``): a new container that fails its gate is
+    removed with its own (it never served); a successful rollout keeps the old container's, with
+    what the service wrote in it, and names it with the command to remove it."""
+    f = web.root / "compose" / "web" / "compose.yml"
+    f.write_text(f.read_text().replace('    command: ["api"]\n', '    command: ["api"]\n    volumes: ["/scratch"]\n'))
+    ok(web.run("up"))
+    old = containers(web, "api")[0].split()[0]
+    mounts = json.loads(docker("inspect", "--format", "{{json .Mounts}}", old).stdout)
+    (vol,) = [m["Name"] for m in mounts if m.get("Destination") == "/scratch"]
+    made: set[str] = set()
+    try:
+        docker("exec", old, "sh", "-c", "echo written-by-v1 > /scratch/note")
+        set_env(web, APP_IMAGE=app_images["broken"])
+        with Mounts(web) as seen:
+            r = web.run("up", "--timeout", "15", timeout=300)
+        assert r.returncode != 0 and "Rolled back" in r.stdout + r.stderr, r.stdout + r.stderr
+        made = seen.found - {vol}  # (any still there is removed at the end)
+        assert made, "the broken container mounted a volume of its own"
+        left = docker("volume", "ls", "-q").stdout.split()
+        assert not made & set(left), made & set(left)  # removed with the container that never served
+        assert "anonymous volume" not in r.stdout + r.stderr
+
+        set_env(web, APP_IMAGE=app_images["v2"])
+        out = ok(web.run("up", timeout=600))
+        assert "api: rolled out start-first" in out, out
+        assert f"the rollout of api left 1 anonymous volume: {vol} (service api, /scratch)" in out, out
+        assert f"`docker volume rm {vol}`" in out and "map a named volume to /scratch" in out, out
+        # kept, with the data: nothing deleted what the old container wrote
+        note = docker("run", "--rm", "-v", f"{vol}:/v", "--entrypoint", "cat", app_images["v2"], "/v/note")
+        assert note.stdout.strip() == "written-by-v1"
+    finally:
+        web.destroy()
+        docker("volume", "rm", vol, *made, check=False)
+
+
 def test_maintenance_answers_503_with_the_page_and_status_says_so(web):
     ok(web.run("up"))
     assert get(web)[0] == 200

@@ -144,8 +144,10 @@ class FakeEngine(MockContext):
         if argv[:2] == ["docker", "exec"]:
             return Result("accepting connections")
         if argv[:2] == ["docker", "rm"]:  # only created containers: `docker rm` without -f
+            # and with -v: the anonymous volumes their create made go with them
+            assert argv[2] == "-v", argv
             with self.lock:
-                for name in argv[2:]:
+                for name in argv[3:]:
                     svc = name.removeprefix("p-").removesuffix("-1")
                     assert self.state.get(svc) == "created", f"docker rm of {name}: {self.state.get(svc)}"
                     del self.state[svc]
