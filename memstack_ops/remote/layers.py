@@ -165,27 +165,34 @@ class Filter:
             with contextlib.suppress(OSError):
                 os.close(self.dst)
 
-    def _move(self, want: int) -> int:
-        """Up to ``want`` bytes from src to dst; 0 at the end of src."""
+    def _move(self, want: int, dst: int | None = None) -> int:
+        """Up to ``want`` bytes from src to dst (or ``dst``); 0 at the end of src."""
+        dst = self.dst if dst is None else dst
         if self.splice:
             try:
-                return os.splice(self.src, self.dst, want)
+                return os.splice(self.src, dst, want)
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOSYS):
                     raise
-                self.splice = False  # not two pipes: read and write
+                self.splice = False  # not a pipe at one end: read and write
         data = os.read(self.src, want)
-        _write(self.dst, data)
+        _write(dst, data)
         return len(data)
 
     def _pass(self, n: int, drop: bool = False) -> None:
-        """Move ``n`` bytes from src to dst (or nowhere), by splice where the kernel can."""
-        while n > 0:
-            want = min(n, 1 << 20)
-            got = len(os.read(self.src, want)) if drop else self._move(want)
-            if got == 0:
-                raise EOFError(f"the image stream ended {n} bytes early")
-            n -= got
+        """Move ``n`` bytes from src to dst, or with ``drop`` into /dev/null; by splice where the
+        kernel can (the bytes are never copied into this process)."""
+        dst = os.open(os.devnull, os.O_WRONLY) if drop else self.dst
+        try:
+            while n > 0:
+                want = min(n, 1 << 20)
+                got = self._move(want, dst)
+                if got == 0:
+                    raise EOFError(f"the image stream ended {n} bytes early")
+                n -= got
+        finally:
+            if drop:
+                os.close(dst)
 
     def _copy(self) -> None:
         pending = b""  # PAX / GNU long-name headers (and their data) that belong to the next entry
