@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import select
@@ -409,7 +410,10 @@ def openssh_argv(c: Any) -> list[str] | None:
     - ``ConnectTimeout`` (the host's connect_timeout), ``ServerAliveInterval=15
       ServerAliveCountMax=4``: a host that stops answering ends the transfer within a minute;
     - ``ControlMaster=no ControlPath=none``: no shared master connection (it would outlive us);
-    - ``LogLevel=ERROR``: no banner or warning mixed into what is reported, errors kept.
+    - ``LogLevel=ERROR``: no banner or warning mixed into what is reported, errors kept;
+    - ``Ciphers`` with AES-GCM first where this CPU has AES instructions (OpenSSH's default puts
+      ChaCha20 first: 1.7-1.9 s against 1.0-1.3 s for 400 MB to a test host here); the defaults
+      follow, for a server without them.
     """
     host = getattr(c, "inventory", None)
     if not isinstance(c, HostConnection) or host is None or c.gateway or c._openssh_failed:
@@ -444,9 +448,27 @@ def openssh_argv(c: Any) -> list[str] | None:
     }
     if host.key:
         opts.update(IdentitiesOnly="yes", IdentityAgent="none")
+    if _cpu_has_aes():
+        opts["Ciphers"] = AES_FIRST
     for k, v in opts.items():
         argv += ["-o", f"{k}={v}"]
     return [*argv, str(c.host)]
+
+
+# OpenSSH's own cipher list with AES-GCM first (an explicit list: the "^" prefix needs OpenSSH 7.9)
+AES_FIRST = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+             "aes128-ctr,aes192-ctr,aes256-ctr")
+
+
+@functools.cache
+def _cpu_has_aes() -> bool:
+    """Whether this machine's CPU has AES instructions (Linux: the aes flag of /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return any(line.startswith(("flags", "Features")) and " aes" in f" {line.split(':', 1)[-1]} "
+                       for line in f)
+    except OSError:
+        return False
 
 
 HOST_KEY_REFUSED = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",

@@ -76,6 +76,7 @@ def test_fetch_and_image_shipping_stream_through_the_openssh_client_with_the_con
         tmp_path, hosts, ssh_key, monkeypatch):
     from memstack_ops.backup.fetch import _get
     from memstack_ops.remote.images import ship
+    from memstack_ops.remote.ssh import AES_FIRST, _cpu_has_aes
 
     h1 = hosts["h1"]
     calls = wrap_ssh(tmp_path, monkeypatch)
@@ -100,7 +101,8 @@ def test_fetch_and_image_shipping_stream_through_the_openssh_client_with_the_con
         for line in logged:
             for want in ("-F /dev/null", "-o BatchMode=yes", "-o StrictHostKeyChecking=yes",
                          f'-o UserKnownHostsFile="{kh}"', "-o GlobalKnownHostsFile=/dev/null",
-                         f"-i {ssh_key.private}", "-o IdentitiesOnly=yes", f"-p {h1.port}", "-l root"):
+                         f"-i {ssh_key.private}", "-o IdentitiesOnly=yes", f"-p {h1.port}", "-l root",
+                         *([f"-o Ciphers={AES_FIRST}"] if _cpu_has_aes() else [])):
                 assert want in line, (want, line)
         # the sshd saw a second connection beside the paramiko one (one per stream)
         assert int(h1.sh("grep -c 'Accepted publickey' /var/log/sshd.log || true").strip() or 0) >= 3

@@ -212,3 +212,13 @@ def test_the_trace_has_one_line_per_remote_command_with_its_time_and_is_private(
     assert float(took) >= 1.5 and host == "web1" and cmd.startswith("docker compose up -d xxx") and len(cmd) == 240
     assert lines[1].split()[2:] == ["web1", "true"]
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_aes_gcm_goes_first_where_the_cpu_has_aes_instructions_and_the_defaults_stay_after(tmp_path, monkeypatch):
+    monkeypatch.setattr(sshmod.shutil, "which", lambda name: "/usr/bin/ssh")
+    monkeypatch.setattr(sshmod, "_cpu_has_aes", lambda: True)
+    ciphers = opts(openssh_argv(conn(tmp_path)))["Ciphers"].split(",")
+    assert ciphers[0] == "aes128-gcm@openssh.com" and "chacha20-poly1305@openssh.com" in ciphers[1:]
+    assert not any(c.startswith(("^", "+", "-")) for c in ciphers)  # a plain list: any OpenSSH reads it
+    monkeypatch.setattr(sshmod, "_cpu_has_aes", lambda: False)  # ChaCha20 is faster without them
+    assert "Ciphers" not in opts(openssh_argv(conn(tmp_path)))
