@@ -78,11 +78,6 @@ def local_images(images: list[str]) -> dict[str, tuple[str, list[str]]]:
     return out
 
 
-def local_ids(images: list[str]) -> dict[str, str]:
-    """ref -> image ID on this machine's engine (one docker call)."""
-    return {ref: iid for ref, (iid, _) in local_images(images).items()}
-
-
 def _name(ref: str) -> str:
     return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
 
