@@ -89,6 +89,9 @@ def test_one_human_size_in_decimal_units_for_backups_and_shipped_images():
     assert [human_size(n) for n in (0, 999, 1000, 1_500_000, 2.5e9)] == ["0 B", "999 B", "1.0 KB", "1.5 MB", "2.5 GB"]
     assert sets.human_size is human_size
     assert "(470.0 MB" in Shipment(shipped=["a"], bytes=470_000_000).describe()  # was 448.2 "MB" (MiB)
+    left = Shipment(shipped=["a"], bytes=34_000_000, layers_left=3, bytes_left=217_400_000).describe()
+    assert left == ("shipped 1 image(s) (34.0 MB: a), 3 layer(s) left out: the host had them (217.4 MB), "
+                    "0 already present")
 
 
 def _closed_pipe_run(argv: list[str]) -> subprocess.CompletedProcess[str]:
