@@ -28,6 +28,10 @@ from . import RemoteError
 ZSTD_LEVEL = "-1"
 
 
+class SaveFailed(RemoteError):
+    """``docker save`` failed on this machine: sending again would not help."""
+
+
 @dataclass
 class Shipment:
     shipped: list[str] = field(default_factory=list)  # refs sent as bytes
@@ -163,7 +167,7 @@ def ship(c: Any, images: list[str], cancel: threading.Event | None = None) -> Sh
     held = host.chains & {ch for diffs in layers for ch in chain_ids(diffs)}
     try:
         result.bytes, result.layers_left, result.bytes_left = _send(c, todo, layers, held, compress, cancel)
-    except ConnectionLost:
+    except (ConnectionLost, SaveFailed):
         raise
     except RemoteError as e:
         if not held:
@@ -203,8 +207,11 @@ def _send(c: Any, todo: list[str], layers: list[list[str]], held: set[str], comp
         procs.append(z)
         assert z.stdout is not None  # stdout=PIPE
         source = z.stdout
+    failed: RemoteError | None = None
     try:
         sent, _ = stream(c, source, "zstd -d -q | docker load" if compress else "docker load", cancel=cancel)
+    except RemoteError as e:  # a load that got a cut stream: the cause may be here (below)
+        failed = e
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -216,7 +223,9 @@ def _send(c: Any, todo: list[str], layers: list[list[str]], held: set[str], comp
             source.close()
     if save.returncode not in (0, None) and save.returncode != -9:
         err = save.stderr.read().decode(errors="replace") if save.stderr else ""
-        raise RemoteError(f"`docker save {' '.join(todo)}` failed here: {err.strip()[-500:]}")
+        raise SaveFailed(f"`docker save {' '.join(todo)}` failed here: {err.strip()[-500:]}")
+    if failed is not None:
+        raise failed
     if filt is not None and filt.error is not None:
         raise RemoteError(f"Leaving out the layers the host has failed: {filt.error}")
     return sent, (filt.dropped_layers if filt else 0), (filt.dropped_bytes if filt else 0)

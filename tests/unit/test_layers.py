@@ -133,3 +133,37 @@ def test_a_stream_that_ends_early_is_an_error_and_the_output_ends_short():
     assert isinstance(f.error, EOFError) and "ended" in str(f.error)
     with pytest.raises(tarfile.ReadError):
         members(out)
+
+
+@pytest.mark.parametrize("host_holds", [False, True], ids=["nothing held", "a layer held"])
+def test_a_docker_save_that_fails_here_is_named_as_such_and_not_sent_again(tmp_path, monkeypatch, host_holds):
+    """The load on the host sees a cut stream; the cause is the save on this machine, which sending
+    again (with every layer) would not cure."""
+    import stat
+    from types import SimpleNamespace
+
+    from memstack_ops.remote import RemoteError, images, ssh
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "docker"
+    fake.write_text('#!/bin/sh\ncase "$1" in\n  image) echo \'sha256:feed ["sha256:d1","sha256:d2"]\' ;;\n'
+                    '  save) echo "Error response from daemon: reference does not exist" >&2; exit 1 ;;\nesac\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    host = 'LAYERS ["sha256:d1"]\n' if host_holds else ""
+    c = SimpleNamespace(run=lambda script, **kw: SimpleNamespace(stdout=host))
+    sent: list[int] = []
+
+    def stream(c_, source, command, cancel=None):
+        n = 0
+        while b := source.read(65536):
+            n += len(b)
+        sent.append(n)
+        raise RemoteError(f"`{command}` failed on the host (exit 1): unexpected EOF")
+
+    monkeypatch.setattr(ssh, "stream", stream)
+    with pytest.raises(images.SaveFailed, match="`docker save local/x` failed here: Error response from daemon: "
+                                                "reference does not exist"):
+        images.ship(c, ["local/x"])
+    assert sent == [0]  # one attempt: nothing was sent again
