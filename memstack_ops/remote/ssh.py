@@ -31,7 +31,7 @@ import fabric
 import paramiko
 
 from .. import trace as tracing
-from . import ConnectionLost, RemoteError
+from . import CommandFailed, ConnectionLost, RemoteError
 from .inventory import Host
 
 # paramiko logs transport failures with tracebacks; we report them ourselves, once, per host.
@@ -181,9 +181,18 @@ def refuse_unprotected_keys(label: str, keys: list[str]) -> None:
                               f"again (and replace the key if others may have copied it).")
 
 
+def own_config(config: Any) -> Any:
+    """A copy of ``config`` for one new connection. fabric's Connection writes into the Config it
+    is given (it sets inline_ssh_env as a config key, which merges the whole Config again,
+    emptying it for a moment), so connections made in parallel threads from one Config could read
+    it half-merged: "AttributeError: No attribute or config key found for 'gateway'", seen in a
+    swarm deploy that shipped images to three nodes at once."""
+    return config.clone() if config is not None else None
+
+
 def connect(host: Host, config: Any = None) -> HostConnection:
     """Open a connection, or raise RemoteError saying which host and why."""
-    conn = HostConnection(host, config)
+    conn = HostConnection(host, own_config(config))
     known = host.known_hosts
     refuse_unprotected_keys(host.label, [k for c in (conn, *hops(conn)) for k in key_files(c)])
 
@@ -314,9 +323,9 @@ def _stream_openssh(c: Any, argv: list[str], source: IO[bytes], command: str, ca
                              f"(ssh: {last_lines(err) or 'exit 255'}).")
     text = (bytes(out) + s.stderr).decode(errors="replace").strip()
     if status != 0:
-        raise RemoteError(f"`{command}` failed on the host (exit {status}): {text[-800:]}")
+        raise CommandFailed(f"`{command}` failed on the host (exit {status}): {text[-800:]}")
     if sent is None:
-        raise RemoteError(f"`{command}` ended on the host before reading all of its input: {text[-800:]}")
+        raise CommandFailed(f"`{command}` ended on the host before reading all of its input: {text[-800:]}")
     return sent, text
 
 
@@ -355,7 +364,7 @@ def _stream_paramiko(c: Any, source: IO[bytes], command: str, cancel: threading.
         chan.close()
     text = (out + err).decode(errors="replace").strip()
     if status != 0:
-        raise RemoteError(f"`{command}` failed on the host (exit {status}): {text[-800:]}")
+        raise CommandFailed(f"`{command}` failed on the host (exit {status}): {text[-800:]}")
     return sent, text
 
 

@@ -222,3 +222,40 @@ def test_aes_gcm_goes_first_where_the_cpu_has_aes_instructions_and_the_defaults_
     assert not any(c.startswith(("^", "+", "-")) for c in ciphers)  # a plain list: any OpenSSH reads it
     monkeypatch.setattr(sshmod, "_cpu_has_aes", lambda: False)  # ChaCha20 is faster without them
     assert "Ciphers" not in opts(openssh_argv(conn(tmp_path)))
+
+
+def test_connections_made_in_parallel_from_one_config_each_get_their_own_copy(tmp_path):
+    """fabric's Connection writes into its Config (inline_ssh_env), which merges the Config again:
+    built from one shared Config in parallel threads, a Connection read it half-merged
+    (AttributeError for 'gateway', a swarm deploy shipping to three nodes at once). Threads switch
+    every microsecond here, so that window is hit within a few dozen connections."""
+    import sys
+
+    import fabric
+
+    shared = fabric.Config()
+    host = Host(name="web1", address="203.0.113.10", user="deploy", port=22,
+                known_hosts=str(tmp_path / "known_hosts"), connect_timeout=7)
+    errors: list[str] = []
+
+    def make() -> None:
+        for _ in range(50):
+            try:
+                c = HostConnection(host, sshmod.own_config(shared))
+            except AttributeError as e:
+                errors.append(str(e).splitlines()[0])
+                return
+            assert c.config is not shared
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=make) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(before)
+    assert errors == []
+    assert dict(shared._modifications) == {}  # the shared one was never written
