@@ -27,3 +27,7 @@ class LockHeld(RemoteError):
 
 class ConnectionLost(RemoteError):
     """The SSH connection dropped in the middle of a step."""
+
+
+class CommandFailed(RemoteError):
+    """A command the host ran on a stream we sent ended in failure (the stream reached it)."""

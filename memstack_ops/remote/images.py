@@ -144,7 +144,7 @@ def has_ids(c: Any, ids: Iterable[str]) -> set[str]:
 
 def ship(c: Any, images: list[str], cancel: threading.Event | None = None) -> Shipment:
     """Make the host hold exactly the local image IDs of ``images``."""
-    from . import ConnectionLost
+    from . import CommandFailed
     from .layers import chain_ids
 
     mine = local_images(images)
@@ -167,9 +167,7 @@ def ship(c: Any, images: list[str], cancel: threading.Event | None = None) -> Sh
     held = host.chains & {ch for diffs in layers for ch in chain_ids(diffs)}
     try:
         result.bytes, result.layers_left, result.bytes_left = _send(c, todo, layers, held, compress, cancel)
-    except (ConnectionLost, SaveFailed):
-        raise
-    except RemoteError as e:
+    except CommandFailed as e:  # the stream reached `docker load`, which failed (not the link, not here)
         if not held:
             raise
         # with layers left out: the host may have lost one since it was asked (a prune meanwhile),

@@ -142,7 +142,7 @@ def test_a_docker_save_that_fails_here_is_named_as_such_and_not_sent_again(tmp_p
     import stat
     from types import SimpleNamespace
 
-    from memstack_ops.remote import RemoteError, images, ssh
+    from memstack_ops.remote import CommandFailed, images, ssh
 
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -160,10 +160,38 @@ def test_a_docker_save_that_fails_here_is_named_as_such_and_not_sent_again(tmp_p
         while b := source.read(65536):
             n += len(b)
         sent.append(n)
-        raise RemoteError(f"`{command}` failed on the host (exit 1): unexpected EOF")
+        raise CommandFailed(f"`{command}` failed on the host (exit 1): unexpected EOF")
 
     monkeypatch.setattr(ssh, "stream", stream)
     with pytest.raises(images.SaveFailed, match="`docker save local/x` failed here: Error response from daemon: "
                                                 "reference does not exist"):
         images.ship(c, ["local/x"])
     assert sent == [0]  # one attempt: nothing was sent again
+
+
+def test_a_refusal_before_the_stream_reached_the_host_is_not_sent_again_with_every_layer(tmp_path, monkeypatch):
+    """Only a `docker load` that got the stream and failed is retried with every layer; a host key
+    refusal (or any failure of the link) is reported as it is, after one attempt."""
+    import stat
+    from types import SimpleNamespace
+
+    from memstack_ops.remote import RemoteError, images, ssh
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "docker"
+    fake.write_text('#!/bin/sh\ncase "$1" in\n  image) echo \'sha256:feed ["sha256:d1","sha256:d2"]\' ;;\n'
+                    '  save) exit 0 ;;\nesac\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    c = SimpleNamespace(run=lambda script, **kw: SimpleNamespace(stdout='LAYERS ["sha256:d1"]\n'))
+    calls: list[str] = []
+
+    def stream(c_, source, command, cancel=None):
+        calls.append(command)
+        raise RemoteError("h2: ssh refused the host key: it differs from known_hosts")
+
+    monkeypatch.setattr(ssh, "stream", stream)
+    with pytest.raises(RemoteError, match="refused the host key") as e:
+        images.ship(c, ["local/x"])
+    assert not isinstance(e.value, images.SaveFailed) and len(calls) == 1
