@@ -7,9 +7,11 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tarfile
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -135,24 +137,29 @@ def test_a_stream_that_ends_early_is_an_error_and_the_output_ends_short():
         members(out)
 
 
-@pytest.mark.parametrize("host_holds", [False, True], ids=["nothing held", "a layer held"])
-def test_a_docker_save_that_fails_here_is_named_as_such_and_not_sent_again(tmp_path, monkeypatch, host_holds):
-    """The load on the host sees a cut stream; the cause is the save on this machine, which sending
-    again (with every layer) would not cure."""
-    import stat
-    from types import SimpleNamespace
-
-    from memstack_ops.remote import CommandFailed, images, ssh
+def ship_setup(tmp_path: Path, monkeypatch, save: str, host: str, stream) -> SimpleNamespace:
+    """A ``docker`` on PATH that knows one image (two layers, d1 and d2) and runs ``save`` (shell)
+    for `docker save`; a connection whose host query prints ``host``; ``stream`` in place of the
+    transfer. Returns the connection."""
+    from memstack_ops.remote import ssh
 
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "docker"
-    fake.write_text('#!/bin/sh\ncase "$1" in\n  image) echo \'sha256:feed ["sha256:d1","sha256:d2"]\' ;;\n'
-                    '  save) echo "Error response from daemon: reference does not exist" >&2; exit 1 ;;\nesac\n')
+    fake.write_text(f'#!/bin/sh\ncase "$1" in\n  image) echo \'sha256:feed ["sha256:d1","sha256:d2"]\' ;;\n'
+                    f'  save) {save} ;;\nesac\n')
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    host = 'LAYERS ["sha256:d1"]\n' if host_holds else ""
-    c = SimpleNamespace(run=lambda script, **kw: SimpleNamespace(stdout=host))
+    monkeypatch.setattr(ssh, "stream", stream)
+    return SimpleNamespace(run=lambda script, **kw: SimpleNamespace(stdout=host))
+
+
+@pytest.mark.parametrize("host_holds", [False, True], ids=["nothing held", "a layer held"])
+def test_a_docker_save_that_fails_here_is_named_as_such_and_not_sent_again(tmp_path, monkeypatch, host_holds):
+    """The load on the host sees a cut stream; the cause is the save on this machine, which sending
+    again (with every layer) would not cure."""
+    from memstack_ops.remote import CommandFailed, images
+
     sent: list[int] = []
 
     def stream(c_, source, command, cancel=None):
@@ -162,7 +169,8 @@ def test_a_docker_save_that_fails_here_is_named_as_such_and_not_sent_again(tmp_p
         sent.append(n)
         raise CommandFailed(f"`{command}` failed on the host (exit 1): unexpected EOF")
 
-    monkeypatch.setattr(ssh, "stream", stream)
+    c = ship_setup(tmp_path, monkeypatch, 'echo "Error response from daemon: reference does not exist" >&2; exit 1',
+                   'LAYERS ["sha256:d1"]\n' if host_holds else "", stream)
     with pytest.raises(images.SaveFailed, match="`docker save local/x` failed here: Error response from daemon: "
                                                 "reference does not exist"):
         images.ship(c, ["local/x"])
@@ -172,26 +180,15 @@ def test_a_docker_save_that_fails_here_is_named_as_such_and_not_sent_again(tmp_p
 def test_a_refusal_before_the_stream_reached_the_host_is_not_sent_again_with_every_layer(tmp_path, monkeypatch):
     """Only a `docker load` that got the stream and failed is retried with every layer; a host key
     refusal (or any failure of the link) is reported as it is, after one attempt."""
-    import stat
-    from types import SimpleNamespace
+    from memstack_ops.remote import RemoteError, images
 
-    from memstack_ops.remote import RemoteError, images, ssh
-
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    fake = bindir / "docker"
-    fake.write_text('#!/bin/sh\ncase "$1" in\n  image) echo \'sha256:feed ["sha256:d1","sha256:d2"]\' ;;\n'
-                    '  save) exit 0 ;;\nesac\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    c = SimpleNamespace(run=lambda script, **kw: SimpleNamespace(stdout='LAYERS ["sha256:d1"]\n'))
     calls: list[str] = []
 
     def stream(c_, source, command, cancel=None):
         calls.append(command)
         raise RemoteError("h2: ssh refused the host key: it differs from known_hosts")
 
-    monkeypatch.setattr(ssh, "stream", stream)
+    c = ship_setup(tmp_path, monkeypatch, "exit 0", 'LAYERS ["sha256:d1"]\n', stream)
     with pytest.raises(RemoteError, match="refused the host key") as e:
         images.ship(c, ["local/x"])
     assert not isinstance(e.value, images.SaveFailed) and len(calls) == 1
