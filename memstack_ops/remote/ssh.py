@@ -186,8 +186,9 @@ def own_config(config: Any) -> Any:
     is given (it sets inline_ssh_env as a config key, which merges the whole Config again,
     emptying it for a moment), so connections made in parallel threads from one Config could read
     it half-merged: "AttributeError: No attribute or config key found for 'gateway'", seen in a
-    swarm deploy that shipped images to three nodes at once."""
-    return config.clone() if config is not None else None
+    swarm deploy that shipped images to three nodes at once. An invoke Config (the program's) is
+    left as it is: fabric copies it into a Config of its own already."""
+    return config.clone() if isinstance(config, fabric.Config) else config
 
 
 def connect(host: Host, config: Any = None) -> HostConnection:
