@@ -345,7 +345,8 @@ def anonymous_volumes(t: Target, containers: Iterable[str] = (),
     named volumes: those the engine made for an image's ``VOLUME`` (or a ``volumes: - /path`` entry
     without a name) that no named volume covers. Compose never reattaches them to a new container,
     and once the containers are removed nothing points at them. One ``docker ps`` + ``docker
-    inspect`` (one shell: one round trip on a host); the compose model (unless given) only when
+    inspect`` (one shell: one round trip on a host), or with ``containers`` one ``docker inspect``
+    of them; the compose model (unless given) only when
     some container mounts a volume. Best effort: [] when the engine or the compose files cannot be
     read (compose then says what is wrong)."""
     import json
