@@ -158,9 +158,11 @@ class Job:
     _ps: list[dict[str, Any]] | None = None
 
     def ps(self) -> list[dict[str, Any]]:
-        """``compose ps`` of the whole stack, cached until this job stops or starts something."""
+        """The stack's containers as ``compose ps`` rows, cached until this job stops or starts
+        something: one ``docker ps`` + ``docker inspect`` (compose loading the project took ~0.2 s
+        more of every backup and restore)."""
         if self._ps is None:
-            self._ps = self.t.compose.ps(self.t.c)
+            self._ps = self.t.compose.containers(self.t.c)
         return self._ps
 
     def inspect(self, name: str) -> Svc:
