@@ -260,12 +260,17 @@ class Shell:
         r = self.sh("uname -n")
         return str(r.stdout.strip()) if r.ok else ""
 
-    def feed(self, src: str, argv: list[str], decompress: list[str] | None = None, **kw: Any) -> Any:
-        """``[decompress <] src | argv``: a file into a command (restores). Returns the Result."""
+    def feed(self, src: str, argv: list[str], decompress: list[str] | None = None, head: int = 0,
+             **kw: Any) -> Any:
+        """``[decompress <] src | argv``: a file into a command (restores). ``head``: the file's
+        first ``head`` bytes go ahead of the whole file (not with ``decompress``). Returns the Result."""
         from ..interrupt import guarded
 
         with guarded(self.c, argv) as marked:
-            if decompress:
+            if head:
+                assert not decompress
+                script = f"{{ head -c {int(head)} < {q(src)} && cat < {q(src)}; }} | {shlex.join(marked)}"
+            elif decompress:
                 script = f"{shlex.join(decompress)} < {q(src)} | {shlex.join(marked)}"
             else:
                 script = f"{shlex.join(marked)} < {q(src)}"

@@ -277,6 +277,32 @@ def test_pg_dump_compresses_in_the_container_when_it_can(num, compress, zstd_ins
     assert comp.split()[0] == {"zstd": "zstd" if zstd_inside or num >= 160000 else "gzip"}.get(compress, compress)
 
 
+@pytest.mark.parametrize("tools", [("zstd", "gnu-head"), ("zstd",), ()])
+def test_the_postgres_plan_asks_for_the_containers_tools_in_its_one_exec(tools):
+    """Version, size and the tools a dump or restore uses come from one docker exec; the job then
+    asks the container no more."""
+    from memstack_ops.backup.engines import Job
+
+    calls = []
+
+    def run(argv, **kw):
+        calls.append(argv)
+        script = argv[argv.index("-c") + 1]
+        assert "psql" in script and "command -v zstd" in script and "head --version" in script
+        out = "15.8 (Debian 15.8-1.pgdg120+1)|150008|7654321\n" + "".join(f"tool:{t}\n" for t in tools)
+        return SimpleNamespace(ok=True, failed=False, stdout=out, stderr="")
+
+    job = Job(t=SimpleNamespace(compose=None), shell=SimpleNamespace(run=run), model={"services": {}},
+              say=lambda m: None)
+    svc = Svc("postgres", "postgres", {"environment": {"POSTGRES_USER": "u", "POSTGRES_DB": "d"}},
+              container="c", state="running")
+    plan = Postgres().plan(job, svc)
+    assert plan.estimate == 7654321 and plan.info["version_num"] == 150008 and plan.info["version"] == "15.8"
+    assert job.has_tool(svc, "zstd") == ("zstd" in tools)
+    assert job.probe(svc, "gnu-head", "false") == ("gnu-head" in tools)
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("dump,zstd_inside,reader", [
     ({"name": "pg.pgdump", "compression": "gzip (pg_dump built-in)"}, True, ("", None)),  # a set from before
     ({"name": "pg.pgdump", "stream_compression": "none", "compression": "zstd level 1 (pg_dump built-in)"}, True,

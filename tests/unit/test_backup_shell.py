@@ -81,6 +81,19 @@ def test_local_context_writes_locally_and_others_through_the_shell():
     assert issubclass(HostConnection, Connection) and on_host(Connection("example.invalid"))
 
 
+def test_feed_can_send_the_head_of_a_file_ahead_of_the_whole_file(tmp_path, shell):
+    """The PostgreSQL restore reads the table of contents from the head, then the whole dump."""
+    src = tmp_path / "dump"
+    src.write_bytes(os.urandom(300_000))
+    out = tmp_path / "out"
+    reader = ["sh", "-c", 'head -c 65536 > "$1.head" && cat > "$1"', "sh", str(out)]
+    assert shell.feed(str(src), reader, head=65536).ok
+    assert (tmp_path / "out.head").read_bytes() == src.read_bytes()[:65536]
+    assert out.read_bytes() == src.read_bytes()
+    # the reader stops early: the sender's broken pipe fails the feed (bash -o pipefail)
+    assert shell.feed(str(src), ["sh", "-c", "head -c 10 > /dev/null"], head=65536).failed
+
+
 def test_shell_host_file_operations(tmp_path):
     shell = RemoteShell(Context())
     p = str(tmp_path / "d" / "m.json")

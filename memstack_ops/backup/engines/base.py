@@ -195,11 +195,20 @@ class Job:
         return str(r.stdout)
 
     def has_tool(self, svc: Svc, tool: str) -> bool:
-        key = (svc.container, tool)
+        return self.probe(svc, tool, f"command -v {tool} >/dev/null")
+
+    def probe(self, svc: Svc, name: str, check: str) -> bool:
+        """Whether the shell command ``check`` passes in the service's container, asked once per
+        container and ``name`` (an engine's ``plan`` may already have said: ``probed``)."""
+        key = (svc.container, name)
         if key not in self._tools:
-            r = self.shell.run(self.exec_argv(svc, f"command -v {tool} >/dev/null"), timeout=60)
+            r = self.shell.run(self.exec_argv(svc, check), timeout=60)
             self._tools[key] = bool(r.ok)
         return self._tools[key]
+
+    def probed(self, svc: Svc, found: dict[str, bool]) -> None:
+        """Record what probes of the container said, asked along with another command."""
+        self._tools.update({(svc.container, name): ok for name, ok in found.items()})
 
     def compression(self, svc: Svc | None, algo: str | None = None) -> tuple[str | None, list[str] | None, str]:
         """(command to pipe into inside the container | None, host compressor argv | None, description)."""

@@ -37,6 +37,14 @@ PG_RESTORE = 'pg_restore --single-transaction --exit-on-error -d "" '
 RESTORE = AS + "exec " + PG_RESTORE
 # zstd -1: on incompressible columns as small as zlib -6 and about 10x faster (BENCHMARKS.md)
 PG_ZSTD = IN_CONTAINER["zstd"]
+# the container's tools a backup or restore uses, asked along with the plan's query (as
+# Job.probe would, one docker exec less): zstd, and a head that reads no further than asked (GNU)
+GNU_HEAD = "gnu-head"
+TOOLS = ("{ ! command -v zstd >/dev/null || echo tool:zstd; "
+         "! head --version 2>/dev/null | grep -q GNU || echo tool:" + GNU_HEAD + "; }")
+HEAD_CHECK = "head --version 2>/dev/null | grep -q GNU"
+# the restore's head start: this many bytes of the dump file come first, for the table of contents
+HEAD_BYTES = 4 << 20
 # psql in the database $2 with the variables live ($3), new ($4), old ($5) and force ($6), SQL on stdin
 PSQL_VARS = 'exec psql -X -q -At -v live="$3" -v new="$4" -v old="$5" -v force="$6" -f -'
 
@@ -55,10 +63,12 @@ class Postgres(Engine):
     def plan(self, job: Job, svc: Svc, /, **opts: Any) -> Plan:
         self.require_running(svc)
         user, db = self.who(svc)
-        out = job.query(svc, AS + 'psql -X -At -c "SELECT current_setting(\'server_version\'), '
-                                  'current_setting(\'server_version_num\'), pg_database_size(current_database())"',
-                        user, db, what="Reading the PostgreSQL version and size").strip().rpartition("\n")[2]
-        version, num, size = out.rsplit("|", 2)
+        sql = "SELECT current_setting('server_version'), current_setting('server_version_num'), " \
+              "pg_database_size(current_database())"
+        lines = job.query(svc, AS + f'psql -X -At -c "{sql}" && {TOOLS}', user, db,
+                          what="Reading the PostgreSQL version and size").splitlines()
+        job.probed(svc, {name: f"tool:{name}" in lines for name in ("zstd", GNU_HEAD)})
+        version, num, size = [ln for ln in lines if ln and not ln.startswith("tool:")][-1].rsplit("|", 2)
         return Plan(self, svc, int(size), {"user": user, "database": db, "version": version.split()[0],
                                            "version_num": int(num)})
 
@@ -196,15 +206,20 @@ class Postgres(Engine):
         dump = next(f for f in entry["files"] if f["role"] == "dump")
         # the dump's stream compression is undone in the container when it has the tool, else here
         inside, unpack = dump_reader(job, svc, dump)
-        return self.restore_exact(job, entry, f"{set_dir}/{dump['name']}", svc, plan, unpack, unpack_inside=inside)
+        size = int(dump.get("size") or 0)  # always in a manifest (the checksums)
+        head = min(HEAD_BYTES, size) if size and not unpack and job.probe(svc, GNU_HEAD, HEAD_CHECK) else 0
+        return self.restore_exact(job, entry, f"{set_dir}/{dump['name']}", svc, plan, unpack, unpack_inside=inside,
+                                  head=head)
 
     def restore_exact(self, job: Job, entry: dict[str, Any], path: str, svc: Svc, plan: Plan,
                       decompress: list[str] | None, jobs: int | None = None,
-                      unpack_inside: str = "") -> dict[str, Any]:
+                      unpack_inside: str = "", head: int = 0) -> dict[str, Any]:
         """The exact restore: ``pg_restore -j`` into a new database beside the live one, its row
         counts checked against the backup's, then the two swapped by name in one transaction
         (``pg_swap.sql``) and the old one dropped. Until the swap the live database is untouched,
-        and on any failure (or Ctrl-C) before it the half-restored copy is dropped."""
+        and on any failure (or Ctrl-C) before it the half-restored copy is dropped. ``head``: the
+        file's first bytes are sent ahead of it, so that the rows are read straight from the
+        stream (pg_restore_new.sh)."""
         from ...interrupt import phase, undoing, undone
 
         user, db = plan.info["user"], plan.info["database"]
@@ -219,8 +234,8 @@ class Postgres(Engine):
                 for mode in ("split", "direct"):
                     r = job.shell.feed(path, job.exec_argv(
                         svc, self.with_prelude("pg_restore_new.sh"), user, maint, db, new, str(jobs or ""),
-                        script("pg_create_like.sql"), script("pg_count.sql"), mode, unpack_inside, stdin=True),
-                        decompress)
+                        script("pg_create_like.sql"), script("pg_count.sql"), mode, unpack_inside,
+                        str(head or ""), stdin=True), decompress, head=head)
                     fallback = [ln for ln in r.stderr.splitlines() if ln.startswith("memstack-ops-fallback: ")]
                     if not (r.failed and fallback):
                         break

@@ -4,6 +4,11 @@
 # (pg_count.sql, $7: "count|table|n" lines on stdout). The live database is only read.
 #
 # In parallel, over $5 sessions ("" for the container's CPU count, at least 2):
+# - with $10 (a byte count), the dump's first $10 bytes come ahead of the whole dump: unpacked,
+#   they hold the table of contents, which is all that pre-data, the sequence values and
+#   post-data need. Then the rows are read straight from the stream and nothing is written to a
+#   file. Where those bytes do not hold the whole table of contents, or the dump has large objects
+#   (their data is in the stream), or the container's tools cannot do this:
 # - the dump goes to a temporary file (while the database is created); the table of contents,
 #   pre-data and the rows read it as it is written (below), the rest needs the whole file;
 # - pre-data (tables, types, functions) with one pg_restore;
@@ -33,6 +38,7 @@ live=$3; new=$4; n=$5; create=$6; count=$7; mode=${8:-}
 # $9: the decompressor of the dump's stream compression when the container has it ("zstd -dc"),
 # so the compressed stream is what crosses docker exec; "" when the dump arrives as pg_dump wrote it
 unpack=${9:-}
+headlen=${10:-}
 kids=
 stop() {
   trap '' INT TERM HUP
@@ -57,7 +63,7 @@ fail() {
   [ -z "$kids" ] || kill -s TERM $kids 2>/dev/null
   if [ -n "$writer" ]; then
     wait "$writer"; w=$?
-    [ "$w" = 0 ] || [ "$w" = 143 ] || echo "$unwritten" >&2
+    [ "$w" = 0 ] || [ "$w" = 143 ] || [ "$w" = 141 ] || echo "$unwritten" >&2
   fi
   wait
   exit "$1"
@@ -67,16 +73,37 @@ printf '%s\n' "$create" > "$tmp/create.sql" || exit 1
 psql -X -q -At -v ON_ERROR_STOP=1 -v live="$live" -v new="$new" -f "$tmp/create.sql" > "$tmp/create" 2>&1 &
 pid=$!; kids="$kids $pid"
 d=$tmp/dump
-: > "$d" || exit 1  # there before the writer starts, for the tails below
 exec 3<&0  # the dump (an asynchronous command reads /dev/null unless its own redirection says otherwise)
-if [ -n "$unpack" ]; then
-  # shellcheck disable=SC2086  # a command and its flags
-  $unpack <&3 > "$d" &
-else
-  cat <&3 > "$d" &
+streamed=
+if [ -n "$headlen" ]; then
+  # exactly $headlen bytes (GNU head reads no further); a cut compressed stream unpacks as far as it
+  # goes and then fails, which is expected here
+  if [ -n "$unpack" ]; then
+    # shellcheck disable=SC2086  # a command and its flags
+    head -c "$headlen" <&3 | $unpack > "$tmp/head" 2> /dev/null
+  else
+    head -c "$headlen" <&3 > "$tmp/head"
+  fi
+  if [ "$mode" != direct ] && command -v awk > /dev/null && pg_restore -l "$tmp/head" > "$tmp/toc" 2> /dev/null &&
+      ! grep -q -E '^[0-9]+; [0-9]+ [0-9]+ (BLOBS|BLOB DATA) ' "$tmp/toc"; then
+    streamed=1
+  fi
 fi
-writer=$!; kids="$kids $writer"
-exec 3<&-
+writer=
+if [ -n "$streamed" ]; then
+  d=$tmp/head
+  unwritten="memstack-ops-note: could not unpack or write the dump in the container (a damaged stream?)"
+else
+  : > "$d" || exit 1  # there before the writer starts, for the tails below
+  if [ -n "$unpack" ]; then
+    # shellcheck disable=SC2086  # a command and its flags
+    $unpack <&3 > "$d" &
+  else
+    cat <&3 > "$d" &
+  fi
+  writer=$!; kids="$kids $writer"
+  exec 3<&-
+fi
 # From here on the dump is read while it is still being written, where the container's tail can
 # follow a file until its writer ends (GNU tail --pid): the table of contents, pre-data and the
 # rows each read it through a fifo that a tail fills, so the restore starts at the first bytes
@@ -116,8 +143,12 @@ if [ "$mode" = direct ] || ! command -v awk >/dev/null; then
   run psql -X -At -c "$count" || fail $?
   wait; exit 0
 fi
-src; run_in "$src" pg_restore -l > "$tmp/toc" || fail 1
-src; run_in "$src" pg_restore --exit-on-error --section=pre-data -d "" || fail $?
+if [ -n "$streamed" ]; then
+  run pg_restore --exit-on-error --section=pre-data -d "" "$d" || fail $?
+else
+  src; run_in "$src" pg_restore -l > "$tmp/toc" || fail 1
+  src; run_in "$src" pg_restore --exit-on-error --section=pre-data -d "" || fail $?
+fi
 grep -E '^[0-9]+; [0-9]+ [0-9]+ TABLE DATA ' "$tmp/toc" > "$tmp/rows.list"
 grep -v -E '^[0-9]+; [0-9]+ [0-9]+ TABLE DATA ' "$tmp/toc" > "$tmp/other.list"
 mkdir "$tmp/p" || fail 1
@@ -133,7 +164,21 @@ kids="$kids $sessions"
 N=$n P=$tmp/p; export N P
 # both commands of a pipeline are children of this shell; pg_restore's errors go to a file (its
 # exit status is not at hand here), and rows lost to one would also show in the row counts
-src
+if [ -n "$streamed" ]; then
+  # the rows straight from the stream (the rest of it: the whole dump), through a fifo so that the
+  # unpacking is a child of its own whose failure is seen
+  src=$tmp/rows
+  mkfifo "$src" || fail 1
+  if [ -n "$unpack" ]; then
+    # shellcheck disable=SC2086  # a command and its flags
+    $unpack <&3 > "$src" &
+  else
+    cat <&3 > "$src" &
+  fi
+  writer=$!; kids="$kids $writer"
+else
+  src
+fi
 pg_restore --section=data -L "$tmp/rows.list" -f - < "$src" 2> "$tmp/rows.err" | awk '
   function all(s,   i) { for (i = 0; i < N; i++) print s > (P "/" i) }
   BEGIN { N = ENVIRON["N"] + 0; P = ENVIRON["P"]; for (i = 0; i < N; i++) printf "" > (P "/" i) }
@@ -153,6 +198,15 @@ if [ "$rc" != 0 ] || [ -s "$tmp/rows.err" ] || [ "$failed" = 1 ]; then
   echo "memstack-ops-note: loading the rows failed (exit $rc)" >&2
   fail 1
 fi
+if [ -n "$streamed" ]; then
+  # pg_restore stops reading after the last rows it was asked for: the unpacking may have ended on
+  # SIGPIPE (141) with nothing the restore needs left in the stream (the row counts below check
+  # that). The rest of stdin is read to its end, so that the sender is not cut off either.
+  wait "$writer"; w=$?; writer=
+  [ "$w" = 0 ] || [ "$w" = 141 ] || { echo "$unwritten" >&2; fail 1; }
+  cat <&3 > /dev/null || fail 1
+  exec 3<&-
+fi
 written
 wait  # pg_restore and the tails too: a child left to the postmaster must not end by a signal
 # The rows go to disk while the indexes are built: the swap's DROP DATABASE forces a checkpoint,
@@ -161,6 +215,6 @@ psql -X -q -c CHECKPOINT > /dev/null 2>&1 &
 flush=$!; kids="$kids $flush"
 run pg_restore --exit-on-error --section=data -L "$tmp/other.list" -d "" "$d" || fail $?
 run pg_restore --exit-on-error --section=post-data -j "$n" -d "" "$d" || fail $?
-echo "memstack-ops-note: rows over $n sessions, post-data with pg_restore -j $n" >&2
+echo "memstack-ops-note: rows over $n sessions${streamed:+ straight from the stream}, post-data with pg_restore -j $n" >&2
 run psql -X -At -c "$count" || fail $?
 wait "$flush" || :  # best effort, see above
