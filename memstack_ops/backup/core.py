@@ -85,8 +85,8 @@ def make_job(t: Target, shell: Shell | None = None, compress: str = "zstd", mode
         raise BackupError(f"Unknown compression {compress!r}: use one of {', '.join(COMPRESSIONS)}.")
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(1, "compose-ps") as pool:  # `compose ps` while `compose config` renders the model
-        ps = pool.submit(t.compose.ps, t.c)
+    with ThreadPoolExecutor(1, "containers") as pool:  # the containers (Job.ps) while `compose config` renders
+        ps = pool.submit(t.compose.containers, t.c)
         model = model if model is not None else t.compose.model(t.c)
         job = Job(t, shell or shell_for(t.c), model, compress, say=say, progress=progress_bar,
                   timeout=float(t.settings["timeout"]))
