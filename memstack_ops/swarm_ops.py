@@ -169,13 +169,15 @@ def rows(last: Look, nodes: Mapping[str, str]) -> list[Row]:
             health = "scaled to 0"
         elif len(running) == desired and not starting:
             health = "healthy" if has_check(svc) else "running (no healthcheck)"
-        else:  # the tasks not running yet by state (starting: its healthcheck has not passed yet)
+        else:  # the tasks not running yet by state (starting: its healthcheck has not passed yet),
+            # then the replicas that have no task at all: each replica counted once (a pending task
+            # is the missing replica, not one more)
             states: dict[str, int] = {}
             for t in starting:
                 states[t.state] = states.get(t.state, 0) + 1
+            none = desired - len(running) - len(starting)
             health = ", ".join([*(f"{k} {st}" for st, k in sorted(states.items())),
-                                *([f"{desired - len(running)} missing"] if len(running) < desired else [])]) \
-                or "converging"
+                                *([f"{none} missing"] if none > 0 else [])]) or "converging"
         short = len(running) < desired
         out.append(Row(name, len(running), desired, spread(nodes.get(t.node_id, t.node_id[:12]) for t in running),
                        health, image_of(svc), "; ".join(x for x in (why if short or starting else "", update) if x),

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -720,17 +721,23 @@ def test_status_scale_rollback_and_merged_logs_on_a_swarm_stack(swarm_stack, hos
     assert "Rolled back: app: 3/3 running (rolled back)" in out, out
     assert len(converged_nodes(hosts, p.name, "app", 3)) == 3
 
-    # a short service makes status exit non-zero, naming it (stop-first: its task goes, none can replace it)
+    # a short service makes status exit non-zero, naming it (stop-first: its task goes, and the new
+    # one waits for a node that no node is: pending, for good). Until the swarm has made that task
+    # the replica has none ("1 missing"); each replica is counted once.
     manager_sh(hosts, f"docker service update --detach --update-order stop-first --constraint-add "
                       f"node.labels.nosuch==true {p.name}_cache")
     try:
+        seen = []
         for _ in range(60):
             r = p.run("status")
             if r.returncode:
-                break
+                seen.append(status_rows(r.stdout)["cache"][2])
+                if seen[-1] == "1 pending":
+                    break
+            time.sleep(0.5)
         err = failed(r)
         assert "cache: 0/1 running" in err, err
-        assert "1 missing" in status_rows(r.stdout)["cache"], r.stdout
+        assert seen[-1] == "1 pending" and set(seen) <= {"1 missing", "1 pending"}, (seen, r.stdout)
     finally:
         manager_sh(hosts, f"docker service update --detach --update-order start-first --constraint-rm "
                           f"node.labels.nosuch==true {p.name}_cache")

@@ -31,16 +31,19 @@ def task(service: str, node: str, state: str = "running", desired: str = "runnin
 
 def test_rows_give_replicas_nodes_health_and_image_and_mark_a_short_service():
     look = Look({"app": svc("app"), "db": svc("db", replicas=1), "job": svc("job", 1, check=False, restart="none"),
-                 "web": svc("web", 2, check=False)},
+                 "web": svc("web", 2, check=False), "kv": svc("kv", 3)},
                 [task("app", "n1"), task("app", "n2"), task("app", "n2", "starting"),
                  task("app", "n3", "failed", "shutdown", code=1, err="task: non-zero exit (1)",
                       when="2024-01-01T00:00:00Z"),
                  task("db", "n2"), task("job", "n1", "complete", "shutdown", code=0),
-                 task("web", "n1"), task("web", "n3")], NODES)
+                 task("web", "n1"), task("web", "n3"), task("kv", "n1"), task("kv", "", "pending")], NODES)
     found = {r.service: r for r in rows(look, NODES)}
     app = found["app"]
     assert (app.replicas, app.nodes, app.image, app.short) == ("2/3", "h1, h2", "local/app:1", True)
-    assert app.health == "1 starting, 1 missing" and "h3: failed, exit 1" in app.detail
+    # each replica counted once: the starting task is the third replica, not one more
+    assert app.health == "1 starting" and "h3: failed, exit 1" in app.detail
+    # a task waiting for a node is one replica, the one without any task another
+    assert (found["kv"].replicas, found["kv"].health, found["kv"].short) == ("1/3", "1 pending, 1 missing", True)
     assert (found["db"].replicas, found["db"].nodes, found["db"].health) == ("1/1", "h2", "healthy")
     assert (found["job"].replicas, found["job"].health, found["job"].short) == ("job", "completed (exit 0)", False)
     assert (found["web"].health, found["web"].nodes) == ("running (no healthcheck)", "h1, h3")
