@@ -77,10 +77,11 @@ exec 3<&0  # the dump (an asynchronous command reads /dev/null unless its own re
 streamed=
 if [ -n "$headlen" ]; then
   # exactly $headlen bytes (GNU head reads no further); a cut compressed stream unpacks as far as it
-  # goes and then fails, which is expected here
+  # goes and then fails, which is expected here. At most 64 MiB of it are kept (a table of contents
+  # is far smaller; highly compressible rows unpack to ten times their size or more).
   if [ -n "$unpack" ]; then
     # shellcheck disable=SC2086  # a command and its flags
-    head -c "$headlen" <&3 | $unpack > "$tmp/head" 2> /dev/null
+    head -c "$headlen" <&3 | $unpack 2> /dev/null | head -c 67108864 > "$tmp/head"
   else
     head -c "$headlen" <&3 > "$tmp/head"
   fi
