@@ -40,9 +40,8 @@ PG_ZSTD = IN_CONTAINER["zstd"]
 # the container's tools a backup or restore uses, asked along with the plan's query (as
 # Job.probe would, one docker exec less): zstd, and a head that reads no further than asked (GNU)
 GNU_HEAD = "gnu-head"
-TOOLS = ("{ ! command -v zstd >/dev/null || echo tool:zstd; "
-         "! head --version 2>/dev/null | grep -q GNU || echo tool:" + GNU_HEAD + "; }")
 HEAD_CHECK = "head --version 2>/dev/null | grep -q GNU"
+TOOLS = f"{{ ! command -v zstd >/dev/null || echo tool:zstd; ! {HEAD_CHECK} || echo tool:{GNU_HEAD}; }}"
 # the restore's head start: this many bytes of the dump file come first, for the table of contents
 HEAD_BYTES = 4 << 20
 # psql in the database $2 with the variables live ($3), new ($4), old ($5) and force ($6), SQL on stdin
