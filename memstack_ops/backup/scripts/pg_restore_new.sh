@@ -91,18 +91,21 @@ if [ -n "$headlen" ]; then
   fi
 fi
 writer=
+write_to() {  # the dump (unpacked) into $1, by a child of its own: $writer
+  if [ -n "$unpack" ]; then
+    # shellcheck disable=SC2086  # a command and its flags
+    $unpack <&3 > "$1" &
+  else
+    cat <&3 > "$1" &
+  fi
+  writer=$!; kids="$kids $writer"
+}
 if [ -n "$streamed" ]; then
   d=$tmp/head
   unwritten="memstack-ops-note: could not unpack or write the dump in the container (a damaged stream?)"
 else
   : > "$d" || exit 1  # there before the writer starts, for the tails below
-  if [ -n "$unpack" ]; then
-    # shellcheck disable=SC2086  # a command and its flags
-    $unpack <&3 > "$d" &
-  else
-    cat <&3 > "$d" &
-  fi
-  writer=$!; kids="$kids $writer"
+  write_to "$d"
   exec 3<&-
 fi
 # From here on the dump is read while it is still being written, where the container's tail can
@@ -170,13 +173,7 @@ if [ -n "$streamed" ]; then
   # unpacking is a child of its own whose failure is seen
   src=$tmp/rows
   mkfifo "$src" || fail 1
-  if [ -n "$unpack" ]; then
-    # shellcheck disable=SC2086  # a command and its flags
-    $unpack <&3 > "$src" &
-  else
-    cat <&3 > "$src" &
-  fi
-  writer=$!; kids="$kids $writer"
+  write_to "$src"
 else
   src
 fi
