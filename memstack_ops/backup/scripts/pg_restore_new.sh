@@ -76,14 +76,18 @@ d=$tmp/dump
 exec 3<&0  # the dump (an asynchronous command reads /dev/null unless its own redirection says otherwise)
 streamed=
 if [ -n "$headlen" ]; then
-  # exactly $headlen bytes (GNU head reads no further); a cut compressed stream unpacks as far as it
-  # goes and then fails, which is expected here. At most 64 MiB of it are kept (a table of contents
-  # is far smaller; highly compressible rows unpack to ten times their size or more).
+  # exactly $headlen bytes (GNU head reads no further), into a file first: whatever the unpacking
+  # does, the head is read from the stream to its last byte, so the whole dump that follows starts
+  # where it should. A cut compressed stream unpacks as far as it goes and then fails, which is
+  # expected here. At most 64 MiB of it are kept (a table of contents is far smaller; highly
+  # compressible rows unpack to ninety times their size or more).
   if [ -n "$unpack" ]; then
+    head -c "$headlen" <&3 > "$tmp/head.packed" || { echo "$unwritten" >&2; fail 1; }
     # shellcheck disable=SC2086  # a command and its flags
-    head -c "$headlen" <&3 | $unpack 2> /dev/null | head -c 67108864 > "$tmp/head"
+    $unpack < "$tmp/head.packed" 2> /dev/null | head -c 67108864 > "$tmp/head"
+    rm -f "$tmp/head.packed"
   else
-    head -c "$headlen" <&3 > "$tmp/head"
+    head -c "$headlen" <&3 > "$tmp/head" || { echo "$unwritten" >&2; fail 1; }
   fi
   if [ "$mode" != direct ] && command -v awk > /dev/null && pg_restore -l "$tmp/head" > "$tmp/toc" 2> /dev/null &&
       ! grep -q -E '^[0-9]+; [0-9]+ [0-9]+ (BLOBS|BLOB DATA) ' "$tmp/toc"; then
