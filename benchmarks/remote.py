@@ -11,7 +11,10 @@ images the hosts already hold (after a warm-up deploy that ships them): the stea
 none of its layers (a label on local/redis:7, 212 MB uncompressed: a first deploy), then to a host
 that holds local/redis:7 (a new 32 MiB layer on it: a new release, where the tool leaves the layers
 the host has out of the stream and raw `docker save` sends them all). Everything is removed at the end. Run:
-    .venv/bin/python benchmarks/remote.py [--rounds 3] [--only ship] [--zstd-level -1|--fast=3|...]
+    .venv/bin/python benchmarks/remote.py [--rounds 3] [--only ship] [--zstd-level -1|--fast=3|...] [--link-rate 1gbit]
+With --link-rate, the traffic towards each host is shaped to that rate (a tc token bucket on the
+host container's end of its veth pair, in this machine's namespace; needs root and tc): a link
+between two machines instead of loopback, where both ends share this machine's two cores.
 (for shipping, a multiple of 3 rounds: each of the three goes first equally often)
 """
 
@@ -41,6 +44,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=("deploy", "ship"), help="run one of the two measurements")
     ap.add_argument("--zstd-level", help="zstd's level flag for shipping (default: images.ZSTD_LEVEL)")
+    ap.add_argument("--link-rate", help="shape the traffic towards each host to this rate (tc tbf: 1gbit, 100mbit)")
     args = ap.parse_args()
     if args.zstd_level:
         from memstack_ops.remote import images
@@ -54,6 +58,8 @@ def main() -> None:
         try:
             for n in ("h1",) if args.only == "ship" else ("h1", "h2", "h3", "h4"):
                 boxes.append(start_host(n, pub))
+                if args.link_rate:
+                    shape(boxes[-1], args.link_rate)
             hosts = {b.name: b for b in boxes}
             p = make_project(tmp_p / "proj", hosts, tmp_p / "id")
 
@@ -64,6 +70,19 @@ def main() -> None:
         finally:
             remove_hosts(boxes)
             cleanup_run()
+
+
+def shape(box, rate: str) -> None:
+    """Limit what reaches ``box`` to ``rate``: a token bucket on its veth's end in this namespace (the
+    host's eth0 names its peer's index in iflink). The veth goes with the container."""
+    index = box.sh("cat /sys/class/net/eth0/iflink").strip()
+    veth = next((d.name for d in Path("/sys/class/net").iterdir()
+                 if (d / "ifindex").is_file() and (d / "ifindex").read_text().strip() == index), None)
+    if veth is None:
+        raise SystemExit(f"--link-rate: no interface here with index {index} (the peer of {box.container}'s eth0)")
+    subprocess.run(["tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", rate, "burst", "256kb",
+                    "latency", "50ms"], check=True)
+    print(f"link to {box.name}: {rate} (tc tbf on {veth})", flush=True)
 
 
 def cpuacct_files(boxes) -> list[Path]:
@@ -130,6 +149,14 @@ def measure_shipping(p, h1, tmp_p: Path, rounds: int) -> None:
            "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={tmp_p / 'kh_raw'}",
            "root@127.0.0.1"]
     subprocess.run([*ssh, "true"], check=True, timeout=60)
+    # the link itself: 128 MiB of random bytes (nothing to compress) through ssh into nothing on the host
+    blob = tmp_p / "blob"
+    with blob.open("wb") as f:
+        f.write(os.urandom(128 << 20))
+    with blob.open("rb") as f:
+        took = timed(lambda: subprocess.run([*ssh, "cat > /dev/null"], stdin=f, check=True, timeout=600))
+    blob.unlink()
+    print(f"link: 128 MiB through ssh in {took:.2f} s ({128 * 1.048576 / took:.0f} MB/s)", flush=True)
     from memstack_ops.remote import images
 
     level = getattr(images, "ZSTD_LEVEL", "-1")  # (the code before it had -1)
